@@ -1,0 +1,249 @@
+"""The broker's settings: one frozen :class:`Config`, built once at start-up by :func:`load_config`.
+
+This module and :mod:`leveret.cli` are the only places that read the environment and config files; everything
+else receives a ``Config``. Precedence, highest first: command line, environment (``LEVERET_<FIELD>``), TOML
+file (``--config`` or ``LEVERET_CONFIG``; keys are field names, flat or under a ``[leveret]`` table), defaults.
+Every problem is a :class:`ConfigError` whose message is one line naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+ENV_PREFIX = "LEVERET_"
+CONFIG_FILE_ENV = "LEVERET_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# RabbitMQ refuses a max_message_size above 512 MiB; so do we.
+MAX_MESSAGE_SIZE_LIMIT = 512 * 1024 * 1024
+# Share of the machine's RAM used when memory_high_watermark is 0 (RabbitMQ's vm_memory_high_watermark).
+AUTO_MEMORY_FRACTION = 0.4
+# Assumed RAM where the platform cannot tell (no os.sysconf, as on Windows).
+_FALLBACK_RAM = 1024 * 1024 * 1024
+_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; ``str(error)`` is a one-line message for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The broker's settings. Values are validated on construction (raising :class:`ConfigError`).
+
+    ``memory_high_watermark`` given as 0 means "auto" and is replaced on construction by 40% of the
+    machine's RAM (or of the container's memory limit, if lower), so readers always see a byte count.
+    """
+
+    bind: str = "127.0.0.1"
+    port: int = 5672
+    data_dir: str = "./leveret-data"
+    log_level: str = "info"
+    heartbeat: int = 60
+    frame_max: int = 131072
+    channel_max: int = 2047
+    max_message_size: int = 134217728
+    memory_high_watermark: int = 0
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    loopback_users: tuple[str, ...] = ("guest",)
+    default_vhost: str = "/"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _convert(field.name, getattr(self, field.name), "Config()")
+            object.__setattr__(self, field.name, value)
+        if self.memory_high_watermark == 0:
+            object.__setattr__(self, "memory_high_watermark", auto_memory_high_watermark())
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Config))
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets field ``name``: ``LEVERET_`` and the name upper-cased."""
+    return ENV_PREFIX + name.upper()
+
+
+def load_config(cli_args: Mapping[str, Any], environ: Mapping[str, str], config_file: str | None) -> Config:
+    """Build the :class:`Config` from command-line values, the environment and a TOML file.
+
+    ``cli_args`` maps field names to values; ``None`` means "not given". ``config_file`` is the path given on
+    the command line; when it is ``None`` the path comes from ``LEVERET_CONFIG`` (empty or unset: no file).
+    Raises :class:`ConfigError` for an unknown setting, a bad value, or a file that cannot be read or parsed.
+    """
+    path = config_file if config_file is not None else environ.get(CONFIG_FILE_ENV) or None
+    raw: dict[str, tuple[Any, str]] = {}
+    if path is not None:
+        raw.update(_read_file(path))
+    raw.update(_from_environ(environ))
+    raw.update(_from_cli(cli_args))
+    values = {name: _convert(name, value, source) for name, (value, source) in raw.items()}
+    return Config(**values)
+
+
+def auto_memory_high_watermark() -> int:
+    """40% of the memory this process can use: the machine's RAM, or the cgroup limit if that is lower."""
+    return int(_usable_memory() * AUTO_MEMORY_FRACTION)
+
+
+# --- sources -------------------------------------------------------------------------------------------------
+
+
+def _from_cli(cli_args: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    found: dict[str, tuple[Any, str]] = {}
+    for name, value in cli_args.items():
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"unknown setting {name!r} on the command line")
+        if value is not None:
+            found[name] = (value, "--" + name.replace("_", "-"))
+    return found
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    return {name: (environ[env_var(name)], env_var(name)) for name in FIELD_NAMES if env_var(name) in environ}
+
+
+def _read_file(path: str) -> dict[str, tuple[Any, str]]:
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot parse config file {path}: not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    return _settings_from_document(document, path)
+
+
+def _settings_from_document(document: dict[str, Any], path: str) -> dict[str, tuple[Any, str]]:
+    """Flat keys and the keys of a ``[leveret]`` table, each at most once; anything else is an error."""
+    found: dict[str, tuple[Any, str]] = {}
+    table = document.pop("leveret", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"invalid setting 'leveret' in {path}: must be a table of settings")
+    keyed = [(key, key, value) for key, value in document.items()]
+    keyed += [(key, "leveret." + key, value) for key, value in table.items()]
+    for name, written, value in keyed:
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"unknown setting {written!r} in {path}{_suggestion(name)}")
+        if name in found:
+            raise ConfigError(f"setting {name!r} is given twice in {path} (flat and under [leveret])")
+        found[name] = (value, path)
+    return found
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name.replace("-", "_"), FIELD_NAMES, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- conversion and validation -------------------------------------------------------------------------------
+
+
+def _to_int(low: int, high: int | None) -> Callable[[Any], Any]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("not an integer")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip(), 10)
+            except ValueError:
+                raise ValueError("not an integer") from None
+        if not isinstance(value, int):
+            raise ValueError("not an integer")
+        if high is None and value < low:
+            raise ValueError(f"must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return convert
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def _to_nonempty_str(value: Any) -> str:
+    if not _to_str(value).strip():
+        raise ValueError("must not be empty")
+    return str(value).strip()
+
+
+def _to_log_level(value: Any) -> str:
+    level = _to_str(value).strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
+def _to_user_list(value: Any) -> tuple[str, ...]:
+    """A comma-separated string (environment) or a list of strings (TOML, code); empty means nobody."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise ValueError("not a list of user names")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "bind": _to_nonempty_str,
+    "port": _to_int(0, 65535),
+    "data_dir": _to_nonempty_str,
+    "log_level": _to_log_level,
+    "heartbeat": _to_int(0, 65535),
+    "frame_max": _to_int(4096, 2**32 - 1),
+    "channel_max": _to_int(1, 65535),
+    "max_message_size": _to_int(1, MAX_MESSAGE_SIZE_LIMIT),
+    "memory_high_watermark": _to_int(0, None),
+    "default_user": _to_nonempty_str,
+    "default_pass": _to_str,
+    "loopback_users": _to_user_list,
+    "default_vhost": _to_nonempty_str,
+}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    try:
+        return _CONVERTERS[name](value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {name} {_show(value)} in {source}: {exc}") from None
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return "'" + (text if len(text) <= 40 else text[:37] + "...") + "'"
+
+
+# --- memory --------------------------------------------------------------------------------------------------
+
+
+def _usable_memory() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = _FALLBACK_RAM
+    if ram <= 0:
+        ram = _FALLBACK_RAM
+    limit = _cgroup_memory_limit()
+    return min(ram, limit) if limit else ram
+
+
+def _cgroup_memory_limit() -> int | None:
+    """The container's memory limit in bytes, or ``None`` where there is none or it cannot be read."""
+    for path in _CGROUP_MEMORY_LIMITS:
+        try:
+            with open(path, encoding="ascii") as file:
+                text = file.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.isdigit() and 0 < int(text) < 2**60:
+            return int(text)
+    return None

@@ -1,0 +1,452 @@
+"""The broker's registry: vhosts with their exchanges, queues and bindings; users; client sessions.
+
+Everything here is synchronous and frame-free. Operations raise :mod:`leveret.core.errors` exceptions with
+RabbitMQ's wording; the protocol adapters translate them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .channel import Channel, Sink
+from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
+from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
+from .message import Message
+from .queue import Consumer, Queue
+
+log = logging.getLogger("leveret.broker")
+
+DEFAULT_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+class MemoryMonitor:
+    """Bytes of message bodies held by the broker, and the alarm raised above ``high``."""
+
+    def __init__(self, high: int) -> None:
+        self.used = 0
+        self.high = high if high > 0 else 2**62
+        self.alarm = False
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def check(self) -> None:
+        """Raise or clear the alarm after ``used`` changed (called on the slow path only)."""
+        alarm = self.used > self.high
+        if alarm != self.alarm:
+            self.alarm = alarm
+            log.warning("memory alarm %s: %d bytes of messages held, limit %d", "set" if alarm else "cleared",
+                        self.used, self.high)
+            for listener in list(self.listeners):
+                listener(alarm)
+
+
+class DefaultExchange(Exchange):
+    """The nameless direct exchange every queue is bound to by its name. It cannot be bound or unbound."""
+
+    type_name = "direct"
+
+    def __init__(self, vhost: VHost) -> None:
+        super().__init__("", durable=True)
+        self.queues = vhost.queues
+
+    def route(self, routing_key: str, headers: dict[str, Any] | None) -> tuple[Queue, ...]:
+        queue = self.queues.get(routing_key)
+        return (queue,) if queue is not None else ()
+
+    def bind(self, destination: Hashable, routing_key: str, arguments: dict[str, Any] | None = None) -> bool:
+        raise AccessRefused("operation not permitted on the default exchange")
+
+    def unbind(self, destination: Hashable, routing_key: str, arguments: dict[str, Any] | None = None) -> bool:
+        raise AccessRefused("operation not permitted on the default exchange")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if not isinstance(value, str) else value
+
+
+class VHost:
+    """A virtual host: the namespace of exchanges and queues."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.exchanges: dict[str, Exchange] = {}
+        self.exchanges[""] = DefaultExchange(self)
+        for ex_name, ex_type in DEFAULT_EXCHANGES:
+            self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)
+
+    # --- exchanges ---------------------------------------------------------------------------------
+
+    def exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def exchange_for_publish(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def declare_exchange(self, name: str, type_name: str, *, passive: bool = False, durable: bool = False,
+                         auto_delete: bool = False, internal: bool = False,
+                         arguments: dict[str, Any] | None = None) -> Exchange:
+        arguments = arguments or {}
+        if passive:
+            if not name:
+                return self.exchanges[""]
+            return self.exchange(name)
+        if not name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        if type_name not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"unknown exchange type '{type_name}'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            checks = (("type", type_name, existing.type_name), ("durable", durable, existing.durable),
+                      ("auto_delete", auto_delete, existing.auto_delete),
+                      ("internal", internal, existing.internal))
+            for arg, received, current in checks:
+                if received != current:
+                    raise PreconditionFailed(f"inequivalent arg '{arg}' for exchange '{name}' in vhost "
+                                             f"'{self.name}': received '{_describe(received)}' but current is "
+                                             f"'{_describe(current)}'")
+            self._check_arguments("exchange", name, arguments, existing.arguments)
+            return existing
+        if name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
+                                   arguments=arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_arguments(self, kind: str, name: str, received: dict[str, Any], current: dict[str, Any]) -> None:
+        for key in sorted(set(received) | set(current)):
+            if received.get(key) != current.get(key):
+                if key not in current:
+                    raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}':"
+                                             f" received the value '{_describe(received[key])}' of type "
+                                             f"'{_type_name(received[key])}' but current is none")
+                if key not in received:
+                    raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}':"
+                                             f" received none but current is the value "
+                                             f"'{_describe(current[key])}' of type '{_type_name(current[key])}'")
+                raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}': "
+                                         f"received the value '{_describe(received[key])}' of type "
+                                         f"'{_type_name(received[key])}' but current is the value "
+                                         f"'{_describe(current[key])}' of type '{_type_name(current[key])}'")
+
+    def delete_exchange(self, name: str, if_unused: bool = False) -> None:
+        if not name or name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on exchange '{name}'" if name
+                                else "operation not permitted on the default exchange")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return
+        if if_unused and (exchange.has_bindings() or self._is_destination(exchange)):
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _is_destination(self, exchange: Exchange) -> bool:
+        return any(b.destination is exchange for ex in self.exchanges.values() for b in ex.bindings())
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for other in list(self.exchanges.values()):
+            if other.name and other.unbind_all(exchange):
+                self._maybe_auto_delete(other)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and not exchange.has_bindings() and exchange.name in self.exchanges:
+            self._remove_exchange(exchange)
+
+    def bind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any]) -> None:
+        src, dst = self._binding_ends(source, destination)
+        self._validate_binding(src, arguments)
+        src.bind(dst, routing_key, arguments)
+
+    def unbind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any]) -> None:
+        src, dst = self._binding_ends(source, destination)
+        if src.unbind(dst, routing_key, arguments):
+            self._maybe_auto_delete(src)
+
+    def _binding_ends(self, source: str, destination: str) -> tuple[Exchange, Exchange]:
+        if not source or not destination:
+            raise AccessRefused("operation not permitted on the default exchange")
+        return self.exchange(source), self.exchange(destination)
+
+    @staticmethod
+    def _validate_binding(exchange: Exchange, arguments: dict[str, Any]) -> None:
+        try:
+            validate_binding_arguments(exchange.type_name, arguments)
+        except ValueError as exc:
+            raise PreconditionFailed(str(exc)) from None
+
+    # --- queues ------------------------------------------------------------------------------------
+
+    def queue(self, name: str, session: Session | None = None) -> Queue:
+        """The named queue, checking exclusive ownership against ``session`` (None: no check)."""
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        owner = queue.exclusive_owner
+        if owner is not None and session is not None and owner is not session:
+            raise ResourceLocked(f"cannot obtain exclusive access to locked queue '{name}' in vhost '{self.name}'. "
+                                 "It could be originally declared on another connection or the exclusive property "
+                                 "value does not match that of the original declaration.")
+        return queue
+
+    def declare_queue(self, session: Session | None, name: str, *, passive: bool = False, durable: bool = False,
+                      exclusive: bool = False, auto_delete: bool = False,
+                      arguments: dict[str, Any] | None = None) -> Queue:
+        arguments = arguments or {}
+        if passive:
+            return self.queue(name, session)
+        if not name:
+            name = "amq.gen-" + secrets.token_urlsafe(16)
+        elif name.startswith("amq."):
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        existing = self.queues.get(name)
+        if existing is not None:
+            self.queue(name, session)
+            checks = (("durable", durable, existing.durable), ("exclusive", exclusive, existing.exclusive),
+                      ("auto_delete", auto_delete, existing.auto_delete))
+            for arg, received, current in checks:
+                if received != current:
+                    raise PreconditionFailed(f"inequivalent arg '{arg}' for queue '{name}' in vhost '{self.name}': "
+                                             f"received '{_describe(received)}' but current is "
+                                             f"'{_describe(current)}'")
+            self._check_arguments("queue", name, arguments, existing.arguments)
+            return existing
+        queue = Queue(self, name, durable=durable, exclusive_owner=session if exclusive else None,
+                      auto_delete=auto_delete, arguments=arguments)
+        self.queues[name] = queue
+        if exclusive and session is not None:
+            session.exclusive_queues.append(queue)
+        return queue
+
+    def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
+                     if_empty: bool = False) -> int:
+        """Delete a queue; returns the number of ready messages it held. A missing queue is not an error."""
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        self.queue(name, session)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.messages:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+        return self.remove_queue(queue)
+
+    def remove_queue(self, queue: Queue) -> int:
+        if self.queues.get(queue.name) is not queue:
+            return 0
+        del self.queues[queue.name]
+        queue.deleted = True
+        count = len(queue.messages)
+        queue.purge()
+        for consumer in list(queue.consumers):
+            queue.remove_consumer(consumer)
+            consumer.channel.server_cancel(consumer)
+        for exchange in list(self.exchanges.values()):
+            if exchange.name and exchange.unbind_all(queue):
+                self._maybe_auto_delete(exchange)
+        owner = queue.exclusive_owner
+        if owner is not None and queue in owner.exclusive_queues:
+            owner.exclusive_queues.remove(queue)
+        return count
+
+    def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any],
+                   session: Session | None) -> None:
+        queue = self.queue(queue_name, session)
+        if not exchange_name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.exchange(exchange_name)
+        self._validate_binding(exchange, arguments)
+        exchange.bind(queue, routing_key, arguments)
+
+    def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any],
+                     session: Session | None) -> None:
+        queue = self.queue(queue_name, session)
+        if not exchange_name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.exchange(exchange_name)
+        if exchange.unbind(queue, routing_key, arguments):
+            self._maybe_auto_delete(exchange)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        queue = consumer.queue
+        queue.remove_consumer(consumer)
+        if queue.auto_delete and not queue.consumers and queue.had_consumers and not queue.deleted:
+            self.remove_queue(queue)
+
+    # --- routing -----------------------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
+        """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once."""
+        headers = msg.headers if exchange.type_name == "headers" else None
+        found = exchange.route(msg.routing_key, headers)
+        if not found:
+            return ()
+        if len(found) == 1:
+            (only,) = found
+            if type(only) is Queue:
+                return (only,)
+        queues: list[Queue] = []
+        seen: set[int] = set()
+        visited = {id(exchange)}
+        pending = list(found)
+        while pending:
+            dest = pending.pop(0)
+            if id(dest) in seen:
+                continue
+            seen.add(id(dest))
+            if isinstance(dest, Queue):
+                queues.append(dest)
+            elif isinstance(dest, Exchange) and id(dest) not in visited:
+                visited.add(id(dest))
+                headers = msg.headers if dest.type_name == "headers" else None
+                pending.extend(dest.route(msg.routing_key, headers))
+        return queues
+
+
+@dataclass
+class User:
+    name: str
+    password: str
+    tags: tuple[str, ...] = ()
+    vhosts: set[str] = field(default_factory=set)
+
+
+class Session:
+    """One client connection as the core sees it: user, vhost, channels, exclusive queues."""
+
+    def __init__(self, broker: Broker, sink: Sink, peer: str = "") -> None:
+        self.broker = broker
+        self.sink = sink
+        self.peer = peer
+        self.user: User | None = None
+        self._vhost: VHost | None = None
+        self.channels: dict[int, Channel] = {}
+        self.exclusive_queues: list[Queue] = []
+        self.writable = True
+        self.cancel_notify = False
+        self._confirming: list[Channel] = []
+
+    @property
+    def vhost(self) -> VHost:
+        if self._vhost is None:
+            raise NotAllowed("no vhost opened")
+        return self._vhost
+
+    def open_vhost(self, name: str) -> VHost:
+        vhost = self.broker.vhosts.get(name)
+        if vhost is None:
+            raise NotAllowed(f"vhost {name} not found")
+        if self.user is None or name not in self.user.vhosts:
+            user = self.user.name if self.user else "?"
+            raise NotAllowed(f"access to vhost '{name}' refused for user '{user}'")
+        self._vhost = vhost
+        return vhost
+
+    def open_channel(self, number: int) -> Channel:
+        channel = Channel(self, number)
+        self.channels[number] = channel
+        return channel
+
+    def close_channel(self, number: int) -> None:
+        channel = self.channels.pop(number, None)
+        if channel is not None:
+            channel.close()
+
+    def set_writable(self, writable: bool) -> None:
+        if writable == self.writable:
+            return
+        self.writable = writable
+        for channel in list(self.channels.values()):
+            channel.set_writable(writable)
+
+    def confirm_pending(self, channel: Channel) -> None:
+        if not self._confirming or self._confirming[-1] is not channel:
+            self._confirming.append(channel)
+
+    def flush_confirms(self) -> None:
+        confirming, self._confirming = self._confirming, []
+        for channel in confirming:
+            if not channel.closed:
+                channel.flush_confirms()
+
+    def close(self) -> None:
+        """The connection is gone: close its channels and delete its exclusive queues."""
+        for number in list(self.channels):
+            self.close_channel(number)
+        for queue in list(self.exclusive_queues):
+            queue.vhost.remove_queue(queue)
+
+
+class Broker:
+    """The whole broker: vhosts, users and the memory monitor."""
+
+    def __init__(self, *, memory_high_watermark: int = 0, default_user: str = "guest",
+                 default_pass: str = "guest", default_vhost: str = "/",
+                 loopback_users: tuple[str, ...] = ("guest",)) -> None:
+        self.memory = MemoryMonitor(memory_high_watermark)
+        self.vhosts: dict[str, VHost] = {}
+        self.users: dict[str, User] = {}
+        self.loopback_users = set(loopback_users)
+        self.add_vhost(default_vhost)
+        if default_user:
+            self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
+        self.node_name = f"leveret@{os.uname().nodename}"
+
+    def add_vhost(self, name: str) -> VHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = self.vhosts[name] = VHost(self, name)
+        return vhost
+
+    def add_user(self, name: str, password: str, tags: tuple[str, ...] = (), vhosts: set[str] | None = None) -> User:
+        user = User(name, password, tags, set(vhosts or ()))
+        self.users[name] = user
+        return user
+
+    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+        """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere)."""
+        user = self.users.get(username)
+        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+            raise AccessRefused(f"user '{username}' - invalid credentials")
+        if username in self.loopback_users and not loopback:
+            raise AccessRefused(f"user '{username}' can only connect via localhost")
+        return user
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long" if not -(2**31) <= value < 2**31 else "signedint"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__

@@ -1,0 +1,280 @@
+"""A channel's broker-side state: its consumers, unacked deliveries, prefetch, confirms and transactions.
+
+The channel talks back to its connection through a :class:`Sink` (the protocol adapter), never in frames.
+Errors are raised as :mod:`leveret.core.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
+from .message import Message
+from .queue import Consumer, Queue
+
+if TYPE_CHECKING:
+    from .broker import Session
+
+
+class Sink(Protocol):
+    """How the core talks back to a client connection (implemented by the protocol adapter)."""
+
+    def send_deliver(self, channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool,
+                     address: bytes, header: bytes, body: bytes) -> None: ...
+
+    def send_return(self, channel: int, reply_code: int, reply_text: str, msg: Message) -> None: ...
+
+    def send_confirm(self, channel: int, delivery_tag: int, multiple: bool, ack: bool) -> None: ...
+
+    def send_cancel(self, channel: int, consumer_tag: str) -> None: ...
+
+
+NO_ROUTE = 312
+_tag_counter = itertools.count(1)
+
+
+class Channel:
+    """One open channel of a session. ``number`` is its channel id on the connection."""
+
+    def __init__(self, session: Session, number: int) -> None:
+        self.session = session
+        self.number = number
+        self.sink: Sink = session.sink
+        self.next_tag = 1
+        self.unacked: OrderedDict[int, Message] = OrderedDict()
+        self.prefetch = 0
+        self.global_prefetch = 0
+        self.consumers: dict[str, Consumer] = {}
+        self.confirm = False
+        self.publish_seq = 0
+        self._confirmed_upto = 0
+        self.tx: list[Callable[[], None]] | None = None
+        self.active = True
+        self.deliverable = session.writable
+        self.last_queue = ""
+        self.closed = False
+
+    # --- flow --------------------------------------------------------------------------------------
+
+    def set_writable(self, writable: bool) -> None:
+        self.deliverable = writable and self.active
+        if self.deliverable:
+            self.kick()
+
+    def kick(self, consumers: Any = None) -> None:
+        """Let the queues of this channel's consumers deliver again (credit was freed)."""
+        for consumer in list(self.consumers.values() if consumers is None else consumers):
+            queue = consumer.queue
+            if queue.messages and not queue.deleted:
+                queue.dispatch()
+
+    # --- delivery ----------------------------------------------------------------------------------
+
+    def deliver(self, consumer: Consumer, msg: Message) -> None:
+        """Called by a queue: send ``msg`` to ``consumer`` and, unless no-ack, hold it until acked."""
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        msg.delivery_count += 1
+        if consumer.no_ack:
+            consumer.queue.settle(msg)
+        else:
+            msg.consumer = consumer
+            consumer.unacked += 1
+            self.unacked[tag] = msg
+        self.sink.send_deliver(self.number, consumer.tag_bytes, tag, msg.redelivered, msg.address, msg.header,
+                               msg.body)
+
+    def get(self, queue: Queue, no_ack: bool) -> tuple[int, Message] | None:
+        """basic.get: the delivery tag and message, or None when the queue is empty."""
+        msg = queue.get()
+        if msg is None:
+            return None
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        msg.delivery_count += 1
+        if no_ack:
+            queue.settle(msg)
+        else:
+            queue.unacked_count += 1
+            self.unacked[tag] = msg
+        return tag, msg
+
+    def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
+                arguments: dict[str, Any]) -> Consumer:
+        if not tag:
+            tag = f"amq.ctag-{secrets.token_urlsafe(16)}"
+        if tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
+            raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost.name}' in exclusive use")
+        consumer = Consumer(tag, queue, self, no_ack=no_ack, exclusive=exclusive, prefetch=self.prefetch,
+                            arguments=arguments)
+        self.consumers[tag] = consumer
+        return consumer
+
+    def cancel(self, tag: str) -> Consumer | None:
+        """basic.cancel: stop the consumer; its unacked messages stay unacked. None if there was none."""
+        consumer = self.consumers.pop(tag, None)
+        if consumer is not None:
+            consumer.queue.vhost.remove_consumer(consumer)
+        return consumer
+
+    def qos(self, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
+        if prefetch_size:
+            raise NotImplementedFeature(f"prefetch_size!=0 ({prefetch_size})")
+        if global_:
+            self.global_prefetch = prefetch_count
+        else:
+            self.prefetch = prefetch_count
+        self.kick()
+
+    # --- acknowledgements --------------------------------------------------------------------------
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        if self.tx is not None:
+            self._check_tag(delivery_tag, multiple)
+            self.tx.append(lambda: self._settle(self._take(delivery_tag, multiple), None))
+            return
+        self._settle(self._take(delivery_tag, multiple), None)
+
+    def reject(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
+        """basic.reject and basic.nack: requeue, or drop (dead-letter) the messages."""
+        if self.tx is not None:
+            self._check_tag(delivery_tag, multiple)
+            self.tx.append(lambda: self._settle(self._take(delivery_tag, multiple), requeue))
+            return
+        self._settle(self._take(delivery_tag, multiple), requeue)
+
+    def recover(self, requeue: bool) -> None:
+        if not requeue:
+            raise NotImplementedFeature("requeue=false")
+        self._settle(self._take(0, True), True)
+
+    def _check_tag(self, tag: int, multiple: bool) -> None:
+        if not (multiple and tag == 0) and tag not in self.unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+
+    def _take(self, tag: int, multiple: bool) -> list[Message]:
+        unacked = self.unacked
+        if not multiple:
+            msg = unacked.pop(tag, None)
+            if msg is None:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+            return [msg]
+        if tag == 0:
+            msgs = list(unacked.values())
+            unacked.clear()
+            return msgs
+        if tag not in unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        msgs = []
+        popitem = unacked.popitem
+        while True:
+            key, msg = popitem(last=False)
+            msgs.append(msg)
+            if key == tag:
+                return msgs
+
+    def _settle(self, msgs: list[Message], requeue: bool | None) -> None:
+        """Finish messages taken from ``unacked``: ack (requeue None), requeue, or drop."""
+        freed: set[Consumer] = set()
+        by_queue: dict[Queue, list[Message]] = {}
+        for msg in msgs:
+            consumer = msg.consumer
+            if consumer is not None:
+                consumer.unacked -= 1
+                freed.add(consumer)
+                msg.consumer = None
+            queue = msg.queue
+            if queue is None or queue.deleted:
+                continue
+            if requeue:
+                by_queue.setdefault(queue, []).append(msg)
+            elif requeue is None:
+                queue.settle_unacked(msg)
+            else:
+                queue.unacked_count -= 1
+                queue.drop(msg, "rejected")
+        for queue, queued in by_queue.items():
+            queue.requeue(queued)
+        if self.global_prefetch:
+            self.kick()
+        elif freed:
+            self.kick(freed)
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    def select_confirm(self) -> None:
+        if self.tx is not None:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        self.confirm = True
+
+    def select_tx(self) -> None:
+        if self.confirm:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        if self.tx is None:
+            self.tx = []
+
+    def commit(self) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        actions, self.tx = self.tx, []
+        for action in actions:
+            action()
+
+    def rollback(self) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        self.tx = []
+
+    def publish(self, msg: Message, mandatory: bool) -> None:
+        """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
+        vhost = self.session.vhost
+        exchange = vhost.exchange_for_publish(msg.exchange)
+        if self.tx is not None:
+            self.tx.append(lambda: self._route(vhost, exchange, msg, mandatory))
+            return
+        self._route(vhost, exchange, msg, mandatory)
+        if self.confirm:
+            self.publish_seq += 1
+            self.session.confirm_pending(self)
+
+    def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> None:
+        queues = vhost.route(exchange, msg)
+        if not queues:
+            if mandatory:
+                self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
+            return
+        first = True
+        for queue in queues:
+            queue.enqueue(msg if first else msg.copy())
+            first = False
+
+    def flush_confirms(self) -> None:
+        seq = self.publish_seq
+        if seq > self._confirmed_upto:
+            multiple = seq - self._confirmed_upto > 1
+            self._confirmed_upto = seq
+            self.sink.send_confirm(self.number, seq, multiple, True)
+
+    # --- closing -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The channel is gone: cancel its consumers and requeue what it held unacked, in order."""
+        if self.closed:
+            return
+        self.closed = True
+        for tag in list(self.consumers):
+            self.cancel(tag)
+        msgs = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(msgs, True)
+
+    def server_cancel(self, consumer: Consumer) -> None:
+        """The consumed queue went away: forget the consumer and tell the client if it can hear it."""
+        if self.consumers.pop(consumer.tag, None) is not None and self.session.cancel_notify:
+            self.sink.send_cancel(self.number, consumer.tag)

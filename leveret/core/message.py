@@ -1,0 +1,98 @@
+"""The one record a message costs in the broker.
+
+A message keeps its content header as received (class, weight, body size, then the basic properties in
+their AMQP 0-9-1 wire form: the broker's canonical message format, as in RabbitMQ) and its body. Property
+values are decoded only when a feature asks for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from leveret.amqp import codec
+
+if TYPE_CHECKING:
+    from .queue import Consumer, Queue
+
+_HEADER_PREFIX = 12  # class id, weight, body size
+
+
+class Message:
+    """A message as routed to one queue. Routing to several queues makes one shallow copy per extra queue.
+
+    ``address`` is the exchange and routing key as two AMQP short strings (sent verbatim on delivery),
+    ``header`` the content header payload, ``seq`` the position in its queue (kept on requeue),
+    ``queue`` the queue it sits in, ``consumer`` who holds it unacked (None otherwise).
+    """
+
+    __slots__ = (
+        "_props",
+        "address",
+        "body",
+        "consumer",
+        "delivery_count",
+        "exchange",
+        "header",
+        "published_at",
+        "queue",
+        "redelivered",
+        "routing_key",
+        "seq",
+    )
+
+    def __init__(self, exchange: str, routing_key: str, address: bytes, header: bytes, body: bytes) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.address = address
+        self.header = header
+        self.body = body
+        self.seq = 0
+        self.redelivered = False
+        self.queue: Queue | None = None
+        self.consumer: Consumer | None = None
+        self.delivery_count = 0
+        self._props: dict[str, Any] | None = None
+        self.published_at = 0.0
+
+    def copy(self) -> Message:
+        """A fresh record for another queue, sharing the header and body bytes."""
+        other = Message(self.exchange, self.routing_key, self.address, self.header, self.body)
+        other._props = self._props
+        other.published_at = self.published_at
+        return other
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The basic properties that are present, decoded once."""
+        props = self._props
+        if props is None:
+            props = self._props = codec.decode_properties(self.header[_HEADER_PREFIX:])
+        return props
+
+    @property
+    def headers(self) -> dict[str, Any] | None:
+        headers = self.properties.get("headers")
+        return headers if isinstance(headers, dict) else None
+
+    @property
+    def flags(self) -> int:
+        """The property flags word: which properties are present, without decoding any."""
+        header = self.header
+        return (header[12] << 8) | header[13]
+
+    @property
+    def persistent(self) -> bool:
+        return self.flags & 0x1000 != 0 and self.properties.get("delivery_mode") == 2
+
+
+def build_header(properties: dict[str, Any], body_size: int) -> bytes:
+    """A content header payload for a message the broker makes itself (management publish, dead letters)."""
+    return b"\x00\x3c\x00\x00" + body_size.to_bytes(8, "big") + codec.encode_properties(properties)
+
+
+def build_address(exchange: str, routing_key: str) -> bytes:
+    return codec.encode_shortstr(exchange) + codec.encode_shortstr(routing_key)

@@ -1,0 +1,219 @@
+"""Queues and their consumers.
+
+A queue holds ready messages in arrival order and hands them to consumers round-robin among those with
+credit (prefetch room, a writable connection, an active channel). Unacked messages are held by the
+channel that received them (see :mod:`leveret.core.channel`) and come back here on requeue, to their
+original position.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .message import Message
+
+if TYPE_CHECKING:
+    from .broker import MemoryMonitor, Session, VHost
+    from .channel import Channel
+
+
+class Consumer:
+    """One basic.consume: a queue, the channel it delivers on, and its acknowledgement mode and credit."""
+
+    __slots__ = (
+        "arguments",
+        "channel",
+        "exclusive",
+        "no_ack",
+        "prefetch",
+        "priority",
+        "queue",
+        "tag",
+        "tag_bytes",
+        "unacked",
+    )
+
+    def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
+                 prefetch: int, arguments: dict[str, Any]) -> None:
+        self.tag = tag
+        raw = tag.encode()
+        self.tag_bytes = bytes((len(raw),)) + raw
+        self.queue = queue
+        self.channel = channel
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.arguments = arguments
+        self.priority = 0
+
+    def has_credit(self) -> bool:
+        """True when a message could be delivered to this consumer now."""
+        channel = self.channel
+        if not channel.deliverable:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        return not (channel.global_prefetch and len(channel.unacked) >= channel.global_prefetch)
+
+
+class Queue:
+    """A queue of one vhost. ``exclusive_owner`` is the session that owns an exclusive queue."""
+
+    def __init__(self, vhost: VHost, name: str, *, durable: bool = False, exclusive_owner: Session | None = None,
+                 auto_delete: bool = False, arguments: dict[str, Any] | None = None) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments: dict[str, Any] = dict(arguments or {})
+        self.messages: deque[Message] = deque()
+        self.consumers: list[Consumer] = []
+        self.ready_bytes = 0
+        self.unacked_count = 0
+        self.deleted = False
+        self.had_consumers = False
+        self.memory: MemoryMonitor = vhost.broker.memory
+        self._next_seq = 1
+        self._rr = 0
+        self.stats_published = 0
+        self.stats_delivered = 0
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} in vhost {self.vhost.name!r}>"
+
+    @property
+    def exclusive(self) -> bool:
+        return self.exclusive_owner is not None
+
+    @property
+    def message_count(self) -> int:
+        return len(self.messages)
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self.consumers)
+
+    # --- messages in -------------------------------------------------------------------------------
+
+    def enqueue(self, msg: Message) -> None:
+        """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it."""
+        msg.seq = self._next_seq
+        self._next_seq += 1
+        msg.queue = self
+        self.messages.append(msg)
+        size = len(msg.body)
+        self.ready_bytes += size
+        self.stats_published += 1
+        memory = self.memory
+        memory.used += size
+        if memory.used > memory.high:
+            memory.check()
+        if self.consumers:
+            self.dispatch()
+
+    def requeue(self, msgs: Iterable[Message]) -> None:
+        """Put unacked messages back at their original positions, marked redelivered."""
+        messages = self.messages
+        for msg in msgs:
+            msg.redelivered = True
+            msg.consumer = None
+            self.unacked_count -= 1
+            self.ready_bytes += len(msg.body)
+            if not messages or msg.seq < messages[0].seq:
+                messages.appendleft(msg)
+            elif msg.seq > messages[-1].seq:
+                messages.append(msg)
+            else:
+                messages.insert(bisect.bisect_left(messages, msg.seq, key=_seq), msg)
+        if self.consumers:
+            self.dispatch()
+
+    # --- messages out ------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Deliver ready messages while some consumer has credit."""
+        messages = self.messages
+        consumers = self.consumers
+        while messages and consumers:
+            if len(consumers) == 1:
+                consumer = consumers[0]
+                if not consumer.has_credit():
+                    return
+            else:
+                found = self._next_consumer()
+                if found is None:
+                    return
+                consumer = found
+            msg = messages.popleft()
+            self.ready_bytes -= len(msg.body)
+            self.stats_delivered += 1
+            if not consumer.no_ack:
+                self.unacked_count += 1
+            consumer.channel.deliver(consumer, msg)
+
+    def _next_consumer(self) -> Consumer | None:
+        consumers = self.consumers
+        n = len(consumers)
+        start = self._rr
+        for i in range(n):
+            index = (start + i) % n
+            consumer = consumers[index]
+            if consumer.has_credit():
+                self._rr = (index + 1) % n
+                return consumer
+        return None
+
+    def get(self) -> Message | None:
+        """basic.get: the next ready message, or None. The caller records or settles it."""
+        if not self.messages:
+            return None
+        msg = self.messages.popleft()
+        self.ready_bytes -= len(msg.body)
+        self.stats_delivered += 1
+        return msg
+
+    def settle(self, msg: Message) -> None:
+        """A message delivered from this queue is finished (acked, or delivered without ack)."""
+        self.memory.used -= len(msg.body)
+
+    def settle_unacked(self, msg: Message) -> None:
+        self.unacked_count -= 1
+        self.memory.used -= len(msg.body)
+
+    def drop(self, msg: Message, reason: str) -> None:
+        """A message leaves the queue without being consumed (rejected without requeue, expired, ...)."""
+        self.memory.used -= len(msg.body)
+
+    def purge(self) -> int:
+        """Remove every ready message; unacked ones stay with their consumers. Returns how many."""
+        count = len(self.messages)
+        self.memory.used -= self.ready_bytes
+        self.messages.clear()
+        self.ready_bytes = 0
+        return count
+
+    # --- consumers ---------------------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+        self.had_consumers = True
+        self.dispatch()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        try:
+            self.consumers.remove(consumer)
+        except ValueError:
+            return
+        if self._rr >= len(self.consumers):
+            self._rr = 0
+
+
+def _seq(msg: Message) -> int:
+    return msg.seq

@@ -1,0 +1,600 @@
+"""The asyncio edge of AMQP: one Protocol per client connection, adapting leveret.amqp to leveret.core.
+
+It moves bytes between the transport and the sans-IO :class:`ServerConnection`, turns parsed methods into
+core calls, translates core errors into channel or connection closes (the one place that happens for
+AMQP), applies back-pressure, and keeps heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret import __version__
+from leveret.amqp import codec, spec
+from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
+from leveret.core import errors
+from leveret.core.broker import Session
+from leveret.core.channel import Channel
+from leveret.core.message import Message
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("leveret.connection")
+
+# Domain error -> (reply code, closes the whole connection)
+ERROR_CODES: dict[type[errors.BrokerError], tuple[int, bool]] = {
+    errors.NotFound: (spec.NOT_FOUND, False),
+    errors.AccessRefused: (spec.ACCESS_REFUSED, False),
+    errors.ResourceLocked: (spec.RESOURCE_LOCKED, False),
+    errors.PreconditionFailed: (spec.PRECONDITION_FAILED, False),
+    errors.NotAllowed: (spec.NOT_ALLOWED, True),
+    errors.NotImplementedFeature: (spec.NOT_IMPLEMENTED, True),
+    errors.CommandInvalid: (spec.COMMAND_INVALID, True),
+    errors.ResourceError: (spec.RESOURCE_ERROR, True),
+    errors.InternalError: (spec.INTERNAL_ERROR, True),
+}
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+
+M = spec.method
+_START = M("connection.start")
+_TUNE = M("connection.tune")
+_OPEN_OK = M("connection.open-ok")
+_CLOSE_OK = M("connection.close-ok")
+_BASIC_ACK = M("basic.ack")
+_BASIC_NACK = M("basic.nack")
+_BASIC_RETURN = M("basic.return")
+_BASIC_CANCEL = M("basic.cancel")
+_GET_OK = M("basic.get-ok")
+_HANDSHAKE_TIMEOUT = 10.0
+_CLOSE_TIMEOUT = 3.0
+
+
+class ChannelClosed(Exception):
+    """Raised inside a handler when the frame's channel is not open in the core (already torn down)."""
+
+
+class AMQPConnection(asyncio.Protocol):
+    """One client connection. Implements leveret.amqp.connection.Handler and leveret.core.channel.Sink."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        config = server.config
+        self.broker = server.broker
+        self.conn = ServerConnection(self, frame_max=config.frame_max, channel_max=config.channel_max,
+                                     max_message_size=config.max_message_size)
+        self.session = Session(self.broker, self)
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.peer = "?"
+        self.loopback = False
+        self.client_properties: dict[str, Any] = {}
+        self.auth_failure_close = False
+        self.blocked_capable = False
+        self.published = False
+        self.blocked = False
+        self.heartbeat = 0
+        self.last_received = self.loop.time()
+        self._sent_since_tick = False
+        self._flush_scheduled = False
+        self._timers: list[asyncio.TimerHandle] = []
+        self._closed = False
+        self._handlers = self._method_table()
+
+    # --- transport callbacks -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self.loopback = peer[0].startswith("127.") or peer[0] in ("::1", "::ffff:127.0.0.1")
+        self.session.peer = self.peer
+        self.server.connections.add(self)
+        self.broker.memory.listeners.append(self._on_memory_alarm)
+        self._timers.append(self.loop.call_later(_HANDSHAKE_TIMEOUT, self._handshake_timeout))
+        log.info("accepting AMQP connection %s", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        self.conn.receive_data(data)
+        self.session.flush_confirms()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+        self.server.connections.discard(self)
+        with contextlib.suppress(ValueError):
+            self.broker.memory.listeners.remove(self._on_memory_alarm)
+        self.session.close()
+        user = self.session.user.name if self.session.user else "-"
+        vhost = self.session._vhost.name if self.session._vhost else "-"
+        log.info("closing AMQP connection %s (vhost '%s', user '%s')%s", self.peer, vhost, user,
+                 f": {exc}" if exc else "")
+
+    def pause_writing(self) -> None:
+        self.session.set_writable(False)
+
+    def resume_writing(self) -> None:
+        self.session.set_writable(True)
+        self._flush()
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self._closed:
+            self._sent_since_tick = True
+            self.transport.write(data)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_deliver(self, channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool,
+                     address: bytes, header: bytes, body: bytes) -> None:
+        self.conn.send_deliver(channel, consumer_tag, delivery_tag, redelivered, address, header, body)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_return(self, channel: int, reply_code: int, reply_text: str, msg: Message) -> None:
+        self.conn.send_content(channel, _BASIC_RETURN, (reply_code, reply_text, msg.exchange, msg.routing_key),
+                               msg.header, msg.body)
+        self._schedule_flush()
+
+    def send_confirm(self, channel: int, delivery_tag: int, multiple: bool, ack: bool) -> None:
+        if ack:
+            self.conn.send_method(channel, _BASIC_ACK, (delivery_tag, multiple))
+        else:
+            self.conn.send_method(channel, _BASIC_NACK, (delivery_tag, multiple, False))
+        self._schedule_flush()
+
+    def send_cancel(self, channel: int, consumer_tag: str) -> None:
+        self.conn.send_method(channel, _BASIC_CANCEL, (consumer_tag, True))
+        self._schedule_flush()
+
+    # --- closing -----------------------------------------------------------------------------------
+
+    def close(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Close the connection with connection.close; the socket closes on close-ok or after a timeout."""
+        if self._closed or self.transport is None:
+            return
+        log.warning("closing connection %s: %d %s", self.peer, reply_code, text)
+        self.conn.close(reply_code, text, class_id, method_id)
+        self.session.close()
+        self._flush()
+        self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._abort))
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def _close_transport_after_flush(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _handshake_timeout(self) -> None:
+        if self.conn.state not in (State.OPEN, State.CLOSING, State.CLOSED):
+            log.warning("closing connection %s: handshake timeout", self.peer)
+            self._abort()
+
+    # --- sans-IO handler ---------------------------------------------------------------------------
+
+    def on_protocol_header(self) -> None:
+        props = {
+            "capabilities": SERVER_CAPABILITIES,
+            "cluster_name": self.broker.node_name,
+            "copyright": "Copyright (c) Leveret contributors",
+            "information": "Licensed under the MIT License",
+            "platform": "Python",
+            "product": "Leveret",
+            "version": __version__,
+        }
+        self.conn.send_method(0, _START, (0, 9, props, b"PLAIN AMQPLAIN", b"en_US"))
+
+    def on_heartbeat(self) -> None:
+        pass
+
+    def on_connection_error(self, error: ProtocolViolation) -> None:
+        name = spec.REPLY_NAMES.get(error.reply_code, str(error.reply_code))
+        if self.conn.state is State.CLOSED and not self.conn.channels and self.session.user is None \
+                and error.reply_code == spec.FRAME_ERROR and self.conn.bytes_received <= 8:
+            # bad protocol header: we answered with ours; close the socket
+            log.warning("connection %s: %s", self.peer, error.text)
+            self._close_transport_after_flush()
+            return
+        self.conn.state = State.OPEN  # let close() send connection.close
+        self.close(error.reply_code, f"{name} - {error.text}", error.class_id, error.method_id)
+
+    def on_channel_error(self, channel: int, error: ProtocolViolation) -> None:
+        self._close_channel(channel, error.reply_code, error.text, error.class_id, error.method_id)
+
+    def _close_channel(self, channel: int, code: int, text: str, class_id: int, method_id: int) -> None:
+        name = spec.REPLY_NAMES.get(code, str(code))
+        log.info("closing channel %d of %s: %d %s", channel, self.peer, code, text)
+        self.conn.close_channel(channel, code, f"{name} - {text}", class_id, method_id)
+        self.session.close_channel(channel)
+
+    def _fail(self, channel: int, exc: Exception, class_id: int, method_id: int) -> None:
+        if isinstance(exc, errors.BrokerError):
+            code, hard = ERROR_CODES.get(type(exc), (spec.INTERNAL_ERROR, True))
+            if hard or channel == 0:
+                self.close(code, f"{spec.REPLY_NAMES[code]} - {exc.text}", class_id, method_id)
+            else:
+                self._close_channel(channel, code, exc.text, class_id, method_id)
+            return
+        log.exception("internal error handling %s/%s on %s", class_id, method_id, self.peer)
+        self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - {type(exc).__name__}: {exc}", class_id, method_id)
+
+    def on_method(self, channel: int, method: spec.MethodSpec, args: tuple[Any, ...]) -> None:
+        handler = self._handlers.get(method.key)
+        if handler is None:
+            return
+        try:
+            handler(channel, *args)
+        except ChannelClosed:
+            pass
+        except Exception as exc:
+            self._fail(channel, exc, method.class_id, method.method_id)
+
+    def on_publish(self, channel: int, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
+                   address: bytes, header: bytes, body: bytes) -> None:
+        ch = self.session.channels.get(channel)
+        if ch is None:
+            return
+        try:
+            if immediate:
+                raise errors.NotImplementedFeature("immediate=true")
+            ch.publish(Message(exchange, routing_key, address, header, body), mandatory)
+        except Exception as exc:
+            self._fail(channel, exc, spec.CLASS_BASIC, 40)
+        if not self.published:
+            self.published = True
+        if self.broker.memory.alarm and not self.blocked:
+            self._block()
+
+    def on_ack(self, channel: int, delivery_tag: int, multiple: bool) -> None:
+        ch = self.session.channels.get(channel)
+        if ch is None:
+            return
+        try:
+            ch.ack(delivery_tag, multiple)
+        except Exception as exc:
+            self._fail(channel, exc, spec.CLASS_BASIC, 80)
+
+    # --- memory alarm ------------------------------------------------------------------------------
+
+    def _on_memory_alarm(self, alarm: bool) -> None:
+        if alarm and self.published and not self.blocked:
+            self._block()
+        elif not alarm and self.blocked:
+            self.blocked = False
+            if self.blocked_capable:
+                self.conn.send_method(0, M("connection.unblocked"))
+                self._schedule_flush()
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def _block(self) -> None:
+        self.blocked = True
+        if self.blocked_capable:
+            self.conn.send_method(0, M("connection.blocked"), ("low on memory",))
+            self._schedule_flush()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    # --- heartbeats --------------------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        if self.heartbeat > 0:
+            self._timers.append(self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick))
+
+    def _heartbeat_tick(self) -> None:
+        if self._closed:
+            return
+        now = self.loop.time()
+        if now - self.last_received > 2 * self.heartbeat:
+            log.warning("missed heartbeats from client %s, timeout: %ss", self.peer, self.heartbeat)
+            self._abort()
+            return
+        if not self._sent_since_tick:
+            self.conn.send_heartbeat()
+            self._flush()
+        self._sent_since_tick = False
+        self._timers = [t for t in self._timers if not t.cancelled()]
+        self._timers.append(self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick))
+
+    # --- methods -----------------------------------------------------------------------------------
+
+    def _method_table(self) -> dict[int, Callable[..., None]]:
+        table: dict[int, Callable[..., None]] = {}
+        for name in dir(self):
+            if name.startswith("_m_"):
+                key = M(name[3:].replace("__", ".").replace("_", "-")).key
+                table[key] = getattr(self, name)
+        return table
+
+    def _channel(self, number: int) -> Channel:
+        channel = self.session.channels.get(number)
+        if channel is None:
+            raise ChannelClosed
+        return channel
+
+    def _reply(self, channel: int, name: str, *args: Any) -> None:
+        self.conn.send_method(channel, M(name), args)
+
+    # connection class
+
+    def _m_connection__start_ok(self, _ch: int, client_properties: dict[str, Any], mechanism: str,
+                                response: bytes, locale: str) -> None:
+        self.client_properties = client_properties
+        caps = client_properties.get("capabilities")
+        if isinstance(caps, dict):
+            self.auth_failure_close = bool(caps.get("authentication_failure_close"))
+            self.blocked_capable = bool(caps.get("connection.blocked"))
+            self.session.cancel_notify = bool(caps.get("consumer_cancel_notify"))
+        username, password = self._credentials(mechanism, response)
+        try:
+            self.session.user = self.broker.authenticate(username, password, self.loopback)
+        except errors.AccessRefused as exc:
+            log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
+            if self.auth_failure_close:
+                self.close(spec.ACCESS_REFUSED, f"ACCESS_REFUSED - Login was refused using authentication "
+                                                f"mechanism {mechanism}. For details see the broker logfile.",
+                           spec.CLASS_CONNECTION, 11)
+            else:
+                self._abort()
+            return
+        self.conn.send_method(0, _TUNE, (self.server.config.channel_max, self.server.config.frame_max,
+                                         self.server.config.heartbeat))
+
+    def _credentials(self, mechanism: str, response: bytes) -> tuple[str, str]:
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                raise errors.AccessRefused("malformed PLAIN response")
+            return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+        if mechanism == "AMQPLAIN":
+            try:
+                table, _ = codec.decode_table(len(response).to_bytes(4, "big") + response, 0)
+            except codec.CodecError:
+                raise errors.AccessRefused("malformed AMQPLAIN response") from None
+            return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+        raise errors.CommandInvalid(f"unknown authentication mechanism '{mechanism}'")
+
+    def _m_connection__secure_ok(self, _ch: int, response: bytes) -> None:
+        raise errors.CommandInvalid("connection.secure-ok without connection.secure")
+
+    def _m_connection__tune_ok(self, _ch: int, channel_max: int, frame_max: int, heartbeat: int) -> None:
+        config = self.server.config
+        if frame_max and frame_max < spec.FRAME_MIN_SIZE:
+            raise errors.NotAllowed(f"frame_max={frame_max} < {spec.FRAME_MIN_SIZE} min size")
+        if frame_max > config.frame_max:
+            raise errors.NotAllowed(f"frame_max={frame_max} > {config.frame_max} max size")
+        if channel_max > config.channel_max:
+            raise errors.NotAllowed(f"channel_max={channel_max} > {config.channel_max} max channels")
+        self.conn.frame_max = frame_max or config.frame_max
+        self.conn.channel_max = channel_max or config.channel_max
+        self.heartbeat = heartbeat
+        self._start_heartbeat()
+
+    def _m_connection__open(self, _ch: int, virtual_host: str, _capabilities: str, _insist: bool) -> None:
+        self.session.open_vhost(virtual_host)
+        user = self.session.user.name if self.session.user else "?"
+        log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'", self.peer, user,
+                 virtual_host)
+        self.conn.send_method(0, _OPEN_OK, ("",))
+
+    def _m_connection__close(self, _ch: int, reply_code: int, reply_text: str, class_id: int,
+                             method_id: int) -> None:
+        self.conn.send_method(0, _CLOSE_OK)
+        self.session.close()
+        self._close_transport_after_flush()
+
+    def _m_connection__close_ok(self, _ch: int) -> None:
+        self._close_transport_after_flush()
+
+    def _m_connection__update_secret(self, _ch: int, new_secret: bytes, reason: str) -> None:
+        self._reply(0, "connection.update-secret-ok")
+
+    # channel class
+
+    def _m_channel__open(self, ch: int, _reserved: str) -> None:
+        self.session.open_channel(ch)
+        self._reply(ch, "channel.open-ok", b"")
+
+    def _m_channel__flow(self, ch: int, active: bool) -> None:
+        self._channel(ch)
+        if not active:
+            raise errors.NotImplementedFeature("active=false")
+        self._reply(ch, "channel.flow-ok", True)
+
+    def _m_channel__flow_ok(self, ch: int, active: bool) -> None:
+        pass
+
+    def _m_channel__close(self, ch: int, reply_code: int, reply_text: str, class_id: int, method_id: int) -> None:
+        self.session.close_channel(ch)
+        self._reply(ch, "channel.close-ok")
+
+    def _m_channel__close_ok(self, ch: int) -> None:
+        pass
+
+    # exchange class
+
+    def _m_exchange__declare(self, ch: int, _r: int, exchange: str, type_: str, passive: bool, durable: bool,
+                             auto_delete: bool, internal: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+        self._channel(ch)
+        self.session.vhost.declare_exchange(exchange, type_, passive=passive, durable=durable,
+                                            auto_delete=auto_delete, internal=internal, arguments=arguments)
+        if not nowait:
+            self._reply(ch, "exchange.declare-ok")
+
+    def _m_exchange__delete(self, ch: int, _r: int, exchange: str, if_unused: bool, nowait: bool) -> None:
+        self._channel(ch)
+        self.session.vhost.delete_exchange(exchange, if_unused)
+        if not nowait:
+            self._reply(ch, "exchange.delete-ok")
+
+    def _m_exchange__bind(self, ch: int, _r: int, destination: str, source: str, routing_key: str, nowait: bool,
+                          arguments: dict[str, Any]) -> None:
+        self._channel(ch)
+        self.session.vhost.bind_exchange(destination, source, routing_key, arguments)
+        if not nowait:
+            self._reply(ch, "exchange.bind-ok")
+
+    def _m_exchange__unbind(self, ch: int, _r: int, destination: str, source: str, routing_key: str,
+                            nowait: bool, arguments: dict[str, Any]) -> None:
+        self._channel(ch)
+        self.session.vhost.unbind_exchange(destination, source, routing_key, arguments)
+        if not nowait:
+            self._reply(ch, "exchange.unbind-ok")
+
+    # queue class
+
+    def _queue_name(self, channel: Channel, name: str) -> str:
+        if name:
+            return name
+        if not channel.last_queue:
+            raise errors.NotFound("no previously declared queue")
+        return channel.last_queue
+
+    def _m_queue__declare(self, ch: int, _r: int, queue: str, passive: bool, durable: bool, exclusive: bool,
+                          auto_delete: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+        channel = self._channel(ch)
+        if passive and not queue:
+            queue = self._queue_name(channel, queue)
+        q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
+                                             exclusive=exclusive, auto_delete=auto_delete, arguments=arguments)
+        channel.last_queue = q.name
+        if not nowait:
+            self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
+
+    def _m_queue__bind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str, nowait: bool,
+                       arguments: dict[str, Any]) -> None:
+        channel = self._channel(ch)
+        if not queue and not routing_key:
+            routing_key = self._queue_name(channel, "")
+        queue = self._queue_name(channel, queue)
+        self.session.vhost.bind_queue(queue, exchange, routing_key, arguments, self.session)
+        if not nowait:
+            self._reply(ch, "queue.bind-ok")
+
+    def _m_queue__unbind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str,
+                         arguments: dict[str, Any]) -> None:
+        channel = self._channel(ch)
+        if not queue and not routing_key:
+            routing_key = self._queue_name(channel, "")
+        queue = self._queue_name(channel, queue)
+        self.session.vhost.unbind_queue(queue, exchange, routing_key, arguments, self.session)
+        self._reply(ch, "queue.unbind-ok")
+
+    def _m_queue__purge(self, ch: int, _r: int, queue: str, nowait: bool) -> None:
+        channel = self._channel(ch)
+        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+        count = q.purge()
+        if not nowait:
+            self._reply(ch, "queue.purge-ok", count)
+
+    def _m_queue__delete(self, ch: int, _r: int, queue: str, if_unused: bool, if_empty: bool,
+                         nowait: bool) -> None:
+        channel = self._channel(ch)
+        count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
+                                                if_empty)
+        if not nowait:
+            self._reply(ch, "queue.delete-ok", count)
+
+    # basic class
+
+    def _m_basic__qos(self, ch: int, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
+        self._channel(ch).qos(prefetch_size, prefetch_count, global_)
+        self._reply(ch, "basic.qos-ok")
+
+    def _m_basic__consume(self, ch: int, _r: int, queue: str, consumer_tag: str, no_local: bool, no_ack: bool,
+                          exclusive: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+        channel = self._channel(ch)
+        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+        consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+        if not nowait:
+            self._reply(ch, "basic.consume-ok", consumer.tag)
+        q.add_consumer(consumer)
+
+    def _m_basic__cancel(self, ch: int, consumer_tag: str, nowait: bool) -> None:
+        self._channel(ch).cancel(consumer_tag)
+        if not nowait:
+            self._reply(ch, "basic.cancel-ok", consumer_tag)
+
+    def _m_basic__get(self, ch: int, _r: int, queue: str, no_ack: bool) -> None:
+        channel = self._channel(ch)
+        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+        got = channel.get(q, no_ack)
+        if got is None:
+            self._reply(ch, "basic.get-empty", "")
+            return
+        tag, msg = got
+        self.conn.send_content(ch, _GET_OK, (tag, msg.redelivered, msg.exchange, msg.routing_key, q.message_count),
+                               msg.header, msg.body)
+
+    def _m_basic__ack(self, ch: int, delivery_tag: int, multiple: bool) -> None:
+        self._channel(ch).ack(delivery_tag, multiple)
+
+    def _m_basic__reject(self, ch: int, delivery_tag: int, requeue: bool) -> None:
+        self._channel(ch).reject(delivery_tag, False, requeue)
+
+    def _m_basic__nack(self, ch: int, delivery_tag: int, multiple: bool, requeue: bool) -> None:
+        self._channel(ch).reject(delivery_tag, multiple, requeue)
+
+    def _m_basic__recover_async(self, ch: int, requeue: bool) -> None:
+        self._channel(ch).recover(requeue)
+
+    def _m_basic__recover(self, ch: int, requeue: bool) -> None:
+        self._channel(ch).recover(requeue)
+        self._reply(ch, "basic.recover-ok")
+
+    # confirm and tx classes
+
+    def _m_confirm__select(self, ch: int, nowait: bool) -> None:
+        self._channel(ch).select_confirm()
+        if not nowait:
+            self._reply(ch, "confirm.select-ok")
+
+    def _m_tx__select(self, ch: int) -> None:
+        self._channel(ch).select_tx()
+        self._reply(ch, "tx.select-ok")
+
+    def _m_tx__commit(self, ch: int) -> None:
+        self._channel(ch).commit()
+        self._reply(ch, "tx.commit-ok")
+
+    def _m_tx__rollback(self, ch: int) -> None:
+        self._channel(ch).rollback()
+        self._reply(ch, "tx.rollback-ok")

@@ -1,0 +1,126 @@
+"""Starting and stopping the broker: listeners, signal handling, ordered shutdown.
+
+``serve(config)`` is what ``leveret serve`` runs. :class:`Server` is the same broker for embedding and tests:
+``await server.start()`` binds (port 0 picks a free one, see ``server.port``), ``await server.stop()`` closes
+every connection with 320 CONNECTION_FORCED and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from leveret.amqp import spec
+from leveret.config import Config
+from leveret.core.broker import Broker
+
+from .amqp import AMQPConnection
+
+log = logging.getLogger("leveret.server")
+
+
+class Server:
+    """One broker process's AMQP listener over one :class:`Broker`."""
+
+    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+        self.config = config
+        self.broker = broker or Broker(memory_high_watermark=config.memory_high_watermark,
+                                       default_user=config.default_user, default_pass=config.default_pass,
+                                       default_vhost=config.default_vhost, loopback_users=config.loopback_users)
+        self.connections: set[AMQPConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self.port = config.port
+
+    async def start(self) -> None:
+        """Bind and listen. Raises OSError when the address cannot be bound."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind, self.config.port,
+                                                reuse_address=True, backlog=1024)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close(spec.CONNECTION_FORCED,
+                       "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("Leveret stopped")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed, the standard one otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _serve(config: Config) -> int:
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def serve(config: Config) -> int:
+    """Run the broker until SIGINT or SIGTERM; returns the exit code. Raises OSError if it cannot bind."""
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(_serve(config))
+    finally:
+        loop.close()
+
+
+class ThreadedServer:
+    """A Server on its own event loop in a background thread (for tests and embedding in sync code)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = new_event_loop()
+        self.server = Server(config)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="leveret-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def broker(self) -> Broker:
+        return self.server.broker
+
+    def start(self) -> ThreadedServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def call(self, fn: object, *args: object) -> object:
+        """Run ``fn(*args)`` on the server's loop and return its result (for inspecting broker state)."""
+        async def run() -> object:
+            return fn(*args)  # type: ignore[operator]
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=2.0), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
