@@ -1,1 +1,86 @@
-"""Shared pytest fixtures for the Leveret test suite."""
+"""Shared pytest fixtures for the Leveret test suite.
+
+- ``leveret``: a real Leveret broker on an ephemeral port of 127.0.0.1, in a background thread of this
+  process (a fresh broker per test). ``leveret.port``, ``leveret.broker`` (the core, for inspection through
+  ``leveret.call(fn)``).
+- ``rabbitmq_port``: 5672 when the reference RabbitMQ answers there; the test is skipped otherwise.
+- ``broker_port``: parametrised over both brokers ("leveret", "rabbitmq") for differential tests: a test
+  using it runs once against each, and the RabbitMQ run is skipped when RabbitMQ is absent.
+- ``make_config``: a Config for tests (ephemeral port, data dir in tmp_path).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leveret.config import Config
+from leveret.server.app import ThreadedServer
+
+RABBITMQ_HOST = "127.0.0.1"
+RABBITMQ_PORT = 5672
+
+
+def rabbitmq_available() -> bool:
+    try:
+        with socket.create_connection((RABBITMQ_HOST, RABBITMQ_PORT), timeout=0.5) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            sock.settimeout(2)
+            return sock.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
+_RABBITMQ: bool | None = None
+
+
+def require_rabbitmq() -> int:
+    global _RABBITMQ
+    if _RABBITMQ is None:
+        _RABBITMQ = rabbitmq_available()
+    if not _RABBITMQ:
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672 (start it with ../shared/scripts/rabbitmq.sh)")
+    return RABBITMQ_PORT
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning"}
+        values.update(overrides)
+        return Config(**values)
+
+    return make
+
+
+@pytest.fixture
+def leveret(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(make_config()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def rabbitmq_port() -> int:
+    return require_rabbitmq()
+
+
+@pytest.fixture(params=["leveret", "rabbitmq"])
+def broker_port(request: pytest.FixtureRequest) -> int:
+    if request.param == "rabbitmq":
+        return require_rabbitmq()
+    server: ThreadedServer = request.getfixturevalue("leveret")
+    return server.port
+
+
+@pytest.fixture
+def unique() -> str:
+    """A name unique to this test run (tests against RabbitMQ share its vhost)."""
+    return f"t-{uuid.uuid4().hex[:12]}"
