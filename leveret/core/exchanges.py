@@ -162,6 +162,7 @@ class Exchange:
         self.arguments: Table = dict(arguments) if arguments else {}
         self._bindings: dict[_BindingKey, Binding] = {}
         self._by_destination: dict[Hashable, dict[_BindingKey, Binding]] = {}
+        self._new_index()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} bindings={len(self._bindings)}>"
@@ -220,6 +221,9 @@ class Exchange:
         """Every destination bound to this exchange, once each."""
         return list(self._by_destination)
 
+    def _new_index(self) -> None:
+        """Set up the subclass's empty routing index (called by ``__init__``)."""
+
     def _index_add(self, key: _BindingKey, binding: Binding) -> None:
         raise NotImplementedError
 
@@ -252,16 +256,7 @@ class DirectExchange(Exchange):
 
     type_name: ClassVar[str] = "direct"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Table | None = None,
-    ) -> None:
-        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+    def _new_index(self) -> None:
         self._counts: dict[str, dict[Hashable, int]] = {}  # binding key -> destination -> number of bindings
         self._routes: dict[str, tuple[Hashable, ...]] = {}  # binding key -> destinations, built on demand
 
@@ -296,16 +291,7 @@ class FanoutExchange(Exchange):
 
     type_name: ClassVar[str] = "fanout"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Table | None = None,
-    ) -> None:
-        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+    def _new_index(self) -> None:
         self._counts: dict[Hashable, int] = {}
         self._route: tuple[Hashable, ...] | None = ()
 
@@ -395,16 +381,7 @@ class TopicExchange(Exchange):
     type_name: ClassVar[str] = "topic"
     cache_size: ClassVar[int] = TOPIC_CACHE_SIZE
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Table | None = None,
-    ) -> None:
-        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+    def _new_index(self) -> None:
         self._root = _TrieNode(is_hash=False)
         self._cache: dict[str, tuple[Hashable, ...]] = {}
 
@@ -427,8 +404,9 @@ class TopicExchange(Exchange):
             for node in states:
                 if node.is_hash:
                     _enter(following, node)
-                if node.children:
-                    _enter(following, node.children.get(word))
+                child = node.children.get(word)
+                if child is not None:
+                    _enter(following, child)
                 if node.star is not None:
                     _enter(following, node.star)
             if not following:
@@ -509,7 +487,8 @@ _X_MATCH_KINDS: dict[str, tuple[bool, bool]] = {  # x-match value -> (all must m
 
 _PLAIN_TYPES = frozenset({str, int, bytes, bool, float, datetime.datetime})
 
-_HeaderPattern = tuple[tuple[str, Any, bool], ...]  # (header name, value, value is void: presence is enough)
+# (header name, value, type of the value if == compares it like RabbitMQ, value is void: presence is enough)
+_HeaderPattern = tuple[tuple[str, Any, type | None, bool], ...]
 
 
 def _nested_equal(left: Any, right: Any) -> bool:
@@ -567,7 +546,7 @@ def _compile_headers_binding(arguments: Arguments) -> tuple[bool, _HeaderPattern
         if name == "x-match" and isinstance(value, str):
             match_all, with_x = _X_MATCH_KINDS.get(value, (True, False))
     pattern = tuple(
-        (name, value, value is None)
+        (name, value, type(value) if type(value) in _PLAIN_TYPES else None, value is None)
         for name, value in arguments
         if name != "x-match" and (with_x or not name.startswith("x-"))
     )
@@ -584,24 +563,31 @@ class HeadersExchange(Exchange):
 
     type_name: ClassVar[str] = "headers"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Table | None = None,
-    ) -> None:
-        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+    def _new_index(self) -> None:
         self._matchers: dict[_BindingKey, tuple[Hashable, bool, _HeaderPattern]] = {}
 
     def route(self, routing_key: str, headers: Table | None) -> Collection[Hashable]:
         if headers is None:
             headers = _EMPTY_TABLE
+        missing = _MISSING
         found: dict[Hashable, None] = {}
         for destination, match_all, pattern in self._matchers.values():
-            if destination not in found and _headers_match(match_all, pattern, headers):
+            if destination in found:
+                continue
+            # Inlined (this runs per binding per message): any stops at the first match, all at the first miss.
+            for name, expected, plain_type, void in pattern:
+                actual = headers.get(name, missing)
+                if actual is missing:
+                    matched = False
+                elif type(actual) is plain_type:
+                    matched = expected == actual
+                else:
+                    matched = void or _header_value_equal(expected, actual)
+                if matched is not match_all:
+                    break
+            else:
+                matched = match_all
+            if matched:
                 found[destination] = None
         return tuple(found) if found else _NO_DESTINATIONS
 
@@ -611,22 +597,6 @@ class HeadersExchange(Exchange):
 
     def _index_remove(self, key: _BindingKey, binding: Binding) -> None:
         del self._matchers[key]
-
-
-def _headers_match(match_all: bool, pattern: _HeaderPattern, headers: Table) -> bool:
-    for name, expected, void in pattern:
-        actual = headers.get(name, _MISSING)
-        if actual is _MISSING:
-            matched = False
-        elif void:
-            matched = True
-        elif type(expected) is type(actual) and type(expected) in _PLAIN_TYPES:
-            matched = expected == actual
-        else:
-            matched = _header_value_equal(expected, actual)
-        if matched != match_all:
-            return matched  # any: the first match decides; all: the first miss does
-    return match_all
 
 
 # --- validation ----------------------------------------------------------------------------------
