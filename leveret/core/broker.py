@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .channel import Channel, Sink
+from .channel import REPLY_TO, Channel, Sink
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
 from .message import Message
@@ -59,10 +59,15 @@ class DefaultExchange(Exchange):
     def __init__(self, vhost: VHost) -> None:
         super().__init__("", durable=True)
         self.queues = vhost.queues
+        self.reply_queues = vhost.broker.reply_queues
 
     def route(self, routing_key: str, headers: dict[str, Any] | None) -> tuple[Queue, ...]:
         queue = self.queues.get(routing_key)
-        return (queue,) if queue is not None else ()
+        if queue is None:
+            queue = self.reply_queues.get(routing_key) if routing_key.startswith(REPLY_TO) else None
+            if queue is None:
+                return ()
+        return (queue,)
 
     def bind(self, destination: Hashable, routing_key: str, arguments: dict[str, Any] | None = None) -> bool:
         raise AccessRefused("operation not permitted on the default exchange")
@@ -109,12 +114,10 @@ class VHost:
                          auto_delete: bool = False, internal: bool = False,
                          arguments: dict[str, Any] | None = None) -> Exchange:
         arguments = arguments or {}
-        if passive:
-            if not name:
-                return self.exchanges[""]
-            return self.exchange(name)
         if not name:
             raise AccessRefused("operation not permitted on the default exchange")
+        if passive:
+            return self.exchange(name)
         if type_name not in EXCHANGE_TYPES:
             raise CommandInvalid(f"unknown exchange type '{type_name}'")
         existing = self.exchanges.get(name)
@@ -127,7 +130,7 @@ class VHost:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for exchange '{name}' in vhost "
                                              f"'{self.name}': received '{_describe(received)}' but current is "
                                              f"'{_describe(current)}'")
-            self._check_arguments("exchange", name, arguments, existing.arguments)
+            self._check_arguments("exchange", name, arguments, existing.arguments, EXCHANGE_EQUIVALENCE_ARGS)
             return existing
         if name.startswith("amq."):
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
@@ -136,26 +139,27 @@ class VHost:
         self.exchanges[name] = exchange
         return exchange
 
-    def _check_arguments(self, kind: str, name: str, received: dict[str, Any], current: dict[str, Any]) -> None:
-        for key in sorted(set(received) | set(current)):
-            if received.get(key) != current.get(key):
-                if key not in current:
-                    raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}':"
-                                             f" received the value '{_describe(received[key])}' of type "
-                                             f"'{_type_name(received[key])}' but current is none")
-                if key not in received:
-                    raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}':"
-                                             f" received none but current is the value "
-                                             f"'{_describe(current[key])}' of type '{_type_name(current[key])}'")
+    def _check_arguments(self, kind: str, name: str, received: dict[str, Any], current: dict[str, Any],
+                         keys: tuple[str, ...]) -> None:
+        """RabbitMQ's rabbit_misc:assert_args_equivalence: only ``keys`` are compared (other arguments may
+        differ), integers of any width compare equal, and the texts are RabbitMQ's."""
+        for key in keys:
+            new, old = received.get(key, _ABSENT), current.get(key, _ABSENT)
+            if new is _ABSENT and old is _ABSENT:
+                continue
+            if new is not _ABSENT and old is not _ABSENT:
+                if _type_class(new) == _type_class(old) and new == old:
+                    continue
                 raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}': "
-                                         f"received the value '{_describe(received[key])}' of type "
-                                         f"'{_type_name(received[key])}' but current is the value "
-                                         f"'{_describe(current[key])}' of type '{_type_name(current[key])}'")
+                                         f"received '{_describe(new)}' but current is '{_describe(old)}'")
+            raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}': "
+                                     f"received {_typed_value(new)} but current is {_typed_value(old)}")
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
-        if not name or name.startswith("amq."):
-            raise AccessRefused(f"operation not permitted on exchange '{name}'" if name
-                                else "operation not permitted on the default exchange")
+        if not name:
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
         exchange = self.exchanges.get(name)
         if exchange is None:
             return
@@ -232,7 +236,7 @@ class VHost:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for queue '{name}' in vhost '{self.name}': "
                                              f"received '{_describe(received)}' but current is "
                                              f"'{_describe(current)}'")
-            self._check_arguments("queue", name, arguments, existing.arguments)
+            self._check_arguments("queue", name, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
             return existing
         queue = Queue(self, name, durable=durable, exclusive_owner=session if exclusive else None,
                       auto_delete=auto_delete, arguments=arguments)
@@ -251,7 +255,7 @@ class VHost:
         if if_unused and queue.consumers:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
         if if_empty and queue.messages:
-            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
         return self.remove_queue(queue)
 
     def remove_queue(self, queue: Queue) -> int:
@@ -407,6 +411,7 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",)) -> None:
         self.memory = MemoryMonitor(memory_high_watermark)
+        self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.loopback_users = set(loopback_users)
@@ -434,6 +439,34 @@ class Broker:
         if username in self.loopback_users and not loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
         return user
+
+
+_ABSENT: Any = object()
+
+# The arguments RabbitMQ 3.10 compares when a classic queue or an exchange is declared again; others may differ.
+QUEUE_EQUIVALENCE_ARGS = (
+    "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-length",
+    "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode", "x-queue-version",
+    "x-single-active-consumer", "x-queue-master-locator",
+)
+EXCHANGE_EQUIVALENCE_ARGS = ("alternate-exchange",)
+
+
+def _type_class(value: Any) -> str:
+    """RabbitMQ's type_class: integers of every width are one class, floats another."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return _type_name(value)
+
+
+def _typed_value(value: Any) -> str:
+    if value is _ABSENT:
+        return "none"
+    return f"the value '{_describe(value)}' of type '{_type_name(value)}'"
 
 
 def _type_name(value: Any) -> str:

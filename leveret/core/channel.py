@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
-from .message import Message
+from .message import Message, build_header
 from .queue import Consumer, Queue
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ class Sink(Protocol):
 
 
 NO_ROUTE = 312
+REPLY_TO = "amq.rabbitmq.reply-to"
+_REPLY_TO_FLAG = 0x0200
 _tag_counter = itertools.count(1)
 
 
@@ -57,6 +59,7 @@ class Channel:
         self.deliverable = session.writable
         self.last_queue = ""
         self.closed = False
+        self.reply_queue: Queue | None = None
 
     # --- flow --------------------------------------------------------------------------------------
 
@@ -116,11 +119,31 @@ class Channel:
         self.consumers[tag] = consumer
         return consumer
 
+    def consume_reply(self, tag: str, no_ack: bool) -> Consumer:
+        """Direct reply-to: consume from the ``amq.rabbitmq.reply-to`` pseudo-queue (no-ack only). Replies
+        published to this channel's reply address go straight to this consumer."""
+        if not no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge")
+        if self.reply_queue is not None:
+            raise PreconditionFailed("reply consumer already set")
+        vhost = self.session.vhost
+        queue = Queue(vhost, f"{REPLY_TO}.{secrets.token_urlsafe(24)}", exclusive_owner=self.session)
+        consumer = self.consume(queue, tag, no_ack=True, exclusive=False, arguments={})
+        self.reply_queue = queue
+        vhost.broker.reply_queues[queue.name] = queue
+        return consumer
+
     def cancel(self, tag: str) -> Consumer | None:
         """basic.cancel: stop the consumer; its unacked messages stay unacked. None if there was none."""
         consumer = self.consumers.pop(tag, None)
-        if consumer is not None:
-            consumer.queue.vhost.remove_consumer(consumer)
+        if consumer is None:
+            return None
+        if consumer.queue is self.reply_queue:
+            self.reply_queue.deleted = True
+            self.session.broker.reply_queues.pop(self.reply_queue.name, None)
+            self.reply_queue = None
+            return consumer
+        consumer.queue.vhost.remove_consumer(consumer)
         return consumer
 
     def qos(self, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
@@ -235,6 +258,8 @@ class Channel:
         """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
         vhost = self.session.vhost
         exchange = vhost.exchange_for_publish(msg.exchange)
+        if msg.flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
+            self._set_reply_address(msg)
         if self.tx is not None:
             self.tx.append(lambda: self._route(vhost, exchange, msg, mandatory))
             return
@@ -253,6 +278,14 @@ class Channel:
         for queue in queues:
             queue.enqueue(msg if first else msg.copy())
             first = False
+
+    def _set_reply_address(self, msg: Message) -> None:
+        if self.reply_queue is None:
+            raise PreconditionFailed("fast reply consumer does not exist")
+        props = dict(msg.properties)
+        props["reply_to"] = self.reply_queue.name
+        msg.header = build_header(props, len(msg.body))
+        msg._props = props
 
     def flush_confirms(self) -> None:
         seq = self.publish_seq

@@ -19,7 +19,7 @@ from leveret.amqp import codec, spec
 from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
 from leveret.core import errors
 from leveret.core.broker import Session
-from leveret.core.channel import Channel
+from leveret.core.channel import REPLY_TO, Channel
 from leveret.core.message import Message
 
 if TYPE_CHECKING:
@@ -493,6 +493,10 @@ class AMQPConnection(asyncio.Protocol):
         channel = self._channel(ch)
         if passive and not queue:
             queue = self._queue_name(channel, queue)
+        if passive and queue == REPLY_TO:
+            if not nowait:
+                self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
+            return
         q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
                                              exclusive=exclusive, auto_delete=auto_delete, arguments=arguments)
         channel.last_queue = q.name
@@ -542,8 +546,12 @@ class AMQPConnection(asyncio.Protocol):
     def _m_basic__consume(self, ch: int, _r: int, queue: str, consumer_tag: str, no_local: bool, no_ack: bool,
                           exclusive: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
-        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
-        consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+        if queue == REPLY_TO:
+            consumer = channel.consume_reply(consumer_tag, no_ack)
+            q = consumer.queue
+        else:
+            q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+            consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
         if not nowait:
             self._reply(ch, "basic.consume-ok", consumer.tag)
         q.add_consumer(consumer)
