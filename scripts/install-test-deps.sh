@@ -55,8 +55,10 @@ apt_install() {  # apt_install LABEL PKG... ; returns non-zero when the packages
 
 summary=()
 
-# C: rabbitmq-c's library, headers and command-line tools (amqp-publish, amqp-consume, amqp-get, ...).
-if apt_install "rabbitmq-c" librabbitmq-dev amqp-tools gcc libc6-dev; then summary+=("c:ok"); else summary+=("c:missing"); fi
+# C: rabbitmq-c's library and headers for tests/clients/c/roundtrip.c, and its command-line tools
+# (amqp-declare-queue, amqp-publish, amqp-get, amqp-consume, amqp-delete-queue) for amqp_tools.sh.
+if apt_install "rabbitmq-c" librabbitmq-dev gcc libc6-dev; then summary+=("c:ok"); else summary+=("c:missing"); fi
+if apt_install "amqp-tools" amqp-tools; then summary+=("amqp-tools:ok"); else summary+=("amqp-tools:missing"); fi
 
 # PHP: php-amqplib from Debian (autoloader at /usr/share/php/PhpAmqpLib/autoload.php).
 if apt_install "php" php-cli php-amqplib; then summary+=("php:ok"); else summary+=("php:missing"); fi

@@ -7,7 +7,8 @@
 //	GO111MODULE=off GOPATH=/usr/share/gocode go build -o roundtrip roundtrip.go
 //
 // Declares a topic exchange and a non-durable queue, binds them, publishes in confirm mode messages with
-// properties, consumes them with manual acks and checks bodies and properties, then basic.get, and cleans up.
+// properties, consumes them with manual acks and checks bodies and properties, then basic.get; then a
+// mandatory return, basic.qos and a multi-frame message rejected and redelivered; and cleans up.
 // Prints "go amqp091-go: OK ..." and exits 0, or prints the failure and exits 1.
 package main
 
@@ -59,6 +60,81 @@ func checkDelivery(d amqp.Delivery, i int, prefix, what string) {
 	expect(d.Headers["x-index"], int32(i), what+" header x-index")
 	expect(d.Headers["x-client"], "amqp091-go", what+" header x-client")
 	expect(d.Headers["x-flag"], true, what+" header x-flag")
+}
+
+// extras: a server-named exclusive queue, a mandatory publish returned with basic.return, basic.qos, a
+// multi-frame message rejected with requeue and redelivered, all in confirm mode.
+func extras(ctx context.Context, ch *amqp.Channel, confirms chan amqp.Confirmation, prefix string) {
+	waitConfirm := func(what string) {
+		select {
+		case c := <-confirms:
+			expect(c.Ack, true, what+" confirm ack")
+		case <-ctx.Done():
+			fail("timed out waiting for the confirm of %s", what)
+		}
+	}
+	named, err := ch.QueueDeclare("", false, true, true, false, nil)
+	check(err, "queue.declare of a server-named queue")
+	if len(named.Name) < 8 || named.Name[:8] != "amq.gen-" {
+		fail("server-named queue: got %q", named.Name)
+	}
+
+	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
+	check(ch.PublishWithContext(ctx, "amq.direct", prefix+".nowhere", true, false,
+		amqp.Publishing{MessageId: "returned-1", Body: []byte("back")}), "mandatory basic.publish")
+	select {
+	case r := <-returns:
+		expect(r.ReplyCode, uint16(312), "basic.return reply code")
+		expect(r.ReplyText, "NO_ROUTE", "basic.return reply text")
+		expect(r.Exchange, "amq.direct", "basic.return exchange")
+		expect(r.RoutingKey, prefix+".nowhere", "basic.return routing key")
+		expect(r.MessageId, "returned-1", "basic.return message_id")
+		expect(string(r.Body), "back", "basic.return body")
+	case <-ctx.Done():
+		fail("timed out waiting for basic.return")
+	}
+	waitConfirm("returned message")
+
+	check(ch.Qos(1, 0, false), "basic.qos")
+	big := make([]byte, 300*1024)
+	for i := range big {
+		big[i] = byte(i % 251)
+	}
+	check(ch.PublishWithContext(ctx, "", named.Name, false, false, amqp.Publishing{
+		ContentType: "application/octet-stream", DeliveryMode: amqp.Persistent, Priority: 3, Expiration: "60000",
+		Timestamp: time.Unix(1700000000, 0), Type: "blob", AppId: "roundtrip.go", UserId: "guest",
+		Headers: amqp.Table{"nested": amqp.Table{"n": int64(-7), "list": []interface{}{"a", int32(2)}}},
+		Body:    big,
+	}), "basic.publish of a large message")
+	waitConfirm("large message")
+	deliveries, err := ch.Consume(named.Name, "", false, true, false, false, nil)
+	check(err, "basic.consume on the server-named queue")
+	for attempt := 0; attempt < 2; attempt++ {
+		select {
+		case d := <-deliveries:
+			expect(len(d.Body), len(big), "large body length")
+			expect(string(d.Body) == string(big), true, "large body bytes")
+			expect(d.Redelivered, attempt == 1, "large message redelivered flag")
+			expect(d.Priority, uint8(3), "priority")
+			expect(d.DeliveryMode, amqp.Persistent, "delivery_mode")
+			expect(d.Timestamp.Unix(), int64(1700000000), "timestamp")
+			expect(d.UserId, "guest", "user_id")
+			nested, ok := d.Headers["nested"].(amqp.Table)
+			if !ok || nested["n"] != int64(-7) {
+				fail("nested header table: got %#v", d.Headers["nested"])
+			}
+			if attempt == 0 {
+				check(d.Reject(true), "basic.reject with requeue")
+			} else {
+				check(d.Ack(false), "basic.ack of the redelivered message")
+			}
+		case <-ctx.Done():
+			fail("timed out waiting for the large message (attempt %d)", attempt)
+		}
+	}
+	deleted, err := ch.QueueDelete(named.Name, false, false, false)
+	check(err, "queue.delete of the server-named queue")
+	expect(deleted, 0, "server-named queue messages at delete")
 }
 
 func main() {
@@ -148,6 +224,8 @@ func main() {
 	check(err, "second basic.get")
 	expect(ok, false, "second basic.get should be empty")
 
+	extras(ctx, ch, confirms, prefix)
+
 	inspected, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil)
 	check(err, "queue.declare passive")
 	expect(inspected.Messages, 0, "messages left after acks")
@@ -158,5 +236,6 @@ func main() {
 	check(ch.ExchangeDelete(exchange, false, false), "exchange.delete")
 	check(ch.Close(), "channel.close")
 	check(conn.Close(), "connection.close")
-	fmt.Printf("go amqp091-go: OK (%d confirmed, consumed and acked with properties, 1 basic.get)\n", count)
+	fmt.Printf("go amqp091-go: OK (%d confirmed, consumed and acked with properties, basic.get, basic.return, "+
+		"300 KiB message, reject/requeue)\n", count)
 }

@@ -1,7 +1,8 @@
 // Round trip with Node's amqplib against an AMQP 0-9-1 broker (Leveret or RabbitMQ).
 // usage: node roundtrip.js AMQP_URL NAME_PREFIX
 // Declares a topic exchange and a non-durable queue, binds them, publishes on a confirm channel with
-// properties, consumes with manual acks and checks every body and property, then basic.get, and cleans up.
+// properties, consumes with manual acks and checks every body and property, then basic.get; then a
+// server-named queue, a mandatory return, a multi-frame message, nack/requeue and a channel error; cleans up.
 // Prints "node amqplib: OK ..." and exits 0, or prints the failure and exits 1.
 'use strict';
 
@@ -45,6 +46,54 @@ function publish(ch, i) {
       messageId: `msg-${i}`,
     }, (err) => (err ? reject(new Error(`publish ${i} was nacked`)) : resolve()));
   });
+}
+
+// A server-named exclusive queue, a mandatory publish that comes back with basic.return, a message larger
+// than one frame, a nack with requeue coming back redelivered, and a 404 channel error on a second channel
+// that leaves the connection usable.
+async function extras(conn, ch) {
+  const { queue: named } = await ch.assertQueue('', { exclusive: true });
+  assert.match(named, /^amq\.gen-/, 'server-named queue');
+
+  const returned = new Promise((resolve) => ch.once('return', resolve));
+  await new Promise((resolve, reject) => ch.publish('amq.direct', `${prefix}.nowhere`, Buffer.from('back'),
+    { mandatory: true, messageId: 'returned-1' }, (err) => (err ? reject(err) : resolve())));
+  const ret = await returned;
+  assert.equal(ret.fields.replyCode, 312, 'basic.return reply code');
+  assert.equal(ret.fields.replyText, 'NO_ROUTE');
+  assert.equal(ret.fields.exchange, 'amq.direct');
+  assert.equal(ret.fields.routingKey, `${prefix}.nowhere`);
+  assert.equal(ret.properties.messageId, 'returned-1');
+  assert.equal(ret.content.toString(), 'back');
+
+  const big = Buffer.alloc(300 * 1024);
+  for (let i = 0; i < big.length; i++) big[i] = i % 251;
+  const props = { contentType: 'application/octet-stream', contentEncoding: 'identity', deliveryMode: 2,
+    priority: 3, expiration: '60000', timestamp: 1700000000, type: 'blob', appId: 'roundtrip.js',
+    userId: 'guest', headers: { nested: { list: [1, 'two', true], n: -7 }, big: 2 ** 40, f: 1.5, nul: null } };
+  await new Promise((resolve, reject) =>
+    ch.sendToQueue(named, big, props, (err) => (err ? reject(err) : resolve())));
+  const first = await ch.get(named, { noAck: false });
+  assert.ok(first, 'basic.get of the large message returned empty');
+  assert.ok(first.content.equals(big), 'large body differs');
+  for (const key of Object.keys(props)) {
+    assert.deepEqual(first.properties[key], props[key], `large message property ${key}`);
+  }
+  assert.equal(first.fields.redelivered, false);
+  ch.nack(first, false, true);
+  const again = await ch.get(named, { noAck: false });
+  assert.ok(again, 'nacked message was not requeued');
+  assert.equal(again.fields.redelivered, true, 'requeued message should be redelivered');
+  assert.ok(again.content.equals(big));
+  ch.ack(again);
+
+  const ch2 = await conn.createChannel();
+  const closed = new Promise((resolve) => ch2.once('close', resolve));
+  ch2.on('error', () => {});
+  await assert.rejects(ch2.checkQueue(`${prefix}.no-such-queue`), (err) => err.code === 404,
+    'passive declare of a missing queue should fail with 404');
+  await closed;
+  await ch.checkQueue(named);  // the connection and the first channel are still usable
 }
 
 async function main() {
@@ -95,6 +144,9 @@ async function main() {
 
   const check = await ch.checkQueue(queue);
   assert.equal(check.messageCount, 0, 'queue should be empty after acks');
+
+  await extras(conn, ch);
+
   await ch.unbindQueue(queue, exchange, 'orders.#');
   const deleted = await ch.deleteQueue(queue);
   assert.equal(deleted.messageCount, 0);
@@ -102,7 +154,8 @@ async function main() {
   await ch.close();
   await conn.close();
   clearTimeout(watchdog);
-  console.log(`node amqplib: OK (${COUNT} confirmed, consumed and acked with properties, 1 basic.get)`);
+  console.log(`node amqplib: OK (${COUNT} confirmed, consumed and acked with properties, basic.get, basic.return, `
+    + '300 KiB message, nack/requeue, 404 channel error)');
 }
 
 main().catch((err) => {

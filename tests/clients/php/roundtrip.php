@@ -3,7 +3,8 @@
 // usage: php roundtrip.php HOST PORT NAME_PREFIX
 // Declares a direct exchange and a non-durable queue, binds them, publishes with publisher confirms
 // (confirm_select + wait_for_pending_acks) messages with properties and one JSON task message, consumes
-// them with manual acks and checks bodies and properties, then basic.get, and cleans up.
+// them with manual acks and checks bodies and properties, then basic.get, a mandatory return and a
+// reject/requeue under basic.qos, and cleans up.
 // Prints "php php-amqplib: OK ..." and exits 0, or prints the failure and exits 1.
 
 declare(strict_types=1);
@@ -140,6 +141,44 @@ try {
     $got->ack();
     expect($channel->basic_get($queue, false), null, 'second basic.get');
 
+    // A mandatory publish that comes back with basic.return, then basic.qos and basic.reject with requeue.
+    $returns = [];
+    $channel->set_return_listener(
+        function ($replyCode, $replyText, $exchange, $routingKey, AMQPMessage $msg) use (&$returns) {
+            $returns[] = [$replyCode, $replyText, $exchange, $routingKey, $msg->getBody(), $msg->get('message_id')];
+        });
+    $channel->basic_publish(new AMQPMessage('back', ['message_id' => 'returned-1']), 'amq.direct',
+        "$prefix.nowhere", true);
+    $channel->wait_for_pending_acks_returns(10.0);
+    expect($returns, [[312, 'NO_ROUTE', 'amq.direct', "$prefix.nowhere", 'back', 'returned-1']], 'basic.return');
+    expect($acked, COUNT + 3, 'publisher confirm of the returned message');
+
+    $channel->basic_qos(0, 1, false);
+    $channel->basic_publish(makeMessage(COUNT + 1, $prefix), $exchange, $routingKey);
+    $channel->wait_for_pending_acks(10.0);
+    $deliveries = [];
+    $tag = $channel->basic_consume($queue, '', false, false, false, false,
+        function (AMQPMessage $msg) use (&$deliveries) {
+            $deliveries[] = $msg;
+            if (count($deliveries) === 1) {
+                $msg->reject(true);
+            } else {
+                $msg->ack();
+            }
+        });
+    $deadline = microtime(true) + 10;
+    while (count($deliveries) < 2) {
+        if (microtime(true) > $deadline) {
+            fail('timed out waiting for the rejected message to come back');
+        }
+        $channel->wait(null, false, 5.0);
+    }
+    $channel->basic_cancel($tag);
+    checkMessage($deliveries[0], COUNT + 1, $prefix, 'first delivery before reject');
+    expect($deliveries[0]->isRedelivered(), false, 'first delivery redelivered flag');
+    checkMessage($deliveries[1], COUNT + 1, $prefix, 'redelivery after reject');
+    expect($deliveries[1]->isRedelivered(), true, 'redelivery redelivered flag');
+
     $channel->queue_unbind($queue, $exchange, $routingKey);
     [, $left] = $channel->queue_declare($queue, true);
     expect($left, 0, 'messages left after acks');
@@ -151,5 +190,6 @@ try {
     fail(get_class($e) . ': ' . $e->getMessage());
 }
 
-echo 'php php-amqplib: OK (' . COUNT . " + 1 JSON task confirmed, consumed and acked with properties, 1 basic.get)\n";
+echo 'php php-amqplib: OK (' . COUNT . ' + 1 JSON task confirmed, consumed and acked with properties, basic.get, '
+    . "basic.return, reject/requeue)\n";
 exit(0);
