@@ -1,0 +1,211 @@
+"""The persistence interface: one API, several backends (memory, sqlite; postgres later).
+
+What is stored: vhosts, users and permissions, durable exchanges, durable queues (with their arguments),
+bindings between durable objects, and persistent messages in durable queues. Definitions are written
+synchronously (they are rare); message writes go through :meth:`Store.submit`, which batches them into
+group commits on one writer and calls back once the batch is durable.
+
+Message verbs (LavinMQ's five, adapted): ``push`` a message into a queue, ``delete`` (acked, dropped or
+expired), ``requeue`` (mark redelivered; position is kept by ``seq``), ``purge`` a queue, and reading back
+with :meth:`Store.load_messages` / :meth:`Store.load_bodies`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreError(Exception):
+    """The store cannot be used. ``str(error)`` is one line that says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ExchangeDef:
+    vhost: str
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueDef:
+    vhost: str
+    name: str
+    durable: bool = True
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BindingDef:
+    vhost: str
+    source: str
+    destination: str
+    destination_kind: str  # "queue" or "exchange"
+    routing_key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UserDef:
+    name: str
+    password_hash: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PermissionDef:
+    user: str
+    vhost: str
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+
+
+@dataclass
+class Definitions:
+    vhosts: list[str] = field(default_factory=list)
+    users: list[UserDef] = field(default_factory=list)
+    permissions: list[PermissionDef] = field(default_factory=list)
+    exchanges: list[ExchangeDef] = field(default_factory=list)
+    queues: list[QueueDef] = field(default_factory=list)
+    bindings: list[BindingDef] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored. ``body`` is None when loaded without bodies (see load_messages)."""
+
+    id: int
+    vhost: str
+    queue: str
+    seq: int
+    exchange: str
+    routing_key: str
+    header: bytes
+    body: bytes | None
+    redelivered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    id: int
+    vhost: str
+    queue: str
+    seq: int
+    exchange: str
+    routing_key: str
+    header: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    vhost: str
+    queue: str
+
+
+MessageOp = Push | Delete | Requeue | Purge
+
+
+class Store(abc.ABC):
+    """A backend. Every method may raise :class:`StoreError`; none of them is called concurrently except
+    :meth:`submit`, whose callbacks run on the writer's thread (the caller hands them to its event loop)."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Open or create the store and migrate its schema. Raises StoreError when it cannot be used
+        (corrupt, newer schema version, read-only, disk full) without touching the data."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Finish pending writes (their callbacks are called) and release the store."""
+
+    # definitions (synchronous, durable when they return)
+
+    @abc.abstractmethod
+    def load_definitions(self) -> Definitions: ...
+
+    @abc.abstractmethod
+    def save_vhost(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def delete_vhost(self, name: str) -> None:
+        """Also deletes the vhost's exchanges, queues, bindings, permissions and messages."""
+
+    @abc.abstractmethod
+    def save_user(self, user: UserDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_user(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def save_permission(self, permission: PermissionDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_permission(self, user: str, vhost: str) -> None: ...
+
+    @abc.abstractmethod
+    def save_exchange(self, exchange: ExchangeDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        """Also deletes the bindings whose source or destination it is."""
+
+    @abc.abstractmethod
+    def save_queue(self, queue: QueueDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_queue(self, vhost: str, name: str) -> None:
+        """Also deletes its bindings and its messages."""
+
+    @abc.abstractmethod
+    def save_binding(self, binding: BindingDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_binding(self, binding: BindingDef) -> None: ...
+
+    # messages
+
+    @abc.abstractmethod
+    def submit(self, ops: list[MessageOp], done: Callable[[BaseException | None], None]) -> None:
+        """Queue ``ops`` for the writer, in order after every earlier submit. ``done(None)`` is called once
+        they are durable (group commit: one transaction covers many submits); ``done(exc)`` if the commit
+        failed. Never blocks on I/O."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Block until everything submitted so far is durable (for shutdown and tests)."""
+
+    @abc.abstractmethod
+    def load_messages(self, vhost: str, queue: str, *, with_bodies: bool = True, after_seq: int = 0,
+                      limit: int | None = None) -> Iterator[StoredMessage]:
+        """The queue's messages with seq > after_seq in seq order (at most ``limit``)."""
+
+    @abc.abstractmethod
+    def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """Bodies by message id, for messages whose bodies were not kept in memory."""
+
+    @abc.abstractmethod
+    def message_counts(self) -> dict[tuple[str, str], int]:
+        """(vhost, queue) -> number of stored messages."""
+
+    @abc.abstractmethod
+    def max_message_id(self) -> int:
+        """The highest message id ever stored (ids are never reused across restarts)."""
