@@ -1,8 +1,9 @@
 """Encoding and decoding of AMQP 0-9-1 values: field tables, method arguments, content properties, frames.
 
 Every decoder takes ``(buffer, offset)`` and returns ``(value, new_offset)``. Malformed input raises
-:class:`CodecError`, which the connection turns into a connection close (502 SYNTAX_ERROR or 501
-FRAME_ERROR). Nothing here does I/O.
+:class:`CodecError` and nothing else; the connection turns it into a connection close (501 FRAME_ERROR,
+as RabbitMQ does for arguments it cannot decode; 503 COMMAND_INVALID for an unknown method). Nothing
+here does I/O.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _CONTENT_HEAD = struct.Struct(">HHQ")
 class CodecError(ValueError):
     """Bytes that do not decode as the specification says; ``reply_code`` is the AMQP code to close with."""
 
-    def __init__(self, text: str, reply_code: int = spec.SYNTAX_ERROR) -> None:
+    def __init__(self, text: str, reply_code: int = spec.FRAME_ERROR) -> None:
         super().__init__(text)
         self.reply_code = reply_code
 
@@ -131,7 +132,7 @@ def _decode_void(buf: bytes, offset: int) -> tuple[Any, int]:
     return None, offset
 
 
-def _decode_array(buf: bytes, offset: int) -> tuple[Any, int]:
+def _decode_array(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
     _need(buf, offset, 4)
     (size,) = _I.unpack_from(buf, offset)
     offset += 4
@@ -140,12 +141,17 @@ def _decode_array(buf: bytes, offset: int) -> tuple[Any, int]:
         raise CodecError("array runs past the end of the frame")
     items = []
     while offset < end:
-        value, offset = decode_field_value(buf, offset)
+        value, offset = _decode_value(buf, offset, depth)
         items.append(value)
     if offset != end:
         raise CodecError("array contents overrun its declared size")
     return items, offset
 
+
+# Tables and arrays nest; deeper than this is refused (CodecError) rather than exhausting the Python stack.
+MAX_NESTING = 128
+_TAG_TABLE = ord("F")
+_TAG_ARRAY = ord("A")
 
 _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("t"): _decode_bool,
@@ -162,24 +168,37 @@ _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("D"): _decode_decimal,
     ord("S"): _decode_longstr_field,
     ord("x"): decode_longstr_bytes,
-    ord("A"): _decode_array,
     ord("T"): _decode_timestamp,
-    ord("F"): lambda buf, offset: decode_table(buf, offset),
     ord("V"): _decode_void,
 }
 
 
 def decode_field_value(buf: bytes, offset: int) -> tuple[Any, int]:
     """One tagged field value (tag byte, then the value)."""
+    return _decode_value(buf, offset, 0)
+
+
+def _decode_value(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
     _need(buf, offset, 1)
-    decoder = _FIELD_DECODERS.get(buf[offset])
+    tag = buf[offset]
+    if tag in (_TAG_TABLE, _TAG_ARRAY):
+        if depth >= MAX_NESTING:
+            raise CodecError(f"tables and arrays nested deeper than {MAX_NESTING} levels")
+        if tag == _TAG_TABLE:
+            return _decode_table(buf, offset + 1, depth + 1)
+        return _decode_array(buf, offset + 1, depth + 1)
+    decoder = _FIELD_DECODERS.get(tag)
     if decoder is None:
-        raise CodecError(f"unknown field type {chr(buf[offset])!r} in table")
+        raise CodecError(f"unknown field type {chr(tag)!r} in table")
     return decoder(buf, offset + 1)
 
 
 def decode_table(buf: bytes, offset: int) -> tuple[Table, int]:
     """A field table: a long size, then (shortstr name, tagged value) pairs."""
+    return _decode_table(buf, offset, 0)
+
+
+def _decode_table(buf: bytes, offset: int, depth: int) -> tuple[Table, int]:
     _need(buf, offset, 4)
     (size,) = _I.unpack_from(buf, offset)
     offset += 4
@@ -189,7 +208,7 @@ def decode_table(buf: bytes, offset: int) -> tuple[Table, int]:
     table: Table = {}
     while offset < end:
         key, offset = decode_shortstr(buf, offset)
-        table[key], offset = decode_field_value(buf, offset)
+        table[key], offset = _decode_value(buf, offset, depth)
     if offset != end:
         raise CodecError("table contents overrun its declared size")
     return table, offset
@@ -221,21 +240,28 @@ def encode_field_value(value: Any) -> bytes:
     if value is None:
         return b"V"
     if isinstance(value, datetime.datetime):
-        return b"T" + _Q.pack(int(value.timestamp()))
+        seconds = int(value.timestamp())
+        if not 0 <= seconds < 2**64:
+            raise CodecError(f"datetime {value} is before the epoch: a timestamp cannot hold it")
+        return b"T" + _Q.pack(seconds)
     if isinstance(value, decimal.Decimal):
         return b"D" + _encode_decimal(value)
     raise CodecError(f"cannot encode {type(value).__name__} in a field table")
 
 
 def _encode_decimal(value: decimal.Decimal) -> bytes:
-    sign, digits, exponent = value.normalize().as_tuple()
+    # Exact arithmetic on the digits: Decimal.normalize() would round to the context's precision.
+    sign, digits, exponent = value.as_tuple()
     if not isinstance(exponent, int):
         raise CodecError("cannot encode a non-finite decimal")
     unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
     scale = -exponent
-    while scale < 0:
-        unscaled *= 10
-        scale += 1
+    if scale < 0:
+        unscaled *= 10**-scale
+        scale = 0
+    while scale > 0 and unscaled % 10 == 0 and (scale > 255 or not -(2**31) <= unscaled < 2**31):
+        unscaled //= 10  # trailing zeros of the fraction: drop them only when needed to fit
+        scale -= 1
     if scale > 255 or not -(2**31) <= unscaled < 2**31:
         raise CodecError(f"decimal {value} does not fit a field table")
     return bytes((scale,)) + _i.pack(unscaled)
@@ -283,19 +309,22 @@ _ARG_DECODERS: dict[str, Callable[[bytes, int], tuple[Any, int]]] = {
 
 
 def _encode_arg(kind: str, value: Any) -> bytes:
-    if kind == spec.SHORTSTR:
-        return encode_shortstr(value)
-    if kind == spec.LONGSTR:
-        return encode_longstr(value)
-    if kind == spec.TABLE:
-        return encode_table(value)
-    if kind == spec.OCTET:
-        return _B.pack(value)
-    if kind == spec.SHORT:
-        return _H.pack(value)
-    if kind == spec.LONG:
-        return _I.pack(value)
-    return _Q.pack(value)  # longlong, timestamp
+    try:
+        if kind == spec.SHORTSTR:
+            return encode_shortstr(value)
+        if kind == spec.LONGSTR:
+            return encode_longstr(value)
+        if kind == spec.TABLE:
+            return encode_table(value)
+        if kind == spec.OCTET:
+            return _B.pack(value)
+        if kind == spec.SHORT:
+            return _H.pack(value)
+        if kind == spec.LONG:
+            return _I.pack(value)
+        return _Q.pack(value)  # longlong, timestamp
+    except struct.error as exc:  # a number out of the domain's range
+        raise CodecError(f"cannot encode {value!r} as {kind}: {exc}") from None
 
 
 def decode_arguments(method: spec.MethodSpec, buf: bytes, offset: int) -> tuple[tuple[Any, ...], int]:
@@ -356,8 +385,8 @@ def encode_method_payload(method: spec.MethodSpec, args: Sequence[Any]) -> bytes
 def decode_method_payload(payload: bytes) -> tuple[spec.MethodSpec, tuple[Any, ...]]:
     """A method frame's payload: the spec of the method and its decoded arguments.
 
-    Raises CodecError with 540 NOT_IMPLEMENTED for an unknown class or method, 502 SYNTAX_ERROR for
-    arguments that do not decode or bytes left over."""
+    Raises CodecError with 503 COMMAND_INVALID for an unknown class or method, 501 FRAME_ERROR for
+    arguments that do not decode or bytes left over (RabbitMQ's "cannot decode")."""
     if len(payload) < 4:
         raise CodecError("method frame too short", spec.FRAME_ERROR)
     class_id, method_id = _METHOD_HEAD.unpack_from(payload, 0)

@@ -57,6 +57,9 @@ TRANSITIONS: dict[tuple[State, int], State] = {
     (State.CLOSING, _key("connection.close-ok")): State.CLOSED,
 }
 
+# Before tune-ok, frames are limited to the minimum frame size (as in RabbitMQ).
+_UNTUNED = frozenset({State.AWAIT_HEADER, State.AWAIT_START_OK, State.AWAIT_TUNE_OK})
+
 _CHANNEL_OPEN = _key("channel.open")
 _CHANNEL_CLOSE = _key("channel.close")
 _CHANNEL_CLOSE_OK = _key("channel.close-ok")
@@ -131,6 +134,7 @@ class ServerConnection:
         self._buf = b""
         self._out: list[bytes] = []
         self.bytes_received = 0
+        self.failed = False  # a violation was reported; the connection is closing
 
     # --- input -------------------------------------------------------------------------------------
 
@@ -152,7 +156,16 @@ class ServerConnection:
             self._buf = self._parse_frames(data)
         except ProtocolViolation as exc:
             self._buf = b""
-            self.state = State.CLOSED
+            if self.state in (State.AWAIT_HEADER, State.CLOSING):
+                already_failed = self.failed
+                self.failed = True
+                self.state = State.CLOSED
+                if already_failed:
+                    return  # more garbage after the close we sent for the first violation
+            else:
+                self.failed = True
+                name = spec.REPLY_NAMES.get(exc.reply_code, str(exc.reply_code))
+                self.close(exc.reply_code, f"{name} - {exc.text}", exc.class_id, exc.method_id)
             self.handler.on_connection_error(exc)
 
     def _check_header(self, header: bytes) -> None:
@@ -166,12 +179,14 @@ class ServerConnection:
     def _parse_frames(self, data: bytes) -> bytes:
         pos = 0
         n = len(data)
-        max_payload = self.frame_max - 8
         unpack_head = _FRAME_HEAD.unpack_from
         while n - pos >= 8:
             ftype, channel, size = unpack_head(data, pos)
+            # RabbitMQ allows a payload of frame_max bytes (its FRAME_SIZE_FUDGE), not just frame_max - 8.
+            max_payload = spec.FRAME_MIN_SIZE if self.state in _UNTUNED else self.frame_max
             if size > max_payload:
-                raise ProtocolViolation(spec.FRAME_ERROR, f"frame size {size + 8} exceeds frame_max {self.frame_max}")
+                raise ProtocolViolation(spec.FRAME_ERROR, f"frame payload of {size} bytes exceeds frame_max "
+                                        f"{max_payload}")
             end = pos + 7 + size
             if end >= n:
                 break
@@ -179,6 +194,8 @@ class ServerConnection:
                 raise ProtocolViolation(spec.FRAME_ERROR, f"frame end byte {data[end]:#x} is not 0xce")
             payload = data[pos + 7 : end]
             pos = end + 1
+            if self.state is State.CLOSING and (channel or ftype != 1):
+                continue  # after our connection.close only channel 0's methods count
             if ftype == 1:
                 self._on_method_frame(channel, payload)
             elif ftype == 3:
@@ -186,8 +203,10 @@ class ServerConnection:
             elif ftype == 2:
                 self._on_header_frame(channel, payload)
             elif ftype == 8:
+                if payload:
+                    raise ProtocolViolation(spec.FRAME_ERROR, f"heartbeat frame with a {size}-byte payload")
                 if channel != 0:
-                    raise ProtocolViolation(spec.FRAME_ERROR, f"heartbeat frame on channel {channel}")
+                    raise ProtocolViolation(spec.UNEXPECTED_FRAME, f"heartbeat frame on channel {channel}")
                 self.handler.on_heartbeat()
             else:
                 raise ProtocolViolation(spec.FRAME_ERROR, f"unknown frame type {ftype}")
@@ -203,8 +222,8 @@ class ServerConnection:
         if channel in self._content:
             raise ProtocolViolation(spec.UNEXPECTED_FRAME, f"expected content header for class 60, got a "
                                     f"method frame on channel {channel}", class_id, method_id)
-        if channel == 0 or class_id == spec.CLASS_CONNECTION:
-            self._on_connection_method(channel, class_id, method_id, key, payload)
+        if channel == 0:
+            self._on_connection_method(class_id, method_id, key, payload)
             return
         state = self.channels.get(channel)
         if state != CH_OPEN:
@@ -215,17 +234,21 @@ class ServerConnection:
                     self.handler.on_method(channel, spec.METHODS_BY_KEY[key], ())
                 elif key == _CHANNEL_CLOSE:
                     self._out.append(codec.method_frame(channel, spec.method("channel.close-ok")))
+                elif key == _CHANNEL_OPEN:
+                    raise ProtocolViolation(spec.CHANNEL_ERROR, f"second 'channel.open' seen on channel {channel}",
+                                            class_id, method_id)
                 return  # everything else on a closing channel is discarded
             if self.state is not State.OPEN:
-                raise ProtocolViolation(spec.CHANNEL_ERROR, f"channel method before connection.open "
-                                        f"({self.state.value})", class_id, method_id)
+                raise ProtocolViolation(spec.UNEXPECTED_FRAME, f"method frame on channel {channel} while "
+                                        f"{self.state.value}", class_id, method_id)
+            # RabbitMQ limits the number of open channels to channel_max, not the channel number.
+            if self.channel_max and len(self.channels) >= self.channel_max:
+                raise ProtocolViolation(spec.NOT_ALLOWED, f"number of channels opened ({len(self.channels)}) has "
+                                        f"reached the negotiated channel_max ({self.channel_max})")
+            self._decode(payload, class_id, method_id)
             if key != _CHANNEL_OPEN:
                 raise ProtocolViolation(spec.CHANNEL_ERROR, f"expected 'channel.open' on channel {channel}",
                                         class_id, method_id)
-            if channel > self.channel_max:
-                raise ProtocolViolation(spec.NOT_ALLOWED, f"channel {channel} exceeds the negotiated channel_max "
-                                        f"{self.channel_max}", class_id, method_id)
-            self._decode(payload, class_id, method_id)
             self.channels[channel] = CH_OPEN
             self.handler.on_method(channel, spec.METHODS_BY_KEY[key], ("",))
             return
@@ -253,18 +276,14 @@ class ServerConnection:
         except CodecError as exc:
             raise ProtocolViolation(exc.reply_code, str(exc), class_id, method_id) from None
 
-    def _on_connection_method(self, channel: int, class_id: int, method_id: int, key: int,
-                              payload: bytes) -> None:
-        if channel != 0 or class_id != spec.CLASS_CONNECTION:
-            raise ProtocolViolation(spec.COMMAND_INVALID, f"{spec.CLASS_NAMES.get(class_id, class_id)} method "
-                                    f"on channel {channel}: connection methods go on channel 0 and only they",
-                                    class_id, method_id)
+    def _on_connection_method(self, class_id: int, method_id: int, key: int, payload: bytes) -> None:
         method, args = self._decode(payload, class_id, method_id)
         next_state = TRANSITIONS.get((self.state, key))
         if next_state is None:
             if self.state is State.CLOSING:
                 return  # after we sent close, the client's other methods are discarded
-            raise ProtocolViolation(spec.COMMAND_INVALID, f"{method.full_name} not allowed while "
+            # RabbitMQ: "unexpected method in connection state ..." (also for non-connection methods on channel 0)
+            raise ProtocolViolation(spec.CHANNEL_ERROR, f"unexpected method {method.full_name} on channel 0 while "
                                     f"{self.state.value}", class_id, method_id)
         self.state = next_state
         self.handler.on_method(0, method, args)
@@ -283,7 +302,7 @@ class ServerConnection:
             routing_key = payload[rpos + 1 : bpos].decode()
             bits = payload[bpos]
         except (IndexError, UnicodeDecodeError):
-            raise ProtocolViolation(spec.SYNTAX_ERROR, "malformed basic.publish arguments",
+            raise ProtocolViolation(spec.FRAME_ERROR, "malformed basic.publish arguments",
                                     spec.CLASS_BASIC, 40) from None
         self._content[channel] = _Content((exchange, routing_key, bool(bits & 1), bool(bits & 2)), payload[6:bpos])
 
@@ -401,7 +420,7 @@ class ServerConnection:
 _CLIENT_METHODS = frozenset(
     spec.method(name).key
     for name in (
-        "channel.open", "channel.flow", "channel.flow-ok", "channel.close", "channel.close-ok",
+        "channel.open", "channel.flow", "channel.close",  # close-ok only answers our close (CH_CLOSING)
         "exchange.declare", "exchange.delete", "exchange.bind", "exchange.unbind",
         "queue.declare", "queue.bind", "queue.purge", "queue.delete", "queue.unbind",
         "basic.qos", "basic.consume", "basic.cancel", "basic.get", "basic.ack", "basic.reject",

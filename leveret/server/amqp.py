@@ -190,6 +190,9 @@ class AMQPConnection(asyncio.Protocol):
             return
         log.warning("closing connection %s: %d %s", self.peer, reply_code, text)
         self.conn.close(reply_code, text, class_id, method_id)
+        self._after_close_sent()
+
+    def _after_close_sent(self) -> None:
         self.session.close()
         self._flush()
         self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._abort))
@@ -220,21 +223,19 @@ class AMQPConnection(asyncio.Protocol):
             "product": "Leveret",
             "version": __version__,
         }
-        self.conn.send_method(0, _START, (0, 9, props, b"PLAIN AMQPLAIN", b"en_US"))
+        self.conn.send_method(0, _START, (0, 9, props, b"AMQPLAIN PLAIN", b"en_US"))
 
     def on_heartbeat(self) -> None:
         pass
 
     def on_connection_error(self, error: ProtocolViolation) -> None:
-        name = spec.REPLY_NAMES.get(error.reply_code, str(error.reply_code))
-        if self.conn.state is State.CLOSED and not self.conn.channels and self.session.user is None \
-                and error.reply_code == spec.FRAME_ERROR and self.conn.bytes_received <= 8:
-            # bad protocol header: we answered with ours; close the socket
-            log.warning("connection %s: %s", self.peer, error.text)
+        """The parser found a violation: it has queued connection.close (state CLOSING) unless the peer is not
+        speaking AMQP at all or was already being closed (state CLOSED), where the socket just closes."""
+        log.warning("connection %s: %d %s", self.peer, error.reply_code, error.text)
+        if self.conn.state is State.CLOSED:
             self._close_transport_after_flush()
             return
-        self.conn.state = State.OPEN  # let close() send connection.close
-        self.close(error.reply_code, f"{name} - {error.text}", error.class_id, error.method_id)
+        self._after_close_sent()
 
     def on_channel_error(self, channel: int, error: ProtocolViolation) -> None:
         self._close_channel(channel, error.reply_code, error.text, error.class_id, error.method_id)
@@ -363,7 +364,13 @@ class AMQPConnection(asyncio.Protocol):
             self.auth_failure_close = bool(caps.get("authentication_failure_close"))
             self.blocked_capable = bool(caps.get("connection.blocked"))
             self.session.cancel_notify = bool(caps.get("consumer_cancel_notify"))
-        username, password = self._credentials(mechanism, response)
+        try:
+            username, password = self._credentials(mechanism, response)
+        except errors.CommandInvalid as exc:
+            # RabbitMQ closes the socket without a connection.close for handshake errors other than a refused login
+            log.warning("connection %s: %s", self.peer, exc.text)
+            self._abort()
+            return
         try:
             self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
@@ -491,8 +498,6 @@ class AMQPConnection(asyncio.Protocol):
     def _m_queue__declare(self, ch: int, _r: int, queue: str, passive: bool, durable: bool, exclusive: bool,
                           auto_delete: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
-        if passive and not queue:
-            queue = self._queue_name(channel, queue)
         if passive and queue == REPLY_TO:
             if not nowait:
                 self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
