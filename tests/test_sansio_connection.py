@@ -441,8 +441,8 @@ def test_violation(name: str) -> None:
     assert close[0].full_name == "connection.close" and close[1][0] == expected[1]
     conn.receive_data(QOS)
     assert recorder.calls == [expected]
-    conn.receive_data(method(0, "connection.close-ok"))
-    assert conn.state is State.CLOSED
+    conn.receive_data(method(0, "connection.close-ok"))  # not read either: the stream may be out of sync
+    assert recorder.calls == [expected] and conn.failed
 
 
 @pytest.mark.parametrize("name", list(VIOLATIONS))
@@ -633,9 +633,8 @@ def check_fuzzed(conn: ServerConnection, recorder: Recorder, chunks: list[bytes]
     errors = [i for i, c in enumerate(recorder.calls) if c[0] == "connection_error"]
     assert len(errors) <= 1
     if errors:
-        after = recorder.calls[errors[0] + 1 :]
-        assert all(c[:3] in (("method", 0, "connection.close-ok"), ("method", 0, "connection.close")) for c in after)
-        assert conn.state in (State.CLOSING, State.CLOSED)
+        assert errors[0] == len(recorder.calls) - 1
+        assert conn.failed and conn.state in (State.CLOSING, State.CLOSED)
     for call in recorder.calls:
         if call[0] in ("connection_error", "channel_error"):
             assert call[2 if call[0] == "channel_error" else 1] in spec.REPLY_NAMES

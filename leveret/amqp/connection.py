@@ -134,14 +134,14 @@ class ServerConnection:
         self._buf = b""
         self._out: list[bytes] = []
         self.bytes_received = 0
-        self.failed = False  # a violation was reported; the connection is closing
+        self.failed = False  # a violation was reported: nothing more is parsed, the socket is to be closed
 
     # --- input -------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Parse ``data`` (any chunk of the stream) and call the handler for every complete frame."""
-        if self.state is State.CLOSED:
-            return
+        if self.state is State.CLOSED or self.failed:
+            return  # after a violation the stream may be out of frame sync: nothing more is read
         self.bytes_received += len(data)
         if self._buf:
             data = self._buf + data
@@ -156,14 +156,10 @@ class ServerConnection:
             self._buf = self._parse_frames(data)
         except ProtocolViolation as exc:
             self._buf = b""
+            self.failed = True
             if self.state in (State.AWAIT_HEADER, State.CLOSING):
-                already_failed = self.failed
-                self.failed = True
                 self.state = State.CLOSED
-                if already_failed:
-                    return  # more garbage after the close we sent for the first violation
             else:
-                self.failed = True
                 name = spec.REPLY_NAMES.get(exc.reply_code, str(exc.reply_code))
                 self.close(exc.reply_code, f"{name} - {exc.text}", exc.class_id, exc.method_id)
             self.handler.on_connection_error(exc)

@@ -6,6 +6,8 @@ RabbitMQ's wording; the protocol adapters translate them.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hmac
 import logging
 import os
@@ -186,7 +188,11 @@ class VHost:
         src.bind(dst, routing_key, arguments)
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any]) -> None:
-        src, dst = self._binding_ends(source, destination)
+        if not source or not destination:
+            raise AccessRefused("operation not permitted on the default exchange")
+        src, dst = self.exchanges.get(source), self.exchanges.get(destination)
+        if src is None or dst is None:
+            return  # RabbitMQ 3.x: unbinding from or to a missing exchange is a no-op
         if src.unbind(dst, routing_key, arguments):
             self._maybe_auto_delete(src)
 
@@ -211,10 +217,13 @@ class VHost:
             raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
         owner = queue.exclusive_owner
         if owner is not None and session is not None and owner is not session:
-            raise ResourceLocked(f"cannot obtain exclusive access to locked queue '{name}' in vhost '{self.name}'. "
-                                 "It could be originally declared on another connection or the exclusive property "
-                                 "value does not match that of the original declaration.")
+            self._locked(name)
         return queue
+
+    def _locked(self, name: str) -> None:
+        raise ResourceLocked(f"cannot obtain exclusive access to locked queue '{name}' in vhost '{self.name}'. "
+                             "It could be originally declared on another connection or the exclusive property "
+                             "value does not match that of the original declaration.")
 
     def declare_queue(self, session: Session | None, name: str, *, passive: bool = False, durable: bool = False,
                       exclusive: bool = False, auto_delete: bool = False,
@@ -222,15 +231,16 @@ class VHost:
         arguments = arguments or {}
         if passive:
             return self.queue(name, session)
+        durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         existing = self.queues.get(name)
         if existing is not None:
-            self.queue(name, session)
-            checks = (("durable", durable, existing.durable), ("exclusive", exclusive, existing.exclusive),
-                      ("auto_delete", auto_delete, existing.auto_delete))
+            if existing.exclusive_owner is not (session if exclusive else None):
+                self._locked(name)  # RabbitMQ's strict check: owner and exclusive flag must both match
+            checks = (("durable", durable, existing.durable), ("auto_delete", auto_delete, existing.auto_delete))
             for arg, received, current in checks:
                 if received != current:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for queue '{name}' in vhost '{self.name}': "
@@ -278,19 +288,25 @@ class VHost:
 
     def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any],
                    session: Session | None) -> None:
-        queue = self.queue(queue_name, session)
+        """Raises, in RabbitMQ's order: 403 default exchange, 404 exchange, 404 queue, 405 exclusive queue."""
         if not exchange_name:
             raise AccessRefused("operation not permitted on the default exchange")
         exchange = self.exchange(exchange_name)
+        queue = self.queue(queue_name, session)
         self._validate_binding(exchange, arguments)
         exchange.bind(queue, routing_key, arguments)
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any],
                      session: Session | None) -> None:
-        queue = self.queue(queue_name, session)
+        """Removing a binding that does not exist (or whose exchange or queue does not) is not an error,
+        as in RabbitMQ 3.x; an existing binding to another connection's exclusive queue is (405)."""
         if not exchange_name:
             raise AccessRefused("operation not permitted on the default exchange")
-        exchange = self.exchange(exchange_name)
+        exchange = self.exchanges.get(exchange_name)
+        queue = self.queues.get(queue_name)
+        if exchange is None or queue is None or not exchange.has_binding(queue, routing_key, arguments):
+            return
+        self.queue(queue_name, session)
         if exchange.unbind(queue, routing_key, arguments):
             self._maybe_auto_delete(exchange)
 
@@ -482,4 +498,12 @@ def _type_name(value: Any) -> str:
         return "table"
     if isinstance(value, list):
         return "array"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, datetime.datetime):
+        return "timestamp"
+    if isinstance(value, bytes | bytearray):
+        return "binary"
+    if value is None:
+        return "void"
     return type(value).__name__

@@ -7,6 +7,7 @@ Errors are raised as :mod:`leveret.core.errors` exceptions.
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,38 @@ class Sink(Protocol):
 NO_ROUTE = 312
 REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_TO_FLAG = 0x0200
+_USER_ID_FLAG = 0x0010
+_EXPIRATION_FLAG = 0x0100
+_MAX_EXPIRY = 315360000000  # ten years in milliseconds, as RabbitMQ 3.10
+_ERLANG_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _check_expiration(expiration: Any) -> None:
+    """RabbitMQ's rabbit_basic:parse_expiration: a decimal number of milliseconds from 0 to ten years; raises
+    PreconditionFailed with RabbitMQ's (Erlang-flavoured) reason otherwise."""
+    text = expiration if isinstance(expiration, str) else ""
+    match = _ERLANG_INTEGER.match(text)
+    if match is None:
+        reason = "no_integer"
+    elif match.end() != len(text):
+        reason = f'{{leftover_string,"{text[match.end():]}"}}'
+    else:
+        value = int(match.group())
+        if 0 <= value <= _MAX_EXPIRY:
+            return
+        reason = _erlang_pair("value_negative" if value < 0 else "value_too_large", value,
+                              column=len(f"invalid expiration '{text}': "))
+    raise PreconditionFailed(f"invalid expiration '{text}': {reason}")
+
+
+def _erlang_pair(atom: str, value: int, column: int) -> str:
+    """``{atom,value}`` as Erlang's ``~p`` prints it from ``column``: broken after the comma past 78 columns."""
+    flat = f"{{{atom},{value}}}"
+    if column + len(flat) <= 78:
+        return flat
+    return f"{{{atom},\n{' ' * (column + 1)}{value}}}"
+
+
 _tag_counter = itertools.count(1)
 
 
@@ -112,10 +145,17 @@ class Channel:
             tag = f"amq.ctag-{secrets.token_urlsafe(16)}"
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        priority = arguments.get("x-priority") if arguments else None
+        if priority is not None and (type(priority) is not int):
+            from .broker import _type_name  # only on this error path (broker imports this module)
+            raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
+                                     f"'{queue.vhost.name}': \"expected integer, got {_type_name(priority)}\"")
         if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost.name}' in exclusive use")
         consumer = Consumer(tag, queue, self, no_ack=no_ack, exclusive=exclusive, prefetch=self.prefetch,
                             arguments=arguments)
+        if priority:
+            consumer.priority = priority
         self.consumers[tag] = consumer
         return consumer
 
@@ -258,7 +298,12 @@ class Channel:
         """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
         vhost = self.session.vhost
         exchange = vhost.exchange_for_publish(msg.exchange)
-        if msg.flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
+        flags = msg.flags
+        if flags & _USER_ID_FLAG:
+            self._check_user_id(msg)
+        if flags & _EXPIRATION_FLAG:
+            _check_expiration(msg.properties.get("expiration"))
+        if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
         if self.tx is not None:
             self.tx.append(lambda: self._route(vhost, exchange, msg, mandatory))
@@ -267,6 +312,13 @@ class Channel:
         if self.confirm:
             self.publish_seq += 1
             self.session.confirm_pending(self)
+
+    def _check_user_id(self, msg: Message) -> None:
+        user_id = msg.properties.get("user_id")
+        user = self.session.user
+        name = user.name if user is not None else ""
+        if user_id != name and not (user is not None and "impersonator" in user.tags):
+            raise PreconditionFailed(f"user_id property set to '{user_id}' but authenticated user was '{name}'")
 
     def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> None:
         queues = vhost.route(exchange, msg)

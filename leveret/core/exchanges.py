@@ -192,6 +192,10 @@ class Exchange:
         self._index_remove(key, binding)
         return True
 
+    def has_binding(self, destination: Hashable, routing_key: str, arguments: Table | None = None) -> bool:
+        """True if this exact binding exists."""
+        return (destination, routing_key, _typed_arguments(_freeze_arguments(arguments))) in self._bindings
+
     def unbind_all(self, destination: Hashable) -> list[Binding]:
         """Remove every binding to ``destination`` (it is being deleted) and return them."""
         of_destination = self._by_destination.pop(destination, None)

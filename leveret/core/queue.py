@@ -82,6 +82,8 @@ class Queue:
         self.memory: MemoryMonitor = vhost.broker.memory
         self._next_seq = 1
         self._rr = 0
+        self._prioritised = False  # consumers of more than one x-priority: see _next_by_priority
+        self._rr_by_priority: dict[int, int] = {}
         self.stats_published = 0
         self.stats_delivered = 0
 
@@ -159,6 +161,8 @@ class Queue:
             consumer.channel.deliver(consumer, msg)
 
     def _next_consumer(self) -> Consumer | None:
+        if self._prioritised:
+            return self._next_by_priority()
         consumers = self.consumers
         n = len(consumers)
         start = self._rr
@@ -168,6 +172,29 @@ class Queue:
             if consumer.has_credit():
                 self._rr = (index + 1) % n
                 return consumer
+        return None
+
+    def _next_by_priority(self) -> Consumer | None:
+        """Consumer priorities (x-priority), as RabbitMQ: the highest priority that has a consumer with credit
+        gets the message, round-robin among the consumers of that priority. ``consumers`` is sorted by
+        priority, highest first."""
+        consumers = self.consumers
+        n = len(consumers)
+        start = 0
+        while start < n:
+            priority = consumers[start].priority
+            end = start + 1
+            while end < n and consumers[end].priority == priority:
+                end += 1
+            size = end - start
+            offset = self._rr_by_priority.get(priority, 0)
+            for i in range(size):
+                k = (offset + i) % size
+                consumer = consumers[start + k]
+                if consumer.has_credit():
+                    self._rr_by_priority[priority] = (k + 1) % size
+                    return consumer
+            start = end
         return None
 
     def get(self) -> Message | None:
@@ -202,7 +229,13 @@ class Queue:
     # --- consumers ---------------------------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
+        """Add a consumer after those of the same or a higher priority (so the list stays sorted)."""
+        consumers = self.consumers
+        index = len(consumers)
+        while index and consumers[index - 1].priority < consumer.priority:
+            index -= 1
+        consumers.insert(index, consumer)
+        self._prioritised = consumers[0].priority != consumers[-1].priority
         self.had_consumers = True
         self.dispatch()
 
@@ -213,6 +246,8 @@ class Queue:
             return
         if self._rr >= len(self.consumers):
             self._rr = 0
+        consumers = self.consumers
+        self._prioritised = bool(consumers) and consumers[0].priority != consumers[-1].priority
 
 
 def _seq(msg: Message) -> int:

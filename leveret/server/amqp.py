@@ -235,7 +235,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.conn.state is State.CLOSED:
             self._close_transport_after_flush()
             return
-        self._after_close_sent()
+        self._after_close_sent()  # the client's close-ok is not read (the stream may be out of sync)
 
     def on_channel_error(self, channel: int, error: ProtocolViolation) -> None:
         self._close_channel(channel, error.reply_code, error.text, error.class_id, error.method_id)
