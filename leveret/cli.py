@@ -94,9 +94,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level)
     from leveret.server.app import serve
+    from leveret.store import StoreError
 
     try:
         return serve(config)
+    except StoreError as exc:
+        error(str(exc))
+        return 1
     except OSError as exc:
         error(describe_listen_error(exc, config.bind, config.port))
         return 1

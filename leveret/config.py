@@ -18,6 +18,7 @@ from typing import Any
 ENV_PREFIX = "LEVERET_"
 CONFIG_FILE_ENV = "LEVERET_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+STORES = ("sqlite", "memory")
 # RabbitMQ refuses a max_message_size above 512 MiB; so do we.
 MAX_MESSAGE_SIZE_LIMIT = 512 * 1024 * 1024
 # Share of the machine's RAM used when memory_high_watermark is 0 (RabbitMQ's vm_memory_high_watermark).
@@ -52,6 +53,9 @@ class Config:
     default_pass: str = "guest"
     loopback_users: tuple[str, ...] = ("guest",)
     default_vhost: str = "/"
+    store: str = "sqlite"
+    disk_free_limit: int = 50_000_000
+    queue_memory_budget: int = 8_000_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -185,6 +189,13 @@ def _to_log_level(value: Any) -> str:
     return level
 
 
+def _to_store(value: Any) -> str:
+    name = _to_str(value).strip().lower()
+    if name not in STORES:
+        raise ValueError("must be one of " + ", ".join(STORES))
+    return name
+
+
 def _to_user_list(value: Any) -> tuple[str, ...]:
     """A comma-separated string (environment) or a list of strings (TOML, code); empty means nobody."""
     items = value.split(",") if isinstance(value, str) else value
@@ -207,6 +218,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "default_pass": _to_str,
     "loopback_users": _to_user_list,
     "default_vhost": _to_nonempty_str,
+    "store": _to_store,
+    "disk_free_limit": _to_int(0, None),
+    "queue_memory_budget": _to_int(0, None),
 }
 
 

@@ -141,6 +141,9 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_DEFAULT_PASS": "",
         "LEVERET_LOOPBACK_USERS": "guest, admin",
         "LEVERET_DEFAULT_VHOST": "prod",
+        "LEVERET_STORE": "Memory",
+        "LEVERET_DISK_FREE_LIMIT": "0",
+        "LEVERET_QUEUE_MEMORY_BUDGET": "1000",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -158,6 +161,9 @@ def test_every_field_has_an_environment_variable() -> None:
         default_pass="",
         loopback_users=("guest", "admin"),
         default_vhost="prod",
+        store="memory",
+        disk_free_limit=0,
+        queue_memory_budget=1000,
     )
 
 

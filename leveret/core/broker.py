@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import hmac
 import logging
 import os
 import secrets
@@ -16,10 +15,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from leveret.store.base import PermissionDef, Store, UserDef
+
 from .channel import REPLY_TO, Channel, Sink
+from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .message import Message
+from .message import Message, build_address
+from .passwords import check_password, hash_password
 from .queue import Consumer, Queue
 
 log = logging.getLogger("leveret.broker")
@@ -139,6 +142,8 @@ class VHost:
         exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
                                    arguments=arguments)
         self.exchanges[name] = exchange
+        if self.broker.durability is not None:
+            self.broker.durability.save_exchange(self.name, exchange)
         return exchange
 
     def _check_arguments(self, kind: str, name: str, received: dict[str, Any], current: dict[str, Any],
@@ -174,6 +179,8 @@ class VHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        if self.broker.durability is not None:
+            self.broker.durability.delete_exchange(self.name, exchange)
         for other in list(self.exchanges.values()):
             if other.name and other.unbind_all(exchange):
                 self._maybe_auto_delete(other)
@@ -185,7 +192,8 @@ class VHost:
     def bind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any]) -> None:
         src, dst = self._binding_ends(source, destination)
         self._validate_binding(src, arguments)
-        src.bind(dst, routing_key, arguments)
+        if src.bind(dst, routing_key, arguments):
+            self._store_binding(src, dst, routing_key, arguments, True)
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any]) -> None:
         if not source or not destination:
@@ -194,7 +202,13 @@ class VHost:
         if src is None or dst is None:
             return  # RabbitMQ 3.x: unbinding from or to a missing exchange is a no-op
         if src.unbind(dst, routing_key, arguments):
+            self._store_binding(src, dst, routing_key, arguments, False)
             self._maybe_auto_delete(src)
+
+    def _store_binding(self, source: Exchange, destination: Exchange | Queue, routing_key: str,
+                       arguments: dict[str, Any], add: bool) -> None:
+        if self.broker.durability is not None:
+            self.broker.durability.binding(self.name, source, destination, routing_key, arguments, add)
 
     def _binding_ends(self, source: str, destination: str) -> tuple[Exchange, Exchange]:
         if not source or not destination:
@@ -253,6 +267,8 @@ class VHost:
         self.queues[name] = queue
         if exclusive and session is not None:
             session.exclusive_queues.append(queue)
+        if queue.durable and self.broker.durability is not None:
+            self.broker.durability.save_queue(queue)
         return queue
 
     def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
@@ -273,6 +289,8 @@ class VHost:
             return 0
         del self.queues[queue.name]
         queue.deleted = True
+        if queue.durable and self.broker.durability is not None:
+            self.broker.durability.delete_queue(queue)
         count = len(queue.messages)
         queue.purge()
         for consumer in list(queue.consumers):
@@ -294,7 +312,8 @@ class VHost:
         exchange = self.exchange(exchange_name)
         queue = self.queue(queue_name, session)
         self._validate_binding(exchange, arguments)
-        exchange.bind(queue, routing_key, arguments)
+        if exchange.bind(queue, routing_key, arguments):
+            self._store_binding(exchange, queue, routing_key, arguments, True)
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any],
                      session: Session | None) -> None:
@@ -308,6 +327,7 @@ class VHost:
             return
         self.queue(queue_name, session)
         if exchange.unbind(queue, routing_key, arguments):
+            self._store_binding(exchange, queue, routing_key, arguments, False)
             self._maybe_auto_delete(exchange)
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -349,7 +369,7 @@ class VHost:
 @dataclass
 class User:
     name: str
-    password: str
+    password_hash: str
     tags: tuple[str, ...] = ()
     vhosts: set[str] = field(default_factory=set)
 
@@ -368,6 +388,7 @@ class Session:
         self.writable = True
         self.cancel_notify = False
         self._confirming: list[Channel] = []
+        self._after_durable: list[Callable[[BaseException | None], None]] = []
 
     @property
     def vhost(self) -> VHost:
@@ -406,11 +427,29 @@ class Session:
         if not self._confirming or self._confirming[-1] is not channel:
             self._confirming.append(channel)
 
-    def flush_confirms(self) -> None:
-        confirming, self._confirming = self._confirming, []
-        for channel in confirming:
-            if not channel.closed:
-                channel.flush_confirms()
+    def after_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Run ``callback`` once everything done so far is on disk (at the next :meth:`flush`)."""
+        self._after_durable.append(callback)
+
+    def flush(self) -> None:
+        """End of a batch of client input: write what it changed and send its confirms (and other replies
+        that promise durability) once that is durable: at once when nothing needs writing."""
+        after: list[Callable[[BaseException | None], None]] = []
+        if self._confirming:
+            confirming, self._confirming = self._confirming, []
+            for channel in confirming:
+                due = channel.confirms_due()
+                if due is not None:
+                    after.append(due)
+        if self._after_durable:
+            after.extend(self._after_durable)
+            self._after_durable = []
+        durability = self.broker.durability
+        if durability is None:
+            for callback in after:
+                callback(None)
+        elif after or durability.ops:
+            durability.commit(after)
 
     def close(self) -> None:
         """The connection is gone: close its channels and delete its exclusive queues."""
@@ -421,40 +460,103 @@ class Session:
 
 
 class Broker:
-    """The whole broker: vhosts, users and the memory monitor."""
+    """The whole broker: vhosts, users, the memory monitor and, when it has a store, its durability.
+
+    With a ``store`` the broker's state is recovered from it at construction (defaults are created only on
+    a first start) and every durable change is written to it; ``dispatch`` runs a callback on the broker's
+    thread (the event loop's ``call_soon_threadsafe``)."""
 
     def __init__(self, *, memory_high_watermark: int = 0, default_user: str = "guest",
                  default_pass: str = "guest", default_vhost: str = "/",
-                 loopback_users: tuple[str, ...] = ("guest",)) -> None:
+                 loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
+                 dispatch: Callable[..., Any] | None = None) -> None:
         self.memory = MemoryMonitor(memory_high_watermark)
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.loopback_users = set(loopback_users)
-        self.add_vhost(default_vhost)
-        if default_user:
-            self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
         self.node_name = f"leveret@{os.uname().nodename}"
+        self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
+        self.recovered_queues = 0
+        self.recovered_messages = 0
+        if store is None or not self._recover(store):
+            self.add_vhost(default_vhost)
+            if default_user:
+                self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
 
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
             vhost = self.vhosts[name] = VHost(self, name)
+            if self.durability is not None and not self.durability.recovering:
+                self.durability.store.save_vhost(name)
         return vhost
 
     def add_user(self, name: str, password: str, tags: tuple[str, ...] = (), vhosts: set[str] | None = None) -> User:
-        user = User(name, password, tags, set(vhosts or ()))
+        user = User(name, hash_password(password), tags, set(vhosts or ()))
         self.users[name] = user
+        if self.durability is not None:
+            store = self.durability.store
+            store.save_user(UserDef(name, user.password_hash, tags))
+            for vhost in user.vhosts:
+                store.save_permission(PermissionDef(name, vhost))
         return user
 
     def authenticate(self, username: str, password: str, loopback: bool) -> User:
         """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere)."""
         user = self.users.get(username)
-        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+        if user is None or not check_password(password, user.password_hash):
             raise AccessRefused(f"user '{username}' - invalid credentials")
         if username in self.loopback_users and not loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
         return user
+
+    def _recover(self, store: Store) -> bool:
+        """Rebuild vhosts, users, exchanges, queues, bindings and messages from the store. False when the
+        store is new (nothing to recover)."""
+        assert self.durability is not None
+        defs = store.load_definitions()
+        if not defs.vhosts and not defs.users:
+            return False
+        self.durability.recovering = True
+        try:
+            for name in defs.vhosts:
+                self.add_vhost(name)
+            for user in defs.users:
+                self.users[user.name] = User(user.name, user.password_hash, tuple(user.tags))
+            for perm in defs.permissions:
+                if perm.user in self.users:
+                    self.users[perm.user].vhosts.add(perm.vhost)
+            for ex in defs.exchanges:
+                vhost = self.add_vhost(ex.vhost)
+                vhost.exchanges[ex.name] = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
+                                                           internal=ex.internal, arguments=dict(ex.arguments))
+            for qd in defs.queues:
+                vhost = self.add_vhost(qd.vhost)
+                vhost.queues[qd.name] = Queue(vhost, qd.name, durable=True, auto_delete=qd.auto_delete,
+                                              arguments=dict(qd.arguments))
+            for b in defs.bindings:
+                vhost = self.add_vhost(b.vhost)
+                source = vhost.exchanges.get(b.source)
+                dest: Exchange | Queue | None = (vhost.queues.get(b.destination) if b.destination_kind == "queue"
+                                                 else vhost.exchanges.get(b.destination))
+                if source is not None and dest is not None:
+                    source.bind(dest, b.routing_key, dict(b.arguments))
+            for vhost in self.vhosts.values():
+                for queue in vhost.queues.values():
+                    self.recovered_queues += 1
+                    for stored in store.load_messages(vhost.name, queue.name):
+                        msg = Message(stored.exchange, stored.routing_key,
+                                      build_address(stored.exchange, stored.routing_key), stored.header,
+                                      stored.body or b"")
+                        msg.seq = stored.seq
+                        msg.store_id = stored.id
+                        msg.redelivered = stored.redelivered
+                        queue.recover(msg)
+                        self.recovered_messages += 1
+        finally:
+            self.durability.recovering = False
+        return True
 
 
 _ABSENT: Any = object()

@@ -87,6 +87,7 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self._confirmed_upto = 0
+        self._confirm_requested = 0
         self.tx: list[Callable[[], None]] | None = None
         self.active = True
         self.deliverable = session.writable
@@ -121,6 +122,8 @@ class Channel:
             msg.consumer = consumer
             consumer.unacked += 1
             self.unacked[tag] = msg
+            if msg.store_id:
+                consumer.queue.durability.delivered(msg)  # type: ignore[union-attr]
         self.sink.send_deliver(self.number, consumer.tag_bytes, tag, msg.redelivered, msg.address, msg.header,
                                msg.body)
 
@@ -137,6 +140,8 @@ class Channel:
         else:
             queue.unacked_count += 1
             self.unacked[tag] = msg
+            if msg.store_id:
+                queue.durability.delivered(msg)  # type: ignore[union-attr]
         return tag, msg
 
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
@@ -339,12 +344,22 @@ class Channel:
         msg.header = build_header(props, len(msg.body))
         msg._props = props
 
-    def flush_confirms(self) -> None:
+    def confirms_due(self) -> Callable[[BaseException | None], None] | None:
+        """A callback that confirms every publish so far (ack, or nack if the commit covering them failed),
+        to be run once they are durable; None when there is nothing new to confirm."""
         seq = self.publish_seq
-        if seq > self._confirmed_upto:
+        if seq <= self._confirm_requested:
+            return None
+        self._confirm_requested = seq
+
+        def send(exc: BaseException | None) -> None:
+            if self.closed or seq <= self._confirmed_upto:
+                return
             multiple = seq - self._confirmed_upto > 1
             self._confirmed_upto = seq
-            self.sink.send_confirm(self.number, seq, multiple, True)
+            self.sink.send_confirm(self.number, seq, multiple, exc is None)
+
+        return send
 
     # --- closing -----------------------------------------------------------------------------------
 

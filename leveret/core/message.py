@@ -38,6 +38,7 @@ class Message:
         "redelivered",
         "routing_key",
         "seq",
+        "store_id",
     )
 
     def __init__(self, exchange: str, routing_key: str, address: bytes, header: bytes, body: bytes) -> None:
@@ -51,6 +52,7 @@ class Message:
         self.queue: Queue | None = None
         self.consumer: Consumer | None = None
         self.delivery_count = 0
+        self.store_id = 0  # the id of this record in the store; 0 when it is not stored
         self._props: dict[str, Any] | None = None
         self.published_at = 0.0
 

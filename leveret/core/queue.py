@@ -18,6 +18,7 @@ from .message import Message
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
     from .channel import Channel
+    from .durability import Durability
 
 
 class Consumer:
@@ -80,6 +81,7 @@ class Queue:
         self.deleted = False
         self.had_consumers = False
         self.memory: MemoryMonitor = vhost.broker.memory
+        self.durability: Durability | None = vhost.broker.durability if durable else None
         self._next_seq = 1
         self._rr = 0
         self._prioritised = False  # consumers of more than one x-priority: see _next_by_priority
@@ -109,6 +111,8 @@ class Queue:
         msg.seq = self._next_seq
         self._next_seq += 1
         msg.queue = self
+        if self.durability is not None and msg.persistent:
+            self.durability.push(self, msg)
         self.messages.append(msg)
         size = len(msg.body)
         self.ready_bytes += size
@@ -208,22 +212,42 @@ class Queue:
 
     def settle(self, msg: Message) -> None:
         """A message delivered from this queue is finished (acked, or delivered without ack)."""
-        self.memory.used -= len(msg.body)
+        memory = self.memory
+        memory.used -= len(msg.body)
+        if memory.alarm:
+            memory.check()
+        if msg.store_id and self.durability is not None:
+            self.durability.delete(msg)
 
     def settle_unacked(self, msg: Message) -> None:
         self.unacked_count -= 1
-        self.memory.used -= len(msg.body)
+        self.settle(msg)
 
     def drop(self, msg: Message, reason: str) -> None:
         """A message leaves the queue without being consumed (rejected without requeue, expired, ...)."""
-        self.memory.used -= len(msg.body)
+        self.settle(msg)
+
+    def recover(self, msg: Message) -> None:
+        """Put back a message read from the store at start-up (in seq order)."""
+        msg.queue = self
+        self._next_seq = max(self._next_seq, msg.seq + 1)
+        self.messages.append(msg)
+        size = len(msg.body)
+        self.ready_bytes += size
+        self.memory.used += size
 
     def purge(self) -> int:
         """Remove every ready message; unacked ones stay with their consumers. Returns how many."""
         count = len(self.messages)
+        if self.durability is not None:
+            for msg in self.messages:
+                if msg.store_id:
+                    self.durability.delete(msg)
         self.memory.used -= self.ready_bytes
         self.messages.clear()
         self.ready_bytes = 0
+        if self.memory.alarm:
+            self.memory.check()
         return count
 
     # --- consumers ---------------------------------------------------------------------------------

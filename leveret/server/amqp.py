@@ -117,7 +117,7 @@ class AMQPConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
         self.conn.receive_data(data)
-        self.session.flush_confirms()
+        self.session.flush()
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -606,7 +606,17 @@ class AMQPConnection(asyncio.Protocol):
 
     def _m_tx__commit(self, ch: int) -> None:
         self._channel(ch).commit()
-        self._reply(ch, "tx.commit-ok")
+
+        def reply(exc: BaseException | None) -> None:
+            if exc is not None:
+                self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - could not write the transaction: {exc}",
+                           spec.CLASS_TX, 20)
+                return
+            if ch in self.session.channels:
+                self._reply(ch, "tx.commit-ok")
+                self._schedule_flush()
+
+        self.session.after_durable(reply)
 
     def _m_tx__rollback(self, ch: int) -> None:
         self._channel(ch).rollback()

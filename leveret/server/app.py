@@ -11,10 +11,13 @@ import asyncio
 import logging
 import signal
 import threading
+import time
+from pathlib import Path
 
 from leveret.amqp import spec
 from leveret.config import Config
 from leveret.core.broker import Broker
+from leveret.store import Store, StoreError, open_store
 
 from .amqp import AMQPConnection
 
@@ -24,23 +27,50 @@ log = logging.getLogger("leveret.server")
 class Server:
     """One broker process's AMQP listener over one :class:`Broker`."""
 
-    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.broker = broker or Broker(memory_high_watermark=config.memory_high_watermark,
-                                       default_user=config.default_user, default_pass=config.default_pass,
-                                       default_vhost=config.default_vhost, loopback_users=config.loopback_users)
+        self.broker: Broker = None  # type: ignore[assignment]  # made in start(), on the event loop
+        self.store: Store | None = None
         self.connections: set[AMQPConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self.port = config.port
 
     async def start(self) -> None:
-        """Bind and listen. Raises OSError when the address cannot be bound."""
+        """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
+        OSError when the address cannot be bound."""
         loop = asyncio.get_running_loop()
+        if self.broker is None:
+            self.broker = self._open_broker(loop)
         self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind, self.config.port,
                                                 reuse_address=True, backlog=1024)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+
+    def _open_broker(self, loop: asyncio.AbstractEventLoop) -> Broker:
+        config = self.config
+        started = time.monotonic()
+        if config.store == "sqlite":
+            data_dir = Path(config.data_dir)
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+            self.store = open_store("sqlite", path=data_dir / "leveret.db")
+        else:
+            self.store = open_store("memory")
+        try:
+            broker = Broker(memory_high_watermark=config.memory_high_watermark, default_user=config.default_user,
+                            default_pass=config.default_pass, default_vhost=config.default_vhost,
+                            loopback_users=config.loopback_users, store=self.store,
+                            dispatch=loop.call_soon_threadsafe)
+        except BaseException:
+            self.store.close()
+            raise
+        if broker.recovered_queues or broker.recovered_messages:
+            log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
+                     broker.recovered_messages, config.store, time.monotonic() - started)
+        return broker
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
@@ -57,6 +87,11 @@ class Server:
                 conn.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.store is not None:
+            if self.broker is not None and self.broker.durability is not None:
+                self.broker.durability.flush()
+            self.store.close()
+            self.store = None
         log.info("Leveret stopped")
 
 

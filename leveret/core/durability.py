@@ -1,0 +1,107 @@
+"""The broker's link to its store: what is written, and the group-commit barrier that confirms wait on.
+
+Message writes are collected as ops while a batch of client input is processed; :meth:`Durability.commit`
+hands them to the store in one submit and runs the given callbacks (publisher confirms, tx.commit-ok) once
+that submit and every earlier one are durable. A confirm therefore never overtakes the write it covers,
+even when the confirmed message itself needed no write. Definitions are written synchronously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Push, QueueDef, Requeue, Store
+
+if TYPE_CHECKING:
+    from .exchanges import Exchange
+    from .message import Message
+    from .queue import Queue
+
+Done = Callable[[BaseException | None], None]
+
+
+class Durability:
+    """Owned by the Broker when it has a store. ``dispatch(fn, *args)`` must run ``fn`` on the broker's own
+    thread (the event loop's call_soon_threadsafe): store callbacks come from the writer thread."""
+
+    def __init__(self, store: Store, dispatch: Callable[..., Any]) -> None:
+        self.store = store
+        self.dispatch = dispatch
+        self.ops: list[MessageOp] = []
+        self.in_flight = 0
+        self.next_id = store.max_message_id() + 1
+        self.recovering = False
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    def push(self, queue: Queue, msg: Message) -> None:
+        msg_id = self.next_id
+        self.next_id = msg_id + 1
+        msg.store_id = msg_id
+        self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
+                             msg.header, msg.body))
+
+    def delivered(self, msg: Message) -> None:
+        """The message went to a consumer that must ack it: after a crash it comes back redelivered."""
+        self.ops.append(Requeue(msg.store_id))
+
+    def delete(self, msg: Message) -> None:
+        self.ops.append(Delete(msg.store_id))
+        msg.store_id = 0
+
+    def commit(self, after: list[Done]) -> None:
+        """Submit the pending ops; call each of ``after`` (with None, or the exception of a failed commit)
+        once they and every earlier submit are durable. With nothing to wait for, call them now."""
+        if not self.ops and not self.in_flight:
+            for callback in after:
+                callback(None)
+            return
+        ops, self.ops = self.ops, []
+        self.in_flight += 1
+        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc))
+
+    def _committed(self, after: list[Done], exc: BaseException | None) -> None:
+        self.in_flight -= 1
+        for callback in after:
+            callback(exc)
+
+    def flush(self) -> None:
+        """Write everything pending and wait for it (definitions changes and shutdown)."""
+        if self.ops:
+            self.commit([])
+        self.store.flush()
+
+    # --- definitions -------------------------------------------------------------------------------
+
+    def save_exchange(self, vhost: str, exchange: Exchange) -> None:
+        if exchange.durable and not self.recovering:
+            self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, True,
+                                                 exchange.auto_delete, exchange.internal, dict(exchange.arguments)))
+
+    def delete_exchange(self, vhost: str, exchange: Exchange) -> None:
+        if exchange.durable:
+            self.flush()
+            self.store.delete_exchange(vhost, exchange.name)
+
+    def save_queue(self, queue: Queue) -> None:
+        if queue.durable and not self.recovering:
+            self.flush()
+            self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
+                                           dict(queue.arguments)))
+
+    def delete_queue(self, queue: Queue) -> None:
+        if queue.durable:
+            self.flush()
+            self.store.delete_queue(queue.vhost.name, queue.name)
+
+    def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,
+                arguments: dict[str, Any], add: bool) -> None:
+        if self.recovering or not source.durable or not getattr(destination, "durable", False):
+            return
+        kind = "exchange" if hasattr(destination, "type_name") else "queue"
+        binding = BindingDef(vhost, source.name, destination.name, kind, routing_key, dict(arguments))
+        if add:
+            self.store.save_binding(binding)
+        else:
+            self.store.delete_binding(binding)
