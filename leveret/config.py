@@ -55,7 +55,7 @@ class Config:
     default_vhost: str = "/"
     store: str = "sqlite"
     disk_free_limit: int = 50_000_000
-    queue_memory_budget: int = 8_000_000
+    queue_memory_budget: int = 16_000_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

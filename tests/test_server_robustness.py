@@ -204,3 +204,25 @@ def test_slow_consumer_does_not_grow_memory_without_bound(make_config: object) -
         slow.close()
     finally:
         server.stop()
+
+
+def test_disk_alarm_blocks_publishers_with_reason(make_config: object) -> None:
+    """disk_free_limit above the free space: the disk alarm is on from the start, publishers are blocked
+    with RabbitMQ's reason text, consumers are not."""
+    server = ThreadedServer(make_config(disk_free_limit=2**60)).start()  # type: ignore[operator]
+    try:
+        assert server.broker.memory.disk_alarm
+        client = RawClient(server.port)
+        client.handshake()
+        client.open_channel()
+        client.send_method(1, "queue.declare", 0, "diskq", False, False, False, False, False, {})
+        assert client.recv_method(timeout=5) is not None
+        client.publish(1, "", "diskq", b"m")
+        reply = client.recv_method(timeout=5)
+        assert reply == (0, "connection.blocked", ("low on disk",))
+        consumer = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port))
+        assert consumer.channel().queue_declare("diskq", passive=True).method.message_count == 1
+        consumer.close()
+        client.close()
+    finally:
+        server.stop()

@@ -134,6 +134,8 @@ class ServerConnection:
         self._buf = b""
         self._out: list[bytes] = []
         self.bytes_received = 0
+        self._last_address: tuple[bytes, str, str] = (b"", "", "")
+        self._last_header = b""
         self.failed = False  # a violation was reported: nothing more is parsed, the socket is to be closed
 
     # --- input -------------------------------------------------------------------------------------
@@ -294,13 +296,19 @@ class ServerConnection:
             bpos = rpos + 1 + rlen
             if bpos + 1 != n:
                 raise IndexError
-            exchange = payload[7:rpos].decode()
-            routing_key = payload[rpos + 1 : bpos].decode()
+            address = payload[6:bpos]
+            last = self._last_address
+            if address == last[0]:  # the same exchange and key as the previous publish: share the objects
+                address, exchange, routing_key = last
+            else:
+                exchange = payload[7:rpos].decode()
+                routing_key = payload[rpos + 1 : bpos].decode()
+                self._last_address = (address, exchange, routing_key)
             bits = payload[bpos]
         except (IndexError, UnicodeDecodeError):
             raise ProtocolViolation(spec.FRAME_ERROR, "malformed basic.publish arguments",
                                     spec.CLASS_BASIC, 40) from None
-        self._content[channel] = _Content((exchange, routing_key, bool(bits & 1), bool(bits & 2)), payload[6:bpos])
+        self._content[channel] = _Content((exchange, routing_key, bool(bits & 1), bool(bits & 2)), address)
 
     def _on_header_frame(self, channel: int, payload: bytes) -> None:
         content = self._content.get(channel)
@@ -319,6 +327,10 @@ class ServerConnection:
                 spec.PRECONDITION_FAILED, f"message size {size} is larger than configured max size "
                 f"{self.max_message_size}", spec.CLASS_BASIC, 40))
             return
+        if payload == self._last_header:  # the same properties and size as before: share one object
+            payload = self._last_header
+        else:
+            self._last_header = payload
         content.header = payload
         content.size = size
         if size == 0:

@@ -21,7 +21,7 @@ from .channel import REPLY_TO, Channel, Sink
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .message import Message, build_address
+from .message import PAGED, Message, build_address
 from .passwords import check_password, hash_password
 from .queue import Consumer, Queue
 
@@ -37,21 +37,40 @@ DEFAULT_EXCHANGES = (
 
 
 class MemoryMonitor:
-    """Bytes of message bodies held by the broker, and the alarm raised above ``high``."""
+    """Resource alarms, as RabbitMQ's: bytes of message bodies held in memory (alarm above ``high``) and
+    free disk space (alarm set by whoever measures it). While either is on, publishers are blocked."""
 
     def __init__(self, high: int) -> None:
         self.used = 0
         self.high = high if high > 0 else 2**62
         self.alarm = False
+        self.memory_alarm = False
+        self.disk_alarm = False
         self.listeners: list[Callable[[bool], None]] = []
 
+    @property
+    def reason(self) -> str:
+        return "low on memory" if self.memory_alarm else "low on disk"
+
     def check(self) -> None:
-        """Raise or clear the alarm after ``used`` changed (called on the slow path only)."""
-        alarm = self.used > self.high
+        """Raise or clear the memory alarm after ``used`` changed (called on the slow path only)."""
+        memory_alarm = self.used > self.high
+        if memory_alarm != self.memory_alarm:
+            self.memory_alarm = memory_alarm
+            log.warning("memory alarm %s: %d bytes of messages held, limit %d",
+                        "set" if memory_alarm else "cleared", self.used, self.high)
+            self._update()
+
+    def set_disk_alarm(self, on: bool, free: int, limit: int) -> None:
+        if on != self.disk_alarm:
+            self.disk_alarm = on
+            log.warning("disk alarm %s: %d bytes free, limit %d", "set" if on else "cleared", free, limit)
+            self._update()
+
+    def _update(self) -> None:
+        alarm = self.memory_alarm or self.disk_alarm
         if alarm != self.alarm:
             self.alarm = alarm
-            log.warning("memory alarm %s: %d bytes of messages held, limit %d", "set" if alarm else "cleared",
-                        self.used, self.high)
             for listener in list(self.listeners):
                 listener(alarm)
 
@@ -469,8 +488,9 @@ class Broker:
     def __init__(self, *, memory_high_watermark: int = 0, default_user: str = "guest",
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
-                 dispatch: Callable[..., Any] | None = None) -> None:
+                 dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000) -> None:
         self.memory = MemoryMonitor(memory_high_watermark)
+        self.queue_memory_budget = queue_memory_budget
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
@@ -542,13 +562,22 @@ class Broker:
                                                  else vhost.exchanges.get(b.destination))
                 if source is not None and dest is not None:
                     source.bind(dest, b.routing_key, dict(b.arguments))
+            addresses: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+            headers: dict[bytes, bytes] = {}  # identical content headers share one object
             for vhost in self.vhosts.values():
                 for queue in vhost.queues.values():
                     self.recovered_queues += 1
-                    for stored in store.load_messages(vhost.name, queue.name):
-                        msg = Message(stored.exchange, stored.routing_key,
-                                      build_address(stored.exchange, stored.routing_key), stored.header,
-                                      stored.body or b"")
+                    for stored in store.load_messages(vhost.name, queue.name, with_bodies=False):
+                        key = (stored.exchange, stored.routing_key)
+                        names = addresses.get(key)
+                        if names is None:  # one set of objects per distinct address, not per message
+                            names = addresses[key] = (*key, build_address(*key))
+                        header = headers.get(stored.header)
+                        if header is None:
+                            header = stored.header
+                            if len(headers) < 65536:
+                                headers[header] = header
+                        msg = Message(names[0], names[1], names[2], header, PAGED)
                         msg.seq = stored.seq
                         msg.store_id = stored.id
                         msg.redelivered = stored.redelivered

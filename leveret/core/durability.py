@@ -29,18 +29,22 @@ class Durability:
         self.store = store
         self.dispatch = dispatch
         self.ops: list[MessageOp] = []
+        self.page_out: list[Message] = []
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
         self.recovering = False
 
     # --- messages ----------------------------------------------------------------------------------
 
-    def push(self, queue: Queue, msg: Message) -> None:
+    def push(self, queue: Queue, msg: Message, page_out: bool = False) -> None:
+        """Store a message; with ``page_out``, its body leaves memory once it is on disk (if still ready)."""
         msg_id = self.next_id
         self.next_id = msg_id + 1
         msg.store_id = msg_id
         self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
                              msg.header, msg.body))
+        if page_out:
+            self.page_out.append(msg)
 
     def delivered(self, msg: Message) -> None:
         """The message went to a consumer that must ack it: after a crash it comes back redelivered."""
@@ -58,11 +62,16 @@ class Durability:
                 callback(None)
             return
         ops, self.ops = self.ops, []
+        page_out, self.page_out = self.page_out, []
         self.in_flight += 1
-        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc))
+        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out))
 
-    def _committed(self, after: list[Done], exc: BaseException | None) -> None:
+    def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message]) -> None:
         self.in_flight -= 1
+        if exc is None:
+            for msg in page_out:
+                if msg.consumer is None and msg.queue is not None:
+                    msg.queue.page_out(msg)
         for callback in after:
             callback(exc)
 

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 _HEADER_PREFIX = 12  # class id, weight, body size
 
 
+class _Paged(bytes):
+    """The type of :data:`PAGED`."""
+
+
+PAGED = _Paged()
+"""Stands for the body of a message whose body is on disk only (a long queue over its memory budget). It is
+an empty bytes object, so byte counts of resident bodies stay right; compare with ``is``."""
+
+
 class Message:
     """A message as routed to one queue. Routing to several queues makes one shallow copy per extra queue.
 
@@ -65,7 +74,9 @@ class Message:
 
     @property
     def size(self) -> int:
-        return len(self.body)
+        """The body's size, also while the body is paged out (read from the content header)."""
+        body = self.body
+        return len(body) if body is not PAGED else int.from_bytes(self.header[4:12], "big")
 
     @property
     def properties(self) -> dict[str, Any]:

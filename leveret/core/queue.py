@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .message import Message
+from .message import PAGED, Message
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
@@ -82,6 +82,7 @@ class Queue:
         self.had_consumers = False
         self.memory: MemoryMonitor = vhost.broker.memory
         self.durability: Durability | None = vhost.broker.durability if durable else None
+        self.memory_budget = vhost.broker.queue_memory_budget
         self._next_seq = 1
         self._rr = 0
         self._prioritised = False  # consumers of more than one x-priority: see _next_by_priority
@@ -112,7 +113,7 @@ class Queue:
         self._next_seq += 1
         msg.queue = self
         if self.durability is not None and msg.persistent:
-            self.durability.push(self, msg)
+            self.durability.push(self, msg, self.ready_bytes > self.memory_budget)
         self.messages.append(msg)
         size = len(msg.body)
         self.ready_bytes += size
@@ -131,7 +132,7 @@ class Queue:
             msg.redelivered = True
             msg.consumer = None
             self.unacked_count -= 1
-            self.ready_bytes += len(msg.body)
+            self.ready_bytes += msg.size
             if not messages or msg.seq < messages[0].seq:
                 messages.appendleft(msg)
             elif msg.seq > messages[-1].seq:
@@ -157,7 +158,10 @@ class Queue:
                 if found is None:
                     return
                 consumer = found
-            msg = messages.popleft()
+            msg = messages[0]
+            if msg.body is PAGED:
+                self.page_in()
+            messages.popleft()
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
             if not consumer.no_ack:
@@ -205,6 +209,8 @@ class Queue:
         """basic.get: the next ready message, or None. The caller records or settles it."""
         if not self.messages:
             return None
+        if self.messages[0].body is PAGED:
+            self.page_in()
         msg = self.messages.popleft()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
@@ -232,18 +238,54 @@ class Queue:
         msg.queue = self
         self._next_seq = max(self._next_seq, msg.seq + 1)
         self.messages.append(msg)
-        size = len(msg.body)
-        self.ready_bytes += size
-        self.memory.used += size
+        self.ready_bytes += msg.size
+        self.memory.used += len(msg.body)
+
+    # --- paging: bodies of a long queue stay on disk -----------------------------------------------
+
+    def page_out(self, msg: Message) -> None:
+        """Drop a stored, ready message's body from memory (the store has it)."""
+        if msg.body is PAGED or not msg.store_id or msg.queue is not self or self.deleted:
+            return
+        memory = self.memory
+        memory.used -= len(msg.body)
+        msg.body = PAGED
+        if memory.alarm:
+            memory.check()
+
+    def page_in(self, window: int = 512, max_bytes: int = 4_000_000) -> None:
+        """Read back the bodies of the next paged-out messages at the head of the queue (a window of them)."""
+        batch: list[Message] = []
+        size = 0
+        for msg in self.messages:
+            if msg.body is PAGED:
+                batch.append(msg)
+                size += msg.size
+                if len(batch) >= window or size >= max_bytes:
+                    break
+            elif batch:
+                break
+        if not batch or self.durability is None:
+            return
+        bodies = self.durability.store.load_bodies(m.store_id for m in batch)
+        used = 0
+        for msg in batch:
+            body = bodies.get(msg.store_id)
+            if body is None:  # not in the store: cannot happen for a ready message; deliver it empty, loudly
+                raise RuntimeError(f"message {msg.store_id} of queue '{self.name}' is missing from the store")
+            msg.body = body
+            used += len(body)
+        self.memory.used += used
 
     def purge(self) -> int:
         """Remove every ready message; unacked ones stay with their consumers. Returns how many."""
         count = len(self.messages)
-        if self.durability is not None:
-            for msg in self.messages:
-                if msg.store_id:
-                    self.durability.delete(msg)
-        self.memory.used -= self.ready_bytes
+        resident = 0
+        for msg in self.messages:
+            resident += len(msg.body)
+            if msg.store_id and self.durability is not None:
+                self.durability.delete(msg)
+        self.memory.used -= resident
         self.messages.clear()
         self.ready_bytes = 0
         if self.memory.alarm:

@@ -309,7 +309,7 @@ class AMQPConnection(asyncio.Protocol):
     def _block(self) -> None:
         self.blocked = True
         if self.blocked_capable:
-            self.conn.send_method(0, M("connection.blocked"), ("low on memory",))
+            self.conn.send_method(0, M("connection.blocked"), (self.broker.memory.reason,))
             self._schedule_flush()
         if self.transport is not None:
             self.transport.pause_reading()

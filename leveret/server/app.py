@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from leveret.store import Store, StoreError, open_store
 from .amqp import AMQPConnection
 
 log = logging.getLogger("leveret.server")
+DISK_CHECK_INTERVAL = 1.0
 
 
 class Server:
@@ -32,6 +34,7 @@ class Server:
         self.broker: Broker = None  # type: ignore[assignment]  # made in start(), on the event loop
         self.store: Store | None = None
         self.connections: set[AMQPConnection] = set()
+        self._disk_timer: asyncio.TimerHandle | None = None
         self._server: asyncio.base_events.Server | None = None
         self.port = config.port
 
@@ -43,9 +46,21 @@ class Server:
             self.broker = self._open_broker(loop)
         self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind, self.config.port,
                                                 reuse_address=True, backlog=1024)
+        if self.config.disk_free_limit and self.config.store == "sqlite":
+            self._check_disk()
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+
+    def _check_disk(self) -> None:
+        """The disk alarm: free space on the data directory's file system under ``disk_free_limit``."""
+        limit = self.config.disk_free_limit
+        try:
+            free = shutil.disk_usage(self.config.data_dir).free
+        except OSError:
+            free = limit + 1
+        self.broker.memory.set_disk_alarm(free < limit, free, limit)
+        self._disk_timer = asyncio.get_running_loop().call_later(DISK_CHECK_INTERVAL, self._check_disk)
 
     def _open_broker(self, loop: asyncio.AbstractEventLoop) -> Broker:
         config = self.config
@@ -63,7 +78,7 @@ class Server:
             broker = Broker(memory_high_watermark=config.memory_high_watermark, default_user=config.default_user,
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
-                            dispatch=loop.call_soon_threadsafe)
+                            dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget)
         except BaseException:
             self.store.close()
             raise
@@ -76,6 +91,8 @@ class Server:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
         if self._server is not None:
             self._server.close()
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         for conn in list(self.connections):
             conn.close(spec.CONNECTION_FORCED,
                        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")

@@ -178,14 +178,16 @@ class MemoryStore(Store):
 
     def submit(self, ops: list[MessageOp], done: Callable[[BaseException | None], None]) -> None:
         self._check_open()
-        for op in ops:
-            if not isinstance(op, (Push, Delete, Requeue, Purge)):
-                raise TypeError(f"not a message op: {op!r}")
-        with self._lock:
-            for op in ops:
-                self._apply(op)
+        error: BaseException | None = None
+        bad = [op for op in ops if not isinstance(op, (Push, Delete, Requeue, Purge))]
+        if bad:  # nothing of the submit is applied, as when a backend's commit fails
+            error = TypeError(f"not a message op: {bad[0]!r}")
+        else:
+            with self._lock:
+                for op in ops:
+                    self._apply(op)
         try:
-            done(None)
+            done(error)
         except Exception:
             log.exception("store: a done callback failed")
 
