@@ -24,6 +24,7 @@ from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_bindi
 from .message import PAGED, Message, build_address
 from .passwords import check_password, hash_password
 from .queue import Consumer, Queue
+from .timers import SystemTimers, Timers
 
 log = logging.getLogger("leveret.broker")
 
@@ -488,8 +489,10 @@ class Broker:
     def __init__(self, *, memory_high_watermark: int = 0, default_user: str = "guest",
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
-                 dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000) -> None:
+                 dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
+                 timers: Timers | None = None) -> None:
         self.memory = MemoryMonitor(memory_high_watermark)
+        self.timers: Timers = timers or SystemTimers()
         self.queue_memory_budget = queue_memory_budget
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}

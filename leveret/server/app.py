@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from leveret.amqp import spec
@@ -24,6 +25,19 @@ from .amqp import AMQPConnection
 
 log = logging.getLogger("leveret.server")
 DISK_CHECK_INTERVAL = 1.0
+
+
+class LoopTimers:
+    """leveret.core.timers.Timers on an asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def now(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
+        return self.loop.call_later(max(0.0, delay), fn)
 
 
 class Server:
@@ -78,7 +92,8 @@ class Server:
             broker = Broker(memory_high_watermark=config.memory_high_watermark, default_user=config.default_user,
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
-                            dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget)
+                            dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
+                            timers=LoopTimers(loop))
         except BaseException:
             self.store.close()
             raise

@@ -1,8 +1,7 @@
 """Persistence backends behind one interface (:mod:`leveret.store.base`).
 
 ``BACKENDS`` maps a ``--store`` name to ``"module:Class"``; :func:`open_store` imports the backend only when it
-is asked for, so choosing ``memory`` never loads sqlite3 (and a future ``postgres`` needs its driver only when
-used).
+is asked for (so a future ``postgres`` backend needs its driver only when used).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from .base import (
     StoreError,
     UserDef,
 )
+from .sqlite import encode_value  # the tagged JSON codec (sqlite3 itself is only imported, never opened)
 
 log = logging.getLogger("leveret.store")
 
@@ -37,10 +38,10 @@ _BindingKey = tuple[str, str, str, str, str, str]
 
 
 def _binding_key(binding: BindingDef) -> _BindingKey:
-    # Bindings are identified by all their fields, arguments included (as in RabbitMQ); repr of the sorted
-    # items is a good enough canonical form for a dict key here.
+    # Bindings are identified by all their fields, arguments included (as in RabbitMQ), compared by the same
+    # canonical encoding as the SQLite backend's (nested keys sorted, types kept: 1, 1.0 and True differ).
     return (binding.vhost, binding.source, binding.destination_kind, binding.destination, binding.routing_key,
-            repr(sorted(binding.arguments.items())))
+            encode_value(binding.arguments))
 
 
 class MemoryStore(Store):
