@@ -21,7 +21,8 @@ from .channel import REPLY_TO, Channel, Sink
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .message import PAGED, Message, build_address
+from .lifecycle import dead_letter_copy, is_cycle, parse_settings, routing_keys
+from .message import PAGED, Message, build_address, build_header
 from .passwords import check_password, hash_password
 from .queue import Consumer, Queue
 from .timers import SystemTimers, Timers
@@ -281,7 +282,9 @@ class VHost:
                                              f"received '{_describe(received)}' but current is "
                                              f"'{_describe(current)}'")
             self._check_arguments("queue", name, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
+            existing.touch()
             return existing
+        parse_settings(arguments, name, self.name)  # 406 for invalid x- arguments, before anything changes
         queue = Queue(self, name, durable=durable, exclusive_owner=session if exclusive else None,
                       auto_delete=auto_delete, arguments=arguments)
         self.queues[name] = queue
@@ -309,6 +312,7 @@ class VHost:
             return 0
         del self.queues[queue.name]
         queue.deleted = True
+        queue.stop_timers()
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.delete_queue(queue)
         count = len(queue.messages)
@@ -357,6 +361,71 @@ class VHost:
             self.remove_queue(queue)
 
     # --- routing -----------------------------------------------------------------------------------
+
+    def route_all(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
+        """:meth:`route` plus sender-selected distribution (CC and BCC headers route with extra keys; BCC is
+        removed from the message) and alternate exchanges (an unroutable message goes to the exchange's
+        ``alternate-exchange``, and so on, each exchange once)."""
+        header = msg.header
+        queues: list[Queue] | tuple[Queue, ...]
+        if msg.flags & 0x2000 and (b"\x02CC" in header or b"\x03BCC" in header):
+            queues = self._route_keys(exchange, msg, routing_keys(msg))
+            self._strip_bcc(msg)
+        else:
+            queues = self.route(exchange, msg)
+        if queues or not exchange.arguments:
+            return queues
+        seen = {exchange.name}
+        alternate = exchange.arguments.get("alternate-exchange")
+        while isinstance(alternate, str) and alternate not in seen:
+            seen.add(alternate)
+            target = self.exchanges.get(alternate)
+            if target is None:
+                break
+            queues = self.route(target, msg)
+            if queues:
+                return queues
+            alternate = target.arguments.get("alternate-exchange")
+        return ()
+
+    def _route_keys(self, exchange: Exchange, msg: Message, keys: list[str]) -> list[Queue]:
+        found: list[Queue] = []
+        for key in dict.fromkeys(keys):
+            probe = msg if key == msg.routing_key else Message(msg.exchange, key, msg.address, msg.header, msg.body)
+            probe._props = msg._props
+            for queue in self.route(exchange, probe):
+                if queue not in found:
+                    found.append(queue)
+        return found
+
+    @staticmethod
+    def _strip_bcc(msg: Message) -> None:
+        headers = msg.headers
+        if headers is not None and "BCC" in headers:
+            props = dict(msg.properties)
+            props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
+            msg.header = build_header(props, len(msg.body))
+            msg._props = props
+
+    def dead_letter(self, queue: Queue, msg: Message, reason: str) -> None:
+        """Republish a message leaving ``queue`` for ``reason`` to the queue's dead-letter exchange, with
+        RabbitMQ's x-death header; a missing exchange or a fully automatic cycle drops it."""
+        settings = queue.settings
+        exchange = self.exchanges.get(settings.dead_letter_exchange or "")
+        if exchange is None:
+            return
+        copy, keys = dead_letter_copy(msg, queue.name, reason, exchange.name, settings.dead_letter_routing_key,
+                                      self.broker.timers.now())
+        targets = self._route_keys(exchange, copy, keys)
+        if not targets:
+            targets = list(self.route_all(exchange, copy))
+        if reason != "rejected":
+            deaths = copy.properties["headers"]["x-death"]
+            targets = [q for q in targets if not is_cycle(q.name, deaths)]
+        first = True
+        for target in targets:
+            target.enqueue(copy if first else copy.copy())
+            first = False
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
         """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once."""

@@ -88,6 +88,7 @@ class Channel:
         self.publish_seq = 0
         self._confirmed_upto = 0
         self._confirm_requested = 0
+        self._nacks: list[int] = []
         self.tx: list[Callable[[], None]] | None = None
         self.active = True
         self.deliverable = session.writable
@@ -311,11 +312,13 @@ class Channel:
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
         if self.tx is not None:
-            self.tx.append(lambda: self._route(vhost, exchange, msg, mandatory))
+            self.tx.append(lambda: None if self._route(vhost, exchange, msg, mandatory) else None)
             return
-        self._route(vhost, exchange, msg, mandatory)
+        accepted = self._route(vhost, exchange, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
+            if not accepted:
+                self._nacks.append(self.publish_seq)
             self.session.confirm_pending(self)
 
     def _check_user_id(self, msg: Message) -> None:
@@ -325,16 +328,20 @@ class Channel:
         if user_id != name and not (user is not None and "impersonator" in user.tags):
             raise PreconditionFailed(f"user_id property set to '{user_id}' but authenticated user was '{name}'")
 
-    def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> None:
-        queues = vhost.route(exchange, msg)
+    def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> bool:
+        """Route and enqueue; False when a queue refused the message (x-overflow reject-publish)."""
+        queues = vhost.route_all(exchange, msg)
         if not queues:
             if mandatory:
                 self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
-            return
+            return True
+        accepted = True
         first = True
         for queue in queues:
-            queue.enqueue(msg if first else msg.copy())
+            if not queue.enqueue(msg if first else msg.copy()):
+                accepted = False
             first = False
+        return accepted
 
     def _set_reply_address(self, msg: Message) -> None:
         if self.reply_queue is None:
@@ -351,13 +358,20 @@ class Channel:
         if seq <= self._confirm_requested:
             return None
         self._confirm_requested = seq
+        nacks, self._nacks = self._nacks, []
 
         def send(exc: BaseException | None) -> None:
             if self.closed or seq <= self._confirmed_upto:
                 return
-            multiple = seq - self._confirmed_upto > 1
-            self._confirmed_upto = seq
-            self.sink.send_confirm(self.number, seq, multiple, exc is None)
+            for refused in nacks:  # publishes a queue refused (reject-publish): nacked one by one, in order
+                if refused - 1 > self._confirmed_upto:
+                    self.sink.send_confirm(self.number, refused - 1, refused - 1 - self._confirmed_upto > 1,
+                                           exc is None)
+                self.sink.send_confirm(self.number, refused, False, False)
+                self._confirmed_upto = refused
+            if seq > self._confirmed_upto:
+                self.sink.send_confirm(self.number, seq, seq - self._confirmed_upto > 1, exc is None)
+                self._confirmed_upto = seq
 
         return send
 

@@ -41,6 +41,7 @@ class Message:
         "consumer",
         "delivery_count",
         "exchange",
+        "expires_at",
         "header",
         "published_at",
         "queue",
@@ -62,6 +63,7 @@ class Message:
         self.consumer: Consumer | None = None
         self.delivery_count = 0
         self.store_id = 0  # the id of this record in the store; 0 when it is not stored
+        self.expires_at = 0.0  # wall-clock milliseconds after which it expires in its queue; 0: never
         self._props: dict[str, Any] | None = None
         self.published_at = 0.0
 

@@ -13,12 +13,14 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .lifecycle import PriorityMessages, QueueSettings, parse_settings
 from .message import PAGED, Message
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
     from .channel import Channel
     from .durability import Durability
+    from .timers import Handle
 
 
 class Consumer:
@@ -74,7 +76,7 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments: dict[str, Any] = dict(arguments or {})
-        self.messages: deque[Message] = deque()
+        self.messages: deque[Message] | PriorityMessages = deque()
         self.consumers: list[Consumer] = []
         self.ready_bytes = 0
         self.unacked_count = 0
@@ -89,6 +91,14 @@ class Queue:
         self._rr_by_priority: dict[int, int] = {}
         self.stats_published = 0
         self.stats_delivered = 0
+        self.timers = vhost.broker.timers
+        self.settings = QueueSettings()
+        self.lifecycle = False
+        self._sac: list[Consumer] = []  # consumers in arrival order, for single active consumer
+        self._expiry_handle: Handle | None = None
+        self._expiry_at = 0.0
+        self._unused_handle: Handle | None = None
+        self.configure(parse_settings(self.arguments, name, vhost.name))
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in vhost {self.vhost.name!r}>"
@@ -105,10 +115,27 @@ class Queue:
     def consumer_count(self) -> int:
         return len(self.consumers)
 
+    def configure(self, settings: QueueSettings) -> None:
+        """Apply lifecycle settings (from the queue's arguments and any policy)."""
+        self.settings = settings
+        self.lifecycle = settings.active
+        if settings.max_priority and not isinstance(self.messages, PriorityMessages):
+            messages = PriorityMessages(settings.max_priority)
+            for msg in self.messages:
+                messages.append(msg)
+            self.messages = messages
+        if self.lifecycle:
+            self._expire()
+            self._enforce_limits()
+            self._arm_unused_timer()
+
     # --- messages in -------------------------------------------------------------------------------
 
-    def enqueue(self, msg: Message) -> None:
-        """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it."""
+    def enqueue(self, msg: Message) -> bool:
+        """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it.
+        Returns False when the queue refused it (x-overflow reject-publish)."""
+        if self.lifecycle:
+            return self._enqueue_lifecycle(msg)
         msg.seq = self._next_seq
         self._next_seq += 1
         msg.queue = self
@@ -124,16 +151,136 @@ class Queue:
             memory.check()
         if self.consumers:
             self.dispatch()
+        return True
+
+    def _enqueue_lifecycle(self, msg: Message) -> bool:
+        settings = self.settings
+        if settings.limited and settings.overflow != "drop-head" and self._full(msg.size):
+            if settings.overflow == "reject-publish-dlx":
+                self.vhost.dead_letter(self, msg, "maxlen")
+            return False
+        ttl = settings.message_ttl
+        if msg.flags & 0x0100:  # per-message expiration (validated at publish)
+            expiration = int(msg.properties["expiration"])
+            ttl = expiration if ttl is None else min(ttl, expiration)
+        msg.expires_at = self.timers.now() * 1000 + ttl if ttl is not None else 0.0
+        msg.seq = self._next_seq
+        self._next_seq += 1
+        msg.queue = self
+        if self.durability is not None and msg.persistent:
+            self.durability.push(self, msg, self.ready_bytes > self.memory_budget)
+        self.messages.append(msg)
+        size = len(msg.body)
+        self.ready_bytes += size
+        self.stats_published += 1
+        memory = self.memory
+        memory.used += size
+        if memory.used > memory.high:
+            memory.check()
+        if settings.limited:
+            self._enforce_limits()
+        if self.consumers:
+            self.dispatch()
+        if msg.expires_at:
+            self._expire()
+        return True
+
+    def _full(self, size: int) -> bool:
+        settings = self.settings
+        return ((settings.max_length is not None and len(self.messages) >= settings.max_length)
+                or (settings.max_length_bytes is not None and self.ready_bytes + size > settings.max_length_bytes))
+
+    def _enforce_limits(self) -> None:
+        """x-overflow drop-head: drop (dead-letter, reason maxlen) from the head until within the limits."""
+        settings = self.settings
+        if not settings.limited or settings.overflow != "drop-head":
+            return
+        max_length, max_bytes = settings.max_length, settings.max_length_bytes
+        messages = self.messages
+        while messages and ((max_length is not None and len(messages) > max_length)
+                            or (max_bytes is not None and self.ready_bytes > max_bytes)):
+            self._drop_head("maxlen")
+
+    def _drop_head(self, reason: str, level: deque[Message] | None = None) -> None:
+        messages = self.messages
+        head = (level if level is not None else messages)[0]
+        if head.body is PAGED:
+            self.page_in()
+        msg = level.popleft() if level is not None else messages.popleft()
+        if level is not None:
+            messages._count -= 1  # type: ignore[union-attr]
+        self.ready_bytes -= len(msg.body)
+        self.drop(msg, reason)
+
+    def _expire(self) -> None:
+        """Drop (dead-letter, reason expired) expired messages at the head, and time the next expiry.
+        Like RabbitMQ's classic queues, a message expires when it reaches the head."""
+        messages = self.messages
+        if not messages:
+            return
+        now = self.timers.now() * 1000
+        if isinstance(messages, PriorityMessages):
+            next_at = 0.0
+            for level, _head in list(messages.heads()):
+                while level and 0 < level[0].expires_at <= now:
+                    self._drop_head("expired", level)
+                if level and level[0].expires_at and (not next_at or level[0].expires_at < next_at):
+                    next_at = level[0].expires_at
+        else:
+            while messages and 0 < messages[0].expires_at <= now:
+                self._drop_head("expired")
+            next_at = messages[0].expires_at if messages else 0.0
+        if next_at and (self._expiry_handle is None or next_at < self._expiry_at):
+            if self._expiry_handle is not None:
+                self._expiry_handle.cancel()
+            self._expiry_at = next_at
+            self._expiry_handle = self.timers.call_later((next_at - now) / 1000 + 0.001, self._on_expiry_timer)
+
+    def _on_expiry_timer(self) -> None:
+        self._expiry_handle = None
+        if not self.deleted:
+            self._expire()
+
+    def _arm_unused_timer(self) -> None:
+        """x-expires: delete the queue when it has had no consumer and no basic.get for that long."""
+        if self._unused_handle is not None:
+            self._unused_handle.cancel()
+            self._unused_handle = None
+        expires = self.settings.expires
+        if expires is not None and not self.consumers and not self.deleted:
+            self._unused_handle = self.timers.call_later(expires / 1000, self._on_unused)
+
+    def touch(self) -> None:
+        """The queue was used (declared again, basic.get): restart its x-expires countdown."""
+        if self.settings.expires is not None:
+            self._arm_unused_timer()
+
+    def _on_unused(self) -> None:
+        self._unused_handle = None
+        if not self.consumers and not self.deleted:
+            self.vhost.remove_queue(self)
+
+    def stop_timers(self) -> None:
+        for handle in (self._expiry_handle, self._unused_handle):
+            if handle is not None:
+                handle.cancel()
+        self._expiry_handle = self._unused_handle = None
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         """Put unacked messages back at their original positions, marked redelivered."""
         messages = self.messages
+        limit = self.settings.delivery_limit
         for msg in msgs:
             msg.redelivered = True
             msg.consumer = None
             self.unacked_count -= 1
+            if limit is not None and msg.delivery_count > limit:
+                self.drop(msg, "delivery_limit")
+                continue
             self.ready_bytes += msg.size
-            if not messages or msg.seq < messages[0].seq:
+            if isinstance(messages, PriorityMessages):
+                messages.reinsert(msg)
+            elif not messages or msg.seq < messages[0].seq:
                 messages.appendleft(msg)
             elif msg.seq > messages[-1].seq:
                 messages.append(msg)
@@ -146,6 +293,9 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
+        if self.lifecycle:
+            self._dispatch_lifecycle()
+            return
         messages = self.messages
         consumers = self.consumers
         while messages and consumers:
@@ -167,6 +317,41 @@ class Queue:
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
+
+    def _dispatch_lifecycle(self) -> None:
+        messages = self.messages
+        if not self.consumers:
+            return
+        self._expire()
+        sac = self.settings.single_active_consumer
+        now = self.timers.now() * 1000
+        while messages:
+            if sac:
+                consumer: Consumer | None = self._sac[0] if self._sac and self._sac[0].has_credit() else None
+            elif len(self.consumers) == 1:
+                only = self.consumers[0]
+                consumer = only if only.has_credit() else None
+            else:
+                consumer = self._next_consumer()
+            if consumer is None:
+                return
+            msg = messages[0]
+            if 0 < msg.expires_at <= now:
+                self._expire()
+                continue
+            if msg.body is PAGED:
+                self.page_in()
+            messages.popleft()
+            self.ready_bytes -= len(msg.body)
+            self.stats_delivered += 1
+            if not consumer.no_ack:
+                self.unacked_count += 1
+            consumer.channel.deliver(consumer, msg)
+
+    @property
+    def active_consumer(self) -> Consumer | None:
+        """With single active consumer: the one that receives messages."""
+        return self._sac[0] if self._sac else None
 
     def _next_consumer(self) -> Consumer | None:
         if self._prioritised:
@@ -207,6 +392,9 @@ class Queue:
 
     def get(self) -> Message | None:
         """basic.get: the next ready message, or None. The caller records or settles it."""
+        if self.lifecycle:
+            self._expire()
+            self.touch()
         if not self.messages:
             return None
         if self.messages[0].body is PAGED:
@@ -230,7 +418,13 @@ class Queue:
         self.settle(msg)
 
     def drop(self, msg: Message, reason: str) -> None:
-        """A message leaves the queue without being consumed (rejected without requeue, expired, ...)."""
+        """A message leaves the queue without being consumed (rejected, expired, maxlen, delivery_limit):
+        dead-lettered when the queue has a dead-letter exchange, then gone."""
+        if self.settings.dead_letter_exchange is not None:
+            if msg.body is PAGED and msg.store_id and self.durability is not None:
+                msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
+                self.memory.used += len(msg.body)
+            self.vhost.dead_letter(self, msg, reason)
         self.settle(msg)
 
     def recover(self, msg: Message) -> None:
@@ -301,8 +495,12 @@ class Queue:
         while index and consumers[index - 1].priority < consumer.priority:
             index -= 1
         consumers.insert(index, consumer)
+        self._sac.append(consumer)
         self._prioritised = consumers[0].priority != consumers[-1].priority
         self.had_consumers = True
+        if self._unused_handle is not None:
+            self._unused_handle.cancel()
+            self._unused_handle = None
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -310,10 +508,17 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        if consumer in self._sac:
+            self._sac.remove(consumer)
         if self._rr >= len(self.consumers):
             self._rr = 0
         consumers = self.consumers
         self._prioritised = bool(consumers) and consumers[0].priority != consumers[-1].priority
+        if self.lifecycle:
+            if not consumers:
+                self._arm_unused_timer()
+            elif self.settings.single_active_consumer:
+                self.dispatch()  # the next consumer takes over
 
 
 def _seq(msg: Message) -> int:
