@@ -312,7 +312,10 @@ class Channel:
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
         if self.tx is not None:
-            self.tx.append(lambda: None if self._route(vhost, exchange, msg, mandatory) else None)
+            def route_at_commit() -> None:
+                self._route(vhost, exchange, msg, mandatory)
+
+            self.tx.append(route_at_commit)
             return
         accepted = self._route(vhost, exchange, msg, mandatory)
         if self.confirm:
