@@ -102,6 +102,17 @@ def _simple(st: struct.Struct) -> Callable[[bytes, int], tuple[Any, int]]:
     return decode
 
 
+_simple_q = _simple(_q)
+
+
+class LongInt(int):
+    """An integer that is encoded as a 64-bit field ('l') even when it is small: what RabbitMQ sends for
+    x-death counts, and what Java clients read as a Long. Decoding 'l' gives one, so it round-trips."""
+
+    def __repr__(self) -> str:
+        return f"LongInt({int(self)})"
+
+
 def _decode_bool(buf: bytes, offset: int) -> tuple[Any, int]:
     _need(buf, offset, 1)
     return buf[offset] != 0, offset + 1
@@ -161,7 +172,7 @@ _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("u"): _simple(_H),
     ord("I"): _simple(_i),
     ord("i"): _simple(_I),
-    ord("l"): _simple(_q),
+    ord("l"): lambda buf, offset: (LongInt(_simple_q(buf, offset)[0]), offset + 8),
     ord("L"): _simple(_Q),
     ord("f"): _simple(_f),
     ord("d"): _simple(_d),
@@ -220,7 +231,7 @@ def encode_field_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
-        if -(2**31) <= value < 2**31:
+        if -(2**31) <= value < 2**31 and type(value) is not LongInt:
             return b"I" + _i.pack(value)
         if -(2**63) <= value < 2**63:
             return b"l" + _q.pack(value)

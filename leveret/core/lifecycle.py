@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from leveret.amqp.codec import LongInt
+
 from .errors import PreconditionFailed
 from .message import Message, build_address, build_header
 
@@ -274,7 +276,7 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
     if isinstance(cc, list):
         keys.extend(k for k in cc if isinstance(k, str))
     entry: dict[str, Any] = {
-        "count": 1,
+        "count": LongInt(1),
         "reason": reason,
         "queue": queue_name,
         "time": datetime.datetime.fromtimestamp(int(now), datetime.UTC),
@@ -290,7 +292,7 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
             if isinstance(old, dict) and old.get("queue") == queue_name and old.get("reason") == reason:
                 updated = dict(old)
                 count = updated.get("count")
-                updated["count"] = (count if isinstance(count, int) else 0) + 1
+                updated["count"] = LongInt((count if isinstance(count, int) else 0) + 1)
                 deaths = [updated, *deaths[:index], *deaths[index + 1 :]]
                 break
         else:

@@ -456,8 +456,11 @@ class SqliteStore(Store):
         self._rlock = threading.Lock()
         self._lock_file: int | None = None
         self._max_id_written = 0
+        self._failing = 0  # consecutive failed commits
+        self._last_failure_log = float("-inf")
         # counters (for benchmarks and metrics)
         self.commits = 0
+        self.failed_commits = 0
         self.ops_written = 0
 
     def __repr__(self) -> str:
@@ -785,12 +788,22 @@ class SqliteStore(Store):
             error = self._error("writing to", exc) if isinstance(exc, sqlite3.Error) else exc
             if error is not exc:
                 error.__cause__ = exc
-            log.error("store %s: a commit of %d submits failed: %s", self.path, len(items), error)
+            self.failed_commits += 1
+            self._failing += 1
+            now = time.monotonic()
+            if now - self._last_failure_log >= 10.0:  # at most one line per 10 s while it keeps failing
+                self._last_failure_log = now
+                log.error("store %s: a commit of %d submits failed (%d failed so far): %s", self.path, len(items),
+                          self._failing, error)
             self._rollback()
         else:
             self._max_id_written = max_id
             self.commits += 1
             self.ops_written += nops
+            if self._failing:
+                log.warning("store %s: commits work again after %d failed", self.path, self._failing)
+                self._failing = 0
+                self._last_failure_log = float("-inf")
         for _, done in items:
             try:
                 done(error)
