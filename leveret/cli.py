@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from leveret import __version__
 from leveret.config import ConfigError, load_config
@@ -119,4 +120,89 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (_add_serve,)
+# --- ctl -----------------------------------------------------------------------------------------------------
+
+
+def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ctl = subparsers.add_parser("ctl", help="manage a running broker (policies, queues, status)",
+                                description="Talk to a running Leveret through its control socket "
+                                            "(<data-dir>/leveret.sock).")
+    ctl.add_argument("--data-dir", metavar="DIR", help="the broker's data directory (default ./leveret-data)")
+    ctl.add_argument("--json", action="store_true", help="print the answer as JSON")
+    commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    commands.add_parser("status", help="node, port, connections, alarms")
+    setp = commands.add_parser("set-policy", help="add or replace a policy (applied at once)")
+    setp.add_argument("name")
+    setp.add_argument("pattern", help="regular expression matched against queue/exchange names")
+    setp.add_argument("definition", help='JSON object, e.g. \'{"message-ttl": 60000, "dead-letter-exchange": "dlx"}\'')
+    setp.add_argument("--priority", type=int, default=0)
+    setp.add_argument("--apply-to", choices=("queues", "exchanges", "all"), default="all")
+    setp.add_argument("--vhost", default="/")
+    clear = commands.add_parser("clear-policy", help="remove a policy")
+    clear.add_argument("name")
+    clear.add_argument("--vhost", default="/")
+    for name in ("list-policies", "list-queues"):
+        listing = commands.add_parser(name)
+        listing.add_argument("--vhost")
+    ctl.set_defaults(handler=_run_ctl)
+
+
+def _run_ctl(args: argparse.Namespace) -> int:
+    import json
+    import socket
+
+    from leveret.server.control import socket_path
+
+    data_dir = args.data_dir or os.environ.get("LEVERET_DATA_DIR") or "./leveret-data"
+    command = args.ctl_command.replace("-", "_")
+    request: dict[str, Any] = {"command": command, "args": {}}
+    if command == "set_policy":
+        try:
+            definition = json.loads(args.definition)
+        except json.JSONDecodeError as exc:
+            error(f"the policy definition is not valid JSON: {exc}")
+            return 2
+        request["args"] = {"name": args.name, "pattern": args.pattern, "definition": definition,
+                           "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
+    elif command == "clear_policy":
+        request["args"] = {"name": args.name, "vhost": args.vhost}
+    elif command in ("list_policies", "list_queues") and args.vhost:
+        request["args"] = {"vhost": args.vhost}
+    path = socket_path(data_dir)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(sock.makefile("rb").readline())
+    except OSError as exc:
+        error(f"cannot reach a broker at {path}: {exc.strerror or exc} (is `leveret serve --data-dir {data_dir}` "
+              "running?)")
+        return 1
+    if not answer.get("ok"):
+        error(answer.get("error", "failed"))
+        return 1
+    result = answer.get("result")
+    if args.json or not isinstance(result, list):
+        print(json.dumps(result, indent=2) if args.json or not isinstance(result, str) else result)
+    else:
+        _print_table(result)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    columns = list(rows[0])
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_serve,
+    _add_ctl,
+)

@@ -15,15 +15,18 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leveret.store.base import PermissionDef, Store, UserDef
+from leveret.store.base import PermissionDef, PolicyDef, Store, UserDef
 
 from .channel import REPLY_TO, Channel, Sink
+from .delays import DelayedMessages
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .lifecycle import dead_letter_copy, is_cycle, parse_settings, routing_keys
+from .lifecycle import dead_letter_copy, is_cycle, merge_policy, parse_settings, routing_keys
 from .message import PAGED, Message, build_address, build_header
 from .passwords import check_password, hash_password
+from .policies import Policy, validate_policy
+from .policies import effective as effective_policy
 from .queue import Consumer, Queue
 from .timers import SystemTimers, Timers
 
@@ -116,6 +119,8 @@ class VHost:
         self.name = name
         self.queues: dict[str, Queue] = {}
         self.exchanges: dict[str, Exchange] = {}
+        self.policies: dict[str, Policy] = {}
+        self._policy_alternates: dict[str, str] = {}  # exchange -> alternate-exchange set by a policy
         self.exchanges[""] = DefaultExchange(self)
         for ex_name, ex_type in DEFAULT_EXCHANGES:
             self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)
@@ -163,6 +168,8 @@ class VHost:
         exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
                                    arguments=arguments)
         self.exchanges[name] = exchange
+        if self.policies:
+            self._apply_exchange_policy(exchange)
         if self.broker.durability is not None:
             self.broker.durability.save_exchange(self.name, exchange)
         return exchange
@@ -288,6 +295,8 @@ class VHost:
         queue = Queue(self, name, durable=durable, exclusive_owner=session if exclusive else None,
                       auto_delete=auto_delete, arguments=arguments)
         self.queues[name] = queue
+        if self.policies:
+            self._apply_queue_policy(queue)
         if exclusive and session is not None:
             session.exclusive_queues.append(queue)
         if queue.durable and self.broker.durability is not None:
@@ -373,10 +382,10 @@ class VHost:
             self._strip_bcc(msg)
         else:
             queues = self.route(exchange, msg)
-        if queues or not exchange.arguments:
+        if queues or not (exchange.arguments or self._policy_alternates):
             return queues
         seen = {exchange.name}
-        alternate = exchange.arguments.get("alternate-exchange")
+        alternate = self._alternate_of(exchange)
         while isinstance(alternate, str) and alternate not in seen:
             seen.add(alternate)
             target = self.exchanges.get(alternate)
@@ -385,8 +394,43 @@ class VHost:
             queues = self.route(target, msg)
             if queues:
                 return queues
-            alternate = target.arguments.get("alternate-exchange")
+            alternate = self._alternate_of(target)
         return ()
+
+    def _alternate_of(self, exchange: Exchange) -> Any:
+        return exchange.arguments.get("alternate-exchange") or self._policy_alternates.get(exchange.name)
+
+    # --- policies ----------------------------------------------------------------------------------
+
+    def apply_policies(self) -> None:
+        """Re-evaluate which policy applies to every queue and exchange (after a policy changed)."""
+        for queue in list(self.queues.values()):
+            self._apply_queue_policy(queue)
+        self._policy_alternates.clear()
+        for exchange in self.exchanges.values():
+            self._apply_exchange_policy(exchange)
+
+    def _apply_queue_policy(self, queue: Queue) -> None:
+        policy = effective_policy(self.policies, queue.name, "queue")
+        queue.policy = policy.name if policy is not None else None
+        arguments = merge_policy(queue.arguments, policy.definition if policy is not None else None)
+        try:
+            settings = parse_settings(arguments, queue.name, self.name)
+        except PreconditionFailed as exc:
+            log.warning("policy %s not applied to queue '%s': %s", queue.policy, queue.name, exc.text)
+            return
+        if settings != queue.settings:
+            queue.configure(settings)
+
+    def _apply_exchange_policy(self, exchange: Exchange) -> None:
+        if not exchange.name:
+            return
+        policy = effective_policy(self.policies, exchange.name, "exchange")
+        alternate = policy.definition.get("alternate-exchange") if policy is not None else None
+        if isinstance(alternate, str):
+            self._policy_alternates[exchange.name] = alternate
+        else:
+            self._policy_alternates.pop(exchange.name, None)
 
     def _route_keys(self, exchange: Exchange, msg: Message, keys: list[str]) -> list[Queue]:
         found: list[Queue] = []
@@ -428,8 +472,15 @@ class VHost:
             first = False
 
     def route(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
-        """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once."""
-        headers = msg.headers if exchange.type_name == "headers" else None
+        """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once. An
+        x-delayed-message exchange that holds ``msg`` until it is due (``broker.delays``) routes it nowhere now."""
+        kind = exchange.type_name
+        if kind == "x-delayed-message":
+            if self.broker.delays.hold(self, exchange, msg):
+                return ()
+            headers = msg.headers
+        else:
+            headers = msg.headers if kind == "headers" else None
         found = exchange.route(msg.routing_key, headers)
         if not found:
             return ()
@@ -450,7 +501,13 @@ class VHost:
                 queues.append(dest)
             elif isinstance(dest, Exchange) and id(dest) not in visited:
                 visited.add(id(dest))
-                headers = msg.headers if dest.type_name == "headers" else None
+                kind = dest.type_name
+                if kind == "x-delayed-message":
+                    if self.broker.delays.hold(self, dest, msg):
+                        continue
+                    headers = msg.headers
+                else:
+                    headers = msg.headers if kind == "headers" else None
                 pending.extend(dest.route(msg.routing_key, headers))
         return queues
 
@@ -569,6 +626,7 @@ class Broker:
         self.loopback_users = set(loopback_users)
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
+        self.delays = DelayedMessages(self)
         self.recovered_queues = 0
         self.recovered_messages = 0
         if store is None or not self._recover(store):
@@ -594,6 +652,27 @@ class Broker:
                 store.save_permission(PermissionDef(name, vhost))
         return user
 
+    def set_policy(self, policy: Policy) -> None:
+        """Add or replace a policy and apply it at once. Raises NotFound (vhost), PreconditionFailed (policy)."""
+        vhost = self.vhosts.get(policy.vhost)
+        if vhost is None:
+            raise NotFound(f"no vhost '{policy.vhost}'")
+        validate_policy(policy)
+        vhost.policies[policy.name] = policy
+        if self.durability is not None and not self.durability.recovering:
+            self.durability.store.save_policy(PolicyDef(policy.vhost, policy.name, policy.pattern,
+                                                        dict(policy.definition), policy.priority, policy.apply_to))
+        vhost.apply_policies()
+
+    def clear_policy(self, vhost_name: str, name: str) -> None:
+        vhost = self.vhosts.get(vhost_name)
+        if vhost is None or name not in vhost.policies:
+            raise NotFound(f"no policy '{name}' in vhost '{vhost_name}'")
+        del vhost.policies[name]
+        if self.durability is not None:
+            self.durability.store.delete_policy(vhost_name, name)
+        vhost.apply_policies()
+
     def authenticate(self, username: str, password: str, loopback: bool) -> User:
         """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere)."""
         user = self.users.get(username)
@@ -616,6 +695,10 @@ class Broker:
                 self.add_vhost(name)
             for user in defs.users:
                 self.users[user.name] = User(user.name, user.password_hash, tuple(user.tags))
+            for pd in defs.policies:
+                vhost = self.add_vhost(pd.vhost)
+                vhost.policies[pd.name] = Policy(pd.vhost, pd.name, pd.pattern, dict(pd.definition), pd.priority,
+                                                 pd.apply_to)
             for perm in defs.permissions:
                 if perm.user in self.users:
                     self.users[perm.user].vhosts.add(perm.vhost)
@@ -657,6 +740,10 @@ class Broker:
                         self.recovered_messages += 1
         finally:
             self.durability.recovering = False
+        for vhost in self.vhosts.values():
+            if vhost.policies:
+                vhost.apply_policies()
+        self.delays.recover()
         return True
 
 

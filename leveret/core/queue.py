@@ -93,6 +93,7 @@ class Queue:
         self.stats_delivered = 0
         self.timers = vhost.broker.timers
         self.settings = QueueSettings()
+        self.policy: str | None = None
         self.lifecycle = False
         self._sac: list[Consumer] = []  # consumers in arrival order, for single active consumer
         self._expiry_handle: Handle | None = None
@@ -159,11 +160,7 @@ class Queue:
             if settings.overflow == "reject-publish-dlx":
                 self.vhost.dead_letter(self, msg, "maxlen")
             return False
-        ttl = settings.message_ttl
-        if msg.flags & 0x0100:  # per-message expiration (validated at publish)
-            expiration = int(msg.properties["expiration"])
-            ttl = expiration if ttl is None else min(ttl, expiration)
-        msg.expires_at = self.timers.now() * 1000 + ttl if ttl is not None else 0.0
+        self._set_expiry(msg)
         msg.seq = self._next_seq
         self._next_seq += 1
         msg.queue = self
@@ -184,6 +181,13 @@ class Queue:
         if msg.expires_at:
             self._expire()
         return True
+
+    def _set_expiry(self, msg: Message) -> None:
+        ttl = self.settings.message_ttl
+        if msg.flags & 0x0100:  # per-message expiration (validated at publish)
+            expiration = int(msg.properties["expiration"])
+            ttl = expiration if ttl is None else min(ttl, expiration)
+        msg.expires_at = self.timers.now() * 1000 + ttl if ttl is not None else 0.0
 
     def _full(self, size: int) -> bool:
         settings = self.settings
@@ -431,6 +435,8 @@ class Queue:
         """Put back a message read from the store at start-up (in seq order)."""
         msg.queue = self
         self._next_seq = max(self._next_seq, msg.seq + 1)
+        if self.lifecycle:
+            self._set_expiry(msg)  # the TTL countdown starts again at recovery
         self.messages.append(msg)
         self.ready_bytes += msg.size
         self.memory.used += len(msg.body)

@@ -22,6 +22,7 @@ from leveret.core.broker import Broker
 from leveret.store import Store, StoreError, open_store
 
 from .amqp import AMQPConnection
+from .control import ControlServer
 
 log = logging.getLogger("leveret.server")
 DISK_CHECK_INTERVAL = 1.0
@@ -49,6 +50,7 @@ class Server:
         self.store: Store | None = None
         self.connections: set[AMQPConnection] = set()
         self._disk_timer: asyncio.TimerHandle | None = None
+        self.control: ControlServer | None = None
         self._server: asyncio.base_events.Server | None = None
         self.port = config.port
 
@@ -62,6 +64,8 @@ class Server:
                                                 reuse_address=True, backlog=1024)
         if self.config.disk_free_limit and self.config.store == "sqlite":
             self._check_disk()
+        self.control = ControlServer(self)
+        await self.control.start()
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
@@ -108,6 +112,8 @@ class Server:
             self._server.close()
         if self._disk_timer is not None:
             self._disk_timer.cancel()
+        if self.control is not None:
+            await self.control.stop()
         for conn in list(self.connections):
             conn.close(spec.CONNECTION_FORCED,
                        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")

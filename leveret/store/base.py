@@ -13,7 +13,7 @@ with :meth:`Store.load_messages` / :meth:`Store.load_bodies`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,16 @@ class PermissionDef:
     read: str = ".*"
 
 
+@dataclass(frozen=True)
+class PolicyDef:
+    vhost: str
+    name: str
+    pattern: str
+    definition: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    apply_to: str = "all"
+
+
 @dataclass
 class Definitions:
     vhosts: list[str] = field(default_factory=list)
@@ -76,9 +86,10 @@ class Definitions:
     exchanges: list[ExchangeDef] = field(default_factory=list)
     queues: list[QueueDef] = field(default_factory=list)
     bindings: list[BindingDef] = field(default_factory=list)
+    policies: list[PolicyDef] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredMessage:
     """A message as stored. ``body`` is None when loaded without bodies (see load_messages)."""
 
@@ -93,7 +104,7 @@ class StoredMessage:
     redelivered: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Push:
     id: int
     vhost: str
@@ -105,17 +116,17 @@ class Push:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Requeue:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Purge:
     vhost: str
     queue: str
@@ -162,6 +173,12 @@ class Store(abc.ABC):
     def delete_permission(self, user: str, vhost: str) -> None: ...
 
     @abc.abstractmethod
+    def save_policy(self, policy: PolicyDef) -> None: ...
+
+    @abc.abstractmethod
+    def delete_policy(self, vhost: str, name: str) -> None: ...
+
+    @abc.abstractmethod
     def save_exchange(self, exchange: ExchangeDef) -> None: ...
 
     @abc.abstractmethod
@@ -184,7 +201,7 @@ class Store(abc.ABC):
     # messages
 
     @abc.abstractmethod
-    def submit(self, ops: list[MessageOp], done: Callable[[BaseException | None], None]) -> None:
+    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
         """Queue ``ops`` for the writer, in order after every earlier submit. ``done(None)`` is called once
         they are durable (group commit: one transaction covers many submits); ``done(exc)`` if the commit
         failed. Never blocks on I/O."""

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .base import (
     BindingDef,
@@ -21,6 +21,7 @@ from .base import (
     ExchangeDef,
     MessageOp,
     PermissionDef,
+    PolicyDef,
     Purge,
     Push,
     QueueDef,
@@ -56,6 +57,7 @@ class MemoryStore(Store):
         self._exchanges: dict[tuple[str, str], ExchangeDef] = {}
         self._queues: dict[tuple[str, str], QueueDef] = {}
         self._bindings: dict[_BindingKey, BindingDef] = {}
+        self._policies: dict[tuple[str, str], PolicyDef] = {}
         # (vhost, queue) -> id -> message, and id -> (vhost, queue)
         self._messages: dict[tuple[str, str], dict[int, StoredMessage]] = {}
         self._where: dict[int, tuple[str, str]] = {}
@@ -92,6 +94,7 @@ class MemoryStore(Store):
                 exchanges=list(self._exchanges.values()),
                 queues=list(self._queues.values()),
                 bindings=list(self._bindings.values()),
+                policies=list(self._policies.values()),
             ))
 
     def save_vhost(self, name: str) -> None:
@@ -111,6 +114,8 @@ class MemoryStore(Store):
                 del self._queues[qkey]
             for bkey in [k for k in self._bindings if k[0] == name]:
                 del self._bindings[bkey]
+            for pkey2 in [k for k in self._policies if k[0] == name]:
+                del self._policies[pkey2]
             for mkey in [k for k in self._messages if k[0] == name]:
                 self._drop_queue_messages(mkey)
 
@@ -151,6 +156,16 @@ class MemoryStore(Store):
                                                               and b.destination == name)):
                     del self._bindings[key]
 
+    def save_policy(self, policy: PolicyDef) -> None:
+        self._check_open()
+        with self._lock:
+            self._policies[(policy.vhost, policy.name)] = copy.deepcopy(policy)
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._check_open()
+        with self._lock:
+            self._policies.pop((vhost, name), None)
+
     def save_queue(self, queue: QueueDef) -> None:
         self._check_open()
         with self._lock:
@@ -177,7 +192,7 @@ class MemoryStore(Store):
 
     # messages
 
-    def submit(self, ops: list[MessageOp], done: Callable[[BaseException | None], None]) -> None:
+    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
         self._check_open()
         error: BaseException | None = None
         bad = [op for op in ops if not isinstance(op, (Push, Delete, Requeue, Purge))]

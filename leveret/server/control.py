@@ -1,0 +1,130 @@
+"""The control socket: how ``leveret ctl`` talks to a running broker (as rabbitmqctl talks to RabbitMQ).
+
+A Unix socket in the data directory (``<data_dir>/leveret.sock``, owner-only) that takes one JSON object per
+line, ``{"command": ..., "args": {...}}``, and answers one line, ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": "...", "status": 404}``. Core errors are translated here, once, like the AMQP
+adapter does for AMQP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from leveret.core import errors
+from leveret.core.policies import Policy
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("leveret.control")
+
+STATUS = {
+    errors.NotFound: 404,
+    errors.AccessRefused: 403,
+    errors.PreconditionFailed: 400,
+    errors.ResourceLocked: 409,
+}
+
+
+def socket_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "leveret.sock"
+
+
+class ControlServer:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.path = socket_path(server.config.data_dir)
+        self._server: asyncio.base_events.Server | None = None
+        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": self._status,
+            "set_policy": self._set_policy,
+            "clear_policy": self._clear_policy,
+            "list_policies": self._list_policies,
+            "list_queues": self._list_queues,
+        }
+
+    async def start(self) -> None:
+        if len(str(self.path)) > 100:  # AF_UNIX paths are limited to about 108 bytes
+            log.warning("no control socket: its path %s is too long; use a shorter --data-dir", self.path)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old = os.umask(0o077)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(self.handle(line), default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            command = self.commands.get(request.get("command"))
+            if command is None:
+                return {"ok": False, "status": 400, "error": f"unknown command {request.get('command')!r}; "
+                        f"known: {', '.join(sorted(self.commands))}"}
+            return {"ok": True, "result": command(request.get("args") or {})}
+        except errors.BrokerError as exc:
+            return {"ok": False, "status": STATUS.get(type(exc), 400), "error": exc.text}
+        except (ValueError, TypeError, AttributeError) as exc:
+            return {"ok": False, "status": 400, "error": f"bad request: {exc}"}
+
+    # --- commands ----------------------------------------------------------------------------------
+
+    def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        broker = self.server.broker
+        return {"node": broker.node_name, "port": self.server.port, "connections": len(self.server.connections),
+                "vhosts": sorted(broker.vhosts), "memory_used": broker.memory.used, "alarm": broker.memory.alarm}
+
+    def _set_policy(self, args: dict[str, Any]) -> str:
+        definition = args["definition"]
+        if isinstance(definition, str):
+            definition = json.loads(definition)
+        policy = Policy(vhost=args.get("vhost", "/"), name=args["name"], pattern=args["pattern"],
+                        definition=definition, priority=int(args.get("priority", 0)),
+                        apply_to=args.get("apply_to", "all"))
+        self.server.broker.set_policy(policy)
+        log.info("policy '%s' set in vhost '%s': %s", policy.name, policy.vhost, definition)
+        return f"policy '{policy.name}' set"
+
+    def _clear_policy(self, args: dict[str, Any]) -> str:
+        self.server.broker.clear_policy(args.get("vhost", "/"), args["name"])
+        return f"policy '{args['name']}' cleared"
+
+    def _list_policies(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhosts = self.server.broker.vhosts
+        names = [args["vhost"]] if args.get("vhost") else sorted(vhosts)
+        return [{"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply_to": p.apply_to,
+                 "priority": p.priority, "definition": p.definition}
+                for name in names if name in vhosts for p in vhosts[name].policies.values()]
+
+    def _list_queues(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhosts = self.server.broker.vhosts
+        names = [args["vhost"]] if args.get("vhost") else sorted(vhosts)
+        return [{"vhost": vhost, "name": q.name, "messages": q.message_count, "consumers": q.consumer_count,
+                 "durable": q.durable, "policy": q.policy, "arguments": q.arguments}
+                for vhost in names if vhost in vhosts for q in vhosts[vhost].queues.values()]
