@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from leveret.core.exchanges import (
     EXCHANGE_TYPES,
     Binding,
+    DelayedMessageExchange,
     DirectExchange,
     Exchange,
     FanoutExchange,
@@ -49,12 +50,19 @@ def routed(exchange: Exchange, routing_key: str = "", headers: dict[str, Any] | 
 # --- registry and common behaviour ----------------------------------------------------------------
 
 
+def make(type_name: str) -> Exchange:
+    """An exchange named "x" of that type (an x-delayed-message one routes as direct)."""
+    arguments = {"x-delayed-type": "direct"} if type_name == "x-delayed-message" else None
+    return create_exchange(type_name, "x", arguments=arguments)
+
+
 def test_registry() -> None:
     expected_types: dict[str, type[Exchange]] = {
         "direct": DirectExchange,
         "fanout": FanoutExchange,
         "topic": TopicExchange,
         "headers": HeadersExchange,
+        "x-delayed-message": DelayedMessageExchange,  # routes as its x-delayed-type: tests/test_delayed.py
     }
     assert expected_types == EXCHANGE_TYPES
     exchange = create_exchange("topic", "logs", durable=True, arguments={"alternate-exchange": "ae"})
@@ -68,7 +76,7 @@ def test_registry() -> None:
 
 @pytest.mark.parametrize("type_name", sorted(EXCHANGE_TYPES))
 def test_bind_is_idempotent_and_unbind_reports_absence(type_name: str) -> None:
-    exchange = create_exchange(type_name, "x")
+    exchange = make(type_name)
     q = Queue("q")
     assert not exchange.has_bindings()
     assert exchange.bind(q, "k", {"a": 1, "b": 2})
@@ -95,7 +103,7 @@ def test_bind_is_idempotent_and_unbind_reports_absence(type_name: str) -> None:
 
 @pytest.mark.parametrize("type_name", sorted(EXCHANGE_TYPES))
 def test_unbind_all(type_name: str) -> None:
-    exchange = create_exchange(type_name, "x")
+    exchange = make(type_name)
     q1, q2 = Queue("q1"), Queue("q2")
     exchange.bind(q1, "a")
     exchange.bind(q2, "a")

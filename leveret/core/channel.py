@@ -333,6 +333,8 @@ class Channel:
 
     def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> bool:
         """Route and enqueue; False when a queue refused the message (x-overflow reject-publish)."""
+        if exchange.type_name == "x-delayed-message" and vhost.broker.delays.hold(vhost, exchange, msg):
+            return True  # held until due: no basic.return and no alternate exchange now (docs/extensions.md)
         queues = vhost.route_all(exchange, msg)
         if not queues:
             if mandatory:

@@ -8,6 +8,7 @@ for every published message:
 - ``TopicExchange``: a trie of binding-key words, as RabbitMQ's ``rabbit_exchange_type_topic``, walked as
   a set of states word by word, plus a bounded cache (routing key -> destinations) cleared on bind/unbind.
 - ``HeadersExchange``: one compiled matcher per binding, tried in turn.
+- ``DelayedMessageExchange`` (``x-delayed-message``): the index of an inner exchange of its ``x-delayed-type``.
 
 A destination is any hashable object (a queue, or an exchange for exchange-to-exchange bindings), compared
 by its own ``==``/``hash``; ``route()`` returns each matching destination once, whatever number of bindings
@@ -26,6 +27,8 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .errors import CommandInvalid, PreconditionFailed
+
 Table = dict[str, Any]
 Arguments = tuple[tuple[str, Any], ...]
 
@@ -33,6 +36,7 @@ __all__ = [
     "EXCHANGE_TYPES",
     "TOPIC_CACHE_SIZE",
     "Binding",
+    "DelayedMessageExchange",
     "DirectExchange",
     "Exchange",
     "FanoutExchange",
@@ -695,10 +699,71 @@ def _erlang_binary(raw: bytes) -> str:
     return "<<" + ",".join(str(byte) for byte in raw) + ">>"
 
 
+# --- x-delayed-message ---------------------------------------------------------------------------
+
+
+class DelayedMessageExchange(Exchange):
+    """``x-delayed-message``, as RabbitMQ's rabbitmq_delayed_message_exchange plugin: bindings and routing are
+    those of the type named by the required ``x-delayed-type`` argument (direct, fanout, topic or headers),
+    whose index an inner exchange of that type keeps. Holding a message with an ``x-delay`` header until it
+    is due is not done here (this module has no clock): ``VHost.route`` and ``Channel._route`` ask
+    ``broker.delays`` (:mod:`leveret.core.delays`) first. Raises, as the plugin does, PreconditionFailed
+    without a usable ``x-delayed-type`` and CommandInvalid for an unknown one."""
+
+    type_name: ClassVar[str] = "x-delayed-message"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Table | None = None,
+    ) -> None:
+        inner_type = delayed_inner_type(arguments)
+        self.inner: Exchange = EXCHANGE_TYPES[inner_type](name, durable=durable, auto_delete=auto_delete,
+                                                          internal=internal)
+        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+
+    def bind(self, destination: Hashable, routing_key: str, arguments: Table | None = None) -> bool:
+        """As the inner type's bind, with its binding validation (406 for a bad headers ``x-match``)."""
+        try:
+            validate_binding_arguments(self.inner.type_name, arguments)
+        except ValueError as exc:
+            raise PreconditionFailed(str(exc)) from None
+        return super().bind(destination, routing_key, arguments)
+
+    def route(self, routing_key: str, headers: Table | None) -> Collection[Hashable]:
+        return self.inner.route(routing_key, headers)
+
+    def _index_add(self, key: _BindingKey, binding: Binding) -> None:
+        self.inner._index_add(key, binding)
+
+    def _index_remove(self, key: _BindingKey, binding: Binding) -> None:
+        self.inner._index_remove(key, binding)
+
+
+def delayed_inner_type(arguments: Table | None) -> str:
+    """The exchange type an x-delayed-message exchange routes as (its ``x-delayed-type`` argument), checked
+    with the plugin's errors."""
+    value = (arguments or _EMPTY_TABLE).get("x-delayed-type")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise PreconditionFailed("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+    if value == DelayedMessageExchange.type_name:
+        raise PreconditionFailed("Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
+    if value not in EXCHANGE_TYPES:
+        raise CommandInvalid(f"unknown exchange type '{value}'")
+    return value
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 EXCHANGE_TYPES: dict[str, type[Exchange]] = {
-    cls.type_name: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange)
+    cls.type_name: cls
+    for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange, DelayedMessageExchange)
 }
 
 

@@ -1,0 +1,618 @@
+"""Delayed messages: ``x-delayed-message`` exchanges (RabbitMQ's rabbitmq_delayed_message_exchange plugin) and
+delayed re-enqueueing into a queue (retries), durable, accurate and with bounded memory.
+
+Contract
+--------
+:class:`DelayedMessages` is owned by the Broker (``broker.delays``) and runs on the broker's thread.
+
+- ``schedule(vhost, exchange_name, msg, due)``: route ``msg`` through that exchange of ``vhost`` (its bindings,
+  exchange-to-exchange bindings, CC/BCC and alternate exchange, as a publish would) at wall-clock time ``due``
+  (seconds, the clock of ``broker.timers.now()``). A missing exchange at due time drops the message, as the
+  plugin does. The message must not carry a positive ``x-delay`` header if the exchange is an
+  ``x-delayed-message`` one (it would be delayed again): :meth:`hold` rewrites it to the negative value first.
+- ``schedule_queue(queue, msg, due)``: enqueue ``msg`` into ``queue`` at ``due`` (for retries). A queue deleted
+  meanwhile drops it.
+- Both take a record that no queue holds (a queued one is copied: header and body are shared, ``redelivered``
+  and the queue position are not). The caller removes the original from wherever it was (settle, delete its
+  store record) in the same batch, so that the move is one group commit.
+- Durability: the message is stored when it is persistent (delivery mode 2), the broker has a store, and its
+  target (the exchange, or the queue) is durable. It is written as a message of the pseudo-queue
+  ``amq.leveret.delayed.<exchange>`` / ``amq.leveret.retry.<queue>`` of the vhost (clients cannot declare
+  ``amq.`` names), as a :class:`~leveret.store.base.Push` op of the current batch: the group commit that
+  covers the publish (and so its confirm, or tx.commit-ok) covers the delayed message. At due time the
+  pseudo-queue record is deleted in the same commit as the pushes into the destination queues, so a crash
+  loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
+- ``recover()`` (called at the end of ``Broker._recover``) reloads the pending durable delays; messages that
+  became due while the broker was down are routed at once. Pseudo-queues whose exchange or queue no longer
+  exists are purged.
+
+Design
+------
+- Order: the store's ``seq`` of a delayed message is ``due_ms << 20 | (store id & 0xFFFFF)``, so
+  ``load_messages`` returns a pseudo-queue in due order (FIFO among messages due in the same millisecond) and a
+  (seq, id) key is unique. Memory-only messages use the same key with a counter for the low bits.
+- Memory: one heap of the messages held in memory, across all targets. A durable target (a *lane*) keeps in
+  memory only a window of its earliest messages: everything stored with a key up to the lane's *fence* is in
+  memory, everything after it is on disk only. The windows of all lanes together hold at most ``window``
+  messages and ``window_bytes`` bytes of bodies (plus ``min_keep`` per lane and the messages of the current
+  commit batch); over that, the latest are evicted and the fences lowered. When a lane's window runs low
+  (``low_water``) the next page is read with ``load_messages(after_seq=...)``. A message scheduled after its
+  lane's fence keeps its body only until its commit is durable (the store reads committed data only).
+  Memory-only delayed messages are not bounded by the window: they count in the memory monitor (the memory
+  alarm blocks publishers), as transient messages in queues do.
+- Time: one timer, armed for the earliest message; when it fires, every message due is routed, at most
+  ``batch`` per loop turn so that a burst of due messages does not stall connections.
+"""
+
+from __future__ import annotations
+
+import decimal
+import heapq
+import itertools
+import logging
+import math
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from leveret.store.base import Delete, Purge, Push, StoredMessage, StoreError
+
+from .message import PAGED, Message, build_address, build_header
+
+if TYPE_CHECKING:
+    from .broker import Broker, VHost
+    from .exchanges import Exchange
+    from .queue import Queue
+    from .timers import Handle
+
+log = logging.getLogger("leveret.delays")
+
+DELAYED_TYPE: Final = "x-delayed-message"
+DELAYED_PREFIX: Final = "amq.leveret.delayed."
+"""Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
+RETRY_PREFIX: Final = "amq.leveret.retry."
+"""Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
+MAX_DELAY: Final = 4294967295
+"""The longest x-delay the plugin honours (Erlang's timer limit, ~49.7 days); longer ones route at once."""
+
+EXCHANGE: Final = "exchange"
+QUEUE: Final = "queue"
+
+_TIE_BITS = 20
+_TIE_MASK = (1 << _TIE_BITS) - 1
+_HEADERS_FLAG = 0x2000
+_TOP = (2**63, 0)  # a fence above every key: the whole lane is in memory
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+_GONE, _RESIDENT, _UNSYNCED = 0, 1, 2
+
+
+def parse_delay(value: Any) -> int | None:
+    """The x-delay header as the plugin reads it: integer types as they are, floats and decimals truncated,
+    strings holding an integer converted; anything else (or nothing) is None (no delay)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float | decimal.Decimal):
+        try:
+            return int(value)
+        except (ValueError, OverflowError, ArithmeticError):
+            return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    return None
+
+
+class _Lane:
+    """The delayed messages of one target (an exchange or a queue of a vhost), durable or memory-only."""
+
+    __slots__ = ("addresses", "count", "durable", "fence", "kind", "store_name", "tail", "target", "unsynced",
+                 "vhost", "window")
+
+    def __init__(self, vhost: str, kind: str, target: str, durable: bool) -> None:
+        self.vhost = vhost
+        self.kind = kind
+        self.target = target
+        self.durable = durable
+        self.store_name = (DELAYED_PREFIX if kind == EXCHANGE else RETRY_PREFIX) + target
+        self.count = 0  # pending messages, in memory or not
+        self.window: dict[int, _Entry] = {}  # durable: store id -> entry, the messages in memory
+        self.unsynced: dict[int, _Entry] = {}  # durable, after the fence, bodies held until their commit is done
+        self.tail = False  # durable: some stored messages (after the fence) are not in memory
+        self.fence: tuple[int, int] = _TOP
+        self.addresses: dict[tuple[str, str], bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"<lane {self.store_name!r} of vhost {self.vhost!r}{' durable' if self.durable else ''}>"
+
+
+class _Entry:
+    __slots__ = ("id", "lane", "msg", "order", "seq", "size", "state", "synced")
+
+    def __init__(self, lane: _Lane, msg: Message, seq: int, store_id: int, size: int) -> None:
+        self.lane = lane
+        self.msg: Message | None = msg
+        self.seq = seq
+        self.id = store_id
+        self.size = size
+        self.state = _GONE
+        self.order = -1
+        self.synced = False
+
+
+def _key(entry: _Entry) -> tuple[int, int]:
+    return (entry.seq, entry.id)
+
+
+class DelayedMessages:
+    """The broker's delayed messages (see the module docstring for the contract and the design).
+
+    ``window``/``window_bytes``: how many durable delayed messages, and bytes of their bodies, stay in memory
+    (the earliest ones); ``page``: how many are read from the store at a time; ``batch``: how many due
+    messages are routed per loop turn."""
+
+    def __init__(self, broker: Broker, *, window: int = 10_000, window_bytes: int = 4_000_000, page: int = 1_000,
+                 low_water: int = 100, min_keep: int = 200, batch: int = 500) -> None:
+        self.broker = broker
+        self.window = window
+        self.window_bytes = window_bytes
+        self.page = page
+        self.low_water = low_water
+        self.min_keep = max(min_keep, low_water + 1, 1)
+        self.batch = batch
+        self.resident = 0  # durable messages in memory windows
+        self.resident_bytes = 0
+        self.unsynced = 0  # durable messages after their fence whose commit is not done yet
+        self.transient = 0  # memory-only messages
+        self.transient_bytes = 0
+        self._lanes: dict[tuple[str, str, str, bool], _Lane] = {}
+        self._heap: list[tuple[int, int, _Entry]] = []
+        self._stale = 0
+        self._order = itertools.count()
+        self._ties = itertools.count()
+        self._evict_at = window
+        self._evict_bytes_at = window_bytes
+        self._timer: Handle | None = None
+        self._timer_due = math.inf
+        self._sync_batch: list[_Entry] = []
+        self._barrier_armed = False
+        self._last_held: tuple[Message, Exchange] | None = None
+        self.lateness: deque[float] = deque(maxlen=4096)
+        """How late (ms) the last messages were routed after their due time, as the broker saw it."""
+
+    # --- the public interface ----------------------------------------------------------------------
+
+    @property
+    def in_memory(self) -> int:
+        """How many delayed messages are held in memory (durable windows, unsynced and memory-only)."""
+        return self.resident + self.unsynced + self.transient
+
+    @property
+    def pending(self) -> int:
+        """How many delayed messages are waiting, in memory or on disk."""
+        return sum(lane.count for lane in self._lanes.values())
+
+    def count(self, vhost: str, kind: str, target: str) -> int:
+        """Pending messages of one exchange (kind EXCHANGE: the plugin's ``messages_delayed``) or queue."""
+        return sum(self._lanes[key].count for key in ((vhost, kind, target, True), (vhost, kind, target, False))
+                   if key in self._lanes)
+
+    def hold(self, vhost: VHost, exchange: Exchange, msg: Message) -> bool:
+        """A message is routed through an x-delayed-message ``exchange``: True when it was held (its x-delay
+        header is an integer from 1 to MAX_DELAY ms; it is then routed when due, with x-delay set to the
+        negative of the delay as the plugin does), False when it must be routed now."""
+        last = self._last_held
+        if last is not None and last[0] is msg and last[1] is exchange:
+            return True  # the same routing asked again (dead-lettering tries route, then route_all)
+        if not msg.flags & _HEADERS_FLAG or exchange.type_name != DELAYED_TYPE:
+            return False
+        headers = msg.headers
+        if not headers or "x-delay" not in headers:
+            return False
+        delay = parse_delay(headers["x-delay"])
+        if delay is None or not 0 < delay <= MAX_DELAY:
+            return False
+        props = dict(msg.properties)
+        new_headers = dict(headers)
+        new_headers["x-delay"] = -delay
+        props["headers"] = new_headers
+        held = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
+        held._props = props
+        held.published_at = msg.published_at
+        self.schedule(vhost, exchange.name, held, self.broker.timers.now() + delay / 1000)
+        self._last_held = (msg, exchange)
+        return True
+
+    def schedule(self, vhost: VHost, exchange_name: str, msg: Message, due: float) -> None:
+        """Route ``msg`` through exchange ``exchange_name`` of ``vhost`` at wall-clock time ``due`` (seconds)."""
+        exchange = vhost.exchanges.get(exchange_name)
+        durable = exchange is not None and exchange.durable and self._storable(msg)
+        self._add(self._lane(vhost.name, EXCHANGE, exchange_name, durable), self._own(msg), due)
+
+    def schedule_queue(self, queue: Queue, msg: Message, due: float) -> None:
+        """Enqueue ``msg`` into ``queue`` at wall-clock time ``due`` (seconds)."""
+        durable = queue.durable and self._storable(msg)
+        self._add(self._lane(queue.vhost.name, QUEUE, queue.name, durable), self._own(msg), due)
+
+    def recover(self) -> None:
+        """Reload the pending durable delayed messages from the store (at start, after the definitions and
+        queues are recovered) and arm the timer; purge pseudo-queues whose target is gone."""
+        durability = self.broker.durability
+        if durability is None:
+            return
+        store = durability.store
+        for (vhost_name, name), count in sorted(store.message_counts().items()):
+            if name.startswith(DELAYED_PREFIX):
+                kind, target = EXCHANGE, name[len(DELAYED_PREFIX):]
+            elif name.startswith(RETRY_PREFIX):
+                kind, target = QUEUE, name[len(RETRY_PREFIX):]
+            else:
+                continue
+            vhost = self.broker.vhosts.get(vhost_name)
+            exists = False
+            if vhost is not None and kind == EXCHANGE:
+                exchange = vhost.exchanges.get(target)
+                exists = exchange is not None and exchange.durable and exchange.type_name == DELAYED_TYPE
+            elif vhost is not None:
+                queue = vhost.queues.get(target)
+                exists = queue is not None and queue.durable
+            if not exists:
+                log.warning("dropping %d delayed messages of %s '%s' in vhost '%s': it no longer exists",
+                            count, kind, target, vhost_name)
+                durability.ops.append(Purge(vhost_name, name))
+                continue
+            lane = self._lane(vhost_name, kind, target, True)
+            lane.count += count
+            lane.tail = True
+            lane.fence = (-1, 0)
+            self._page_in(lane)
+            log.info("recovered %d delayed messages of %s '%s' in vhost '%s'", count, kind, target, vhost_name)
+        self._commit()
+        self._arm()
+
+    # --- adding ------------------------------------------------------------------------------------
+
+    def _storable(self, msg: Message) -> bool:
+        return self.broker.durability is not None and msg.persistent
+
+    def _own(self, msg: Message) -> Message:
+        if msg.queue is not None or msg.store_id or msg.consumer is not None:
+            if msg.body is PAGED and msg.store_id and self.broker.durability is not None:
+                body = self.broker.durability.store.load_bodies([msg.store_id]).get(msg.store_id)
+                if body is None:
+                    raise RuntimeError(f"message {msg.store_id} is missing from the store")
+                copy = msg.copy()
+                copy.body = body
+                return copy
+            return msg.copy()
+        return msg
+
+    def _lane(self, vhost: str, kind: str, target: str, durable: bool) -> _Lane:
+        key = (vhost, kind, target, durable)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(vhost, kind, target, durable)
+        return lane
+
+    def _add(self, lane: _Lane, msg: Message, due: float) -> None:
+        due_ms = max(0, round(due * 1000))
+        size = len(msg.body)
+        durability = self.broker.durability
+        self._hold_memory(size)
+        lane.count += 1
+        if lane.durable and durability is not None:
+            store_id = durability.next_id
+            durability.next_id = store_id + 1
+            seq = (due_ms << _TIE_BITS) | (store_id & _TIE_MASK)
+            durability.ops.append(Push(store_id, lane.vhost, lane.store_name, seq, msg.exchange, msg.routing_key,
+                                       msg.header, msg.body))
+            entry = _Entry(lane, msg, seq, store_id, size)
+            self._sync_batch.append(entry)
+            if not self._barrier_armed:
+                self._barrier_armed = True
+                self.broker.timers.call_later(0, self._barrier)
+            if lane.tail and (seq, store_id) > lane.fence:
+                entry.state = _UNSYNCED
+                lane.unsynced[store_id] = entry
+                self.unsynced += 1
+                return
+            self._make_resident(entry)
+            if self.resident > self._evict_at or self.resident_bytes > self._evict_bytes_at:
+                self._evict()
+        else:
+            seq = (due_ms << _TIE_BITS) | (next(self._ties) & _TIE_MASK)
+            self._make_resident(_Entry(lane, msg, seq, 0, size))
+
+    def _make_resident(self, entry: _Entry) -> None:
+        entry.state = _RESIDENT
+        order = entry.order = next(self._order)
+        heapq.heappush(self._heap, (entry.seq, order, entry))
+        lane = entry.lane
+        if lane.durable:
+            lane.window[entry.id] = entry
+            self.resident += 1
+            self.resident_bytes += entry.size
+        else:
+            self.transient += 1
+            self.transient_bytes += entry.size
+        if (entry.seq >> _TIE_BITS) < self._timer_due:
+            self._arm()
+
+    def _hold_memory(self, size: int) -> None:
+        memory = self.broker.memory
+        memory.used += size
+        if memory.used > memory.high:
+            memory.check()
+
+    def _release_memory(self, size: int) -> None:
+        memory = self.broker.memory
+        memory.used -= size
+        if memory.alarm:
+            memory.check()
+
+    # --- the memory window -------------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        """Keep the earliest durable messages in memory (at least ``min_keep`` per lane) and leave the rest
+        to the store, lowering the fences of the lanes that lost some."""
+        entries = sorted((e for lane in self._lanes.values() if lane.durable for e in lane.window.values()),
+                         key=_key)
+        target, target_bytes = self.window * 9 // 10, self.window_bytes * 9 // 10
+        kept = kept_bytes = 0
+        full = False
+        per_lane: dict[_Lane, int] = {}
+        last_kept: dict[_Lane, _Entry] = {}
+        for entry in entries:
+            lane = entry.lane
+            n = per_lane.get(lane, 0)
+            if not full and (kept >= target or kept_bytes + entry.size > target_bytes):
+                full = True
+            if not full or n < self.min_keep:
+                per_lane[lane] = n + 1
+                last_kept[lane] = entry
+                kept += 1
+                kept_bytes += entry.size
+                continue
+            del lane.window[entry.id]
+            self.resident -= 1
+            self.resident_bytes -= entry.size
+            self._stale += 1
+            lane.tail = True
+            if entry.synced:
+                self._drop(entry)
+            else:
+                entry.state = _UNSYNCED
+                lane.unsynced[entry.id] = entry
+                self.unsynced += 1
+        for lane, last in last_kept.items():
+            if lane.tail:
+                lane.fence = min(lane.fence, _key(last))
+        self._evict_at = max(self.window, self.resident + self.window // 10)
+        self._evict_bytes_at = max(self.window_bytes, self.resident_bytes + self.window_bytes // 10)
+        self._compact()
+
+    def _drop(self, entry: _Entry) -> None:
+        """Forget an entry's in-memory copy (it is on disk, or it is done)."""
+        entry.state = _GONE
+        entry.msg = None
+        self._release_memory(entry.size)
+
+    def _compact(self) -> None:
+        heap = self._heap
+        if self._stale > 4096 and self._stale > len(heap) // 2:
+            self._heap = [item for item in heap if item[2].order == item[1] and item[2].state == _RESIDENT]
+            heapq.heapify(self._heap)
+            self._stale = 0
+
+    def _page_in(self, lane: _Lane) -> None:
+        """Read the next page of a durable lane's messages after its fence into memory."""
+        durability = self.broker.durability
+        assert durability is not None
+        want = max(self.min_keep, min(self.page, self.window - self.resident))
+        room = max(self.window_bytes // 10, self.window_bytes - self.resident_bytes)
+        slack = 16
+        while True:
+            fence = lane.fence
+            limit = want + slack
+            seen = taken = taken_bytes = 0
+            last: tuple[int, int] | None = None
+            stopped = False
+            for row in durability.store.load_messages(lane.vhost, lane.store_name, after_seq=fence[0] - 1,
+                                                      limit=limit):
+                seen += 1
+                key = (row.seq, row.id)
+                if key <= fence:
+                    continue
+                last = key
+                if row.id in lane.window:
+                    continue
+                entry = lane.unsynced.pop(row.id, None)
+                if entry is not None:
+                    self.unsynced -= 1
+                else:
+                    entry = self._entry_from_store(lane, row)
+                self._make_resident(entry)
+                taken += 1
+                taken_bytes += entry.size
+                if taken >= want or taken_bytes >= room:
+                    stopped = True
+                    break
+            if stopped or seen >= limit:
+                if last is None:  # a page of keys at or below the fence (ties): read further
+                    slack *= 8
+                    continue
+                lane.fence = last
+                for entry in [e for e in lane.unsynced.values() if _key(e) <= last]:
+                    del lane.unsynced[entry.id]
+                    self.unsynced -= 1
+                    self._make_resident(entry)
+                return
+            lane.tail = False  # the store has nothing after the fence: the whole lane is in memory now
+            lane.fence = _TOP
+            for entry in lane.unsynced.values():
+                self.unsynced -= 1
+                self._make_resident(entry)
+            lane.unsynced.clear()
+            return
+
+    def _entry_from_store(self, lane: _Lane, row: StoredMessage) -> _Entry:
+        body = row.body if row.body is not None else b""
+        address = lane.addresses.get((row.exchange, row.routing_key))
+        if address is None:
+            address = build_address(row.exchange, row.routing_key)
+            if len(lane.addresses) < 1024:
+                lane.addresses[(row.exchange, row.routing_key)] = address
+        msg = Message(row.exchange, row.routing_key, address, row.header, body)
+        entry = _Entry(lane, msg, row.seq, row.id, len(body))
+        entry.synced = True
+        self._hold_memory(entry.size)
+        return entry
+
+    # --- commit barrier: bodies after a fence leave memory once they are on disk -------------------
+
+    def _barrier(self) -> None:
+        self._barrier_armed = False
+        batch, self._sync_batch = self._sync_batch, []
+        durability = self.broker.durability
+        if durability is None or not batch:
+            return
+        try:
+            durability.commit([lambda exc: self._synced(batch, exc)])
+        except StoreError as exc:
+            self._synced(batch, exc)
+
+    def _synced(self, batch: list[_Entry], exc: BaseException | None) -> None:
+        for entry in batch:
+            if exc is None:
+                entry.synced = True
+                if entry.state == _UNSYNCED:
+                    del entry.lane.unsynced[entry.id]
+                    self.unsynced -= 1
+                    self._drop(entry)
+            elif entry.state != _GONE:
+                self._to_memory(entry)
+        if exc is not None:
+            log.error("delayed messages could not be stored (%s): kept in memory only", exc)
+            self._arm()
+
+    def _to_memory(self, entry: _Entry) -> None:
+        """A durable entry whose write failed: keep it as a memory-only one."""
+        lane = entry.lane
+        if entry.state == _RESIDENT:
+            del lane.window[entry.id]
+            self.resident -= 1
+            self.resident_bytes -= entry.size
+            self._stale += 1
+        else:
+            del lane.unsynced[entry.id]
+            self.unsynced -= 1
+        lane.count -= 1
+        memory_lane = self._lane(lane.vhost, lane.kind, lane.target, False)
+        memory_lane.count += 1
+        entry.lane = memory_lane
+        entry.id = 0
+        self._make_resident(entry)
+
+    # --- time --------------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Set the one timer for the earliest message in memory."""
+        heap = self._heap
+        while heap:
+            _, order, entry = heap[0]
+            if entry.order == order and entry.state == _RESIDENT:
+                break
+            heapq.heappop(heap)
+            self._stale -= 1
+        if not heap:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_due = math.inf
+            return
+        due_ms = heap[0][0] >> _TIE_BITS
+        if self._timer is not None:
+            if self._timer_due <= due_ms:
+                return
+            self._timer.cancel()
+        timers = self.broker.timers
+        self._timer_due = due_ms
+        self._timer = timers.call_later(max(0.0, due_ms / 1000 - timers.now()), self._run)
+
+    def _run(self) -> None:
+        """The timer: route every message that is due (up to ``batch``), then re-arm."""
+        self._timer = None
+        self._timer_due = math.inf
+        heap = self._heap
+        timers = self.broker.timers
+        now_ms = timers.now() * 1000
+        fired = 0
+        try:
+            while heap and fired < self.batch:
+                seq, order, entry = heap[0]
+                if entry.order != order or entry.state != _RESIDENT:
+                    heapq.heappop(heap)
+                    self._stale -= 1
+                    continue
+                if (seq >> _TIE_BITS) > now_ms:
+                    break
+                heapq.heappop(heap)
+                self.lateness.append(timers.now() * 1000 - (seq >> _TIE_BITS))
+                self._fire(entry)
+                fired += 1
+            self._commit()
+        except StoreError as exc:  # the store is closing (shutdown) or failing: stop until the next schedule
+            log.warning("delayed messages: %s", exc)
+            return
+        self._arm()
+
+    def _fire(self, entry: _Entry) -> None:
+        lane = entry.lane
+        msg = entry.msg
+        assert msg is not None
+        lane.count -= 1
+        if lane.durable:
+            del lane.window[entry.id]
+            self.resident -= 1
+            self.resident_bytes -= entry.size
+            durability = self.broker.durability
+            assert durability is not None
+            durability.ops.append(Delete(entry.id))
+        else:
+            self.transient -= 1
+            self.transient_bytes -= entry.size
+        self._drop(entry)
+        try:
+            self._deliver(lane, msg)
+        except Exception:
+            log.exception("delivering a delayed message to %s '%s' in vhost '%s' failed", lane.kind, lane.target,
+                          lane.vhost)
+        if lane.tail and len(lane.window) <= self.low_water:
+            self._page_in(lane)
+        elif not lane.count and not lane.window and not lane.unsynced:
+            del self._lanes[(lane.vhost, lane.kind, lane.target, lane.durable)]
+
+    def _deliver(self, lane: _Lane, msg: Message) -> None:
+        vhost = self.broker.vhosts.get(lane.vhost)
+        if vhost is None:
+            return
+        if lane.kind == QUEUE:
+            queue = vhost.queues.get(lane.target)
+            if queue is not None and not queue.deleted:
+                queue.enqueue(msg)
+            return
+        exchange = vhost.exchanges.get(lane.target)
+        if exchange is None or exchange.type_name != DELAYED_TYPE:
+            return  # the exchange was deleted: the plugin drops the message too
+        first = True
+        for queue in vhost.route_all(exchange, msg):
+            queue.enqueue(msg if first else msg.copy())
+            first = False
+
+    def _commit(self) -> None:
+        durability = self.broker.durability
+        if durability is not None and durability.ops:
+            durability.commit([])
