@@ -152,7 +152,7 @@ class Channel:
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         priority = arguments.get("x-priority") if arguments else None
-        if priority is not None and (type(priority) is not int):
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             from .broker import _type_name  # only on this error path (broker imports this module)
             raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
                                      f"'{queue.vhost.name}': \"expected integer, got {_type_name(priority)}\"")
