@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
-from .message import PAGED, Message
+from .message import PAGED, Message, build_header
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
@@ -423,13 +423,39 @@ class Queue:
 
     def drop(self, msg: Message, reason: str) -> None:
         """A message leaves the queue without being consumed (rejected, expired, maxlen, delivery_limit):
-        dead-lettered when the queue has a dead-letter exchange, then gone."""
+        dead-lettered when the queue has a dead-letter exchange, then gone. With ``x-retry-intervals``, a
+        rejected message comes back after the next interval instead, until the intervals run out."""
+        if reason == "rejected" and self.settings.retry_intervals is not None:
+            if self._retry(msg):
+                return
+            reason = "retries_exhausted"
         if self.settings.dead_letter_exchange is not None:
             if msg.body is PAGED and msg.store_id and self.durability is not None:
                 msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
                 self.memory.used += len(msg.body)
             self.vhost.dead_letter(self, msg, reason)
         self.settle(msg)
+
+    def _retry(self, msg: Message) -> bool:
+        """Schedule the next attempt of a rejected message (Leveret's x-retry-intervals); False when its
+        attempts are used up. The attempt number travels in the ``x-retry-count`` header."""
+        intervals = self.settings.retry_intervals or ()
+        headers = msg.headers or {}
+        attempt = headers.get("x-retry-count", 0)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+            attempt = 0
+        if attempt >= len(intervals):
+            return False
+        if msg.body is PAGED and msg.store_id and self.durability is not None:
+            msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
+            self.memory.used += len(msg.body)
+        props = dict(msg.properties)
+        props["headers"] = {**headers, "x-retry-count": attempt + 1}
+        again = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
+        again._props = props
+        self.vhost.broker.delays.schedule_queue(self, again, self.timers.now() + intervals[attempt] / 1000)
+        self.settle(msg)
+        return True
 
     def recover(self, msg: Message) -> None:
         """Put back a message read from the store at start-up (in seq order)."""
