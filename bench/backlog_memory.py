@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rawamqp import RawClient  # noqa: E402
-from serverproc import LeveretProcess  # noqa: E402
+from leveret.amqp import codec, spec
 
-from leveret.amqp import codec, spec  # noqa: E402
+from rawamqp import RawClient
+from serverproc import LeveretProcess
 
 
 def rss_mib(pid: int) -> float:
@@ -117,7 +117,7 @@ def main() -> int:
         started = time.monotonic()
         server.start()
         ready = time.monotonic() - started
-        line = next((l for l in server.lines if "recovered" in l), "(no recovery line)")
+        line = next((x for x in server.lines if "recovered" in x), "(no recovery line)")
         print(f"restart to listening: {ready:.1f} s; {line.split(': ', 1)[-1]}")
         print(f"broker RSS after recovery: {rss_mib(server.proc.pid):.0f} MiB")
         took = drain(server.port, "backlog", args.count)

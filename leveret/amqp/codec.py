@@ -112,6 +112,9 @@ class LongInt(int):
     def __repr__(self) -> str:
         return f"LongInt({int(self)})"
 
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
 
 def _decode_bool(buf: bytes, offset: int) -> tuple[Any, int]:
     _need(buf, offset, 1)

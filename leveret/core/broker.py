@@ -165,6 +165,10 @@ class VHost:
             return existing
         if name.startswith("amq."):
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        alternate = arguments.get("alternate-exchange")
+        if alternate is not None and not isinstance(alternate, str):
+            raise PreconditionFailed(f"invalid type '{_type_name(alternate)}' for arg 'alternate-exchange' in "
+                                     f"exchange '{name}' in vhost '{self.name}'")
         exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
                                    arguments=arguments)
         self.exchanges[name] = exchange
@@ -446,6 +450,8 @@ class VHost:
     def _strip_bcc(msg: Message) -> None:
         headers = msg.headers
         if headers is not None and "BCC" in headers:
+            bcc = headers["BCC"]
+            msg.bcc = [k for k in bcc if isinstance(k, str)] if isinstance(bcc, list) else None
             props = dict(msg.properties)
             props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
             msg.header = build_header(props, len(msg.body))

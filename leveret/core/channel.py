@@ -39,6 +39,17 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_TO_FLAG = 0x0200
 _USER_ID_FLAG = 0x0010
 _EXPIRATION_FLAG = 0x0100
+_HEADERS_FLAG = 0x2000
+
+
+def _check_cc(msg: Message) -> None:
+    """Sender-selected distribution headers must be arrays (of routing keys), as RabbitMQ requires."""
+    from .broker import _type_name  # only when CC/BCC are present (broker imports this module)
+
+    for name in ("CC", "BCC"):
+        value = (msg.headers or {}).get(name)
+        if value is not None and not isinstance(value, list):
+            raise PreconditionFailed(f'invalid message: {{unacceptable_type_in_header,"{name}",{_type_name(value)}}}')
 _MAX_EXPIRY = 315360000000  # ten years in milliseconds, as RabbitMQ 3.10
 _ERLANG_INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -156,7 +167,8 @@ class Channel:
             from .broker import _type_name  # only on this error path (broker imports this module)
             raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
                                      f"'{queue.vhost.name}': \"expected integer, got {_type_name(priority)}\"")
-        if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
+        if (exclusive and queue.settings.single_active_consumer) or (
+                queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers))):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost.name}' in exclusive use")
         consumer = Consumer(tag, queue, self, no_ack=no_ack, exclusive=exclusive, prefetch=self.prefetch,
                             arguments=arguments)
@@ -311,6 +323,8 @@ class Channel:
             _check_expiration(msg.properties.get("expiration"))
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
+        if flags & _HEADERS_FLAG and (b"\x02CC" in msg.header or b"\x03BCC" in msg.header):
+            _check_cc(msg)
         if self.tx is not None:
             def route_at_commit() -> None:
                 self._route(vhost, exchange, msg, mandatory)
@@ -387,11 +401,12 @@ class Channel:
         if self.closed:
             return
         self.closed = True
+        self.deliverable = False
+        msgs = list(self.unacked.values())  # requeued before the consumers go, so that a queue's next
+        self.unacked.clear()                # (single active) consumer gets them first, as in RabbitMQ
+        self._settle(msgs, True)
         for tag in list(self.consumers):
             self.cancel(tag)
-        msgs = list(self.unacked.values())
-        self.unacked.clear()
-        self._settle(msgs, True)
 
     def server_cancel(self, consumer: Consumer) -> None:
         """The consumed queue went away: forget the consumer and tell the client if it can hear it."""

@@ -27,6 +27,8 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from leveret.amqp.codec import LongInt
+
 from .errors import CommandInvalid, PreconditionFailed
 
 Table = dict[str, Any]
@@ -525,7 +527,7 @@ def _as_bytes(value: Any) -> bytes | None:
 
 def _as_number(value: Any) -> int | float | None:
     kind = type(value)
-    if kind is int or kind is float:
+    if kind is int or kind is float or kind is LongInt:
         return value  # type: ignore[no-any-return]
     if kind is datetime.datetime:
         return int(value.timestamp())  # a timestamp is an integer to RabbitMQ

@@ -7,6 +7,7 @@ priority ordering, and dead-lettering (the ``x-death`` header).
 from __future__ import annotations
 
 import datetime
+import decimal
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,101 +65,103 @@ POLICY_KEYS = {
 MIN_WINS = frozenset({"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit"})
 
 
-def _erlang(value: Any) -> str:
-    if isinstance(value, str):
-        return f'<<"{value}">>'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+MAX_TTL = 315_360_000_000  # ten years in milliseconds: RabbitMQ's limit for TTLs and expiries
 
 
 def _type_of(value: Any) -> str:
+    """The AMQP field type RabbitMQ names in its error texts for a decoded value."""
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int):
+    if isinstance(value, LongInt) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
         return "long"
+    if isinstance(value, int):
+        return "signedint"
     if isinstance(value, str):
         return "longstr"
     if isinstance(value, float):
         return "double"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, datetime.datetime):
+        return "timestamp"
     if isinstance(value, dict):
         return "table"
     if isinstance(value, list):
         return "array"
     if isinstance(value, bytes):
         return "binary"
-    return "void" if value is None else type(value).__name__
+    return "void"
 
 
-def _invalid(arg: str, queue: str, vhost: str, reason: str) -> PreconditionFailed:
-    return PreconditionFailed(f"invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {reason}")
+class _Invalid(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-def _int_arg(args: dict[str, Any], key: str, queue: str, vhost: str, *, zero: bool = True,
-             high: int | None = None) -> int | None:
-    if key not in args:
-        return None
-    value = args[key]
+def _integer(value: Any, *, zero: bool = True, high: int | None = None, exceeded: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(key, queue, vhost, f"{{unacceptable_type,{_type_of(value)}}}")
+        raise _Invalid(f'"expected integer, got {_type_of(value)}"')
     if value < 0:
-        raise _invalid(key, queue, vhost, f"{{value_negative,{value}}}")
+        raise _Invalid(f"{{value_negative,{value}}}")
     if value == 0 and not zero:
-        raise _invalid(key, queue, vhost, f"{{value_zero,{value}}}")
+        raise _Invalid(f"{{value_zero,{value}}}")
     if high is not None and value > high:
-        raise _invalid(key, queue, vhost, f"{{value_too_large,{value},{high}}}")
+        raise _Invalid(f"{{max_value_exceeded,{value}}}" if exceeded else f"{{value_too_large,{value}}}")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"{{unacceptable_type,{_type_of(value)}}}")
     return value
 
 
 def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSettings:
-    """The settings in a queue's (effective) arguments. Raises PreconditionFailed with RabbitMQ's texts."""
+    """The settings in a queue's (effective) arguments. Raises PreconditionFailed with RabbitMQ's texts for
+    the first invalid argument."""
     if not any(key.startswith("x-") for key in args):
         return _PLAIN
-    ttl = _int_arg(args, "x-message-ttl", queue, vhost, high=2**32 - 1)
-    expires = _int_arg(args, "x-expires", queue, vhost, zero=False, high=2**32 - 1)
-    max_length = _int_arg(args, "x-max-length", queue, vhost)
-    max_bytes = _int_arg(args, "x-max-length-bytes", queue, vhost)
-    delivery_limit = _int_arg(args, "x-delivery-limit", queue, vhost)
-    max_priority = None
-    if "x-max-priority" in args:
-        value = args["x-max-priority"]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _invalid("x-max-priority", queue, vhost, f"{{unacceptable_type,{_type_of(value)}}}")
-        if value < 0:
-            raise _invalid("x-max-priority", queue, vhost, f"{{value_negative,{value}}}")
-        if value > 255:
-            raise _invalid("x-max-priority", queue, vhost, f"{{value_too_large,{value},255}}")
-        max_priority = value or None
-    dlx = args.get("x-dead-letter-exchange")
-    if dlx is not None and not isinstance(dlx, str):
-        raise _invalid("x-dead-letter-exchange", queue, vhost, f"{{unacceptable_type,{_type_of(dlx)}}}")
-    dlrk = args.get("x-dead-letter-routing-key")
-    if dlrk is not None:
-        if not isinstance(dlrk, str):
-            raise _invalid("x-dead-letter-routing-key", queue, vhost, f"{{unacceptable_type,{_type_of(dlrk)}}}")
-        if dlx is None:
-            raise _invalid("x-dead-letter-routing-key", queue, vhost,
-                           "Key 'x-dead-letter-exchange' must be present")
-    overflow = args.get("x-overflow", "drop-head")
-    if not isinstance(overflow, str):
-        raise _invalid("x-overflow", queue, vhost, f"{{unacceptable_type,{_type_of(overflow)}}}")
-    if overflow not in OVERFLOW_MODES:
-        raise _invalid("x-overflow", queue, vhost, f"{{invalid_value,{_erlang(overflow)}}}")
-    sac = args.get("x-single-active-consumer", False)
-    if not isinstance(sac, bool):
-        raise _invalid("x-single-active-consumer", queue, vhost, f"{{unacceptable_type,{_type_of(sac)}}}")
-    retry = args.get("x-retry-intervals")
-    intervals: tuple[int, ...] | None = None
-    if retry is not None:
-        if not isinstance(retry, list) or not retry or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in retry):
-            raise _invalid("x-retry-intervals", queue, vhost,
-                           "expected a non-empty array of non-negative integers (milliseconds)")
-        intervals = tuple(retry)
-    return QueueSettings(message_ttl=ttl, expires=expires, dead_letter_exchange=dlx, dead_letter_routing_key=dlrk,
-                         max_length=max_length, max_length_bytes=max_bytes, overflow=overflow,
-                         max_priority=max_priority, single_active_consumer=sac, delivery_limit=delivery_limit,
-                         retry_intervals=intervals)
+    values: dict[str, Any] = {}
+    for key, value in args.items():
+        try:
+            if key == "x-message-ttl":
+                values["message_ttl"] = _integer(value, high=MAX_TTL)
+            elif key == "x-expires":
+                values["expires"] = _integer(value, zero=False, high=MAX_TTL)
+            elif key == "x-max-length":
+                values["max_length"] = _integer(value)
+            elif key == "x-max-length-bytes":
+                values["max_length_bytes"] = _integer(value)
+            elif key == "x-delivery-limit":
+                values["delivery_limit"] = _integer(value)
+            elif key == "x-max-priority":
+                values["max_priority"] = _integer(value, high=255, exceeded=True) or None
+            elif key == "x-overflow":
+                if _string(value) not in OVERFLOW_MODES:
+                    raise _Invalid("invalid_overflow")
+                values["overflow"] = value
+            elif key == "x-dead-letter-exchange":
+                if not isinstance(value, str):
+                    raise PreconditionFailed(f"invalid type '{_type_of(value)}' for arg 'x-dead-letter-exchange' "
+                                             f"in queue '{queue}' in vhost '{vhost}'")
+                values["dead_letter_exchange"] = value
+            elif key == "x-dead-letter-routing-key":
+                values["dead_letter_routing_key"] = _string(value)
+                if "x-dead-letter-exchange" not in args:
+                    raise _Invalid("routing_key_but_no_dlx_defined")
+            elif key == "x-single-active-consumer":
+                if not isinstance(value, bool):
+                    raise _Invalid(f"{{unacceptable_type,{_type_of(value)}}}")
+                values["single_active_consumer"] = value
+            elif key == "x-retry-intervals":
+                if not isinstance(value, list) or not value or not all(
+                        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TTL for v in value):
+                    raise _Invalid("expected a non-empty array of delays in milliseconds")
+                values["retry_intervals"] = tuple(value)
+        except _Invalid as exc:
+            raise PreconditionFailed(f"invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': "
+                                     f"{exc.reason}") from None
+    return QueueSettings(**values)
 
 
 def merge_policy(arguments: dict[str, Any], definition: dict[str, Any] | None) -> dict[str, Any]:
@@ -265,10 +268,16 @@ def routing_keys(msg: Message) -> list[str]:
     return keys
 
 
+def _sorted(table: dict[str, Any]) -> dict[str, Any]:
+    """A table with its keys in RabbitMQ's (Erlang's byte-wise) order."""
+    return dict(sorted(table.items(), key=lambda item: item[0].encode()))
+
+
 def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, routing_key: str | None,
                      now: float) -> tuple[Message, list[str]]:
-    """The message as it is dead-lettered from ``queue_name`` for ``reason``, with RabbitMQ's ``x-death``
-    header, published to ``exchange``; and the routing keys to route it with."""
+    """The message as it is dead-lettered from ``queue_name`` for ``reason``, with the ``x-death`` header
+    exactly as RabbitMQ 3.10 builds it, published to ``exchange``; and the routing keys to route it with
+    (``routing_key`` if given, else the original key, CC and BCC keys)."""
     props = dict(msg.properties)
     headers = dict(props.get("headers") or {})
     keys = [msg.routing_key]
@@ -284,31 +293,33 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
         "routing-keys": list(keys),
     }
     expiration = props.pop("expiration", None)
-    if expiration is not None and reason == "expired":
+    if expiration is not None:
         entry["original-expiration"] = expiration
     deaths = headers.get("x-death")
-    if isinstance(deaths, list):
+    if isinstance(deaths, list) and deaths:
         for index, old in enumerate(deaths):
             if isinstance(old, dict) and old.get("queue") == queue_name and old.get("reason") == reason:
                 updated = dict(old)
                 count = updated.get("count")
                 updated["count"] = LongInt((count if isinstance(count, int) else 0) + 1)
-                deaths = [updated, *deaths[:index], *deaths[index + 1 :]]
+                deaths = [_sorted(updated), *deaths[:index], *deaths[index + 1 :]]
                 break
         else:
-            deaths = [entry, *deaths]
+            deaths = [_sorted(entry), *deaths]
     else:
         deaths = [entry]
-        headers.setdefault("x-first-death-reason", reason)
-        headers.setdefault("x-first-death-queue", queue_name)
-        headers.setdefault("x-first-death-exchange", msg.exchange)
+        headers["x-first-death-reason"] = reason
+        headers["x-first-death-queue"] = queue_name
+        headers["x-first-death-exchange"] = msg.exchange
     headers["x-death"] = deaths
-    props["headers"] = headers
+    if routing_key is not None:
+        headers.pop("CC", None)
+    props["headers"] = _sorted(headers)
     body = msg.body
     new_key = routing_key if routing_key is not None else msg.routing_key
     copy = Message(exchange, new_key, build_address(exchange, new_key), build_header(props, len(body)), body)
     copy._props = props
-    return copy, ([routing_key] if routing_key is not None else keys)
+    return copy, ([routing_key] if routing_key is not None else keys + (msg.bcc or []))
 
 
 def is_cycle(queue_name: str, deaths: list[Any]) -> bool:

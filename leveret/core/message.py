@@ -37,6 +37,7 @@ class Message:
     __slots__ = (
         "_props",
         "address",
+        "bcc",
         "body",
         "consumer",
         "delivery_count",
@@ -63,6 +64,7 @@ class Message:
         self.consumer: Consumer | None = None
         self.delivery_count = 0
         self.store_id = 0  # the id of this record in the store; 0 when it is not stored
+        self.bcc: list[str] | None = None  # BCC routing keys (removed from the headers at publish)
         self.expires_at = 0.0  # wall-clock milliseconds after which it expires in its queue; 0: never
         self._props: dict[str, Any] | None = None
         self.published_at = 0.0
@@ -71,6 +73,7 @@ class Message:
         """A fresh record for another queue, sharing the header and body bytes."""
         other = Message(self.exchange, self.routing_key, self.address, self.header, self.body)
         other._props = self._props
+        other.bcc = self.bcc
         other.published_at = self.published_at
         return other
 

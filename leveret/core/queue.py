@@ -96,6 +96,7 @@ class Queue:
         self.policy: str | None = None
         self.lifecycle = False
         self._sac: list[Consumer] = []  # consumers in arrival order, for single active consumer
+        self._sac_handover: Consumer | None = None  # a cancelled active consumer still holding messages
         self._expiry_handle: Handle | None = None
         self._expiry_at = 0.0
         self._unused_handle: Handle | None = None
@@ -135,7 +136,8 @@ class Queue:
     def enqueue(self, msg: Message) -> bool:
         """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it.
         Returns False when the queue refused it (x-overflow reject-publish)."""
-        if self.lifecycle:
+        if self.lifecycle or msg.flags & 0x0100:
+            self.lifecycle = True  # a message with its own expiration: this queue now checks expiry
             return self._enqueue_lifecycle(msg)
         msg.seq = self._next_seq
         self._next_seq += 1
@@ -160,7 +162,8 @@ class Queue:
             if settings.overflow == "reject-publish-dlx":
                 self.vhost.dead_letter(self, msg, "maxlen")
             return False
-        self._set_expiry(msg)
+        now = self.timers.now() * 1000
+        self._set_expiry(msg, now)
         msg.seq = self._next_seq
         self._next_seq += 1
         msg.queue = self
@@ -174,20 +177,20 @@ class Queue:
         memory.used += size
         if memory.used > memory.high:
             memory.check()
+        if self.consumers:  # a ready consumer takes the head before a limit or the TTL drops it
+            self._dispatch_lifecycle(now)
         if settings.limited:
             self._enforce_limits()
-        if self.consumers:
-            self.dispatch()
         if msg.expires_at:
             self._expire()
         return True
 
-    def _set_expiry(self, msg: Message) -> None:
+    def _set_expiry(self, msg: Message, now: float = 0.0) -> None:
         ttl = self.settings.message_ttl
         if msg.flags & 0x0100:  # per-message expiration (validated at publish)
             expiration = int(msg.properties["expiration"])
             ttl = expiration if ttl is None else min(ttl, expiration)
-        msg.expires_at = self.timers.now() * 1000 + ttl if ttl is not None else 0.0
+        msg.expires_at = (now or self.timers.now() * 1000) + ttl if ttl is not None else 0.0
 
     def _full(self, size: int) -> bool:
         settings = self.settings
@@ -290,6 +293,8 @@ class Queue:
                 messages.append(msg)
             else:
                 messages.insert(bisect.bisect_left(messages, msg.seq, key=_seq), msg)
+        if self.lifecycle:
+            self._expire()  # a message that expired while unacked is dead-lettered as expired
         if self.consumers:
             self.dispatch()
 
@@ -322,15 +327,22 @@ class Queue:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
 
-    def _dispatch_lifecycle(self) -> None:
+    def _dispatch_lifecycle(self, now: float = 0.0) -> None:
+        """Dispatch with expiry, single active consumer and priorities. ``now`` (ms) is given by enqueue, so
+        that a message with TTL 0 still goes to a consumer that is ready for it (RabbitMQ's semantics)."""
         messages = self.messages
         if not self.consumers:
             return
-        self._expire()
+        if not now:
+            self._expire()
+            now = self.timers.now() * 1000
         sac = self.settings.single_active_consumer
-        now = self.timers.now() * 1000
         while messages:
             if sac:
+                if self._sac_handover is not None:
+                    if self._sac_handover.unacked:
+                        return  # keep the order: the previous consumer's messages come back first
+                    self._sac_handover = None
                 consumer: Consumer | None = self._sac[0] if self._sac and self._sac[0].has_credit() else None
             elif len(self.consumers) == 1:
                 only = self.consumers[0]
@@ -340,7 +352,7 @@ class Queue:
             if consumer is None:
                 return
             msg = messages[0]
-            if 0 < msg.expires_at <= now:
+            if 0 < msg.expires_at < now:
                 self._expire()
                 continue
             if msg.body is PAGED:
@@ -406,6 +418,8 @@ class Queue:
         msg = self.messages.popleft()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
+        if self.lifecycle:
+            self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
 
     def settle(self, msg: Message) -> None:
@@ -528,6 +542,7 @@ class Queue:
             index -= 1
         consumers.insert(index, consumer)
         self._sac.append(consumer)
+        self._sac_handover = None  # a new consumer runs the queue, as in RabbitMQ
         self._prioritised = consumers[0].priority != consumers[-1].priority
         self.had_consumers = True
         if self._unused_handle is not None:
@@ -541,7 +556,15 @@ class Queue:
         except ValueError:
             return
         if consumer in self._sac:
+            was_active = self._sac[0] is consumer
             self._sac.remove(consumer)
+            if was_active and consumer.unacked:
+                self._sac_handover = consumer  # the next one starts once these are acked or requeued
+            if was_active and self._sac:
+                # RabbitMQ: the next active consumer is the one of highest priority, then the earliest
+                best = max(self._sac, key=lambda c: (c.priority, -self._sac.index(c)))
+                self._sac.remove(best)
+                self._sac.insert(0, best)
         if self._rr >= len(self.consumers):
             self._rr = 0
         consumers = self.consumers

@@ -144,11 +144,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 async def _serve(config: Config) -> int:
     server = Server(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start(): a signal during start-up still stops cleanly
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
     await stop.wait()
     log.info("shutting down")
     await server.stop()

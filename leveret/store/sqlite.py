@@ -81,6 +81,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from leveret.amqp.codec import LongInt
+
 from .base import (
     BindingDef,
     Definitions,
@@ -136,10 +138,13 @@ _T_DATE = "$date"
 _T_TUPLE = "$tuple"
 _T_MAP = "$map"  # a dict whose keys are not all str: [[key, value], ...]
 _T_FLOAT = "$float"  # nan, inf, -inf (JSON has no literal for them)
-_TAGS = frozenset((_T_BYTES, _T_BYTEARRAY, _T_DECIMAL, _T_DATETIME, _T_DATE, _T_TUPLE, _T_MAP, _T_FLOAT))
+_T_LONG = "$long"  # an int that was a 64-bit field (codec.LongInt), so it keeps its wire type
+_TAGS = frozenset((_T_LONG, _T_BYTES, _T_BYTEARRAY, _T_DECIMAL, _T_DATETIME, _T_DATE, _T_TUPLE, _T_MAP, _T_FLOAT))
 
 
 def _to_json(value: Any) -> Any:
+    if type(value) is LongInt:
+        return {_T_LONG: int(value)}
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -171,6 +176,8 @@ def _from_json_object(obj: dict[str, Any]) -> Any:
     if len(obj) == 1:
         ((key, payload),) = obj.items()
         if key in _TAGS:
+            if key == _T_LONG:
+                return LongInt(payload)
             if key == _T_BYTES:
                 return base64.b64decode(payload)
             if key == _T_DECIMAL:
