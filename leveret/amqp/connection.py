@@ -178,10 +178,11 @@ class ServerConnection:
         pos = 0
         n = len(data)
         unpack_head = _FRAME_HEAD.unpack_from
+        # RabbitMQ allows a payload of frame_max bytes (its FRAME_SIZE_FUDGE), not just frame_max - 8; before
+        # tune-ok, 4096. Recomputed after each channel-0 frame (the only ones that change the state).
+        max_payload = spec.FRAME_MIN_SIZE if self.state in _UNTUNED else self.frame_max
         while n - pos >= 8:
             ftype, channel, size = unpack_head(data, pos)
-            # RabbitMQ allows a payload of frame_max bytes (its FRAME_SIZE_FUDGE), not just frame_max - 8.
-            max_payload = spec.FRAME_MIN_SIZE if self.state in _UNTUNED else self.frame_max
             if size > max_payload:
                 raise ProtocolViolation(spec.FRAME_ERROR, f"frame payload of {size} bytes exceeds frame_max "
                                         f"{max_payload}")
@@ -196,6 +197,8 @@ class ServerConnection:
                 continue  # after our connection.close only channel 0's methods count
             if ftype == 1:
                 self._on_method_frame(channel, payload)
+                if not channel:
+                    max_payload = spec.FRAME_MIN_SIZE if self.state in _UNTUNED else self.frame_max
             elif ftype == 3:
                 self._on_body_frame(channel, payload)
             elif ftype == 2:
