@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from leveret.amqp import codec, spec
+
 from rawamqp import RawClient
 from serverproc import LeveretProcess
-
-from leveret.amqp import codec, spec
 
 VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     # name, queue arguments, message properties, exchange
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("-n", "--count", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lv-", dir="/tmp") as tmp:
-        server = LeveretProcess(Path(tmp) / "d", "--log-level", "warning").start()
+        server = LeveretProcess(Path(tmp) / "d").start()
         assert server.proc is not None
         rows = []
         try:
