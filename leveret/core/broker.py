@@ -6,8 +6,6 @@ RabbitMQ's wording; the protocol adapters translate them.
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import logging
 import os
 import secrets
@@ -22,7 +20,7 @@ from .delays import DelayedMessages
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .lifecycle import dead_letter_copy, is_cycle, merge_policy, parse_settings, routing_keys
+from .lifecycle import dead_letter_copy, field_type, is_cycle, merge_policy, parse_settings, routing_keys
 from .message import PAGED, Message, build_address, build_header
 from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
@@ -782,24 +780,5 @@ def _typed_value(value: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "long" if not -(2**31) <= value < 2**31 else "signedint"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, decimal.Decimal):
-        return "decimal"
-    if isinstance(value, datetime.datetime):
-        return "timestamp"
-    if isinstance(value, bytes | bytearray):
-        return "binary"
-    if value is None:
-        return "void"
-    return type(value).__name__
+    """The AMQP field type RabbitMQ names in its error texts (one definition: lifecycle.field_type)."""
+    return field_type(value)

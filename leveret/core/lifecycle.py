@@ -68,7 +68,7 @@ MIN_WINS = frozenset({"x-message-ttl", "x-expires", "x-max-length", "x-max-lengt
 MAX_TTL = 315_360_000_000  # ten years in milliseconds: RabbitMQ's limit for TTLs and expiries
 
 
-def _type_of(value: Any) -> str:
+def field_type(value: Any) -> str:
     """The AMQP field type RabbitMQ names in its error texts for a decoded value."""
     if isinstance(value, bool):
         return "bool"
@@ -88,9 +88,9 @@ def _type_of(value: Any) -> str:
         return "table"
     if isinstance(value, list):
         return "array"
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):
         return "binary"
-    return "void"
+    return "void" if value is None else type(value).__name__
 
 
 class _Invalid(Exception):
@@ -100,7 +100,7 @@ class _Invalid(Exception):
 
 def _integer(value: Any, *, zero: bool = True, high: int | None = None, exceeded: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f'"expected integer, got {_type_of(value)}"')
+        raise _Invalid(f'"expected integer, got {field_type(value)}"')
     if value < 0:
         raise _Invalid(f"{{value_negative,{value}}}")
     if value == 0 and not zero:
@@ -112,7 +112,7 @@ def _integer(value: Any, *, zero: bool = True, high: int | None = None, exceeded
 
 def _string(value: Any) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"{{unacceptable_type,{_type_of(value)}}}")
+        raise _Invalid(f"{{unacceptable_type,{field_type(value)}}}")
     return value
 
 
@@ -142,7 +142,7 @@ def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSetting
                 values["overflow"] = value
             elif key == "x-dead-letter-exchange":
                 if not isinstance(value, str):
-                    raise PreconditionFailed(f"invalid type '{_type_of(value)}' for arg 'x-dead-letter-exchange' "
+                    raise PreconditionFailed(f"invalid type '{field_type(value)}' for arg 'x-dead-letter-exchange' "
                                              f"in queue '{queue}' in vhost '{vhost}'")
                 values["dead_letter_exchange"] = value
             elif key == "x-dead-letter-routing-key":
@@ -151,7 +151,7 @@ def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSetting
                     raise _Invalid("routing_key_but_no_dlx_defined")
             elif key == "x-single-active-consumer":
                 if not isinstance(value, bool):
-                    raise _Invalid(f"{{unacceptable_type,{_type_of(value)}}}")
+                    raise _Invalid(f"{{unacceptable_type,{field_type(value)}}}")
                 values["single_active_consumer"] = value
             elif key == "x-retry-intervals":
                 if not isinstance(value, list) or not value or not all(

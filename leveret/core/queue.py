@@ -139,6 +139,13 @@ class Queue:
         if self.lifecycle or msg.flags & 0x0100:
             self.lifecycle = True  # a message with its own expiration: this queue now checks expiry
             return self._enqueue_lifecycle(msg)
+        self._append(msg)
+        if self.consumers:
+            self.dispatch()
+        return True
+
+    def _append(self, msg: Message) -> None:
+        """Give ``msg`` its position, store it if it is persistent and the queue durable, and count it."""
         msg.seq = self._next_seq
         self._next_seq += 1
         msg.queue = self
@@ -152,9 +159,6 @@ class Queue:
         memory.used += size
         if memory.used > memory.high:
             memory.check()
-        if self.consumers:
-            self.dispatch()
-        return True
 
     def _enqueue_lifecycle(self, msg: Message) -> bool:
         settings = self.settings
@@ -164,19 +168,7 @@ class Queue:
             return False
         now = self.timers.now() * 1000
         self._set_expiry(msg, now)
-        msg.seq = self._next_seq
-        self._next_seq += 1
-        msg.queue = self
-        if self.durability is not None and msg.persistent:
-            self.durability.push(self, msg, self.ready_bytes > self.memory_budget)
-        self.messages.append(msg)
-        size = len(msg.body)
-        self.ready_bytes += size
-        self.stats_published += 1
-        memory = self.memory
-        memory.used += size
-        if memory.used > memory.high:
-            memory.check()
+        self._append(msg)
         if self.consumers:  # a ready consumer takes the head before a limit or the TTL drops it
             self._dispatch_lifecycle(now)
         if settings.limited:
