@@ -202,7 +202,95 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+# --- worker / status (leveret.tasks) -------------------------------------------------------------------------
+
+
+def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = subparsers.add_parser(
+        "worker", help="run the handlers of a task app (leveret.tasks)",
+        description="Consume the queues of a leveret.tasks App and run its handlers until SIGINT or SIGTERM "
+                    "(in-flight tasks finish first; unacked ones are redelivered if the worker dies).")
+    worker.add_argument("app", metavar="MODULE:APP", help="where the App is, e.g. myproject.tasks:app")
+    worker.add_argument("--queues", metavar="A,B", help="only these queues (default: all of the app's)")
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="handlers at once (default 4)")
+    worker.add_argument("--prefetch", type=int, metavar="N", help="unacked messages per queue (default N)")
+    worker.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
+    worker.set_defaults(handler=_run_worker)
+
+
+def _load_app(spec: str) -> Any:
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not MODULE:APP")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from leveret.tasks import Worker
+
+    configure_logging(args.log_level)
+    try:
+        app = _load_app(args.app)
+        queues = [q for q in (args.queues or "").split(",") if q] or None
+        worker = Worker(app, queues=queues, concurrency=args.concurrency, prefetch=args.prefetch)
+    except (ImportError, AttributeError, ValueError) as exc:
+        error(str(exc))
+        return 2
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.request_stop)
+        await worker.run()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        error(f"cannot reach the broker at {app.url}: {exc}")
+        return 1
+    return 0
+
+
+def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = subparsers.add_parser(
+        "status", help="the status of a task (leveret.tasks)",
+        description="Print the last known state of a task sent with leveret.tasks: queued, received, started, "
+                    "retrying, failed, succeeded, gave_up, or unknown.")
+    status.add_argument("id", help="the task id (send() returns it in its handle)")
+    status.add_argument("--url", help="broker URL (default $LEVERET_URL or amqp://guest:guest@127.0.0.1:5672/)")
+    status.add_argument("--json", action="store_true", help="print everything recorded about the state")
+    status.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import json
+
+    from leveret.tasks import App
+
+    url = args.url or os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    configure_logging("critical")  # the one-line error below says it all
+    app = App(url)
+    try:
+        info = app.status_info(args.id)
+    except OSError as exc:
+        error(f"cannot reach the broker at {url}: {exc}")
+        return 1
+    finally:
+        app.close()
+    print(json.dumps(info, indent=2) if args.json else info.get("state", "unknown"))
+    return 0
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
     _add_ctl,
+    _add_worker,
+    _add_status,
 )
