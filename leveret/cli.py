@@ -288,9 +288,49 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dead_letters(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dead = subparsers.add_parser(
+        "dead-letters", help="inspect or replay a task queue's dead letters (leveret.tasks)",
+        description="List the tasks that exhausted their retries (in <queue>.dead) without removing them, or "
+                    "with --replay move them back to <queue> as new attempts.")
+    dead.add_argument("queue", help="the task queue (its dead letters are in <queue>.dead)")
+    dead.add_argument("--replay", action="store_true", help="move them back to the queue")
+    dead.add_argument("--limit", type=int, default=None, help="at most this many")
+    dead.add_argument("--url", help="broker URL (default $LEVERET_URL or amqp://guest:guest@127.0.0.1:5672/)")
+    dead.add_argument("--json", action="store_true", help="print the list as JSON")
+    dead.set_defaults(handler=_run_dead_letters)
+
+
+def _run_dead_letters(args: argparse.Namespace) -> int:
+    import json
+
+    from leveret.tasks import App
+
+    url = args.url or os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    configure_logging("critical")
+    app = App(url)
+    try:
+        if args.replay:
+            moved = app.replay_dead(args.queue, args.limit)
+            print(f"replayed {moved} task(s) from {args.queue}.dead to {args.queue}")
+            return 0
+        letters = app.dead_letters(args.queue, args.limit if args.limit is not None else 100)
+    except OSError as exc:
+        error(f"cannot reach the broker at {url}: {exc}")
+        return 1
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps(letters, indent=2, default=str))
+    else:
+        _print_table([{k: v for k, v in letter.items() if k != "body"} for letter in letters])
+    return 0
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
     _add_ctl,
     _add_worker,
     _add_status,
+    _add_dead_letters,
 )

@@ -466,8 +466,14 @@ def test_dead_letters_replay(make_app: Any, names: dict[str, Any]) -> None:
     assert sorted(d["id"] for d in dead) == sorted(h.id for h in handles)
     assert {d["task"] for d in dead} == {f"pay-{names['tag']}"}
     assert len(app.dead_letters(q)) == 2  # looking does not remove
+    cli = [sys.executable, "-m", "leveret", "dead-letters", "--url", app.url, q]
+    listed = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(d["id"] for d in json.loads(listed.stdout)) == sorted(h.id for h in handles)
     fixed.set()
-    assert app.replay_dead(q) == 2
+    replayed = subprocess.run([*cli, "--replay"], capture_output=True, text=True, timeout=30)
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == f"replayed 2 task(s) from {q}.dead to {q}"
     for h in handles:
         assert h.wait(5) == "succeeded"
     assert app.dead_letters(q) == []

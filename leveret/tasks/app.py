@@ -476,9 +476,9 @@ class App:
                     held.append(message)
                     seen.append(describe_dead(message))
                     continue
-                await channel.default_exchange.publish(restart(message), routing_key=queue)
-                if message.message_id:
+                if message.message_id:  # before the publish, as send() does: a fast worker's states come after
                     await self._write_status(message.message_id, "queued", {"replayed": True})
+                await channel.default_exchange.publish(restart(message), routing_key=queue)
                 await message.ack()
                 moved += 1
             for message in held:
