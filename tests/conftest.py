@@ -51,7 +51,8 @@ def require_rabbitmq() -> int:
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
-        values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning"}
+        values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning",
+                                  "http_port": -1}  # the management API only where a test asks for it
         values.update(overrides)
         return Config(**values)
 

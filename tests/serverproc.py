@@ -19,7 +19,8 @@ class LeveretProcess:
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # any free port for the management API, so that several brokers (or a RabbitMQ) can run side by side
+        self.env = {**os.environ, "LEVERET_HTTP_PORT": "0", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.lines: list[str] = []

@@ -144,6 +144,8 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_STORE": "Memory",
         "LEVERET_DISK_FREE_LIMIT": "0",
         "LEVERET_QUEUE_MEMORY_BUDGET": "1000",
+        "LEVERET_HTTP_BIND": "0.0.0.0",
+        "LEVERET_HTTP_PORT": "-1",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -164,6 +166,8 @@ def test_every_field_has_an_environment_variable() -> None:
         store="memory",
         disk_free_limit=0,
         queue_memory_budget=1000,
+        http_bind="0.0.0.0",
+        http_port=-1,
     )
 
 

@@ -656,6 +656,67 @@ class Broker:
                 store.save_permission(PermissionDef(name, vhost))
         return user
 
+    def put_user(self, name: str, password_hash: str, tags: tuple[str, ...] = ()) -> tuple[User, bool]:
+        """Create a user or replace its password hash and tags (management API, definitions import).
+        ``password_hash`` is in RabbitMQ's sha256 format; "" means no password login. Returns (user, created)."""
+        user = self.users.get(name)
+        created = user is None
+        if user is None:
+            user = self.users[name] = User(name, password_hash, tuple(tags))
+        else:
+            user.password_hash = password_hash
+            user.tags = tuple(tags)
+        if self.durability is not None and not self.durability.recovering:
+            self.durability.store.save_user(UserDef(name, password_hash, tuple(tags)))
+        return user, created
+
+    def delete_user(self, name: str) -> None:
+        if name not in self.users:
+            raise NotFound(f"no user '{name}'")
+        del self.users[name]
+        if self.durability is not None:
+            self.durability.store.delete_user(name)
+
+    def set_permission(self, user_name: str, vhost_name: str, configure: str = ".*", write: str = ".*",
+                       read: str = ".*") -> bool:
+        """Give a user access to a vhost. Returns True when it had none before. (The patterns are stored
+        but not yet enforced: access is per vhost.)"""
+        user = self.users.get(user_name)
+        if user is None:
+            raise NotFound(f"no user '{user_name}'")
+        if vhost_name not in self.vhosts:
+            raise NotFound(f"no vhost '{vhost_name}'")
+        created = vhost_name not in user.vhosts
+        user.vhosts.add(vhost_name)
+        if self.durability is not None and not self.durability.recovering:
+            self.durability.store.save_permission(PermissionDef(user_name, vhost_name, configure, write, read))
+        return created
+
+    def clear_permission(self, user_name: str, vhost_name: str) -> None:
+        user = self.users.get(user_name)
+        if user is None or vhost_name not in user.vhosts:
+            raise NotFound(f"no permissions for user '{user_name}' in vhost '{vhost_name}'")
+        user.vhosts.discard(vhost_name)
+        if self.durability is not None:
+            self.durability.store.delete_permission(user_name, vhost_name)
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete a vhost with its queues (their consumers are cancelled), exchanges, policies and
+        permissions."""
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            raise NotFound(f"no vhost '{name}'")
+        for queue in list(vhost.queues.values()):
+            vhost.remove_queue(queue)
+        del self.vhosts[name]
+        for user in self.users.values():
+            user.vhosts.discard(name)
+        if self.durability is not None:
+            self.durability.flush()
+            for policy_name in vhost.policies:
+                self.durability.store.delete_policy(name, policy_name)
+            self.durability.store.delete_vhost(name)
+
     def set_policy(self, policy: Policy) -> None:
         """Add or replace a policy and apply it at once. Raises NotFound (vhost), PreconditionFailed (policy)."""
         vhost = self.vhosts.get(policy.vhost)

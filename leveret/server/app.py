@@ -19,6 +19,7 @@ from pathlib import Path
 from leveret.amqp import spec
 from leveret.config import Config
 from leveret.core.broker import Broker
+from leveret.http.server import ManagementServer
 from leveret.store import Store, StoreError, open_store
 
 from .amqp import AMQPConnection
@@ -53,6 +54,8 @@ class Server:
         self.control: ControlServer | None = None
         self._server: asyncio.base_events.Server | None = None
         self.port = config.port
+        self.http: ManagementServer | None = None
+        self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
 
     async def start(self) -> None:
         """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
@@ -62,13 +65,32 @@ class Server:
             self.broker = self._open_broker(loop)
         self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind, self.config.port,
                                                 reuse_address=True, backlog=1024)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        if self.config.http_port >= 0:
+            self.http = ManagementServer(self.broker, self.config.http_bind, self.config.http_port,
+                                         sessions=lambda: [conn.session for conn in self.connections],
+                                         listeners=self._listeners)
+            try:
+                await self.http.start()
+            except BaseException:
+                self.http = None
+                self._server.close()
+                raise
+            self.http_port = self.http.port
         if self.config.disk_free_limit and self.config.store == "sqlite":
             self._check_disk()
         self.control = ControlServer(self)
         await self.control.start()
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
         log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+
+    def _listeners(self) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = [{"node": self.broker.node_name, "protocol": "amqp",
+                                           "ip_address": self.config.bind, "port": self.port}]
+        if self.http is not None:
+            found.append({"node": self.broker.node_name, "protocol": "http", "ip_address": self.config.http_bind,
+                          "port": self.http_port})
+        return found
 
     def _check_disk(self) -> None:
         """The disk alarm: free space on the data directory's file system under ``disk_free_limit``."""
@@ -110,6 +132,9 @@ class Server:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
         if self._server is not None:
             self._server.close()
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self._disk_timer is not None:
             self._disk_timer.cancel()
         if self.control is not None:
@@ -176,6 +201,10 @@ class ThreadedServer:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def http_port(self) -> int:
+        return self.server.http_port
 
     @property
     def broker(self) -> Broker:

@@ -495,6 +495,8 @@ class SqliteStore(Store):
         if self._is_open:
             return
         path = self.path
+        sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        existed = {p for p in sidecars if p.exists()}
         try:
             self._check_files()
             self._take_lock()
@@ -505,6 +507,10 @@ class SqliteStore(Store):
             self._rconn.execute("PRAGMA query_only = ON")
         except BaseException as exc:
             self._release()
+            for sidecar in sidecars:  # leave the directory as it was: only the WAL files this attempt made go
+                if sidecar not in existed:
+                    with contextlib.suppress(OSError):
+                        sidecar.unlink()
             if isinstance(exc, sqlite3.Error):
                 raise self._error("cannot open", exc) from exc
             if isinstance(exc, OSError):

@@ -1,0 +1,114 @@
+"""Definitions export and import in RabbitMQ's JSON format (``GET``/``POST /api/definitions``), so a file
+exported from RabbitMQ 3.x loads into Leveret and the other way round.
+
+Exported: users (with their sha256 password hashes), vhosts, permissions, policies, and the non-exclusive
+queues, the exchanges (not the default or ``amq.*`` ones) and the bindings between them (not the implicit
+default-exchange ones). Import applies each section in dependency order through the core, so every object is
+validated as a declaration over AMQP would be; it stops at the first error (what came before stays).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import leveret
+from leveret.core import errors
+
+if TYPE_CHECKING:
+    from .api import ManagementAPI
+
+
+def export(api: ManagementAPI) -> dict[str, Any]:
+    from .api import HASHING_ALGORITHM, RABBITMQ_VERSION
+
+    broker = api.broker
+    vhosts = sorted(broker.vhosts.values(), key=lambda v: v.name)
+    return {
+        "rabbit_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "Leveret",
+        "product_version": leveret.__version__,
+        "users": [{"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": HASHING_ALGORITHM,
+                   "tags": list(u.tags), "limits": {}} for u in broker.users.values()],
+        "vhosts": [{"name": v.name, "limits": [], "metadata": {"description": "", "tags": []}} for v in vhosts],
+        "permissions": [api.permission_info(u.name, v) for u in broker.users.values() for v in sorted(u.vhosts)],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [api.policy_info(p) for v in vhosts for p in v.policies.values()],
+        "queues": [{"name": q.name, "vhost": v.name, "durable": q.durable, "auto_delete": q.auto_delete,
+                    "arguments": q.arguments} for v in vhosts for q in v.queues.values() if not q.exclusive],
+        "exchanges": [{"name": e.name, "vhost": v.name, "type": e.type_name, "durable": e.durable,
+                       "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
+                      for v in vhosts for e in v.exchanges.values() if e.name and not e.name.startswith("amq.")],
+        "bindings": [{k: b[k] for k in ("source", "vhost", "destination", "destination_type", "routing_key",
+                                        "arguments")}
+                     for v in vhosts for b in api.bindings_of(v, with_default=False)],
+    }
+
+
+def _list(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    from .api import bad_request
+
+    items = body.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise bad_request(f"'{key}' must be a list of objects")
+    return items
+
+
+def _field(item: dict[str, Any], key: str, section: str) -> Any:
+    from .api import bad_request
+
+    if key not in item:
+        raise bad_request(f"an entry of '{section}' has no '{key}'")
+    return item[key]
+
+
+def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
+    """Apply a definitions document. Raises HTTPFailure (400) for a malformed one and core errors for
+    objects the core refuses (inequivalent redeclarations, bad arguments, unknown vhosts)."""
+    from .api import _bool, _dict, _tags, bad_request, password_hash_of, policy_from
+
+    broker = api.broker
+    sections = {key: _list(body, key) for key in ("vhosts", "users", "permissions", "policies", "exchanges",
+                                                  "queues", "bindings")}
+    for item in sections["vhosts"]:
+        name = _field(item, "name", "vhosts")
+        if not isinstance(name, str) or not name:
+            raise bad_request("a vhost name must be a non-empty string")
+        broker.add_vhost(name)
+    for item in sections["users"]:
+        name = _field(item, "name", "users")
+        if not isinstance(name, str) or not name:
+            raise bad_request("a user name must be a non-empty string")
+        broker.put_user(name, password_hash_of(item, broker.users.get(name)), _tags(item.get("tags")))
+    for item in sections["permissions"]:
+        broker.set_permission(_field(item, "user", "permissions"), _field(item, "vhost", "permissions"),
+                              str(item.get("configure", ".*")), str(item.get("write", ".*")),
+                              str(item.get("read", ".*")))
+    for item in sections["policies"]:
+        broker.set_policy(policy_from(item, _field(item, "vhost", "policies"), _field(item, "name", "policies")))
+    for item in sections["exchanges"]:
+        vhost = api.vhost(_field(item, "vhost", "exchanges"))
+        name = _field(item, "name", "exchanges")
+        if not name or name.startswith("amq."):
+            continue  # the predeclared exchanges exist in every vhost
+        vhost.declare_exchange(name, _field(item, "type", "exchanges"), durable=_bool(item, "durable", True),
+                               auto_delete=_bool(item, "auto_delete", False), internal=_bool(item, "internal", False),
+                               arguments=_dict(item, "arguments"))
+    for item in sections["queues"]:
+        vhost = api.vhost(_field(item, "vhost", "queues"))
+        queue_type = (item.get("arguments") or {}).get("x-queue-type", "classic")
+        if queue_type != "classic":
+            raise errors.PreconditionFailed(f"queue '{item.get('name')}': x-queue-type '{queue_type}' is not "
+                                            "supported (Leveret has classic queues only)")
+        vhost.declare_queue(None, _field(item, "name", "queues"), durable=_bool(item, "durable", True),
+                            auto_delete=_bool(item, "auto_delete", False), arguments=_dict(item, "arguments"))
+    for item in sections["bindings"]:
+        vhost = api.vhost(_field(item, "vhost", "bindings"))
+        source, destination = _field(item, "source", "bindings"), _field(item, "destination", "bindings")
+        routing_key, arguments = item.get("routing_key", ""), _dict(item, "arguments")
+        if item.get("destination_type", "queue") == "queue":
+            vhost.bind_queue(destination, source, routing_key, arguments, None)
+        else:
+            vhost.bind_exchange(destination, source, routing_key, arguments)
