@@ -72,8 +72,9 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 def start_leveret(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    env = {**os.environ, "LEVERET_HTTP_PORT": "0"}  # no clash with a management plugin on 15672
     proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", str(port), "--data-dir", data_dir,
-                             "--log-level", "warning"])
+                             "--log-level", "warning"], env=env)
     wait_port(port)
     return proc, port
 
