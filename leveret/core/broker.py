@@ -21,7 +21,7 @@ from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
 from .lifecycle import dead_letter_copy, field_type, is_cycle, merge_policy, parse_settings, routing_keys
-from .message import PAGED, Message, build_address, build_header
+from .message import PAGED, Message, build_address
 from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
 from .policies import effective as effective_policy
@@ -452,8 +452,7 @@ class VHost:
             msg.bcc = [k for k in bcc if isinstance(k, str)] if isinstance(bcc, list) else None
             props = dict(msg.properties)
             props["headers"] = {k: v for k, v in headers.items() if k != "BCC"}
-            msg.header = build_header(props, len(msg.body))
-            msg._props = props
+            msg.set_properties(props)
 
     def dead_letter(self, queue: Queue, msg: Message, reason: str) -> None:
         """Republish a message leaving ``queue`` for ``reason`` to the queue's dead-letter exchange, with

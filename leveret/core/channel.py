@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
-from .message import Message, build_header
+from .message import Message
 from .queue import Consumer, Queue
 
 if TYPE_CHECKING:
@@ -367,8 +367,7 @@ class Channel:
             raise PreconditionFailed("fast reply consumer does not exist")
         props = dict(msg.properties)
         props["reply_to"] = self.reply_queue.name
-        msg.header = build_header(props, len(msg.body))
-        msg._props = props
+        msg.set_properties(props)
 
     def confirms_due(self) -> Callable[[BaseException | None], None] | None:
         """A callback that confirms every publish so far (ack, or nack if the commit covering them failed),

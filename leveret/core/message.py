@@ -43,6 +43,7 @@ class Message:
         "delivery_count",
         "exchange",
         "expires_at",
+        "flags",
         "header",
         "published_at",
         "queue",
@@ -57,6 +58,7 @@ class Message:
         self.routing_key = routing_key
         self.address = address
         self.header = header
+        self.flags = (header[12] << 8) | header[13]  # which properties are present (read without decoding)
         self.body = body
         self.seq = 0
         self.redelivered = False
@@ -96,11 +98,11 @@ class Message:
         headers = self.properties.get("headers")
         return headers if isinstance(headers, dict) else None
 
-    @property
-    def flags(self) -> int:
-        """The property flags word: which properties are present, without decoding any."""
-        header = self.header
-        return (header[12] << 8) | header[13]
+    def set_properties(self, props: dict[str, Any]) -> None:
+        """Replace the properties (the broker rewrote some: reply-to, BCC): a new content header."""
+        self.header = build_header(props, len(self.body))
+        self.flags = (self.header[12] << 8) | self.header[13]
+        self._props = props
 
     @property
     def persistent(self) -> bool:
