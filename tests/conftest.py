@@ -7,6 +7,7 @@
 - ``broker_port``: parametrised over both brokers ("leveret", "rabbitmq") for differential tests: a test
   using it runs once against each, and the RabbitMQ run is skipped when RabbitMQ is absent.
 - ``make_config``: a Config for tests (ephemeral port, data dir in tmp_path).
+- ``conn``: a pika BlockingConnection to ``broker_port`` (so it runs against both brokers), closed afterwards.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pika.adapters.blocking_connection import BlockingConnection
 
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
+
+from amqphelp import connect
 
 RABBITMQ_HOST = "127.0.0.1"
 RABBITMQ_PORT = 5672
@@ -85,3 +89,13 @@ def broker_port(request: pytest.FixtureRequest) -> int:
 def unique() -> str:
     """A name unique to this test run (tests against RabbitMQ share its vhost)."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def conn(broker_port: int) -> Iterator[BlockingConnection]:
+    connection = connect(broker_port)
+    try:
+        yield connection
+    finally:
+        if connection.is_open:
+            connection.close()

@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import decimal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -24,29 +23,8 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from amqphelp import closed_with, url
 from rawamqp import RawClient
-
-
-def connect(port: int) -> BlockingConnection:
-    return BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, connection_attempts=1))
-
-
-@pytest.fixture
-def conn(broker_port: int) -> Iterator[BlockingConnection]:
-    connection = connect(broker_port)
-    try:
-        yield connection
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def url(port: int) -> str:
-    return f"amqp://guest:guest@127.0.0.1:{port}/"
-
-
-def closed_with(exc_info: pytest.ExceptionInfo[Any]) -> tuple[int, str]:
-    return exc_info.value.reply_code, exc_info.value.reply_text
 
 
 def queue_with(conn: BlockingConnection, name: str, *bodies: bytes) -> BlockingChannel:

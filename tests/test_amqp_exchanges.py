@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -19,19 +18,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-
-@pytest.fixture
-def conn(broker_port: int) -> Iterator[BlockingConnection]:
-    connection = BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker_port, connection_attempts=1))
-    try:
-        yield connection
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def closed_with(exc_info: pytest.ExceptionInfo[Any]) -> tuple[int, str]:
-    return exc_info.value.reply_code, exc_info.value.reply_text
+from amqphelp import closed_with
 
 
 def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:

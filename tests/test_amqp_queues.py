@@ -8,7 +8,6 @@ Tests taking ``broker_port`` run against Leveret and against RabbitMQ (skipped w
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -19,27 +18,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-
-def connect(port: int) -> BlockingConnection:
-    return BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, connection_attempts=1))
-
-
-@pytest.fixture
-def conn(broker_port: int) -> Iterator[BlockingConnection]:
-    connection = connect(broker_port)
-    try:
-        yield connection
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def url(port: int) -> str:
-    return f"amqp://guest:guest@127.0.0.1:{port}/"
-
-
-def closed_with(exc_info: pytest.ExceptionInfo[Any]) -> tuple[int, str]:
-    return exc_info.value.reply_code, exc_info.value.reply_text
+from amqphelp import closed_with, connect, url
 
 
 def confirm_channel(conn: BlockingConnection) -> BlockingChannel:

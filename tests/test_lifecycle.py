@@ -31,6 +31,10 @@ import pika
 import pika.exceptions
 import pytest
 from conftest import require_rabbitmq
+from pika.adapters.blocking_connection import BlockingChannel
+
+from leveret.server.app import ThreadedServer
+
 from lifecycle_scenarios import (
     SCENARIOS,
     TIME,
@@ -43,9 +47,6 @@ from lifecycle_scenarios import (
     sac_consumers,
     transcript,
 )
-from pika.adapters.blocking_connection import BlockingChannel
-
-from leveret.server.app import ThreadedServer
 
 # --- differential ----------------------------------------------------------------------------------------
 
