@@ -116,6 +116,34 @@ class LongInt(int):
         return int.__repr__(self)
 
 
+def field_type(value: Any) -> str:
+    """RabbitMQ's name for the AMQP field type a decoded value arrives as, for error texts: ints are
+    ``signedint`` unless they need 64 bits or were a 64-bit field (:class:`LongInt`)."""
+    if value is None:
+        return "void"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, LongInt) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
+        return "long"
+    if isinstance(value, int):
+        return "signedint"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "binary"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, datetime.datetime):
+        return "timestamp"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
 def _decode_bool(buf: bytes, offset: int) -> tuple[Any, int]:
     _need(buf, offset, 1)
     return buf[offset] != 0, offset + 1

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from leveret.amqp.codec import field_type
 from leveret.store.base import PermissionDef, PolicyDef, Store, UserDef
 
 from .channel import REPLY_TO, Channel, Sink
@@ -20,7 +21,7 @@ from .delays import DelayedMessages
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .lifecycle import dead_letter_copy, field_type, is_cycle, merge_policy, parse_settings, routing_keys
+from .lifecycle import dead_letter_copy, is_cycle, merge_policy, parse_settings, routing_keys
 from .message import PAGED, Message, build_address
 from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
@@ -165,7 +166,7 @@ class VHost:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         alternate = arguments.get("alternate-exchange")
         if alternate is not None and not isinstance(alternate, str):
-            raise PreconditionFailed(f"invalid type '{_type_name(alternate)}' for arg 'alternate-exchange' in "
+            raise PreconditionFailed(f"invalid type '{field_type(alternate)}' for arg 'alternate-exchange' in "
                                      f"exchange '{name}' in vhost '{self.name}'")
         exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
                                    arguments=arguments)
@@ -830,15 +831,10 @@ def _type_class(value: Any) -> str:
         return "int"
     if isinstance(value, float):
         return "float"
-    return _type_name(value)
+    return field_type(value)
 
 
 def _typed_value(value: Any) -> str:
     if value is _ABSENT:
         return "none"
-    return f"the value '{_describe(value)}' of type '{_type_name(value)}'"
-
-
-def _type_name(value: Any) -> str:
-    """The AMQP field type RabbitMQ names in its error texts (one definition: lifecycle.field_type)."""
-    return field_type(value)
+    return f"the value '{_describe(value)}' of type '{field_type(value)}'"

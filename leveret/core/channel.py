@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from leveret.amqp.codec import field_type
+
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
 from .message import Message
 from .queue import Consumer, Queue
@@ -44,12 +46,10 @@ _HEADERS_FLAG = 0x2000
 
 def _check_cc(msg: Message) -> None:
     """Sender-selected distribution headers must be arrays (of routing keys), as RabbitMQ requires."""
-    from .broker import _type_name  # only when CC/BCC are present (broker imports this module)
-
     for name in ("CC", "BCC"):
         value = (msg.headers or {}).get(name)
         if value is not None and not isinstance(value, list):
-            raise PreconditionFailed(f'invalid message: {{unacceptable_type_in_header,"{name}",{_type_name(value)}}}')
+            raise PreconditionFailed(f'invalid message: {{unacceptable_type_in_header,"{name}",{field_type(value)}}}')
 _MAX_EXPIRY = 315360000000  # ten years in milliseconds, as RabbitMQ 3.10
 _ERLANG_INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -164,9 +164,8 @@ class Channel:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         priority = arguments.get("x-priority") if arguments else None
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            from .broker import _type_name  # only on this error path (broker imports this module)
             raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
-                                     f"'{queue.vhost.name}': \"expected integer, got {_type_name(priority)}\"")
+                                     f"'{queue.vhost.name}': \"expected integer, got {field_type(priority)}\"")
         if (exclusive and queue.settings.single_active_consumer) or (
                 queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers))):
             raise AccessRefused(f"queue '{queue.name}' in vhost '{queue.vhost.name}' in exclusive use")

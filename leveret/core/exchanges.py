@@ -27,7 +27,7 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from leveret.amqp.codec import LongInt
+from leveret.amqp.codec import LongInt, field_type
 
 from .errors import CommandInvalid, PreconditionFailed
 
@@ -630,33 +630,8 @@ def validate_binding_arguments(exchange_type: str, arguments: Table | None) -> N
             )
         return
     raise ValueError(
-        f"Invalid x-match field type {_field_type_name(value)} (value {_erlang_term(value)}); expected longstr"
+        f"Invalid x-match field type {field_type(value)} (value {_erlang_term(value)}); expected longstr"
     )
-
-
-def _field_type_name(value: Any) -> str:
-    """RabbitMQ's name for the AMQP type a Python value arrives as (ints: the narrowest signed type)."""
-    if value is None:
-        return "void"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "binary"
-    if isinstance(value, decimal.Decimal):
-        return "decimal"
-    if isinstance(value, datetime.datetime):
-        return "timestamp"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
 
 
 def _erlang_term(value: Any) -> str:
@@ -679,12 +654,12 @@ def _erlang_term(value: Any) -> str:
         return str(int(value.timestamp()))
     if isinstance(value, dict):
         items = (
-            f"{{{_erlang_binary(name.encode('utf-8'))},{_field_type_name(item)},{_erlang_term(item)}}}"
+            f"{{{_erlang_binary(name.encode('utf-8'))},{field_type(item)},{_erlang_term(item)}}}"
             for name, item in value.items()
         )
         return "[" + ",".join(items) + "]"
     if isinstance(value, list | tuple):
-        return "[" + ",".join(f"{{{_field_type_name(item)},{_erlang_term(item)}}}" for item in value) + "]"
+        return "[" + ",".join(f"{{{field_type(item)},{_erlang_term(item)}}}" for item in value) + "]"
     return repr(value)
 
 

@@ -7,13 +7,12 @@ priority ordering, and dead-lettering (the ``x-death`` header).
 from __future__ import annotations
 
 import datetime
-import decimal
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from leveret.amqp.codec import LongInt
+from leveret.amqp.codec import LongInt, field_type
 
 from .errors import PreconditionFailed
 from .message import Message, build_address, build_header
@@ -66,31 +65,6 @@ MIN_WINS = frozenset({"x-message-ttl", "x-expires", "x-max-length", "x-max-lengt
 
 
 MAX_TTL = 315_360_000_000  # ten years in milliseconds: RabbitMQ's limit for TTLs and expiries
-
-
-def field_type(value: Any) -> str:
-    """The AMQP field type RabbitMQ names in its error texts for a decoded value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, LongInt) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
-        return "long"
-    if isinstance(value, int):
-        return "signedint"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, decimal.Decimal):
-        return "decimal"
-    if isinstance(value, datetime.datetime):
-        return "timestamp"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, bytes | bytearray):
-        return "binary"
-    return "void" if value is None else type(value).__name__
 
 
 class _Invalid(Exception):
