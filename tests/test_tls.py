@@ -13,7 +13,9 @@ import datetime
 import http.client
 import ipaddress
 import json
+import logging
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -206,17 +208,30 @@ def test_client_trusting_another_ca_refuses_the_server(start: Callable[..., Thre
         pika.BlockingConnection(pika_params(server.tls_port, client_context(certs, ca=certs.other_ca)))
 
 
-def test_plain_amqp_on_the_tls_port_is_refused(start: Callable[..., ThreadedServer]) -> None:
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    """True once a record containing ``text`` was logged by the server's thread (waits up to 5 s)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if any(text in record.getMessage() for record in caplog.records):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_plain_amqp_on_the_tls_port_is_refused(start: Callable[..., ThreadedServer],
+                                               caplog: pytest.LogCaptureFixture) -> None:
     server = start()
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+    with caplog.at_level(logging.WARNING, logger="leveret.tls"), pytest.raises(pika.exceptions.AMQPConnectionError):
         pika.BlockingConnection(pika_params(server.tls_port, None))
+    assert _logged(caplog, "TLS handshake failed: the client does not speak TLS")
 
 
-def test_fail_if_no_peer_cert_requires_a_client_certificate(start: Callable[..., ThreadedServer],
-                                                           certs: Certs) -> None:
+def test_fail_if_no_peer_cert_requires_a_client_certificate(start: Callable[..., ThreadedServer], certs: Certs,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     server = start(tls_verify="peer", tls_fail_if_no_peer_cert=True)
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+    with caplog.at_level(logging.WARNING, logger="leveret.tls"), pytest.raises(pika.exceptions.AMQPConnectionError):
         pika.BlockingConnection(pika_params(server.tls_port, client_context(certs)))
+    assert _logged(caplog, "the client sent no certificate (tls_fail_if_no_peer_cert is true)")
     # a certificate from another CA is refused too
     other = client_context(certs)
     other.load_cert_chain(str(certs.other_client_cert), str(certs.other_client_key))

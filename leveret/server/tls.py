@@ -15,6 +15,7 @@ names made for RabbitMQ work unchanged.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import ssl
 import time
 from typing import Any
@@ -41,6 +42,7 @@ _ATTRIBUTE_NAMES = {
     "streetAddress": "STREET",
     "userId": "UID",
 }
+log = logging.getLogger("leveret.tls")
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _HANDSHAKE_TIMEOUT = 10.0
 
@@ -83,6 +85,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
         context.verify_mode = ssl.CERT_REQUIRED if config.tls_fail_if_no_peer_cert else ssl.CERT_OPTIONAL
     else:
         context.verify_mode = ssl.CERT_NONE
+    context.sslobject_class = _LoggedSSLObject  # a failed handshake is logged (the event loop drops it silently)
     return context
 
 
@@ -108,6 +111,44 @@ def _key_error(config: Config, exc: ssl.SSLError, encrypted: bool) -> str:
         return f"tls_key_file {config.tls_key_file}: cannot decrypt the key (wrong or missing tls_key_password)"
     return (f"cannot load tls_cert_file {config.tls_cert_file} with tls_key_file {config.tls_key_file}: "
             f"{reason or exc}")
+
+
+# --- failed handshakes -----------------------------------------------------------------------------------
+
+
+class _LoggedSSLObject(ssl.SSLObject):
+    """The listeners' TLS objects (``SSLContext.sslobject_class``): as the standard one, but a handshake that
+    fails is logged with its reason, which is what tells an operator why a client could not connect."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            log.warning("TLS handshake failed: %s", describe_handshake_error(exc))
+            raise
+
+
+_HANDSHAKE_HINTS = {
+    "HTTP_REQUEST": "the client sent plain HTTP, not TLS",
+    "WRONG_VERSION_NUMBER": "the client does not speak TLS (a plain client on the TLS port?)",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate (tls_fail_if_no_peer_cert is true)",
+    "CERTIFICATE_VERIFY_FAILED": "the client's certificate does not chain to a CA in tls_ca_file",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the server's certificate (unknown CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client refused the server's certificate",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions below tls_min_version",
+    "NO_SHARED_CIPHER": "no cipher suite in common with the client",
+}
+
+
+def describe_handshake_error(exc: ssl.SSLError) -> str:
+    """One line for a failed TLS handshake: a hint where OpenSSL's reason is a common one, then the reason."""
+    reason = exc.reason or ""
+    hint = _HANDSHAKE_HINTS.get(reason)
+    if hint:
+        return f"{hint} ({reason})"
+    return str(exc.args[1] if len(exc.args) > 1 else exc) or type(exc).__name__
 
 
 # --- the peer --------------------------------------------------------------------------------------------
