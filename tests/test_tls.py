@@ -202,10 +202,13 @@ async def test_aio_pika_amqps_url_with_ssl_context(start: Callable[..., Threaded
         await message.ack()
 
 
-def test_client_trusting_another_ca_refuses_the_server(start: Callable[..., ThreadedServer], certs: Certs) -> None:
+def test_client_trusting_another_ca_refuses_the_server(start: Callable[..., ThreadedServer], certs: Certs,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     server = start()
-    with pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
+    with caplog.at_level(logging.WARNING, logger="leveret.tls"), \
+            pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
         pika.BlockingConnection(pika_params(server.tls_port, client_context(certs, ca=certs.other_ca)))
+    assert _logged(caplog, "the client does not trust the server's certificate (unknown CA)")
 
 
 def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
