@@ -83,11 +83,24 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--data-dir", metavar="DIR", help="where messages and definitions are kept")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $LEVERET_CONFIG, if set)")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    for name, metavar, text in _TLS_OPTIONS:
+        serve.add_argument("--" + name.replace("_", "-"), metavar=metavar, help=text)
     serve.set_defaults(handler=_run_serve)
+
+
+# TLS settings that also have a command-line option (the others: environment or TOML, see docs/tls.md)
+_TLS_OPTIONS = (
+    ("tls_port", "PORT", "AMQPS port (default 5671), used when --tls-cert-file is given"),
+    ("tls_cert_file", "FILE", "server certificate (PEM); setting it turns TLS on"),
+    ("tls_key_file", "FILE", "the certificate's private key (PEM)"),
+    ("tls_ca_file", "FILE", "CA certificates that client certificates are verified against (PEM)"),
+    ("tls_verify", "MODE", "none (default) or peer: ask for and verify client certificates"),
+)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level}
+    overrides.update({name: getattr(args, name) for name, _, _ in _TLS_OPTIONS})
     try:
         config = load_config(overrides, os.environ, args.config)
     except ConfigError as exc:
@@ -99,6 +112,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     try:
         return serve(config)
+    except ConfigError as exc:  # found when the broker starts: TLS files that cannot be used
+        error(str(exc))
+        return 2
     except StoreError as exc:
         error(str(exc))
         return 1

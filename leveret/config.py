@@ -19,6 +19,10 @@ ENV_PREFIX = "LEVERET_"
 CONFIG_FILE_ENV = "LEVERET_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORES = ("sqlite", "memory")
+TLS_VERIFY = ("none", "peer")
+TLS_VERSIONS = ("1.2", "1.3")
+# RabbitMQ's ssl_cert_login_from values (distinguished_name is its default)
+CERT_LOGIN_FROM = ("distinguished_name", "common_name")
 # RabbitMQ refuses a max_message_size above 512 MiB; so do we.
 MAX_MESSAGE_SIZE_LIMIT = 512 * 1024 * 1024
 # Share of the machine's RAM used when memory_high_watermark is 0 (RabbitMQ's vm_memory_high_watermark).
@@ -58,6 +62,17 @@ class Config:
     queue_memory_budget: int = 16_000_000
     http_bind: str = "127.0.0.1"
     http_port: int = 15672
+    plain_listener: bool = True
+    tls_port: int = 5671
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_key_password: str = ""
+    tls_ca_file: str = ""
+    tls_verify: str = "none"
+    tls_fail_if_no_peer_cert: bool = False
+    tls_min_version: str = "1.2"
+    tls_cert_login_from: str = "distinguished_name"
+    http_tls_port: int = 15671
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -65,6 +80,12 @@ class Config:
             object.__setattr__(self, field.name, value)
         if self.memory_high_watermark == 0:
             object.__setattr__(self, "memory_high_watermark", auto_memory_high_watermark())
+        _check_listeners(self)
+
+    @property
+    def tls(self) -> bool:
+        """True when a certificate is configured: the AMQPS (and HTTPS) listeners are started."""
+        return bool(self.tls_cert_file)
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Config))
@@ -206,6 +227,46 @@ def _to_user_list(value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+def _to_bool(value: Any) -> bool:
+    """A TOML boolean, or true/false, yes/no, on/off, 1/0 (any case) in the environment."""
+    if isinstance(value, bool):
+        return value
+    text = _to_str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _to_choice(value: Any, choices: tuple[str, ...], prefix: str = "") -> str:
+    """One of ``choices`` (any case); ``prefix`` may be written before it (RabbitMQ's ``verify_peer``)."""
+    text = _to_str(value).strip().lower()
+    if prefix and text.startswith(prefix):
+        text = text[len(prefix):]
+    if text not in choices:
+        raise ValueError("must be one of " + ", ".join(choices))
+    return text
+
+
+def _check_listeners(config: Config) -> None:
+    """Settings that are valid alone but not together (the files themselves are checked by
+    :func:`leveret.server.tls.server_context` when the broker starts)."""
+    if not config.plain_listener and not config.tls:
+        raise ConfigError("plain_listener is false but TLS is off (no tls_cert_file): there would be no AMQP "
+                          "listener")
+    if not config.tls:
+        return
+    if not config.tls_key_file:
+        raise ConfigError("tls_key_file is not set: tls_cert_file needs the certificate's private key")
+    if config.tls_verify == "peer" and not config.tls_ca_file:
+        raise ConfigError("tls_ca_file is not set: tls_verify 'peer' needs the CA certificates that client "
+                          "certificates are checked against")
+    if config.tls_fail_if_no_peer_cert and config.tls_verify != "peer":
+        raise ConfigError("tls_fail_if_no_peer_cert is true but tls_verify is 'none': client certificates are "
+                          "only asked for with tls_verify 'peer'")
+
+
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "bind": _to_nonempty_str,
     "port": _to_int(0, 65535),
@@ -225,6 +286,17 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "queue_memory_budget": _to_int(0, None),
     "http_bind": _to_nonempty_str,
     "http_port": _to_int(-1, 65535),
+    "plain_listener": _to_bool,
+    "tls_port": _to_int(0, 65535),
+    "tls_cert_file": _to_str,
+    "tls_key_file": _to_str,
+    "tls_key_password": _to_str,
+    "tls_ca_file": _to_str,
+    "tls_verify": lambda value: _to_choice(value, TLS_VERIFY, prefix="verify_"),
+    "tls_fail_if_no_peer_cert": _to_bool,
+    "tls_min_version": lambda value: _to_choice(value, TLS_VERSIONS, prefix="tlsv"),
+    "tls_cert_login_from": lambda value: _to_choice(value, CERT_LOGIN_FROM),
+    "http_tls_port": _to_int(-1, 65535),
 }
 
 

@@ -146,6 +146,17 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_QUEUE_MEMORY_BUDGET": "1000",
         "LEVERET_HTTP_BIND": "0.0.0.0",
         "LEVERET_HTTP_PORT": "-1",
+        "LEVERET_PLAIN_LISTENER": "no",
+        "LEVERET_TLS_PORT": "5999",
+        "LEVERET_TLS_CERT_FILE": "/etc/leveret/server.pem",
+        "LEVERET_TLS_KEY_FILE": "/etc/leveret/server.key",
+        "LEVERET_TLS_KEY_PASSWORD": "secret",
+        "LEVERET_TLS_CA_FILE": "/etc/leveret/ca.pem",
+        "LEVERET_TLS_VERIFY": "verify_peer",
+        "LEVERET_TLS_FAIL_IF_NO_PEER_CERT": "TRUE",
+        "LEVERET_TLS_MIN_VERSION": "1.3",
+        "LEVERET_TLS_CERT_LOGIN_FROM": "common_name",
+        "LEVERET_HTTP_TLS_PORT": "-1",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -168,6 +179,17 @@ def test_every_field_has_an_environment_variable() -> None:
         queue_memory_budget=1000,
         http_bind="0.0.0.0",
         http_port=-1,
+        plain_listener=False,
+        tls_port=5999,
+        tls_cert_file="/etc/leveret/server.pem",
+        tls_key_file="/etc/leveret/server.key",
+        tls_key_password="secret",
+        tls_ca_file="/etc/leveret/ca.pem",
+        tls_verify="peer",
+        tls_fail_if_no_peer_cert=True,
+        tls_min_version="1.3",
+        tls_cert_login_from="common_name",
+        http_tls_port=-1,
     )
 
 

@@ -539,6 +539,8 @@ class Session:
         self.cancel_notify = False
         self._confirming: list[Channel] = []
         self._after_durable: list[Callable[[BaseException | None], None]] = []
+        # what the edge knows of the connection beyond the peer's address (TLS, auth mechanism), for the management API
+        self.details: dict[str, Any] = {}
 
     @property
     def vhost(self) -> VHost:
@@ -743,6 +745,16 @@ class Broker:
         user = self.users.get(username)
         if user is None or not check_password(password, user.password_hash):
             raise AccessRefused(f"user '{username}' - invalid credentials")
+        if username in self.loopback_users and not loopback:
+            raise AccessRefused(f"user '{username}' can only connect via localhost")
+        return user
+
+    def authenticate_certificate(self, username: str, loopback: bool) -> User:
+        """The user a verified TLS client certificate names (SASL EXTERNAL): no password is checked, but the
+        user must exist and loopback-only users must still come from loopback."""
+        user = self.users.get(username)
+        if user is None:
+            raise AccessRefused(f"user '{username}' (from the client certificate) does not exist")
         if username in self.loopback_users and not loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
         return user

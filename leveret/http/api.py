@@ -815,11 +815,13 @@ class ManagementAPI:
 
     def connection_info(self, session: Session, address: str) -> dict[str, Any]:
         host, _, port = session.peer.rpartition(":")
+        if "port" in session.details:  # the listener it came in on (the AMQPS one for a TLS connection)
+            address = f"{session.details['host']}:{session.details['port']}"
         return {"name": f"{session.peer} -> {address}", "node": self.broker.node_name, "type": "network",
                 "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
                 "vhost": _session_vhost(session) or "", "channels": len(session.channels),
                 "state": "running" if session.writable else "flow", "peer_host": host,
-                "peer_port": int(port) if port.isdigit() else 0}
+                "peer_port": int(port) if port.isdigit() else 0, **session.details}
 
     async def list_connections(self, call: Call) -> web.Response:
         address = self._amqp_address()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -21,24 +22,26 @@ log = logging.getLogger("leveret.http")
 
 class ManagementServer:
     def __init__(self, broker: Broker, bind: str, port: int, *, sessions: Callable[[], list[Session]],
-                 listeners: Callable[[], list[dict[str, Any]]]) -> None:
+                 listeners: Callable[[], list[dict[str, Any]]], ssl_context: ssl.SSLContext | None = None) -> None:
         self.api = ManagementAPI(broker, sessions=sessions, listeners=listeners)
         self.bind = bind
         self.port = port
         self._runner: web.AppRunner | None = None
+        self.ssl_context = ssl_context  # HTTPS when set (leveret.server.tls.server_context)
 
     async def start(self) -> None:
         """Bind and serve; ``self.port`` is the bound port afterwards. Raises OSError when it cannot bind."""
         runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.bind, self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.bind, self.port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             host = f"[{self.bind}]" if ":" in self.bind else self.bind
             # the file name slot is what the command line prints before the reason
-            raise OSError(exc.errno, exc.strerror, f"cannot listen for HTTP on {host}:{self.port}") from None
+            scheme = "HTTPS" if self.ssl_context is not None else "HTTP"
+            raise OSError(exc.errno, exc.strerror, f"cannot listen for {scheme} on {host}:{self.port}") from None
         except BaseException:
             await runner.cleanup()
             raise
@@ -47,7 +50,8 @@ class ManagementServer:
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("Leveret management API listening on http://%s:%d/", self.bind, self.port)
+        log.info("Leveret management API listening on %s://%s:%d/", "https" if self.ssl_context else "http", self.bind,
+                 self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

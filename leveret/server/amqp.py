@@ -24,6 +24,7 @@ from leveret.core.message import Message
 
 if TYPE_CHECKING:
     from .app import Server
+    from .tls import PeerTLS
 
 log = logging.getLogger("leveret.connection")
 
@@ -109,6 +110,8 @@ class AMQPConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
             self.loopback = peer[0].startswith("127.") or peer[0] in ("::1", "::ffff:127.0.0.1")
         self.session.peer = self.peer
+        self.tls: PeerTLS | None = self.server.peer_tls(transport)
+        self.session.details = self.server.connection_details(transport, self.tls)
         self.server.connections.add(self)
         self.broker.memory.listeners.append(self._on_memory_alarm)
         self._timers.append(self.loop.call_later(_HANDSHAKE_TIMEOUT, self._handshake_timeout))
@@ -223,7 +226,9 @@ class AMQPConnection(asyncio.Protocol):
             "product": "Leveret",
             "version": __version__,
         }
-        self.conn.send_method(0, _START, (0, 9, props, b"AMQPLAIN PLAIN", b"en_US"))
+        # EXTERNAL only where there is a verified client certificate to take the user name from
+        mechanisms = b"AMQPLAIN PLAIN EXTERNAL" if self.tls is not None and self.tls.login else b"AMQPLAIN PLAIN"
+        self.conn.send_method(0, _START, (0, 9, props, mechanisms, b"en_US"))
 
     def on_heartbeat(self) -> None:
         pass
@@ -371,8 +376,12 @@ class AMQPConnection(asyncio.Protocol):
             log.warning("connection %s: %s", self.peer, exc.text)
             self._abort()
             return
+        self.session.details["auth_mechanism"] = mechanism
         try:
-            self.session.user = self.broker.authenticate(username, password, self.loopback)
+            if mechanism == "EXTERNAL":
+                self.session.user = self.broker.authenticate_certificate(username, self.loopback)
+            else:
+                self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
             log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
             if self.auth_failure_close:
@@ -397,6 +406,11 @@ class AMQPConnection(asyncio.Protocol):
             except codec.CodecError:
                 raise errors.AccessRefused("malformed AMQPLAIN response") from None
             return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+        if mechanism == "EXTERNAL" and self.tls is not None and self.tls.login:
+            return self.tls.login, ""  # the response (an authorization identity) is ignored, as RabbitMQ does
+        if mechanism == "EXTERNAL":
+            raise errors.CommandInvalid("authentication mechanism 'EXTERNAL' is offered only on TLS connections "
+                                        "with a verified client certificate")
         raise errors.CommandInvalid(f"unknown authentication mechanism '{mechanism}'")
 
     def _m_connection__secure_ok(self, _ch: int, response: bytes) -> None:

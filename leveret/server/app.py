@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from leveret.store import Store, StoreError, open_store
 
 from .amqp import AMQPConnection
 from .control import ControlServer
+from .tls import PLAIN_DETAILS, PeerTLS, handshake_timeout, peer_tls, server_context
 
 log = logging.getLogger("leveret.server")
 DISK_CHECK_INTERVAL = 1.0
@@ -53,9 +55,15 @@ class Server:
         self._disk_timer: asyncio.TimerHandle | None = None
         self.control: ControlServer | None = None
         self._server: asyncio.base_events.Server | None = None
-        self.port = config.port
+        self.port = config.port if config.plain_listener else -1
         self.http: ManagementServer | None = None
         self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
+        # TLS (see leveret.server.tls): checked here, so that a bad file stops the broker before it opens anything
+        self.ssl_context: ssl.SSLContext | None = server_context(config)
+        self._tls_server: asyncio.base_events.Server | None = None
+        self.tls_port = config.tls_port if self.ssl_context is not None else -1  # the bound AMQPS port
+        self.https: ManagementServer | None = None
+        self.https_port = -1  # the bound HTTPS port of the management API; -1: off
 
     async def start(self) -> None:
         """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
@@ -63,10 +71,13 @@ class Server:
         loop = asyncio.get_running_loop()
         if self.broker is None:
             self.broker = self._open_broker(loop)
-        self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind, self.config.port,
-                                                reuse_address=True, backlog=1024)
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        if self.config.plain_listener:
+            self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind,
+                                                    self.config.port, reuse_address=True, backlog=1024)
+            sock = self._server.sockets[0]
+            self.port = sock.getsockname()[1]
+        if self.ssl_context is not None:
+            await self._start_tls(loop)
         if self.config.http_port >= 0:
             self.http = ManagementServer(self.broker, self.config.http_bind, self.config.http_port,
                                          sessions=lambda: [conn.session for conn in self.connections],
@@ -75,21 +86,77 @@ class Server:
                 await self.http.start()
             except BaseException:
                 self.http = None
-                self._server.close()
+                self._close_listeners()
                 raise
             self.http_port = self.http.port
+        if self.ssl_context is not None and self.config.http_tls_port >= 0:
+            self.https = ManagementServer(self.broker, self.config.http_bind, self.config.http_tls_port,
+                                          sessions=lambda: [conn.session for conn in self.connections],
+                                          listeners=self._listeners, ssl_context=self.ssl_context)
+            try:
+                await self.https.start()
+            except BaseException:
+                self.https = None
+                if self.http is not None:
+                    await self.http.stop()
+                    self.http = None
+                self._close_listeners()
+                raise
+            self.https_port = self.https.port
         if self.config.disk_free_limit and self.config.store == "sqlite":
             self._check_disk()
         self.control = ControlServer(self)
         await self.control.start()
-        log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+        if self._server is not None:
+            log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
+        if self._tls_server is not None:
+            log.info("Leveret listening for AMQP over TLS on %s:%d (client certificates: %s)", self.config.bind,
+                     self.tls_port, _client_cert_mode(self.config))
+
+    async def _start_tls(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self._tls_server = await loop.create_server(
+                lambda: AMQPConnection(self), self.config.bind, self.config.tls_port, reuse_address=True,
+                backlog=1024, ssl=self.ssl_context, ssl_handshake_timeout=handshake_timeout())
+        except OSError as exc:
+            self._close_listeners()
+            host = f"[{self.config.bind}]" if ":" in self.config.bind else self.config.bind
+            # the file name slot is what the command line prints before the reason
+            raise OSError(exc.errno, exc.strerror, f"cannot listen for AMQP over TLS on {host}:"
+                                                   f"{self.config.tls_port}") from None
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+
+    def _close_listeners(self) -> None:
+        for listener in (self._server, self._tls_server):
+            if listener is not None:
+                listener.close()
+
+    def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
+        """The TLS session of a new AMQP connection (None for a plain one)."""
+        return peer_tls(transport.get_extra_info("ssl_object"), self.config.tls_cert_login_from)
+
+    def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
+        """What the management API shows of a connection besides its peer: the local address and TLS."""
+        details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()
+        local = transport.get_extra_info("sockname")
+        if local:
+            details["host"], details["port"] = local[0], local[1]
+        return details
 
     def _listeners(self) -> list[dict[str, object]]:
-        found: list[dict[str, object]] = [{"node": self.broker.node_name, "protocol": "amqp",
-                                           "ip_address": self.config.bind, "port": self.port}]
+        found: list[dict[str, object]] = []
+        if self._server is not None:
+            found.append({"node": self.broker.node_name, "protocol": "amqp", "ip_address": self.config.bind,
+                          "port": self.port})
+        if self._tls_server is not None:
+            found.append({"node": self.broker.node_name, "protocol": "amqp/ssl", "ip_address": self.config.bind,
+                          "port": self.tls_port})
         if self.http is not None:
             found.append({"node": self.broker.node_name, "protocol": "http", "ip_address": self.config.http_bind,
                           "port": self.http_port})
+        if self.https is not None:
+            found.append({"node": self.broker.node_name, "protocol": "https", "ip_address": self.config.http_bind,
+                          "port": self.https_port})
         return found
 
     def _check_disk(self) -> None:
@@ -130,11 +197,13 @@ class Server:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
-        if self._server is not None:
-            self._server.close()
+        self._close_listeners()
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.https is not None:
+            await self.https.stop()
+            self.https = None
         if self._disk_timer is not None:
             self._disk_timer.cancel()
         if self.control is not None:
@@ -148,14 +217,21 @@ class Server:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for listener in (self._server, self._tls_server):
+            if listener is not None:
+                await listener.wait_closed()
         if self.store is not None:
             if self.broker is not None and self.broker.durability is not None:
                 self.broker.durability.flush()
             self.store.close()
             self.store = None
         log.info("Leveret stopped")
+
+
+def _client_cert_mode(config: Config) -> str:
+    if config.tls_verify != "peer":
+        return "not asked for"
+    return "required" if config.tls_fail_if_no_peer_cert else "verified when given"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -205,6 +281,14 @@ class ThreadedServer:
     @property
     def http_port(self) -> int:
         return self.server.http_port
+
+    @property
+    def tls_port(self) -> int:
+        return self.server.tls_port
+
+    @property
+    def https_port(self) -> int:
+        return self.server.https_port
 
     @property
     def broker(self) -> Broker:
