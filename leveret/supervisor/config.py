@@ -115,9 +115,9 @@ def load_run_file(path: str, *, overrides: Mapping[str, Any] | None = None) -> t
     except OSError as exc:
         raise RunConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise RunConfigError(f"cannot parse {path}: not valid UTF-8") from None
+        raise RunConfigError(f"{path}: not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise RunConfigError(f"cannot parse {path}: {exc}") from None
+        raise RunConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_run_document(document, path, overrides=overrides)
 
 

@@ -216,8 +216,17 @@ class Supervisor:
         asyncio.get_running_loop().add_reader(read_fd, self._read_pipe, p)
         self._spawn_task(self._watch(p))
         if not program.reports:
-            asyncio.get_running_loop().call_later(PROGRAM_READY_AFTER, p.ready.set)
+            asyncio.get_running_loop().call_later(PROGRAM_READY_AFTER, self._on_ready, p)
         return p
+
+    def _on_ready(self, p: Proc) -> None:
+        if p.ready.is_set() or p.exited.is_set():
+            return
+        p.ready.set()
+        if p.role == "current":
+            p.slot.state = "running"
+        log.debug("%s (pid %d) ready", p.slot.name, p.pid)
+        self.write_status()
 
     async def _start(self, slot: Slot, why: str) -> Proc | None:
         """Start the slot's current process (first start, restart after a crash, replacement)."""
@@ -354,11 +363,7 @@ class Supervisor:
             return
         slot = p.slot
         if event == "ready":
-            p.ready.set()
-            if p.role == "current":
-                slot.state = "running"
-            log.debug("%s (pid %d) ready", slot.name, p.pid)
-            self.write_status()
+            self._on_ready(p)
         elif event == "tasks":
             p.tasks_done = int(report.get("done", p.tasks_done))
         elif event == "recycle":
