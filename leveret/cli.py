@@ -387,7 +387,7 @@ def _run_run(args: argparse.Namespace) -> int:
                   f"{shlex.join(program.argv)}")
         return 0
     configure_logging(settings.log_level)
-    return run_supervisor(programs, settings)
+    return run_supervisor(programs, settings, lambda: load_run_file(args.file, overrides=overrides))
 
 
 def _add_health(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

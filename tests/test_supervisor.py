@@ -536,3 +536,50 @@ def test_worker_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli_main(["worker", "no_such_module_xyz:app", "--state-dir", str(tmp_path)]) == 2
     assert "no_such_module_xyz" in capsys.readouterr().err
     assert cli_main(["worker", "x:app", "--processes", "-1"]) == 2
+
+
+def test_run_sighup_rereads_the_file(env: Env) -> None:
+    sleeper = f'command = [{json.dumps(sys.executable)}, "-c", "import time; time.sleep(600)"]'
+    sup = env.run(f'''
+[supervisor]
+state_dir = "state"
+
+[[program]]
+name = "a"
+{sleeper}
+
+[[program]]
+name = "b"
+{sleeper}
+''')
+    before = sup.wait_running(2)
+    (env.dir / "leveret.toml").write_text(f'''
+[supervisor]
+state_dir = "state"
+
+[[program]]
+name = "a"
+command = [{json.dumps(sys.executable)}, "-c", "import time; time.sleep(601)"]
+
+[[program]]
+name = "c"
+processes = 2
+{sleeper}
+''')
+    sup.proc.send_signal(signal.SIGHUP)
+    sup.wait_log(r"reload done", timeout=60)
+    after = wait_for(lambda: (procs := sup.processes()) and len(procs) == 3
+                     and all(p["state"] == "running" and not p["draining"] for p in procs.values()) and procs,
+                     30, lambda: f"a[0], c[0], c[1] running\n{sup.log}")
+    assert set(after) == {"a[0]", "c[0]", "c[1]"}
+    assert after["a[0]"]["pid"] != before["a[0]"]["pid"] and after["a[0]"]["recycles"] == 1
+    status = sup.status()
+    assert status is not None
+    assert next(p for p in status["programs"] if p["name"] == "a")["argv"][-1] == "import time; time.sleep(601)"
+    sup.wait_log(rf"b\[0\] \(pid {before['b[0]']['pid']}\) stopped \(removed from the configuration\)")
+
+    (env.dir / "leveret.toml").write_text('[[program]]\nname = "a"\n')
+    sup.proc.send_signal(signal.SIGHUP)
+    sup.wait_log(r"SIGHUP: .*missing command.*keeping the configuration as it was")
+    assert sup.terminate() == 0
+    assert set(sup.processes()) == {"a[0]", "c[0]", "c[1]"}

@@ -29,13 +29,14 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from leveret.supervisor.child import FD_VARIABLE, PID_VARIABLE, SLOT_VARIABLE, rss_mb
-from leveret.supervisor.config import ProgramSpec, Settings
+from leveret.supervisor.config import ProgramSpec, RunConfigError, Settings
 
 log = logging.getLogger("leveret.supervisor")
 
@@ -117,8 +118,11 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, programs: list[ProgramSpec], settings: Settings) -> None:
+    def __init__(self, programs: list[ProgramSpec], settings: Settings,
+                 reread: Callable[[], tuple[Settings, list[ProgramSpec]]] | None = None) -> None:
+        """``reread`` (``leveret run``) reads the configuration again on SIGHUP; it raises RunConfigError."""
         self.programs = programs
+        self.reread = reread
         self.settings = settings
         self.slots = [Slot(p, i) for p in programs for i in range(p.processes)]
         self.state = "starting"
@@ -158,6 +162,9 @@ class Supervisor:
             monitor.cancel()
             await self._shutdown()
         finally:
+            for p in list(self._procs):  # only after an error: do not leave processes behind
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.send_signal(signal.SIGTERM)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if runner is not None:
@@ -401,10 +408,51 @@ class Supervisor:
 
     # --- reload and shutdown -------------------------------------------------------------------------------
 
-    async def _reload(self) -> None:
+    def _reconfigure(self) -> None:
+        """Read the configuration again (SIGHUP under ``leveret run``): programs are matched by name; a changed
+        one gets its new command and limits (its processes are replaced below), a new one is started, a removed
+        one is stopped, and ``processes`` changes add or stop slots. The state directory and health address stay
+        as they are until a restart. A file with an error changes nothing."""
+        assert self.reread is not None
+        try:
+            settings, programs = self.reread()
+        except RunConfigError as exc:
+            log.error("SIGHUP: %s; keeping the configuration as it was", exc)
+            return
+        self.settings = replace(settings, state_dir=self.settings.state_dir, health_port=self.settings.health_port,
+                                health_bind=self.settings.health_bind)
+        wanted = {p.name: p for p in programs}
+        kept: list[Slot] = []
         for slot in self.slots:
+            program = wanted.get(slot.program.name)
+            if program is None or slot.index >= program.processes:
+                why = "removed from the configuration" if program is None else "processes reduced"
+                if slot.restart_timer is not None:
+                    slot.restart_timer.cancel()
+                if slot.current is not None:
+                    log.info("stopping %s (pid %d): %s", slot.name, slot.current.pid, why)
+                    self._retire(slot.current, why)
+                continue
+            slot.program = program
+            kept.append(slot)
+        for program in programs:
+            have = sum(1 for s in kept if s.program is program)
+            kept += [Slot(program, i) for i in range(have, program.processes)]
+        order = {p.name: n for n, p in enumerate(programs)}
+        self.slots = sorted(kept, key=lambda s: (order[s.program.name], s.index))
+        self.programs = programs
+
+    async def _reload(self) -> None:
+        if self.reread is not None:
+            self._reconfigure()
+        for slot in list(self.slots):
             if self._stop.is_set():
                 return
+            if slot not in self.slots:
+                continue
+            if slot.starts == 0:
+                await self._start(slot, "added by reload")
+                continue
             if slot.restart_timer is not None:  # in back-off: start it now, with the new code
                 slot.restart_timer.cancel()
                 await self._start(slot, "reload")
@@ -538,10 +586,11 @@ class Supervisor:
             log.warning("cannot write %s: %s", path, exc.strerror or exc)
 
 
-def run_supervisor(programs: list[ProgramSpec], settings: Settings) -> int:
+def run_supervisor(programs: list[ProgramSpec], settings: Settings,
+                   reread: Callable[[], tuple[Settings, list[ProgramSpec]]] | None = None) -> int:
     """Run a Supervisor to the end (the ``leveret worker`` / ``leveret run`` entry point); 1 if it cannot start."""
     try:
-        return asyncio.run(Supervisor(programs, settings).run())
+        return asyncio.run(Supervisor(programs, settings, reread).run())
     except SupervisorError as exc:
         import sys
 
