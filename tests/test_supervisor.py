@@ -583,3 +583,14 @@ processes = 2
     sup.wait_log(r"SIGHUP: .*missing command.*keeping the configuration as it was")
     assert sup.terminate() == 0
     assert set(sup.processes()) == {"a[0]", "c[0]", "c[1]"}
+
+
+def test_in_process_worker_stops_over_max_memory(env: Env) -> None:
+    proc = Supervised(["worker", "supapp:app", "--processes", "0", "--max-memory", "90"], env.dir, env.env,
+                      env.state_dir)
+    env.started.append(proc)
+    proc.wait_log(r"consuming sup")
+    env.send("leak", mb=120)
+    assert proc.proc.wait(60) == 0
+    assert env.marked("leak", 120)
+    assert re.search(r"RSS \d+ MB > max memory 90 MB after 1 tasks: stopping", proc.log)
