@@ -231,6 +231,19 @@ def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="handlers at once (default 4)")
     worker.add_argument("--prefetch", type=int, metavar="N", help="unacked messages per queue (default N)")
     worker.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="worker processes under a supervisor (default 1); 0 runs the worker in this process "
+                             "without a supervisor (debugging, or under systemd)")
+    worker.add_argument("--max-tasks", type=int, metavar="N", help="replace a worker process after N tasks")
+    worker.add_argument("--max-memory", type=float, metavar="MB",
+                        help="replace a worker process whose resident memory exceeds MB megabytes")
+    worker.add_argument("--grace", type=float, default=30.0, metavar="S",
+                        help="on stop, seconds running tasks get to finish before they go back to the queue "
+                             "(default 30)")
+    worker.add_argument("--state-dir", metavar="DIR",
+                        help="where the supervisor writes its status for `leveret health` (default ./leveret-state)")
+    worker.add_argument("--health-port", type=int, metavar="PORT",
+                        help="serve GET /health (JSON, 200 or 503) on 127.0.0.1:PORT (0: any free port)")
     worker.set_defaults(handler=_run_worker)
 
 
@@ -246,32 +259,43 @@ def _load_app(spec: str) -> Any:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
     from leveret.tasks import Worker
 
     configure_logging(args.log_level)
+    if args.processes < 0 or (args.max_tasks is not None and args.max_tasks < 1) or args.grace <= 0:
+        error("--processes must be >= 0, --max-tasks >= 1 and --grace > 0")
+        return 2
     try:
         app = _load_app(args.app)
         queues = [q for q in (args.queues or "").split(",") if q] or None
-        worker = Worker(app, queues=queues, concurrency=args.concurrency, prefetch=args.prefetch)
+        Worker(app, queues=queues, concurrency=args.concurrency, prefetch=args.prefetch)  # checks the options
     except (ImportError, AttributeError, ValueError) as exc:
         error(str(exc))
         return 2
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.request_stop)
-        await worker.run()
+    if args.processes > 0:
+        return _supervise_workers(args, queues)
+    from leveret.supervisor.child import run_worker
 
     try:
-        asyncio.run(run())
+        return run_worker(app, queues=queues, concurrency=args.concurrency, prefetch=args.prefetch,
+                          grace=args.grace, max_tasks=args.max_tasks, max_memory=args.max_memory)
     except OSError as exc:
         error(f"cannot reach the broker at {app.url}: {exc}")
         return 1
-    return 0
+
+
+def _supervise_workers(args: argparse.Namespace, queues: list[str] | None) -> int:
+    from leveret.supervisor import ProgramSpec, Settings, worker_argv
+    from leveret.supervisor.config import DEFAULT_STATE_DIR
+    from leveret.supervisor.supervisor import run_supervisor
+
+    argv = worker_argv(args.app, queues=queues, concurrency=args.concurrency, prefetch=args.prefetch,
+                       max_tasks=args.max_tasks, grace=args.grace, log_level=args.log_level)
+    program = ProgramSpec(name="worker", argv=argv, kind="worker", processes=args.processes,
+                          max_memory=args.max_memory, max_tasks=args.max_tasks, grace=args.grace, cwd=os.getcwd())
+    settings = Settings(state_dir=args.state_dir or os.environ.get("LEVERET_STATE_DIR") or DEFAULT_STATE_DIR,
+                        health_port=args.health_port, log_level=args.log_level)
+    return run_supervisor([program], settings)
 
 
 def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -343,10 +367,79 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run / health (leveret.supervisor) ------------------------------------------------------------------------
+
+
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser(
+        "run", help="keep the workers and forwarders of a leveret.toml running (supervisor)",
+        description="Run every [[worker]], [[forwarder]] and [[program]] of the file as supervised child "
+                    "processes until SIGINT or SIGTERM; SIGHUP replaces them one by one. See docs/supervisor.md.")
+    run.add_argument("file", nargs="?", default="leveret.toml", help="the TOML file (default ./leveret.toml)")
+    run.add_argument("--state-dir", metavar="DIR", help="status directory (default: [supervisor] state_dir, "
+                                                        "or leveret-state beside the file)")
+    run.add_argument("--health-port", type=int, metavar="PORT", help="serve GET /health on PORT (0: any free)")
+    run.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    run.add_argument("--check", action="store_true", help="check the file, print the commands, run nothing")
+    run.set_defaults(handler=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from leveret.supervisor import RunConfigError, load_run_file
+    from leveret.supervisor.supervisor import run_supervisor
+
+    overrides = {"state_dir": args.state_dir, "health_port": args.health_port,
+                 "log_level": args.log_level.lower() if args.log_level else None}
+    try:
+        settings, programs = load_run_file(args.file, overrides=overrides)
+    except RunConfigError as exc:
+        error(str(exc))
+        return 2
+    if args.check:
+        for program in programs:
+            print(f"{program.name} x{program.processes} ({program.kind}, cwd {program.cwd}): "
+                  f"{shlex.join(program.argv)}")
+        return 0
+    configure_logging(settings.log_level)
+    return run_supervisor(programs, settings, lambda: load_run_file(args.file, overrides=overrides))
+
+
+def _add_health(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = subparsers.add_parser(
+        "health", help="what a supervisor (leveret worker / leveret run) is running",
+        description="Print the processes of the supervisor that uses the state directory: state, pid, since, "
+                    "tasks done, memory, restarts. Exit 0 when healthy, 1 when a program is crash-looping or "
+                    "the supervisor is not running.")
+    health.add_argument("--state-dir", metavar="DIR",
+                        help="the supervisor's state directory (default $LEVERET_STATE_DIR or ./leveret-state)")
+    health.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    health.set_defaults(handler=_run_health)
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    import json
+
+    from leveret.supervisor.config import DEFAULT_STATE_DIR
+    from leveret.supervisor.health import format_status, read_status
+
+    state_dir = args.state_dir or os.environ.get("LEVERET_STATE_DIR") or DEFAULT_STATE_DIR
+    status, problem = read_status(state_dir)
+    if status is not None:
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if problem:
+        error(problem)
+        return 1
+    return 0 if status is not None and status.get("healthy") else 1
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
     _add_ctl,
     _add_worker,
     _add_status,
     _add_dead_letters,
+    _add_run,
+    _add_health,
 )

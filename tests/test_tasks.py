@@ -416,7 +416,7 @@ def test_killed_worker_loses_no_task(names: dict[str, Any], broker_port: int, tm
         app = test_tasks_app.app
         handle = test_tasks_app.slow.send(n=21)
         cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_app:app", "--concurrency", "1",
-               "--log-level", "warning"]
+               "--log-level", "warning", "--state-dir", str(tmp_path / "state")]
         first = subprocess.Popen(cmd, cwd=TESTS, env=env)
         second = None
         try:

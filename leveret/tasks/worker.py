@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,10 +54,16 @@ class TaskContext:
 class Worker:
     """Consume ``queues`` (default: all of the app's) with up to ``concurrency`` handlers at once.
 
-    ``await run()`` until ``stop``; or ``start()``/``stop()`` to run it in a background thread (tests)."""
+    ``await run()`` until ``stop``; or ``start()``/``stop()`` to run it in a background thread (tests).
+
+    On stop, consuming is cancelled and running handlers get ``grace`` seconds to finish; what is left is not
+    acked, so the broker requeues it when the connection closes (``unfinished`` says how many). With
+    ``max_tasks``, the worker stops by itself once it has started that many tasks (recycling under a
+    supervisor). ``on_event(name, worker)`` is called on the loop with "ready", "task_done" and "max_tasks"."""
 
     def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 4,
-                 prefetch: int | None = None) -> None:
+                 prefetch: int | None = None, grace: float = 30.0, max_tasks: int | None = None,
+                 on_event: Callable[[str, Worker], None] | None = None) -> None:
         self.app = app
         self.queues = queues or app.queues
         unknown = set(self.queues) - set(app.queues)
@@ -64,6 +71,12 @@ class Worker:
             raise ValueError(f"no task of the app uses queue(s) {', '.join(sorted(unknown))}")
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency
+        self.grace = grace
+        self.max_tasks = max_tasks
+        self.on_event = on_event
+        self.tasks_started = 0
+        self.tasks_done = 0
+        self.unfinished = 0
         self.product = ""
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leveret-task")
         self._stopping: asyncio.Event | None = None
@@ -97,16 +110,28 @@ class Worker:
                 tag = await q.consume(self._make_callback(queue, channel))
                 consumers.append((q, tag))
             self._ready.set()
+            self._notify("ready")
             await self._stopping.wait()
             for q, tag in consumers:
                 with contextlib.suppress(Exception):
                     await q.cancel(tag)
             if self._inflight:
-                await asyncio.wait(self._inflight, timeout=30)
+                await asyncio.wait(self._inflight, timeout=self.grace)
+            self.unfinished = len(self._inflight)
+            if self.unfinished:
+                log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
+                            "requeues them", self.unfinished, self.grace)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
             self._pool.shutdown(wait=False)
+
+    def _notify(self, event: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event, self)
+            except Exception:
+                log.exception("on_event(%r) failed", event)
 
     def request_stop(self) -> None:
         if self._loop is not None and self._stopping is not None:
@@ -137,8 +162,17 @@ class Worker:
 
     def _make_callback(self, queue: str, channel: aio_pika.abc.AbstractChannel) -> Any:
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            assert self._sem is not None
+            assert self._sem is not None and self._stopping is not None
             await self._sem.acquire()
+            if self._stopping.is_set():  # delivered (prefetched) but not started: back to the queue at once
+                self._sem.release()
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                return
+            self.tasks_started += 1
+            if self.max_tasks is not None and self.tasks_started >= self.max_tasks:
+                self._stopping.set()
+                self._notify("max_tasks")
             task = asyncio.ensure_future(self._process(queue, channel, message))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -154,6 +188,8 @@ class Worker:
             log.exception("cannot process message %s of %s", message.message_id, queue)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
+        self.tasks_done += 1
+        self._notify("task_done")
 
     async def _handle(self, queue: str, channel: aio_pika.abc.AbstractChannel,
                       message: aio_pika.abc.AbstractIncomingMessage) -> None:
