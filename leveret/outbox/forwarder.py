@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import random
@@ -37,7 +36,6 @@ import aio_pika
 import aiormq
 from pamqp import commands as spec
 
-from leveret.amqp import codec
 from leveret.outbox.store import DEFAULT_DESTINATION, Outbox, OutboxMessage, mark_done, note_failure, park, revive
 
 try:
@@ -88,16 +86,8 @@ class _Outgoing:
     __slots__ = ("body", "properties")
 
     def __init__(self, row: OutboxMessage) -> None:
-        props = codec.decode_properties(row.header)
-        timestamp = props.get("timestamp")
         self.body = row.body
-        self.properties = spec.Basic.Properties(
-            content_type=props.get("content_type"), content_encoding=props.get("content_encoding"),
-            headers=props.get("headers"), delivery_mode=props.get("delivery_mode"), priority=props.get("priority"),
-            correlation_id=props.get("correlation_id"), reply_to=props.get("reply_to"),
-            expiration=props.get("expiration"), message_id=props.get("message_id"),
-            timestamp=None if timestamp is None else datetime.datetime.fromtimestamp(timestamp, datetime.UTC),
-            message_type=props.get("type"), user_id=props.get("user_id"), app_id=props.get("app_id"))
+        self.properties = row.properties
 
 
 class _Nacked(Exception):

@@ -26,7 +26,8 @@ Durability (``synchronous``)
 
 Schema (``PRAGMA user_version`` 1; ``application_id`` "LVOB")
     ``messages`` (id INTEGER PRIMARY KEY AUTOINCREMENT, created, exchange, routing_key, mandatory, header =
-    the AMQP basic properties in their wire form, body) and ``pending`` (destination, id, state 0 = to send /
+    the AMQP basic properties in their wire form
+    as pamqp encodes them, body) and ``pending`` (destination, id, state 0 = to send /
     1 = parked, attempts, error, retry_at): one row per destination that has not confirmed the message yet. A
     message is deleted with its last pending row.
 """
@@ -39,6 +40,7 @@ import datetime
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -47,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leveret.amqp import codec, spec
+from pamqp import commands as spec
 
 log = logging.getLogger("leveret.outbox")
 
@@ -58,7 +60,9 @@ PERSISTENT = 2
 TO_SEND = 0
 PARKED = 1
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_PROPERTY_NAMES = frozenset(name for name, _ in spec.BASIC_PROPERTIES)
+_PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "delivery_mode", "priority",
+                             "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "message_type",
+                             "user_id", "app_id"))
 
 
 class OutboxError(Exception):
@@ -98,8 +102,8 @@ class OutboxMessage:
     body: bytes
 
     @property
-    def properties(self) -> dict[str, Any]:
-        return codec.decode_properties(self.header)
+    def properties(self) -> spec.Basic.Properties:
+        return decode_properties(self.header)
 
 
 class _Row:
@@ -144,10 +148,14 @@ class _Batch:
 
 
 def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]:
-    """Check and encode AMQP basic properties (names as in the spec: content_type, headers, delivery_mode,
-    priority, correlation_id, reply_to, expiration, message_id, timestamp, type, user_id, app_id); add a
-    message_id when there is none and delivery_mode 2 (persistent) by default. Returns (header, message_id)."""
+    """Check and encode AMQP basic properties (content_type, content_encoding, headers, delivery_mode, priority,
+    correlation_id, reply_to, expiration, message_id, timestamp, type (or message_type), user_id, app_id) the
+    way the forwarder's client (aio-pika, pamqp) will send them, so that a message it could not publish is
+    refused here. Adds a message_id when there is none and delivery_mode 2 (persistent) by default.
+    Returns (the properties' wire form: flags then values, message_id)."""
     props = dict(properties or {})
+    if "type" in props:
+        props["message_type"] = props.pop("type")
     unknown = set(props) - _PROPERTY_NAMES
     if unknown:
         raise ValueError(f"not AMQP basic properties: {', '.join(sorted(unknown))}")
@@ -156,18 +164,35 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
     if props.get("delivery_mode") is None:
         props["delivery_mode"] = PERSISTENT
     timestamp = props.get("timestamp")
-    if isinstance(timestamp, datetime.datetime):
-        props["timestamp"] = int(timestamp.timestamp())
-    elif isinstance(timestamp, float):
-        props["timestamp"] = int(timestamp)
-    for name in ("expiration",):
-        if isinstance(props.get(name), int):
-            props[name] = str(props[name])
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        props["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    if isinstance(props.get("expiration"), int):
+        props["expiration"] = str(props["expiration"])
+    if props.get("headers") is not None:
+        props["headers"] = _binary(props["headers"])
     try:
-        header = codec.encode_properties(props)
-    except (codec.CodecError, TypeError, ValueError, AttributeError) as exc:
+        header = spec.Basic.Properties(**props).marshal()
+    except (TypeError, ValueError, struct.error) as exc:
         raise ValueError(f"bad AMQP properties: {exc}") from None
     return header, str(props["message_id"])
+
+
+def decode_properties(header: bytes) -> spec.Basic.Properties:
+    props = spec.Basic.Properties()
+    (flags,) = struct.unpack_from(">H", header)
+    props.unmarshal(flags, header[2:])
+    return props
+
+
+def _binary(value: Any) -> Any:
+    """bytes -> bytearray in header tables (pamqp encodes bytearray as a byte array, refuses bytes)."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, Mapping):
+        return {k: _binary(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_binary(v) for v in value]
+    return value
 
 
 class Outbox:
