@@ -299,6 +299,42 @@ def test_multicast_one_destination_down(tmp_path: Path, brokers: Any) -> None:
     assert drain(b.port, "work", 100) == [b"both-%d" % i for i in range(100)]
 
 
+def test_forward_to_leveret_and_rabbitmq(tmp_path: Path, broker_port: int, unique: str) -> None:
+    """Properties arrive as sent; unroutable and refused messages are parked, the rest delivered in order
+    (the same on Leveret and RabbitMQ)."""
+    ch = channel(broker_port)
+    ch.queue_declare(unique, auto_delete=False, arguments={"x-max-priority": 10})
+    ch.exchange_declare(f"{unique}-internal", "direct", internal=True, auto_delete=True)
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.send("", unique, b"\x00first", properties={
+        "content_type": "application/x-test", "content_encoding": "gzip", "headers": {"s": "x", "n": 7, "b": b"\xff",
+                                                                                    "l": [1, "a"], "t": {"k": True}},
+        "priority": 4, "correlation_id": "c1", "reply_to": "r1", "expiration": 60000, "message_id": "m1",
+        "timestamp": 1_700_000_000, "type": "kind", "app_id": "app"})
+    outbox.send("", f"{unique}-nowhere", b"unroutable")
+    outbox.send(f"{unique}-internal", "k", b"refused")
+    for i in range(20):
+        outbox.send("", unique, b"%d" % i)
+    forwarder = Forwarder(outbox, [url(broker_port)], backoff_initial=0.05, backoff_max=0.2,
+                          unroutable_retry=3600).start()
+    try:
+        wait_until(lambda: outbox.status().get("default", {}).get("pending") == 0, what="settled")
+        assert outbox.status()["default"]["parked"] == 2
+        _, props, body = ch.basic_get(unique, auto_ack=True)
+        assert body == b"\x00first"
+        assert (props.content_type, props.content_encoding, props.priority, props.correlation_id, props.reply_to,
+                props.expiration, props.message_id, props.timestamp, props.type, props.app_id,
+                props.delivery_mode) == ("application/x-test", "gzip", 4, "c1", "r1", "60000", "m1", 1_700_000_000,
+                                         "kind", "app", 2)
+        assert props.headers == {"s": "x", "n": 7, "b": b"\xff", "l": [1, "a"], "t": {"k": True}}
+        assert drain(broker_port, unique, 20) == [b"%d" % i for i in range(20)]
+    finally:
+        forwarder.stop()
+        outbox.close()
+        ch.queue_delete(unique)
+        ch.connection.close()
+
+
 def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None:
     broker = brokers("a")
     path = tmp_path / "o.db"
@@ -318,6 +354,31 @@ def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None
         forwarder.stop()
         outbox.close()
     assert drain(broker.port, "later", 1) == [b"1"]
+
+
+def test_a_message_that_closes_the_channel_is_parked(tmp_path: Path, brokers: Any) -> None:
+    broker = brokers("a")
+    declare(broker.port, "work")
+    ch = channel(broker.port)
+    ch.exchange_declare("internal-x", "direct", durable=True, internal=True)  # publishing to it: 403
+    ch.connection.close()
+    outbox = Outbox(tmp_path / "o.db")
+    forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.05, backoff_max=0.2,
+                          unroutable_retry=3600).start()
+    try:
+        outbox.send("", "work", b"before")
+        outbox.send("internal-x", "k", b"refused")
+        for i in range(3):
+            outbox.send("", "work", b"after-%d" % i)
+        wait_until(lambda: outbox.status().get("default", {}).get("pending") == 0, what="all settled")
+        status = outbox.status()["default"]
+        assert status["parked"] == 1 and "ACCESS_REFUSED" in status["last_error"].upper()
+    finally:
+        forwarder.stop()
+        outbox.close()
+    got = drain(broker.port, "work", 4)
+    # "before" may come twice: its confirm can be lost with the channel (at-least-once after a channel error)
+    assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
 def test_nacks_are_sent_again_in_order(tmp_path: Path, brokers: Any) -> None:

@@ -36,7 +36,16 @@ import aio_pika
 import aiormq
 from pamqp import commands as spec
 
-from leveret.outbox.store import DEFAULT_DESTINATION, Outbox, OutboxMessage, mark_done, note_failure, park, revive
+from leveret.outbox.store import (
+    DEFAULT_DESTINATION,
+    Outbox,
+    OutboxError,
+    OutboxMessage,
+    mark_done,
+    note_failure,
+    park,
+    revive,
+)
 
 try:
     import fcntl
@@ -46,7 +55,6 @@ except ImportError:  # pragma: no cover - not on Windows
 log = logging.getLogger("leveret.outbox.forwarder")
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-CHANNEL_ERRORS_BEFORE_PARKING = 3  # a message at the head of the window that kills the channel this often is parked
 
 
 def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
@@ -105,7 +113,7 @@ class _Destination:
         self.forwarded = 0
         self.parked = 0
         self.reported = 0
-        self.head_failures: dict[int, int] = {}
+        self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
 
 
 class Forwarder:
@@ -153,7 +161,9 @@ class Forwarder:
             if not await self._take_lock():
                 return
             if self.outbox is None:
-                self.outbox = await asyncio.to_thread(Outbox, self.path)
+                # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
+                # again, so they need no fsync (the senders' connections keep theirs).
+                self.outbox = await asyncio.to_thread(Outbox, self.path, synchronous="NORMAL")
             names = ", ".join(f"{d.name} -> {' | '.join(safe_url(u) for u in d.urls)}" for d in self.destinations)
             log.info("forwarding the outbox %s to %s", self.path, names)
             self._ready.set()
@@ -212,8 +222,11 @@ class Forwarder:
         if fcntl is None:  # pragma: no cover
             return True
         lock_path = self.path.with_name(self.path.name + ".forwarder.lock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
         warned = False
         while True:
             try:
@@ -296,9 +309,9 @@ class Forwarder:
         cursor = 0
         next_revive = 0.0
         reviving = False
-        window = self.window
         try:
             while True:
+                window = 1 if cursor < dest.careful_until else self.window
                 stopping = self._stop.is_set()
                 if stopping and (not inflight or time.monotonic() > self._stop_deadline):
                     return
@@ -378,8 +391,6 @@ class Forwarder:
         if done:
             await self.outbox.call_async(mark_done(dest.name, done))
             dest.forwarded += len(done)
-            for message_id in done:
-                dest.head_failures.pop(message_id, None)
         if parks:
             await self._park(dest, parks)
         if failure is None or failed is None:
@@ -388,16 +399,16 @@ class Forwarder:
             await self.outbox.call_async(note_failure(dest.name, failed.id, "nacked by the broker"))
             await self._drain(dest, inflight)
             raise _Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
-        if isinstance(failure, aiormq.exceptions.ChannelClosed) and not isinstance(
-                failure, aiormq.exceptions.ConnectionClosed):
-            count = dest.head_failures.get(failed.id, 0) + 1
-            dest.head_failures[failed.id] = count
+        if isinstance(failure, aiormq.exceptions.ChannelClosed) and (
+                type(failure) is not aiormq.exceptions.ChannelClosed or isinstance(failure.args[0], int)):
+            # The broker closed the channel with a reply code (403, 404, 406...) because of one of the messages
+            # in flight, but which? Send them again one at a time: then the culprit is the only one in flight.
             text = describe(failure)
-            if count >= CHANNEL_ERRORS_BEFORE_PARKING:
-                log.warning("%s: message %d closed the channel %d times (%s): parking it", dest.name, failed.id,
-                            count, text)
+            if not inflight and failed.id <= dest.careful_until:
+                log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
                 await self._park(dest, [(failed.id, text)])
             else:
+                dest.careful_until = max(failed.id, *(row.id for row, _ in inflight))
                 await self.outbox.call_async(note_failure(dest.name, failed.id, text))
         raise failure
 
