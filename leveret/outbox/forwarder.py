@@ -264,10 +264,12 @@ class Forwarder:
             started = time.monotonic()
             forwarded = dest.forwarded
             try:
-                conn = await aio_pika.connect(url, timeout=self.connect_timeout)
+                conn = await self._connect(url)
             except Exception as exc:
                 self._down(dest, url, exc)
             else:
+                if conn is None:  # stopped while connecting
+                    break
                 dest.url = url
                 if dest.down_since is not None or dest.error is not None:
                     log.info("%s: connected to %s", dest.name, safe_url(url))
@@ -290,6 +292,21 @@ class Forwarder:
             turn += 1
             dest.retry_at = time.time() + delay
             await self._sleep(delay)
+
+    async def _connect(self, url: str) -> aio_pika.abc.AbstractConnection | None:
+        """Connect, or give up at once (None) when a stop is requested meanwhile."""
+        assert self._stop is not None
+        connecting = asyncio.ensure_future(aio_pika.connect(url, timeout=self.connect_timeout))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        connecting.add_done_callback(_consume)
+        return None
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
