@@ -433,6 +433,106 @@ def _run_health(args: argparse.Namespace) -> int:
         return 1
     return 0 if status is not None and status.get("healthy") else 1
 
+# --- forward / outbox (leveret.outbox) ------------------------------------------------------------------------
+
+
+def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    forward = subparsers.add_parser(
+        "forward", help="forward an outbox to its broker(s) (leveret.outbox)",
+        description="Publish the messages of an outbox file with publisher confirms, deleting each once its "
+                    "broker(s) confirmed it, until SIGINT or SIGTERM (in-flight confirms finish first). Safe to "
+                    "restart at any moment: unconfirmed messages are sent again.")
+    forward.add_argument("--outbox", required=True, metavar="PATH", help="the outbox file")
+    forward.add_argument("--broker", action="append", metavar="[NAME=]URL",
+                         help="a broker for destination NAME (default: \"default\"); repeat for more destinations, "
+                              "or with the same NAME for failover (default: $LEVERET_URL or "
+                              "amqp://guest:guest@127.0.0.1:5672/)")
+    forward.add_argument("--status", action="store_true", help="print the backlog per destination and exit")
+    forward.add_argument("--json", action="store_true", help="with --status: print it as JSON")
+    forward.add_argument("--window", type=int, default=256, metavar="N",
+                         help="unconfirmed messages in flight per destination (default 256)")
+    forward.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS",
+                         help="longest wait between reconnection attempts (default 30)")
+    forward.add_argument("--unroutable-retry", type=float, default=30.0, metavar="SECONDS",
+                         help="retry parked (unroutable) messages after this long; 0 never (default 30)")
+    forward.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
+                         help="log the backlog this often (default 30)")
+    forward.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
+    forward.set_defaults(handler=_run_forward)
+
+
+def _run_forward(args: argparse.Namespace) -> int:
+    if args.status:
+        return _print_outbox_status(args.outbox, args.json)
+    import asyncio
+    import signal
+
+    from leveret.outbox import Forwarder
+
+    configure_logging(args.log_level)
+    brokers = args.broker or [os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"]
+    try:
+        forwarder = Forwarder(args.outbox, brokers, window=args.window, backoff_max=args.backoff_max,
+                              unroutable_retry=args.unroutable_retry, report_interval=args.report_interval)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, forwarder.request_stop)
+        await forwarder.run()
+
+    from leveret.outbox import OutboxError
+
+    try:
+        asyncio.run(run())
+    except OutboxError as exc:
+        error(str(exc))
+        return 1
+    return 0
+
+
+def _add_outbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    outbox = subparsers.add_parser("outbox", help="inspect an outbox file (leveret.outbox)",
+                                   description="Inspect an outbox file written by leveret.outbox.Outbox.")
+    commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
+    status = commands.add_parser("status", help="messages waiting per destination, oldest age, last error")
+    status.add_argument("path", help="the outbox file")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    outbox.set_defaults(handler=_run_outbox)
+
+
+def _run_outbox(args: argparse.Namespace) -> int:
+    return _print_outbox_status(args.path, args.json)
+
+
+def _print_outbox_status(path: str, as_json: bool) -> int:
+    import json
+
+    from leveret.outbox import Outbox, OutboxError
+
+    if not os.path.exists(path):
+        error(f"no outbox at {path}")
+        return 1
+    try:
+        with Outbox(path) as outbox:
+            status = outbox.status()
+            total = outbox.count()
+    except OutboxError as exc:
+        error(str(exc))
+        return 1
+    if as_json:
+        print(json.dumps({"messages": total, "destinations": status}, indent=2))
+        return 0
+    rows = [{"destination": name, "pending": info["pending"], "parked": info["parked"],
+             "oldest_age_s": "" if info["oldest_age"] is None else f"{info['oldest_age']:.1f}",
+             "last_error": info["last_error"] or ""} for name, info in sorted(status.items())]
+    print(f"{total} message(s) in {path}")
+    _print_table(rows)
+    return 0
+
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
@@ -442,4 +542,6 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
     _add_dead_letters,
     _add_run,
     _add_health,
+    _add_forward,
+    _add_outbox,
 )

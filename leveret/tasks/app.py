@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 
+from leveret.outbox.store import Outbox
 from leveret.tasks.retry import Retry
 
 T = TypeVar("T")
@@ -101,16 +103,23 @@ class Task:
 
     def send(self, *, delay: float | None = None, eta: datetime | None = None, priority: int | None = None,
              **payload: Any) -> Handle:
-        """Enqueue from synchronous code; returns once the broker has confirmed the message."""
+        """Enqueue from synchronous code; returns once the broker has confirmed the message (or, with an
+        App(outbox=...), once it is saved in the outbox)."""
+        if self.app.outbox is not None:
+            return self._send_outbox(payload, delay, eta, priority)
         return self.app._run_sync(self._send(payload, delay, eta, priority, None))
 
     async def send_async(self, *, delay: float | None = None, eta: datetime | None = None,
                          priority: int | None = None, **payload: Any) -> Handle:
+        if self.app.outbox is not None:
+            return await self._send_outbox_async(payload, delay, eta, priority)
         return await self.app._run_async(self._send(payload, delay, eta, priority, None))
 
     def send_bytes(self, data: bytes, *, delay: float | None = None, priority: int | None = None) -> Handle:
         """Enqueue a binary payload (content type application/octet-stream, metadata in headers); the
         handler is called with ``data=<bytes>``."""
+        if self.app.outbox is not None:
+            return self._send_outbox({"data": data}, delay, None, priority)
         return self.app._run_sync(self._send({"data": data}, delay, None, priority, None))
 
     def request(self, **payload: Any) -> Request:
@@ -123,8 +132,9 @@ class Task:
         ``timeout`` seconds."""
         return (await self.app.gather([self.request(**payload)], timeout=timeout))[0]
 
-    async def _send(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
-                    priority: int | None, reply: asyncio.Future[Any] | None) -> Handle:
+    def _build(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
+               priority: int | None) -> tuple[str, bytes, dict[str, Any], float]:
+        """The task id, body, AMQP properties and delay of a task message (docs/tasks.md, wire format)."""
         binary = set(payload) == {"data"} and isinstance(payload["data"], bytes)
         if not binary:
             self.check_payload(payload)
@@ -136,9 +146,6 @@ class Task:
             "retry": self.retry.to_wire(), "sent_at": now_iso(),
             "eta": datetime.fromtimestamp(time.time() + delay, UTC).isoformat() if delay else None,
         }
-        app = self.app
-        await app._ensure_queue(self.queue)
-        await app._write_status(task_id, "queued", {"task": self.name})
         headers: dict[str, Any] = {}
         if binary:
             body = payload["data"]
@@ -148,15 +155,50 @@ class Task:
             body = json.dumps({"payload": payload, "metadata": metadata}).encode()
             content_type = "application/json"
         prio = priority if priority is not None else self.priority
+        props = {"content_type": content_type, "message_id": task_id, "correlation_id": task_id, "priority": prio,
+                 "headers": headers or None, "timestamp": datetime.now(UTC)}
+        return task_id, body, props, delay or 0.0
+
+    async def _send(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
+                    priority: int | None, reply: asyncio.Future[Any] | None) -> Handle:
+        task_id, body, props, delay = self._build(payload, delay, eta, priority)
+        app = self.app
+        await app._ensure_queue(self.queue)
+        await app._write_status(task_id, "queued", {"task": self.name})
         reply_to = None
         if reply is not None:
             reply_to = REPLY_TO
             app._replies[task_id] = reply
-        message = aio_pika.Message(body, content_type=content_type, message_id=task_id, correlation_id=task_id,
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=prio,
-                                   headers=headers or None, reply_to=reply_to, timestamp=datetime.now(UTC))
-        await app._publish(self.queue, message, delay or 0.0, rpc=reply is not None)
+        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, reply_to=reply_to, **props)
+        await app._publish(self.queue, message, delay, rpc=reply is not None)
         return Handle(app, task_id)
+
+    def _outbox_message(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
+                        priority: int | None) -> tuple[str, dict[str, Any]]:
+        """A task as an outbox message: to the default exchange, or with a delay to Leveret's delayed exchange
+        (declared by the workers) with ``x-delay``. The broker is not asked anything: no status is written
+        and no queue declared (the worker declares them; a message that arrives first is parked by the
+        forwarder and retried)."""
+        task_id, body, props, delay = self._build(payload, delay, eta, priority)
+        exchange = ""
+        if delay > 0:
+            exchange = DELAYED_EXCHANGE
+            props["headers"] = {**(props["headers"] or {}), "x-delay": round(delay * 1000)}
+        return task_id, {"exchange": exchange, "routing_key": self.queue, "body": body, "properties": props}
+
+    def _send_outbox(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
+                     priority: int | None) -> Handle:
+        task_id, message = self._outbox_message(payload, delay, eta, priority)
+        assert self.app.outbox is not None
+        self.app.outbox.send(**message)
+        return Handle(self.app, task_id)
+
+    async def _send_outbox_async(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
+                                 priority: int | None) -> Handle:
+        task_id, message = self._outbox_message(payload, delay, eta, priority)
+        assert self.app.outbox is not None
+        await self.app.outbox.send_async(**message)
+        return Handle(self.app, task_id)
 
 
 @dataclass
@@ -236,8 +278,13 @@ class App:
     """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
-                 status_ttl: float = DEFAULT_STATUS_TTL) -> None:
+                 status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | Outbox | None = None) -> None:
         self.url = url
+        # send() writes to this outbox file (opened at the first send) instead of publishing; a forwarder
+        # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
+        self.outbox_path = outbox.path if isinstance(outbox, Outbox) else outbox
+        self._outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        self._own_outbox = not isinstance(outbox, Outbox)
         self.name = name
         self.status_ttl = status_ttl
         self.tasks: dict[str, Task] = {}
@@ -269,6 +316,15 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The App's outbox (opened on first use), or None when it publishes directly."""
+        if self._outbox is None and self.outbox_path is not None:
+            with self._lock:
+                if self._outbox is None:
+                    self._outbox = Outbox(self.outbox_path)
+        return self._outbox
 
     @property
     def queues(self) -> list[str]:
@@ -330,7 +386,10 @@ class App:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def close(self) -> None:
-        """Close the connection and stop the private loop."""
+        """Close the connection and stop the private loop (and the outbox this App opened)."""
+        if self._outbox is not None and self._own_outbox:
+            self._outbox.close()
+            self._outbox = None
         loop = self._loop
         if loop is None:
             return
@@ -433,10 +492,16 @@ class App:
 
     def multicast(self, requests: list[Request]) -> Group:
         """Send several tasks (typically one payload to the tasks of several queues) as one: the returned
-        ``Group`` is done when all of them are."""
+        ``Group`` is done when all of them are. With an outbox, they are saved in one transaction."""
+        if self.outbox is not None:
+            made = [r.task._outbox_message(r.payload, None, None, None) for r in requests]
+            self.outbox.send_many([m for _, m in made])
+            return Group([Handle(self, task_id) for task_id, _ in made])
         return self._run_sync(self._multicast(requests))
 
     async def multicast_async(self, requests: list[Request]) -> Group:
+        if self.outbox is not None:
+            return await asyncio.to_thread(self.multicast, requests)
         return await self._run_async(self._multicast(requests))
 
     async def _multicast(self, requests: list[Request]) -> Group:

@@ -1,0 +1,501 @@
+"""The forwarder: drains an outbox into one or more brokers with publisher confirms. See docs/outbox.md.
+
+One task per destination, each with its own connection and confirm-mode channel. It reads the destination's
+pending messages in id order, publishes up to ``window`` of them without waiting (pipelined; the broker's
+confirms come back in batches), and deletes a message's pending row only once the broker confirmed it:
+
+- ack: the row is deleted (and the message with its last destination's row);
+- returned (mandatory, unroutable) or no such exchange: the row is *parked* with the reason, retried every
+  ``unroutable_retry`` seconds (the queue may simply not be declared yet), and reported by the status;
+- nack: the broker refused it for now (e.g. a full queue with reject-publish): the window drains, then the
+  session restarts after a back-off and sends it again;
+- connection or channel lost, ``connection.blocked``: unconfirmed messages stay pending; it reconnects with a
+  capped exponential back-off (trying the destination's URLs in turn) and sends them again (at-least-once:
+  only messages whose confirm was lost can be duplicated).
+
+A destination's messages are published in id order on one channel; a parked or nacked message is sent again
+later, after the ones behind it. Destinations do not wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+from pamqp import commands as spec
+
+from leveret.outbox.store import (
+    DEFAULT_DESTINATION,
+    Outbox,
+    OutboxError,
+    OutboxMessage,
+    mark_done,
+    note_failure,
+    park,
+    revive,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("leveret.outbox.forwarder")
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
+    """``["amqp://a/", "eu=amqp://b/", "eu=amqp://c/"]`` -> ``{"default": ["amqp://a/"], "eu": [b, c]}``: a
+    destination name and the URLs of its broker(s), tried in turn (failover, not multicast)."""
+    out: dict[str, list[str]] = {}
+    if isinstance(specs, Mapping):
+        for name, urls in specs.items():
+            out[name] = [urls] if isinstance(urls, str) else list(urls)
+    else:
+        for item in specs:
+            name, sep, url = item.partition("=")
+            if not sep or "://" in name or not name:
+                name, url = DEFAULT_DESTINATION, item
+            out.setdefault(name, []).append(url)
+    for name, urls in out.items():
+        if not urls or not all(u.startswith(("amqp://", "amqps://")) for u in urls):
+            raise ValueError(f"destination {name!r}: broker URLs must start with amqp:// or amqps://")
+    if not out:
+        raise ValueError("no broker to forward to")
+    return out
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Outgoing:
+    """What aio-pika's Exchange.publish reads of a message: its body and pamqp properties."""
+
+    __slots__ = ("body", "properties")
+
+    def __init__(self, row: OutboxMessage) -> None:
+        self.body = row.body
+        self.properties = row.properties
+
+
+class _Nacked(Exception):
+    pass
+
+
+class _Destination:
+    def __init__(self, name: str, urls: list[str]) -> None:
+        self.name = name
+        self.urls = urls
+        self.url: str | None = None  # connected to
+        self.error: str | None = None
+        self.down_since: float | None = None
+        self.retry_at: float | None = None
+        self.forwarded = 0
+        self.parked = 0
+        self.reported = 0
+        self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
+
+
+class Forwarder:
+    """Forward the outbox ``outbox`` (an :class:`Outbox` or a path) to ``brokers`` (``["[NAME=]URL", ...]`` or
+    ``{name: url or [urls]}``). ``await run()`` until :meth:`request_stop`; or ``start()``/``stop()`` in a
+    background thread. Only one forwarder runs per outbox file (a second one waits for the first's lock)."""
+
+    def __init__(self, outbox: Outbox | str | os.PathLike[str],
+                 brokers: Sequence[str] | Mapping[str, str | Sequence[str]] = (DEFAULT_URL,), *,
+                 window: int = 256, backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
+                 stop_timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
+        self._outbox_arg = outbox
+        self.path = outbox.path if isinstance(outbox, Outbox) else Path(outbox)
+        self.destinations = [_Destination(n, u) for n, u in parse_brokers(brokers).items()]
+        self.window = max(1, window)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.report_interval = report_interval
+        self.unroutable_retry = unroutable_retry
+        self.poll_interval = poll_interval
+        self.stop_timeout = stop_timeout
+        self.connect_timeout = connect_timeout
+        self.outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = False
+        self._stop_deadline = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._lock_fd: int | None = None
+        self._warned_unknown: set[str] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Forward until :meth:`request_stop`; then finish the in-flight confirms (``stop_timeout`` at most)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        own = self.outbox is None
+        try:
+            if not await self._take_lock():
+                return
+            if self.outbox is None:
+                # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
+                # again, so they need no fsync (the senders' connections keep theirs).
+                self.outbox = await asyncio.to_thread(Outbox, self.path, synchronous="NORMAL")
+            names = ", ".join(f"{d.name} -> {' | '.join(safe_url(u) for u in d.urls)}" for d in self.destinations)
+            log.info("forwarding the outbox %s to %s", self.path, names)
+            self._ready.set()
+            reporter = asyncio.ensure_future(self._reporter())
+            try:
+                await asyncio.gather(*(self._forward(d) for d in self.destinations))
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+            await self._report()
+            log.info("forwarder stopped")
+        finally:
+            if own and self.outbox is not None:
+                await asyncio.to_thread(self.outbox.close)
+                self.outbox = None
+            self._release_lock()
+            self._ready.set()
+
+    def request_stop(self) -> None:
+        """Stop fetching, finish the confirms in flight, then return from :meth:`run` (thread-safe)."""
+        self._stop_requested = True
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._set_stop)
+
+    def _set_stop(self) -> None:
+        assert self._stop is not None
+        if not self._stop.is_set():
+            self._stop_deadline = time.monotonic() + self.stop_timeout
+            self._stop.set()
+
+    def start(self, timeout: float = 10.0) -> Forwarder:
+        """Run in a background thread (tests, embedding); returns once it forwards."""
+
+        def main() -> None:
+            try:
+                asyncio.run(self.run())
+            except BaseException as exc:  # pragma: no cover - reported to start()
+                self._error = exc
+                self._ready.set()
+
+        self._thread = threading.Thread(target=main, name="leveret-forwarder", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the forwarder did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def _take_lock(self) -> bool:
+        if fcntl is None:  # pragma: no cover
+            return True
+        lock_path = self.path.with_name(self.path.name + ".forwarder.lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return True
+            except OSError:
+                if not warned:
+                    log.warning("another forwarder holds %s: waiting for it to stop", lock_path)
+                    warned = True
+            if await self._sleep(1.0):
+                os.close(fd)
+                return False
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or less if a stop is requested; return whether it was."""
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    # --- one destination -------------------------------------------------------------------------------------
+
+    async def _forward(self, dest: _Destination) -> None:
+        assert self._stop is not None
+        failures = 0
+        turn = 0
+        while not self._stop.is_set():
+            url = dest.urls[turn % len(dest.urls)]
+            started = time.monotonic()
+            forwarded = dest.forwarded
+            try:
+                conn = await self._connect(url)
+            except Exception as exc:
+                self._down(dest, url, exc)
+            else:
+                if conn is None:  # stopped while connecting
+                    break
+                dest.url = url
+                if dest.down_since is not None or dest.error is not None:
+                    log.info("%s: connected to %s", dest.name, safe_url(url))
+                dest.error = dest.down_since = dest.retry_at = None
+                try:
+                    await self._session(dest, conn)
+                except Exception as exc:
+                    self._down(dest, url, exc)
+                finally:
+                    dest.url = None
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+            if self._stop.is_set():
+                break
+            if dest.forwarded > forwarded or time.monotonic() - started > self.backoff_max:
+                failures = 0
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 30))
+            delay *= random.uniform(0.75, 1.0)
+            failures += 1
+            turn += 1
+            dest.retry_at = time.time() + delay
+            await self._sleep(delay)
+
+    async def _connect(self, url: str) -> aio_pika.abc.AbstractConnection | None:
+        """Connect, or give up at once (None) when a stop is requested meanwhile."""
+        assert self._stop is not None
+        connecting = asyncio.ensure_future(aio_pika.connect(url, timeout=self.connect_timeout))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        connecting.add_done_callback(_consume)
+        return None
+
+    def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
+        text = describe(exc)
+        if dest.error != text:
+            log.warning("%s: %s: %s (retrying with back-off)", dest.name, safe_url(url), text)
+        dest.error = text
+        if dest.down_since is None:
+            dest.down_since = time.time()
+
+    async def _session(self, dest: _Destination, conn: aio_pika.abc.AbstractConnection) -> None:
+        assert self._stop is not None and self.outbox is not None
+        outbox = self.outbox
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
+        exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
+        checker: list[aio_pika.abc.AbstractChannel] = []
+        inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
+        cursor = 0
+        next_revive = 0.0
+        reviving = False
+        try:
+            while True:
+                window = 1 if cursor < dest.careful_until else self.window
+                stopping = self._stop.is_set()
+                if stopping and (not inflight or time.monotonic() > self._stop_deadline):
+                    return
+                fetched = 0
+                if not stopping and not reviving and len(inflight) < window:
+                    rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, window - len(inflight))
+                    fetched = len(rows)
+                    parks: list[tuple[int, str]] = []
+                    for row in rows:
+                        cursor = row.id
+                        exchange = await self._exchange(conn, channel, checker, exchanges, row.exchange)
+                        if exchange is None:
+                            parks.append((row.id, f"NOT_FOUND - no exchange '{row.exchange}'"))
+                            continue
+                        publish = exchange.publish(cast(Any, _Outgoing(row)), row.routing_key, mandatory=row.mandatory)
+                        inflight.append((row, asyncio.ensure_future(publish)))
+                    if parks:
+                        await self._park(dest, parks)
+                if inflight:
+                    if fetched == 0 or len(inflight) >= window:
+                        await asyncio.wait([inflight[0][1]], timeout=self.poll_interval)
+                elif fetched == 0:
+                    await self._sleep(self.poll_interval)
+                await self._reap(dest, inflight)
+                now = time.monotonic()
+                if self.unroutable_retry > 0 and now >= next_revive and not stopping:
+                    next_revive = now + min(self.unroutable_retry, 5.0)
+                    if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
+                        reviving = True
+                if reviving and not inflight:
+                    await outbox.call_async(revive(dest.name, time.time()))
+                    reviving = False
+                    cursor = 0
+        finally:
+            for _, future in inflight:
+                future.cancel()
+                future.add_done_callback(_consume)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5)
+
+    async def _exchange(self, conn: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
+                        checker: list[aio_pika.abc.AbstractChannel],
+                        exchanges: dict[str, aio_pika.abc.AbstractExchange | None],
+                        name: str) -> aio_pika.abc.AbstractExchange | None:
+        """The exchange to publish to, or None when the broker has none of that name. Checked once per
+        session with a passive declare on a channel of its own (a 404 closes that channel, not the
+        publishing one)."""
+        if name in exchanges:
+            return exchanges[name]
+        if not checker or checker[0].is_closed:
+            checker[:] = [await conn.channel(publisher_confirms=False)]
+        try:
+            await checker[0].get_exchange(name, ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None  # not cached: it may be declared by the time the parked message is retried
+        exchanges[name] = await channel.get_exchange(name, ensure=False)
+        return exchanges[name]
+
+    async def _reap(self, dest: _Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
+        """Settle the confirmed head of the window; raise for a nack (after draining) or a lost channel."""
+        assert self.outbox is not None
+        done: list[int] = []
+        parks: list[tuple[int, str]] = []
+        failure: BaseException | None = None
+        failed: OutboxMessage | None = None
+        while inflight and inflight[0][1].done():
+            row, future = inflight.popleft()
+            exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if exc is None:
+                if isinstance(future.result(), spec.Basic.Ack):
+                    done.append(row.id)
+                else:  # the returned message: mandatory and unroutable
+                    parks.append((row.id, "NO_ROUTE - returned by the broker: no queue is bound for it"))
+                continue
+            failure, failed = exc, row
+            break
+        if done:
+            await self.outbox.call_async(mark_done(dest.name, done))
+            dest.forwarded += len(done)
+        if parks:
+            await self._park(dest, parks)
+        if failure is None or failed is None:
+            return
+        if isinstance(failure, aio_pika.exceptions.DeliveryError):
+            await self.outbox.call_async(note_failure(dest.name, failed.id, "nacked by the broker"))
+            await self._drain(dest, inflight)
+            raise _Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
+        if isinstance(failure, aiormq.exceptions.ChannelClosed) and (
+                type(failure) is not aiormq.exceptions.ChannelClosed or isinstance(failure.args[0], int)):
+            # The broker closed the channel with a reply code (403, 404, 406...) because of one of the messages
+            # in flight, but which? Send them again one at a time: then the culprit is the only one in flight.
+            text = describe(failure)
+            if not inflight and failed.id <= dest.careful_until:
+                log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
+                await self._park(dest, [(failed.id, text)])
+            else:
+                dest.careful_until = max(failed.id, *(row.id for row, _ in inflight))
+                await self.outbox.call_async(note_failure(dest.name, failed.id, text))
+        raise failure
+
+    async def _drain(self, dest: _Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
+        """Wait for the rest of the window after a nack and settle what was confirmed."""
+        assert self.outbox is not None
+        if inflight:
+            await asyncio.wait([f for _, f in inflight], timeout=self.stop_timeout)
+        done = []
+        parks = []
+        while inflight and inflight[0][1].done() and not inflight[0][1].cancelled():
+            row, future = inflight.popleft()
+            if future.exception() is None:
+                if isinstance(future.result(), spec.Basic.Ack):
+                    done.append(row.id)
+                else:
+                    parks.append((row.id, "NO_ROUTE - returned by the broker: no queue is bound for it"))
+        if done:
+            await self.outbox.call_async(mark_done(dest.name, done))
+            dest.forwarded += len(done)
+        if parks:
+            await self._park(dest, parks)
+
+    async def _park(self, dest: _Destination, failures: list[tuple[int, str]]) -> None:
+        assert self.outbox is not None
+        retry_at = time.time() + self.unroutable_retry if self.unroutable_retry > 0 else float("inf")
+        await self.outbox.call_async(park(dest.name, failures, retry_at))
+        dest.parked += len(failures)
+        log.warning("%s: %d message(s) parked (%s); retried in %.0f s", dest.name, len(failures), failures[0][1],
+                    self.unroutable_retry)
+
+    # --- reporting -------------------------------------------------------------------------------------------
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.report_interval)
+            await self._report()
+
+    async def _report(self) -> None:
+        if self.outbox is None:
+            return
+        status = await asyncio.to_thread(self.outbox.status)
+        for dest in self.destinations:
+            info = status.get(dest.name, {})
+            link = (f"connected to {safe_url(dest.url)}" if dest.url else
+                    f"broker down ({dest.error})" if dest.error else "connecting")
+            age = info.get("oldest_age")
+            log.info("%s: %d pending%s, %d parked, %d forwarded (+%d); %s", dest.name, info.get("pending", 0),
+                     f" (oldest {age:.1f} s)" if age is not None else "", info.get("parked", 0), dest.forwarded,
+                     dest.forwarded - dest.reported, link)
+            dest.reported = dest.forwarded
+        known = {d.name for d in self.destinations}
+        for name, info in status.items():
+            if name not in known:
+                log.warning("%s: %d message(s) for this destination, which this forwarder has no --broker for "
+                            "(add --broker %s=URL)", name, info["pending"] + info["parked"], name)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per destination: the broker it is connected to (or the error), and how many it forwarded/parked."""
+        return {d.name: {"url": safe_url(d.url) if d.url else None, "error": d.error, "forwarded": d.forwarded,
+                         "parked": d.parked} for d in self.destinations}
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,511 @@
+"""The outbox: a durable local queue of messages to publish, one SQLite file (WAL). See docs/outbox.md.
+
+``Outbox(path).send(exchange, routing_key, body, properties=..., destinations=None)`` returns once the message
+is committed to the local file, whatever the state of any broker. A separate forwarder (``leveret forward``,
+:class:`leveret.outbox.Forwarder`) publishes it with publisher confirms and deletes it once every destination
+confirmed it.
+
+One writer, group commit
+    ``send`` appends its row to a list and waits. One writer thread per ``Outbox`` takes everything queued,
+    writes it in one transaction, commits, and wakes every sender of that transaction at once (one
+    ``threading.Event`` per commit, plus callbacks for ``send_async``). While it commits, the next batch piles
+    up, so concurrent senders share commits (the broker's store, leveret/store/sqlite.py, does the same).
+    The sqlite3 module releases the GIL during SQLite's work and the fsync.
+
+Several processes
+    Several processes (a web server's workers) may use the same file: each ``Outbox`` has its own writer; SQLite's
+    write lock (``BEGIN IMMEDIATE``, ``busy_timeout``) serialises their transactions. Message ids are assigned
+    by SQLite inside the transaction (``AUTOINCREMENT``: never reused), so id order is commit order, which is
+    the order the forwarder publishes in.
+
+Durability (``synchronous``)
+    ``FULL`` (default): SQLite fsyncs the WAL at each commit, so a message ``send`` returned for survives a
+    process crash, an OS crash and a power cut. ``NORMAL``: no fsync at commit; it survives a crash of the
+    process (the data is in the OS's page cache) but the last commits may be lost in a power cut or OS crash
+    (the file stays consistent). bench/outbox_bench.py measures both (docs/outbox.md).
+
+Schema (``PRAGMA user_version`` 1; ``application_id`` "LVOB")
+    ``messages`` (id INTEGER PRIMARY KEY AUTOINCREMENT, created, exchange, routing_key, mandatory, header =
+    the AMQP basic properties in their wire form
+    as pamqp encodes them, body) and ``pending`` (destination, id, state 0 = to send /
+    1 = parked, attempts, error, retry_at): one row per destination that has not confirmed the message yet. A
+    message is deleted with its last pending row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import sqlite3
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pamqp import commands as spec
+
+log = logging.getLogger("leveret.outbox")
+
+APPLICATION_ID = 0x4C564F42  # "LVOB"
+SCHEMA_VERSION = 1
+DEFAULT_DESTINATION = "default"
+PERSISTENT = 2
+TO_SEND = 0
+PARKED = 1
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "delivery_mode", "priority",
+                             "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "message_type",
+                             "user_id", "app_id"))
+
+
+class OutboxError(Exception):
+    """The outbox cannot be opened, or a write to it failed: the message was NOT saved."""
+
+
+_SCHEMA = (
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created REAL NOT NULL,
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        mandatory INTEGER NOT NULL,
+        header BLOB NOT NULL,
+        body BLOB NOT NULL)""",
+    """CREATE TABLE pending (
+        destination TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        retry_at REAL,
+        PRIMARY KEY (destination, id)) WITHOUT ROWID""",
+    "CREATE INDEX pending_id ON pending (id)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message as the forwarder reads it for one destination."""
+
+    id: int
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    header: bytes
+    body: bytes
+
+    @property
+    def properties(self) -> spec.Basic.Properties:
+        return decode_properties(self.header)
+
+
+class _Row:
+    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key")
+
+    def __init__(self, exchange: str, routing_key: str, mandatory: bool, header: bytes, body: bytes,
+                 destinations: tuple[str, ...]) -> None:
+        self.created = time.time()
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.header = header
+        self.body = body
+        self.destinations = destinations
+
+
+class _Call:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        self.fn = fn
+
+
+class _Batch:
+    """The senders of one transaction: an event for threads, callbacks for event loops."""
+
+    __slots__ = ("callbacks", "error", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+        self.callbacks: list[Callable[[BaseException | None], None]] = []
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.event.set()
+        for callback in self.callbacks:
+            try:
+                callback(error)
+            except Exception:  # pragma: no cover - a closed event loop
+                log.exception("outbox: a send callback failed")
+
+
+def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]:
+    """Check and encode AMQP basic properties (content_type, content_encoding, headers, delivery_mode, priority,
+    correlation_id, reply_to, expiration, message_id, timestamp, type (or message_type), user_id, app_id) the
+    way the forwarder's client (aio-pika, pamqp) will send them, so that a message it could not publish is
+    refused here. Adds a message_id when there is none and delivery_mode 2 (persistent) by default.
+    Returns (the properties' wire form: flags then values, message_id)."""
+    props = dict(properties or {})
+    if "type" in props:
+        props["message_type"] = props.pop("type")
+    unknown = set(props) - _PROPERTY_NAMES
+    if unknown:
+        raise ValueError(f"not AMQP basic properties: {', '.join(sorted(unknown))}")
+    if not props.get("message_id"):
+        props["message_id"] = uuid.uuid4().hex
+    if props.get("delivery_mode") is None:
+        props["delivery_mode"] = PERSISTENT
+    timestamp = props.get("timestamp")
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        props["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    if isinstance(props.get("expiration"), int):
+        props["expiration"] = str(props["expiration"])
+    if props.get("headers") is not None:
+        props["headers"] = _binary(props["headers"])
+    try:
+        header = spec.Basic.Properties(**props).marshal()
+    except (TypeError, ValueError, struct.error) as exc:
+        raise ValueError(f"bad AMQP properties: {exc}") from None
+    return header, str(props["message_id"])
+
+
+def decode_properties(header: bytes) -> spec.Basic.Properties:
+    props = spec.Basic.Properties()
+    (flags,) = struct.unpack_from(">H", header)
+    props.unmarshal(flags, header[2:])
+    return props
+
+
+def _binary(value: Any) -> Any:
+    """bytes -> bytearray in header tables (pamqp encodes bytearray as a byte array, refuses bytes)."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, Mapping):
+        return {k: _binary(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_binary(v) for v in value]
+    return value
+
+
+class Outbox:
+    """A durable local queue in the SQLite file ``path`` (created with its directory if missing).
+
+    ``synchronous``: "FULL" (default, survives power loss) or "NORMAL" (survives a process crash); see the
+    module docstring. ``default_destinations``: where ``send(destinations=None)`` goes (the forwarder maps
+    destination names to brokers: ``--broker NAME=URL``; an unnamed ``--broker URL`` is "default").
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
+                 default_destinations: Sequence[str] = (DEFAULT_DESTINATION,), busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
+        self.default_destinations = _check_destinations(default_destinations)
+        self.busy_timeout = busy_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._items: list[_Row | _Call] = []
+        self._batch = _Batch()
+        self._closing = False
+        self._closed = False
+        self._rlock = threading.Lock()
+        self.commits = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._wconn = self._connect()
+            self._setup(self._wconn)
+            self._rconn = self._connect()
+            self._rconn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise OutboxError(f"cannot open the outbox {self.path}: {exc.strerror or exc}") from exc
+        self._writer = threading.Thread(target=self._writer_main, name=f"leveret-outbox {self.path.name}",
+                                        daemon=True)
+        self._writer.start()
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r})"
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- opening and closing ---------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"cannot put the outbox {self.path} in WAL mode (got {mode}): use a local disk")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise OutboxError(f"{self.path} is an SQLite database but not a Leveret outbox")
+            if version > SCHEMA_VERSION:
+                raise OutboxError(f"the outbox {self.path} was written by a newer Leveret (schema {version})")
+            if version == 0:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer, close the file (idempotent)."""
+        if self._closed:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._writer.join()
+        self._closed = True
+        with contextlib.suppress(sqlite3.Error):
+            self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        for conn in (self._rconn, self._wconn):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # --- sending ---------------------------------------------------------------------------------------------
+
+    def prepare(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
+                destinations: Iterable[str] | None = None, mandatory: bool = True) -> tuple[_Row, str]:
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
+        for name, value in (("exchange", exchange), ("routing_key", routing_key)):
+            if not isinstance(value, str) or len(value.encode()) > 255:
+                raise ValueError(f"{name} must be a str of at most 255 bytes")
+        header, message_id = encode_properties(properties)
+        dests = self.default_destinations if destinations is None else _check_destinations(destinations)
+        return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
+
+    def _enqueue(self, items: list[_Row | _Call]) -> _Batch:
+        with self._cond:
+            if self._closing:
+                raise OutboxError(f"the outbox {self.path} is closed")
+            self._items.extend(items)
+            batch = self._batch
+            self._cond.notify()
+        return batch
+
+    def _wait(self, batch: _Batch) -> None:
+        while not batch.event.wait(5.0):
+            if not self._writer.is_alive():  # pragma: no cover - the writer never dies
+                raise OutboxError(f"the outbox {self.path}'s writer has stopped")
+        if batch.error is not None:
+            raise OutboxError(f"the message was not saved: {batch.error}") from batch.error
+
+    def send(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
+             destinations: Iterable[str] | None = None, mandatory: bool = True) -> str:
+        """Save one message; return its message_id once it is committed to the file. Raises OutboxError
+        (not saved), ValueError/TypeError (bad arguments, checked before anything is written)."""
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        self._wait(self._enqueue([row]))
+        return message_id
+
+    def send_many(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Save several messages (dicts of ``send``'s arguments) in one transaction: all or none."""
+        prepared = [self.prepare(**m) for m in messages]
+        if not prepared:
+            return []
+        self._wait(self._enqueue([row for row, _ in prepared]))
+        return [message_id for _, message_id in prepared]
+
+    async def send_async(self, exchange: str, routing_key: str, body: bytes,
+                         properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
+                         mandatory: bool = True) -> str:
+        """``send`` for async code: waits for the commit without blocking the event loop."""
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        await self._await([row])
+        return message_id
+
+    async def _await(self, items: list[_Row | _Call]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        with self._cond:
+            if self._closing:
+                raise OutboxError(f"the outbox {self.path} is closed")
+            self._items.extend(items)
+            self._batch.callbacks.append(done)
+            self._cond.notify()
+        await future
+
+    # --- the writer ------------------------------------------------------------------------------------------
+
+    def _writer_main(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._items and not self._closing:
+                    cond.wait()
+                if not self._items:
+                    return
+                items, batch = self._items, self._batch
+                self._items, self._batch = [], _Batch()
+            batch.finish(self._write(items))
+
+    def _write(self, items: list[_Row | _Call]) -> BaseException | None:
+        conn = self._wconn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            insert = conn.execute
+            for item in items:
+                if item.__class__ is _Row:
+                    row: Any = item
+                    message_id = insert("INSERT INTO messages (created, exchange, routing_key, mandatory, header, body)"
+                                        " VALUES (?, ?, ?, ?, ?, ?)", (row.created, row.exchange, row.routing_key,
+                                                                      row.mandatory, row.header, row.body)).lastrowid
+                    for destination in row.destinations:
+                        insert("INSERT INTO pending (destination, id) VALUES (?, ?)", (destination, message_id))
+                else:
+                    item.fn(conn)  # type: ignore[union-attr]
+            conn.execute("COMMIT")
+            self.commits += 1
+            return None
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            log.error("outbox %s: a commit of %d item(s) failed: %s", self.path, len(items), exc)
+            return exc
+
+    # --- maintenance, for the forwarder ------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn(connection)`` in a writer transaction and wait for its commit (raises OutboxError)."""
+        self._wait(self._enqueue([_Call(fn)]))
+
+    async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        await self._await([_Call(fn)])
+
+    def fetch(self, destination: str, after: int, limit: int) -> list[OutboxMessage]:
+        """Up to ``limit`` messages to send to ``destination`` with id > ``after``, in id order."""
+        with self._rlock:
+            rows = self._rconn.execute(
+                "SELECT m.id, m.exchange, m.routing_key, m.mandatory, m.header, m.body FROM pending p"
+                " JOIN messages m ON m.id = p.id WHERE p.destination = ? AND p.state = 0 AND p.id > ?"
+                " ORDER BY p.id LIMIT ?", (destination, after, limit)).fetchall()
+        return [OutboxMessage(i, e, r, bool(m), h, b) for i, e, r, m, h, b in rows]
+
+    def parked_due(self, destination: str, now: float) -> int:
+        with self._rlock:
+            return int(self._rconn.execute(
+                "SELECT count(*) FROM pending WHERE destination = ? AND state = 1 AND retry_at <= ?",
+                (destination, now)).fetchone()[0])
+
+    def destinations(self) -> list[str]:
+        with self._rlock:
+            return [r[0] for r in self._rconn.execute("SELECT DISTINCT destination FROM pending ORDER BY 1")]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per destination: ``pending`` (to send), ``parked`` (unroutable or refused, retried later),
+        ``oldest_age`` (seconds since the oldest of them was sent, or None), ``last_error``."""
+        now = time.time()
+        with self._rlock:
+            rows = self._rconn.execute(
+                "SELECT p.destination, p.state, count(*), min(m.created) FROM pending p JOIN messages m"
+                " ON m.id = p.id GROUP BY p.destination, p.state").fetchall()
+            errors = {d: e for d, e, _ in self._rconn.execute(  # SQLite: bare columns come from the max() row
+                "SELECT destination, error, max(id) FROM pending WHERE error IS NOT NULL GROUP BY destination")}
+        out: dict[str, dict[str, Any]] = {}
+        for destination, state, count, oldest in rows:
+            entry = out.setdefault(destination, {"pending": 0, "parked": 0, "oldest_age": None, "last_error": None})
+            entry["pending" if state == TO_SEND else "parked"] += count
+            age = max(0.0, now - oldest)
+            entry["oldest_age"] = age if entry["oldest_age"] is None else max(age, entry["oldest_age"])
+            entry["last_error"] = errors.get(destination)
+        return out
+
+    def count(self) -> int:
+        """Messages in the outbox (each counted once, whatever its destinations)."""
+        with self._rlock:
+            return int(self._rconn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+# --- writer transactions used by the forwarder ---------------------------------------------------------------------
+
+
+def mark_done(destination: str, ids: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+    """``destination`` confirmed ``ids``: drop their pending rows, and the messages no destination still wants."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i:i + 500])
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM pending WHERE destination = ? AND id IN ({marks})", (destination, *chunk))
+            conn.execute(f"DELETE FROM messages WHERE id IN ({marks}) AND NOT EXISTS"
+                         " (SELECT 1 FROM pending WHERE pending.id = messages.id)", chunk)
+
+    return run
+
+
+def park(destination: str, failures: Sequence[tuple[int, str]],
+         retry_at: float) -> Callable[[sqlite3.Connection], None]:
+    """Set messages aside (unroutable, no such exchange, refused): not sent again before ``retry_at``."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.executemany("UPDATE pending SET state = 1, attempts = attempts + 1, error = ?, retry_at = ?"
+                         " WHERE destination = ? AND id = ?",
+                         [(error, retry_at, destination, i) for i, error in failures])
+
+    return run
+
+
+def note_failure(destination: str, message_id: int, error: str) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE pending SET attempts = attempts + 1, error = ? WHERE destination = ? AND id = ?",
+                     (error, destination, message_id))
+
+    return run
+
+
+def revive(destination: str, now: float) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE pending SET state = 0 WHERE destination = ? AND state = 1 AND retry_at <= ?",
+                     (destination, now))
+
+    return run
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(OutboxError(f"not saved: {error}"))
+
+
+def _check_destinations(destinations: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(destinations, str):
+        destinations = (destinations,)
+    out = tuple(dict.fromkeys(destinations))
+    if not out or not all(isinstance(d, str) and d for d in out):
+        raise ValueError("destinations must be one or more non-empty names")
+    return out
