@@ -594,3 +594,46 @@ def test_in_process_worker_stops_over_max_memory(env: Env) -> None:
     assert proc.proc.wait(60) == 0
     assert env.marked("leak", 120)
     assert re.search(r"RSS \d+ MB > max memory 90 MB after 1 tasks: stopping", proc.log)
+
+
+def test_run_keeps_a_worker_and_a_real_forwarder_alive(env: Env) -> None:
+    """One ``leveret run`` file: the outbox's forwarder and a worker. Tasks written to the outbox reach the worker
+    through the supervised ``leveret forward``; a SIGKILLed forwarder is restarted and the rest still arrive."""
+    from leveret.outbox import Outbox
+
+    sup = env.run(f'''
+[supervisor]
+state_dir = "state"
+
+[[worker]]
+name = "tasks"
+app = "supapp:app"
+queues = ["{QUEUE}"]
+
+[[forwarder]]
+name = "forward"
+outbox = "outbox.db"
+brokers = ["amqp://guest:guest@127.0.0.1:{env.port}/"]
+''')
+    procs = sup.wait_running(2)
+    assert set(procs) == {"tasks[0]", "forward[0]"}
+
+    def send(n: int) -> None:
+        task_id = uuid.uuid4().hex
+        body = json.dumps({"payload": {"n": n}, "metadata": {"task": "record", "id": task_id}}).encode()
+        outbox.send("", QUEUE, body, properties={"content_type": "application/json", "message_id": task_id})
+
+    with Outbox(str(env.dir / "outbox.db")) as outbox:
+        for n in range(5):
+            send(n)
+        wait_for(lambda: len(env.marked("record")) >= 5, 30, lambda: f"5 tasks through the forwarder\n{sup.log}")
+
+        os.kill(procs["forward[0]"]["pid"], signal.SIGKILL)
+        for n in range(5, 10):  # sent while the forwarder is down: they wait in the file
+            send(n)
+        sup.wait_log(r"forward\[0\].*(restart|start)", 30)
+        wait_for(lambda: len(env.marked("record")) >= 10, 60, lambda: f"10 tasks\n{sup.log}")
+        assert outbox.count() == 0 or wait_for(lambda: outbox.count() == 0, 10, "an empty outbox")
+    assert sorted(int(m[2]) for m in env.marked("record")) == list(range(10))
+    assert sup.processes()["forward[0]"]["restarts"] >= 1
+    assert sup.terminate() == 0
