@@ -1,0 +1,199 @@
+"""The scenarios of examples/ run end to end, as a user would run them: each example program is a subprocess
+with LEVERET_URL pointing at a real Leveret on an ephemeral port (and, where RabbitMQ runs, at a fresh vhost of
+the reference RabbitMQ), and the test checks what the example's README claims from their output and effects.
+Every wait is bounded; no assertion is about speed."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from leveret.server.app import ThreadedServer
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+WAIT = 20.0  # seconds any one expected output may take (generous: the machine is shared)
+
+
+# --- fixtures and helpers -----------------------------------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["leveret", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A broker URL: a fresh Leveret, or a fresh vhost of the reference RabbitMQ (the examples use fixed names,
+    so each RabbitMQ run gets a vhost of its own, deleted afterwards)."""
+    if request.param == "leveret":
+        server: ThreadedServer = request.getfixturevalue("leveret")
+        yield f"amqp://guest:guest@127.0.0.1:{server.port}/"
+        return
+    port = request.getfixturevalue("rabbitmq_port")  # skips when RabbitMQ is not running
+    vhost = f"examples-{uuid.uuid4().hex[:10]}"
+    try:
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot make a RabbitMQ vhost with rabbitmqctl: {exc}")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:{port}/{vhost}"
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            rabbitmqctl("delete_vhost", vhost)
+
+
+class Program:
+    """An example program run as a subprocess; its output lines are collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     cwd=cwd)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def matching(self, pattern: str) -> list[str]:
+        return [line for line in list(self.lines) if re.search(pattern, line)]
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = WAIT) -> list[str]:
+        """The output lines matching ``pattern`` once there are at least ``count`` of them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.matching(pattern)
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                found = self.matching(pattern)
+                if len(found) >= count:
+                    return found
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{count} x {pattern!r} not seen from {self.args[1:]} "
+                             f"(exit {self.proc.poll()}); output:\n{self.output}")
+
+    def finish(self, timeout: float = WAIT) -> str:
+        """Wait for a one-shot program; its output, checked for exit status 0."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.args[1:]} did not finish; output:\n{self.output}") from None
+        self._reader.join(5)
+        assert code == 0, f"{self.args[1:]} exited {code}:\n{self.output}"
+        return self.output
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def run(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., Program]]:
+    """``run("01-image-upload/upload.py", "cat.jpg", env={...})`` starts an example program against the
+    test's broker, from a scratch working directory; everything still running is stopped afterwards."""
+    started: list[Program] = []
+
+    def start(script: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              command: list[str] | None = None) -> Program:
+        full_env = {**os.environ, "LEVERET_URL": broker_url, "PYTHONUNBUFFERED": "1", **(env or {})}
+        argv = command if command is not None else [sys.executable, str(EXAMPLES / script), *args]
+        program = Program(argv, full_env, cwd or tmp_path)
+        started.append(program)
+        return program
+
+    yield start
+    for program in started:
+        program.stop()
+
+
+def load(script: str) -> ModuleType:
+    """Import an example's module by path (the directories are not packages); its siblings importable."""
+    path = EXAMPLES / script
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"example_{path.parent.name[:2]}_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- 01-image-upload ----------------------------------------------------------------------------------------
+
+
+def test_01_image_upload(run: Callable[..., Program]) -> None:
+    consumers = run("01-image-upload/consumers.py", "resize", "notify", "points", "log")
+    consumers.wait_for(r": ready$", count=4)
+
+    first = run("01-image-upload/upload.py", "cat.jpg", "--user", "ann").finish().split()[-1]
+    for role in ("resize", "notify", "points", "log"):  # each independent consumer gets its own copy
+        consumers.wait_for(rf"^{role}: .*{first}")
+    assert consumers.matching(r"^points: ann has 10 points")
+
+    # A new consumer, and the producer unchanged: from now on it gets every new image as well.
+    moderate = run("01-image-upload/moderate.py")
+    moderate.wait_for(r"^moderate: ready$")
+    second = run("01-image-upload/upload.py", "dog.png", "--user", "ann").finish().split()[-1]
+    moderate.wait_for(rf"^moderate: image {second} of ann")
+    for role in ("resize", "notify", "points", "log"):
+        consumers.wait_for(rf"^{role}: .*{second}")
+    assert not moderate.matching(first)  # it subscribed after the first upload
+
+    # Consumers that are down miss nothing: their queues keep the events until they are back.
+    assert consumers.stop() == 0
+    third = run("01-image-upload/upload.py", "owl.gif", "--user", "bob").finish().split()[-1]
+    consumers = run("01-image-upload/consumers.py", "resize", "notify", "points", "log")
+    for role in ("resize", "notify", "points", "log"):
+        consumers.wait_for(rf"^{role}: .*{third}")
+    moderate.wait_for(rf"^moderate: image {third} of bob")
+    for line in consumers.lines:  # nothing twice: what was acked before the restart stays done
+        assert first not in line and second not in line
+    assert len(moderate.matching(second)) == 1
