@@ -10,9 +10,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -197,3 +197,105 @@ def test_01_image_upload(run: Callable[..., Program]) -> None:
     for line in consumers.lines:  # nothing twice: what was acked before the restart stays done
         assert first not in line and second not in line
     assert len(moderate.matching(second)) == 1
+
+
+# --- 02-outgoing-email --------------------------------------------------------------------------------------
+
+MAIL_ENV = {"MAIL_RETRY_INTERVALS": "0.3,0.6,1.2", "MAIL_WARN_AFTER": "2", "MAILER_DAEMON": "MAILER-DAEMON@test"}
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Callable[[int], Any]]:
+    """The example's own SMTP sink (aiosmtpd) on a free port of 127.0.0.1: ``smtp_sink(fail_first)``."""
+    pytest.importorskip("aiosmtpd", reason="aiosmtpd is not installed (pip install -e '.[test]')")
+    sink_module = load("02-outgoing-email/smtp_sink.py")
+    controllers: list[Any] = []
+
+    def start(fail_first: int) -> Any:
+        port = free_port()
+        controller, sink = sink_module.start(port, fail_first)
+        controllers.append(controller)
+        sink.port = port
+        return sink
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mails_to(sink: Any, address: str, subject: str = "") -> list[Any]:
+    return [m for frm, rcpts, m in list(sink.delivered) if address in rcpts and subject in str(m["Subject"])]
+
+
+def task_status(broker_url: str, task_id: str) -> str:
+    from leveret.tasks import App
+
+    app = App(broker_url)
+    try:
+        return app.status(task_id)
+    finally:
+        app.close()
+
+
+def test_02_outgoing_email_retried_until_delivered(run: Callable[..., Program], smtp_sink: Callable[[int], Any],
+                                                   broker_url: str) -> None:
+    sink = smtp_sink(2)  # the first two mails are answered "451 try again later"
+    env = {**MAIL_ENV, "SMTP_PORT": str(sink.port)}
+    worker = run("02-outgoing-email/worker.py", env=env)
+    task_id = run("02-outgoing-email/producer.py", "bob@example.com", "--subject", "Your order",
+                  "--from", "alice@example.com", env=env).finish().split()[-1]
+    wait_until(lambda: mails_to(sink, "bob@example.com", "Your order"), "the mail to bob")
+    (mail,) = mails_to(sink, "bob@example.com", "Your order")
+    assert mail["From"] == "alice@example.com"
+    worker.wait_for(r"attempt 2 to bob@example.com failed: .*451.*next attempt at")
+    # Two failures: the sender was warned, with the null envelope sender, as an MTA does.
+    warning = wait_until(lambda: mails_to(sink, "alice@example.com", "Delivery delayed: Your order"), "the warning")
+    assert "YOU DO NOT NEED TO RESEND" in warning[0].get_content()
+    assert [frm for frm, rcpts, m in sink.delivered if "alice@example.com" in rcpts] == ["<>"]
+    assert wait_until(lambda: task_status(broker_url, task_id) == "succeeded", "status succeeded")
+    assert not mails_to(sink, "alice@example.com", "Undelivered")
+
+    # The PHP producer queues the same task; the same worker sends it.
+    php = shutil.which("php")
+    if php is None or not Path("/usr/share/php/PhpAmqpLib/autoload.php").is_file():
+        pytest.skip("php and php-amqplib are not installed (run `bash scripts/install-test-deps.sh`)")
+    out = run("", command=[php, str(EXAMPLES / "02-outgoing-email/producer.php"), "dave@example.com", "From PHP",
+                           "Hello from PHP", "carol@example.com"], env=env).finish()
+    php_id = out.split()[-1]
+    (mail,) = wait_until(lambda: mails_to(sink, "dave@example.com", "From PHP"), "the mail sent from PHP")
+    assert mail.get_content().strip() == "Hello from PHP" and mail["From"] == "carol@example.com"
+    assert wait_until(lambda: task_status(broker_url, php_id) == "succeeded", "status of the PHP task")
+
+
+def test_02_outgoing_email_gives_up_and_tells_the_sender(run: Callable[..., Program],
+                                                         smtp_sink: Callable[[int], Any], broker_url: str) -> None:
+    sink = smtp_sink(0)
+    env = {**MAIL_ENV, "SMTP_PORT": str(sink.port)}
+    worker = run("02-outgoing-email/worker.py", env=env)
+    task_id = run("02-outgoing-email/producer.py", "carol@unreachable.example", "--subject", "Invoice 7",
+                  "--body", "Please pay.", "--from", "alice@example.com", env=env).finish().split()[-1]
+    (bounce,) = wait_until(lambda: mails_to(sink, "alice@example.com", "Undelivered Mail Returned to Sender"),
+                           "the failure notice")
+    assert bounce["Subject"] == "Undelivered Mail Returned to Sender: Invoice 7"
+    assert bounce["From"] == "MAILER-DAEMON@test"
+    text = bounce.get_content()
+    assert "<carol@unreachable.example>" in text and "gave up after 4 attempts" in text and "Please pay." in text
+    assert len(mails_to(sink, "alice@example.com", "Delivery delayed: Invoice 7")) == 1  # warned once, before
+    worker.wait_for(r"attempt 4 to carol@unreachable.example failed: .*giving up")
+    assert wait_until(lambda: task_status(broker_url, task_id) == "gave_up", "status gave_up")
+    assert not mails_to(sink, "carol@unreachable.example")
+    # The message is kept in the dead-letter queue, for `leveret dead-letters outgoing-email [--replay]`.
+    out = run("", command=[sys.executable, "-m", "leveret", "dead-letters", "outgoing-email", "--json",
+                           "--url", broker_url]).finish()
+    (dead,) = json.loads(out)
+    assert dead["id"] == task_id and dead["task"] == "mail.send"
