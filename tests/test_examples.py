@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -299,3 +300,68 @@ def test_02_outgoing_email_gives_up_and_tells_the_sender(run: Callable[..., Prog
                            "--url", broker_url]).finish()
     (dead,) = json.loads(out)
     assert dead["id"] == task_id and dead["task"] == "mail.send"
+
+
+# --- 03-payment-pipeline ------------------------------------------------------------------------------------
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_03_payment_pipeline(run: Callable[..., Program], broker_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"SHOP_DB": str(tmp_path / "shop.db"), "WEB_PORT": str(port), "PAYMENT_PROVIDER_FLAKY": "1"}
+    web = run("03-payment-pipeline/web.py", env=env)
+    web.wait_for(r"Running on http://127\.0\.0\.1")
+    base = f"http://127.0.0.1:{port}"
+
+    # No worker runs yet: the web handler answers at once all the same; the work waits in the queues.
+    status, answer = http("POST", f"{base}/checkout", {"user": "ann", "email": "ann@example.com", "amount": 25})
+    assert status == 202
+    order, jobs = answer["order"], answer["jobs"]
+    assert set(jobs) == {"create_invoice", "confirm_payment"}
+    for task_id in jobs.values():
+        assert http("GET", f"{base}/jobs/{task_id}")[1]["state"] == "queued"
+    steps = http("GET", f"{base}/orders/{order}")[1]["steps"]
+    assert steps["send_invoice_email"]["state"] == "not sent yet"
+
+    # The worker, started as the README says: `leveret worker shop:app` from the example's directory.
+    worker = run("", env=env, cwd=EXAMPLES / "03-payment-pipeline",
+                  command=[sys.executable, "-m", "leveret", "worker", "shop:app"])
+
+    def all_done(order: int) -> dict[str, Any] | None:
+        steps = http("GET", f"{base}/orders/{order}")[1]["steps"]
+        return steps if all(step["state"] == "succeeded" for step in steps.values()) else None
+
+    steps = wait_until(lambda: all_done(order), "every step of the order to succeed")
+    assert set(steps) == {"create_invoice", "send_invoice_email", "confirm_payment", "refresh_wallet",
+                          "update_stats"}
+    worker.wait_for(r"invoice e-mail for order \d+ sent to ann@example.com")
+    # The provider timed out once: the payment task was retried, and only then sent the next steps.
+    events = [m for m in worker.lines if "shop:" in m]
+    confirmed = next(i for i, line in enumerate(events) if "payment for order" in line)
+    assert confirmed < next(i for i, line in enumerate(events) if "wallet of ann refreshed" in line)
+    with contextlib.closing(sqlite3.connect(tmp_path / "shop.db")) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM invoices").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM payments").fetchone() == (1,)
+        assert conn.execute("SELECT user, paid_total, orders FROM wallets").fetchall() == [("ann", 25.0, 1)]
+        assert conn.execute("SELECT orders, revenue FROM stats").fetchall() == [(1, 25.0)]
+        assert conn.execute("SELECT recipient FROM emails").fetchall() == [("ann@example.com",)]
+    # Job status from a shell, as the README shows it.
+    out = run("", command=[sys.executable, "-m", "leveret", "status", jobs["confirm_payment"], "--json",
+                           "--url", broker_url]).finish()
+    info = json.loads(out)
+    assert info["state"] == "succeeded" and info["attempt"] == 1  # the second attempt succeeded
+
+    # A second order while the worker runs goes through the same way.
+    order2 = http("POST", f"{base}/checkout", {"user": "ann", "email": "ann@example.com", "amount": 5})[1]["order"]
+    assert order2 != order
+    wait_until(lambda: all_done(order2), "every step of the second order to succeed")
+    with contextlib.closing(sqlite3.connect(tmp_path / "shop.db")) as conn:
+        assert conn.execute("SELECT paid_total, orders FROM wallets").fetchall() == [(30.0, 2)]
