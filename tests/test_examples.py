@@ -365,3 +365,33 @@ def test_03_payment_pipeline(run: Callable[..., Program], broker_url: str, tmp_p
     wait_until(lambda: all_done(order2), "every step of the second order to succeed")
     with contextlib.closing(sqlite3.connect(tmp_path / "shop.db")) as conn:
         assert conn.execute("SELECT paid_total, orders FROM wallets").fetchall() == [(30.0, 2)]
+
+
+# --- 04-dashboard-rpc ---------------------------------------------------------------------------------------
+
+
+def test_04_dashboard_rpc(run: Callable[..., Program]) -> None:
+    services = run("04-dashboard-rpc/services.py", env={"RECOMMENDATIONS_DELAY": "4"})
+    services.wait_for(r"^services: answering")
+
+    # One timeout for all four: the slow service is shown as unavailable, the three others are there.
+    out = run("04-dashboard-rpc/dashboard.py", "--user", "7", "--timeout", "1.5").finish()
+    assert "dashboard of user 7" in out
+    assert "active ads: ['bike #701', 'sofa #702']" in out
+    assert "observed ads: ['camera #777']" in out
+    assert "messages: {'unread': 2, 'from': ['bob', 'eve']}" in out
+    assert "recommendations: unavailable (no answer within 1.5 s)" in out
+
+    # Given the time, all four answer.
+    out = run("04-dashboard-rpc/dashboard.py", "--user", "8", "--timeout", "15").finish()
+    assert "recommendations: ['tent', 'lamp']" in out and "active ads: ['bike #801', 'sofa #802']" in out
+    assert "unavailable" not in out
+
+    # A service that is not running at all: the same, its request waits in its queue.
+    services.stop()
+    only_fast = run("04-dashboard-rpc/services.py", "ads", "observed-ads")
+    only_fast.wait_for(r"^services: answering ads, observed-ads")
+    out = run("04-dashboard-rpc/dashboard.py", "--user", "9", "--timeout", "1").finish()
+    assert "active ads: ['bike #901', 'sofa #902']" in out
+    assert "messages: unavailable (no answer within 1.0 s)" in out
+    assert "recommendations: unavailable" in out
