@@ -395,3 +395,65 @@ def test_04_dashboard_rpc(run: Callable[..., Program]) -> None:
     assert "active ads: ['bike #901', 'sofa #902']" in out
     assert "messages: unavailable (no answer within 1.0 s)" in out
     assert "recommendations: unavailable" in out
+
+
+# --- 05-serialized-db-writer --------------------------------------------------------------------------------
+
+
+def ledger(*runs: tuple[int, int]) -> dict[str, int]:
+    """The balances after the producer's runs (start, count) applied in order, as the example defines them."""
+    writes = load("05-serialized-db-writer/producer.py").writes
+    balances: dict[str, int] = {}
+    for start, count in runs:
+        for write in writes(start, count):
+            if write["op"] == "open":
+                balances[write["account"]] = 0
+            else:
+                balances[write["account"]] += write["amount"] if write["op"] == "deposit" else -write["amount"]
+                assert balances[write["account"]] >= 0
+    return balances
+
+
+def rejected_count(run: Callable[..., Program]) -> int:
+    code = ("import asyncio, os, aio_pika\n"
+            "async def main():\n"
+            "    async with await aio_pika.connect(os.environ['LEVERET_URL']) as c:\n"
+            "        q = await (await c.channel()).declare_queue('db-writes.rejected', passive=True)\n"
+            "        print(q.declaration_result.message_count)\n"
+            "asyncio.run(main())\n")
+    return int(run("", command=[sys.executable, "-c", code]).finish().strip())
+
+
+def test_05_serialized_db_writer(run: Callable[..., Program], tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    writer = ["--db", str(db), "--batch", "50"]
+    # Writes queued before any writer runs.
+    assert "queued 300 writes" in run("05-serialized-db-writer/producer.py", "--count", "300").finish()
+    a = run("05-serialized-db-writer/writer.py", *writer, "--name", "A")
+    a.wait_for(r"^writer A: committed .*seq \d+-300\)")
+    # A second writer stands by: everything sent now is still written by A.
+    b = run("05-serialized-db-writer/writer.py", *writer, "--name", "B")
+    b.wait_for(r"^writer B: ready")
+    run("05-serialized-db-writer/producer.py", "--start", "301", "--count", "700", "--overdraw").finish()
+    a.wait_for(r"^writer A: committed .*seq \d+-1000\)")
+    a.wait_for(r"^writer: rejected seq 1001: CHECK constraint failed")
+    assert not b.matching("committed")
+
+    # A dies (kill -9) in the middle of a stream of writes: B takes over where A stopped.
+    producer = run("05-serialized-db-writer/producer.py", "--start", "1002", "--count", "1000")
+    a.wait_for(r"^writer A: committed .*seq 1[0-9]{3}-", timeout=60)
+    a.stop(signal.SIGKILL)
+    producer.finish(timeout=60)
+    run("05-serialized-db-writer/producer.py", "--start", "2002", "--count", "100").finish()
+    b.wait_for(r"^writer B: committed .*seq \d+-2101\)", timeout=60)
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM applied ORDER BY rowid")]
+        balances = dict(conn.execute("SELECT name, balance FROM accounts").fetchall())
+        batches = dict(conn.execute("SELECT writer, COUNT(*) FROM batches GROUP BY writer").fetchall())
+        sizes = [s for (s,) in conn.execute("SELECT size FROM batches")]
+    # Every write once, in the order sent (1001, the overdraft, was rejected: it is in db-writes.rejected).
+    assert seqs == [s for s in range(1, 2102) if s != 1001]
+    assert balances == ledger((1, 1000), (1002, 1100))
+    assert set(batches) == {"A", "B"} and max(sizes) > 1 and len(sizes) < 2100  # several writes per transaction
+    assert rejected_count(run) == 1
