@@ -457,3 +457,58 @@ def test_05_serialized_db_writer(run: Callable[..., Program], tmp_path: Path) ->
     assert balances == ledger((1, 1000), (1002, 1100))
     assert set(batches) == {"A", "B"} and max(sizes) > 1 and len(sizes) < 2100  # several writes per transaction
     assert rejected_count(run) == 1
+
+
+# --- 06-wire-tap-and-detour ---------------------------------------------------------------------------------
+
+
+def test_06_wire_tap_and_detour(run: Callable[..., Program]) -> None:
+    control = run("06-wire-tap-and-detour/control_bus.py")
+    control.wait_for(r"^control: ready")
+    consumers = run("06-wire-tap-and-detour/consumers.py", "processor", "validator", "inspector")
+    consumers.wait_for(r": ready$", count=3)
+
+    def send(start: int) -> None:
+        out = run("06-wire-tap-and-detour/producer.py", "--start", str(start), "--count", "4").finish()
+        assert out.count("sent order") == 4
+
+    def switch(*args: str) -> dict[str, Any]:
+        return json.loads(run("06-wire-tap-and-detour/switch.py", *args).finish())
+
+    def seen(role: str, order: int) -> list[str]:
+        return consumers.matching(rf"^{role}: .*(order {order}\b|\"id\": {order}\b)")
+
+    # Both switches off: straight to the processor (the invalid order 4 too), nothing copied.
+    send(1)
+    for order in range(1, 5):
+        consumers.wait_for(rf"^processor: order {order} processed")
+
+    answer = switch("tap", "on")
+    assert answer["tap"] is True and answer["detour"] is False
+    send(5)
+    for order in range(5, 9):  # processed, and a copy for the inspector
+        consumers.wait_for(rf"^processor: order {order} processed")
+        consumers.wait_for(rf'^inspector: saw .*"id": {order}\b')
+
+    assert switch("detour", "on")["detour"] is True
+    send(9)
+    consumers.wait_for(r"^validator: order 12 rejected: amount must be positive")
+    for order in (9, 10, 11):  # through the validator, then processed
+        consumers.wait_for(rf"^validator: order {order} ok")
+        consumers.wait_for(rf"^processor: order {order} processed")
+    for order in range(9, 13):
+        consumers.wait_for(rf'^inspector: saw .*"id": {order}\b')
+    status = switch("status")
+    assert status["queues"]["orders.invalid"] == 1 and status == {**status, "tap": True, "detour": True}
+
+    switch("tap", "off")
+    switch("detour", "off")
+    send(13)
+    for order in range(13, 17):
+        consumers.wait_for(rf"^processor: order {order} processed")
+    assert not seen("processor", 12)  # the invalid order never reached the processor
+    for order in range(1, 17):  # every order processed at most once, validated only while the detour was on
+        assert len(seen("processor", order)) == (0 if order == 12 else 1)
+        assert bool(seen("validator", order)) == (9 <= order <= 12)
+        assert bool(seen("inspector", order)) == (5 <= order <= 12)
+    assert control.matching(r"^control: detour off") and control.matching(r"^control: tap on")
