@@ -10,6 +10,7 @@ import json
 import uuid
 
 import aio_pika
+
 from writer import QUEUE, QUEUE_ARGUMENTS, URL
 
 
