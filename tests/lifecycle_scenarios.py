@@ -982,6 +982,49 @@ def alternate_exchange(run: Run) -> None:
 
 
 @scenario
+def alternate_exchange_behind_exchange_binding(run: Run) -> None:
+    """Each exchange on the way uses its own alternate exchange (a wire tap and a detour switch, as
+    examples/06-wire-tap-and-detour builds them); one that routes to another exchange has matched."""
+    conn = run.connect()
+    ch = conn.channel()
+    returned: list[Any] = []
+    ch.add_on_return_callback(lambda _c, m, _p, body: returned.append((m.reply_code, m.routing_key, body)))
+    src, switch, main, tap = run.exchange("src"), run.exchange("switch"), run.exchange("main"), run.exchange("tap")
+    q_main, q_tap, q_detour = run.queue("main"), run.queue("tap"), run.queue("detour")
+    ch.exchange_declare(main, "fanout")
+    ch.exchange_declare(switch, "fanout", arguments={"alternate-exchange": main})
+    ch.exchange_declare(src, "fanout")
+    ch.exchange_declare(tap, "fanout")
+    for label, q in (("main", q_main), ("tap", q_tap), ("detour", q_detour)):
+        run.declare(f"declare-{label}", ch, q)
+    ch.queue_bind(q_main, main)
+    ch.queue_bind(q_tap, tap)
+    ch.exchange_bind(switch, src)
+    ch.basic_publish(src, "", b"switch-empty-to-alternate", mandatory=True)
+    ch.exchange_bind(tap, src)
+    ch.basic_publish(src, "", b"tapped-and-to-alternate", mandatory=True)
+    ch.queue_bind(q_detour, switch)
+    ch.basic_publish(src, "", b"tapped-and-detoured", mandatory=True)
+    # An exchange whose binding leads to an exchange that routes nowhere has matched: no alternate for it.
+    x, y, ae, q_ae = run.exchange("x"), run.exchange("y"), run.exchange("ae"), run.queue("ae")
+    ch.exchange_declare(ae, "fanout")
+    ch.exchange_declare(x, "direct", arguments={"alternate-exchange": ae})
+    ch.exchange_declare(y, "direct")
+    run.declare("declare-ae", ch, q_ae)
+    ch.queue_bind(q_ae, ae)
+    ch.exchange_bind(y, x, "k")
+    ch.basic_publish(x, "k", b"to-empty-exchange", mandatory=True)
+    ch.basic_publish(x, "other", b"x-unmatched", mandatory=True)
+    # CC: the alternate exchange takes only what no key routed.
+    ch.queue_bind(q_tap, x, "cc")
+    ch.basic_publish(x, "nowhere", b"cc-routed", props(headers={"CC": ["cc"]}), mandatory=True)
+    drain(conn, returned, 1)
+    run.record("returned", tuple(returned))
+    for label, q in (("main", q_main), ("tap", q_tap), ("detour", q_detour), ("ae", q_ae)):
+        run.get_all(f"get-{label}", ch, q)
+
+
+@scenario
 def sender_selected_distribution(run: Run) -> None:
     conn = run.connect()
     ch = run.confirmed(conn)

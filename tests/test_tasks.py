@@ -341,6 +341,13 @@ async def test_rpc_call_gather_and_timeout(make_app: Any, names: dict[str, Any])
     assert time.monotonic() - t0 < 1.5  # sent at once, run concurrently
     with pytest.raises(TimeoutError):
         await app.gather([add.request(x=1, y=2), nobody.request()], timeout=0.5)
+    # return_exceptions: the answers that came, an exception in place of each one that failed or did not come
+    got = await app.gather([add.request(x=1, y=2), nobody.request(), fail.request(why="no"), mul.request(x=0, y=1)],
+                           timeout=1.5, return_exceptions=True)
+    assert got[0] == 3 and got[3] == 0
+    assert isinstance(got[1], TimeoutError) and f"nobody-{tag}" in str(got[1])
+    assert isinstance(got[2], TaskError) and got[2].remote_type == "PermissionError"
+    assert await app.gather([], timeout=0.1, return_exceptions=True) == []
 
 
 def test_delay_and_eta(make_app: Any, names: dict[str, Any]) -> None:

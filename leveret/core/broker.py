@@ -376,8 +376,7 @@ class VHost:
 
     def route_all(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
         """:meth:`route` plus sender-selected distribution (CC and BCC headers route with extra keys; BCC is
-        removed from the message) and alternate exchanges (an unroutable message goes to the exchange's
-        ``alternate-exchange``, and so on, each exchange once)."""
+        removed from the message)."""
         header = msg.header
         queues: list[Queue] | tuple[Queue, ...]
         if msg.flags & 0x2000 and (b"\x02CC" in header or b"\x03BCC" in header):
@@ -385,23 +384,17 @@ class VHost:
             self._strip_bcc(msg)
         else:
             queues = self.route(exchange, msg)
-        if queues or not (exchange.arguments or self._policy_alternates):
-            return queues
-        seen = {exchange.name}
-        alternate = self._alternate_of(exchange)
-        while isinstance(alternate, str) and alternate not in seen:
-            seen.add(alternate)
-            target = self.exchanges.get(alternate)
-            if target is None:
-                break
-            queues = self.route(target, msg)
-            if queues:
-                return queues
-            alternate = self._alternate_of(target)
-        return ()
+        return queues
 
     def _alternate_of(self, exchange: Exchange) -> Any:
         return exchange.arguments.get("alternate-exchange") or self._policy_alternates.get(exchange.name)
+
+    def _alternate_exchange(self, exchange: Exchange) -> Exchange | None:
+        """The exchange's alternate exchange (argument or policy), when it has one that exists."""
+        if not (exchange.arguments or self._policy_alternates):
+            return None
+        name = self._alternate_of(exchange)
+        return self.exchanges.get(name) if isinstance(name, str) else None
 
     # --- policies ----------------------------------------------------------------------------------
 
@@ -440,9 +433,13 @@ class VHost:
         for key in dict.fromkeys(keys):
             probe = msg if key == msg.routing_key else Message(msg.exchange, key, msg.address, msg.header, msg.body)
             probe._props = msg._props
-            for queue in self.route(exchange, probe):
+            for queue in self.route(exchange, probe, alternates=False):
                 if queue not in found:
                     found.append(queue)
+        if not found:  # the alternate exchange is for what no key routed, as one routing with all the keys
+            alternate = self._alternate_exchange(exchange)
+            if alternate is not None and alternate is not exchange:
+                return list(self.route(alternate, msg))
         return found
 
     @staticmethod
@@ -475,9 +472,13 @@ class VHost:
             target.enqueue(copy if first else copy.copy())
             first = False
 
-    def route(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
+    def route(self, exchange: Exchange, msg: Message, alternates: bool = True) -> list[Queue] | tuple[Queue, ...]:
         """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once. An
-        x-delayed-message exchange that holds ``msg`` until it is due (``broker.delays``) routes it nowhere now."""
+        x-delayed-message exchange that holds ``msg`` until it is due (``broker.delays``) routes it nowhere now.
+
+        Alternate exchanges as RabbitMQ's: each exchange on the way (the one published to, or one reached
+        through an exchange-to-exchange binding or as an alternate) whose own bindings match nothing passes the
+        message to its ``alternate-exchange``; an exchange that routes to another exchange has matched."""
         kind = exchange.type_name
         if kind == "x-delayed-message":
             if self.broker.delays.hold(self, exchange, msg):
@@ -487,7 +488,10 @@ class VHost:
             headers = msg.headers if kind == "headers" else None
         found = exchange.route(msg.routing_key, headers)
         if not found:
-            return ()
+            alternate = self._alternate_exchange(exchange) if alternates else None
+            if alternate is None:
+                return ()
+            found = (alternate,)
         if len(found) == 1:
             (only,) = found
             if type(only) is Queue:
@@ -512,7 +516,11 @@ class VHost:
                     headers = msg.headers
                 else:
                     headers = msg.headers if kind == "headers" else None
-                pending.extend(dest.route(msg.routing_key, headers))
+                routed = dest.route(msg.routing_key, headers)
+                if not routed and alternates:
+                    alternate = self._alternate_exchange(dest)
+                    routed = (alternate,) if alternate is not None else ()
+                pending.extend(routed)
         return queues
 
 

@@ -555,12 +555,17 @@ class App:
 
     # --- RPC ------------------------------------------------------------------------------------------------
 
-    async def gather(self, requests: list[Request], timeout: float = 30.0) -> list[Any]:
+    async def gather(self, requests: list[Request], timeout: float = 30.0, *,
+                     return_exceptions: bool = False) -> list[Any]:
         """Send all requests at once, then wait for every reply, with one ``timeout`` for all of them.
-        Returns the results in order; raises the first ``TaskError``, or ``TimeoutError``."""
-        return await self._run_async(self._gather(requests, timeout))
+        Returns the results in order; raises the first ``TaskError``, or ``TimeoutError``.
 
-    async def _gather(self, requests: list[Request], timeout: float) -> list[Any]:
+        With ``return_exceptions=True`` nothing is raised: whatever arrived within ``timeout`` is returned, and
+        in the place of each request that failed its ``TaskError``, of each that did not answer in time a
+        ``TimeoutError`` (a dashboard shows the fast answers when one service is slow)."""
+        return await self._run_async(self._gather(requests, timeout, return_exceptions))
+
+    async def _gather(self, requests: list[Request], timeout: float, return_exceptions: bool = False) -> list[Any]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
         await self._rpc()
@@ -569,7 +574,13 @@ class App:
                 future: asyncio.Future[Any] = loop.create_future()
                 futures.append(future)
                 await req.task._send(req.payload, None, None, None, future)
-            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            if not return_exceptions:
+                return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            if futures:
+                await asyncio.wait(futures, timeout=timeout)
+            return [(f.exception() or f.result()) if f.done() else
+                    TimeoutError(f"{req.task.name}: no reply within {timeout} s")
+                    for f, req in zip(futures, requests, strict=True)]
         finally:
             for future in futures:
                 future.cancel()
