@@ -40,6 +40,7 @@ log = logging.getLogger("leveret.http")
 
 RABBITMQ_VERSION = "3.10.8"  # what tools that check the version are told (they expect RabbitMQ's numbers)
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's default reason of DELETE /api/connections/{name}
 READ_TAGS = frozenset({"administrator", "monitoring", "management", "policymaker"})
 
 STATUS: dict[type[errors.BrokerError], tuple[int, str]] = {
@@ -227,6 +228,7 @@ class ManagementAPI:
         r("GET", "nodes/{node}", self.get_node)
         r("GET", "connections", self.list_connections)
         r("GET", "connections/{name}", self.get_connection)
+        r("DELETE", "connections/{name}", self.delete_connection)
         r("GET", "vhosts/{vhost}/connections", self.list_connections)
         r("GET", "channels", self.list_channels)
         r("GET", "vhosts/{vhost}/channels", self.list_channels)
@@ -815,7 +817,7 @@ class ManagementAPI:
 
     def connection_info(self, session: Session, address: str) -> dict[str, Any]:
         host, _, port = session.peer.rpartition(":")
-        return {"name": f"{session.peer} -> {address}", "node": self.broker.node_name, "type": "network",
+        return {"name": connection_name(session, address), "node": self.broker.node_name, "type": "network",
                 "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
                 "vhost": _session_vhost(session) or "", "channels": len(session.channels),
                 "state": "running" if session.writable else "flow", "peer_host": host,
@@ -825,13 +827,28 @@ class ManagementAPI:
         address = self._amqp_address()
         return reply([self.connection_info(s, address) for s in self._open_sessions(call)])
 
-    async def get_connection(self, call: Call) -> web.Response:
+    def find_connection(self, name: str) -> Session:
+        """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
         address = self._amqp_address()
-        for session in self._open_sessions(call):
-            info = self.connection_info(session, address)
-            if info["name"] == call.params["name"]:
-                return reply(info)
-        raise errors.NotFound(f"no connection '{call.params['name']}'")
+        for session in self.sessions():
+            if session.user is not None and _session_vhost(session) is not None \
+                    and connection_name(session, address) == name:
+                return session
+        raise errors.NotFound(f"no connection '{name}'")
+
+    async def get_connection(self, call: Call) -> web.Response:
+        return reply(self.connection_info(self.find_connection(call.params["name"]), self._amqp_address()))
+
+    async def delete_connection(self, call: Call) -> web.Response:
+        """RabbitMQ's force-close: the client gets 320 CONNECTION_FORCED with the ``X-Reason`` header's text.
+        An administrator may close any connection, other management users their own only (as RabbitMQ)."""
+        session = self.find_connection(call.params["name"])
+        if "administrator" not in call.user.tags and (session.user is None or session.user.name != call.user.name):
+            raise HTTPFailure(401, "not_authorised", "User not authorised to access object")
+        reason = call.request.headers.get("X-Reason") or CLOSE_REASON
+        log.info("closing connection '%s' on request of user '%s': %s", call.params["name"], call.user.name, reason)
+        session.force_close(reason)
+        return reply(None, 204)
 
     async def list_channels(self, call: Call) -> web.Response:
         address = self._amqp_address()
@@ -892,6 +909,11 @@ class ManagementAPI:
                   for resource, on in (("memory", memory.memory_alarm), ("disk", memory.disk_alarm)) if on]
         return reply({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
                       "alarms": alarms}, 503)
+
+
+def connection_name(session: Session, amqp_address: str) -> str:
+    """A connection's name in the API, as RabbitMQ's: ``"127.0.0.1:50812 -> 127.0.0.1:5672"``."""
+    return f"{session.peer} -> {amqp_address}"
 
 
 def _session_vhost(session: Session) -> str | None:
