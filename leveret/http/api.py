@@ -35,6 +35,7 @@ from leveret.core.queue import Queue
 
 from . import definitions
 from .metrics import render_metrics
+from .rates import Rates
 
 log = logging.getLogger("leveret.http")
 
@@ -179,6 +180,7 @@ class ManagementAPI:
         self.broker = broker
         self.sessions = sessions
         self.listeners = listeners
+        self.rates = Rates()
         self.routes: list[Route] = []
         r = self._route
         r("GET", "overview", self.overview)
@@ -363,7 +365,8 @@ class ManagementAPI:
             "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
             "state": "running", "type": "classic", "node": self.broker.node_name,
             "exclusive_consumer_tag": None,
-            "message_stats": {"publish": queue.stats_published, "deliver_get": queue.stats_delivered},
+            "message_stats": self.rates.stats(("queue", queue.vhost.name, queue.name), {
+                "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked}),
         }
 
     @staticmethod
@@ -429,8 +432,9 @@ class ManagementAPI:
             },
             "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
                              "messages_unacknowledged": unacked},
-            "message_stats": {"publish": sum(q.stats_published for q in queues),
-                              "deliver_get": sum(q.stats_delivered for q in queues)},
+            "message_stats": self.rates.stats("overview", {"publish": sum(q.stats_published for q in queues),
+                                                           "deliver_get": sum(q.stats_delivered for q in queues),
+                                                           "ack": sum(q.stats_acked for q in queues)}),
             "listeners": self.listeners(),
         })
 
