@@ -587,3 +587,25 @@ def test_delete_connection_authorisation(server: ThreadedServer, api: Client) ->
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
         for _ in range(50):
             admins.process_data_events(0.1)
+
+
+# --- malformed input found by the schemathesis fuzz (tests/test_http_openapi.py) ---------------------------
+
+
+def test_malformed_input_is_a_client_error_not_a_crash(server: ThreadedServer, api: Client) -> None:
+    # a newline in a path segment reached aiohttp's own text/plain 404, not the API: such a queue was unreachable
+    api.ok("PUT", "/api/queues/%2F/with%0Anewline", {})
+    assert api.get("/api/queues/%2F/with%0Anewline")["name"] == "with\nnewline"
+    # a control character in ?download= made an invalid header: aiohttp dropped the connection
+    status, _, headers = api.request("GET", "/api/definitions?download=a%0D%0AX-Injected:%201%22.json")
+    assert status == 200 and "X-Injected" not in headers
+    assert headers["Content-Disposition"] == ('attachment; filename="a__X-Injected: 1_.json"; '
+                                              "filename*=UTF-8''a%0D%0AX-Injected%3A%201%22.json")
+    # non-ASCII text where base64 is expected raised ValueError (500) instead of 400/401
+    status, body, _ = api.request("PUT", "/api/users/u", {"password_hash": "é" * 48})
+    assert (status, body["reason"]) == (400, "'password_hash' is not base64")
+    status, body, _ = api.request("POST", "/api/exchanges/%2F/amq.default/publish",
+                                  {"routing_key": "q", "payload": "é", "payload_encoding": "base64"})
+    assert (status, body["reason"]) == (400, "payload is not valid base64")
+    status, _, _ = api.request("GET", "/api/overview", auth=False, headers={"Authorization": "Basic é"})
+    assert status == 401

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import ipaddress
 import json
@@ -33,7 +32,7 @@ from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
 
-from . import definitions
+from . import definitions, openapi
 from .metrics import render_metrics
 from .rates import Rates
 
@@ -238,13 +237,14 @@ class ManagementAPI:
         r("GET", "consumers/{vhost}", self.list_consumers)
         r("GET", "aliveness-test/{vhost}", self.aliveness)
         r("GET", "health/checks/alarms", self.alarms)
+        r("GET", "openapi.json", self.openapi_description)
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))
 
     def app(self) -> web.Application:
         application = web.Application(client_max_size=64 * 1024 * 1024)
-        application.router.add_route("*", "/api/{tail:.*}", self._handle)
+        application.router.add_route("*", r"/api/{tail:[\s\S]*}", self._handle)  # any byte, newlines too
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
         return application
@@ -276,7 +276,7 @@ class ManagementAPI:
             raise HTTPFailure(401, "not_authorised", "Not_Authorized")
         try:
             username, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             raise HTTPFailure(401, "not_authorised", "Not_Authorized") from None
         try:
             return self.broker.authenticate(username, password, _is_loopback(request.remote))
@@ -437,6 +437,9 @@ class ManagementAPI:
                                                            "ack": sum(q.stats_acked for q in queues)}),
             "listeners": self.listeners(),
         })
+
+    async def openapi_description(self, call: Call) -> web.Response:
+        return reply(openapi.build())
 
     async def whoami(self, call: Call) -> web.Response:
         return reply({"name": call.user.name, "tags": list(call.user.tags)})
@@ -603,7 +606,7 @@ class ManagementAPI:
         elif encoding == "base64":
             try:
                 raw = base64.b64decode(payload, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a str that is not ASCII
                 raise bad_request("payload is not valid base64") from None
         else:
             raise bad_request("'payload_encoding' must be string or base64")
@@ -779,8 +782,11 @@ class ManagementAPI:
 
     async def get_definitions(self, call: Call) -> web.Response:
         response = reply(definitions.export(self))
-        if call.request.query.get("download"):
-            response.headers["Content-Disposition"] = f'attachment; filename="{call.request.query["download"]}"'
+        name = call.request.query.get("download")
+        if name:  # the name as given (RFC 6266 filename*) and a plain ASCII fallback: no header injection
+            plain = re.sub(r'[^\x20-\x7e]|["\\]', "_", name)
+            response.headers["Content-Disposition"] = \
+                f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
         return response
 
     async def post_definitions(self, call: Call) -> web.Response:
@@ -945,7 +951,7 @@ def password_hash_of(body: dict[str, Any], existing: User | None) -> str:
         if value:
             try:
                 raw = base64.b64decode(value, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a str that is not ASCII
                 raise bad_request("'password_hash' is not base64") from None
             if len(raw) != 36:
                 raise bad_request("'password_hash' is not a rabbit_password_hashing_sha256 hash")
