@@ -609,3 +609,28 @@ def test_malformed_input_is_a_client_error_not_a_crash(server: ThreadedServer, a
     assert (status, body["reason"]) == (400, "payload is not valid base64")
     status, _, _ = api.request("GET", "/api/overview", auth=False, headers={"Authorization": "Basic é"})
     assert status == 401
+
+
+# --- the web page ------------------------------------------------------------------------------------------
+
+
+def test_web_page_and_its_files_are_served_without_credentials(api: Client) -> None:
+    status, page, headers = api.request("GET", "/", auth=False)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for asset in ("static/app.js", "static/style.css"):
+        assert f'"{asset}"' in page.decode()
+        status, body, _ = api.request("GET", "/" + asset, auth=False)
+        assert status == 200 and body
+    for path in ("/static/app.js", "/static/style.css"):  # nothing from other origins (works offline)
+        assert b"://" not in api.request("GET", path, auth=False)[1]
+    assert "://" not in page.decode()
+    assert api.request("GET", "/static/../api.py", auth=False)[0] in (403, 404)
+
+
+def test_page_requests_get_401_without_a_browser_login_dialog(api: Client) -> None:
+    _, _, headers = api.request("GET", "/api/overview", auth=("guest", "wrong"))
+    assert "WWW-Authenticate" in headers  # tools (curl, rabbitmqadmin) are asked for credentials
+    status, _, headers = api.request("GET", "/api/overview", auth=("guest", "wrong"),
+                                     headers={"X-Requested-With": "XMLHttpRequest"})
+    assert status == 401 and "WWW-Authenticate" not in headers

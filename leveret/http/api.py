@@ -33,6 +33,7 @@ from leveret.core.policies import Policy
 from leveret.core.queue import Queue
 
 from . import definitions, openapi
+from . import web as web_page
 from .metrics import render_metrics
 from .rates import Rates
 
@@ -247,6 +248,7 @@ class ManagementAPI:
         application.router.add_route("*", r"/api/{tail:[\s\S]*}", self._handle)  # any byte, newlines too
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
+        web_page.add_routes(application)
         return application
 
     # --- the one entry point: authentication, routing, authorisation, error translation -------------
@@ -259,7 +261,8 @@ class ManagementAPI:
             return await route.handler(Call(request, user, params))  # type: ignore[no-any-return]
         except HTTPFailure as exc:
             response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
-            if exc.status == 401:
+            if exc.status == 401 and request.headers.get("X-Requested-With") != "XMLHttpRequest":
+                # not for the web page's requests: a browser would open its own login dialog over the page's
                 response.headers["WWW-Authenticate"] = 'Basic realm="RabbitMQ Management"'
             return response
         except errors.BrokerError as exc:
