@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -567,6 +568,20 @@ async def test_delete_connection_default_reason_seen_by_aio_pika(server: Threade
     exc = await asyncio.wait_for(closed, 10)
     assert isinstance(exc, aiormq.exceptions.ConnectionClosed)
     assert exc.args[:2] == (320, "CONNECTION_FORCED - Closed via management plugin")
+
+
+def test_delete_connection_with_a_reason_that_is_not_utf8(server: ThreadedServer, api: Client) -> None:
+    victim = amqp(server)
+    (name,) = _connection_names(api)
+    path = "/api/connections/" + urllib.request.quote(name, safe="")
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:  # urllib sends latin-1
+        sock.sendall(f"DELETE {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n".encode()
+                     + b"Connection: close\r\nX-Reason: caf\xc3\xa9 \xff\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 204 ")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            victim.process_data_events(0.1)
+    assert (closed.value.reply_code, closed.value.reply_text) == (320, "CONNECTION_FORCED - café \ufffd")
 
 
 def test_delete_connection_authorisation(server: ThreadedServer, api: Client) -> None:

@@ -429,9 +429,9 @@ class ServerConnection:
 
 
 def _clip(text: str) -> str:
-    """A reply text cut to a short string's 255 bytes of UTF-8 (not characters), at a character boundary."""
-    raw = text.encode()
-    return text if len(raw) <= 255 else raw[:255].decode(errors="ignore")
+    """A reply text cut to a short string's 255 bytes of UTF-8 (not characters), at a character boundary; a
+    character UTF-8 cannot encode (a lone surrogate from undecodable input) becomes '?'."""
+    return text.encode(errors="replace")[:255].decode(errors="ignore")
 
 
 _CLIENT_METHODS = frozenset(

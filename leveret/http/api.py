@@ -859,6 +859,7 @@ class ManagementAPI:
         if "administrator" not in call.user.tags and (session.user is None or session.user.name != call.user.name):
             raise HTTPFailure(401, "not_authorised", "User not authorised to access object")
         reason = call.request.headers.get("X-Reason") or CLOSE_REASON
+        reason = reason.encode(errors="surrogateescape").decode(errors="replace")  # bytes that were not UTF-8
         log.info("closing connection '%s' on request of user '%s': %s", call.params["name"], call.user.name, reason)
         session.force_close(reason)
         return reply(None, 204)
