@@ -4,6 +4,8 @@
 #   php    php-amqplib            (Debian: php-cli php-amqplib)
 #   go     rabbitmq/amqp091-go    (Debian: golang-go golang-github-rabbitmq-amqp091-go-dev, built offline)
 #   c      rabbitmq-c             (Debian: librabbitmq-dev amqp-tools, and gcc)
+#   web    headless Chromium for tests/test_web_ui.py (Debian: chromium chromium-driver; driven by Playwright
+#          for Python from the test extra, which launches /usr/bin/chromium and downloads no browser)
 # Idempotent, non-interactive and quiet: installs only what is missing. A toolchain that cannot be installed
 # is reported on one line and its tests are skipped; this script itself never fails the run.
 # usage: bash scripts/install-test-deps.sh
@@ -65,6 +67,9 @@ if apt_install "php" php-cli php-amqplib; then summary+=("php:ok"); else summary
 
 # Go: the Debian-packaged amqp091-go source under /usr/share/gocode, built in GOPATH mode (no module proxy).
 if apt_install "go" golang-go golang-github-rabbitmq-amqp091-go-dev; then summary+=("go:ok"); else summary+=("go:missing"); fi
+
+# Web page: Debian's Chromium (/usr/bin/chromium) and its driver for the browser test of the management page.
+if apt_install "chromium" chromium chromium-driver; then summary+=("chromium:ok"); else summary+=("chromium:missing"); fi
 
 # Node: the machine's Node.js and npm (Debian's if none), then amqplib exactly as package-lock.json pins it.
 node_ok=1

@@ -322,6 +322,16 @@ def test_output_methods_queue_in_order() -> None:
     assert conn.state is State.CLOSING
 
 
+def test_reply_texts_are_cut_to_255_bytes_at_a_character_boundary() -> None:
+    conn, _ = connect()
+    conn.close_channel(1, 404, "NOT_FOUND - " + "é" * 200)
+    conn.close(320, "CONNECTION_FORCED - " + "ü" * 200)  # 420 bytes of UTF-8: a short string holds 255
+    frames = parse_frames(conn.data_to_send())
+    texts = [codec.decode_method_payload(p)[1][1] for _, _, p in frames]
+    assert texts == ["NOT_FOUND - " + "é" * 121, "CONNECTION_FORCED - " + "ü" * 117]
+    assert [len(t.encode()) for t in texts] == [254, 254]
+
+
 # --- protocol violations ---------------------------------------------------------------------------
 
 

@@ -407,14 +407,14 @@ class ServerConnection:
         """Send channel.close; the channel then discards all but close/close-ok until the client's close-ok."""
         self._content.pop(channel, None)
         self.channels[channel] = CH_CLOSING
-        self.send_method(channel, spec.method("channel.close"), (reply_code, reply_text[:255], class_id, method_id))
+        self.send_method(channel, spec.method("channel.close"), (reply_code, _clip(reply_text), class_id, method_id))
 
     def close(self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Send connection.close; only close-ok (or close) is accepted afterwards."""
         if self.state in (State.CLOSING, State.CLOSED):
             return
         self.state = State.CLOSING
-        self.send_method(0, spec.method("connection.close"), (reply_code, reply_text[:255], class_id, method_id))
+        self.send_method(0, spec.method("connection.close"), (reply_code, _clip(reply_text), class_id, method_id))
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, in order."""
@@ -426,6 +426,12 @@ class ServerConnection:
 
     def has_output(self) -> bool:
         return bool(self._out)
+
+
+def _clip(text: str) -> str:
+    """A reply text cut to a short string's 255 bytes of UTF-8 (not characters), at a character boundary; a
+    character UTF-8 cannot encode (a lone surrogate from undecodable input) becomes '?'."""
+    return text.encode(errors="replace")[:255].decode(errors="ignore")
 
 
 _CLIENT_METHODS = frozenset(

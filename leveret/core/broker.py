@@ -611,6 +611,11 @@ class Session:
         elif after or durability.ops:
             durability.commit(after)
 
+    def force_close(self, reason: str) -> None:
+        """Close this client connection on an operator's request (management API, ``leveret ctl``): the
+        protocol adapter tells the client why (AMQP: 320 CONNECTION_FORCED) and the session then closes."""
+        self.sink.force_close(reason)
+
     def close(self) -> None:
         """The connection is gone: close its channels and delete its exclusive queues."""
         for number in list(self.channels):

@@ -35,6 +35,9 @@ class Sink(Protocol):
 
     def send_cancel(self, channel: int, consumer_tag: str) -> None: ...
 
+    def force_close(self, reason: str) -> None:
+        """Close the whole connection on an operator's request (AMQP: 320 CONNECTION_FORCED with ``reason``)."""
+
 
 NO_ROUTE = 312
 REPLY_TO = "amq.rabbitmq.reply-to"

@@ -91,6 +91,7 @@ class Queue:
         self._rr_by_priority: dict[int, int] = {}
         self.stats_published = 0
         self.stats_delivered = 0
+        self.stats_acked = 0
         self.timers = vhost.broker.timers
         self.settings = QueueSettings()
         self.policy: str | None = None
@@ -425,6 +426,7 @@ class Queue:
 
     def settle_unacked(self, msg: Message) -> None:
         self.unacked_count -= 1
+        self.stats_acked += 1
         self.settle(msg)
 
     def drop(self, msg: Message, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import ipaddress
 import json
@@ -33,13 +32,16 @@ from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
 
-from . import definitions
+from . import definitions, openapi
+from . import web as web_page
 from .metrics import render_metrics
+from .rates import Rates
 
 log = logging.getLogger("leveret.http")
 
 RABBITMQ_VERSION = "3.10.8"  # what tools that check the version are told (they expect RabbitMQ's numbers)
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's default reason of DELETE /api/connections/{name}
 READ_TAGS = frozenset({"administrator", "monitoring", "management", "policymaker"})
 
 STATUS: dict[type[errors.BrokerError], tuple[int, str]] = {
@@ -178,6 +180,7 @@ class ManagementAPI:
         self.broker = broker
         self.sessions = sessions
         self.listeners = listeners
+        self.rates = Rates()
         self.routes: list[Route] = []
         r = self._route
         r("GET", "overview", self.overview)
@@ -227,6 +230,7 @@ class ManagementAPI:
         r("GET", "nodes/{node}", self.get_node)
         r("GET", "connections", self.list_connections)
         r("GET", "connections/{name}", self.get_connection)
+        r("DELETE", "connections/{name}", self.delete_connection)
         r("GET", "vhosts/{vhost}/connections", self.list_connections)
         r("GET", "channels", self.list_channels)
         r("GET", "vhosts/{vhost}/channels", self.list_channels)
@@ -234,15 +238,17 @@ class ManagementAPI:
         r("GET", "consumers/{vhost}", self.list_consumers)
         r("GET", "aliveness-test/{vhost}", self.aliveness)
         r("GET", "health/checks/alarms", self.alarms)
+        r("GET", "openapi.json", self.openapi_description)
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))
 
     def app(self) -> web.Application:
         application = web.Application(client_max_size=64 * 1024 * 1024)
-        application.router.add_route("*", "/api/{tail:.*}", self._handle)
+        application.router.add_route("*", r"/api/{tail:[\s\S]*}", self._handle)  # any byte, newlines too
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
+        web_page.add_routes(application)
         return application
 
     # --- the one entry point: authentication, routing, authorisation, error translation -------------
@@ -255,7 +261,8 @@ class ManagementAPI:
             return await route.handler(Call(request, user, params))  # type: ignore[no-any-return]
         except HTTPFailure as exc:
             response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
-            if exc.status == 401:
+            if exc.status == 401 and request.headers.get("X-Requested-With") != "XMLHttpRequest":
+                # not for the web page's requests: a browser would open its own login dialog over the page's
                 response.headers["WWW-Authenticate"] = 'Basic realm="RabbitMQ Management"'
             return response
         except errors.BrokerError as exc:
@@ -272,7 +279,7 @@ class ManagementAPI:
             raise HTTPFailure(401, "not_authorised", "Not_Authorized")
         try:
             username, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             raise HTTPFailure(401, "not_authorised", "Not_Authorized") from None
         try:
             return self.broker.authenticate(username, password, _is_loopback(request.remote))
@@ -361,7 +368,8 @@ class ManagementAPI:
             "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
             "state": "running", "type": "classic", "node": self.broker.node_name,
             "exclusive_consumer_tag": None,
-            "message_stats": {"publish": queue.stats_published, "deliver_get": queue.stats_delivered},
+            "message_stats": self.rates.stats(("queue", queue.vhost.name, queue.name), {
+                "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked}),
         }
 
     @staticmethod
@@ -427,10 +435,14 @@ class ManagementAPI:
             },
             "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
                              "messages_unacknowledged": unacked},
-            "message_stats": {"publish": sum(q.stats_published for q in queues),
-                              "deliver_get": sum(q.stats_delivered for q in queues)},
+            "message_stats": self.rates.stats("overview", {"publish": sum(q.stats_published for q in queues),
+                                                           "deliver_get": sum(q.stats_delivered for q in queues),
+                                                           "ack": sum(q.stats_acked for q in queues)}),
             "listeners": self.listeners(),
         })
+
+    async def openapi_description(self, call: Call) -> web.Response:
+        return reply(openapi.build())
 
     async def whoami(self, call: Call) -> web.Response:
         return reply({"name": call.user.name, "tags": list(call.user.tags)})
@@ -597,7 +609,7 @@ class ManagementAPI:
         elif encoding == "base64":
             try:
                 raw = base64.b64decode(payload, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a str that is not ASCII
                 raise bad_request("payload is not valid base64") from None
         else:
             raise bad_request("'payload_encoding' must be string or base64")
@@ -773,8 +785,11 @@ class ManagementAPI:
 
     async def get_definitions(self, call: Call) -> web.Response:
         response = reply(definitions.export(self))
-        if call.request.query.get("download"):
-            response.headers["Content-Disposition"] = f'attachment; filename="{call.request.query["download"]}"'
+        name = call.request.query.get("download")
+        if name:  # the name as given (RFC 6266 filename*) and a plain ASCII fallback: no header injection
+            plain = re.sub(r'[^\x20-\x7e]|["\\]', "_", name)
+            response.headers["Content-Disposition"] = \
+                f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
         return response
 
     async def post_definitions(self, call: Call) -> web.Response:
@@ -815,9 +830,7 @@ class ManagementAPI:
 
     def connection_info(self, session: Session, address: str) -> dict[str, Any]:
         host, _, port = session.peer.rpartition(":")
-        if "port" in session.details:  # the listener it came in on (the AMQPS one for a TLS connection)
-            address = f"{session.details['host']}:{session.details['port']}"
-        return {"name": f"{session.peer} -> {address}", "node": self.broker.node_name, "type": "network",
+        return {"name": connection_name(session, address), "node": self.broker.node_name, "type": "network",
                 "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
                 "vhost": _session_vhost(session) or "", "channels": len(session.channels),
                 "state": "running" if session.writable else "flow", "peer_host": host,
@@ -827,13 +840,29 @@ class ManagementAPI:
         address = self._amqp_address()
         return reply([self.connection_info(s, address) for s in self._open_sessions(call)])
 
-    async def get_connection(self, call: Call) -> web.Response:
+    def find_connection(self, name: str) -> Session:
+        """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
         address = self._amqp_address()
-        for session in self._open_sessions(call):
-            info = self.connection_info(session, address)
-            if info["name"] == call.params["name"]:
-                return reply(info)
-        raise errors.NotFound(f"no connection '{call.params['name']}'")
+        for session in self.sessions():
+            if session.user is not None and _session_vhost(session) is not None \
+                    and connection_name(session, address) == name:
+                return session
+        raise errors.NotFound(f"no connection '{name}'")
+
+    async def get_connection(self, call: Call) -> web.Response:
+        return reply(self.connection_info(self.find_connection(call.params["name"]), self._amqp_address()))
+
+    async def delete_connection(self, call: Call) -> web.Response:
+        """RabbitMQ's force-close: the client gets 320 CONNECTION_FORCED with the ``X-Reason`` header's text.
+        An administrator may close any connection, other management users their own only (as RabbitMQ)."""
+        session = self.find_connection(call.params["name"])
+        if "administrator" not in call.user.tags and (session.user is None or session.user.name != call.user.name):
+            raise HTTPFailure(401, "not_authorised", "User not authorised to access object")
+        reason = call.request.headers.get("X-Reason") or CLOSE_REASON
+        reason = reason.encode(errors="surrogateescape").decode(errors="replace")  # bytes that were not UTF-8
+        log.info("closing connection '%s' on request of user '%s': %s", call.params["name"], call.user.name, reason)
+        session.force_close(reason)
+        return reply(None, 204)
 
     async def list_channels(self, call: Call) -> web.Response:
         address = self._amqp_address()
@@ -896,6 +925,14 @@ class ManagementAPI:
                       "alarms": alarms}, 503)
 
 
+def connection_name(session: Session, amqp_address: str) -> str:
+    """A connection's name in the API, as RabbitMQ's: ``"127.0.0.1:50812 -> 127.0.0.1:5672"``, with the listener
+    it came in on (the AMQPS one for a TLS connection)."""
+    if "port" in session.details:
+        amqp_address = f"{session.details['host']}:{session.details['port']}"
+    return f"{session.peer} -> {amqp_address}"
+
+
 def _session_vhost(session: Session) -> str | None:
     """The vhost a connection has open; None before connection.open."""
     try:
@@ -921,7 +958,7 @@ def password_hash_of(body: dict[str, Any], existing: User | None) -> str:
         if value:
             try:
                 raw = base64.b64decode(value, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a str that is not ASCII
                 raise bad_request("'password_hash' is not base64") from None
             if len(raw) != 36:
                 raise bad_request("'password_hash' is not a rabbit_password_hashing_sha256 hash")

@@ -195,6 +195,13 @@ class AMQPConnection(asyncio.Protocol):
         self.conn.close(reply_code, text, class_id, method_id)
         self._after_close_sent()
 
+    def force_close(self, reason: str) -> None:
+        """Sink.force_close: RabbitMQ's text for a connection closed by an operator, e.g.
+        ``CONNECTION_FORCED - Closed via management plugin``. Once closing, a second request does nothing."""
+        if self.conn.state in (State.CLOSING, State.CLOSED):
+            return
+        self.close(spec.CONNECTION_FORCED, f"CONNECTION_FORCED - {reason}")
+
     def _after_close_sent(self) -> None:
         self.session.close()
         self._flush()

@@ -1,0 +1,46 @@
+"""A small client of the management HTTP API for tests (urllib, basic auth, JSON in and out)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class Client:
+    def __init__(self, port: int, user: str = "guest", password: str = "guest") -> None:
+        self.port = port
+        self.user = user
+        self.password = password
+
+    def request(self, method: str, path: str, body: Any = None, *, auth: tuple[str, str] | bool | None = True,
+                raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
+        if auth is True:
+            auth = (self.user, self.password)
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            req.add_header("Authorization", "Basic " + token)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, text, headers = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            status, text, headers = exc.code, exc.read(), dict(exc.headers)
+        value = json.loads(text) if text and headers.get("Content-Type", "").startswith("application/json") else text
+        return status, value, headers
+
+    def get(self, path: str, **kw: Any) -> Any:
+        status, value, _ = self.request("GET", path, **kw)
+        assert status == 200, (path, status, value)
+        return value
+
+    def ok(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
+        status, value, _ = self.request(method, path, body)
+        assert status in expect, (method, path, status, value)
+        return value
