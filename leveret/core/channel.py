@@ -314,6 +314,9 @@ class Channel:
     def publish(self, msg: Message, mandatory: bool) -> None:
         """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
         vhost = self.session.vhost
+        access = self.session.access
+        if access is not None:  # write on the exchange, before it is looked up (RabbitMQ's order)
+            access.publish(msg.exchange)
         exchange = vhost.exchange_for_publish(msg.exchange)
         flags = msg.flags
         if flags & _USER_ID_FLAG:
