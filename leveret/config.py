@@ -58,6 +58,7 @@ class Config:
     queue_memory_budget: int = 16_000_000
     http_bind: str = "127.0.0.1"
     http_port: int = 15672
+    audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -225,6 +226,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "queue_memory_budget": _to_int(0, None),
     "http_bind": _to_nonempty_str,
     "http_port": _to_int(-1, 65535),
+    "audit_log": lambda value: None if value is None else _to_str(value).strip(),
 }
 
 

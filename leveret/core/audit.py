@@ -66,12 +66,13 @@ class AuditLog:
             self._file.close()
             self._file = None
 
-    def record(self, event: str, **fields: Any) -> None:
-        """Write one event: ``ts`` (UTC, ISO 8601), ``event``, ``actor`` and ``fields``."""
+    def record(self, event: str, *, by: dict[str, Any] | None = None, **fields: Any) -> None:
+        """Write one event: ``ts`` (UTC, ISO 8601), ``event``, ``actor`` (``by``, else the context's) and
+        ``fields``."""
         entry: dict[str, Any] = {
             "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "event": event,
-            "actor": actor(),
+            "actor": by or actor(),
         }
         entry.update(fields)
         line = json.dumps(entry, default=str, ensure_ascii=False)

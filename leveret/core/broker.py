@@ -703,7 +703,8 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
-                 timers: Timers | None = None) -> None:
+                 timers: Timers | None = None, audit: _audit.AuditLog | None = None) -> None:
+        self.audit = audit or _audit.AuditLog()
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
         self.queue_memory_budget = queue_memory_budget
@@ -714,7 +715,6 @@ class Broker:
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
         self.delays = DelayedMessages(self)
-        self.audit = _audit.AuditLog()
         self.sessions: set[Session] = set()  # connections past connection.open
         self.vhost_connections: dict[str, int] = {}
         self.user_connections: dict[str, int] = {}

@@ -379,8 +379,8 @@ class AMQPConnection(asyncio.Protocol):
             self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
             log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
-            self.broker.audit.record("login.refused", protocol="amqp", user=username, peer=self.peer,
-                                     reason=exc.text)
+            self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
+                                     user=username, peer=self.peer, reason=exc.text)
             if self.auth_failure_close:
                 self.close(spec.ACCESS_REFUSED, f"ACCESS_REFUSED - Login was refused using authentication "
                                                 f"mechanism {mechanism}. For details see the broker logfile.",
@@ -426,10 +426,11 @@ class AMQPConnection(asyncio.Protocol):
         try:
             self.session.open_vhost(virtual_host)
         except errors.NotAllowed as exc:
-            self.broker.audit.record("login.refused", protocol="amqp", user=user, peer=self.peer, vhost=virtual_host,
-                                     reason=exc.text)
+            self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
+                                     user=user, peer=self.peer, vhost=virtual_host, reason=exc.text)
             raise
-        self.broker.audit.record("login", protocol="amqp", user=user, peer=self.peer, vhost=virtual_host)
+        self.broker.audit.record("login", by={"via": "amqp", "address": self.peer}, protocol="amqp", user=user,
+                                 peer=self.peer, vhost=virtual_host)
         log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'", self.peer, user,
                  virtual_host)
         self.conn.send_method(0, _OPEN_OK, ("",))
