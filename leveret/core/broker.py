@@ -884,7 +884,8 @@ class Broker:
         if self.durability is not None and not self.durability.recovering:
             self.durability.store.save_limits(kind, name, dict(limits))
         if self._audited():
-            self.audit.record(f"{kind}_limits.{'set' if limits else 'cleared'}", **{kind: name}, limits=limits)
+            subject: dict[str, Any] = {kind: name, "limits": limits}
+            self.audit.record(f"{kind}_limits.{'set' if limits else 'cleared'}", **subject)
 
     def delete_vhost(self, name: str) -> None:
         """Delete a vhost with its queues (their consumers are cancelled), exchanges, policies and
