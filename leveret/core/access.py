@@ -82,12 +82,16 @@ def resource_name(kind: str, name: str) -> str:
 class Access:
     """What one authenticated user may do in the vhost its connection opened."""
 
-    __slots__ = ("permissions", "user", "vhost")
+    __slots__ = ("last_exchange", "permissions", "user", "version", "vhost")
 
     def __init__(self, user: Any, vhost: str) -> None:
         self.user = user  # leveret.core.broker.User
         self.vhost = vhost
         self.permissions: dict[str, Permission] = user.permissions
+        # the last exchange basic.publish was allowed to, under the user's permissions version ``version``:
+        # Channel.publish skips the check while both are unchanged (one comparison each per message)
+        self.last_exchange: str | None = None
+        self.version = -1
 
     def check(self, permission: str, kind: str, name: str) -> None:
         """Raise AccessRefused (403) unless the user has ``permission`` on the ``kind`` named ``name``."""
@@ -107,10 +111,13 @@ class Access:
         self.check("read", kind, name)
 
     def publish(self, exchange: str) -> None:
-        """basic.publish: write on the exchange (the hot path: ``.*`` is one dict lookup)."""
+        """basic.publish: write on the exchange; remembered until the exchange or the permissions change."""
+        version = self.user.version
         current = self.permissions.get(self.vhost)
         if current is None or not (current.write.everything or current.write.allows(exchange or "amq.default")):
             self.check("write", "exchange", exchange)
+        self.last_exchange = exchange
+        self.version = version
 
 
 def validate_limits(limits: Any, allowed: tuple[str, ...], owner: str) -> dict[str, int]:

@@ -569,6 +569,7 @@ class User:
     tags: tuple[str, ...] = ()
     permissions: dict[str, Permission] = field(default_factory=dict)  # vhost -> patterns
     limits: dict[str, int] = field(default_factory=dict)  # max-connections, max-channels
+    version: int = 0  # bumped by every change of ``permissions`` (sessions' publish checks rely on it)
 
     @property
     def vhosts(self) -> Any:
@@ -810,6 +811,7 @@ class Broker:
             raise NotFound(f"no user '{name}'")
         del self.users[name]
         user.permissions.clear()  # anything its connections still try is refused
+        user.version += 1
         if self.durability is not None:
             self.durability.store.delete_user(name)
         self.audit.record("user.deleted", user=name)
@@ -828,6 +830,7 @@ class Broker:
         permission = Permission(configure, write, read)
         created = vhost_name not in user.permissions
         user.permissions[vhost_name] = permission
+        user.version += 1
         if self.durability is not None and not self.durability.recovering:
             self.durability.store.save_permission(PermissionDef(user_name, vhost_name, configure, write, read))
         if self._audited():
@@ -840,6 +843,7 @@ class Broker:
         if user is None or vhost_name not in user.permissions:
             raise NotFound(f"no permissions for user '{user_name}' in vhost '{vhost_name}'")
         del user.permissions[vhost_name]
+        user.version += 1
         if self.durability is not None:
             self.durability.store.delete_permission(user_name, vhost_name)
         self.audit.record("permission.cleared", user=user_name, vhost=vhost_name)
@@ -899,7 +903,8 @@ class Broker:
             vhost.remove_queue(queue)
         del self.vhosts[name]
         for user in self.users.values():
-            user.permissions.pop(name, None)
+            if user.permissions.pop(name, None) is not None:
+                user.version += 1
         if self.durability is not None:
             self.durability.flush()
             for policy_name in vhost.policies:
