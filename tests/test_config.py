@@ -146,6 +146,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_QUEUE_MEMORY_BUDGET": "1000",
         "LEVERET_HTTP_BIND": "0.0.0.0",
         "LEVERET_HTTP_PORT": "-1",
+        "LEVERET_AUDIT_LOG": "",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -168,6 +169,7 @@ def test_every_field_has_an_environment_variable() -> None:
         queue_memory_budget=1000,
         http_bind="0.0.0.0",
         http_port=-1,
+        audit_log="",
     )
 
 
@@ -364,3 +366,10 @@ def test_errors_do_not_chain_a_traceback(tmp_path: Path) -> None:
         load_config({}, {"LEVERET_PORT": "x"}, None)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+def test_audit_log_defaults_to_the_data_dir_and_empty_turns_it_off() -> None:
+    assert Config().audit_log is None  # the server writes <data_dir>/audit.log
+    assert load_config({}, {"LEVERET_AUDIT_LOG": " /var/log/leveret/audit.log "}, None).audit_log == \
+        "/var/log/leveret/audit.log"
+    assert load_config({}, {"LEVERET_AUDIT_LOG": ""}, None).audit_log == ""
