@@ -318,7 +318,7 @@ def test_deleting_a_user_closes_its_connections(env: Env) -> None:
     try:
         env.admin.delete_user(name)
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
-            for _ in range(50):
+            for _ in range(300):
                 conn.process_data_events(0.1)
         assert (info.value.reply_code, info.value.reply_text) == (320, f"CONNECTION_FORCED - user '{name}' is deleted")
     finally:
@@ -334,9 +334,13 @@ def test_deleting_a_vhost_closes_its_connections(env: Env) -> None:
     try:
         env.admin.delete_vhost(vhost)
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
-            for _ in range(50):
+            for _ in range(300):  # RabbitMQ stops the vhost's processes first: allow a loaded machine 30 s
                 conn.process_data_events(0.1)
-        assert (info.value.reply_code, info.value.reply_text) == (320, f"CONNECTION_FORCED - vhost '{vhost}' is down")
+        # RabbitMQ closes them itself ("is deleted") unless the vhost's processes stopped first ("is down")
+        expected = {f"CONNECTION_FORCED - vhost '{vhost}' is deleted"}
+        if env.admin.name == "rabbitmq":
+            expected.add(f"CONNECTION_FORCED - vhost '{vhost}' is down")
+        assert info.value.reply_code == 320 and info.value.reply_text in expected, info.value
     finally:
         if conn.is_open:
             conn.close()

@@ -898,7 +898,7 @@ class Broker:
         if vhost is None:
             raise NotFound(f"no vhost '{name}'")
         self.audit.record("vhost.deleted", vhost=name)
-        self._force_close([s for s in self.sessions if s._vhost is vhost], f"vhost '{name}' is down")
+        self._force_close([s for s in self.sessions if s._vhost is vhost], f"vhost '{name}' is deleted")
         for queue in list(vhost.queues.values()):
             vhost.remove_queue(queue)
         del self.vhosts[name]
