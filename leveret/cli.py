@@ -160,6 +160,7 @@ def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for name in ("list-policies", "list-queues"):
         listing = commands.add_parser(name)
         listing.add_argument("--vhost")
+    _add_ctl_limits(commands)
     ctl.set_defaults(handler=_run_ctl)
 
 
@@ -184,6 +185,8 @@ def _run_ctl(args: argparse.Namespace) -> int:
         request["args"] = {"name": args.name, "vhost": args.vhost}
     elif command in ("list_policies", "list_queues") and args.vhost:
         request["args"] = {"vhost": args.vhost}
+    elif command in _LIMIT_COMMANDS:
+        request["args"] = {k: v for k, v in vars(args).items() if k in ("vhost", "user", "limits", "name") and v}
     path = socket_path(data_dir)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -204,6 +207,30 @@ def _run_ctl(args: argparse.Namespace) -> int:
     else:
         _print_table(result)
     return 0
+
+
+_LIMIT_COMMANDS = ("set_vhost_limits", "clear_vhost_limits", "list_vhost_limits", "set_user_limits",
+                   "clear_user_limits", "list_user_limits")
+
+
+def _add_ctl_limits(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The limit commands, as rabbitmqctl's (docs/security.md#limits)."""
+    setv = commands.add_parser("set-vhost-limits", help="replace a vhost's limits (max-connections, max-queues)")
+    setv.add_argument("limits", help='JSON object, e.g. \'{"max-connections": 100, "max-queues": 500}\'')
+    setv.add_argument("--vhost", default="/")
+    clearv = commands.add_parser("clear-vhost-limits", help="remove a vhost's limits")
+    clearv.add_argument("--vhost", default="/")
+    listv = commands.add_parser("list-vhost-limits")
+    listv.add_argument("--vhost")
+    setu = commands.add_parser("set-user-limits", help="set a user's limits (max-connections, max-channels), "
+                                                       "merged with its others")
+    setu.add_argument("user")
+    setu.add_argument("limits", help='JSON object, e.g. \'{"max-connections": 10, "max-channels": 50}\'')
+    clearu = commands.add_parser("clear-user-limits", help="remove one limit of a user, or all")
+    clearu.add_argument("user")
+    clearu.add_argument("name", nargs="?", default="all", help="max-connections, max-channels or all (default)")
+    listu = commands.add_parser("list-user-limits")
+    listu.add_argument("--user")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

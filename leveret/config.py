@@ -74,6 +74,8 @@ class Config:
     tls_cert_login_from: str = "distinguished_name"
     http_tls_port: int = 15671
 
+    audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = _convert(field.name, getattr(self, field.name), "Config()")
@@ -297,6 +299,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tls_min_version": lambda value: _to_choice(value, TLS_VERSIONS, prefix="tlsv"),
     "tls_cert_login_from": lambda value: _to_choice(value, CERT_LOGIN_FROM),
     "http_tls_port": _to_int(-1, 65535),
+
+    "audit_log": lambda value: None if value is None else _to_str(value).strip(),
 }
 
 

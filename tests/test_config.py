@@ -157,6 +157,8 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TLS_MIN_VERSION": "1.3",
         "LEVERET_TLS_CERT_LOGIN_FROM": "common_name",
         "LEVERET_HTTP_TLS_PORT": "-1",
+
+        "LEVERET_AUDIT_LOG": "",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -190,6 +192,8 @@ def test_every_field_has_an_environment_variable() -> None:
         tls_min_version="1.3",
         tls_cert_login_from="common_name",
         http_tls_port=-1,
+
+        audit_log="",
     )
 
 
@@ -386,3 +390,10 @@ def test_errors_do_not_chain_a_traceback(tmp_path: Path) -> None:
         load_config({}, {"LEVERET_PORT": "x"}, None)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+def test_audit_log_defaults_to_the_data_dir_and_empty_turns_it_off() -> None:
+    assert Config().audit_log is None  # the server writes <data_dir>/audit.log
+    assert load_config({}, {"LEVERET_AUDIT_LOG": " /var/log/leveret/audit.log "}, None).audit_log == \
+        "/var/log/leveret/audit.log"
+    assert load_config({}, {"LEVERET_AUDIT_LOG": ""}, None).audit_log == ""

@@ -75,7 +75,8 @@ def test_description_needs_credentials_like_the_rest(server: ThreadedServer) -> 
 # (2xx), where schemathesis checks that they refuse requests without or with wrong credentials.
 PATH_EXAMPLES = {"vhost": "/", "user": "fuzz-user", "source": "fuzz-x", "kind": "q", "destination": "fuzz-q",
                  "props": "~"}
-NAME_EXAMPLES = {"queues": "fuzz-q", "exchanges": "fuzz-x", "policies": "fuzz-p", "connections": "none"}
+NAME_EXAMPLES = {"queues": "fuzz-q", "exchanges": "fuzz-x", "policies": "fuzz-p", "connections": "none",
+                 "vhost-limits": "max-connections", "user-limits": "max-channels"}
 BODY_EXAMPLES = {
     "QueueDeclare": {"durable": True, "auto_delete": False, "arguments": {}},
     "ExchangeDeclare": {"type": "direct", "durable": True},
@@ -87,6 +88,7 @@ BODY_EXAMPLES = {
     "PermissionRequest": {"configure": ".*", "write": ".*", "read": ".*"},
     "PolicyRequest": {"pattern": "^fuzz", "definition": {"max-length": 100}, "apply-to": "queues"},
     "VHostRequest": {"description": "made by the fuzz"},
+    "LimitRequest": {"value": 1000},
 }
 
 

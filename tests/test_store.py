@@ -932,3 +932,43 @@ def test_policies_round_trip(store: Store) -> None:
                                                                    "exchanges")]
     store.delete_policy("/", "ae")
     assert store.load_definitions().policies == [policy]
+
+
+def test_limits_saved_replaced_cleared_and_cascaded(store: Store) -> None:
+    store.save_vhost("/")
+    store.save_vhost("other")
+    store.save_user(UserDef("bob", "h"))
+    store.save_limits("vhost", "/", {"max-connections": 10, "max-queues": 2})
+    store.save_limits("vhost", "other", {"max-queues": 0})
+    store.save_limits("user", "bob", {"max-channels": 5})
+    store.save_limits("vhost", "/", {"max-queues": 3})  # replaces
+    assert sorted(store.load_definitions().limits) == [("user", "bob", {"max-channels": 5}),
+                                                      ("vhost", "/", {"max-queues": 3}),
+                                                      ("vhost", "other", {"max-queues": 0})]
+    store.save_limits("vhost", "/", {})  # empty: removed
+    store.delete_vhost("other")
+    store.delete_user("bob")
+    assert store.load_definitions().limits == []
+
+
+def test_a_version_2_store_is_migrated_and_keeps_its_definitions(db_path: Path) -> None:
+    from leveret.store.sqlite import MIGRATIONS
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    for migrate in MIGRATIONS[:2]:  # the schema as Leveret wrote it before limits
+        migrate(conn)
+    conn.execute("INSERT INTO vhosts (name) VALUES ('/')")
+    conn.execute("INSERT INTO users (name, password_hash, tags) VALUES ('bob', 'h', '[]')")
+    conn.execute("INSERT INTO permissions VALUES ('bob', '/', '^c', '^w', '^r')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with SqliteStore(db_path) as s:
+        d = s.load_definitions()
+        assert d.permissions == [PermissionDef("bob", "/", "^c", "^w", "^r")] and d.limits == []
+        s.save_limits("user", "bob", {"max-connections": 1})
+        assert s.load_definitions().limits == [("user", "bob", {"max-connections": 1})]
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()

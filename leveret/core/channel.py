@@ -317,6 +317,11 @@ class Channel:
     def publish(self, msg: Message, mandatory: bool) -> None:
         """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
         vhost = self.session.vhost
+        access = self.session.access
+        # write on the exchange, before it is looked up (RabbitMQ's order); checked again only when the exchange
+        # differs from the last one allowed or the user's permissions changed since
+        if access is not None and (msg.exchange != access.last_exchange or access.version != access.user.version):
+            access.publish(msg.exchange)
         exchange = vhost.exchange_for_publish(msg.exchange)
         flags = msg.flags
         if flags & _USER_ID_FLAG:

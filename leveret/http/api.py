@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 import leveret
-from leveret.core import errors
+from leveret.core import audit, errors
 from leveret.core.broker import Broker, Session, User, VHost
 from leveret.core.exchanges import Exchange
 from leveret.core.message import Message, build_address, build_header
@@ -219,6 +219,14 @@ class ManagementAPI:
         r("PUT", "permissions/{vhost}/{user}", self.put_permission, "admin")
         r("DELETE", "permissions/{vhost}/{user}", self.delete_permission, "admin")
         r("GET", "vhosts/{vhost}/permissions", self.vhost_permissions, "admin")
+        r("GET", "vhost-limits", self.list_vhost_limits, "admin")
+        r("GET", "vhost-limits/{vhost}", self.list_vhost_limits, "admin")
+        r("PUT", "vhost-limits/{vhost}/{name}", self.put_vhost_limit, "admin")
+        r("DELETE", "vhost-limits/{vhost}/{name}", self.delete_vhost_limit, "admin")
+        r("GET", "user-limits", self.list_user_limits, "admin")
+        r("GET", "user-limits/{user}", self.list_user_limits, "admin")
+        r("PUT", "user-limits/{user}/{name}", self.put_user_limit, "admin")
+        r("DELETE", "user-limits/{user}/{name}", self.delete_user_limit, "admin")
         r("GET", "policies", self.list_policies)
         r("GET", "policies/{vhost}", self.list_policies)
         r("GET", "policies/{vhost}/{name}", self.get_policy)
@@ -258,6 +266,7 @@ class ManagementAPI:
             user = self._authenticate(request)
             route, params = self._match(request)
             self._authorise(user, route, params)
+            audit.set_actor({"via": "http", "user": user.name, "address": request.remote})  # this request's task
             return await route.handler(Call(request, user, params))  # type: ignore[no-any-return]
         except HTTPFailure as exc:
             response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
@@ -284,6 +293,8 @@ class ManagementAPI:
         try:
             return self.broker.authenticate(username, password, _is_loopback(request.remote))
         except errors.AccessRefused as exc:
+            self.broker.audit.record("login.refused", by={"via": "http", "address": request.remote},
+                                     protocol="http", user=username, peer=request.remote, reason=exc.text)
             raise HTTPFailure(401, "not_authorised", exc.text) from None
 
     def _match(self, request: web.Request) -> tuple[Route, dict[str, str]]:
@@ -403,12 +414,11 @@ class ManagementAPI:
 
     def user_info(self, user: User) -> dict[str, Any]:
         return {"name": user.name, "password_hash": user.password_hash, "hashing_algorithm": HASHING_ALGORITHM,
-                "tags": list(user.tags), "limits": {}}
+                "tags": list(user.tags), "limits": dict(user.limits)}
 
-    @staticmethod
-    def permission_info(user: str, vhost: str) -> dict[str, Any]:
-        # Access is per vhost today: the configure/write/read patterns are stored but not kept or enforced.
-        return {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+    def permission_info(self, user: str, vhost: str) -> dict[str, Any]:
+        configure, write, read = self.broker.users[user].permissions[vhost].patterns()
+        return {"user": user, "vhost": vhost, "configure": configure, "write": write, "read": read}
 
     @staticmethod
     def policy_info(policy: Policy) -> dict[str, Any]:
@@ -757,6 +767,43 @@ class ManagementAPI:
         self.broker.clear_permission(call.params["user"], call.params["vhost"])
         return reply(None, 204)
 
+    # --- limits (RabbitMQ's /api/vhost-limits and /api/user-limits) -----------------------------------
+
+    async def list_vhost_limits(self, call: Call) -> web.Response:
+        name = call.params.get("vhost")
+        vhosts = [self.vhost(name)] if name is not None else sorted(self.broker.vhosts.values(), key=lambda v: v.name)
+        return reply([{"vhost": v.name, "value": dict(v.limits)} for v in vhosts if v.limits])
+
+    @staticmethod
+    async def _limit_value(call: Call) -> Any:
+        body = await call.body()
+        if "value" not in body:
+            raise bad_request("the body must be {\"value\": <integer>}")
+        return body["value"]
+
+    async def put_vhost_limit(self, call: Call) -> web.Response:
+        value = await self._limit_value(call)
+        self.broker.set_vhost_limits(call.params["vhost"], {call.params["name"]: value}, replace=False)
+        return reply(None, 204)
+
+    async def delete_vhost_limit(self, call: Call) -> web.Response:
+        self.broker.clear_vhost_limits(call.params["vhost"], call.params["name"])
+        return reply(None, 204)
+
+    async def list_user_limits(self, call: Call) -> web.Response:
+        name = call.params.get("user")
+        users = [self._user(name)] if name is not None else list(self.broker.users.values())
+        return reply([{"user": u.name, "value": dict(u.limits)} for u in users if u.limits])
+
+    async def put_user_limit(self, call: Call) -> web.Response:
+        value = await self._limit_value(call)
+        self.broker.set_user_limits(call.params["user"], {call.params["name"]: value})
+        return reply(None, 204)
+
+    async def delete_user_limit(self, call: Call) -> web.Response:
+        self.broker.clear_user_limits(call.params["user"], call.params["name"])
+        return reply(None, 204)
+
     # --- policies ----------------------------------------------------------------------------------
 
     async def list_policies(self, call: Call) -> web.Response:
@@ -794,7 +841,11 @@ class ManagementAPI:
 
     async def post_definitions(self, call: Call) -> web.Response:
         body = await call.body()
-        definitions.import_(self, body)
+        actor = {**audit.actor(), "via": "definitions"}
+        self.broker.audit.record("definitions.import", sections=sorted(k for k, v in body.items()
+                                                                       if isinstance(v, list) and v))
+        with audit.acting(actor):
+            definitions.import_(self, body)
         return reply(None, 204)
 
     # --- nodes -------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Definitions export and import in RabbitMQ's JSON format (``GET``/``POST /api/definitions``), so a file
 exported from RabbitMQ 3.x loads into Leveret and the other way round.
 
-Exported: users (with their sha256 password hashes), vhosts, permissions, policies, and the non-exclusive
+Exported: users (with their sha256 password hashes and limits), vhosts (with their limits, also as RabbitMQ's
+``vhost-limits`` runtime parameters), permissions, policies, and the non-exclusive
 queues, the exchanges (not the default or ``amq.*`` ones) and the bindings between them (not the implicit
 default-exchange ones). Import applies each section in dependency order through the core, so every object is
 validated as a declaration over AMQP would be; it stops at the first error (what came before stays).
@@ -29,11 +30,15 @@ def export(api: ManagementAPI) -> dict[str, Any]:
         "product_name": "Leveret",
         "product_version": leveret.__version__,
         "users": [{"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": HASHING_ALGORITHM,
-                   "tags": list(u.tags), "limits": {}} for u in broker.users.values()],
-        "vhosts": [{"name": v.name, "limits": [], "metadata": {"description": "", "tags": []}} for v in vhosts],
+                   "tags": list(u.tags), "limits": dict(u.limits)} for u in broker.users.values()],
+        # RabbitMQ 3.10 writes a vhost's limits as a list of [name, value] pairs here and, authoritatively, as a
+        # "vhost-limits" parameter (what its import reads)
+        "vhosts": [{"name": v.name, "limits": [[k, n] for k, n in sorted(v.limits.items())],
+                    "metadata": {"description": "", "tags": []}} for v in vhosts],
         "permissions": [api.permission_info(u.name, v) for u in broker.users.values() for v in sorted(u.vhosts)],
         "topic_permissions": [],
-        "parameters": [],
+        "parameters": [{"vhost": v.name, "component": "vhost-limits", "name": "limits", "value": dict(v.limits)}
+                       for v in vhosts if v.limits],
         "global_parameters": [],
         "policies": [api.policy_info(p) for v in vhosts for p in v.policies.values()],
         "queues": [{"name": q.name, "vhost": v.name, "durable": q.durable, "auto_delete": q.auto_delete,
@@ -70,18 +75,28 @@ def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
     from .api import _bool, _dict, _tags, bad_request, password_hash_of, policy_from
 
     broker = api.broker
-    sections = {key: _list(body, key) for key in ("vhosts", "users", "permissions", "policies", "exchanges",
-                                                  "queues", "bindings")}
+    sections = {key: _list(body, key) for key in ("vhosts", "users", "permissions", "parameters", "policies",
+                                                  "exchanges", "queues", "bindings")}
     for item in sections["vhosts"]:
         name = _field(item, "name", "vhosts")
         if not isinstance(name, str) or not name:
             raise bad_request("a vhost name must be a non-empty string")
         broker.add_vhost(name)
+        limits = item.get("limits")
+        if isinstance(limits, list) and all(isinstance(p, list) and len(p) == 2 for p in limits):
+            limits = dict(limits)  # RabbitMQ's export shape: [[name, value], ...]
+        if limits:
+            broker.set_vhost_limits(name, limits)
     for item in sections["users"]:
         name = _field(item, "name", "users")
         if not isinstance(name, str) or not name:
             raise bad_request("a user name must be a non-empty string")
         broker.put_user(name, password_hash_of(item, broker.users.get(name)), _tags(item.get("tags")))
+        if item.get("limits"):
+            broker.set_user_limits(name, item["limits"], replace=True)
+    for item in sections["parameters"]:
+        if item.get("component") == "vhost-limits":
+            broker.set_vhost_limits(_field(item, "vhost", "parameters"), _field(item, "value", "parameters"))
     for item in sections["permissions"]:
         broker.set_permission(_field(item, "user", "permissions"), _field(item, "vhost", "permissions"),
                               str(item.get("configure", ".*")), str(item.get("write", ".*")),

@@ -38,6 +38,8 @@ COUNT: Schema = {"type": "integer", "minimum": 0}
 BOOLEAN: Schema = {"type": "boolean"}
 TABLE: Schema = {"type": "object", "additionalProperties": True, "description": "AMQP arguments or a JSON object"}
 RATE: Schema = obj(["rate"], rate={"type": "number"})
+LIMITS: Schema = {"type": "object", "additionalProperties": {"type": "integer"},
+                  "description": "limit name (max-connections, max-queues, max-channels) to value; negative: none"}
 
 
 def _message_stats() -> Schema:
@@ -143,6 +145,9 @@ SCHEMAS: dict[str, Schema] = {
     "UserRequest": obj(password=STRING, password_hash=STRING, tags={"oneOf": [STRING, array(STRING)]},
                        hashing_algorithm={"type": "string", "enum": ["rabbit_password_hashing_sha256"]}),
     "PermissionRequest": obj(configure=STRING, write=STRING, read=STRING),
+    "VHostLimits": obj(["vhost", "value"], vhost=STRING, value=LIMITS),
+    "UserLimits": obj(["user", "value"], user=STRING, value=LIMITS),
+    "LimitRequest": obj(["value"], value=INTEGER),
     "PolicyRequest": {**obj(["pattern", "definition"], pattern=STRING, definition=TABLE, priority=INTEGER),
                       "properties": {"pattern": STRING, "definition": TABLE, "priority": INTEGER,
                                      "apply-to": {"type": "string", "enum": ["queues", "exchanges", "all"]}}},
@@ -227,6 +232,16 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "policies/{vhost}/{name}", "A policy", ref("Policy")),
     Op("PUT", "policies/{vhost}/{name}", "Set a policy", body="PolicyRequest", errors=_CHANGE, extra=_CREATED),
     Op("DELETE", "policies/{vhost}/{name}", "Clear a policy", errors=_CHANGE),
+    Op("GET", "vhost-limits", "The limits of every vhost that has some", array(ref("VHostLimits"))),
+    Op("GET", "vhost-limits/{vhost}", "A vhost's limits", array(ref("VHostLimits"))),
+    Op("PUT", "vhost-limits/{vhost}/{name}", "Set a vhost limit (max-connections, max-queues)",
+       body="LimitRequest", errors=_CHANGE),
+    Op("DELETE", "vhost-limits/{vhost}/{name}", "Clear a vhost limit", errors=_CHANGE),
+    Op("GET", "user-limits", "The limits of every user that has some", array(ref("UserLimits"))),
+    Op("GET", "user-limits/{user}", "A user's limits", array(ref("UserLimits"))),
+    Op("PUT", "user-limits/{user}/{name}", "Set a user limit (max-connections, max-channels)",
+       body="LimitRequest", errors=_CHANGE),
+    Op("DELETE", "user-limits/{user}/{name}", "Clear a user limit", errors=_CHANGE),
     Op("GET", "definitions", "Export definitions", ref("Definitions"),
        query=(("download", STRING, "answer with Content-Disposition: attachment and this file name"),)),
     Op("POST", "definitions", "Import definitions", body="Definitions", errors=_CHANGE),

@@ -391,6 +391,8 @@ class AMQPConnection(asyncio.Protocol):
                 self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
             log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
+            self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
+                                     user=username, peer=self.peer, reason=exc.text)
             if self.auth_failure_close:
                 self.close(spec.ACCESS_REFUSED, f"ACCESS_REFUSED - Login was refused using authentication "
                                                 f"mechanism {mechanism}. For details see the broker logfile.",
@@ -437,8 +439,15 @@ class AMQPConnection(asyncio.Protocol):
         self._start_heartbeat()
 
     def _m_connection__open(self, _ch: int, virtual_host: str, _capabilities: str, _insist: bool) -> None:
-        self.session.open_vhost(virtual_host)
         user = self.session.user.name if self.session.user else "?"
+        try:
+            self.session.open_vhost(virtual_host)
+        except errors.NotAllowed as exc:
+            self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
+                                     user=user, peer=self.peer, vhost=virtual_host, reason=exc.text)
+            raise
+        self.broker.audit.record("login", by={"via": "amqp", "address": self.peer}, protocol="amqp", user=user,
+                                 peer=self.peer, vhost=virtual_host)
         log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'", self.peer, user,
                  virtual_host)
         self.conn.send_method(0, _OPEN_OK, ("",))
@@ -483,31 +492,37 @@ class AMQPConnection(asyncio.Protocol):
                              auto_delete: bool, internal: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         self._channel(ch)
         self.session.vhost.declare_exchange(exchange, type_, passive=passive, durable=durable,
-                                            auto_delete=auto_delete, internal=internal, arguments=arguments)
+                                            auto_delete=auto_delete, internal=internal, arguments=arguments,
+                                            access=self.session.access)
         if not nowait:
             self._reply(ch, "exchange.declare-ok")
 
     def _m_exchange__delete(self, ch: int, _r: int, exchange: str, if_unused: bool, nowait: bool) -> None:
         self._channel(ch)
-        self.session.vhost.delete_exchange(exchange, if_unused)
+        self.session.vhost.delete_exchange(exchange, if_unused, self.session.access)
         if not nowait:
             self._reply(ch, "exchange.delete-ok")
 
     def _m_exchange__bind(self, ch: int, _r: int, destination: str, source: str, routing_key: str, nowait: bool,
                           arguments: dict[str, Any]) -> None:
         self._channel(ch)
-        self.session.vhost.bind_exchange(destination, source, routing_key, arguments)
+        self.session.vhost.bind_exchange(destination, source, routing_key, arguments, self.session.access)
         if not nowait:
             self._reply(ch, "exchange.bind-ok")
 
     def _m_exchange__unbind(self, ch: int, _r: int, destination: str, source: str, routing_key: str,
                             nowait: bool, arguments: dict[str, Any]) -> None:
         self._channel(ch)
-        self.session.vhost.unbind_exchange(destination, source, routing_key, arguments)
+        self.session.vhost.unbind_exchange(destination, source, routing_key, arguments, self.session.access)
         if not nowait:
             self._reply(ch, "exchange.unbind-ok")
 
     # queue class
+
+    def _check_read(self, queue: str) -> None:
+        """basic.get, basic.consume and queue.purge need read on the queue, checked before it is looked up."""
+        if self.session.access is not None:
+            self.session.access.read("queue", queue)
 
     def _queue_name(self, channel: Channel, name: str) -> str:
         if name:
@@ -524,7 +539,8 @@ class AMQPConnection(asyncio.Protocol):
                 self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
             return
         q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
-                                             exclusive=exclusive, auto_delete=auto_delete, arguments=arguments)
+                                             exclusive=exclusive, auto_delete=auto_delete, arguments=arguments,
+                                             access=self.session.access)
         channel.last_queue = q.name
         if not nowait:
             self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
@@ -535,7 +551,7 @@ class AMQPConnection(asyncio.Protocol):
         if not queue and not routing_key:
             routing_key = self._queue_name(channel, "")
         queue = self._queue_name(channel, queue)
-        self.session.vhost.bind_queue(queue, exchange, routing_key, arguments, self.session)
+        self.session.vhost.bind_queue(queue, exchange, routing_key, arguments, self.session, self.session.access)
         if not nowait:
             self._reply(ch, "queue.bind-ok")
 
@@ -545,12 +561,14 @@ class AMQPConnection(asyncio.Protocol):
         if not queue and not routing_key:
             routing_key = self._queue_name(channel, "")
         queue = self._queue_name(channel, queue)
-        self.session.vhost.unbind_queue(queue, exchange, routing_key, arguments, self.session)
+        self.session.vhost.unbind_queue(queue, exchange, routing_key, arguments, self.session, self.session.access)
         self._reply(ch, "queue.unbind-ok")
 
     def _m_queue__purge(self, ch: int, _r: int, queue: str, nowait: bool) -> None:
         channel = self._channel(ch)
-        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+        name = self._queue_name(channel, queue)
+        self._check_read(name)
+        q = self.session.vhost.queue(name, self.session)
         count = q.purge()
         if not nowait:
             self._reply(ch, "queue.purge-ok", count)
@@ -559,7 +577,7 @@ class AMQPConnection(asyncio.Protocol):
                          nowait: bool) -> None:
         channel = self._channel(ch)
         count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
-                                                if_empty)
+                                                if_empty, self.session.access)
         if not nowait:
             self._reply(ch, "queue.delete-ok", count)
 
@@ -576,7 +594,9 @@ class AMQPConnection(asyncio.Protocol):
             consumer = channel.consume_reply(consumer_tag, no_ack)
             q = consumer.queue
         else:
-            q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+            name = self._queue_name(channel, queue)
+            self._check_read(name)
+            q = self.session.vhost.queue(name, self.session)
             consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
         if not nowait:
             self._reply(ch, "basic.consume-ok", consumer.tag)
@@ -589,7 +609,9 @@ class AMQPConnection(asyncio.Protocol):
 
     def _m_basic__get(self, ch: int, _r: int, queue: str, no_ack: bool) -> None:
         channel = self._channel(ch)
-        q = self.session.vhost.queue(self._queue_name(channel, queue), self.session)
+        name = self._queue_name(channel, queue)
+        self._check_read(name)
+        q = self.session.vhost.queue(name, self.session)
         got = channel.get(q, no_ack)
         if got is None:
             self._reply(ch, "basic.get-empty", "")

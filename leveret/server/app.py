@@ -19,6 +19,7 @@ from pathlib import Path
 
 from leveret.amqp import spec
 from leveret.config import Config
+from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker
 from leveret.http.server import ManagementServer
 from leveret.store import Store, StoreError, open_store
@@ -181,14 +182,24 @@ class Server:
             self.store = open_store("sqlite", path=data_dir / "leveret.db")
         else:
             self.store = open_store("memory")
+        audit = AuditLog()
+        audit_log = config.audit_log if config.audit_log is not None else str(Path(config.data_dir) / "audit.log")
+        if audit_log:
+            try:
+                audit.open(audit_log)
+            except OSError as exc:
+                self.store.close()
+                raise StoreError(f"cannot open the audit log {audit_log}: {exc.strerror or exc} (set audit_log "
+                                 "to another file, or to \"\" for none)") from None
         try:
             broker = Broker(memory_high_watermark=config.memory_high_watermark, default_user=config.default_user,
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
-                            timers=LoopTimers(loop))
+                            timers=LoopTimers(loop), audit=audit)
         except BaseException:
             self.store.close()
+            audit.close()
             raise
         if broker.recovered_queues or broker.recovered_messages:
             log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
@@ -225,6 +236,8 @@ class Server:
                 self.broker.durability.flush()
             self.store.close()
             self.store = None
+        if self.broker is not None:
+            self.broker.audit.close()
         log.info("Leveret stopped")
 
 

@@ -13,11 +13,13 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from leveret.core import errors
+from leveret.core import audit, errors
 from leveret.core.policies import Policy
 
 if TYPE_CHECKING:
@@ -48,6 +50,12 @@ class ControlServer:
             "clear_policy": self._clear_policy,
             "list_policies": self._list_policies,
             "list_queues": self._list_queues,
+            "set_vhost_limits": self._set_vhost_limits,
+            "clear_vhost_limits": self._clear_vhost_limits,
+            "list_vhost_limits": self._list_vhost_limits,
+            "set_user_limits": self._set_user_limits,
+            "clear_user_limits": self._clear_user_limits,
+            "list_user_limits": self._list_user_limits,
         }
 
     async def start(self) -> None:
@@ -71,6 +79,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        audit.set_actor(_peer(writer))  # this client's task: the author of the changes it asks for
         try:
             while line := await reader.readline():
                 writer.write(json.dumps(self.handle(line), default=str).encode() + b"\n")
@@ -94,6 +103,47 @@ class ControlServer:
             return {"ok": False, "status": 400, "error": f"bad request: {exc}"}
 
     # --- commands ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _limits(args: dict[str, Any]) -> dict[str, Any]:
+        limits = args["limits"]
+        if isinstance(limits, str):
+            limits = json.loads(limits)
+        if not isinstance(limits, dict):
+            raise ValueError("limits must be a JSON object, e.g. '{\"max-connections\": 10}'")
+        return limits
+
+    def _set_vhost_limits(self, args: dict[str, Any]) -> dict[str, int]:
+        """Replaces the vhost's limits (as rabbitmqctl set_vhost_limits)."""
+        return self.server.broker.set_vhost_limits(args.get("vhost", "/"), self._limits(args))
+
+    def _clear_vhost_limits(self, args: dict[str, Any]) -> str:
+        vhost, name = args.get("vhost", "/"), args.get("name")
+        self.server.broker.clear_vhost_limits(vhost, None if name in (None, "all") else name)
+        return f"limits of vhost '{vhost}' cleared"
+
+    def _list_vhost_limits(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhosts = self.server.broker.vhosts
+        names = [args["vhost"]] if args.get("vhost") else sorted(vhosts)
+        return [{"vhost": name, "limits": json.dumps(vhosts[name].limits)} for name in names
+                if name in vhosts and vhosts[name].limits]
+
+    def _set_user_limits(self, args: dict[str, Any]) -> dict[str, int]:
+        """Merged with the user's other limits (as rabbitmqctl set_user_limits)."""
+        return self.server.broker.set_user_limits(args["user"], self._limits(args))
+
+    def _clear_user_limits(self, args: dict[str, Any]) -> str:
+        user, name = args["user"], args.get("name")
+        self.server.broker.clear_user_limits(user, None if name in (None, "all") else name)
+        if name in (None, "all"):
+            return f"limits of user '{user}' cleared"
+        return f"limit '{name}' of user '{user}' cleared"
+
+    def _list_user_limits(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        users = self.server.broker.users
+        names = [args["user"]] if args.get("user") else list(users)
+        return [{"user": name, "limits": json.dumps(users[name].limits)} for name in names
+                if name in users and users[name].limits]
 
     def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         broker = self.server.broker
@@ -128,3 +178,15 @@ class ControlServer:
         return [{"vhost": vhost, "name": q.name, "messages": q.message_count, "consumers": q.consumer_count,
                  "durable": q.durable, "policy": q.policy, "arguments": q.arguments}
                 for vhost in names if vhost in vhosts for q in vhosts[vhost].queues.values()]
+
+
+def _peer(writer: asyncio.StreamWriter) -> dict[str, Any]:
+    """The audit actor of a control-socket client: its uid and pid where the platform tells (SO_PEERCRED)."""
+    actor: dict[str, Any] = {"via": "ctl"}
+    sock = writer.get_extra_info("socket")
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is not None and peercred is not None:
+        with contextlib.suppress(OSError):
+            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i")))
+            actor.update(uid=uid, pid=pid)
+    return actor

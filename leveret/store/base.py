@@ -87,6 +87,8 @@ class Definitions:
     queues: list[QueueDef] = field(default_factory=list)
     bindings: list[BindingDef] = field(default_factory=list)
     policies: list[PolicyDef] = field(default_factory=list)
+    # (kind, name, limits): kind "vhost" (max-connections, max-queues) or "user" (max-connections, max-channels)
+    limits: list[tuple[str, str, dict[str, int]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -174,6 +176,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_policy(self, policy: PolicyDef) -> None: ...
+
+    @abc.abstractmethod
+    def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
+        """Replace the limits of a vhost (``kind`` "vhost") or a user ("user"); an empty dict removes them.
+        Deleting the vhost or the user also deletes its limits."""
 
     @abc.abstractmethod
     def delete_policy(self, vhost: str, name: str) -> None: ...

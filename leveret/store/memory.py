@@ -58,6 +58,7 @@ class MemoryStore(Store):
         self._queues: dict[tuple[str, str], QueueDef] = {}
         self._bindings: dict[_BindingKey, BindingDef] = {}
         self._policies: dict[tuple[str, str], PolicyDef] = {}
+        self._limits: dict[tuple[str, str], dict[str, int]] = {}
         # (vhost, queue) -> id -> message, and id -> (vhost, queue)
         self._messages: dict[tuple[str, str], dict[int, StoredMessage]] = {}
         self._where: dict[int, tuple[str, str]] = {}
@@ -95,6 +96,7 @@ class MemoryStore(Store):
                 queues=list(self._queues.values()),
                 bindings=list(self._bindings.values()),
                 policies=list(self._policies.values()),
+                limits=[(kind, name, limits) for (kind, name), limits in self._limits.items()],
             ))
 
     def save_vhost(self, name: str) -> None:
@@ -106,6 +108,7 @@ class MemoryStore(Store):
         self._check_open()
         with self._lock:
             self._vhosts.pop(name, None)
+            self._limits.pop(("vhost", name), None)
             for pkey in [k for k in self._permissions if k[1] == name]:
                 del self._permissions[pkey]
             for xkey in [k for k in self._exchanges if k[0] == name]:
@@ -129,6 +132,7 @@ class MemoryStore(Store):
         self._check_open()
         with self._lock:
             self._users.pop(name, None)
+            self._limits.pop(("user", name), None)
             for key in [k for k in self._permissions if k[0] == name]:
                 del self._permissions[key]
 
@@ -141,6 +145,14 @@ class MemoryStore(Store):
         self._check_open()
         with self._lock:
             self._permissions.pop((user, vhost), None)
+
+    def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
+        self._check_open()
+        with self._lock:
+            if limits:
+                self._limits[(kind, name)] = dict(limits)
+            else:
+                self._limits.pop((kind, name), None)
 
     def save_exchange(self, exchange: ExchangeDef) -> None:
         self._check_open()

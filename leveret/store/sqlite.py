@@ -40,7 +40,8 @@ Reads
     so an iterator left half-consumed does not hold up WAL checkpoints.
 
 Schema (``PRAGMA user_version`` 1; ``application_id`` marks the file as Leveret's)
-    ``vhosts``, ``users``, ``permissions``, ``exchanges``, ``queues``, ``bindings`` (arguments as tagged JSON,
+    ``vhosts``, ``users``, ``permissions``, ``limits`` (vhost and user limits as JSON, since user_version 3),
+    ``exchanges``, ``queues``, ``bindings`` (arguments as tagged JSON,
     see :func:`encode_value`), ``messages`` (id INTEGER PRIMARY KEY, vhost, queue, seq, exchange, routing_key,
     header, body, redelivered) indexed on (vhost, queue, seq), ``bodies`` (id INTEGER PRIMARY KEY, body) and
     ``meta`` (the message id high-water mark, so ids are not reused even when every message is deleted).
@@ -258,8 +259,14 @@ def _migrate_2(conn: sqlite3.Connection) -> None:
         PRIMARY KEY (vhost, name))""")
 
 
+def _migrate_3(conn: sqlite3.Connection) -> None:
+    # vhost limits (kind 'vhost') and user limits (kind 'user'), as a JSON object of name -> integer
+    conn.execute("CREATE TABLE limits (kind TEXT NOT NULL, name TEXT NOT NULL, limits TEXT NOT NULL, "
+                 "PRIMARY KEY (kind, name))")
+
+
 # MIGRATIONS[i] takes a store from user_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -871,7 +878,8 @@ class SqliteStore(Store):
         self._execute("delete_vhost", [
             (f"DELETE FROM {table} WHERE vhost = ?", (name,))
             for table in ("permissions", "bindings", "exchanges", "queues", "messages")
-        ] + [("DELETE FROM vhosts WHERE name = ?", (name,))])
+        ] + [("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,)),
+             ("DELETE FROM vhosts WHERE name = ?", (name,))])
 
     def save_user(self, user: UserDef) -> None:
         tags = json.dumps(list(user.tags))
@@ -881,6 +889,7 @@ class SqliteStore(Store):
     def delete_user(self, name: str) -> None:
         """Also deletes the user's permissions."""
         self._execute("delete_user", [("DELETE FROM permissions WHERE user = ?", (name,)),
+                                      ("DELETE FROM limits WHERE kind = 'user' AND name = ?", (name,)),
                                       ("DELETE FROM users WHERE name = ?", (name,))])
 
     def save_permission(self, permission: PermissionDef) -> None:
@@ -915,6 +924,13 @@ class SqliteStore(Store):
 
     def delete_policy(self, vhost: str, name: str) -> None:
         self._execute("delete_policy", [("DELETE FROM policies WHERE vhost = ? AND name = ?", (vhost, name))])
+
+    def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
+        if limits:
+            self._execute("save_limits", [("INSERT OR REPLACE INTO limits (kind, name, limits) VALUES (?, ?, ?)",
+                                           (kind, name, json.dumps(limits, sort_keys=True)))])
+        else:
+            self._execute("save_limits", [("DELETE FROM limits WHERE kind = ? AND name = ?", (kind, name))])
 
     def save_queue(self, queue: QueueDef) -> None:
         q = queue
@@ -966,7 +982,7 @@ class SqliteStore(Store):
             raise self._error("reading", exc) from exc
 
     def load_definitions(self) -> Definitions:
-        vhosts, users, permissions, exchanges, queues, bindings, policies = self._read_many([
+        vhosts, users, permissions, exchanges, queues, bindings, policies, limits = self._read_many([
             ("SELECT name FROM vhosts ORDER BY rowid", ()),
             ("SELECT name, password_hash, tags FROM users ORDER BY rowid", ()),
             ("SELECT user, vhost, configure, write, read FROM permissions ORDER BY rowid", ()),
@@ -975,6 +991,7 @@ class SqliteStore(Store):
             ("SELECT vhost, source, destination, destination_kind, routing_key, arguments FROM bindings"
              " ORDER BY rowid", ()),
             ("SELECT vhost, name, pattern, definition, priority, apply_to FROM policies ORDER BY rowid", ()),
+            ("SELECT kind, name, limits FROM limits ORDER BY rowid", ()),
         ])
         return Definitions(
             vhosts=[name for (name,) in vhosts],
@@ -989,6 +1006,7 @@ class SqliteStore(Store):
                       for vhost, source, destination, kind, routing_key, args in bindings],
             policies=[PolicyDef(vhost, name, pattern, decode_value(definition), priority, apply_to)
                       for vhost, name, pattern, definition, priority, apply_to in policies],
+            limits=[(kind, name, json.loads(text)) for kind, name, text in limits],
         )
 
     def load_messages(self, vhost: str, queue: str, *, with_bodies: bool = True, after_seq: int = 0,
