@@ -29,10 +29,12 @@ class Client:
             req.add_header("Authorization", "Basic " + token)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                status, text, headers = resp.status, resp.read(), dict(resp.headers)
+                status, text, received = resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as exc:
-            status, text, headers = exc.code, exc.read(), dict(exc.headers)
-        value = json.loads(text) if text and headers.get("Content-Type", "").startswith("application/json") else text
+            status, text, received = exc.code, exc.read(), exc.headers
+        headers = dict(received)
+        json_body = (received.get("Content-Type") or "").startswith("application/json")  # any case (RabbitMQ's)
+        value = json.loads(text) if text and json_body else text
         return status, value, headers
 
     def get(self, path: str, **kw: Any) -> Any:

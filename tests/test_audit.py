@@ -91,7 +91,8 @@ def test_changes_over_http_name_the_user_and_address(make_config: Callable[..., 
     changes = [(e["event"], e.get("vhost"), e.get("user")) for e in entries
                if e["actor"].get("via") == "http" and e["event"] != "login.refused"]
     assert changes == [
-        ("vhost.created", "app", None), ("user.created", None, "carol"), ("user.updated", None, "carol"),
+        ("vhost.created", "app", None), ("permission.set", "app", "guest"),  # the creator's, as RabbitMQ's API
+        ("user.created", None, "carol"), ("user.updated", None, "carol"),
         ("permission.set", "app", "carol"), ("policy.set", "app", None), ("vhost_limits.set", "app", None),
         ("user_limits.set", None, "carol"), ("policy.cleared", "app", None), ("permission.cleared", "app", "carol"),
         ("user.deleted", None, "carol"), ("vhost.deleted", "app", None), ("definitions.import", None, None),

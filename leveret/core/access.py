@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import AccessRefused, PreconditionFailed
+from .errors import PermissionRefused, PreconditionFailed
 
 PERMISSIONS = ("configure", "write", "read")
 VHOST_LIMITS = ("max-connections", "max-queues")
@@ -94,11 +94,11 @@ class Access:
         self.version = -1
 
     def check(self, permission: str, kind: str, name: str) -> None:
-        """Raise AccessRefused (403) unless the user has ``permission`` on the ``kind`` named ``name``."""
+        """Raise PermissionRefused (AMQP 403) unless the user has ``permission`` on the ``kind`` named ``name``."""
         current = self.permissions.get(self.vhost)
         name = resource_name(kind, name)
         if current is None or not getattr(current, permission).allows(name):
-            raise AccessRefused(f"access to {kind} '{name}' in vhost '{self.vhost}' refused for user "
+            raise PermissionRefused(f"access to {kind} '{name}' in vhost '{self.vhost}' refused for user "
                                 f"'{self.user.name}'")
 
     def configure(self, kind: str, name: str) -> None:

@@ -23,6 +23,11 @@ class AccessRefused(BrokerError):
     """The operation is not permitted (reserved names, permissions, exclusive consumers, bad login)."""
 
 
+class PermissionRefused(AccessRefused):
+    """A user's configure/write/read pattern does not allow the operation (AMQP: 403 like any AccessRefused;
+    the management API answers 401 ``Access refused.`` as RabbitMQ's does)."""
+
+
 class ResourceLocked(BrokerError):
     """An exclusive queue owned by another connection."""
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 import leveret
 from leveret.core import audit, errors
+from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
 from leveret.core.exchanges import Exchange
 from leveret.core.message import Message, build_address, build_header
@@ -51,6 +52,7 @@ STATUS: dict[type[errors.BrokerError], tuple[int, str]] = {
     errors.NotAllowed: (400, "bad_request"),
     errors.NotImplementedFeature: (400, "bad_request"),
     errors.AccessRefused: (403, "access_refused"),
+    errors.PermissionRefused: (401, "not_authorised"),  # reason "Access refused.", as RabbitMQ's API
     errors.ResourceLocked: (409, "resource_locked"),
 }
 
@@ -276,7 +278,8 @@ class ManagementAPI:
             return response
         except errors.BrokerError as exc:
             status, error = STATUS.get(type(exc), (500, "internal_error"))
-            return reply({"error": error, "reason": exc.text}, status)
+            reason = "Access refused." if isinstance(exc, errors.PermissionRefused) else exc.text
+            return reply({"error": error, "reason": reason}, status)
         except Exception as exc:  # a bug: say so, keep serving
             log.exception("management API: %s %s failed", request.method, request.path)
             return reply({"error": "internal_error", "reason": f"{type(exc).__name__}: {exc}"}, 500)
@@ -337,6 +340,13 @@ class ManagementAPI:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     # --- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def access(call: Call, vhost: VHost) -> Access:
+        """The calling user's permissions in ``vhost``: the API's changes to queues, exchanges and bindings, its
+        publish and get are checked as the same AMQP operations would be (RabbitMQ's management plugin runs
+        them on an AMQP channel as that user), for administrators too."""
+        return Access(call.user, vhost.name)
 
     def vhost(self, name: str) -> VHost:
         vhost = self.broker.vhosts.get(name)
@@ -481,6 +491,8 @@ class ManagementAPI:
             raise bad_request("a vhost needs a name")
         created = name not in self.broker.vhosts
         self.broker.add_vhost(name)
+        if created:  # as RabbitMQ's API: the user who made the vhost may use it
+            self.broker.set_permission(call.user.name, name)
         return reply(None, 201 if created else 204)
 
     async def delete_vhost(self, call: Call) -> web.Response:
@@ -509,25 +521,33 @@ class ManagementAPI:
             raise bad_request("a queue needs a name")
         created = name not in vhost.queues
         vhost.declare_queue(None, name, durable=_bool(body, "durable", True),
-                            auto_delete=_bool(body, "auto_delete", False), arguments=_dict(body, "arguments"))
+                            auto_delete=_bool(body, "auto_delete", False), arguments=_dict(body, "arguments"),
+                            access=self.access(call, vhost))
         return reply(None, 201 if created else 204)
 
     async def delete_queue(self, call: Call) -> web.Response:
         vhost = self.vhost(call.params["vhost"])
         vhost.queue(call.params["name"])  # 404 for a missing queue, as RabbitMQ's API
         vhost.delete_queue(call.params["name"], None, if_unused=call.query_flag("if-unused"),
-                           if_empty=call.query_flag("if-empty"))
+                           if_empty=call.query_flag("if-empty"), access=self.access(call, vhost))
         return reply(None, 204)
 
     async def purge_queue(self, call: Call) -> web.Response:
-        queue = self.vhost(call.params["vhost"]).queue(call.params["name"])
+        vhost = self.vhost(call.params["vhost"])
+        self.access(call, vhost).read("queue", call.params["name"])
+        queue = vhost.queue(call.params["name"])
         queue.purge()
         await self._durable()
         return reply(None, 204)
 
     async def get_messages(self, call: Call) -> web.Response:
         body = await call.body()
-        queue = self.vhost(call.params["vhost"]).queue(call.params["name"])
+        vhost = self.vhost(call.params["vhost"])
+        try:  # RabbitMQ's API answers a refused get with the channel error's text
+            self.access(call, vhost).read("queue", call.params["name"])
+        except errors.PermissionRefused as exc:
+            raise HTTPFailure(401, "not_authorised", f"ACCESS_REFUSED - {exc.text}") from None
+        queue = vhost.queue(call.params["name"])
         count = body.get("count", 1)
         if isinstance(count, str) and count.isdigit():
             count = int(count)
@@ -593,7 +613,7 @@ class ManagementAPI:
         created = name not in vhost.exchanges
         vhost.declare_exchange(name, type_name, durable=_bool(body, "durable", True),
                                auto_delete=_bool(body, "auto_delete", False), internal=_bool(body, "internal", False),
-                               arguments=_dict(body, "arguments"))
+                               arguments=_dict(body, "arguments"), access=self.access(call, vhost))
         return reply(None, 201 if created else 204)
 
     async def delete_exchange(self, call: Call) -> web.Response:
@@ -601,12 +621,16 @@ class ManagementAPI:
         name = _exchange_name(call.params["name"])
         if name:
             vhost.exchange(name)  # 404 for a missing exchange
-        vhost.delete_exchange(name, if_unused=call.query_flag("if-unused"))
+        vhost.delete_exchange(name, if_unused=call.query_flag("if-unused"), access=self.access(call, vhost))
         return reply(None, 204)
 
     async def publish(self, call: Call) -> web.Response:
         body = await call.body()
         vhost = self.vhost(call.params["vhost"])
+        try:  # RabbitMQ's API answers a refused publish with the channel error, as a bad request
+            self.access(call, vhost).write("exchange", _exchange_name(call.params["name"]))
+        except errors.PermissionRefused as exc:
+            raise bad_request(f"403 ACCESS_REFUSED - {exc.text}") from None
         exchange = vhost.exchange_for_publish(_exchange_name(call.params["name"]))
         routing_key = body.get("routing_key", "")
         payload = body.get("payload", "")
@@ -673,9 +697,9 @@ class ManagementAPI:
         arguments = _dict(body, "arguments")
         source, destination = _exchange_name(call.params["source"]), call.params["destination"]
         if call.params["kind"] == "q":
-            vhost.bind_queue(destination, source, routing_key, arguments, None)
+            vhost.bind_queue(destination, source, routing_key, arguments, None, access=self.access(call, vhost))
         else:
-            vhost.bind_exchange(destination, source, routing_key, arguments)
+            vhost.bind_exchange(destination, source, routing_key, arguments, access=self.access(call, vhost))
         response = reply(None, 201)
         response.headers["Location"] = properties_key(routing_key, arguments)
         return response
@@ -696,10 +720,10 @@ class ManagementAPI:
         vhost = self.vhost(call.params["vhost"])
         if binding["destination_type"] == "queue":
             vhost.unbind_queue(binding["destination"], binding["source"], binding["routing_key"],
-                               binding["arguments"], None)
+                               binding["arguments"], None, access=self.access(call, vhost))
         else:
             vhost.unbind_exchange(binding["destination"], binding["source"], binding["routing_key"],
-                                  binding["arguments"])
+                                  binding["arguments"], access=self.access(call, vhost))
         return reply(None, 204)
 
     # --- users and permissions ---------------------------------------------------------------------

@@ -32,6 +32,7 @@ log = logging.getLogger("leveret.connection")
 ERROR_CODES: dict[type[errors.BrokerError], tuple[int, bool]] = {
     errors.NotFound: (spec.NOT_FOUND, False),
     errors.AccessRefused: (spec.ACCESS_REFUSED, False),
+    errors.PermissionRefused: (spec.ACCESS_REFUSED, False),
     errors.ResourceLocked: (spec.RESOURCE_LOCKED, False),
     errors.PreconditionFailed: (spec.PRECONDITION_FAILED, False),
     errors.NotAllowed: (spec.NOT_ALLOWED, True),
