@@ -124,7 +124,7 @@ def _lower_first(text: str) -> str:
 
 
 def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ctl = subparsers.add_parser("ctl", help="manage a running broker (policies, queues, status)",
+    ctl = subparsers.add_parser("ctl", help="manage a running broker (queues, exchanges, users, policies, ...)",
                                 description="Talk to a running Leveret through its control socket "
                                             "(<data-dir>/leveret.sock).")
     ctl.add_argument("--data-dir", metavar="DIR", help="the broker's data directory (default ./leveret-data)")
@@ -141,48 +141,36 @@ def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     clear = commands.add_parser("clear-policy", help="remove a policy")
     clear.add_argument("name")
     clear.add_argument("--vhost", default="/")
-    for name in ("list-policies", "list-queues"):
-        listing = commands.add_parser(name)
-        listing.add_argument("--vhost")
+    from leveret import ctl as ctl_commands
+
+    ctl_commands.add_commands(commands)
     ctl.set_defaults(handler=_run_ctl)
 
 
 def _run_ctl(args: argparse.Namespace) -> int:
     import json
-    import socket
 
-    from leveret.server.control import socket_path
+    from leveret import ctl as ctl_commands
 
-    data_dir = args.data_dir or os.environ.get("LEVERET_DATA_DIR") or "./leveret-data"
+    if args.ctl_command in ctl_commands.COMMANDS:
+        return ctl_commands.run(args)
     command = args.ctl_command.replace("-", "_")
-    request: dict[str, Any] = {"command": command, "args": {}}
+    request: dict[str, Any] = {}
     if command == "set_policy":
         try:
             definition = json.loads(args.definition)
         except json.JSONDecodeError as exc:
             error(f"the policy definition is not valid JSON: {exc}")
             return 2
-        request["args"] = {"name": args.name, "pattern": args.pattern, "definition": definition,
-                           "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
+        request = {"name": args.name, "pattern": args.pattern, "definition": definition,
+                   "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
     elif command == "clear_policy":
-        request["args"] = {"name": args.name, "vhost": args.vhost}
-    elif command in ("list_policies", "list_queues") and args.vhost:
-        request["args"] = {"vhost": args.vhost}
-    path = socket_path(data_dir)
+        request = {"name": args.name, "vhost": args.vhost}
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(path))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(sock.makefile("rb").readline())
-    except OSError as exc:
-        error(f"cannot reach a broker at {path}: {exc.strerror or exc} (is `leveret serve --data-dir {data_dir}` "
-              "running?)")
+        result = ctl_commands.call(ctl_commands.data_dir_of(args), command, request)
+    except ctl_commands.CtlError as exc:
+        error(str(exc))
         return 1
-    if not answer.get("ok"):
-        error(answer.get("error", "failed"))
-        return 1
-    result = answer.get("result")
     if args.json or not isinstance(result, list):
         print(json.dumps(result, indent=2) if args.json or not isinstance(result, str) else result)
     else:
@@ -327,9 +315,23 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_track(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from leveret.ctl import add_track
+
+    add_track(subparsers)
+
+
+def _add_tap(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from leveret.tap import add_tap
+
+    add_tap(subparsers)
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
     _add_ctl,
+    _add_track,
+    _add_tap,
     _add_worker,
     _add_status,
     _add_dead_letters,

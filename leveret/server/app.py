@@ -119,7 +119,8 @@ class Server:
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
-                            timers=LoopTimers(loop))
+                            timers=LoopTimers(loop), tracking_window=config.tracking_window,
+                            tracking_max_messages=config.tracking_max_messages)
         except BaseException:
             self.store.close()
             raise
