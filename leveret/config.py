@@ -59,7 +59,7 @@ class Config:
     http_bind: str = "127.0.0.1"
     http_port: int = 15672
     tracking_window: int = 300
-    tracking_max_messages: int = 100_000
+    tracking_max_events: int = 100_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -228,7 +228,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "http_bind": _to_nonempty_str,
     "http_port": _to_int(-1, 65535),
     "tracking_window": _to_int(0, None),
-    "tracking_max_messages": _to_int(0, None),
+    "tracking_max_events": _to_int(0, None),
 }
 
 

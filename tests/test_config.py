@@ -147,7 +147,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_HTTP_BIND": "0.0.0.0",
         "LEVERET_HTTP_PORT": "-1",
         "LEVERET_TRACKING_WINDOW": "60",
-        "LEVERET_TRACKING_MAX_MESSAGES": "0",
+        "LEVERET_TRACKING_MAX_EVENTS": "0",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -171,7 +171,7 @@ def test_every_field_has_an_environment_variable() -> None:
         http_bind="0.0.0.0",
         http_port=-1,
         tracking_window=60,
-        tracking_max_messages=0,
+        tracking_max_events=0,
     )
 
 

@@ -20,7 +20,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from leveret.config import Config
 from leveret.core.message import Message, build_address, build_header
-from leveret.core.tracking import MAX_EVENTS, Tracker
+from leveret.core.tracking import Tracker, message_id_of
 from leveret.server.app import ThreadedServer
 
 from amqphelp import connect
@@ -203,7 +203,17 @@ def test_purged_and_queue_deleted(server: ThreadedServer, channel: BlockingChann
     channel.queue_delete("b")
     assert kinds(events(server, "m-purge")) == ["published", "purged"]
     assert kinds(events(server, "m-gone")) == ["published", "queue_deleted"]
-    assert server.call(lambda: len(server.broker.tracker)) == 2
+    assert server.call(lambda: len(server.broker.tracker)) == 4
+
+
+def test_message_id_read_from_the_content_header() -> None:
+    every = {"content_type": "application/json", "content_encoding": "gzip", "headers": {"a": 1, "b": "x"},
+             "delivery_mode": 2, "priority": 3, "correlation_id": "c", "reply_to": "r", "expiration": "100",
+             "message_id": "the-id", "timestamp": 5, "type": "t", "user_id": "u", "app_id": "a"}
+    for present in (every, {"message_id": "x"}, {"headers": {}, "priority": 1, "message_id": "été"},
+                    {"content_type": "text/plain"}):
+        msg = Message("", "q", build_address("", "q"), build_header(present, 0), b"")
+        assert message_id_of(msg.header, msg.flags) == present.get("message_id")
 
 
 def test_vhosts_are_separate(server: ThreadedServer, channel: BlockingChannel) -> None:
@@ -214,9 +224,9 @@ def test_vhosts_are_separate(server: ThreadedServer, channel: BlockingChannel) -
     assert events(server, "same-id", vhost="other") == []
 
 
-def test_tracker_memory_is_bounded_by_count_window_and_events() -> None:
+def test_tracker_memory_is_bounded_by_events_and_window() -> None:
     clock = [1000.0]
-    tracker = Tracker(window=10, max_messages=3, now=lambda: clock[0])
+    tracker = Tracker(window=10, max_events=4, now=lambda: clock[0])
 
     def msg(message_id: str) -> Message:
         header = build_header({"message_id": message_id}, 0)
@@ -224,16 +234,15 @@ def test_tracker_memory_is_bounded_by_count_window_and_events() -> None:
 
     for i in range(5):
         tracker.record("/", msg(f"m{i}"), "purged", "q")
-    assert len(tracker) == 3 and tracker.events("/", "m0") == [] and len(tracker.events("/", "m4")) == 1
+    assert len(tracker) == 4 and tracker.events("/", "m0") == [] and len(tracker.events("/", "m4")) == 1
     clock[0] += 5
-    tracker.record("/", msg("m2"), "purged", "q")  # m2 is active again: kept longer than m3 and m4
-    clock[0] += 6
-    assert tracker.events("/", "m3") == [] and len(tracker.events("/", "m2")) == 2
-    tracker.record("/", msg("new"), "purged", "q")  # adding trims what is older than the window
+    tracker.record("/", msg("m2"), "expired", "q")
+    assert [e["event"] for e in tracker.events("/", "m2")] == ["purged", "expired"]
+    clock[0] += 6  # the first events are older than the window now: not shown, and dropped at the next record
+    assert [e["event"] for e in tracker.events("/", "m2")] == ["expired"] and tracker.events("/", "m4") == []
+    tracker.record("/", msg("new"), "purged", "q")
     assert len(tracker) == 2
-    for _ in range(MAX_EVENTS + 10):
-        tracker.record("/", msg("busy"), "requeued", "q", "basic.recover", "peer", 1)
-    assert len(tracker.events("/", "busy")) == MAX_EVENTS
+    assert tracker.events("/", "M2") == [] and tracker.events("other", "m2") == []
 
 
 def test_http_api_and_leveret_track(server: ThreadedServer, channel: BlockingChannel) -> None:

@@ -476,7 +476,7 @@ class VHost:
             targets = [q for q in targets if not is_cycle(q.name, deaths)]
         if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
             self.broker.tracker.record(self.name, msg, "dead_lettered", queue.name, reason, exchange.name,
-                                       [q.name for q in targets])
+                                       tuple([q.name for q in targets]))
         first = True
         for target in targets:
             target.enqueue(copy if first else copy.copy())
@@ -627,11 +627,11 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
-                 timers: Timers | None = None, tracking_window: float = 0, tracking_max_messages: int = 0) -> None:
+                 timers: Timers | None = None, tracking_window: float = 0, tracking_max_events: int = 0) -> None:
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
-        self.tracker = (Tracker(tracking_window, tracking_max_messages, self.timers.now)
-                        if tracking_window > 0 and tracking_max_messages > 0 else None)
+        self.tracker = (Tracker(tracking_window, tracking_max_events)
+                        if tracking_window > 0 and tracking_max_events > 0 else None)
         self.queue_memory_budget = queue_memory_budget
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}

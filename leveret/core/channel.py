@@ -141,8 +141,9 @@ class Channel:
         self.sink.send_deliver(self.number, consumer.tag_bytes, tag, msg.redelivered, msg.address, msg.header,
                                msg.body)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
-            self.tracker.queue_event(consumer.queue, msg, "delivered", consumer.tag, self.session.peer, self.number,
-                                     msg.redelivered, not consumer.no_ack)
+            queue = consumer.queue
+            self.tracker.record(queue.vhost.name, msg, "delivered", queue.name, consumer.tag, self.session.peer,
+                                self.number, msg.redelivered, not consumer.no_ack)
         tracer = consumer.queue.vhost.tracer
         if tracer is not None:
             tracer.delivered(consumer.queue, msg, self.session, self.number)
@@ -163,7 +164,8 @@ class Channel:
             if msg.store_id:
                 queue.durability.delivered(msg)  # type: ignore[union-attr]
         if msg.flags & MESSAGE_ID and self.tracker is not None:
-            self.tracker.queue_event(queue, msg, "got", self.session.peer, self.number, msg.redelivered, not no_ack)
+            self.tracker.record(queue.vhost.name, msg, "got", queue.name, self.session.peer, self.number,
+                                msg.redelivered, not no_ack)
         if queue.vhost.tracer is not None:
             queue.vhost.tracer.delivered(queue, msg, self.session, self.number)
         return tag, msg
@@ -305,11 +307,11 @@ class Channel:
     def _track_settle(self, tracker: Tracker, queue: Queue, msg: Message, requeue: bool | None, cause: str) -> None:
         peer = self.session.peer
         if requeue is None:
-            tracker.queue_event(queue, msg, "acked", peer, self.number)
+            tracker.record(queue.vhost.name, msg, "acked", queue.name, peer, self.number)
         elif cause:
-            tracker.queue_event(queue, msg, "requeued", cause, peer, self.number)
+            tracker.record(queue.vhost.name, msg, "requeued", queue.name, cause, peer, self.number)
         else:
-            tracker.queue_event(queue, msg, "rejected", requeue, peer, self.number)
+            tracker.record(queue.vhost.name, msg, "rejected", queue.name, requeue, peer, self.number)
 
     # --- publishing --------------------------------------------------------------------------------
 
@@ -379,7 +381,8 @@ class Channel:
         if vhost.tracer is not None:
             vhost.tracer.published(msg, queues, self.session, self.number)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
-            self.tracker.record(vhost.name, msg, "published", exchange.name, msg.routing_key, [q.name for q in queues],
+            self.tracker.record(vhost.name, msg, "published", exchange.name, msg.routing_key,
+                                tuple([q.name for q in queues]),
                                 "routed" if queues else "returned" if mandatory else "unroutable")
         if not queues:
             if mandatory:

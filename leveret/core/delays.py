@@ -606,7 +606,7 @@ class DelayedMessages:
             queue = vhost.queues.get(lane.target)
             if queue is not None and not queue.deleted:
                 if msg.flags & MESSAGE_ID and queue.tracker is not None:
-                    queue.tracker.queue_event(queue, msg, "retry_due")
+                    queue.tracker.record(queue.vhost.name, msg, "retry_due", queue.name)
                 queue.enqueue(msg)
             return
         exchange = vhost.exchanges.get(lane.target)
@@ -614,7 +614,8 @@ class DelayedMessages:
             return  # the exchange was deleted: the plugin drops the message too
         queues = vhost.route_all(exchange, msg)
         if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
-            self.broker.tracker.record(vhost.name, msg, "delay_ended", exchange.name, [q.name for q in queues])
+            self.broker.tracker.record(vhost.name, msg, "delay_ended", exchange.name,
+                                       tuple([q.name for q in queues]))
         first = True
         for queue in queues:
             queue.enqueue(msg if first else msg.copy())

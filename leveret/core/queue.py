@@ -166,7 +166,7 @@ class Queue:
         settings = self.settings
         if settings.limited and settings.overflow != "drop-head" and self._full(msg.size):
             if msg.flags & MESSAGE_ID and self.tracker is not None:
-                self.tracker.queue_event(self, msg, "refused", f"maxlen ({settings.overflow})")
+                self.tracker.record(self.vhost.name, msg, "refused", self.name, f"maxlen ({settings.overflow})")
             if settings.overflow == "reject-publish-dlx":
                 self.vhost.dead_letter(self, msg, "maxlen")
             return False
@@ -440,7 +440,10 @@ class Queue:
                 return
             reason = "retries_exhausted"
         if msg.flags & MESSAGE_ID and self.tracker is not None and reason != "rejected":
-            self.tracker.queue_event(self, msg, *(("expired",) if reason == "expired" else ("dropped", reason)))
+            if reason == "expired":
+                self.tracker.record(self.vhost.name, msg, "expired", self.name)
+            else:
+                self.tracker.record(self.vhost.name, msg, "dropped", self.name, reason)
         if self.settings.dead_letter_exchange is not None:
             if msg.body is PAGED and msg.store_id and self.durability is not None:
                 msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
@@ -467,7 +470,7 @@ class Queue:
         again._props = props
         self.vhost.broker.delays.schedule_queue(self, again, self.timers.now() + intervals[attempt] / 1000)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
-            self.tracker.queue_event(self, msg, "retried", attempt + 1, intervals[attempt])
+            self.tracker.record(self.vhost.name, msg, "retried", self.name, attempt + 1, intervals[attempt])
         self.settle(msg)
         return True
 

@@ -870,7 +870,7 @@ class ManagementAPI:
         vhost = self.vhost(call.params["vhost"])
         tracker = self.broker.tracker
         if tracker is None:
-            raise bad_request("message tracking is off (tracking_window or tracking_max_messages is 0)")
+            raise bad_request("message tracking is off (tracking_window or tracking_max_events is 0)")
         return reply(tracker.events_or_raise(vhost.name, call.params["message_id"]))
 
     # --- health ------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class Server:
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
                             timers=LoopTimers(loop), tracking_window=config.tracking_window,
-                            tracking_max_messages=config.tracking_max_messages)
+                            tracking_max_events=config.tracking_max_events)
         except BaseException:
             self.store.close()
             raise

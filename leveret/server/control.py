@@ -401,6 +401,6 @@ class ControlServer:
         vhost = self._vhost(args)
         tracker = self.server.broker.tracker
         if tracker is None:
-            raise errors.PreconditionFailed("message tracking is off (tracking_window or tracking_max_messages "
+            raise errors.PreconditionFailed("message tracking is off (tracking_window or tracking_max_events "
                                             "is 0)")
         return tracker.events_or_raise(vhost.name, str(args["message_id"]))
