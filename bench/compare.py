@@ -9,6 +9,7 @@ lines and a table of medians with Leveret's rate as a ratio of the reference bro
     python bench/compare.py                                  # Leveret vs RabbitMQ on 127.0.0.1:5672
     python bench/compare.py --only 'pubsub transient'        # a subset (regex over the scenario line)
     python bench/compare.py --broker other=amqp://u:p@host:5672/  # add or replace brokers by URL
+    python bench/compare.py --only 'pubsub transient -S 16' --bench-args=-I  # every message with a message_id
 
 The load generator reports its own CPU (client_cpu) and the broker's (broker_cpu, when the broker's pid is
 known), so a run where the generator is the bottleneck shows it.
@@ -121,6 +122,8 @@ def main() -> int:
                         help="the reference broker (default: RabbitMQ on 127.0.0.1:5672)")
     parser.add_argument("--broker", action="append", default=[], metavar="NAME=URL", help="another broker")
     parser.add_argument("--out", help="append raw lines to this file")
+    parser.add_argument("--bench-args", default="", metavar="ARGS",
+                        help="more amqpbench options for every run, e.g. --bench-args=-I (message ids)")
     args = parser.parse_args()
 
     bench = build_amqpbench()
@@ -154,7 +157,7 @@ def main() -> int:
                     vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
                     cmd = [str(bench), "-H", u.hostname or "127.0.0.1", "-p", str(u.port or 5672),
                            "-u", unquote(u.username or "guest"), "-P", unquote(u.password or "guest"),
-                           "-V", vhost, "-B", pid, *argv]
+                           "-V", vhost, "-B", pid, *argv, *args.bench_args.split()]
                     wait_quiet()
                     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                     line = run.stdout.strip() or f"error rc={run.returncode} {run.stderr.strip()}"

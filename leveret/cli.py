@@ -140,7 +140,7 @@ def _lower_first(text: str) -> str:
 
 
 def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ctl = subparsers.add_parser("ctl", help="manage a running broker (policies, queues, status)",
+    ctl = subparsers.add_parser("ctl", help="manage a running broker (queues, exchanges, users, policies, ...)",
                                 description="Talk to a running Leveret through its control socket "
                                             "(<data-dir>/leveret.sock).")
     ctl.add_argument("--data-dir", metavar="DIR", help="the broker's data directory (default ./leveret-data)")
@@ -157,80 +157,41 @@ def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     clear = commands.add_parser("clear-policy", help="remove a policy")
     clear.add_argument("name")
     clear.add_argument("--vhost", default="/")
-    for name in ("list-policies", "list-queues"):
-        listing = commands.add_parser(name)
-        listing.add_argument("--vhost")
-    _add_ctl_limits(commands)
+    from leveret import ctl as ctl_commands
+
+    ctl_commands.add_commands(commands)
     ctl.set_defaults(handler=_run_ctl)
 
 
 def _run_ctl(args: argparse.Namespace) -> int:
     import json
-    import socket
 
-    from leveret.server.control import socket_path
+    from leveret import ctl as ctl_commands
 
-    data_dir = args.data_dir or os.environ.get("LEVERET_DATA_DIR") or "./leveret-data"
+    if args.ctl_command in ctl_commands.COMMANDS:
+        return ctl_commands.run(args)
     command = args.ctl_command.replace("-", "_")
-    request: dict[str, Any] = {"command": command, "args": {}}
+    request: dict[str, Any] = {}
     if command == "set_policy":
         try:
             definition = json.loads(args.definition)
         except json.JSONDecodeError as exc:
             error(f"the policy definition is not valid JSON: {exc}")
             return 2
-        request["args"] = {"name": args.name, "pattern": args.pattern, "definition": definition,
-                           "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
+        request = {"name": args.name, "pattern": args.pattern, "definition": definition,
+                   "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
     elif command == "clear_policy":
-        request["args"] = {"name": args.name, "vhost": args.vhost}
-    elif command in ("list_policies", "list_queues") and args.vhost:
-        request["args"] = {"vhost": args.vhost}
-    elif command in _LIMIT_COMMANDS:
-        request["args"] = {k: v for k, v in vars(args).items() if k in ("vhost", "user", "limits", "name") and v}
-    path = socket_path(data_dir)
+        request = {"name": args.name, "vhost": args.vhost}
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(path))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(sock.makefile("rb").readline())
-    except OSError as exc:
-        error(f"cannot reach a broker at {path}: {exc.strerror or exc} (is `leveret serve --data-dir {data_dir}` "
-              "running?)")
+        result = ctl_commands.call(ctl_commands.data_dir_of(args), command, request)
+    except ctl_commands.CtlError as exc:
+        error(str(exc))
         return 1
-    if not answer.get("ok"):
-        error(answer.get("error", "failed"))
-        return 1
-    result = answer.get("result")
     if args.json or not isinstance(result, list):
         print(json.dumps(result, indent=2) if args.json or not isinstance(result, str) else result)
     else:
         _print_table(result)
     return 0
-
-
-_LIMIT_COMMANDS = ("set_vhost_limits", "clear_vhost_limits", "list_vhost_limits", "set_user_limits",
-                   "clear_user_limits", "list_user_limits")
-
-
-def _add_ctl_limits(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The limit commands, as rabbitmqctl's (docs/security.md#limits)."""
-    setv = commands.add_parser("set-vhost-limits", help="replace a vhost's limits (max-connections, max-queues)")
-    setv.add_argument("limits", help='JSON object, e.g. \'{"max-connections": 100, "max-queues": 500}\'')
-    setv.add_argument("--vhost", default="/")
-    clearv = commands.add_parser("clear-vhost-limits", help="remove a vhost's limits")
-    clearv.add_argument("--vhost", default="/")
-    listv = commands.add_parser("list-vhost-limits")
-    listv.add_argument("--vhost")
-    setu = commands.add_parser("set-user-limits", help="set a user's limits (max-connections, max-channels), "
-                                                       "merged with its others")
-    setu.add_argument("user")
-    setu.add_argument("limits", help='JSON object, e.g. \'{"max-connections": 10, "max-channels": 50}\'')
-    clearu = commands.add_parser("clear-user-limits", help="remove one limit of a user, or all")
-    clearu.add_argument("user")
-    clearu.add_argument("name", nargs="?", default="all", help="max-connections, max-channels or all (default)")
-    listu = commands.add_parser("list-user-limits")
-    listu.add_argument("--user")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -561,9 +522,23 @@ def _print_outbox_status(path: str, as_json: bool) -> int:
     return 0
 
 
+def _add_track(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from leveret.ctl import add_track
+
+    add_track(subparsers)
+
+
+def _add_tap(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from leveret.tap import add_tap
+
+    add_tap(subparsers)
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_serve,
     _add_ctl,
+    _add_track,
+    _add_tap,
     _add_worker,
     _add_status,
     _add_dead_letters,

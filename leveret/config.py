@@ -75,6 +75,8 @@ class Config:
     http_tls_port: int = 15671
 
     audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
+    tracking_window: int = 300
+    tracking_max_events: int = 100_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -301,6 +303,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "http_tls_port": _to_int(-1, 65535),
 
     "audit_log": lambda value: None if value is None else _to_str(value).strip(),
+    "tracking_window": _to_int(0, None),
+    "tracking_max_events": _to_int(0, None),
 }
 
 

@@ -159,6 +159,9 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_HTTP_TLS_PORT": "-1",
 
         "LEVERET_AUDIT_LOG": "",
+
+        "LEVERET_TRACKING_WINDOW": "60",
+        "LEVERET_TRACKING_MAX_EVENTS": "0",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -194,6 +197,9 @@ def test_every_field_has_an_environment_variable() -> None:
         http_tls_port=-1,
 
         audit_log="",
+
+        tracking_window=60,
+        tracking_max_events=0,
     )
 
 

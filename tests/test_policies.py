@@ -63,7 +63,7 @@ def test_policy_applies_ttl_and_dead_lettering_at_run_time_and_survives_restart(
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port))
     ch = conn.channel()
     listed = json.loads(ctl(server.data_dir, "--json", "list-policies").stdout)
-    assert listed == [{"vhost": "/", "name": "short-ttl", "pattern": "^work\\.", "apply_to": "queues",
+    assert listed == [{"vhost": "/", "name": "short-ttl", "pattern": "^work\\.", "apply-to": "queues",
                        "priority": 1, "definition": {"message-ttl": 100, "dead-letter-exchange": "dlx"}}]
     ch.basic_publish("", "work.a", b"after restart")
     time.sleep(0.4)

@@ -30,6 +30,8 @@ from .policies import Policy, validate_policy
 from .policies import effective as effective_policy
 from .queue import Consumer, Queue
 from .timers import SystemTimers, Timers
+from .tracing import TRACE_EXCHANGE, Tracer
+from .tracking import MESSAGE_ID, Tracker
 
 log = logging.getLogger("leveret.broker")
 
@@ -135,6 +137,8 @@ class VHost:
         self.exchanges[""] = DefaultExchange(self)
         for ex_name, ex_type in DEFAULT_EXCHANGES:
             self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)
+        self.exchanges[TRACE_EXCHANGE] = create_exchange("topic", TRACE_EXCHANGE, durable=True, internal=True)
+        self.tracer: Tracer | None = None  # the firehose, while tracing is on (core/tracing.py)
 
     # --- exchanges ---------------------------------------------------------------------------------
 
@@ -369,7 +373,7 @@ class VHost:
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.delete_queue(queue)
         count = len(queue.messages)
-        queue.purge()
+        queue.purge("queue_deleted")
         for consumer in list(queue.consumers):
             queue.remove_consumer(consumer)
             consumer.channel.server_cancel(consumer)
@@ -513,6 +517,9 @@ class VHost:
         if reason != "rejected":
             deaths = copy.properties["headers"]["x-death"]
             targets = [q for q in targets if not is_cycle(q.name, deaths)]
+        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
+            self.broker.tracker.record(self.name, msg, "dead_lettered", queue.name, reason, exchange.name,
+                                       tuple([q.name for q in targets]))
         first = True
         for target in targets:
             target.enqueue(copy if first else copy.copy())
@@ -712,10 +719,13 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
-                 timers: Timers | None = None, audit: _audit.AuditLog | None = None) -> None:
+                 timers: Timers | None = None, audit: _audit.AuditLog | None = None,
+                 tracking_window: float = 0, tracking_max_events: int = 0) -> None:
         self.audit = audit or _audit.AuditLog()
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
+        self.tracker = (Tracker(tracking_window, tracking_max_events)
+                        if tracking_window > 0 and tracking_max_events > 0 else None)
         self.queue_memory_budget = queue_memory_budget
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}

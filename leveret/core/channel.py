@@ -18,6 +18,7 @@ from leveret.amqp.codec import field_type
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
 from .message import Message
 from .queue import Consumer, Queue
+from .tracking import MESSAGE_ID, Tracker
 
 if TYPE_CHECKING:
     from .broker import Session
@@ -109,6 +110,7 @@ class Channel:
         self.last_queue = ""
         self.closed = False
         self.reply_queue: Queue | None = None
+        self.tracker: Tracker | None = session.broker.tracker
 
     # --- flow --------------------------------------------------------------------------------------
 
@@ -141,6 +143,13 @@ class Channel:
                 consumer.queue.durability.delivered(msg)  # type: ignore[union-attr]
         self.sink.send_deliver(self.number, consumer.tag_bytes, tag, msg.redelivered, msg.address, msg.header,
                                msg.body)
+        if msg.flags & MESSAGE_ID and self.tracker is not None:
+            queue = consumer.queue
+            self.tracker.record(queue.vhost.name, msg, "delivered", queue.name, consumer.tag, self.session.peer,
+                                self.number, msg.redelivered, not consumer.no_ack)
+        tracer = consumer.queue.vhost.tracer
+        if tracer is not None:
+            tracer.delivered(consumer.queue, msg, self.session, self.number)
 
     def get(self, queue: Queue, no_ack: bool) -> tuple[int, Message] | None:
         """basic.get: the delivery tag and message, or None when the queue is empty."""
@@ -157,6 +166,11 @@ class Channel:
             self.unacked[tag] = msg
             if msg.store_id:
                 queue.durability.delivered(msg)  # type: ignore[union-attr]
+        if msg.flags & MESSAGE_ID and self.tracker is not None:
+            self.tracker.record(queue.vhost.name, msg, "got", queue.name, self.session.peer, self.number,
+                                msg.redelivered, not no_ack)
+        if queue.vhost.tracer is not None:
+            queue.vhost.tracer.delivered(queue, msg, self.session, self.number)
         return tag, msg
 
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
@@ -235,7 +249,7 @@ class Channel:
     def recover(self, requeue: bool) -> None:
         if not requeue:
             raise NotImplementedFeature("requeue=false")
-        self._settle(self._take(0, True), True)
+        self._settle(self._take(0, True), True, "basic.recover")
 
     def _check_tag(self, tag: int, multiple: bool) -> None:
         if not (multiple and tag == 0) and tag not in self.unacked:
@@ -262,8 +276,10 @@ class Channel:
             if key == tag:
                 return msgs
 
-    def _settle(self, msgs: list[Message], requeue: bool | None) -> None:
-        """Finish messages taken from ``unacked``: ack (requeue None), requeue, or drop."""
+    def _settle(self, msgs: list[Message], requeue: bool | None, cause: str = "") -> None:
+        """Finish messages taken from ``unacked``: ack (requeue None), requeue, or drop. ``cause`` is a requeue
+        that no reject asked for (channel closed, basic.recover), for message tracking."""
+        tracker = self.tracker
         freed: set[Consumer] = set()
         by_queue: dict[Queue, list[Message]] = {}
         for msg in msgs:
@@ -275,6 +291,8 @@ class Channel:
             queue = msg.queue
             if queue is None or queue.deleted:
                 continue
+            if msg.flags & MESSAGE_ID and tracker is not None:
+                self._track_settle(tracker, queue, msg, requeue, cause)
             if requeue:
                 by_queue.setdefault(queue, []).append(msg)
             elif requeue is None:
@@ -288,6 +306,15 @@ class Channel:
             self.kick()
         elif freed:
             self.kick(freed)
+
+    def _track_settle(self, tracker: Tracker, queue: Queue, msg: Message, requeue: bool | None, cause: str) -> None:
+        peer = self.session.peer
+        if requeue is None:
+            tracker.record(queue.vhost.name, msg, "acked", queue.name, peer, self.number)
+        elif cause:
+            tracker.record(queue.vhost.name, msg, "requeued", queue.name, cause, peer, self.number)
+        else:
+            tracker.record(queue.vhost.name, msg, "rejected", queue.name, requeue, peer, self.number)
 
     # --- publishing --------------------------------------------------------------------------------
 
@@ -355,8 +382,16 @@ class Channel:
     def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> bool:
         """Route and enqueue; False when a queue refused the message (x-overflow reject-publish)."""
         if exchange.type_name == "x-delayed-message" and vhost.broker.delays.hold(vhost, exchange, msg):
+            if vhost.tracer is not None:
+                vhost.tracer.published(msg, (), self.session, self.number)
             return True  # held until due: no basic.return and no alternate exchange now (docs/extensions.md)
         queues = vhost.route_all(exchange, msg)
+        if vhost.tracer is not None:
+            vhost.tracer.published(msg, queues, self.session, self.number)
+        if msg.flags & MESSAGE_ID and self.tracker is not None:
+            self.tracker.record(vhost.name, msg, "published", exchange.name, msg.routing_key,
+                                tuple([q.name for q in queues]),
+                                "routed" if queues else "returned" if mandatory else "unroutable")
         if not queues:
             if mandatory:
                 self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
@@ -410,7 +445,7 @@ class Channel:
         self.deliverable = False
         msgs = list(self.unacked.values())  # requeued before the consumers go, so that a queue's next
         self.unacked.clear()                # (single active) consumer gets them first, as in RabbitMQ
-        self._settle(msgs, True)
+        self._settle(msgs, True, "channel closed")
         for tag in list(self.consumers):
             self.cancel(tag)
 

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 from leveret.store.base import Delete, Purge, Push, StoredMessage, StoreError
 
 from .message import PAGED, Message, build_address, build_header
+from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
     from .broker import Broker, VHost
@@ -224,6 +225,8 @@ class DelayedMessages:
         held.published_at = msg.published_at
         self.schedule(vhost, exchange.name, held, self.broker.timers.now() + delay / 1000)
         self._last_held = (msg, exchange)
+        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
+            self.broker.tracker.record(vhost.name, msg, "delayed", exchange.name, delay)
         return True
 
     def schedule(self, vhost: VHost, exchange_name: str, msg: Message, due: float) -> None:
@@ -602,13 +605,19 @@ class DelayedMessages:
         if lane.kind == QUEUE:
             queue = vhost.queues.get(lane.target)
             if queue is not None and not queue.deleted:
+                if msg.flags & MESSAGE_ID and queue.tracker is not None:
+                    queue.tracker.record(queue.vhost.name, msg, "retry_due", queue.name)
                 queue.enqueue(msg)
             return
         exchange = vhost.exchanges.get(lane.target)
         if exchange is None or exchange.type_name != DELAYED_TYPE:
             return  # the exchange was deleted: the plugin drops the message too
+        queues = vhost.route_all(exchange, msg)
+        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
+            self.broker.tracker.record(vhost.name, msg, "delay_ended", exchange.name,
+                                       tuple([q.name for q in queues]))
         first = True
-        for queue in vhost.route_all(exchange, msg):
+        for queue in queues:
             queue.enqueue(msg if first else msg.copy())
             first = False
 

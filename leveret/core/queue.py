@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
 from .message import PAGED, Message, build_header
+from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
@@ -93,6 +94,7 @@ class Queue:
         self.stats_delivered = 0
         self.stats_acked = 0
         self.timers = vhost.broker.timers
+        self.tracker = vhost.broker.tracker
         self.settings = QueueSettings()
         self.policy: str | None = None
         self.lifecycle = False
@@ -164,6 +166,8 @@ class Queue:
     def _enqueue_lifecycle(self, msg: Message) -> bool:
         settings = self.settings
         if settings.limited and settings.overflow != "drop-head" and self._full(msg.size):
+            if msg.flags & MESSAGE_ID and self.tracker is not None:
+                self.tracker.record(self.vhost.name, msg, "refused", self.name, f"maxlen ({settings.overflow})")
             if settings.overflow == "reject-publish-dlx":
                 self.vhost.dead_letter(self, msg, "maxlen")
             return False
@@ -437,6 +441,11 @@ class Queue:
             if self._retry(msg):
                 return
             reason = "retries_exhausted"
+        if msg.flags & MESSAGE_ID and self.tracker is not None and reason != "rejected":
+            if reason == "expired":
+                self.tracker.record(self.vhost.name, msg, "expired", self.name)
+            else:
+                self.tracker.record(self.vhost.name, msg, "dropped", self.name, reason)
         if self.settings.dead_letter_exchange is not None:
             if msg.body is PAGED and msg.store_id and self.durability is not None:
                 msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
@@ -462,6 +471,8 @@ class Queue:
         again = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
         again._props = props
         self.vhost.broker.delays.schedule_queue(self, again, self.timers.now() + intervals[attempt] / 1000)
+        if msg.flags & MESSAGE_ID and self.tracker is not None:
+            self.tracker.record(self.vhost.name, msg, "retried", self.name, attempt + 1, intervals[attempt])
         self.settle(msg)
         return True
 
@@ -511,9 +522,12 @@ class Queue:
             used += len(body)
         self.memory.used += used
 
-    def purge(self) -> int:
-        """Remove every ready message; unacked ones stay with their consumers. Returns how many."""
+    def purge(self, event: str = "purged") -> int:
+        """Remove every ready message; unacked ones stay with their consumers. Returns how many. ``event`` is
+        what message tracking records for them (purged, or queue_deleted)."""
         count = len(self.messages)
+        if self.tracker is not None:
+            self.tracker.queue_events(self, self.messages, event)
         resident = 0
         for msg in self.messages:
             resident += len(msg.body)

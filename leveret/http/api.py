@@ -32,6 +32,7 @@ from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
+from leveret.core.tracing import set_tracing
 
 from . import definitions, openapi
 from . import web as web_page
@@ -249,6 +250,7 @@ class ManagementAPI:
         r("GET", "aliveness-test/{vhost}", self.aliveness)
         r("GET", "health/checks/alarms", self.alarms)
         r("GET", "openapi.json", self.openapi_description)
+        r("GET", "tracking/{vhost}/{message_id}", self.get_tracking)
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))
@@ -472,7 +474,8 @@ class ManagementAPI:
     def vhost_info(self, vhost: VHost) -> dict[str, Any]:
         ready = sum(q.message_count for q in vhost.queues.values())
         unacked = sum(q.unacked_count for q in vhost.queues.values())
-        return {"name": vhost.name, "description": "", "tags": [], "tracing": False, "messages": ready + unacked,
+        return {"name": vhost.name, "description": "", "tags": [], "tracing": vhost.tracer is not None,
+                "messages": ready + unacked,
                 "messages_ready": ready, "messages_unacknowledged": unacked}
 
     async def list_vhosts(self, call: Call) -> web.Response:
@@ -485,14 +488,16 @@ class ManagementAPI:
         return reply(self.vhost_info(self.vhost(call.params["vhost"])))
 
     async def put_vhost(self, call: Call) -> web.Response:
-        await call.body()
+        body = await call.body()
         name = call.params["vhost"]
         if not name:
             raise bad_request("a vhost needs a name")
         created = name not in self.broker.vhosts
-        self.broker.add_vhost(name)
+        vhost = self.broker.add_vhost(name)
         if created:  # as RabbitMQ's API: the user who made the vhost may use it
             self.broker.set_permission(call.user.name, name)
+        if "tracing" in body:  # RabbitMQ's way to switch the firehose from the API
+            set_tracing(vhost, _bool(body, "tracing", False))
         return reply(None, 201 if created else 204)
 
     async def delete_vhost(self, call: Call) -> web.Response:
@@ -774,17 +779,7 @@ class ManagementAPI:
 
     async def put_permission(self, call: Call) -> web.Response:
         body = await call.body()
-        patterns = []
-        for key in ("configure", "write", "read"):
-            value = body.get(key, ".*")
-            if not isinstance(value, str):
-                raise bad_request(f"'{key}' must be a regular expression")
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise bad_request(f"'{key}' is not a valid regular expression: {exc}") from None
-            patterns.append(value)
-        created = self.broker.set_permission(call.params["user"], call.params["vhost"], *patterns)
+        created = self.broker.set_permission(call.params["user"], call.params["vhost"], *permission_patterns(body))
         return reply(None, 201 if created else 204)
 
     async def delete_permission(self, call: Call) -> web.Response:
@@ -974,6 +969,16 @@ class ManagementAPI:
                                   "active": True, "activity_status": "up"})
         return reply(found)
 
+    # --- message tracking -------------------------------------------------------------------------
+
+    async def get_tracking(self, call: Call) -> web.Response:
+        """What happened to the messages with this message_id (Leveret's own, docs/operations.md)."""
+        vhost = self.vhost(call.params["vhost"])
+        tracker = self.broker.tracker
+        if tracker is None:
+            raise bad_request("message tracking is off (tracking_window or tracking_max_events is 0)")
+        return reply(tracker.events_or_raise(vhost.name, call.params["message_id"]))
+
     # --- health ------------------------------------------------------------------------------------
 
     async def aliveness(self, call: Call) -> web.Response:
@@ -1041,6 +1046,21 @@ def password_hash_of(body: dict[str, Any], existing: User | None) -> str:
     if existing is not None:
         return existing.password_hash
     raise bad_request("a new user needs 'password' or 'password_hash'")
+
+
+def permission_patterns(body: dict[str, Any]) -> tuple[str, str, str]:
+    """The configure, write and read regular expressions of a permissions body (``.*`` where absent)."""
+    patterns = []
+    for key in ("configure", "write", "read"):
+        value = body.get(key, ".*")
+        if not isinstance(value, str):
+            raise bad_request(f"'{key}' must be a regular expression")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise bad_request(f"'{key}' is not a valid regular expression: {exc}") from None
+        patterns.append(value)
+    return patterns[0], patterns[1], patterns[2]
 
 
 def policy_from(body: dict[str, Any], vhost: str, name: str) -> Policy:

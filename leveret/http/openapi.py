@@ -145,6 +145,10 @@ SCHEMAS: dict[str, Schema] = {
     "UserRequest": obj(password=STRING, password_hash=STRING, tags={"oneOf": [STRING, array(STRING)]},
                        hashing_algorithm={"type": "string", "enum": ["rabbit_password_hashing_sha256"]}),
     "PermissionRequest": obj(configure=STRING, write=STRING, read=STRING),
+    "TrackingEvent": {**obj(["time", "timestamp", "event"], time=STRING, timestamp={"type": "number"},
+                            event=STRING), "additionalProperties": True,
+                      "description": "one event of a message's history; the other fields depend on the event "
+                                     "(docs/operations.md)"},
     "VHostLimits": obj(["vhost", "value"], vhost=STRING, value=LIMITS),
     "UserLimits": obj(["user", "value"], user=STRING, value=LIMITS),
     "LimitRequest": obj(["value"], value=INTEGER),
@@ -163,6 +167,7 @@ PARAMETERS: dict[str, Schema] = {
                                                                                            "enum": ["q", "e"]}},
     "destination": {"description": "the destination queue or exchange"},
     "props": {"description": "a binding's `properties_key`, URL-encoded"},
+    "message_id": {"description": "a message's `message_id` property, URL-encoded"},
 }
 
 
@@ -256,6 +261,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "vhosts/{vhost}/channels", "The channels of a vhost", array(ref("Channel"))),
     Op("GET", "consumers", "Consumers", array(ref("Consumer"))),
     Op("GET", "consumers/{vhost}", "The consumers of a vhost", array(ref("Consumer"))),
+    Op("GET", "tracking/{vhost}/{message_id}", "What happened to the messages with this message_id (Leveret's "
+       "message tracking; 400 when it is off)", array(ref("TrackingEvent")), errors=(400, 401, 404)),
     Op("GET", "aliveness-test/{vhost}", "Declare aliveness-test, publish to it and get the message back",
        ref("Status"), errors=(401, 404), extra={503: ("the test failed", ref("Status"))}),
     Op("GET", "health/checks/alarms", "503 while a memory or disk alarm is on", ref("Status"),

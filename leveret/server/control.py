@@ -4,12 +4,17 @@ A Unix socket in the data directory (``<data_dir>/leveret.sock``, owner-only) th
 line, ``{"command": ..., "args": {...}}``, and answers one line, ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "...", "status": 404}``. Core errors are translated here, once, like the AMQP
 adapter does for AMQP.
+
+Listings are the management API's own records (:class:`leveret.http.api.ManagementAPI` ``*_info``), and
+changes go through the same core calls and body validators as the API's handlers, so ``leveret ctl`` and
+``/api/...`` cannot drift apart. Whoever can open the socket (the broker's Unix user) is an administrator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -21,8 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.core import audit, errors
 from leveret.core.policies import Policy
+from leveret.core.tracing import TRACE_EXCHANGE, set_tracing
+from leveret.http import definitions
+from leveret.http.api import HTTPFailure, ManagementAPI, _tags, password_hash_of, permission_patterns
 
 if TYPE_CHECKING:
+    from leveret.core.broker import VHost
+    from leveret.core.exchanges import Exchange
+    from leveret.core.queue import Queue
+
     from .app import Server
 
 log = logging.getLogger("leveret.control")
@@ -44,6 +56,8 @@ class ControlServer:
         self.server = server
         self.path = socket_path(server.config.data_dir)
         self._server: asyncio.base_events.Server | None = None
+        self.api = ManagementAPI(server.broker, sessions=lambda: [c.session for c in server.connections],
+                                 listeners=server._listeners)
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self._status,
             "set_policy": self._set_policy,
@@ -56,6 +70,32 @@ class ControlServer:
             "set_user_limits": self._set_user_limits,
             "clear_user_limits": self._clear_user_limits,
             "list_user_limits": self._list_user_limits,
+            "declare_queue": self._declare_queue,
+            "delete_queue": self._delete_queue,
+            "purge_queue": self._purge_queue,
+            "list_exchanges": self._list_exchanges,
+            "declare_exchange": self._declare_exchange,
+            "delete_exchange": self._delete_exchange,
+            "list_bindings": self._list_bindings,
+            "bind": self._bind,
+            "unbind": self._unbind,
+            "list_connections": self._list_connections,
+            "list_users": self._list_users,
+            "add_user": self._add_user,
+            "delete_user": self._delete_user,
+            "change_password": self._change_password,
+            "set_user_tags": self._set_user_tags,
+            "list_permissions": self._list_permissions,
+            "set_permissions": self._set_permissions,
+            "clear_permissions": self._clear_permissions,
+            "list_vhosts": self._list_vhosts,
+            "add_vhost": self._add_vhost,
+            "delete_vhost": self._delete_vhost,
+            "export_definitions": self._export_definitions,
+            "import_definitions": self._import_definitions,
+            "trace_on": self._trace_on,
+            "trace_off": self._trace_off,
+            "track": self._track,
         }
 
     async def start(self) -> None:
@@ -67,7 +107,8 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o077)
         try:
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
+                                                           limit=64 * 1024 * 1024)
         finally:
             os.umask(old)
 
@@ -82,25 +123,51 @@ class ControlServer:
         audit.set_actor(_peer(writer))  # this client's task: the author of the changes it asks for
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self.handle(line), default=str).encode() + b"\n")
+                writer.write(json.dumps(await self.handle(line), default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    def handle(self, line: bytes) -> dict[str, Any]:
+    async def handle(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
             command = self.commands.get(request.get("command"))
             if command is None:
                 return {"ok": False, "status": 400, "error": f"unknown command {request.get('command')!r}; "
                         f"known: {', '.join(sorted(self.commands))}"}
-            return {"ok": True, "result": command(request.get("args") or {})}
+            result = command(request.get("args") or {})
+            if inspect.isawaitable(result):
+                result = await result
+            return {"ok": True, "result": result}
         except errors.BrokerError as exc:
             return {"ok": False, "status": STATUS.get(type(exc), 400), "error": exc.text}
+        except HTTPFailure as exc:
+            return {"ok": False, "status": exc.status, "error": exc.reason}
+        except KeyError as exc:
+            return {"ok": False, "status": 400, "error": f"bad request: missing argument {exc}"}
         except (ValueError, TypeError, AttributeError) as exc:
             return {"ok": False, "status": 400, "error": f"bad request: {exc}"}
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _vhosts(self, args: dict[str, Any]) -> list[VHost]:
+        """The vhost named in ``args`` (NotFound if it does not exist), or every vhost."""
+        name = args.get("vhost")
+        if name:
+            return [self.api.vhost(name)]
+        return [self.server.broker.vhosts[n] for n in sorted(self.server.broker.vhosts)]
+
+    def _vhost(self, args: dict[str, Any]) -> VHost:
+        return self.api.vhost(args.get("vhost") or "/")
+
+    def _queue(self, args: dict[str, Any]) -> Queue:
+        return self._vhost(args).queue(args["name"])
+
+    def _exchange(self, args: dict[str, Any]) -> Exchange:
+        name = args["name"]
+        return self._vhost(args).exchange("" if name == "amq.default" else name)
 
     # --- commands ----------------------------------------------------------------------------------
 
@@ -148,7 +215,9 @@ class ControlServer:
     def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         broker = self.server.broker
         return {"node": broker.node_name, "port": self.server.port, "connections": len(self.server.connections),
-                "vhosts": sorted(broker.vhosts), "memory_used": broker.memory.used, "alarm": broker.memory.alarm}
+                "vhosts": sorted(broker.vhosts), "memory_used": broker.memory.used, "alarm": broker.memory.alarm,
+                "tracing": sorted(v.name for v in broker.vhosts.values() if v.tracer is not None),
+                "tracking": broker.tracker.describe() if broker.tracker is not None else "off"}
 
     def _set_policy(self, args: dict[str, Any]) -> str:
         definition = args["definition"]
@@ -166,18 +235,225 @@ class ControlServer:
         return f"policy '{args['name']}' cleared"
 
     def _list_policies(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        vhosts = self.server.broker.vhosts
-        names = [args["vhost"]] if args.get("vhost") else sorted(vhosts)
-        return [{"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply_to": p.apply_to,
-                 "priority": p.priority, "definition": p.definition}
-                for name in names if name in vhosts for p in vhosts[name].policies.values()]
+        return [self.api.policy_info(p) for v in self._vhosts(args) for p in v.policies.values()]
+
+    # queues
 
     def _list_queues(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        vhosts = self.server.broker.vhosts
-        names = [args["vhost"]] if args.get("vhost") else sorted(vhosts)
-        return [{"vhost": vhost, "name": q.name, "messages": q.message_count, "consumers": q.consumer_count,
-                 "durable": q.durable, "policy": q.policy, "arguments": q.arguments}
-                for vhost in names if vhost in vhosts for q in vhosts[vhost].queues.values()]
+        return [self.api.queue_info(q) for v in self._vhosts(args) for q in v.queues.values()]
+
+    def _declare_queue(self, args: dict[str, Any]) -> str:
+        vhost = self._vhost(args)
+        created = args["name"] not in vhost.queues
+        vhost.declare_queue(None, args["name"], durable=bool(args.get("durable", True)),
+                            auto_delete=bool(args.get("auto_delete", False)), arguments=args.get("arguments") or {})
+        return f"queue '{args['name']}' {'declared' if created else 'exists (same settings)'}"
+
+    def _delete_queue(self, args: dict[str, Any]) -> str:
+        vhost = self._vhost(args)
+        vhost.queue(args["name"])  # a missing queue is an error here, as in the HTTP API
+        count = vhost.delete_queue(args["name"], None, if_unused=bool(args.get("if_unused")),
+                                   if_empty=bool(args.get("if_empty")))
+        return f"queue '{args['name']}' deleted ({count} messages)"
+
+    async def _purge_queue(self, args: dict[str, Any]) -> str:
+        count = self._queue(args).purge()
+        await self.api._durable()
+        return f"queue '{args['name']}' purged ({count} messages)"
+
+    # exchanges
+
+    def _list_exchanges(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.api.exchange_info(v, e) for v in self._vhosts(args) for e in v.exchanges.values()]
+
+    def _declare_exchange(self, args: dict[str, Any]) -> str:
+        vhost = self._vhost(args)
+        created = args["name"] not in vhost.exchanges
+        vhost.declare_exchange(args["name"], args["type"], durable=bool(args.get("durable", True)),
+                               auto_delete=bool(args.get("auto_delete", False)),
+                               internal=bool(args.get("internal", False)), arguments=args.get("arguments") or {})
+        return f"exchange '{args['name']}' {'declared' if created else 'exists (same settings)'}"
+
+    def _delete_exchange(self, args: dict[str, Any]) -> str:
+        exchange = self._exchange(args)  # a missing exchange is an error here, as in the HTTP API
+        self._vhost(args).delete_exchange(exchange.name, if_unused=bool(args.get("if_unused")))
+        return f"exchange '{args['name']}' deleted"
+
+    # bindings
+
+    def _list_bindings(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [b for v in self._vhosts(args) for b in self.api.bindings_of(v)]
+
+    def _binding_args(self, args: dict[str, Any]) -> tuple[VHost, str, str, str, str, dict[str, Any]]:
+        vhost = self._vhost(args)
+        kind = args.get("destination_type", "queue")
+        if kind not in ("queue", "exchange"):
+            raise errors.PreconditionFailed(f"destination type must be queue or exchange, not '{kind}'")
+        source, destination = args["source"], args["destination"]
+        vhost.exchange(source)
+        if kind == "queue":
+            vhost.queue(destination)
+        else:
+            vhost.exchange(destination)
+        return vhost, source, kind, destination, args.get("routing_key", ""), args.get("arguments") or {}
+
+    def _bind(self, args: dict[str, Any]) -> str:
+        vhost, source, kind, destination, key, arguments = self._binding_args(args)
+        if kind == "queue":
+            vhost.bind_queue(destination, source, key, arguments, None)
+        else:
+            vhost.bind_exchange(destination, source, key, arguments)
+        return f"bound {kind} '{destination}' to exchange '{source}' with routing key '{key}'"
+
+    def _unbind(self, args: dict[str, Any]) -> str:
+        vhost, source, kind, destination, key, arguments = self._binding_args(args)
+        exchange = vhost.exchange(source)
+        target = vhost.queue(destination) if kind == "queue" else vhost.exchange(destination)
+        if not exchange.has_binding(target, key, arguments):
+            raise errors.NotFound(f"no binding from exchange '{source}' to {kind} '{destination}' with routing "
+                                  f"key '{key}'{' and these arguments' if arguments else ''} in vhost "
+                                  f"'{vhost.name}'")
+        if kind == "queue":
+            vhost.unbind_queue(destination, source, key, arguments, None)
+        else:
+            vhost.unbind_exchange(destination, source, key, arguments)
+        return f"unbound {kind} '{destination}' from exchange '{source}' (routing key '{key}')"
+
+    # connections
+
+    def _list_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        address = self.api._amqp_address()
+        vhost = args.get("vhost")
+        if vhost:
+            self.api.vhost(vhost)
+        found = []
+        for session in self.api.sessions():
+            info = self.api.connection_info(session, address)
+            if session.user is not None and info["vhost"] and (not vhost or info["vhost"] == vhost):
+                found.append(info)
+        return found
+
+    # users
+
+    def _user_exists(self, name: str) -> None:
+        if name not in self.server.broker.users:
+            raise errors.NotFound(f"no user '{name}'")
+
+    def _list_users(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.api.user_info(u) for u in self.server.broker.users.values()]
+
+    def _add_user(self, args: dict[str, Any]) -> str:
+        name = args["name"]
+        if not name:
+            raise errors.PreconditionFailed("a user needs a name")
+        if name in self.server.broker.users:
+            raise errors.PreconditionFailed(f"user '{name}' already exists")
+        self._put_user(name, {"password": args["password"], "tags": args.get("tags") or ""})
+        return f"user '{name}' added"
+
+    def _put_user(self, name: str, body: dict[str, Any]) -> None:
+        password_hash = password_hash_of(body, self.server.broker.users.get(name))
+        self.server.broker.put_user(name, password_hash, _tags(body.get("tags")))
+
+    def _delete_user(self, args: dict[str, Any]) -> str:
+        self.server.broker.delete_user(args["name"])
+        return f"user '{args['name']}' deleted"
+
+    def _change_password(self, args: dict[str, Any]) -> str:
+        self._user_exists(args["name"])
+        user = self.server.broker.users[args["name"]]
+        self._put_user(user.name, {"password": args["password"], "tags": list(user.tags)})
+        return f"password of user '{user.name}' changed"
+
+    def _set_user_tags(self, args: dict[str, Any]) -> str:
+        self._user_exists(args["name"])
+        self._put_user(args["name"], {"tags": args.get("tags") or []})
+        tags = self.server.broker.users[args["name"]].tags
+        return f"tags of user '{args['name']}' set to [{', '.join(tags)}]"
+
+    # permissions
+
+    def _list_permissions(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhost, user = args.get("vhost"), args.get("user")
+        if vhost:
+            self.api.vhost(vhost)
+        if user:
+            self._user_exists(user)
+        return [self.api.permission_info(u.name, v) for u in self.server.broker.users.values()
+                if not user or u.name == user for v in sorted(u.vhosts) if not vhost or v == vhost]
+
+    def _set_permissions(self, args: dict[str, Any]) -> str:
+        patterns = permission_patterns(args)
+        vhost = args.get("vhost") or "/"
+        self.server.broker.set_permission(args["user"], vhost, *patterns)
+        return f"permissions of user '{args['user']}' in vhost '{vhost}' set"
+
+    def _clear_permissions(self, args: dict[str, Any]) -> str:
+        vhost = args.get("vhost") or "/"
+        self._user_exists(args["user"])
+        self.server.broker.clear_permission(args["user"], vhost)
+        return f"permissions of user '{args['user']}' in vhost '{vhost}' cleared"
+
+    # vhosts
+
+    def _list_vhosts(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.api.vhost_info(v) for v in self._vhosts({})]
+
+    def _add_vhost(self, args: dict[str, Any]) -> str:
+        name = args["name"]
+        if not name:
+            raise errors.PreconditionFailed("a vhost needs a name")
+        if name in self.server.broker.vhosts:
+            raise errors.PreconditionFailed(f"vhost '{name}' already exists")
+        self.server.broker.add_vhost(name)
+        return f"vhost '{name}' added"
+
+    def _delete_vhost(self, args: dict[str, Any]) -> str:
+        self.server.broker.delete_vhost(args["name"])
+        return f"vhost '{args['name']}' deleted"
+
+    # definitions
+
+    def _export_definitions(self, args: dict[str, Any]) -> dict[str, Any]:
+        return definitions.export(self.api)
+
+    def _import_definitions(self, args: dict[str, Any]) -> str:
+        body = args["definitions"]
+        if not isinstance(body, dict):
+            raise errors.PreconditionFailed("the definitions must be a JSON object")
+        definitions.import_(self.api, body)
+        counts = ", ".join(f"{len(body.get(k) or [])} {k}" for k in ("vhosts", "users", "permissions", "policies",
+                                                                     "exchanges", "queues", "bindings"))
+        return f"imported {counts}"
+
+    # tracing (the firehose) and message tracking
+
+    def _trace_on(self, args: dict[str, Any]) -> dict[str, Any]:
+        vhost = self._vhost(args)
+        was_on = set_tracing(vhost, True)
+        if not was_on:
+            log.info("tracing on in vhost '%s'", vhost.name)
+        return {"vhost": vhost.name, "tracing": True, "was_on": was_on}
+
+    def _trace_off(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Stop tracing; with ``if_unused``, only when nothing is bound to the trace exchange any more (what
+        ``leveret tap`` asks when it leaves, so that it does not cut off another tap or tool)."""
+        vhost = self._vhost(args)
+        was_on = vhost.tracer is not None
+        if args.get("if_unused") and vhost.exchange(TRACE_EXCHANGE).has_bindings():
+            return {"vhost": vhost.name, "tracing": was_on, "was_on": was_on}
+        set_tracing(vhost, False)
+        if was_on:
+            log.info("tracing off in vhost '%s'", vhost.name)
+        return {"vhost": vhost.name, "tracing": False, "was_on": was_on}
+
+    def _track(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhost = self._vhost(args)
+        tracker = self.server.broker.tracker
+        if tracker is None:
+            raise errors.PreconditionFailed("message tracking is off (tracking_window or tracking_max_events "
+                                            "is 0)")
+        return tracker.events_or_raise(vhost.name, str(args["message_id"]))
 
 
 def _peer(writer: asyncio.StreamWriter) -> dict[str, Any]:

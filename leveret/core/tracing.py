@@ -1,0 +1,79 @@
+"""The firehose tracer, as RabbitMQ's (``rabbitmqctl trace_on``): while tracing is on in a vhost, every
+message published in it is copied to the topic exchange ``amq.rabbitmq.trace`` with routing key
+``publish.<exchange>``, and every delivery (basic.deliver and basic.get-ok) with ``deliver.<queue>``.
+
+The copy has the original body and RabbitMQ's headers: ``exchange_name``, ``routing_keys``, ``properties`` (the
+original basic properties as a table), ``node``, ``vhost``, ``connection``, ``channel``, ``user``, and
+``routed_queues`` (publish) or ``redelivered`` (deliver). Tools written for RabbitMQ's firehose work unchanged.
+
+The copy is routed through the trace exchange only: the traced message's own routing, mandatory returns,
+alternate exchanges, confirms and queue lengths are untouched. Messages that come from the trace exchange
+are not traced again. Tracing is off at start (not stored), as in RabbitMQ; when it is off the core pays one
+``vhost.tracer is None`` test per publish and per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .lifecycle import routing_keys
+from .message import Message, build_address, build_header
+
+if TYPE_CHECKING:
+    from .broker import Session, VHost
+    from .queue import Queue
+
+TRACE_EXCHANGE = "amq.rabbitmq.trace"
+
+
+class Tracer:
+    """The firehose of one vhost (``vhost.tracer`` while tracing is on)."""
+
+    def __init__(self, vhost: VHost) -> None:
+        self.vhost = vhost
+        self.node = vhost.broker.node_name
+
+    def published(self, msg: Message, queues: Sequence[Queue], session: Session, channel: int) -> None:
+        if msg.exchange == TRACE_EXCHANGE:
+            return
+        self._trace(msg, "publish." + msg.exchange, session, channel,
+                    {"routed_queues": [q.name for q in queues]})
+
+    def delivered(self, queue: Queue, msg: Message, session: Session, channel: int) -> None:
+        if msg.exchange == TRACE_EXCHANGE:
+            return
+        self._trace(msg, "deliver." + queue.name, session, channel, {"redelivered": 1 if msg.redelivered else 0})
+
+    def _trace(self, msg: Message, key: str, session: Session, channel: int, extra: dict[str, Any]) -> None:
+        vhost = self.vhost
+        if len(key.encode()) > 255:  # a routing key is a short string
+            key = key.encode()[:255].decode(errors="ignore")
+        exchange = vhost.exchanges.get(TRACE_EXCHANGE)
+        if exchange is None or not exchange.has_bindings():
+            return
+        keys = routing_keys(msg)
+        if msg.bcc:
+            keys.extend(msg.bcc)
+        headers = {"exchange_name": msg.exchange, "routing_keys": keys, "properties": dict(msg.properties),
+                   "node": self.node, "vhost": vhost.name, "connection": session.peer, "channel": channel,
+                   "user": session.user.name if session.user is not None else "", **extra}
+        props = {"headers": headers}
+        body = msg.body
+        trace = Message(TRACE_EXCHANGE, key, build_address(TRACE_EXCHANGE, key), build_header(props, len(body)),
+                        body)
+        trace._props = props
+        first = True
+        for queue in vhost.route(exchange, trace):
+            queue.enqueue(trace if first else trace.copy())
+            first = False
+
+
+def set_tracing(vhost: VHost, on: bool) -> bool:
+    """Switch the firehose of ``vhost`` on or off; returns whether it was on before."""
+    was_on = vhost.tracer is not None
+    if on and not was_on:
+        vhost.tracer = Tracer(vhost)
+    elif not on:
+        vhost.tracer = None
+    return was_on
