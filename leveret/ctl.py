@@ -277,6 +277,11 @@ def _clear_user_limits_options(p: Parser) -> None:
     p.add_argument("name", nargs="?", default="all", help="max-connections, max-channels or all (default)")
 
 
+def _close_connection_options(p: Parser) -> None:
+    p.add_argument("name", help="the connection's name as list-connections shows it ('peer -> listener')")
+    p.add_argument("--reason", default="Closed via leveret ctl", help="what the client is told")
+
+
 def _user_filter(p: Parser) -> None:
     p.add_argument("--user", help="only this user (default: all)")
 
@@ -311,6 +316,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("bind", "bind a queue (or exchange) to an exchange", _binding_options, _binding_request),
     Command("unbind", "remove a binding", _binding_options, _binding_request),
     _listing("list-connections", "open client connections", ("name", "user", "vhost", "channels", "state")),
+    Command("close-connection", "close a client connection (320 CONNECTION_FORCED with the reason)",
+            _close_connection_options, lambda a: {"name": a.name, "reason": a.reason}),
     _listing("list-users", "users and their tags", ("name", "tags"), lambda p: None, lambda a: {}),
     Command("add-user", "add a user", _add_user_options,
             lambda a: {"name": a.name, "password": a.password, "tags": a.tags}, prepare=_read_password),

@@ -147,6 +147,29 @@ def test_connections_listing(server: ThreadedServer, ctl: Ctl) -> None:
         connection.close()
 
 
+def test_close_connection(server: ThreadedServer, ctl: Ctl) -> None:
+    doomed, other = connect(server.port), connect(server.port)
+    closed: list[tuple[int, str]] = []
+    try:
+        doomed.channel()
+        other_channel = other.channel()
+        names = [c["name"] for c in ctl.json("list-connections")]
+        local_port = doomed._impl._transport._sock.getsockname()[1]
+        name = next(n for n in names if n.startswith(f"127.0.0.1:{local_port} "))
+        assert ctl.ok("close-connection", name, "--reason", "maintenance") == f"connection '{name}' closed\n"
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as caught:
+            doomed.process_data_events(time_limit=5)
+            doomed.process_data_events(time_limit=5)
+        closed.append((caught.value.reply_code, caught.value.reply_text))
+        assert closed == [(320, "CONNECTION_FORCED - maintenance")]
+        other_channel.queue_declare("", exclusive=True)  # the other connection is untouched
+        assert ctl.fails("close-connection", name) == f"leveret: error: no connection '{name}'"
+    finally:
+        for connection in (doomed, other):
+            if connection.is_open:
+                connection.close()
+
+
 def test_users_permissions_and_vhosts(server: ThreadedServer, ctl: Ctl) -> None:
     assert ctl.ok("add-user", "alice", "s3cret", "--tags", "management") == "user 'alice' added\n"
     assert ctl.ok("add-vhost", "shop") == "vhost 'shop' added\n"

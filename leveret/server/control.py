@@ -80,6 +80,7 @@ class ControlServer:
             "bind": self._bind,
             "unbind": self._unbind,
             "list_connections": self._list_connections,
+            "close_connection": self._close_connection,
             "list_users": self._list_users,
             "add_user": self._add_user,
             "delete_user": self._delete_user,
@@ -332,6 +333,13 @@ class ControlServer:
             if session.user is not None and info["vhost"] and (not vhost or info["vhost"] == vhost):
                 found.append(info)
         return found
+
+    def _close_connection(self, args: dict[str, Any]) -> str:
+        session = self.api.find_connection(args["name"])
+        reason = str(args.get("reason") or "Closed via leveret ctl")
+        log.info("closing connection '%s' on request of leveret ctl: %s", args["name"], reason)
+        session.force_close(reason)
+        return f"connection '{args['name']}' closed"
 
     # users
 
