@@ -7,6 +7,7 @@
 - ``broker_port``: parametrised over both brokers ("leveret", "rabbitmq") for differential tests: a test
   using it runs once against each, and the RabbitMQ run is skipped when RabbitMQ is absent.
 - ``make_config``: a Config for tests (ephemeral port, data dir in tmp_path).
+- ``http_server``: as ``leveret``, with the management API on another ephemeral port (``.http_port``).
 - ``conn``: a pika BlockingConnection to ``broker_port`` (so it runs against both brokers), closed afterwards.
 """
 
@@ -66,6 +67,15 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 @pytest.fixture
 def leveret(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
     server = ThreadedServer(make_config()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(make_config(http_port=0)).start()
     try:
         yield server
     finally:

@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -29,12 +29,8 @@ from httphelp import Client
 
 
 @pytest.fixture
-def server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
-    srv = ThreadedServer(make_config(http_port=0)).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(http_server: ThreadedServer) -> ThreadedServer:
+    return http_server
 
 
 @pytest.fixture

@@ -3,12 +3,9 @@ the API against a real Leveret with pika."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pika
 import pytest
 
-from leveret.config import Config
 from leveret.http.rates import Rates
 from leveret.server.app import ThreadedServer
 
@@ -68,12 +65,8 @@ def test_samples_of_objects_no_longer_read_are_forgotten() -> None:
 
 
 @pytest.fixture
-def server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
-    srv = ThreadedServer(make_config(http_port=0)).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(http_server: ThreadedServer) -> ThreadedServer:
+    return http_server
 
 
 def test_overview_and_queue_rates_after_publishing_with_pika(server: ThreadedServer) -> None:

@@ -156,15 +156,6 @@ def test_vhost_max_queues(limited: Limited) -> None:
 # --- setting them: HTTP API, ctl, restarts, definitions (Leveret) ---------------------------------------
 
 
-@pytest.fixture
-def http_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(make_config(http_port=0)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_limits_over_the_http_api(http_server: ThreadedServer) -> None:
     api = Client(http_server.http_port)
     api.ok("PUT", "/api/users/lim", {"password": "pw", "tags": ""})

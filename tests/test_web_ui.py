@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pika
 import pytest
 
-from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
 from httphelp import Client
@@ -28,12 +27,8 @@ TIMEOUT_MS = 15_000
 
 
 @pytest.fixture
-def server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
-    srv = ThreadedServer(make_config(http_port=0)).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(http_server: ThreadedServer) -> ThreadedServer:
+    return http_server
 
 
 @pytest.fixture
