@@ -300,3 +300,21 @@ def test_tracking_off(make_config: Callable[..., Config]) -> None:
     finally:
         srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_messages_published_and_got_over_the_http_api(server: ThreadedServer, channel: BlockingChannel) -> None:
+    from httphelp import Client
+
+    api = Client(server.http_port)
+    channel.queue_declare("hq")
+    publish = {"routing_key": "hq", "payload": "x", "payload_encoding": "string",
+               "properties": {"message_id": "via-http"}}
+    assert api.ok("POST", "/api/exchanges/%2F/amq.default/publish", publish) == {"routed": True}
+    get = {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}
+    assert len(api.ok("POST", "/api/queues/%2F/hq/get", get)) == 1
+    assert len(api.ok("POST", "/api/queues/%2F/hq/get", {**get, "ackmode": "ack_requeue_false"})) == 1
+    found = events(server, "via-http")
+    assert kinds(found) == ["published", "got", "requeued", "got", "acked"]
+    assert found[0]["queues"] == ["hq"] and found[0]["outcome"] == "routed"
+    assert found[1]["connection"] == "http guest@127.0.0.1" and found[3]["redelivered"] is True
+    assert found[2]["reason"] == "management get"

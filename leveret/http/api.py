@@ -33,6 +33,7 @@ from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
 from leveret.core.tracing import set_tracing
+from leveret.core.tracking import MESSAGE_ID
 
 from . import definitions, openapi
 from . import web as web_page
@@ -569,12 +570,15 @@ class ManagementAPI:
             raise bad_request("'truncate' must be a non-negative integer")
         taken: list[Message] = []
         result = []
+        tracker, who = self.broker.tracker, f"http {call.user.name}@{call.request.remote}"
         for _ in range(count):
             msg = queue.get()
             if msg is None:
                 break
             msg.delivery_count += 1
             taken.append(msg)
+            if msg.flags & MESSAGE_ID and tracker is not None:
+                tracker.record(vhost.name, msg, "got", queue.name, who, 0, msg.redelivered, True)
             payload = msg.body if truncate is None else msg.body[:truncate]
             if encoding == "auto":
                 try:
@@ -587,6 +591,15 @@ class ManagementAPI:
                            "exchange": msg.exchange, "routing_key": msg.routing_key,
                            "message_count": queue.message_count, "properties": msg.properties,
                            "payload": text, "payload_encoding": payload_encoding})
+        if tracker is not None:
+            for msg in taken:
+                if msg.flags & MESSAGE_ID:
+                    if ackmode == "ack_requeue_false":
+                        tracker.record(vhost.name, msg, "acked", queue.name, who, 0)
+                    elif ackmode.endswith("requeue_true"):
+                        tracker.record(vhost.name, msg, "requeued", queue.name, "management get", who, 0)
+                    else:
+                        tracker.record(vhost.name, msg, "rejected", queue.name, False, who, 0)
         if ackmode.endswith("requeue_true"):
             queue.unacked_count += len(taken)
             queue.requeue(taken)
@@ -663,6 +676,9 @@ class ManagementAPI:
         if exchange.type_name == "x-delayed-message" and self.broker.delays.hold(vhost, exchange, msg):
             return reply({"routed": True})
         queues = vhost.route_all(exchange, msg)
+        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
+            self.broker.tracker.record(vhost.name, msg, "published", exchange.name, routing_key,
+                                       tuple(q.name for q in queues), "routed" if queues else "unroutable")
         first = True
         for queue in queues:
             queue.enqueue(msg if first else msg.copy())
