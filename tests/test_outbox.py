@@ -504,3 +504,39 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert os.path.exists(str(path) + ".forwarder.lock")
+
+
+def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: Path, brokers: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The broker confirmed them but deleting them from the outbox fails for a while (disk full): they are
+    kept in memory and deleted later on the same connection, not sent again after a reconnection."""
+    broker = brokers("a")
+    declare(broker.port, "work")
+
+    class DiskFullOutbox(Outbox):
+        fails = 3
+
+        async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+            if fn.__qualname__.startswith("mark_done") and DiskFullOutbox.fails > 0:
+                DiskFullOutbox.fails -= 1
+                raise OutboxError("not saved: database or disk is full")
+            await super().call_async(fn)
+
+    outbox = DiskFullOutbox(tmp_path / "o.db")
+    outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(10)])
+    forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
+    try:
+        wait_until(lambda: outbox.count() == 0, what="outbox empty")
+        for i in range(10, 15):
+            outbox.send("", "work", b"%d" % i)
+        wait_until(lambda: outbox.count() == 0, what="outbox empty")
+    finally:
+        forwarder.stop()
+        outbox.close()
+    assert DiskFullOutbox.fails == 0
+    assert drain(broker.port, "work", 15) == [b"%d" % i for i in range(15)]
+    assert forwarder.snapshot()["default"]["forwarded"] == 15
+    errors = [r.getMessage() for r in caplog.records if r.name == "leveret.outbox.forwarder"
+              and r.levelname == "ERROR"]
+    assert errors and all("local outbox error" in e and "disk is full" in e for e in errors), errors
+    assert not any("127.0.0.1" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)

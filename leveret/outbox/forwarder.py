@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -114,6 +115,14 @@ class _Destination:
         self.parked = 0
         self.reported = 0
         self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
+        # Settled by the broker but not yet written to the outbox (a local write failed, e.g. disk full): kept
+        # here and committed again with a back-off, on the same connection; nothing is fetched meanwhile, so a
+        # confirmed message is never sent again because of a local error.
+        self.confirmed: list[int] = []
+        self.to_park: list[tuple[int, str]] = []
+        self.local_error: str | None = None
+        self.local_failures = 0
+        self.local_retry_at = 0.0  # monotonic
 
 
 class Forwarder:
@@ -310,6 +319,9 @@ class Forwarder:
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
+        if isinstance(exc, (OutboxError, sqlite3.Error)):
+            log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.path, text)
+            return
         if dest.error != text:
             log.warning("%s: %s: %s (retrying with back-off)", dest.name, safe_url(url), text)
         dest.error = text
@@ -330,11 +342,20 @@ class Forwarder:
             while True:
                 window = 1 if cursor < dest.careful_until else self.window
                 stopping = self._stop.is_set()
-                if stopping and (not inflight or time.monotonic() > self._stop_deadline):
+                held = not await self._settle(dest)
+                if stopping and ((not inflight and not held) or time.monotonic() > self._stop_deadline):
+                    if dest.confirmed:
+                        log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they "
+                                  "will be sent again", dest.name, len(dest.confirmed), dest.local_error)
                     return
                 fetched = 0
-                if not stopping and not reviving and len(inflight) < window:
-                    rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, window - len(inflight))
+                if (not stopping and not reviving and not held and len(inflight) < window
+                        and time.monotonic() >= dest.local_retry_at):
+                    try:
+                        rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, window - len(inflight))
+                    except (OutboxError, sqlite3.Error) as exc:
+                        self._local_error(dest, exc)
+                        rows = []
                     fetched = len(rows)
                     parks: list[tuple[int, str]] = []
                     for row in rows:
@@ -346,22 +367,30 @@ class Forwarder:
                         publish = exchange.publish(cast(Any, _Outgoing(row)), row.routing_key, mandatory=row.mandatory)
                         inflight.append((row, asyncio.ensure_future(publish)))
                     if parks:
-                        await self._park(dest, parks)
+                        await self._settle(dest, parks=parks)
                 if inflight:
                     if fetched == 0 or len(inflight) >= window:
                         await asyncio.wait([inflight[0][1]], timeout=self.poll_interval)
                 elif fetched == 0:
-                    await self._sleep(self.poll_interval)
+                    if stopping:
+                        await asyncio.sleep(self.poll_interval)
+                    else:
+                        await self._sleep(self.poll_interval)
                 await self._reap(dest, inflight)
                 now = time.monotonic()
-                if self.unroutable_retry > 0 and now >= next_revive and not stopping:
-                    next_revive = now + min(self.unroutable_retry, 5.0)
-                    if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
-                        reviving = True
-                if reviving and not inflight:
-                    await outbox.call_async(revive(dest.name, time.time()))
-                    reviving = False
-                    cursor = 0
+                if now < dest.local_retry_at:
+                    continue
+                try:
+                    if self.unroutable_retry > 0 and now >= next_revive and not stopping:
+                        next_revive = now + min(self.unroutable_retry, 5.0)
+                        if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
+                            reviving = True
+                    if reviving and not inflight and not dest.confirmed and not dest.to_park:
+                        await outbox.call_async(revive(dest.name, time.time()))
+                        reviving = False
+                        cursor = 0
+                except (OutboxError, sqlite3.Error) as exc:
+                    self._local_error(dest, exc)
         finally:
             for _, future in inflight:
                 future.cancel()
@@ -405,15 +434,11 @@ class Forwarder:
                 continue
             failure, failed = exc, row
             break
-        if done:
-            await self.outbox.call_async(mark_done(dest.name, done))
-            dest.forwarded += len(done)
-        if parks:
-            await self._park(dest, parks)
+        await self._settle(dest, done, parks)
         if failure is None or failed is None:
             return
         if isinstance(failure, aio_pika.exceptions.DeliveryError):
-            await self.outbox.call_async(note_failure(dest.name, failed.id, "nacked by the broker"))
+            await self._note_failure(dest, failed.id, "nacked by the broker")
             await self._drain(dest, inflight)
             raise _Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
         if isinstance(failure, aiormq.exceptions.ChannelClosed) and (
@@ -423,10 +448,10 @@ class Forwarder:
             text = describe(failure)
             if not inflight and failed.id <= dest.careful_until:
                 log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
-                await self._park(dest, [(failed.id, text)])
+                await self._settle(dest, parks=[(failed.id, text)])
             else:
                 dest.careful_until = max(failed.id, *(row.id for row, _ in inflight))
-                await self.outbox.call_async(note_failure(dest.name, failed.id, text))
+                await self._note_failure(dest, failed.id, text)
         raise failure
 
     async def _drain(self, dest: _Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
@@ -443,11 +468,56 @@ class Forwarder:
                     done.append(row.id)
                 else:
                     parks.append((row.id, "NO_ROUTE - returned by the broker: no queue is bound for it"))
-        if done:
-            await self.outbox.call_async(mark_done(dest.name, done))
-            dest.forwarded += len(done)
-        if parks:
-            await self._park(dest, parks)
+        await self._settle(dest, done, parks)
+
+    async def _settle(self, dest: _Destination, done: Sequence[int] = (),
+                      parks: Sequence[tuple[int, str]] = ()) -> bool:
+        """Write what the broker settled (confirmed ids, parked messages) to the outbox, with what an earlier
+        failed write left in memory; return whether nothing is left. A failed write is a local error: kept in
+        memory and retried after a back-off, never a reason to reconnect (which would send them again)."""
+        assert self.outbox is not None
+        dest.confirmed.extend(done)
+        dest.to_park.extend(parks)
+        if not dest.confirmed and not dest.to_park:
+            return True
+        if time.monotonic() < dest.local_retry_at:
+            return False
+        try:
+            if dest.confirmed:
+                ids = list(dest.confirmed)
+                await self.outbox.call_async(mark_done(dest.name, ids))
+                del dest.confirmed[:len(ids)]
+                dest.forwarded += len(ids)
+            if dest.to_park:
+                failures = list(dest.to_park)
+                await self._park(dest, failures)
+                del dest.to_park[:len(failures)]
+        except (OutboxError, sqlite3.Error) as exc:
+            self._local_error(dest, exc)
+            return False
+        if dest.local_error is not None:
+            log.info("%s: the outbox %s is writable again", dest.name, self.path)
+        dest.local_error = None
+        dest.local_failures = 0
+        return not dest.confirmed and not dest.to_park
+
+    def _local_error(self, dest: _Destination, exc: BaseException) -> None:
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))
+        dest.local_failures += 1
+        dest.local_retry_at = time.monotonic() + delay
+        text = describe(exc)
+        if dest.local_error != text:
+            log.error("%s: local outbox error on %s: %s (%d confirmed message(s) kept in memory; sending paused, "
+                      "retrying with back-off)", dest.name, self.path, text, len(dest.confirmed))
+        dest.local_error = text
+
+    async def _note_failure(self, dest: _Destination, message_id: int, error: str) -> None:
+        """Record why a message failed (bookkeeping only: a failed write is logged and otherwise ignored)."""
+        assert self.outbox is not None
+        try:
+            await self.outbox.call_async(note_failure(dest.name, message_id, error))
+        except (OutboxError, sqlite3.Error) as exc:
+            log.error("%s: local outbox error on %s: %s", dest.name, self.path, describe(exc))
 
     async def _park(self, dest: _Destination, failures: list[tuple[int, str]]) -> None:
         assert self.outbox is not None
@@ -462,7 +532,10 @@ class Forwarder:
     async def _reporter(self) -> None:
         while True:
             await asyncio.sleep(self.report_interval)
-            await self._report()
+            try:
+                await self._report()
+            except (OutboxError, sqlite3.Error) as exc:
+                log.error("cannot read the status of the outbox %s: %s", self.path, describe(exc))
 
     async def _report(self) -> None:
         if self.outbox is None:
