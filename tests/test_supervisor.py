@@ -637,3 +637,62 @@ brokers = ["amqp://guest:guest@127.0.0.1:{env.port}/"]
     assert sorted(int(m[2]) for m in env.marked("record")) == list(range(10))
     assert sup.processes()["forward[0]"]["restarts"] >= 1
     assert sup.terminate() == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_reload_racing_a_crash_leaves_one_process_per_slot(env: Env) -> None:
+    """The slot's process dies while a reload waits for its replacement to become ready: the replacement is
+    installed and the restart scheduled for the dead one is cancelled (no second, untracked process)."""
+    pids = env.dir / "pids"
+    script = f"import os, time; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n'); time.sleep(600)"
+    sup = env.run(f'''
+[supervisor]
+state_dir = "state"
+backoff = 2.5
+
+[[program]]
+name = "p"
+command = [{json.dumps(sys.executable)}, "-c", {json.dumps(script)}]
+grace = 2
+''')
+    first = sup.wait_running(1)["p[0]"]["pid"]
+    started = lambda: [int(x) for x in pids.read_text().split()] if pids.exists() else []  # noqa: E731
+    sup.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(started()) >= 2, 30, lambda: f"the reload's new process\n{sup.log}")
+    os.kill(first, signal.SIGKILL)  # while the new one is not ready yet (a program is ready after 1 s)
+    sup.wait_log(r"reload done", timeout=30)
+    time.sleep(4)  # past the 2.5 s back-off of the crash
+    assert len(started()) == 2, sup.log
+    second = started()[1]
+    assert sup.processes()["p[0]"]["pid"] == second
+    assert sup.terminate(timeout=30) == 0
+    assert not alive(second)
+
+
+def test_stop_reaches_the_children_of_a_command(env: Env) -> None:
+    """SIGTERM goes to the process group of each command: a shell's children stop with it."""
+    child_pid = env.dir / "child.pid"
+    sup = env.run(f'''
+[supervisor]
+state_dir = "state"
+
+[[program]]
+name = "sh"
+command = ["sh", "-c", "sleep 987 & echo $! > {child_pid}; wait; true"]
+grace = 2
+''')
+    sup.wait_running(1)
+    grandchild = wait_for(lambda: child_pid.exists() and child_pid.read_text().strip(), 10, "the grandchild")
+    assert alive(int(grandchild))
+    assert sup.terminate(timeout=30) == 0
+    wait_for(lambda: not alive(int(grandchild)), 5, lambda: f"sleep 987 (pid {grandchild}) to be gone\n{sup.log}")

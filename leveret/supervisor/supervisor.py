@@ -46,6 +46,19 @@ KILL_MARGIN = 5.0  # seconds after a process's grace period before SIGKILL
 PROGRAM_READY_AFTER = 1.0  # a program that does not report is ready once it has been up this long
 
 
+def signal_group(p: Proc, sig: int) -> None:
+    """Send ``sig`` to ``p``'s process group (each process is started as the leader of its own group), so that
+    what a command started (``sh -c "..."``'s children) gets it too; to the process alone if that fails."""
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            p.proc.send_signal(sig)
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            p.proc.send_signal(sig)
+
+
 class SupervisorError(Exception):
     """The supervisor cannot start (state directory locked or unwritable, health port unavailable)."""
 
@@ -130,6 +143,7 @@ class Supervisor:
         self.health_url: str | None = None
         self._stop = asyncio.Event()
         self._procs: set[Proc] = set()
+        self._groups: set[int] = set()  # process groups of every process started: killed at the end
         self._reload_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,8 +177,8 @@ class Supervisor:
             await self._shutdown()
         finally:
             for p in list(self._procs):  # only after an error: do not leave processes behind
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.send_signal(signal.SIGTERM)
+                signal_group(p, signal.SIGTERM)
+            self._kill_leftover_groups()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if runner is not None:
@@ -182,8 +196,8 @@ class Supervisor:
         if self.state == "stopping":
             log.warning("%s again: killing %d process(es) now", signal.Signals(sig).name, len(self._procs))
             for p in list(self._procs):
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.kill()
+                signal_group(p, signal.SIGKILL)
+            self._kill_leftover_groups()
             return
         log.info("%s: stopping (workers finish their running tasks within their grace period)",
                  signal.Signals(sig).name)
@@ -219,6 +233,7 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         p = Proc(slot, proc, time.time(), time.monotonic(), role=role, read_fd=read_fd)
         self._procs.add(p)
+        self._groups.add(proc.pid)
         slot.starts += 1
         asyncio.get_running_loop().add_reader(read_fd, self._read_pipe, p)
         self._spawn_task(self._watch(p))
@@ -239,7 +254,7 @@ class Supervisor:
         """Start the slot's current process (first start, restart after a crash, replacement)."""
         slot.restart_timer = None
         slot.next_start = None
-        if self._stop.is_set():
+        if self._stop.is_set() or slot.current is not None:  # it has a process already (a reload installed one)
             return None
         p = await self._spawn(slot, "current")
         if p is None:
@@ -259,8 +274,7 @@ class Supervisor:
         p.reason = reason
         slot.retiring.add(p)
         if signal_it:
-            with contextlib.suppress(ProcessLookupError):
-                p.proc.send_signal(signal.SIGTERM)
+            signal_group(p, signal.SIGTERM)
         if p.kill_timer is None:
             p.kill_timer = asyncio.get_running_loop().call_later(slot.program.grace + KILL_MARGIN, self._kill, p)
 
@@ -268,8 +282,7 @@ class Supervisor:
         if p.proc.returncode is None:
             log.warning("%s (pid %d) still running %g s after SIGTERM: SIGKILL", p.slot.name, p.pid,
                         p.slot.program.grace + KILL_MARGIN)
-            with contextlib.suppress(ProcessLookupError):
-                p.proc.kill()
+            signal_group(p, signal.SIGKILL)
 
     async def _recycle(self, slot: Slot, reason: str, *, already_stopping: bool = False) -> None:
         old = slot.current
@@ -286,6 +299,7 @@ class Supervisor:
         if p.kill_timer is not None:
             p.kill_timer.cancel()
         self._procs.discard(p)
+        self._prune_groups()
         p.exited.set()
         slot = p.slot
         uptime = p.uptime
@@ -391,6 +405,7 @@ class Supervisor:
                 log.exception("supervisor check failed")
 
     async def _check(self) -> None:
+        self._prune_groups()
         for slot in self.slots:
             for p in [slot.current, *slot.retiring]:
                 if p is not None:
@@ -480,6 +495,10 @@ class Supervisor:
                 self._retire(old, "reload")
             elif slot.current is not None:  # it was replaced meanwhile (recycled): reload that one too
                 self._retire(slot.current, "reload")
+            if slot.restart_timer is not None:  # the old one crashed meanwhile: the new one replaces it
+                slot.restart_timer.cancel()
+                slot.restart_timer = None
+            slot.next_start = None
             new.role = "current"
             slot.current = new
             slot.state = "running"
@@ -501,19 +520,47 @@ class Supervisor:
                 self._retire(slot.current, "shutdown")
             for p in list(slot.retiring):
                 if p.reason != "shutdown":
-                    with contextlib.suppress(ProcessLookupError):
-                        p.proc.send_signal(signal.SIGTERM)
-        for p in list(self._procs):
-            if p.role == "candidate":
+                    signal_group(p, signal.SIGTERM)
+        for p in list(self._procs):  # candidates of a reload, and any process no slot holds
+            if p.role != "retiring":
                 self._retire(p, "shutdown")
         self.write_status()
         longest = max((p.grace for p in self.programs), default=0.0) + 2 * KILL_MARGIN
         deadline = time.monotonic() + longest
         while self._procs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self._kill_leftover_groups()
         for task in list(self._tasks):  # the watchers record the last exits
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), 1.0)
+
+    def _prune_groups(self) -> None:
+        """Forget the groups with no process left (their id may then be reused by someone else's group)."""
+        live = {p.pid for p in self._procs}
+        for group in list(self._groups):
+            if group not in live:
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    self._groups.discard(group)
+                except PermissionError:
+                    self._groups.discard(group)
+
+    def _kill_leftover_groups(self) -> None:
+        """SIGKILL what is left of the process groups of the processes that are gone (a command's children that
+        outlived it); a group with no process left is forgotten."""
+        live = {p.pid for p in self._procs}
+        for group in list(self._groups):
+            if group in live:
+                continue
+            try:
+                os.killpg(group, signal.SIGKILL)
+                log.warning("killed what was left of process group %d", group)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                pass
+            self._groups.discard(group)
 
     # --- state directory and status ------------------------------------------------------------------------
 
