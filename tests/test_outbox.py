@@ -540,3 +540,28 @@ def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: 
               and r.levelname == "ERROR"]
     assert errors and all("local outbox error" in e and "disk is full" in e for e in errors), errors
     assert not any("127.0.0.1" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path) -> None:
+    """x-delay is computed when the forwarder publishes, from the due time saved with the message."""
+    from leveret.outbox.forwarder import _Outgoing
+
+    app = App("amqp://guest:guest@127.0.0.1:1/", name="obd", outbox=tmp_path / "tasks.db")
+
+    @app.task(name="obdelayed", queue="obd-work")
+    def work() -> None:
+        pass
+
+    try:
+        before = time.time()
+        work.send(delay=10)
+        assert app.outbox is not None
+        (row,) = app.outbox.fetch("default", 0, 10)
+        due = row.properties.headers["x-leveret-due"]
+        assert before * 1000 + 10_000 - 1 <= due <= time.time() * 1000 + 10_000 + 1
+        published = _Outgoing(row, now=due / 1000 - 4).properties.headers  # forwarded 6 s after the send
+        assert published["x-delay"] == 4000
+        assert "x-leveret-due" not in published
+        assert _Outgoing(row, now=due / 1000 + 60).properties.headers["x-delay"] == 0  # overdue: at once
+    finally:
+        app.close()

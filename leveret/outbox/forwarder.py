@@ -39,6 +39,7 @@ from pamqp import commands as spec
 
 from leveret.outbox.store import (
     DEFAULT_DESTINATION,
+    DUE_HEADER,
     Outbox,
     OutboxError,
     OutboxMessage,
@@ -94,9 +95,17 @@ class _Outgoing:
 
     __slots__ = ("body", "properties")
 
-    def __init__(self, row: OutboxMessage) -> None:
+    def __init__(self, row: OutboxMessage, now: float | None = None) -> None:
         self.body = row.body
         self.properties = row.properties
+        headers = self.properties.headers
+        if headers and DUE_HEADER in headers:  # a delay relative to now, not to when it was saved
+            headers = dict(headers)
+            due = headers.pop(DUE_HEADER)  # the outbox's own header: not forwarded
+            if isinstance(due, int | float):
+                now_ms = round((time.time() if now is None else now) * 1000)
+                headers["x-delay"] = max(0, round(due) - now_ms)
+            self.properties.headers = headers
 
 
 class _Nacked(Exception):

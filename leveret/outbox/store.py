@@ -65,6 +65,11 @@ _PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "del
                              "user_id", "app_id"))
 
 
+# A delayed message's due time (ms since the epoch): the forwarder publishes it with x-delay = due - now, so
+# the time it waited in the outbox does not delay it further (the task layer's delay=/eta=).
+DUE_HEADER = "x-leveret-due"
+
+
 class OutboxError(Exception):
     """The outbox cannot be opened, or a write to it failed: the message was NOT saved."""
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 
-from leveret.outbox.store import Outbox
+from leveret.outbox.store import DUE_HEADER, Outbox
 from leveret.tasks.retry import Retry
 
 T = TypeVar("T")
@@ -178,12 +178,15 @@ class Task:
         """A task as an outbox message: to the default exchange, or with a delay to Leveret's delayed exchange
         (declared by the workers) with ``x-delay``. The broker is not asked anything: no status is written
         and no queue declared (the worker declares them; a message that arrives first is parked by the
-        forwarder and retried)."""
+        forwarder and retried). A delayed task also carries its due time (``x-leveret-due``, ms since the
+        epoch): the forwarder sets ``x-delay`` from it when it publishes, so the time the message waited in
+        the outbox is not added to its delay."""
         task_id, body, props, delay = self._build(payload, delay, eta, priority)
         exchange = ""
         if delay > 0:
             exchange = DELAYED_EXCHANGE
-            props["headers"] = {**(props["headers"] or {}), "x-delay": round(delay * 1000)}
+            props["headers"] = {**(props["headers"] or {}), "x-delay": round(delay * 1000),
+                                DUE_HEADER: round((time.time() + delay) * 1000)}
         return task_id, {"exchange": exchange, "routing_key": self.queue, "body": body, "properties": props}
 
     def _send_outbox(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
