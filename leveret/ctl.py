@@ -184,6 +184,8 @@ def _read_password(args: argparse.Namespace) -> None:
             args.password = getpass.getpass(f"password for '{args.name}': ")
         else:
             args.password = sys.stdin.readline().rstrip("\n")
+    if not args.password:
+        raise CtlError(f"no password given for '{args.name}' (a blank password never logs in)")
 
 
 def _permission_options(p: Parser) -> None:

@@ -170,6 +170,12 @@ def test_close_connection(server: ThreadedServer, ctl: Ctl) -> None:
                 connection.close()
 
 
+def test_a_user_without_a_password_is_refused(ctl: Ctl) -> None:
+    result = ctl("add-user", "dave", "--tags", "administrator", stdin="")  # cron, CI: no terminal, no input
+    assert result.returncode == 1 and "no password given for 'dave'" in result.stderr
+    assert [u["name"] for u in ctl.json("list-users")] == ["guest"]
+
+
 def test_users_permissions_and_vhosts(server: ThreadedServer, ctl: Ctl) -> None:
     assert ctl.ok("add-user", "alice", "s3cret", "--tags", "management") == "user 'alice' added\n"
     assert ctl.ok("add-vhost", "shop") == "vhost 'shop' added\n"

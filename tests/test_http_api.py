@@ -645,3 +645,19 @@ def test_page_requests_get_401_without_a_browser_login_dialog(api: Client) -> No
     status, _, headers = api.request("GET", "/api/overview", auth=("guest", "wrong"),
                                      headers={"X-Requested-With": "XMLHttpRequest"})
     assert status == 401 and "WWW-Authenticate" not in headers
+
+
+def test_bodies_must_be_json_and_blank_passwords_never_log_in(server: ThreadedServer, api: Client) -> None:
+    """A cross-site <form> posts text/plain without a CORS check: such a body is refused (415, as RabbitMQ's
+    API), so a page elsewhere cannot make an administrator. A blank password is refused when set and never
+    logs in (RabbitMQ's internal backend)."""
+    evil = json.dumps({"users": [{"name": "evil", "password": "x", "tags": "administrator"}]}).encode()
+    status, body, _ = api.request("POST", "/api/definitions", raw=evil, headers={"Content-Type": "text/plain"})
+    assert (status, body["error"]) == (415, "unsupported_media_type")
+    assert api.request("GET", "/api/users/evil")[0] == 404
+    status, body, _ = api.request("PUT", "/api/users/blank", {"password": "", "tags": ""})
+    assert status == 400 and "must not be empty" in body["reason"]
+    api.ok("PUT", "/api/users/nopw", {"password_hash": "", "tags": "administrator"})
+    assert Client(server.http_port, "nopw", "").request("GET", "/api/whoami")[0] == 401
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        amqp(server, "nopw", "")

@@ -49,3 +49,27 @@ def test_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("leveret: error: cannot create the data directory"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_store_is_readable_by_the_brokers_user_only(tmp_path: Path) -> None:
+    """The store holds password hashes and message bodies: a new data directory is 0700 and the database with
+    its -wal and -shm files 0600, whatever the umask."""
+    import os
+    import stat
+
+    from leveret.store import open_store
+
+    old = os.umask(0o022)
+    try:
+        store = open_store("sqlite", path=tmp_path / "data" / "leveret.db")
+        try:
+            store.save_vhost("v")
+            mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "data").iterdir()
+                    if p.name.startswith("leveret.db") and not p.name.endswith(".lock")}
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert mode["leveret.db"] == 0o600 and set(mode) >= {"leveret.db", "leveret.db-wal"}, mode
+    assert set(mode.values()) == {0o600}, mode

@@ -216,6 +216,18 @@ def test_message_id_read_from_the_content_header() -> None:
         assert message_id_of(msg.header, msg.flags) == present.get("message_id")
 
 
+def test_a_header_with_lengths_past_its_end_has_no_id() -> None:
+    """A client may send a content header whose property lengths run past its end (the broker does not decode
+    properties on its fast path): a lookup must not fail on it."""
+    head = (60).to_bytes(2, "big") + bytes(2) + (0).to_bytes(8, "big") + (0x8080).to_bytes(2, "big")
+    assert message_id_of(head + bytes([200]) + b"victim-id", 0x8080) is None
+    assert message_id_of(head + bytes([2]) + b"ab" + bytes([50]) + b"victim-id", 0x8080) is None
+    tracker = Tracker(60, 100)
+    msg = Message("", "q", build_address("", "q"), head + bytes([200]) + b"victim-id", b"")
+    tracker.record("/", msg, "published", "", "q", (), "unroutable")
+    assert tracker.events("/", "victim-id") == []
+
+
 def test_vhosts_are_separate(server: ThreadedServer, channel: BlockingChannel) -> None:
     channel.queue_declare("q")
     channel.basic_publish("", "q", b"x", props("same-id"))

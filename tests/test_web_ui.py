@@ -133,3 +133,26 @@ def test_login_rates_queues_publish_get_and_close(server: ThreadedServer, page: 
     tab.wait_for_selector("tr[data-connection]", state="detached")
 
     assert problems == []
+
+
+def test_a_refused_operation_shows_its_reason_and_keeps_the_session(server: ThreadedServer,
+                                                                    page: tuple[Any, list[str]]) -> None:
+    """A user whose patterns refuse an operation gets the API's 401 for it: the page says so and stays logged
+    in (only credentials that no longer work end the session)."""
+    tab, problems = page
+    api = Client(server.http_port)
+    api.ok("PUT", "/api/users/bob", {"password": "pw", "tags": "management"})
+    api.ok("PUT", "/api/permissions/%2F/bob", {"configure": "^bob", "write": "^bob", "read": "^bob"})
+    api.ok("PUT", "/api/queues/%2F/not-bobs", {})
+    tab.goto(f"http://127.0.0.1:{server.http_port}/")
+    tab.fill("input[name=username]", "bob")
+    tab.fill("input[name=password]", "pw")
+    tab.click("#login-form button")
+    tab.wait_for_selector("#overview:not([hidden])")
+    tab.click("nav a[href='#queues']")
+    tab.wait_for_selector("tr[data-queue='not-bobs']")
+    tab.click("tr[data-queue='not-bobs'] button:has-text('Purge')")
+    expect(tab.locator("#status")).to_contain_text("Access refused")
+    assert tab.is_visible("#nav") and tab.is_hidden("#login-form")
+    assert tab.evaluate("sessionStorage.getItem('leveret.auth')") is not None
+    assert [p for p in problems if "401" not in p] == []  # the refused purge itself is the one expected error

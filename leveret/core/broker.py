@@ -956,6 +956,9 @@ class Broker:
 
     def authenticate(self, username: str, password: str, loopback: bool) -> User:
         """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere)."""
+        if not password:  # as RabbitMQ's internal backend: a blank password never logs in
+            raise AccessRefused(f"user '{username}' attempted to log in with a blank password, which is "
+                                "prohibited")
         user = self.users.get(username)
         if user is None or not check_password(password, user.password_hash):
             raise AccessRefused(f"user '{username}' - invalid credentials")

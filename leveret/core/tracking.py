@@ -131,9 +131,17 @@ class Tracker:
 
 def message_id_of(header: bytes, flags: int) -> str | None:
     """The message_id property read straight from a content header (class, weight, body size, flags, then the
-    properties in order), without decoding the other properties: the tracking hooks' fast path."""
+    properties in order), without decoding the other properties: the tracking hooks' fast path. A header
+    whose lengths run past its end (a client may send one) has no readable id: None."""
     if not flags & MESSAGE_ID:
         return None
+    try:
+        return _read_message_id(header, flags)
+    except IndexError:
+        return None
+
+
+def _read_message_id(header: bytes, flags: int) -> str | None:
     offset = 14
     if flags & 0x8000:  # content-type
         offset += 1 + header[offset]
@@ -148,4 +156,7 @@ def message_id_of(header: bytes, flags: int) -> str | None:
         offset += 1 + header[offset]
     if flags & 0x0100:  # expiration
         offset += 1 + header[offset]
-    return header[offset + 1:offset + 1 + header[offset]].decode("utf-8", "replace")
+    length = header[offset]
+    if offset + 1 + length > len(header):
+        return None
+    return header[offset + 1:offset + 1 + length].decode("utf-8", "replace")

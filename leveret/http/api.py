@@ -96,6 +96,9 @@ class Call:
         raw = await self.request.read()
         if not raw.strip():
             return {}
+        if self.request.content_type != "application/json":
+            # as RabbitMQ's API (415); and a cross-site <form> (text/plain, no CORS check) cannot make changes
+            raise HTTPFailure(415, "unsupported_media_type", "the request body must be application/json")
         try:
             value = json.loads(raw)
         except ValueError as exc:
@@ -1046,6 +1049,9 @@ def password_hash_of(body: dict[str, Any], existing: User | None) -> str:
     if "password" in body:
         if not isinstance(body["password"], str):
             raise bad_request("'password' must be a string")
+        if not body["password"]:
+            raise bad_request("'password' must not be empty (a blank password never logs in; "
+                              "\"password_hash\": \"\" makes a user without password login)")
         return hash_password(body["password"])
     if "password_hash" in body:
         value = body["password_hash"]

@@ -270,7 +270,8 @@ OPERATIONS: tuple[Op, ...] = (
 )
 
 _ERROR_TEXT = {400: "bad request", 401: "not authorised (no or wrong credentials, or tags too low)",
-               403: "access refused (reserved name)", 404: "no such object", 409: "resource locked (exclusive)"}
+               403: "access refused (reserved name)", 404: "no such object", 409: "resource locked (exclusive)",
+               415: "the body is not application/json"}
 
 
 def _json(schema: Schema) -> Schema:
@@ -305,6 +306,7 @@ def _operation(op: Op) -> Schema:
         operation["parameters"] = parameters
     if op.body is not None:
         operation["requestBody"] = {"required": False, **_json(ref(op.body))}
+        responses["415"] = {"description": _ERROR_TEXT[415], **_json(ref("Error"))}
     return operation
 
 

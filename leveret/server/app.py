@@ -176,7 +176,7 @@ class Server:
         if config.store == "sqlite":
             data_dir = Path(config.data_dir)
             try:
-                data_dir.mkdir(parents=True, exist_ok=True)
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: the broker's user only
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
             self.store = open_store("sqlite", path=data_dir / "leveret.db")

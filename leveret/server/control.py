@@ -150,6 +150,9 @@ class ControlServer:
             return {"ok": False, "status": 400, "error": f"bad request: missing argument {exc}"}
         except (ValueError, TypeError, AttributeError) as exc:
             return {"ok": False, "status": 400, "error": f"bad request: {exc}"}
+        except Exception as exc:  # a bug: say so, keep serving
+            log.exception("control command failed: %r", line[:200])
+            return {"ok": False, "status": 500, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     # --- helpers -----------------------------------------------------------------------------------
 

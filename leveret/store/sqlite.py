@@ -534,7 +534,7 @@ class SqliteStore(Store):
         directory = path.parent
         if not directory.exists():
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {directory}: {exc.strerror or exc}") from exc
         if not directory.is_dir():
@@ -557,6 +557,15 @@ class SqliteStore(Store):
             raise StoreError(f"the data directory {directory} is read-only for this user (SQLite needs to create "
                              f"{path.name}-wal and {path.name}-shm there): fix its permissions, "
                              "or use another --data-dir")
+        if not path.exists():
+            # user password hashes and message bodies: readable by the broker's user only (SQLite gives the
+            # -wal and -shm files the database file's permissions)
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot create the store {path}: {exc.strerror or exc}") from exc
 
     def _corrupt_text(self, what: str) -> str:
         return (f"the store {self.path} is damaged ({what}): restore it from a backup, or move it aside to start "

@@ -29,10 +29,20 @@ async function api(method, path, body, headers = {}) {
   const value = text && (response.headers.get("Content-Type") || "").startsWith("application/json")
     ? JSON.parse(text) : null;
   if (!response.ok) {
-    if (response.status === 401 && !path.startsWith("whoami")) logout("Session expired or not authorised");
+    // A 401 is also how the API refuses one operation (a permission pattern): log out only when the
+    // credentials themselves no longer work.
+    if (response.status === 401 && !path.startsWith("whoami") && !(await credentialsWork())) {
+      logout("Session expired or not authorised");
+    }
     throw new ApiError(response.status, (value && value.reason) || response.statusText);
   }
   return value;
+}
+
+async function credentialsWork() {
+  const response = await fetch("api/whoami", {headers: {
+    "Authorization": "Basic " + sessionStorage.getItem(AUTH_KEY), "X-Requested-With": "XMLHttpRequest"}});
+  return response.ok;
 }
 
 const enc = encodeURIComponent;
