@@ -696,3 +696,25 @@ grace = 2
     assert alive(int(grandchild))
     assert sup.terminate(timeout=30) == 0
     wait_for(lambda: not alive(int(grandchild)), 5, lambda: f"sleep 987 (pid {grandchild}) to be gone\n{sup.log}")
+
+
+def test_a_worker_started_through_a_wrapper_command_keeps_running(env: Env) -> None:
+    """A ``[[program]]`` that runs ``leveret worker --processes 0`` through ``sh -c`` is not handed the
+    supervisor's pipe and variables (it used to take them for its own and exit: "the supervisor is gone")."""
+    command = f"cd {env.dir} && {sys.executable} -m leveret worker supapp:app --processes 0 --queues sup; true"
+    sup = env.run(f'''
+[supervisor]
+state_dir = "state"
+
+[[program]]
+name = "wrapped"
+command = ["sh", "-c", {json.dumps(command)}]
+grace = 5
+''')
+    sup.wait_log(r"consuming sup")
+    time.sleep(2)  # the old parent check ran every 0.5 s
+    env.send("record", n=1)
+    wait_for(lambda: env.marked("record", 1), 30, lambda: f"the task\n{sup.log}")
+    assert "supervisor is gone" not in sup.log and "gone" not in sup.log
+    assert sup.processes()["wrapped[0]"]["restarts"] == 0
+    assert sup.terminate(timeout=30) == 0

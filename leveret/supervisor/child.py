@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 from typing import Any
@@ -34,14 +35,27 @@ class Reporter:
 
     @classmethod
     def from_env(cls) -> Reporter | None:
-        value = os.environ.get(FD_VARIABLE)
+        """The reporter named by ``LEVERET_SUPERVISOR_FD``; the variables are removed from the environment and
+        the descriptor is not inherited, so that what this process starts does not take them for its own."""
+        value = os.environ.pop(FD_VARIABLE, None)
+        os.environ.pop(PID_VARIABLE, None)
         if not value:
             return None
         try:
-            return cls(int(value))
+            reporter = cls(int(value))
+            os.set_inheritable(reporter.fd, False)
+            return reporter
         except (ValueError, OSError):
             log.warning("ignoring %s=%r: not an open file descriptor", FD_VARIABLE, value)
             return None
+
+    def reader_gone(self) -> bool:
+        """True once nobody holds the pipe's reading end (the supervisor is gone)."""
+        poller = select.poll()
+        poller.register(self.fd, 0)  # POLLERR on a pipe's writing end: no reader left
+        with contextlib.suppress(OSError):
+            return any(mask & (select.POLLERR | select.POLLNVAL) for _fd, mask in poller.poll(0))
+        return False
 
     def send(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, **fields}).encode() + b"\n"
@@ -70,8 +84,8 @@ def run_worker(app: Any, *, queues: list[str] | None, concurrency: int, prefetch
     from leveret.tasks import Worker
 
     reporter = Reporter.from_env()
-    supervisor_pid = int(os.environ.get(PID_VARIABLE) or 0) if reporter else 0
-    slot = os.environ.get(SLOT_VARIABLE)
+    parent_pid = os.getppid() if reporter else 0  # the supervisor, or a command it ran (sh -c "cd x && ...")
+    slot = os.environ.pop(SLOT_VARIABLE, None)
     if reporter and slot:  # say which process a line comes from, as the supervisor's lines do
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {slot} pid %(process)d "
@@ -102,16 +116,17 @@ def run_worker(app: Any, *, queues: list[str] | None, concurrency: int, prefetch
     async def watch_parent() -> None:
         while True:
             await asyncio.sleep(PARENT_CHECK_INTERVAL)
-            if os.getppid() != supervisor_pid:
-                log.error("the supervisor (pid %d) is gone: exiting now (unacked tasks go back to the queue)",
-                          supervisor_pid)
+            assert reporter is not None
+            if os.getppid() != parent_pid or reporter.reader_gone():
+                log.error("the supervisor is gone (parent pid %d): exiting now (unacked tasks go back to the "
+                          "queue)", parent_pid)
                 _exit_now(1)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.request_stop)
-        watcher = asyncio.ensure_future(watch_parent()) if supervisor_pid else None
+        watcher = asyncio.ensure_future(watch_parent()) if reporter else None
         try:
             await worker.run()
         finally:

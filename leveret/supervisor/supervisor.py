@@ -217,11 +217,14 @@ class Supervisor:
     async def _spawn(self, slot: Slot, role: str) -> Proc | None:
         program = slot.program
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, **program.env, FD_VARIABLE: str(write_fd), PID_VARIABLE: str(os.getpid()),
-               SLOT_VARIABLE: slot.name}
+        env = {k: v for k, v in os.environ.items() if k not in (FD_VARIABLE, PID_VARIABLE, SLOT_VARIABLE)}
+        env.update(program.env)
+        if program.reports:  # only a worker gets the pipe: any other command would hand it on to its children
+            env.update({FD_VARIABLE: str(write_fd), PID_VARIABLE: str(os.getpid()), SLOT_VARIABLE: slot.name})
         try:
             proc = await asyncio.create_subprocess_exec(
-                *program.argv, cwd=program.cwd, env=env, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+                *program.argv, cwd=program.cwd, env=env, pass_fds=(write_fd,) if program.reports else (),
+                stdin=subprocess.DEVNULL,
                 process_group=0)  # its own group: a terminal's Ctrl-C reaches the supervisor only
         except OSError as exc:
             os.close(read_fd)
