@@ -500,6 +500,9 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     assert not second._ready.is_set()  # waiting for the first one's lock
     first.stop()
     wait_until(second._ready.is_set, 10, "second took over")
+    # really running (_ready is also set when run() ends, e.g. if it crashed): it holds the lock and the outbox
+    assert thread.is_alive() and second._error is None
+    assert second._lock_fd is not None and second.outbox is not None
     second.request_stop()
     thread.join(10)
     assert not thread.is_alive()
@@ -565,3 +568,25 @@ def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path)
         assert _Outgoing(row, now=due / 1000 + 60).properties.headers["x-delay"] == 0  # overdue: at once
     finally:
         app.close()
+
+
+def test_a_failed_connection_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aio_pika.connect() drops a connection that failed to open without closing it (its __del__ then may
+    leave a 'coroutine Connection.close was never awaited'): the forwarder closes it."""
+    import aio_pika
+
+    made: list[Any] = []
+    init = aio_pika.Connection.__init__
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.Connection, "__init__", recording_init)
+    forwarder = Forwarder(tmp_path / "o.db", ["amqp://guest:guest@127.0.0.1:1/"], backoff_initial=0.05,
+                          backoff_max=0.1).start()
+    try:
+        wait_until(lambda: forwarder.snapshot()["default"]["error"], 10, "a failed connection")
+    finally:
+        forwarder.stop()
+    assert made and all(conn.is_closed for conn in made)

@@ -314,7 +314,7 @@ class Forwarder:
     async def _connect(self, url: str) -> aio_pika.abc.AbstractConnection | None:
         """Connect, or give up at once (None) when a stop is requested meanwhile."""
         assert self._stop is not None
-        connecting = asyncio.ensure_future(aio_pika.connect(url, timeout=self.connect_timeout))
+        connecting = asyncio.ensure_future(self._open(url))
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -325,6 +325,18 @@ class Forwarder:
         connecting.cancel()
         connecting.add_done_callback(_consume)
         return None
+
+    async def _open(self, url: str) -> aio_pika.abc.AbstractConnection:
+        """aio_pika.connect(), but a connection that fails to open is closed (aio_pika.connect drops it, and its
+        __del__ then leaves a ``Connection.close`` coroutine never awaited)."""
+        conn = aio_pika.Connection(aio_pika.connection.make_url(url))
+        try:
+            await conn.connect(timeout=self.connect_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+            raise
+        return conn
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
