@@ -111,7 +111,7 @@ class Task:
 
     async def send_async(self, *, delay: float | None = None, eta: datetime | None = None,
                          priority: int | None = None, **payload: Any) -> Handle:
-        if self.app.outbox is not None:
+        if self.app.outbox_path is not None:  # not .outbox: opening it may wait (busy timeout) in the loop
             return await self._send_outbox_async(payload, delay, eta, priority)
         return await self.app._run_async(self._send(payload, delay, eta, priority, None))
 
@@ -199,8 +199,9 @@ class Task:
     async def _send_outbox_async(self, payload: dict[str, Any], delay: float | None, eta: datetime | None,
                                  priority: int | None) -> Handle:
         task_id, message = self._outbox_message(payload, delay, eta, priority)
-        assert self.app.outbox is not None
-        await self.app.outbox.send_async(**message)
+        outbox = self.app._outbox or await asyncio.to_thread(lambda: self.app.outbox)
+        assert outbox is not None
+        await outbox.send_async(**message)
         return Handle(self.app, task_id)
 
 
