@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import urllib.parse
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -142,28 +143,39 @@ async def _tap(args: argparse.Namespace, url: str, out: IO[str]) -> int:
     return 0
 
 
+def _without_password(url: str) -> str:
+    """The URL to show in a message: its password replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
 def run_tap(args: argparse.Namespace) -> int:
     from leveret.cli import configure_logging, error
 
     configure_logging("critical")  # the one-line errors below say it all
     data_dir = data_dir_of(args)
     url = tap_url(args.url or os.environ.get("LEVERET_URL") or DEFAULT_URL, args.vhost)
-    try:
-        was_on = call(data_dir, "trace_on", {"vhost": args.vhost})["was_on"]
-    except CtlError as exc:
-        error(str(exc))
-        return 1
-    try:
+    try:  # the output first: a file that cannot be written must not leave tracing on
         out: IO[str] = open(args.output, "a") if args.output else sys.stdout  # noqa: SIM115
     except OSError as exc:
         error(f"cannot write {args.output}: {exc.strerror or exc}")
+        return 1
+    try:
+        was_on = call(data_dir, "trace_on", {"vhost": args.vhost})["was_on"]
+    except CtlError as exc:
+        if out is not sys.stdout:
+            out.close()
+        error(str(exc))
         return 1
     try:
         return asyncio.run(_tap(args, url, out))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
-        error(f"cannot reach the broker at {url}: {exc}")
+        error(f"cannot reach the broker at {_without_password(url)}: {exc}")
         return 1
     except Exception as exc:  # the broker refused: a channel or connection error from aio-pika
         error(f"tap failed: {exc}")

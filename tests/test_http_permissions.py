@@ -92,6 +92,8 @@ def test_changes_follow_the_callers_patterns(http_port: int, vhost: str) -> None
             "error": "not_authorised",
             "reason": f"ACCESS_REFUSED - access to queue 'bq' in vhost '{vhost}' refused for user '{user}'"})
         assert status("DELETE", f"/api/queues/{vhost}/bq/contents") == refused
+        assert status("DELETE", f"/api/queues/{vhost}/nothere/contents")[0] == 404  # missing before refused
+        assert status("POST", f"/api/queues/{vhost}/nothere/get", get)[0] == 401  # get: refused before missing
         # write on the exchange: publish (RabbitMQ answers with the channel's error, as a bad request)
         publish = {"routing_key": "a", "payload": "x", "payload_encoding": "string", "properties": {}}
         assert status("POST", f"/api/exchanges/{vhost}/orders/publish", publish) == (400, {

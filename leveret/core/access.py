@@ -129,7 +129,7 @@ def validate_limits(limits: Any, allowed: tuple[str, ...], owner: str) -> dict[s
         if name not in allowed:
             raise PreconditionFailed(f"unknown limit '{name}' for {owner}; known: {', '.join(allowed)}")
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.lstrip("-").isdigit():
+            if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
                 value = int(value)
             else:
                 raise PreconditionFailed(f"limit '{name}' of {owner} must be an integer, not {value!r}")

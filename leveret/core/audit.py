@@ -75,7 +75,9 @@ class AuditLog:
             "actor": by or actor(),
         }
         entry.update(fields)
-        line = json.dumps(entry, default=str, ensure_ascii=False)
+        # ASCII only: U+2028/U+2029/U+0085 (which a client can put in a user name) would split the line for
+        # line-based readers
+        line = json.dumps(entry, default=str, ensure_ascii=True)
         log.info("%s", line)
         if self._file is not None:
             try:

@@ -76,4 +76,6 @@ def set_tracing(vhost: VHost, on: bool) -> bool:
         vhost.tracer = Tracer(vhost)
     elif not on:
         vhost.tracer = None
+    if on != was_on:  # every message body of the vhost becomes readable to whoever binds: audited
+        vhost.broker.audit.record("vhost.tracing_on" if on else "vhost.tracing_off", vhost=vhost.name)
     return was_on

@@ -543,8 +543,8 @@ class ManagementAPI:
 
     async def purge_queue(self, call: Call) -> web.Response:
         vhost = self.vhost(call.params["vhost"])
-        self.access(call, vhost).read("queue", call.params["name"])
-        queue = vhost.queue(call.params["name"])
+        queue = vhost.queue(call.params["name"])  # 404 first, as RabbitMQ's API (resource_exists)
+        self.access(call, vhost).read("queue", queue.name)
         queue.purge()
         await self._durable()
         return reply(None, 204)
@@ -552,7 +552,7 @@ class ManagementAPI:
     async def get_messages(self, call: Call) -> web.Response:
         body = await call.body()
         vhost = self.vhost(call.params["vhost"])
-        try:  # RabbitMQ's API answers a refused get with the channel error's text
+        try:  # RabbitMQ's API answers a refused get with the channel error's text, before looking the queue up
             self.access(call, vhost).read("queue", call.params["name"])
         except errors.PermissionRefused as exc:
             raise HTTPFailure(401, "not_authorised", f"ACCESS_REFUSED - {exc.text}") from None
@@ -878,13 +878,17 @@ class ManagementAPI:
         return response
 
     async def post_definitions(self, call: Call) -> web.Response:
-        body = await call.body()
+        self.import_definitions(await call.body())
+        return reply(None, 204)
+
+    def import_definitions(self, body: dict[str, Any]) -> None:
+        """Import a definitions document (HTTP and ``leveret ctl``): one ``definitions.import`` audit entry, and
+        each change it makes is audited with the importer as a ``definitions`` actor."""
         actor = {**audit.actor(), "via": "definitions"}
         self.broker.audit.record("definitions.import", sections=sorted(k for k, v in body.items()
                                                                        if isinstance(v, list) and v))
         with audit.acting(actor):
             definitions.import_(self, body)
-        return reply(None, 204)
 
     # --- nodes -------------------------------------------------------------------------------------
 

@@ -432,7 +432,7 @@ class ControlServer:
         body = args["definitions"]
         if not isinstance(body, dict):
             raise errors.PreconditionFailed("the definitions must be a JSON object")
-        definitions.import_(self.api, body)
+        self.api.import_definitions(body)
         counts = ", ".join(f"{len(body.get(k) or [])} {k}" for k in ("vhosts", "users", "permissions", "policies",
                                                                      "exchanges", "queues", "bindings"))
         return f"imported {counts}"
