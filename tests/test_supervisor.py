@@ -718,3 +718,27 @@ grace = 5
     assert "supervisor is gone" not in sup.log and "gone" not in sup.log
     assert sup.processes()["wrapped[0]"]["restarts"] == 0
     assert sup.terminate(timeout=30) == 0
+
+
+def test_max_memory_below_the_baseline_is_a_crash_loop_not_endless_recycling(env: Env) -> None:
+    sup = env.run('''
+[supervisor]
+state_dir = "state"
+backoff = 0.2
+backoff_max = 0.4
+stable_after = 30
+check_interval = 0.2
+
+[[worker]]
+name = "tiny"
+app = "supapp:app"
+max_memory = 5
+''')
+    looping = wait_for(lambda: (p := sup.processes().get("tiny[0]")) and p["crash_looping"] and p, 60,
+                       lambda: f"crash-looping\n{sup.log}")
+    assert looping["recycles"] == 0 and looping["restarts"] >= 3
+    assert "max_memory is below the process's baseline" in sup.log
+    assert "recycling" not in sup.log
+    status = sup.status()
+    assert status is not None and not status["healthy"]
+    assert sup.terminate(timeout=30) == 0

@@ -245,7 +245,20 @@ class Supervisor:
         return p
 
     def _on_ready(self, p: Proc) -> None:
-        if p.ready.is_set() or p.exited.is_set():
+        if p.ready.is_set() or p.exited.is_set() or p.role == "retiring":
+            return
+        limit = p.slot.program.max_memory
+        rss = rss_mb(p.pid) if limit is not None else None
+        if limit is not None and rss is not None and rss > limit and not self._stop.is_set():
+            p.rss = rss
+            what = f"RSS {rss:.0f} MB > max_memory {limit:g} MB when ready"
+            log.error("%s (pid %d): %s, before any task: max_memory is below the process's baseline (raise it); "
+                      "stopped, counted as a failure", p.slot.name, p.pid, what)
+            was_current = p.role == "current"
+            self._retire(p, what)
+            if was_current:
+                self._after_failure(p.slot, f"{what} (max_memory below the baseline)", p.uptime, pid=p.pid)
+            self.write_status()
             return
         p.ready.set()
         if p.role == "current":
@@ -419,8 +432,11 @@ class Supervisor:
             if slot.failures and current.uptime >= self.settings.stable_after:
                 slot.failures = 0  # it stayed up: the next crash starts the back-off from the beginning
             limit = slot.program.max_memory
+            # not before it did something or stayed up a while: a fresh process over the limit is caught by
+            # _on_ready (its replacement would be over it too)
             if (limit is not None and current.rss is not None and current.rss > limit
-                    and not self._stop.is_set() and current.role == "current"):
+                    and not self._stop.is_set() and current.role == "current"
+                    and (current.tasks_done > 0 or current.uptime >= self.settings.stable_after)):
                 await self._recycle(slot, f"RSS {current.rss:.0f} MB > max_memory {limit:g} MB")
         self.write_status()
 
