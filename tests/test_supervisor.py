@@ -742,3 +742,18 @@ max_memory = 5
     status = sup.status()
     assert status is not None and not status["healthy"]
     assert sup.terminate(timeout=30) == 0
+
+
+def test_health_allows_three_check_intervals_before_calling_a_supervisor_stale(tmp_path: Path) -> None:
+    from leveret.supervisor.health import read_status
+
+    def status(age: float, check_interval: float) -> str:
+        info = {"pid": os.getpid(), "state": "running", "updated_ts": time.time() - age,
+                "check_interval": check_interval}
+        (tmp_path / "supervisor.json").write_text(json.dumps({"supervisor": info, "programs": []}))
+        return read_status(str(tmp_path))[1]
+
+    assert status(30, 20.0) == ""  # a supervisor checking every 20 s, last seen 30 s ago: alive
+    assert "not responding" in status(70, 20.0)
+    assert "not responding" in status(20, 1.0)
+    assert status(10, 1.0) == ""

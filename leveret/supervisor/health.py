@@ -15,7 +15,16 @@ if TYPE_CHECKING:
 
     from leveret.supervisor.supervisor import Supervisor
 
-STALE_AFTER = 15.0  # seconds without a rewrite of the status file before it is not trusted
+STALE_AFTER = 15.0  # seconds without a rewrite of the status file before it is not trusted (at least)
+
+
+def stale_after(info: dict[str, Any]) -> float:
+    """How old the status may be: 15 s, or three of the supervisor's ``check_interval`` when that is longer."""
+    try:
+        interval = float(info.get("check_interval") or 0)
+    except (TypeError, ValueError):
+        interval = 0.0
+    return max(STALE_AFTER, 3 * interval)
 
 
 async def start_http(supervisor: Supervisor, bind: str, port: int) -> tuple[web.AppRunner, str]:
@@ -64,7 +73,7 @@ def read_status(state_dir: str) -> tuple[dict[str, Any] | None, str]:
     if not _alive(int(info.get("pid") or 0)):
         return status, f"the supervisor (pid {info.get('pid')}) is not running (last status {info.get('updated')})"
     age = time.time() - float(info.get("updated_ts") or 0)
-    if age > STALE_AFTER:
+    if age > stale_after(info):
         return status, f"the status is {age:.0f} s old: the supervisor (pid {info.get('pid')}) is not responding"
     return status, ""
 

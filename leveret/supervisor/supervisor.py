@@ -639,7 +639,8 @@ class Supervisor:
                              "processes": processes})
         return {"supervisor": {"pid": os.getpid(), "state": self.state, "since": iso(self.started),
                                "updated": iso(time.time()), "updated_ts": time.time(),
-                               "state_dir": str(self.state_dir), "health_url": self.health_url},
+                               "state_dir": str(self.state_dir), "health_url": self.health_url,
+                               "check_interval": self.settings.check_interval},
                 "healthy": self.healthy(), "programs": programs}
 
     def write_status(self) -> None:
