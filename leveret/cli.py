@@ -223,7 +223,9 @@ def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                         help="on stop, seconds running tasks get to finish before they go back to the queue "
                              "(default 30)")
     worker.add_argument("--state-dir", metavar="DIR",
-                        help="where the supervisor writes its status for `leveret health` (default ./leveret-state)")
+                        help="where the supervisor writes its status for `leveret health` (default "
+                             "$LEVERET_STATE_DIR, else ./leveret-state/APP[@QUEUES], one per app and queues, so "
+                             "that workers for other queues can run from the same directory)")
     worker.add_argument("--health-port", type=int, metavar="PORT",
                         help="serve GET /health (JSON, 200 or 503) on 127.0.0.1:PORT (0: any free port)")
     worker.set_defaults(handler=_run_worker)
@@ -275,9 +277,25 @@ def _supervise_workers(args: argparse.Namespace, queues: list[str] | None) -> in
                        max_tasks=args.max_tasks, grace=args.grace, log_level=args.log_level)
     program = ProgramSpec(name="worker", argv=argv, kind="worker", processes=args.processes,
                           max_memory=args.max_memory, max_tasks=args.max_tasks, grace=args.grace, cwd=os.getcwd())
-    settings = Settings(state_dir=args.state_dir or os.environ.get("LEVERET_STATE_DIR") or DEFAULT_STATE_DIR,
-                        health_port=args.health_port, log_level=args.log_level)
+    state_dir = (args.state_dir or os.environ.get("LEVERET_STATE_DIR")
+                 or os.path.join(DEFAULT_STATE_DIR, _worker_state_name(args.app, queues)))
+    settings = Settings(state_dir=state_dir, health_port=args.health_port, log_level=args.log_level)
     return run_supervisor([program], settings)
+
+
+def _worker_state_name(app: str, queues: list[str] | None) -> str:
+    """The default state directory of ``leveret worker`` under ./leveret-state: ``APP`` or ``APP@Q1+Q2`` with the
+    characters other than letters, digits and ``._-`` as ``_`` (``myproject.tasks_app@emails+images``)."""
+    import hashlib
+    import re
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+    name = safe(app) + ("@" + "+".join(safe(q) for q in sorted(set(queues))) if queues else "")
+    if len(name) > 120:  # a file name has at most 255 bytes
+        name = name[:100] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name
 
 
 def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -757,3 +757,21 @@ def test_health_allows_three_check_intervals_before_calling_a_supervisor_stale(t
     assert "not responding" in status(70, 20.0)
     assert "not responding" in status(20, 1.0)
     assert status(10, 1.0) == ""
+
+
+def test_two_workers_for_other_queues_run_from_one_directory(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --state-dir each `leveret worker` keeps its status in ./leveret-state/APP[@QUEUES], so workers
+    scaled by queue from one directory do not lock each other out."""
+    environ = {k: v for k, v in env.env.items() if k != "LEVERET_STATE_DIR"}
+    base = env.dir / "leveret-state"
+    some = Supervised(["worker", "supapp:app", "--queues", "sup"], env.dir, environ, base / "supapp_app@sup")
+    env.started.append(some)
+    every = Supervised(["worker", "supapp:app"], env.dir, environ, base / "supapp_app")
+    env.started.append(every)
+    some.wait_running(1)
+    every.wait_running(1)
+    assert "another supervisor" not in some.log + every.log
+    code = cli_main(["health", "--state-dir", str(base)])  # two below it: which one is asked for
+    assert code == 1 and "several supervisors" in capsys.readouterr().err
+    assert cli_main(["health", "--state-dir", str(base / "supapp_app@sup")]) == 0
+    assert some.terminate() == 0 and every.terminate() == 0

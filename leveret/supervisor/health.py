@@ -61,6 +61,13 @@ def read_status(state_dir: str) -> tuple[dict[str, Any] | None, str]:
     from leveret.supervisor.supervisor import STATUS_FILE
 
     path = Path(state_dir) / STATUS_FILE
+    if not path.exists():  # `leveret worker` keeps its status in <state_dir>/<app>[@<queues>]
+        below = sorted(p for p in Path(state_dir).glob(f"*/{STATUS_FILE}"))
+        if len(below) == 1:
+            path = below[0]
+        elif below:
+            names = ", ".join(str(p.parent) for p in below)
+            return None, f"several supervisors keep their status under {state_dir}: give --state-dir, one of {names}"
     try:
         status = json.loads(path.read_text())
     except FileNotFoundError:
