@@ -72,6 +72,7 @@ class Config:
     tls_fail_if_no_peer_cert: bool = False
     tls_min_version: str = "1.2"
     tls_cert_login_from: str = "distinguished_name"
+    tls_external_login: bool = False
     http_tls_port: int = 15671
 
     audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
@@ -300,6 +301,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tls_fail_if_no_peer_cert": _to_bool,
     "tls_min_version": lambda value: _to_choice(value, TLS_VERSIONS, prefix="tlsv"),
     "tls_cert_login_from": lambda value: _to_choice(value, CERT_LOGIN_FROM),
+    "tls_external_login": _to_bool,
     "http_tls_port": _to_int(-1, 65535),
 
     "audit_log": lambda value: None if value is None else _to_str(value).strip(),

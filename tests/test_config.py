@@ -156,6 +156,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TLS_FAIL_IF_NO_PEER_CERT": "TRUE",
         "LEVERET_TLS_MIN_VERSION": "1.3",
         "LEVERET_TLS_CERT_LOGIN_FROM": "common_name",
+        "LEVERET_TLS_EXTERNAL_LOGIN": "yes",
         "LEVERET_HTTP_TLS_PORT": "-1",
 
         "LEVERET_AUDIT_LOG": "",
@@ -194,6 +195,7 @@ def test_every_field_has_an_environment_variable() -> None:
         tls_fail_if_no_peer_cert=True,
         tls_min_version="1.3",
         tls_cert_login_from="common_name",
+        tls_external_login=True,
         http_tls_port=-1,
 
         audit_log="",

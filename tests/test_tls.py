@@ -132,7 +132,8 @@ def client_context(certs: Certs, *, cert: bool = False, ca: Path | None = None) 
 
 def tls_config(make_config: Callable[..., Config], certs: Certs, **overrides: Any) -> Config:
     values: dict[str, Any] = {"tls_port": 0, "tls_cert_file": str(certs.server_cert),
-                              "tls_key_file": str(certs.server_key), "tls_ca_file": str(certs.ca)}
+                              "tls_key_file": str(certs.server_key), "tls_ca_file": str(certs.ca),
+                              "tls_external_login": True}  # off by default; these tests are about it
     values.update(overrides)
     return make_config(**values)
 
@@ -287,6 +288,20 @@ def test_external_login_with_the_certificate_subject(start: Callable[..., Thread
         assert round_trip(connection, b"external") == b"external"
         users = server.call(lambda: [c.session.user.name for c in server.server.connections if c.session.user])
         assert users == [CLIENT_DN]
+    finally:
+        connection.close()
+
+
+def test_external_login_is_off_unless_switched_on(start: Callable[..., ThreadedServer], certs: Certs) -> None:
+    """As RabbitMQ, where EXTERNAL needs its plugin and an auth_mechanisms entry: mutual TLS for transport alone
+    gives no password-less login."""
+    server = start(tls_verify="peer", tls_external_login=False)
+    server.call(server.broker.add_user, CLIENT_DN, "pw", (), {"/"})
+    assert _mechanisms(server.tls_port, client_context(certs, cert=True)) == ["AMQPLAIN", "PLAIN"]
+    params = pika_params(server.tls_port, client_context(certs, cert=True), pika.PlainCredentials(CLIENT_DN, "pw"))
+    connection = pika.BlockingConnection(params)  # the certificate still verified; PLAIN still works
+    try:
+        assert round_trip(connection, b"plain over mutual tls") == b"plain over mutual tls"
     finally:
         connection.close()
 

@@ -134,7 +134,8 @@ class Server:
 
     def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
         """The TLS session of a new AMQP connection (None for a plain one)."""
-        return peer_tls(transport.get_extra_info("ssl_object"), self.config.tls_cert_login_from)
+        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
+        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
 
     def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
         """What the management API shows of a connection besides its peer: the local address and TLS."""

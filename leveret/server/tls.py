@@ -182,9 +182,9 @@ PLAIN_DETAILS: dict[str, Any] = {"ssl": False, "ssl_protocol": None, "ssl_key_ex
                                  "peer_cert_validity": None}
 
 
-def peer_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, login_from: str) -> PeerTLS | None:
+def peer_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, login_from: str | None) -> PeerTLS | None:
     """The TLS session of a connected transport (``transport.get_extra_info("ssl_object")``); ``None`` for a
-    plain connection."""
+    plain connection. ``login_from`` None: no EXTERNAL login from the certificate (``tls_external_login`` off)."""
     if ssl_object is None:
         return None
     name, protocol, _bits = ssl_object.cipher() or ("", ssl_object.version() or "", 0)
@@ -194,7 +194,7 @@ def peer_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, login_from: str) 
         return PeerTLS(protocol.lower(), name, key_exchange, cipher, mac)
     return PeerTLS(protocol.lower(), name, key_exchange, cipher, mac, subject=format_dn(cert.get("subject", ())),
                    issuer=format_dn(cert.get("issuer", ())), validity=_validity(cert),
-                   login=cert_login(cert, login_from))
+                   login=cert_login(cert, login_from) if login_from is not None else None)
 
 
 def cert_login(cert: dict[str, Any], login_from: str) -> str | None:
