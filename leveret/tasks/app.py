@@ -504,7 +504,7 @@ class App:
         return self._run_sync(self._multicast(requests))
 
     async def multicast_async(self, requests: list[Request]) -> Group:
-        if self.outbox is not None:
+        if self.outbox_path is not None:  # not .outbox: opening it may wait (busy timeout); in a thread instead
             return await asyncio.to_thread(self.multicast, requests)
         return await self._run_async(self._multicast(requests))
 
