@@ -146,17 +146,6 @@ def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ctl.add_argument("--data-dir", metavar="DIR", help="the broker's data directory (default ./leveret-data)")
     ctl.add_argument("--json", action="store_true", help="print the answer as JSON")
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
-    commands.add_parser("status", help="node, port, connections, alarms")
-    setp = commands.add_parser("set-policy", help="add or replace a policy (applied at once)")
-    setp.add_argument("name")
-    setp.add_argument("pattern", help="regular expression matched against queue/exchange names")
-    setp.add_argument("definition", help='JSON object, e.g. \'{"message-ttl": 60000, "dead-letter-exchange": "dlx"}\'')
-    setp.add_argument("--priority", type=int, default=0)
-    setp.add_argument("--apply-to", choices=("queues", "exchanges", "all"), default="all")
-    setp.add_argument("--vhost", default="/")
-    clear = commands.add_parser("clear-policy", help="remove a policy")
-    clear.add_argument("name")
-    clear.add_argument("--vhost", default="/")
     from leveret import ctl as ctl_commands
 
     ctl_commands.add_commands(commands)
@@ -164,34 +153,9 @@ def _add_ctl(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_ctl(args: argparse.Namespace) -> int:
-    import json
-
     from leveret import ctl as ctl_commands
 
-    if args.ctl_command in ctl_commands.COMMANDS:
-        return ctl_commands.run(args)
-    command = args.ctl_command.replace("-", "_")
-    request: dict[str, Any] = {}
-    if command == "set_policy":
-        try:
-            definition = json.loads(args.definition)
-        except json.JSONDecodeError as exc:
-            error(f"the policy definition is not valid JSON: {exc}")
-            return 2
-        request = {"name": args.name, "pattern": args.pattern, "definition": definition,
-                   "priority": args.priority, "apply_to": args.apply_to, "vhost": args.vhost}
-    elif command == "clear_policy":
-        request = {"name": args.name, "vhost": args.vhost}
-    try:
-        result = ctl_commands.call(ctl_commands.data_dir_of(args), command, request)
-    except ctl_commands.CtlError as exc:
-        error(str(exc))
-        return 1
-    if args.json or not isinstance(result, list):
-        print(json.dumps(result, indent=2) if args.json or not isinstance(result, str) else result)
-    else:
-        _print_table(result)
-    return 0
+    return ctl_commands.run(args)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

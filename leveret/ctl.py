@@ -284,6 +284,16 @@ def _close_connection_options(p: Parser) -> None:
     p.add_argument("--reason", default="Closed via leveret ctl", help="what the client is told")
 
 
+def _policy_options(p: Parser) -> None:
+    p.add_argument("name")
+    p.add_argument("pattern", help="regular expression matched against queue/exchange names")
+    p.add_argument("definition", type=_json_object, metavar="JSON",
+                   help='a JSON object, e.g. \'{"message-ttl": 60000, "dead-letter-exchange": "dlx"}\'')
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--apply-to", choices=("queues", "exchanges", "all"), default="all")
+    _vhost(p)
+
+
 def _user_filter(p: Parser) -> None:
     p.add_argument("--user", help="only this user (default: all)")
 
@@ -296,6 +306,11 @@ def _trace_output(args: argparse.Namespace, result: Any) -> int:
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("status", "node, port, connections, vhosts, memory, alarms, tracing, tracking"),
+    Command("set-policy", "add or replace a policy (applied at once)", _policy_options,
+            lambda a: {"vhost": a.vhost, "name": a.name, "pattern": a.pattern, "definition": a.definition,
+                       "priority": a.priority, "apply_to": a.apply_to}),
+    Command("clear-policy", "remove a policy", _named_in_vhost, lambda a: {"vhost": a.vhost, "name": a.name}),
     _listing("list-queues", "queues with their message and consumer counts",
              ("vhost", "name", "messages", "messages_ready=ready", "messages_unacknowledged=unacked", "consumers",
               "durable", "policy")),

@@ -914,8 +914,9 @@ class ManagementAPI:
                 return f"{listener['ip_address']}:{listener['port']}"
         return "?"
 
-    def _open_sessions(self, call: Call) -> list[Session]:
-        vhost = call.params.get("vhost")
+    def open_sessions(self, vhost: str | None = None) -> list[Session]:
+        """The logged-in client connections with a vhost open (of ``vhost`` only, when given: NotFound if it
+        does not exist), as the API and ``leveret ctl`` list them."""
         if vhost is not None:
             self.vhost(vhost)
         return [s for s in self.sessions() if s.user is not None and _session_vhost(s) is not None
@@ -931,14 +932,13 @@ class ManagementAPI:
 
     async def list_connections(self, call: Call) -> web.Response:
         address = self._amqp_address()
-        return reply([self.connection_info(s, address) for s in self._open_sessions(call)])
+        return reply([self.connection_info(s, address) for s in self.open_sessions(call.params.get("vhost"))])
 
     def find_connection(self, name: str) -> Session:
         """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
         address = self._amqp_address()
-        for session in self.sessions():
-            if session.user is not None and _session_vhost(session) is not None \
-                    and connection_name(session, address) == name:
+        for session in self.open_sessions():
+            if connection_name(session, address) == name:
                 return session
         raise errors.NotFound(f"no connection '{name}'")
 
@@ -960,7 +960,7 @@ class ManagementAPI:
     async def list_channels(self, call: Call) -> web.Response:
         address = self._amqp_address()
         found = []
-        for session in self._open_sessions(call):
+        for session in self.open_sessions(call.params.get("vhost")):
             connection = self.connection_info(session, address)
             for channel in session.channels.values():
                 found.append({"name": f"{connection['name']} ({channel.number})", "number": channel.number,

@@ -175,18 +175,9 @@ class ControlServer:
 
     # --- commands ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _limits(args: dict[str, Any]) -> dict[str, Any]:
-        limits = args["limits"]
-        if isinstance(limits, str):
-            limits = json.loads(limits)
-        if not isinstance(limits, dict):
-            raise ValueError("limits must be a JSON object, e.g. '{\"max-connections\": 10}'")
-        return limits
-
     def _set_vhost_limits(self, args: dict[str, Any]) -> dict[str, int]:
         """Replaces the vhost's limits (as rabbitmqctl set_vhost_limits)."""
-        return self.server.broker.set_vhost_limits(args.get("vhost", "/"), self._limits(args))
+        return self.server.broker.set_vhost_limits(args.get("vhost", "/"), args["limits"])
 
     def _clear_vhost_limits(self, args: dict[str, Any]) -> str:
         vhost, name = args.get("vhost", "/"), args.get("name")
@@ -201,7 +192,7 @@ class ControlServer:
 
     def _set_user_limits(self, args: dict[str, Any]) -> dict[str, int]:
         """Merged with the user's other limits (as rabbitmqctl set_user_limits)."""
-        return self.server.broker.set_user_limits(args["user"], self._limits(args))
+        return self.server.broker.set_user_limits(args["user"], args["limits"])
 
     def _clear_user_limits(self, args: dict[str, Any]) -> str:
         user, name = args["user"], args.get("name")
@@ -327,15 +318,7 @@ class ControlServer:
 
     def _list_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         address = self.api._amqp_address()
-        vhost = args.get("vhost")
-        if vhost:
-            self.api.vhost(vhost)
-        found = []
-        for session in self.api.sessions():
-            info = self.api.connection_info(session, address)
-            if session.user is not None and info["vhost"] and (not vhost or info["vhost"] == vhost):
-                found.append(info)
-        return found
+        return [self.api.connection_info(s, address) for s in self.api.open_sessions(args.get("vhost") or None)]
 
     def _close_connection(self, args: dict[str, Any]) -> str:
         session = self.api.find_connection(args["name"])
