@@ -85,13 +85,6 @@ def encode_longstr(value: str | bytes) -> bytes:
 # --- field tables ----------------------------------------------------------------------------------
 
 
-def _decode_text(raw: bytes) -> str | bytes:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-
-
 def _simple(st: struct.Struct) -> Callable[[bytes, int], tuple[Any, int]]:
     size = st.size
 
@@ -102,12 +95,11 @@ def _simple(st: struct.Struct) -> Callable[[bytes, int], tuple[Any, int]]:
     return decode
 
 
-_simple_q = _simple(_q)
-
-
 class LongInt(int):
     """An integer that is encoded as a 64-bit field ('l') even when it is small: what RabbitMQ sends for
     x-death counts, and what Java clients read as a Long. Decoding 'l' gives one, so it round-trips."""
+
+    field_tag = b"l"
 
     def __repr__(self) -> str:
         return f"LongInt({int(self)})"
@@ -116,11 +108,77 @@ class LongInt(int):
         return int.__repr__(self)
 
 
+def _sized_int(name: str, tag: bytes, doc: str) -> type[int]:
+    return type(name, (int,), {"__slots__": (), "__doc__": doc, "field_tag": tag,
+                               "__repr__": lambda self: f"{name}({int(self)})", "__str__": int.__repr__})
+
+
+# The other integer widths decode to int subclasses that remember their tag, so that a table the broker
+# re-encodes (dead-lettering adds x-death) keeps every value's type, as RabbitMQ does. They are ints in every
+# other respect (equal to, and hashing as, the plain int).
+Int8 = _sized_int("Int8", b"b", "A signed 8-bit field ('b').")
+UInt8 = _sized_int("UInt8", b"B", "An unsigned 8-bit field ('B').")
+Int16 = _sized_int("Int16", b"s", "A signed 16-bit field ('s').")
+UInt16 = _sized_int("UInt16", b"u", "An unsigned 16-bit field ('u').")
+UInt32 = _sized_int("UInt32", b"i", "An unsigned 32-bit field ('i').")
+UInt64 = _sized_int("UInt64", b"L", "An unsigned 64-bit field ('L').")
+
+
+class Float32(float):
+    """A single-precision field ('f'): re-encoded as 'f' (a plain float is encoded as a double, 'd')."""
+
+    __slots__ = ()
+    field_tag = b"f"
+
+    def __repr__(self) -> str:
+        return f"Float32({float(self)!r})"
+
+
+class RawField:
+    """A field value no Python type holds losslessly, carried as its wire bytes: a timestamp ('T') outside
+    datetime's range (a client that put milliseconds where seconds belong), a long string ('S') that is not
+    UTF-8, a table or array nested deeper than :data:`MAX_NESTING` levels. RabbitMQ accepts and carries such
+    values; so does Leveret: they compare by their bytes and encode back to exactly the bytes they came from.
+
+    ``tag`` is the field type (one byte), ``raw`` the value's bytes after the tag."""
+
+    __slots__ = ("raw", "tag")
+
+    def __init__(self, tag: bytes, raw: bytes) -> None:
+        self.tag = tag
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawField) and other.tag == self.tag and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash((self.tag, self.raw))
+
+    def __repr__(self) -> str:
+        return f"RawField({self.tag!r}, {self.raw!r})"
+
+    @property
+    def plain(self) -> Any:
+        """The nearest plain value, for display (JSON): a timestamp's integer, a string's bytes with
+        undecodable ones replaced, a deep table's or array's description."""
+        if self.tag == b"T":
+            return _Q.unpack(self.raw)[0]
+        if self.tag == b"S":
+            return self.raw[4:].decode("utf-8", "replace")
+        kind = "table" if self.tag == b"F" else "array"
+        return f"<{kind} nested deeper than {MAX_NESTING} levels, {len(self.raw) - 4} bytes>"
+
+
+_RAW_TYPE_NAMES = {b"T": "timestamp", b"S": "longstr", b"F": "table", b"A": "array"}
+
+
 def field_type(value: Any) -> str:
     """RabbitMQ's name for the AMQP field type a decoded value arrives as, for error texts: ints are
     ``signedint`` unless they need 64 bits or were a 64-bit field (:class:`LongInt`)."""
     if value is None:
         return "void"
+    if isinstance(value, RawField):
+        return _RAW_TYPE_NAMES.get(value.tag, "binary")
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, LongInt) or (isinstance(value, int) and not -(2**31) <= value < 2**31):
@@ -157,55 +215,63 @@ def _decode_decimal(buf: bytes, offset: int) -> tuple[Any, int]:
 
 
 def _decode_longstr_field(buf: bytes, offset: int) -> tuple[Any, int]:
+    start = offset
     raw, offset = decode_longstr_bytes(buf, offset)
-    return _decode_text(raw), offset
+    try:
+        return raw.decode("utf-8"), offset
+    except UnicodeDecodeError:
+        return RawField(b"S", bytes(buf[start:offset])), offset
 
 
 def _decode_timestamp(buf: bytes, offset: int) -> tuple[Any, int]:
     _need(buf, offset, 8)
     (seconds,) = _Q.unpack_from(buf, offset)
-    try:
-        return datetime.datetime.fromtimestamp(seconds, datetime.UTC), offset + 8
-    except (OverflowError, OSError, ValueError):
-        raise CodecError(f"timestamp {seconds} out of range") from None
+    if seconds > _MAX_DATETIME_SECONDS:
+        return RawField(b"T", bytes(buf[offset : offset + 8])), offset + 8
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC), offset + 8
+
+
+_MAX_DATETIME_SECONDS = int(datetime.datetime.max.replace(tzinfo=datetime.UTC).timestamp())
 
 
 def _decode_void(buf: bytes, offset: int) -> tuple[Any, int]:
     return None, offset
 
 
-def _decode_array(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
-    _need(buf, offset, 4)
-    (size,) = _I.unpack_from(buf, offset)
-    offset += 4
-    end = offset + size
-    if end > len(buf):
-        raise CodecError("array runs past the end of the frame")
-    items = []
-    while offset < end:
-        value, offset = _decode_value(buf, offset, depth)
-        items.append(value)
-    if offset != end:
-        raise CodecError("array contents overrun its declared size")
-    return items, offset
-
-
-# Tables and arrays nest; deeper than this is refused (CodecError) rather than exhausting the Python stack.
+# Tables and arrays nest. They are decoded with an explicit stack (no recursion), so any depth that fits in a
+# frame decodes; one nested deeper than this is carried as a RawField (validated, not built), so that nothing
+# downstream (re-encoding, comparison, JSON) recurses deeper than this either.
 MAX_NESTING = 128
 _TAG_TABLE = ord("F")
 _TAG_ARRAY = ord("A")
 
+
+def _typed(cls: type, st: struct.Struct) -> Callable[[bytes, int], tuple[Any, int]]:
+    size = st.size
+
+    def decode(buf: bytes, offset: int) -> tuple[Any, int]:
+        _need(buf, offset, size)
+        return cls(st.unpack_from(buf, offset)[0]), offset + size
+
+    return decode
+
+
+def _decode_uint64(buf: bytes, offset: int) -> tuple[Any, int]:
+    _need(buf, offset, 8)
+    return UInt64(_Q.unpack_from(buf, offset)[0]), offset + 8
+
+
 _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("t"): _decode_bool,
-    ord("b"): _simple(_b),
-    ord("B"): _simple(_B),
-    ord("s"): _simple(_h),
-    ord("u"): _simple(_H),
+    ord("b"): _typed(Int8, _b),
+    ord("B"): _typed(UInt8, _B),
+    ord("s"): _typed(Int16, _h),
+    ord("u"): _typed(UInt16, _H),
     ord("I"): _simple(_i),
-    ord("i"): _simple(_I),
-    ord("l"): lambda buf, offset: (LongInt(_simple_q(buf, offset)[0]), offset + 8),
-    ord("L"): _simple(_Q),
-    ord("f"): _simple(_f),
+    ord("i"): _typed(UInt32, _I),
+    ord("l"): _typed(LongInt, _q),
+    ord("L"): _decode_uint64,
+    ord("f"): _typed(Float32, _f),
     ord("d"): _simple(_d),
     ord("D"): _decode_decimal,
     ord("S"): _decode_longstr_field,
@@ -217,18 +283,10 @@ _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
 
 def decode_field_value(buf: bytes, offset: int) -> tuple[Any, int]:
     """One tagged field value (tag byte, then the value)."""
-    return _decode_value(buf, offset, 0)
-
-
-def _decode_value(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
     _need(buf, offset, 1)
     tag = buf[offset]
     if tag in (_TAG_TABLE, _TAG_ARRAY):
-        if depth >= MAX_NESTING:
-            raise CodecError(f"tables and arrays nested deeper than {MAX_NESTING} levels")
-        if tag == _TAG_TABLE:
-            return _decode_table(buf, offset + 1, depth + 1)
-        return _decode_array(buf, offset + 1, depth + 1)
+        return _decode_nested(buf, offset + 1, tag, 1)
     decoder = _FIELD_DECODERS.get(tag)
     if decoder is None:
         raise CodecError(f"unknown field type {chr(tag)!r} in table")
@@ -237,35 +295,77 @@ def _decode_value(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
 
 def decode_table(buf: bytes, offset: int) -> tuple[Table, int]:
     """A field table: a long size, then (shortstr name, tagged value) pairs."""
-    return _decode_table(buf, offset, 0)
+    return _decode_nested(buf, offset, _TAG_TABLE, 0)  # type: ignore[no-any-return]
 
 
-def _decode_table(buf: bytes, offset: int, depth: int) -> tuple[Table, int]:
+def _open(buf: bytes, offset: int, tag: int) -> tuple[Any, int, int]:
+    """A new empty table or array whose size field is at ``offset``: (container, start of contents, end)."""
     _need(buf, offset, 4)
     (size,) = _I.unpack_from(buf, offset)
-    offset += 4
-    end = offset + size
+    end = offset + 4 + size
     if end > len(buf):
-        raise CodecError("table runs past the end of the frame")
-    table: Table = {}
-    while offset < end:
-        key, offset = decode_shortstr(buf, offset)
-        table[key], offset = _decode_value(buf, offset, depth)
-    if offset != end:
-        raise CodecError("table contents overrun its declared size")
-    return table, offset
+        raise CodecError(("table" if tag == _TAG_TABLE else "array") + " runs past the end of the frame")
+    return ({} if tag == _TAG_TABLE else []), offset + 4, end
+
+
+def _decode_nested(buf: bytes, offset: int, tag: int, depth: int) -> tuple[Any, int]:
+    """The table or array (``tag``) whose size field is at ``offset``, and everything in it, without
+    recursion. ``depth`` is its own nesting level (the outermost table of a method argument is 0)."""
+    root, offset, end = _open(buf, offset, tag)
+    stack: list[tuple[Any, int]] = [(root, end)]  # the containers being filled and where each one ends
+    carried = 0  # the stack's length when a container was carried raw: everything deeper is only checked
+    decoders = _FIELD_DECODERS
+    while stack:
+        container, end = stack[-1]
+        if offset >= end:
+            if offset != end:
+                kind = "table" if isinstance(container, dict) else "array"
+                raise CodecError(f"{kind} contents overrun its declared size")
+            stack.pop()
+            if len(stack) < carried:
+                carried = 0
+            continue
+        if type(container) is dict:
+            key, offset = decode_shortstr(buf, offset)
+        _need(buf, offset, 1)
+        vtag = buf[offset]
+        if vtag in (_TAG_TABLE, _TAG_ARRAY):
+            start = offset
+            value, offset, child_end = _open(buf, offset + 1, vtag)
+            stack.append((value, child_end))
+            if not carried and depth + len(stack) - 1 > MAX_NESTING:  # keep the bytes, check the contents
+                carried = len(stack)
+                value = RawField(bytes((vtag,)), bytes(buf[start + 1 : child_end]))
+        else:
+            decoder = decoders.get(vtag)
+            if decoder is None:
+                raise CodecError(f"unknown field type {chr(vtag)!r} in table")
+            value, offset = decoder(buf, offset + 1)
+        if type(container) is dict:
+            container[key] = value
+        else:
+            container.append(value)
+    return root, offset
 
 
 def encode_field_value(value: Any) -> bytes:
     """Tag and encode one Python value: bool t, int I or l, float d, Decimal D, str S, bytes x,
-    list A, dict F, None V, datetime T."""
+    list A, dict F, None V, datetime T; the codec's own types (:class:`LongInt`, :class:`Int8` ...,
+    :class:`Float32`, :class:`RawField`) as the field type they were decoded from."""
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
+    tag = getattr(type(value), "field_tag", None)
+    if tag is not None:
+        return _encode_tagged(tag, value)
+    if isinstance(value, RawField):
+        return value.tag + value.raw
     if isinstance(value, int):
-        if -(2**31) <= value < 2**31 and type(value) is not LongInt:
+        if -(2**31) <= value < 2**31:
             return b"I" + _i.pack(value)
         if -(2**63) <= value < 2**63:
             return b"l" + _q.pack(value)
+        if 0 <= value < 2**64:
+            return b"L" + _Q.pack(value)
         raise CodecError(f"integer {value} does not fit a field table")
     if isinstance(value, str):
         raw = value.encode("utf-8")
@@ -289,6 +389,16 @@ def encode_field_value(value: Any) -> bytes:
     if isinstance(value, decimal.Decimal):
         return b"D" + _encode_decimal(value)
     raise CodecError(f"cannot encode {type(value).__name__} in a field table")
+
+
+_TAGGED = {b"b": _b, b"B": _B, b"s": _h, b"u": _H, b"i": _I, b"l": _q, b"L": _Q, b"f": _f}
+
+
+def _encode_tagged(tag: bytes, value: Any) -> bytes:
+    try:
+        return tag + _TAGGED[tag].pack(value)
+    except struct.error:  # a subclass built with a value its width cannot hold: let the plain rules choose
+        return encode_field_value(float(value) if isinstance(value, float) else int(value))
 
 
 def _encode_decimal(value: decimal.Decimal) -> bytes:

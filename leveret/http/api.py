@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 import leveret
+from leveret.amqp.codec import RawField
 from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
@@ -118,6 +119,8 @@ def reply(value: Any = None, status: int = 200) -> web.Response:
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, RawField):
+        return value.plain
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         try:

@@ -66,6 +66,9 @@ _BASIC_CANCEL = M("basic.cancel")
 _GET_OK = M("basic.get-ok")
 _HANDSHAKE_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 3.0
+# After close-ok the socket stays open until the client closes it, at most the heartbeat interval or this
+# many seconds (RabbitMQ's ?CLOSING_TIMEOUT and rule in rabbit_reader:close_connection).
+_LINGER_TIMEOUT = 30.0
 
 
 class ChannelClosed(Exception):
@@ -97,6 +100,7 @@ class AMQPConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = False
+        self._held_cancels: list[tuple[int, str]] | None = None  # basic.cancel held back until a reply is sent
         self._handlers = self._method_table()
 
     # --- transport callbacks -----------------------------------------------------------------------
@@ -183,6 +187,9 @@ class AMQPConnection(asyncio.Protocol):
         self._schedule_flush()
 
     def send_cancel(self, channel: int, consumer_tag: str) -> None:
+        if self._held_cancels is not None:
+            self._held_cancels.append((channel, consumer_tag))
+            return
         self.conn.send_method(channel, _BASIC_CANCEL, (consumer_tag, True))
         self._schedule_flush()
 
@@ -309,6 +316,8 @@ class AMQPConnection(asyncio.Protocol):
     # --- memory alarm ------------------------------------------------------------------------------
 
     def _on_memory_alarm(self, alarm: bool) -> None:
+        if self.conn.state is State.CLOSED:
+            return  # closed, lingering until the client closes: nothing to block, keep draining
         if alarm and self.published and not self.blocked:
             self._block()
         elif not alarm and self.blocked:
@@ -334,7 +343,7 @@ class AMQPConnection(asyncio.Protocol):
             self._timers.append(self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick))
 
     def _heartbeat_tick(self) -> None:
-        if self._closed:
+        if self._closed or self.conn.state is State.CLOSED:
             return
         now = self.loop.time()
         if now - self.last_received > 2 * self.heartbeat:
@@ -455,9 +464,16 @@ class AMQPConnection(asyncio.Protocol):
 
     def _m_connection__close(self, _ch: int, reply_code: int, reply_text: str, class_id: int,
                              method_id: int) -> None:
+        """Answer close-ok and, as RabbitMQ does, leave the socket open: frames the client still had in flight
+        are read and discarded (the parser is CLOSED) instead of meeting a reset that could cost the client its
+        close-ok. The client closes the socket (EOF closes ours), or the linger timeout does."""
         self.conn.send_method(0, _CLOSE_OK)
         self.session.close()
-        self._close_transport_after_flush()
+        self._flush()
+        timeout = self.heartbeat if 0 < self.heartbeat < _LINGER_TIMEOUT else _LINGER_TIMEOUT
+        self._timers.append(self.loop.call_later(timeout, self._abort))
+        if self.blocked and self.transport is not None:
+            self.transport.resume_reading()  # keep draining the socket, so the client can finish its writes
 
     def _m_connection__close_ok(self, _ch: int) -> None:
         self._close_transport_after_flush()
@@ -576,11 +592,19 @@ class AMQPConnection(asyncio.Protocol):
 
     def _m_queue__delete(self, ch: int, _r: int, queue: str, if_unused: bool, if_empty: bool,
                          nowait: bool) -> None:
+        """queue.delete-ok goes out before the basic.cancel of this connection's consumers of the queue, as
+        RabbitMQ sends them (its queue tells the channels after the delete has returned)."""
         channel = self._channel(ch)
-        count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
-                                                if_empty, self.session.access)
-        if not nowait:
-            self._reply(ch, "queue.delete-ok", count)
+        self._held_cancels = held = []
+        try:
+            count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
+                                                    if_empty, self.session.access)
+            if not nowait:
+                self._reply(ch, "queue.delete-ok", count)
+        finally:
+            self._held_cancels = None
+            for number, tag in held:
+                self.send_cancel(number, tag)
 
     # basic class
 

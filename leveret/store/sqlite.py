@@ -82,7 +82,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from leveret.amqp.codec import LongInt
+from leveret.amqp.codec import LongInt, RawField
 
 from .base import (
     BindingDef,
@@ -140,7 +140,9 @@ _T_TUPLE = "$tuple"
 _T_MAP = "$map"  # a dict whose keys are not all str: [[key, value], ...]
 _T_FLOAT = "$float"  # nan, inf, -inf (JSON has no literal for them)
 _T_LONG = "$long"  # an int that was a 64-bit field (codec.LongInt), so it keeps its wire type
-_TAGS = frozenset((_T_LONG, _T_BYTES, _T_BYTEARRAY, _T_DECIMAL, _T_DATETIME, _T_DATE, _T_TUPLE, _T_MAP, _T_FLOAT))
+_T_RAW = "$raw"  # a field value the codec carries as its wire bytes (codec.RawField): [tag, base64]
+_TAGS = frozenset((_T_RAW, _T_LONG, _T_BYTES, _T_BYTEARRAY, _T_DECIMAL, _T_DATETIME, _T_DATE, _T_TUPLE, _T_MAP,
+                   _T_FLOAT))
 
 
 def _to_json(value: Any) -> Any:
@@ -170,6 +172,8 @@ def _to_json(value: Any) -> Any:
         return {_T_DATETIME: value.isoformat()}
     if isinstance(value, datetime.date):
         return {_T_DATE: value.isoformat()}
+    if isinstance(value, RawField):
+        return {_T_RAW: [value.tag.decode("latin-1"), base64.b64encode(value.raw).decode("ascii")]}
     raise StoreError(f"cannot store a value of type {type(value).__name__} in an argument table: {value!r}")
 
 
@@ -191,6 +195,8 @@ def _from_json_object(obj: dict[str, Any]) -> Any:
                 return {(tuple(k) if isinstance(k, list) else k): v for k, v in payload}
             if key == _T_FLOAT:
                 return float(payload)
+            if key == _T_RAW:
+                return RawField(payload[0].encode("latin-1"), base64.b64decode(payload[1]))
             if key == _T_BYTEARRAY:
                 return bytearray(base64.b64decode(payload))
             return datetime.date.fromisoformat(payload)
@@ -576,9 +582,11 @@ class SqliteStore(Store):
             return
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)  # as the store's own files (a lock file of an older version was 0644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
