@@ -595,7 +595,8 @@ class AMQPConnection(asyncio.Protocol):
         """queue.delete-ok goes out before the basic.cancel of this connection's consumers of the queue, as
         RabbitMQ sends them (its queue tells the channels after the delete has returned)."""
         channel = self._channel(ch)
-        self._held_cancels = held = []
+        held: list[tuple[int, str]] = []
+        self._held_cancels = held
         try:
             count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
                                                     if_empty, self.session.access)
