@@ -74,6 +74,7 @@ class Config:
     tls_cert_login_from: str = "distinguished_name"
     tls_external_login: bool = False
     http_tls_port: int = 15671
+    metrics_auth: bool = False  # /metrics without a login, as RabbitMQ's Prometheus plugin (docs/management.md)
 
     audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
     tracking_window: int = 300
@@ -303,6 +304,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tls_cert_login_from": lambda value: _to_choice(value, CERT_LOGIN_FROM),
     "tls_external_login": _to_bool,
     "http_tls_port": _to_int(-1, 65535),
+    "metrics_auth": _to_bool,
 
     "audit_log": lambda value: None if value is None else _to_str(value).strip(),
     "tracking_window": _to_int(0, None),

@@ -183,11 +183,13 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 class ManagementAPI:
     """The routes and handlers over one broker. ``sessions()`` lists the open client connections (for
-    counts), ``listeners()`` the broker's listeners (for /api/overview)."""
+    counts), ``listeners()`` the broker's listeners (for /api/overview). ``metrics_auth``: /metrics asks for
+    the login of a user tagged ``monitoring`` or ``administrator`` (off: open, as RabbitMQ's plugin)."""
 
     def __init__(self, broker: Broker, *, sessions: Callable[[], list[Session]],
-                 listeners: Callable[[], list[dict[str, Any]]]) -> None:
+                 listeners: Callable[[], list[dict[str, Any]]], metrics_auth: bool = False) -> None:
         self.broker = broker
+        self.metrics_auth = metrics_auth
         self.sessions = sessions
         self.listeners = listeners
         self.rates = Rates()
@@ -345,6 +347,15 @@ class ManagementAPI:
             raise HTTPFailure(401, "not_authorised", "User not authorised to access virtual host")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_auth:
+            try:
+                user = self._authenticate(request)
+                if not {"administrator", "monitoring"} & set(user.tags):
+                    raise HTTPFailure(401, "not_authorised", "Not monitor user")
+            except HTTPFailure as exc:
+                response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
+                response.headers["WWW-Authenticate"] = 'Basic realm="Leveret metrics"'
+                return response
         body, content_type = render_metrics(self.broker, self.sessions())
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -933,9 +944,20 @@ class ManagementAPI:
                 "state": "running" if session.writable else "flow", "peer_host": host,
                 "peer_port": int(port) if port.isdigit() else 0, **session.details}
 
+    @staticmethod
+    def _sees(call: Call, session: Session) -> bool:
+        """RabbitMQ's rule for connections and channels: administrators and monitoring users see all of them,
+        other management users their own only."""
+        if {"administrator", "monitoring"} & set(call.user.tags):
+            return True
+        return session.user is not None and session.user.name == call.user.name
+
+    def _visible_sessions(self, call: Call) -> list[Session]:
+        return [s for s in self.open_sessions(call.params.get("vhost")) if self._sees(call, s)]
+
     async def list_connections(self, call: Call) -> web.Response:
         address = self._amqp_address()
-        return reply([self.connection_info(s, address) for s in self.open_sessions(call.params.get("vhost"))])
+        return reply([self.connection_info(s, address) for s in self._visible_sessions(call)])
 
     def find_connection(self, name: str) -> Session:
         """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
@@ -946,7 +968,10 @@ class ManagementAPI:
         raise errors.NotFound(f"no connection '{name}'")
 
     async def get_connection(self, call: Call) -> web.Response:
-        return reply(self.connection_info(self.find_connection(call.params["name"]), self._amqp_address()))
+        session = self.find_connection(call.params["name"])
+        if not self._sees(call, session):
+            raise HTTPFailure(401, "not_authorised", "User not authorised to access object")
+        return reply(self.connection_info(session, self._amqp_address()))
 
     async def delete_connection(self, call: Call) -> web.Response:
         """RabbitMQ's force-close: the client gets 320 CONNECTION_FORCED with the ``X-Reason`` header's text.
@@ -963,7 +988,7 @@ class ManagementAPI:
     async def list_channels(self, call: Call) -> web.Response:
         address = self._amqp_address()
         found = []
-        for session in self.open_sessions(call.params.get("vhost")):
+        for session in self._visible_sessions(call):
             connection = self.connection_info(session, address)
             for channel in session.channels.values():
                 found.append({"name": f"{connection['name']} ({channel.number})", "number": channel.number,

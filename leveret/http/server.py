@@ -22,8 +22,9 @@ log = logging.getLogger("leveret.http")
 
 class ManagementServer:
     def __init__(self, broker: Broker, bind: str, port: int, *, sessions: Callable[[], list[Session]],
-                 listeners: Callable[[], list[dict[str, Any]]], ssl_context: ssl.SSLContext | None = None) -> None:
-        self.api = ManagementAPI(broker, sessions=sessions, listeners=listeners)
+                 listeners: Callable[[], list[dict[str, Any]]], ssl_context: ssl.SSLContext | None = None,
+                 metrics_auth: bool = False) -> None:
+        self.api = ManagementAPI(broker, sessions=sessions, listeners=listeners, metrics_auth=metrics_auth)
         self.bind = bind
         self.port = port
         self._runner: web.AppRunner | None = None

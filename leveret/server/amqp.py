@@ -415,9 +415,12 @@ class AMQPConnection(asyncio.Protocol):
 
     def _credentials(self, mechanism: str, response: bytes) -> tuple[str, str]:
         if mechanism == "PLAIN":
+            # RabbitMQ's rabbit_auth_mechanism_plain takes exactly NUL user NUL password: an authorization identity
+            # (text before the first NUL) is not supported, and the socket closes without connection.close
             parts = response.split(b"\x00")
-            if len(parts) != 3:
-                raise errors.AccessRefused("malformed PLAIN response")
+            if len(parts) != 3 or parts[0]:
+                raise errors.CommandInvalid("PLAIN response must be NUL user NUL password (no authorization "
+                                            "identity)")
             return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
         if mechanism == "AMQPLAIN":
             try:

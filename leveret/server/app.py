@@ -82,7 +82,7 @@ class Server:
         if self.config.http_port >= 0:
             self.http = ManagementServer(self.broker, self.config.http_bind, self.config.http_port,
                                          sessions=lambda: [conn.session for conn in self.connections],
-                                         listeners=self._listeners)
+                                         listeners=self._listeners, metrics_auth=self.config.metrics_auth)
             try:
                 await self.http.start()
             except BaseException:
@@ -93,7 +93,8 @@ class Server:
         if self.ssl_context is not None and self.config.http_tls_port >= 0:
             self.https = ManagementServer(self.broker, self.config.http_bind, self.config.http_tls_port,
                                           sessions=lambda: [conn.session for conn in self.connections],
-                                          listeners=self._listeners, ssl_context=self.ssl_context)
+                                          listeners=self._listeners, ssl_context=self.ssl_context,
+                                          metrics_auth=self.config.metrics_auth)
             try:
                 await self.https.start()
             except BaseException:
