@@ -23,7 +23,15 @@ from .delays import DelayedMessages
 from .durability import Durability
 from .errors import AccessRefused, CommandInvalid, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
-from .lifecycle import dead_letter_copy, is_cycle, merge_policy, parse_settings, routing_keys
+from .lifecycle import (
+    check_queue_type,
+    dead_letter_copy,
+    is_cycle,
+    merge_policy,
+    parse_settings,
+    queue_type,
+    routing_keys,
+)
 from .message import PAGED, Message, build_address
 from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
@@ -309,6 +317,7 @@ class VHost:
         arguments = arguments or {}
         if passive:
             return self.queue(name, session)
+        requested_durable = durable
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -317,7 +326,10 @@ class VHost:
         if access is not None:
             access.configure("queue", name)
         existing = self.queues.get(name)
-        if existing is not None:
+        if existing is None:
+            check_queue_type(arguments, name, self.name, durable=requested_durable, exclusive=exclusive,
+                             auto_delete=auto_delete)
+        else:
             if existing.exclusive_owner is not (session if exclusive else None):
                 self._locked(name)  # RabbitMQ's strict check: owner and exclusive flag must both match
             checks = (("durable", durable, existing.durable), ("auto_delete", auto_delete, existing.auto_delete))
@@ -326,6 +338,8 @@ class VHost:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for queue '{name}' in vhost '{self.name}': "
                                              f"received '{_describe(received)}' but current is "
                                              f"'{_describe(current)}'")
+            if queue_type(arguments) != queue_type(existing.arguments):  # x-queue-type classic is the default
+                self._check_arguments("queue", name, arguments, existing.arguments, ("x-queue-type",))
             self._check_arguments("queue", name, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
             existing.touch()
             return existing

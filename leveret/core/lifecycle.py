@@ -35,6 +35,7 @@ class QueueSettings:
     single_active_consumer: bool = False
     delivery_limit: int | None = None
     retry_intervals: tuple[int, ...] | None = None
+    quorum: bool = False  # x-queue-type quorum: deliveries carry x-delivery-count, a delivery limit by default
 
     @property
     def active(self) -> bool:
@@ -66,6 +67,40 @@ MIN_WINS = frozenset({"x-message-ttl", "x-expires", "x-max-length", "x-max-lengt
 
 MAX_TTL = 315_360_000_000  # ten years in milliseconds: RabbitMQ's limit for TTLs and expiries
 
+QUEUE_TYPES = ("classic", "quorum")
+QUORUM_DELIVERY_LIMIT = 20  # RabbitMQ 4.0's default for quorum queues (3.x had none)
+# Classic-queue features a quorum queue refuses, in RabbitMQ 3.10's words ("of queue type rabbit_quorum_queue")
+QUORUM_INVALID_ARGS = ("x-max-priority", "x-queue-mode", "x-queue-version", "x-queue-master-locator")
+
+
+def queue_type(arguments: dict[str, Any]) -> str:
+    """The queue's type as the management API reports it: ``classic`` or ``quorum``."""
+    value = arguments.get("x-queue-type")
+    return value if value in QUEUE_TYPES else "classic"
+
+
+def check_queue_type(arguments: dict[str, Any], name: str, vhost: str, *, durable: bool, exclusive: bool,
+                     auto_delete: bool) -> None:
+    """A new queue's ``x-queue-type`` and what it requires, with RabbitMQ 3.10's texts and order: the type
+    itself, then (quorum) the classic-only arguments, auto-delete, exclusive, non-durable. Streams are refused:
+    Leveret has none. Raises PreconditionFailed."""
+    kind = arguments.get("x-queue-type")
+    if kind is None or kind == "classic":
+        return
+    where = f"for queue '{name}' in vhost '{vhost}'"
+    if not isinstance(kind, str):
+        raise PreconditionFailed(f"invalid arg 'x-queue-type' {where}: {{unacceptable_type,{field_type(kind)}}}")
+    if kind == "stream":
+        raise PreconditionFailed(f"invalid arg 'x-queue-type' {where}: streams are not supported by Leveret")
+    if kind != "quorum":
+        raise PreconditionFailed(f"invalid arg 'x-queue-type' {where}: \"unsupported queue type '{kind}'\"")
+    for key in QUORUM_INVALID_ARGS:
+        if key in arguments:
+            raise PreconditionFailed(f"invalid arg '{key}' {where} of queue type rabbit_quorum_queue")
+    for invalid, prop in ((auto_delete, "auto-delete"), (exclusive, "exclusive-owner"), (not durable, "non-durable")):
+        if invalid:
+            raise PreconditionFailed(f"invalid property '{prop}' {where}")
+
 
 class _Invalid(Exception):
     def __init__(self, reason: str) -> None:
@@ -96,6 +131,10 @@ def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSetting
     if not any(key.startswith("x-") for key in args):
         return _PLAIN
     values: dict[str, Any] = {}
+    quorum = args.get("x-queue-type") == "quorum"
+    if quorum:
+        values["quorum"] = True
+        values["delivery_limit"] = QUORUM_DELIVERY_LIMIT
     for key, value in args.items():
         try:
             if key == "x-message-ttl":
@@ -107,7 +146,10 @@ def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSetting
             elif key == "x-max-length-bytes":
                 values["max_length_bytes"] = _integer(value)
             elif key == "x-delivery-limit":
-                values["delivery_limit"] = _integer(value)
+                if quorum and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                    values["delivery_limit"] = None  # RabbitMQ 4: a negative limit means none
+                else:
+                    values["delivery_limit"] = _integer(value)
             elif key == "x-max-priority":
                 values["max_priority"] = _integer(value, high=255, exceeded=True) or None
             elif key == "x-overflow":

@@ -100,7 +100,7 @@ class Message:
 
     def set_properties(self, props: dict[str, Any]) -> None:
         """Replace the properties (the broker rewrote some: reply-to, BCC): a new content header."""
-        self.header = build_header(props, len(self.body))
+        self.header = build_header(props, self.size)
         self.flags = (self.header[12] << 8) | self.header[13]
         self._props = props
 

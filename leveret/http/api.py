@@ -29,6 +29,7 @@ from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
 from leveret.core.exchanges import Exchange
+from leveret.core.lifecycle import queue_type
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
@@ -407,7 +408,7 @@ class ManagementAPI:
                                                                                           queue.policy),
             "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
             "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
-            "state": "running", "type": "classic", "node": self.broker.node_name,
+            "state": "running", "type": queue_type(queue.arguments), "node": self.broker.node_name,
             "exclusive_consumer_tag": None,
             "message_stats": self.rates.stats(("queue", queue.vhost.name, queue.name), {
                 "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked}),

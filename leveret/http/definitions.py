@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import leveret
-from leveret.core import errors
+from leveret.core.lifecycle import queue_type
 
 if TYPE_CHECKING:
     from .api import ManagementAPI
@@ -42,7 +42,8 @@ def export(api: ManagementAPI) -> dict[str, Any]:
         "global_parameters": [],
         "policies": [api.policy_info(p) for v in vhosts for p in v.policies.values()],
         "queues": [{"name": q.name, "vhost": v.name, "durable": q.durable, "auto_delete": q.auto_delete,
-                    "arguments": q.arguments} for v in vhosts for q in v.queues.values() if not q.exclusive],
+                    "type": queue_type(q.arguments), "arguments": q.arguments}
+                   for v in vhosts for q in v.queues.values() if not q.exclusive],
         "exchanges": [{"name": e.name, "vhost": v.name, "type": e.type_name, "durable": e.durable,
                        "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
                       for v in vhosts for e in v.exchanges.values() if e.name and not e.name.startswith("amq.")],
@@ -113,12 +114,12 @@ def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
                                arguments=_dict(item, "arguments"))
     for item in sections["queues"]:
         vhost = api.vhost(_field(item, "vhost", "queues"))
-        queue_type = (item.get("arguments") or {}).get("x-queue-type", "classic")
-        if queue_type != "classic":
-            raise errors.PreconditionFailed(f"queue '{item.get('name')}': x-queue-type '{queue_type}' is not "
-                                            "supported (Leveret has classic queues only)")
+        arguments = _dict(item, "arguments")
+        if item.get("type", "classic") != "classic" and "x-queue-type" not in arguments:  # a field since 3.13
+            arguments = {**arguments, "x-queue-type": item["type"]}
+        # the core checks the type (streams and unknown types are refused, 406)
         vhost.declare_queue(None, _field(item, "name", "queues"), durable=_bool(item, "durable", True),
-                            auto_delete=_bool(item, "auto_delete", False), arguments=_dict(item, "arguments"))
+                            auto_delete=_bool(item, "auto_delete", False), arguments=arguments)
     for item in sections["bindings"]:
         vhost = api.vhost(_field(item, "vhost", "bindings"))
         source, destination = _field(item, "source", "bindings"), _field(item, "destination", "bindings")
