@@ -53,6 +53,8 @@ def refusal(conn: BlockingConnection, name: str, **kw: Any) -> tuple[int, str]:
      "invalid arg 'x-queue-version' for queue '{q}' in vhost '/' of queue type rabbit_quorum_queue"),
     ({"durable": True, "arguments": {"x-queue-master-locator": "client-local"}},
      "invalid arg 'x-queue-master-locator' for queue '{q}' in vhost '/' of queue type rabbit_quorum_queue"),
+    ({"durable": True, "arguments": {"x-dead-letter-strategy": "bogus"}},
+     "invalid arg 'x-dead-letter-strategy' for queue '{q}' in vhost '/': invalid_dlx_strategy"),
 ])
 def test_quorum_queues_refuse_what_rabbitmq_refuses(conn: BlockingConnection, unique: str, kw: dict[str, Any],
                                                    text: str) -> None:
@@ -68,6 +70,16 @@ def test_unknown_queue_types_are_refused_as_rabbitmq_does(conn: BlockingConnecti
                                                          reason: str) -> None:
     assert refusal(conn, unique, durable=False, arguments={"x-queue-type": value}) == (
         406, f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{unique}' in vhost '/': {reason}")
+
+
+def test_quorum_queues_accept_what_rabbitmq_accepts(conn: BlockingConnection, unique: str) -> None:
+    ch = conn.channel()
+    for extra in ({"x-message-ttl": 500}, {"x-expires": 100000}, {"x-single-active-consumer": True},
+                  {"x-max-length": 3, "x-overflow": "reject-publish"}, {"x-max-length-bytes": 3},
+                  {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"},
+                  {"x-quorum-initial-group-size": 3}, {"x-unknown": 1}):
+        ch.queue_declare(unique, durable=True, arguments={**QUORUM, **extra})
+        ch.queue_delete(unique)
 
 
 def test_redeclaring_with_another_type_is_inequivalent(conn: BlockingConnection, unique: str) -> None:

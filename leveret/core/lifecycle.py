@@ -165,6 +165,9 @@ def parse_settings(args: dict[str, Any], queue: str, vhost: str) -> QueueSetting
                 values["dead_letter_routing_key"] = _string(value)
                 if "x-dead-letter-exchange" not in args:
                     raise _Invalid("routing_key_but_no_dlx_defined")
+            elif key == "x-dead-letter-strategy":
+                if value not in ("at-most-once", "at-least-once"):
+                    raise _Invalid("invalid_dlx_strategy")
             elif key == "x-single-active-consumer":
                 if not isinstance(value, bool):
                     raise _Invalid(f"{{unacceptable_type,{field_type(value)}}}")
