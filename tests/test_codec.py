@@ -269,6 +269,19 @@ def test_nesting_deeper_than_the_limit_is_carried_raw_not_a_recursion_error(tag:
     assert codec.encode_table(table) == table_bytes(b"\x01k" + raw)
 
 
+def test_every_too_deep_sibling_is_carried_raw() -> None:
+    # an array at the limit holding three tables nested past it: each is carried as its own RawField
+    inner = _nested(b"F", 50)
+    raw = b"A" + table_bytes(inner * 3)
+    for _ in range(codec.MAX_NESTING - 1):
+        raw = b"A" + table_bytes(raw)
+    value, _ = codec.decode_field_value(raw, 0)
+    for _ in range(codec.MAX_NESTING - 1):
+        value = value[0]
+    assert [type(item) for item in value] == [codec.RawField] * 3
+    assert codec.encode_field_value(value) == b"A" + table_bytes(inner * 3)
+
+
 @pytest.mark.parametrize("tag", [b"F", b"A"])
 def test_malformed_contents_deep_inside_a_carried_table_are_still_refused(tag: bytes) -> None:
     raw = _nested(tag, 3000).replace(b"I\x00\x00\x00\x07", b"Z\x00\x00\x00\x07")  # an unknown tag at the bottom

@@ -312,40 +312,60 @@ def _decode_nested(buf: bytes, offset: int, tag: int, depth: int) -> tuple[Any, 
     """The table or array (``tag``) whose size field is at ``offset``, and everything in it, without
     recursion. ``depth`` is its own nesting level (the outermost table of a method argument is 0)."""
     root, offset, end = _open(buf, offset, tag)
-    stack: list[tuple[Any, int]] = [(root, end)]  # the containers being filled and where each one ends
-    carried = 0  # the stack's length when a container was carried raw: everything deeper is only checked
+    container: Any = root
+    is_table = tag == _TAG_TABLE
+    parents: list[tuple[Any, int, bool]] = []  # the containers being filled around ``container``
+    carried = 0  # len(parents) + 1 when a container was carried raw: everything deeper is only checked
     decoders = _FIELD_DECODERS
-    while stack:
-        container, end = stack[-1]
-        if offset >= end:
-            if offset != end:
-                kind = "table" if isinstance(container, dict) else "array"
-                raise CodecError(f"{kind} contents overrun its declared size")
-            stack.pop()
-            if len(stack) < carried:
-                carried = 0
-            continue
-        if type(container) is dict:
-            key, offset = decode_shortstr(buf, offset)
-        _need(buf, offset, 1)
-        vtag = buf[offset]
-        if vtag in (_TAG_TABLE, _TAG_ARRAY):
-            start = offset
-            value, offset, child_end = _open(buf, offset + 1, vtag)
-            stack.append((value, child_end))
-            if not carried and depth + len(stack) - 1 > MAX_NESTING:  # keep the bytes, check the contents
-                carried = len(stack)
-                value = RawField(bytes((vtag,)), bytes(buf[start + 1 : child_end]))
-        else:
+    size = len(buf)
+    key = ""
+    while True:
+        if offset < end:
+            if is_table:
+                key_end = offset + 1 + buf[offset]
+                if key_end > size:
+                    raise CodecError("short string runs past the end of the frame")
+                try:
+                    key = buf[offset + 1 : key_end].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CodecError(f"short string is not valid UTF-8: {exc}") from None
+                offset = key_end
+                _need(buf, offset, 1)
+            vtag = buf[offset]
             decoder = decoders.get(vtag)
-            if decoder is None:
+            if decoder is not None:
+                value, offset = decoder(buf, offset + 1)
+            elif vtag in (_TAG_TABLE, _TAG_ARRAY):
+                start = offset
+                value, offset, child_end = _open(buf, offset + 1, vtag)
+                parents.append((container, end, is_table))
+                if not carried and depth + len(parents) > MAX_NESTING:  # keep the bytes, check the contents
+                    carried = len(parents)
+                    raw = RawField(bytes((vtag,)), bytes(buf[start + 1 : child_end]))
+                    if is_table:
+                        container[key] = raw
+                    else:
+                        container.append(raw)
+                elif is_table:
+                    container[key] = value
+                else:
+                    container.append(value)
+                container, end, is_table = value, child_end, vtag == _TAG_TABLE
+                continue
+            else:
                 raise CodecError(f"unknown field type {chr(vtag)!r} in table")
-            value, offset = decoder(buf, offset + 1)
-        if type(container) is dict:
-            container[key] = value
-        else:
-            container.append(value)
-    return root, offset
+            if is_table:
+                container[key] = value
+            else:
+                container.append(value)
+            continue
+        if offset != end:
+            raise CodecError(("table" if is_table else "array") + " contents overrun its declared size")
+        if not parents:
+            return root, offset
+        container, end, is_table = parents.pop()
+        if len(parents) < carried:  # left the container that was carried raw
+            carried = 0
 
 
 def encode_field_value(value: Any) -> bytes:
