@@ -213,3 +213,25 @@ def test_lock_file_is_private(make_config: Callable[..., Config], tmp_path: Path
         assert lock.exists() and lock.stat().st_mode & 0o777 == 0o600
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    (codec.Int8(5), "byte"), (codec.UInt8(5), "unsignedbyte"), (codec.Int16(5), "short"),
+    (codec.UInt16(5), "unsignedshort"), (codec.UInt32(5), "unsignedint"), (codec.LongInt(5), "long"), (5, "signedint"),
+])
+def test_error_texts_name_the_width_a_value_came_with(broker_port: int, unique: str, value: int, name: str) -> None:
+    client = RawClient(broker_port)
+    client.handshake()
+    client.open_channel()
+    client.send_method(1, "queue.declare", 0, unique, False, False, False, False, False, {"x-max-length": value})
+    assert client.recv_method(timeout=5)[1] == "queue.declare-ok"  # type: ignore[index]
+    client.send_method(1, "queue.declare", 0, unique, False, False, False, False, False, {})
+    reply = client.recv_method(timeout=5)
+    assert reply is not None and reply[2][:2] == (406, (
+        f"PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue '{unique}' in vhost '/': received none "
+        f"but current is the value '5' of type '{name}'"))
+    client.send_method(1, "channel.close-ok")
+    client.open_channel(2)
+    client.send_method(2, "queue.delete", 0, unique, False, False, False)
+    assert client.recv_method(timeout=5)[1] == "queue.delete-ok"  # type: ignore[index]
+    client.close()

@@ -172,11 +172,18 @@ class RawField:
 _RAW_TYPE_NAMES = {b"T": "timestamp", b"S": "longstr", b"F": "table", b"A": "array"}
 
 
+_WIDTH_NAMES = {b"b": "byte", b"B": "unsignedbyte", b"s": "short", b"u": "unsignedshort", b"i": "unsignedint",
+                b"l": "long", b"L": "long", b"f": "float"}
+
+
 def field_type(value: Any) -> str:
-    """RabbitMQ's name for the AMQP field type a decoded value arrives as, for error texts: ints are
-    ``signedint`` unless they need 64 bits or were a 64-bit field (:class:`LongInt`)."""
+    """RabbitMQ's name for the AMQP field type a decoded value arrives as, for error texts: a decoded value's
+    own type (``byte``, ``unsignedint``, ``float`` ...); plain ints are ``signedint`` unless they need 64 bits."""
     if value is None:
         return "void"
+    tag = getattr(type(value), "field_tag", None)
+    if tag is not None:
+        return _WIDTH_NAMES[tag]
     if isinstance(value, RawField):
         return _RAW_TYPE_NAMES.get(value.tag, "binary")
     if isinstance(value, bool):

@@ -119,6 +119,10 @@ class DefaultExchange(Exchange):
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)  # not the codec's width types' reprs (LongInt(5))
+    if isinstance(value, float):
+        return float.__repr__(value)
     return repr(value) if not isinstance(value, str) else value
 
 
