@@ -158,6 +158,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TLS_CERT_LOGIN_FROM": "common_name",
         "LEVERET_TLS_EXTERNAL_LOGIN": "yes",
         "LEVERET_HTTP_TLS_PORT": "-1",
+        "LEVERET_METRICS_AUTH": "on",
 
         "LEVERET_AUDIT_LOG": "",
 
@@ -197,6 +198,7 @@ def test_every_field_has_an_environment_variable() -> None:
         tls_cert_login_from="common_name",
         tls_external_login=True,
         http_tls_port=-1,
+        metrics_auth=True,
 
         audit_log="",
 

@@ -234,7 +234,7 @@ def test_definitions_export_and_import(server: ThreadedServer, ctl: Ctl, make_co
     path = tmp_path / "defs.json"
     result = ctl("export-definitions", str(path))
     assert result.returncode == 0 and result.stdout == "" and json.loads(path.read_text()) == exported
-    assert {"name": "billing", "vhost": "shop", "durable": True, "auto_delete": False,
+    assert {"name": "billing", "vhost": "shop", "durable": True, "auto_delete": False, "type": "classic",
             "arguments": {"x-message-ttl": 1000}} in exported["queues"]
 
     other = start(make_config)

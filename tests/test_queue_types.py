@@ -217,3 +217,29 @@ def test_quorum_queues_are_reported_and_exported_as_quorum(server: ThreadedServe
     status, body, _ = api.request("POST", "/api/definitions", {"queues": [
         {"name": "st", "vhost": "/", "durable": True, "auto_delete": False, "type": "stream", "arguments": {}}]})
     assert status == 400 and "streams are not supported by Leveret" in body["reason"]
+
+
+def test_a_quorum_queue_is_still_one_after_a_restart(make_config: Callable[..., Config]) -> None:
+    first = ThreadedServer(make_config(http_port=0)).start()
+    try:
+        conn = connect(first.port)
+        ch = conn.channel()
+        ch.queue_declare("qq", durable=True, arguments={**QUORUM, "x-delivery-limit": 3})
+        ch.confirm_delivery()
+        ch.basic_publish("", "qq", b"kept", pika.BasicProperties(delivery_mode=2))
+        conn.close()
+    finally:
+        first.stop()
+    second = ThreadedServer(make_config(http_port=0, port=first.port)).start()
+    try:
+        assert Client(second.http_port).get("/api/queues/%2F/qq")["type"] == "quorum"
+        conn = connect(second.port)
+        ch = conn.channel()
+        _, props, body = ch.basic_get("qq")
+        assert body == b"kept" and props.headers == {"x-delivery-count": 0}
+        assert refusal(conn, "qq", durable=True) == (
+            406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'qq' in vhost '/': received none "
+                 "but current is the value 'quorum' of type 'longstr'")
+        conn.close()
+    finally:
+        second.stop()
