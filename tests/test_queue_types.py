@@ -204,6 +204,11 @@ def test_quorum_queues_are_reported_and_exported_as_quorum(server: ThreadedServe
     conn.close()
     api = Client(server.http_port)
     assert api.get("/api/queues/%2F/qq")["type"] == "quorum"
+    api.ok("POST", "/api/exchanges/%2F/amq.default/publish",
+           {"routing_key": "qq", "payload": "m", "payload_encoding": "string", "properties": {}})
+    get = {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}
+    assert [api.ok("POST", "/api/queues/%2F/qq/get", get)[0]["properties"]["headers"] for _ in range(2)] == [
+        {"x-delivery-count": 0}, {"x-delivery-count": 1}]  # the management API's get is a delivery too
     assert api.get("/api/queues/%2F/cq")["type"] == "classic"
     definitions = api.get("/api/definitions")
     types = {q["name"]: q["type"] for q in definitions["queues"]}

@@ -13,9 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from leveret.amqp.codec import LongInt, field_type
+from leveret.amqp.codec import field_type
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
+from .lifecycle import count_delivery
 from .message import Message
 from .queue import Consumer, Queue
 from .tracking import MESSAGE_ID, Tracker
@@ -87,16 +88,6 @@ def _erlang_pair(atom: str, value: int, column: int) -> str:
 _tag_counter = itertools.count(1)
 
 
-def _count_delivery(msg: Message) -> None:
-    """A quorum queue's delivery carries ``x-delivery-count``: how many times it was delivered before (0 the
-    first time), as a 64-bit field, as RabbitMQ 3.10 sets it."""
-    props = dict(msg.properties)
-    headers = dict(props.get("headers") or {})
-    headers["x-delivery-count"] = LongInt(msg.delivery_count - 1)
-    props["headers"] = headers
-    msg.set_properties(props)
-
-
 class Channel:
     """One open channel of a session. ``number`` is its channel id on the connection."""
 
@@ -144,7 +135,7 @@ class Channel:
         self.next_tag = tag + 1
         msg.delivery_count += 1
         if consumer.queue.settings.quorum:
-            _count_delivery(msg)
+            count_delivery(msg)
         if consumer.no_ack:
             consumer.queue.settle(msg)
         else:
@@ -172,7 +163,7 @@ class Channel:
         self.next_tag = tag + 1
         msg.delivery_count += 1
         if queue.settings.quorum:
-            _count_delivery(msg)
+            count_delivery(msg)
         if no_ack:
             queue.settle(msg)
         else:

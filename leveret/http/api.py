@@ -29,7 +29,7 @@ from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
 from leveret.core.exchanges import Exchange
-from leveret.core.lifecycle import queue_type
+from leveret.core.lifecycle import count_delivery, queue_type
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
@@ -594,6 +594,8 @@ class ManagementAPI:
             if msg is None:
                 break
             msg.delivery_count += 1
+            if queue.settings.quorum:
+                count_delivery(msg)
             taken.append(msg)
             if msg.flags & MESSAGE_ID and tracker is not None:
                 tracker.record(vhost.name, msg, "got", queue.name, who, 0, msg.redelivered, True)
