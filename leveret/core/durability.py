@@ -11,7 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Push, QueueDef, Requeue, Store
+from leveret.store.base import (
+    BindingDef,
+    Delete,
+    ExchangeDef,
+    MessageOp,
+    Push,
+    QueueDef,
+    Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
+    Store,
+)
+from leveret.store.status import StatusRecord
 
 if TYPE_CHECKING:
     from .exchanges import Exchange
@@ -80,6 +93,26 @@ class Durability:
         if self.ops:
             self.commit([])
         self.store.flush()
+
+    # --- task status records (core/status.py) -----------------------------------------------------
+
+    def put_status(self, vhost: str, record: StatusRecord) -> None:
+        """Merge ``record`` into the stored one, with the next commit (a blind write: nothing is read)."""
+        self.ops.append(StatusPut(vhost, record))
+
+    def read_status(self, vhost: str, ids: list[str], now: float,
+                    done: Callable[[dict[str, StatusRecord], BaseException | None], None]) -> None:
+        """Read the unexpired records of ``ids`` after every write made so far; ``done(records, exc)`` runs on
+        the broker's thread. The read is submitted now (with what is pending), off the event loop."""
+        op = StatusRead(vhost, ids, now)
+        self.ops.append(op)
+        self.commit([lambda exc: done(op.records, exc)])
+
+    def expire_status(self, now: float, limit: int, done: Callable[[int, BaseException | None], None]) -> None:
+        """Delete at most ``limit`` records expired at ``now``; ``done(deleted, exc)`` on the broker's thread."""
+        op = StatusExpire(now, limit)
+        self.ops.append(op)
+        self.commit([lambda exc: done(op.deleted, exc)])
 
     # --- definitions -------------------------------------------------------------------------------
 
