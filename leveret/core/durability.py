@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 Done = Callable[[BaseException | None], None]
 
 
+def _ignore(exc: BaseException | None) -> None:
+    """The store's callback for status writes: nothing waits for them (a failed commit is logged by the store)."""
+
+
 class Durability:
     """Owned by the Broker when it has a store. ``dispatch(fn, *args)`` must run ``fn`` on the broker's own
     thread (the event loop's call_soon_threadsafe): store callbacks come from the writer thread."""
@@ -42,6 +46,7 @@ class Durability:
         self.store = store
         self.dispatch = dispatch
         self.ops: list[MessageOp] = []
+        self.status_ops: list[MessageOp] = []  # task status records: see put_status
         self.page_out: list[Message] = []
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
@@ -90,29 +95,39 @@ class Durability:
 
     def flush(self) -> None:
         """Write everything pending and wait for it (definitions changes and shutdown)."""
+        self.submit_status()
         if self.ops:
             self.commit([])
         self.store.flush()
 
     # --- task status records (core/status.py) -----------------------------------------------------
+    # Status ops are submitted apart from the message ops: they are advisory, so no publisher confirm or
+    # tx.commit-ok waits for them (they are not part of the commit barrier), but they go through the same store
+    # writer, in order with one another.
 
     def put_status(self, vhost: str, record: StatusRecord) -> None:
-        """Merge ``record`` into the stored one, with the next commit (a blind write: nothing is read)."""
-        self.ops.append(StatusPut(vhost, record))
+        """Merge ``record`` into the stored one (a blind write: nothing is read), at the next submit_status."""
+        self.status_ops.append(StatusPut(vhost, record))
+
+    def submit_status(self, done: Done | None = None) -> None:
+        """Hand the pending status ops to the store (the status book calls it once per loop turn)."""
+        if self.status_ops:
+            ops, self.status_ops = self.status_ops, []
+            self.store.submit(ops, done or _ignore)
 
     def read_status(self, vhost: str, ids: list[str], now: float,
                     done: Callable[[dict[str, StatusRecord], BaseException | None], None]) -> None:
-        """Read the unexpired records of ``ids`` after every write made so far; ``done(records, exc)`` runs on
-        the broker's thread. The read is submitted now (with what is pending), off the event loop."""
+        """Read the unexpired records of ``ids`` after every status write so far, on the store's writer (off the
+        event loop); ``done(records, exc)`` runs on the broker's thread."""
         op = StatusRead(vhost, ids, now)
-        self.ops.append(op)
-        self.commit([lambda exc: done(op.records, exc)])
+        self.status_ops.append(op)
+        self.submit_status(lambda exc: self.dispatch(done, op.records, exc))
 
     def expire_status(self, now: float, limit: int, done: Callable[[int, BaseException | None], None]) -> None:
         """Delete at most ``limit`` records expired at ``now``; ``done(deleted, exc)`` on the broker's thread."""
         op = StatusExpire(now, limit)
-        self.ops.append(op)
-        self.commit([lambda exc: done(op.deleted, exc)])
+        self.status_ops.append(op)
+        self.submit_status(lambda exc: self.dispatch(done, op.deleted, exc))
 
     # --- definitions -------------------------------------------------------------------------------
 
