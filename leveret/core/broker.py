@@ -29,7 +29,7 @@ from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
 from .policies import effective as effective_policy
 from .queue import Consumer, Queue
-from .status import OBSERVED, QUERY_EXCHANGE, StatusBook, wants_status
+from .status import OBSERVED, QUERY_EXCHANGE, STATUS_ARGUMENT, StatusBook, wants_status
 from .timers import SystemTimers, Timers
 from .tracing import TRACE_EXCHANGE, Tracer
 from .tracking import MESSAGE_ID, Tracker
@@ -355,7 +355,7 @@ class VHost:
         return queue
 
     def _enable_status(self, queue: Queue) -> None:
-        queue.arguments["x-leveret-status"] = True
+        queue.arguments[STATUS_ARGUMENT] = True
         queue.status = self.broker.status
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.save_queue(queue)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
 from .message import PAGED, Message, build_header
+from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class Queue:
         self._expiry_at = 0.0
         self._unused_handle: Handle | None = None
         # x-leveret-status: the status book records "queued" for messages with a message_id (core/status.py)
-        self.status: StatusBook | None = vhost.broker.status if self.arguments.get("x-leveret-status") is True \
+        self.status: StatusBook | None = vhost.broker.status if self.arguments.get(STATUS_ARGUMENT) is True \
             else None
         self.configure(parse_settings(self.arguments, name, vhost.name))
 

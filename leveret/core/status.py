@@ -325,7 +325,7 @@ class StatusBook:
 
     @staticmethod
     def _reply(vhost: VHost, reply_to: str, correlation_id: Any, answer: dict[str, Any]) -> None:
-        if vhost.name not in vhost.broker.vhosts:
+        if vhost.broker.vhosts.get(vhost.name) is not vhost:
             return  # deleted while the store was read
         body = json.dumps(answer, separators=(",", ":"), default=str).encode()
         props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 1}
