@@ -371,3 +371,27 @@ def test_core_expiry_sweeps_in_bounded_batches() -> None:
         rig.timers.advance(1)
         rig.run()
     assert list(store._status) == [("/", "long")] and rig.book.expired == 20
+
+
+def test_retries_and_dead_letters_are_recorded_as_queued(http_server: ThreadedServer) -> None:
+    """A rejected message that x-retry-intervals brings back is queued again with the next attempt; a dead
+    letter entering a status queue is queued there; an event published through the HTTP API counts too."""
+    conn = connect(http_server.port)
+    ch = conn.channel()
+    ch.queue_declare("failed", arguments={"x-leveret-status": True})
+    ch.queue_declare("work", arguments={"x-leveret-status": True, "x-retry-intervals": [10],
+                                        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "failed"})
+    task = new_id()
+    ch.basic_publish("", "work", b"", pika.BasicProperties(message_id=task, type="app.flaky"))
+    for attempt in (0, 1):
+        method = wait_for(lambda: ch.basic_get("work")[0], f"attempt {attempt}")
+        assert records(conn, task)[task]["attempt"] == attempt
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    rec = wait_for(lambda: (r := records(conn, task)[task])["queue"] == "failed" and r, "the dead letter")
+    assert rec["state"] == "queued" and rec["attempt"] == 1 and rec["task"] == "app.flaky"
+    api = Client(http_server.http_port)
+    api.ok("PUT", f"/api/exchanges/%2F/{EVENTS_EXCHANGE}", {"type": "topic"})
+    api.ok("POST", f"/api/exchanges/%2F/{EVENTS_EXCHANGE}/publish",
+           {"routing_key": "app.flaky.gave_up", "payload": json.dumps(event(task, "gave_up", 1)), "properties": {}})
+    assert wait_for(lambda: state_of(conn, task) == "gave_up", "the event published over HTTP")
+    conn.close()
