@@ -79,7 +79,7 @@ def test_overview_counts_connections_and_messages(server: ThreadedServer, api: C
     assert info["node"].startswith("leveret@")
     totals = info["object_totals"]
     assert totals["queues"] == 1 and totals["connections"] == 1 and totals["channels"] == 1
-    assert totals["consumers"] == 1 and totals["exchanges"] == 7
+    assert totals["consumers"] == 1 and totals["exchanges"] == 8  # RabbitMQ's 7 and amq.leveret.status
     (node,) = api.get("/api/nodes")
     assert node["name"] == info["node"] and node["running"] is True and node["mem_alarm"] is False
     assert api.get("/api/nodes/" + node["name"])["name"] == node["name"]

@@ -38,6 +38,9 @@ from leveret.store.base import (
     Push,
     QueueDef,
     Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
     Store,
     StoredMessage,
     StoreError,
@@ -45,6 +48,7 @@ from leveret.store.base import (
 )
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SCHEMA_VERSION, SqliteStore, decode_value, encode_value
+from leveret.store.status import StatusRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -970,5 +974,55 @@ def test_a_version_2_store_is_migrated_and_keeps_its_definitions(db_path: Path) 
         s.save_limits("user", "bob", {"max-connections": 1})
         assert s.load_definitions().limits == [("user", "bob", {"max-connections": 1})]
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
+
+
+# --- task status records (the status book's table, store/status.py) -----------------------------------------
+
+
+def _status(task_id: str, state: str, attempt: int, ts: float, ttl: float = 100.0, **kw: Any) -> StatusRecord:
+    return StatusRecord(task_id, "t", "q", state, attempt, ts, ts, ts, ts + ttl, ts if state == "started" else None,
+                        **kw)
+
+
+def test_status_records_merge_read_expire_and_go_with_their_vhost(store: Store) -> None:
+    store.save_vhost("/")
+    store.save_vhost("v2")
+    # blind merges, out of order and in separate submits: the stored record is the fold of all of them
+    submit_wait(store, [StatusPut("/", _status("a", "succeeded", 1, 30.0, extra={"result": [1]}))])
+    submit_wait(store, [StatusPut("/", _status("a", "started", 0, 10.0)),
+                        StatusPut("/", _status("a", "queued", 0, 5.0)),
+                        StatusPut("v2", _status("a", "queued", 0, 7.0)),
+                        StatusPut("/", _status("b", "queued", 0, 1.0, ttl=10.0))])
+    read = StatusRead("/", ["a", "b", "c"], 20.0)
+    submit_wait(store, [StatusPut("/", _status("c", "started", 0, 15.0)), read])  # the read sees the put before it
+    a = read.records["a"]
+    assert (a.state, a.attempt, a.created, a.updated, a.started, a.expires, a.extra) == (
+        "succeeded", 1, 5.0, 30.0, 10.0, 130.0, {"result": [1]})
+    assert set(read.records) == {"a", "c"}  # b expired at 11.0
+    expire = StatusExpire(20.0, 10)
+    submit_wait(store, [expire])
+    assert expire.deleted == 1
+    store.delete_vhost("v2")
+    read = StatusRead("v2", ["a"], 0.0)
+    submit_wait(store, [read])
+    assert read.records == {}
+
+
+def test_a_version_3_store_gets_the_status_table(db_path: Path) -> None:
+    from leveret.store.sqlite import MIGRATIONS
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    for migrate in MIGRATIONS[:3]:
+        migrate(conn)
+    conn.execute("INSERT INTO vhosts (name) VALUES ('/')")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with SqliteStore(db_path) as s:
+        assert s.load_definitions().vhosts == ["/"]
+        read = StatusRead("/", ["x"], 0.0)
+        submit_wait(s, [StatusPut("/", _status("x", "queued", 0, 1.0)), read])
+        assert read.records["x"].state == "queued"

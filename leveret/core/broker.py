@@ -37,6 +37,7 @@ from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
 from .policies import effective as effective_policy
 from .queue import Consumer, Queue
+from .status import OBSERVED, QUERY_EXCHANGE, STATUS_ARGUMENT, StatusBook, wants_status
 from .timers import SystemTimers, Timers
 from .tracing import TRACE_EXCHANGE, Tracer
 from .tracking import MESSAGE_ID, Tracker
@@ -150,6 +151,7 @@ class VHost:
         for ex_name, ex_type in DEFAULT_EXCHANGES:
             self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)
         self.exchanges[TRACE_EXCHANGE] = create_exchange("topic", TRACE_EXCHANGE, durable=True, internal=True)
+        self.exchanges[QUERY_EXCHANGE] = create_exchange("direct", QUERY_EXCHANGE, durable=True)  # core/status.py
         self.tracer: Tracer | None = None  # the firehose, while tracing is on (core/tracing.py)
 
     # --- exchanges ---------------------------------------------------------------------------------
@@ -345,6 +347,8 @@ class VHost:
             if queue_type(arguments) != queue_type(existing.arguments):  # x-queue-type classic is the default
                 self._check_arguments("queue", name, arguments, existing.arguments, ("x-queue-type",))
             self._check_arguments("queue", name, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
+            if wants_status(arguments, name, self.name) and existing.status is None:
+                self._enable_status(existing)  # x-leveret-status is not compared: a redeclare may switch it on
             existing.touch()
             return existing
         limit = reached(self.limits, "max-queues", len(self.queues))
@@ -356,6 +360,7 @@ class VHost:
             access.read("queue", name)
             access.write("exchange", dead_letter_exchange)
         parse_settings(arguments, name, self.name)  # 406 for invalid x- arguments, before anything changes
+        wants_status(arguments, name, self.name)
         queue = Queue(self, name, durable=durable, exclusive_owner=session if exclusive else None,
                       auto_delete=auto_delete, arguments=arguments)
         self.queues[name] = queue
@@ -366,6 +371,12 @@ class VHost:
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.save_queue(queue)
         return queue
+
+    def _enable_status(self, queue: Queue) -> None:
+        queue.arguments[STATUS_ARGUMENT] = True
+        queue.status = self.broker.status
+        if queue.durable and self.broker.durability is not None:
+            self.broker.durability.save_queue(queue)
 
     def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
                      if_empty: bool = False, access: Access | None = None) -> int:
@@ -445,6 +456,8 @@ class VHost:
     def route_all(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
         """:meth:`route` plus sender-selected distribution (CC and BCC headers route with extra keys; BCC is
         removed from the message)."""
+        if exchange.name in OBSERVED:  # leveret.events and amq.leveret.status: the status book (core/status.py)
+            self.broker.status.observe(self, exchange, msg)
         header = msg.header
         queues: list[Queue] | tuple[Queue, ...]
         if msg.flags & 0x2000 and (b"\x02CC" in header or b"\x03BCC" in header):
@@ -452,6 +465,16 @@ class VHost:
             self._strip_bcc(msg)
         else:
             queues = self.route(exchange, msg)
+        return queues
+
+    def publish(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
+        """Route a message the broker makes itself (status replies, the aliveness test) and put it in every queue
+        found, one copy per extra queue. Returns the queues."""
+        queues = self.route_all(exchange, msg)
+        first = True
+        for queue in queues:
+            queue.enqueue(msg if first else msg.copy())
+            first = False
         return queues
 
     def _alternate_of(self, exchange: Exchange) -> Any:
@@ -752,6 +775,7 @@ class Broker:
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
         self.delays = DelayedMessages(self)
+        self.status = StatusBook(self)  # task status records (core/status.py); before recovery makes queues
         self.sessions: set[Session] = set()  # connections past connection.open
         self.vhost_connections: dict[str, int] = {}
         self.user_connections: dict[str, int] = {}
@@ -938,6 +962,7 @@ class Broker:
         for queue in list(vhost.queues.values()):
             vhost.remove_queue(queue)
         del self.vhosts[name]
+        self.status.forget_vhost(name)
         for user in self.users.values():
             if user.permissions.pop(name, None) is not None:
                 user.version += 1

@@ -11,7 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Push, QueueDef, Requeue, Store
+from leveret.store.base import (
+    BindingDef,
+    Delete,
+    ExchangeDef,
+    MessageOp,
+    Push,
+    QueueDef,
+    Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
+    Store,
+)
+from leveret.store.status import StatusRecord
 
 if TYPE_CHECKING:
     from .exchanges import Exchange
@@ -19,6 +32,10 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 Done = Callable[[BaseException | None], None]
+
+
+def _ignore(exc: BaseException | None) -> None:
+    """The store's callback for status writes: nothing waits for them (a failed commit is logged by the store)."""
 
 
 class Durability:
@@ -29,6 +46,7 @@ class Durability:
         self.store = store
         self.dispatch = dispatch
         self.ops: list[MessageOp] = []
+        self.status_ops: list[MessageOp] = []  # task status records: see put_status
         self.page_out: list[Message] = []
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
@@ -77,9 +95,39 @@ class Durability:
 
     def flush(self) -> None:
         """Write everything pending and wait for it (definitions changes and shutdown)."""
+        self.submit_status()
         if self.ops:
             self.commit([])
         self.store.flush()
+
+    # --- task status records (core/status.py) -----------------------------------------------------
+    # Status ops are submitted apart from the message ops: they are advisory, so no publisher confirm or
+    # tx.commit-ok waits for them (they are not part of the commit barrier), but they go through the same store
+    # writer, in order with one another.
+
+    def put_status(self, vhost: str, record: StatusRecord) -> None:
+        """Merge ``record`` into the stored one (a blind write: nothing is read), at the next submit_status."""
+        self.status_ops.append(StatusPut(vhost, record))
+
+    def submit_status(self, done: Done | None = None) -> None:
+        """Hand the pending status ops to the store (the status book calls it once per loop turn)."""
+        if self.status_ops:
+            ops, self.status_ops = self.status_ops, []
+            self.store.submit(ops, done or _ignore)
+
+    def read_status(self, vhost: str, ids: list[str], now: float,
+                    done: Callable[[dict[str, StatusRecord], BaseException | None], None]) -> None:
+        """Read the unexpired records of ``ids`` after every status write so far, on the store's writer (off the
+        event loop); ``done(records, exc)`` runs on the broker's thread."""
+        op = StatusRead(vhost, ids, now)
+        self.status_ops.append(op)
+        self.submit_status(lambda exc: self.dispatch(done, op.records, exc))
+
+    def expire_status(self, now: float, limit: int, done: Callable[[int, BaseException | None], None]) -> None:
+        """Delete at most ``limit`` records expired at ``now``; ``done(deleted, exc)`` on the broker's thread."""
+        op = StatusExpire(now, limit)
+        self.status_ops.append(op)
+        self.submit_status(lambda exc: self.dispatch(done, op.deleted, exc))
 
     # --- definitions -------------------------------------------------------------------------------
 

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
 from .message import PAGED, Message, build_header
+from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
     from .channel import Channel
     from .durability import Durability
+    from .status import StatusBook
     from .timers import Handle
 
 
@@ -103,6 +105,9 @@ class Queue:
         self._expiry_handle: Handle | None = None
         self._expiry_at = 0.0
         self._unused_handle: Handle | None = None
+        # x-leveret-status: the status book records "queued" for messages with a message_id (core/status.py)
+        self.status: StatusBook | None = vhost.broker.status if self.arguments.get(STATUS_ARGUMENT) is True \
+            else None
         self.configure(parse_settings(self.arguments, name, vhost.name))
 
     def __repr__(self) -> str:
@@ -155,6 +160,8 @@ class Queue:
         if self.durability is not None and msg.persistent:
             self.durability.push(self, msg, self.ready_bytes > self.memory_budget)
         self.messages.append(msg)
+        if self.status is not None and msg.flags & MESSAGE_ID:
+            self.status.queued(self, msg)
         size = len(msg.body)
         self.ready_bytes += size
         self.stats_published += 1

@@ -261,6 +261,7 @@ class ManagementAPI:
         r("GET", "health/checks/alarms", self.alarms)
         r("GET", "openapi.json", self.openapi_description)
         r("GET", "tracking/{vhost}/{message_id}", self.get_tracking)
+        r("GET", "task-status/{vhost}/{id}", self.get_task_status)
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))
@@ -1033,6 +1034,28 @@ class ManagementAPI:
             raise bad_request("message tracking is off (tracking_window or tracking_max_events is 0)")
         return reply(tracker.events_or_raise(vhost.name, call.params["message_id"]))
 
+    # --- task status (the status book, core/status.py) ---------------------------------------------
+
+    async def get_task_status(self, call: Call) -> web.Response:
+        """The status record of a task id (Leveret's status book, docs/extensions.md)."""
+        vhost = self.vhost(call.params["vhost"])
+        task_id = call.params["id"]
+        answered: asyncio.Future[tuple[Any, BaseException | None]] = asyncio.get_running_loop().create_future()
+
+        def done(records: Any, exc: BaseException | None) -> None:
+            if not answered.done():
+                answered.set_result((records, exc))
+
+        self.broker.status.lookup(vhost.name, [task_id], done)
+        records, exc = await answered
+        if exc is not None:
+            raise HTTPFailure(503, "store_failed", f"reading the status record failed: {exc}")
+        record = records.get(task_id)
+        if record is None:
+            raise HTTPFailure(404, "not_found", f"no status record for task '{task_id}' in vhost '{vhost.name}' "
+                                                "(unknown, or expired)")
+        return reply(record.public())
+
     # --- health ------------------------------------------------------------------------------------
 
     async def aliveness(self, call: Call) -> web.Response:
@@ -1041,8 +1064,7 @@ class ManagementAPI:
         queue = vhost.declare_queue(None, "aliveness-test")
         body = b"test_message"
         msg = Message("", queue.name, build_address("", queue.name), build_header({}, len(body)), body)
-        for target in vhost.route_all(vhost.exchange(""), msg):
-            target.enqueue(msg)
+        vhost.publish(vhost.exchange(""), msg)
         got = queue.get()
         if got is None:
             return reply({"status": "failed", "reason": "the test message did not come back"}, 503)

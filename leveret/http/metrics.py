@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from leveret.core.broker import Broker, Session
 
@@ -54,6 +54,16 @@ class _BrokerCollector:
                                 value=int(memory.memory_alarm))
         yield GaugeMetricFamily("rabbitmq_alarms_free_disk_space_watermark", "1 while the disk alarm is on",
                                 value=int(memory.disk_alarm))
+        status = self.broker.status  # the status book (core/status.py)
+        yield GaugeMetricFamily("leveret_task_status_cached_records", "Task status records in the book's memory cache",
+                                value=status.cached)
+        for name, value, text in (
+                ("events", status.events, "Task status events recorded from leveret.events"),
+                ("events_ignored", status.events_ignored, "Malformed task status events ignored"),
+                ("enqueued", status.enqueued, "Queued records made on enqueue into x-leveret-status queues"),
+                ("queries", status.queries, "Status queries to amq.leveret.status"),
+                ("expired", status.expired, "Expired task status records deleted from the store")):
+            yield CounterMetricFamily(f"leveret_task_status_{name}", text, value=value)
 
 
 def render_metrics(broker: Broker, sessions: list[Session]) -> tuple[bytes, str]:

@@ -149,6 +149,16 @@ SCHEMAS: dict[str, Schema] = {
                             event=STRING), "additionalProperties": True,
                       "description": "one event of a message's history; the other fields depend on the event "
                                      "(docs/operations.md)"},
+    "TaskStatus": {**obj(["id", "task", "queue", "state", "attempt", "created", "updated", "started", "finished",
+                          "error", "expires"],
+                         id=STRING, task=STRING, queue=STRING, state=STRING, attempt=COUNT,
+                         created={"type": "number"}, updated={"type": "number"},
+                         started={"type": "number", "nullable": True}, finished={"type": "number", "nullable": True},
+                         error={"type": "object", "nullable": True, "additionalProperties": True},
+                         expires={"type": "number"}, next_attempt_at={"type": "number"}, worker=STRING),
+                   "additionalProperties": True,
+                   "description": "a task's status record (docs/extensions.md, the status book); `result` is there "
+                                  "when the task succeeded with a small result"},
     "VHostLimits": obj(["vhost", "value"], vhost=STRING, value=LIMITS),
     "UserLimits": obj(["user", "value"], user=STRING, value=LIMITS),
     "LimitRequest": obj(["value"], value=INTEGER),
@@ -168,6 +178,7 @@ PARAMETERS: dict[str, Schema] = {
     "destination": {"description": "the destination queue or exchange"},
     "props": {"description": "a binding's `properties_key`, URL-encoded"},
     "message_id": {"description": "a message's `message_id` property, URL-encoded"},
+    "id": {"description": "a task id (the task message's `message_id`), URL-encoded"},
 }
 
 
@@ -263,6 +274,9 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "consumers/{vhost}", "The consumers of a vhost", array(ref("Consumer"))),
     Op("GET", "tracking/{vhost}/{message_id}", "What happened to the messages with this message_id (Leveret's "
        "message tracking; 400 when it is off)", array(ref("TrackingEvent")), errors=(400, 401, 404)),
+    Op("GET", "task-status/{vhost}/{id}", "The status record of a task id (Leveret's status book; 404 when it is "
+       "unknown or expired)", ref("TaskStatus"), errors=(401, 404),
+       extra={503: ("the store could not be read", ref("Error"))}),
     Op("GET", "aliveness-test/{vhost}", "Declare aliveness-test, publish to it and get the message back",
        ref("Status"), errors=(401, 404), extra={503: ("the test failed", ref("Status"))}),
     Op("GET", "health/checks/alarms", "503 while a memory or disk alarm is on", ref("Status"),

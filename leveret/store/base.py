@@ -8,6 +8,11 @@ group commits on one writer and calls back once the batch is durable.
 Message verbs (LavinMQ's five, adapted): ``push`` a message into a queue, ``delete`` (acked, dropped or
 expired), ``requeue`` (mark redelivered; position is kept by ``seq``), ``purge`` a queue, and reading back
 with :meth:`Store.load_messages` / :meth:`Store.load_bodies`.
+
+Task status records (the broker's status book, core/status.py) go through :meth:`Store.submit` too, as ops of
+their own: ``StatusPut`` merges a record into the stored one (no read needed), ``StatusRead`` reads records in
+order with the writes before it, ``StatusExpire`` deletes a bounded batch of expired ones. Deleting a vhost
+deletes its status records.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .status import StatusRecord
 
 
 class StoreError(Exception):
@@ -134,7 +141,37 @@ class Purge:
     queue: str
 
 
-MessageOp = Push | Delete | Requeue | Purge
+@dataclass(slots=True)
+class StatusPut:
+    """Merge ``record`` into the stored status record of (vhost, record.id) (store/status.py's ``merge``): a
+    write that needs no read first."""
+
+    vhost: str
+    record: StatusRecord
+
+
+@dataclass(slots=True)
+class StatusRead:
+    """Read status records, ordered with the ops submitted before it: ``records`` is filled by the store with the
+    records of ``ids`` that exist and have not expired at ``now`` (before ``done`` is called)."""
+
+    vhost: str
+    ids: list[str]
+    now: float
+    records: dict[str, StatusRecord] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StatusExpire:
+    """Delete at most ``limit`` status records that expired at or before ``now``; the store sets ``deleted``."""
+
+    now: float
+    limit: int
+    deleted: int = 0
+
+
+StatusOp = StatusPut | StatusRead | StatusExpire
+MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire
 
 
 class Store(abc.ABC):
@@ -160,7 +197,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_vhost(self, name: str) -> None:
-        """Also deletes the vhost's exchanges, queues, bindings, permissions and messages."""
+        """Also deletes the vhost's exchanges, queues, bindings, permissions, messages and status records."""
 
     @abc.abstractmethod
     def save_user(self, user: UserDef) -> None: ...

@@ -26,12 +26,16 @@ from .base import (
     Push,
     QueueDef,
     Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
     Store,
     StoredMessage,
     StoreError,
     UserDef,
 )
-from .sqlite import encode_value  # the tagged JSON codec (sqlite3 itself is only imported, never opened)
+from .sqlite import encode_value
+from .status import StatusRecord, merge  # the tagged JSON codec (sqlite3 itself is only imported, never opened)
 
 log = logging.getLogger("leveret.store")
 
@@ -63,6 +67,7 @@ class MemoryStore(Store):
         self._messages: dict[tuple[str, str], dict[int, StoredMessage]] = {}
         self._where: dict[int, tuple[str, str]] = {}
         self._max_id = 0
+        self._status: dict[tuple[str, str], StatusRecord] = {}  # (vhost, task id) -> record
 
     # lifecycle
 
@@ -121,6 +126,8 @@ class MemoryStore(Store):
                 del self._policies[pkey2]
             for mkey in [k for k in self._messages if k[0] == name]:
                 self._drop_queue_messages(mkey)
+            for skey in [k for k in self._status if k[0] == name]:
+                del self._status[skey]
 
     def save_user(self, user: UserDef) -> None:
         self._check_open()
@@ -207,7 +214,8 @@ class MemoryStore(Store):
     def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
         self._check_open()
         error: BaseException | None = None
-        bad = [op for op in ops if not isinstance(op, (Push, Delete, Requeue, Purge))]
+        bad = [op for op in ops if not isinstance(op, (Push, Delete, Requeue, Purge, StatusPut, StatusRead,
+                                                       StatusExpire))]
         if bad:  # nothing of the submit is applied, as when a backend's commit fails
             error = TypeError(f"not a message op: {bad[0]!r}")
         else:
@@ -235,8 +243,31 @@ class MemoryStore(Store):
             if where is not None:
                 messages = self._messages[where]
                 messages[op.id] = dataclasses.replace(messages[op.id], redelivered=True)
-        else:
+        elif isinstance(op, Purge):
             self._drop_queue_messages((op.vhost, op.queue))
+        else:
+            self._apply_status(op)
+
+    def _apply_status(self, op: StatusPut | StatusRead | StatusExpire) -> None:
+        status = self._status
+        if isinstance(op, StatusPut):
+            key = (op.vhost, op.record.id)
+            status[key] = merge(status.get(key), copy.deepcopy(op.record))
+        elif isinstance(op, StatusRead):
+            for task_id in op.ids:
+                found = status.get((op.vhost, task_id))
+                if found is not None and found.expires > op.now:
+                    op.records[task_id] = copy.deepcopy(found)
+        else:
+            expired = []
+            for key, record in status.items():  # a scan: this backend is for tests and small brokers
+                if record.expires <= op.now:
+                    expired.append(key)
+                    if len(expired) >= op.limit:
+                        break
+            for key in expired:
+                del status[key]
+            op.deleted = len(expired)
 
     def _remove(self, message_id: int) -> None:
         key = self._where.pop(message_id, None)

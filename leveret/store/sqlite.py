@@ -43,8 +43,9 @@ Schema (``PRAGMA user_version`` 1; ``application_id`` marks the file as Leveret'
     ``vhosts``, ``users``, ``permissions``, ``limits`` (vhost and user limits as JSON, since user_version 3),
     ``exchanges``, ``queues``, ``bindings`` (arguments as tagged JSON,
     see :func:`encode_value`), ``messages`` (id INTEGER PRIMARY KEY, vhost, queue, seq, exchange, routing_key,
-    header, body, redelivered) indexed on (vhost, queue, seq), ``bodies`` (id INTEGER PRIMARY KEY, body) and
-    ``meta`` (the message id high-water mark, so ids are not reused even when every message is deleted).
+    header, body, redelivered) indexed on (vhost, queue, seq), ``bodies`` (id INTEGER PRIMARY KEY, body),
+    ``meta`` (the message id high-water mark, so ids are not reused even when every message is deleted) and
+    ``task_status`` (the status book's records, since user_version 4: see sqlite_status.py).
     Bodies up to ``INLINE_BODY_MAX`` (128) bytes are stored in ``messages.body``, larger ones in ``bodies``
     (``messages.body`` NULL). Measured (bench/store_bench.py --layouts): small bodies inline fill ~15-20%
     faster than with a second table (one insert, not two), while for 1 KB bodies a separate table makes the
@@ -84,6 +85,7 @@ from typing import Any
 
 from leveret.amqp.codec import LongInt, RawField
 
+from . import sqlite_status
 from .base import (
     BindingDef,
     Definitions,
@@ -96,11 +98,16 @@ from .base import (
     Push,
     QueueDef,
     Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
     Store,
     StoredMessage,
     StoreError,
     UserDef,
 )
+from .status import StatusRecord
+from .status import merge as merge_status
 
 try:
     import fcntl
@@ -272,7 +279,8 @@ def _migrate_3(conn: sqlite3.Connection) -> None:
 
 
 # MIGRATIONS[i] takes a store from user_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
+# 4: task_status, the status book's records (sqlite_status.py).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, sqlite_status.migrate]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -345,7 +353,7 @@ _Item = tuple[list[MessageOp] | _Call, _Done]
 class _Reduced:
     """The net effect of a run of message ops (see the module docstring)."""
 
-    __slots__ = ("deletes", "late_deletes", "purges", "pushes", "redelivered", "requeues")
+    __slots__ = ("deletes", "late_deletes", "purges", "pushes", "redelivered", "requeues", "status")
 
     def __init__(self) -> None:
         self.pushes: dict[int, Push] = {}
@@ -354,9 +362,19 @@ class _Reduced:
         self.requeues: list[int] = []
         self.purges: list[tuple[str, str]] = []
         self.late_deletes: list[int] = []  # only when CANCEL_ACKED_PUSHES is off
+        self.status: dict[tuple[str, str], StatusRecord] = {}  # status puts, merged per (vhost, id)
 
     def __bool__(self) -> bool:
-        return bool(self.pushes or self.deletes or self.requeues or self.purges)
+        return bool(self.pushes or self.deletes or self.requeues or self.purges or self.status)
+
+    def put_status(self, op: StatusPut) -> None:
+        key = (op.vhost, op.record.id)
+        self.status[key] = merge_status(self.status.get(key), op.record)
+
+    def write_status(self, conn: sqlite3.Connection) -> None:
+        if self.status:
+            sqlite_status.write(conn, self.status)
+            self.status = {}
 
     def purge(self, vhost: str, queue: str) -> None:
         pushes = self.pushes
@@ -373,6 +391,7 @@ class _Reduced:
         for ids in _chunks(self.requeues):
             conn.execute(f"UPDATE messages SET redelivered = 1 WHERE id IN ({_marks(len(ids))})", ids)
         if not self.pushes:
+            self.write_status(conn)
             return
         redelivered = self.redelivered
         flat: list[Any] = []
@@ -391,6 +410,7 @@ class _Reduced:
             _insert_flat(conn, "bodies", 2, bodies, _INSERT_BODIES)
         for ids in _chunks(self.late_deletes):
             conn.execute(f"DELETE FROM messages WHERE id IN ({_marks(len(ids))})", ids)
+        self.write_status(conn)
 
 
 def _insert_flat(conn: sqlite3.Connection, table: str, columns: int, flat: list[Any], cache: dict[int, str]) -> None:
@@ -824,6 +844,14 @@ class SqliteStore(Store):
                             reduced.requeues.append(op_id)
                     elif kind is Purge:
                         reduced.purge(op.vhost, op.queue)
+                    elif kind is StatusPut:
+                        reduced.put_status(op)
+                    elif kind is StatusRead:
+                        reduced.write_status(conn)  # the read sees every put before it
+                        sqlite_status.read(conn, op)
+                    elif kind is StatusExpire:
+                        reduced.write_status(conn)
+                        sqlite_status.expire(conn, op)
                     else:
                         raise TypeError(f"not a message op: {op!r}")
                 nops += len(ops)
@@ -894,7 +922,7 @@ class SqliteStore(Store):
     def delete_vhost(self, name: str) -> None:
         self._execute("delete_vhost", [
             (f"DELETE FROM {table} WHERE vhost = ?", (name,))
-            for table in ("permissions", "bindings", "exchanges", "queues", "messages")
+            for table in ("permissions", "bindings", "exchanges", "queues", "messages", "task_status")
         ] + [("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,)),
              ("DELETE FROM vhosts WHERE name = ?", (name,))])
 

@@ -1,0 +1,65 @@
+"""The SQLite store's task status table (schema version 4): the SQL behind StatusPut, StatusRead and StatusExpire.
+
+``task_status (vhost, id, expires, record)``, primary key (vhost, id), indexed on ``expires`` for the expiry
+sweep; ``record`` is the JSON of :func:`leveret.store.status.encode`. Everything here runs on the store's one
+writer thread, inside its group-commit transaction (sqlite.py): a batch of puts is merged in Python first (one
+record per id), then the stored versions of those ids are read with one ``SELECT ... IN`` per chunk, merged, and
+written back with multi-row ``INSERT OR REPLACE``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from .base import StatusExpire, StatusRead
+from .status import StatusRecord, decode, encode, merge
+
+_CHUNK = 256  # ids per statement (2 parameters each for the lookups, 4 for the inserts)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE task_status (
+        vhost TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (vhost, id)) WITHOUT ROWID""")
+    conn.execute("CREATE INDEX task_status_expires ON task_status (expires)")
+
+
+def _chunks(items: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+def _stored(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StatusRecord]:
+    found: dict[tuple[str, str], StatusRecord] = {}
+    for chunk in _chunks(keys):
+        values = ",".join(["(?,?)"] * len(chunk))
+        params = [part for key in chunk for part in key]
+        for vhost, task_id, text in conn.execute(
+                f"SELECT vhost, id, record FROM task_status WHERE (vhost, id) IN (VALUES {values})", params):
+            found[(vhost, task_id)] = decode(text)
+    return found
+
+
+def write(conn: sqlite3.Connection, puts: dict[tuple[str, str], StatusRecord]) -> None:
+    """Merge ``puts`` (already merged per id) into the table."""
+    keys = list(puts)
+    stored = _stored(conn, keys)
+    for chunk in _chunks(keys):
+        rows: list[object] = []
+        for key in chunk:
+            record = merge(stored.get(key), puts[key])
+            rows.extend((key[0], key[1], record.expires, encode(record)))
+        conn.execute("INSERT OR REPLACE INTO task_status (vhost, id, expires, record) VALUES "
+                     + ",".join(["(?,?,?,?)"] * len(chunk)), rows)
+
+
+def read(conn: sqlite3.Connection, op: StatusRead) -> None:
+    stored = _stored(conn, [(op.vhost, task_id) for task_id in dict.fromkeys(op.ids)])
+    op.records = {key[1]: record for key, record in stored.items() if record.expires > op.now}
+
+
+def expire(conn: sqlite3.Connection, op: StatusExpire) -> None:
+    cursor = conn.execute("DELETE FROM task_status WHERE (vhost, id) IN (SELECT vhost, id FROM task_status"
+                          " WHERE expires <= ? ORDER BY expires LIMIT ?)", (op.now, op.limit))
+    op.deleted = max(cursor.rowcount, 0)
