@@ -171,6 +171,9 @@ def test_eager_mode_runs_inline() -> None:
     assert app.status("nope") == "unknown"
     group = app.multicast([add.request(1), add.request(2)])
     assert group.status() == "succeeded"
+    assert add.call_sync(2, timeout=1) == 3
+    with pytest.raises(TaskError):
+        boom.call_sync()
     app.close()
 
 

@@ -479,6 +479,17 @@ class App:
         return await self._link.run_async(self._gather(requests, timeout, return_exceptions))
 
     async def _gather(self, requests: list[Request], timeout: float, return_exceptions: bool = False) -> list[Any]:
+        if self.eager:  # inline, one after the other
+            results: list[Any] = []
+            for r in requests:
+                handle = await asyncio.to_thread(self._run_eager, r.task, r.payload)
+                try:
+                    results.append(outcome(self._eager(handle.id)))
+                except TaskError as exc:
+                    if not return_exceptions:
+                        raise
+                    results.append(exc)
+            return results
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in requests]
         handles: list[Handle[Any]] = []
