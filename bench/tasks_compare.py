@@ -153,7 +153,7 @@ def delete_queues(url: str, queues: list[str]) -> None:
         conn.close()
 
 
-def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0) -> dict[str, float]:
+def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True) -> dict[str, float]:
     queue = f"bench-{lib}-{workload}-{uuid.uuid4().hex[:6]}"
     sleep = 0.01 if workload == "sleep" else 0.0
     env = {**os.environ, "BENCH_LIB": lib, "BENCH_URL": url, "BENCH_QUEUE": queue, "BENCH_SLEEP": str(sleep),
@@ -161,8 +161,8 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0) -> dict[s
     state = tempfile.mkdtemp(prefix="bench-state-")
     env["LEVERET_STATE_DIR"] = state
     broker, task = _define(lib, url, queue)
-    proc = subprocess.Popen(worker_command(lib, queue), cwd=HERE, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = worker_command(lib, queue) if worker else [sys.executable, "-c", "import time; time.sleep(600)"]
+    proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     done = threading.Event()
 
@@ -179,7 +179,8 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0) -> dict[s
             task.send(i=-1)  # declares the queue (the worker does too) and connects; not counted
         elif lib == "dramatiq":
             broker.declare_queue(queue)
-        wait_consumer(url, queue, proc)
+        if worker:
+            wait_consumer(url, queue, proc)
         warm = 1 if lib == "leveret" else 0  # the warm-up task above is counted by the worker
         send = {"leveret": lambda i: task.send(i=i), "dramatiq": lambda i: task.send(i),
                 "celery": lambda i: task.apply_async((i,), queue=queue)}[lib]
@@ -197,6 +198,10 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0) -> dict[s
                 send(i)
                 latencies.append(time.perf_counter() - t)
         t_sent = time.time()
+        if not worker:  # --send-only: the producer alone (the tasks stay in the queue, deleted below)
+            latencies.sort()
+            return {"enqueue": len(latencies) / (t_sent - t0), "e2e": float("nan"),
+                    "p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000}
         if not done.wait(max(120.0, n * 0.05)):
             raise TimeoutError(f"{lib}/{workload}: not done; worker output:\n" + "\n".join(lines[-20:]))
         t_done = float(next(x for x in lines if "BENCH-DONE " in x).split("BENCH-DONE ")[1].split()[0])
@@ -246,6 +251,8 @@ def main() -> int:
                         help="also leveret-batch: app.multicast of 100 tasks at a time (pipelined confirms; its "
                              "send() latency is the batch's time / 100)")
     parser.add_argument("--workloads", default="noop,sleep")
+    parser.add_argument("--send-only", action="store_true",
+                        help="no worker: the producer's send() alone (latency without a worker competing for CPU)")
     args = parser.parse_args()
     server = None
     url = args.url
@@ -259,7 +266,8 @@ def main() -> int:
             for workload in args.workloads.split(","):
                 for lib in order:
                     n = args.n if workload == "noop" else args.sleep_n
-                    r = run_one(lib.split("-")[0], workload, n, url, batch=100 if lib == "leveret-batch" else 0)
+                    r = run_one(lib.split("-")[0], workload, n, url, batch=100 if lib == "leveret-batch" else 0,
+                                worker=not args.send_only)
                     results.setdefault((lib, workload), []).append(r)
                     print(f"round {rnd + 1} {workload:5} {lib:8} enqueue {r['enqueue']:8.0f}/s  end-to-end "
                           f"{r['e2e']:8.0f}/s  send p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms", flush=True)
