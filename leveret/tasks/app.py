@@ -386,7 +386,18 @@ class App:
         return record or {"id": task_id, "state": "unknown"}
 
     async def _wait(self, task_id: str, timeout: float, poll: float, task: str | None) -> dict[str, Any]:
+        """The record once final (polled every ``poll`` s; on the status stream, woken by the event itself)."""
         deadline = time.monotonic() + timeout
+        if not self.eager:
+            session = await self._link.session(self.send_timeout)
+            if self._link.stream_mode(session):
+                stream = await self._link.status_stream(session, self.status_ttl)
+                found = await stream.wait_final(session.events, task_id, timeout)
+                if found is not None and found["state"] in FINAL_STATES:
+                    return found
+                record = found or {"id": task_id, "state": "unknown"}
+                raise TimeoutError(f"task {task or record.get('task') or '?'} ({task_id}) still "
+                                   f"{record['state']!r} after {timeout:g} s")
         while True:
             record = await self._status(task_id)
             if record["state"] in FINAL_STATES:

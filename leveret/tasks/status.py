@@ -29,6 +29,7 @@ FINAL_STATES = frozenset({"succeeded", "gave_up", "revoked"})
 STATES = tuple(RANK)
 MARKER_TYPE = "leveret.sync"  # stream markers (StatusStream.sync); not events
 DEFAULT_STATUS_TTL = 86_400.0
+FIRST_REPLAY_TIMEOUT = 120.0  # seconds the first status read may wait while the status stream is replayed
 
 
 class StatusUnavailable(RuntimeError):
@@ -152,16 +153,22 @@ class StatusBook:
 
 
 class StatusStream:
-    """The fallback where the broker keeps no status: tail the stream ``leveret.status`` into a bounded cache."""
+    """The fallback where the broker keeps no status: tail the stream ``leveret.status`` into a bounded cache.
+
+    The consumer only files each event's body under its ``message_id`` (the task id); bodies are decoded and
+    merged when that id is read (or waited for), so replaying a long stream costs little per event."""
 
     def __init__(self, ttl: float, max_records: int = 100_000) -> None:
         self.ttl = ttl
         self.max_records = max_records
-        self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # task id -> [merged record or None, bodies not merged yet]
+        self.entries: OrderedDict[str, tuple[list[dict[str, Any] | None], list[bytes]]] = OrderedDict()
         self.markers: dict[str, asyncio.Future[None]] = {}
         self.offset: int | None = None  # the last stream offset seen, to resume after a reconnection
-        self.channel: aio_pika.abc.AbstractChannel | None = None
+        self.channel: aiormq.abc.AbstractChannel | None = None
         self.sync_task: asyncio.Future[None] | None = None
+        self.watchers: dict[str, list[asyncio.Future[None]]] = {}  # ids someone waits to see finish
+        self.caught_up = False
 
     @staticmethod
     def arguments(ttl: float) -> dict[str, Any]:
@@ -184,44 +191,86 @@ class StatusStream:
 
     async def start(self, conn: aio_pika.abc.AbstractConnection) -> None:
         """Consume the stream from where this App left off (from its start the first time)."""
-        self.channel = await conn.channel()
-        await self.channel.set_qos(prefetch_count=1000)
-        queue = await self.channel.get_queue(STATUS_STREAM, ensure=False)
+        self.channel = await (await conn.channel()).get_underlay_channel()
+        await self.channel.basic_qos(prefetch_count=2000)
         offset: Any = "first" if self.offset is None else self.offset + 1
-        await queue.consume(self._on_message, arguments={"x-stream-offset": offset})
+        await self.channel.basic_consume(STATUS_STREAM, self._on_message, no_ack=False,
+                                         arguments={"x-stream-offset": offset})
 
-    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        offset = (message.headers or {}).get("x-stream-offset")
+    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        props = message.header.properties
+        offset = (props.headers or {}).get("x-stream-offset")
         if isinstance(offset, int):
             self.offset = offset
-        if message.type == MARKER_TYPE:
-            marker = self.markers.pop(message.message_id or "", None)
+        task_id = props.message_id
+        if props.message_type == MARKER_TYPE:
+            marker = self.markers.pop(task_id or "", None)
             if marker is not None and not marker.done():
                 marker.set_result(None)
-        else:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                ev = json.loads(message.body)
-                if isinstance(ev, dict) and ev.get("id"):
-                    self._add(str(ev["id"]), ev)
-        # Acks on a stream only move the consumer's credit window: one ack per 100 is enough.
-        if message.delivery_tag is not None and message.delivery_tag % 100 == 0:
-            await message.ack(multiple=True)
+        elif task_id:
+            entry = self.entries.get(task_id)
+            if entry is None:
+                entry = self.entries[task_id] = ([None], [])
+                if len(self.entries) > self.max_records:
+                    self.entries.popitem(last=False)
+            else:
+                self.entries.move_to_end(task_id)
+            entry[1].append(message.body)
+            if task_id in self.watchers:
+                record = self._record(task_id)
+                if record is not None and record["state"] in FINAL_STATES:
+                    for future in self.watchers.pop(task_id, ()):
+                        if not future.done():
+                            future.set_result(None)
+        # Acks on a stream only move the consumer's credit window: one (multiple) ack per 500 is enough.
+        tag = message.delivery_tag
+        if tag is not None and tag % 500 == 0 and self.channel is not None:
+            await self.channel.basic_ack(tag, multiple=True)
 
-    def _add(self, task_id: str, ev: dict[str, Any]) -> None:
-        record = merge(self.records.get(task_id), ev)
-        self.records[task_id] = record
-        self.records.move_to_end(task_id)
-        while len(self.records) > self.max_records:
-            self.records.popitem(last=False)
+    def _record(self, task_id: str) -> dict[str, Any] | None:
+        entry = self.entries.get(task_id)
+        if entry is None:
+            return None
+        holder, bodies = entry
+        for body in bodies:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                ev = json.loads(body)
+                if isinstance(ev, dict):
+                    holder[0] = merge(holder[0], ev)
+        bodies.clear()
+        return public(holder[0], task_id)
+
+    async def wait_final(self, publish_raw: aiormq.abc.AbstractChannel, task_id: str,
+                         timeout: float) -> dict[str, Any] | None:
+        """The record once the task is done (no polling: the consumer wakes the waiter), or the last known
+        record after ``timeout`` seconds."""
+        record = await self.read(publish_raw, task_id, timeout)
+        if record is not None and record["state"] in FINAL_STATES:
+            return record
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.watchers.setdefault(task_id, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self.watchers.get(task_id, [])
+            if future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    self.watchers.pop(task_id, None)
+        return self._record(task_id)
 
     async def read(self, publish_raw: aiormq.abc.AbstractChannel, task_id: str,
                    timeout: float) -> dict[str, Any] | None:
         await self.sync(publish_raw, timeout)
-        return public(self.records.get(task_id), task_id)
+        return self._record(task_id)
 
     async def sync(self, publish_raw: aiormq.abc.AbstractChannel, timeout: float) -> None:
         """Wait until the consumer has seen a marker published now (reads that overlap share one)."""
         if self.sync_task is None or self.sync_task.done():
+            if not self.caught_up:  # the first read replays the stream: give it time (docs/tasks.md)
+                timeout = max(timeout, FIRST_REPLAY_TIMEOUT)
             self.sync_task = asyncio.ensure_future(self._sync(publish_raw, timeout))
         await asyncio.shield(self.sync_task)
 
@@ -234,5 +283,9 @@ class StatusStream:
                                             properties=aiormq.spec.Basic.Properties(message_type=MARKER_TYPE,
                                                                                     message_id=marker))
             await asyncio.wait_for(future, timeout)
+            self.caught_up = True
+        except TimeoutError:
+            raise TimeoutError(f"the status stream {STATUS_STREAM} did not catch up within {timeout:g} s "
+                               "(a long stream is replayed at the first read: see docs/tasks.md)") from None
         finally:
             self.markers.pop(marker, None)
