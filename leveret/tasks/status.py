@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -29,6 +30,7 @@ FINAL_STATES = frozenset({"succeeded", "gave_up", "revoked"})
 STATES = tuple(RANK)
 MARKER_TYPE = "leveret.sync"  # stream markers (StatusStream.sync); not events
 DEFAULT_STATUS_TTL = 86_400.0
+STREAM_SEGMENT_BYTES = 2_000_000
 FIRST_REPLAY_TIMEOUT = 120.0  # seconds the first status read may wait while the status stream is replayed
 
 
@@ -172,7 +174,9 @@ class StatusStream:
 
     @staticmethod
     def arguments(ttl: float) -> dict[str, Any]:
-        return {"x-queue-type": "stream", "x-max-age": f"{max(1, int(ttl))}s"}
+        # Small segments: a stream drops whole segments only, so with the default (500 MB) nothing would expire.
+        return {"x-queue-type": "stream", "x-max-age": f"{max(1, int(ttl))}s",
+                "x-stream-max-segment-size-bytes": STREAM_SEGMENT_BYTES}
 
     async def declare(self, conn: aio_pika.abc.AbstractConnection) -> None:
         """Declare the stream (or accept the one there, whatever its max-age) and bind it to the events."""
@@ -193,7 +197,8 @@ class StatusStream:
         """Consume the stream from where this App left off (from its start the first time)."""
         self.channel = await (await conn.channel()).get_underlay_channel()
         await self.channel.basic_qos(prefetch_count=2000)
-        offset: Any = "first" if self.offset is None else self.offset + 1
+        # The first time, from status_ttl ago (an older event's record would have expired anyway).
+        offset: Any = (datetime.now(UTC) - timedelta(seconds=self.ttl)) if self.offset is None else self.offset + 1
         await self.channel.basic_consume(STATUS_STREAM, self._on_message, no_ack=False,
                                          arguments={"x-stream-offset": offset})
 
