@@ -289,6 +289,20 @@ async def _statuses(app: App, ids: list[str]) -> list[str]:
     return [r["state"] for r in await asyncio.gather(*(app._status(i) for i in ids))]
 
 
+def test_status_false_means_no_record(app_for: Any, queue_name: str, broker_port: int) -> None:
+    """A queue whose tasks all have status=False: no "queued" record (no event on RabbitMQ, no
+    x-leveret-status on Leveret)."""
+    app = app_for()
+
+    @app.task(name="tp.quiet", queue=queue_name, status=False)
+    def quiet() -> None:
+        return None
+
+    assert "x-leveret-status" not in app.queue_arguments(queue_name, "Leveret")
+    handle = quiet.send()
+    assert handle.status() == "unknown"
+
+
 def test_timeouts_name_the_task(app_for: Any, queue_name: str) -> None:
     app = app_for()
 
