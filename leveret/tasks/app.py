@@ -42,7 +42,6 @@ from leveret.tasks.topology import (
     MAX_PRIORITY,
     REPLY_TO,
     STATUS_EXCHANGE,
-    STATUS_STREAM,
     dead_queue,
     declare_topology,
     describe_dead,
@@ -540,20 +539,14 @@ def outcome(record: dict[str, Any]) -> Any:
 
 
 class StatusWriter:
-    """Kept for the worker of before issue 11 (it imports it, and publishes its own events besides): writes a
-    state straight to the status stream ``leveret.status`` (RabbitMQ's fallback; dropped where there is none).
-    No status queue any more. The new worker publishes contract events to ``leveret.events`` instead."""
+    """Kept importable for the worker of before issue 11, which writes every state both as an event on
+    ``leveret.events`` and through this class into a status queue per task. Status queues are gone: status is
+    read from the events (Leveret's status book, RabbitMQ's status stream), so ``write`` has nothing left to
+    do. The new worker does not use this class; delete it with the old worker."""
 
     def __init__(self, conn: Any, ttl: float) -> None:
         self.conn = conn
         self.ttl = ttl
-        self.channel: Any = None
 
     async def write(self, task_id: str, state: str, extra: dict[str, Any] | None = None) -> None:
-        if self.channel is None or self.channel.is_closed:
-            self.channel = await (await self.conn.channel()).get_underlay_channel()
-        extra = dict(extra or {})
-        name, attempt = str(extra.pop("task", "")), int(extra.pop("attempt", 0) or 0)
-        extra.pop("next_attempt_at", None)  # the old worker's is an ISO string; the contract's a float
-        body, props = event_message(event(task_id, name, "", state, self.ttl, attempt, **extra))
-        await self.channel.basic_publish(body, exchange="", routing_key=STATUS_STREAM, properties=props)
+        return None

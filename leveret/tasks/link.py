@@ -139,6 +139,10 @@ class Link:
             return session
         if self.closed:
             raise BrokerUnavailable(f"the App for {self.url} is closed")
+        if session is not None and not session.conn.is_closed:  # a channel error: start over on a new connection
+            self.current = None
+            with contextlib.suppress(Exception):
+                await session.conn.close()
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect_loop())
         try:
