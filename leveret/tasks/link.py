@@ -32,6 +32,15 @@ BACKOFF_FIRST = 0.1  # seconds before the first reconnection attempt
 BACKOFF_MAX = 5.0  # the cap of the exponential back-off
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's where it is installed (a dependency of leveret on Linux and macOS): less CPU per send."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class BrokerUnavailable(ConnectionError):
     """The broker could not be reached (or the connection was lost) within the timeout; names the URL."""
 
@@ -81,7 +90,7 @@ class Link:
             return loop
         with self._lock:
             if self.loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()
                 ready = threading.Event()
 
                 def run() -> None:
