@@ -265,8 +265,8 @@ def _worker_state_name(app: str, queues: list[str] | None) -> str:
 def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = subparsers.add_parser(
         "status", help="the status of a task (leveret.tasks)",
-        description="Print the last known state of a task sent with leveret.tasks: queued, received, started, "
-                    "retrying, failed, succeeded, gave_up, or unknown.")
+        description="Print the last known state of a task sent with leveret.tasks: queued, started, retrying, "
+                    "succeeded, gave_up, revoked, or unknown.")
     status.add_argument("id", help="the task id (send() returns it in its handle)")
     status.add_argument("--url", help="broker URL (default $LEVERET_URL or amqp://guest:guest@127.0.0.1:5672/)")
     status.add_argument("--json", action="store_true", help="print everything recorded about the state")
@@ -276,15 +276,15 @@ def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 def _run_status(args: argparse.Namespace) -> int:
     import json
 
-    from leveret.tasks import App
+    from leveret.tasks import App, StatusUnavailable
 
     url = args.url or os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"
     configure_logging("critical")  # the one-line error below says it all
-    app = App(url)
+    app = App(url, send_timeout=5)
     try:
         info = app.status_info(args.id)
-    except OSError as exc:
-        error(f"cannot reach the broker at {url}: {exc}")
+    except (OSError, StatusUnavailable) as exc:
+        error(f"cannot read the status from the broker at {url}: {exc}")
         return 1
     finally:
         app.close()

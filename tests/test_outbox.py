@@ -557,7 +557,7 @@ def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path)
 
     try:
         before = time.time()
-        work.send(delay=10)
+        work.send_with({}, delay=10)
         assert app.outbox is not None
         (row,) = app.outbox.fetch("default", 0, 10)
         due = row.properties.headers["x-leveret-due"]
