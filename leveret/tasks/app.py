@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 EVENTS_EXCHANGE = "leveret.events"
 DELAYED_EXCHANGE = "leveret.delayed"
+CONTROL_EXCHANGE = "leveret.control"
 REPLY_TO = "amq.rabbitmq.reply-to"
 STATUS_PREFIX = "leveret.status."
 DEFAULT_STATUS_TTL = 86_400.0  # seconds a status is kept after its last read or write
@@ -63,7 +64,7 @@ def dead_queue(queue: str) -> str:
 
 def server_product(connection: aio_pika.abc.AbstractConnection) -> str:
     transport = getattr(connection, "transport", None)
-    props = getattr(transport, "server_properties", None) or {}
+    props = getattr(getattr(transport, "connection", None), "server_properties", None) or {}
     product = props.get("product", "")
     return product.decode() if isinstance(product, bytes) else str(product)
 
@@ -79,6 +80,11 @@ class Task:
     retry: Retry
     priority: int | None
     serial: bool
+    status: bool = True
+    keep_result: bool = True
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+    rate_limit: str | None = None
     success_hooks: list[Callable[..., Any]] = field(default_factory=list)
     failure_hooks: list[Callable[..., Any]] = field(default_factory=list)
 
@@ -292,6 +298,7 @@ class App:
         self.name = name
         self.status_ttl = status_ttl
         self.tasks: dict[str, Task] = {}
+        self.middleware: list[Any] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -307,12 +314,15 @@ class App:
     # --- registry ------------------------------------------------------------------------------------------
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str | None = None,
-             retry: Retry | None = None, priority: int | None = None, serial: bool = False) -> Any:
+             retry: Retry | None = None, priority: int | None = None, serial: bool = False, status: bool = True,
+             keep_result: bool = True, soft_time_limit: float | None = None, time_limit: float | None = None,
+             rate_limit: str | None = None) -> Any:
         """Decorator registering a function (sync or async) taking keyword payload as a task."""
 
         def register(func: Callable[..., Any]) -> Task:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
-            task = Task(self, task_name, func, queue or self.name, retry or Retry.ignore(), priority, serial)
+            task = Task(self, task_name, func, queue or self.name, retry or Retry.ignore(), priority, serial,
+                        status, keep_result, soft_time_limit, time_limit, rate_limit)
             for other in self.tasks.values():
                 if other.queue == task.queue and other.serial != task.serial:
                     raise ValueError(f"tasks of queue {task.queue!r} disagree on serial=")
@@ -320,6 +330,10 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def add_middleware(self, middleware: Any) -> None:
+        """Add an object with any of before_task(ctx), after_task(ctx, result, exc), on_retry(ctx, exc, delay)."""
+        self.middleware.append(middleware)
 
     @property
     def outbox(self) -> Outbox | None:
