@@ -12,7 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -436,8 +440,9 @@ def test_link_sends_the_next_task_with_the_result(broker: Broker, workers: Calla
     broker.wait_state(task_id, "succeeded")
     wait_until(lambda: len(got) == 2, what="the chain to run")
     assert got == [(2, "v"), "v=2"]
-    linked = [e for e in broker.poll_events() if e["task"] == second.name and e["state"] == "succeeded"]
-    assert linked and linked[0]["id"] != task_id
+    linked = wait_until(lambda: [e for e in broker.poll_events() if e["task"] == second.name
+                                 and e["state"] == "succeeded"], what="the linked task's event")
+    assert linked[0]["id"] != task_id and linked[0]["result"] == "v=2"
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
@@ -487,3 +492,158 @@ def test_worker_reconnects_after_a_broker_restart(how: str, tmp_path: Path, capl
         server.stop()
         server.kill()
     assert server.proc is not None and server.proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL)
+
+
+TESTS = Path(__file__).parent
+
+
+def worker_env(port: int, queue: str) -> dict[str, str]:
+    return {**os.environ, "LEVERET_TW_URL": url(port), "LEVERET_TW_QUEUE": queue,
+            "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+
+
+def health(state_dir: Path) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "leveret", "health", "--state-dir", str(state_dir)],
+                          capture_output=True, text=True, timeout=30)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_health_says_unhealthy_while_the_worker_is_not_consuming(tmp_path: Path) -> None:
+    server = LeveretProcess(tmp_path / "data").start()
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_worker_app:app", "--state-dir", str(state),
+           "--log-level", "warning"]
+    supervisor = subprocess.Popen(cmd, cwd=TESTS, env=worker_env(server.port, "tw-health"))
+    try:
+        wait_until(lambda: (lambda r: r[0] == 0 and " running " in r[1])(health(state)), 30, "a running worker")
+        wait_until(lambda: queue_exists(server.port, "tw-health"), 30, "the worker to declare its queue")
+        server.kill()
+        _code, out = wait_until(lambda: (lambda r: r if r[0] != 0 else None)(health(state)), 30,
+                               "leveret health to report the worker")
+        assert "not consuming" in out and "UNHEALTHY" in out
+        server.start()
+        wait_until(lambda: health(state)[0] == 0, 60, "healthy again after the broker came back")
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(30)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            supervisor.wait(5)
+        server.stop()
+        server.kill()
+
+
+def test_hard_time_limit_exits_the_worker_process_with_its_code(tmp_path: Path) -> None:
+    server = LeveretProcess(tmp_path / "data").start()
+    queue = "tw-hard"
+    cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_worker_app:app", "--processes", "0",
+           "--log-level", "warning"]
+    worker = subprocess.Popen(cmd, cwd=TESTS, env=worker_env(server.port, queue), stderr=subprocess.PIPE, text=True)
+    try:
+        broker = Broker(server.port, "hard")
+        wait_until(lambda: queue_exists(server.port, queue), 30, "the worker to declare its queue")
+        task_id = broker.publish(queue, "tw.hang")
+        assert worker.wait(30) == EXIT_HARD_TIME_LIMIT
+        assert worker.stderr is not None and "exceeded its time limit of 0.5 s" in worker.stderr.read()
+        wait_until(lambda: broker.count(queue) == 1, 10, "the message back in its queue")
+        _props, body = broker.get(queue)
+        assert json.loads(body)["metadata"]["id"] == task_id
+        broker.conn.close()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(5)
+        server.stop()
+        server.kill()
+
+
+def queue_exists(port: int, queue: str) -> bool:
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+class Proxy:
+    """A TCP proxy to the broker that can drop every connection through it (a network failure)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop()
+
+
+def test_worker_reconnects_after_a_dropped_connection(broker: Broker, broker_port: int) -> None:
+    proxy = Proxy(broker_port)
+    app = App(url(proxy.port), name="tw", status_ttl=60)
+    q = broker.queue("drop")
+    runs: list[int] = []
+    gate = threading.Event()
+
+    @app.task(name=broker.name("held"), queue=q)
+    def held(n: int) -> int:
+        runs.append(n)
+        if n == 0 and len(runs) == 1:
+            gate.wait(20)  # the first run ends after the drop: its ack must not go to the new connection
+        return n
+
+    worker = Worker(app, reconnect_max=1.0).start()
+    try:
+        first = broker.publish(q, held.name, {"n": 0})
+        broker.wait_state(first, "started")
+        proxy.drop()
+        wait_until(lambda: not worker.consuming, what="the worker to notice the drop")
+        gate.set()
+        wait_until(lambda: worker.consuming and worker.connections == 2, 20, "the worker to reconnect")
+        second = broker.publish(q, held.name, {"n": 1})
+        broker.wait_state(second, "succeeded")
+        broker.wait_state(first, "succeeded")  # redelivered and run again on the new connection
+        assert sorted(runs) == [0, 0, 1]
+        wait_until(lambda: broker.count(q) == 0, what="everything acked")
+        assert worker.consuming  # no channel error from a stale delivery tag
+    finally:
+        gate.set()
+        worker.stop()
+        app.close()
+        proxy.close()

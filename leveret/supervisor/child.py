@@ -101,7 +101,7 @@ def run_worker(app: Any, *, queues: list[str] | None, concurrency: int, prefetch
                 reporter.send("ready", queues=worker.queues)
         elif event in ("consuming", "not_consuming"):
             if event == "not_consuming":
-                log.warning("not consuming: the connection to the broker is lost (reconnecting)")
+                log.warning("not consuming: no connection to the broker (reconnecting)")
             if reporter:
                 reporter.send("consuming", consuming=worker.consuming)
         elif event == "task_done":

@@ -406,6 +406,7 @@ class Supervisor:
             p.tasks_done = int(report.get("done", p.tasks_done))
         elif event == "consuming":
             p.consuming = bool(report.get("consuming"))
+            self.write_status()
         elif event == "recycle":
             reason = str(report.get("reason") or "asked to be recycled")
             if p.role == "current" and not self._stop.is_set():

@@ -229,6 +229,8 @@ class Worker:
                 except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                     if self.connections == 0 and self._thread is not None and failures >= 2:
                         raise  # start() in a test: say so rather than wait forever
+                    if failures == 0 and self.connections == 0:
+                        self._notify("not_consuming")  # not consuming yet: the supervisor's health says so
                     delay = self._backoff(failures)
                     failures += 1
                     log.warning("cannot connect to %s (%s: %s): retrying in %.1f s", _safe(self.app.url),
