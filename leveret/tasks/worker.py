@@ -324,6 +324,9 @@ class Worker:
         grace = 0.0 if self.exit_code else self.grace
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=max(grace, 0.001))
+        self._out.flush()  # the last acks and events, before the connection closes
+        for _ in range(3):
+            await asyncio.sleep(0)
         self.unfinished = len(self._inflight)
         if self.unfinished:
             log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
