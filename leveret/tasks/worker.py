@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -68,8 +69,8 @@ RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then dou
 
 @dataclass
 class TaskContext:
-    """What hooks and middleware receive about the run. ``next_attempt_at``: epoch seconds of the next attempt
-    (when ``will_retry``)."""
+    """What hooks and middleware receive about the run. ``next_attempt_at``: when the next attempt is due (ISO 8601,
+    UTC), when ``will_retry``."""
 
     id: str
     task: str
@@ -77,7 +78,7 @@ class TaskContext:
     attempt: int
     payload: Any
     will_retry: bool = False
-    next_attempt_at: float | None = None
+    next_attempt_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     app: App | None = None
 
@@ -562,7 +563,8 @@ class Worker:
             await self._ack(message)
             return
         ctx.will_retry = True
-        ctx.next_attempt_at = time.time() + delay
+        due = time.time() + delay
+        ctx.next_attempt_at = datetime.fromtimestamp(due, UTC).isoformat()
         log.warning("task %s[%s] attempt %d failed: %s: %s; retrying in %.3g s", ctx.task, ctx.id, ctx.attempt,
                     type(exc).__name__, exc, delay, exc_info=exc)
         if middleware:
@@ -571,7 +573,7 @@ class Worker:
         if task.failure_hooks:
             await self._run_hooks(task.failure_hooks, ctx, exc)
         if status:
-            await self._event(ctx, "retrying", error=error, next_attempt_at=ctx.next_attempt_at)
+            await self._event(ctx, "retrying", error=error, next_attempt_at=due)
         schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
         if (retry.strategy != "backoff" and schedule is not None and ctx.attempt < len(schedule)
                 and schedule[ctx.attempt] == round(delay * 1000)):
