@@ -431,6 +431,9 @@ def test_killed_worker_loses_no_task(names: dict[str, Any], broker_port: int, tm
             while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert marker.exists(), "the first worker never started the task"
+            deadline = time.monotonic() + 5  # the worker's events are not confirmed: poll for "started"
+            while app.status(handle.id) != "started" and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert app.status(handle.id) == "started"
             first.send_signal(signal.SIGKILL)
             first.wait(5)
