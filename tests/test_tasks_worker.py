@@ -647,3 +647,21 @@ def test_worker_reconnects_after_a_dropped_connection(broker: Broker, broker_por
         worker.stop()
         app.close()
         proxy.close()
+
+
+def test_a_queue_declared_with_other_arguments_is_an_error_at_start(broker: Broker, broker_port: int) -> None:
+    q = broker.queue("clash")
+    broker.ch.queue_declare(q, durable=True, arguments={"x-max-length": 5})
+    app = App(url(broker_port), name="tw", status_ttl=60)
+
+    @app.task(name=broker.name("any"), queue=q)
+    def any_task() -> None:
+        return None
+
+    worker = Worker(app)
+    try:
+        with pytest.raises(Exception, match="PRECONDITION_FAILED"):
+            worker.start()
+    finally:
+        worker.stop()
+        app.close()

@@ -65,6 +65,7 @@ log = logging.getLogger("leveret.tasks.worker")
 
 MAX_RESULT_BYTES = 65536  # a result larger than this (JSON) is not put in the "succeeded" event
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then doubled, capped, jittered)
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
 
 
 @dataclass
@@ -239,10 +240,14 @@ class Worker:
                     await self._sleep(delay)
                     continue
                 self._conn = conn
+                began = time.monotonic()
                 try:
                     lost = await self._session(conn)
-                    failures = 0
+                    if time.monotonic() - began >= STABLE_AFTER:
+                        failures = 0
                 except (TimeoutError, OSError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+                    if self.connections == 0 and isinstance(exc, aiormq.exceptions.ChannelClosed):
+                        raise  # refused at the first setup (e.g. a queue declared with other arguments): say so
                     lost = True
                     log.warning("connection to the broker failed while setting up: %s: %s", type(exc).__name__, exc)
                 self._set_consuming(False)
@@ -733,4 +738,5 @@ def copy_message(message: aiormq.abc.DeliveredMessage, attempt: int | None) -> a
 
 
 def next_attempt(message: aiormq.abc.DeliveredMessage, attempt: int) -> aio_pika.Message:
+    """A copy of ``message`` for attempt number ``attempt``."""
     return copy_message(message, attempt)
