@@ -402,6 +402,8 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await message.channel.basic_nack(_tag(message), requeue=True, wait=False)
                 return
+            if message.channel.is_closed:  # prefetched on a connection that died meanwhile: redelivered, not run
+                return
             self.tasks_started += 1
             if self.max_tasks is not None and self.tasks_started >= self.max_tasks:
                 self._stopping.set()
