@@ -665,3 +665,27 @@ def test_a_queue_declared_with_other_arguments_is_an_error_at_start(broker: Brok
     finally:
         worker.stop()
         app.close()
+
+
+def test_revoke_interrupts_a_running_async_task(broker: Broker, workers: Callable[..., Worker],
+                                                broker_port: int) -> None:
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("revoke-async")
+    cancelled: list[bool] = []
+
+    @app.task(name=broker.name("wait"), queue=q)
+    async def wait() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    workers(app)
+    task_id = broker.publish(q, wait.name)
+    broker.wait_state(task_id, "started")
+    broker.ch.exchange_declare(CONTROL_EXCHANGE, "fanout", durable=True)
+    broker.ch.basic_publish(CONTROL_EXCHANGE, "", json.dumps({"revoke": task_id, "ts": time.time()}).encode())
+    assert broker.wait_state(task_id, "revoked")["error"]["type"] == "TaskRevoked"
+    assert cancelled == [True]
+    wait_until(lambda: broker.count(q) == 0, what="acked, not retried")
