@@ -175,7 +175,8 @@ def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     worker.add_argument("app", metavar="MODULE:APP", help="where the App is, e.g. myproject.tasks:app")
     worker.add_argument("--queues", metavar="A,B", help="only these queues (default: all of the app's)")
     worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="handlers at once (default 4)")
-    worker.add_argument("--prefetch", type=int, metavar="N", help="unacked messages per queue (default N)")
+    worker.add_argument("--prefetch", type=int, metavar="N",
+                        help="unacked messages per queue (default 2 x concurrency)")
     worker.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
     worker.add_argument("--processes", type=int, default=1, metavar="N",
                         help="worker processes under a supervisor (default 1); 0 runs the worker in this process "

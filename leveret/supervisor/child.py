@@ -1,8 +1,11 @@
 """The worker's side of the supervisor: ``run_worker`` runs one ``Worker`` in this process (``leveret worker
 --processes 0``), and, when a supervisor started it, reports to it over the pipe named by
 ``LEVERET_SUPERVISOR_FD``: one JSON object per line, ``{"event": "ready"}`` once consuming,
-``{"event": "tasks", "done": N}`` after each task, ``{"event": "recycle", "reason": ...}`` when it stops by
-itself (max tasks, max memory). It also exits when its supervisor is gone (as gunicorn's workers do), so that
+``{"event": "tasks", "done": N}`` after each task, ``{"event": "consuming", "consuming": false|true}`` when it
+loses its broker connection and when it consumes again (the supervisor reports it unhealthy meanwhile),
+``{"event": "recycle", "reason": ...}`` when it stops by itself (max tasks, max memory). A task over its hard
+time limit makes it exit with code 75 (EXIT_HARD_TIME_LIMIT) so that the supervisor replaces it.
+It also exits when its supervisor is gone (as gunicorn's workers do), so that
 killing the supervisor never leaves orphan workers holding messages."""
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ def run_worker(app: Any, *, queues: list[str] | None, concurrency: int, prefetch
             log.info("consuming %s (concurrency %d)", ", ".join(worker.queues), worker.concurrency)
             if reporter:
                 reporter.send("ready", queues=worker.queues)
+        elif event in ("consuming", "not_consuming"):
+            if event == "not_consuming":
+                log.warning("not consuming: no connection to the broker (reconnecting)")
+            if reporter:
+                reporter.send("consuming", consuming=worker.consuming)
         elif event == "task_done":
             if reporter:
                 reporter.send("tasks", done=worker.tasks_done)
@@ -133,7 +141,14 @@ def run_worker(app: Any, *, queues: list[str] | None, concurrency: int, prefetch
             if watcher is not None:
                 watcher.cancel()
 
-    asyncio.run(run())
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    if worker.exit_code:
+        _exit_now(worker.exit_code)  # a task over its hard time limit may still hold a thread: do not wait for it
     if worker.unfinished:
         _exit_now(0)  # handler threads still run; their messages are requeued: do not wait for them
     return 0

@@ -1,5 +1,6 @@
 """Health of a supervisor: the HTTP endpoint (``GET /health``: 200 when every program runs, 503 while one is
-crash-looping or the supervisor is stopping) and, for ``leveret health``, reading and printing the status file
+crash-looping, a worker is not consuming (it lost its broker connection and is reconnecting) or the supervisor
+is stopping) and, for ``leveret health``, reading and printing the status file
 ``<state_dir>/supervisor.json`` that the supervisor rewrites on every change and every ``check_interval``."""
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def format_status(status: dict[str, Any]) -> str:
             state = p.get("state", "?")
             if p.get("crash_looping"):
                 state += " (crash-looping)"
+            elif p.get("consuming") is False:
+                state += " (not consuming: no broker connection)"
             elif state == "backoff" and p.get("next_start"):
                 state += f" until {p['next_start']}"
             rows.append((p.get("slot", "?"), state, str(p.get("pid") or "-"), str(p.get("since") or "-"),

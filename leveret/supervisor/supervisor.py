@@ -87,6 +87,7 @@ class Proc:
     role: str = "candidate"  # candidate (starting for a reload), current, retiring
     reason: str = ""  # why it is retiring
     tasks_done: int = 0
+    consuming: bool = True  # a worker says when it is not (lost its broker connection)
     rss: float | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -403,6 +404,9 @@ class Supervisor:
             self._on_ready(p)
         elif event == "tasks":
             p.tasks_done = int(report.get("done", p.tasks_done))
+        elif event == "consuming":
+            p.consuming = bool(report.get("consuming"))
+            self.write_status()
         elif event == "recycle":
             reason = str(report.get("reason") or "asked to be recycled")
             if p.role == "current" and not self._stop.is_set():
@@ -610,7 +614,8 @@ class Supervisor:
             self._lock_fd = None
 
     def healthy(self) -> bool:
-        return self.state == "running" and not any(s.crash_looping(self.settings) for s in self.slots)
+        return (self.state == "running" and not any(s.crash_looping(self.settings) for s in self.slots)
+                and not any(s.current is not None and not s.current.consuming for s in self.slots))
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``leveret health`` and the HTTP endpoint show."""
@@ -625,6 +630,7 @@ class Supervisor:
                     "since": iso(p.started) if p else None, "uptime": round(p.uptime, 1) if p else None,
                     "tasks": slot.tasks_before + (p.tasks_done if p else 0),
                     "tasks_this_process": p.tasks_done if p else None,
+                    "consuming": p.consuming if p else None,
                     "rss_mb": round(p.rss, 1) if p and p.rss is not None else None,
                     "starts": slot.starts, "restarts": slot.restarts, "recycles": slot.recycles,
                     "failures_in_a_row": slot.failures, "crash_looping": slot.crash_looping(self.settings),

@@ -56,7 +56,7 @@ from leveret.tasks.topology import (
 __all__ = [
     "CONTROL_EXCHANGE", "DELAYED_EXCHANGE", "EVENTS_EXCHANGE", "FINAL_STATES", "MAX_PRIORITY", "REPLY_TO",
     "STATES", "STATUS_EXCHANGE", "App", "BrokerUnavailable", "Group", "Handle", "Request", "StatusUnavailable",
-    "StatusWriter", "Task", "TaskError", "dead_queue", "declare_topology", "describe_dead", "now_iso",
+    "Task", "TaskError", "dead_queue", "declare_topology", "describe_dead", "now_iso",
     "publish_to_queue", "restart", "server_product", "wait_queue",
 ]
 
@@ -536,17 +536,3 @@ def outcome(record: dict[str, Any]) -> Any:
         raise TaskError("Revoked", "the task was revoked", record.get("id"))
     raise TaskError(str(error.get("type", "Exception")), str(error.get("message", "")), record.get("id"),
                     error.get("traceback"))
-
-
-class StatusWriter:
-    """Kept importable for the worker of before issue 11, which writes every state both as an event on
-    ``leveret.events`` and through this class into a status queue per task. Status queues are gone: status is
-    read from the events (Leveret's status book, RabbitMQ's status stream), so ``write`` has nothing left to
-    do. The new worker does not use this class; delete it with the old worker."""
-
-    def __init__(self, conn: Any, ttl: float) -> None:
-        self.conn = conn
-        self.ttl = ttl
-
-    async def write(self, task_id: str, state: str, extra: dict[str, Any] | None = None) -> None:
-        return None

@@ -1,9 +1,15 @@
 """The consumer side: ``Worker`` runs an App's handlers. See docs/tasks.md.
 
-A message is acked only after its handler (and hooks) finished; a failure is retried according to the
-message's retry strategy: on Leveret by ``reject(requeue=False)`` on a queue declared with
-``x-retry-intervals`` (the broker schedules the retry), elsewhere by publishing the next attempt to a wait
-queue ``<queue>.retry.<ms>`` and acking the original. Exhausted retries end in ``<queue>.dead``.
+Per task the worker publishes two events to ``leveret.events`` ("started", then one of succeeded / retrying /
+gave_up / revoked), transient and without waiting for confirms, and acks the message (no round trip) only after
+the handler, its hooks and the final event. A failure is retried according to the message's retry strategy: on
+Leveret by ``reject(requeue=False)`` on a queue declared with ``x-retry-intervals`` when the delay is the
+queue's, otherwise by publishing the next attempt (confirmed) with a delay (Leveret's delayed exchange, or a
+wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original. Exhausted retries, unknown task names and
+unreadable messages end in ``<queue>.dead``.
+
+The worker reconnects by itself (capped exponential back-off with jitter) when the connection drops; messages
+whose delivery died with the connection are never acked on the new one (the broker redelivers them).
 """
 
 from __future__ import annotations
@@ -13,34 +19,59 @@ import contextlib
 import inspect
 import json
 import logging
+import os
+import random
+import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
+import pamqp.frame
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from leveret.tasks.app import (
+    CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
     App,
-    StatusWriter,
+    Task,
     dead_queue,
     declare_topology,
-    now_iso,
     publish_to_queue,
     server_product,
 )
+from leveret.tasks.control import RevokedIds, parse_control
+from leveret.tasks.limits import (
+    EXIT_HARD_TIME_LIMIT,
+    Running,
+    SoftTimeLimitExceeded,
+    TaskRevoked,
+    TokenBucket,
+    parse_rate,
+)
+from leveret.tasks.middleware import call_hooks
 from leveret.tasks.retry import Retry
 
 log = logging.getLogger("leveret.tasks.worker")
 
+MAX_RESULT_BYTES = 65536  # a result larger than this (JSON) is not put in the "succeeded" event
+RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then doubled, capped, jittered)
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
+
 
 @dataclass
 class TaskContext:
-    """What hooks receive about the run."""
+    """What hooks and middleware receive about the run. ``next_attempt_at``: when the next attempt is due (ISO 8601,
+    UTC), when ``will_retry``."""
 
     id: str
     task: str
@@ -49,43 +80,142 @@ class TaskContext:
     payload: Any
     will_retry: bool = False
     next_attempt_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    app: App | None = None
+
+
+class BadMessage(Exception):
+    """A message the worker cannot run: ``reason`` goes to the x-leveret-reason header of its dead letter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Outgoing:
+    """Frames for the broker (events, replies, acks), written together once per loop iteration: one write
+    (one send system call) for many tasks instead of one per frame, through aiormq's own write queue. Acks and
+    publishes on a channel keep their order; a channel that closed meanwhile is skipped (its deliveries are
+    redelivered by the broker)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[aiormq.abc.AbstractChannel, list[Any]] = {}
+        self.scheduled = False
+        self._methods: dict[tuple[int, str, str], bytes] = {}  # marshalled basic.publish frames
+        self._puts: set[asyncio.Future[Any]] = set()
+
+    def add(self, channel: aiormq.abc.AbstractChannel, *frames: Any) -> None:
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        pending = self.pending.get(channel)
+        if pending is None:
+            self.pending[channel] = pending = []
+        pending.extend(frames)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def publish(self, channel: aiormq.abc.AbstractChannel, body: bytes, exchange: str, routing_key: str,
+                properties: Basic.Properties) -> None:
+        size: Any = getattr(channel, "max_content_size", 0) or 131072 - 8
+        bodies = [ContentBody(body[i:i + size]) for i in range(0, len(body), size)]
+        number: Any = channel.number
+        key = (number, exchange, routing_key)
+        method = self._methods.get(key)
+        if method is None:
+            if len(self._methods) > 10_000:
+                self._methods.clear()
+            method = self._methods[key] = pamqp.frame.marshal(
+                Basic.Publish(exchange=exchange, routing_key=routing_key), number)
+        self.add(channel, method, ContentHeader(properties=properties, body_size=len(body)), *bodies)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, {}
+        by_queue: dict[int, tuple[asyncio.Queue[Any], list[bytes]]] = {}
+        for channel, frames in pending.items():
+            if channel.is_closed:
+                continue
+            number: Any = channel.number
+            queue: Any = channel.write_queue  # type: ignore[attr-defined]
+            entry = by_queue.setdefault(id(queue), (queue, []))
+            entry[1].extend(frame if isinstance(frame, bytes) else pamqp.frame.marshal(frame, number)
+                            for frame in frames)
+        for queue, chunks in by_queue.values():
+            frame = ChannelFrame(payload=b"".join(chunks), should_close=False)
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:  # the connection's writer is behind: wait for room, in order
+                put = asyncio.ensure_future(queue.put(frame))
+                self._puts.add(put)
+                put.add_done_callback(self._puts.discard)
+
+
+@dataclass
+class _Consumer:
+    queue: str
+    channel: aio_pika.abc.AbstractChannel
+    raw: aiormq.abc.AbstractChannel
+    tag: str = ""
 
 
 class Worker:
     """Consume ``queues`` (default: all of the app's) with up to ``concurrency`` handlers at once.
 
-    ``await run()`` until ``stop``; or ``start()``/``stop()`` to run it in a background thread (tests).
+    ``await run()`` until ``request_stop()``; or ``start()``/``stop()`` to run it in a background thread (tests).
 
     On stop, consuming is cancelled and running handlers get ``grace`` seconds to finish; what is left is not
     acked, so the broker requeues it when the connection closes (``unfinished`` says how many). With
     ``max_tasks``, the worker stops by itself once it has started that many tasks (recycling under a
-    supervisor). ``on_event(name, worker)`` is called on the loop with "ready", "task_done" and "max_tasks"."""
+    supervisor). When a task exceeds its ``time_limit``, the worker closes its connection at once (nothing
+    running is acked: the broker redelivers it), stops, and sets ``exit_code`` to ``EXIT_HARD_TIME_LIMIT``.
+
+    ``on_event(name, worker)`` is called on the loop with "ready" (first time consuming), "consuming" and
+    "not_consuming" (each change; ``worker.consuming``), "task_done", "max_tasks" and "hard_time_limit"."""
 
     def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 4,
                  prefetch: int | None = None, grace: float = 30.0, max_tasks: int | None = None,
-                 on_event: Callable[[str, Worker], None] | None = None) -> None:
+                 on_event: Callable[[str, Worker], None] | None = None, reconnect_max: float = 30.0) -> None:
         self.app = app
         self.queues = queues or app.queues
         unknown = set(self.queues) - set(app.queues)
         if unknown:
             raise ValueError(f"no task of the app uses queue(s) {', '.join(sorted(unknown))}")
         self.concurrency = concurrency
-        self.prefetch = prefetch or concurrency
+        self.prefetch = prefetch or 2 * concurrency
         self.grace = grace
         self.max_tasks = max_tasks
         self.on_event = on_event
+        self.reconnect_max = reconnect_max
         self.tasks_started = 0
         self.tasks_done = 0
         self.unfinished = 0
+        self.connections = 0  # successful connections so far (1 + reconnections)
+        self.consuming = False
+        self.exit_code = 0
         self.product = ""
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.revoked = RevokedIds(app.status_ttl)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leveret-task")
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Future[None]] = set()
+        self._running: dict[str, Running] = {}
         self._sem: asyncio.Semaphore | None = None
+        self._conn: aio_pika.abc.AbstractConnection | None = None
+        self._events: aiormq.abc.AbstractChannel | None = None
+        self._confirm: aio_pika.abc.AbstractChannel | None = None
+        self._consumers: list[_Consumer] = []
+        self._closing: asyncio.Future[Any] | None = None
+        self._out = Outgoing()
+        self._is_async: dict[str, bool] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        for task in app.tasks.values():
+            if task.queue in self.queues and getattr(task, "rate_limit", None):
+                self._buckets[task.name] = TokenBucket(parse_rate(str(task.rate_limit)))
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -93,38 +223,125 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._sem = asyncio.Semaphore(self.concurrency)
-        conn = await aio_pika.connect(self.app.url)
+        failures = 0
         try:
-            self.product = server_product(conn)
-            self._pub = await conn.channel(publisher_confirms=True)
-            self._status = StatusWriter(conn, self.app.status_ttl)
-            self._events = await self._pub.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC,
-                                                            durable=True)
-            consumers = []
-            for queue in self.queues:
-                serial = any(t.serial for t in self.app.tasks.values() if t.queue == queue)
-                channel = await conn.channel(publisher_confirms=True)
-                await channel.set_qos(prefetch_count=1 if serial else self.prefetch)
-                await declare_topology(channel, self.app, queue, self.product)
-                q = await channel.get_queue(queue, ensure=False)
-                tag = await q.consume(self._make_callback(queue, channel))
-                consumers.append((q, tag))
+            while not self._stopping.is_set():
+                try:
+                    conn = await aio_pika.connect(self.app.url, timeout=10)
+                except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                    if self.connections == 0 and self._thread is not None and failures >= 2:
+                        raise  # start() in a test: say so rather than wait forever
+                    if failures == 0 and self.connections == 0:
+                        self._notify("not_consuming")  # not consuming yet: the supervisor's health says so
+                    delay = self._backoff(failures)
+                    failures += 1
+                    log.warning("cannot connect to %s (%s: %s): retrying in %.1f s", _safe(self.app.url),
+                                type(exc).__name__, exc, delay)
+                    await self._sleep(delay)
+                    continue
+                self._conn = conn
+                began = time.monotonic()
+                try:
+                    lost = await self._session(conn)
+                    if time.monotonic() - began >= STABLE_AFTER:
+                        failures = 0
+                except (TimeoutError, OSError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+                    if self.connections == 0 and isinstance(exc, aiormq.exceptions.ChannelClosed):
+                        raise  # refused at the first setup (e.g. a queue declared with other arguments): say so
+                    lost = True
+                    log.warning("connection to the broker failed while setting up: %s: %s", type(exc).__name__, exc)
+                self._set_consuming(False)
+                if lost and not self._stopping.is_set():
+                    delay = self._backoff(failures)
+                    failures += 1
+                    log.warning("lost the connection to the broker: reconnecting in %.1f s (unacked tasks are "
+                                "redelivered by the broker)", delay)
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                    await self._sleep(delay)
+            await self._drain()
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+            self._pool.shutdown(wait=False)
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential back-off with equal jitter."""
+        delay = min(self.reconnect_max, RECONNECT_FIRST * 2 ** min(failures, 16))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _session(self, conn: aio_pika.abc.AbstractConnection) -> bool:
+        """Declare, consume until stopping (False) or until the connection or a channel dies (True)."""
+        assert self._stopping is not None
+        self.product = server_product(conn)
+        events = await conn.channel(publisher_confirms=False)
+        await events.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        self._events = await events.get_underlay_channel()
+        self._confirm = await conn.channel(publisher_confirms=True)
+        control = await conn.channel(publisher_confirms=False)
+        exchange = await control.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+        control_queue = await control.declare_queue("", exclusive=True, auto_delete=True)
+        await control_queue.bind(exchange)
+        await control_queue.consume(self._on_control, no_ack=True)
+        channels = [events, self._confirm, control]
+        self._consumers = []
+        for queue in self.queues:
+            serial = any(t.serial for t in self.app.tasks.values() if t.queue == queue)
+            channel = await conn.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=1 if serial else self.prefetch)
+            await declare_topology(channel, self.app, queue, self.product)
+            consumer = _Consumer(queue, channel, await channel.get_underlay_channel())
+            consumer.tag = str((await consumer.raw.basic_consume(queue, self._callback(consumer))).consumer_tag)
+            self._consumers.append(consumer)
+            channels.append(channel)
+        self.connections += 1
+        if self.connections > 1:
+            log.info("reconnected to the broker: consuming %s again", ", ".join(self.queues))
+        self._set_consuming(True)
+        if not self._ready.is_set():
             self._ready.set()
             self._notify("ready")
-            await self._stopping.wait()
-            for q, tag in consumers:
-                with contextlib.suppress(Exception):
-                    await q.cancel(tag)
-            if self._inflight:
-                await asyncio.wait(self._inflight, timeout=self.grace)
-            self.unfinished = len(self._inflight)
-            if self.unfinished:
-                log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
-                            "requeues them", self.unfinished, self.grace)
+        transport = conn.transport
+        assert transport is not None
+        watched: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stopping.wait()),
+                                             asyncio.ensure_future(asyncio.shield(transport.connection.closing))}
+        for channel in channels:
+            raw = await channel.get_underlay_channel()
+            watched.add(asyncio.ensure_future(asyncio.shield(raw.closing)))
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for future in watched:
+                future.cancel()
+        return not self._stopping.is_set()
+
+    async def _drain(self) -> None:
+        """Stop consuming, give running handlers ``grace`` seconds, then close."""
+        self._set_consuming(False)
+        for consumer in self._consumers:
             with contextlib.suppress(Exception):
-                await conn.close()
-            self._pool.shutdown(wait=False)
+                await consumer.raw.basic_cancel(consumer.tag)
+        grace = 0.0 if self.exit_code else self.grace
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=max(grace, 0.001))
+        self._out.flush()  # the last acks and events, before the connection closes
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.unfinished = len(self._inflight)
+        if self.unfinished:
+            log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
+                        "requeues them", self.unfinished, grace)
+
+    def _set_consuming(self, consuming: bool) -> None:
+        if consuming != self.consuming:
+            self.consuming = consuming
+            self._notify("consuming" if consuming else "not_consuming")
 
     def _notify(self, event: str) -> None:
         if self.on_event is not None:
@@ -135,7 +352,8 @@ class Worker:
 
     def request_stop(self) -> None:
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: stopped already
+                self._loop.call_soon_threadsafe(self._stopping.set)
 
     def start(self, timeout: float = 10.0) -> Worker:
         def main() -> None:
@@ -158,134 +376,286 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    # --- control (revoke) ------------------------------------------------------------------------------------
+
+    async def _on_control(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        data = parse_control(message.body)
+        task_id = data.get("revoke") if data else None
+        if not isinstance(task_id, str) or not task_id:
+            log.warning("ignoring an unreadable control message %r", message.body[:200])
+            return
+        self.revoked.add(task_id)
+        running = self._running.get(task_id)
+        if running is not None:
+            log.warning("task %s revoked while running: interrupting it", task_id)
+            running.interrupt(TaskRevoked)
+
     # --- one message -----------------------------------------------------------------------------------------
 
-    def _make_callback(self, queue: str, channel: aio_pika.abc.AbstractChannel) -> Any:
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            assert self._sem is not None and self._stopping is not None
-            await self._sem.acquire()
+    def _callback(self, consumer: _Consumer) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
+        return lambda message: self._on_message(consumer, message)
+
+    async def _on_message(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage) -> None:
+        assert self._sem is not None and self._stopping is not None
+        async with self._sem:
             if self._stopping.is_set():  # delivered (prefetched) but not started: back to the queue at once
-                self._sem.release()
                 with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
+                    await message.channel.basic_nack(_tag(message), requeue=True, wait=False)
+                return
+            if message.channel.is_closed:  # prefetched on a connection that died meanwhile: redelivered, not run
                 return
             self.tasks_started += 1
             if self.max_tasks is not None and self.tasks_started >= self.max_tasks:
                 self._stopping.set()
                 self._notify("max_tasks")
-            task = asyncio.ensure_future(self._process(queue, channel, message))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(lambda _t: self._sem.release() if self._sem else None)
-
-        return on_message
-
-    async def _process(self, queue: str, channel: aio_pika.abc.AbstractChannel,
-                       message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        try:
-            await self._handle(queue, channel, message)
-        except Exception:
-            log.exception("cannot process message %s of %s", message.message_id, queue)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            current = asyncio.current_task()
+            assert current is not None
+            self._inflight.add(current)
+            try:
+                await self._handle(consumer, message)
+            except Exception as exc:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
+                log.exception("cannot process a message of %s", consumer.queue)
+                with contextlib.suppress(Exception):
+                    await self._dead_letter(consumer, message, "worker_error", exc, None)
+            finally:
+                self._inflight.discard(current)
         self.tasks_done += 1
         self._notify("task_done")
 
-    async def _handle(self, queue: str, channel: aio_pika.abc.AbstractChannel,
-                      message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        headers = dict(message.headers or {})
-        payload, metadata = decode(message)
-        task_id = str(metadata.get("id") or message.message_id or message.correlation_id or "")
-        name = str(metadata.get("task") or metadata.get("className") or "")
-        count: Any = headers.get("x-retry-count") or 0
-        attempt = max(int(metadata.get("attempt") or 0), int(count))
-        task = self.app.tasks.get(name)
-        ctx = TaskContext(task_id, name, queue, attempt, payload)
-        if task is None or payload is None:
-            reason = "unknown task" if payload is not None else "unreadable message"
-            await self._give_up(queue, message, ctx, ValueError(f"{reason} {name!r}"), reply=True)
-            return
-        retry = Retry.from_wire(metadata.get("retry")) or task.retry
-        await self._event(ctx, "received")
-        await self._event(ctx, "started")
+    async def _handle(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage) -> None:
+        props = message.header.properties
+        headers = props.headers or {}
         try:
-            kwargs = payload if isinstance(payload, dict) else {"data": payload}
-            if inspect.iscoroutinefunction(task.fn):
-                result = await task.fn(**kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, lambda: task.fn(**kwargs))
-        except Exception as exc:
-            await self._failed(queue, channel, message, task, retry, ctx, exc)
+            payload, metadata = decode(message.body, props.content_type, headers)
+            task_id = str(metadata.get("id") or props.message_id or props.correlation_id or "")
+            name = str(metadata.get("task") or metadata.get("className") or props.message_type or "")
+            count: Any = headers.get("x-retry-count") or 0
+            attempt = max(int(metadata.get("attempt") or 0), int(count))
+        except (BadMessage, TypeError, ValueError) as bad:
+            reason = bad.reason if isinstance(bad, BadMessage) else "undecodable"
+            ctx = TaskContext(str(props.message_id or ""), str(props.message_type or ""), consumer.queue, 0, None,
+                              app=self.app)
+            await self._dead_letter(consumer, message, reason, bad, ctx)
             return
-        await self._run_hooks(task.success_hooks, ctx, result)
+        ctx = TaskContext(task_id, name, consumer.queue, attempt, payload, metadata=metadata, app=self.app)
+        task = self.app.tasks.get(name)
+        if task is None:
+            known = ", ".join(sorted(t for t, v in self.app.tasks.items() if v.queue == consumer.queue))
+            unknown = LookupError(f"no task named {name!r} in app {self.app.name!r} (tasks of queue "
+                                  f"{consumer.queue!r}: {known or 'none'})")
+            await self._dead_letter(consumer, message, "unknown_task", unknown, ctx)
+            return
+        status = getattr(task, "status", True)
+        if task_id and task_id in self.revoked:
+            log.info("task %s[%s] was revoked: skipped", name, task_id)
+            if status:
+                await self._event(ctx, "revoked")
+            await self._ack(message)
+            return
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            await bucket.acquire()
+        if status:
+            await self._event(ctx, "started")
+        middleware = self.app.middleware
+        if middleware:
+            await call_hooks(middleware, "before_task", self._pool, ctx)
+        try:
+            result = await self._run(task, ctx, payload)
+        except TaskRevoked as exc:
+            log.warning("task %s[%s] attempt %d revoked while running", name, task_id, attempt)
+            if middleware:
+                await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
+            if status:
+                await self._event(ctx, "revoked", error=error_info(exc))
+            await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
+            await self._ack(message)
+            return
+        except Exception as exc:
+            await self._failed(consumer, message, task, ctx, exc, status)
+            return
+        if middleware:
+            await call_hooks(middleware, "after_task", self._pool, ctx, result, None)
+        if task.success_hooks:
+            await self._run_hooks(task.success_hooks, ctx, result)
+        link = metadata.get("link")
+        if link:
+            await self._send_link(ctx, link, result)
         await self._reply(message, {"ok": True, "result": result})
-        await self._event(ctx, "succeeded")
-        await message.ack()
+        if status:
+            extra: dict[str, Any] = {}
+            if getattr(task, "keep_result", True):
+                with contextlib.suppress(TypeError, ValueError):
+                    if len(json.dumps(result)) <= MAX_RESULT_BYTES:
+                        extra["result"] = result
+            await self._event(ctx, "succeeded", **extra)
+        await self._ack(message)
 
-    async def _failed(self, queue: str, channel: aio_pika.abc.AbstractChannel,
-                      message: aio_pika.abc.AbstractIncomingMessage, task: Any, retry: Retry,
-                      ctx: TaskContext, exc: Exception) -> None:
+    async def _run(self, task: Task, ctx: TaskContext, payload: dict[str, Any]) -> Any:
+        """Run the handler with its time limits, interruptible by revoke."""
+        loop = asyncio.get_running_loop()
+        running = Running()
+        soft = getattr(task, "soft_time_limit", None)
+        hard = getattr(task, "time_limit", None)
+        if soft:
+            running.timers.append(loop.call_later(soft, running.interrupt, SoftTimeLimitExceeded))
+        if hard:
+            running.timers.append(loop.call_later(hard, self._hard_limit, task, ctx, running))
+        key = ctx.id or str(id(running))
+        self._running[key] = running
+        try:
+            is_async = self._is_async.get(task.name)
+            if is_async is None:
+                is_async = self._is_async[task.name] = inspect.iscoroutinefunction(task.fn)
+            if is_async:
+                running.async_task = asyncio.ensure_future(task.fn(**payload))
+                try:
+                    return await running.async_task
+                except asyncio.CancelledError:
+                    if running.interrupted is None or running.async_task is None or not running.async_task.cancelled():
+                        raise
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                    raise running.interrupted(_interrupted_text(task, running.interrupted, soft)) from None
+            try:
+                return await loop.run_in_executor(self._pool, running.run_in_thread, task.fn, payload)
+            except (SoftTimeLimitExceeded, TaskRevoked) as exc:
+                if not exc.args:
+                    raise type(exc)(_interrupted_text(task, type(exc), soft)) from None
+                raise
+        finally:
+            running.cancel_timers()
+            self._running.pop(key, None)
+
+    def _hard_limit(self, task: Task, ctx: TaskContext, running: Running) -> None:
+        """A task exceeded its time_limit: stop consuming and close the connection at once (nothing running is
+        acked, so the broker redelivers it), and exit with EXIT_HARD_TIME_LIMIT (``leveret worker``)."""
+        log.error("task %s[%s] attempt %d exceeded its time limit of %g s: closing the connection (its message "
+                  "is not acked and will be redelivered) and exiting with code %d", ctx.task, ctx.id, ctx.attempt,
+                  task.time_limit, EXIT_HARD_TIME_LIMIT)
+        self.exit_code = EXIT_HARD_TIME_LIMIT
+        if running.async_task is not None:
+            running.async_task.cancel()
+        assert self._stopping is not None
+        self._stopping.set()
+        self._notify("hard_time_limit")
+        conn = self._conn
+        if conn is not None:
+            self._closing = asyncio.ensure_future(conn.close())
+
+    async def _failed(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage, task: Task,
+                      ctx: TaskContext, exc: Exception, status: bool) -> None:
+        retry = Retry.from_wire(ctx.metadata.get("retry")) or task.retry
         delay = retry.next_delay(ctx.attempt)
-        error = {"type": type(exc).__name__, "message": str(exc)}
+        error = error_info(exc)
+        queue = consumer.queue
+        middleware = self.app.middleware
         if delay is None:
-            await self._give_up(queue, message, ctx, exc, hooks=task.failure_hooks)
+            log.error("task %s[%s] attempt %d failed: %s: %s; giving up", ctx.task, ctx.id, ctx.attempt,
+                      type(exc).__name__, exc, exc_info=exc)
+            if middleware:
+                await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
+            if task.failure_hooks:
+                await self._run_hooks(task.failure_hooks, ctx, exc)
+            await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
+            if status:
+                await self._event(ctx, "gave_up", error=error)
+            schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
+            if schedule is None or ctx.attempt >= len(schedule):
+                # The queue's dead-letter exchange moves it to <queue>.dead (with x-death).
+                await message.channel.basic_reject(_tag(message), requeue=False)
+                return
+            await self._publish_dead(message, queue, "retries_exhausted", error, ctx.attempt)
+            await self._ack(message)
             return
         ctx.will_retry = True
-        ctx.next_attempt_at = datetime.fromtimestamp(time.time() + delay, UTC).isoformat()
-        await self._event(ctx, "failed", error=error)
-        await self._run_hooks(task.failure_hooks, ctx, exc)
-        await self._event(ctx, "retrying", error=error, next_attempt_at=ctx.next_attempt_at)
+        due = time.time() + delay
+        ctx.next_attempt_at = datetime.fromtimestamp(due, UTC).isoformat()
+        log.warning("task %s[%s] attempt %d failed: %s: %s; retrying in %.3g s", ctx.task, ctx.id, ctx.attempt,
+                    type(exc).__name__, exc, delay, exc_info=exc)
+        if middleware:
+            await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
+            await call_hooks(middleware, "on_retry", self._pool, ctx, exc, delay)
+        if task.failure_hooks:
+            await self._run_hooks(task.failure_hooks, ctx, exc)
+        if status:
+            await self._event(ctx, "retrying", error=error, next_attempt_at=due)
         schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
-        if schedule is not None and ctx.attempt < len(schedule) and schedule[ctx.attempt] == round(delay * 1000):
-            await message.reject(requeue=False)  # Leveret's x-retry-intervals re-enqueues it after the delay
+        if (retry.strategy != "backoff" and schedule is not None and ctx.attempt < len(schedule)
+                and schedule[ctx.attempt] == round(delay * 1000)):
+            await message.channel.basic_reject(_tag(message), requeue=False)  # the broker re-enqueues it later
             return
-        await publish_to_queue(channel, queue, next_attempt(message, ctx.attempt + 1), delay, self.product)
-        await message.ack()
+        assert self._confirm is not None
+        await publish_to_queue(self._confirm, queue, next_attempt(message, ctx.attempt + 1), delay, self.product)
+        await self._ack(message)
 
-    async def _give_up(self, queue: str, message: aio_pika.abc.AbstractIncomingMessage, ctx: TaskContext,
-                       exc: Exception, hooks: list[Any] | None = None, reply: bool = True) -> None:
-        error = {"type": type(exc).__name__, "message": str(exc)}
-        await self._event(ctx, "failed", error=error)
-        if hooks:
-            await self._run_hooks(hooks, ctx, exc)
-        schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
-        if schedule is None or ctx.attempt >= len(schedule):
-            # The queue's dead-letter exchange moves it to <queue>.dead (with x-death).
-            await self._reply(message, {"ok": False, "error": error})
+    async def _dead_letter(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage, reason: str,
+                           exc: Exception, ctx: TaskContext | None) -> None:
+        """A message the worker cannot run: to ``<queue>.dead`` with ``x-leveret-reason``, an event, a log line."""
+        error = error_info(exc, tb=reason == "worker_error")
+        log.error("message %s of queue %s dead-lettered (%s): %s", message.header.properties.message_id,
+                  consumer.queue, reason, exc)
+        await self._publish_dead(message, consumer.queue, reason, error, None)
+        if ctx is not None and ctx.id:
             await self._event(ctx, "gave_up", error=error)
-            await message.reject(requeue=False)
-            return
-        dead = next_attempt(message, ctx.attempt)
-        dead.headers = {**(dead.headers or {}), "x-leveret-reason": "retries_exhausted",
-                        "x-leveret-error": json.dumps(error)}
-        await self._pub.default_exchange.publish(dead, routing_key=dead_queue(queue))
-        await self._reply(message, {"ok": False, "error": error})
-        await self._event(ctx, "gave_up", error=error)
-        await message.ack()
+        await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
+        await self._ack(message)
 
-    async def _reply(self, message: aio_pika.abc.AbstractIncomingMessage, answer: dict[str, Any]) -> None:
-        if not message.reply_to:
+    async def _publish_dead(self, message: aiormq.abc.DeliveredMessage, queue: str, reason: str,
+                            error: dict[str, Any], attempt: int | None) -> None:
+        dead = copy_message(message, attempt)
+        dead.headers = {**(dead.headers or {}), "x-leveret-reason": reason,
+                        "x-leveret-error": json.dumps({k: v for k, v in error.items() if k != "traceback"})}
+        assert self._confirm is not None
+        await self._confirm.default_exchange.publish(dead, routing_key=dead_queue(queue))
+
+    async def _send_link(self, ctx: TaskContext, link: Any, result: Any) -> None:
+        from leveret.tasks.links import send_link
+
+        try:
+            new_id = await send_link(self.app, link, result)
+            log.debug("task %s[%s] linked to %s", ctx.task, ctx.id, new_id)
+        except Exception:
+            log.exception("task %s[%s]: cannot send its link %r", ctx.task, ctx.id, link)
+
+    async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
+        try:
+            self._out.add(message.channel, Basic.Ack(delivery_tag=_tag(message)))
+        except aiormq.exceptions.AMQPError as exc:  # the delivery died with its channel: the broker redelivers it
+            log.warning("cannot ack message %s (%s): the broker will redeliver it",
+                        message.header.properties.message_id, exc)
+
+    async def _reply(self, message: aiormq.abc.DeliveredMessage, answer: dict[str, Any]) -> None:
+        props = message.header.properties
+        if not props.reply_to or self._events is None:
             return
         try:
             body = json.dumps(answer).encode()
         except (TypeError, ValueError) as exc:
             body = json.dumps({"ok": False, "error": {"type": "TypeError", "message": f"result: {exc}"}}).encode()
         with contextlib.suppress(Exception):
-            await self._pub.default_exchange.publish(
-                aio_pika.Message(body, content_type="application/json", correlation_id=message.correlation_id),
-                routing_key=message.reply_to)
+            self._out.publish(self._events, body, "", props.reply_to, Basic.Properties(
+                content_type="application/json", correlation_id=props.correlation_id))
 
     async def _event(self, ctx: TaskContext, state: str, **extra: Any) -> None:
+        """Publish one event to leveret.events: transient, no confirm awaited (status is advisory)."""
+        channel = self._events
+        if channel is None:
+            return
         body = {"id": ctx.id, "task": ctx.task, "queue": ctx.queue, "state": state, "attempt": ctx.attempt,
-                "at": now_iso(), **extra}
-        await self._events.publish(aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
-                                                    message_id=ctx.id), routing_key=f"{ctx.task}.{state}")
-        if ctx.id:
-            try:
-                await self._status.write(ctx.id, state, {"task": ctx.task, "attempt": ctx.attempt, **extra})
-            except Exception:  # a status is not worth failing (and redoing) the task for
-                log.warning("cannot record the status %s of task %s", state, ctx.id, exc_info=True)
+                "ts": time.time(), "ttl": self.app.status_ttl, "worker": self.name, **extra}
+        try:
+            data = json.dumps(body).encode()
+        except (TypeError, ValueError):
+            body.pop("result", None)
+            data = json.dumps(body, default=repr).encode()
+        try:
+            self._out.publish(channel, data, EVENTS_EXCHANGE, f"{ctx.task or '-'}.{state}",
+                              Basic.Properties(content_type="application/json", message_id=ctx.id or None,
+                                               delivery_mode=1))
+        except Exception as exc:  # a status is not worth failing (and redoing) the task for
+            log.debug("cannot publish the event %s of task %s: %s", state, ctx.id, exc)
 
     async def _run_hooks(self, hooks: list[Any], ctx: TaskContext, arg: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -299,11 +669,32 @@ class Worker:
                 log.exception("hook %r of task %s failed", hook, ctx.task)
 
 
-def decode(message: aio_pika.abc.AbstractIncomingMessage) -> tuple[Any, dict[str, Any]]:
-    """(payload, metadata) of a task message: JSON ``{"payload", "metadata"}`` or a binary body with the
-    metadata in ``x-leveret-*`` headers. The payload is None when the message cannot be read."""
-    headers = message.headers or {}
-    if message.content_type == "application/octet-stream":
+def _tag(message: aiormq.abc.DeliveredMessage) -> int:
+    tag: Any = message.delivery.delivery_tag  # type: ignore[union-attr]
+    return int(tag)
+
+
+def _safe(url: str) -> str:
+    return str(aio_pika.connection.URL(url).with_password("******")) if "@" in url else url
+
+
+def _interrupted_text(task: Task, exc_type: type[Exception], soft: float | None) -> str:
+    if exc_type is SoftTimeLimitExceeded:
+        return f"task {task.name} exceeded its soft time limit of {soft:g} s"
+    return f"task {task.name} was revoked while running"
+
+
+def error_info(exc: BaseException, tb: bool = True) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if tb:
+        info["traceback"] = "".join(traceback.format_exception(exc))
+    return info
+
+
+def decode(body: bytes, content_type: str | None, headers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(payload, metadata) of a task message: JSON ``{"payload": {...}, "metadata": {...}}`` or a binary body
+    (payload ``{"data": body}``) with the metadata in ``x-leveret-*`` headers. BadMessage when unreadable."""
+    if content_type == "application/octet-stream":
         metadata: dict[str, Any] = {}
         for key, value in headers.items():
             if key.startswith("x-leveret-"):
@@ -312,30 +703,42 @@ def decode(message: aio_pika.abc.AbstractIncomingMessage) -> tuple[Any, dict[str
                     metadata[key[len("x-leveret-"):]] = json.loads(raw) if isinstance(raw, str) else raw
                 except ValueError:
                     metadata[key[len("x-leveret-"):]] = raw
-        return message.body, metadata
+        return {"data": body}, metadata
     try:
-        data = json.loads(message.body)
-    except ValueError:
-        return None, {}
-    if not isinstance(data, dict) or not isinstance(data.get("metadata", {}), dict):
-        return None, {}
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadMessage("undecodable", f"the body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadMessage("undecodable", f"the body is a JSON {type(data).__name__}, not an object with "
+                                        "\"payload\" and \"metadata\"")
     payload = data.get("payload", {})
-    return (payload if isinstance(payload, dict) else None), data.get("metadata", {})
+    metadata = data.get("metadata", {})
+    if not isinstance(payload, dict) or not isinstance(metadata, dict):
+        raise BadMessage("undecodable", "\"payload\" and \"metadata\" must be JSON objects")
+    return payload, metadata
 
 
-def next_attempt(message: aio_pika.abc.AbstractIncomingMessage, attempt: int) -> aio_pika.Message:
-    """A copy of ``message`` for attempt number ``attempt`` (in the body's metadata and ``x-retry-count``)."""
-    headers = {k: v for k, v in (message.headers or {}).items() if k not in ("x-death", "x-delay")}
-    headers["x-retry-count"] = attempt
+def copy_message(message: aiormq.abc.DeliveredMessage, attempt: int | None) -> aio_pika.Message:
+    """A copy of a delivered message (for attempt ``attempt``, in the body's metadata and ``x-retry-count``,
+    when it is given)."""
+    props = message.header.properties
+    headers = {k: v for k, v in (props.headers or {}).items() if k not in ("x-death", "x-delay")}
     body = message.body
-    if message.content_type == "application/octet-stream":
-        headers["x-leveret-attempt"] = json.dumps(attempt)
-    else:
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            data = json.loads(body)
-            data["metadata"]["attempt"] = attempt
-            body = json.dumps(data).encode()
-    return aio_pika.Message(body, content_type=message.content_type, message_id=message.message_id,
-                            correlation_id=message.correlation_id, reply_to=message.reply_to,
-                            priority=message.priority, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            headers=headers, timestamp=message.timestamp)
+    if attempt is not None:
+        headers["x-retry-count"] = attempt
+        if props.content_type == "application/octet-stream":
+            headers["x-leveret-attempt"] = json.dumps(attempt)
+        else:
+            with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
+                data = json.loads(body)
+                data["metadata"]["attempt"] = attempt
+                body = json.dumps(data).encode()
+    return aio_pika.Message(body, content_type=props.content_type, message_id=props.message_id,
+                            correlation_id=props.correlation_id, reply_to=props.reply_to, priority=props.priority,
+                            type=props.message_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            headers=headers, timestamp=props.timestamp)
+
+
+def next_attempt(message: aiormq.abc.DeliveredMessage, attempt: int) -> aio_pika.Message:
+    """A copy of ``message`` for attempt number ``attempt``."""
+    return copy_message(message, attempt)
