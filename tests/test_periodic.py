@@ -380,3 +380,38 @@ def test_beat_without_periodic_tasks_is_a_usage_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "has no periodic task" in proc.stderr
+
+
+# --- a broker restart ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_token_survives_a_broker_restart(tmp_path: Path) -> None:
+    """The token is a persistent message in a durable queue: after the broker restarts (SQLite store), a new
+    scheduler continues from it, and no due time is fired twice."""
+    from serverproc import LeveretProcess
+
+    broker = LeveretProcess(tmp_path / "data").start()
+    env: dict[str, Any] = {"name": f"per-{uuid.uuid4().hex[:10]}", "port": broker.port, "apps": [],
+                           "url": f"amqp://guest:guest@127.0.0.1:{broker.port}/", "schedulers": [], "collectors": []}
+    every = 0.3
+    try:
+        a = start_scheduler(env, make_app(env, every))
+        wait_for(lambda: len(a.fired) >= 3, what="a to fire")
+        a.stop()
+        env["apps"][0].close()
+        broker.stop()
+        broker.start()
+        b = start_scheduler(env, make_app(env, every))
+        wait_for(lambda: len(b.fired) >= 3, what="b to fire after the restart")
+        b.stop()
+        assert min(f.due for f in b.fired) > max(f.due for f in a.fired)
+        got = collector(env)  # every task message was persistent too: all of them are in the queue
+        wait_for(lambda: len(got.poll()) >= len(a.fired) + len(b.fired), what="every firing in the queue")
+        assert_once_each(env, got.poll())
+    finally:
+        for app in env["apps"]:
+            app.close()
+        for made in env["collectors"]:
+            made.close()
+        broker.stop()
