@@ -31,6 +31,7 @@ from leveret.tasks.periodic import (
     Decision,
     Schedule,
     Scheduler,
+    Token,
     covers,
     decide,
     merge,
@@ -123,10 +124,20 @@ def test_tokens_merge_by_the_latest_time() -> None:
     assert merge([{"a": 1.0, "b": 5.0}, {"a": 3.0}, {}]) == {"a": 3.0, "b": 5.0}
     assert covers({"a": 3.0, "b": 1.0}, {"a": 2.0}) and not covers({"a": 3.0}, {"a": 2.0, "b": 1.0})
     assert covers({}, {})
-    assert read_token(b'{"v": 1, "last": {"a": 3}}') == {"a": 3.0}
-    for bad in (b"[]", b'{"last": {"a": "x"}}', b"{}"):
+    assert read_token(b'{"v": 1, "last": {"a": 3}}') == Token({"a": 3.0})
+    assert read_token(b'{"last": {}, "firing": {"a": 4}}') == Token({}, {"a": 4.0})
+    for bad in (b"[]", b'{"last": {"a": "x"}}', b"{}", b'{"last": {}, "firing": []}'):
         with pytest.raises(ValueError):
             read_token(bad)
+
+
+def test_a_token_is_covered_only_when_nothing_it_tells_is_lost() -> None:
+    old, firing, fired = Token({"a": 1.0}), Token({"a": 1.0}, {"a": 2.0}), Token({"a": 2.0})
+    assert old.covered_by(firing) and old.covered_by(fired)
+    assert not firing.covered_by(old)          # the "maybe sent" would be lost
+    assert firing.covered_by(fired)            # resolved: 2.0 is recorded as fired
+    assert not fired.covered_by(firing)
+    assert Token({}).covered_by(Token({}))
 
 
 def test_periodic_registers_the_task_and_its_schedule() -> None:
@@ -256,6 +267,7 @@ def test_stopped_leader_hands_over_and_restart_keeps_state(env: dict[str, Any]) 
     last_a = max(f.due for f in a.fired)
     wait_for(lambda: b.fired != [], what="b to take over")
     assert min(f.due for f in b.fired) > last_a
+    assert b.status_checks == 0  # a clean handover: nothing to check
     got.wait_count(len(a.fired) + 3)
     b.stop()
     last_b = max(f.due for f in b.fired)
@@ -272,13 +284,14 @@ def test_stopped_leader_hands_over_and_restart_keeps_state(env: dict[str, Any]) 
     assert len(got.poll()) == len(a.fired) + len(b.fired) + len(c.fired)
 
 
-def publish_token(port: int, name: str, last: dict[str, float]) -> None:
+def publish_token(port: int, name: str, last: dict[str, float], firing: dict[str, float] | None = None) -> None:
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
     try:
         ch = conn.channel()
         ch.confirm_delivery()
         ch.queue_declare(f"leveret.schedule.{name}", durable=True, arguments={"x-single-active-consumer": True})
-        ch.basic_publish("", f"leveret.schedule.{name}", json.dumps({"v": 1, "last": last}).encode(),
+        body = json.dumps({"v": 1, "last": last, "firing": firing or {}}).encode()
+        ch.basic_publish("", f"leveret.schedule.{name}", body,
                          pika.BasicProperties(delivery_mode=2, content_type="application/json"))
     finally:
         conn.close()
@@ -302,8 +315,8 @@ def test_two_tokens_left_by_a_crash_merge_to_the_latest(env: dict[str, Any]) -> 
 
 
 def test_new_leader_does_not_resend_what_the_dead_leader_sent(env: dict[str, Any]) -> None:
-    """The dead leader sent due time D, then died before its token said so: the next leader finds the task id of
-    D known to the broker (its status) and does not send it again."""
+    """The dead leader wrote "firing D", sent D, then died before its token said "fired D": the next leader finds
+    the task id of D known to the broker (its status) and does not send it again."""
     every = 2.0
     s = Schedule("tick", None, every=every)
     wait_for(lambda: time.time() - s.latest_due(time.time()) < 0.3 * every, what="the start of a period")
@@ -312,13 +325,28 @@ def test_new_leader_does_not_resend_what_the_dead_leader_sent(env: dict[str, Any
     task = app.tasks["tick"]
     task.send_with({"n": 1}, task_id=periodic_task_id(env["name"], "tick", due),  # as the dead leader did
                    metadata={"periodic": {"schedule": "tick", "due": due}})
-    publish_token(env["port"], env["name"], {"tick": due - every})                 # its token, not updated
+    publish_token(env["port"], env["name"], {"tick": due - every}, {"tick": due})  # its token, not updated
     scheduler = start_scheduler(env, app)
     got = collector(env)
     got.wait_count(2)
     assert sorted(got.dues())[:2] == [due, due + every]
     assert_once_each(env, got.poll())
     assert due not in [f.due for f in scheduler.fired]
+    assert scheduler.status_checks == 1
+
+
+def test_new_leader_fires_what_the_dead_leader_did_not_send(env: dict[str, Any]) -> None:
+    """The dead leader wrote "firing D" and died before sending D: the next leader finds D unknown and sends it."""
+    every = 2.0
+    s = Schedule("tick", None, every=every)
+    wait_for(lambda: time.time() - s.latest_due(time.time()) < 0.3 * every, what="the start of a period")
+    due = s.latest_due(time.time())
+    publish_token(env["port"], env["name"], {"tick": due - every}, {"tick": due})
+    scheduler = start_scheduler(env, make_app(env, every))
+    got = collector(env)
+    got.wait_count(1)
+    assert sorted(got.dues()) == [due]
+    assert scheduler.status_checks == 1 and scheduler.fired[0].due == due
 
 
 # --- `leveret beat` processes, the leader killed -----------------------------------------------------------

@@ -9,17 +9,20 @@ on RabbitMQ alike:
   with ``x-single-active-consumer: true``: the broker delivers to one of them only; when it goes away (stop,
   crash, lost connection), the broker makes another one active and redelivers what the first had not acked.
 - **The token.** The queue holds a persistent "token" message whose JSON body records, per schedule, the last
-  due time fired. The active scheduler keeps it unacked while it leads. After firing a due time (a confirmed
-  publish through the task's send path, with a task id derived from the schedule and the due time) it publishes
-  the updated token (confirmed), then acks the old one. A new leader starts from the token it receives.
+  due time fired (``last``). The active scheduler keeps it unacked while it leads. To fire due times it first
+  publishes a token that names them (``firing``), then sends the tasks (confirmed publishes through the task's
+  send path, each with a task id derived from the schedule and the due time), then publishes a token that records
+  them in ``last``; each token is confirmed before the older ones are acked. A new leader starts from the token
+  it receives.
 - **Several tokens.** A crash between "publish the new token" and "ack the old one" leaves two tokens; a
   scheduler that starts while the queue looks empty adds an empty one. Tokens merge by taking, per schedule, the
   latest time (a token can only be behind, never ahead), and a leader takes every token in the queue before it
   trusts the state (it waits until the queue reports no ready message). Tokens that another held token covers
   are acked at once.
-- **Takeover check.** The first due time a new leader fires for each schedule is checked with
-  ``app.status(task_id)`` first: a task with that id already known to the broker was fired by the previous
-  leader just before it died, and is not sent again.
+- **Takeover check.** A due time that a token names in ``firing`` but no token records in ``last`` may or may
+  not have been sent by a leader that died. The new leader asks ``app.status(task_id)``: a task with that id
+  already known to the broker is not sent again. A clean handover (a stop, or a crash between firings) needs no
+  status read at all.
 
 Catch-up rule: due times that passed while no scheduler ran (or while a takeover was in progress) are
 coalesced: only the latest of them is fired, once, and only if it is at most ``catch_up`` seconds late (default:
@@ -28,11 +31,11 @@ after the leader saw it (nothing before that is fired).
 
 At-least-once window (stated honestly): a due time can be fired twice only if the leader dies after the broker
 confirmed the task and before it confirmed the new token, *and* the task's status is not known to the broker
-when the next leader checks (a task registered with ``status=False``, a status expired after ``status_ttl``, or
-the status fallback on RabbitMQ not yet having seen the event). Its task id is the same both times, so a
-consumer can drop the duplicate by id. A due time is never fired by two live leaders at once unless the broker
-itself gives the queue to a second consumer before the first one's connection is closed (a network partition
-until the heartbeat timeout).
+when the next leader checks (a task registered with ``status=False``, a status expired after ``status_ttl``, the
+status fallback on RabbitMQ not yet having seen the event, or the status read failing: then it fires). Its task
+id is the same both times, so a consumer can drop the duplicate by id. A due time is never fired by two live
+leaders at once unless the broker itself gives the queue to a second consumer before the first one's connection
+is closed (a network partition, until the heartbeat timeout).
 """
 
 from __future__ import annotations
@@ -202,19 +205,39 @@ def covers(big: Mapping[str, float], small: Mapping[str, float]) -> bool:
     return all(big.get(name, -math.inf) >= due for name, due in small.items())
 
 
-def read_token(body: bytes) -> dict[str, float]:
-    """The ``last`` map of a token body; ValueError when it is not a token."""
+@dataclass(frozen=True)
+class Token:
+    """A token's content: ``last`` (schedule -> last due time fired) and ``firing`` (schedule -> the due time
+    its leader was about to fire when it wrote the token; resolved once ``last`` reaches it)."""
+
+    last: dict[str, float]
+    firing: dict[str, float] = field(default_factory=dict)
+
+    def covered_by(self, other: Token) -> bool:
+        """True when ``other`` tells everything this token tells (acking this one loses nothing)."""
+        return covers(other.last, self.last) and all(
+            other.last.get(name, -math.inf) >= due or other.firing.get(name) == due
+            for name, due in self.firing.items())
+
+
+def read_token(body: bytes) -> Token:
+    """The content of a token body; ValueError when it is not a token."""
     data = json.loads(body)
-    last = data.get("last") if isinstance(data, dict) else None
-    if not isinstance(last, dict) or not all(isinstance(v, int | float) for v in last.values()):
+    if not isinstance(data, dict):
         raise ValueError("not a schedule token")
-    return {str(k): float(v) for k, v in last.items()}
+    return Token(_times(data.get("last")), _times(data.get("firing", {})))
+
+
+def _times(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(isinstance(v, int | float) for v in value.values()):
+        raise ValueError("not a schedule token")
+    return {str(k): float(v) for k, v in value.items()}
 
 
 @dataclass
 class Held:
     message: aio_pika.abc.AbstractIncomingMessage
-    state: dict[str, float]
+    token: Token
 
 
 # --- the scheduler -------------------------------------------------------------------------------------------
@@ -250,6 +273,7 @@ class Scheduler:
         self.backoff_max = backoff_max
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.fired: list[Fired] = []
+        self.status_checks = 0  # takeover checks made (app.status reads)
         self.is_leader = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -332,8 +356,10 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _publish_token(self, channel: aio_pika.abc.AbstractChannel, state: dict[str, float]) -> None:
-        body = json.dumps({"v": 1, "app": self.app.name, "last": state, "at": time.time(), "by": self.identity})
+    async def _publish_token(self, channel: aio_pika.abc.AbstractChannel, state: dict[str, float],
+                             firing: dict[str, float] | None = None) -> None:
+        body = json.dumps({"v": 1, "app": self.app.name, "last": state, "firing": firing or {}, "at": time.time(),
+                           "by": self.identity})
         await channel.default_exchange.publish(
             aio_pika.Message(body.encode(), content_type="application/json", type=TOKEN_TYPE,
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=uuid.uuid4().hex),
@@ -354,6 +380,7 @@ class Scheduler:
     # --- firing ----------------------------------------------------------------------------------------------
 
     async def _already_sent(self, task_id: str) -> bool:
+        self.status_checks += 1
         try:
             state = await asyncio.to_thread(self.app.status, task_id)
         except Exception as exc:
@@ -371,7 +398,11 @@ class Scheduler:
 
 class Leadership:
     """The token-holding loop of one session: stand by until a token arrives, take every token in the queue,
-    then fire due times and keep the token up to date until the channel closes or the scheduler stops."""
+    then fire due times and keep the token up to date until the channel closes or the scheduler stops.
+
+    Firing due times is written to the token in two steps: first a token that says which due times are being
+    fired (``firing``), then, once they are sent, one that records them in ``last``. A new leader checks with
+    ``app.status`` only the due times a token says were being fired and that no token records as fired."""
 
     def __init__(self, scheduler: Scheduler, channel: aio_pika.abc.AbstractChannel,
                  inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None]) -> None:
@@ -379,9 +410,10 @@ class Leadership:
         self.channel = channel
         self.inbox = inbox
         self.held: list[Held] = []
-        self.state: dict[str, float] = {}
+        self.state: dict[str, float] = {}  # schedule -> last due time fired (merged over the tokens)
+        self.firing: dict[str, float] = {}  # schedule -> due time a previous leader was firing (merged)
+        self.unresolved: dict[str, float] = {}  # after taking over: what may or may not have been sent
         self.leading = False
-        self.unverified: set[str] = set()  # schedules whose first firing since taking over is checked
 
     async def run(self) -> None:
         s = self.scheduler
@@ -407,21 +439,22 @@ class Leadership:
 
     async def _take(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         try:
-            state = read_token(message.body)
+            token = read_token(message.body)
         except ValueError:
             log.warning("scheduler %s: dropping a message that is not a token: %r", self.scheduler.queue_name,
                         message.body[:200])
             await message.ack()
             return
-        self.held.append(Held(message, state))
-        self.state = merge([self.state, state])
+        self.held.append(Held(message, token))
+        self.state = merge([self.state, token.last])
+        if not self.leading:  # a leader's own firing tokens come back to it: nothing to resolve there
+            self.firing = merge([self.firing, token.firing])
         await self._ack_covered()
 
     async def _ack_covered(self) -> None:
         """Ack held tokens that another held token covers (they add nothing); keep at least one."""
         for held in list(self.held):
-            others = [h for h in self.held if h is not held]
-            if any(covers(o.state, held.state) for o in others):
+            if any(held.token.covered_by(other.token) for other in self.held if other is not held):
                 self.held.remove(held)
                 await held.message.ack()
 
@@ -441,40 +474,53 @@ class Leadership:
             await asyncio.sleep(0.02)
         else:
             log.warning("scheduler %s: tokens keep arriving; leading with what it has", s.queue_name)
+        self.unresolved = {n: d for n, d in self.firing.items() if d > self.state.get(n, -math.inf)}
         self.leading = s.is_leader = True
-        self.unverified = {sch.name for sch in s.schedules}
-        log.info("scheduler %s: %s leads (last fired: %s)", s.queue_name, s.identity, self.state or "nothing yet")
+        log.info("scheduler %s: %s leads (last fired: %s%s)", s.queue_name, s.identity, self.state or "nothing yet",
+                 f"; maybe fired by the previous leader: {self.unresolved}" if self.unresolved else "")
 
     async def _tick(self) -> None:
         s = self.scheduler
-        now = time.time()
         before = dict(self.state)
+        due: list[tuple[Schedule, float]] = []
         for schedule in s.schedules:
-            decision = decide(schedule, self.state.get(schedule.name), now)
+            decision = decide(schedule, self.state.get(schedule.name), time.time())
             if decision.skipped:
                 log.warning("schedule %s: skipped %s missed due time(s) (catch-up fires only the latest%s)",
                             schedule.name, decision.skipped if decision.skipped < 1000 else "1000+",
                             "" if schedule.catch_up is None else f", within {schedule.catch_up} s")
-            if decision.fire is not None:
-                task_id = periodic_task_id(s.app.name, schedule.name, decision.fire)
-                if schedule.name in self.unverified and await s._already_sent(task_id):
-                    log.info("schedule %s: %s was fired by the previous leader", schedule.name, task_id)
-                else:
-                    try:
-                        await s._fire(schedule, decision.fire, task_id)
-                    except (*CONNECTION_EXCEPTIONS, TimeoutError):
-                        raise
-                    except Exception:
-                        log.exception("schedule %s: firing %s failed; trying again", schedule.name, task_id)
-                        continue  # its record does not move: the next tick tries again
-            self.unverified.discard(schedule.name)
-            self.state[schedule.name] = decision.last
+            if decision.fire is None:
+                self.state[schedule.name] = decision.last
+            else:
+                due.append((schedule, decision.fire))
+        if due:
+            await self._renew(firing={schedule.name: when for schedule, when in due})
+            for schedule, when in due:
+                if await self._send(schedule, when):
+                    self.state[schedule.name] = when
         if self.state != before:
             await self._renew()
 
-    async def _renew(self) -> None:
-        """Publish the current state as a new token (confirmed), then ack the tokens held so far."""
-        await self.scheduler._publish_token(self.channel, self.state)
+    async def _send(self, schedule: Schedule, due: float) -> bool:
+        """Fire one due time; True when it is done (sent now, or found sent by the previous leader)."""
+        s = self.scheduler
+        task_id = periodic_task_id(s.app.name, schedule.name, due)
+        if self.unresolved.pop(schedule.name, None) == due and await s._already_sent(task_id):
+            log.info("schedule %s: %s was fired by the previous leader", schedule.name, task_id)
+            return True
+        try:
+            await s._fire(schedule, due, task_id)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError):
+            raise
+        except Exception:
+            log.exception("schedule %s: firing %s failed; trying again", schedule.name, task_id)
+            return False  # its record does not move: the next tick tries again
+        return True
+
+    async def _renew(self, firing: dict[str, float] | None = None) -> None:
+        """Publish the current state (and the due times about to be fired) as a new token (confirmed), then
+        ack the tokens held so far: the new one tells all they told."""
+        await self.scheduler._publish_token(self.channel, self.state, firing)
         held, self.held = self.held, []
         for h in held:
             await h.message.ack()
