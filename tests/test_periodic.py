@@ -310,6 +310,7 @@ def test_two_tokens_left_by_a_crash_merge_to_the_latest(env: dict[str, Any]) -> 
     got = collector(env)
     got.wait_count(2)
     assert min(got.dues()) == ahead + every
+    wait_for(lambda: scheduler.fired != [], what="send_with to return")
     assert min(f.due for f in scheduler.fired) == ahead + every
     assert_once_each(env, got.poll())
 
@@ -346,6 +347,7 @@ def test_new_leader_fires_what_the_dead_leader_did_not_send(env: dict[str, Any])
     got = collector(env)
     got.wait_count(1)
     assert sorted(got.dues()) == [due]
+    wait_for(lambda: scheduler.fired != [], what="send_with to return")  # the message can arrive before that
     assert scheduler.status_checks == 1 and scheduler.fired[0].due == due
 
 
