@@ -384,7 +384,8 @@ class Scheduler:
         try:
             state = await asyncio.to_thread(self.app.status, task_id)
         except Exception as exc:
-            log.warning("scheduler %s: cannot read the status of %s (%s): firing it", self.queue_name, task_id, exc)
+            log.warning("scheduler %s: cannot read the status of %s (%s: %s): firing it", self.queue_name, task_id,
+                        type(exc).__name__, exc)
             return False
         return state != "unknown"
 
