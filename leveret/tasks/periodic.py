@@ -315,6 +315,8 @@ class Scheduler:
             try:
                 asyncio.run(self.run())
             except BaseException as exc:
+                if self._ready.is_set():  # after start() returned: nobody else would see it
+                    log.exception("scheduler %s stopped by an error", self.queue_name)
                 self._error = exc
                 self._ready.set()
 
