@@ -29,11 +29,12 @@ def test_celery_worker_runs_tasks_and_returns_results(leveret_url: str) -> None:
     from celery import Celery
     from celery.contrib.testing.worker import start_worker
 
-    app = Celery("leveret_test", broker=leveret_url, backend="rpc://")
+    app = Celery("leveret_test")  # as docs/testing.md: an app defined elsewhere, pointed at the fixture here
     # broker_heartbeat=0: an in-thread worker otherwise takes 10-60 s to stop (Celery's loop waits for its
     # heartbeat timer; the same against RabbitMQ)
-    app.conf.update(broker_heartbeat=0, task_acks_late=True, worker_prefetch_multiplier=1,
-                    broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+    app.conf.update(broker_url=leveret_url, result_backend="rpc://", broker_heartbeat=0,
+                    broker_connection_retry_on_startup=True, task_acks_late=True, worker_prefetch_multiplier=1,
+                    worker_hijack_root_logger=False)
     attempts: list[int] = []
 
     @app.task
