@@ -266,3 +266,46 @@ def test_marker_restores_eager_after_the_test(pytester: pytest.Pytester) -> None
     """)
     result = pytester.runpytest(*INNER)
     result.assert_outcomes(passed=4)
+
+
+def test_recipe_real_worker_for_leveret_tasks(pytester: pytest.Pytester) -> None:
+    """docs/testing.md, "leveret.tasks: a real worker", run as a user's suite."""
+    pytester.makepyfile(shoptasks="""
+        import os
+        from leveret.tasks import App
+
+        app = App(os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"), name="shop")
+
+        @app.task(name="resize")
+        def resize(image_id: int) -> dict:
+            return {"width": 800}
+    """)
+    pytester.makeconftest("""
+        import os
+        import pytest
+        import leveret.testing
+        from leveret.tasks import Worker
+
+        _broker = leveret.testing.start_broker()
+        os.environ["BROKER_URL"] = _broker.url
+
+        def pytest_unconfigure(config):
+            _broker.stop()
+
+        @pytest.fixture
+        def worker():
+            from shoptasks import app
+            worker = Worker(app, concurrency=2).start()
+            yield worker
+            worker.stop()
+            app.close()
+    """)
+    pytester.makepyfile(test_shop="""
+        from shoptasks import app, resize
+
+        def test_resize(worker):
+            assert app.url == __import__("os").environ["BROKER_URL"] != "amqp://guest:guest@127.0.0.1:5672/"
+            assert resize.send(image_id=1).wait(timeout=30) == "succeeded"
+    """)
+    result = pytester.runpytest_subprocess(*INNER)
+    result.assert_outcomes(passed=1)
