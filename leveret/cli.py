@@ -233,6 +233,44 @@ def _run_worker(args: argparse.Namespace) -> int:
         return 1
 
 
+def _add_beat(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    beat = subparsers.add_parser(
+        "beat", help="fire the periodic tasks of a task app (leveret.tasks.periodic)",
+        description="Run a scheduler for the periodic tasks of a leveret.tasks App until SIGINT or SIGTERM. Run "
+                    "one or several: one leads and fires each due time once, the others take over when it goes "
+                    "away (docs/tasks.md, periodic tasks).")
+    beat.add_argument("app", metavar="MODULE:APP", help="where the App is, e.g. myproject.tasks:app")
+    beat.add_argument("--url", metavar="URL", help="the broker (default: the App's URL)")
+    beat.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
+    beat.set_defaults(handler=_run_beat)
+
+
+def _run_beat(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from leveret.tasks.periodic import Scheduler
+
+    configure_logging(args.log_level)
+    try:
+        scheduler = Scheduler(_load_app(args.app), url=args.url)
+    except (ImportError, AttributeError, ValueError) as exc:
+        error(str(exc))
+        return 2
+    if not scheduler.schedules:
+        error(f"{args.app} has no periodic task")
+        return 2
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, scheduler.request_stop)
+        await scheduler.run()
+
+    asyncio.run(run())
+    return 0
+
+
 def _supervise_workers(args: argparse.Namespace, queues: list[str] | None) -> int:
     from leveret.supervisor import ProgramSpec, Settings, worker_argv
     from leveret.supervisor.config import DEFAULT_STATE_DIR
@@ -517,6 +555,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
     _add_track,
     _add_tap,
     _add_worker,
+    _add_beat,
     _add_status,
     _add_dead_letters,
     _add_run,
