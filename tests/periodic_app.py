@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 
-import periodic_adapter  # INTEGRATOR: remove with tests/periodic_adapter.py once Task.send_with is merged
 
 from leveret.tasks import App
 from leveret.tasks.periodic import periodic
 
-periodic_adapter.install()
 
 app = App(os.environ["PERIODIC_URL"], name=os.environ["PERIODIC_APP"], status_ttl=120)
 

@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import periodic_adapter  # INTEGRATOR: remove with tests/periodic_adapter.py once Task.send_with is merged
 import pika
 import pika.exceptions
 import pytest
@@ -40,8 +39,6 @@ from leveret.tasks.periodic import (
     read_token,
     schedules,
 )
-
-periodic_adapter.install()
 
 TESTS = Path(__file__).parent
 

@@ -4,7 +4,6 @@ does nothing in a session that uses none of it."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import socket
 import urllib.request
@@ -166,10 +165,6 @@ def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
 
 # --- eager mode ----------------------------------------------------------------------------------------------
 
-EAGER = "eager" in inspect.signature(App.__init__).parameters
-needs_eager = pytest.mark.xfail(not EAGER, strict=True, reason="App(eager=...) comes with the task-layer rewrite "
-                                                               "(contract of issue 11); passes once it is merged")
-
 
 def test_marker_without_app_or_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bad="""
@@ -189,7 +184,6 @@ def test_eager_refuses_an_object_without_eager_mode(leveret_eager: Any) -> None:
         leveret_eager(object())
 
 
-@needs_eager
 def test_eager_fixture_runs_tasks_inline_without_a_broker(leveret_eager: Any) -> None:
     app = App("amqp://guest:guest@127.0.0.1:1/", name="eager")  # nothing listens on port 1
     calls: list[tuple[int, int]] = []
@@ -208,7 +202,6 @@ def test_eager_fixture_runs_tasks_inline_without_a_broker(leveret_eager: Any) ->
         add.send(x=1)  # the payload is still checked against the signature
 
 
-@needs_eager
 def test_eager_marker_with_ini_app(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(myapp="""
         from leveret.tasks import App
