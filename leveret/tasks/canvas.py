@@ -53,9 +53,14 @@ class ChordError(Exception):
 class SendableTask(Protocol):
     """What the canvas needs of a registered task (``leveret.tasks.Task``)."""
 
-    name: str
-    queue: str
-    fn: Callable[..., Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def fn(self) -> Callable[..., Any]: ...
 
     @property
     def app(self) -> Any: ...
