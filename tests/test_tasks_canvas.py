@@ -112,6 +112,10 @@ def test_signature_checks_names() -> None:
     assert signature(add, x=1) == Signature(add, {"x": 1})
     with pytest.raises(WorkflowError, match=r"no parameter.*z"):
         signature(add, z=1)
+    silent = dataclasses.replace(add, name="silent")
+    silent.status = False  # type: ignore[attr-defined]  # Task(status=False): no records to follow
+    with pytest.raises(WorkflowError, match="status=False"):
+        signature(silent, x=1)
     with pytest.raises(WorkflowError, match="unknown send option"):
         signature(add, x=1).set(queue="other")
     assert signature(add, x=1).set(priority=3).options == {"priority": 3}
@@ -478,3 +482,31 @@ def test_chain_stops_at_a_failing_middle_task(flow: dict[str, Any]) -> None:
     # The last task was never sent: no record, and its function never runs.
     assert app.status(result.ids[2]) == "unknown"
     assert not last_ran.is_set()
+
+
+def test_chord_results_none_and_too_large(flow: dict[str, Any]) -> None:
+    """A member returning None passes None on (its record holds "result": null); a member whose result is over
+    64 KiB of JSON is not kept in its record, and the chord fails saying so rather than passing something else."""
+    app, q = flow["app"], flow["queue"]
+    calls: list[list[Any]] = []
+
+    @app.task(name=f"maybe-{flow['tag']}", queue=q)
+    def maybe(n: int) -> str | None:
+        return None if n == 0 else "x" * n
+
+    @app.task(name=f"gather-{flow['tag']}", queue=q)
+    def gather(values: list[Any]) -> int:
+        calls.append(values)
+        return len(values)
+
+    flow["start"]()
+    fine = chord([signature(maybe, n=0), signature(maybe, n=3)], signature(gather)).send()
+    assert fine.result(timeout=30) == 2
+    assert calls == [[None, "xxx"]]
+    big = chord([signature(maybe, n=3), signature(maybe, n=RESULT_LIMIT)], signature(gather)).send()
+    with pytest.raises(TaskError) as info:
+        big.result(timeout=30)
+    assert info.value.remote_type == "ChordError"
+    assert f"member 1 (maybe-{flow['tag']}, id {big.group.ids[1]}) succeeded but its result is not kept" in \
+        info.value.remote_message
+    assert calls == [[None, "xxx"]]

@@ -121,7 +121,11 @@ class Signature:
 
 
 def signature(task: SendableTask, /, **payload: Any) -> Signature:
-    """``task`` with (part of) its payload: Celery's ``task.s(**payload)``."""
+    """``task`` with (part of) its payload: Celery's ``task.s(**payload)``. WorkflowError for a name the task's
+    function does not take, or a task registered with ``status=False`` (a workflow follows its steps through
+    their status records)."""
+    if getattr(task, "status", True) is False:
+        raise WorkflowError(f"task {task.name!r} has status=False: workflows need its status records")
     unknown = set(payload) - set(parameters(task)) if not takes_any_keyword(task) else set()
     if unknown:
         raise WorkflowError(f"task {task.name!r} has no parameter(s) {', '.join(sorted(unknown))}")
