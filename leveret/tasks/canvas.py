@@ -24,9 +24,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from leveret.tasks.retry import Retry
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 UNLOCK_TASK = "leveret.chord_unlock"
 FAILED_TASK = "leveret.chord_failed"
@@ -50,8 +53,8 @@ class ChordError(Exception):
     error of the chord's "gave_up" record, so ``ChordResult.result()`` raises ``TaskError("ChordError", ...)``."""
 
 
-class SendableTask(Protocol):
-    """What the canvas needs of a registered task (``leveret.tasks.Task``)."""
+class SendableTask(Protocol[R_co]):
+    """What the canvas needs of a registered task (``leveret.tasks.Task[P, R]``)."""
 
     @property
     def name(self) -> str: ...
@@ -60,7 +63,7 @@ class SendableTask(Protocol):
     def queue(self) -> str: ...
 
     @property
-    def fn(self) -> Callable[..., Any]: ...
+    def fn(self) -> Callable[..., R_co]: ...
 
     @property
     def app(self) -> Any: ...
@@ -80,25 +83,25 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True)
-class Signature:
+class Signature(Generic[R]):
     """A task with (part of) its payload and send options, not yet sent. ``result_arg``: the parameter that
     receives the previous step's result in a chain or the list of results in a chord; unset (the default), it
     is found when the signature is placed in a workflow (``resolve_result_arg``); None: this step takes no
     result (Celery's immutable signature)."""
 
-    task: SendableTask
+    task: SendableTask[R]
     payload: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # send_with options: delay, eta, priority
     result_arg: str | None = _UNSET
 
-    def set(self, **options: Any) -> Signature:
+    def set(self, **options: Any) -> Signature[R]:
         """A copy with send options (``delay``, ``eta``, ``priority``) added."""
         unknown = set(options) - {"delay", "eta", "priority"}
         if unknown:
             raise WorkflowError(f"unknown send option(s) {', '.join(sorted(unknown))} for {self.task.name!r}")
         return dataclasses.replace(self, options={**self.options, **options})
 
-    def receiving(self, result_arg: str | None) -> Signature:
+    def receiving(self, result_arg: str | None) -> Signature[R]:
         """A copy whose previous result goes to parameter ``result_arg`` (None: it takes no result)."""
         if result_arg is not None and result_arg not in parameters(self.task):
             raise WorkflowError(f"task {self.task.name!r} has no parameter {result_arg!r}")
@@ -120,7 +123,7 @@ class Signature:
         return self.task.send_with(dict(self.payload), task_id=task_id, metadata=metadata, **self.options)
 
 
-def signature(task: SendableTask, /, **payload: Any) -> Signature:
+def signature(task: SendableTask[R], /, **payload: Any) -> Signature[R]:
     """``task`` with (part of) its payload: Celery's ``task.s(**payload)``. WorkflowError for a name the task's
     function does not take, or a task registered with ``status=False`` (a workflow follows its steps through
     their status records)."""
@@ -132,17 +135,17 @@ def signature(task: SendableTask, /, **payload: Any) -> Signature:
     return Signature(task, dict(payload))
 
 
-def parameters(task: SendableTask) -> list[str]:
+def parameters(task: SendableTask[Any]) -> list[str]:
     """The names a keyword payload can fill, in order (no *args, no **kwargs, no positional-only)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in inspect.signature(task.fn).parameters.values() if p.kind in kinds]
 
 
-def takes_any_keyword(task: SendableTask) -> bool:
+def takes_any_keyword(task: SendableTask[Any]) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(task.fn).parameters.values())
 
 
-def resolve_result_arg(sig: Signature) -> str | None:
+def resolve_result_arg(sig: Signature[Any]) -> str | None:
     """The parameter of ``sig`` that receives the previous result: the one set with ``receiving``, else the one
     parameter not given in its payload (the required ones first). WorkflowError when there is none or more
     than one candidate."""
@@ -161,7 +164,7 @@ def resolve_result_arg(sig: Signature) -> str | None:
     return candidates[0]
 
 
-def link_of(sig: Signature, task_id: str, then: dict[str, Any] | None) -> dict[str, Any]:
+def link_of(sig: Signature[Any], task_id: str, then: dict[str, Any] | None) -> dict[str, Any]:
     """The contract's ``metadata["link"]`` for ``sig`` (its id fixed as ``task_id``; ``then``: its own link)."""
     if sig.options:
         raise WorkflowError(f"task {sig.task.name!r}: send options ({', '.join(sorted(sig.options))}) are only "
@@ -230,10 +233,10 @@ def result_of(app: Any, record: dict[str, Any], task_id: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Chain:
+class Chain(Generic[R]):
     """Tasks run one after the other, each receiving the previous one's result (see ``chain``)."""
 
-    steps: tuple[Signature, ...]
+    steps: tuple[Signature[Any], ...]
 
     def links(self, ids: Sequence[str]) -> dict[str, Any] | None:
         """The link of the second step (which holds the third's, ...), with the given ids; None for one step."""
@@ -242,7 +245,7 @@ class Chain:
             then = link_of(sig, task_id, then)
         return then
 
-    def send(self) -> ChainResult:
+    def send(self) -> ChainResult[R]:
         """Send the first task with the rest of the chain as its link; the result's id is the last task's."""
         ids = [new_id() for _ in self.steps]
         then = self.links(ids)
@@ -250,19 +253,31 @@ class Chain:
         return ChainResult(self.steps[0].task.app, ids, [s.task.name for s in self.steps])
 
 
-def chain(*steps: Signature) -> Chain:
+@overload
+def chain(s1: Signature[R], /) -> Chain[R]: ...
+@overload
+def chain(s1: Signature[Any], s2: Signature[R], /) -> Chain[R]: ...
+@overload
+def chain(s1: Signature[Any], s2: Signature[Any], s3: Signature[R], /) -> Chain[R]: ...
+@overload
+def chain(s1: Signature[Any], s2: Signature[Any], s3: Signature[Any], s4: Signature[R], /) -> Chain[R]: ...
+@overload
+def chain(*steps: Signature[Any]) -> Chain[Any]: ...
+
+
+def chain(*steps: Signature[Any]) -> Chain[Any]:
     """``steps[0]``, then ``steps[1]`` with the first's result as its ``result_arg``, and so on. Checked when built
     (WorkflowError): every later step must have exactly one parameter to receive the result, and the payloads
     must fit; nothing is sent until ``send()``."""
     if not steps:
         raise WorkflowError("a chain needs at least one task")
-    built = Chain(tuple(steps))
+    built: Chain[Any] = Chain(tuple(steps))
     steps[0].check()
     built.links([new_id() for _ in steps])  # resolves and checks every link now
     return built
 
 
-class ChainResult:
+class ChainResult(Generic[R_co]):
     """A sent chain: ``id`` is the last task's. ``status()`` is "gave_up"/"revoked" as soon as one step is, the
     last step's state once it has one, "pending" before; ``result()`` is the last step's result, or the
     TaskError of the step that failed (the steps after it never run)."""
@@ -292,26 +307,27 @@ class ChainResult:
         poll(reader_of(self.app), self.ids, self._done, timeout, f"chain {self.names} (last id {self.id})")
         return self.status()
 
-    def result(self, timeout: float = 30.0) -> Any:
+    def result(self, timeout: float = 30.0) -> R_co:
         records = poll(reader_of(self.app), self.ids, self._done, timeout, f"chain {self.names} (last id {self.id})")
         for task_id, record in zip(self.ids, records, strict=True):
             if record is not None and record.get("state") in FAILED_STATES:
                 raise task_error(self.app, record, task_id)
         last = records[-1]
         assert last is not None
-        return result_of(self.app, last, self.id)
+        result: R_co = result_of(self.app, last, self.id)
+        return result
 
 
 # --- group ------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Group:
+class Group(Generic[R]):
     """Tasks run in parallel (see ``group``)."""
 
-    members: tuple[Signature, ...]
+    members: tuple[Signature[R], ...]
 
-    def send(self, ids: Sequence[str] | None = None) -> GroupResult:
+    def send(self, ids: Sequence[str] | None = None) -> GroupResult[R]:
         """Send every member (its own send options apply); ``ids``: fixed ids, one per member."""
         ids = list(ids) if ids is not None else [new_id() for _ in self.members]
         for sig, task_id in zip(self.members, ids, strict=True):
@@ -319,7 +335,7 @@ class Group:
         return GroupResult(self.members[0].task.app, ids, [s.task.name for s in self.members])
 
 
-def group(*members: Signature) -> Group:
+def group(*members: Signature[R]) -> Group[R]:
     """Members sent together, run in parallel; results in the members' order. WorkflowError when empty or a
     payload does not fit."""
     if not members:
@@ -329,7 +345,7 @@ def group(*members: Signature) -> Group:
     return Group(tuple(members))
 
 
-class GroupResult:
+class GroupResult(Generic[R_co]):
     """A sent group: ``ids`` in the members' order."""
 
     def __init__(self, app: Any, ids: list[str], names: list[str]) -> None:
@@ -356,7 +372,7 @@ class GroupResult:
              f"group {self.names}")
         return self.status()
 
-    def results(self, timeout: float = 30.0) -> list[Any]:
+    def results(self, timeout: float = 30.0) -> list[R_co]:
         """The members' results in order once all are done; the first member's TaskError (in order) when one
         gave up; TimeoutError (naming the pending members) after ``timeout``."""
         records = poll(reader_of(self.app), self.ids, lambda rs: all(state_of(r) in FINAL_STATES for r in rs),
@@ -368,15 +384,15 @@ class GroupResult:
 
 
 @dataclass(frozen=True)
-class Chord:
+class Chord(Generic[R]):
     """A group, then a callback with the list of its results (see ``chord``)."""
 
-    header: Group
-    callback: Signature
+    header: Group[Any]
+    callback: Signature[R]
     result_arg: str
     max_wait: float = DEFAULT_MAX_WAIT
 
-    def send(self) -> ChordResult:
+    def send(self) -> ChordResult[R]:
         """Send the members, then the first unlock (delayed) to the callback's queue; the result's id is the
         callback's, chosen now."""
         app = self.callback.task.app
@@ -394,7 +410,8 @@ class Chord:
         return ChordResult(app, callback_id, GroupResult(app, member_ids, names), self.callback.task.name)
 
 
-def chord(header: Group | Sequence[Signature], callback: Signature, *, max_wait: float = DEFAULT_MAX_WAIT) -> Chord:
+def chord(header: Group[Any] | Sequence[Signature[Any]], callback: Signature[R], *,
+          max_wait: float = DEFAULT_MAX_WAIT) -> Chord[R]:
     """Run ``header``'s members in parallel; once every one succeeded, run ``callback`` once with the list of
     their results (in order) as its ``result_arg``. If a member gives up (or is revoked), the callback does not
     run and the chord gives up with a ``ChordError`` naming the member; likewise when a member's result was not
@@ -415,11 +432,11 @@ def chord(header: Group | Sequence[Signature], callback: Signature, *, max_wait:
     return Chord(members, callback, result_arg, max_wait)
 
 
-class ChordResult:
+class ChordResult(Generic[R_co]):
     """A sent chord: ``id`` is the callback's; ``group`` the members'. ``status()`` is "pending" until the
     unlock sent the callback (or failed the chord), then the callback's state."""
 
-    def __init__(self, app: Any, callback_id: str, members: GroupResult, callback: str) -> None:
+    def __init__(self, app: Any, callback_id: str, members: GroupResult[Any], callback: str) -> None:
         self.app = app
         self.id = callback_id
         self.group = members
@@ -434,9 +451,10 @@ class ChordResult:
     def wait(self, timeout: float = 30.0) -> str:
         return state_of(self._poll(timeout))
 
-    def result(self, timeout: float = 30.0) -> Any:
+    def result(self, timeout: float = 30.0) -> R_co:
         """The callback's result; TaskError("ChordError", ...) when the chord failed, or the callback's own."""
-        return result_of(self.app, self._poll(timeout), self.id)
+        result: R_co = result_of(self.app, self._poll(timeout), self.id)
+        return result
 
     def _poll(self, timeout: float) -> dict[str, Any]:
         records = poll(reader_of(self.app), [self.id], lambda rs: state_of(rs[0]) in FINAL_STATES, timeout,
