@@ -321,6 +321,23 @@ def test_unlock_fails_when_the_callback_is_not_registered_here() -> None:
     assert app.sent[0]["task"] == FAILED_TASK
 
 
+def test_unlock_looks_again_when_records_cannot_be_read() -> None:
+    app, *_ = fake_tasks()
+    install(app)
+
+    def unreadable(task_id: str) -> dict[str, Any]:
+        raise ConnectionError("broker restarting")
+
+    app.status_info = unreadable  # type: ignore[method-assign]
+    spec = spec_of(1, started=time.time())
+    assert unlock(app, spec, 2) == f"waiting {backoff(2):g} s"
+    assert app.sent[0]["task"] == UNLOCK_TASK and app.sent[0]["task_id"] == unlock_id("cb", 3)
+    app.sent.clear()
+    spec["started"] = time.time() - 61  # past max_wait: the chord fails, saying why
+    assert "cannot read the members' status records after 60 s: broker restarting" in unlock(app, spec, 3)
+    assert app.sent[0]["task"] == FAILED_TASK and app.sent[0]["task_id"] == "cb"
+
+
 # --- against a broker, with a worker ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 
 from leveret.tasks.retry import Retry
 
+log = logging.getLogger("leveret.tasks.canvas")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
@@ -544,7 +546,14 @@ def send_unlock(app: Any, spec: dict[str, Any], attempt: int, delay: float | Non
 def unlock(app: Any, chord: dict[str, Any], attempt: int) -> str:
     """One look at a chord's members (the body of ``leveret.chord_unlock``): send the callback, fail the chord,
     or send the next look. Returns what it did (the unlock's own result)."""
-    decision = decide(chord, attempt, reader_of(app), time.time())
+    try:
+        decision = decide(chord, attempt, reader_of(app), time.time())
+    except Exception as exc:  # the records cannot be read now (e.g. the broker restarts): look again later
+        log.warning("chord %s: cannot read the status records (%s); looking again later", chord["callback_id"], exc)
+        if time.time() - float(chord["started"]) >= float(chord["max_wait"]):
+            decision = FailChord(f"cannot read the members' status records after {chord['max_wait']:g} s: {exc}")
+        else:
+            decision = WaitMore(backoff(attempt))
     cb = chord["callback"]
     if isinstance(decision, AlreadyDone):
         return f"callback {chord['callback_id']} already {decision.state}"
