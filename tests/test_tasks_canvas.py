@@ -203,6 +203,16 @@ def test_chord_send_sends_members_then_a_delayed_unlock_to_the_callback_queue() 
     assert result.status() == "pending"
 
 
+def test_workflows_refuse_an_eager_app() -> None:
+    app, add, _, total = fake_tasks()
+    app.eager = True  # type: ignore[attr-defined]
+    for flow in (chain(signature(add, x=1, y=2)), group(signature(add, x=1, y=2)),
+                 chord([signature(add, x=1, y=2)], signature(total))):
+        with pytest.raises(WorkflowError, match="eager"):
+            flow.send()
+    assert app.sent == []
+
+
 # --- the unlock's decisions (pure) --------------------------------------------------------------------------
 
 

@@ -79,6 +79,13 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def check_not_eager(app: Any) -> None:
+    """WorkflowError for an ``App(eager=True)``: its sends run inline under ids of their own, without links."""
+    if getattr(app, "eager", False):
+        raise WorkflowError("workflows do not run with App(eager=True) yet (eager sends keep neither fixed ids "
+                            "nor links); test them against a broker (leveret.testing)")
+
+
 # --- signatures -------------------------------------------------------------------------------------------------
 
 _UNSET: Any = object()
@@ -249,6 +256,7 @@ class Chain(Generic[R]):
 
     def send(self) -> ChainResult[R]:
         """Send the first task with the rest of the chain as its link; the result's id is the last task's."""
+        check_not_eager(self.steps[0].task.app)
         ids = [new_id() for _ in self.steps]
         then = self.links(ids)
         self.steps[0].send(task_id=ids[0], metadata={"link": then} if then is not None else None)
@@ -331,6 +339,7 @@ class Group(Generic[R]):
 
     def send(self, ids: Sequence[str] | None = None) -> GroupResult[R]:
         """Send every member (its own send options apply); ``ids``: fixed ids, one per member."""
+        check_not_eager(self.members[0].task.app)
         ids = list(ids) if ids is not None else [new_id() for _ in self.members]
         for sig, task_id in zip(self.members, ids, strict=True):
             sig.send(task_id=task_id)
@@ -398,6 +407,7 @@ class Chord(Generic[R]):
         """Send the members, then the first unlock (delayed) to the callback's queue; the result's id is the
         callback's, chosen now."""
         app = self.callback.task.app
+        check_not_eager(app)
         install(app)
         member_ids = [new_id() for _ in self.header.members]
         callback_id = new_id()
