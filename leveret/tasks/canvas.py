@@ -228,7 +228,7 @@ def poll(read: StatusReader, ids: Sequence[str], done: Callable[[list[dict[str, 
             states = ", ".join(f"{i}: {state_of(r)}" for i, r in zip(ids, records, strict=True))
             raise TimeoutError(f"{what} not done after {timeout:g} s ({states})")
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, 0.25)
+        pause = min(pause * 2, 0.1)
 
 
 def result_of(app: Any, record: dict[str, Any], task_id: str) -> Any:
