@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 
-
 from leveret.tasks import App
 from leveret.tasks.periodic import periodic
-
 
 app = App(os.environ["PERIODIC_URL"], name=os.environ["PERIODIC_APP"], status_ttl=120)
 

@@ -130,6 +130,13 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def periodic(self, **schedule: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """``@app.periodic(cron="*/5 * * * *")`` or ``@app.periodic(every=30.0)``: a task fired once per due time
+        by the app's schedulers (``leveret beat``); see leveret.tasks.periodic and docs/tasks.md."""
+        from leveret.tasks.periodic import periodic
+
+        return periodic(self, **schedule)
+
     def add_middleware(self, middleware: Any) -> None:
         """Add an object with any of ``before_task(ctx)``, ``after_task(ctx, result, exc)``,
         ``on_retry(ctx, exc, delay)`` (sync or async); the worker calls them around every task."""

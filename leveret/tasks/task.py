@@ -20,6 +20,7 @@ from leveret.tasks.status import FINAL_STATES
 
 if TYPE_CHECKING:
     from leveret.tasks.app import App
+    from leveret.tasks.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -125,6 +126,12 @@ class Task(Generic[P, R]):
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         return await self.app._send_async(self, self.payload(args, kwargs))
+
+    def s(self, **payload: Any) -> Signature[R]:
+        """A signature of this task for workflows (``chain``, ``group``, ``chord``; docs/workflows.md)."""
+        from leveret.tasks.canvas import signature
+
+        return signature(self, **payload)
 
     def send_with(self, payload: dict[str, Any], *, delay: float | None = None, eta: datetime | None = None,
                   priority: int | None = None, task_id: str | None = None,
