@@ -180,7 +180,8 @@ class Channel:
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         priority = arguments.get("x-priority") if arguments else None
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        if (priority is not None or (arguments and "x-priority" in arguments)) and (
+                isinstance(priority, bool) or not isinstance(priority, int)):  # void too, as RabbitMQ
             raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
                                      f"'{queue.vhost.name}': \"expected integer, got {field_type(priority)}\"")
         if (exclusive and queue.settings.single_active_consumer) or (

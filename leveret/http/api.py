@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 import leveret
+from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
 from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
@@ -42,7 +43,6 @@ from .rates import Rates
 
 log = logging.getLogger("leveret.http")
 
-RABBITMQ_VERSION = "3.10.8"  # what tools that check the version are told (they expect RabbitMQ's numbers)
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's default reason of DELETE /api/connections/{name}
 READ_TAGS = frozenset({"administrator", "monitoring", "management", "policymaker"})

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret import __version__
+from leveret import RABBITMQ_VERSION, __version__
 from leveret.amqp import codec, spec
 from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
 from leveret.core import errors
@@ -229,10 +229,11 @@ class AMQPConnection(asyncio.Protocol):
             "capabilities": SERVER_CAPABILITIES,
             "cluster_name": self.broker.node_name,
             "copyright": "Copyright (c) Leveret contributors",
-            "information": "Licensed under the MIT License",
+            "information": f"Leveret {__version__}, licensed under the MIT License",
+            "leveret-version": __version__,
             "platform": "Python",
             "product": "Leveret",
-            "version": __version__,
+            "version": RABBITMQ_VERSION,  # the RabbitMQ whose behaviour Leveret implements: clients gate on it
         }
         # EXTERNAL only where there is a verified client certificate to take the user name from
         mechanisms = b"AMQPLAIN PLAIN EXTERNAL" if self.tls is not None and self.tls.login else b"AMQPLAIN PLAIN"
