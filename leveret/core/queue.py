@@ -59,11 +59,13 @@ class Consumer:
         channel = self.channel
         if not channel.deliverable:
             return False
+        # the channel-wide limit (global=true) counts ack-required consumer deliveries only (not basic.get), and
+        # holds back no-ack consumers too while it is reached; the per-consumer limit ignores no-ack consumers
+        if channel.global_prefetch and channel.limited >= channel.global_prefetch:
+            return False
         if self.no_ack:
             return True
-        if self.prefetch and self.unacked >= self.prefetch:
-            return False
-        return not (channel.global_prefetch and len(channel.unacked) >= channel.global_prefetch)
+        return not (self.prefetch and self.unacked >= self.prefetch)
 
 
 class Queue:
