@@ -308,7 +308,9 @@ class VHost:
         server-named one); for a new queue with a dead-letter exchange, read on it and write on the DLX."""
         arguments = arguments or {}
         if passive:
-            return self.queue(name, session)
+            queue = self.queue(name, session)
+            queue.touch()  # a passive declare is a use: it extends an x-expires lease, as in RabbitMQ
+            return queue
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)

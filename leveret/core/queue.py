@@ -257,7 +257,7 @@ class Queue:
             self._unused_handle = self.timers.call_later(expires / 1000, self._on_unused)
 
     def touch(self) -> None:
-        """The queue was used (declared again, basic.get): restart its x-expires countdown."""
+        """The queue was used (declared again, passively too; basic.get): restart its x-expires countdown."""
         if self.settings.expires is not None:
             self._arm_unused_timer()
 
@@ -293,6 +293,8 @@ class Queue:
             else:
                 messages.insert(bisect.bisect_left(messages, msg.seq, key=_seq), msg)
         if self.lifecycle:
+            if self.settings.limited:
+                self._enforce_limits()  # drop-head: requeued messages do not take a full queue past its limit
             self._expire()  # a message that expired while unacked is dead-lettered as expired
         if self.consumers:
             self.dispatch()

@@ -540,6 +540,10 @@ class AMQPConnection(asyncio.Protocol):
             if not nowait:
                 self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
             return
+        if passive and queue.startswith(REPLY_TO + ".") and queue in self.broker.reply_queues:
+            if not nowait:  # a broker-issued reply address whose consumer is alive, from any connection
+                self._reply(ch, "queue.declare-ok", queue, 0, 1)
+            return
         q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
                                              exclusive=exclusive, auto_delete=auto_delete, arguments=arguments,
                                              access=self.session.access)
