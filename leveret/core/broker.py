@@ -481,18 +481,41 @@ class VHost:
             self._policy_alternates.pop(exchange.name, None)
 
     def _route_keys(self, exchange: Exchange, msg: Message, keys: list[str]) -> list[Queue]:
-        found: list[Queue] = []
-        for key in dict.fromkeys(keys):
-            probe = msg if key == msg.routing_key else Message(msg.exchange, key, msg.address, msg.header, msg.body)
-            probe._props = msg._props
-            for queue in self.route(exchange, probe, alternates=False):
-                if queue not in found:
-                    found.append(queue)
-        if not found:  # the alternate exchange is for what no key routed, as one routing with all the keys
-            alternate = self._alternate_exchange(exchange)
-            if alternate is not None and alternate is not exchange:
-                return list(self.route(alternate, msg))
-        return found
+        """:meth:`route` with several routing keys (the message's, CC, BCC; or dead-lettering's), as RabbitMQ:
+        every exchange on the way, including those reached through exchange-to-exchange bindings and alternate
+        exchanges, matches the message with all the keys; an exchange that none of them matches passes the
+        message to its alternate exchange."""
+        keys = list(dict.fromkeys(keys))
+        if keys == [msg.routing_key]:
+            return list(self.route(exchange, msg))
+        queues: list[Queue] = []
+        seen: set[int] = set()
+        pending: list[Any] = [exchange]
+        while pending:
+            dest = pending.pop(0)
+            if id(dest) in seen:
+                continue
+            seen.add(id(dest))
+            if isinstance(dest, Queue):
+                queues.append(dest)
+                continue
+            kind = dest.type_name
+            if kind == "x-delayed-message":
+                if self.broker.delays.hold(self, dest, msg):
+                    continue
+                headers = msg.headers
+            else:
+                headers = msg.headers if kind == "headers" else None
+            routed: dict[int, Any] = {}
+            for key in keys:
+                for found in dest.route(key, headers):
+                    routed.setdefault(id(found), found)
+            if not routed:
+                alternate = self._alternate_exchange(dest)
+                if alternate is not None:
+                    routed[id(alternate)] = alternate
+            pending.extend(routed.values())
+        return queues
 
     @staticmethod
     def _strip_bcc(msg: Message) -> None:
