@@ -206,11 +206,17 @@ class AMQPConnection(asyncio.Protocol):
     def _after_close_sent(self) -> None:
         self.session.close()
         self._flush()
-        self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._abort))
+        self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._drop))
 
     def _abort(self) -> None:
         if self.transport is not None and not self._closed:
             self.transport.close()
+
+    def _drop(self) -> None:
+        """Close the socket now, discarding unsent output: a peer that stopped reading (its TCP window full)
+        would otherwise keep a closing transport, and the session, waiting for a flush that never comes."""
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
 
     def _close_transport_after_flush(self) -> None:
         self._flush()
@@ -340,7 +346,7 @@ class AMQPConnection(asyncio.Protocol):
         now = self.loop.time()
         if now - self.last_received > 2 * self.heartbeat:
             log.warning("missed heartbeats from client %s, timeout: %ss", self.peer, self.heartbeat)
-            self._abort()
+            self._drop()
             return
         if not self._sent_since_tick:
             self.conn.send_heartbeat()
