@@ -108,6 +108,14 @@ class DefaultExchange(Exchange):
         raise AccessRefused("operation not permitted on the default exchange")
 
 
+def strip_crlf(name: str) -> str:
+    """RabbitMQ's strip_cr_lf: a queue or exchange name given to declare, bind, unbind or delete loses its CR and
+    LF characters (``que\nue`` is ``queue``). Publish, get, consume and purge take names as given."""
+    if "\n" in name or "\r" in name:
+        return name.replace("\n", "").replace("\r", "")
+    return name
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -162,6 +170,7 @@ class VHost:
         """``access``: the client's permissions (None for the broker's own callers), checked as RabbitMQ does:
         configure on the exchange; for a new one with an alternate exchange, read on it and write on the AE."""
         arguments = arguments or {}
+        name = strip_crlf(name)
         if not name:
             raise AccessRefused("operation not permitted on the default exchange")
         if passive:
@@ -217,6 +226,7 @@ class VHost:
                                      f"received {_typed_value(new)} but current is {_typed_value(old)}")
 
     def delete_exchange(self, name: str, if_unused: bool = False, access: Access | None = None) -> None:
+        name = strip_crlf(name)
         if not name:
             raise AccessRefused("operation not permitted on the default exchange")
         if name.startswith("amq."):
@@ -247,6 +257,7 @@ class VHost:
 
     def bind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any],
                       access: Access | None = None) -> None:
+        destination, source = strip_crlf(destination), strip_crlf(source)
         if access is not None:
             _check_binding(access, "exchange", destination, source)
         src, dst = self._binding_ends(source, destination)
@@ -256,6 +267,7 @@ class VHost:
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any],
                         access: Access | None = None) -> None:
+        destination, source = strip_crlf(destination), strip_crlf(source)
         if access is not None:
             _check_binding(access, "exchange", destination, source)
         if not source or not destination:
@@ -307,6 +319,7 @@ class VHost:
         """``access`` as for :meth:`declare_exchange`: configure on the queue (its generated name for a
         server-named one); for a new queue with a dead-letter exchange, read on it and write on the DLX."""
         arguments = arguments or {}
+        name = strip_crlf(name)
         if passive:
             queue = self.queue(name, session)
             queue.touch()  # a passive declare is a use: it extends an x-expires lease, as in RabbitMQ
@@ -354,6 +367,7 @@ class VHost:
     def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
                      if_empty: bool = False, access: Access | None = None) -> int:
         """Delete a queue; returns the number of ready messages it held. A missing queue is not an error."""
+        name = strip_crlf(name)
         if access is not None:
             access.configure("queue", name)
         queue = self.queues.get(name)
@@ -391,6 +405,7 @@ class VHost:
                    session: Session | None, access: Access | None = None) -> None:
         """Raises, in RabbitMQ's order: 403 default exchange, 404 exchange, 404 queue, 405 exclusive queue
         (after the permission checks: write on the queue, read on the exchange)."""
+        queue_name, exchange_name = strip_crlf(queue_name), strip_crlf(exchange_name)
         if access is not None:
             _check_binding(access, "queue", queue_name, exchange_name)
         if not exchange_name:
@@ -405,6 +420,7 @@ class VHost:
                      session: Session | None, access: Access | None = None) -> None:
         """Removing a binding that does not exist (or whose exchange or queue does not) is not an error,
         as in RabbitMQ 3.x; an existing binding to another connection's exclusive queue is (405)."""
+        queue_name, exchange_name = strip_crlf(queue_name), strip_crlf(exchange_name)
         if access is not None:
             _check_binding(access, "queue", queue_name, exchange_name)
         if not exchange_name:
