@@ -529,6 +529,128 @@ def test_leveret_reports_its_own_version(leveret: ThreadedServer) -> None:
     assert server["version"] == "3.10.8"
 
 
+# --- concrete expectations (run on Leveret and RabbitMQ alike, so that Leveret is checked without RabbitMQ too) ---
+
+
+@pytest.fixture
+def broker(broker_port: int, unique: str) -> Iterator[Run]:
+    run = Run(broker_port, unique)
+    try:
+        yield run
+    finally:
+        run.cleanup()
+
+
+def _bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
+    out = []
+    for _ in range(20):
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        out.append(body)
+    return out
+
+
+def test_tx_double_ack_fails_and_acked_message_is_not_recovered(broker: Run) -> None:
+    conn = broker.connect()
+    q = broker.queue()
+    ch = conn.channel()
+    ch.queue_declare(q)
+    publish(broker.confirmed(conn), q, b"1", b"2")
+    ch.tx_select()
+    first = ch.basic_get(q)[0].delivery_tag
+    ch.basic_get(q)
+    ch.basic_ack(first)
+    ch.basic_recover(requeue=True)  # only "2" comes back: "1" is acked (not yet committed)
+    assert _bodies(conn.channel(), q) == [b"2"]
+    ch.basic_ack(first)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        ch.tx_commit()
+    assert (closed.value.reply_code, closed.value.reply_text) == (406, "PRECONDITION_FAILED - unknown delivery tag 1")
+    assert broker.counts(q)[:2] == ("count", 1)  # the uncommitted ack is void: "1" is requeued with the channel
+
+
+def test_qos_global_holds_back_a_no_ack_consumer(broker: Run) -> None:
+    conn = broker.connect()
+    loader = broker.confirmed(conn)
+    held_q, free_q = broker.queue("held"), broker.queue("free")
+    for q in (held_q, free_q):
+        loader.queue_declare(q, exclusive=True)
+    publish(loader, held_q, b"h")
+    publish(loader, free_q, b"f1", b"f2")
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=1, global_qos=True)
+    held: list[int] = []
+    free: list[bytes] = []
+    ch.basic_consume(held_q, lambda _c, m, _p, _b: held.append(m.delivery_tag))
+    drain(conn, held, 1)
+    ch.basic_consume(free_q, lambda _c, _m, _p, body: free.append(body), auto_ack=True)
+    drain(conn, free, 2, timeout=0.3)
+    assert (held, free) == ([1], [])
+    ch.basic_ack(held[0])
+    drain(conn, free, 2)
+    assert free == [b"f1", b"f2"]
+
+
+def test_drop_head_queue_stays_within_its_limit_after_a_requeue(broker: Run) -> None:
+    conn = broker.connect()
+    ch = broker.confirmed(conn)
+    q, dl = broker.queue(), broker.queue("dl")
+    ch.queue_declare(dl)
+    ch.queue_declare(q, arguments={"x-max-length": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dl})
+    publish(ch, q, b"1", b"2")
+    consumer = conn.channel()
+    tag = consumer.basic_get(q)[0].delivery_tag
+    publish(ch, q, b"3")
+    consumer.basic_nack(tag, requeue=True)
+    deadline = time.monotonic() + 2
+    while broker.counts(dl)[1] != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _bodies(ch, q) == [b"2", b"3"]
+    _method, properties, body = ch.basic_get(dl, auto_ack=True)
+    assert body == b"1" and properties.headers["x-death"][0]["reason"] == "maxlen"
+
+
+def test_cc_keys_apply_behind_an_exchange_binding(broker: Run) -> None:
+    ch = broker.confirmed()
+    first, second = broker.exchange("first"), broker.exchange("second")
+    ch.exchange_declare(first, "direct")
+    ch.exchange_declare(second, "direct")
+    ch.exchange_bind(second, first, "k")
+    q = broker.queue()
+    ch.queue_declare(q)
+    ch.queue_bind(q, second, "cc")
+    ch.basic_publish(first, "k", b"m", props(headers={"CC": ["cc"]}))
+    assert _bodies(ch, q) == [b"m"]
+
+
+def test_passive_declare_extends_the_lease(broker: Run) -> None:
+    ch = broker.channel()
+    q = broker.queue()
+    ch.queue_declare(q, arguments={"x-expires": 300})
+    for _ in range(5):
+        time.sleep(0.1)
+        assert broker.counts(q)[0] == "count"  # 500 ms: kept alive by the passive declares alone
+    deadline = time.monotonic() + 3
+    seen = broker.counts(q)
+    while seen[0] == "count" and time.monotonic() < deadline:
+        time.sleep(0.4)  # longer than the lease: these checks (passive declares) must not keep it alive
+        seen = broker.counts(q)
+    assert seen[:2] == ("channel.close", 404)
+
+
+def test_old_style_x_death_entries_are_grouped() -> None:
+    from leveret.core.lifecycle import group_deaths
+
+    a1, a2 = {"reason": "rejected", "queue": "a"}, {"reason": "rejected", "queue": "a", "time": 2}
+    b = {"reason": "expired", "queue": "b"}
+    counted = {"reason": "maxlen", "queue": "c", "count": 7}
+    assert group_deaths([a1, b, a2]) == [{"count": 1, **b}, {"count": 2, **a1}]
+    assert list(group_deaths([a1, b, a2])[1]) == ["count", "reason", "queue"]
+    assert group_deaths([counted, {"reason": "maxlen", "queue": "c"}, a1]) == [{"count": 1, **a1}, counted]
+    assert group_deaths([a1]) == [a1]  # one entry: left alone, as RabbitMQ
+
+
 # --- the differential runner -----------------------------------------------------------------------------
 
 
