@@ -1,3 +1,9 @@
 """Leveret: an AMQP 0-9-1 message broker in Python, meant to be a drop-in for RabbitMQ."""
 
 __version__ = "0.1.0"
+
+# The RabbitMQ version whose behaviour Leveret implements (and is checked against by the differential tests):
+# what clients see as server-properties.version and the management API's rabbitmq_version, because clients and
+# tools gate features on it. Leveret's own version is __version__ (server-properties product/information and
+# leveret-version). See docs/compatibility.md.
+RABBITMQ_VERSION = "3.10.8"

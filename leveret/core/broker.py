@@ -117,6 +117,14 @@ class DefaultExchange(Exchange):
         raise AccessRefused("operation not permitted on the default exchange")
 
 
+def strip_crlf(name: str) -> str:
+    """RabbitMQ's strip_cr_lf: a queue or exchange name given to declare, bind, unbind or delete loses its CR and
+    LF characters (``que\nue`` is ``queue``). Publish, get, consume and purge take names as given."""
+    if "\n" in name or "\r" in name:
+        return name.replace("\n", "").replace("\r", "")
+    return name
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -176,6 +184,7 @@ class VHost:
         """``access``: the client's permissions (None for the broker's own callers), checked as RabbitMQ does:
         configure on the exchange; for a new one with an alternate exchange, read on it and write on the AE."""
         arguments = arguments or {}
+        name = strip_crlf(name)
         if not name:
             raise AccessRefused("operation not permitted on the default exchange")
         if passive:
@@ -231,6 +240,7 @@ class VHost:
                                      f"received {_typed_value(new)} but current is {_typed_value(old)}")
 
     def delete_exchange(self, name: str, if_unused: bool = False, access: Access | None = None) -> None:
+        name = strip_crlf(name)
         if not name:
             raise AccessRefused("operation not permitted on the default exchange")
         if name.startswith("amq."):
@@ -261,6 +271,7 @@ class VHost:
 
     def bind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any],
                       access: Access | None = None) -> None:
+        destination, source = strip_crlf(destination), strip_crlf(source)
         if access is not None:
             _check_binding(access, "exchange", destination, source)
         src, dst = self._binding_ends(source, destination)
@@ -270,6 +281,7 @@ class VHost:
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str, arguments: dict[str, Any],
                         access: Access | None = None) -> None:
+        destination, source = strip_crlf(destination), strip_crlf(source)
         if access is not None:
             _check_binding(access, "exchange", destination, source)
         if not source or not destination:
@@ -321,8 +333,11 @@ class VHost:
         """``access`` as for :meth:`declare_exchange`: configure on the queue (its generated name for a
         server-named one); for a new queue with a dead-letter exchange, read on it and write on the DLX."""
         arguments = arguments or {}
+        name = strip_crlf(name)
         if passive:
-            return self.queue(name, session)
+            queue = self.queue(name, session)
+            queue.touch()  # a passive declare is a use: it extends an x-expires lease, as in RabbitMQ
+            return queue
         requested_durable = durable
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
@@ -381,6 +396,7 @@ class VHost:
     def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
                      if_empty: bool = False, access: Access | None = None) -> int:
         """Delete a queue; returns the number of ready messages it held. A missing queue is not an error."""
+        name = strip_crlf(name)
         if access is not None:
             access.configure("queue", name)
         queue = self.queues.get(name)
@@ -418,6 +434,7 @@ class VHost:
                    session: Session | None, access: Access | None = None) -> None:
         """Raises, in RabbitMQ's order: 403 default exchange, 404 exchange, 404 queue, 405 exclusive queue
         (after the permission checks: write on the queue, read on the exchange)."""
+        queue_name, exchange_name = strip_crlf(queue_name), strip_crlf(exchange_name)
         if access is not None:
             _check_binding(access, "queue", queue_name, exchange_name)
         if not exchange_name:
@@ -432,6 +449,7 @@ class VHost:
                      session: Session | None, access: Access | None = None) -> None:
         """Removing a binding that does not exist (or whose exchange or queue does not) is not an error,
         as in RabbitMQ 3.x; an existing binding to another connection's exclusive queue is (405)."""
+        queue_name, exchange_name = strip_crlf(queue_name), strip_crlf(exchange_name)
         if access is not None:
             _check_binding(access, "queue", queue_name, exchange_name)
         if not exchange_name:
@@ -520,18 +538,41 @@ class VHost:
             self._policy_alternates.pop(exchange.name, None)
 
     def _route_keys(self, exchange: Exchange, msg: Message, keys: list[str]) -> list[Queue]:
-        found: list[Queue] = []
-        for key in dict.fromkeys(keys):
-            probe = msg if key == msg.routing_key else Message(msg.exchange, key, msg.address, msg.header, msg.body)
-            probe._props = msg._props
-            for queue in self.route(exchange, probe, alternates=False):
-                if queue not in found:
-                    found.append(queue)
-        if not found:  # the alternate exchange is for what no key routed, as one routing with all the keys
-            alternate = self._alternate_exchange(exchange)
-            if alternate is not None and alternate is not exchange:
-                return list(self.route(alternate, msg))
-        return found
+        """:meth:`route` with several routing keys (the message's, CC, BCC; or dead-lettering's), as RabbitMQ:
+        every exchange on the way, including those reached through exchange-to-exchange bindings and alternate
+        exchanges, matches the message with all the keys; an exchange that none of them matches passes the
+        message to its alternate exchange."""
+        keys = list(dict.fromkeys(keys))
+        if keys == [msg.routing_key]:
+            return list(self.route(exchange, msg))
+        queues: list[Queue] = []
+        seen: set[int] = set()
+        pending: list[Any] = [exchange]
+        while pending:
+            dest = pending.pop(0)
+            if id(dest) in seen:
+                continue
+            seen.add(id(dest))
+            if isinstance(dest, Queue):
+                queues.append(dest)
+                continue
+            kind = dest.type_name
+            if kind == "x-delayed-message":
+                if self.broker.delays.hold(self, dest, msg):
+                    continue
+                headers = msg.headers
+            else:
+                headers = msg.headers if kind == "headers" else None
+            routed: dict[int, Any] = {}
+            for key in keys:
+                for found in dest.route(key, headers):
+                    routed.setdefault(id(found), found)
+            if not routed:
+                alternate = self._alternate_exchange(dest)
+                if alternate is not None:
+                    routed[id(alternate)] = alternate
+            pending.extend(routed.values())
+        return queues
 
     @staticmethod
     def _strip_bcc(msg: Message) -> None:

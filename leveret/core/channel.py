@@ -99,6 +99,8 @@ class Channel:
         self.unacked: OrderedDict[int, Message] = OrderedDict()
         self.prefetch = 0
         self.global_prefetch = 0
+        self.limited = 0  # ack-required consumer deliveries not yet settled: what basic.qos global=true limits
+        self._kick_from = 0  # where the next kick starts among the consumers, so that queues take turns
         self.consumers: dict[str, Consumer] = {}
         self.confirm = False
         self.publish_seq = 0
@@ -106,6 +108,7 @@ class Channel:
         self._confirm_requested = 0
         self._nacks: list[int] = []
         self.tx: list[Callable[[], None]] | None = None
+        self.tx_taken: list[tuple[int, Message]] = []  # acked/rejected in the open transaction, not yet settled
         self.active = True
         self.deliverable = session.writable
         self.last_queue = ""
@@ -121,8 +124,16 @@ class Channel:
             self.kick()
 
     def kick(self, consumers: Any = None) -> None:
-        """Let the queues of this channel's consumers deliver again (credit was freed)."""
-        for consumer in list(self.consumers.values() if consumers is None else consumers):
+        """Let the queues of this channel's consumers deliver again (credit was freed). With every consumer, the
+        first one asked moves on each time, so that queues sharing a channel-wide limit take turns (RabbitMQ
+        wakes them in random order)."""
+        if consumers is None:
+            consumers = list(self.consumers.values())
+            if len(consumers) > 1:
+                start = self._kick_from % len(consumers)
+                self._kick_from = start + 1
+                consumers = consumers[start:] + consumers[:start]
+        for consumer in list(consumers):
             queue = consumer.queue
             if queue.messages and not queue.deleted:
                 queue.dispatch()
@@ -141,6 +152,7 @@ class Channel:
         else:
             msg.consumer = consumer
             consumer.unacked += 1
+            self.limited += 1
             self.unacked[tag] = msg
             if msg.store_id:
                 consumer.queue.durability.delivered(msg)  # type: ignore[union-attr]
@@ -185,7 +197,8 @@ class Channel:
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         priority = arguments.get("x-priority") if arguments else None
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        if (priority is not None or (arguments and "x-priority" in arguments)) and (
+                isinstance(priority, bool) or not isinstance(priority, int)):  # void too, as RabbitMQ
             raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
                                      f"'{queue.vhost.name}': \"expected integer, got {field_type(priority)}\"")
         if (exclusive and queue.settings.single_active_consumer) or (
@@ -238,16 +251,14 @@ class Channel:
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         if self.tx is not None:
-            self._check_tag(delivery_tag, multiple)
-            self.tx.append(lambda: self._settle(self._take(delivery_tag, multiple), None))
+            self._take_in_tx(delivery_tag, multiple, None)
             return
         self._settle(self._take(delivery_tag, multiple), None)
 
     def reject(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
         """basic.reject and basic.nack: requeue, or drop (dead-letter) the messages."""
         if self.tx is not None:
-            self._check_tag(delivery_tag, multiple)
-            self.tx.append(lambda: self._settle(self._take(delivery_tag, multiple), requeue))
+            self._take_in_tx(delivery_tag, multiple, requeue)
             return
         self._settle(self._take(delivery_tag, multiple), requeue)
 
@@ -256,9 +267,25 @@ class Channel:
             raise NotImplementedFeature("requeue=false")
         self._settle(self._take(0, True), True, "basic.recover")
 
-    def _check_tag(self, tag: int, multiple: bool) -> None:
-        if not (multiple and tag == 0) and tag not in self.unacked:
-            raise PreconditionFailed(f"unknown delivery tag {tag}")
+    def _take_in_tx(self, tag: int, multiple: bool, requeue: bool | None) -> None:
+        """An ack or reject inside a transaction, as RabbitMQ: the deliveries leave the unacked set now (a second
+        ack of one is an unknown tag, basic.recover does not requeue them) and are settled at the commit; a
+        rollback puts them back, a closed channel requeues them."""
+        unacked = self.unacked
+        if multiple:
+            if tag and tag not in unacked:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+            taken = [(key, msg) for key, msg in unacked.items() if not tag or key <= tag]
+        else:
+            msg = unacked.get(tag)
+            if msg is None:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+            taken = [(tag, msg)]
+        for key, _msg in taken:
+            del unacked[key]
+        self.tx_taken.extend(taken)
+        assert self.tx is not None
+        self.tx.append(lambda: self._settle([msg for _key, msg in taken], requeue))
 
     def _take(self, tag: int, multiple: bool) -> list[Message]:
         unacked = self.unacked
@@ -291,6 +318,7 @@ class Channel:
             consumer = msg.consumer
             if consumer is not None:
                 consumer.unacked -= 1
+                self.limited -= 1
                 freed.add(consumer)
                 msg.consumer = None
             queue = msg.queue
@@ -338,6 +366,7 @@ class Channel:
         if self.tx is None:
             raise PreconditionFailed("channel is not transactional")
         actions, self.tx = self.tx, []
+        self.tx_taken = []
         for action in actions:
             action()
 
@@ -345,6 +374,13 @@ class Channel:
         if self.tx is None:
             raise PreconditionFailed("channel is not transactional")
         self.tx = []
+        self._untake()
+
+    def _untake(self) -> None:
+        """Acks and rejects of the open transaction are void: their deliveries are unacked again, in tag order."""
+        if self.tx_taken:
+            self.unacked = OrderedDict(sorted([*self.unacked.items(), *self.tx_taken], key=lambda item: item[0]))
+            self.tx_taken = []
 
     def publish(self, msg: Message, mandatory: bool) -> None:
         """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
@@ -448,6 +484,7 @@ class Channel:
             return
         self.closed = True
         self.deliverable = False
+        self._untake()  # what the uncommitted transaction acked is requeued with the rest
         msgs = list(self.unacked.values())  # requeued before the consumers go, so that a queue's next
         self.unacked.clear()                # (single active) consumer gets them first, as in RabbitMQ
         self._settle(msgs, True, "channel closed")

@@ -326,6 +326,7 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
         entry["original-expiration"] = expiration
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths:
+        deaths = group_deaths(deaths)
         for index, old in enumerate(deaths):
             if isinstance(old, dict) and old.get("queue") == queue_name and old.get("reason") == reason:
                 updated = dict(old)
@@ -349,6 +350,25 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
     copy = Message(exchange, new_key, build_address(exchange, new_key), build_header(props, len(body)), body)
     copy._props = props
     return copy, ([routing_key] if routing_key is not None else keys + (msg.bcc or []))
+
+
+def group_deaths(deaths: list[Any]) -> list[Any]:
+    """Merge ``x-death`` entries written by RabbitMQ before 3.5 (one per event) into one per (queue, reason), as
+    RabbitMQ 3.10 does before it adds a death: the first entry of each pair stands for the group (groups in
+    the reverse order of their first appearance), and one without a ``count`` gets the number
+    of entries of its pair as its first field (one that has a ``count`` keeps it)."""
+    if len(deaths) < 2 or not all(isinstance(death, dict) for death in deaths):
+        return deaths
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for death in deaths:
+        groups.setdefault((death.get("queue"), death.get("reason")), []).append(death)
+    grouped: list[Any] = []
+    for members in groups.values():
+        first = members[0]
+        if "count" not in first:
+            first = {"count": LongInt(len(members)), **first}
+        grouped.insert(0, first)
+    return grouped
 
 
 def is_cycle(queue_name: str, deaths: list[Any]) -> bool:

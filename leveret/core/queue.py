@@ -61,11 +61,13 @@ class Consumer:
         channel = self.channel
         if not channel.deliverable:
             return False
+        # the channel-wide limit (global=true) counts ack-required consumer deliveries only (not basic.get), and
+        # holds back no-ack consumers too while it is reached; the per-consumer limit ignores no-ack consumers
+        if channel.global_prefetch and channel.limited >= channel.global_prefetch:
+            return False
         if self.no_ack:
             return True
-        if self.prefetch and self.unacked >= self.prefetch:
-            return False
-        return not (channel.global_prefetch and len(channel.unacked) >= channel.global_prefetch)
+        return not (self.prefetch and self.unacked >= self.prefetch)
 
 
 class Queue:
@@ -262,7 +264,7 @@ class Queue:
             self._unused_handle = self.timers.call_later(expires / 1000, self._on_unused)
 
     def touch(self) -> None:
-        """The queue was used (declared again, basic.get): restart its x-expires countdown."""
+        """The queue was used (declared again, passively too; basic.get): restart its x-expires countdown."""
         if self.settings.expires is not None:
             self._arm_unused_timer()
 
@@ -298,6 +300,8 @@ class Queue:
             else:
                 messages.insert(bisect.bisect_left(messages, msg.seq, key=_seq), msg)
         if self.lifecycle:
+            if self.settings.limited:
+                self._enforce_limits()  # drop-head: requeued messages do not take a full queue past its limit
             self._expire()  # a message that expired while unacked is dead-lettered as expired
         if self.consumers:
             self.dispatch()

@@ -24,10 +24,11 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 import leveret
+from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
 from leveret.amqp.codec import RawField
 from leveret.core import audit, errors
 from leveret.core.access import Access
-from leveret.core.broker import Broker, Session, User, VHost
+from leveret.core.broker import Broker, Session, User, VHost, strip_crlf
 from leveret.core.exchanges import Exchange
 from leveret.core.lifecycle import count_delivery, queue_type
 from leveret.core.message import Message, build_address, build_header
@@ -44,7 +45,6 @@ from .rates import Rates
 
 log = logging.getLogger("leveret.http")
 
-RABBITMQ_VERSION = "3.10.8"  # what tools that check the version are told (they expect RabbitMQ's numbers)
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's default reason of DELETE /api/connections/{name}
 READ_TAGS = frozenset({"administrator", "monitoring", "management", "policymaker"})
@@ -544,7 +544,7 @@ class ManagementAPI:
         name = call.params["name"]
         if not name:
             raise bad_request("a queue needs a name")
-        created = name not in vhost.queues
+        created = name not in vhost.queues  # looked up as given: 201 for a name with CR/LF, as RabbitMQ's API
         vhost.declare_queue(None, name, durable=_bool(body, "durable", True),
                             auto_delete=_bool(body, "auto_delete", False), arguments=_dict(body, "arguments"),
                             access=self.access(call, vhost))
@@ -712,14 +712,16 @@ class ManagementAPI:
     async def list_bindings(self, call: Call) -> web.Response:
         return reply([b for v in self._vhosts(call) for b in self.bindings_of(v)])
 
-    def _between(self, call: Call) -> tuple[VHost, list[dict[str, Any]]]:
+    def _between(self, call: Call, strip: bool = False) -> tuple[VHost, list[dict[str, Any]]]:
+        """``strip``: CR/LF removed from the names first (a new binding, as RabbitMQ's queue.bind)."""
         vhost = self.vhost(call.params["vhost"])
         kind = {"q": "queue", "e": "exchange"}.get(call.params["kind"])
         if kind is None:
             raise HTTPFailure(404, "Object Not Found", "Not Found")
-        source = _exchange_name(call.params["source"])
+        clean = strip_crlf if strip else str
+        source = _exchange_name(clean(call.params["source"]))
         vhost.exchange(source)
-        destination = call.params["destination"]
+        destination = clean(call.params["destination"])
         if kind == "queue":
             vhost.queue(destination)
         else:
@@ -732,7 +734,7 @@ class ManagementAPI:
 
     async def post_binding(self, call: Call) -> web.Response:
         body = await call.body()
-        vhost, _ = self._between(call)
+        vhost, _ = self._between(call, strip=True)
         routing_key = body.get("routing_key", "")
         if not isinstance(routing_key, str):
             raise bad_request("'routing_key' must be a string")

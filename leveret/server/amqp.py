@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret import __version__
+from leveret import RABBITMQ_VERSION, __version__
 from leveret.amqp import codec, spec
 from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
 from leveret.core import errors
@@ -213,11 +213,17 @@ class AMQPConnection(asyncio.Protocol):
     def _after_close_sent(self) -> None:
         self.session.close()
         self._flush()
-        self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._abort))
+        self._timers.append(self.loop.call_later(_CLOSE_TIMEOUT, self._drop))
 
     def _abort(self) -> None:
         if self.transport is not None and not self._closed:
             self.transport.close()
+
+    def _drop(self) -> None:
+        """Close the socket now, discarding unsent output: a peer that stopped reading (its TCP window full)
+        would otherwise keep a closing transport, and the session, waiting for a flush that never comes."""
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
 
     def _close_transport_after_flush(self) -> None:
         self._flush()
@@ -236,10 +242,11 @@ class AMQPConnection(asyncio.Protocol):
             "capabilities": SERVER_CAPABILITIES,
             "cluster_name": self.broker.node_name,
             "copyright": "Copyright (c) Leveret contributors",
-            "information": "Licensed under the MIT License",
+            "information": f"Leveret {__version__}, licensed under the MIT License",
+            "leveret-version": __version__,
             "platform": "Python",
             "product": "Leveret",
-            "version": __version__,
+            "version": RABBITMQ_VERSION,  # the RabbitMQ whose behaviour Leveret implements: clients gate on it
         }
         # EXTERNAL only where there is a verified client certificate to take the user name from
         mechanisms = b"AMQPLAIN PLAIN EXTERNAL" if self.tls is not None and self.tls.login else b"AMQPLAIN PLAIN"
@@ -348,7 +355,7 @@ class AMQPConnection(asyncio.Protocol):
         now = self.loop.time()
         if now - self.last_received > 2 * self.heartbeat:
             log.warning("missed heartbeats from client %s, timeout: %ss", self.peer, self.heartbeat)
-            self._abort()
+            self._drop()
             return
         if not self._sent_since_tick:
             self.conn.send_heartbeat()
@@ -557,6 +564,10 @@ class AMQPConnection(asyncio.Protocol):
         if passive and queue == REPLY_TO:
             if not nowait:
                 self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
+            return
+        if passive and queue.startswith(REPLY_TO + ".") and queue in self.broker.reply_queues:
+            if not nowait:  # a broker-issued reply address whose consumer is alive, from any connection
+                self._reply(ch, "queue.declare-ok", queue, 0, 1)
             return
         q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
                                              exclusive=exclusive, auto_delete=auto_delete, arguments=arguments,
