@@ -481,7 +481,7 @@ class AMQPConnection(asyncio.Protocol):
         self.session.close()
         self._flush()
         timeout = self.heartbeat if 0 < self.heartbeat < _LINGER_TIMEOUT else _LINGER_TIMEOUT
-        self._timers.append(self.loop.call_later(timeout, self._abort))
+        self._timers.append(self.loop.call_later(timeout, self._drop))  # abort: a client not reading cannot hold it
         if self.blocked and self.transport is not None:
             self.transport.resume_reading()  # keep draining the socket, so the client can finish its writes
 
