@@ -507,10 +507,17 @@ env = { LEVERET_URL = "amqp://guest:guest@10.0.0.5:5672/" }
 [[forwarder]]
 outbox = "var/outbox.db"
 brokers = ["amqp://a:5672/", "amqp://b:5672/"]
+
+[[beat]]
+app = "shop.tasks:app"
+url = "amqp://a:5672/"
 ''')
     settings, programs = load_run_file(str(path))
     assert settings.backoff == 0.5 and settings.state_dir == str(tmp_path / "leveret-state")
-    worker, forwarder = programs
+    worker, forwarder, beat = programs
+    assert beat.name == "beat shop.tasks:app" and beat.kind == "beat"
+    assert beat.argv == (sys.executable, "-m", "leveret", "beat", "shop.tasks:app", "--log-level", "info",
+                         "--url", "amqp://a:5672/")
     assert worker.name == "shop.tasks:app[emails,images]" and worker.kind == "worker" and worker.processes == 3
     assert worker.argv == (sys.executable, "-m", "leveret", "worker", "shop.tasks:app", "--processes", "0",
                            "--concurrency", "8", "--grace", "45", "--log-level", "info", "--queues",

@@ -87,6 +87,14 @@ def forwarder_argv(outbox: str, brokers: list[str]) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def beat_argv(app: str, *, url: str | None = None, log_level: str = "info") -> tuple[str, ...]:
+    """The command line of a periodic-task scheduler: ``leveret beat APP [--url URL]``."""
+    argv = [sys.executable, "-m", "leveret", "beat", app, "--log-level", log_level]
+    if url:
+        argv += ["--url", url]
+    return tuple(argv)
+
+
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -99,14 +107,15 @@ _COMMON_KEYS = {"name", "processes", "max_memory", "grace", "cwd", "env"}
 _ENTRY_KEYS = {
     "worker": _COMMON_KEYS | {"app", "queues", "concurrency", "prefetch", "max_tasks", "log_level"},
     "forwarder": _COMMON_KEYS | {"outbox", "brokers"},
+    "beat": _COMMON_KEYS | {"app", "url", "log_level"},
     "program": _COMMON_KEYS | {"command"},
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def load_run_file(path: str, *, overrides: Mapping[str, Any] | None = None) -> tuple[Settings, list[ProgramSpec]]:
-    """Read and check ``path``: ``[supervisor]`` settings, ``[[worker]]``, ``[[forwarder]]`` and ``[[program]]``
-    entries. ``overrides`` (options given on the command line, None values ignored) win over the file.
+    """Read and check ``path``: ``[supervisor]`` settings, ``[[worker]]``, ``[[forwarder]]``, ``[[beat]]`` and
+    ``[[program]]`` entries. ``overrides`` (options given on the command line, None values ignored) win over the file.
     Relative paths (``cwd``, ``outbox``, ``state_dir``) are taken from the file's directory, which is also
     each program's default working directory."""
     try:
@@ -127,7 +136,7 @@ def parse_run_document(document: dict[str, Any], path: str, *,
     for key in document:
         if key not in ("supervisor", *_ENTRY_KEYS):
             raise RunConfigError(f"{path}: unknown table {key!r}{_suggest(key, ['supervisor', *_ENTRY_KEYS])} "
-                                 "(expected [supervisor], [[worker]], [[forwarder]], [[program]])")
+                                 "(expected [supervisor], [[worker]], [[forwarder]], [[beat]], [[program]])")
     settings = _parse_settings(document.get("supervisor", {}), path, base, overrides or {})
     programs: list[ProgramSpec] = []
     for kind in _ENTRY_KEYS:
@@ -137,7 +146,7 @@ def parse_run_document(document: dict[str, Any], path: str, *,
         for number, entry in enumerate(entries, 1):
             programs.append(_parse_entry(kind, number, entry, path, base, settings))
     if not programs:
-        raise RunConfigError(f"{path}: nothing to run (add a [[worker]], [[forwarder]] or [[program]] entry)")
+        raise RunConfigError(f"{path}: nothing to run (add a [[worker]], [[forwarder]], [[beat]] or [[program]] entry)")
     seen: set[str] = set()
     for program in programs:
         if program.name in seen:
@@ -187,13 +196,13 @@ def _parse_entry(kind: str, number: int, entry: dict[str, Any], path: str, base:
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise RunConfigError(f"{where}: env must be a table of strings, e.g. env = {{ LEVERET_URL = \"...\" }}")
         common["env"] = dict(env)
+    if kind in ("worker", "beat"):
+        app = _app(entry, where)
+    if kind == "beat":
+        url = _string(entry, "url", where) if "url" in entry else None
+        log_level = _log_level(entry, where) if "log_level" in entry else settings.log_level
+        return ProgramSpec(name=label or f"beat {app}", argv=beat_argv(app, url=url, log_level=log_level), **common)
     if kind == "worker":
-        if "app" not in entry:
-            raise RunConfigError(f"{where}: missing app (e.g. app = \"myproject.tasks:app\")")
-        app = _string(entry, "app", where)
-        module, _, attr = app.partition(":")
-        if not module or not attr:
-            raise RunConfigError(f"{where}: app {app!r} is not MODULE:APP (e.g. \"myproject.tasks:app\")")
         queues = _queues(entry, where)
         concurrency = _integer(entry, "concurrency", where, low=1) if "concurrency" in entry else 4
         prefetch = _integer(entry, "prefetch", where, low=1) if "prefetch" in entry else None
@@ -221,6 +230,16 @@ def _parse_entry(kind: str, number: int, entry: dict[str, Any], path: str, base:
     if label is None:
         raise RunConfigError(f"{where}: missing name (a [[program]] needs one)")
     return ProgramSpec(name=label, argv=tuple(command), **common)
+
+
+def _app(entry: dict[str, Any], where: str) -> str:
+    if "app" not in entry:
+        raise RunConfigError(f"{where}: missing app (e.g. app = \"myproject.tasks:app\")")
+    app = _string(entry, "app", where)
+    module, _, attr = app.partition(":")
+    if not module or not attr:
+        raise RunConfigError(f"{where}: app {app!r} is not MODULE:APP (e.g. \"myproject.tasks:app\")")
+    return app
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
