@@ -372,7 +372,7 @@ class VHost:
         queue.stop_timers()
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.delete_queue(queue)
-        count = len(queue.messages)
+        count = queue.message_count
         queue.purge("queue_deleted")
         for consumer in list(queue.consumers):
             queue.remove_consumer(consumer)
@@ -719,6 +719,7 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
+                 queue_memory_window: int = 2048,
                  timers: Timers | None = None, audit: _audit.AuditLog | None = None,
                  tracking_window: float = 0, tracking_max_events: int = 0) -> None:
         self.audit = audit or _audit.AuditLog()
@@ -727,6 +728,7 @@ class Broker:
         self.tracker = (Tracker(tracking_window, tracking_max_events)
                         if tracking_window > 0 and tracking_max_events > 0 else None)
         self.queue_memory_budget = queue_memory_budget
+        self.queue_memory_window = queue_memory_window
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}

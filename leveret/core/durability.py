@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Push, QueueDef, Requeue, Store
+from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Purge, Push, QueueDef, Requeue, Store
 
 if TYPE_CHECKING:
     from .exchanges import Exchange
@@ -30,8 +30,10 @@ class Durability:
         self.dispatch = dispatch
         self.ops: list[MessageOp] = []
         self.page_out: list[Message] = []
+        self.pushed: list[Message] = []  # this batch's pushes: dropped from their queues if the commit fails
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
+        self.durable_id = self.next_id - 1  # every message with a store id up to this one is durable
         self.recovering = False
 
     # --- messages ----------------------------------------------------------------------------------
@@ -43,6 +45,7 @@ class Durability:
         msg.store_id = msg_id
         self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
                              msg.header, msg.body))
+        self.pushed.append(msg)
         if page_out:
             self.page_out.append(msg)
 
@@ -54,6 +57,10 @@ class Durability:
         self.ops.append(Delete(msg.store_id))
         msg.store_id = 0
 
+    def purge(self, queue: Queue, after_seq: int) -> None:
+        """Delete the queue's stored messages with seq > ``after_seq`` (its ready messages on disk only)."""
+        self.ops.append(Purge(queue.vhost.name, queue.name, after_seq))
+
     def commit(self, after: list[Done]) -> None:
         """Submit the pending ops; call each of ``after`` (with None, or the exception of a failed commit)
         once they and every earlier submit are durable. With nothing to wait for, call them now."""
@@ -63,15 +70,35 @@ class Durability:
             return
         ops, self.ops = self.ops, []
         page_out, self.page_out = self.page_out, []
+        pushed, self.pushed = self.pushed, []
+        last_id = self.next_id - 1
         self.in_flight += 1
-        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out))
+        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out, pushed, last_id))
 
-    def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message]) -> None:
+    def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message],
+                   pushed: list[Message], last_id: int) -> None:
         self.in_flight -= 1
-        if exc is None:
+        queues: dict[int, Queue] = {}
+        for msg in pushed:
+            queue = msg.queue
+            if queue is not None and id(queue) not in queues:
+                queues[id(queue)] = queue
+        if exc is not None:  # nacked: the messages this commit would have stored leave their queues
+            failed: dict[int, list[Message]] = {}
+            for msg in pushed:
+                if msg.queue is not None and msg.store_id > 0:
+                    failed.setdefault(id(msg.queue), []).append(msg)
+                else:
+                    msg.store_id = -1  # already settled (no-ack, acked) or its queue is gone
+            for key, msgs in failed.items():
+                queues[key].discard_unstored(msgs)
+        else:
             for msg in page_out:
                 if msg.consumer is None and msg.queue is not None:
                     msg.queue.page_out(msg)
+        self.durable_id = last_id
+        for queue in queues.values():
+            queue.spill(last_id)
         for callback in after:
             callback(exc)
 

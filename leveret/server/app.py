@@ -197,6 +197,7 @@ class Server:
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
+                            queue_memory_window=config.queue_memory_window,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
                             tracking_max_events=config.tracking_max_events)
         except BaseException:

@@ -130,8 +130,11 @@ class Requeue:
 
 @dataclass(slots=True)
 class Purge:
+    """Delete the queue's messages (those with seq > ``after_seq``: a queue's ready messages on disk only)."""
+
     vhost: str
     queue: str
+    after_seq: int = 0
 
 
 MessageOp = Push | Delete | Requeue | Purge
