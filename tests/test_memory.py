@@ -9,6 +9,7 @@ Real clients (pika, raw sockets) against a real Leveret; broker state is read on
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +19,12 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from leveret.amqp import codec, spec
 from leveret.config import Config
 from leveret.core.queue import Queue
 from leveret.server.app import ThreadedServer
+
+from rawamqp import RawClient
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -190,3 +194,82 @@ def test_priority_queue_keeps_priorities_past_the_window(start: Callable[..., Th
         out = [b for b, _ in drain(ch, "prio")]
     expected = [b for level in (2, 1, 0) for i, b in enumerate(bodies) if i % 3 == level]
     assert out == expected
+
+
+# --- a consumer that stops reading stops page-in --------------------------------------------------------------
+
+
+def publish_raw(port: int, queue: str, count: int, size: int) -> None:
+    """``count`` persistent messages numbered in their first 8 bytes, with confirms (one window)."""
+    client = RawClient(port, timeout=60)
+    client.handshake()
+    client.open_channel()
+    client.send_method(1, "confirm.select", False)
+    assert client.recv_method() is not None
+    props = codec.encode_properties({"delivery_mode": 2})
+    frames = []
+    for i in range(count):
+        frames.append(codec.method_frame(1, spec.method("basic.publish"), (0, "", queue, False, False)))
+        frames.extend(codec.content_frames(1, props, i.to_bytes(8, "big") + b"x" * (size - 8), 131072))
+    client.send(b"".join(frames))
+    confirmed = 0
+    while confirmed < count:
+        reply = client.recv_method()
+        assert reply is not None and reply[1] == "basic.ack", reply
+        confirmed = reply[2][0]
+    client.close()
+
+
+def small_window_client(port: int) -> RawClient:
+    """A raw client whose socket receive buffer is fixed at 64 KiB (set before connecting, so the kernel does
+    not grow it): when it stops reading, the broker's socket fills after a few MB."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(60)
+    sock.connect(("127.0.0.1", port))
+    client = RawClient.__new__(RawClient)
+    client.sock, client.buf, client.frame_max = sock, b"", 131072
+    return client
+
+
+@pytest.mark.parametrize("no_ack", [True, False], ids=["no-ack", "manual-ack-no-qos"])
+def test_consumer_that_does_not_read_stops_page_in(start: Callable[..., ThreadedServer], no_ack: bool) -> None:
+    server = start()
+    n, size = 1500, 16384
+    with connect(server.port) as conn:
+        conn.channel().queue_declare("big", durable=True)
+    publish_raw(server.port, "big", n, size)
+    consumer = small_window_client(server.port)
+    consumer.handshake()
+    consumer.open_channel()
+    consumer.send_method(1, "basic.consume", 0, "big", "c", False, no_ack, False, False, {})
+
+    def stalled() -> bool:  # the transport said its buffer is full: the consumer does not read
+        return any(c._transport_paused for c in server.server.connections)
+
+    wait_for(lambda: server.call(stalled), what="the consumer's socket to fill")
+    delivered, resident, used = server.call(lambda: (queue_of(server, "big").stats_delivered,
+                                                     queue_of(server, "big").resident_count,
+                                                     server.broker.memory.used))
+    assert delivered < n // 2, delivered  # socket buffers and one DELIVERY_BUFFER, not the whole backlog
+    assert resident <= 2 * WINDOW
+    assert used < 32 * 1024 * 1024, used
+    # it reads again: everything arrives, in order
+    expected = 0
+    tag = 0
+    while expected < n:
+        frame = consumer.recv_frame()
+        assert frame is not None
+        ftype, _channel, payload = frame
+        if ftype == spec.FRAME_METHOD:
+            method, args = codec.decode_method_payload(payload)
+            if method.full_name == "basic.deliver":
+                tag = args[1]
+        elif ftype == spec.FRAME_BODY and len(payload) >= 8 and payload[:8] != b"x" * 8:
+            assert int.from_bytes(payload[:8], "big") == expected
+            expected += 1
+    if not no_ack:
+        consumer.send_method(1, "basic.ack", tag, True)
+    consumer.close()
+    wait_for(lambda: server.call(lambda: queue_of(server, "big").message_count == 0 and
+                                 queue_of(server, "big").unacked_count == 0), what="the queue to empty")
