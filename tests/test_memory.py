@@ -9,9 +9,14 @@ Real clients (pika, raw sockets) against a real Leveret; broker state is read on
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
+import struct
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -25,6 +30,7 @@ from leveret.core.queue import Queue
 from leveret.server.app import ThreadedServer
 
 from rawamqp import RawClient
+from serverproc import LeveretProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -273,3 +279,106 @@ def test_consumer_that_does_not_read_stops_page_in(start: Callable[..., Threaded
     consumer.close()
     wait_for(lambda: server.call(lambda: queue_of(server, "big").message_count == 0 and
                                  queue_of(server, "big").unacked_count == 0), what="the queue to empty")
+
+
+# --- the memory alarm counts what messages cost -----------------------------------------------------------------
+
+MARGIN = 12 * 1024 * 1024  # docs/memory.md: how far over the watermark the broker may go
+
+
+def rss_of(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(text.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def read_methods(client: RawClient, timeout: float) -> list[str]:
+    """Method names the server sent within ``timeout`` (content frames skipped)."""
+    names = []
+    deadline = time.monotonic() + timeout
+    client.sock.setblocking(False)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([client.sock], [], [], 0.05)
+            if not ready:
+                if names:
+                    break
+                continue
+            chunk = client.sock.recv(65536)
+            if not chunk:
+                break
+            client.buf += chunk
+            while len(client.buf) >= 7:
+                ftype, _channel, size = struct.unpack_from(">BHI", client.buf)
+                if len(client.buf) < 8 + size:
+                    break
+                payload, client.buf = client.buf[7:7 + size], client.buf[8 + size:]
+                if ftype == spec.FRAME_METHOD:
+                    names.append(codec.decode_method_payload(payload)[0].full_name)
+    finally:
+        client.sock.setblocking(True)
+    return names
+
+
+def test_flood_of_empty_messages_is_blocked_at_the_watermark(tmp_path: Path) -> None:
+    """Empty transient messages cost no body bytes but records: the alarm fires at the watermark (process RSS),
+    the publisher gets connection.blocked, /metrics reports the real RSS, and draining does not go over."""
+    limit = 100_000_000
+    server = LeveretProcess(tmp_path / "data", env={"LEVERET_MEMORY_HIGH_WATERMARK": str(limit)}).start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        publisher = RawClient(server.port, timeout=30)
+        publisher.handshake()
+        publisher.open_channel()
+        publisher.send_method(1, "queue.declare", 0, "flood", False, False, False, False, False, {})
+        assert publisher.recv_method() is not None
+        one = codec.method_frame(1, spec.method("basic.publish"), (0, "", "flood", False, False)) + b"".join(
+            codec.content_frames(1, codec.encode_properties({}), b"", 131072))
+        chunk = one * 2000
+        pending = b""
+        blocked = False
+        sent = 0
+        deadline = time.monotonic() + 100
+        publisher.sock.setblocking(False)
+        while not blocked and sent < 5_000_000 and time.monotonic() < deadline:
+            readable, writable, _ = select.select([publisher.sock], [publisher.sock], [], 0.5)
+            if readable:
+                publisher.sock.setblocking(True)
+                blocked = "connection.blocked" in read_methods(publisher, 1.0)
+                publisher.sock.setblocking(False)
+            elif writable:
+                if not pending:
+                    pending = chunk
+                    sent += 2000
+                done = publisher.sock.send(pending)
+                pending = pending[done:]
+        publisher.sock.setblocking(True)
+        assert blocked, f"no connection.blocked after {sent} messages, RSS {rss_of(pid)}"
+        peak = rss_of(pid)
+        assert peak < limit + MARGIN, peak
+        http_port = int(next(line for line in server.lines if "management API listening" in line)
+                        .rstrip("/").rsplit(":", 1)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        reported = float(next(line for line in text.splitlines()
+                              if line.startswith("rabbitmq_process_resident_memory_bytes ")).split()[1])
+        assert abs(reported - rss_of(pid)) < 0.1 * reported
+        # drain: RSS stays under the watermark (plus the margin), and the publisher is unblocked
+        consumer = RawClient(server.port, timeout=30)
+        consumer.handshake()
+        consumer.open_channel()
+        consumer.send_method(1, "basic.consume", 0, "flood", "c", False, True, False, False, {})
+        consumer.sock.setblocking(False)
+        unblocked = False
+        deadline = time.monotonic() + 100
+        while not unblocked and time.monotonic() < deadline:
+            select.select([consumer.sock], [], [], 0.1)
+            with contextlib.suppress(BlockingIOError):
+                while consumer.sock.recv(1 << 20):
+                    pass
+            peak = max(peak, rss_of(pid))
+            unblocked = "connection.unblocked" in read_methods(publisher, 0.05)
+        assert unblocked
+        assert peak < limit + MARGIN, peak
+    finally:
+        server.kill()

@@ -200,7 +200,7 @@ class Queue:
         self.stats_published += 1
         memory = self.memory
         memory.used += size + RECORD_COST
-        if memory.used > memory.high:
+        if memory.used > memory.check_at:
             memory.check()
 
     def _enqueue_lifecycle(self, msg: Message) -> bool:

@@ -26,7 +26,7 @@ from aiohttp import web
 import leveret
 from leveret.core import audit, errors
 from leveret.core.access import Access
-from leveret.core.broker import Broker, Session, User, VHost
+from leveret.core.broker import Broker, Session, User, VHost, process_rss
 from leveret.core.exchanges import Exchange
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
@@ -894,7 +894,7 @@ class ManagementAPI:
 
     def node_info(self) -> dict[str, Any]:
         memory = self.broker.memory
-        return {"name": self.broker.node_name, "type": "disc", "running": True, "mem_used": memory.used,
+        return {"name": self.broker.node_name, "type": "disc", "running": True, "mem_used": process_rss(),
                 "mem_limit": memory.high, "mem_alarm": memory.memory_alarm, "disk_free_alarm": memory.disk_alarm,
                 "partitions": [], "os_pid": str(os.getpid()), "being_drained": False}
 
