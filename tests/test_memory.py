@@ -28,6 +28,7 @@ from leveret.amqp import codec, spec
 from leveret.config import Config
 from leveret.core.queue import Queue
 from leveret.server.app import ThreadedServer
+from leveret.store.sqlite import SqliteStore
 
 from rawamqp import RawClient
 from serverproc import LeveretProcess
@@ -382,3 +383,45 @@ def test_flood_of_empty_messages_is_blocked_at_the_watermark(tmp_path: Path) -> 
         assert peak < limit + MARGIN, peak
     finally:
         server.kill()
+
+
+# --- a failed store write is never delivered --------------------------------------------------------------------
+
+
+def test_messages_nacked_for_a_failed_write_are_not_delivered(start: Callable[..., ThreadedServer]) -> None:
+    """The store cannot write (disk full, simulated with PRAGMA max_page_count on the writer's connection):
+    the publisher gets basic.nack, and those messages leave the queue: only confirmed ones are delivered,
+    before and after a restart."""
+    server = start()
+    store = server.server.store
+    assert isinstance(store, SqliteStore)
+
+    def limit_pages(extra: int | None) -> None:
+        pages = store._read("PRAGMA page_count")[0][0]
+        count = 1073741823 if extra is None else pages + extra
+        store.run_in_writer(lambda conn: conn.execute(f"PRAGMA max_page_count = {count}").fetchall())
+
+    confirmed: list[bytes] = []
+    nacked: list[bytes] = []
+    with connect(server.port) as conn:
+        ch = conn.channel()
+        ch.queue_declare("full", durable=True)
+        ch.confirm_delivery()
+        for i in range(400):
+            if i == 100:
+                limit_pages(3)
+            if i == 300:
+                limit_pages(None)
+            body = b"%05d" % i + b"z" * 4000
+            try:
+                ch.basic_publish("", "full", body, PERSISTENT)
+                confirmed.append(body)
+            except pika.exceptions.NackError:
+                nacked.append(body)
+        assert nacked, "the store never failed"
+        assert ch.queue_declare("full", passive=True).method.message_count == len(confirmed)
+        assert server.call(lambda: server.broker.memory.used) < len(confirmed) * 5000 + 100_000
+    server = start()
+    with connect(server.port) as conn:
+        out = drain(conn.channel(), "full")
+    assert [b for b, _ in out] == confirmed
