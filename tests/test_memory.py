@@ -10,9 +10,13 @@ Real clients (pika, raw sockets) against a real Leveret; broker state is read on
 from __future__ import annotations
 
 import contextlib
+import os
 import select
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -425,3 +429,68 @@ def test_messages_nacked_for_a_failed_write_are_not_delivered(start: Callable[..
     with connect(server.port) as conn:
         out = drain(conn.channel(), "full")
     assert [b for b, _ in out] == confirmed
+
+
+# --- the disk alarm leaves room for the WAL ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_fast_publisher_does_not_fill_a_small_disk(small_disk: Path) -> None:
+    """8 KB persistent messages as fast as a raw client can send them, on a 64 MB file system with
+    disk_free_limit 8 MB: the disk alarm blocks the publisher before SQLite runs out of room (every publish is
+    confirmed, none nacked) and the file system never fills up."""
+    limit = 8_000_000
+    server = LeveretProcess(small_disk / "data", env={"LEVERET_DISK_FREE_LIMIT": str(limit)}).start()
+    try:
+        client = RawClient(server.port, timeout=30)
+        client.handshake()
+        client.open_channel()
+        client.send_method(1, "queue.declare", 0, "disk", False, True, False, False, False, {})
+        assert client.recv_method() is not None
+        client.send_method(1, "confirm.select", False)
+        assert client.recv_method() is not None
+        props = codec.encode_properties({"delivery_mode": 2})
+        one = codec.method_frame(1, spec.method("basic.publish"), (0, "", "disk", False, False)) + b"".join(
+            codec.content_frames(1, props, os.urandom(8192), 131072))
+        chunk = one * 50
+        pending = b""
+        names: list[str] = []
+        sent = 0
+        lowest = shutil.disk_usage(small_disk).free
+        deadline = time.monotonic() + 60
+        client.sock.setblocking(False)
+        while "connection.blocked" not in names and sent < 20_000 and time.monotonic() < deadline:
+            readable, writable, _ = select.select([client.sock], [client.sock], [], 0.5)
+            if readable:
+                names += read_methods(client, 0.2)
+                client.sock.setblocking(False)
+            elif writable:
+                if not pending:
+                    pending = chunk
+                    sent += 50
+                pending = pending[client.sock.send(pending):]
+            lowest = min(lowest, shutil.disk_usage(small_disk).free)
+        names += read_methods(client, 1.0)
+        lowest = min(lowest, shutil.disk_usage(small_disk).free)
+        assert "connection.blocked" in names, (sent, lowest)
+        assert "basic.nack" not in names
+        assert lowest > limit // 2, lowest
+        assert any("disk alarm set" in line for line in server.lines)
+    finally:
+        server.kill()

@@ -772,6 +772,8 @@ class Broker:
         self.loopback_users = set(loopback_users)
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
+        if self.durability is not None:
+            self.durability.alarms = self.memory
         self.delays = DelayedMessages(self)
         self.sessions: set[Session] = set()  # connections past connection.open
         self.vhost_connections: dict[str, int] = {}

@@ -14,11 +14,19 @@ from typing import TYPE_CHECKING, Any
 from leveret.store.base import BindingDef, Delete, ExchangeDef, MessageOp, Purge, Push, QueueDef, Requeue, Store
 
 if TYPE_CHECKING:
+    from .broker import MemoryMonitor
     from .exchanges import Exchange
     from .message import Message
     from .queue import Queue
 
 Done = Callable[[BaseException | None], None]
+
+# The disk alarm's headroom (docs/memory.md): what SQLite may still need beyond the data itself. The WAL grows
+# up to its checkpoint size (WAL_AUTOCHECKPOINT pages, 16 MB) before it is reused, and a checkpoint copies up
+# to that much back into the database file; and a message costs its bytes several times in the WAL (whole
+# pages for the row, its body overflow pages and the index): ~30 KB for an 8 KB message, 4x.
+DISK_HEADROOM = 16 << 20
+WAL_FACTOR = 4
 
 
 class Durability:
@@ -34,6 +42,10 @@ class Durability:
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
         self.durable_id = self.next_id - 1  # every message with a store id up to this one is durable
+        self.batch_bytes = 0  # bytes of the pushes collected for the next commit
+        self.unwritten = 0  # bytes of pushes submitted and not yet committed
+        self.disk_limit = 0  # disk_free_limit: 0 turns the disk alarm off
+        self.alarms: MemoryMonitor | None = None
         self.recovering = False
 
     # --- messages ----------------------------------------------------------------------------------
@@ -46,6 +58,7 @@ class Durability:
         self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
                              msg.header, msg.body))
         self.pushed.append(msg)
+        self.batch_bytes += len(msg.body) + len(msg.header)
         if page_out:
             self.page_out.append(msg)
 
@@ -71,13 +84,29 @@ class Durability:
         ops, self.ops = self.ops, []
         page_out, self.page_out = self.page_out, []
         pushed, self.pushed = self.pushed, []
+        size, self.batch_bytes = self.batch_bytes, 0
         last_id = self.next_id - 1
         self.in_flight += 1
-        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out, pushed, last_id))
+        if size:
+            self.unwritten += size
+            if self.disk_limit:
+                self.check_disk()  # before the write: the alarm blocks publishers while there is still room
+        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out, pushed, last_id,
+                                                         size))
+
+    def check_disk(self) -> None:
+        """The disk alarm: free space under disk_free_limit plus the headroom SQLite needs for what is being
+        written (WAL_FACTOR x the bytes not yet committed) and for its WAL and checkpoints (DISK_HEADROOM)."""
+        free = self.store.free_space()
+        if free is None or self.alarms is None or not self.disk_limit:
+            return
+        need = self.disk_limit + DISK_HEADROOM + WAL_FACTOR * self.unwritten
+        self.alarms.set_disk_alarm(free < need, free, need)
 
     def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message],
-                   pushed: list[Message], last_id: int) -> None:
+                   pushed: list[Message], last_id: int, size: int) -> None:
         self.in_flight -= 1
+        self.unwritten -= size
         queues: dict[int, Queue] = {}
         for msg in pushed:
             queue = msg.queue

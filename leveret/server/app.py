@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import ssl
 import threading
@@ -171,13 +170,12 @@ class Server:
         return found
 
     def _check_disk(self) -> None:
-        """The disk alarm: free space on the data directory's file system under ``disk_free_limit``."""
-        limit = self.config.disk_free_limit
-        try:
-            free = shutil.disk_usage(self.config.data_dir).free
-        except OSError:
-            free = limit + 1
-        self.broker.memory.set_disk_alarm(free < limit, free, limit)
+        """The disk alarm, every second (it clears here once there is room again). Each commit of new messages
+        checks it too, before the write (Durability.check_disk)."""
+        durability = self.broker.durability
+        if durability is not None:
+            durability.disk_limit = self.config.disk_free_limit
+            durability.check_disk()
         self._disk_timer = asyncio.get_running_loop().call_later(DISK_CHECK_INTERVAL, self._check_disk)
 
     def _check_memory(self) -> None:

@@ -236,3 +236,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def max_message_id(self) -> int:
         """The highest message id ever stored (ids are never reused across restarts)."""
+
+    def free_space(self) -> int | None:
+        """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk."""
+        return None

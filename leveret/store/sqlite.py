@@ -1077,6 +1077,13 @@ class SqliteStore(Store):
                            " coalesce((SELECT max(id) FROM messages), 0))")[0][0]
         return int(value)
 
+    def free_space(self) -> int | None:
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
     # --- maintenance (tests and tools) ---------------------------------------------------------------------
 
     def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> None:
