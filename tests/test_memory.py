@@ -286,6 +286,33 @@ def test_consumer_that_does_not_read_stops_page_in(start: Callable[..., Threaded
                                  queue_of(server, "big").unacked_count == 0), what="the queue to empty")
 
 
+def test_unacked_deliveries_from_a_backlog_keep_records_not_bodies(start: Callable[..., ThreadedServer]) -> None:
+    """A manual-ack consumer without qos that reads everything and never acks holds the records only (the
+    bodies are in the store); requeued, every message comes back whole and in order."""
+    server = start()
+    n, size = 600, 8192
+    bodies = [b"%04d" % i + b"b" * (size - 4) for i in range(n)]
+    with connect(server.port) as conn:
+        ch = conn.channel()
+        ch.queue_declare("unacked", durable=True)
+        ch.confirm_delivery()
+        publish_confirmed(ch, "unacked", bodies, [PERSISTENT] * n)
+        consumer = conn.channel()
+        got = []
+        for method, _props, body in consumer.consume("unacked", auto_ack=False, inactivity_timeout=30):
+            assert method is not None
+            got.append(body)
+            if len(got) == n:
+                break
+        assert got == bodies
+        used = server.call(lambda: server.broker.memory.used)
+        assert used < n * size // 4, used  # records, not 4.9 MB of bodies
+        consumer.close()  # everything is requeued
+        out = drain(ch, "unacked")
+    assert [b for b, _ in out] == bodies
+    assert all(redelivered for _, redelivered in out)
+
+
 # --- the memory alarm counts what messages cost -----------------------------------------------------------------
 
 MARGIN = 12 * 1024 * 1024  # docs/memory.md: how far over the watermark the broker may go

@@ -373,6 +373,8 @@ class Queue:
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
+            if msg.store_id > 0:
+                self._unload(msg)
 
     def _dispatch_lifecycle(self, now: float = 0.0) -> None:
         """Dispatch with expiry, single active consumer and priorities. ``now`` (ms) is given by enqueue, so
@@ -413,6 +415,8 @@ class Queue:
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
+            if msg.store_id > 0:
+                self._unload(msg)
 
     @property
     def active_consumer(self) -> Consumer | None:
@@ -574,6 +578,16 @@ class Queue:
         if freed:
             memory = self.memory
             memory.used -= freed
+            if memory.alarm:
+                memory.check()
+
+    def _unload(self, msg: Message) -> None:
+        """An unacked delivery of a committed persistent message keeps only its record: the body is in the store
+        (read back if it is requeued or dead-lettered), so a consumer that never acks holds records, not bodies."""
+        if msg.body is not PAGED and self.durability is not None and msg.store_id <= self.durability.durable_id:
+            memory = self.memory
+            memory.used -= len(msg.body)
+            msg.body = PAGED
             if memory.alarm:
                 memory.check()
 
