@@ -521,3 +521,36 @@ def test_fast_publisher_does_not_fill_a_small_disk(small_disk: Path) -> None:
         assert any("disk alarm set" in line for line in server.lines)
     finally:
         server.kill()
+
+
+def test_a_delivered_message_whose_write_failed_is_not_requeued(start: Callable[..., ThreadedServer]) -> None:
+    """Deliveries do not wait for the commit: a consumer may get a message whose write then fails (its publisher
+    gets a nack). Given back (nack with requeue), it is dropped, not delivered again."""
+    server = start()
+    store = server.server.store
+    assert isinstance(store, SqliteStore)
+    with connect(server.port) as conn:
+        ch = conn.channel()
+        ch.queue_declare("failing", durable=True)
+        consumer = conn.channel()
+        consumer.basic_qos(prefetch_count=1000)
+        got: list[Any] = []
+        consumer.basic_consume("failing", lambda _ch, method, _props, body: got.append((method, body)))
+        ch.confirm_delivery()
+        pages = store._read("PRAGMA page_count")[0][0]
+        store.run_in_writer(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchall())
+        nacked = 0
+        for i in range(30):
+            try:
+                ch.basic_publish("", "failing", b"%03d" % i + b"q" * 20000, PERSISTENT)
+            except pika.exceptions.NackError:
+                nacked += 1
+        assert nacked, "the store never failed"
+        wait_for(lambda: (conn.process_data_events(time_limit=0.05), len(got) == 30)[1], what="30 deliveries")
+        store.run_in_writer(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
+        consumer.basic_nack(0, multiple=True, requeue=True)
+        ready = ch.queue_declare("failing", passive=True).method.message_count
+        assert ready == 30 - nacked  # the confirmed ones come back; the nacked ones are gone
+        consumer.close()
+        out = drain(ch, "failing")
+    assert len(out) == 30 - nacked
