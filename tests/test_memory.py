@@ -32,6 +32,8 @@ from leveret.amqp import codec, spec
 from leveret.config import Config
 from leveret.core.queue import Queue
 from leveret.server.app import ThreadedServer
+from leveret.store.base import Purge, Push, Store
+from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
 
 from rawamqp import RawClient
@@ -554,3 +556,30 @@ def test_a_delivered_message_whose_write_failed_is_not_requeued(start: Callable[
         consumer.close()
         out = drain(ch, "failing")
     assert len(out) == 30 - nacked
+
+
+# --- the store's ranged purge (both backends) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_purge_after_seq_keeps_the_head(backend: str, tmp_path: Path) -> None:
+    """Purge(after_seq) deletes a queue's messages with a greater seq only (a paged queue's ready messages on
+    disk), also against pushes in the same submit; other queues are untouched."""
+    store: Store = MemoryStore() if backend == "memory" else SqliteStore(tmp_path / "data" / "leveret.db")
+
+    def push(i: int, queue: str = "q") -> Push:
+        return Push(i, "/", queue, i, "", queue, b"header", b"body-%d" % i * 20)
+
+    def run(ops: list[Any]) -> None:
+        outcome: list[BaseException | None] = []
+        store.submit(ops, outcome.append)
+        store.flush()
+        assert outcome == [None]
+
+    with contextlib.closing(store):
+        store.open()
+        run([push(i) for i in range(1, 8)] + [push(100, "other")])
+        run([push(8), push(9), Purge("/", "q", 4), push(10)])
+        assert [m.id for m in store.load_messages("/", "q", with_bodies=False)] == [1, 2, 3, 4, 10]
+        assert [m.id for m in store.load_messages("/", "other")] == [100]
+        assert [m.seq for m in store.load_messages("/", "q", after_seq=2, limit=2)] == [3, 4]
