@@ -31,9 +31,10 @@ from rawamqp import RawClient
 from serverproc import LeveretProcess
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident memory now (VmRSS) or its peak so far (VmHWM), in MiB."""
     text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+    match = re.search(field + r":\s+(\d+) kB", text)
     return int(match.group(1)) / 1024 if match else 0.0
 
 
@@ -109,7 +110,8 @@ def main() -> int:
         took = publish(server.port, "backlog", args.count, args.size)
         print(f"published {args.count:,} x {args.size} B persistent with confirms in {took:.1f} s "
               f"({args.count / took:,.0f}/s)")
-        print(f"broker RSS holding the backlog: {rss_mib(server.proc.pid):.0f} MiB")
+        print(f"broker RSS holding the backlog: {rss_mib(server.proc.pid):.0f} MiB "
+              f"(peak {rss_mib(server.proc.pid, 'VmHWM'):.0f} MiB)")
         if args.kill:
             server.kill()
         else:
@@ -119,10 +121,11 @@ def main() -> int:
         ready = time.monotonic() - started
         line = next((x for x in server.lines if "recovered" in x), "(no recovery line)")
         print(f"restart to listening: {ready:.1f} s; {line.split(': ', 1)[-1]}")
-        print(f"broker RSS after recovery: {rss_mib(server.proc.pid):.0f} MiB")
+        print(f"broker RSS after recovery: {rss_mib(server.proc.pid):.0f} MiB "
+              f"(peak {rss_mib(server.proc.pid, 'VmHWM'):.0f} MiB)")
         took = drain(server.port, "backlog", args.count)
         print(f"drained {args.count:,} in order in {took:.1f} s ({args.count / took:,.0f}/s); "
-              f"broker RSS: {rss_mib(server.proc.pid):.0f} MiB")
+              f"broker RSS: {rss_mib(server.proc.pid):.0f} MiB (peak {rss_mib(server.proc.pid, 'VmHWM'):.0f} MiB)")
     finally:
         server.stop()
     return 0

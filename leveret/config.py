@@ -60,6 +60,7 @@ class Config:
     store: str = "sqlite"
     disk_free_limit: int = 50_000_000
     queue_memory_budget: int = 16_000_000
+    queue_memory_window: int = 2048
     http_bind: str = "127.0.0.1"
     http_port: int = 15672
     plain_listener: bool = True
@@ -290,6 +291,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "store": _to_store,
     "disk_free_limit": _to_int(0, None),
     "queue_memory_budget": _to_int(0, None),
+    "queue_memory_window": _to_int(4, None),
     "http_bind": _to_nonempty_str,
     "http_port": _to_int(-1, 65535),
     "plain_listener": _to_bool,

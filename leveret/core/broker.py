@@ -53,13 +53,38 @@ DEFAULT_EXCHANGES = (
 )
 
 
+def process_rss() -> int:
+    """This process's resident set size in bytes (/proc/self/statm, as RabbitMQ reads it); 0 where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 class MemoryMonitor:
-    """Resource alarms, as RabbitMQ's: bytes of message bodies held in memory (alarm above ``high``) and
-    free disk space (alarm set by whoever measures it). While either is on, publishers are blocked."""
+    """Resource alarms, as RabbitMQ's: memory (alarm above ``high``) and free disk space (alarm set by whoever
+    measures it). While either is on, publishers are blocked.
+
+    ``used`` is what the messages held in memory cost: their bodies plus RECORD_COST per record, counted as
+    they come and go (so a flood of empty messages counts too). ``rss`` is the process's resident memory,
+    sampled by the server (:meth:`sample`, every 100 ms) and whenever ``used`` grew by ``high`` / 64 since the
+    last sample (a busy event loop may run its timers late; publishes call :meth:`check` past ``check_at``). The
+    alarm is on when ``used`` is over ``high``, or when ``rss`` is over ``high`` while messages account for at
+    least half of the limit (``used`` > ``high`` / 2): memory that messages do not hold (heap fragmentation
+    after a drain, code) cannot be freed by blocking publishers, so it alone does not keep them blocked."""
 
     def __init__(self, high: int) -> None:
         self.used = 0
+        self.rss = 0
+        self.track_rss = True  # False when the process is not the broker's alone (embedded): ``used`` only
         self.high = high if high > 0 else 2**62
+        self.step = max(self.high // 64, 256 * 1024)
+        self.next_sample = self.step  # sample the RSS again when ``used`` passes this
+        self.check_at = min(self.high, self.next_sample)  # publishes call check() when ``used`` passes this
         self.alarm = False
         self.memory_alarm = False
         self.disk_alarm = False
@@ -69,13 +94,25 @@ class MemoryMonitor:
     def reason(self) -> str:
         return "low on memory" if self.memory_alarm else "low on disk"
 
+    def sample(self) -> None:
+        """Read the process's RSS and raise or clear the alarm."""
+        self.rss = process_rss()
+        self.next_sample = self.used + self.step
+        self.check()
+
     def check(self) -> None:
-        """Raise or clear the memory alarm after ``used`` changed (called on the slow path only)."""
-        memory_alarm = self.used > self.high
+        """Raise or clear the memory alarm after ``used`` (or ``rss``) changed (called on the slow path only)."""
+        high = self.high
+        used = self.used
+        if used > self.next_sample and self.track_rss:
+            self.rss = process_rss()
+            self.next_sample = used + self.step
+        self.check_at = min(high, self.next_sample) if self.track_rss else high
+        memory_alarm = used > high or (self.rss > high and used > high // 2)
         if memory_alarm != self.memory_alarm:
             self.memory_alarm = memory_alarm
-            log.warning("memory alarm %s: %d bytes of messages held, limit %d",
-                        "set" if memory_alarm else "cleared", self.used, self.high)
+            log.warning("memory alarm %s: %d bytes of messages held, process RSS %d bytes, limit %d",
+                        "set" if memory_alarm else "cleared", used, self.rss, high)
             self._update()
 
     def set_disk_alarm(self, on: bool, free: int, limit: int) -> None:
@@ -417,7 +454,7 @@ class VHost:
         queue.stop_timers()
         if queue.durable and self.broker.durability is not None:
             self.broker.durability.delete_queue(queue)
-        count = len(queue.messages)
+        count = queue.message_count
         queue.purge("queue_deleted")
         for consumer in list(queue.consumers):
             queue.remove_consumer(consumer)
@@ -801,6 +838,7 @@ class Broker:
                  default_pass: str = "guest", default_vhost: str = "/",
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
+                 queue_memory_window: int = 2048,
                  timers: Timers | None = None, audit: _audit.AuditLog | None = None,
                  tracking_window: float = 0, tracking_max_events: int = 0) -> None:
         self.audit = audit or _audit.AuditLog()
@@ -809,12 +847,15 @@ class Broker:
         self.tracker = (Tracker(tracking_window, tracking_max_events)
                         if tracking_window > 0 and tracking_max_events > 0 else None)
         self.queue_memory_budget = queue_memory_budget
+        self.queue_memory_window = queue_memory_window
         self.reply_queues: dict[str, Queue] = {}
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.loopback_users = set(loopback_users)
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
+        if self.durability is not None:
+            self.durability.alarms = self.memory
         self.delays = DelayedMessages(self)
         self.status = StatusBook(self)  # task status records (core/status.py); before recovery makes queues
         self.sessions: set[Session] = set()  # connections past connection.open

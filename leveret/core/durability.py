@@ -16,6 +16,7 @@ from leveret.store.base import (
     Delete,
     ExchangeDef,
     MessageOp,
+    Purge,
     Push,
     QueueDef,
     Requeue,
@@ -27,11 +28,19 @@ from leveret.store.base import (
 from leveret.store.status import StatusRecord
 
 if TYPE_CHECKING:
+    from .broker import MemoryMonitor
     from .exchanges import Exchange
     from .message import Message
     from .queue import Queue
 
 Done = Callable[[BaseException | None], None]
+
+# The disk alarm's headroom (docs/memory.md): what SQLite may still need beyond the data itself. The WAL grows
+# up to its checkpoint size (WAL_AUTOCHECKPOINT pages, 16 MB) before it is reused, and a checkpoint copies up
+# to that much back into the database file; and a message costs its bytes several times in the WAL (whole
+# pages for the row, its body overflow pages and the index): ~30 KB for an 8 KB message, 4x.
+DISK_HEADROOM = 16 << 20
+WAL_FACTOR = 4
 
 
 def _ignore(exc: BaseException | None) -> None:
@@ -48,8 +57,14 @@ class Durability:
         self.ops: list[MessageOp] = []
         self.status_ops: list[MessageOp] = []  # task status records: see put_status
         self.page_out: list[Message] = []
+        self.pushed: list[Message] = []  # this batch's pushes: dropped from their queues if the commit fails
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
+        self.durable_id = self.next_id - 1  # every message with a store id up to this one is durable
+        self.batch_bytes = 0  # bytes of the pushes collected for the next commit
+        self.unwritten = 0  # bytes of pushes submitted and not yet committed
+        self.disk_limit = 0  # disk_free_limit: 0 turns the disk alarm off
+        self.alarms: MemoryMonitor | None = None
         self.recovering = False
 
     # --- messages ----------------------------------------------------------------------------------
@@ -61,6 +76,8 @@ class Durability:
         msg.store_id = msg_id
         self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
                              msg.header, msg.body))
+        self.pushed.append(msg)
+        self.batch_bytes += len(msg.body) + len(msg.header)
         if page_out:
             self.page_out.append(msg)
 
@@ -72,6 +89,10 @@ class Durability:
         self.ops.append(Delete(msg.store_id))
         msg.store_id = 0
 
+    def purge(self, queue: Queue, after_seq: int) -> None:
+        """Delete the queue's stored messages with seq > ``after_seq`` (its ready messages on disk only)."""
+        self.ops.append(Purge(queue.vhost.name, queue.name, after_seq))
+
     def commit(self, after: list[Done]) -> None:
         """Submit the pending ops; call each of ``after`` (with None, or the exception of a failed commit)
         once they and every earlier submit are durable. With nothing to wait for, call them now."""
@@ -81,15 +102,51 @@ class Durability:
             return
         ops, self.ops = self.ops, []
         page_out, self.page_out = self.page_out, []
+        pushed, self.pushed = self.pushed, []
+        size, self.batch_bytes = self.batch_bytes, 0
+        last_id = self.next_id - 1
         self.in_flight += 1
-        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out))
+        if size:
+            self.unwritten += size
+            if self.disk_limit:
+                self.check_disk()  # before the write: the alarm blocks publishers while there is still room
+        self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out, pushed, last_id,
+                                                         size))
 
-    def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message]) -> None:
+    def check_disk(self) -> None:
+        """The disk alarm: free space under disk_free_limit plus the headroom SQLite needs for what is being
+        written (WAL_FACTOR x the bytes not yet committed) and for its WAL and checkpoints (DISK_HEADROOM)."""
+        free = self.store.free_space()
+        if free is None or self.alarms is None or not self.disk_limit:
+            return
+        need = self.disk_limit + DISK_HEADROOM + WAL_FACTOR * self.unwritten
+        self.alarms.set_disk_alarm(free < need, free, need)
+
+    def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message],
+                   pushed: list[Message], last_id: int, size: int) -> None:
         self.in_flight -= 1
-        if exc is None:
+        self.unwritten -= size
+        queues: dict[int, Queue] = {}
+        for msg in pushed:
+            queue = msg.queue
+            if queue is not None and id(queue) not in queues:
+                queues[id(queue)] = queue
+        if exc is not None:  # nacked: the messages this commit would have stored leave their queues
+            failed: dict[int, list[Message]] = {}
+            for msg in pushed:
+                if msg.queue is not None and msg.store_id > 0:
+                    failed.setdefault(id(msg.queue), []).append(msg)
+                else:
+                    msg.store_id = -1  # already settled (no-ack, acked) or its queue is gone
+            for key, msgs in failed.items():
+                queues[key].discard_unstored(msgs)
+        else:
             for msg in page_out:
                 if msg.consumer is None and msg.queue is not None:
                     msg.queue.page_out(msg)
+        self.durable_id = last_id
+        for queue in queues.values():
+            queue.spill(last_id)
         for callback in after:
             callback(exc)
 

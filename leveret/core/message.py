@@ -25,6 +25,10 @@ PAGED = _Paged()
 """Stands for the body of a message whose body is on disk only (a long queue over its memory budget). It is
 an empty bytes object, so byte counts of resident bodies stay right; compare with ``is``."""
 
+RECORD_COST = 256
+"""What a message held in memory costs besides its body, in bytes (the record, its content header, exchange and
+routing key, decoded properties, the queue's slot), as the memory alarm counts it. Measured in docs/memory.md."""
+
 
 class Message:
     """A message as routed to one queue. Routing to several queues makes one shallow copy per extra queue.

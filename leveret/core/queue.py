@@ -4,26 +4,35 @@ A queue holds ready messages in arrival order and hands them to consumers round-
 credit (prefetch room, a writable connection, an active channel). Unacked messages are held by the
 channel that received them (see :mod:`leveret.core.channel`) and come back here on requeue, to their
 original position.
+
+A durable queue keeps only a window of its ready messages in memory (see "paging" below): past
+``queue_memory_window`` ready records, newer messages go to the tail and, once their commit is done, leave
+memory altogether (record and body); they are read back from the store in seq order as the head drains.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
-from .message import PAGED, Message, build_header
+from .message import PAGED, RECORD_COST, Message, build_address, build_header
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
+    from leveret.store.base import StoredMessage
+
     from .broker import MemoryMonitor, Session, VHost
     from .channel import Channel
     from .durability import Durability
     from .status import StatusBook
     from .timers import Handle
+
+log = logging.getLogger("leveret.queue")
 
 
 class Consumer:
@@ -90,6 +99,17 @@ class Queue:
         self.memory: MemoryMonitor = vhost.broker.memory
         self.durability: Durability | None = vhost.broker.durability if durable else None
         self.memory_budget = vhost.broker.queue_memory_budget
+        # paging of whole records (durable queues): ready = head (self.messages) + the "delta" + the tail.
+        # The delta is the messages with seq in (_cursor, tail[0].seq): _disk of them are in the store only,
+        # _pinned those that must stay in memory (transient, or with an expiry time), in seq order. The tail
+        # is the newest messages until their commit is done. All three are empty unless _paging.
+        self.window = max(vhost.broker.queue_memory_window, 4)
+        self._paging = False
+        self._disk = 0
+        self._pinned: deque[Message] = deque()
+        self._tail: deque[Message] = deque()
+        self._cursor = 0
+        self._addresses: dict[tuple[str, str], bytes] = {}
         self._next_seq = 1
         self._rr = 0
         self._prioritised = False  # consumers of more than one x-priority: see _next_by_priority
@@ -121,7 +141,14 @@ class Queue:
 
     @property
     def message_count(self) -> int:
+        if self._paging:
+            return len(self.messages) + self._disk + len(self._pinned) + len(self._tail)
         return len(self.messages)
+
+    @property
+    def resident_count(self) -> int:
+        """Ready messages whose record is in memory (the others are in the store only)."""
+        return self.message_count - self._disk
 
     @property
     def consumer_count(self) -> int:
@@ -132,6 +159,8 @@ class Queue:
         self.settings = settings
         self.lifecycle = settings.active
         if settings.max_priority and not isinstance(self.messages, PriorityMessages):
+            while self._paging:  # a priority queue keeps every record in memory: read the rest back first
+                self._refill()
             messages = PriorityMessages(settings.max_priority)
             for msg in self.messages:
                 messages.append(msg)
@@ -161,15 +190,26 @@ class Queue:
         msg.queue = self
         if self.durability is not None and msg.persistent:
             self.durability.push(self, msg, self.ready_bytes > self.memory_budget)
-        self.messages.append(msg)
+            if self._paging:
+                self._tail.append(msg)
+            elif len(self.messages) >= self.window and type(self.messages) is deque:
+                self._paging = True  # the head is full: this message and those after it go to the tail
+                self._cursor = msg.seq - 1
+                self._tail.append(msg)
+            else:
+                self.messages.append(msg)
+        elif self._paging:
+            self._tail.append(msg)
+        else:
+            self.messages.append(msg)
         if self.status is not None and msg.flags & MESSAGE_ID:
             self.status.queued(self, msg)
         size = len(msg.body)
         self.ready_bytes += size
         self.stats_published += 1
         memory = self.memory
-        memory.used += size
-        if memory.used > memory.high:
+        memory.used += size + RECORD_COST
+        if memory.used > memory.check_at:
             memory.check()
 
     def _enqueue_lifecycle(self, msg: Message) -> bool:
@@ -200,7 +240,7 @@ class Queue:
 
     def _full(self, size: int) -> bool:
         settings = self.settings
-        return ((settings.max_length is not None and len(self.messages) >= settings.max_length)
+        return ((settings.max_length is not None and self.message_count >= settings.max_length)
                 or (settings.max_length_bytes is not None and self.ready_bytes + size > settings.max_length_bytes))
 
     def _enforce_limits(self) -> None:
@@ -210,9 +250,10 @@ class Queue:
             return
         max_length, max_bytes = settings.max_length, settings.max_length_bytes
         messages = self.messages
-        while messages and ((max_length is not None and len(messages) > max_length)
+        while messages and ((max_length is not None and self.message_count > max_length)
                             or (max_bytes is not None and self.ready_bytes > max_bytes)):
             self._drop_head("maxlen")
+            messages = self.messages
 
     def _drop_head(self, reason: str, level: deque[Message] | None = None) -> None:
         messages = self.messages
@@ -222,6 +263,8 @@ class Queue:
         msg = level.popleft() if level is not None else messages.popleft()
         if level is not None:
             messages._count -= 1  # type: ignore[union-attr]
+        elif self._paging and len(messages) < self.window // 4:
+            self._refill()
         self.ready_bytes -= len(msg.body)
         self.drop(msg, reason)
 
@@ -287,6 +330,10 @@ class Queue:
             msg.redelivered = True
             msg.consumer = None
             self.unacked_count -= 1
+            if msg.store_id < 0:  # its store write failed (publisher nacked): it does not come back
+                msg.store_id = 0
+                self.settle(msg)
+                continue
             if limit is not None and msg.delivery_count > limit:
                 self.drop(msg, "delivery_limit")
                 continue
@@ -329,11 +376,16 @@ class Queue:
             if msg.body is PAGED:
                 self.page_in()
             messages.popleft()
+            if self._paging and len(messages) < self.window // 4:
+                self._refill()
+                messages = self.messages
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
+            if msg.store_id > 0:
+                self._unload(msg)
 
     def _dispatch_lifecycle(self, now: float = 0.0) -> None:
         """Dispatch with expiry, single active consumer and priorities. ``now`` (ms) is given by enqueue, so
@@ -366,11 +418,16 @@ class Queue:
             if msg.body is PAGED:
                 self.page_in()
             messages.popleft()
+            if self._paging and len(messages) < self.window // 4:
+                self._refill()
+                messages = self.messages
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
+            if msg.store_id > 0:
+                self._unload(msg)
 
     @property
     def active_consumer(self) -> Consumer | None:
@@ -424,6 +481,8 @@ class Queue:
         if self.messages[0].body is PAGED:
             self.page_in()
         msg = self.messages.popleft()
+        if self._paging and len(self.messages) < self.window // 4:
+            self._refill()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
         if self.lifecycle:
@@ -433,10 +492,10 @@ class Queue:
     def settle(self, msg: Message) -> None:
         """A message delivered from this queue is finished (acked, or delivered without ack)."""
         memory = self.memory
-        memory.used -= len(msg.body)
+        memory.used -= len(msg.body) + RECORD_COST
         if memory.alarm:
             memory.check()
-        if msg.store_id and self.durability is not None:
+        if msg.store_id > 0 and self.durability is not None:
             self.durability.delete(msg)
 
     def settle_unacked(self, msg: Message) -> None:
@@ -488,20 +547,163 @@ class Queue:
         return True
 
     def recover(self, msg: Message) -> None:
-        """Put back a message read from the store at start-up (in seq order)."""
+        """Put back a message read from the store at start-up (in seq order). Past the window, only a count
+        of it stays in memory (it is read back when the head reaches it), unless it has an expiry time."""
         msg.queue = self
         self._next_seq = max(self._next_seq, msg.seq + 1)
         if self.lifecycle:
             self._set_expiry(msg)  # the TTL countdown starts again at recovery
-        self.messages.append(msg)
         self.ready_bytes += msg.size
-        self.memory.used += len(msg.body)
+        if not self._paging and len(self.messages) >= self.window and type(self.messages) is deque:
+            self._paging = True
+            self._cursor = msg.seq - 1
+        if self._paging:
+            if not msg.expires_at:
+                self._disk += 1
+                return
+            self._pinned.append(msg)
+        else:
+            self.messages.append(msg)
+        self.memory.used += len(msg.body) + RECORD_COST
 
-    # --- paging: bodies of a long queue stay on disk -----------------------------------------------
+    # --- paging: records and bodies of a long durable queue stay on disk ---------------------------
+
+    def spill(self, durable_id: int) -> None:
+        """After a commit (every message with store id <= ``durable_id`` is durable): the tail's committed
+        messages leave memory (persistent, no expiry time: a count in the delta) or join the pinned ones."""
+        tail = self._tail
+        freed = 0
+        while tail:
+            msg = tail[0]
+            store_id = msg.store_id
+            if store_id > durable_id:
+                break  # its commit is still running: it and those behind it wait
+            tail.popleft()
+            if store_id > 0 and not msg.expires_at:
+                self._disk += 1
+                freed += len(msg.body) + RECORD_COST
+                msg.body = PAGED
+                msg.queue = None  # the record is dropped (page_out of a stale reference does nothing)
+            else:
+                self._pinned.append(msg)
+        if freed:
+            memory = self.memory
+            memory.used -= freed
+            if memory.alarm:
+                memory.check()
+
+    def _unload(self, msg: Message) -> None:
+        """An unacked delivery of a committed persistent message keeps only its record: the body is in the store
+        (read back if it is requeued or dead-lettered), so a consumer that never acks holds records, not bodies."""
+        if msg.body is not PAGED and self.durability is not None and msg.store_id <= self.durability.durable_id:
+            memory = self.memory
+            memory.used -= len(msg.body)
+            msg.body = PAGED
+            if memory.alarm:
+                memory.check()
+
+    def _refill(self) -> None:
+        """The head runs low while paging: read the next half window of the delta back from the store, in seq
+        order with the pinned records; when the delta is used up, the tail joins the head and paging ends."""
+        head = self.messages
+        assert isinstance(head, deque)  # a priority queue never pages (see configure)
+        pinned = self._pinned
+        tail = self._tail
+        durability = self.durability
+        if self._disk and durability is not None:
+            bound = tail[0].seq if tail else self._next_seq
+            wanted = max(self.window // 2, 1)
+            loaded = 0
+            exhausted = False
+            while self._disk and loaded < wanted and not exhausted:
+                limit = wanted - loaded
+                rows = list(durability.store.load_messages(self.vhost.name, self.name, with_bodies=False,
+                                                           after_seq=self._cursor, limit=limit))
+                exhausted = len(rows) < limit
+                for stored in rows:
+                    seq = stored.seq
+                    if seq >= bound:  # a tail message already on disk: the delta is used up
+                        exhausted = True
+                        break
+                    while pinned and pinned[0].seq < seq:
+                        head.append(pinned.popleft())
+                    self._cursor = seq
+                    if pinned and pinned[0].seq == seq:  # pinned (expiry time) but stored too
+                        head.append(pinned.popleft())
+                        continue
+                    head.append(self._record(stored))
+                    loaded += 1
+                    self._disk -= 1
+                    if not self._disk:
+                        break
+            if self._disk and exhausted:  # cannot happen: every counted message was committed
+                log.error("queue '%s' in vhost '%s': %d messages counted on disk are not in the store",
+                          self.name, self.vhost.name, self._disk)
+                self._disk = 0
+            self.memory.used += loaded * RECORD_COST
+        if not self._disk:
+            head.extend(pinned)
+            pinned.clear()
+            head.extend(tail)
+            tail.clear()
+            self._paging = False
+
+    def _record(self, stored: StoredMessage) -> Message:
+        """A ready message read back from the store (body still on disk); addresses are shared."""
+        key = (stored.exchange, stored.routing_key)
+        address = self._addresses.get(key)
+        if address is None:
+            if len(self._addresses) >= 256:
+                self._addresses.clear()
+            address = self._addresses[key] = build_address(*key)
+        msg = Message(stored.exchange, stored.routing_key, address, stored.header, PAGED)
+        msg.seq = stored.seq
+        msg.store_id = stored.id
+        msg.redelivered = stored.redelivered
+        msg.queue = self
+        if self.lifecycle:
+            self._set_expiry(msg)  # only after recovery or a new policy: a message with an expiry stays pinned
+        return msg
+
+    def discard_unstored(self, msgs: list[Message]) -> None:
+        """Their store write failed (the publisher gets basic.nack): ready ones leave the queue, unacked ones are
+        marked so that they are not requeued. They are never delivered again, nor kept in memory."""
+        gone = {id(m) for m in msgs}
+        removed = 0
+        freed = 0
+
+        def keep(msg: Message) -> bool:
+            nonlocal removed, freed
+            if id(msg) not in gone:
+                return True
+            removed += msg.size
+            freed += len(msg.body) + RECORD_COST
+            msg.queue = None
+            return False
+
+        for msg in msgs:
+            msg.store_id = -1  # marks an unacked one: see requeue(); a ready one is dropped below
+        messages = self.messages
+        if isinstance(messages, PriorityMessages):
+            for i, level in enumerate(messages.levels):
+                messages.levels[i] = deque(m for m in level if keep(m))
+            messages._count = sum(len(level) for level in messages.levels)
+        else:
+            self.messages = deque(m for m in messages if keep(m))
+        if self._paging:
+            self._pinned = deque(m for m in self._pinned if keep(m))
+            self._tail = deque(m for m in self._tail if keep(m))
+            if not self.messages:
+                self._refill()
+        self.ready_bytes -= removed
+        memory = self.memory
+        memory.used -= freed
+        if memory.alarm:
+            memory.check()
 
     def page_out(self, msg: Message) -> None:
         """Drop a stored, ready message's body from memory (the store has it)."""
-        if msg.body is PAGED or not msg.store_id or msg.queue is not self or self.deleted:
+        if msg.body is PAGED or msg.store_id <= 0 or msg.queue is not self or self.deleted:
             return
         memory = self.memory
         memory.used -= len(msg.body)
@@ -536,16 +738,23 @@ class Queue:
     def purge(self, event: str = "purged") -> int:
         """Remove every ready message; unacked ones stay with their consumers. Returns how many. ``event`` is
         what message tracking records for them (purged, or queue_deleted)."""
-        count = len(self.messages)
+        count = self.message_count
+        held = [*self.messages, *self._pinned, *self._tail] if self._paging else self.messages
         if self.tracker is not None:
-            self.tracker.queue_events(self, self.messages, event)
+            self.tracker.queue_events(self, held, event)  # messages on disk only are not tracked here
         resident = 0
-        for msg in self.messages:
-            resident += len(msg.body)
-            if msg.store_id and self.durability is not None:
+        for msg in held:
+            resident += len(msg.body) + RECORD_COST
+            if msg.store_id > 0 and self.durability is not None:
                 self.durability.delete(msg)
+        if self._disk and self.durability is not None and not self.deleted:
+            self.durability.purge(self, self._cursor)  # those on disk only: every ready one after the cursor
         self.memory.used -= resident
         self.messages.clear()
+        self._pinned.clear()
+        self._tail.clear()
+        self._disk = 0
+        self._paging = False
         self.ready_bytes = 0
         if self.memory.alarm:
             self.memory.check()

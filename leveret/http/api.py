@@ -28,7 +28,7 @@ from leveret import RABBITMQ_VERSION  # what tools that check the version are to
 from leveret.amqp.codec import RawField
 from leveret.core import audit, errors
 from leveret.core.access import Access
-from leveret.core.broker import Broker, Session, User, VHost, strip_crlf
+from leveret.core.broker import Broker, Session, User, VHost, process_rss, strip_crlf
 from leveret.core.exchanges import Exchange
 from leveret.core.lifecycle import count_delivery, queue_type
 from leveret.core.message import Message, build_address, build_header
@@ -914,7 +914,7 @@ class ManagementAPI:
 
     def node_info(self) -> dict[str, Any]:
         memory = self.broker.memory
-        return {"name": self.broker.node_name, "type": "disc", "running": True, "mem_used": memory.used,
+        return {"name": self.broker.node_name, "type": "disc", "running": True, "mem_used": process_rss(),
                 "mem_limit": memory.high, "mem_alarm": memory.memory_alarm, "disk_free_alarm": memory.disk_alarm,
                 "partitions": [], "os_pid": str(os.getpid()), "being_drained": False}
 

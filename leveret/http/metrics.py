@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from leveret.core.broker import Broker, Session
+from leveret.core.broker import Broker, Session, process_rss
 
 
 class _BrokerCollector:
@@ -47,8 +47,10 @@ class _BrokerCollector:
                                           for q in v.queues.values()))
         memory = self.broker.memory
         yield GaugeMetricFamily("rabbitmq_process_resident_memory_bytes",
-                                "Bytes of message bodies held in memory (Leveret counts bodies, not the process)",
-                                value=memory.used)
+                                "Memory used in bytes (the process's resident set size)", value=process_rss())
+        yield GaugeMetricFamily("leveret_messages_memory_bytes",
+                                "What the messages held in memory cost (bodies and records), as the memory alarm "
+                                "counts it", value=memory.used)
         yield GaugeMetricFamily("rabbitmq_resident_memory_limit_bytes", "Memory high watermark", value=memory.high)
         yield GaugeMetricFamily("rabbitmq_alarms_memory_used_watermark", "1 while the memory alarm is on",
                                 value=int(memory.memory_alarm))

@@ -66,6 +66,10 @@ _BASIC_CANCEL = M("basic.cancel")
 _GET_OK = M("basic.get-ok")
 _HANDSHAKE_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 3.0
+# Bytes of deliveries queued for one connection in a loop turn (not yet handed to the transport) after which its
+# consumers get nothing more until they are written: a consumer that does not read its socket stops a queue's
+# page-in after this plus the transport's own buffer (asyncio's default high-water mark, 64 KiB).
+DELIVERY_BUFFER = 1 << 20
 # After close-ok the socket stays open until the client closes it, at most the heartbeat interval or this
 # many seconds (RabbitMQ's ?CLOSING_TIMEOUT and rule in rabbit_reader:close_connection).
 _LINGER_TIMEOUT = 30.0
@@ -98,6 +102,9 @@ class AMQPConnection(asyncio.Protocol):
         self.last_received = self.loop.time()
         self._sent_since_tick = False
         self._flush_scheduled = False
+        self._queued = 0  # bytes of deliveries queued since the last flush
+        self._transport_paused = False  # pause_writing from the transport: its buffer is over the high mark
+        self._held = False  # deliveries stopped: DELIVERY_BUFFER queued in this turn
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = False
         self._held_cancels: list[tuple[int, str]] | None = None  # basic.cancel held back until a reply is sent
@@ -147,20 +154,28 @@ class AMQPConnection(asyncio.Protocol):
                  f": {exc}" if exc else "")
 
     def pause_writing(self) -> None:
+        self._transport_paused = True
         self.session.set_writable(False)
 
     def resume_writing(self) -> None:
-        self.session.set_writable(True)
+        self._transport_paused = False
         self._flush()
+        if not self._held:
+            self.session.set_writable(True)
 
     # --- output ------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._queued = 0
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self._closed:
             self._sent_since_tick = True
-            self.transport.write(data)
+            self.transport.write(data)  # may call pause_writing when the socket does not take it all
+        if self._held:
+            self._held = False
+            if not self._transport_paused and not self._closed:
+                self.session.set_writable(True)  # delivers the next DELIVERY_BUFFER, flushed next turn
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -173,6 +188,10 @@ class AMQPConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+        self._queued += len(body) + len(header) + 64
+        if self._queued >= DELIVERY_BUFFER and not self._held:
+            self._held = True  # bytes queued for the socket, not only pause_writing at the next flush
+            self.session.set_writable(False)
 
     def send_return(self, channel: int, reply_code: int, reply_text: str, msg: Message) -> None:
         self.conn.send_content(channel, _BASIC_RETURN, (reply_code, reply_text, msg.exchange, msg.routing_key),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import ssl
 import threading
@@ -30,6 +29,7 @@ from .tls import PLAIN_DETAILS, PeerTLS, handshake_timeout, peer_tls, server_con
 
 log = logging.getLogger("leveret.server")
 DISK_CHECK_INTERVAL = 1.0
+MEMORY_CHECK_INTERVAL = 0.1  # the process's RSS is sampled this often for the memory alarm
 
 
 class LoopTimers:
@@ -54,6 +54,10 @@ class Server:
         self.store: Store | None = None
         self.connections: set[AMQPConnection] = set()
         self._disk_timer: asyncio.TimerHandle | None = None
+        self._memory_timer: asyncio.TimerHandle | None = None
+        # the memory alarm also watches the process's RSS, unless the broker is embedded in another program
+        # (ThreadedServer): then the RSS is not the broker's, and only what messages cost counts
+        self.process_rss = True
         self.control: ControlServer | None = None
         self._server: asyncio.base_events.Server | None = None
         self.port = config.port if config.plain_listener else -1
@@ -107,6 +111,10 @@ class Server:
             self.https_port = self.https.port
         if self.config.disk_free_limit and self.config.store == "sqlite":
             self._check_disk()
+        if self.process_rss:
+            self._check_memory()
+        else:
+            self.broker.memory.track_rss = False
         self.control = ControlServer(self)
         await self.control.start()
         if self._server is not None:
@@ -163,14 +171,18 @@ class Server:
         return found
 
     def _check_disk(self) -> None:
-        """The disk alarm: free space on the data directory's file system under ``disk_free_limit``."""
-        limit = self.config.disk_free_limit
-        try:
-            free = shutil.disk_usage(self.config.data_dir).free
-        except OSError:
-            free = limit + 1
-        self.broker.memory.set_disk_alarm(free < limit, free, limit)
+        """The disk alarm, every second (it clears here once there is room again). Each commit of new messages
+        checks it too, before the write (Durability.check_disk)."""
+        durability = self.broker.durability
+        if durability is not None:
+            durability.disk_limit = self.config.disk_free_limit
+            durability.check_disk()
         self._disk_timer = asyncio.get_running_loop().call_later(DISK_CHECK_INTERVAL, self._check_disk)
+
+    def _check_memory(self) -> None:
+        """The memory alarm's RSS sample (the alarm itself also follows what messages cost as they come)."""
+        self.broker.memory.sample()
+        self._memory_timer = asyncio.get_running_loop().call_later(MEMORY_CHECK_INTERVAL, self._check_memory)
 
     def _open_broker(self, loop: asyncio.AbstractEventLoop) -> Broker:
         config = self.config
@@ -198,6 +210,7 @@ class Server:
                             default_pass=config.default_pass, default_vhost=config.default_vhost,
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
+                            queue_memory_window=config.queue_memory_window,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
                             tracking_max_events=config.tracking_max_events)
         except BaseException:
@@ -220,6 +233,8 @@ class Server:
             self.https = None
         if self._disk_timer is not None:
             self._disk_timer.cancel()
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
         if self.control is not None:
             await self.control.stop()
         for conn in list(self.connections):
@@ -288,6 +303,7 @@ class ThreadedServer:
         self.config = config
         self.loop = new_event_loop()
         self.server = Server(config)
+        self.server.process_rss = False  # the process is the host program's (tests): its RSS is not the broker's
         self._thread = threading.Thread(target=self.loop.run_forever, name="leveret-server", daemon=True)
 
     @property

@@ -137,8 +137,11 @@ class Requeue:
 
 @dataclass(slots=True)
 class Purge:
+    """Delete the queue's messages (those with seq > ``after_seq``: a queue's ready messages on disk only)."""
+
     vhost: str
     queue: str
+    after_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -270,3 +273,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def max_message_id(self) -> int:
         """The highest message id ever stored (ids are never reused across restarts)."""
+
+    def free_space(self) -> int | None:
+        """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk."""
+        return None

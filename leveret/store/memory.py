@@ -243,6 +243,10 @@ class MemoryStore(Store):
             if where is not None:
                 messages = self._messages[where]
                 messages[op.id] = dataclasses.replace(messages[op.id], redelivered=True)
+        elif isinstance(op, Purge) and op.after_seq:
+            for message in list(self._messages.get((op.vhost, op.queue), {}).values()):
+                if message.seq > op.after_seq:
+                    self._remove(message.id)
         elif isinstance(op, Purge):
             self._drop_queue_messages((op.vhost, op.queue))
         else:

@@ -360,7 +360,7 @@ class _Reduced:
         self.redelivered: set[int] = set()  # pushed in this run, then requeued
         self.deletes: list[int] = []
         self.requeues: list[int] = []
-        self.purges: list[tuple[str, str]] = []
+        self.purges: list[tuple[str, str, int]] = []
         self.late_deletes: list[int] = []  # only when CANCEL_ACKED_PUSHES is off
         self.status: dict[tuple[str, str], StatusRecord] = {}  # status puts, merged per (vhost, id)
 
@@ -376,16 +376,17 @@ class _Reduced:
             sqlite_status.write(conn, self.status)
             self.status = {}
 
-    def purge(self, vhost: str, queue: str) -> None:
+    def purge(self, vhost: str, queue: str, after_seq: int = 0) -> None:
         pushes = self.pushes
-        for message_id in [i for i, p in pushes.items() if p.queue == queue and p.vhost == vhost]:
+        for message_id in [i for i, p in pushes.items()
+                           if p.queue == queue and p.vhost == vhost and p.seq > after_seq]:
             del pushes[message_id]
             self.redelivered.discard(message_id)
-        self.purges.append((vhost, queue))
+        self.purges.append((vhost, queue, after_seq))
 
     def write(self, conn: sqlite3.Connection) -> None:
-        for vhost, queue in self.purges:
-            conn.execute("DELETE FROM messages WHERE vhost = ? AND queue = ?", (vhost, queue))
+        for vhost, queue, after_seq in self.purges:
+            conn.execute("DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq > ?", (vhost, queue, after_seq))
         for ids in _chunks(self.deletes):
             conn.execute(f"DELETE FROM messages WHERE id IN ({_marks(len(ids))})", ids)
         for ids in _chunks(self.requeues):
@@ -843,7 +844,7 @@ class SqliteStore(Store):
                         else:
                             reduced.requeues.append(op_id)
                     elif kind is Purge:
-                        reduced.purge(op.vhost, op.queue)
+                        reduced.purge(op.vhost, op.queue, op.after_seq)
                     elif kind is StatusPut:
                         reduced.put_status(op)
                     elif kind is StatusRead:
@@ -1111,6 +1112,13 @@ class SqliteStore(Store):
         value = self._read("SELECT max((SELECT value FROM meta WHERE key = 'max_message_id'),"
                            " coalesce((SELECT max(id) FROM messages), 0))")[0][0]
         return int(value)
+
+    def free_space(self) -> int | None:
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     # --- maintenance (tests and tools) ---------------------------------------------------------------------
 
