@@ -315,6 +315,25 @@ def transcript(fn: Callable[[Run], None], port: int, prefix: str) -> list[Entry]
     return run.log
 
 
+def assert_same_as_rabbitmq(fn: Callable[[Run], None], leveret_port: int, rabbitmq_port: int,
+                            prefix: str) -> None:
+    """Run scenario ``fn`` on RabbitMQ and on Leveret; the two transcripts must be equal, entry by entry."""
+    expected = transcript(fn, rabbitmq_port, prefix)
+    actual = transcript(fn, leveret_port, prefix)
+    assert expected, "the scenario observed nothing"
+    for index, (got, want) in enumerate(zip(actual, expected, strict=False)):
+        assert got == want, f"entry {index} differs\n  leveret:  {got!r}\n  rabbitmq: {want!r}"
+    assert len(actual) == len(expected)
+
+
+def assert_deterministic(fn: Callable[[Run], None], port: int, prefix: str) -> None:
+    """Scenario ``fn`` gives the same transcript twice on the broker on ``port`` (RabbitMQ: the reference)."""
+    first = transcript(fn, port, prefix)
+    second = transcript(fn, port, prefix)
+    assert first, "the scenario observed nothing"
+    assert second == first
+
+
 # --- client helpers ---------------------------------------------------------------------------------------
 
 

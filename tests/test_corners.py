@@ -29,7 +29,15 @@ from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
 from httphelp import Client
-from lifecycle_scenarios import Run, drain, props, publish, raw_get, transcript
+from lifecycle_scenarios import (
+    Run,
+    assert_deterministic,
+    assert_same_as_rabbitmq,
+    drain,
+    props,
+    publish,
+    raw_get,
+)
 from rawamqp import RawClient
 
 SCENARIOS: dict[str, Callable[[Run], None]] = {}
@@ -656,21 +664,10 @@ def test_old_style_x_death_entries_are_grouped() -> None:
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_corners_differential(name: str, leveret: ThreadedServer, unique: str) -> None:
-    rabbitmq_port = require_rabbitmq()
-    fn = SCENARIOS[name]
-    expected = transcript(fn, rabbitmq_port, unique)
-    actual = transcript(fn, leveret.port, unique)
-    assert expected, "the scenario observed nothing"
-    for index, (got, want) in enumerate(zip(actual, expected, strict=False)):
-        assert got == want, f"entry {index} differs\n  leveret:  {got!r}\n  rabbitmq: {want!r}"
-    assert len(actual) == len(expected)
+    assert_same_as_rabbitmq(SCENARIOS[name], leveret.port, require_rabbitmq(), unique)
 
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_corner_is_deterministic_on_rabbitmq(name: str, rabbitmq_port: int, unique: str) -> None:
-    fn = SCENARIOS[name]
-    first = transcript(fn, rabbitmq_port, unique)
-    second = transcript(fn, rabbitmq_port, unique)
-    assert first, "the scenario observed nothing"
-    assert second == first
+    assert_deterministic(SCENARIOS[name], rabbitmq_port, unique)

@@ -40,12 +40,13 @@ from lifecycle_scenarios import (
     TIME,
     Confirms,
     Run,
+    assert_deterministic,
+    assert_same_as_rabbitmq,
     drain,
     props,
     publish,
     raw_get,
     sac_consumers,
-    transcript,
 )
 
 # --- differential ----------------------------------------------------------------------------------------
@@ -53,24 +54,13 @@ from lifecycle_scenarios import (
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_lifecycle_differential(name: str, leveret: ThreadedServer, unique: str) -> None:
-    rabbitmq_port = require_rabbitmq()
-    fn = SCENARIOS[name]
-    expected = transcript(fn, rabbitmq_port, unique)
-    actual = transcript(fn, leveret.port, unique)
-    assert expected, "the scenario observed nothing"
-    for index, (got, want) in enumerate(zip(actual, expected, strict=False)):
-        assert got == want, f"entry {index} differs\n  leveret:  {got!r}\n  rabbitmq: {want!r}"
-    assert len(actual) == len(expected)
+    assert_same_as_rabbitmq(SCENARIOS[name], leveret.port, require_rabbitmq(), unique)
 
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_scenario_is_deterministic_on_rabbitmq(name: str, rabbitmq_port: int, unique: str) -> None:
-    fn = SCENARIOS[name]
-    first = transcript(fn, rabbitmq_port, unique)
-    second = transcript(fn, rabbitmq_port, unique)
-    assert first, "the scenario observed nothing"
-    assert second == first
+    assert_deterministic(SCENARIOS[name], rabbitmq_port, unique)
 
 
 def test_enough_lifecycle_scenarios() -> None:
