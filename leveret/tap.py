@@ -22,6 +22,7 @@ import urllib.parse
 from typing import IO, Any
 from urllib.parse import quote
 
+from leveret.aioconnect import open_connection
 from leveret.core.exchanges import create_exchange
 from leveret.core.tracing import TRACE_EXCHANGE
 from leveret.ctl import CtlError, call, data_dir_of
@@ -131,7 +132,7 @@ async def _tap(args: argparse.Namespace, url: str, out: IO[str]) -> int:
         if args.count is not None and seen >= args.count:
             stop.set()
 
-    connection = await aio_pika.connect(url)
+    connection = await open_connection(url)
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)

@@ -37,6 +37,7 @@ import aio_pika
 import aiormq
 from pamqp import commands as spec
 
+from leveret.aioconnect import open_connection
 from leveret.outbox.store import (
     DEFAULT_DESTINATION,
     DUE_HEADER,
@@ -327,16 +328,7 @@ class Forwarder:
         return None
 
     async def _open(self, url: str) -> aio_pika.abc.AbstractConnection:
-        """aio_pika.connect(), but a connection that fails to open is closed (aio_pika.connect drops it, and its
-        __del__ then leaves a ``Connection.close`` coroutine never awaited)."""
-        conn = aio_pika.Connection(aio_pika.connection.make_url(url))
-        try:
-            await conn.connect(timeout=self.connect_timeout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
-            raise
-        return conn
+        return await open_connection(url, self.connect_timeout)
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)

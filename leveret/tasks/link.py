@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 
+from leveret.aioconnect import open_connection
 from leveret.tasks.status import StatusBook, StatusStream
 from leveret.tasks.topology import REPLY_TO, STATUS_EXCHANGE, server_product
 
@@ -179,7 +180,7 @@ class Link:
             return session
 
     async def _connect(self) -> Session:
-        conn = await aio_pika.connect(self.url, timeout=5)
+        conn = await open_connection(self.url, timeout=5)
         try:
             channel = await conn.channel(publisher_confirms=True)
             events = await (await conn.channel(publisher_confirms=False)).get_underlay_channel()

@@ -64,6 +64,8 @@ import aio_pika.abc
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from croniter import croniter
 
+from leveret.aioconnect import open_connection
+
 if TYPE_CHECKING:
     from leveret.tasks.app import App
 
@@ -339,7 +341,7 @@ class Scheduler:
 
     async def _session(self) -> None:
         assert self._stopping is not None
-        conn = await aio_pika.connect(self.url, timeout=10)
+        conn = await open_connection(self.url, timeout=10)
         inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = asyncio.Queue()
         try:
             channel = await conn.channel(publisher_confirms=True)

@@ -39,6 +39,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from leveret.aioconnect import open_connection
 from leveret.tasks.app import (
     CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
@@ -227,7 +228,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
-                    conn = await aio_pika.connect(self.app.url, timeout=10)
+                    conn = await open_connection(self.app.url, timeout=10)
                 except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                     if self.connections == 0 and self._thread is not None and failures >= 2:
                         raise  # start() in a test: say so rather than wait forever
