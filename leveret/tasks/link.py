@@ -213,6 +213,12 @@ class Link:
             self._connecting = asyncio.ensure_future(self._connect_loop())
             self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    def stream_fallback(self) -> bool:
+        """Whether a send may need the "queued" event of the status stream: the last session was in stream mode,
+        or there was none yet."""
+        last = self.last
+        return last is None or self.stream_mode(last)
+
     def stream_mode(self, session: Session) -> bool:
         """Status through the ``leveret.status`` stream (no status book, not a Leveret: RabbitMQ)."""
         return not session.status_book and session.product != "Leveret"
