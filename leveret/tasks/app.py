@@ -13,7 +13,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
@@ -34,6 +33,7 @@ from leveret.tasks.status import (
     event,
     event_message,
     merge,
+    new_task_id,
     public,
 )
 from leveret.tasks.task import Group, Handle, Request, Task, TaskError, run_eager
@@ -238,7 +238,7 @@ class App:
         binary = len(payload) == 1 and isinstance(payload.get("data"), bytes)
         if eta is not None:
             delay = max(0.0, (eta - datetime.now(UTC)).total_seconds())
-        task_id = task_id or uuid.uuid4().hex
+        task_id = task_id or new_task_id()
         meta: dict[str, Any] = {
             "task": task.name, "id": task_id, "className": task.name, "attempt": 0,
             "retry": task.retry.to_wire(), "sent_at": now_iso(),
@@ -449,7 +449,7 @@ class App:
         return task_id, {"exchange": exchange, "routing_key": task.queue, "body": body, "properties": props}
 
     def _run_eager(self, task: Task[Any, R], payload: dict[str, Any]) -> Handle[R]:
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         record = merge(None, event(task_id, task.name, task.queue, "started", self.status_ttl))
         try:
             result = run_eager(task, payload)
@@ -498,7 +498,7 @@ class App:
             raise StatusUnavailable(f"the broker at {self.url} is a Leveret without a status book "
                                     f"(no exchange {STATUS_EXCHANGE}): upgrade it to read task status")
         else:
-            stream = await self._link.status_stream(session, self.status_ttl)
+            stream = await self._link.status_stream(session, self.status_ttl, [task_id])
             record = await stream.read(session.events, task_id, self.send_timeout)
         return record or {"id": task_id, "state": "unknown"}
 
@@ -508,7 +508,7 @@ class App:
         if not self.eager:
             session = await self._link.session(self.send_timeout)
             if self._link.stream_mode(session):
-                stream = await self._link.status_stream(session, self.status_ttl)
+                stream = await self._link.status_stream(session, self.status_ttl, [task_id])
                 found = await stream.wait_final(session.events, task_id, timeout)
                 if found is not None and found["state"] in FINAL_STATES:
                     return found
