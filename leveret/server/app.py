@@ -199,7 +199,8 @@ class Server:
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
-                            tracking_max_events=config.tracking_max_events)
+                            tracking_max_events=config.tracking_max_events,
+                            write_hold=config.write_hold_ms / 1000)
         except BaseException:
             self.store.close()
             audit.close()
