@@ -165,3 +165,26 @@ def got_first_id(got: list[Any], ids: list[str]) -> str:
     extra = [p.message_id for p, _ in got if p.message_id not in set(ids)]
     assert len(extra) == 1, extra
     return extra[0]
+
+
+def test_fast_sends_are_queued_in_the_status(broker_port: int, queue_name: str) -> None:
+    """A fast-path send has its "queued" record: on Leveret the broker's, on RabbitMQ the event the fast path
+    writes to leveret.events in the same piece as the task message."""
+    app = App(url(broker_port), name="fp-status", status_ttl=60)
+    slow: list[Any] = []
+    original = app._slow
+    app._slow = lambda item: (slow.append(item), original(item))  # type: ignore[method-assign]
+    try:
+        @app.task(name="fp.status", queue=queue_name)
+        def work(i: int) -> None:
+            return None
+
+        work.send(i=0)
+        before = len(slow)
+        handles = [work.send(i=i) for i in range(1, 4)]
+        assert len(slow) == before, "the fast path was not taken"
+        for handle in handles:
+            info = handle.info()
+            assert (info["state"], info["task"], info["queue"]) == ("queued", "fp.status", queue_name)
+    finally:
+        app.close()

@@ -19,6 +19,8 @@ queues its frames under the channel lock, without an await in between unless the
 path therefore runs only when that lock is free and the write queue has room (tag and write are then one step);
 otherwise, and for what it does not handle (no live session, a queue not declared yet on this connection,
 delays, RPC replies), a message takes ``App._publish_built`` — the same message, the same id, the old path.
+It relies on aiormq 7's channel internals (``delivery_tag``, ``confirmations``, ``write_queue``, the name-mangled
+lock): without that lock attribute ``Writer.free`` is False and every send takes the old path.
 """
 
 from __future__ import annotations
