@@ -802,7 +802,7 @@ class Broker:
                  loopback_users: tuple[str, ...] = ("guest",), store: Store | None = None,
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
                  timers: Timers | None = None, audit: _audit.AuditLog | None = None,
-                 tracking_window: float = 0, tracking_max_events: int = 0, write_hold: float = 0.0) -> None:
+                 tracking_window: float = 0, tracking_max_events: int = 0) -> None:
         self.audit = audit or _audit.AuditLog()
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
@@ -815,9 +815,6 @@ class Broker:
         self.loopback_users = set(loopback_users)
         self.node_name = f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
-        if self.durability is not None and write_hold > 0:  # writes nobody waits for join the next confirm's
-            self.durability.hold = write_hold
-            self.durability.timers = self.timers
         self.delays = DelayedMessages(self)
         self.status = StatusBook(self)  # task status records (core/status.py); before recovery makes queues
         self.sessions: set[Session] = set()  # connections past connection.open

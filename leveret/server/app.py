@@ -199,12 +199,14 @@ class Server:
                             loopback_users=config.loopback_users, store=self.store,
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
-                            tracking_max_events=config.tracking_max_events,
-                            write_hold=config.write_hold_ms / 1000)
+                            tracking_max_events=config.tracking_max_events)
         except BaseException:
             self.store.close()
             audit.close()
             raise
+        if broker.durability is not None and config.write_hold_ms > 0:  # writes nobody waits for join a confirm's
+            broker.durability.hold = config.write_hold_ms / 1000
+            broker.durability.timers = broker.timers
         if broker.recovered_queues or broker.recovered_messages:
             log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
                      broker.recovered_messages, config.store, time.monotonic() - started)
