@@ -7,7 +7,8 @@
 
 Per library and workload, a fresh queue and one worker process (leveret: ``leveret worker --processes 0
 --concurrency 32``; Dramatiq: ``dramatiq --processes 1 --threads 32``; Celery: ``celery worker -P threads -c 32``,
-prefetch multiplier 4), and one synchronous producer in this process sending the tasks one after the other.
+prefetch multiplier 4), and one synchronous producer in this process sending the tasks one after the other
+(``leveret-batch``: ``app.multicast`` of 100 at a time; ``leveret-async``: ``send_async`` with 100 in flight).
 Workloads: ``noop`` (N no-op tasks) and ``sleep`` (``--sleep-n`` tasks sleeping 10 ms each). Libraries
 alternate within each round. Reported per library: enqueue rate (N / time of the send loop), end-to-end rate
 (N / time from the first send to the last task done, as the worker process saw it), send() p50/p99.
@@ -153,7 +154,8 @@ def delete_queues(url: str, queues: list[str]) -> None:
         conn.close()
 
 
-def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True) -> dict[str, float]:
+def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True,
+            inflight: int = 0) -> dict[str, float]:
     queue = f"bench-{lib}-{workload}-{uuid.uuid4().hex[:6]}"
     sleep = 0.01 if workload == "sleep" else 0.0
     env = {**os.environ, "BENCH_LIB": lib, "BENCH_URL": url, "BENCH_QUEUE": queue, "BENCH_SLEEP": str(sleep),
@@ -186,7 +188,22 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: b
                 "celery": lambda i: task.apply_async((i,), queue=queue)}[lib]
         latencies = []
         t0 = time.time()
-        if batch:  # leveret.tasks, pipelined: app.multicast of `batch` tasks, confirms awaited together
+        if inflight:  # leveret.tasks, pipelined: send_async from coroutines, `inflight` sends awaiting confirms
+            import asyncio
+
+            async def pipelined() -> None:
+                window = asyncio.Semaphore(inflight)
+
+                async def one(i: int) -> None:
+                    async with window:
+                        await task.send_async(i=i)
+
+                await asyncio.gather(*(one(i) for i in range(n - warm)))
+
+            t = time.perf_counter()
+            asyncio.run(pipelined())
+            latencies.extend([(time.perf_counter() - t) / (n - warm)] * (n - warm))
+        elif batch:  # leveret.tasks, pipelined: app.multicast of `batch` tasks, confirms awaited together
             for start in range(0, n - warm, batch):
                 t = time.perf_counter()
                 count = min(batch, n - warm - start)
@@ -249,7 +266,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--libs", default="leveret,dramatiq,celery",
                         help="also leveret-batch: app.multicast of 100 tasks at a time (pipelined confirms; its "
-                             "send() latency is the batch's time / 100)")
+                             "send() latency is the batch's time / 100); leveret-async: send_async from "
+                             "coroutines, 100 in flight (its send() latency is the loop's time / N)")
     parser.add_argument("--workloads", default="noop,sleep")
     parser.add_argument("--send-only", action="store_true",
                         help="no worker: the producer's send() alone (latency without a worker competing for CPU)")
@@ -267,7 +285,7 @@ def main() -> int:
                 for lib in order:
                     n = args.n if workload == "noop" else args.sleep_n
                     r = run_one(lib.split("-")[0], workload, n, url, batch=100 if lib == "leveret-batch" else 0,
-                                worker=not args.send_only)
+                                worker=not args.send_only, inflight=100 if lib == "leveret-async" else 0)
                     results.setdefault((lib, workload), []).append(r)
                     print(f"round {rnd + 1} {workload:5} {lib:8} enqueue {r['enqueue']:8.0f}/s  end-to-end "
                           f"{r['e2e']:8.0f}/s  send p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms", flush=True)

@@ -80,6 +80,7 @@ class Config:
     audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
     tracking_window: int = 300
     tracking_max_events: int = 100_000
+    write_hold_ms: int = 2  # store writes nobody waits for wait this long for a confirm's commit (0: never)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -311,6 +312,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "audit_log": lambda value: None if value is None else _to_str(value).strip(),
     "tracking_window": _to_int(0, None),
     "tracking_max_events": _to_int(0, None),
+    "write_hold_ms": _to_int(0, 1000),
 }
 
 

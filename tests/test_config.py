@@ -165,6 +165,7 @@ def test_every_field_has_an_environment_variable() -> None:
 
         "LEVERET_TRACKING_WINDOW": "60",
         "LEVERET_TRACKING_MAX_EVENTS": "0",
+        "LEVERET_WRITE_HOLD_MS": "0",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -206,6 +207,7 @@ def test_every_field_has_an_environment_variable() -> None:
 
         tracking_window=60,
         tracking_max_events=0,
+        write_hold_ms=0,
     )
 
 

@@ -8,6 +8,7 @@ even when the confirmed message itself needed no write. Definitions are written 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from leveret.store.base import (
     StatusPut,
     StatusRead,
     Store,
+    StoreError,
 )
 from leveret.store.status import StatusRecord
 
@@ -32,8 +34,11 @@ if TYPE_CHECKING:
     from .exchanges import Exchange
     from .message import Message
     from .queue import Queue
+    from .timers import Handle as TimerHandle
+    from .timers import Timers
 
 Done = Callable[[BaseException | None], None]
+log = logging.getLogger("leveret.store")
 
 # The disk alarm's headroom (docs/memory.md): what SQLite may still need beyond the data itself. The WAL grows
 # up to its checkpoint size (WAL_AUTOCHECKPOINT pages, 16 MB) before it is reused, and a checkpoint copies up
@@ -66,6 +71,9 @@ class Durability:
         self.disk_limit = 0  # disk_free_limit: 0 turns the disk alarm off
         self.alarms: MemoryMonitor | None = None
         self.recovering = False
+        self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
+        self.timers: Timers | None = None
+        self._held: TimerHandle | None = None
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -95,7 +103,30 @@ class Durability:
 
     def commit(self, after: list[Done]) -> None:
         """Submit the pending ops; call each of ``after`` (with None, or the exception of a failed commit)
-        once they and every earlier submit are durable. With nothing to wait for, call them now."""
+        once they and every earlier submit are durable. With nothing to wait for, call them now.
+
+        Writes nobody waits for (``after`` empty: acks, deliveries, status records) are held up to ``hold``
+        seconds when a timer is set: the next commit somebody waits for (a publisher confirm) takes them along, so
+        the writer is not busy with a commit of their own when a confirm's write arrives (one fsync per
+        confirm instead of up to two). A message is never confirmed before it is written: held ops go first."""
+        if not after and self.hold > 0 and self.timers is not None:
+            if self._held is None:
+                self._held = self.timers.call_later(self.hold, self._release)
+            return
+        self._commit_now(after)
+
+    def _release(self) -> None:
+        self._held = None
+        try:
+            self._commit_now([])
+        except StoreError as exc:  # the store closed under the timer (shutdown): nothing waits for these
+            log.debug("held writes not submitted: %s", exc)
+
+    def _commit_now(self, after: list[Done]) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        self._submit_status_now()
         if not self.ops and not self.in_flight:
             for callback in after:
                 callback(None)
@@ -152,9 +183,9 @@ class Durability:
 
     def flush(self) -> None:
         """Write everything pending and wait for it (definitions changes and shutdown)."""
-        self.submit_status()
-        if self.ops:
-            self.commit([])
+        self._submit_status_now()
+        if self.ops or self._held is not None:
+            self._commit_now([])
         self.store.flush()
 
     # --- task status records (core/status.py) -----------------------------------------------------
@@ -167,7 +198,15 @@ class Durability:
         self.status_ops.append(StatusPut(vhost, record))
 
     def submit_status(self, done: Done | None = None) -> None:
-        """Hand the pending status ops to the store (the status book calls it once per loop turn)."""
+        """Hand the pending status ops to the store (the status book calls it once per loop turn); held like
+        the writes nobody waits for (see :meth:`commit`) unless ``done`` waits for them."""
+        if done is None and self.status_ops and self.hold > 0 and self.timers is not None:
+            if self._held is None:
+                self._held = self.timers.call_later(self.hold, self._release)
+            return
+        self._submit_status_now(done)
+
+    def _submit_status_now(self, done: Done | None = None) -> None:
         if self.status_ops:
             ops, self.status_ops = self.status_ops, []
             self.store.submit(ops, done or _ignore)

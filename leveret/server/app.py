@@ -217,6 +217,9 @@ class Server:
             self.store.close()
             audit.close()
             raise
+        if broker.durability is not None and config.write_hold_ms > 0:  # writes nobody waits for join a confirm's
+            broker.durability.hold = config.write_hold_ms / 1000
+            broker.durability.timers = broker.timers
         if broker.recovered_queues or broker.recovered_messages:
             log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
                      broker.recovered_messages, config.store, time.monotonic() - started)

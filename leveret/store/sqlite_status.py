@@ -3,7 +3,7 @@
 ``task_status (vhost, id, expires, record)``, primary key (vhost, id), indexed on ``expires`` for the expiry
 sweep; ``record`` is the JSON of :func:`leveret.store.status.encode`. Everything here runs on the store's one
 writer thread, inside its group-commit transaction (sqlite.py): a batch of puts is merged in Python first (one
-record per id), then the stored versions of those ids are read with one ``SELECT ... IN`` per chunk, merged, and
+record per id), then the stored versions of those ids are read by key (``vhost = ? AND id IN``) per chunk, merged, and
 written back with multi-row ``INSERT OR REPLACE``.
 """
 
@@ -31,13 +31,20 @@ def _chunks(items: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
 
 
 def _stored(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StatusRecord]:
+    """The stored records of ``keys``, looked up by primary key: ``vhost = ? AND id IN (...)``, one statement
+    per vhost and chunk. (A row-value ``(vhost, id) IN (VALUES ...)`` is not planned as a key search by SQLite
+    3.40: it scanned the whole table, ~12 ms per lookup at 50,000 records.)"""
     found: dict[tuple[str, str], StatusRecord] = {}
-    for chunk in _chunks(keys):
-        values = ",".join(["(?,?)"] * len(chunk))
-        params = [part for key in chunk for part in key]
-        for vhost, task_id, text in conn.execute(
-                f"SELECT vhost, id, record FROM task_status WHERE (vhost, id) IN (VALUES {values})", params):
-            found[(vhost, task_id)] = decode(text)
+    by_vhost: dict[str, list[str]] = {}
+    for vhost, task_id in keys:
+        by_vhost.setdefault(vhost, []).append(task_id)
+    for vhost, ids in by_vhost.items():
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            for task_id, text in conn.execute(
+                    f"SELECT id, record FROM task_status WHERE vhost = ? AND id IN ({','.join('?' * len(chunk))})",
+                    [vhost, *chunk]):
+                found[(vhost, task_id)] = decode(text)
     return found
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, overload
@@ -21,6 +21,7 @@ import aiormq
 
 from leveret.outbox.store import DUE_HEADER, Outbox
 from leveret.tasks import dead as dead_letters
+from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer, encode_header
 from leveret.tasks.link import BrokerUnavailable, Link, Session
 from leveret.tasks.retry import Retry
 from leveret.tasks.status import (
@@ -32,6 +33,7 @@ from leveret.tasks.status import (
     event,
     event_message,
     merge,
+    new_task_id,
     public,
 )
 from leveret.tasks.task import Group, Handle, Request, Task, TaskError, run_eager
@@ -88,6 +90,8 @@ class App:
         self._replies: dict[str, asyncio.Future[Any]] = {}
         self._eager_records: dict[str, dict[str, Any]] = {}
         self._link = Link(url, name, on_connect=self._on_connect, on_reply=self._on_reply)
+        self._pump_: Pump | None = None  # the fast path of send() (leveret.tasks.fastpub)
+        self._writer = Writer()
 
     @property
     def product(self) -> str:
@@ -234,7 +238,7 @@ class App:
         binary = len(payload) == 1 and isinstance(payload.get("data"), bytes)
         if eta is not None:
             delay = max(0.0, (eta - datetime.now(UTC)).total_seconds())
-        task_id = task_id or uuid.uuid4().hex
+        task_id = task_id or new_task_id()
         meta: dict[str, Any] = {
             "task": task.name, "id": task_id, "className": task.name, "attempt": 0,
             "retry": task.retry.to_wire(), "sent_at": now_iso(),
@@ -261,7 +265,79 @@ class App:
             task_id, message = self._outbox_message(task, payload, **options)
             self.outbox.send(**message)
             return Handle(self, task_id, task.name)
-        return self._link.run_sync(self._publish(task, payload, None, **options), self.send_timeout + 5)
+        built = self._build(task, payload, **options)
+        if built[3] > 0:  # delayed: the old path (wait queues, the delayed exchange)
+            return self._link.run_sync(self._publish_built(task, built, None), self.send_timeout + 5)
+        loop = self._link.ensure_loop()
+        if threading.current_thread() is self._link.thread:
+            raise RuntimeError("cannot call a synchronous App method from the App's own loop")
+        waiter = Waiter()
+        self._pump(loop).submit(self._outgoing(task, built, waiter.set))
+        if not waiter.wait(self.send_timeout + 1):  # the slow path reports its own timeout at send_timeout
+            raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
+                                    f"within {self.send_timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
+        handle: Handle[R] = waiter.value
+        return handle
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> Pump:
+        pump = self._pump_
+        if pump is None or pump.loop is not loop:
+            pump = self._pump_ = Pump(loop, self._write_batch)
+        return pump
+
+    def _outgoing(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
+                  notify: Callable[[Any, BaseException | None], None]) -> Outgoing:
+        """A built task message (``_build``) with its properties encoded, ready for the fast path."""
+        task_id, body, props, _ = built
+        wire = dict(props)
+        wire["type"] = wire.pop("message_type")
+        wire["timestamp"] = int(wire["timestamp"].timestamp())
+        queued = None
+        if task.status and self._link.stream_fallback():  # RabbitMQ: the producer publishes "queued" itself
+            ev_body, ev_props = event_message(event(task_id, task.name, task.queue, "queued", self.status_ttl))
+            queued = (ev_body, encode_header({"content_type": ev_props.content_type,
+                                              "delivery_mode": ev_props.delivery_mode,
+                                              "message_id": ev_props.message_id}), f"{task.name}.queued")
+        return Outgoing(task, task_id, body, props, encode_header(wire), queued, notify)
+
+    def _write_batch(self, batch: list[Outgoing]) -> None:
+        """On the loop: the fast path for what it can take, ``_publish_built`` for the rest."""
+        session = self._link.current
+        if session is None or not session.alive:
+            for item in batch:
+                self._slow(item)
+            return
+        self._writer.write(session, batch, self._link.stream_mode(session), self._slow, self._confirmed)
+
+    def _slow(self, item: Outgoing) -> None:
+        def done(future: asyncio.Future[Handle[Any]]) -> None:
+            if future.cancelled():
+                item.notify(None, BrokerUnavailable(f"task {item.task.name} ({item.task_id}): cancelled"))
+            else:
+                exc = future.exception()
+                item.notify(None if exc is not None else future.result(), exc)
+
+        built = (item.task_id, item.body, item.props, 0.0)
+        asyncio.ensure_future(self._publish_built(item.task, built, None)).add_done_callback(done)
+
+    def _confirmed(self, item: Outgoing, confirmation: asyncio.Future[Any]) -> None:
+        """The broker's answer to a fast-path publish, as ``_publish_built`` would report it."""
+        task = item.task
+        if confirmation.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = confirmation.exception()
+        if exc is None and isinstance(confirmation.result(), aiormq.spec.Basic.Ack):
+            item.notify(Handle(self, item.task_id, task.name), None)
+        elif exc is None or isinstance(exc, aiormq.exceptions.DeliveryError):
+            item.notify(None, BrokerUnavailable(f"task {task.name} ({item.task_id}): the broker at {self.url} "
+                                                f"refused it ({exc or confirmation.result()})"))
+        else:
+            item.notify(None, BrokerUnavailable(f"task {task.name} ({item.task_id}): lost the connection to "
+                                                f"{self.url} before the broker confirmed it ({exc!r}); it may or "
+                                                f"may not be queued"))
 
     async def _send_async(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
         if self.eager:
@@ -272,13 +348,48 @@ class App:
             assert outbox is not None
             await outbox.send_async(**message)
             return Handle(self, task_id, task.name)
-        return await self._link.run_async(self._publish(task, payload, None, **options))
+        built = self._build(task, payload, **options)
+        if built[3] > 0:
+            return await self._link.run_async(self._publish_built(task, built, None))
+        return await self._fast_async(task, built)
+
+    async def _fast_async(self, task: Task[Any, R], built: tuple[str, bytes, dict[str, Any], float]) -> Handle[R]:
+        """The fast path from any event loop: the App's own (no hop) or another (one wake-up each way)."""
+        loop = self._link.ensure_loop()
+        caller = asyncio.get_running_loop()
+        future: asyncio.Future[Handle[R]] = caller.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        if caller is loop:
+            notify = settle
+        else:
+            def notify(value: Any, error: BaseException | None) -> None:
+                caller.call_soon_threadsafe(settle, value, error)
+
+        self._pump(loop).submit(self._outgoing(task, built, notify))
+        try:
+            async with asyncio.timeout(self.send_timeout + 1):
+                return await future
+        except TimeoutError:
+            raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
+                                    f"within {self.send_timeout:g} s") from None
 
     async def _publish(self, task: Task[Any, R], payload: dict[str, Any], reply: asyncio.Future[Any] | None,
                        **options: Any) -> Handle[R]:
         """Publish one task message and wait for its confirm (on the private loop). BrokerUnavailable when the
         broker is not reachable within send_timeout or the connection is lost before the confirm."""
-        task_id, body, props, delay = self._build(task, payload, **options)
+        return await self._publish_built(task, self._build(task, payload, **options), reply)
+
+    async def _publish_built(self, task: Task[Any, R], built: tuple[str, bytes, dict[str, Any], float],
+                             reply: asyncio.Future[Any] | None) -> Handle[R]:
+        task_id, body, props, delay = built
         if reply is not None:
             props["reply_to"] = REPLY_TO
             self._replies[task_id] = reply
@@ -338,7 +449,7 @@ class App:
         return task_id, {"exchange": exchange, "routing_key": task.queue, "body": body, "properties": props}
 
     def _run_eager(self, task: Task[Any, R], payload: dict[str, Any]) -> Handle[R]:
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         record = merge(None, event(task_id, task.name, task.queue, "started", self.status_ttl))
         try:
             result = run_eager(task, payload)
@@ -387,7 +498,7 @@ class App:
             raise StatusUnavailable(f"the broker at {self.url} is a Leveret without a status book "
                                     f"(no exchange {STATUS_EXCHANGE}): upgrade it to read task status")
         else:
-            stream = await self._link.status_stream(session, self.status_ttl)
+            stream = await self._link.status_stream(session, self.status_ttl, [task_id])
             record = await stream.read(session.events, task_id, self.send_timeout)
         return record or {"id": task_id, "state": "unknown"}
 
@@ -397,7 +508,7 @@ class App:
         if not self.eager:
             session = await self._link.session(self.send_timeout)
             if self._link.stream_mode(session):
-                stream = await self._link.status_stream(session, self.status_ttl)
+                stream = await self._link.status_stream(session, self.status_ttl, [task_id])
                 found = await stream.wait_final(session.events, task_id, timeout)
                 if found is not None and found["state"] in FINAL_STATES:
                     return found
@@ -468,8 +579,9 @@ class App:
         return await self._link.run_async(self._multicast(requests))
 
     async def _multicast(self, requests: list[Request]) -> Group:
-        """All published at once, their confirms awaited together (pipelined)."""
-        return Group(list(await asyncio.gather(*(self._publish(r.task, r.payload, None) for r in requests))))
+        """All published at once (one batch of the fast path), their confirms awaited together (pipelined)."""
+        return Group(list(await asyncio.gather(*(self._fast_async(r.task, self._build(r.task, r.payload))
+                                                 for r in requests))))
 
     # --- dead letters -----------------------------------------------------------------------------------------
 

@@ -214,19 +214,29 @@ class Link:
             self._connecting = asyncio.ensure_future(self._connect_loop())
             self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    def stream_fallback(self) -> bool:
+        """Whether a send may need the "queued" event of the status stream: the last session was in stream mode,
+        or there was none yet."""
+        last = self.last
+        return last is None or self.stream_mode(last)
+
     def stream_mode(self, session: Session) -> bool:
         """Status through the ``leveret.status`` stream (no status book, not a Leveret: RabbitMQ)."""
         return not session.status_book and session.product != "Leveret"
 
-    async def status_stream(self, session: Session, ttl: float) -> StatusStream:
-        """The App's one consumer of the status stream (started at the first read)."""
+    async def status_stream(self, session: Session, ttl: float, ids: list[str] | None = None) -> StatusStream:
+        """The App's one consumer of the status stream, started at the first read from where the events of
+        ``ids`` begin (their creation time, see ``StatusStream.since_for``), rewound when a later read asks
+        for an older id."""
         if self._rpc_lock is None:
             self._rpc_lock = asyncio.Lock()
         async with self._rpc_lock:
             if self.stream is None:
                 stream = StatusStream(ttl)
-                await stream.start(session.conn)
+                await stream.start(session.conn, stream.since_for(ids or []))
                 self.stream = stream
+            elif ids and (since := self.stream.since_for(ids)) < self.stream.since:
+                await self.stream.rewind(session.conn, since)
         return self.stream
 
     async def rpc(self, session: Session) -> aiormq.abc.AbstractChannel:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -32,6 +33,27 @@ MARKER_TYPE = "leveret.sync"  # stream markers (StatusStream.sync); not events
 DEFAULT_STATUS_TTL = 86_400.0
 STREAM_SEGMENT_BYTES = 2_000_000
 FIRST_REPLAY_TIMEOUT = 120.0  # seconds the first status read may wait while the status stream is replayed
+STREAM_MARGIN = 300.0  # the stream is read from this long before the oldest id's creation (clocks of hosts differ)
+
+
+def new_task_id() -> str:
+    """A new task id: a UUIDv7 (RFC 9562) as 32 hex digits, its creation time (ms) in the first 12, so a reader
+    of the status stream knows where in the stream its events start (:func:`id_time`)."""
+    ms = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ms << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF
+    return f"{value:032x}"
+
+
+def id_time(task_id: str) -> float | None:
+    """The creation time (epoch seconds) of an id made by :func:`new_task_id`; None for any other id (a uuid4,
+    a periodic task's hash, an id given by the caller)."""
+    if len(task_id) != 32 or task_id[12] != "7" or task_id[16] not in "89ab":
+        return None
+    try:
+        return int(task_id[:12], 16) / 1000
+    except ValueError:
+        return None
 
 
 class StatusUnavailable(RuntimeError):
@@ -171,6 +193,7 @@ class StatusStream:
         self.sync_task: asyncio.Future[None] | None = None
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}  # ids someone waits to see finish
         self.caught_up = False
+        self.since = 0.0  # the epoch time the consumer started reading the stream from
 
     @staticmethod
     def arguments(ttl: float) -> dict[str, Any]:
@@ -193,14 +216,42 @@ class StatusStream:
             with contextlib.suppress(Exception):
                 await channel.close()
 
-    async def start(self, conn: aio_pika.abc.AbstractConnection) -> None:
-        """Consume the stream from where this App left off (from its start the first time)."""
+    def since_for(self, ids: list[str], now: float | None = None) -> float:
+        """Where in the stream (epoch seconds) the events of ``ids`` start: ``STREAM_MARGIN`` before the oldest
+        one's creation time; ``status_ttl`` ago (the whole retention) when an id does not tell its time."""
+        now = time.time() if now is None else now
+        floor = now - self.ttl
+        if not ids:
+            return floor
+        oldest = now
+        for task_id in ids:
+            created = id_time(task_id)
+            if created is None or not floor - STREAM_MARGIN <= created <= now + STREAM_MARGIN:
+                return floor
+            oldest = min(oldest, created)
+        return max(floor, oldest - STREAM_MARGIN)
+
+    async def start(self, conn: aio_pika.abc.AbstractConnection, since: float | None = None) -> None:
+        """Consume the stream from where this App left off; the first time from ``since`` (epoch seconds;
+        default: status_ttl ago, as an older event's record would have expired anyway)."""
+        if self.offset is None:
+            self.since = max(time.time() - self.ttl, since if since is not None else 0.0)
         self.channel = await (await conn.channel()).get_underlay_channel()
         await self.channel.basic_qos(prefetch_count=2000)
-        # The first time, from status_ttl ago (an older event's record would have expired anyway).
-        offset: Any = (datetime.now(UTC) - timedelta(seconds=self.ttl)) if self.offset is None else self.offset + 1
+        offset: Any = (datetime.fromtimestamp(self.since, UTC) if self.offset is None else self.offset + 1)
         await self.channel.basic_consume(STATUS_STREAM, self._on_message, no_ack=False,
                                          arguments={"x-stream-offset": offset})
+
+    async def rewind(self, conn: aio_pika.abc.AbstractConnection, since: float) -> None:
+        """Read the stream again from ``since`` (earlier than where it started): a read asked for an id older
+        than that. Events seen twice merge to the same record."""
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self.offset = None
+        self.caught_up = False
+        await self.start(conn, since)
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         props = message.header.properties
