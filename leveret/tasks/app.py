@@ -1,6 +1,6 @@
 """The producer side: ``App`` (tasks, sending, status, RPC, revoke). See docs/tasks.md.
 
-All AMQP work happens on a private event loop in a background thread owned by the App (``leveret.tasks.link``),
+All AMQP work happens on a private event loop in a background thread owned by the App (``leveret.tasks.connection``),
 so ``send()`` works from plain synchronous code (any thread) and ``send_async()``/``call()`` from any event
 loop. Sends are pipelined: many may be in flight on the one confirm channel, each returns when its own confirm
 arrives. Nothing is declared per task: a work queue's topology is declared once per connection.
@@ -21,8 +21,8 @@ import aiormq
 
 from leveret.outbox.store import DUE_HEADER, Outbox
 from leveret.tasks import dead as dead_letters
+from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer, encode_header
-from leveret.tasks.link import BrokerUnavailable, Link, Session
 from leveret.tasks.retry import Retry
 from leveret.tasks.status import (
     DEFAULT_STATUS_TTL,

@@ -40,7 +40,7 @@ from aiormq.abc import ChannelFrame
 from leveret.amqp import codec, spec
 
 if TYPE_CHECKING:
-    from leveret.tasks.link import Session
+    from leveret.tasks.connection import Session
     from leveret.tasks.task import Task
 
 _FRAME_HEAD = struct.Struct(">BHI")
