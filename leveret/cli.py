@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret import __version__
@@ -233,6 +233,17 @@ def _run_worker(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _until_signal(run: Callable[[], Awaitable[None]], request_stop: Callable[[], None]) -> None:
+    """Await ``run()``, calling ``request_stop`` on SIGINT or SIGTERM (a graceful stop)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    await run()
+
+
 def _add_beat(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     beat = subparsers.add_parser(
         "beat", help="fire the periodic tasks of a task app (leveret.tasks.periodic)",
@@ -247,7 +258,6 @@ def _add_beat(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _run_beat(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from leveret.tasks.periodic import Scheduler
 
@@ -261,13 +271,7 @@ def _run_beat(args: argparse.Namespace) -> int:
         error(f"{args.app} has no periodic task")
         return 2
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, scheduler.request_stop)
-        await scheduler.run()
-
-    asyncio.run(run())
+    asyncio.run(_until_signal(scheduler.run, scheduler.request_stop))
     return 0
 
 
@@ -468,7 +472,6 @@ def _run_forward(args: argparse.Namespace) -> int:
     if args.status:
         return _print_outbox_status(args.outbox, args.json)
     import asyncio
-    import signal
 
     from leveret.outbox import Forwarder
 
@@ -481,16 +484,10 @@ def _run_forward(args: argparse.Namespace) -> int:
         error(str(exc))
         return 2
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, forwarder.request_stop)
-        await forwarder.run()
-
     from leveret.outbox import OutboxError
 
     try:
-        asyncio.run(run())
+        asyncio.run(_until_signal(forwarder.run, forwarder.request_stop))
     except OutboxError as exc:
         error(str(exc))
         return 1
