@@ -193,6 +193,7 @@ class Worker:
         self.unfinished = 0
         self.connections = 0  # successful connections so far (1 + reconnections)
         self.consuming = False
+        self._reported: bool | None = None  # the consuming state last told to on_event (None: nothing yet)
         self.exit_code = 0
         self.product = ""
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -232,8 +233,7 @@ class Worker:
                 except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                     if self.connections == 0 and self._thread is not None and failures >= 2:
                         raise  # start() in a test: say so rather than wait forever
-                    if failures == 0 and self.connections == 0:
-                        self._notify("not_consuming")  # not consuming yet: the supervisor's health says so
+                    self._set_consuming(False)  # not consuming (yet): the supervisor's health says so
                     delay = self._backoff(failures)
                     failures += 1
                     log.warning("cannot connect to %s (%s: %s): retrying in %.1f s", _safe(self.app.url),
@@ -340,8 +340,11 @@ class Worker:
                         "requeues them", self.unfinished, grace)
 
     def _set_consuming(self, consuming: bool) -> None:
-        if consuming != self.consuming:
-            self.consuming = consuming
+        """Record and report a change; the first False is reported too (a connection lost while it was still
+        being set up: the supervisor, which assumes a worker consumes, must be told)."""
+        self.consuming = consuming
+        if consuming != self._reported:
+            self._reported = consuming
             self._notify("consuming" if consuming else "not_consuming")
 
     def _notify(self, event: str) -> None:
