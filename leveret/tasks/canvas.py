@@ -22,12 +22,12 @@ import dataclasses
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from leveret.tasks.retry import Retry
+from leveret.tasks.status import new_task_id
 
 log = logging.getLogger("leveret.tasks.canvas")
 R = TypeVar("R")
@@ -76,7 +76,7 @@ class SendableTask(Protocol[R_co]):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return new_task_id()  # time-ordered: a status read on RabbitMQ's stream starts near the task's creation
 
 
 def check_not_eager(app: Any) -> None:

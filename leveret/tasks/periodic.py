@@ -65,6 +65,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from croniter import croniter
 
 from leveret.aioconnect import open_connection
+from leveret.tasks.status import time_ordered_id
 
 if TYPE_CHECKING:
     from leveret.tasks.app import App
@@ -155,9 +156,11 @@ def decide(schedule: Schedule, last: float | None, now: float) -> Decision:
 
 
 def periodic_task_id(app_name: str, schedule_name: str, due: float) -> str:
-    """The id of the task fired for ``due``: the same in every scheduler (32 hex digits)."""
+    """The id of the task fired for ``due``: the same in every scheduler (32 hex digits): a UUIDv7 of the due time
+    whose other bits hash the app, the schedule and the due time, so that a status read on RabbitMQ's stream
+    starts near the due time instead of replaying the whole retention."""
     key = f"{app_name}\x00{schedule_name}\x00{round(due * 1000)}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    return time_ordered_id(due, hashlib.sha256(key.encode()).digest())
 
 
 def schedules(app: App) -> dict[str, Schedule]:

@@ -39,15 +39,21 @@ STREAM_MARGIN = 300.0  # the stream is read from this long before the oldest id'
 def new_task_id() -> str:
     """A new task id: a UUIDv7 (RFC 9562) as 32 hex digits, its creation time (ms) in the first 12, so a reader
     of the status stream knows where in the stream its events start (:func:`id_time`)."""
-    ms = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
-    rand = int.from_bytes(os.urandom(10), "big")
+    return time_ordered_id(time.time(), os.urandom(10))
+
+
+def time_ordered_id(at: float, entropy: bytes) -> str:
+    """A UUIDv7 for time ``at`` (epoch seconds) whose other 74 bits come from ``entropy`` (10 bytes or more):
+    random for a new task, a hash for an id every scheduler must agree on (periodic tasks)."""
+    ms = int(at * 1000) & 0xFFFF_FFFF_FFFF
+    rand = int.from_bytes(entropy[:10], "big")
     value = ms << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF
     return f"{value:032x}"
 
 
 def id_time(task_id: str) -> float | None:
     """The creation time (epoch seconds) of an id made by :func:`new_task_id`; None for any other id (a uuid4,
-    a periodic task's hash, an id given by the caller)."""
+    an id given by the caller)."""
     if len(task_id) != 32 or task_id[12] != "7" or task_id[16] not in "89ab":
         return None
     try:
