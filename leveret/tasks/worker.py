@@ -70,6 +70,10 @@ STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
 _ACK = struct.Struct(">BHIHHQBB")  # frame head, class, method, delivery tag, multiple, frame end
 _ACK_METHOD = spec.method("basic.ack").method_id
 _PUBLISH = spec.method("basic.publish")
+# An event's basic properties, encoded once: content_type application/json, delivery_mode 1, then message_id.
+_EVENT_PROPERTIES_NO_ID = codec.encode_properties({"content_type": "application/json", "delivery_mode": 1})
+_EVENT_PROPERTIES = struct.pack(">H", struct.unpack(">H", _EVENT_PROPERTIES_NO_ID[:2])[0] | 0x0080) + \
+    _EVENT_PROPERTIES_NO_ID[2:]
 
 
 @dataclass
@@ -126,7 +130,8 @@ class Outgoing:
                                     spec.FRAME_END))
 
     def publish(self, channel: aiormq.abc.AbstractChannel, body: bytes, exchange: str, routing_key: str,
-                properties: dict[str, Any]) -> None:
+                properties: bytes) -> None:
+        """``properties``: encoded basic properties (``codec.encode_properties``)."""
         size: Any = getattr(channel, "max_content_size", 0) or 131072 - 8
         number: Any = channel.number
         key = (number, exchange, routing_key)
@@ -136,7 +141,7 @@ class Outgoing:
                 self._methods.clear()
             method = self._methods[key] = codec.method_frame(number, _PUBLISH, (0, exchange, routing_key, False, False))
         parts = [method]
-        _content(parts, number, codec.encode_properties(properties), body, size)
+        _content(parts, number, properties, body, size)
         self.add(channel, b"".join(parts))
 
     def flush(self) -> None:
@@ -683,8 +688,8 @@ class Worker:
         except (TypeError, ValueError) as exc:
             body = json.dumps({"ok": False, "error": {"type": "TypeError", "message": f"result: {exc}"}}).encode()
         with contextlib.suppress(Exception):
-            self._out.publish(self._events, body, "", props.reply_to, {
-                "content_type": "application/json", "correlation_id": props.correlation_id})
+            self._out.publish(self._events, body, "", props.reply_to, codec.encode_properties(
+                {"content_type": "application/json", "correlation_id": props.correlation_id}))
 
     async def _event(self, ctx: TaskContext, state: str, **extra: Any) -> None:
         """Publish one event to leveret.events: transient, no confirm awaited (status is advisory)."""
@@ -700,8 +705,7 @@ class Worker:
             data = json.dumps(body, default=repr).encode()
         try:
             self._out.publish(channel, data, EVENTS_EXCHANGE, f"{ctx.task or '-'}.{state}",
-                              {"content_type": "application/json", "message_id": ctx.id or None,
-                               "delivery_mode": 1})
+                              _EVENT_PROPERTIES + codec.encode_shortstr(ctx.id) if ctx.id else _EVENT_PROPERTIES_NO_ID)
         except Exception as exc:  # a status is not worth failing (and redoing) the task for
             log.debug("cannot publish the event %s of task %s: %s", state, ctx.id, exc)
 
