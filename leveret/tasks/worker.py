@@ -500,7 +500,10 @@ class Worker:
         await self._reply(message, {"ok": True, "result": result})
         if status:
             extra: dict[str, Any] = {}
-            if getattr(task, "keep_result", True):
+            if result is None:  # the common case: no JSON size check needed
+                if getattr(task, "keep_result", True):
+                    extra["result"] = None
+            elif getattr(task, "keep_result", True):
                 with contextlib.suppress(TypeError, ValueError):
                     if len(json.dumps(result)) <= MAX_RESULT_BYTES:
                         extra["result"] = result
