@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import os
+import queue as queue_mod
 import random
 import socket
 import struct
@@ -164,6 +165,48 @@ class Outgoing:
                 put.add_done_callback(self._puts.discard)
 
 
+class HandlerThreads:
+    """The threads that run sync handlers: up to ``size``, started as needed, fed by one ``SimpleQueue``.
+
+    Lighter than a ``ThreadPoolExecutor`` per task (no ``concurrent.futures.Future``, work item or idle
+    semaphore, each of which takes Python-level locks while holding the GIL). Like the executor's, the threads
+    are not daemons: at interpreter exit, handlers still running finish first. ``shutdown()`` lets each thread
+    end once the queue is empty."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self._queue: queue_mod.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue_mod.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0  # submitted and not finished (approximate across threads: it only decides spawning)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._busy += 1
+        if self._busy > len(self._threads) and len(self._threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            finally:
+                self._busy -= 1
+            del item, fn, args
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        self._threads = []
+
+
 @dataclass
 class _Consumer:
     queue: str
@@ -209,7 +252,8 @@ class Worker:
         self.product = ""
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.revoked = RevokedIds(app.status_ttl)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leveret-task")
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leveret-task-hook")  # sync hooks
+        self._threads = HandlerThreads(concurrency, "leveret-task")  # sync handlers
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -281,6 +325,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
             self._pool.shutdown(wait=False)
+            self._threads.shutdown()
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential back-off with equal jitter."""
@@ -552,7 +597,7 @@ class Worker:
         a finishing thread appends its outcome to a deque and wakes the loop only when no wake-up is pending, so
         tasks that end together cost one ``call_soon_threadsafe`` (and no ``concurrent.futures`` chaining)."""
         future = loop.create_future()
-        self._pool.submit(self._call_in_thread, loop, future, fn, args)
+        self._threads.submit(self._call_in_thread, loop, future, fn, args)
         return future
 
     def _call_in_thread(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[..., Any],
