@@ -123,7 +123,12 @@ class Outgoing:
         pending.extend(frames)
         if not self.scheduled:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """One loop turn later, so that the coroutines this turn woke (the next tasks started as slots free)
+        add their frames to the same write."""
+        asyncio.get_running_loop().call_soon(self.flush)
 
     def ack(self, channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> None:
         number: Any = channel.number
