@@ -171,7 +171,8 @@ class Outgoing:
 
 
 class HandlerThreads:
-    """The threads that run sync handlers: up to ``size``, started as needed, fed by one ``SimpleQueue``.
+    """The threads that run sync handlers: one started per submit until there are ``size``, fed by one
+    ``SimpleQueue``.
 
     Lighter than a ``ThreadPoolExecutor`` per task (no ``concurrent.futures.Future``, work item or idle
     semaphore, each of which takes Python-level locks while holding the GIL). Like the executor's, the threads
@@ -183,11 +184,9 @@ class HandlerThreads:
         self.name = name
         self._queue: queue_mod.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._busy = 0  # submitted and not finished (approximate across threads: it only decides spawning)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._busy += 1
-        if self._busy > len(self._threads) and len(self._threads) < self.size:
+        if len(self._threads) < self.size:  # no count of idle threads to keep in step across threads
             thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}")
             thread.start()
             self._threads.append(thread)
@@ -201,9 +200,9 @@ class HandlerThreads:
                 return
             fn, args = item
             try:
-                fn(*args)
-            finally:
-                self._busy -= 1
+                fn(*args)  # Worker._call_in_thread: hands every outcome to the loop, raises nothing of the handler's
+            except BaseException:
+                log.exception("handler thread %s", threading.current_thread().name)
             del item, fn, args
 
     def shutdown(self) -> None:
