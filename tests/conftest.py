@@ -13,7 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,3 +113,21 @@ def conn(broker_port: int) -> Iterator[BlockingConnection]:
     finally:
         if connection.is_open:
             connection.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path: Path, size: str, why: str = "") -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "64m") mounted below ``tmp_path`` for the test, unmounted afterwards; the test
+    is skipped where mounting is not allowed (root on Linux only). ``why`` is added to the skip reason."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip(f"mounting a small tmpfs needs root on Linux{why}")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -15,8 +15,6 @@ import select
 import shutil
 import socket
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from conftest import small_tmpfs
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from leveret.amqp import codec, spec
@@ -466,18 +465,8 @@ def test_messages_nacked_for_a_failed_write_are_not_delivered(start: Callable[..
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MB tmpfs (root only; skipped where mounting is not allowed)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
-        pytest.skip("mounting a small tmpfs needs root on Linux")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "64m", "") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_fast_publisher_does_not_fill_a_small_disk(small_disk: Path) -> None:

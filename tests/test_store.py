@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import small_tmpfs
 
 from leveret.store import BACKENDS as REGISTRY
 from leveret.store import backend_class, open_store
@@ -794,18 +795,8 @@ def test_sqlite_disk_full_reports_and_recovers(db_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs (root only; skipped where mounting is not allowed). Grow it with remount."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
-        pytest.skip("mounting a small tmpfs needs root on Linux (the max_page_count test covers SQLITE_FULL)")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "1m", " (the max_page_count test covers SQLITE_FULL)") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_sqlite_real_disk_full(small_disk: Path) -> None:
