@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -582,34 +582,7 @@ class VHost:
         keys = list(dict.fromkeys(keys))
         if keys == [msg.routing_key]:
             return list(self.route(exchange, msg))
-        queues: list[Queue] = []
-        seen: set[int] = set()
-        pending: list[Any] = [exchange]
-        while pending:
-            dest = pending.pop(0)
-            if id(dest) in seen:
-                continue
-            seen.add(id(dest))
-            if isinstance(dest, Queue):
-                queues.append(dest)
-                continue
-            kind = dest.type_name
-            if kind == "x-delayed-message":
-                if self.broker.delays.hold(self, dest, msg):
-                    continue
-                headers = msg.headers
-            else:
-                headers = msg.headers if kind == "headers" else None
-            routed: dict[int, Any] = {}
-            for key in keys:
-                for found in dest.route(key, headers):
-                    routed.setdefault(id(found), found)
-            if not routed:
-                alternate = self._alternate_exchange(dest)
-                if alternate is not None:
-                    routed[id(alternate)] = alternate
-            pending.extend(routed.values())
-        return queues
+        return self._walk(exchange, self._targets(exchange, msg, keys) or (), msg, keys)
 
     @staticmethod
     def _strip_bcc(msg: Message) -> None:
@@ -644,33 +617,50 @@ class VHost:
             target.enqueue(copy if first else copy.copy())
             first = False
 
-    def route(self, exchange: Exchange, msg: Message, alternates: bool = True) -> list[Queue] | tuple[Queue, ...]:
+    def route(self, exchange: Exchange, msg: Message) -> list[Queue] | tuple[Queue, ...]:
         """The queues ``msg`` goes to through ``exchange`` and any exchanges bound to it, each once. An
         x-delayed-message exchange that holds ``msg`` until it is due (``broker.delays``) routes it nowhere now.
 
         Alternate exchanges as RabbitMQ's: each exchange on the way (the one published to, or one reached
         through an exchange-to-exchange binding or as an alternate) whose own bindings match nothing passes the
         message to its ``alternate-exchange``; an exchange that routes to another exchange has matched."""
-        kind = exchange.type_name
-        if kind == "x-delayed-message":
-            if self.broker.delays.hold(self, exchange, msg):
-                return ()
-            headers = msg.headers
-        else:
-            headers = msg.headers if kind == "headers" else None
-        found = exchange.route(msg.routing_key, headers)
+        found = self._targets(exchange, msg, None)
         if not found:
-            alternate = self._alternate_exchange(exchange) if alternates else None
-            if alternate is None:
-                return ()
-            found = (alternate,)
+            return ()
         if len(found) == 1:
             (only,) = found
             if type(only) is Queue:
                 return (only,)
+        return self._walk(exchange, found, msg, None)
+
+    def _targets(self, exchange: Exchange, msg: Message, keys: list[str] | None) -> Collection[Any] | None:
+        """What ``exchange`` itself routes ``msg`` to (queues and exchanges) with ``keys`` (None: the message's
+        routing key), or its alternate exchange when nothing matches; None when a delayed exchange holds it."""
+        kind = exchange.type_name
+        if kind == "x-delayed-message":
+            if self.broker.delays.hold(self, exchange, msg):
+                return None
+            headers = msg.headers
+        else:
+            headers = msg.headers if kind == "headers" else None
+        if keys is None:
+            routed: Collection[Any] = exchange.route(msg.routing_key, headers)
+        else:
+            matched: dict[int, Any] = {}
+            for key in keys:
+                for found in exchange.route(key, headers):
+                    matched.setdefault(id(found), found)
+            routed = tuple(matched.values())
+        if not routed:
+            alternate = self._alternate_exchange(exchange)
+            routed = (alternate,) if alternate is not None else ()
+        return routed
+
+    def _walk(self, exchange: Exchange, found: Collection[Any], msg: Message, keys: list[str] | None) -> list[Queue]:
+        """The queues reached from ``found`` (what ``exchange`` routed to), following exchange-to-exchange
+        bindings and alternates; each queue once, each exchange visited once."""
         queues: list[Queue] = []
-        seen: set[int] = set()
-        visited = {id(exchange)}
+        seen = {id(exchange)}
         pending = list(found)
         while pending:
             dest = pending.pop(0)
@@ -679,20 +669,8 @@ class VHost:
             seen.add(id(dest))
             if isinstance(dest, Queue):
                 queues.append(dest)
-            elif isinstance(dest, Exchange) and id(dest) not in visited:
-                visited.add(id(dest))
-                kind = dest.type_name
-                if kind == "x-delayed-message":
-                    if self.broker.delays.hold(self, dest, msg):
-                        continue
-                    headers = msg.headers
-                else:
-                    headers = msg.headers if kind == "headers" else None
-                routed = dest.route(msg.routing_key, headers)
-                if not routed and alternates:
-                    alternate = self._alternate_exchange(dest)
-                    routed = (alternate,) if alternate is not None else ()
-                pending.extend(routed)
+            elif isinstance(dest, Exchange):
+                pending.extend(self._targets(dest, msg, keys) or ())
         return queues
 
 
