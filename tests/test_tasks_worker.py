@@ -29,7 +29,8 @@ import pytest
 
 from leveret.tasks import App, Retry, TaskContext, Worker
 from leveret.tasks.app import CONTROL_EXCHANGE, EVENTS_EXCHANGE
-from leveret.tasks.limits import EXIT_HARD_TIME_LIMIT, SoftTimeLimitExceeded, TokenBucket, parse_rate
+from leveret.tasks.limits import EXIT_HARD_TIME_LIMIT, SoftTimeLimitExceeded, TokenBucket
+from leveret.tasks.task import parse_rate_limit
 
 from serverproc import LeveretProcess
 
@@ -357,10 +358,10 @@ def test_hard_time_limit_stops_the_worker_and_the_message_is_redelivered(
 
 
 def test_rate_limit(broker: Broker, workers: Callable[..., Worker], broker_port: int) -> None:
-    assert parse_rate("10/s") == 10 and parse_rate("120/m") == 2 and parse_rate("3600/h") == 1
+    assert parse_rate_limit("10/s") == 10 and parse_rate_limit("120/m") == 2 and parse_rate_limit("3600/h") == 1
     for bad in ("10", "x/s", "0/s", "5/d"):
         with pytest.raises(ValueError):
-            parse_rate(bad)
+            parse_rate_limit(bad)
     assert TokenBucket(0.5).capacity == 1
     app = App(url(broker_port), name="tw", status_ttl=60)
     q = broker.queue("rate")

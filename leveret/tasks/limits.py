@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import re
 import threading
 import time
 
@@ -70,18 +69,6 @@ class Running:
     def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
-
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_PERIOD = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
-
-
-def parse_rate(rate: str) -> float:
-    """Tasks per second of ``"10/s"``, ``"100/m"``, ``"1000/h"``."""
-    match = _RATE.match(rate)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"bad rate limit {rate!r}: use N/s, N/m or N/h with N > 0")
-    return float(match.group(1)) / _PERIOD[match.group(2)]
 
 
 class TokenBucket:

@@ -58,10 +58,10 @@ from leveret.tasks.limits import (
     SoftTimeLimitExceeded,
     TaskRevoked,
     TokenBucket,
-    parse_rate,
 )
 from leveret.tasks.middleware import call_hooks
 from leveret.tasks.retry import Retry
+from leveret.tasks.status import event
 
 log = logging.getLogger("leveret.tasks.worker")
 
@@ -276,11 +276,10 @@ class Worker:
         self._completed: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
         self._completed_lock = threading.Lock()
         self._completion_scheduled = False
-        self._is_async: dict[str, bool] = {}
         self._buckets: dict[str, TokenBucket] = {}
         for task in app.tasks.values():
-            if task.queue in self.queues and getattr(task, "rate_limit", None):
-                self._buckets[task.name] = TokenBucket(parse_rate(str(task.rate_limit)))
+            if task.queue in self.queues and task.rate_per_second:
+                self._buckets[task.name] = TokenBucket(task.rate_per_second)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -513,7 +512,7 @@ class Worker:
                                   f"{consumer.queue!r}: {known or 'none'})")
             await self._dead_letter(consumer, message, "unknown_task", unknown, ctx)
             return
-        status = getattr(task, "status", True)
+        status = task.status
         if task_id and task_id in self.revoked:
             log.info("task %s[%s] was revoked: skipped", name, task_id)
             if status:
@@ -553,9 +552,9 @@ class Worker:
         if status:
             extra: dict[str, Any] = {}
             if result is None:  # the common case: no JSON size check needed
-                if getattr(task, "keep_result", True):
+                if task.keep_result:
                     extra["result"] = None
-            elif getattr(task, "keep_result", True):
+            elif task.keep_result:
                 with contextlib.suppress(TypeError, ValueError):
                     if len(json.dumps(result)) <= MAX_RESULT_BYTES:
                         extra["result"] = result
@@ -566,8 +565,8 @@ class Worker:
         """Run the handler with its time limits, interruptible by revoke."""
         loop = asyncio.get_running_loop()
         running = Running()
-        soft = getattr(task, "soft_time_limit", None)
-        hard = getattr(task, "time_limit", None)
+        soft = task.soft_time_limit
+        hard = task.time_limit
         if soft:
             running.timers.append(loop.call_later(soft, running.interrupt, SoftTimeLimitExceeded))
         if hard:
@@ -575,10 +574,7 @@ class Worker:
         key = ctx.id or str(id(running))
         self._running[key] = running
         try:
-            is_async = self._is_async.get(task.name)
-            if is_async is None:
-                is_async = self._is_async[task.name] = inspect.iscoroutinefunction(task.fn)
-            if is_async:
+            if task.is_async:
                 running.async_task = asyncio.ensure_future(task.fn(**payload))
                 try:
                     return await running.async_task
@@ -751,8 +747,7 @@ class Worker:
         channel = self._events
         if channel is None:
             return
-        body = {"id": ctx.id, "task": ctx.task, "queue": ctx.queue, "state": state, "attempt": ctx.attempt,
-                "ts": time.time(), "ttl": self.app.status_ttl, "worker": self.name, **extra}
+        body = event(ctx.id, ctx.task, ctx.queue, state, self.app.status_ttl, ctx.attempt, worker=self.name, **extra)
         try:
             data = json.dumps(body).encode()
         except (TypeError, ValueError):
