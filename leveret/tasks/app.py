@@ -192,20 +192,23 @@ class App:
     async def _on_connect(self, session: Session, previous: Session | None) -> None:
         """A new connection: declare again what the previous one had declared, restart the status stream."""
         if self._link.stream_mode(session):
-            await StatusStream(self.status_ttl).declare(session.conn)
+            await (self._link.stream or StatusStream(self.status_ttl)).declare(session.conn)
         for queue in sorted(previous.declared if previous else ()):
             await self._declare(session, queue)
+        for target, ms in sorted(previous.waits if previous else ()):
+            await self._declare_wait(session, target, ms)
         if self._link.stream is not None:
-            await self._link.stream.declare(session.conn)
             await self._link.stream.start(session.conn)
 
     async def _declare(self, session: Session, queue: str) -> None:
-        if queue.startswith("wait:"):
-            _, name, target, ms = queue.split(":")
-            await session.channel.declare_queue(name, durable=True, arguments=wait_arguments(target, int(ms)))
-        elif queue in self.queues:
+        if queue in self.queues:
             await declare_topology(session.channel, self, queue, session.product)
         session.declared.add(queue)
+
+    async def _declare_wait(self, session: Session, queue: str, ms: int) -> None:
+        """The wait queue ``<queue>.retry.<ms>`` (RabbitMQ's delays: its TTL dead-letters back to ``queue``)."""
+        await session.channel.declare_queue(wait_queue(queue, ms), durable=True, arguments=wait_arguments(queue, ms))
+        session.waits.add((queue, ms))
 
     def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         cid = message.header.properties.correlation_id or ""
@@ -411,9 +414,8 @@ class App:
                     props["headers"] = {**(props.get("headers") or {}), "x-delay": ms}
                 elif ms > 0:
                     routing_key = wait_queue(task.queue, ms)
-                    key = f"wait:{routing_key}:{task.queue}:{ms}"
-                    if key not in session.declared:
-                        await self._declare(session, key)
+                    if (task.queue, ms) not in session.waits:
+                        await self._declare_wait(session, task.queue, ms)
                 confirm = await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                                       properties=aiormq.spec.Basic.Properties(**props))
         except TimeoutError:

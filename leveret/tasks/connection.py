@@ -57,6 +57,7 @@ class Session:
     product: str
     status_book: bool
     declared: set[str] = field(default_factory=set)
+    waits: set[tuple[str, int]] = field(default_factory=set)  # (queue, ms) of the wait queues declared
     rpc: aiormq.abc.AbstractChannel | None = None  # direct reply-to consumer (RPC replies, status answers)
     book: StatusBook | None = None
 
