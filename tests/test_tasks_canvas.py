@@ -23,7 +23,6 @@ import pytest
 from leveret.tasks import App, TaskError, Worker
 from leveret.tasks.canvas import (
     FAILED_TASK,
-    RESULT_LIMIT,
     UNLOCK_CAP,
     UNLOCK_FIRST,
     UNLOCK_TASK,
@@ -45,6 +44,7 @@ from leveret.tasks.canvas import (
     unlock,
     unlock_id,
 )
+from leveret.tasks.status import MAX_RESULT_BYTES
 
 # --- a fake app: records what is sent, answers status from a dict --------------------------------------------
 
@@ -265,7 +265,7 @@ def test_decide_fails_when_a_result_was_not_kept() -> None:
     records = {"m0": done(1), "m1": {"state": "succeeded"}}  # too large, or keep_result=False
     decision = decide(spec_of(2), 0, reader(records), 1001.0)
     assert isinstance(decision, FailChord)
-    assert "member 1" in decision.reason and str(RESULT_LIMIT) in decision.reason
+    assert "member 1" in decision.reason and str(MAX_RESULT_BYTES) in decision.reason
 
 
 def test_decide_does_nothing_twice() -> None:
@@ -530,7 +530,7 @@ def test_chord_results_none_and_too_large(flow: dict[str, Any]) -> None:
     fine = chord([signature(maybe, n=0), signature(maybe, n=3)], signature(gather)).send()
     assert fine.result(timeout=30) == 2
     assert calls == [[None, "xxx"]]
-    big = chord([signature(maybe, n=3), signature(maybe, n=RESULT_LIMIT)], signature(gather)).send()
+    big = chord([signature(maybe, n=3), signature(maybe, n=MAX_RESULT_BYTES)], signature(gather)).send()
     with pytest.raises(TaskError) as info:
         big.result(timeout=30)
     assert info.value.remote_type == "ChordError"

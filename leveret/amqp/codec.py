@@ -263,11 +263,6 @@ def _typed(cls: type, st: struct.Struct) -> Callable[[bytes, int], tuple[Any, in
     return decode
 
 
-def _decode_uint64(buf: bytes, offset: int) -> tuple[Any, int]:
-    _need(buf, offset, 8)
-    return UInt64(_Q.unpack_from(buf, offset)[0]), offset + 8
-
-
 _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("t"): _decode_bool,
     ord("b"): _typed(Int8, _b),
@@ -277,7 +272,7 @@ _FIELD_DECODERS: dict[int, Callable[[bytes, int], tuple[Any, int]]] = {
     ord("I"): _simple(_i),
     ord("i"): _typed(UInt32, _I),
     ord("l"): _typed(LongInt, _q),
-    ord("L"): _decode_uint64,
+    ord("L"): _typed(UInt64, _Q),
     ord("f"): _typed(Float32, _f),
     ord("d"): _simple(_d),
     ord("D"): _decode_decimal,

@@ -173,7 +173,6 @@ class StatusExpire:
     deleted: int = 0
 
 
-StatusOp = StatusPut | StatusRead | StatusExpire
 MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire
 
 

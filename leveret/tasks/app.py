@@ -486,7 +486,7 @@ class App:
         return await self._link.run_async(self._status(task_id))
 
     def _eager(self, task_id: str) -> dict[str, Any]:
-        return public(self._eager_records.get(task_id), task_id) or {"id": task_id, "state": "unknown"}
+        return public(self._eager_records.get(task_id)) or {"id": task_id, "state": "unknown"}
 
     async def _status(self, task_id: str) -> dict[str, Any]:
         if self.eager:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from leveret.tasks.retry import Retry
-from leveret.tasks.status import new_task_id
+from leveret.tasks.status import FINAL_STATES, MAX_RESULT_BYTES, new_task_id
 
 log = logging.getLogger("leveret.tasks.canvas")
 R = TypeVar("R")
@@ -35,9 +35,7 @@ R_co = TypeVar("R_co", covariant=True)
 
 UNLOCK_TASK = "leveret.chord_unlock"
 FAILED_TASK = "leveret.chord_failed"
-FINAL_STATES = frozenset({"succeeded", "gave_up", "revoked"})
 FAILED_STATES = frozenset({"gave_up", "revoked"})
-RESULT_LIMIT = 65_536  # bytes of JSON: a larger result is not kept in the status record (contract)
 
 # The chord unlock's back-off: FIRST, FIRST * 2, ... up to CAP seconds between two looks at the members. A
 # fixed series (no jitter) on purpose: on RabbitMQ each distinct delay is one wait queue per callback queue.
@@ -524,7 +522,7 @@ def decide(spec: dict[str, Any], attempt: int, read: StatusReader, now: float) -
         if missing:
             index = missing[0]
             return FailChord(f"chord member {index} ({names[index]}, id {spec['members'][index]}) succeeded but "
-                             f"its result is not kept (its JSON is over {RESULT_LIMIT} bytes, or the task has "
+                             f"its result is not kept (its JSON is over {MAX_RESULT_BYTES} bytes, or the task has "
                              f"keep_result=False)")
         return SendCallback([r["result"] for r in records if r is not None])
     waited = now - float(spec["started"])

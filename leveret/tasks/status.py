@@ -28,6 +28,7 @@ from leveret.tasks.topology import EVENTS_EXCHANGE, REPLY_TO, STATUS_EXCHANGE, S
 
 RANK = {"queued": 0, "started": 1, "retrying": 2, "failed": 3, "succeeded": 4, "gave_up": 4, "revoked": 4}
 FINAL_STATES = frozenset({"succeeded", "gave_up", "revoked"})
+MAX_RESULT_BYTES = 65_536  # bytes of JSON: a larger result is not kept in the status record (contract)
 STATES = tuple(RANK)
 MARKER_TYPE = "leveret.sync"  # stream markers (StatusStream.sync); not events
 DEFAULT_STATUS_TTL = 86_400.0
@@ -107,7 +108,7 @@ def merge(record: dict[str, Any] | None, ev: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def public(record: dict[str, Any] | None, task_id: str) -> dict[str, Any] | None:
+def public(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """A record without the bookkeeping fields; None when absent or expired."""
     if record is None:
         return None
@@ -300,7 +301,7 @@ class StatusStream:
                 if isinstance(ev, dict):
                     holder[0] = merge(holder[0], ev)
         bodies.clear()
-        return public(holder[0], task_id)
+        return public(holder[0])
 
     async def wait_final(self, publish_raw: aiormq.abc.AbstractChannel, task_id: str,
                          timeout: float) -> dict[str, Any] | None:

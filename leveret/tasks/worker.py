@@ -61,11 +61,10 @@ from leveret.tasks.limits import (
 )
 from leveret.tasks.middleware import call_hooks
 from leveret.tasks.retry import Retry
-from leveret.tasks.status import event
+from leveret.tasks.status import MAX_RESULT_BYTES, event
 
 log = logging.getLogger("leveret.tasks.worker")
 
-MAX_RESULT_BYTES = 65536  # a result larger than this (JSON) is not put in the "succeeded" event
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then doubled, capped, jittered)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
 _ACK = struct.Struct(">BHIHHQBB")  # frame head, class, method, delivery tag, multiple, frame end
