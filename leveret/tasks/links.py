@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from leveret.tasks.app import App, Task
+from leveret.tasks.retry import Retry
 
 
 def link_payload(link: dict[str, Any], result: Any) -> dict[str, Any]:
@@ -26,7 +27,7 @@ async def send_link(app: App, link: dict[str, Any], result: Any) -> str:
     name = str(link["task"])
     task = app.tasks.get(name)
     if task is None:  # a task of another service: send it by name to its queue
-        task = Task(app, name, _any_payload, str(link.get("queue") or app.name), app_retry(), None, False)
+        task = Task(app, name, _any_payload, str(link.get("queue") or app.name), Retry.ignore(), None, False)
     payload = link_payload(link, result)
     handle = await task.send_with_async(payload, task_id=link.get("task_id") or None,
                                         metadata=dict(link.get("metadata") or {}))
@@ -35,9 +36,3 @@ async def send_link(app: App, link: dict[str, Any], result: Any) -> str:
 
 def _any_payload(**_kwargs: Any) -> None:
     return None
-
-
-def app_retry() -> Any:
-    from leveret.tasks.retry import Retry
-
-    return Retry.ignore()
