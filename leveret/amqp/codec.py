@@ -30,7 +30,6 @@ _f = struct.Struct(">f")
 _d = struct.Struct(">d")
 _FRAME_HEAD = struct.Struct(">BHI")
 _METHOD_HEAD = struct.Struct(">HH")
-_CONTENT_HEAD = struct.Struct(">HHQ")
 
 
 class CodecError(ValueError):
@@ -635,13 +634,28 @@ def method_frame(channel: int, method: spec.MethodSpec, args: Sequence[Any] = ()
     return frame(spec.FRAME_METHOD, channel, encode_method_payload(method, args))
 
 
+_HEADER_FRAME_HEAD = struct.Struct(">BHIHHQ")  # frame type, channel, size; class, weight, body size
+
+
+def append_content(parts: list[bytes], channel: int, properties: bytes, body: bytes, chunk: int) -> None:
+    """Append the header frame and the body frames of one content to ``parts``, three pieces a frame and the
+    body not copied (join them for one write); bodies cut at ``chunk`` bytes (frame_max - 8)."""
+    parts.append(_HEADER_FRAME_HEAD.pack(spec.FRAME_HEADER, channel, 12 + len(properties), spec.CLASS_BASIC, 0,
+                                         len(body)))
+    parts.append(properties)
+    parts.append(b"\xce")
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        parts.append(_FRAME_HEAD.pack(spec.FRAME_BODY, channel, len(piece)))
+        parts.append(piece)
+        parts.append(b"\xce")
+
+
 def content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> list[bytes]:
     """The header frame and body frames of one content, bodies cut to fit ``frame_max``."""
-    frames = [frame(spec.FRAME_HEADER, channel, _CONTENT_HEAD.pack(spec.CLASS_BASIC, 0, len(body)) + properties)]
-    chunk = frame_max - 8
-    for start in range(0, len(body), chunk):
-        frames.append(frame(spec.FRAME_BODY, channel, body[start : start + chunk]))
-    return frames
+    parts: list[bytes] = []
+    append_content(parts, channel, properties, body, frame_max - 8)
+    return [b"".join(parts[i : i + 3]) for i in range(0, len(parts), 3)]
 
 
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"

@@ -19,10 +19,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import aiormq
 
+from leveret.amqp import codec
 from leveret.outbox.store import DUE_HEADER, Outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
-from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer, encode_header
+from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer
 from leveret.tasks.retry import Retry
 from leveret.tasks.status import (
     DEFAULT_STATUS_TTL,
@@ -300,10 +301,10 @@ class App:
         queued = None
         if task.status and self._link.stream_fallback():  # RabbitMQ: the producer publishes "queued" itself
             ev_body, ev_props = event_message(event(task_id, task.name, task.queue, "queued", self.status_ttl))
-            queued = (ev_body, encode_header({"content_type": ev_props.content_type,
+            queued = (ev_body, codec.encode_properties({"content_type": ev_props.content_type,
                                               "delivery_mode": ev_props.delivery_mode,
                                               "message_id": ev_props.message_id}), f"{task.name}.queued")
-        return Outgoing(task, task_id, body, props, encode_header(wire), queued, notify)
+        return Outgoing(task, task_id, body, props, codec.encode_properties(wire), queued, notify)
 
     def _write_batch(self, batch: list[Outgoing]) -> None:
         """On the loop: the fast path for what it can take, ``_publish_built`` for the rest."""

@@ -26,7 +26,6 @@ lock): without that lock attribute ``Writer.free`` is False and every send takes
 from __future__ import annotations
 
 import asyncio
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     from leveret.tasks.connection import Session
     from leveret.tasks.task import Task
 
-_FRAME_HEAD = struct.Struct(">BHI")
-_CONTENT_HEAD = struct.Struct(">BHIHHQ")  # frame head + class, weight, body size
 _PUBLISH = spec.method("basic.publish")
 
 Notify = Callable[[Any, BaseException | None], None]
@@ -116,11 +113,6 @@ class Pump:
             self.handle(batch)
 
 
-def encode_header(props: dict[str, Any]) -> bytes:
-    """Basic properties (Leveret's names: ``type``, ``timestamp`` as epoch seconds) in their wire form."""
-    return codec.encode_properties(props)
-
-
 class Writer:
     """Frames and writes batches of ``Outgoing`` on a session's confirm channel (on the App's loop)."""
 
@@ -167,26 +159,14 @@ class Writer:
             if item.event is not None and stream:
                 ev_body, ev_header, ev_key = item.event
                 parts.append(self.method_frame(events.number, "leveret.events", ev_key))
-                _content(parts, events.number, ev_header, ev_body, chunk)
+                codec.append_content(parts, events.number, ev_header, ev_body, chunk)
             channel.delivery_tag += 1  # type: ignore[attr-defined]
             tag = channel.delivery_tag  # type: ignore[attr-defined]
             confirmation = channel.create_future()  # type: ignore[attr-defined]
             channel.confirmations[tag] = confirmation  # type: ignore[attr-defined]
             confirmation.add_done_callback(partial(confirmed, item))
             parts.append(self.method_frame(number, "", queue))
-            _content(parts, number, item.header, item.body, chunk)
+            codec.append_content(parts, number, item.header, item.body, chunk)
         if parts:
             channel.write_queue.put_nowait(  # type: ignore[attr-defined]
                 ChannelFrame(payload=b"".join(parts), should_close=False))
-
-
-def _content(parts: list[bytes], channel: int, header: bytes, body: bytes, chunk: int) -> None:
-    parts.append(_CONTENT_HEAD.pack(spec.FRAME_HEADER, channel, 12 + len(header), spec.CLASS_BASIC, 0, len(body)))
-    parts.append(header)
-    parts.append(b"\xce")
-    for start in range(0, len(body), chunk):
-        piece = body[start:start + chunk]
-        parts.append(_FRAME_HEAD.pack(spec.FRAME_BODY, channel, len(piece)))
-        parts.append(piece)
-        parts.append(b"\xce")
-

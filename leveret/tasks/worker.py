@@ -51,7 +51,6 @@ from leveret.tasks.app import (
     server_product,
 )
 from leveret.tasks.control import RevokedIds, parse_control
-from leveret.tasks.fastpub import _content
 from leveret.tasks.limits import (
     EXIT_HARD_TIME_LIMIT,
     Running,
@@ -146,7 +145,7 @@ class Outgoing:
                 self._methods.clear()
             method = self._methods[key] = codec.method_frame(number, _PUBLISH, (0, exchange, routing_key, False, False))
         parts = [method]
-        _content(parts, number, properties, body, size)
+        codec.append_content(parts, number, properties, body, size)
         self.add(channel, b"".join(parts))
 
     def flush(self) -> None:
