@@ -15,7 +15,7 @@ from aiohttp import web
 
 from leveret.core.broker import Broker, Session
 
-from .api import ManagementAPI
+from .api.app import ManagementAPI
 
 log = logging.getLogger("leveret.http")
 
@@ -47,10 +47,8 @@ class ManagementServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        if runner.addresses:  # the bound (host, port, ...) of each socket
+            self.port = runner.addresses[0][1]
         log.info("Leveret management API listening on %s://%s:%d/", "https" if self.ssl_context else "http", self.bind,
                  self.port)
 

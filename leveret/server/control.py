@@ -2,12 +2,13 @@
 
 A Unix socket in the data directory (``<data_dir>/leveret.sock``, owner-only) that takes one JSON object per
 line, ``{"command": ..., "args": {...}}``, and answers one line, ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": "...", "status": 404}``. Core errors are translated here, once, like the AMQP
-adapter does for AMQP.
+``{"ok": false, "error": "...", "status": 404}``. Core errors are translated here, once, through the table
+the management API uses too (``leveret/errormap.py``).
 
-Listings are the management API's own records (:class:`leveret.http.api.ManagementAPI` ``*_info``), and
-changes go through the same core calls and body validators as the API's handlers, so ``leveret ctl`` and
-``/api/...`` cannot drift apart. Whoever can open the socket (the broker's Unix user) is an administrator.
+Listings are the management API's own records (``leveret/http/api/views.py``), lookups and waits its
+:class:`~leveret.http.api.context.Management`, and changes go through the same core calls and body validators
+(``leveret/http/api/validation.py``) as the API's handlers, so ``leveret ctl`` and ``/api/...`` cannot drift
+apart. Whoever can open the socket (the broker's Unix user) is an administrator.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from leveret import errormap
 from leveret.core import audit, errors
 from leveret.core.policies import Policy
 from leveret.core.tracing import TRACE_EXCHANGE, set_tracing
-from leveret.http import definitions
-from leveret.http.api import HTTPFailure, ManagementAPI, _tags, password_hash_of, permission_patterns
+from leveret.http.api import definitions, views
+from leveret.http.api.context import Management
+from leveret.http.api.validation import HTTPFailure, exchange_name, parse_tags, password_hash_of, permission_patterns
 
 if TYPE_CHECKING:
     from leveret.core.broker import VHost
@@ -38,13 +41,6 @@ if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("leveret.control")
-
-STATUS = {
-    errors.NotFound: 404,
-    errors.AccessRefused: 403,
-    errors.PreconditionFailed: 400,
-    errors.ResourceLocked: 409,
-}
 
 
 def socket_path(data_dir: str | Path) -> Path:
@@ -56,8 +52,9 @@ class ControlServer:
         self.server = server
         self.path = socket_path(server.config.data_dir)
         self._server: asyncio.base_events.Server | None = None
-        self.api = ManagementAPI(server.broker, sessions=lambda: [c.session for c in server.connections],
-                                 listeners=server._listeners)
+        # server._listeners: Server (server/app.py, not this module's) has no public listing of its listeners yet
+        self.management = Management(server.broker, sessions=lambda: [c.session for c in server.connections],
+                                     listeners=server._listeners)
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self._status,
             "set_policy": self._set_policy,
@@ -143,7 +140,8 @@ class ControlServer:
                 result = await result
             return {"ok": True, "result": result}
         except errors.BrokerError as exc:
-            return {"ok": False, "status": STATUS.get(type(exc), 400), "error": exc.text}
+            refusal = errormap.refusal(exc)
+            return {"ok": False, "status": refusal.status, "error": refusal.reason}
         except HTTPFailure as exc:
             return {"ok": False, "status": exc.status, "error": exc.reason}
         except KeyError as exc:
@@ -160,18 +158,17 @@ class ControlServer:
         """The vhost named in ``args`` (NotFound if it does not exist), or every vhost."""
         name = args.get("vhost")
         if name:
-            return [self.api.vhost(name)]
+            return [self.management.vhost(name)]
         return [self.server.broker.vhosts[n] for n in sorted(self.server.broker.vhosts)]
 
     def _vhost(self, args: dict[str, Any]) -> VHost:
-        return self.api.vhost(args.get("vhost") or "/")
+        return self.management.vhost(args.get("vhost") or "/")
 
     def _queue(self, args: dict[str, Any]) -> Queue:
         return self._vhost(args).queue(args["name"])
 
     def _exchange(self, args: dict[str, Any]) -> Exchange:
-        name = args["name"]
-        return self._vhost(args).exchange("" if name == "amq.default" else name)
+        return self._vhost(args).exchange(exchange_name(args["name"]))
 
     # --- commands ----------------------------------------------------------------------------------
 
@@ -230,12 +227,14 @@ class ControlServer:
         return f"policy '{args['name']}' cleared"
 
     def _list_policies(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.api.policy_info(p) for v in self._vhosts(args) for p in v.policies.values()]
+        return [views.policy_info(p) for v in self._vhosts(args) for p in v.policies.values()]
 
     # queues
 
     def _list_queues(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.api.queue_info(q) for v in self._vhosts(args) for q in v.queues.values()]
+        management = self.management
+        return [views.queue_info(q, management.node, management.rates) for v in self._vhosts(args)
+                for q in v.queues.values()]
 
     def _declare_queue(self, args: dict[str, Any]) -> str:
         vhost = self._vhost(args)
@@ -253,13 +252,13 @@ class ControlServer:
 
     async def _purge_queue(self, args: dict[str, Any]) -> str:
         count = self._queue(args).purge()
-        await self.api._durable()
+        await self.management.durable()
         return f"queue '{args['name']}' purged ({count} messages)"
 
     # exchanges
 
     def _list_exchanges(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.api.exchange_info(v, e) for v in self._vhosts(args) for e in v.exchanges.values()]
+        return [views.exchange_info(v, e) for v in self._vhosts(args) for e in v.exchanges.values()]
 
     def _declare_exchange(self, args: dict[str, Any]) -> str:
         vhost = self._vhost(args)
@@ -277,7 +276,7 @@ class ControlServer:
     # bindings
 
     def _list_bindings(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [b for v in self._vhosts(args) for b in self.api.bindings_of(v)]
+        return [b for v in self._vhosts(args) for b in views.bindings_of(v)]
 
     def _binding_args(self, args: dict[str, Any]) -> tuple[VHost, str, str, str, str, dict[str, Any]]:
         vhost = self._vhost(args)
@@ -317,11 +316,13 @@ class ControlServer:
     # connections
 
     def _list_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        address = self.api._amqp_address()
-        return [self.api.connection_info(s, address) for s in self.api.open_sessions(args.get("vhost") or None)]
+        management = self.management
+        address = management.amqp_address()
+        return [views.connection_info(s, address, management.node)
+                for s in management.open_sessions(args.get("vhost") or None)]
 
     def _close_connection(self, args: dict[str, Any]) -> str:
-        session = self.api.find_connection(args["name"])
+        session = self.management.find_connection(args["name"])
         reason = str(args.get("reason") or "Closed via leveret ctl")
         log.info("closing connection '%s' on request of leveret ctl: %s", args["name"], reason)
         session.force_close(reason)
@@ -329,12 +330,8 @@ class ControlServer:
 
     # users
 
-    def _user_exists(self, name: str) -> None:
-        if name not in self.server.broker.users:
-            raise errors.NotFound(f"no user '{name}'")
-
     def _list_users(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.api.user_info(u) for u in self.server.broker.users.values()]
+        return [views.user_info(u) for u in self.server.broker.users.values()]
 
     def _add_user(self, args: dict[str, Any]) -> str:
         name = args["name"]
@@ -347,20 +344,19 @@ class ControlServer:
 
     def _put_user(self, name: str, body: dict[str, Any]) -> None:
         password_hash = password_hash_of(body, self.server.broker.users.get(name))
-        self.server.broker.put_user(name, password_hash, _tags(body.get("tags")))
+        self.server.broker.put_user(name, password_hash, parse_tags(body.get("tags")))
 
     def _delete_user(self, args: dict[str, Any]) -> str:
         self.server.broker.delete_user(args["name"])
         return f"user '{args['name']}' deleted"
 
     def _change_password(self, args: dict[str, Any]) -> str:
-        self._user_exists(args["name"])
-        user = self.server.broker.users[args["name"]]
+        user = self.management.user(args["name"])
         self._put_user(user.name, {"password": args["password"], "tags": list(user.tags)})
         return f"password of user '{user.name}' changed"
 
     def _set_user_tags(self, args: dict[str, Any]) -> str:
-        self._user_exists(args["name"])
+        self.management.user(args["name"])
         self._put_user(args["name"], {"tags": args.get("tags") or []})
         tags = self.server.broker.users[args["name"]].tags
         return f"tags of user '{args['name']}' set to [{', '.join(tags)}]"
@@ -370,10 +366,10 @@ class ControlServer:
     def _list_permissions(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         vhost, user = args.get("vhost"), args.get("user")
         if vhost:
-            self.api.vhost(vhost)
+            self.management.vhost(vhost)
         if user:
-            self._user_exists(user)
-        return [self.api.permission_info(u.name, v) for u in self.server.broker.users.values()
+            self.management.user(user)
+        return [views.permission_info(u, v) for u in self.server.broker.users.values()
                 if not user or u.name == user for v in sorted(u.vhosts) if not vhost or v == vhost]
 
     def _set_permissions(self, args: dict[str, Any]) -> str:
@@ -384,14 +380,14 @@ class ControlServer:
 
     def _clear_permissions(self, args: dict[str, Any]) -> str:
         vhost = args.get("vhost") or "/"
-        self._user_exists(args["user"])
+        self.management.user(args["user"])
         self.server.broker.clear_permission(args["user"], vhost)
         return f"permissions of user '{args['user']}' in vhost '{vhost}' cleared"
 
     # vhosts
 
     def _list_vhosts(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.api.vhost_info(v) for v in self._vhosts({})]
+        return [views.vhost_info(v) for v in self._vhosts({})]
 
     def _add_vhost(self, args: dict[str, Any]) -> str:
         name = args["name"]
@@ -409,13 +405,13 @@ class ControlServer:
     # definitions
 
     def _export_definitions(self, args: dict[str, Any]) -> dict[str, Any]:
-        return definitions.export(self.api)
+        return definitions.export(self.management)
 
     def _import_definitions(self, args: dict[str, Any]) -> str:
         body = args["definitions"]
         if not isinstance(body, dict):
             raise errors.PreconditionFailed("the definitions must be a JSON object")
-        self.api.import_definitions(body)
+        definitions.import_audited(self.management, body)
         counts = ", ".join(f"{len(body.get(k) or [])} {k}" for k in ("vhosts", "users", "permissions", "policies",
                                                                      "exchanges", "queues", "bindings"))
         return f"imported {counts}"

@@ -6,22 +6,40 @@ Exported: users (with their sha256 password hashes and limits), vhosts (with the
 queues, the exchanges (not the default or ``amq.*`` ones) and the bindings between them (not the implicit
 default-exchange ones). Import applies each section in dependency order through the core, so every object is
 validated as a declaration over AMQP would be; it stops at the first error (what came before stays).
+
+The HTTP handlers are here too; the control socket (``leveret ctl export/import``) calls :func:`export` and
+:func:`import_audited`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
 
 import leveret
+from leveret import RABBITMQ_VERSION
+from leveret.core import audit
 from leveret.core.lifecycle import queue_type
 
-if TYPE_CHECKING:
-    from .api import ManagementAPI
+from .call import Call, reply
+from .context import Management
+from .validation import (
+    HASHING_ALGORITHM,
+    bad_request,
+    parse_bool,
+    parse_dict,
+    parse_tags,
+    password_hash_of,
+    policy_from,
+)
+from .views import bindings_of, permission_info, policy_info
 
 
-def export(api: ManagementAPI) -> dict[str, Any]:
-    from .api import HASHING_ALGORITHM, RABBITMQ_VERSION
-
+def export(api: Management) -> dict[str, Any]:
+    """The broker's definitions in RabbitMQ's export format."""
     broker = api.broker
     vhosts = sorted(broker.vhosts.values(), key=lambda v: v.name)
     return {
@@ -35,12 +53,12 @@ def export(api: ManagementAPI) -> dict[str, Any]:
         # "vhost-limits" parameter (what its import reads)
         "vhosts": [{"name": v.name, "limits": [[k, n] for k, n in sorted(v.limits.items())],
                     "metadata": {"description": "", "tags": []}} for v in vhosts],
-        "permissions": [api.permission_info(u.name, v) for u in broker.users.values() for v in sorted(u.vhosts)],
+        "permissions": [permission_info(u, v) for u in broker.users.values() for v in sorted(u.vhosts)],
         "topic_permissions": [],
         "parameters": [{"vhost": v.name, "component": "vhost-limits", "name": "limits", "value": dict(v.limits)}
                        for v in vhosts if v.limits],
         "global_parameters": [],
-        "policies": [api.policy_info(p) for v in vhosts for p in v.policies.values()],
+        "policies": [policy_info(p) for v in vhosts for p in v.policies.values()],
         "queues": [{"name": q.name, "vhost": v.name, "durable": q.durable, "auto_delete": q.auto_delete,
                     "type": queue_type(q.arguments), "arguments": q.arguments}
                    for v in vhosts for q in v.queues.values() if not q.exclusive],
@@ -49,13 +67,11 @@ def export(api: ManagementAPI) -> dict[str, Any]:
                       for v in vhosts for e in v.exchanges.values() if e.name and not e.name.startswith("amq.")],
         "bindings": [{k: b[k] for k in ("source", "vhost", "destination", "destination_type", "routing_key",
                                         "arguments")}
-                     for v in vhosts for b in api.bindings_of(v, with_default=False)],
+                     for v in vhosts for b in bindings_of(v, with_default=False)],
     }
 
 
 def _list(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    from .api import bad_request
-
     items = body.get(key) or []
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise bad_request(f"'{key}' must be a list of objects")
@@ -63,18 +79,24 @@ def _list(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 def _field(item: dict[str, Any], key: str, section: str) -> Any:
-    from .api import bad_request
-
     if key not in item:
         raise bad_request(f"an entry of '{section}' has no '{key}'")
     return item[key]
 
 
-def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
+def import_audited(api: Management, body: dict[str, Any]) -> None:
+    """Import a definitions document (HTTP and ``leveret ctl``): one ``definitions.import`` audit entry, and
+    each change it makes is audited with the importer as a ``definitions`` actor."""
+    actor = {**audit.actor(), "via": "definitions"}
+    api.broker.audit.record("definitions.import", sections=sorted(k for k, v in body.items()
+                                                                  if isinstance(v, list) and v))
+    with audit.acting(actor):
+        import_(api, body)
+
+
+def import_(api: Management, body: dict[str, Any]) -> None:
     """Apply a definitions document. Raises HTTPFailure (400) for a malformed one and core errors for
     objects the core refuses (inequivalent redeclarations, bad arguments, unknown vhosts)."""
-    from .api import _bool, _dict, _tags, bad_request, password_hash_of, policy_from
-
     broker = api.broker
     sections = {key: _list(body, key) for key in ("vhosts", "users", "permissions", "parameters", "policies",
                                                   "exchanges", "queues", "bindings")}
@@ -92,7 +114,7 @@ def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
         name = _field(item, "name", "users")
         if not isinstance(name, str) or not name:
             raise bad_request("a user name must be a non-empty string")
-        broker.put_user(name, password_hash_of(item, broker.users.get(name)), _tags(item.get("tags")))
+        broker.put_user(name, password_hash_of(item, broker.users.get(name)), parse_tags(item.get("tags")))
         if item.get("limits"):
             broker.set_user_limits(name, item["limits"], replace=True)
     for item in sections["parameters"]:
@@ -109,22 +131,38 @@ def import_(api: ManagementAPI, body: dict[str, Any]) -> None:
         name = _field(item, "name", "exchanges")
         if not name or name.startswith("amq."):
             continue  # the predeclared exchanges exist in every vhost
-        vhost.declare_exchange(name, _field(item, "type", "exchanges"), durable=_bool(item, "durable", True),
-                               auto_delete=_bool(item, "auto_delete", False), internal=_bool(item, "internal", False),
-                               arguments=_dict(item, "arguments"))
+        vhost.declare_exchange(name, _field(item, "type", "exchanges"), durable=parse_bool(item, "durable", True),
+                               auto_delete=parse_bool(item, "auto_delete", False),
+                               internal=parse_bool(item, "internal", False), arguments=parse_dict(item, "arguments"))
     for item in sections["queues"]:
         vhost = api.vhost(_field(item, "vhost", "queues"))
-        arguments = _dict(item, "arguments")
+        arguments = parse_dict(item, "arguments")
         if item.get("type", "classic") != "classic" and "x-queue-type" not in arguments:  # a field since 3.13
             arguments = {**arguments, "x-queue-type": item["type"]}
         # the core checks the type (streams and unknown types are refused, 406)
-        vhost.declare_queue(None, _field(item, "name", "queues"), durable=_bool(item, "durable", True),
-                            auto_delete=_bool(item, "auto_delete", False), arguments=arguments)
+        vhost.declare_queue(None, _field(item, "name", "queues"), durable=parse_bool(item, "durable", True),
+                            auto_delete=parse_bool(item, "auto_delete", False), arguments=arguments)
     for item in sections["bindings"]:
         vhost = api.vhost(_field(item, "vhost", "bindings"))
         source, destination = _field(item, "source", "bindings"), _field(item, "destination", "bindings")
-        routing_key, arguments = item.get("routing_key", ""), _dict(item, "arguments")
+        routing_key, arguments = item.get("routing_key", ""), parse_dict(item, "arguments")
         if item.get("destination_type", "queue") == "queue":
             vhost.bind_queue(destination, source, routing_key, arguments, None)
         else:
             vhost.bind_exchange(destination, source, routing_key, arguments)
+
+
+async def get_definitions(api: Management, call: Call) -> web.Response:
+    """``?download=name`` makes it an attachment called ``name``."""
+    response = reply(export(api))
+    name = call.request.query.get("download")
+    if name:  # the name as given (RFC 6266 filename*) and a plain ASCII fallback: no header injection
+        plain = re.sub(r'[^\x20-\x7e]|["\\]', "_", name)
+        response.headers["Content-Disposition"] = \
+            f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+    return response
+
+
+async def post_definitions(api: Management, call: Call) -> web.Response:
+    import_audited(api, await call.body())
+    return reply(None, 204)

@@ -1,0 +1,68 @@
+"""Handlers of client connections, channels and consumers: listing them, and closing a connection (RabbitMQ's
+force-close). Read only otherwise."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from leveret.core.broker import Session
+
+from .auth import may_see_all
+from .call import Call, reply
+from .context import Management
+from .validation import not_authorised
+from .views import channel_infos, connection_info, consumer_infos
+
+log = logging.getLogger("leveret.http")
+
+CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's default reason of DELETE /api/connections/{name}
+
+
+def sees(call: Call, session: Session) -> bool:
+    """RabbitMQ's rule for connections and channels: administrators and monitoring users see all of them,
+    other management users their own only."""
+    if may_see_all(call.user):
+        return True
+    return session.user is not None and session.user.name == call.user.name
+
+
+def visible_sessions(api: Management, call: Call) -> list[Session]:
+    return [s for s in api.open_sessions(call.params.get("vhost")) if sees(call, s)]
+
+
+async def list_connections(api: Management, call: Call) -> web.Response:
+    address = api.amqp_address()
+    return reply([connection_info(s, address, api.node) for s in visible_sessions(api, call)])
+
+
+async def get_connection(api: Management, call: Call) -> web.Response:
+    session = api.find_connection(call.params["name"])
+    if not sees(call, session):
+        raise not_authorised("User not authorised to access object")
+    return reply(connection_info(session, api.amqp_address(), api.node))
+
+
+async def delete_connection(api: Management, call: Call) -> web.Response:
+    """RabbitMQ's force-close: the client gets 320 CONNECTION_FORCED with the ``X-Reason`` header's text.
+    An administrator may close any connection, other management users their own only (as RabbitMQ)."""
+    session = api.find_connection(call.params["name"])
+    if "administrator" not in call.user.tags and (session.user is None or session.user.name != call.user.name):
+        raise not_authorised("User not authorised to access object")
+    reason = call.request.headers.get("X-Reason") or CLOSE_REASON
+    reason = reason.encode(errors="surrogateescape").decode(errors="replace")  # bytes that were not UTF-8
+    log.info("closing connection '%s' on request of user '%s': %s", call.params["name"], call.user.name, reason)
+    session.force_close(reason)
+    return reply(None, 204)
+
+
+async def list_channels(api: Management, call: Call) -> web.Response:
+    address = api.amqp_address()
+    return reply([channel for session in visible_sessions(api, call)
+                  for channel in channel_infos(connection_info(session, address, api.node), session, api.node)])
+
+
+async def list_consumers(api: Management, call: Call) -> web.Response:
+    address = api.amqp_address()
+    return reply([c for vhost in api.vhosts_for(call) for c in consumer_infos(vhost, address, api.node)])

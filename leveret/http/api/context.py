@@ -1,0 +1,110 @@
+"""What the management handlers share: :class:`Management`, the broker as the API sees it.
+
+Lookups that raise the core's NotFound (so a missing vhost, user or connection is a 404 everywhere), the
+client connections and listeners the server hands in, the message rates, the calling user's permissions, and
+waiting until the store has what a change just wrote. The control socket (``leveret ctl``) uses the same object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret.core import errors
+from leveret.core.access import Access
+from leveret.core.broker import Broker, Session, User, VHost
+
+from ..rates import Rates
+from .auth import may_see_all
+from .views import connection_name, session_vhost
+
+if TYPE_CHECKING:
+    from .call import Call
+
+
+class Management:
+    """One broker's management side. ``sessions()`` lists the open client connections, ``listeners()`` the
+    broker's listeners (``{"protocol": ..., "ip_address": ..., "port": ...}``, as /api/overview shows them)."""
+
+    def __init__(self, broker: Broker, *, sessions: Callable[[], list[Session]],
+                 listeners: Callable[[], list[dict[str, Any]]]) -> None:
+        self.broker = broker
+        self.sessions = sessions
+        self.listeners = listeners
+        self.rates = Rates()
+
+    @property
+    def node(self) -> str:
+        return self.broker.node_name
+
+    def vhost(self, name: str) -> VHost:
+        vhost = self.broker.vhosts.get(name)
+        if vhost is None:
+            raise errors.NotFound(f"no vhost '{name}'")
+        return vhost
+
+    def user(self, name: str) -> User:
+        user = self.broker.users.get(name)
+        if user is None:
+            raise errors.NotFound(f"no user '{name}'")
+        return user
+
+    def vhosts_for(self, call: Call) -> list[VHost]:
+        """The vhost named in the path, or every vhost the caller may see (administrators and monitoring
+        users: all; others: those they have permissions in)."""
+        name = call.params.get("vhost")
+        if name is not None:
+            return [self.vhost(name)]
+        if may_see_all(call.user):
+            return list(self.broker.vhosts.values())
+        return [v for v in self.broker.vhosts.values() if v.name in call.user.vhosts]
+
+    @staticmethod
+    def access(call: Call, vhost: VHost) -> Access:
+        """The calling user's permissions in ``vhost``: the API's changes to queues, exchanges and bindings, its
+        publish and get are checked as the same AMQP operations would be (RabbitMQ's management plugin runs
+        them on an AMQP channel as that user), for administrators too."""
+        return Access(call.user, vhost.name)
+
+    async def durable(self) -> None:
+        """Wait until the message operations just made are on disk (as a confirm would). Raises InternalError
+        when the store fails."""
+        durability = self.broker.durability
+        if durability is None:
+            return
+        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def committed(exc: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(exc)
+
+        durability.commit([committed])  # with nothing pending, ``committed`` is called at once
+        exc = await done
+        if exc is not None:
+            raise errors.InternalError(f"the store failed: {exc}")
+
+    # --- client connections ---------------------------------------------------------------------------
+
+    def amqp_address(self) -> str:
+        """``host:port`` of the plain AMQP listener ("?" without one), the right half of connection names."""
+        for listener in self.listeners():
+            if listener.get("protocol") == "amqp":
+                return f"{listener['ip_address']}:{listener['port']}"
+        return "?"
+
+    def open_sessions(self, vhost: str | None = None) -> list[Session]:
+        """The logged-in client connections with a vhost open (of ``vhost`` only, when given: NotFound if it
+        does not exist), as the API and ``leveret ctl`` list them."""
+        if vhost is not None:
+            self.vhost(vhost)
+        return [s for s in self.sessions() if s.user is not None and session_vhost(s) is not None
+                and (vhost is None or session_vhost(s) == vhost)]
+
+    def find_connection(self, name: str) -> Session:
+        """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
+        address = self.amqp_address()
+        for session in self.open_sessions():
+            if connection_name(session, address) == name:
+                return session
+        raise errors.NotFound(f"no connection '{name}'")

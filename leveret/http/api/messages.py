@@ -1,0 +1,133 @@
+"""Handlers that move messages: ``POST /api/exchanges/{vhost}/{name}/publish`` and
+``POST /api/queues/{vhost}/{name}/get`` (RabbitMQ's management publish and get, for people and tests, not
+for throughput). Both are checked as the AMQP write and read they stand for, and answer once the store has
+what they changed."""
+
+from __future__ import annotations
+
+import base64
+
+from aiohttp import web
+
+from leveret.core import errors
+from leveret.core.lifecycle import count_delivery
+from leveret.core.message import Message, build_address, build_header
+from leveret.core.tracking import MESSAGE_ID
+
+from .call import Call, reply
+from .context import Management
+from .validation import bad_request, exchange_name, not_authorised, parse_dict
+
+
+async def publish(api: Management, call: Call) -> web.Response:
+    body = await call.body()
+    vhost = api.vhost(call.params["vhost"])
+    try:  # RabbitMQ's API answers a refused publish with the channel error, as a bad request
+        api.access(call, vhost).write("exchange", exchange_name(call.params["name"]))
+    except errors.PermissionRefused as exc:
+        raise bad_request(f"403 ACCESS_REFUSED - {exc.text}") from None
+    exchange = vhost.exchange_for_publish(exchange_name(call.params["name"]))
+    routing_key = body.get("routing_key", "")
+    payload = body.get("payload", "")
+    encoding = body.get("payload_encoding", "string")
+    properties = parse_dict(body, "properties")
+    if not isinstance(routing_key, str) or not isinstance(payload, str):
+        raise bad_request("'routing_key' and 'payload' must be strings")
+    if encoding == "string":
+        raw = payload.encode()
+    elif encoding == "base64":
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError:  # binascii.Error, or a str that is not ASCII
+            raise bad_request("payload is not valid base64") from None
+    else:
+        raise bad_request("'payload_encoding' must be string or base64")
+    expiration = properties.get("expiration")
+    if expiration is not None and not (isinstance(expiration, str) and expiration.isdigit()):
+        raise bad_request("'expiration' must be a string of decimal milliseconds")
+    try:
+        header = build_header(properties, len(raw))
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise bad_request(f"invalid properties: {exc}") from None
+    msg = Message(exchange.name, routing_key, build_address(exchange.name, routing_key), header, raw)
+    if exchange.type_name == "x-delayed-message" and api.broker.delays.hold(vhost, exchange, msg):
+        return reply({"routed": True})
+    queues = vhost.route_all(exchange, msg)
+    if msg.flags & MESSAGE_ID and api.broker.tracker is not None:
+        api.broker.tracker.record(vhost.name, msg, "published", exchange.name, routing_key,
+                                   tuple(q.name for q in queues), "routed" if queues else "unroutable")
+    first = True
+    for queue in queues:
+        queue.enqueue(msg if first else msg.copy())
+        first = False
+    await api.durable()
+    return reply({"routed": bool(queues)})
+
+
+async def get_messages(api: Management, call: Call) -> web.Response:
+    body = await call.body()
+    vhost = api.vhost(call.params["vhost"])
+    try:  # RabbitMQ's API answers a refused get with the channel error's text, before looking the queue up
+        api.access(call, vhost).read("queue", call.params["name"])
+    except errors.PermissionRefused as exc:
+        raise not_authorised(f"ACCESS_REFUSED - {exc.text}") from None
+    queue = vhost.queue(call.params["name"])
+    count = body.get("count", 1)
+    if isinstance(count, str) and count.isdigit():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise bad_request("'count' must be a positive integer")
+    ackmode = body.get("ackmode", "ack_requeue_true")
+    if ackmode not in ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false"):
+        raise bad_request(f"unknown ackmode '{ackmode}'")
+    encoding = body.get("encoding", "auto")
+    if encoding not in ("auto", "base64"):
+        raise bad_request("'encoding' must be auto or base64")
+    truncate = body.get("truncate")
+    if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 0):
+        raise bad_request("'truncate' must be a non-negative integer")
+    taken: list[Message] = []
+    result = []
+    tracker, who = api.broker.tracker, f"http {call.user.name}@{call.request.remote}"
+    for _ in range(count):
+        msg = queue.get()
+        if msg is None:
+            break
+        msg.delivery_count += 1
+        if queue.settings.quorum:
+            count_delivery(msg)
+        taken.append(msg)
+        if msg.flags & MESSAGE_ID and tracker is not None:
+            tracker.record(vhost.name, msg, "got", queue.name, who, 0, msg.redelivered, True)
+        payload = msg.body if truncate is None else msg.body[:truncate]
+        if encoding == "auto":
+            try:
+                text, payload_encoding = payload.decode(), "string"
+            except UnicodeDecodeError:
+                text, payload_encoding = base64.b64encode(payload).decode(), "base64"
+        else:
+            text, payload_encoding = base64.b64encode(payload).decode(), "base64"
+        result.append({"payload_bytes": len(msg.body), "redelivered": msg.redelivered,
+                       "exchange": msg.exchange, "routing_key": msg.routing_key,
+                       "message_count": queue.message_count, "properties": msg.properties,
+                       "payload": text, "payload_encoding": payload_encoding})
+    if tracker is not None:
+        for msg in taken:
+            if msg.flags & MESSAGE_ID:
+                if ackmode == "ack_requeue_false":
+                    tracker.record(vhost.name, msg, "acked", queue.name, who, 0)
+                elif ackmode.endswith("requeue_true"):
+                    tracker.record(vhost.name, msg, "requeued", queue.name, "management get", who, 0)
+                else:
+                    tracker.record(vhost.name, msg, "rejected", queue.name, False, who, 0)
+    if ackmode.endswith("requeue_true"):
+        queue.unacked_count += len(taken)
+        queue.requeue(taken)
+    elif ackmode == "ack_requeue_false":
+        for msg in taken:
+            queue.settle(msg)
+    else:
+        for msg in taken:
+            queue.drop(msg, "rejected")
+    await api.durable()
+    return reply(result)

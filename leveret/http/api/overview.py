@@ -1,0 +1,84 @@
+"""Handlers of the broker as a whole: ``/api/overview``, ``whoami``, ``nodes``, the health checks
+(``aliveness-test``, ``health/checks/alarms``) and the OpenAPI description."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+import leveret
+from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
+from leveret.core import errors
+from leveret.core.message import Message, build_address, build_header
+
+from .. import openapi
+from .call import Call, reply
+from .context import Management
+from .views import node_info
+
+
+async def overview(api: Management, call: Call) -> web.Response:
+    sessions = api.sessions()
+    broker = api.broker
+    queues = [q for v in broker.vhosts.values() for q in v.queues.values()]
+    ready = sum(q.message_count for q in queues)
+    unacked = sum(q.unacked_count for q in queues)
+    return reply({
+        "management_version": RABBITMQ_VERSION, "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "Leveret", "product_version": leveret.__version__,
+        "erlang_version": "n/a", "node": broker.node_name, "cluster_name": broker.node_name,
+        "object_totals": {
+            "queues": len(queues),
+            "exchanges": sum(len(v.exchanges) for v in broker.vhosts.values()),
+            "connections": len(sessions),
+            "channels": sum(len(s.channels) for s in sessions),
+            "consumers": sum(q.consumer_count for q in queues),
+        },
+        "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
+                         "messages_unacknowledged": unacked},
+        "message_stats": api.rates.stats("overview", {"publish": sum(q.stats_published for q in queues),
+                                                      "deliver_get": sum(q.stats_delivered for q in queues),
+                                                      "ack": sum(q.stats_acked for q in queues)}),
+        "listeners": api.listeners(),
+    })
+
+
+async def openapi_description(api: Management, call: Call) -> web.Response:
+    return reply(openapi.build())
+
+
+async def whoami(api: Management, call: Call) -> web.Response:
+    return reply({"name": call.user.name, "tags": list(call.user.tags)})
+
+
+async def list_nodes(api: Management, call: Call) -> web.Response:
+    return reply([node_info(api.broker)])
+
+
+async def get_node(api: Management, call: Call) -> web.Response:
+    if call.params["node"] != api.node:
+        raise errors.NotFound(f"no node '{call.params['node']}'")
+    return reply(node_info(api.broker))
+
+
+async def aliveness(api: Management, call: Call) -> web.Response:
+    """RabbitMQ's aliveness test: declare ``aliveness-test``, publish a message to it and get it back."""
+    vhost = api.vhost(call.params["vhost"])
+    queue = vhost.declare_queue(None, "aliveness-test")
+    body = b"test_message"
+    msg = Message("", queue.name, build_address("", queue.name), build_header({}, len(body)), body)
+    vhost.publish(vhost.exchange(""), msg)
+    got = queue.get()
+    if got is None:
+        return reply({"status": "failed", "reason": "the test message did not come back"}, 503)
+    queue.settle(got)
+    return reply({"status": "ok"})
+
+
+async def alarms(api: Management, call: Call) -> web.Response:
+    memory = api.broker.memory
+    if not memory.alarm:
+        return reply({"status": "ok"})
+    found = [{"node": api.node, "resource": resource}
+             for resource, on in (("memory", memory.memory_alarm), ("disk", memory.disk_alarm)) if on]
+    return reply({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
+                  "alarms": found}, 503)

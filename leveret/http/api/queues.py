@@ -1,0 +1,57 @@
+"""Handlers of ``/api/queues``: list, show, declare, delete and purge queues, and a queue's bindings. Changes
+are checked against the caller's permissions as AMQP's would be (see Management.access). Getting messages from
+a queue is in messages.py."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .call import Call, reply
+from .context import Management
+from .validation import bad_request, parse_bool, parse_dict
+from .views import bindings_of, queue_info
+
+
+async def list_queues(api: Management, call: Call) -> web.Response:
+    return reply([queue_info(q, api.node, api.rates) for v in api.vhosts_for(call) for q in v.queues.values()])
+
+
+async def get_queue(api: Management, call: Call) -> web.Response:
+    return reply(queue_info(api.vhost(call.params["vhost"]).queue(call.params["name"]), api.node, api.rates))
+
+
+async def queue_bindings(api: Management, call: Call) -> web.Response:
+    vhost = api.vhost(call.params["vhost"])
+    queue = vhost.queue(call.params["name"])
+    return reply([b for b in bindings_of(vhost) if b["destination_type"] == "queue"
+                  and b["destination"] == queue.name])
+
+
+async def put_queue(api: Management, call: Call) -> web.Response:
+    body = await call.body()
+    vhost = api.vhost(call.params["vhost"])
+    name = call.params["name"]
+    if not name:
+        raise bad_request("a queue needs a name")
+    created = name not in vhost.queues  # looked up as given: 201 for a name with CR/LF, as RabbitMQ's API
+    vhost.declare_queue(None, name, durable=parse_bool(body, "durable", True),
+                        auto_delete=parse_bool(body, "auto_delete", False), arguments=parse_dict(body, "arguments"),
+                        access=api.access(call, vhost))
+    return reply(None, 201 if created else 204)
+
+
+async def delete_queue(api: Management, call: Call) -> web.Response:
+    vhost = api.vhost(call.params["vhost"])
+    vhost.queue(call.params["name"])  # 404 for a missing queue, as RabbitMQ's API
+    vhost.delete_queue(call.params["name"], None, if_unused=call.query_flag("if-unused"),
+                       if_empty=call.query_flag("if-empty"), access=api.access(call, vhost))
+    return reply(None, 204)
+
+
+async def purge_queue(api: Management, call: Call) -> web.Response:
+    vhost = api.vhost(call.params["vhost"])
+    queue = vhost.queue(call.params["name"])  # 404 first, as RabbitMQ's API (resource_exists)
+    api.access(call, vhost).read("queue", queue.name)
+    queue.purge()
+    await api.durable()
+    return reply(None, 204)
