@@ -6,7 +6,7 @@ from __future__ import annotations
 import pika
 import pytest
 
-from leveret.http.rates import Rates
+from leveret.management.rates import Rates
 from leveret.server.app import ThreadedServer
 
 from httphelp import Client

@@ -5,10 +5,11 @@ line, ``{"command": ..., "args": {...}}``, and answers one line, ``{"ok": true, 
 ``{"ok": false, "error": "...", "status": 404}``. Core errors are translated here, once, through the table
 the management API uses too (``leveret/errormap.py``).
 
-Listings are the management API's own records (``leveret/http/api/views.py``), lookups and waits its
-:class:`~leveret.http.api.context.Management`, and changes go through the same core calls and body validators
-(``leveret/http/api/validation.py``) as the API's handlers, so ``leveret ctl`` and ``/api/...`` cannot drift
-apart. Whoever can open the socket (the broker's Unix user) is an administrator.
+Listings are the management API's own records (``leveret/management/views.py``), lookups and waits its
+:class:`~leveret.management.context.Management`, and changes go through the same core calls and body
+validators (``leveret/management/validation.py``) as the API's handlers, so ``leveret ctl`` and ``/api/...``
+cannot drift apart (nothing here imports ``leveret.http``: server/ and http/ are siblings). Whoever can open
+the socket (the broker's Unix user) is an administrator.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from leveret import errormap
 from leveret.core import audit, errors
 from leveret.core.policies import Policy
 from leveret.core.tracing import TRACE_EXCHANGE, set_tracing
-from leveret.http.api import definitions, views
-from leveret.http.api.context import Management
-from leveret.http.api.validation import HTTPFailure, exchange_name, parse_tags, password_hash_of, permission_patterns
+from leveret.management import definitions, views
+from leveret.management.context import Management
+from leveret.management.validation import HTTPFailure, exchange_name, parse_tags, password_hash_of, permission_patterns
 
 if TYPE_CHECKING:
     from leveret.core.broker import VHost

@@ -18,6 +18,8 @@ from aiohttp import web
 from leveret import errormap
 from leveret.core import audit, errors
 from leveret.core.broker import Broker, Session
+from leveret.management.context import Management, may_see_all
+from leveret.management.validation import HTTPFailure, not_authorised
 
 from .. import web as web_page
 from ..metrics import render_metrics
@@ -35,11 +37,9 @@ from . import (
     users,
     vhosts,
 )
-from .auth import authenticate, authorise, may_see_all
+from .auth import authenticate, authorise
 from .call import Call, reply
-from .context import Management
 from .routing import Handler, Route, match
-from .validation import HTTPFailure, not_authorised
 
 log = logging.getLogger("leveret.http")
 

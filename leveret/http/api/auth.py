@@ -11,8 +11,7 @@ from aiohttp import web
 
 from leveret.core import errors
 from leveret.core.broker import Broker, User
-
-from .validation import not_authorised
+from leveret.management.validation import not_authorised
 
 READ_TAGS = frozenset({"administrator", "monitoring", "management", "policymaker"})
 # a route's level: "read"; "vhost": change objects in a vhost the user may use; "policy"; "admin"
@@ -56,8 +55,3 @@ def authorise(user: User, level: str, vhost: str | None) -> None:
         raise not_authorised("Not administrator user")
     if vhost is not None and vhost not in user.vhosts and (level != "read" or "monitoring" not in tags):
         raise not_authorised("User not authorised to access virtual host")
-
-
-def may_see_all(user: User) -> bool:
-    """Administrators and monitoring users see every vhost's objects and every connection."""
-    return bool({"administrator", "monitoring"} & set(user.tags))

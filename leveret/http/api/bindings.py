@@ -10,15 +10,15 @@ from aiohttp import web
 
 from leveret.core import errors
 from leveret.core.broker import VHost, strip_crlf
+from leveret.management.context import Management
+from leveret.management.validation import HTTPFailure, bad_request, exchange_name, parse_dict
+from leveret.management.views import bindings_of, properties_key
 
 from .call import Call, reply
-from .context import Management
-from .validation import HTTPFailure, bad_request, exchange_name, parse_dict
-from .views import bindings_of, properties_key
 
 
 async def list_bindings(api: Management, call: Call) -> web.Response:
-    return reply([b for v in api.vhosts_for(call) for b in bindings_of(v)])
+    return reply([b for v in call.visible_vhosts(api) for b in bindings_of(v)])
 
 
 def between(api: Management, call: Call, strip: bool = False) -> tuple[VHost, list[dict[str, Any]]]:
@@ -53,9 +53,9 @@ async def post_binding(api: Management, call: Call) -> web.Response:
     arguments = parse_dict(body, "arguments")
     source, destination = exchange_name(call.params["source"]), call.params["destination"]
     if call.params["kind"] == "q":
-        vhost.bind_queue(destination, source, routing_key, arguments, None, access=api.access(call, vhost))
+        vhost.bind_queue(destination, source, routing_key, arguments, None, access=call.access(vhost))
     else:
-        vhost.bind_exchange(destination, source, routing_key, arguments, access=api.access(call, vhost))
+        vhost.bind_exchange(destination, source, routing_key, arguments, access=call.access(vhost))
     response = reply(None, 201)
     response.headers["Location"] = properties_key(routing_key, arguments)
     return response
@@ -79,8 +79,8 @@ async def delete_binding(api: Management, call: Call) -> web.Response:
     vhost = api.vhost(call.params["vhost"])
     if binding["destination_type"] == "queue":
         vhost.unbind_queue(binding["destination"], binding["source"], binding["routing_key"],
-                           binding["arguments"], None, access=api.access(call, vhost))
+                           binding["arguments"], None, access=call.access(vhost))
     else:
         vhost.unbind_exchange(binding["destination"], binding["source"], binding["routing_key"],
-                              binding["arguments"], access=api.access(call, vhost))
+                              binding["arguments"], access=call.access(vhost))
     return reply(None, 204)

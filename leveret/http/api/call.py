@@ -11,9 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from leveret.amqp.codec import RawField
-from leveret.core.broker import User
-
-from .validation import HTTPFailure, bad_request
+from leveret.core.access import Access
+from leveret.core.broker import User, VHost
+from leveret.management.context import Management
+from leveret.management.validation import HTTPFailure, bad_request
 
 
 @dataclass
@@ -38,6 +39,16 @@ class Call:
         if not isinstance(value, dict):
             raise bad_request("request body must be a JSON object")
         return value
+
+    def access(self, vhost: VHost) -> Access:
+        """The calling user's permissions in ``vhost``: the API's changes to queues, exchanges and bindings, its
+        publish and get are checked as the same AMQP operations would be (RabbitMQ's management plugin runs
+        them on an AMQP channel as that user), for administrators too."""
+        return Access(self.user, vhost.name)
+
+    def visible_vhosts(self, api: Management) -> list[VHost]:
+        """The path's vhost (404 if missing), or every vhost the caller may see."""
+        return api.visible_vhosts(self.user, self.params.get("vhost"))
 
     def query_flag(self, name: str) -> bool:
         return self.request.query.get(name, "").lower() in ("true", "1")

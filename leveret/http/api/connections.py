@@ -8,12 +8,11 @@ import logging
 from aiohttp import web
 
 from leveret.core.broker import Session
+from leveret.management.context import Management, may_see_all
+from leveret.management.validation import not_authorised
+from leveret.management.views import channel_infos, connection_info, consumer_infos
 
-from .auth import may_see_all
 from .call import Call, reply
-from .context import Management
-from .validation import not_authorised
-from .views import channel_infos, connection_info, consumer_infos
 
 log = logging.getLogger("leveret.http")
 
@@ -65,4 +64,4 @@ async def list_channels(api: Management, call: Call) -> web.Response:
 
 async def list_consumers(api: Management, call: Call) -> web.Response:
     address = api.amqp_address()
-    return reply([c for vhost in api.vhosts_for(call) for c in consumer_infos(vhost, address, api.node)])
+    return reply([c for vhost in call.visible_vhosts(api) for c in consumer_infos(vhost, address, api.node)])

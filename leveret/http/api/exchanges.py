@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from leveret.management.context import Management
+from leveret.management.validation import bad_request, exchange_name, parse_bool, parse_dict
+from leveret.management.views import exchange_info
+
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request, exchange_name, parse_bool, parse_dict
-from .views import exchange_info
 
 
 async def list_exchanges(api: Management, call: Call) -> web.Response:
-    return reply([exchange_info(v, e) for v in api.vhosts_for(call) for e in v.exchanges.values()])
+    return reply([exchange_info(v, e) for v in call.visible_vhosts(api) for e in v.exchanges.values()])
 
 
 async def get_exchange(api: Management, call: Call) -> web.Response:
@@ -31,7 +32,7 @@ async def put_exchange(api: Management, call: Call) -> web.Response:
     vhost.declare_exchange(name, type_name, durable=parse_bool(body, "durable", True),
                            auto_delete=parse_bool(body, "auto_delete", False),
                            internal=parse_bool(body, "internal", False), arguments=parse_dict(body, "arguments"),
-                           access=api.access(call, vhost))
+                           access=call.access(vhost))
     return reply(None, 201 if created else 204)
 
 
@@ -40,5 +41,5 @@ async def delete_exchange(api: Management, call: Call) -> web.Response:
     name = exchange_name(call.params["name"])
     if name:
         vhost.exchange(name)  # 404 for a missing exchange
-    vhost.delete_exchange(name, if_unused=call.query_flag("if-unused"), access=api.access(call, vhost))
+    vhost.delete_exchange(name, if_unused=call.query_flag("if-unused"), access=call.access(vhost))
     return reply(None, 204)

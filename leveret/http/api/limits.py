@@ -7,9 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+from leveret.management.context import Management
+from leveret.management.validation import bad_request
+
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request
 
 
 async def list_vhost_limits(api: Management, call: Call) -> web.Response:

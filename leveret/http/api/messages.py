@@ -13,17 +13,17 @@ from leveret.core import errors
 from leveret.core.lifecycle import count_delivery
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.tracking import MESSAGE_ID
+from leveret.management.context import Management
+from leveret.management.validation import bad_request, exchange_name, not_authorised, parse_dict
 
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request, exchange_name, not_authorised, parse_dict
 
 
 async def publish(api: Management, call: Call) -> web.Response:
     body = await call.body()
     vhost = api.vhost(call.params["vhost"])
     try:  # RabbitMQ's API answers a refused publish with the channel error, as a bad request
-        api.access(call, vhost).write("exchange", exchange_name(call.params["name"]))
+        call.access(vhost).write("exchange", exchange_name(call.params["name"]))
     except errors.PermissionRefused as exc:
         raise bad_request(f"403 ACCESS_REFUSED - {exc.text}") from None
     exchange = vhost.exchange_for_publish(exchange_name(call.params["name"]))
@@ -68,7 +68,7 @@ async def get_messages(api: Management, call: Call) -> web.Response:
     body = await call.body()
     vhost = api.vhost(call.params["vhost"])
     try:  # RabbitMQ's API answers a refused get with the channel error's text, before looking the queue up
-        api.access(call, vhost).read("queue", call.params["name"])
+        call.access(vhost).read("queue", call.params["name"])
     except errors.PermissionRefused as exc:
         raise not_authorised(f"ACCESS_REFUSED - {exc.text}") from None
     queue = vhost.queue(call.params["name"])

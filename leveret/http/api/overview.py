@@ -9,11 +9,11 @@ import leveret
 from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
 from leveret.core import errors
 from leveret.core.message import Message, build_address, build_header
+from leveret.management.context import Management
+from leveret.management.views import node_info
 
 from .. import openapi
 from .call import Call, reply
-from .context import Management
-from .views import node_info
 
 
 async def overview(api: Management, call: Call) -> web.Response:

@@ -6,15 +6,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from leveret.core import errors
+from leveret.management.context import Management
+from leveret.management.validation import policy_from
+from leveret.management.views import policy_info
 
 from .call import Call, reply
-from .context import Management
-from .validation import policy_from
-from .views import policy_info
 
 
 async def list_policies(api: Management, call: Call) -> web.Response:
-    return reply([policy_info(p) for v in api.vhosts_for(call) for p in v.policies.values()])
+    return reply([policy_info(p) for v in call.visible_vhosts(api) for p in v.policies.values()])
 
 
 async def get_policy(api: Management, call: Call) -> web.Response:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from leveret.management.context import Management
+from leveret.management.validation import bad_request, parse_bool, parse_dict
+from leveret.management.views import bindings_of, queue_info
+
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request, parse_bool, parse_dict
-from .views import bindings_of, queue_info
 
 
 async def list_queues(api: Management, call: Call) -> web.Response:
-    return reply([queue_info(q, api.node, api.rates) for v in api.vhosts_for(call) for q in v.queues.values()])
+    return reply([queue_info(q, api.node, api.rates) for v in call.visible_vhosts(api) for q in v.queues.values()])
 
 
 async def get_queue(api: Management, call: Call) -> web.Response:
@@ -36,7 +37,7 @@ async def put_queue(api: Management, call: Call) -> web.Response:
     created = name not in vhost.queues  # looked up as given: 201 for a name with CR/LF, as RabbitMQ's API
     vhost.declare_queue(None, name, durable=parse_bool(body, "durable", True),
                         auto_delete=parse_bool(body, "auto_delete", False), arguments=parse_dict(body, "arguments"),
-                        access=api.access(call, vhost))
+                        access=call.access(vhost))
     return reply(None, 201 if created else 204)
 
 
@@ -44,14 +45,14 @@ async def delete_queue(api: Management, call: Call) -> web.Response:
     vhost = api.vhost(call.params["vhost"])
     vhost.queue(call.params["name"])  # 404 for a missing queue, as RabbitMQ's API
     vhost.delete_queue(call.params["name"], None, if_unused=call.query_flag("if-unused"),
-                       if_empty=call.query_flag("if-empty"), access=api.access(call, vhost))
+                       if_empty=call.query_flag("if-empty"), access=call.access(vhost))
     return reply(None, 204)
 
 
 async def purge_queue(api: Management, call: Call) -> web.Response:
     vhost = api.vhost(call.params["vhost"])
     queue = vhost.queue(call.params["name"])  # 404 first, as RabbitMQ's API (resource_exists)
-    api.access(call, vhost).read("queue", queue.name)
+    call.access(vhost).read("queue", queue.name)
     queue.purge()
     await api.durable()
     return reply(None, 204)

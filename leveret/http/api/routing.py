@@ -13,11 +13,12 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .validation import HTTPFailure
+from leveret.management.validation import HTTPFailure
 
 if TYPE_CHECKING:
+    from leveret.management.context import Management
+
     from .call import Call
-    from .context import Management
 
 Handler = Callable[["Management", "Call"], Awaitable[web.Response]]
 

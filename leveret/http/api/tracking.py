@@ -9,9 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from leveret.management.context import Management
+from leveret.management.validation import HTTPFailure, bad_request
+
 from .call import Call, reply
-from .context import Management
-from .validation import HTTPFailure, bad_request
 
 
 async def get_tracking(api: Management, call: Call) -> web.Response:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from leveret.core import errors
+from leveret.management.context import Management
+from leveret.management.validation import bad_request, parse_tags, password_hash_of, permission_patterns
+from leveret.management.views import permission_info, user_info
 
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request, parse_tags, password_hash_of, permission_patterns
-from .views import permission_info, user_info
 
 
 async def list_users(api: Management, call: Call) -> web.Response:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from leveret.core.tracing import set_tracing
+from leveret.management.context import Management, may_see_all
+from leveret.management.validation import bad_request, parse_bool
+from leveret.management.views import vhost_info
 
-from .auth import may_see_all
 from .call import Call, reply
-from .context import Management
-from .validation import bad_request, parse_bool
-from .views import vhost_info
 
 
 async def list_vhosts(api: Management, call: Call) -> web.Response:

@@ -1,26 +1,26 @@
-"""What the management handlers share: :class:`Management`, the broker as the API sees it.
+""":class:`Management`: the broker as the management API's handlers and the control socket see it.
 
-Lookups that raise the core's NotFound (so a missing vhost, user or connection is a 404 everywhere), the
-client connections and listeners the server hands in, the message rates, the calling user's permissions, and
-waiting until the store has what a change just wrote. The control socket (``leveret ctl``) uses the same object.
+Lookups that raise the core's NotFound (so a missing vhost, user or connection is a 404 everywhere), which
+vhosts a user may see, the client connections and listeners the server hands in, the message rates, and
+waiting until the store has what a change just wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from leveret.core import errors
-from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost
 
-from ..rates import Rates
-from .auth import may_see_all
+from .rates import Rates
 from .views import connection_name, session_vhost
 
-if TYPE_CHECKING:
-    from .call import Call
+
+def may_see_all(user: User) -> bool:
+    """Administrators and monitoring users see every vhost's objects and every connection."""
+    return bool({"administrator", "monitoring"} & set(user.tags))
 
 
 class Management:
@@ -50,22 +50,14 @@ class Management:
             raise errors.NotFound(f"no user '{name}'")
         return user
 
-    def vhosts_for(self, call: Call) -> list[VHost]:
-        """The vhost named in the path, or every vhost the caller may see (administrators and monitoring
-        users: all; others: those they have permissions in)."""
-        name = call.params.get("vhost")
+    def visible_vhosts(self, user: User, name: str | None = None) -> list[VHost]:
+        """The vhost ``name`` (NotFound if missing), or without a name every vhost ``user`` may see
+        (administrators and monitoring users: all; others: those they have permissions in)."""
         if name is not None:
             return [self.vhost(name)]
-        if may_see_all(call.user):
+        if may_see_all(user):
             return list(self.broker.vhosts.values())
-        return [v for v in self.broker.vhosts.values() if v.name in call.user.vhosts]
-
-    @staticmethod
-    def access(call: Call, vhost: VHost) -> Access:
-        """The calling user's permissions in ``vhost``: the API's changes to queues, exchanges and bindings, its
-        publish and get are checked as the same AMQP operations would be (RabbitMQ's management plugin runs
-        them on an AMQP channel as that user), for administrators too."""
-        return Access(call.user, vhost.name)
+        return [v for v in self.broker.vhosts.values() if v.name in user.vhosts]
 
     async def durable(self) -> None:
         """Wait until the message operations just made are on disk (as a confirm would). Raises InternalError

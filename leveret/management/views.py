@@ -21,7 +21,7 @@ from leveret.core.lifecycle import queue_type
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
 
-from ..rates import Rates
+from .rates import Rates
 from .validation import HASHING_ALGORITHM
 
 
