@@ -22,7 +22,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.config import Config
 from leveret.core.tracing import set_tracing
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 

@@ -34,8 +34,7 @@ if TYPE_CHECKING:
     from leveret.core.broker import VHost
     from leveret.core.exchanges import Exchange
     from leveret.core.queue import Queue
-
-    from .app import Server
+    from leveret.node import Node as Server
 
 log = logging.getLogger("leveret.control")
 
