@@ -382,7 +382,7 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
     # --- the connection class: handshake and close ------------------------------------------------------
 
     def connection_start_ok(self, _ch: int, client_properties: dict[str, Any], mechanism: str,
-                                response: bytes, locale: str) -> None:
+                            response: bytes, locale: str) -> None:
         self.client_properties = client_properties
         caps = client_properties.get("capabilities")
         if isinstance(caps, dict):
@@ -469,7 +469,7 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
         self.conn.send_method(0, _OPEN_OK, ("",))
 
     def connection_close(self, _ch: int, reply_code: int, reply_text: str, class_id: int,
-                             method_id: int) -> None:
+                         method_id: int) -> None:
         """Answer close-ok and, as RabbitMQ does, leave the socket open: frames the client still had in flight
         are read and discarded (the parser is CLOSED) instead of meeting a reset that could cost the client its
         close-ok. The client closes the socket (EOF closes ours), or the linger timeout does."""

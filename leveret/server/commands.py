@@ -72,7 +72,7 @@ class ChannelCommands:
     # --- exchange class ---
 
     def exchange_declare(self, ch: int, _r: int, exchange: str, type_: str, passive: bool, durable: bool,
-                             auto_delete: bool, internal: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+                         auto_delete: bool, internal: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         self._channel(ch)
         self.session.vhost.declare_exchange(exchange, type_, passive=passive, durable=durable,
                                             auto_delete=auto_delete, internal=internal, arguments=arguments,
@@ -87,14 +87,14 @@ class ChannelCommands:
             self._reply(ch, "exchange.delete-ok")
 
     def exchange_bind(self, ch: int, _r: int, destination: str, source: str, routing_key: str, nowait: bool,
-                          arguments: dict[str, Any]) -> None:
+                      arguments: dict[str, Any]) -> None:
         self._channel(ch)
         self.session.vhost.bind_exchange(destination, source, routing_key, arguments, self.session.access)
         if not nowait:
             self._reply(ch, "exchange.bind-ok")
 
     def exchange_unbind(self, ch: int, _r: int, destination: str, source: str, routing_key: str,
-                            nowait: bool, arguments: dict[str, Any]) -> None:
+                        nowait: bool, arguments: dict[str, Any]) -> None:
         self._channel(ch)
         self.session.vhost.unbind_exchange(destination, source, routing_key, arguments, self.session.access)
         if not nowait:
@@ -115,7 +115,7 @@ class ChannelCommands:
         return channel.last_queue
 
     def queue_declare(self, ch: int, _r: int, queue: str, passive: bool, durable: bool, exclusive: bool,
-                          auto_delete: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+                      auto_delete: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
         if passive and queue == REPLY_TO:
             if not nowait:
@@ -133,7 +133,7 @@ class ChannelCommands:
             self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
 
     def queue_bind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str, nowait: bool,
-                       arguments: dict[str, Any]) -> None:
+                   arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
         if not queue and not routing_key:
             routing_key = self._queue_name(channel, "")
@@ -143,7 +143,7 @@ class ChannelCommands:
             self._reply(ch, "queue.bind-ok")
 
     def queue_unbind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str,
-                         arguments: dict[str, Any]) -> None:
+                     arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
         if not queue and not routing_key:
             routing_key = self._queue_name(channel, "")
@@ -161,7 +161,7 @@ class ChannelCommands:
             self._reply(ch, "queue.purge-ok", count)
 
     def queue_delete(self, ch: int, _r: int, queue: str, if_unused: bool, if_empty: bool,
-                         nowait: bool) -> None:
+                     nowait: bool) -> None:
         """queue.delete-ok goes out before the basic.cancel of this connection's consumers of the queue, as
         RabbitMQ sends them (its queue tells the channels after the delete has returned)."""
         channel = self._channel(ch)
@@ -184,7 +184,7 @@ class ChannelCommands:
         self._reply(ch, "basic.qos-ok")
 
     def basic_consume(self, ch: int, _r: int, queue: str, consumer_tag: str, no_local: bool, no_ack: bool,
-                          exclusive: bool, nowait: bool, arguments: dict[str, Any]) -> None:
+                      exclusive: bool, nowait: bool, arguments: dict[str, Any]) -> None:
         channel = self._channel(ch)
         if queue == REPLY_TO:
             consumer = channel.consume_reply(consumer_tag, no_ack)
