@@ -131,12 +131,10 @@ class Node:
     def listeners(self) -> list[dict[str, object]]:
         """Every bound listener (AMQP, AMQPS, HTTP, HTTPS) as the management API lists them."""
         found = self.amqp.listeners()
-        if self.http is not None:
-            found.append({"node": self.broker.node_name, "protocol": "http", "ip_address": self.config.http_bind,
-                          "port": self.http_port})
-        if self.https is not None:
-            found.append({"node": self.broker.node_name, "protocol": "https", "ip_address": self.config.http_bind,
-                          "port": self.https_port})
+        for protocol, http, port in (("http", self.http, self.http_port), ("https", self.https, self.https_port)):
+            if http is not None:
+                found.append({"node": self.broker.node_name, "protocol": protocol,
+                              "ip_address": self.config.http_bind, "port": port})
         return found
 
     _listeners = listeners  # what leveret/server/control.py still reads; remove once it calls listeners()

@@ -93,14 +93,9 @@ class AMQPListener:
 
     def listeners(self) -> list[dict[str, object]]:
         """The bound AMQP listeners as the management API lists them."""
-        found: list[dict[str, object]] = []
-        if self._server is not None:
-            found.append({"node": self.broker.node_name, "protocol": "amqp", "ip_address": self.config.bind,
-                          "port": self.port})
-        if self._tls_server is not None:
-            found.append({"node": self.broker.node_name, "protocol": "amqp/ssl", "ip_address": self.config.bind,
-                          "port": self.tls_port})
-        return found
+        bound = (("amqp", self._server, self.port), ("amqp/ssl", self._tls_server, self.tls_port))
+        return [{"node": self.broker.node_name, "protocol": protocol, "ip_address": self.config.bind, "port": port}
+                for protocol, listener, port in bound if listener is not None]
 
     def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
         """The TLS session of a new AMQP connection (None for a plain one)."""
