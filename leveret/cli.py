@@ -1,8 +1,11 @@
-"""The ``leveret`` command: ``leveret serve [options]`` and ``leveret --version``.
+"""The ``leveret`` command: ``leveret serve``, ``ctl``, ``track``, ``tap``, ``worker``, ``beat``, ``status``,
+``dead-letters``, ``run``, ``health``, ``forward``, ``outbox`` and ``--version``.
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its options and sets
 ``handler=_run_<name>``; the handler takes the parsed arguments and returns the exit code. To add a
-subcommand, write the pair and list the ``_add_`` function in ``_SUBCOMMANDS``.
+subcommand, write the pair and list the ``_add_`` function in ``_SUBCOMMANDS``. What a handler needs (the
+broker for ``serve``: leveret/node.py; the task layer, the supervisor, the outbox) is imported when it runs,
+so that building the parser loads nothing heavy: ``leveret ctl`` imports neither the broker nor aiohttp.
 
 Exit codes: 0 success, 1 runtime failure (e.g. cannot listen), 2 usage or configuration error, 130 interrupted.
 Expected failures print one line, ``leveret: error: <message>``, on stderr and never a traceback.
