@@ -7,7 +7,8 @@
   this checks every import against the standard library's list).
 
 ALLOWED is the short, explicit list of exceptions; an entry that no longer occurs fails too, so the list can
-only shrink.
+only shrink. PENDING lists reads that other parts of issue 13 are removing at the same time (each owner adds a
+public name): allowed while they last, and to be emptied once those changes are in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     **{(path, "argparse._SubParsersAction"): "the type argparse's add_subparsers returns has no public name"
        for path in ("cli.py", "ctl.py", "tap.py")},
     ("supervisor/child.py", "os._exit"): "exit a forked child without running the parent's cleanup",
-    # Reads that other parts of issue 13 remove (each owner adds a public name); delete each line with its read.
+}
+
+PENDING: dict[tuple[str, str], str] = {
     ("core/delays.py", "held._props"): "Message's decoded properties (core: a public accessor on Message)",
     ("core/lifecycle.py", "copy._props"): "Message's decoded properties (core)",
     ("core/queue.py", "again._props"): "Message's decoded properties (core)",
@@ -111,7 +114,7 @@ def test_no_module_reads_another_modules_private_attributes() -> None:
         name = path.relative_to(ROOT).as_posix()
         for line, expression in private_reads(path.read_text()):
             seen[name, expression] += 1
-            if (name, expression) not in ALLOWED:
+            if (name, expression) not in ALLOWED and (name, expression) not in PENDING:
                 unexpected.append(f"leveret/{name}:{line}: {expression}")
     assert not unexpected, "private attributes read across modules (add a public name on the owner):\n" + \
         "\n".join(unexpected)
