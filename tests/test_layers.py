@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "leveret"
+import leveret
+
+ROOT = Path(leveret.__file__).resolve().parent
 
 # The namedtuple API is public despite its underscores (``parts._replace(...)``).
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
