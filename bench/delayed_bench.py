@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from leveret.amqp import codec, spec
 from leveret.config import Config
 from leveret.core.delays import DELAYED_PREFIX
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from rawamqp import RawClient
 

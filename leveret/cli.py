@@ -1,8 +1,11 @@
-"""The ``leveret`` command: ``leveret serve [options]`` and ``leveret --version``.
+"""The ``leveret`` command: ``leveret serve``, ``ctl``, ``track``, ``tap``, ``worker``, ``beat``, ``status``,
+``dead-letters``, ``run``, ``health``, ``forward``, ``outbox`` and ``--version``.
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its options and sets
 ``handler=_run_<name>``; the handler takes the parsed arguments and returns the exit code. To add a
-subcommand, write the pair and list the ``_add_`` function in ``_SUBCOMMANDS``.
+subcommand, write the pair and list the ``_add_`` function in ``_SUBCOMMANDS``. What a handler needs (the
+broker for ``serve``: leveret/node.py; the task layer, the supervisor, the outbox) is imported when it runs,
+so that building the parser loads nothing heavy: ``leveret ctl`` imports neither the broker nor aiohttp.
 
 Exit codes: 0 success, 1 runtime failure (e.g. cannot listen), 2 usage or configuration error, 130 interrupted.
 Expected failures print one line, ``leveret: error: <message>``, on stderr and never a traceback.
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,8 +22,7 @@ from typing import Any
 
 from leveret import __version__
 from leveret.config import ConfigError, load_config
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from leveret.terminal import configure_logging, error, print_table
 
 # Reasons worded for a person; other errors use the system's own text.
 _LISTEN_REASONS = {
@@ -57,16 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add_subcommand in _SUBCOMMANDS:
         add_subcommand(subparsers)
     return parser
-
-
-def error(message: str) -> None:
-    """Print ``leveret: error: <message>`` on stderr, as argparse does for usage errors."""
-    print(f"leveret: error: {message}", file=sys.stderr)
-
-
-def configure_logging(level: str) -> None:
-    """Send log records at ``level`` ("debug", "info", ...) and above to stderr in LOG_FORMAT."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 # --- serve ---------------------------------------------------------------------------------------------------
@@ -107,7 +98,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         error(str(exc))
         return 2
     configure_logging(config.log_level)
-    from leveret.server.app import serve
+    from leveret.node import serve
     from leveret.store import StoreError
 
     try:
@@ -156,12 +147,6 @@ def _run_ctl(args: argparse.Namespace) -> int:
     from leveret import ctl as ctl_commands
 
     return ctl_commands.run(args)
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    from leveret.ctl import print_table
-
-    print_table(rows)
 
 
 # --- worker / status (leveret.tasks) -------------------------------------------------------------------------
@@ -370,7 +355,7 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(letters, indent=2, default=str))
     else:
-        _print_table([{k: v for k, v in letter.items() if k != "body"} for letter in letters])
+        print_table([{k: v for k, v in letter.items() if k != "body"} for letter in letters])
     return 0
 
 
@@ -530,7 +515,7 @@ def _print_outbox_status(path: str, as_json: bool) -> int:
              "oldest_age_s": "" if info["oldest_age"] is None else f"{info['oldest_age']:.1f}",
              "last_error": info["last_error"] or ""} for name, info in sorted(status.items())]
     print(f"{total} message(s) in {path}")
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 

@@ -13,6 +13,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LEVERET_"
@@ -119,6 +120,11 @@ def load_config(cli_args: Mapping[str, Any], environ: Mapping[str, str], config_
     raw.update(_from_cli(cli_args))
     values = {name: _convert(name, value, source) for name, (value, source) in raw.items()}
     return Config(**values)
+
+
+def socket_path(data_dir: str | Path) -> Path:
+    """The control socket of the broker whose data directory is ``data_dir`` (what ``leveret ctl`` connects to)."""
+    return Path(data_dir) / "leveret.sock"
 
 
 def auto_memory_high_watermark() -> int:

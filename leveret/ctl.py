@@ -1,8 +1,9 @@
-"""The client side of ``leveret ctl`` and ``leveret track``: subcommands, the control-socket call, tables.
+"""The client side of ``leveret ctl`` and ``leveret track``: subcommands and the control-socket call.
 
 Each subcommand is a :class:`Command`: its options, how the parsed options become the request's ``args``
-(the broker side is :mod:`leveret.server.control`), and for listings the columns of the table printed by
-default (``--json`` prints the broker's records whole, in the management API's shape).
+(the broker side is leveret/server/control.py), and for listings the columns of the table printed by
+default (``--json`` prints the broker's records whole, in the management API's shape). It imports nothing of
+the broker: one JSON line to the socket, one back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leveret.config import socket_path
+from leveret.terminal import cell, error, print_table
+
 Parser = argparse.ArgumentParser
 Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
 
@@ -32,8 +36,6 @@ def data_dir_of(args: argparse.Namespace) -> str:
 
 def call(data_dir: str, command: str, request_args: dict[str, Any] | None = None, timeout: float = 60) -> Any:
     """Send one command to the broker whose data directory is ``data_dir``; its result, or CtlError."""
-    from leveret.server.control import socket_path
-
     path = socket_path(data_dir)
     request = {"command": command, "args": request_args or {}}
     try:
@@ -52,38 +54,6 @@ def call(data_dir: str, command: str, request_args: dict[str, Any] | None = None
     if not answer.get("ok"):
         raise CtlError(answer.get("error", "failed"))
     return answer.get("result")
-
-
-# --- tables ----------------------------------------------------------------------------------------------
-
-
-def cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def print_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None, out: Any = None) -> None:
-    """Rows as left-aligned columns under a header line; ``(none)`` when there are none. A column is a key of
-    the rows, or ``key=heading``."""
-    out = out or sys.stdout
-    if not rows:
-        print("(none)", file=out)
-        return
-    columns = columns or tuple(rows[0])
-    keys = [c.partition("=")[0] for c in columns]
-    headings = [c.partition("=")[2] or c for c in columns]
-    cells = [[cell(row.get(k)) for k in keys] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headings)]
-    print("  ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)).rstrip(), file=out)
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
 # --- commands ----------------------------------------------------------------------------------------------
@@ -393,8 +363,6 @@ def add_commands(commands: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a ``leveret ctl`` subcommand of COMMANDS; errors are one line on stderr and exit code 1."""
-    from leveret.cli import error
-
     command = COMMANDS[args.ctl_command]
     try:
         if command.prepare is not None:
@@ -431,8 +399,6 @@ def add_track(subparsers: Subparsers) -> None:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from leveret.cli import error
-
     try:
         events = call(data_dir_of(args), "track", {"vhost": args.vhost, "message_id": args.message_id})
     except CtlError as exc:

@@ -5,12 +5,12 @@ queue bound to ``amq.rabbitmq.trace`` with ``publish.<EXCHANGE>``, keeps the mes
 PATTERN (topic-style: ``*`` one word, ``#`` any number), and prints one line per message, or writes JSON lines
 with ``--output``. When it leaves it switches tracing off again if it switched it on and nothing else is
 bound to the trace exchange. The tapped messages' own routing is not changed (see leveret/core/tracing.py).
+It imports nothing of the broker; aio-pika is loaded when the tap starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import datetime
@@ -19,15 +19,18 @@ import os
 import signal
 import sys
 import urllib.parse
-from typing import IO, Any
+from functools import lru_cache
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from leveret.aioconnect import open_connection
-from leveret.core.exchanges import create_exchange
-from leveret.core.tracing import TRACE_EXCHANGE
 from leveret.ctl import CtlError, call, data_dir_of
+from leveret.terminal import configure_logging, error
+
+if TYPE_CHECKING:
+    import aio_pika.abc
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+TRACE_EXCHANGE = "amq.rabbitmq.trace"  # RabbitMQ's firehose exchange (leveret/core/tracing.py publishes to it)
 
 
 def add_tap(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,15 +53,29 @@ def add_tap(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 class TopicFilter:
-    """PATTERN matched against routing keys with the broker's own topic exchange, so the rules are the same."""
+    """PATTERN matched against routing keys with the topic exchange's rules: dot-separated words, ``*`` exactly
+    one word, ``#`` zero or more; words may be empty ("a..b" is a, "", b) and the key "" has no words."""
 
     def __init__(self, pattern: str) -> None:
         self.match_all = pattern == "#"
-        self.exchange = create_exchange("topic", "leveret.tap")
-        self.exchange.bind("match", pattern)
+        self.pattern = tuple(_words(pattern))
 
     def matches(self, keys: list[str]) -> bool:
-        return self.match_all or any(self.exchange.route(key, None) for key in keys)
+        return self.match_all or any(_match(self.pattern, tuple(_words(key))) for key in keys)
+
+
+def _words(key: str) -> list[str]:
+    return key.split(".") if key else []
+
+
+@lru_cache(maxsize=4096)  # bounded: a long tap sees many keys; '#' would otherwise backtrack
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[skip:]) for skip in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _match(rest, words[1:])
 
 
 def tap_url(url: str, vhost: str) -> str:
@@ -105,7 +122,9 @@ def _short(value: Any) -> str:
 
 
 async def _tap(args: argparse.Namespace, url: str, out: IO[str]) -> int:
-    import aio_pika
+    import asyncio
+
+    from leveret.aioconnect import open_connection
 
     exchange = "" if args.exchange == "amq.default" else args.exchange
     keep = TopicFilter(args.pattern)
@@ -154,7 +173,7 @@ def _without_password(url: str) -> str:
 
 
 def run_tap(args: argparse.Namespace) -> int:
-    from leveret.cli import configure_logging, error
+    import asyncio  # here, not at the top: `leveret --help` and `leveret ctl` load this module's parser only
 
     configure_logging("critical")  # the one-line errors below say it all
     data_dir = data_dir_of(args)

@@ -1,7 +1,7 @@
 """A real Leveret inside your test process: no container, no RabbitMQ install. See docs/testing.md.
 
 ``start_broker()`` runs a broker with the memory store on an ephemeral port of 127.0.0.1 in a background
-thread (the same :class:`~leveret.server.app.ThreadedServer` the project's own tests use) and returns an
+thread (the same :class:`~leveret.node.ThreadedServer` the project's own tests use) and returns an
 :class:`EmbeddedBroker`; ``broker()`` is the context-manager form that yields its URL::
 
     with leveret.testing.broker() as url:      # amqp://guest:guest@127.0.0.1:<port>/
@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 USER = "guest"
 PASSWORD = "guest"

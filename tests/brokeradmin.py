@@ -17,7 +17,7 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingConnection
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 PASSWORD = "secret-pw"
 

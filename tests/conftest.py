@@ -27,7 +27,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingConnection
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 

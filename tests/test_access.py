@@ -25,7 +25,7 @@ from leveret.config import Config
 from leveret.core.access import Access, Permission
 from leveret.core.broker import User
 from leveret.core.errors import AccessRefused, PreconditionFailed
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 # user key -> (configure, write, read)
 USERS = {

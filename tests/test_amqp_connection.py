@@ -23,7 +23,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from leveret.amqp import spec
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from rawamqp import RawClient
 

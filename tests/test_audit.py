@@ -18,7 +18,7 @@ import pytest
 from test_http_api import Client
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 
 def events(path: Path, wait_for: str | None = None) -> list[dict[str, Any]]:

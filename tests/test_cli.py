@@ -168,7 +168,6 @@ def test_missing_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
-    pytest.importorskip("leveret.server.app")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

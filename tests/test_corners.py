@@ -26,7 +26,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import __version__
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 from lifecycle_scenarios import (

@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 

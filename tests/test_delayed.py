@@ -40,7 +40,7 @@ from leveret.core.exchanges import DelayedMessageExchange, create_exchange
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.queue import Queue
 from leveret.core.timers import ManualTimers
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 from leveret.store import open_store
 from leveret.store.base import Store
 

@@ -29,7 +29,7 @@ from conftest import require_rabbitmq
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from leveret.amqp import spec
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from rawamqp import RawClient
 

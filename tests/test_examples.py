@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 WAIT = 20.0  # seconds any one expected output may take (generous: the machine is shared)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pika
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from serverproc import LeveretProcess
 

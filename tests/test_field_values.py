@@ -23,7 +23,7 @@ import pytest
 from leveret.amqp import codec, spec
 from leveret.amqp.codec import RawField
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 from httphelp import Client

@@ -23,7 +23,7 @@ import pika
 import pytest
 
 from leveret.config import Config, ConfigError
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

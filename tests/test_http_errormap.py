@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from leveret.config import Config
+from leveret.config import Config, socket_path
 from leveret.core import errors
 from leveret.errormap import refusal
-from leveret.server.app import ThreadedServer
-from leveret.server.control import socket_path
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from leveret.config import Config
 from leveret.http import openapi
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

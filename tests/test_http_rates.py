@@ -7,7 +7,7 @@ import pika
 import pytest
 
 from leveret.management.rates import Rates
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

@@ -33,7 +33,7 @@ import pytest
 from conftest import require_rabbitmq
 from pika.adapters.blocking_connection import BlockingChannel
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from lifecycle_scenarios import (
     SCENARIOS,

@@ -23,7 +23,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 from test_http_api import Client
 
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 
 @dataclass

@@ -15,7 +15,7 @@ from conftest import require_rabbitmq
 
 from leveret.amqp import codec, spec
 from leveret.config import Config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 from httphelp import Client

@@ -13,7 +13,7 @@ import pytest
 from pika.exceptions import ConnectionClosedByBroker
 
 from leveret.amqp import spec
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from rawamqp import RawClient
 from serverproc import LeveretProcess

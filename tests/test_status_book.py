@@ -24,7 +24,7 @@ from leveret.core.broker import Broker, VHost
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.status import EVENTS_EXCHANGE, QUERY_EXCHANGE, StatusBook
 from leveret.core.timers import ManualTimers
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 from leveret.store import open_store
 from leveret.store.base import Store
 from leveret.store.memory import MemoryStore

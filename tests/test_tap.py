@@ -18,11 +18,15 @@ from typing import Any
 
 import pika
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.config import Config
+from leveret.core.exchanges import create_exchange
 from leveret.core.tracing import set_tracing
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
+from leveret.tap import TopicFilter
 
 from amqphelp import connect
 
@@ -265,3 +269,25 @@ def test_leveret_tap_errors(server: ThreadedServer, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "leveret", "tap", "x", "--vhost", "nope", "--data-dir",
                              server.config.data_dir], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.strip() == "leveret: error: no vhost 'nope'"
+
+
+_WORDS = st.sampled_from(["a", "b", "", "*", "#"])
+
+
+@given(pattern=st.lists(_WORDS, max_size=5), key=st.lists(st.sampled_from(["a", "b", ""]), max_size=5))
+@settings(max_examples=400, deadline=None)
+def test_tap_filter_matches_as_the_topic_exchange_routes(pattern: list[str], key: list[str]) -> None:
+    """The tap's PATTERN (leveret/tap.py, which imports nothing of the broker) follows the topic exchange's rules."""
+    exchange = create_exchange("topic", "t")
+    exchange.bind("q", ".".join(pattern))
+    routing_key = ".".join(key)
+    assert TopicFilter(".".join(pattern)).matches([routing_key]) == bool(exchange.route(routing_key, None))
+
+
+def test_leveret_ctl_and_tap_load_neither_the_broker_nor_aiohttp() -> None:
+    code = ("import sys; from leveret.cli import build_parser; build_parser(); "
+            "import leveret.ctl, leveret.tap; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'aio_pika', 'asyncio') "
+            "or m.startswith(('leveret.core', 'leveret.server', 'leveret.http', 'leveret.node'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

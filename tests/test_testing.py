@@ -146,7 +146,7 @@ def test_a_session_without_the_fixtures_starts_no_broker(pytester: pytest.Pytest
 
         def test_nothing_started():
             assert not [t for t in threading.enumerate() if t.name == "leveret-server"]
-            assert "leveret.server.app" not in sys.modules and "leveret.testing" not in sys.modules
+            assert "leveret.node" not in sys.modules and "leveret.testing" not in sys.modules
     """)
     # a subprocess: this process has imported the broker already
     result = pytester.runpytest_subprocess(*INNER)

@@ -31,7 +31,7 @@ import pytest
 from leveret.amqp import spec
 from leveret.cli import main
 from leveret.config import Config, ConfigError, load_config
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 from leveret.server.tls import cert_login, cipher_parts, format_dn, server_context
 
 from rawamqp import RawClient

@@ -21,7 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from leveret.config import Config
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.tracking import Tracker, message_id_of
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from amqphelp import connect
 

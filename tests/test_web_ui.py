@@ -14,7 +14,7 @@ from typing import Any
 import pika
 import pytest
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

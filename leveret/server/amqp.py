@@ -19,11 +19,12 @@ from leveret.amqp import codec, spec
 from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
 from leveret.core import errors
 from leveret.core.broker import Session
-from leveret.core.channel import REPLY_TO, Channel
 from leveret.core.message import Message
 
+from .commands import ChannelClosed, ChannelCommands
+
 if TYPE_CHECKING:
-    from .app import Server
+    from .listener import AMQPListener
     from .tls import PeerTLS
 
 log = logging.getLogger("leveret.connection")
@@ -63,7 +64,6 @@ _BASIC_ACK = M("basic.ack")
 _BASIC_NACK = M("basic.nack")
 _BASIC_RETURN = M("basic.return")
 _BASIC_CANCEL = M("basic.cancel")
-_GET_OK = M("basic.get-ok")
 _HANDSHAKE_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 3.0
 # Bytes of deliveries queued for one connection in a loop turn (not yet handed to the transport) after which its
@@ -75,14 +75,11 @@ DELIVERY_BUFFER = 1 << 20
 _LINGER_TIMEOUT = 30.0
 
 
-class ChannelClosed(Exception):
-    """Raised inside a handler when the frame's channel is not open in the core (already torn down)."""
+class AMQPConnection(asyncio.Protocol, ChannelCommands):
+    """One client connection. Implements leveret.amqp.connection.Handler and leveret.core.channel.Sink; the
+    parsed methods go to the handlers of METHODS (below the class)."""
 
-
-class AMQPConnection(asyncio.Protocol):
-    """One client connection. Implements leveret.amqp.connection.Handler and leveret.core.channel.Sink."""
-
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AMQPListener) -> None:
         self.server = server
         config = server.config
         self.broker = server.broker
@@ -92,6 +89,7 @@ class AMQPConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.peer = "?"
+        self.vhost_name = "-"  # once connection.open succeeded (for the log line at the end)
         self.loopback = False
         self.client_properties: dict[str, Any] = {}
         self.auth_failure_close = False
@@ -108,7 +106,6 @@ class AMQPConnection(asyncio.Protocol):
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = False
         self._held_cancels: list[tuple[int, str]] | None = None  # basic.cancel held back until a reply is sent
-        self._handlers = self._method_table()
 
     # --- transport callbacks -----------------------------------------------------------------------
 
@@ -149,8 +146,7 @@ class AMQPConnection(asyncio.Protocol):
             self.broker.memory.listeners.remove(self._on_memory_alarm)
         self.session.close()
         user = self.session.user.name if self.session.user else "-"
-        vhost = self.session._vhost.name if self.session._vhost else "-"
-        log.info("closing AMQP connection %s (vhost '%s', user '%s')%s", self.peer, vhost, user,
+        log.info("closing AMQP connection %s (vhost '%s', user '%s')%s", self.peer, self.vhost_name, user,
                  f": {exc}" if exc else "")
 
     def pause_writing(self) -> None:
@@ -304,11 +300,11 @@ class AMQPConnection(asyncio.Protocol):
         self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - {type(exc).__name__}: {exc}", class_id, method_id)
 
     def on_method(self, channel: int, method: spec.MethodSpec, args: tuple[Any, ...]) -> None:
-        handler = self._handlers.get(method.key)
+        handler = _HANDLERS.get(method.key)
         if handler is None:
             return
         try:
-            handler(channel, *args)
+            handler(self, channel, *args)
         except ChannelClosed:
             pass
         except Exception as exc:
@@ -383,29 +379,10 @@ class AMQPConnection(asyncio.Protocol):
         self._timers = [t for t in self._timers if not t.cancelled()]
         self._timers.append(self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick))
 
-    # --- methods -----------------------------------------------------------------------------------
+    # --- the connection class: handshake and close ------------------------------------------------------
 
-    def _method_table(self) -> dict[int, Callable[..., None]]:
-        table: dict[int, Callable[..., None]] = {}
-        for name in dir(self):
-            if name.startswith("_m_"):
-                key = M(name[3:].replace("__", ".").replace("_", "-")).key
-                table[key] = getattr(self, name)
-        return table
-
-    def _channel(self, number: int) -> Channel:
-        channel = self.session.channels.get(number)
-        if channel is None:
-            raise ChannelClosed
-        return channel
-
-    def _reply(self, channel: int, name: str, *args: Any) -> None:
-        self.conn.send_method(channel, M(name), args)
-
-    # connection class
-
-    def _m_connection__start_ok(self, _ch: int, client_properties: dict[str, Any], mechanism: str,
-                                response: bytes, locale: str) -> None:
+    def connection_start_ok(self, _ch: int, client_properties: dict[str, Any], mechanism: str,
+                            response: bytes, locale: str) -> None:
         self.client_properties = client_properties
         caps = client_properties.get("capabilities")
         if isinstance(caps, dict):
@@ -461,10 +438,10 @@ class AMQPConnection(asyncio.Protocol):
                                         "with a verified client certificate")
         raise errors.CommandInvalid(f"unknown authentication mechanism '{mechanism}'")
 
-    def _m_connection__secure_ok(self, _ch: int, response: bytes) -> None:
+    def connection_secure_ok(self, _ch: int, response: bytes) -> None:
         raise errors.CommandInvalid("connection.secure-ok without connection.secure")
 
-    def _m_connection__tune_ok(self, _ch: int, channel_max: int, frame_max: int, heartbeat: int) -> None:
+    def connection_tune_ok(self, _ch: int, channel_max: int, frame_max: int, heartbeat: int) -> None:
         config = self.server.config
         if frame_max and frame_max < spec.FRAME_MIN_SIZE:
             raise errors.NotAllowed(f"frame_max={frame_max} < {spec.FRAME_MIN_SIZE} min size")
@@ -477,10 +454,10 @@ class AMQPConnection(asyncio.Protocol):
         self.heartbeat = heartbeat
         self._start_heartbeat()
 
-    def _m_connection__open(self, _ch: int, virtual_host: str, _capabilities: str, _insist: bool) -> None:
+    def connection_open(self, _ch: int, virtual_host: str, _capabilities: str, _insist: bool) -> None:
         user = self.session.user.name if self.session.user else "?"
         try:
-            self.session.open_vhost(virtual_host)
+            self.vhost_name = self.session.open_vhost(virtual_host).name
         except errors.NotAllowed as exc:
             self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
                                      user=user, peer=self.peer, vhost=virtual_host, reason=exc.text)
@@ -491,8 +468,8 @@ class AMQPConnection(asyncio.Protocol):
                  virtual_host)
         self.conn.send_method(0, _OPEN_OK, ("",))
 
-    def _m_connection__close(self, _ch: int, reply_code: int, reply_text: str, class_id: int,
-                             method_id: int) -> None:
+    def connection_close(self, _ch: int, reply_code: int, reply_text: str, class_id: int,
+                         method_id: int) -> None:
         """Answer close-ok and, as RabbitMQ does, leave the socket open: frames the client still had in flight
         are read and discarded (the parser is CLOSED) instead of meeting a reset that could cost the client its
         close-ok. The client closes the socket (EOF closes ours), or the linger timeout does."""
@@ -504,222 +481,50 @@ class AMQPConnection(asyncio.Protocol):
         if self.blocked and self.transport is not None:
             self.transport.resume_reading()  # keep draining the socket, so the client can finish its writes
 
-    def _m_connection__close_ok(self, _ch: int) -> None:
+    def connection_close_ok(self, _ch: int) -> None:
         self._close_transport_after_flush()
 
-    def _m_connection__update_secret(self, _ch: int, new_secret: bytes, reason: str) -> None:
+    def connection_update_secret(self, _ch: int, new_secret: bytes, reason: str) -> None:
         self._reply(0, "connection.update-secret-ok")
 
-    # channel class
 
-    def _m_channel__open(self, ch: int, _reserved: str) -> None:
-        self.session.open_channel(ch)
-        self._reply(ch, "channel.open-ok", b"")
-
-    def _m_channel__flow(self, ch: int, active: bool) -> None:
-        self._channel(ch)
-        if not active:
-            raise errors.NotImplementedFeature("active=false")
-        self._reply(ch, "channel.flow-ok", True)
-
-    def _m_channel__flow_ok(self, ch: int, active: bool) -> None:
-        pass
-
-    def _m_channel__close(self, ch: int, reply_code: int, reply_text: str, class_id: int, method_id: int) -> None:
-        self.session.close_channel(ch)
-        self._reply(ch, "channel.close-ok")
-
-    def _m_channel__close_ok(self, ch: int) -> None:
-        pass
-
-    # exchange class
-
-    def _m_exchange__declare(self, ch: int, _r: int, exchange: str, type_: str, passive: bool, durable: bool,
-                             auto_delete: bool, internal: bool, nowait: bool, arguments: dict[str, Any]) -> None:
-        self._channel(ch)
-        self.session.vhost.declare_exchange(exchange, type_, passive=passive, durable=durable,
-                                            auto_delete=auto_delete, internal=internal, arguments=arguments,
-                                            access=self.session.access)
-        if not nowait:
-            self._reply(ch, "exchange.declare-ok")
-
-    def _m_exchange__delete(self, ch: int, _r: int, exchange: str, if_unused: bool, nowait: bool) -> None:
-        self._channel(ch)
-        self.session.vhost.delete_exchange(exchange, if_unused, self.session.access)
-        if not nowait:
-            self._reply(ch, "exchange.delete-ok")
-
-    def _m_exchange__bind(self, ch: int, _r: int, destination: str, source: str, routing_key: str, nowait: bool,
-                          arguments: dict[str, Any]) -> None:
-        self._channel(ch)
-        self.session.vhost.bind_exchange(destination, source, routing_key, arguments, self.session.access)
-        if not nowait:
-            self._reply(ch, "exchange.bind-ok")
-
-    def _m_exchange__unbind(self, ch: int, _r: int, destination: str, source: str, routing_key: str,
-                            nowait: bool, arguments: dict[str, Any]) -> None:
-        self._channel(ch)
-        self.session.vhost.unbind_exchange(destination, source, routing_key, arguments, self.session.access)
-        if not nowait:
-            self._reply(ch, "exchange.unbind-ok")
-
-    # queue class
-
-    def _check_read(self, queue: str) -> None:
-        """basic.get, basic.consume and queue.purge need read on the queue, checked before it is looked up."""
-        if self.session.access is not None:
-            self.session.access.read("queue", queue)
-
-    def _queue_name(self, channel: Channel, name: str) -> str:
-        if name:
-            return name
-        if not channel.last_queue:
-            raise errors.NotFound("no previously declared queue")
-        return channel.last_queue
-
-    def _m_queue__declare(self, ch: int, _r: int, queue: str, passive: bool, durable: bool, exclusive: bool,
-                          auto_delete: bool, nowait: bool, arguments: dict[str, Any]) -> None:
-        channel = self._channel(ch)
-        if passive and queue == REPLY_TO:
-            if not nowait:
-                self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
-            return
-        if passive and queue.startswith(REPLY_TO + ".") and queue in self.broker.reply_queues:
-            if not nowait:  # a broker-issued reply address whose consumer is alive, from any connection
-                self._reply(ch, "queue.declare-ok", queue, 0, 1)
-            return
-        q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,
-                                             exclusive=exclusive, auto_delete=auto_delete, arguments=arguments,
-                                             access=self.session.access)
-        channel.last_queue = q.name
-        if not nowait:
-            self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
-
-    def _m_queue__bind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str, nowait: bool,
-                       arguments: dict[str, Any]) -> None:
-        channel = self._channel(ch)
-        if not queue and not routing_key:
-            routing_key = self._queue_name(channel, "")
-        queue = self._queue_name(channel, queue)
-        self.session.vhost.bind_queue(queue, exchange, routing_key, arguments, self.session, self.session.access)
-        if not nowait:
-            self._reply(ch, "queue.bind-ok")
-
-    def _m_queue__unbind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str,
-                         arguments: dict[str, Any]) -> None:
-        channel = self._channel(ch)
-        if not queue and not routing_key:
-            routing_key = self._queue_name(channel, "")
-        queue = self._queue_name(channel, queue)
-        self.session.vhost.unbind_queue(queue, exchange, routing_key, arguments, self.session, self.session.access)
-        self._reply(ch, "queue.unbind-ok")
-
-    def _m_queue__purge(self, ch: int, _r: int, queue: str, nowait: bool) -> None:
-        channel = self._channel(ch)
-        name = self._queue_name(channel, queue)
-        self._check_read(name)
-        q = self.session.vhost.queue(name, self.session)
-        count = q.purge()
-        if not nowait:
-            self._reply(ch, "queue.purge-ok", count)
-
-    def _m_queue__delete(self, ch: int, _r: int, queue: str, if_unused: bool, if_empty: bool,
-                         nowait: bool) -> None:
-        """queue.delete-ok goes out before the basic.cancel of this connection's consumers of the queue, as
-        RabbitMQ sends them (its queue tells the channels after the delete has returned)."""
-        channel = self._channel(ch)
-        held: list[tuple[int, str]] = []
-        self._held_cancels = held
-        try:
-            count = self.session.vhost.delete_queue(self._queue_name(channel, queue), self.session, if_unused,
-                                                    if_empty, self.session.access)
-            if not nowait:
-                self._reply(ch, "queue.delete-ok", count)
-        finally:
-            self._held_cancels = None
-            for number, tag in held:
-                self.send_cancel(number, tag)
-
-    # basic class
-
-    def _m_basic__qos(self, ch: int, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
-        self._channel(ch).qos(prefetch_size, prefetch_count, global_)
-        self._reply(ch, "basic.qos-ok")
-
-    def _m_basic__consume(self, ch: int, _r: int, queue: str, consumer_tag: str, no_local: bool, no_ack: bool,
-                          exclusive: bool, nowait: bool, arguments: dict[str, Any]) -> None:
-        channel = self._channel(ch)
-        if queue == REPLY_TO:
-            consumer = channel.consume_reply(consumer_tag, no_ack)
-            q = consumer.queue
-        else:
-            name = self._queue_name(channel, queue)
-            self._check_read(name)
-            q = self.session.vhost.queue(name, self.session)
-            consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
-        if not nowait:
-            self._reply(ch, "basic.consume-ok", consumer.tag)
-        q.add_consumer(consumer)
-
-    def _m_basic__cancel(self, ch: int, consumer_tag: str, nowait: bool) -> None:
-        self._channel(ch).cancel(consumer_tag)
-        if not nowait:
-            self._reply(ch, "basic.cancel-ok", consumer_tag)
-
-    def _m_basic__get(self, ch: int, _r: int, queue: str, no_ack: bool) -> None:
-        channel = self._channel(ch)
-        name = self._queue_name(channel, queue)
-        self._check_read(name)
-        q = self.session.vhost.queue(name, self.session)
-        got = channel.get(q, no_ack)
-        if got is None:
-            self._reply(ch, "basic.get-empty", "")
-            return
-        tag, msg = got
-        self.conn.send_content(ch, _GET_OK, (tag, msg.redelivered, msg.exchange, msg.routing_key, q.message_count),
-                               msg.header, msg.body)
-
-    def _m_basic__ack(self, ch: int, delivery_tag: int, multiple: bool) -> None:
-        self._channel(ch).ack(delivery_tag, multiple)
-
-    def _m_basic__reject(self, ch: int, delivery_tag: int, requeue: bool) -> None:
-        self._channel(ch).reject(delivery_tag, False, requeue)
-
-    def _m_basic__nack(self, ch: int, delivery_tag: int, multiple: bool, requeue: bool) -> None:
-        self._channel(ch).reject(delivery_tag, multiple, requeue)
-
-    def _m_basic__recover_async(self, ch: int, requeue: bool) -> None:
-        self._channel(ch).recover(requeue)
-
-    def _m_basic__recover(self, ch: int, requeue: bool) -> None:
-        self._channel(ch).recover(requeue)
-        self._reply(ch, "basic.recover-ok")
-
-    # confirm and tx classes
-
-    def _m_confirm__select(self, ch: int, nowait: bool) -> None:
-        self._channel(ch).select_confirm()
-        if not nowait:
-            self._reply(ch, "confirm.select-ok")
-
-    def _m_tx__select(self, ch: int) -> None:
-        self._channel(ch).select_tx()
-        self._reply(ch, "tx.select-ok")
-
-    def _m_tx__commit(self, ch: int) -> None:
-        self._channel(ch).commit()
-
-        def reply(exc: BaseException | None) -> None:
-            if exc is not None:
-                self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - could not write the transaction: {exc}",
-                           spec.CLASS_TX, 20)
-                return
-            if ch in self.session.channels:
-                self._reply(ch, "tx.commit-ok")
-                self._schedule_flush()
-
-        self.session.after_durable(reply)
-
-    def _m_tx__rollback(self, ch: int) -> None:
-        self._channel(ch).rollback()
-        self._reply(ch, "tx.rollback-ok")
+# Every AMQP method a client may send, by its name in the specification -> its handler, called with the connection,
+# the channel number and the method's arguments. basic.publish and basic.ack also have fast paths in the parser
+# (AMQPConnection.on_publish, on_ack). A method the parser accepts that is not listed here is ignored.
+METHODS: dict[str, Callable[..., None]] = {
+    "connection.start-ok": AMQPConnection.connection_start_ok,
+    "connection.secure-ok": AMQPConnection.connection_secure_ok,
+    "connection.tune-ok": AMQPConnection.connection_tune_ok,
+    "connection.open": AMQPConnection.connection_open,
+    "connection.close": AMQPConnection.connection_close,
+    "connection.close-ok": AMQPConnection.connection_close_ok,
+    "connection.update-secret": AMQPConnection.connection_update_secret,
+    "channel.open": ChannelCommands.channel_open,
+    "channel.flow": ChannelCommands.channel_flow,
+    "channel.flow-ok": ChannelCommands.channel_flow_ok,
+    "channel.close": ChannelCommands.channel_close,
+    "channel.close-ok": ChannelCommands.channel_close_ok,
+    "exchange.declare": ChannelCommands.exchange_declare,
+    "exchange.delete": ChannelCommands.exchange_delete,
+    "exchange.bind": ChannelCommands.exchange_bind,
+    "exchange.unbind": ChannelCommands.exchange_unbind,
+    "queue.declare": ChannelCommands.queue_declare,
+    "queue.bind": ChannelCommands.queue_bind,
+    "queue.unbind": ChannelCommands.queue_unbind,
+    "queue.purge": ChannelCommands.queue_purge,
+    "queue.delete": ChannelCommands.queue_delete,
+    "basic.qos": ChannelCommands.basic_qos,
+    "basic.consume": ChannelCommands.basic_consume,
+    "basic.cancel": ChannelCommands.basic_cancel,
+    "basic.get": ChannelCommands.basic_get,
+    "basic.ack": ChannelCommands.basic_ack,
+    "basic.reject": ChannelCommands.basic_reject,
+    "basic.nack": ChannelCommands.basic_nack,
+    "basic.recover-async": ChannelCommands.basic_recover_async,
+    "basic.recover": ChannelCommands.basic_recover,
+    "confirm.select": ChannelCommands.confirm_select,
+    "tx.select": ChannelCommands.tx_select,
+    "tx.commit": ChannelCommands.tx_commit,
+    "tx.rollback": ChannelCommands.tx_rollback,
+}
+_HANDLERS = {M(name).key: handler for name, handler in METHODS.items()}

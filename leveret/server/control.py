@@ -23,10 +23,10 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leveret import errormap
+from leveret.config import socket_path
 from leveret.core import audit, errors
 from leveret.core.policies import Policy
 from leveret.core.tracing import TRACE_EXCHANGE, set_tracing
@@ -38,14 +38,9 @@ if TYPE_CHECKING:
     from leveret.core.broker import VHost
     from leveret.core.exchanges import Exchange
     from leveret.core.queue import Queue
-
-    from .app import Server
+    from leveret.node import Node as Server
 
 log = logging.getLogger("leveret.control")
-
-
-def socket_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "leveret.sock"
 
 
 class ControlServer:
@@ -53,9 +48,8 @@ class ControlServer:
         self.server = server
         self.path = socket_path(server.config.data_dir)
         self._server: asyncio.base_events.Server | None = None
-        # server._listeners: Server (server/app.py, not this module's) has no public listing of its listeners yet
         self.management = Management(server.broker, sessions=lambda: [c.session for c in server.connections],
-                                     listeners=server._listeners)
+                                     listeners=server.listeners)
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self._status,
             "set_policy": self._set_policy,

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from leveret.supervisor.status import STATUS_FILE, SupervisorError
+
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from leveret.supervisor.supervisor import Supervisor
 
 STALE_AFTER = 15.0  # seconds without a rewrite of the status file before it is not trusted (at least)
 
@@ -28,12 +29,15 @@ def stale_after(info: dict[str, Any]) -> float:
     return max(STALE_AFTER, 3 * interval)
 
 
-async def start_http(supervisor: Supervisor, bind: str, port: int) -> tuple[web.AppRunner, str]:
-    """Serve ``GET /health`` (and ``/``) on ``bind:port`` (0: any free port); return the runner and the URL."""
+async def start_http(status: Callable[[], tuple[dict[str, Any], bool]], bind: str,
+                     port: int) -> tuple[web.AppRunner, str]:
+    """Serve ``GET /health`` (and ``/``) on ``bind:port`` (0: any free port): ``status()`` is the document and
+    whether it is healthy (200, else 503). Returns the runner and the URL."""
     from aiohttp import web
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response(supervisor.snapshot(), status=200 if supervisor.healthy() else 503,
+        document, healthy = status()
+        return web.json_response(document, status=200 if healthy else 503,
                                  dumps=lambda data: json.dumps(data, indent=1))
 
     app = web.Application()
@@ -46,8 +50,6 @@ async def start_http(supervisor: Supervisor, bind: str, port: int) -> tuple[web.
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        from leveret.supervisor.supervisor import SupervisorError
-
         raise SupervisorError(f"cannot listen for health checks on {bind}:{port}: {exc.strerror or exc}") from None
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None) or []
@@ -59,8 +61,6 @@ async def start_http(supervisor: Supervisor, bind: str, port: int) -> tuple[web.
 def read_status(state_dir: str) -> tuple[dict[str, Any] | None, str]:
     """(status, problem): the status document of the supervisor using ``state_dir`` and, when it cannot be
     trusted (no file, supervisor gone, stale), why."""
-    from leveret.supervisor.supervisor import STATUS_FILE
-
     path = Path(state_dir) / STATUS_FILE
     if not path.exists():  # `leveret worker` keeps its status in <state_dir>/<app>[@<queues>]
         below = sorted(p for p in Path(state_dir).glob(f"*/{STATUS_FILE}"))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -30,105 +29,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from leveret.supervisor.child import FD_VARIABLE, PID_VARIABLE, SLOT_VARIABLE, rss_mb
 from leveret.supervisor.config import ProgramSpec, RunConfigError, Settings
+from leveret.supervisor.process import Proc, ProcessGroups, Slot, describe_exit, iso, signal_group
+from leveret.supervisor.status import STATUS_FILE, StateDir, SupervisorError
+
+__all__ = ["STATUS_FILE", "Supervisor", "SupervisorError", "run_supervisor"]
 
 log = logging.getLogger("leveret.supervisor")
 
-STATUS_FILE = "supervisor.json"
-LOCK_FILE = "supervisor.lock"
 KILL_MARGIN = 5.0  # seconds after a process's grace period before SIGKILL
 PROGRAM_READY_AFTER = 1.0  # a program that does not report is ready once it has been up this long
-
-
-def signal_group(p: Proc, sig: int) -> None:
-    """Send ``sig`` to ``p``'s process group (each process is started as the leader of its own group), so that
-    what a command started (``sh -c "..."``'s children) gets it too; to the process alone if that fails."""
-    try:
-        os.killpg(p.pid, sig)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            p.proc.send_signal(sig)
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            p.proc.send_signal(sig)
-
-
-class SupervisorError(Exception):
-    """The supervisor cannot start (state directory locked or unwritable, health port unavailable)."""
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-@dataclass(eq=False)
-class Proc:
-    """One OS process of a slot."""
-
-    slot: Slot
-    proc: asyncio.subprocess.Process
-    started: float  # wall clock
-    started_mono: float
-    role: str = "candidate"  # candidate (starting for a reload), current, retiring
-    reason: str = ""  # why it is retiring
-    tasks_done: int = 0
-    consuming: bool = True  # a worker says when it is not (lost its broker connection)
-    rss: float | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    read_fd: int = -1
-    buffer: bytes = b""
-    kill_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def uptime(self) -> float:
-        return time.monotonic() - self.started_mono
-
-
-@dataclass(eq=False)
-class Slot:
-    """Position ``index`` of a program: at most one current process (plus retiring ones while they drain)."""
-
-    program: ProgramSpec
-    index: int
-    current: Proc | None = None
-    retiring: set[Proc] = field(default_factory=set)
-    state: str = "starting"  # starting, running, backoff, stopping, stopped
-    starts: int = 0
-    restarts: int = 0  # after an unexpected exit
-    recycles: int = 0  # planned replacements: max tasks, max memory, reload
-    failures: int = 0  # unexpected exits in a row
-    tasks_before: int = 0  # tasks done by this slot's earlier processes
-    last_exit: str | None = None
-    last_exit_at: float | None = None
-    next_start: float | None = None
-    restart_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.program.name}[{self.index}]"
-
-    def crash_looping(self, settings: Settings) -> bool:
-        return self.failures >= settings.crash_loop_after
 
 
 class Supervisor:
@@ -144,9 +59,9 @@ class Supervisor:
         self.health_url: str | None = None
         self._stop = asyncio.Event()
         self._procs: set[Proc] = set()
-        self._groups: set[int] = set()  # process groups of every process started: killed at the end
+        self._groups = ProcessGroups()  # of every process started: what is left of them is killed at the end
         self._reload_task: asyncio.Task[None] | None = None
-        self._lock_fd: int | None = None
+        self._state_dir = StateDir(settings.state_dir)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- main ----------------------------------------------------------------------------------------------
@@ -154,13 +69,13 @@ class Supervisor:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return 0 once every process is gone."""
         loop = asyncio.get_running_loop()
-        self._lock_state_dir()
+        self._state_dir.lock()
         runner = None
         try:
             if self.settings.health_port is not None:
                 from leveret.supervisor.health import start_http
 
-                runner, self.health_url = await start_http(self, self.settings.health_bind,
+                runner, self.health_url = await start_http(self.health, self.settings.health_bind,
                                                            self.settings.health_port)
                 log.info("health endpoint on %s", self.health_url)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,7 +101,7 @@ class Supervisor:
                 await runner.cleanup()
             self.state = "stopped"
             self.write_status()
-            self._unlock_state_dir()
+            self._state_dir.unlock()
         log.info("supervisor %d stopped", os.getpid())
         return 0
 
@@ -558,60 +473,21 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(task), 1.0)
 
     def _prune_groups(self) -> None:
-        """Forget the groups with no process left (their id may then be reused by someone else's group)."""
-        live = {p.pid for p in self._procs}
-        for group in list(self._groups):
-            if group not in live:
-                try:
-                    os.killpg(group, 0)
-                except ProcessLookupError:
-                    self._groups.discard(group)
-                except PermissionError:
-                    self._groups.discard(group)
+        self._groups.prune({p.pid for p in self._procs})
 
     def _kill_leftover_groups(self) -> None:
-        """SIGKILL what is left of the process groups of the processes that are gone (a command's children that
-        outlived it); a group with no process left is forgotten."""
-        live = {p.pid for p in self._procs}
-        for group in list(self._groups):
-            if group in live:
-                continue
-            try:
-                os.killpg(group, signal.SIGKILL)
-                log.warning("killed what was left of process group %d", group)
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                pass
-            self._groups.discard(group)
+        for group in self._groups.kill_leftovers({p.pid for p in self._procs}):
+            log.warning("killed what was left of process group %d", group)
 
     # --- state directory and status ------------------------------------------------------------------------
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.settings.state_dir)
+        return self._state_dir.path
 
-    def _lock_state_dir(self) -> None:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise SupervisorError(f"cannot use state directory {self.state_dir}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise SupervisorError(f"another supervisor (pid {other}) uses the state directory {self.state_dir} "
-                                  "(give this one another --state-dir)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _unlock_state_dir(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def health(self) -> tuple[dict[str, Any], bool]:
+        """What the health endpoint serves: the snapshot, and whether it is healthy."""
+        return self.snapshot(), self.healthy()
 
     def healthy(self) -> bool:
         return (self.state == "running" and not any(s.crash_looping(self.settings) for s in self.slots)
@@ -650,13 +526,7 @@ class Supervisor:
                 "healthy": self.healthy(), "programs": programs}
 
     def write_status(self) -> None:
-        path = self.state_dir / STATUS_FILE
-        temporary = path.with_suffix(".tmp")
-        try:
-            temporary.write_text(json.dumps(self.snapshot(), indent=1))
-            os.replace(temporary, path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc.strerror or exc)
+        self._state_dir.write_status(self.snapshot())
 
 
 def run_supervisor(programs: list[ProgramSpec], settings: Settings,

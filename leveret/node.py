@@ -1,8 +1,14 @@
-"""Starting and stopping the broker: listeners, signal handling, ordered shutdown.
+"""One broker process, composed: the one place that builds a Leveret node from its :class:`Config`.
 
-``serve(config)`` is what ``leveret serve`` runs. :class:`Server` is the same broker for embedding and tests:
-``await server.start()`` binds (port 0 picks a free one, see ``server.port``), ``await server.stop()`` closes
-every connection with 320 CONNECTION_FORCED and stops.
+A :class:`Node` opens the store, recovers the :class:`~leveret.core.broker.Broker` from it, and starts the
+edges over that broker: the AMQP listeners (leveret/server/), the management API over HTTP and HTTPS
+(leveret/http/), and the control socket behind ``leveret ctl`` (leveret/server/control.py). It also runs the
+disk and memory alarms' periodic checks. ``server/`` and ``http/`` do not import each other; only this module
+knows them both.
+
+``serve(config)`` is what ``leveret serve`` runs. :class:`Node` is the same broker for embedding and tests:
+``await node.start()`` binds (port 0 picks a free one, see ``node.port``), ``await node.stop()`` closes every
+connection with 320 CONNECTION_FORCED and stops. :class:`ThreadedServer` runs a Node on a background thread.
 """
 
 from __future__ import annotations
@@ -15,17 +21,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from leveret.amqp import spec
 from leveret.config import Config
 from leveret.core.audit import AuditLog
-from leveret.core.broker import Broker
+from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
+from leveret.server.control import ControlServer
+from leveret.server.listener import AMQPListener
 from leveret.store import Store, StoreError, open_store
 
-from .amqp import AMQPConnection
-from .control import ControlServer
-from .tls import PLAIN_DETAILS, PeerTLS, handshake_timeout, peer_tls, server_context
+if TYPE_CHECKING:
+    from leveret.server.amqp import AMQPConnection
 
 log = logging.getLogger("leveret.server")
 DISK_CHECK_INTERVAL = 1.0
@@ -45,69 +52,56 @@ class LoopTimers:
         return self.loop.call_later(max(0.0, delay), fn)
 
 
-class Server:
-    """One broker process's AMQP listener over one :class:`Broker`."""
+class Node:
+    """One broker: its store, its Broker, and the AMQP, HTTP(S) and control-socket listeners over it."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.broker: Broker = None  # type: ignore[assignment]  # made in start(), on the event loop
         self.store: Store | None = None
-        self.connections: set[AMQPConnection] = set()
+        self.amqp = AMQPListener(config)  # checks the TLS files: a bad one stops the broker before it opens anything
         self._disk_timer: asyncio.TimerHandle | None = None
         self._memory_timer: asyncio.TimerHandle | None = None
         # the memory alarm also watches the process's RSS, unless the broker is embedded in another program
         # (ThreadedServer): then the RSS is not the broker's, and only what messages cost counts
         self.process_rss = True
         self.control: ControlServer | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self.port = config.port if config.plain_listener else -1
         self.http: ManagementServer | None = None
         self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
-        # TLS (see leveret.server.tls): checked here, so that a bad file stops the broker before it opens anything
-        self.ssl_context: ssl.SSLContext | None = server_context(config)
-        self._tls_server: asyncio.base_events.Server | None = None
-        self.tls_port = config.tls_port if self.ssl_context is not None else -1  # the bound AMQPS port
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
 
+    @property
+    def port(self) -> int:
+        """The bound AMQP port after start(); -1: the plain listener is off."""
+        return self.amqp.port
+
+    @property
+    def tls_port(self) -> int:
+        """The bound AMQPS port after start(); -1: TLS is off."""
+        return self.amqp.tls_port
+
+    @property
+    def connections(self) -> set[AMQPConnection]:
+        """The open AMQP connections."""
+        return self.amqp.connections
+
+    def sessions(self) -> list[Session]:
+        """The sessions of the open AMQP connections (the management API's connections and channels)."""
+        return [conn.session for conn in self.amqp.connections]
+
     async def start(self) -> None:
         """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
-        OSError when the address cannot be bound."""
+        OSError when an address cannot be bound."""
         loop = asyncio.get_running_loop()
         if self.broker is None:
             self.broker = self._open_broker(loop)
-        if self.config.plain_listener:
-            self._server = await loop.create_server(lambda: AMQPConnection(self), self.config.bind,
-                                                    self.config.port, reuse_address=True, backlog=1024)
-            sock = self._server.sockets[0]
-            self.port = sock.getsockname()[1]
-        if self.ssl_context is not None:
-            await self._start_tls(loop)
+        await self.amqp.start(self.broker)
         if self.config.http_port >= 0:
-            self.http = ManagementServer(self.broker, self.config.http_bind, self.config.http_port,
-                                         sessions=lambda: [conn.session for conn in self.connections],
-                                         listeners=self._listeners, metrics_auth=self.config.metrics_auth)
-            try:
-                await self.http.start()
-            except BaseException:
-                self.http = None
-                self._close_listeners()
-                raise
+            self.http = await self._start_http(self.config.http_port, None)
             self.http_port = self.http.port
-        if self.ssl_context is not None and self.config.http_tls_port >= 0:
-            self.https = ManagementServer(self.broker, self.config.http_bind, self.config.http_tls_port,
-                                          sessions=lambda: [conn.session for conn in self.connections],
-                                          listeners=self._listeners, ssl_context=self.ssl_context,
-                                          metrics_auth=self.config.metrics_auth)
-            try:
-                await self.https.start()
-            except BaseException:
-                self.https = None
-                if self.http is not None:
-                    await self.http.stop()
-                    self.http = None
-                self._close_listeners()
-                raise
+        if self.amqp.ssl_context is not None and self.config.http_tls_port >= 0:
+            self.https = await self._start_http(self.config.http_tls_port, self.amqp.ssl_context)
             self.https_port = self.https.port
         if self.config.disk_free_limit and self.config.store == "sqlite":
             self._check_disk()
@@ -117,58 +111,32 @@ class Server:
             self.broker.memory.track_rss = False
         self.control = ControlServer(self)
         await self.control.start()
-        if self._server is not None:
-            log.info("Leveret listening for AMQP on %s:%d", self.config.bind, self.port)
-        if self._tls_server is not None:
-            log.info("Leveret listening for AMQP over TLS on %s:%d (client certificates: %s)", self.config.bind,
-                     self.tls_port, _client_cert_mode(self.config))
+        self.amqp.log_listening()
 
-    async def _start_tls(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_http(self, port: int, ssl_context: ssl.SSLContext | None) -> ManagementServer:
+        """The management API on ``port`` (HTTPS with ``ssl_context``); on failure what was started is closed."""
+        http = ManagementServer(self.broker, self.config.http_bind, port, sessions=self.sessions,
+                                listeners=self.listeners, ssl_context=ssl_context,
+                                metrics_auth=self.config.metrics_auth)
         try:
-            self._tls_server = await loop.create_server(
-                lambda: AMQPConnection(self), self.config.bind, self.config.tls_port, reuse_address=True,
-                backlog=1024, ssl=self.ssl_context, ssl_handshake_timeout=handshake_timeout())
-        except OSError as exc:
-            self._close_listeners()
-            host = f"[{self.config.bind}]" if ":" in self.config.bind else self.config.bind
-            # the file name slot is what the command line prints before the reason
-            raise OSError(exc.errno, exc.strerror, f"cannot listen for AMQP over TLS on {host}:"
-                                                   f"{self.config.tls_port}") from None
-        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            await http.start()
+        except BaseException:
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
+            self.amqp.close()
+            raise
+        return http
 
-    def _close_listeners(self) -> None:
-        for listener in (self._server, self._tls_server):
-            if listener is not None:
-                listener.close()
-
-    def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
-        """The TLS session of a new AMQP connection (None for a plain one)."""
-        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
-        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
-
-    def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
-        """What the management API shows of a connection besides its peer: the local address and TLS."""
-        details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()
-        local = transport.get_extra_info("sockname")
-        if local:
-            details["host"], details["port"] = local[0], local[1]
-        return details
-
-    def _listeners(self) -> list[dict[str, object]]:
-        found: list[dict[str, object]] = []
-        if self._server is not None:
-            found.append({"node": self.broker.node_name, "protocol": "amqp", "ip_address": self.config.bind,
-                          "port": self.port})
-        if self._tls_server is not None:
-            found.append({"node": self.broker.node_name, "protocol": "amqp/ssl", "ip_address": self.config.bind,
-                          "port": self.tls_port})
-        if self.http is not None:
-            found.append({"node": self.broker.node_name, "protocol": "http", "ip_address": self.config.http_bind,
-                          "port": self.http_port})
-        if self.https is not None:
-            found.append({"node": self.broker.node_name, "protocol": "https", "ip_address": self.config.http_bind,
-                          "port": self.https_port})
+    def listeners(self) -> list[dict[str, object]]:
+        """Every bound listener (AMQP, AMQPS, HTTP, HTTPS) as the management API lists them."""
+        found = self.amqp.listeners()
+        for protocol, http, port in (("http", self.http, self.http_port), ("https", self.https, self.https_port)):
+            if http is not None:
+                found.append({"node": self.broker.node_name, "protocol": protocol,
+                              "ip_address": self.config.http_bind, "port": port})
         return found
+
 
     def _check_disk(self) -> None:
         """The disk alarm, every second (it clears here once there is room again). Each commit of new messages
@@ -227,7 +195,7 @@ class Server:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
-        self._close_listeners()
+        self.amqp.close()
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -240,18 +208,7 @@ class Server:
             self._memory_timer.cancel()
         if self.control is not None:
             await self.control.stop()
-        for conn in list(self.connections):
-            conn.close(spec.CONNECTION_FORCED,
-                       "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        for listener in (self._server, self._tls_server):
-            if listener is not None:
-                await listener.wait_closed()
+        await self.amqp.stop(grace)
         if self.store is not None:
             if self.broker is not None and self.broker.durability is not None:
                 self.broker.durability.flush()
@@ -260,12 +217,6 @@ class Server:
         if self.broker is not None:
             self.broker.audit.close()
         log.info("Leveret stopped")
-
-
-def _client_cert_mode(config: Config) -> str:
-    if config.tls_verify != "peer":
-        return "not asked for"
-    return "required" if config.tls_fail_if_no_peer_cert else "verified when given"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -278,15 +229,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(config: Config) -> int:
-    server = Server(config)
+    node = Node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before start(): a signal during start-up still stops cleanly
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    await node.start()
     await stop.wait()
     log.info("shutting down")
-    await server.stop()
+    await node.stop()
     return 0
 
 
@@ -300,12 +251,12 @@ def serve(config: Config) -> int:
 
 
 class ThreadedServer:
-    """A Server on its own event loop in a background thread (for tests and embedding in sync code)."""
+    """A Node on its own event loop in a background thread (for tests and embedding in sync code)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = new_event_loop()
-        self.server = Server(config)
+        self.server = Node(config)
         self.server.process_rss = False  # the process is the host program's (tests): its RSS is not the broker's
         self._thread = threading.Thread(target=self.loop.run_forever, name="leveret-server", daemon=True)
 
