@@ -25,7 +25,7 @@ from aiohttp import web
 
 import leveret
 from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
-from leveret.amqp.fields import RawField
+from leveret.amqp.codec import RawField
 from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost, process_rss, strip_crlf
