@@ -2,12 +2,29 @@
 
 Written from the published AMQP 0-9-1 specification (amqp0-9-1.xml) and RabbitMQ's extensions
 (basic.nack, confirm, exchange.bind/unbind, connection.blocked/unblocked, connection.update-secret).
-Only facts live here; encoding and decoding are in :mod:`leveret.amqp.codec`.
+Only facts live here; encoding and decoding are in :mod:`leveret.amqp.codec` (methods, frames) and
+:mod:`leveret.amqp.fields` (values), which also holds the value domains and the basic properties.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The value domains (bit ... timestamp), the basic properties and the field-type tags are facts of the values,
+# kept with their codec in fields.py (which the core may import; this module it may not); named here as well.
+from .fields import (  # noqa: F401
+    BASIC_PROPERTIES,
+    BIT,
+    FIELD_TYPES,
+    LONG,
+    LONGLONG,
+    LONGSTR,
+    OCTET,
+    SHORT,
+    SHORTSTR,
+    TABLE,
+    TIMESTAMP,
+)
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 PROTOCOL_HEADER_0_9 = b"AMQP\x01\x01\x00\x09"
@@ -20,17 +37,6 @@ FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
 FRAME_MIN_SIZE = 4096
-
-# Domain types of method arguments.
-BIT = "bit"
-OCTET = "octet"
-SHORT = "short"
-LONG = "long"
-LONGLONG = "longlong"
-SHORTSTR = "shortstr"
-LONGSTR = "longstr"
-TABLE = "table"
-TIMESTAMP = "timestamp"
 
 # Reply codes (constants of the specification).
 REPLY_SUCCESS = 200
@@ -243,25 +249,3 @@ METHODS_BY_NAME: dict[str, MethodSpec] = {m.full_name: m for m in METHODS}
 def method(name: str) -> MethodSpec:
     """The spec of ``"class.method"``; raises KeyError for a name the protocol does not have."""
     return METHODS_BY_NAME[name]
-
-
-# Content properties of class basic, in flag order (bit 15 first).
-BASIC_PROPERTIES: tuple[tuple[str, str], ...] = (
-    ("content_type", SHORTSTR),
-    ("content_encoding", SHORTSTR),
-    ("headers", TABLE),
-    ("delivery_mode", OCTET),
-    ("priority", OCTET),
-    ("correlation_id", SHORTSTR),
-    ("reply_to", SHORTSTR),
-    ("expiration", SHORTSTR),
-    ("message_id", SHORTSTR),
-    ("timestamp", TIMESTAMP),
-    ("type", SHORTSTR),
-    ("user_id", SHORTSTR),
-    ("app_id", SHORTSTR),
-    ("cluster_id", SHORTSTR),
-)
-
-# Field value type tags in tables and arrays, as RabbitMQ's clients send them.
-FIELD_TYPES = "tbBsuIilLfdDSxATFV"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leveret.amqp.codec import field_type
+from leveret.amqp.fields import field_type
 from leveret.store.base import PermissionDef, PolicyDef, Store, UserDef
 
 from . import audit as _audit

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from leveret.amqp.codec import field_type
+from leveret.amqp.fields import field_type
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
 from .lifecycle import count_delivery

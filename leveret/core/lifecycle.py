@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from leveret.amqp.codec import LongInt, field_type
+from leveret.amqp.fields import LongInt, field_type
 
 from .errors import PreconditionFailed
 from .message import Message, build_address, build_header

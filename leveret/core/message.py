@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from leveret.amqp import codec
+from leveret.amqp import fields as codec
 
 if TYPE_CHECKING:
     from .queue import Consumer, Queue

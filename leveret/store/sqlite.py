@@ -83,7 +83,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from leveret.amqp.codec import LongInt, RawField
+from leveret.amqp.fields import LongInt, RawField
 
 from . import sqlite_status
 from .base import (
