@@ -41,6 +41,7 @@ from leveret.core.tracking import MESSAGE_ID
 from . import definitions, openapi
 from . import web as web_page
 from .metrics import render_metrics
+from .paging import paged
 from .rates import Rates
 
 log = logging.getLogger("leveret.http")
@@ -502,7 +503,7 @@ class ManagementAPI:
         visible = [v for v in self.broker.vhosts.values()
                    if call.user.tags and ({"administrator", "monitoring"} & set(call.user.tags)
                                           or v.name in call.user.vhosts)]
-        return reply([self.vhost_info(v) for v in sorted(visible, key=lambda v: v.name)])
+        return paged(call.request, [self.vhost_info(v) for v in sorted(visible, key=lambda v: v.name)], reply)
 
     async def get_vhost(self, call: Call) -> web.Response:
         return reply(self.vhost_info(self.vhost(call.params["vhost"])))
@@ -527,7 +528,7 @@ class ManagementAPI:
     # --- queues ------------------------------------------------------------------------------------
 
     async def list_queues(self, call: Call) -> web.Response:
-        return reply([self.queue_info(q) for v in self._vhosts(call) for q in v.queues.values()])
+        return paged(call.request, [self.queue_info(q) for v in self._vhosts(call) for q in v.queues.values()], reply)
 
     async def get_queue(self, call: Call) -> web.Response:
         return reply(self.queue_info(self.vhost(call.params["vhost"]).queue(call.params["name"])))
@@ -636,7 +637,8 @@ class ManagementAPI:
     # --- exchanges ---------------------------------------------------------------------------------
 
     async def list_exchanges(self, call: Call) -> web.Response:
-        return reply([self.exchange_info(v, e) for v in self._vhosts(call) for e in v.exchanges.values()])
+        return paged(call.request, [self.exchange_info(v, e) for v in self._vhosts(call) for e in v.exchanges.values()],
+                     reply)
 
     async def get_exchange(self, call: Call) -> web.Response:
         vhost = self.vhost(call.params["vhost"])
@@ -963,7 +965,7 @@ class ManagementAPI:
 
     async def list_connections(self, call: Call) -> web.Response:
         address = self._amqp_address()
-        return reply([self.connection_info(s, address) for s in self._visible_sessions(call)])
+        return paged(call.request, [self.connection_info(s, address) for s in self._visible_sessions(call)], reply)
 
     def find_connection(self, name: str) -> Session:
         """The open client connection called ``name`` (as listed: ``peer -> listener``); NotFound otherwise."""
@@ -1005,7 +1007,7 @@ class ManagementAPI:
                               "prefetch_count": channel.prefetch, "global_prefetch_count": channel.global_prefetch,
                               "consumer_count": len(channel.consumers), "messages_unacknowledged": len(channel.unacked),
                               "state": "running"})
-        return reply(found)
+        return paged(call.request, found, reply)
 
     async def list_consumers(self, call: Call) -> web.Response:
         address = self._amqp_address()
