@@ -42,7 +42,7 @@ from . import definitions, openapi
 from . import web as web_page
 from .metrics import render_metrics
 from .paging import paged
-from .rates import Rates
+from .rates import History, Rates, broker_sample
 
 log = logging.getLogger("leveret.http")
 
@@ -195,6 +195,7 @@ class ManagementAPI:
         self.sessions = sessions
         self.listeners = listeners
         self.rates = Rates()
+        self.history = History(lambda key: broker_sample(broker, key))  # the charts' samples
         self.routes: list[Route] = []
         r = self._route
         r("GET", "overview", self.overview)
@@ -273,6 +274,7 @@ class ManagementAPI:
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
         web_page.add_routes(application)
+        application.cleanup_ctx.append(self.history.running)
         return application
 
     # --- the one entry point: authentication, routing, authorisation, error translation -------------
@@ -465,7 +467,7 @@ class ManagementAPI:
         queues = [q for v in self.broker.vhosts.values() for q in v.queues.values()]
         ready = sum(q.message_count for q in queues)
         unacked = sum(q.unacked_count for q in queues)
-        return reply({
+        return reply(self.history.annotate(call.request.query, "overview", {
             "management_version": RABBITMQ_VERSION, "rabbitmq_version": RABBITMQ_VERSION,
             "product_name": "Leveret", "product_version": leveret.__version__,
             "erlang_version": "n/a", "node": self.broker.node_name, "cluster_name": self.broker.node_name,
@@ -482,7 +484,7 @@ class ManagementAPI:
                                                            "deliver_get": sum(q.stats_delivered for q in queues),
                                                            "ack": sum(q.stats_acked for q in queues)}),
             "listeners": self.listeners(),
-        })
+        }, "queue_totals"))
 
     async def openapi_description(self, call: Call) -> web.Response:
         return reply(openapi.build())
@@ -531,7 +533,9 @@ class ManagementAPI:
         return paged(call.request, [self.queue_info(q) for v in self._vhosts(call) for q in v.queues.values()], reply)
 
     async def get_queue(self, call: Call) -> web.Response:
-        return reply(self.queue_info(self.vhost(call.params["vhost"]).queue(call.params["name"])))
+        queue = self.vhost(call.params["vhost"]).queue(call.params["name"])
+        return reply(self.history.annotate(call.request.query, ("queue", queue.vhost.name, queue.name),
+                                           self.queue_info(queue)))
 
     async def queue_bindings(self, call: Call) -> web.Response:
         vhost = self.vhost(call.params["vhost"])
@@ -918,7 +922,7 @@ class ManagementAPI:
         memory = self.broker.memory
         return {"name": self.broker.node_name, "type": "disc", "running": True, "mem_used": process_rss(),
                 "mem_limit": memory.high, "mem_alarm": memory.memory_alarm, "disk_free_alarm": memory.disk_alarm,
-                "partitions": [], "os_pid": str(os.getpid()), "being_drained": False}
+                "partitions": [], "os_pid": str(os.getpid()), "being_drained": False, **web_page.node_health()}
 
     async def list_nodes(self, call: Call) -> web.Response:
         return reply([self.node_info()])
