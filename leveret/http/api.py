@@ -954,7 +954,8 @@ class ManagementAPI:
                 "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
                 "vhost": _session_vhost(session) or "", "channels": len(session.channels),
                 "state": "running" if session.writable else "flow", "peer_host": host,
-                "peer_port": int(port) if port.isdigit() else 0, **session.details}
+                "peer_port": int(port) if port.isdigit() else 0, **session.details,
+                "client_properties": getattr(session.sink, "client_properties", {})}
 
     @staticmethod
     def _sees(call: Call, session: Session) -> bool:
