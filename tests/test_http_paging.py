@@ -162,3 +162,22 @@ def test_page_of_columns_keeps_nested_fields() -> None:
 def test_page_of_refuses_a_page_size_that_is_not_a_number() -> None:
     with pytest.raises(PagingError, match="Pagination parameters are invalid"):
         page_of([], {"page": "1", "page_size": "ten"})
+
+
+def test_page_of_objects_views_only_the_page_when_sorted_by_name() -> None:
+    from types import SimpleNamespace
+
+    objects = [SimpleNamespace(name=f"q{i:02}", vhost=SimpleNamespace(name="/"), size=i % 3) for i in range(30)]
+    viewed: list[str] = []
+
+    def view(obj: Any) -> dict[str, Any]:
+        viewed.append(obj.name)
+        return {"name": obj.name, "vhost": obj.vhost.name, "size": obj.size}
+
+    query = {"page": "2", "page_size": "5", "name": "q1", "sort_reverse": "true"}
+    page = page_of(objects, query, view)
+    assert isinstance(page, dict) and [i["name"] for i in page["items"]] == ["q14", "q13", "q12", "q11", "q10"]
+    assert sorted(viewed) == ["q10", "q11", "q12", "q13", "q14"]  # only the page's five
+    assert page == page_of([view(o) for o in objects], query)  # the same answer as from the whole list
+    by_size = {"page": "1", "page_size": "4", "sort": "size"}
+    assert page_of(objects, by_size, view) == page_of([view(o) for o in objects], by_size)

@@ -530,7 +530,7 @@ class ManagementAPI:
     # --- queues ------------------------------------------------------------------------------------
 
     async def list_queues(self, call: Call) -> web.Response:
-        return paged(call.request, [self.queue_info(q) for v in self._vhosts(call) for q in v.queues.values()], reply)
+        return paged(call.request, [q for v in self._vhosts(call) for q in v.queues.values()], reply, self.queue_info)
 
     async def get_queue(self, call: Call) -> web.Response:
         queue = self.vhost(call.params["vhost"]).queue(call.params["name"])
