@@ -400,3 +400,48 @@ def test_readable_on_a_phone(server: ThreadedServer, page: tuple[Any, list[str]]
     assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     shot(tab, "phone-queues")
     assert problems == []
+
+
+def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(server: ThreadedServer,
+                                                                           page: tuple[Any, list[str]],
+                                                                           shot: Any) -> None:
+    from leveret.tasks import App, Retry, Worker
+
+    tab, problems = page
+    app = App(f"amqp://guest:guest@127.0.0.1:{server.port}/", name="web", status_ttl=60)
+    worker = None
+    try:
+        @app.task(name="charge-card", queue="payments", retry=Retry.intervals([0.05]))
+        def charge(amount: int) -> None:
+            raise ValueError(f"card declined for {amount}")
+
+        @app.task(name="send-receipt", queue="payments")
+        def receipt() -> str:
+            return "sent"
+
+        worker = Worker(app).start()
+        failed = charge.send(amount=42)
+        assert failed.wait(10) == "gave_up"
+        assert receipt.send().wait(10) == "succeeded"
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.close()
+    log_in(tab, server, "tasks")
+    row = tab.locator(f"tr[data-task='{failed.id}']")
+    expect(row).to_contain_text("charge-card")
+    expect(row.locator("td:nth-child(4)")).to_have_text("gave_up")
+    expect(row).to_contain_text("ValueError: card declined for 42")
+    expect(tab.locator("tr[data-dead='payments.dead'] td:nth-child(2)")).to_have_text("1")
+    tab.select_option("#task-filter select[name=state]", "succeeded")
+    expect(tab.locator("#task-rows tr[data-state='succeeded']")).to_have_count(1)
+    expect(row).to_have_count(0)
+    tab.select_option("#task-filter select[name=state]", "")
+    shot(tab, "tasks")
+    tab.click(f"tr[data-task='{failed.id}'] a")
+    tab.wait_for_selector("#task:not([hidden])")
+    expect(tab.locator("#task-details")).to_contain_text("gave_up")
+    expect(tab.locator("#task-error pre.traceback")).to_contain_text("ValueError: card declined for 42")
+    expect(tab.locator("#task-timeline tr[data-event='published']").first).to_be_visible()
+    shot(tab, "task")
+    assert problems == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
@@ -38,7 +39,7 @@ from leveret.core.queue import Queue
 from leveret.core.tracing import set_tracing
 from leveret.core.tracking import MESSAGE_ID
 
-from . import definitions, openapi
+from . import definitions, openapi, tasks_view
 from . import web as web_page
 from .metrics import render_metrics
 from .paging import paged
@@ -264,6 +265,7 @@ class ManagementAPI:
         r("GET", "openapi.json", self.openapi_description)
         r("GET", "tracking/{vhost}/{message_id}", self.get_tracking)
         r("GET", "task-status/{vhost}/{id}", self.get_task_status)
+        r("GET", "tasks/{vhost}", functools.partial(tasks_view.list_tasks, self))
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))

@@ -293,7 +293,7 @@ async function showQueue(vhostName, name) {
       "Binding removed")) : ""))), "No bindings");
 }
 
-function currentQueue() {
+function currentQueue() {  // [vhost, name] of "#queue/<vhost>/<name>" (and "#task/<vhost>/<id>")
   const [, v, n] = location.hash.slice(1).split("/");
   return [decodeURIComponent(v || ""), decodeURIComponent(n || "")];
 }
@@ -396,13 +396,60 @@ async function showAdmin() {
   policies.status === "fulfilled" ? "No policies" : refused(policies));
 }
 
+// --- tasks (the status book) and one task ---------------------------------------------------------
+
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : "");
+
+async function showTasks() {
+  const state = $("task-filter").elements.state.value;
+  const [tasks, dead] = await Promise.all([
+    api("GET", `tasks/${enc(vhost())}?limit=200${state ? "&state=" + enc(state) : ""}`),
+    api("GET", `queues/${enc(vhost())}?page=1&page_size=100&use_regex=true&name=${enc("\\.dead$")}` +
+               "&columns=name,vhost,messages")]);
+  fill($("task-rows"), tasks.map((t) => el("tr", {"data-task": t.id, "data-state": t.state},
+    el("td", {class: "name"}, el("a", {href: `#task/${enc(vhost())}/${enc(t.id)}`}, t.id)), el("td", {}, t.task),
+    el("td", {}, t.queue), el("td", {class: `state-${t.state}`}, t.state), el("td", {}, t.attempt),
+    el("td", {}, when(t.updated)), el("td", {}, when(t.next_attempt_at)),
+    el("td", {}, t.error ? `${t.error.type || "error"}: ${t.error.message || ""}` : ""))),
+  state ? `No ${state} tasks` : "No tasks recorded since the broker started");
+  fill($("dead-rows"), dead.items.map((q) => el("tr", {"data-dead": q.name},
+    el("td", {class: "name"}, el("a", {href: `#queue/${enc(q.vhost)}/${enc(q.name)}`}, q.name)),
+    el("td", {}, q.messages))), "No dead-letter queues");
+}
+
+async function showTask(vhostName, id) {
+  $("task-title").textContent = id;
+  const [status, timeline] = await Promise.allSettled([
+    api("GET", `task-status/${enc(vhostName)}/${enc(id)}`), api("GET", `tracking/${enc(vhostName)}/${enc(id)}`)]);
+  if (status.status === "rejected") {
+    table($("task-details").tBodies[0], [["Status", status.reason.message]]);
+    $("task-error").replaceChildren();
+  } else {
+    const t = status.value;
+    table($("task-details").tBodies[0], [
+      ["Task", t.task], ["Queue", t.queue], ["State", t.state], ["Attempt", t.attempt], ["Created", when(t.created)],
+      ["Started", when(t.started)], ["Updated", when(t.updated)], ["Finished", when(t.finished)],
+      ["Next attempt", when(t.next_attempt_at)], ["Worker", t.worker || ""], ["Expires", when(t.expires)],
+      ["Result", t.result === undefined ? "" : JSON.stringify(t.result)]]);
+    $("task-error").replaceChildren(...(t.error ? [el("div", {class: "message"},
+      el("h4", {}, `${t.error.type || "Error"}: ${t.error.message || ""}`),
+      el("pre", {class: "payload traceback"}, t.error.traceback || "(no traceback)"))] : []));
+  }
+  fill($("task-timeline"), timeline.status === "fulfilled" ? timeline.value.map((e) => {
+    const {time, timestamp, event, ...rest} = e;
+    return el("tr", {"data-event": event}, el("td", {}, time), el("td", {}, event),
+      el("td", {class: "name"}, Object.entries(rest).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ")));
+  }) : [], timeline.status === "fulfilled" ? "No events" : `No timeline: ${timeline.reason.message}`);
+}
+
 // --- views and polling ---------------------------------------------------------------------------
 
 const VIEWS = {overview: showOverview, queues: showQueues, queue: () => showQueue(...currentQueue()),
                exchanges: showExchanges, bindings: showBindings, connections: showConnections,
                channels: showChannels, consumers: showConsumers, admin: showAdmin, tracking: async () => {},
+               tasks: showTasks, task: () => showTask(...currentQueue()),
                publish: exchangeNames, get: queueNames};
-const LIVE = new Set(["overview", "queues", "queue", "connections", "channels", "consumers"]);
+const LIVE = new Set(["overview", "queues", "queue", "connections", "channels", "consumers", "tasks", "task"]);
 
 function currentView() {
   const name = location.hash.slice(1).split("/")[0];
@@ -413,7 +460,7 @@ async function refresh() {
   const name = currentView();
   for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== name;
   for (const link of document.querySelectorAll("#nav a")) {
-    const here = link.getAttribute("href") === "#" + (name === "queue" ? "queues" : name);
+    const here = link.getAttribute("href") === "#" + ({queue: "queues", task: "tasks"}[name] || name);
     link.classList.toggle("current", here);
     if (here) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -580,6 +627,13 @@ onSubmit("tracking-form", async (form) => {
     return el("tr", {"data-event": event}, el("td", {}, time), el("td", {}, event),
       el("td", {class: "name"}, Object.entries(rest).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ")));
   }), "No events");
+});
+
+$("task-filter").elements.state.addEventListener("change", refresh);
+onSubmit("task-filter", async (form) => {
+  const id = form.get("id").trim();
+  if (id) location.hash = `#task/${enc(vhost())}/${enc(id)}`;
+  else await refresh();
 });
 
 $("queue-filter").addEventListener("input", () => {
