@@ -423,11 +423,13 @@ def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(serve
         failed = charge.send(amount=42)
         assert failed.wait(10) == "gave_up"
         assert receipt.send().wait(10) == "succeeded"
+        log_in(tab, server, "tasks")
+        expect(tab.locator("#worker-rows tr[data-worker]")).to_have_count(1)  # the worker, consuming "payments"
+        expect(tab.locator("#worker-rows tr[data-worker] td:nth-child(3)")).to_contain_text("payments")
     finally:
         if worker is not None:
             worker.stop()
         app.close()
-    log_in(tab, server, "tasks")
     row = tab.locator(f"tr[data-task='{failed.id}']")
     expect(row).to_contain_text("charge-card")
     expect(row.locator("td:nth-child(4)")).to_have_text("gave_up")

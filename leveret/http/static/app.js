@@ -402,10 +402,25 @@ const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() :
 
 async function showTasks() {
   const state = $("task-filter").elements.state.value;
-  const [tasks, dead] = await Promise.all([
+  const [tasks, dead, consumers] = await Promise.all([
     api("GET", `tasks/${enc(vhost())}?limit=200${state ? "&state=" + enc(state) : ""}`),
     api("GET", `queues/${enc(vhost())}?page=1&page_size=100&use_regex=true&name=${enc("\\.dead$")}` +
-               "&columns=name,vhost,messages")]);
+               "&columns=name,vhost,messages"),
+    api("GET", `consumers/${enc(vhost())}`)]);
+  // task queues: those of the listed tasks and those with a dead-letter queue beside them
+  const taskQueues = new Set([...tasks.map((t) => t.queue), ...dead.items.map((q) => q.name.slice(0, -5))]);
+  const workers = new Map();
+  for (const c of consumers.filter((c) => taskQueues.has(c.queue.name))) {
+    const key = c.channel_details.connection_name;
+    const w = workers.get(key) || {user: c.channel_details.user, queues: new Set(), consumers: 0, prefetch: 0};
+    w.queues.add(c.queue.name);
+    w.consumers += 1;
+    w.prefetch += c.prefetch_count || 0;
+    workers.set(key, w);
+  }
+  fill($("worker-rows"), [...workers].map(([name, w]) => el("tr", {"data-worker": name},
+    el("td", {class: "name"}, name), el("td", {}, w.user), el("td", {}, [...w.queues].sort().join(", ")),
+    el("td", {}, w.consumers), el("td", {}, w.prefetch || "unlimited"))), "No worker is consuming");
   fill($("task-rows"), tasks.map((t) => el("tr", {"data-task": t.id, "data-state": t.state},
     el("td", {class: "name"}, el("a", {href: `#task/${enc(vhost())}/${enc(t.id)}`}, t.id)), el("td", {}, t.task),
     el("td", {}, t.queue), el("td", {class: `state-${t.state}`}, t.state), el("td", {}, t.attempt),
