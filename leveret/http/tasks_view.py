@@ -11,14 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from leveret.store.status import RANKS
 
 if TYPE_CHECKING:
-    from .api import Call, ManagementAPI
+    from leveret.core.broker import Broker, VHost
+
+
+class Context(Protocol):
+    """What the handler needs of the API's shared context: the broker and a vhost lookup (404 when missing)."""
+
+    broker: Broker
+
+    def vhost(self, name: str) -> VHost: ...
+
+
+class Request(Protocol):
+    """What the handler needs of one call: its path parameters and the aiohttp request (for the query)."""
+
+    params: dict[str, str]
+    request: web.Request
 
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 1000
@@ -28,7 +43,7 @@ def _answer(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(value, default=str), content_type="application/json")
 
 
-async def list_tasks(api: ManagementAPI, call: Call) -> web.Response:
+async def list_tasks(api: Context, call: Request) -> web.Response:
     vhost = api.vhost(call.params["vhost"])
     query = call.request.query
     state = query.get("state") or None

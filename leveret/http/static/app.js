@@ -450,11 +450,15 @@ async function showTask(vhostName, id) {
       el("h4", {}, `${t.error.type || "Error"}: ${t.error.message || ""}`),
       el("pre", {class: "payload traceback"}, t.error.traceback || "(no traceback)"))] : []));
   }
-  fill($("task-timeline"), timeline.status === "fulfilled" ? timeline.value.map((e) => {
-    const {time, timestamp, event, ...rest} = e;
-    return el("tr", {"data-event": event}, el("td", {}, time), el("td", {}, event),
-      el("td", {class: "name"}, Object.entries(rest).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ")));
-  }) : [], timeline.status === "fulfilled" ? "No events" : `No timeline: ${timeline.reason.message}`);
+  fill($("task-timeline"), timeline.status === "fulfilled" ? timeline.value.map(eventRow) : [],
+    timeline.status === "fulfilled" ? "No events" : `No timeline: ${timeline.reason.message}`);
+}
+
+// one message-tracking event as a table row: time, event, and its other fields
+function eventRow(e) {
+  const {time, timestamp, event, ...rest} = e;
+  return el("tr", {"data-event": event}, el("td", {}, time), el("td", {}, event),
+    el("td", {class: "name"}, Object.entries(rest).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ")));
 }
 
 // --- views and polling ---------------------------------------------------------------------------
@@ -637,11 +641,7 @@ onSubmit("tracking-form", async (form) => {
     throw err;
   }
   say(`${events.length} event(s) for message '${id}'`);
-  fill($("tracking-rows"), events.map((e) => {
-    const {time, timestamp, event, ...rest} = e;
-    return el("tr", {"data-event": event}, el("td", {}, time), el("td", {}, event),
-      el("td", {class: "name"}, Object.entries(rest).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ")));
-  }), "No events");
+  fill($("tracking-rows"), events.map(eventRow), "No events");
 });
 
 $("task-filter").elements.state.addEventListener("change", refresh);
