@@ -447,3 +447,46 @@ def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(serve
     expect(tab.locator("#task-timeline tr[data-event='published']").first).to_be_visible()
     shot(tab, "task")
     assert problems == []
+
+
+def test_revoke_a_queued_task_from_its_page(server: ThreadedServer, page: tuple[Any, list[str]]) -> None:
+    """The Revoke button sends leveret.tasks' own control message (a running worker hears it) and the "revoked"
+    event (the status book records it), through the API's publish."""
+    import time
+
+    from leveret.tasks import App, Worker
+
+    tab, problems = page
+    app = App(f"amqp://guest:guest@127.0.0.1:{server.port}/", name="web", status_ttl=60)
+    worker = None
+    try:
+        @app.task(name="nightly-report", queue="reports-later")
+        def report() -> None:
+            pass
+
+        @app.task(name="other", queue="elsewhere")
+        def other() -> None:
+            pass
+
+        worker = Worker(app, queues=["elsewhere"]).start()  # listens to leveret.control; not to reports-later
+        handle = report.send()
+        deadline = time.monotonic() + 10
+        while Client(server.http_port).request("GET", f"/api/task-status/%2F/{handle.id}")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        log_in(tab, server, "tasks")
+        tab.click(f"tr[data-task='{handle.id}'] a")
+        expect(tab.locator("#task-details")).to_contain_text("queued")
+        tab.click("#task-revoke")
+        expect(tab.locator("#status")).to_have_text(f"Task {handle.id} revoked")
+        expect(tab.locator("#task-details")).to_contain_text("revoked")
+        expect(tab.locator("#task-revoke")).to_be_hidden()
+        assert Client(server.http_port).get(f"/api/task-status/%2F/{handle.id}")["state"] == "revoked"
+        while handle.id not in worker.revoked:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.close()
+    assert problems == []

@@ -436,6 +436,7 @@ async function showTask(vhostName, id) {
   $("task-title").textContent = id;
   const [status, timeline] = await Promise.allSettled([
     api("GET", `task-status/${enc(vhostName)}/${enc(id)}`), api("GET", `tracking/${enc(vhostName)}/${enc(id)}`)]);
+  $("task-revoke").hidden = status.status === "rejected" || FINAL.has(status.value.state);
   if (status.status === "rejected") {
     table($("task-details").tBodies[0], [["Status", status.reason.message]]);
     $("task-error").replaceChildren();
@@ -453,6 +454,29 @@ async function showTask(vhostName, id) {
   fill($("task-timeline"), timeline.status === "fulfilled" ? timeline.value.map(eventRow) : [],
     timeline.status === "fulfilled" ? "No events" : `No timeline: ${timeline.reason.message}`);
 }
+
+// Revoke as leveret.tasks' App.revoke does, through the API's publish: the control message every worker hears
+// (it skips the task, or interrupts it if it runs) and the "revoked" event for the status book.
+const FINAL = new Set(["succeeded", "gave_up", "revoked"]);
+
+async function revokeTask(vhostName, id) {
+  const t = await api("GET", `task-status/${enc(vhostName)}/${enc(id)}`);
+  const json = {content_type: "application/json"};
+  const now = Date.now() / 1000;
+  await api("POST", `exchanges/${enc(vhostName)}/leveret.control/publish`, {routing_key: "",
+    payload: JSON.stringify({revoke: id, ts: now}), payload_encoding: "string",
+    properties: {...json, delivery_mode: 2}});
+  await api("POST", `exchanges/${enc(vhostName)}/leveret.events/publish`, {routing_key: `${t.task || "unknown"}.revoked`,
+    payload: JSON.stringify({id, task: t.task, queue: t.queue, state: "revoked", attempt: t.attempt, ts: now,
+                             ttl: Math.max(60, Math.round(t.expires - now))}),
+    payload_encoding: "string", properties: {...json, delivery_mode: 1, message_id: id}});
+}
+
+$("task-revoke").addEventListener("click", () => {
+  const [v, id] = currentQueue();
+  act(`Revoke task ${id}? Workers skip it, or interrupt it if it runs.`, () => revokeTask(v, id),
+      `Task ${id} revoked`);
+});
 
 // one message-tracking event as a table row: time, event, and its other fields
 function eventRow(e) {
