@@ -5,10 +5,12 @@ Skipped with a reason where Chromium or Playwright is missing (scripts/install-t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -360,6 +362,16 @@ def test_admin_users_permissions_vhosts_limits_policies(server: ThreadedServer, 
     tab.click("#vhost-form button")
     expect(tab.locator("tr[data-vhost='web-vhost']")).to_have_count(1)
     shot(tab, "admin")
+    with tab.expect_download() as download:
+        tab.click("#definitions-export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert "carol" in [u["name"] for u in exported["users"]]
+    exported["queues"] = [{"name": "imported-q", "vhost": "/", "durable": True, "auto_delete": False,
+                           "arguments": {}}]
+    tab.set_input_files("#definitions-import", files=[{"name": "defs.json", "mimeType": "application/json",
+                                                       "buffer": json.dumps(exported).encode()}])
+    expect(tab.locator("#status")).to_have_text("Definitions imported from defs.json")
+    assert api.get("/api/queues/%2F/imported-q")["durable"] is True
     tab.click("tr[data-policy='cap'] button:has-text('Delete')")
     tab.wait_for_selector("tr[data-policy='cap']", state="detached")
     tab.click("tr[data-user='carol'] button:has-text('Delete')")

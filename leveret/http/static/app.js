@@ -655,6 +655,34 @@ onSubmit("policy-form", async (form, node) => {
   await refresh();
 });
 
+$("definitions-export").addEventListener("click", async () => {
+  try {
+    const definitions = await api("GET", "definitions");
+    const link = el("a", {href: URL.createObjectURL(new Blob([JSON.stringify(definitions, null, 2)],
+      {type: "application/json"})), download: "leveret-definitions.json"});
+    document.body.append(link);
+    link.click();
+    link.remove();
+    say("Definitions exported");
+  } catch (err) {
+    fail(err);
+  }
+});
+
+$("definitions-import").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  try {
+    await api("POST", "definitions", parseJson(await file.text(), "The definitions file"));
+    say(`Definitions imported from ${file.name}`);
+    await refresh();
+  } catch (err) {
+    fail(err);
+  } finally {
+    event.target.value = "";
+  }
+});
+
 onSubmit("tracking-form", async (form) => {
   const id = form.get("message_id").trim();
   let events;
