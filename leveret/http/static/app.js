@@ -521,7 +521,7 @@ async function refresh() {
 function startPolling() {
   clearInterval(pollTimer);
   pollTimer = setInterval(() => {
-    if ($("live").checked && !refreshing && LIVE.has(currentView())) refresh();
+    if ($("live").checked && !refreshing && !document.hidden && LIVE.has(currentView())) refresh();
   }, POLL_MS);
 }
 
