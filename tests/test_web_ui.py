@@ -502,3 +502,22 @@ def test_revoke_a_queued_task_from_its_page(server: ThreadedServer, page: tuple[
             worker.stop()
         app.close()
     assert problems == []
+
+
+def test_a_management_user_sees_what_the_api_lets_them_see(server: ThreadedServer,
+                                                           page: tuple[Any, list[str]]) -> None:
+    """The page asks the API as the logged-in user: admin-only lists say they are not shown, others work."""
+    tab, problems = page
+    api = Client(server.http_port)
+    api.ok("PUT", "/api/users/dora", {"password": "pw", "tags": "management"})
+    api.ok("PUT", "/api/permissions/%2F/dora", {})
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#/login/dora/pw")
+    tab.wait_for_selector("#overview:not([hidden])")
+    expect(tab.locator("#user")).to_have_text("dora (management)")
+    tab.click("nav a[href='#admin']")
+    expect(tab.locator("#user-rows")).to_contain_text("Not shown: Not administrator user")
+    expect(tab.locator("#policy-rows")).to_contain_text("No policies")  # a management user may list policies
+    tab.click("nav a[href='#queues']")
+    expect(tab.locator("#queue-pager span")).to_contain_text("queues")
+    assert tab.is_visible("#nav")
+    assert [p for p in problems if "401" not in p] == []  # the refused admin lists are the expected errors
