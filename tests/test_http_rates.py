@@ -3,8 +3,6 @@ the API against a real Leveret with pika."""
 
 from __future__ import annotations
 
-import time
-
 import pika
 import pytest
 
@@ -165,6 +163,7 @@ def test_history_refuses_an_increment_of_zero_and_ignores_words() -> None:
 def test_samples_in_the_api_as_rabbitmq(port: int, make_config: object) -> None:
     """The overview and a queue answer ``samples`` for RabbitMQ's range parameters, in RabbitMQ's shape."""
     import socket
+    import time
     import uuid
 
     from leveret.config import Config
