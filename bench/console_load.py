@@ -4,6 +4,7 @@
 
     python bench/console_load.py                      # 10,000 queues, 1,000 connections, 20 rounds
     python bench/console_load.py -q 2000 -c 100 -r 5
+    python bench/console_load.py --browser            # and the page itself in headless Chromium
 
 Prints, per request, the median and the slowest time of the rounds and the answer's size: the queue list's
 page of 50 (hidden internal queues, sorted by name, then by messages), a filtered page, the overview with
@@ -64,11 +65,45 @@ def timed(conn: http.client.HTTPConnection, path: str) -> tuple[float, int]:
     return elapsed, len(body)
 
 
+def browser_check(http_port: int, rounds: int) -> None:
+    """The page itself in headless Chromium: time from opening the queue list to its rows, and from typing a
+    filter to the filtered rows."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page()
+            tab.goto(f"http://127.0.0.1:{http_port}/#/login/guest/guest")
+            tab.wait_for_selector("#overview:not([hidden])", timeout=60_000)
+            opened, filtered = [], []
+            for i in range(rounds):
+                started = time.perf_counter()
+                tab.click("nav a[href='#queues']")
+                tab.wait_for_selector("tr[data-queue]", timeout=60_000)
+                opened.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                tab.fill("#queue-filter input[name=name]", f"bench-0{i % 10}99")
+                # bench-0N990 .. bench-0N999: ten names, the one ending in 0 is an (internal) retry queue
+                expect(tab.locator("#queue-rows tr[data-queue]")).to_have_count(9, timeout=60_000)
+                filtered.append(time.perf_counter() - started)
+                tab.fill("#queue-filter input[name=name]", "")
+                tab.click("nav a[href='#overview']")
+                tab.wait_for_selector("#overview:not([hidden])")
+            for label, times in (("page: open the queue list", opened), ("page: type a filter", filtered)):
+                print(f"{label:48} median {statistics.median(times) * 1000:7.1f} ms   slowest "
+                      f"{max(times) * 1000:7.1f} ms")
+        finally:
+            browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--queues", type=int, default=10_000)
     parser.add_argument("-c", "--connections", type=int, default=1_000)
     parser.add_argument("-r", "--rounds", type=int, default=20)
+    parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     args = parser.parse_args()
     http_port = free_port()
     with tempfile.TemporaryDirectory() as data:
@@ -109,6 +144,8 @@ def main() -> None:
                 print(f"{label:48} median {statistics.median(times) * 1000:7.1f} ms   slowest "
                       f"{max(times) * 1000:7.1f} ms   {size / 1024:8.1f} KiB")
             conn.close()
+            if args.browser:
+                browser_check(http_port, args.rounds)
         finally:
             for client in clients:
                 client.close()
