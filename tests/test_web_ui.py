@@ -5,10 +5,12 @@ Skipped with a reason where Chromium or Playwright is missing (scripts/install-t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -156,3 +158,366 @@ def test_a_refused_operation_shows_its_reason_and_keeps_the_session(server: Thre
     assert tab.is_visible("#nav") and tab.is_hidden("#login-form")
     assert tab.evaluate("sessionStorage.getItem('leveret.auth')") is not None
     assert [p for p in problems if "401" not in p] == []  # the refused purge itself is the one expected error
+
+
+# --- every page: charts, lists, one queue, the other objects, admin, tracking --------------------------------
+
+
+@pytest.fixture
+def shot(tmp_path: Any) -> Any:
+    """``shot(tab, name)`` saves a screenshot: into $LEVERET_SCREENSHOTS when set (docs/images), else tmp."""
+    folder = os.environ.get("LEVERET_SCREENSHOTS") or str(tmp_path)
+
+    def take(tab: Any, name: str) -> None:
+        tab.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+    return take
+
+
+def log_in(tab: Any, server: ThreadedServer, where: str = "overview") -> None:
+    """Logs in through the URL as RabbitMQ's page allows (``#/login/<user>/<password>``)."""
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#/login/guest/guest")
+    tab.wait_for_selector("#overview:not([hidden])")
+    assert "guest" not in tab.url  # the credentials leave the address bar
+    if where != "overview":
+        tab.click(f"nav a[href='#{where}']")
+        tab.wait_for_selector(f"#{where}:not([hidden])")
+
+
+def test_overview_charts_follow_publishing_and_show_node_health(server: ThreadedServer, page: tuple[Any, list[str]],
+                                                                 shot: Any) -> None:
+    tab, problems = page
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1))
+    ch = conn.channel()
+    ch.queue_declare("charted")
+    log_in(tab, server)
+    tab.select_option("#range", "60,5")
+    for i in range(120):
+        ch.basic_publish("", "charted", f"m{i}".encode())
+    conn.process_data_events(0.1)
+    # the queued-messages chart draws a line whose legend reads the count once two samples exist (<= 2 polls)
+    expect(tab.locator("#chart-lengths text.legend").first).to_have_text("ready 120", timeout=30_000)
+    assert tab.locator("#chart-lengths path[data-series='ready']").count() == 1
+    expect(tab.locator("#chart-rates path[data-series='publish']")).to_have_count(1, timeout=30_000)  # 3 samples
+    health = tab.locator("#health")
+    expect(health).to_contain_text("File descriptors")
+    expect(health).to_contain_text("Uptime")
+    expect(health).to_contain_text("watermark")
+    expect(tab.locator("#health span.good")).to_have_count(2)  # memory and disk: no alarm
+    expect(tab.locator("#listener-rows")).to_contain_text("amqp")
+    shot(tab, "overview")
+    conn.close()
+    assert problems == []
+
+
+def test_queue_list_filters_sorts_pages_and_hides_internal_queues(server: ThreadedServer,
+                                                                  page: tuple[Any, list[str]], shot: Any) -> None:
+    tab, problems = page
+    api = Client(server.http_port)
+    for i in range(25):
+        api.ok("PUT", f"/api/queues/%2F/fq-{i:03}", {})
+    for internal in ("fq-x.retry.1000", "leveret.status"):
+        api.ok("PUT", f"/api/queues/%2F/{internal}", {})
+    log_in(tab, server, "queues")
+    tab.select_option("#queue-filter select[name=page_size]", "20")
+    tab.fill("#queue-filter input[name=name]", "FQ-")  # case-insensitive
+    expect(tab.locator("#queue-pager span")).to_have_text("25 of 27 queues · page 1 of 2")
+    expect(tab.locator("#queue-rows tr")).to_have_count(20)
+    assert tab.locator("tr[data-queue='fq-x.retry.1000']").count() == 0
+    tab.click("#queue-pager button:has-text('Next')")
+    expect(tab.locator("#queue-pager span")).to_have_text("25 of 27 queues · page 2 of 2")
+    expect(tab.locator("#queue-rows tr")).to_have_count(5)
+    tab.check("#queue-filter input[name=internal]")
+    expect(tab.locator("#queue-pager span")).to_have_text("26 of 27 queues · page 1 of 2")
+    tab.fill("#queue-filter input[name=name]", r"^fq-00\d$")
+    tab.check("#queue-filter input[name=regex]")
+    expect(tab.locator("#queue-rows tr")).to_have_count(10)
+    # sort by name, descending: from the keyboard (the column headers are buttons)
+    header = tab.locator("#queues th[data-sort='name'] button")
+    header.focus()
+    tab.keyboard.press("Enter")
+    expect(tab.locator("#queues th[data-sort='name']")).to_have_attribute("aria-sort", "descending")
+    expect(tab.locator("#queue-rows tr").first).to_have_attribute("data-queue", "fq-009")
+    shot(tab, "queues")
+    assert problems == []
+
+
+def test_queue_page_charts_consumers_bindings_get_and_delete(server: ThreadedServer, page: tuple[Any, list[str]],
+                                                            shot: Any) -> None:
+    tab, problems = page
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1))
+    ch = conn.channel()
+    ch.queue_declare("detail-q", arguments={"x-max-length": 1000})
+    ch.queue_declare("watched")
+    ch.basic_consume("watched", lambda *args: None, consumer_tag="web-consumer")
+    for i in range(5):
+        ch.basic_publish("", "detail-q", f"detail {i}".encode())
+    conn.process_data_events(0.1)
+    log_in(tab, server, "queues")
+    tab.click("tr[data-queue='watched'] a")
+    tab.wait_for_selector("#queue:not([hidden])")
+    expect(tab.locator("#queue-consumer-rows")).to_contain_text("web-consumer")
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#queue/%2F/detail-q")
+    expect(tab.locator("#queue-title")).to_have_text("detail-q (vhost /)")
+    expect(tab.locator("#queue-details")).to_contain_text('{"x-max-length":1000}')
+    expect(tab.locator("#queue-details")).to_contain_text("classic")
+    assert tab.locator("#queue-chart-lengths").count() == 1
+    tab.fill("#queue-bind-form input[name=source]", "amq.topic")
+    tab.fill("#queue-bind-form input[name=routing_key]", "orders.#")
+    tab.click("#queue-bind-form button")
+    expect(tab.locator("#queue-binding-rows")).to_contain_text("orders.#")
+    tab.select_option("#queue-get-form select[name=ackmode]", "ack_requeue_false")
+    tab.fill("#queue-get-form input[name=count]", "2")
+    tab.click("#queue-get-form button")
+    expect(tab.locator("#queue-got .message")).to_have_count(2)
+    assert tab.text_content("#queue-got pre.payload") == "detail 0"
+    expect(tab.locator("#queue-details")).to_contain_text("3")
+    shot(tab, "queue")
+    tab.click("#queue-binding-rows button:has-text('Unbind')")
+    expect(tab.locator("#queue-binding-rows")).not_to_contain_text("orders.#")
+    tab.click("#queue-delete")
+    tab.wait_for_selector("#queues:not([hidden])")
+    assert Client(server.http_port).request("GET", "/api/queues/%2F/detail-q")[0] == 404
+    conn.close()
+    assert problems == []
+
+
+def test_exchanges_bindings_connections_channels_consumers(server: ThreadedServer, page: tuple[Any, list[str]],
+                                                          shot: Any) -> None:
+    tab, problems = page
+    params = pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1,
+                                       client_properties={"connection_name": "web-client"})
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_qos(prefetch_count=7)
+    ch.queue_declare("bound-q")
+    ch.basic_consume("bound-q", lambda *args: None, consumer_tag="listed-consumer")
+    conn.process_data_events(0.1)
+    log_in(tab, server, "exchanges")
+    tab.fill("#declare-exchange-form input[name=name]", "web-x")
+    tab.select_option("#declare-exchange-form select[name=type]", "topic")
+    tab.click("#declare-exchange-form button")
+    expect(tab.locator("tr[data-exchange='web-x'] td:nth-child(3)")).to_have_text("topic")
+    shot(tab, "exchanges")
+
+    tab.click("nav a[href='#bindings']")
+    tab.fill("#binding-form input[name=source]", "web-x")
+    tab.fill("#binding-form input[name=destination]", "bound-q")
+    tab.fill("#binding-form input[name=routing_key]", "a.*")
+    tab.click("#binding-form button")
+    expect(tab.locator("tr[data-binding='web-x>bound-q']")).to_contain_text("a.*")
+    shot(tab, "bindings")
+    tab.click("tr[data-binding='web-x>bound-q'] button:has-text('Unbind')")
+    tab.wait_for_selector("tr[data-binding='web-x>bound-q']", state="detached")
+    tab.click("nav a[href='#exchanges']")
+    tab.click("tr[data-exchange='web-x'] button:has-text('Delete')")
+    tab.wait_for_selector("tr[data-exchange='web-x']", state="detached")
+
+    tab.click("nav a[href='#connections']")
+    row = tab.locator("tr[data-connection]")
+    expect(row).to_contain_text("web-client")
+    expect(row).to_contain_text("AMQP 0-9-1")
+    expect(row.locator("td:nth-child(6)")).to_have_text("no")  # not TLS
+    shot(tab, "connections")
+    tab.click("nav a[href='#channels']")
+    channel = tab.locator("tr[data-channel]")
+    expect(channel.locator("td:nth-child(4)")).to_have_text("7")
+    expect(channel.locator("td:nth-child(7)")).to_have_text("confirm")
+    shot(tab, "channels")
+    tab.click("nav a[href='#consumers']")
+    expect(tab.locator("tr[data-consumer='listed-consumer']")).to_contain_text("bound-q")
+    shot(tab, "consumers")
+    conn.close()
+    assert problems == []
+
+
+def test_admin_users_permissions_vhosts_limits_policies(server: ThreadedServer, page: tuple[Any, list[str]],
+                                                       shot: Any) -> None:
+    tab, problems = page
+    api = Client(server.http_port)
+    log_in(tab, server, "admin")
+    tab.fill("#user-form input[name=name]", "carol")
+    tab.fill("#user-form input[name=password]", "secret")
+    tab.fill("#user-form input[name=tags]", "management")
+    tab.click("#user-form button")
+    expect(tab.locator("tr[data-user='carol']")).to_contain_text("management")
+    tab.fill("#permission-form input[name=user]", "carol")
+    tab.fill("#permission-form input[name=configure]", "^carol")
+    tab.click("#permission-form button")
+    expect(tab.locator("#permission-rows")).to_contain_text("^carol")
+    assert api.get("/api/permissions/%2F/carol")["configure"] == "^carol"
+    tab.fill("#limit-form input[name=value]", "50")
+    tab.click("#limit-form button")
+    expect(tab.locator("tr[data-vhost='/']")).to_contain_text('"max-connections":50')
+    tab.fill("#policy-form input[name=name]", "cap")
+    tab.fill("#policy-form input[name=pattern]", "^capped")
+    tab.select_option("#policy-form select[name=apply-to]", "queues")
+    tab.fill("#policy-form input[name=definition]", '{"max-length": 10}')
+    tab.click("#policy-form button")
+    expect(tab.locator("tr[data-policy='cap']")).to_contain_text('{"max-length":10}')
+    api.ok("PUT", "/api/queues/%2F/capped-q", {})
+    assert api.get("/api/queues/%2F/capped-q")["policy"] == "cap"
+    tab.fill("#vhost-form input[name=name]", "web-vhost")
+    tab.click("#vhost-form button")
+    expect(tab.locator("tr[data-vhost='web-vhost']")).to_have_count(1)
+    shot(tab, "admin")
+    with tab.expect_download() as download:
+        tab.click("#definitions-export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert "carol" in [u["name"] for u in exported["users"]]
+    exported["queues"] = [{"name": "imported-q", "vhost": "/", "durable": True, "auto_delete": False,
+                           "arguments": {}}]
+    tab.set_input_files("#definitions-import", files=[{"name": "defs.json", "mimeType": "application/json",
+                                                       "buffer": json.dumps(exported).encode()}])
+    expect(tab.locator("#status")).to_have_text("Definitions imported from defs.json")
+    assert api.get("/api/queues/%2F/imported-q")["durable"] is True
+    tab.click("tr[data-policy='cap'] button:has-text('Delete')")
+    tab.wait_for_selector("tr[data-policy='cap']", state="detached")
+    tab.click("tr[data-user='carol'] button:has-text('Delete')")
+    tab.wait_for_selector("tr[data-user='carol']", state="detached")
+    assert api.request("GET", "/api/users/carol")[0] == 404
+    assert problems == []
+
+
+def test_track_a_message_by_id(server: ThreadedServer, page: tuple[Any, list[str]], shot: Any) -> None:
+    tab, problems = page
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1))
+    ch = conn.channel()
+    ch.queue_declare("tracked-q")
+    ch.basic_publish("", "tracked-q", b"follow me", pika.BasicProperties(message_id="order-42"))
+    method, _, _ = ch.basic_get("tracked-q")
+    assert method is not None
+    ch.basic_ack(method.delivery_tag)
+    conn.process_data_events(0.1)
+    log_in(tab, server, "tracking")
+    tab.fill("#tracking-form input[name=message_id]", "order-42")
+    tab.click("#tracking-form button")
+    expect(tab.locator("#tracking-rows tr[data-event='published']")).to_contain_text("tracked-q")
+    expect(tab.locator("#tracking-rows tr[data-event='acked']")).to_have_count(1)
+    shot(tab, "tracking")
+    tab.fill("#tracking-form input[name=message_id]", "no-such-id")
+    tab.click("#tracking-form button")
+    expect(tab.locator("#status")).to_contain_text("no record of message id 'no-such-id'")
+    assert [p for p in problems if "404" not in p] == []  # the unknown id itself is the one expected error
+
+
+def test_readable_on_a_phone(server: ThreadedServer, page: tuple[Any, list[str]], shot: Any) -> None:
+    tab, problems = page
+    Client(server.http_port).ok("PUT", "/api/queues/%2F/a-queue-with-a-rather-long-name-for-a-small-screen", {})
+    tab.set_viewport_size({"width": 390, "height": 844})
+    log_in(tab, server, "queues")
+    tab.wait_for_selector("tr[data-queue]")
+    # nothing sticks out sideways: wide tables scroll inside their own box
+    assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(tab, "phone-queues")
+    assert problems == []
+
+
+def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(server: ThreadedServer,
+                                                                           page: tuple[Any, list[str]],
+                                                                           shot: Any) -> None:
+    from leveret.tasks import App, Retry, Worker
+
+    tab, problems = page
+    app = App(f"amqp://guest:guest@127.0.0.1:{server.port}/", name="web", status_ttl=60)
+    worker = None
+    try:
+        @app.task(name="charge-card", queue="payments", retry=Retry.intervals([0.05]))
+        def charge(amount: int) -> None:
+            raise ValueError(f"card declined for {amount}")
+
+        @app.task(name="send-receipt", queue="payments")
+        def receipt() -> str:
+            return "sent"
+
+        worker = Worker(app).start()
+        failed = charge.send(amount=42)
+        assert failed.wait(10) == "gave_up"
+        assert receipt.send().wait(10) == "succeeded"
+        log_in(tab, server, "tasks")
+        expect(tab.locator("#worker-rows tr[data-worker]")).to_have_count(1)  # the worker, consuming "payments"
+        expect(tab.locator("#worker-rows tr[data-worker] td:nth-child(3)")).to_contain_text("payments")
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.close()
+    row = tab.locator(f"tr[data-task='{failed.id}']")
+    expect(row).to_contain_text("charge-card")
+    expect(row.locator("td:nth-child(4)")).to_have_text("gave_up")
+    expect(row).to_contain_text("ValueError: card declined for 42")
+    expect(tab.locator("tr[data-dead='payments.dead'] td:nth-child(2)")).to_have_text("1")
+    tab.select_option("#task-filter select[name=state]", "succeeded")
+    expect(tab.locator("#task-rows tr[data-state='succeeded']")).to_have_count(1)
+    expect(row).to_have_count(0)
+    tab.select_option("#task-filter select[name=state]", "")
+    shot(tab, "tasks")
+    tab.click(f"tr[data-task='{failed.id}'] a")
+    tab.wait_for_selector("#task:not([hidden])")
+    expect(tab.locator("#task-details")).to_contain_text("gave_up")
+    expect(tab.locator("#task-error pre.traceback")).to_contain_text("ValueError: card declined for 42")
+    expect(tab.locator("#task-timeline tr[data-event='published']").first).to_be_visible()
+    shot(tab, "task")
+    assert problems == []
+
+
+def test_revoke_a_queued_task_from_its_page(server: ThreadedServer, page: tuple[Any, list[str]]) -> None:
+    """The Revoke button sends leveret.tasks' own control message (a running worker hears it) and the "revoked"
+    event (the status book records it), through the API's publish."""
+    import time
+
+    from leveret.tasks import App, Worker
+
+    tab, problems = page
+    app = App(f"amqp://guest:guest@127.0.0.1:{server.port}/", name="web", status_ttl=60)
+    worker = None
+    try:
+        @app.task(name="nightly-report", queue="reports-later")
+        def report() -> None:
+            pass
+
+        @app.task(name="other", queue="elsewhere")
+        def other() -> None:
+            pass
+
+        worker = Worker(app, queues=["elsewhere"]).start()  # listens to leveret.control; not to reports-later
+        handle = report.send()
+        deadline = time.monotonic() + 10
+        while Client(server.http_port).request("GET", f"/api/task-status/%2F/{handle.id}")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        log_in(tab, server, "tasks")
+        tab.click(f"tr[data-task='{handle.id}'] a")
+        expect(tab.locator("#task-details")).to_contain_text("queued")
+        tab.click("#task-revoke")
+        expect(tab.locator("#status")).to_have_text(f"Task {handle.id} revoked")
+        expect(tab.locator("#task-details")).to_contain_text("revoked")
+        expect(tab.locator("#task-revoke")).to_be_hidden()
+        assert Client(server.http_port).get(f"/api/task-status/%2F/{handle.id}")["state"] == "revoked"
+        while handle.id not in worker.revoked:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.close()
+    assert problems == []
+
+
+def test_a_management_user_sees_what_the_api_lets_them_see(server: ThreadedServer,
+                                                           page: tuple[Any, list[str]]) -> None:
+    """The page asks the API as the logged-in user: admin-only lists say they are not shown, others work."""
+    tab, problems = page
+    api = Client(server.http_port)
+    api.ok("PUT", "/api/users/dora", {"password": "pw", "tags": "management"})
+    api.ok("PUT", "/api/permissions/%2F/dora", {})
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#/login/dora/pw")
+    tab.wait_for_selector("#overview:not([hidden])")
+    expect(tab.locator("#user")).to_have_text("dora (management)")
+    tab.click("nav a[href='#admin']")
+    expect(tab.locator("#user-rows")).to_contain_text("Not shown: Not administrator user")
+    expect(tab.locator("#policy-rows")).to_contain_text("No policies")  # a management user may list policies
+    tab.click("nav a[href='#queues']")
+    expect(tab.locator("#queue-pager span")).to_contain_text("queues")
+    assert tab.is_visible("#nav")
+    assert [p for p in problems if "401" not in p] == []  # the refused admin lists are the expected errors

@@ -159,6 +159,7 @@ class StatusBook:
         self.queries = 0
         self.queries_malformed = 0
         self.expired = 0  # records deleted from the store by the sweep
+        self.recent_keys: OrderedDict[Key, str] = OrderedDict()  # see recent(), at the end
         if self.durability is not None:
             self.timers.call_later(self.sweep_interval, self._sweep)
 
@@ -208,6 +209,7 @@ class StatusBook:
 
     def apply(self, vhost: str, record: StatusRecord) -> None:
         key = (vhost, record.id)
+        self._note_recent(key, record.state)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache[key] = merge(cached, record)
@@ -348,3 +350,26 @@ class StatusBook:
         self.expired += deleted
         full = error is None and deleted >= self.sweep_batch
         self.timers.call_later(0.05 if full else self.sweep_interval, self._sweep)
+
+    # --- recent tasks (the web console's task list) ------------------------------------------------
+
+    recent_size = 1_000  # task ids remembered for listing (of all vhosts), the most recently changed last
+
+    def _note_recent(self, key: Key, state: str) -> None:
+        recent = self.recent_keys
+        recent[key] = state
+        recent.move_to_end(key)
+        if len(recent) > self.recent_size:
+            recent.popitem(last=False)
+
+    def recent(self, vhost: str, limit: int) -> list[str]:
+        """The ids of ``vhost``'s tasks whose records changed most recently, newest first, at most ``limit``:
+        the book remembers the last ``recent_size`` ids it recorded since the broker started (memory only;
+        their records are read with :meth:`lookup`)."""
+        found: list[str] = []
+        for key in reversed(self.recent_keys):
+            if key[0] == vhost:
+                found.append(key[1])
+                if len(found) >= limit:
+                    break
+        return found

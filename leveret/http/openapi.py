@@ -277,6 +277,11 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "task-status/{vhost}/{id}", "The status record of a task id (Leveret's status book; 404 when it is "
        "unknown or expired)", ref("TaskStatus"), errors=(401, 404),
        extra={503: ("the store could not be read", ref("Error"))}),
+    Op("GET", "tasks/{vhost}", "The tasks whose status records changed most recently, newest first (Leveret's "
+       "status book; the last 1,000 ids since the broker started)", array(ref("TaskStatus")),
+       query=(("state", STRING, "keep one state: queued, started, retrying, failed, succeeded, gave_up, revoked"),
+              ("limit", STRING, "at most this many, 1..1000 (default 200)")), errors=(400, 401, 404),
+       extra={503: ("the store could not be read", ref("Error"))}),
     Op("GET", "aliveness-test/{vhost}", "Declare aliveness-test, publish to it and get the message back",
        ref("Status"), errors=(401, 404), extra={503: ("the test failed", ref("Status"))}),
     Op("GET", "health/checks/alarms", "503 while a memory or disk alarm is on", ref("Status"),

@@ -14,7 +14,7 @@ from typing import Any
 from leveret.core import errors
 from leveret.core.broker import Broker, Session, User, VHost
 
-from .rates import Rates
+from .rates import History, Rates, broker_sample
 from .views import connection_name, session_vhost
 
 
@@ -33,6 +33,7 @@ class Management:
         self.sessions = sessions
         self.listeners = listeners
         self.rates = Rates()
+        self.history = History(lambda key: broker_sample(broker, key))  # the charts' samples
 
     @property
     def node(self) -> str:

@@ -138,7 +138,8 @@ def connection_info(session: Session, amqp_address: str, node: str) -> dict[str,
             "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
             "vhost": session_vhost(session) or "", "channels": len(session.channels),
             "state": "running" if session.writable else "flow", "peer_host": host,
-            "peer_port": int(port) if port.isdigit() else 0, **session.details}
+            "peer_port": int(port) if port.isdigit() else 0, **session.details,
+            "client_properties": getattr(session.sink, "client_properties", {})}
 
 
 def channel_infos(connection: dict[str, Any], session: Session, node: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from leveret.core.broker import Broker, Session
 from leveret.management.context import Management, may_see_all
 from leveret.management.validation import HTTPFailure, not_authorised
 
+from .. import tasks_view
 from .. import web as web_page
 from ..metrics import render_metrics
 from . import (
@@ -121,6 +122,7 @@ class ManagementAPI:
         r("GET", "openapi.json", overview.openapi_description)
         r("GET", "tracking/{vhost}/{message_id}", tracking.get_tracking)
         r("GET", "task-status/{vhost}/{id}", tracking.get_task_status)
+        r("GET", "tasks/{vhost}", tasks_view.list_tasks)
 
     def _route(self, method: str, path: str, handler: Handler, level: str = "read") -> None:
         self.routes.append(Route(method, tuple(path.split("/")), handler, level))
@@ -131,6 +133,7 @@ class ManagementAPI:
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
         web_page.add_routes(application)
+        application.cleanup_ctx.append(self.management.history.running)
         return application
 
     async def _handle(self, request: web.Request) -> web.Response:

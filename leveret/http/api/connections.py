@@ -12,6 +12,7 @@ from leveret.management.context import Management, may_see_all
 from leveret.management.validation import not_authorised
 from leveret.management.views import channel_infos, connection_info, consumer_infos
 
+from ..paging import paged
 from .call import Call, reply
 
 log = logging.getLogger("leveret.http")
@@ -33,7 +34,7 @@ def visible_sessions(api: Management, call: Call) -> list[Session]:
 
 async def list_connections(api: Management, call: Call) -> web.Response:
     address = api.amqp_address()
-    return reply([connection_info(s, address, api.node) for s in visible_sessions(api, call)])
+    return paged(call.request, [connection_info(s, address, api.node) for s in visible_sessions(api, call)], reply)
 
 
 async def get_connection(api: Management, call: Call) -> web.Response:
@@ -58,8 +59,9 @@ async def delete_connection(api: Management, call: Call) -> web.Response:
 
 async def list_channels(api: Management, call: Call) -> web.Response:
     address = api.amqp_address()
-    return reply([channel for session in visible_sessions(api, call)
-                  for channel in channel_infos(connection_info(session, address, api.node), session, api.node)])
+    return paged(call.request, [channel for session in visible_sessions(api, call)
+                                for channel in channel_infos(connection_info(session, address, api.node), session,
+                                                             api.node)], reply)
 
 
 async def list_consumers(api: Management, call: Call) -> web.Response:

@@ -9,11 +9,13 @@ from leveret.management.context import Management
 from leveret.management.validation import bad_request, exchange_name, parse_bool, parse_dict
 from leveret.management.views import exchange_info
 
+from ..paging import paged
 from .call import Call, reply
 
 
 async def list_exchanges(api: Management, call: Call) -> web.Response:
-    return reply([exchange_info(v, e) for v in call.visible_vhosts(api) for e in v.exchanges.values()])
+    return paged(call.request, [exchange_info(v, e) for v in call.visible_vhosts(api) for e in v.exchanges.values()],
+                 reply)
 
 
 async def get_exchange(api: Management, call: Call) -> web.Response:

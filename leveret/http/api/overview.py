@@ -13,6 +13,7 @@ from leveret.management.context import Management
 from leveret.management.views import node_info
 
 from .. import openapi
+from .. import web as web_page
 from .call import Call, reply
 
 
@@ -22,7 +23,7 @@ async def overview(api: Management, call: Call) -> web.Response:
     queues = [q for v in broker.vhosts.values() for q in v.queues.values()]
     ready = sum(q.message_count for q in queues)
     unacked = sum(q.unacked_count for q in queues)
-    return reply({
+    return reply(api.history.annotate(call.request.query, "overview", {
         "management_version": RABBITMQ_VERSION, "rabbitmq_version": RABBITMQ_VERSION,
         "product_name": "Leveret", "product_version": leveret.__version__,
         "erlang_version": "n/a", "node": broker.node_name, "cluster_name": broker.node_name,
@@ -39,7 +40,7 @@ async def overview(api: Management, call: Call) -> web.Response:
                                                       "deliver_get": sum(q.stats_delivered for q in queues),
                                                       "ack": sum(q.stats_acked for q in queues)}),
         "listeners": api.listeners(),
-    })
+    }, "queue_totals"))
 
 
 async def openapi_description(api: Management, call: Call) -> web.Response:
@@ -51,13 +52,13 @@ async def whoami(api: Management, call: Call) -> web.Response:
 
 
 async def list_nodes(api: Management, call: Call) -> web.Response:
-    return reply([node_info(api.broker)])
+    return reply([{**node_info(api.broker), **web_page.node_health()}])
 
 
 async def get_node(api: Management, call: Call) -> web.Response:
     if call.params["node"] != api.node:
         raise errors.NotFound(f"no node '{call.params['node']}'")
-    return reply(node_info(api.broker))
+    return reply({**node_info(api.broker), **web_page.node_health()})
 
 
 async def aliveness(api: Management, call: Call) -> web.Response:

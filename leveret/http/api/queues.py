@@ -10,15 +10,19 @@ from leveret.management.context import Management
 from leveret.management.validation import bad_request, parse_bool, parse_dict
 from leveret.management.views import bindings_of, queue_info
 
+from ..paging import paged
 from .call import Call, reply
 
 
 async def list_queues(api: Management, call: Call) -> web.Response:
-    return reply([queue_info(q, api.node, api.rates) for v in call.visible_vhosts(api) for q in v.queues.values()])
+    return paged(call.request, [q for v in call.visible_vhosts(api) for q in v.queues.values()], reply,
+                 lambda q: queue_info(q, api.node, api.rates))
 
 
 async def get_queue(api: Management, call: Call) -> web.Response:
-    return reply(queue_info(api.vhost(call.params["vhost"]).queue(call.params["name"]), api.node, api.rates))
+    queue = api.vhost(call.params["vhost"]).queue(call.params["name"])
+    return reply(api.history.annotate(call.request.query, ("queue", queue.vhost.name, queue.name),
+                                      queue_info(queue, api.node, api.rates)))
 
 
 async def queue_bindings(api: Management, call: Call) -> web.Response:

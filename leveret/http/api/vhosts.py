@@ -9,13 +9,14 @@ from leveret.management.context import Management, may_see_all
 from leveret.management.validation import bad_request, parse_bool
 from leveret.management.views import vhost_info
 
+from ..paging import paged
 from .call import Call, reply
 
 
 async def list_vhosts(api: Management, call: Call) -> web.Response:
     visible = [v for v in api.broker.vhosts.values()
                if call.user.tags and (may_see_all(call.user) or v.name in call.user.vhosts)]
-    return reply([vhost_info(v) for v in sorted(visible, key=lambda v: v.name)])
+    return paged(call.request, [vhost_info(v) for v in sorted(visible, key=lambda v: v.name)], reply)
 
 
 async def get_vhost(api: Management, call: Call) -> web.Response:
