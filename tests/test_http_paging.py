@@ -14,7 +14,7 @@ import pytest
 
 from leveret.config import Config
 from leveret.http.paging import PagingError, page_of
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

@@ -8,7 +8,7 @@ import time
 
 import pika
 
-from leveret.server.app import ThreadedServer
+from leveret.node import ThreadedServer
 
 from httphelp import Client
 

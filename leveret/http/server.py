@@ -1,6 +1,6 @@
 """The management HTTP server: an aiohttp application on the broker's event loop.
 
-``ManagementServer(broker, ...)`` is started by :class:`leveret.server.app.Server` when ``http_port`` is not
+``ManagementServer(broker, ...)`` is started by :class:`leveret.node.Node` when ``http_port`` is not
 -1. Handlers run on the same loop as the core, so they call it directly (no threads, no locks).
 """
 
