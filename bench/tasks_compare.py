@@ -68,7 +68,7 @@ def _define(lib: str, url: str, queue: str) -> Any:
         from leveret.tasks import App
 
         app = App(url, name=queue)
-        return app, app.task(name="bench.work", queue=queue)(_work)
+        return app, app.task(name="bench.work", queue=queue, status=os.environ.get("BENCH_STATUS", "1") == "1")(_work)
     if lib == "dramatiq":
         import dramatiq
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
