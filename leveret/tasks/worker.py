@@ -492,7 +492,7 @@ class Worker(Failures):
             body = json.dumps({"ok": False, "error": {"type": "TypeError", "message": f"result: {exc}"}}).encode()
         with contextlib.suppress(Exception):
             self._out.publish(self._events, body, "", props.reply_to, codec.encode_properties(
-                {"content_type": "application/json", "correlation_id": props.correlation_id}))
+                {"content_type": "application/json", "correlation_id": props.correlation_id}), urgent=True)
 
     async def _event(self, ctx: TaskContext, state: str, **extra: Any) -> None:
         """Publish one event to leveret.events: transient, no confirm awaited (status is advisory)."""

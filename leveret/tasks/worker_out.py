@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from leveret.tasks.worker import Worker
 
 STARTED_DELAY = 0.1  # seconds a task runs before its "started" event goes (StartedEvent)
+# Seconds acks and events wait to be written with others (Outgoing): measured with bench/tasks_cpu.py, 2 ms cut the
+# CPU per no-op task ~10 % in the worker and in the broker (fewer, larger writes and reads; docs/performance.md).
+WRITE_DELAY = 0.002
 _ACK = struct.Struct(">BHIHHQBB")  # frame head, class, method, delivery tag, multiple, frame end
 _ACK_METHOD = spec.method("basic.ack").method_id
 _PUBLISH = spec.method("basic.publish")
@@ -28,33 +31,43 @@ EVENT_PROPERTIES = struct.pack(">H", struct.unpack(">H", EVENT_PROPERTIES_NO_ID[
 
 
 class Outgoing:
-    """Frames for the broker (events, replies, acks), written together once per loop iteration: one write
-    (one send system call) for many tasks instead of one per frame, through aiormq's own write queue. Acks and
+    """Frames for the broker (events, replies, acks), written together at most every ``WRITE_DELAY`` seconds
+    (replies: at the next loop turn): one write (one send system call, one read for the broker) for many tasks
+    instead of one per frame, through aiormq's own write queue. Acks and
     publishes on a channel keep their order; a channel that closed meanwhile is skipped (its deliveries are
     redelivered by the broker). Frames are encoded here with Leveret's own codec (a struct per ack, the basic
     properties of an event or reply with ``codec.encode_properties``), not with pamqp (~3x the time per task)."""
 
     def __init__(self) -> None:
         self.pending: dict[aiormq.abc.AbstractChannel, list[bytes]] = {}
-        self.scheduled = False
+        self.scheduled = False  # a flush is due (after WRITE_DELAY)
+        self.soon = False  # a flush is due at the next loop turn (a reply was added)
         self._methods: dict[tuple[int, str, str], bytes] = {}  # encoded basic.publish frames
         self._puts: set[asyncio.Future[Any]] = set()
 
-    def add(self, channel: aiormq.abc.AbstractChannel, *frames: bytes) -> None:
+    def add(self, channel: aiormq.abc.AbstractChannel, *frames: bytes, urgent: bool = False) -> None:
+        """Queue ``frames`` for ``channel``; ``urgent`` (an RPC reply a caller waits for): written at the next
+        loop turn rather than after ``WRITE_DELAY``."""
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         pending = self.pending.get(channel)
         if pending is None:
             self.pending[channel] = pending = []
         pending.extend(frames)
-        if not self.scheduled:
-            self.scheduled = True
+        if urgent and not self.soon:
+            self.soon = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
+        elif not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_later(WRITE_DELAY, self._flush_due)
 
     def _flush_soon(self) -> None:
-        """One loop turn later, so that the coroutines this turn woke (the next tasks started as slots free)
-        add their frames to the same write."""
+        """One loop turn later, so that the coroutines this turn woke add their frames to the same write."""
         asyncio.get_running_loop().call_soon(self.flush)
+
+    def _flush_due(self) -> None:
+        self.scheduled = False
+        self.flush()
 
     def ack(self, channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> None:
         number: Any = channel.number
@@ -62,7 +75,7 @@ class Outgoing:
                                     spec.FRAME_END))
 
     def publish(self, channel: aiormq.abc.AbstractChannel, body: bytes, exchange: str, routing_key: str,
-                properties: bytes) -> None:
+                properties: bytes, urgent: bool = False) -> None:
         """``properties``: encoded basic properties (``codec.encode_properties``)."""
         size: Any = getattr(channel, "max_content_size", 0) or 131072 - 8
         number: Any = channel.number
@@ -74,10 +87,12 @@ class Outgoing:
             method = self._methods[key] = codec.method_frame(number, _PUBLISH, (0, exchange, routing_key, False, False))
         parts = [method]
         codec.append_content(parts, number, properties, body, size)
-        self.add(channel, b"".join(parts))
+        self.add(channel, b"".join(parts), urgent=urgent)
 
     def flush(self) -> None:
-        self.scheduled = False
+        self.soon = False
+        if not self.pending:
+            return
         pending, self.pending = self.pending, {}
         by_queue: dict[int, tuple[asyncio.Queue[Any], list[bytes]]] = {}
         for channel, frames in pending.items():
