@@ -81,7 +81,7 @@ def main() -> int:
                 task.send(i=i)
                 sync.append(time.perf_counter() - t)
             rows.setdefault("task.send() from a thread", []).append(p50(sync))
-            own = app._link.run_sync(timed(args.n, lambda i: task.send_async(i=i)), 60)  # on the App's loop
+            own = app.run_sync(timed(args.n, lambda i: task.send_async(i=i)), 60)  # on the App's loop
             rows.setdefault("task.send_async() on the App's loop", []).append(p50(own))
             other = asyncio.run(timed(args.n, lambda i: task.send_async(i=i)))
             rows.setdefault("task.send_async() from another loop", []).append(p50(other))

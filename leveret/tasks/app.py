@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
 import aiormq
@@ -65,6 +65,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class App(Sending):
@@ -181,6 +182,22 @@ class App(Sending):
         schedules = [t.retry.delays_ms for t in self.tasks.values() if t.queue == queue and t.retry.delays]
         return max(schedules, key=len) if schedules else None
 
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        """Run ``coro`` on the App's private loop and wait for its result (from any thread but that loop's)."""
+        return self._link.run_sync(coro, timeout)
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the App's private loop from another event loop."""
+        return await self._link.run_async(coro)
+
+    async def session(self) -> Session:
+        """The live connection (waiting up to ``send_timeout`` for one); on the App's loop."""
+        return await self._link.session(self.send_timeout)
+
+    def stream_mode(self, session: Session) -> bool:
+        """Whether task status goes through the ``leveret.status`` stream on this connection (no status book)."""
+        return self._link.stream_mode(session)
+
     def close(self) -> None:
         """Close the connection and stop the private loop (and the outbox this App opened)."""
         if self._outbox is not None and self._own_outbox:
@@ -195,13 +212,14 @@ class App(Sending):
         if self._link.stream_mode(session):
             await (self._link.stream or StatusStream(self.status_ttl)).declare(session.conn)
         for queue in sorted(previous.declared if previous else ()):
-            await self._declare(session, queue)
+            await self.declare_queue(session, queue)
         for target, ms in sorted(previous.waits if previous else ()):
             await self._declare_wait(session, target, ms)
         if self._link.stream is not None:
             await self._link.stream.start(session.conn)
 
-    async def _declare(self, session: Session, queue: str) -> None:
+    async def declare_queue(self, session: Session, queue: str) -> None:
+        """Declare a work queue's topology on ``session`` (once per connection; on the App's loop)."""
         if queue in self.queues:
             await declare_topology(session.channel, self, queue, session.product)
         session.declared.add(queue)
@@ -273,7 +291,8 @@ class App(Sending):
             record = await stream.read(session.events, task_id, self.send_timeout)
         return record or {"id": task_id, "state": "unknown"}
 
-    async def _wait(self, task_id: str, timeout: float, poll: float, task: str | None) -> dict[str, Any]:
+    async def wait_record(self, task_id: str, timeout: float, poll: float, task: str | None) -> dict[str, Any]:
+        """The record of ``task_id`` once final (polled every ``poll`` s); on the App's loop."""
         """The record once final (polled every ``poll`` s; on the status stream, woken by the event itself)."""
         deadline = time.monotonic() + timeout
         if not self.eager:
@@ -300,12 +319,12 @@ class App(Sending):
         revoked; TimeoutError (naming the task and id) after ``timeout`` seconds."""
         if self.eager:
             return outcome(self._eager(task_id))
-        return outcome(self._link.run_sync(self._wait(task_id, timeout, 0.05, None), timeout + 10))
+        return outcome(self._link.run_sync(self.wait_record(task_id, timeout, 0.05, None), timeout + 10))
 
     async def result_async(self, task_id: str, timeout: float = 30.0) -> Any:
         if self.eager:
             return outcome(self._eager(task_id))
-        return outcome(await self._link.run_async(self._wait(task_id, timeout, 0.05, None)))
+        return outcome(await self._link.run_async(self.wait_record(task_id, timeout, 0.05, None)))
 
     def revoke(self, task_id: str) -> None:
         """Revoke a task: workers skip it when it is delivered and interrupt it if it runs; its record becomes
@@ -376,9 +395,11 @@ class App(Sending):
         With ``return_exceptions=True`` nothing is raised: whatever arrived within ``timeout`` is returned, and
         in the place of each request that failed its ``TaskError``, of each that did not answer in time a
         ``TimeoutError`` (a dashboard shows the fast answers when one service is slow)."""
-        return await self._link.run_async(self._gather(requests, timeout, return_exceptions))
+        return await self._link.run_async(self.gather_requests(requests, timeout, return_exceptions))
 
-    async def _gather(self, requests: list[Request], timeout: float, return_exceptions: bool = False) -> list[Any]:
+    async def gather_requests(self, requests: list[Request], timeout: float,
+                              return_exceptions: bool = False) -> list[Any]:
+        """``gather`` on the App's own loop (``run_sync``/``run_async`` take it there)."""
         if self.eager:  # inline, one after the other
             results: list[Any] = []
             for r in requests:

@@ -50,7 +50,7 @@ class Sending:
     if TYPE_CHECKING:
         @property
         def outbox(self) -> Outbox | None: ...
-        async def _declare(self, session: Session, queue: str) -> None: ...
+        async def declare_queue(self, session: Session, queue: str) -> None: ...
         async def _declare_wait(self, session: Session, queue: str, ms: int) -> None: ...
 
     def _build(self, task: Task[Any, Any], payload: dict[str, Any], delay: float | None = None,
@@ -80,7 +80,7 @@ class Sending:
             props["priority"] = prio
         return task_id, body, props, delay or 0.0
 
-    def _send(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
+    def submit(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
         if self.eager:
             return self._run_eager(task, payload)
         if self.outbox is not None:
@@ -161,7 +161,7 @@ class Sending:
                                                 f"{self.url} before the broker confirmed it ({exc!r}); it may or "
                                                 f"may not be queued"))
 
-    async def _send_async(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
+    async def submit_async(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
         if self.eager:
             return await asyncio.to_thread(self._run_eager, task, payload)
         if self.outbox_path is not None:  # not .outbox: opening it may wait (busy timeout) in the loop
@@ -219,7 +219,7 @@ class Sending:
             async with asyncio.timeout(self.send_timeout):
                 session = await self._link.session(self.send_timeout)
                 if task.queue not in session.declared:
-                    await self._declare(session, task.queue)
+                    await self.declare_queue(session, task.queue)
                 if task.status and self._link.stream_mode(session):
                     ev = event(task_id, task.name, task.queue, "queued", self.status_ttl)
                     ev_body, ev_props = event_message(ev)
