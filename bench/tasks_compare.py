@@ -8,7 +8,9 @@
 Per library and workload, a fresh queue and one worker process (leveret: ``leveret worker --processes 0
 --concurrency 32``; Dramatiq: ``dramatiq --processes 1 --threads 32``; Celery: ``celery worker -P threads -c 32``,
 prefetch multiplier 4), and one synchronous producer in this process sending the tasks one after the other
-(``leveret-batch``: ``app.multicast`` of 100 at a time; ``leveret-async``: ``send_async`` with 100 in flight).
+(``leveret-batch``: ``app.multicast`` of 100 at a time; ``leveret-async``: ``send_async`` with 100 in flight;
+a ``-nostatus`` suffix, e.g. ``leveret-batch-nostatus``: the task registered with ``status=False``, no events and
+no status record).
 Workloads: ``noop`` (N no-op tasks) and ``sleep`` (``--sleep-n`` tasks sleeping 10 ms each). Libraries
 alternate within each round. Reported per library: enqueue rate (N / time of the send loop), end-to-end rate
 (N / time from the first send to the last task done, as the worker process saw it), send() p50/p99.
@@ -62,13 +64,13 @@ def _work(i: int) -> None:
             print(f"BENCH-DONE {time.time():.6f}", flush=True)
 
 
-def _define(lib: str, url: str, queue: str) -> Any:
+def _define(lib: str, url: str, queue: str, status: bool = True) -> Any:
     """The library's app/broker and its task, as the producer and the worker both use them."""
     if lib == "leveret":
         from leveret.tasks import App
 
         app = App(url, name=queue)
-        return app, app.task(name="bench.work", queue=queue)(_work)
+        return app, app.task(name="bench.work", queue=queue, status=status)(_work)
     if lib == "dramatiq":
         import dramatiq
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -88,7 +90,7 @@ def _define(lib: str, url: str, queue: str) -> Any:
 
 
 if LIB:
-    lib_app, lib_task = _define(LIB, URL, QUEUE)
+    lib_app, lib_task = _define(LIB, URL, QUEUE, os.environ.get("BENCH_STATUS", "1") == "1")
     if LIB == "leveret":
         app = lib_app
     elif LIB == "celery":
@@ -155,14 +157,14 @@ def delete_queues(url: str, queues: list[str]) -> None:
 
 
 def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True,
-            inflight: int = 0) -> dict[str, float]:
+            inflight: int = 0, status: bool = True) -> dict[str, float]:
     queue = f"bench-{lib}-{workload}-{uuid.uuid4().hex[:6]}"
     sleep = 0.01 if workload == "sleep" else 0.0
     env = {**os.environ, "BENCH_LIB": lib, "BENCH_URL": url, "BENCH_QUEUE": queue, "BENCH_SLEEP": str(sleep),
-           "BENCH_EXPECT": str(n), "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}"}
+           "BENCH_EXPECT": str(n), "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}", "BENCH_STATUS": "1" if status else "0"}
     state = tempfile.mkdtemp(prefix="bench-state-")
     env["LEVERET_STATE_DIR"] = state
-    broker, task = _define(lib, url, queue)
+    broker, task = _define(lib, url, queue, status)
     command = worker_command(lib, queue) if worker else [sys.executable, "-c", "import time; time.sleep(600)"]
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -284,8 +286,9 @@ def main() -> int:
             for workload in args.workloads.split(","):
                 for lib in order:
                     n = args.n if workload == "noop" else args.sleep_n
-                    r = run_one(lib.split("-")[0], workload, n, url, batch=100 if lib == "leveret-batch" else 0,
-                                worker=not args.send_only, inflight=100 if lib == "leveret-async" else 0)
+                    r = run_one(lib.split("-")[0], workload, n, url, batch=100 if "-batch" in lib else 0,
+                                worker=not args.send_only, inflight=100 if "-async" in lib else 0,
+                                status="-nostatus" not in lib)
                     results.setdefault((lib, workload), []).append(r)
                     print(f"round {rnd + 1} {workload:5} {lib:8} enqueue {r['enqueue']:8.0f}/s  end-to-end "
                           f"{r['e2e']:8.0f}/s  send p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms", flush=True)

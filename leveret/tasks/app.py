@@ -4,6 +4,9 @@ All AMQP work happens on a private event loop in a background thread owned by th
 so ``send()`` works from plain synchronous code (any thread) and ``send_async()``/``call()`` from any event
 loop. Sends are pipelined: many may be in flight on the one confirm channel, each returns when its own confirm
 arrives. Nothing is declared per task: a work queue's topology is declared once per connection.
+
+The send paths are in ``leveret.tasks.sending`` (``Sending``, a part of ``App``); the names this module has always
+exported (topology helpers, Handle, Task, ...) stay importable from here.
 """
 
 from __future__ import annotations
@@ -11,20 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
 import aiormq
 
-from leveret.amqp import codec
-from leveret.outbox.store import DUE_HEADER, Outbox
+from leveret.outbox.store import Outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
-from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer
+from leveret.tasks.fastpub import Pump, Writer
 from leveret.tasks.retry import Retry
+from leveret.tasks.sending import Sending
 from leveret.tasks.status import (
     DEFAULT_STATUS_TTL,
     FINAL_STATES,
@@ -34,10 +35,9 @@ from leveret.tasks.status import (
     event,
     event_message,
     merge,
-    new_task_id,
     public,
 )
-from leveret.tasks.task import Group, Handle, Request, Task, TaskError, run_eager
+from leveret.tasks.task import Group, Handle, Request, Task, TaskError
 from leveret.tasks.topology import (
     CONTROL_EXCHANGE,
     DELAYED_EXCHANGE,
@@ -65,9 +65,10 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
-class App:
+class App(Sending):
     """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``).
 
     ``send_timeout``: how long a send (or a status read) waits for the broker, including a reconnection,
@@ -181,6 +182,22 @@ class App:
         schedules = [t.retry.delays_ms for t in self.tasks.values() if t.queue == queue and t.retry.delays]
         return max(schedules, key=len) if schedules else None
 
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        """Run ``coro`` on the App's private loop and wait for its result (from any thread but that loop's)."""
+        return self._link.run_sync(coro, timeout)
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the App's private loop from another event loop."""
+        return await self._link.run_async(coro)
+
+    async def session(self) -> Session:
+        """The live connection (waiting up to ``send_timeout`` for one); on the App's loop."""
+        return await self._link.session(self.send_timeout)
+
+    def stream_mode(self, session: Session) -> bool:
+        """Whether task status goes through the ``leveret.status`` stream on this connection (no status book)."""
+        return self._link.stream_mode(session)
+
     def close(self) -> None:
         """Close the connection and stop the private loop (and the outbox this App opened)."""
         if self._outbox is not None and self._own_outbox:
@@ -195,13 +212,14 @@ class App:
         if self._link.stream_mode(session):
             await (self._link.stream or StatusStream(self.status_ttl)).declare(session.conn)
         for queue in sorted(previous.declared if previous else ()):
-            await self._declare(session, queue)
+            await self.declare_queue(session, queue)
         for target, ms in sorted(previous.waits if previous else ()):
             await self._declare_wait(session, target, ms)
         if self._link.stream is not None:
             await self._link.stream.start(session.conn)
 
-    async def _declare(self, session: Session, queue: str) -> None:
+    async def declare_queue(self, session: Session, queue: str) -> None:
+        """Declare a work queue's topology on ``session`` (once per connection; on the App's loop)."""
         if queue in self.queues:
             await declare_topology(session.channel, self, queue, session.product)
         session.declared.add(queue)
@@ -232,238 +250,6 @@ class App:
             err = answer.get("error") or {}
             future.set_exception(TaskError(str(err.get("type", "Exception")), str(err.get("message", "")), cid,
                                            err.get("traceback")))
-
-    # --- sending -----------------------------------------------------------------------------------------------
-
-    def _build(self, task: Task[Any, Any], payload: dict[str, Any], delay: float | None = None,
-               eta: datetime | None = None, priority: int | None = None, task_id: str | None = None,
-               metadata: dict[str, Any] | None = None) -> tuple[str, bytes, dict[str, Any], float]:
-        """The task id, body, AMQP properties (pamqp names) and delay of a task message (docs/tasks.md)."""
-        binary = len(payload) == 1 and isinstance(payload.get("data"), bytes)
-        if eta is not None:
-            delay = max(0.0, (eta - datetime.now(UTC)).total_seconds())
-        task_id = task_id or new_task_id()
-        meta: dict[str, Any] = {
-            "task": task.name, "id": task_id, "className": task.name, "attempt": 0,
-            "retry": task.retry.to_wire(), "sent_at": now_iso(),
-            "eta": datetime.fromtimestamp(time.time() + delay, UTC).isoformat() if delay else None,
-            **(metadata or {})}
-        props: dict[str, Any] = {"message_id": task_id, "correlation_id": task_id, "message_type": task.name,
-                                 "delivery_mode": 2, "timestamp": datetime.now(UTC)}
-        if binary:
-            body = payload["data"]
-            props["headers"] = {f"x-leveret-{k}": json.dumps(v) for k, v in meta.items()}
-            props["content_type"] = "application/octet-stream"
-        else:
-            body = json.dumps({"payload": payload, "metadata": meta}).encode()
-            props["content_type"] = "application/json"
-        prio = priority if priority is not None else task.priority
-        if prio is not None:
-            props["priority"] = prio
-        return task_id, body, props, delay or 0.0
-
-    def _send(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
-        if self.eager:
-            return self._run_eager(task, payload)
-        if self.outbox is not None:
-            task_id, message = self._outbox_message(task, payload, **options)
-            self.outbox.send(**message)
-            return Handle(self, task_id, task.name)
-        built = self._build(task, payload, **options)
-        if built[3] > 0:  # delayed: the old path (wait queues, the delayed exchange)
-            return self._link.run_sync(self._publish_built(task, built, None), self.send_timeout + 5)
-        loop = self._link.ensure_loop()
-        if threading.current_thread() is self._link.thread:
-            raise RuntimeError("cannot call a synchronous App method from the App's own loop")
-        waiter = Waiter()
-        self._pump(loop).submit(self._outgoing(task, built, waiter.set))
-        if not waiter.wait(self.send_timeout + 1):  # the slow path reports its own timeout at send_timeout
-            raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
-                                    f"within {self.send_timeout:g} s")
-        if waiter.error is not None:
-            raise waiter.error
-        handle: Handle[R] = waiter.value
-        return handle
-
-    def _pump(self, loop: asyncio.AbstractEventLoop) -> Pump:
-        pump = self._pump_
-        if pump is None or pump.loop is not loop:
-            pump = self._pump_ = Pump(loop, self._write_batch)
-        return pump
-
-    def _outgoing(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
-                  notify: Callable[[Any, BaseException | None], None]) -> Outgoing:
-        """A built task message (``_build``) with its properties encoded, ready for the fast path."""
-        task_id, body, props, _ = built
-        wire = dict(props)
-        wire["type"] = wire.pop("message_type")
-        wire["timestamp"] = int(wire["timestamp"].timestamp())
-        queued = None
-        if task.status and self._link.stream_fallback():  # RabbitMQ: the producer publishes "queued" itself
-            ev_body, ev_props = event_message(event(task_id, task.name, task.queue, "queued", self.status_ttl))
-            queued = (ev_body, codec.encode_properties({"content_type": ev_props.content_type,
-                                              "delivery_mode": ev_props.delivery_mode,
-                                              "message_id": ev_props.message_id}), f"{task.name}.queued")
-        return Outgoing(task, task_id, body, props, codec.encode_properties(wire), queued, notify)
-
-    def _write_batch(self, batch: list[Outgoing]) -> None:
-        """On the loop: the fast path for what it can take, ``_publish_built`` for the rest."""
-        session = self._link.current
-        if session is None or not session.alive:
-            for item in batch:
-                self._slow(item)
-            return
-        self._writer.write(session, batch, self._link.stream_mode(session), self._slow, self._confirmed)
-
-    def _slow(self, item: Outgoing) -> None:
-        def done(future: asyncio.Future[Handle[Any]]) -> None:
-            if future.cancelled():
-                item.notify(None, BrokerUnavailable(f"task {item.task.name} ({item.task_id}): cancelled"))
-            else:
-                exc = future.exception()
-                item.notify(None if exc is not None else future.result(), exc)
-
-        built = (item.task_id, item.body, item.props, 0.0)
-        asyncio.ensure_future(self._publish_built(item.task, built, None)).add_done_callback(done)
-
-    def _confirmed(self, item: Outgoing, confirmation: asyncio.Future[Any]) -> None:
-        """The broker's answer to a fast-path publish, as ``_publish_built`` would report it."""
-        task = item.task
-        if confirmation.cancelled():
-            exc: BaseException | None = asyncio.CancelledError()
-        else:
-            exc = confirmation.exception()
-        if exc is None and isinstance(confirmation.result(), aiormq.spec.Basic.Ack):
-            item.notify(Handle(self, item.task_id, task.name), None)
-        elif exc is None or isinstance(exc, aiormq.exceptions.DeliveryError):
-            item.notify(None, BrokerUnavailable(f"task {task.name} ({item.task_id}): the broker at {self.url} "
-                                                f"refused it ({exc or confirmation.result()})"))
-        else:
-            item.notify(None, BrokerUnavailable(f"task {task.name} ({item.task_id}): lost the connection to "
-                                                f"{self.url} before the broker confirmed it ({exc!r}); it may or "
-                                                f"may not be queued"))
-
-    async def _send_async(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
-        if self.eager:
-            return await asyncio.to_thread(self._run_eager, task, payload)
-        if self.outbox_path is not None:  # not .outbox: opening it may wait (busy timeout) in the loop
-            task_id, message = self._outbox_message(task, payload, **options)
-            outbox = self._outbox or await asyncio.to_thread(lambda: self.outbox)
-            assert outbox is not None
-            await outbox.send_async(**message)
-            return Handle(self, task_id, task.name)
-        built = self._build(task, payload, **options)
-        if built[3] > 0:
-            return await self._link.run_async(self._publish_built(task, built, None))
-        return await self._fast_async(task, built)
-
-    async def _fast_async(self, task: Task[Any, R], built: tuple[str, bytes, dict[str, Any], float]) -> Handle[R]:
-        """The fast path from any event loop: the App's own (no hop) or another (one wake-up each way)."""
-        loop = self._link.ensure_loop()
-        caller = asyncio.get_running_loop()
-        future: asyncio.Future[Handle[R]] = caller.create_future()
-
-        def settle(value: Any, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
-
-        if caller is loop:
-            notify = settle
-        else:
-            def notify(value: Any, error: BaseException | None) -> None:
-                caller.call_soon_threadsafe(settle, value, error)
-
-        self._pump(loop).submit(self._outgoing(task, built, notify))
-        try:
-            async with asyncio.timeout(self.send_timeout + 1):
-                return await future
-        except TimeoutError:
-            raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
-                                    f"within {self.send_timeout:g} s") from None
-
-    async def _publish(self, task: Task[Any, R], payload: dict[str, Any], reply: asyncio.Future[Any] | None,
-                       **options: Any) -> Handle[R]:
-        """Publish one task message and wait for its confirm (on the private loop). BrokerUnavailable when the
-        broker is not reachable within send_timeout or the connection is lost before the confirm."""
-        return await self._publish_built(task, self._build(task, payload, **options), reply)
-
-    async def _publish_built(self, task: Task[Any, R], built: tuple[str, bytes, dict[str, Any], float],
-                             reply: asyncio.Future[Any] | None) -> Handle[R]:
-        task_id, body, props, delay = built
-        if reply is not None:
-            props["reply_to"] = REPLY_TO
-            self._replies[task_id] = reply
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                session = await self._link.session(self.send_timeout)
-                if task.queue not in session.declared:
-                    await self._declare(session, task.queue)
-                if task.status and self._link.stream_mode(session):
-                    ev = event(task_id, task.name, task.queue, "queued", self.status_ttl)
-                    ev_body, ev_props = event_message(ev)
-                    await session.events.basic_publish(ev_body, exchange=EVENTS_EXCHANGE,
-                                                       routing_key=f"{task.name}.queued", properties=ev_props)
-                channel = await self._link.rpc(session) if reply is not None else session.raw
-                exchange, routing_key = "", task.queue
-                ms = round(delay * 1000)
-                if ms > 0 and session.product == "Leveret":
-                    exchange = DELAYED_EXCHANGE
-                    props["headers"] = {**(props.get("headers") or {}), "x-delay": ms}
-                elif ms > 0:
-                    routing_key = wait_queue(task.queue, ms)
-                    if (task.queue, ms) not in session.waits:
-                        await self._declare_wait(session, task.queue, ms)
-                confirm = await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
-                                                      properties=aiormq.spec.Basic.Properties(**props))
-        except TimeoutError:
-            self._replies.pop(task_id, None)
-            raise BrokerUnavailable(f"task {task.name} ({task_id}) not confirmed by the broker at {self.url} "
-                                    f"within {self.send_timeout:g} s") from None
-        except (aiormq.exceptions.AMQPError, OSError, asyncio.CancelledError) as exc:
-            self._replies.pop(task_id, None)
-            if isinstance(exc, BrokerUnavailable):
-                raise
-            if isinstance(exc, asyncio.CancelledError) and not self._link.closed:
-                raise
-            raise BrokerUnavailable(f"task {task.name} ({task_id}): lost the connection to {self.url} before the "
-                                    f"broker confirmed it ({exc!r}); it may or may not be queued") from exc
-        if confirm is not None and not isinstance(confirm, aiormq.spec.Basic.Ack):
-            self._replies.pop(task_id, None)
-            raise BrokerUnavailable(f"task {task.name} ({task_id}): the broker at {self.url} refused it ({confirm})")
-        return Handle(self, task_id, task.name)
-
-    def _outbox_message(self, task: Task[Any, Any], payload: dict[str, Any],
-                        **options: Any) -> tuple[str, dict[str, Any]]:
-        """A task as an outbox message: to the default exchange, or with a delay to Leveret's delayed exchange
-        (declared by the workers) with ``x-delay``. The broker is not asked anything: no queue is declared
-        (the worker declares them; a message that arrives first is parked by the forwarder and retried). A
-        delayed task also carries its due time (``x-leveret-due``, ms since the epoch): the forwarder sets
-        ``x-delay`` from it when it publishes, so the time the message waited in the outbox is not added."""
-        task_id, body, props, delay = self._build(task, payload, **options)
-        exchange = ""
-        if delay > 0:
-            exchange = DELAYED_EXCHANGE
-            props["headers"] = {**(props.get("headers") or {}), "x-delay": round(delay * 1000),
-                                DUE_HEADER: round((time.time() + delay) * 1000)}
-        return task_id, {"exchange": exchange, "routing_key": task.queue, "body": body, "properties": props}
-
-    def _run_eager(self, task: Task[Any, R], payload: dict[str, Any]) -> Handle[R]:
-        task_id = new_task_id()
-        record = merge(None, event(task_id, task.name, task.queue, "started", self.status_ttl))
-        try:
-            result = run_eager(task, payload)
-        except Exception as exc:
-            error = {"type": type(exc).__name__, "message": str(exc), "traceback": ""}
-            record = merge(record, event(task_id, task.name, task.queue, "gave_up", self.status_ttl, error=error))
-        else:
-            extra = {"result": result} if task.keep_result else {}
-            record = merge(record, event(task_id, task.name, task.queue, "succeeded", self.status_ttl, **extra))
-        self._eager_records[task_id] = record
-        return Handle(self, task_id, task.name)
 
     # --- status --------------------------------------------------------------------------------------------
 
@@ -505,7 +291,8 @@ class App:
             record = await stream.read(session.events, task_id, self.send_timeout)
         return record or {"id": task_id, "state": "unknown"}
 
-    async def _wait(self, task_id: str, timeout: float, poll: float, task: str | None) -> dict[str, Any]:
+    async def wait_record(self, task_id: str, timeout: float, poll: float, task: str | None) -> dict[str, Any]:
+        """The record of ``task_id`` once final (polled every ``poll`` s); on the App's loop."""
         """The record once final (polled every ``poll`` s; on the status stream, woken by the event itself)."""
         deadline = time.monotonic() + timeout
         if not self.eager:
@@ -532,12 +319,12 @@ class App:
         revoked; TimeoutError (naming the task and id) after ``timeout`` seconds."""
         if self.eager:
             return outcome(self._eager(task_id))
-        return outcome(self._link.run_sync(self._wait(task_id, timeout, 0.05, None), timeout + 10))
+        return outcome(self._link.run_sync(self.wait_record(task_id, timeout, 0.05, None), timeout + 10))
 
     async def result_async(self, task_id: str, timeout: float = 30.0) -> Any:
         if self.eager:
             return outcome(self._eager(task_id))
-        return outcome(await self._link.run_async(self._wait(task_id, timeout, 0.05, None)))
+        return outcome(await self._link.run_async(self.wait_record(task_id, timeout, 0.05, None)))
 
     def revoke(self, task_id: str) -> None:
         """Revoke a task: workers skip it when it is delivered and interrupt it if it runs; its record becomes
@@ -608,9 +395,11 @@ class App:
         With ``return_exceptions=True`` nothing is raised: whatever arrived within ``timeout`` is returned, and
         in the place of each request that failed its ``TaskError``, of each that did not answer in time a
         ``TimeoutError`` (a dashboard shows the fast answers when one service is slow)."""
-        return await self._link.run_async(self._gather(requests, timeout, return_exceptions))
+        return await self._link.run_async(self.gather_requests(requests, timeout, return_exceptions))
 
-    async def _gather(self, requests: list[Request], timeout: float, return_exceptions: bool = False) -> list[Any]:
+    async def gather_requests(self, requests: list[Request], timeout: float,
+                              return_exceptions: bool = False) -> list[Any]:
+        """``gather`` on the App's own loop (``run_sync``/``run_async`` take it there)."""
         if self.eager:  # inline, one after the other
             results: list[Any] = []
             for r in requests:

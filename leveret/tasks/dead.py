@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 async def walk(app: App, queue: str, limit: int | None, replay: bool) -> tuple[int, list[dict[str, Any]]]:
     """(moved, seen): with ``replay``, move up to ``limit`` dead letters back to ``queue`` (each publish
     confirmed before its ack), otherwise look at them (taken, then requeued)."""
-    session = await app._link.session(app.send_timeout)
+    session = await app.session()
     if queue in app.queues and queue not in session.declared:
-        await app._declare(session, queue)
+        await app.declare_queue(session, queue)
     channel = await session.conn.channel(publisher_confirms=True)
     seen: list[dict[str, Any]] = []
     held: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -36,7 +36,7 @@ async def walk(app: App, queue: str, limit: int | None, replay: bool) -> tuple[i
                 held.append(message)
                 seen.append(describe_dead(message))
                 continue
-            if message.message_id and app._link.stream_mode(session):  # Leveret's book records "queued" itself
+            if message.message_id and app.stream_mode(session):  # Leveret's book records "queued" itself
                 info = describe_dead(message)
                 body, props = event_message(event(message.message_id, str(info.get("task") or message.type or ""),
                                                   queue, "queued", app.status_ttl, replayed=True))

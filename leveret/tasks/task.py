@@ -120,12 +120,12 @@ class Task(Generic[P, R]):
     def send(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         """Enqueue from synchronous code; returns once the broker has confirmed the message (or, with an
         App(outbox=...), once it is saved in the outbox). Options: ``send_with``."""
-        return self.app._send(self, self.payload(args, kwargs))
+        return self.app.submit(self, self.payload(args, kwargs))
 
     delay = send  # Celery's habit
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
-        return await self.app._send_async(self, self.payload(args, kwargs))
+        return await self.app.submit_async(self, self.payload(args, kwargs))
 
     def s(self, **payload: Any) -> Signature[R]:
         """A signature of this task for workflows (``chain``, ``group``, ``chord``; docs/workflows.md)."""
@@ -139,20 +139,20 @@ class Task(Generic[P, R]):
         """``send`` with options: ``delay`` seconds or ``eta`` (an aware datetime), ``priority`` 0-10, a fixed
         ``task_id``, extra ``metadata`` keys (e.g. "link")."""
         self.check_payload(payload)
-        return self.app._send(self, payload, delay=delay, eta=eta, priority=priority, task_id=task_id,
+        return self.app.submit(self, payload, delay=delay, eta=eta, priority=priority, task_id=task_id,
                               metadata=metadata)
 
     async def send_with_async(self, payload: dict[str, Any], *, delay: float | None = None,
                               eta: datetime | None = None, priority: int | None = None,
                               task_id: str | None = None, metadata: dict[str, Any] | None = None) -> Handle[R]:
         self.check_payload(payload)
-        return await self.app._send_async(self, payload, delay=delay, eta=eta, priority=priority,
+        return await self.app.submit_async(self, payload, delay=delay, eta=eta, priority=priority,
                                           task_id=task_id, metadata=metadata)
 
     def send_bytes(self, data: bytes, *, delay: float | None = None, priority: int | None = None) -> Handle[R]:
         """Enqueue a binary payload (content type application/octet-stream, metadata in headers); the
         handler is called with ``data=<bytes>``."""
-        return self.app._send(self, {"data": data}, delay=delay, priority=priority)
+        return self.app.submit(self, {"data": data}, delay=delay, priority=priority)
 
     # --- RPC ---------------------------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class Task(Generic[P, R]):
     def call_sync(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """``call`` from synchronous code."""
         request = Request(self, self.payload(args, kwargs))
-        result: R = self.app._link.run_sync(self.app._gather([request], timeout), timeout + 10)[0]
+        result: R = self.app.run_sync(self.app.gather_requests([request], timeout), timeout + 10)[0]
         return result
 
 
@@ -200,7 +200,7 @@ class Handle(Generic[R_co]):
     def wait(self, timeout: float = 30.0, poll: float = 0.05) -> str:
         """Block until the task is done (succeeded, gave up, revoked); return that state. TimeoutError after
         ``timeout``."""
-        return str(self.app._link.run_sync(self.app._wait(self.id, timeout, poll, self.task), timeout + 10)["state"])
+        return str(self.app.run_sync(self.app.wait_record(self.id, timeout, poll, self.task), timeout + 10)["state"])
 
     def result(self, timeout: float = 30.0) -> R_co:
         """The task's result once it succeeded (None when it keeps none); TaskError when it gave up or was
@@ -215,7 +215,7 @@ class Handle(Generic[R_co]):
 
     async def wait_async(self, timeout: float = 30.0, poll: float = 0.05) -> str:
         """``wait`` for async code: does not block the event loop."""
-        return str((await self.app._link.run_async(self.app._wait(self.id, timeout, poll, self.task)))["state"])
+        return str((await self.app.run_async(self.app.wait_record(self.id, timeout, poll, self.task)))["state"])
 
     async def result_async(self, timeout: float = 30.0) -> R_co:
         return await self.app.result_async(self.id, timeout)  # type: ignore[no-any-return]

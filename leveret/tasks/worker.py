@@ -1,15 +1,19 @@
 """The consumer side: ``Worker`` runs an App's handlers. See docs/tasks.md.
 
-Per task the worker publishes two events to ``leveret.events`` ("started", then one of succeeded / retrying /
-gave_up / revoked), transient and without waiting for confirms, and acks the message (no round trip) only after
-the handler, its hooks and the final event. A failure is retried according to the message's retry strategy: on
-Leveret by ``reject(requeue=False)`` on a queue declared with ``x-retry-intervals`` when the delay is the
-queue's, otherwise by publishing the next attempt (confirmed) with a delay (Leveret's delayed exchange, or a
-wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original. Exhausted retries, unknown task names and
-unreadable messages end in ``<queue>.dead``.
+Per task the worker publishes two events to ``leveret.events`` ("started" — deferred up to 0.1 s, see
+``StartedEvent`` — then one of succeeded / retrying / gave_up / revoked), transient and without waiting for
+confirms, and acks the message (no round trip) only after the handler, its hooks and the final event. A failure is
+retried according to the message's retry strategy: on Leveret by ``reject(requeue=False)`` on a queue declared with
+``x-retry-intervals`` when the delay is the queue's, otherwise by publishing the next attempt (confirmed) with a
+delay (Leveret's delayed exchange, or a wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original.
+Exhausted retries, unknown task names and unreadable messages end in ``<queue>.dead``.
 
 The worker reconnects by itself (capped exponential back-off with jitter) when the connection drops; messages
 whose delivery died with the connection are never acked on the new one (the broker redelivers them).
+
+Parts of the worker live beside it: ``failures`` (retry, give up, dead-letter), ``messages`` (TaskContext,
+decoding, copies of a message), ``worker_out`` (the batched writes and the deferred "started" event),
+``threads`` (the sync handlers' threads); their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -20,37 +24,29 @@ import inspect
 import json
 import logging
 import os
-import queue as queue_mod
 import random
 import socket
-import struct
 import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import aiormq
-from aiormq.abc import ChannelFrame
 
 from leveret.aioconnect import open_connection
-from leveret.amqp import codec, spec
+from leveret.amqp import codec
 from leveret.tasks.app import (
     CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
     App,
     Task,
-    dead_queue,
     declare_topology,
-    publish_to_queue,
     server_product,
 )
 from leveret.tasks.control import RevokedIds, parse_control
+from leveret.tasks.failures import Consumer, Failures, _tag
 from leveret.tasks.limits import (
     EXIT_HARD_TIME_LIMIT,
     Running,
@@ -58,166 +54,27 @@ from leveret.tasks.limits import (
     TaskRevoked,
     TokenBucket,
 )
+from leveret.tasks.messages import (
+    BadMessage,
+    TaskContext,
+    copy_message,
+    decode,
+    error_info,
+    next_attempt,
+)
 from leveret.tasks.middleware import call_hooks
-from leveret.tasks.retry import Retry
 from leveret.tasks.status import MAX_RESULT_BYTES, event
+from leveret.tasks.threads import HandlerThreads
+from leveret.tasks.worker_out import EVENT_PROPERTIES, EVENT_PROPERTIES_NO_ID, Outgoing, StartedEvent
+
+__all__ = ["BadMessage", "Consumer", "HandlerThreads", "Outgoing", "StartedEvent", "TaskContext", "Worker",
+           "copy_message", "decode", "error_info", "next_attempt"]
 
 log = logging.getLogger("leveret.tasks.worker")
 
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then doubled, capped, jittered)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
-_ACK = struct.Struct(">BHIHHQBB")  # frame head, class, method, delivery tag, multiple, frame end
-_ACK_METHOD = spec.method("basic.ack").method_id
-_PUBLISH = spec.method("basic.publish")
-# An event's basic properties, encoded once: content_type application/json, delivery_mode 1, then message_id.
-_EVENT_PROPERTIES_NO_ID = codec.encode_properties({"content_type": "application/json", "delivery_mode": 1})
-_EVENT_PROPERTIES = struct.pack(">H", struct.unpack(">H", _EVENT_PROPERTIES_NO_ID[:2])[0] | 0x0080) + \
-    _EVENT_PROPERTIES_NO_ID[2:]
-
-
-@dataclass
-class TaskContext:
-    """What hooks and middleware receive about the run. ``next_attempt_at``: when the next attempt is due (ISO 8601,
-    UTC), when ``will_retry``."""
-
-    id: str
-    task: str
-    queue: str
-    attempt: int
-    payload: Any
-    will_retry: bool = False
-    next_attempt_at: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    app: App | None = None
-
-
-class BadMessage(Exception):
-    """A message the worker cannot run: ``reason`` goes to the x-leveret-reason header of its dead letter."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class Outgoing:
-    """Frames for the broker (events, replies, acks), written together once per loop iteration: one write
-    (one send system call) for many tasks instead of one per frame, through aiormq's own write queue. Acks and
-    publishes on a channel keep their order; a channel that closed meanwhile is skipped (its deliveries are
-    redelivered by the broker). Frames are encoded here with Leveret's own codec (a struct per ack, the basic
-    properties of an event or reply with ``codec.encode_properties``), not with pamqp (~3x the time per task)."""
-
-    def __init__(self) -> None:
-        self.pending: dict[aiormq.abc.AbstractChannel, list[bytes]] = {}
-        self.scheduled = False
-        self._methods: dict[tuple[int, str, str], bytes] = {}  # encoded basic.publish frames
-        self._puts: set[asyncio.Future[Any]] = set()
-
-    def add(self, channel: aiormq.abc.AbstractChannel, *frames: bytes) -> None:
-        if channel.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-        pending = self.pending.get(channel)
-        if pending is None:
-            self.pending[channel] = pending = []
-        pending.extend(frames)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        """One loop turn later, so that the coroutines this turn woke (the next tasks started as slots free)
-        add their frames to the same write."""
-        asyncio.get_running_loop().call_soon(self.flush)
-
-    def ack(self, channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> None:
-        number: Any = channel.number
-        self.add(channel, _ACK.pack(spec.FRAME_METHOD, number, 13, spec.CLASS_BASIC, _ACK_METHOD, delivery_tag, 0,
-                                    spec.FRAME_END))
-
-    def publish(self, channel: aiormq.abc.AbstractChannel, body: bytes, exchange: str, routing_key: str,
-                properties: bytes) -> None:
-        """``properties``: encoded basic properties (``codec.encode_properties``)."""
-        size: Any = getattr(channel, "max_content_size", 0) or 131072 - 8
-        number: Any = channel.number
-        key = (number, exchange, routing_key)
-        method = self._methods.get(key)
-        if method is None:
-            if len(self._methods) > 10_000:
-                self._methods.clear()
-            method = self._methods[key] = codec.method_frame(number, _PUBLISH, (0, exchange, routing_key, False, False))
-        parts = [method]
-        codec.append_content(parts, number, properties, body, size)
-        self.add(channel, b"".join(parts))
-
-    def flush(self) -> None:
-        self.scheduled = False
-        pending, self.pending = self.pending, {}
-        by_queue: dict[int, tuple[asyncio.Queue[Any], list[bytes]]] = {}
-        for channel, frames in pending.items():
-            if channel.is_closed:
-                continue
-            queue: Any = channel.write_queue  # type: ignore[attr-defined]
-            entry = by_queue.setdefault(id(queue), (queue, []))
-            entry[1].extend(frames)
-        for queue, chunks in by_queue.values():
-            frame = ChannelFrame(payload=b"".join(chunks), should_close=False)
-            try:
-                queue.put_nowait(frame)
-            except asyncio.QueueFull:  # the connection's writer is behind: wait for room, in order
-                put = asyncio.ensure_future(queue.put(frame))
-                self._puts.add(put)
-                put.add_done_callback(self._puts.discard)
-
-
-class HandlerThreads:
-    """The threads that run sync handlers: one started per submit until there are ``size``, fed by one
-    ``SimpleQueue``.
-
-    Lighter than a ``ThreadPoolExecutor`` per task (no ``concurrent.futures.Future``, work item or idle
-    semaphore, each of which takes Python-level locks while holding the GIL). Like the executor's, the threads
-    are not daemons: at interpreter exit, handlers still running finish first. ``shutdown()`` lets each thread
-    end once the queue is empty."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self.size = size
-        self.name = name
-        self._queue: queue_mod.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue_mod.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if len(self._threads) < self.size:  # no count of idle threads to keep in step across threads
-            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}")
-            thread.start()
-            self._threads.append(thread)
-        self._queue.put((fn, args))
-
-    def _work(self) -> None:
-        get = self._queue.get
-        while True:
-            item = get()
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)  # Worker._call_in_thread: hands every outcome to the loop, raises nothing of the handler's
-            except BaseException:
-                log.exception("handler thread %s", threading.current_thread().name)
-            del item, fn, args
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        self._threads = []
-
-
-@dataclass
-class _Consumer:
-    queue: str
-    channel: aio_pika.abc.AbstractChannel
-    raw: aiormq.abc.AbstractChannel
-    tag: str = ""
-
-
-class Worker:
+class Worker(Failures):
     """Consume ``queues`` (default: all of the app's) with up to ``concurrency`` handlers at once.
 
     ``await run()`` until ``request_stop()``; or ``start()``/``stop()`` to run it in a background thread (tests).
@@ -268,12 +125,9 @@ class Worker:
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._events: aiormq.abc.AbstractChannel | None = None
         self._confirm: aio_pika.abc.AbstractChannel | None = None
-        self._consumers: list[_Consumer] = []
+        self._consumers: list[Consumer] = []
         self._closing: asyncio.Future[Any] | None = None
         self._out = Outgoing()
-        self._completed: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
-        self._completed_lock = threading.Lock()
-        self._completion_scheduled = False
         self._buckets: dict[str, TokenBucket] = {}
         for task in app.tasks.values():
             if task.queue in self.queues and task.rate_per_second:
@@ -358,7 +212,7 @@ class Worker:
             channel = await conn.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=1 if serial else self.prefetch)
             await declare_topology(channel, self.app, queue, self.product)
-            consumer = _Consumer(queue, channel, await channel.get_underlay_channel())
+            consumer = Consumer(queue, channel, await channel.get_underlay_channel())
             consumer.tag = str((await consumer.raw.basic_consume(queue, self._callback(consumer))).consumer_tag)
             self._consumers.append(consumer)
             channels.append(channel)
@@ -457,10 +311,10 @@ class Worker:
 
     # --- one message -----------------------------------------------------------------------------------------
 
-    def _callback(self, consumer: _Consumer) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
+    def _callback(self, consumer: Consumer) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
         return lambda message: self._on_message(consumer, message)
 
-    async def _on_message(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage) -> None:
+    async def _on_message(self, consumer: Consumer, message: aiormq.abc.DeliveredMessage) -> None:
         assert self._sem is not None and self._stopping is not None
         async with self._sem:
             if self._stopping.is_set():  # delivered (prefetched) but not started: back to the queue at once
@@ -487,7 +341,7 @@ class Worker:
         self.tasks_done += 1
         self._notify("task_done")
 
-    async def _handle(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage) -> None:
+    async def _handle(self, consumer: Consumer, message: aiormq.abc.DeliveredMessage) -> None:
         props = message.header.properties
         headers = props.headers or {}
         try:
@@ -520,13 +374,16 @@ class Worker:
         bucket = self._buckets.get(name)
         if bucket is not None:
             await bucket.acquire()
-        if status:
-            await self._event(ctx, "started")
+        started = StartedEvent(self, ctx) if status else None
         middleware = self.app.middleware
         if middleware:
             await call_hooks(middleware, "before_task", self._pool, ctx)
         try:
-            result = await self._run(task, ctx, payload)
+            try:
+                result = await self._run(task, ctx, payload)
+            finally:
+                if started is not None:
+                    started.settle()
         except TaskRevoked as exc:
             log.warning("task %s[%s] attempt %d revoked while running", name, task_id, attempt)
             if middleware:
@@ -584,7 +441,7 @@ class Worker:
                         raise
                     raise running.interrupted(_interrupted_text(task, running.interrupted, soft)) from None
             try:
-                return await self._in_thread(loop, running.run_in_thread, task.fn, payload)
+                return await self._threads.run(loop, running.run_in_thread, task.fn, payload)
             except (SoftTimeLimitExceeded, TaskRevoked) as exc:
                 if not exc.args:
                     raise type(exc)(_interrupted_text(task, type(exc), soft)) from None
@@ -592,43 +449,6 @@ class Worker:
         finally:
             running.cancel_timers()
             self._running.pop(key, None)
-
-    def _in_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """``fn(*args)`` in the pool, like ``loop.run_in_executor`` but with completions handed back in batches:
-        a finishing thread appends its outcome to a deque and wakes the loop only when no wake-up is pending, so
-        tasks that end together cost one ``call_soon_threadsafe`` (and no ``concurrent.futures`` chaining)."""
-        future = loop.create_future()
-        self._threads.submit(self._call_in_thread, loop, future, fn, args)
-        return future
-
-    def _call_in_thread(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[..., Any],
-                        args: tuple[Any, ...]) -> None:
-        if future.cancelled():  # cancelled before a thread took it (as run_in_executor's would be): not run
-            return
-        try:
-            outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (future, fn(*args), None)
-        except BaseException as exc:  # handed to the awaiting coroutine, as run_in_executor does
-            outcome = (future, None, exc)
-        self._completed.append(outcome)
-        with self._completed_lock:
-            if self._completion_scheduled:
-                return
-            self._completion_scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is gone, nobody awaits it
-            loop.call_soon_threadsafe(self._complete)
-
-    def _complete(self) -> None:
-        with self._completed_lock:
-            self._completion_scheduled = False
-        completed = self._completed
-        while completed:
-            future, result, error = completed.popleft()
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
 
     def _hard_limit(self, task: Task, ctx: TaskContext, running: Running) -> None:
         """A task exceeded its time_limit: stop consuming and close the connection at once (nothing running is
@@ -645,72 +465,6 @@ class Worker:
         conn = self._conn
         if conn is not None:
             self._closing = asyncio.ensure_future(conn.close())
-
-    async def _failed(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage, task: Task,
-                      ctx: TaskContext, exc: Exception, status: bool) -> None:
-        retry = Retry.from_wire(ctx.metadata.get("retry")) or task.retry
-        delay = retry.next_delay(ctx.attempt)
-        error = error_info(exc)
-        queue = consumer.queue
-        middleware = self.app.middleware
-        if delay is None:
-            log.error("task %s[%s] attempt %d failed: %s: %s; giving up", ctx.task, ctx.id, ctx.attempt,
-                      type(exc).__name__, exc, exc_info=exc)
-            if middleware:
-                await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
-            if task.failure_hooks:
-                await self._run_hooks(task.failure_hooks, ctx, exc)
-            await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
-            if status:
-                await self._event(ctx, "gave_up", error=error)
-            schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
-            if schedule is None or ctx.attempt >= len(schedule):
-                # The queue's dead-letter exchange moves it to <queue>.dead (with x-death).
-                await message.channel.basic_reject(_tag(message), requeue=False)
-                return
-            await self._publish_dead(message, queue, "retries_exhausted", error, ctx.attempt)
-            await self._ack(message)
-            return
-        ctx.will_retry = True
-        due = time.time() + delay
-        ctx.next_attempt_at = datetime.fromtimestamp(due, UTC).isoformat()
-        log.warning("task %s[%s] attempt %d failed: %s: %s; retrying in %.3g s", ctx.task, ctx.id, ctx.attempt,
-                    type(exc).__name__, exc, delay, exc_info=exc)
-        if middleware:
-            await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
-            await call_hooks(middleware, "on_retry", self._pool, ctx, exc, delay)
-        if task.failure_hooks:
-            await self._run_hooks(task.failure_hooks, ctx, exc)
-        if status:
-            await self._event(ctx, "retrying", error=error, next_attempt_at=due)
-        schedule = self.app.broker_schedule(queue) if self.product == "Leveret" else None
-        if (retry.strategy != "backoff" and schedule is not None and ctx.attempt < len(schedule)
-                and schedule[ctx.attempt] == round(delay * 1000)):
-            await message.channel.basic_reject(_tag(message), requeue=False)  # the broker re-enqueues it later
-            return
-        assert self._confirm is not None
-        await publish_to_queue(self._confirm, queue, next_attempt(message, ctx.attempt + 1), delay, self.product)
-        await self._ack(message)
-
-    async def _dead_letter(self, consumer: _Consumer, message: aiormq.abc.DeliveredMessage, reason: str,
-                           exc: Exception, ctx: TaskContext | None) -> None:
-        """A message the worker cannot run: to ``<queue>.dead`` with ``x-leveret-reason``, an event, a log line."""
-        error = error_info(exc, tb=reason == "worker_error")
-        log.error("message %s of queue %s dead-lettered (%s): %s", message.header.properties.message_id,
-                  consumer.queue, reason, exc)
-        await self._publish_dead(message, consumer.queue, reason, error, None)
-        if ctx is not None and ctx.id:
-            await self._event(ctx, "gave_up", error=error)
-        await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
-        await self._ack(message)
-
-    async def _publish_dead(self, message: aiormq.abc.DeliveredMessage, queue: str, reason: str,
-                            error: dict[str, Any], attempt: int | None) -> None:
-        dead = copy_message(message, attempt)
-        dead.headers = {**(dead.headers or {}), "x-leveret-reason": reason,
-                        "x-leveret-error": json.dumps({k: v for k, v in error.items() if k != "traceback"})}
-        assert self._confirm is not None
-        await self._confirm.default_exchange.publish(dead, routing_key=dead_queue(queue))
 
     async def _send_link(self, ctx: TaskContext, link: Any, result: Any) -> None:
         from leveret.tasks.links import send_link
@@ -738,10 +492,13 @@ class Worker:
             body = json.dumps({"ok": False, "error": {"type": "TypeError", "message": f"result: {exc}"}}).encode()
         with contextlib.suppress(Exception):
             self._out.publish(self._events, body, "", props.reply_to, codec.encode_properties(
-                {"content_type": "application/json", "correlation_id": props.correlation_id}))
+                {"content_type": "application/json", "correlation_id": props.correlation_id}), urgent=True)
 
     async def _event(self, ctx: TaskContext, state: str, **extra: Any) -> None:
         """Publish one event to leveret.events: transient, no confirm awaited (status is advisory)."""
+        self.publish_event(ctx, state, **extra)
+
+    def publish_event(self, ctx: TaskContext, state: str, **extra: Any) -> None:
         channel = self._events
         if channel is None:
             return
@@ -753,7 +510,7 @@ class Worker:
             data = json.dumps(body, default=repr).encode()
         try:
             self._out.publish(channel, data, EVENTS_EXCHANGE, f"{ctx.task or '-'}.{state}",
-                              _EVENT_PROPERTIES + codec.encode_shortstr(ctx.id) if ctx.id else _EVENT_PROPERTIES_NO_ID)
+                              EVENT_PROPERTIES + codec.encode_shortstr(ctx.id) if ctx.id else EVENT_PROPERTIES_NO_ID)
         except Exception as exc:  # a status is not worth failing (and redoing) the task for
             log.debug("cannot publish the event %s of task %s: %s", state, ctx.id, exc)
 
@@ -769,10 +526,6 @@ class Worker:
                 log.exception("hook %r of task %s failed", hook, ctx.task)
 
 
-def _tag(message: aiormq.abc.DeliveredMessage) -> int:
-    tag: Any = message.delivery.delivery_tag  # type: ignore[union-attr]
-    return int(tag)
-
 
 def _safe(url: str) -> str:
     return str(aio_pika.connection.URL(url).with_password("******")) if "@" in url else url
@@ -783,62 +536,3 @@ def _interrupted_text(task: Task, exc_type: type[Exception], soft: float | None)
         return f"task {task.name} exceeded its soft time limit of {soft:g} s"
     return f"task {task.name} was revoked while running"
 
-
-def error_info(exc: BaseException, tb: bool = True) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if tb:
-        info["traceback"] = "".join(traceback.format_exception(exc))
-    return info
-
-
-def decode(body: bytes, content_type: str | None, headers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(payload, metadata) of a task message: JSON ``{"payload": {...}, "metadata": {...}}`` or a binary body
-    (payload ``{"data": body}``) with the metadata in ``x-leveret-*`` headers. BadMessage when unreadable."""
-    if content_type == "application/octet-stream":
-        metadata: dict[str, Any] = {}
-        for key, value in headers.items():
-            if key.startswith("x-leveret-"):
-                raw = value.decode() if isinstance(value, bytes) else value
-                try:
-                    metadata[key[len("x-leveret-"):]] = json.loads(raw) if isinstance(raw, str) else raw
-                except ValueError:
-                    metadata[key[len("x-leveret-"):]] = raw
-        return {"data": body}, metadata
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise BadMessage("undecodable", f"the body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BadMessage("undecodable", f"the body is a JSON {type(data).__name__}, not an object with "
-                                        "\"payload\" and \"metadata\"")
-    payload = data.get("payload", {})
-    metadata = data.get("metadata", {})
-    if not isinstance(payload, dict) or not isinstance(metadata, dict):
-        raise BadMessage("undecodable", "\"payload\" and \"metadata\" must be JSON objects")
-    return payload, metadata
-
-
-def copy_message(message: aiormq.abc.DeliveredMessage, attempt: int | None) -> aio_pika.Message:
-    """A copy of a delivered message (for attempt ``attempt``, in the body's metadata and ``x-retry-count``,
-    when it is given)."""
-    props = message.header.properties
-    headers = {k: v for k, v in (props.headers or {}).items() if k not in ("x-death", "x-delay")}
-    body = message.body
-    if attempt is not None:
-        headers["x-retry-count"] = attempt
-        if props.content_type == "application/octet-stream":
-            headers["x-leveret-attempt"] = json.dumps(attempt)
-        else:
-            with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
-                data = json.loads(body)
-                data["metadata"]["attempt"] = attempt
-                body = json.dumps(data).encode()
-    return aio_pika.Message(body, content_type=props.content_type, message_id=props.message_id,
-                            correlation_id=props.correlation_id, reply_to=props.reply_to, priority=props.priority,
-                            type=props.message_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            headers=headers, timestamp=props.timestamp)
-
-
-def next_attempt(message: aiormq.abc.DeliveredMessage, attempt: int) -> aio_pika.Message:
-    """A copy of ``message`` for attempt number ``attempt``."""
-    return copy_message(message, attempt)
