@@ -32,12 +32,13 @@ from leveret.tasks.status import (
     STATES,
     StatusStream,
     StatusUnavailable,
+    TaskError,
     event,
     event_message,
     merge,
     public,
 )
-from leveret.tasks.task import Group, Handle, Request, Task, TaskError
+from leveret.tasks.task import Group, Handle, Request, Task
 from leveret.tasks.topology import (
     CONTROL_EXCHANGE,
     DELAYED_EXCHANGE,

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from leveret.tasks.status import TaskError
+
 FAILED_STATES = frozenset({"gave_up", "revoked"})
 
 
@@ -31,8 +33,6 @@ def state_of(record: dict[str, Any] | None) -> str:
 
 def task_error(app: Any, record: dict[str, Any], task_id: str) -> Exception:
     """The ``TaskError`` of a record that gave up (or was revoked)."""
-    from leveret.tasks.app import TaskError
-
     error = record.get("error") or {}
     kind = str(error.get("type") or ("Revoked" if record.get("state") == "revoked" else "Exception"))
     return TaskError(kind, str(error.get("message", record.get("state"))), task_id)

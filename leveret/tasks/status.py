@@ -352,3 +352,15 @@ class StatusStream:
                                "(a long stream is replayed at the first read: see docs/tasks.md)") from None
         finally:
             self.markers.pop(marker, None)
+
+
+class TaskError(Exception):
+    """A task's handler raised (it gave up): ``remote_type`` and ``remote_message`` are the remote exception's."""
+
+    def __init__(self, remote_type: str, remote_message: str, task_id: str | None = None,
+                 traceback: str | None = None) -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.task_id = task_id
+        self.traceback = traceback

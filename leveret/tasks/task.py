@@ -39,18 +39,6 @@ def parse_rate_limit(text: str | None) -> float | None:
     return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-class TaskError(Exception):
-    """A task's handler raised (it gave up): ``remote_type`` and ``remote_message`` are the remote exception's."""
-
-    def __init__(self, remote_type: str, remote_message: str, task_id: str | None = None,
-                 traceback: str | None = None) -> None:
-        super().__init__(f"{remote_type}: {remote_message}")
-        self.remote_type = remote_type
-        self.remote_message = remote_message
-        self.task_id = task_id
-        self.traceback = traceback
-
-
 @dataclass(eq=False)
 class Task(Generic[P, R]):
     """A registered task: ``send``/``delay``/``send_with`` to enqueue, ``call``/``call_sync``/``request`` for RPC."""
