@@ -18,7 +18,6 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from brokeradmin import Admin, LeveretAdmin, connect_as, rabbit_admin
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from leveret.config import Config
@@ -26,6 +25,8 @@ from leveret.core.access import Access, Permission
 from leveret.core.broker import User
 from leveret.core.errors import AccessRefused, PreconditionFailed
 from leveret.server.app import ThreadedServer
+
+from brokeradmin import Admin, LeveretAdmin, connect_as, rabbit_admin
 
 # user key -> (configure, write, read)
 USERS = {

@@ -2,17 +2,9 @@
 (reasons rejected, expired, maxlen; the x-death header to the field; cycles), length limits and overflow
 modes, priority queues, consumer priorities, single active consumer, alternate exchanges, CC/BCC.
 
-Two kinds of tests, both checked against the reference RabbitMQ first:
-
-- ``test_lifecycle_differential[<scenario>]``: a scenario of ``lifecycle_scenarios.py`` runs against RabbitMQ
-  and against a fresh Leveret with the same names; the transcripts must be equal (reply texts, bodies,
-  counts, every property, headers tables with their field order; ``x-death`` times are replaced by a
-  placeholder after checking they are timestamps). It skips itself when RabbitMQ is absent. It carries no
-  ``rabbitmq`` marker so that ``-k rabbitmq`` selects exactly the runs against RabbitMQ alone:
-  ``test_scenario_is_deterministic_on_rabbitmq[<scenario>]`` runs each scenario twice against RabbitMQ and
-  asserts the transcripts are equal, which is what makes the differential comparison meaningful.
-- direct tests taking ``broker_port``: concrete expected values, run once against Leveret and once against
-  RabbitMQ.
+Direct tests taking ``broker_port``: concrete expected values, run once against Leveret and once against
+RabbitMQ. The differential scenarios of the same behaviours (transcripts compared with RabbitMQ's) are in
+``differential/scenarios_lifecycle.py``, run by ``differential/test_scenarios.py``.
 
 Not covered: ``x-delivery-limit``. RabbitMQ 3.10 refuses it on a classic queue, whatever its value:
 406 "PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type
@@ -30,42 +22,10 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from conftest import require_rabbitmq
 from pika.adapters.blocking_connection import BlockingChannel
 
-from leveret.server.app import ThreadedServer
-
-from lifecycle_scenarios import (
-    SCENARIOS,
-    TIME,
-    Confirms,
-    Run,
-    assert_deterministic,
-    assert_same_as_rabbitmq,
-    drain,
-    props,
-    publish,
-    raw_get,
-    sac_consumers,
-)
-
-# --- differential ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_lifecycle_differential(name: str, leveret: ThreadedServer, unique: str) -> None:
-    assert_same_as_rabbitmq(SCENARIOS[name], leveret.port, require_rabbitmq(), unique)
-
-
-@pytest.mark.rabbitmq
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_is_deterministic_on_rabbitmq(name: str, rabbitmq_port: int, unique: str) -> None:
-    assert_deterministic(SCENARIOS[name], rabbitmq_port, unique)
-
-
-def test_enough_lifecycle_scenarios() -> None:
-    assert len(SCENARIOS) >= 18
-
+from harness import TIME, Confirms, Run, drain, props, publish, raw_get
+from scenarios_lifecycle import sac_consumers
 
 # --- direct tests: helpers ------------------------------------------------------------------------------
 

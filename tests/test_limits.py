@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pika.exceptions
 import pytest
-from brokeradmin import Admin, LeveretAdmin, connect_as, rabbit_admin
 from pika.adapters.blocking_connection import BlockingConnection
 from test_http_api import Client
 
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
+
+from brokeradmin import Admin, LeveretAdmin, connect_as, rabbit_admin
 
 
 @dataclass

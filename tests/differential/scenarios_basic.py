@@ -1,151 +1,22 @@
-"""Differential tests: the same client script against RabbitMQ and against Leveret, transcripts compared.
-
-Each scenario is written once as a function of a :class:`Run` (a port, a name prefix, and the transcript it
-appends to). ``transcript(scenario, port, prefix)`` runs it against one broker and returns what a client
-observed: reply codes and texts of channel and connection closes, message bodies in order, redelivered
-flags, message and consumer counts, properties as they came back. ``test_differential`` runs every scenario
-against the reference RabbitMQ (127.0.0.1:5672) and against a fresh Leveret with the same names, and asserts
-the two transcripts are equal. It is skipped, never faked, when RabbitMQ is not running.
-
-Server-generated names (``amq.gen-...``, ``amq.ctag-...``) are normalised; everything else, reply texts
-included, is compared exactly.
-"""
+"""Differential scenarios of the basics: connection and channel, exchanges, queues, basic (publish, get, consume,
+ack, qos, recover, priorities, properties), confirms and transactions. Registered as "basic/<name>" and run against
+RabbitMQ and Leveret by ``test_scenarios.py`` (see ``harness.py`` for what a transcript holds)."""
 
 from __future__ import annotations
 
 import contextlib
 import decimal
-import re
-import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 import amqp
 import pika
 import pika.exceptions
-import pytest
-from conftest import require_rabbitmq
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.blocking_connection import BlockingChannel
 
-from leveret.amqp import spec
-from leveret.server.app import ThreadedServer
+from harness import Run, area, drain, normalise, publish
 
-from rawamqp import RawClient
-
-Entry = tuple[Any, ...]
-
-
-class Run:
-    """One run of a scenario against one broker: connections, created names (cleaned up), the transcript."""
-
-    def __init__(self, port: int, prefix: str) -> None:
-        self.port = port
-        self.prefix = prefix
-        self.log: list[Entry] = []
-        self.queues: set[str] = set()
-        self.exchanges: set[str] = set()
-        self.connections: list[BlockingConnection] = []
-
-    # --- names -------------------------------------------------------------------------------------
-
-    def queue(self, suffix: str = "q") -> str:
-        name = f"{self.prefix}-{suffix}"
-        self.queues.add(name)
-        return name
-
-    def exchange(self, suffix: str = "x") -> str:
-        name = f"{self.prefix}-{suffix}"
-        self.exchanges.add(name)
-        return name
-
-    # --- clients -----------------------------------------------------------------------------------
-
-    def connect(self, **params: Any) -> BlockingConnection:
-        params.setdefault("heartbeat", 0)
-        params.setdefault("blocked_connection_timeout", 5)
-        conn = BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, **params))
-        self.connections.append(conn)
-        return conn
-
-    def channel(self, **params: Any) -> BlockingChannel:
-        return self.connect(**params).channel()
-
-    # --- the transcript ----------------------------------------------------------------------------
-
-    def record(self, *entry: Any) -> None:
-        self.log.append(entry)
-
-    def attempt(self, label: str, fn: Callable[[], Any]) -> Any:
-        """Run one client call; record ("ok", what it returned) or the close it caused. None on a close."""
-        try:
-            result = fn()
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            self.record(label, "channel.close", exc.reply_code, exc.reply_text)
-            return None
-        except pika.exceptions.ConnectionClosedByBroker as exc:
-            self.record(label, "connection.close", exc.reply_code, exc.reply_text)
-            return None
-        except amqp.exceptions.AMQPError as exc:
-            self.record(label, type(exc).__name__, exc.reply_code, exc.reply_text)
-            return None
-        self.record(label, "ok", describe(result))
-        return result
-
-    def cleanup(self) -> None:
-        for conn in self.connections:
-            if conn.is_open:
-                with contextlib.suppress(Exception):
-                    conn.close()
-        if not self.queues and not self.exchanges:
-            return
-        conn = BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, heartbeat=0))
-        try:
-            for name in sorted(self.queues):
-                ch = conn.channel()
-                try:
-                    ch.queue_delete(name)
-                    ch.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass
-            for name in sorted(self.exchanges):
-                ch = conn.channel()
-                try:
-                    ch.exchange_delete(name)
-                    ch.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass
-        finally:
-            conn.close()
-
-
-_GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_-]+")
-
-
-def normalise(value: str) -> str:
-    return _GENERATED.sub(lambda m: f"amq.{m.group(1)}-*", value)
-
-
-def describe(result: Any) -> Any:
-    """What a client call returned, as comparable plain data (method frames by their name and fields)."""
-    if isinstance(result, pika.frame.Method):
-        result = result.method
-    if isinstance(result, pika.amqp_object.Method):
-        fields = {k: normalise(v) if isinstance(v, str) else v for k, v in vars(result).items()}
-        return (result.NAME, tuple(sorted(fields.items())))
-    if isinstance(result, str):
-        return normalise(result)
-    if isinstance(result, bytes | int | bool | type(None)):
-        return result
-    if isinstance(result, tuple | list):
-        return tuple(describe(item) for item in result)
-    return type(result).__name__
-
-
-def props(properties: pika.BasicProperties | None) -> tuple[tuple[str, Any], ...]:
-    if properties is None:
-        return ()
-    return tuple(sorted((k, v) for k, v in vars(properties).items() if v is not None))
+scenario = area("basic")
 
 
 def get(run: Run, ch: BlockingChannel, queue: str, *, auto_ack: bool = False, label: str = "get") -> int | None:
@@ -158,37 +29,11 @@ def get(run: Run, ch: BlockingChannel, queue: str, *, auto_ack: bool = False, la
     return int(method.delivery_tag)
 
 
-def drain(conn: BlockingConnection, received: list[Any], count: int, timeout: float = 1.5,
-          settle: float = 0.1) -> None:
-    """Process events until ``received`` holds ``count`` items (or the timeout), then ``settle`` more."""
-    deadline = time.monotonic() + timeout
-    while len(received) < count and time.monotonic() < deadline:
-        conn.process_data_events(time_limit=0.02)
-    conn.process_data_events(time_limit=settle)
-
-
-def confirmed(conn: BlockingConnection) -> BlockingChannel:
-    """A channel in confirm mode: each publish returns once the broker has enqueued the message (RabbitMQ
-    enqueues asynchronously, so counts read right after an unconfirmed publish may not include it)."""
-    ch = conn.channel()
-    ch.confirm_delivery()
-    return ch
-
-
-def publish(ch: BlockingChannel, routing_key: str, *bodies: bytes, exchange: str = "",
-            properties: pika.BasicProperties | None = None, mandatory: bool = False) -> None:
-    for body in bodies:
-        ch.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
-
-
-# --- scenarios -------------------------------------------------------------------------------------
-
-SCENARIOS: dict[str, Callable[[Run], None]] = {}
-
-
-def scenario(fn: Callable[[Run], None]) -> Callable[[Run], None]:
-    SCENARIOS[fn.__name__] = fn
-    return fn
+def property_items(properties: pika.BasicProperties | None) -> tuple[tuple[str, Any], ...]:
+    """The properties that are set, sorted by name."""
+    if properties is None:
+        return ()
+    return tuple(sorted((k, v) for k, v in vars(properties).items() if v is not None))
 
 
 # connection and channel
@@ -381,7 +226,7 @@ def queue_declare_variants(run: Run) -> None:
     run.attempt("server-named", lambda: ch.queue_declare("", exclusive=True))
     q = run.queue()
     run.attempt("durable", lambda: ch.queue_declare(q, durable=True))
-    publish(confirmed(conn), q, b"1", b"2")
+    publish(run.confirmed(conn), q, b"1", b"2")
     run.attempt("passive", lambda: ch.queue_declare(q, passive=True))
     run.attempt("redeclare", lambda: ch.queue_declare(q, durable=True))
     run.attempt("passive-missing", lambda: ch.queue_declare(run.queue("missing"), passive=True))
@@ -457,7 +302,7 @@ def queue_exclusive_flag_mismatch(run: Run) -> None:
 @scenario
 def queue_delete_with_unacked_messages(run: Run) -> None:
     conn = run.connect()
-    ch = confirmed(conn)
+    ch = run.confirmed(conn)
     q = run.queue()
     ch.queue_declare(q, exclusive=True)
     publish(ch, q, b"1", b"2", b"3")
@@ -553,7 +398,7 @@ def queue_auto_delete_last_consumer(run: Run) -> None:
     ch = conn.channel()
     q = run.queue()
     ch.queue_declare(q, auto_delete=True)
-    publish(confirmed(conn), q, b"1")
+    publish(run.confirmed(conn), q, b"1")
     run.attempt("passive-before-consume", lambda: ch.queue_declare(q, passive=True))
     tag1 = ch.basic_consume(q, lambda *a: None, auto_ack=True, consumer_tag="c1")
     tag2 = ch.basic_consume(q, lambda *a: None, auto_ack=True, consumer_tag="c2")
@@ -574,7 +419,7 @@ def basic_mandatory_return(run: Run) -> None:
     returned: list[Any] = []
     ch.add_on_return_callback(lambda _ch, method, properties, body: returned.append(
         (method.reply_code, method.reply_text, method.exchange, method.routing_key, body,
-         props(properties))))
+         property_items(properties))))
     x = run.exchange()
     ch.exchange_declare(x, "direct", auto_delete=True)
     ch.basic_publish(x, "nowhere", b"m1", pika.BasicProperties(message_id="id1"), mandatory=True)
@@ -611,7 +456,7 @@ def basic_consume_invalid_priority(run: Run) -> None:
 def exchange_headers_binding_arguments(run: Run) -> None:
     conn = run.connect()
     q = run.queue()
-    ch = confirmed(conn)
+    ch = run.confirmed(conn)
     ch.queue_declare(q, exclusive=True)
     run.attempt("all", lambda: ch.queue_bind(q, "amq.headers", arguments={"x-match": "all", "a": 1, "b": "x"}))
     run.attempt("any", lambda: ch.queue_bind(q, "amq.match", arguments={"x-match": "any", "c": True}))
@@ -628,7 +473,7 @@ def exchange_headers_binding_arguments(run: Run) -> None:
 def basic_connection_close_requeues_in_order(run: Run) -> None:
     owner = run.connect()
     q = run.queue()
-    ch = confirmed(owner)
+    ch = run.confirmed(owner)
     ch.queue_declare(q)
     publish(ch, q, b"1", b"2", b"3", b"4")
     consumer = run.connect()
@@ -809,7 +654,7 @@ def basic_qos_prefetch(run: Run) -> None:
 @scenario
 def basic_cancel_keeps_unacked(run: Run) -> None:
     conn = run.connect()
-    ch = confirmed(conn)
+    ch = run.confirmed(conn)
     q = run.queue()
     ch.queue_declare(q, exclusive=True)
     publish(ch, q, b"1", b"2", b"3")
@@ -845,7 +690,7 @@ def basic_round_robin(run: Run) -> None:
 @scenario
 def basic_consumer_priorities(run: Run) -> None:
     conn = run.connect()
-    ch = confirmed(conn)
+    ch = run.confirmed(conn)
     q = run.queue()
     ch.queue_declare(q, exclusive=True)
     received: list[tuple[str, bytes, int]] = []
@@ -918,10 +763,10 @@ def basic_properties_round_trip(run: Run) -> None:
     ch.basic_publish("", q, b"", pika.BasicProperties())
     for _ in range(2):
         _method, received, body = ch.basic_get(q, auto_ack=True)
-        run.record("message", body, props(received))
+        run.record("message", body, property_items(received))
     received_messages: list[Any] = []
     ch.basic_publish("", q, b"x" * 300_000, pika.BasicProperties(headers={"k": "v"}))
-    ch.basic_consume(q, lambda _c, m, p, body: received_messages.append((len(body), props(p))), auto_ack=True)
+    ch.basic_consume(q, lambda _c, m, p, body: received_messages.append((len(body), property_items(p))), auto_ack=True)
     drain(conn, received_messages, 1)
     run.record("large", tuple(received_messages))
     other = conn.channel()
@@ -1031,132 +876,3 @@ def tx_unknown_tag_in_transaction(run: Run) -> None:
     ch.tx_select()
     ch.basic_ack(5)
     run.attempt("after-ack", lambda: ch.queue_declare(q, passive=True))
-
-
-def transcript(fn: Callable[[Run], None], port: int, prefix: str) -> list[Entry]:
-    """Run scenario ``fn`` against the broker on ``port`` and return what the client observed."""
-    run = Run(port, prefix)
-    try:
-        fn(run)
-    finally:
-        run.cleanup()
-    return run.log
-
-
-@pytest.mark.rabbitmq
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_differential(name: str, leveret: ThreadedServer, unique: str) -> None:
-    rabbitmq_port = require_rabbitmq()
-    fn = SCENARIOS[name]
-    expected = transcript(fn, rabbitmq_port, unique)
-    actual = transcript(fn, leveret.port, unique)
-    assert expected, "the scenario observed nothing"
-    assert actual == expected
-
-
-def test_enough_scenarios() -> None:
-    assert len(SCENARIOS) >= 25
-
-
-# --- raw frames: what no client library sends -------------------------------------------------------
-
-RAW_SCENARIOS: dict[str, Callable[[int], list[Any]]] = {}
-
-
-def raw_scenario(fn: Callable[[RawClient], list[Any]]) -> Callable[[RawClient], list[Any]]:
-    """A scenario on a raw socket after the handshake with channel 1 open; returns what it observed."""
-    def run(port: int) -> list[Any]:
-        client = RawClient(port, timeout=2)
-        try:
-            client.handshake()
-            client.open_channel(1)
-            return fn(client)
-        finally:
-            client.close()
-
-    RAW_SCENARIOS[fn.__name__] = run
-    return fn
-
-
-def reply(client: RawClient, *, full_text: bool = True) -> tuple[Any, ...]:
-    """The next method; for a close, its code, class and method ids and the text (or only its reply name)."""
-    method = client.recv_method(timeout=2)
-    assert method is not None, "the server closed the socket without a method"
-    channel, name, args = method
-    if name in ("connection.close", "channel.close"):
-        code, text, class_id, method_id = args
-        return channel, name, code, text if full_text else text.split(" - ")[0], class_id, method_id
-    return channel, name, args
-
-
-@raw_scenario
-def raw_update_secret(client: RawClient) -> list[Any]:
-    client.send_method(0, "connection.update-secret", b"guest", "refresh")
-    return [reply(client)]
-
-
-@raw_scenario
-def raw_channel_flow_and_close(client: RawClient) -> list[Any]:
-    client.send_method(1, "channel.flow", True)
-    first = reply(client)
-    client.send_method(1, "channel.close", 200, "bye", 0, 0)
-    second = reply(client)
-    client.send_method(0, "connection.close", 200, "bye", 0, 0)
-    return [first, second, reply(client)]
-
-
-@raw_scenario
-def raw_method_on_unopened_channel(client: RawClient) -> list[Any]:
-    client.send_method(5, "queue.declare", 0, "q", False, False, False, False, False, {})
-    return [reply(client, full_text=False)]
-
-
-@raw_scenario
-def raw_second_channel_open(client: RawClient) -> list[Any]:
-    client.send_method(1, "channel.open", "")
-    return [reply(client, full_text=False)]
-
-
-@raw_scenario
-def raw_body_frame_without_header(client: RawClient) -> list[Any]:
-    client.send(struct.pack(">BHI", 3, 1, 3) + b"abc\xce")
-    return [reply(client, full_text=False)]
-
-
-@raw_scenario
-def raw_bad_frame_end(client: RawClient) -> list[Any]:
-    client.send(struct.pack(">BHIHH", 1, 1, 4, 20, 40) + b"\x00")
-    return [reply(client, full_text=False)]
-
-
-@raw_scenario
-def raw_unknown_frame_type(client: RawClient) -> list[Any]:
-    client.send(struct.pack(">BHI", 9, 0, 0) + b"\xce")
-    return [reply(client, full_text=False)]
-
-
-def raw_start_and_tune(port: int) -> list[Any]:
-    """connection.start (version, mechanisms, locales, capabilities) and connection.tune."""
-    client = RawClient(port, timeout=2)
-    try:
-        client.send(spec.PROTOCOL_HEADER)
-        start = client.recv_method()
-        assert start is not None
-        major, minor, server, mechanisms, locales = start[2]
-        client.send_method(0, "connection.start-ok", {}, "PLAIN", b"\0guest\0guest", "en_US")
-        tune = client.recv_method()
-        return [(major, minor, mechanisms, locales, sorted(server["capabilities"].items())), tune]
-    finally:
-        client.close()
-
-
-RAW_SCENARIOS["raw_start_and_tune"] = raw_start_and_tune
-
-
-@pytest.mark.rabbitmq
-@pytest.mark.parametrize("name", sorted(RAW_SCENARIOS))
-def test_differential_raw(name: str, leveret: ThreadedServer) -> None:
-    fn = RAW_SCENARIOS[name]
-    expected = fn(require_rabbitmq())
-    assert expected
-    assert fn(leveret.port) == expected
