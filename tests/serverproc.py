@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+
+from waiting import poll
 
 
 class LeveretProcess:
@@ -71,9 +72,6 @@ class LeveretProcess:
             self.proc.wait(10)
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in list(self.lines)):
-                return True
-            time.sleep(0.05)
-        return False
+        """Whether a line of the log matches ``pattern`` within ``timeout`` seconds."""
+        return poll(lambda: any(re.search(pattern, line) for line in list(self.lines)), timeout=timeout,
+                    interval=0.05)

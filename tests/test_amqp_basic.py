@@ -7,7 +7,6 @@ Tests taking ``broker_port`` run against Leveret and against RabbitMQ (skipped w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import decimal
@@ -25,6 +24,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from amqphelp import closed_with, url
 from rawamqp import RawClient
+from waiting import async_hold, async_wait_for
 
 
 def queue_with(conn: BlockingConnection, name: str, *bodies: bytes) -> BlockingChannel:
@@ -268,10 +268,7 @@ async def test_cancel_stops_deliveries_aio_pika(broker_port: int) -> None:
 
         tag = await queue.consume(on_message)
         await channel.default_exchange.publish(aio_pika.Message(b"before"), routing_key=queue.name)
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.01)
+        await async_wait_for(lambda: received, 2)
         cancel_ok = await queue.cancel(tag)
         assert cancel_ok.consumer_tag == tag
         await channel.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue.name)
@@ -485,9 +482,7 @@ async def test_round_robin_among_consumers_aio_pika(broker_port: int) -> None:
             await consumer_queue.consume(on_message, consumer_tag=tag)
         for i in range(9):
             await publisher.default_exchange.publish(aio_pika.Message(b"%d" % i), routing_key=queue.name)
-        deadline = time.monotonic() + 2
-        while sum(map(len, received.values())) < 9 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await async_wait_for(lambda: sum(map(len, received.values())) >= 9, 2)
         assert received == {"c1": [b"0", b"3", b"6"], "c2": [b"1", b"4", b"7"], "c3": [b"2", b"5", b"8"]}
     finally:
         await conn.close()
@@ -510,10 +505,8 @@ async def test_consumer_priorities_aio_pika(broker_port: int) -> None:
         await queue.consume(handler("urgent"), consumer_tag="urgent", arguments={"x-priority": 10})
         for i in range(5):
             await channel.default_exchange.publish(aio_pika.Message(b"%d" % i), routing_key=queue.name)
-        deadline = time.monotonic() + 2
-        while len(received) < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        await async_wait_for(lambda: len(received) >= 4, 2)
+        await async_hold(0.1, "the fifth message must NOT be delivered: both consumers are at their prefetch")
         assert received == [("urgent", b"0"), ("urgent", b"1"), ("normal", b"2"), ("normal", b"3")]
     finally:
         await conn.close()

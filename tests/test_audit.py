@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,15 @@ from test_http_api import Client
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
+from waiting import poll
+
 
 def events(path: Path, wait_for: str | None = None) -> list[dict[str, Any]]:
     """The audit file's entries (waiting up to 5 s for an event named ``wait_for`` to appear)."""
-    deadline = time.monotonic() + 5
-    while True:
-        entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if wait_for is None or any(e["event"] == wait_for for e in entries) or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.05)
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return poll(read, lambda entries: wait_for is None or any(e["event"] == wait_for for e in entries), 5, 0.05)
 
 
 def test_logins_and_refused_logins(make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:

@@ -12,7 +12,6 @@ never faked, when RabbitMQ is not running.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -29,6 +28,7 @@ from leveret.server.app import ThreadedServer
 from harness import Run, drain, props, publish
 from httphelp import Client
 from rawamqp import RawClient
+from waiting import hold, poll, wait_for
 
 RABBITMQ_HTTP_PORT = 15672
 
@@ -102,20 +102,17 @@ def test_stalled_client_closed_on_heartbeat_timeout(broker_port: int, unique: st
         client.send_method(1, "basic.consume", 0, queue, "", False, True, False, False, {})
         # from here on the client neither reads nor writes
         observer = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker_port, heartbeat=0))
+        def gone() -> bool:
+            ch = observer.channel()
+            try:
+                ch.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                return exc.reply_code == 404
+            ch.close()
+            return False
+
         try:
-            deadline = time.monotonic() + 20
-            code = 0
-            while time.monotonic() < deadline:
-                ch = observer.channel()
-                try:
-                    ch.queue_declare(queue, passive=True)
-                    ch.close()
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    code = exc.reply_code
-                    if code == 404:
-                        break
-                time.sleep(0.2)
-            assert code == 404, "the stalled connection (and its exclusive queue) is still there"
+            wait_for(gone, 20, "the stalled connection (and its exclusive queue) is still there", interval=0.2)
         finally:
             observer.close()
     finally:
@@ -208,9 +205,7 @@ def test_drop_head_queue_stays_within_its_limit_after_a_requeue(broker: Run) -> 
     tag = consumer.basic_get(q)[0].delivery_tag
     publish(ch, q, b"3")
     consumer.basic_nack(tag, requeue=True)
-    deadline = time.monotonic() + 2
-    while broker.counts(dl)[1] != 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    poll(lambda: broker.counts(dl)[1], lambda seen: seen == 1, 2)
     assert _bodies(ch, q) == [b"2", b"3"]
     _method, properties, body = ch.basic_get(dl, auto_ack=True)
     assert body == b"1" and properties.headers["x-death"][0]["reason"] == "maxlen"
@@ -234,13 +229,10 @@ def test_passive_declare_extends_the_lease(broker: Run) -> None:
     q = broker.queue()
     ch.queue_declare(q, arguments={"x-expires": 300})
     for _ in range(5):
-        time.sleep(0.1)
-        assert broker.counts(q)[0] == "count"  # 500 ms: kept alive by the passive declares alone
-    deadline = time.monotonic() + 3
-    seen = broker.counts(q)
-    while seen[0] == "count" and time.monotonic() < deadline:
-        time.sleep(0.4)  # longer than the lease: these checks (passive declares) must not keep it alive
-        seen = broker.counts(q)
+        hold(0.1, "500 ms in all, past the 300 ms lease: kept alive by the passive declares alone")
+        assert broker.counts(q)[0] == "count"
+    # checks further apart than the lease (passive declares would keep it alive otherwise)
+    seen = poll(lambda: broker.counts(q), lambda seen: seen[0] != "count", 3, interval=0.4)
     assert seen[:2] == ("channel.close", 404)
 
 

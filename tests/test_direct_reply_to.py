@@ -6,6 +6,8 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
+from waiting import poll
+
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -47,12 +49,9 @@ def rpc_round_trip(port: int, queue: str) -> dict[str, object]:
 
 
 def _get(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> tuple:  # type: ignore[type-arg]
-    for _ in range(100):
-        got = ch.basic_get(queue)
-        if got[0] is not None:
-            return got
-        ch.connection.sleep(0.02)
-    raise AssertionError("no request arrived")
+    got = poll(lambda: ch.basic_get(queue), lambda got: got[0] is not None, 2, 0.02)
+    assert got[0] is not None, "no request arrived"
+    return got
 
 
 def test_direct_reply_to_round_trip(leveret: object, unique: str) -> None:

@@ -28,6 +28,8 @@ import pytest
 
 from leveret.server.app import ThreadedServer
 
+from waiting import wait_for
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 WAIT = 20.0  # seconds any one expected output may take (generous: the machine is shared)
 
@@ -225,13 +227,7 @@ def smtp_sink() -> Iterator[Callable[[int], Any]]:
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(check, timeout, f"timed out waiting for {what}", interval=0.05)
 
 
 def mails_to(sink: Any, address: str, subject: str = "") -> list[Any]:

@@ -15,7 +15,6 @@ elsewhere.
 from __future__ import annotations
 
 import datetime
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from harness import TIME, Confirms, Run, drain, props, publish, raw_get
 from scenarios_lifecycle import sac_consumers
+from waiting import hold, poll
 
 # --- direct tests: helpers ------------------------------------------------------------------------------
 
@@ -50,12 +50,8 @@ def count(broker: Run, queue: str) -> int | None:
 
 
 def wait_count(broker: Run, queue: str, expected: int, timeout: float = 1.5) -> int | None:
-    deadline = time.monotonic() + timeout
-    seen = count(broker, queue)
-    while seen != expected and time.monotonic() < deadline:
-        time.sleep(0.02)
-        seen = count(broker, queue)
-    return seen
+    """Poll ``count`` until it is ``expected`` (or the deadline); the last count."""
+    return poll(lambda: count(broker, queue), lambda seen: seen == expected, timeout, 0.02)
 
 
 def bodies(ch: BlockingChannel, queue: str, limit: int = 20) -> list[bytes]:
@@ -112,8 +108,7 @@ def test_queue_ttl_drops_expired_messages(broker: Run) -> None:
     ch.queue_declare(q, arguments={"x-message-ttl": 100})
     publish(ch, q, b"1", b"2", b"3")
     assert count(broker, q) == 3
-    time.sleep(0.3)
-    assert count(broker, q) == 0
+    assert wait_count(broker, q, 0) == 0
     assert ch.basic_get(q, auto_ack=True)[0] is None
     publish(ch, q, b"4")
     assert bodies(ch, q) == [b"4"]
@@ -126,9 +121,9 @@ def test_message_that_expired_while_unacked_is_dropped_when_requeued(broker: Run
     publish(ch, q, b"held")
     method, _props, body = ch.basic_get(q)
     assert body == b"held"
-    time.sleep(0.25)
+    hold(0.15, "its 100 ms TTL runs out while it is unacked")
     ch.basic_nack(method.delivery_tag, requeue=True)
-    time.sleep(0.1)
+    ch.queue_declare(q, passive=True)  # a round trip on the nacking channel: the nack has been handled
     assert count(broker, q) == 0
     assert ch.basic_get(q)[0] is None
 
@@ -142,7 +137,7 @@ def test_per_message_ttl_expires_only_at_the_head(broker: Run) -> None:
     ch.basic_publish("", q, b"long", props(expiration="10000"))
     ch.basic_publish("", q, b"short", props(expiration="50"))
     ch.basic_publish("", q, b"none")
-    time.sleep(0.2)
+    hold(0.15, '"short" (50 ms) expires behind "long": it must not be dropped before it reaches the head')
     assert count(broker, q) == 3
     method, properties, body = fetch(ch, q)
     assert (body, method.message_count, properties.expiration) == (b"long", 1, "10000")
@@ -160,8 +155,8 @@ def test_effective_ttl_is_the_lower_of_queue_and_message_ttl(broker: Run) -> Non
     ch.basic_publish("", lower, b"a", props(expiration="60000"))
     ch.basic_publish("", higher, b"b", props(expiration="50"))
     ch.basic_publish("", higher, b"c")
-    time.sleep(0.3)
-    assert count(broker, lower) == 0
+    assert wait_count(broker, lower, 0) == 0  # 100 ms
+    assert wait_count(broker, higher, 1) == 1  # 50 ms for "b"
     assert bodies(ch, higher) == [b"c"]
 
 
@@ -210,7 +205,7 @@ def test_unused_queue_expires_even_with_messages(broker: Run) -> None:
     ch.queue_declare(loaded, arguments={"x-expires": 200})
     publish(ch, loaded, b"m")
     assert count(broker, loaded) == 1
-    time.sleep(0.45)
+    hold(0.45, "both are left unused past their 200 ms lease (a passive declare would renew it: no polling)")
     assert count(broker, empty) is None
     assert count(broker, loaded) is None
 
@@ -220,10 +215,10 @@ def test_consumer_keeps_an_expiring_queue_alive(broker: Run) -> None:
     q = broker.queue()
     ch.queue_declare(q, arguments={"x-expires": 200})
     ch.basic_consume(q, lambda *a: None, consumer_tag="keeper")
-    time.sleep(0.45)
+    hold(0.45, "past the 200 ms lease, kept by the consumer alone")
     assert broker.counts(q) == ("count", 0, 1)
     ch.basic_cancel("keeper")
-    time.sleep(0.45)
+    hold(0.45, "unused past the lease after the cancel (a passive declare would renew it: no polling)")
     assert count(broker, q) is None
 
 
@@ -232,11 +227,11 @@ def test_basic_get_keeps_an_expiring_queue_alive(broker: Run) -> None:
     q = broker.queue()
     ch.queue_declare(q, arguments={"x-expires": 200})
     for _ in range(4):
-        time.sleep(0.1)
+        hold(0.1, "the 200 ms lease is renewed by basic.get")
         assert ch.basic_get(q)[0] is None
-    time.sleep(0.05)
-    assert count(broker, q) == 0  # 450 ms after declare, 50 ms after the last basic.get
-    time.sleep(0.45)
+    hold(0.05, "450 ms after the declare, 50 ms after the last basic.get")
+    assert count(broker, q) == 0
+    hold(0.45, "unused past the lease (a passive declare would renew it: no polling)")
     assert count(broker, q) is None
 
 
@@ -322,8 +317,8 @@ def test_expired_messages_are_dead_lettered_with_original_expiration(broker: Run
     ch.basic_publish("", src, b"long", props(expiration="1000", message_id="m1"))
     ch.basic_publish("", src, b"short", props(expiration="50"))
     ch.basic_publish("", src, b"none")
-    time.sleep(0.15)
-    assert (count(broker, src), count(broker, dl)) == (3, 0)  # "short" waits behind "long"
+    hold(0.15, '"short" (50 ms) has expired but must wait behind "long" (500 ms)')
+    assert (count(broker, src), count(broker, dl)) == (3, 0)
     assert wait_count(broker, dl, 3) == 3
     seen = []
     for _ in range(3):
@@ -340,7 +335,7 @@ def test_requeued_expired_message_is_dead_lettered_as_expired(broker: Run) -> No
     publish(ch, src, b"requeued", b"rejected")
     first = ch.basic_get(src)[0].delivery_tag
     second = ch.basic_get(src)[0].delivery_tag
-    time.sleep(0.25)
+    hold(0.15, "their 100 ms TTL runs out while they are unacked")
     ch.basic_nack(first, requeue=True)
     ch.basic_reject(second, requeue=False)
     assert wait_count(broker, dl, 2) == 2
@@ -384,7 +379,7 @@ def test_x_death_lists_the_latest_death_first(broker: Run) -> None:
     method, properties, _body = ch.basic_get(b)
     assert [(d["queue"], d["reason"], d["count"]) for d in properties.headers["x-death"]] == [(a, "expired", 1)]
     ch.basic_reject(method.delivery_tag, requeue=False)
-    time.sleep(0.05)
+    ch.queue_declare(b, passive=True)  # a round trip on the rejecting channel: the reject has been handled
     assert wait_count(broker, b, 1) == 1
     _method, properties, _body = fetch(ch, b)
     assert without_times(properties.headers) == {
@@ -412,13 +407,13 @@ def test_fully_automatic_dead_letter_cycle_drops_the_message(broker: Run) -> Non
     assert wait_count(broker, b, 1) == 1
     assert count(broker, a) == 0
     assert wait_count(broker, b, 0) == 0
-    time.sleep(0.1)
+    hold(0.1, "the message must NOT come back to A")
     assert count(broker, a) == 0
     self_loop = broker.queue("self")
     ch.queue_declare(self_loop, arguments={"x-dead-letter-exchange": ""})
     ch.basic_publish("", self_loop, b"self", props(expiration="100"))
     assert wait_count(broker, self_loop, 0) == 0
-    time.sleep(0.1)
+    hold(0.1, "the message must NOT come back to its own queue")
     assert count(broker, self_loop) == 0
 
 
@@ -432,7 +427,7 @@ def test_dead_letter_cycle_is_detected_per_target_queue(broker: Run) -> None:
     ch.queue_bind(other, fan)
     ch.basic_publish("", c, b"fan-out")
     assert wait_count(broker, other, 1) == 1
-    time.sleep(0.1)
+    hold(0.1, "the copy for C must NOT arrive")
     assert count(broker, c) == 0
     method, properties, _body = fetch(ch, other)
     assert (method.exchange, method.routing_key) == (fan, c)
@@ -461,7 +456,7 @@ def test_dead_letter_routing_key_replaces_the_keys_and_removes_cc(broker: Run) -
                      "routing-keys": ["rk", "cc"]}],
         "x-first-death-exchange": "amq.direct", "x-first-death-queue": src, "x-first-death-reason": "rejected",
     }
-    time.sleep(0.05)
+    hold(0.05, "no copy must arrive under the original keys")
     assert [count(broker, targets[key]) for key in ("rk", "cc", "bcc")] == [0, 0, 0]
 
 
@@ -497,7 +492,7 @@ def test_missing_dead_letter_exchange_drops_the_message(broker: Run) -> None:
     publish(ch, q, b"lost")
     method, _props, _body = ch.basic_get(q)
     ch.basic_reject(method.delivery_tag, requeue=False)
-    time.sleep(0.1)
+    ch.queue_declare(q, passive=True)  # a round trip on the rejecting channel: the reject has been handled
     assert count(broker, q) == 0
     assert ch.is_open
     publish(ch, q, b"next")
@@ -550,7 +545,7 @@ def test_reject_publish_nacks_refused_messages(broker: Run, mode: str) -> None:
     assert confirms.in_order(), confirms.frames
     assert bodies(ch, src) == [b"1", b"2"]
     if mode == "reject-publish":
-        time.sleep(0.05)
+        hold(0.05, "a refused message must NOT be dead-lettered")
         assert count(broker, dl) == 0
         return
     assert wait_count(broker, dl, 3) == 3  # reject-publish-dlx: refused *and* dead-lettered, reason maxlen

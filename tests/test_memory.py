@@ -35,6 +35,7 @@ from leveret.store.base import Purge, Push, Store
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
 
+import waiting
 from rawamqp import RawClient
 from serverproc import LeveretProcess
 
@@ -48,14 +49,7 @@ def connect(port: int) -> BlockingConnection:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return waiting.wait_for(condition, timeout, f"timed out waiting for {what}", interval=0.02)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from leveret.outbox.store import decode_properties
 from leveret.tasks import App, Worker
 
 from serverproc import LeveretProcess
+from waiting import hold, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,14 +36,7 @@ def url(port: int) -> str:
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout} s")
-        time.sleep(0.05)
+    return wait_for(check, timeout, f"{what} not reached after {timeout} s", interval=0.05)
 
 
 @pytest.fixture
@@ -221,9 +215,8 @@ def test_sends_while_the_broker_is_down_arrive_once_in_order(tmp_path: Path, bro
     try:
         for i in range(300):
             outbox.send("", "work", b"%d" % i)  # returns: nothing waits for the broker
-        time.sleep(0.5)
+        wait_until(lambda: forwarder.snapshot()["default"]["error"], what="the forwarder knows the broker is down")
         assert outbox.status()["default"]["pending"] == 300
-        assert forwarder.snapshot()["default"]["error"]  # it knows the broker is down
         broker.start()
         wait_until(lambda: outbox.count() == 0, what="outbox empty")
         for i in range(300, 400):
@@ -416,8 +409,8 @@ def test_through_connection_blocked(tmp_path: Path, brokers: Any) -> None:
         for i in range(60):  # 600 KB of transient bodies: the broker blocks its publishers past 200 KB
             outbox.send("", "big", b"%03d" % i + b"x" * 10_000, properties={"delivery_mode": 1})
         wait_until(lambda: broker.wait_for_log("memory alarm set", 0.1), what="memory alarm")
-        time.sleep(0.5)
-        assert outbox.count() > 0  # held back, not lost
+        hold(0.5, "while the alarm is on, the messages must NOT be forwarded (held back, not lost)")
+        assert outbox.count() > 0
         got = [body[:3] for body in drain(broker.port, "big", 60, timeout=60)]
         assert got == [b"%03d" % i for i in range(60)]
         assert outbox.count() == 0
@@ -443,8 +436,7 @@ def test_cli_status_and_sigterm(tmp_path: Path, brokers: Any, capsys: pytest.Cap
         with Outbox(path) as outbox:
             wait_until(lambda: "eu" not in outbox.status(), what="eu forwarded")
             assert outbox.status()["us"]["pending"] == 1
-        time.sleep(1.5)  # a report
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # the forwarder reports once more as it stops
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
@@ -496,8 +488,8 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     second = Forwarder(path, ["amqp://guest:guest@127.0.0.1:1/"], backoff_max=0.2)
     thread = threading.Thread(target=lambda: __import__("asyncio").run(second.run()), daemon=True)
     thread.start()
-    time.sleep(1.0)
-    assert not second._ready.is_set()  # waiting for the first one's lock
+    hold(1.0, "the second forwarder must NOT start while the first one holds the lock")
+    assert not second._ready.is_set()
     first.stop()
     wait_until(second._ready.is_set, 10, "second took over")
     # really running (_ready is also set when run() ends, e.g. if it crashed): it holds the lock and the outbox

@@ -40,15 +40,13 @@ from leveret.tasks.periodic import (
     schedules,
 )
 
+import waiting
+
 TESTS = Path(__file__).parent
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not met after {timeout} s")
-        time.sleep(0.02)
+    waiting.wait_for(condition, timeout, f"{what} not met after {timeout} s", interval=0.02)
 
 
 def ts(text: str) -> float:

@@ -6,22 +6,31 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret.core.errors import PreconditionFailed
 from leveret.core.policies import Policy, effective, validate_policy
 
 from serverproc import LeveretProcess
+from waiting import hold, poll
 
 
 def ctl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "leveret", "ctl", "--data-dir", str(data_dir), *args],
                           capture_output=True, text=True, timeout=30)
+
+
+def dead_letter(ch: BlockingChannel) -> tuple[Any, Any, bytes]:
+    """The next message of queue "dead" (basic.get, polled until one is there)."""
+    got = poll(lambda: ch.basic_get("dead", auto_ack=True), lambda got: got[0] is not None, 10)
+    assert got[0] is not None, "nothing was dead-lettered"
+    return got
 
 
 @pytest.fixture
@@ -49,8 +58,7 @@ def test_policy_applies_ttl_and_dead_lettering_at_run_time_and_survives_restart(
     assert result.stdout.strip() == "policy 'short-ttl' set"
     ch.basic_publish("", "work.a", b"late", pika.BasicProperties(delivery_mode=2))
     ch.basic_publish("", "other", b"kept")
-    time.sleep(0.4)
-    _m, props, body = ch.basic_get("dead", auto_ack=True)
+    _m, props, body = dead_letter(ch)
     assert body == b"late" and props.headers["x-death"][0]["reason"] == "expired"
     assert ch.queue_declare("other", passive=True).method.message_count == 1
     listing = ctl(server.data_dir, "--json", "list-queues")
@@ -66,11 +74,10 @@ def test_policy_applies_ttl_and_dead_lettering_at_run_time_and_survives_restart(
     assert listed == [{"vhost": "/", "name": "short-ttl", "pattern": "^work\\.", "apply-to": "queues",
                        "priority": 1, "definition": {"message-ttl": 100, "dead-letter-exchange": "dlx"}}]
     ch.basic_publish("", "work.a", b"after restart")
-    time.sleep(0.4)
-    assert ch.basic_get("dead", auto_ack=True)[2] == b"after restart"
+    assert dead_letter(ch)[2] == b"after restart"
     assert ctl(server.data_dir, "clear-policy", "short-ttl").returncode == 0
     ch.basic_publish("", "work.a", b"no ttl now")
-    time.sleep(0.3)
+    hold(0.3, "without the policy the message must NOT expire (its TTL was 100 ms)")
     assert ch.queue_declare("work.a", passive=True).method.message_count == 1
     conn.close()
 

@@ -4,7 +4,6 @@ basic.cancel, SASL PLAIN with an authorization identity, deeply nested field tab
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from leveret.server.app import ThreadedServer
 from amqphelp import connect
 from httphelp import Client
 from rawamqp import RawClient
+from waiting import poll
 
 
 def _publish_frames(queue: str, count: int) -> bytes:
@@ -145,12 +145,7 @@ def ports(request: pytest.FixtureRequest, make_config: Callable[..., Config]) ->
 
 def _poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0) -> Any:
     """RabbitMQ's management statistics arrive every few seconds: poll until ``done`` or the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
+    return poll(fetch, done, timeout, interval=0.2)
 
 
 def test_a_management_user_sees_only_their_own_connections_and_channels(ports: tuple[int, int],

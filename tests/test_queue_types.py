@@ -22,6 +22,7 @@ from leveret.server.app import ThreadedServer
 
 from amqphelp import connect
 from httphelp import Client
+from waiting import poll
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -100,12 +101,7 @@ def test_redeclaring_with_another_type_is_inequivalent(conn: BlockingConnection,
 
 def _get(ch: BlockingChannel, queue: str) -> tuple[Any, Any, bytes]:
     """basic.get, polling briefly (a quorum queue in RabbitMQ takes a moment to apply a requeue)."""
-    deadline = time.monotonic() + 5
-    while True:
-        method, props, body = ch.basic_get(queue)
-        if method is not None or time.monotonic() > deadline:
-            return method, props, body
-        time.sleep(0.02)
+    return poll(lambda: ch.basic_get(queue), lambda got: got[0] is not None, 5, 0.02)
 
 
 def test_quorum_deliveries_carry_x_delivery_count(channel: BlockingChannel, unique: str) -> None:

@@ -30,6 +30,7 @@ from leveret.store.base import Store
 from leveret.store.memory import MemoryStore
 from leveret.store.status import StatusRecord
 
+import waiting
 from amqphelp import connect
 from httphelp import Client
 
@@ -87,14 +88,7 @@ def records(conn: BlockingConnection, *ids: str) -> dict[str, Any]:
 
 
 def wait_for(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return waiting.wait_for(check, DEADLINE, f"timed out waiting for {what}", interval=0.02)
 
 
 def state_of(conn: BlockingConnection, task_id: str) -> str | None:

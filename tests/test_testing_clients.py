@@ -14,13 +14,11 @@ from typing import Any
 import kombu
 import pytest
 
+import waiting
+
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not met after {timeout} s")
-        time.sleep(0.02)
+    waiting.wait_for(condition, timeout, f"{what} not met after {timeout} s", interval=0.02)
 
 
 # --- Celery ----------------------------------------------------------------------------------------------------

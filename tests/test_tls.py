@@ -7,7 +7,6 @@ pika and aio-pika with their own TLS settings, and urllib for HTTPS.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import http.client
@@ -15,7 +14,6 @@ import ipaddress
 import json
 import logging
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -35,6 +33,7 @@ from leveret.server.app import ThreadedServer
 from leveret.server.tls import cert_login, cipher_parts, format_dn, server_context
 
 from rawamqp import RawClient
+from waiting import async_wait_for, poll
 
 x509 = pytest.importorskip("cryptography.x509", reason="the cryptography package makes the test certificates")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -193,12 +192,7 @@ async def test_aio_pika_amqps_url_with_ssl_context(start: Callable[..., Threaded
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True)
         await channel.default_exchange.publish(aio_pika.Message(b"hello aio"), routing_key=queue.name)
-        message = await queue.get(timeout=10, fail=False)
-        for _ in range(50):
-            if message is not None:
-                break
-            await asyncio.sleep(0.1)
-            message = await queue.get(timeout=10, fail=False)
+        message = await async_wait_for(lambda: queue.get(timeout=10, fail=False), 5, interval=0.1)
         assert message is not None and message.body == b"hello aio"
         await message.ack()
 
@@ -214,12 +208,7 @@ def test_client_trusting_another_ca_refuses_the_server(start: Callable[..., Thre
 
 def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     """True once a record containing ``text`` was logged by the server's thread (waits up to 5 s)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if any(text in record.getMessage() for record in caplog.records):
-            return True
-        time.sleep(0.02)
-    return False
+    return poll(lambda: any(text in record.getMessage() for record in caplog.records), timeout=5, interval=0.02)
 
 
 def test_plain_amqp_on_the_tls_port_is_refused(start: Callable[..., ThreadedServer],

@@ -24,6 +24,7 @@ from leveret.core.tracking import Tracker, message_id_of
 from leveret.server.app import ThreadedServer
 
 from amqphelp import connect
+from waiting import poll
 
 
 @pytest.fixture
@@ -55,14 +56,10 @@ def events(server: ThreadedServer, message_id: str, vhost: str = "/") -> list[di
 def wait_events(server: ThreadedServer, message_id: str, until: str, count: int = 1,
                 timeout: float = 10) -> list[dict[str, Any]]:
     """The events of ``message_id`` once ``count`` events of kind ``until`` are there (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        found = events(server, message_id)
-        if sum(e["event"] == until for e in found) >= count:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"no {until!r} event for {message_id}: {found}")
+    found = poll(lambda: events(server, message_id), lambda found: sum(e["event"] == until for e in found) >= count,
+                 timeout, 0.02)
+    assert sum(e["event"] == until for e in found) >= count, f"no {until!r} event for {message_id}: {found}"
+    return found
 
 
 def kinds(found: list[dict[str, Any]]) -> list[str]:

@@ -36,6 +36,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from leveret.amqp import codec, spec
 
 from rawamqp import RawClient
+from waiting import poll
 
 Entry = tuple[Any, ...]
 TIME = "<time>"
@@ -272,11 +273,7 @@ class Run:
 
     def wait_count(self, label: str, queue: str, messages: int, timeout: float = 1.5) -> None:
         """Poll until ``queue`` holds ``messages`` ready messages (or the deadline), record the last count."""
-        deadline = time.monotonic() + timeout
-        seen = self.counts(queue)
-        while seen[:2] != ("count", messages) and time.monotonic() < deadline:
-            time.sleep(0.02)
-            seen = self.counts(queue)
+        seen = poll(lambda: self.counts(queue), lambda seen: seen[:2] == ("count", messages), timeout, 0.02)
         self.record(label, *seen)
 
     def get(self, label: str, ch: BlockingChannel, queue: str, *, auto_ack: bool = True) -> int | None:

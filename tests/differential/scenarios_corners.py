@@ -16,6 +16,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from harness import Run, area, drain, props, publish, raw_get
+from waiting import hold
 
 scenario = area("corners", checked_twice=True)
 
@@ -252,10 +253,10 @@ def queue_expires_passive_declare(run: Run) -> None:
     ch = conn.channel()
     q = run.queue("lease")
     run.declare("declare", ch, q, **{"x-expires": 300})
-    for i in range(4):
-        time.sleep(0.15)
-        run.passive(f"passive-{i}", q)  # 600 ms in all: only the passive declares keep it
-    time.sleep(0.6)
+    for i in range(4):  # the lease is what is tested: fixed waits
+        hold(0.15, "600 ms in all, past the 300 ms lease: only the passive declares keep the queue")
+        run.passive(f"passive-{i}", q)
+    hold(0.6, "idle past the lease: the queue goes")
     run.passive("after-idle", q)
 
 

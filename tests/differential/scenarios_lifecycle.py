@@ -6,12 +6,12 @@ RabbitMQ (see ``harness.py`` for what a transcript holds)."""
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from harness import Confirms, Run, area, drain, message_props, props, publish, raw_get
+from waiting import hold
 
 scenario = area("lifecycle", checked_twice=True)
 
@@ -27,13 +27,13 @@ def ttl_queue_expiry_and_counts(run: Run) -> None:
     publish(ch, q, b"1", b"2", b"3")
     run.passive("count-fresh", q)
     held = run.get("get-held", ch, q, auto_ack=False)
-    time.sleep(0.3)
-    run.passive("count-expired", q)
+    run.wait_count("count-expired", q, 0)
     run.get("get-expired", ch, q)
     if held is None:
         return
+    hold(0.05, "the held message's 100 ms TTL runs out while it is unacked")
     ch.basic_nack(held, requeue=True)  # expired while unacked: dropped as it comes back
-    time.sleep(0.1)
+    ch.queue_declare(q, passive=True)  # a round trip on the nacking channel: the nack has been handled
     run.passive("count-requeued-expired", q)
     run.get("get-requeued-expired", ch, q)
     publish(ch, q, b"4")
@@ -48,7 +48,7 @@ def ttl_per_message_expires_at_head(run: Run) -> None:
     ch.basic_publish("", q, b"long", props(expiration="10000"))
     ch.basic_publish("", q, b"short", props(expiration="50"))
     ch.basic_publish("", q, b"none")
-    time.sleep(0.2)
+    hold(0.15, '"short" (50 ms) expires while "long" is at the head: it must not be dropped yet')
     run.passive("count-short-behind-long", q)  # 3: "short" expired but is not at the head
     run.get("get-long", ch, q)  # message_count 1: "short" is dropped as it reaches the head
     run.passive("count-after-long", q)
@@ -60,9 +60,8 @@ def ttl_per_message_expires_at_head(run: Run) -> None:
     higher = run.queue("queue-ttl-higher")
     run.declare("declare-queue-ttl-higher", ch, higher, **{"x-message-ttl": 60000})
     ch.basic_publish("", higher, b"b", props(expiration="50"))
-    time.sleep(0.3)
-    run.passive("count-queue-ttl-lower", lower)
-    run.passive("count-queue-ttl-higher", higher)
+    run.wait_count("count-queue-ttl-lower", lower, 0)
+    run.wait_count("count-queue-ttl-higher", higher, 0)
     run.get("get-queue-ttl-higher", ch, higher)
 
 
@@ -119,20 +118,21 @@ def queue_expires(run: Run) -> None:
         run.declare(f"declare-{kind}", ch, q, **{"x-expires": 200})
     ch.basic_publish("", loaded, b"kept?")
     ch.basic_consume(consumed, lambda *a: None, consumer_tag="keeper")
+    # the lease is what is tested, and polling with passive declares would renew it: fixed waits here
     for _ in range(4):
-        time.sleep(0.1)
+        hold(0.1, "the lease (200 ms) of 'polled' is renewed by basic.get")
         ch.basic_get(polled, auto_ack=True)
-    time.sleep(0.05)
+    hold(0.05, "450 ms: the unused and loaded queues' 200 ms leases have run out")
     for kind, q in names.items():
         run.passive(f"after-450ms-{kind}", q)
     ch.basic_cancel("keeper")
-    time.sleep(0.45)
+    hold(0.45, "the leases of 'consumed' (since the cancel) and 'polled' (since the last get) run out")
     run.passive("consumed-after-cancel", consumed)
     run.passive("polled-after-idle", polled)
     redeclared = run.queue("redeclared")
     run.declare("declare-redeclared", ch, redeclared, **{"x-expires": 200})
     for _ in range(3):
-        time.sleep(0.12)
+        hold(0.12, "a redeclare renews the 200 ms lease")
         ch.queue_declare(redeclared, arguments={"x-expires": 200})
     run.passive("redeclared-kept", redeclared)
 
@@ -201,7 +201,7 @@ def dead_letter_expired(run: Run) -> None:
     ch.basic_publish("", src, b"long", props(expiration="1000", message_id="m1"))
     ch.basic_publish("", src, b"short", props(expiration="50", headers={"h": "v"}))
     ch.basic_publish("", src, b"none", props(priority=2))
-    time.sleep(0.15)
+    hold(0.15, "the state at 150 ms: only 'short' (50 ms) has expired, the others (500 ms) not yet")
     run.passive("src-at-150ms", src)
     run.passive("dl-at-150ms", dl)
     run.wait_count("dl-count", dl, 3)
@@ -214,7 +214,7 @@ def dead_letter_expired(run: Run) -> None:
     second = run.get("get-held-2", ch, held, auto_ack=False)
     if first is None or second is None:
         return
-    time.sleep(0.25)
+    hold(0.25, "both held messages' 100 ms TTL runs out while they are unacked")
     ch.basic_nack(first, requeue=True)  # expired meanwhile: dead-lettered as "expired"
     ch.basic_reject(second, requeue=False)  # expired meanwhile, but rejected: "rejected"
     run.wait_count("dl-count-held", dl, 2)
@@ -285,14 +285,14 @@ def dead_letter_cycles(run: Run) -> None:
     run.wait_count("B-once-A-expired", b, 1)
     run.passive("A-once-A-expired", a)
     run.wait_count("B-once-B-expired", b, 0)
-    time.sleep(0.1)
+    hold(0.1, "the message must NOT come back to A")
     run.passive("A-once-B-expired", a)  # back in A would close a fully automatic cycle: dropped
     run.get("get-A", ch, a)
     self_loop = run.queue("self")
     run.declare("declare-self", ch, self_loop, **{"x-dead-letter-exchange": ""})
     ch.basic_publish("", self_loop, b"self", props(expiration="100"))
     run.wait_count("self-after-expiry", self_loop, 0)
-    time.sleep(0.1)
+    hold(0.1, "the message must NOT come back to its own queue")
     run.passive("self-later", self_loop)
     fan, other, c = run.exchange("fan"), run.queue("other"), run.queue("C")
     ch.exchange_declare(fan, "fanout")
@@ -302,7 +302,7 @@ def dead_letter_cycles(run: Run) -> None:
     ch.queue_bind(other, fan)
     ch.basic_publish("", c, b"fan-out")
     run.wait_count("other-count", other, 1)
-    time.sleep(0.1)
+    hold(0.1, "the copy for C must NOT arrive")
     run.passive("C-count", c)  # only the copy back to C is a cycle
     run.get("get-other", ch, other)
 
@@ -339,7 +339,7 @@ def dead_letter_routing(run: Run) -> None:
     if tag is None:
         return
     ch.basic_reject(tag, requeue=False)
-    time.sleep(0.1)
+    ch.queue_declare(missing, passive=True)  # a round trip on the rejecting channel: the reject has been handled
     run.passive("missing-dlx-count", missing)
     run.record("channel-open", ch.is_open)
 
