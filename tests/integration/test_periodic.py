@@ -42,7 +42,7 @@ from leveret.tasks.periodic import (
 
 import waiting
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1] / "support" / "apps"  # periodic_app.py, run from there
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

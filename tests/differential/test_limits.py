@@ -19,12 +19,12 @@ from pathlib import Path
 import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingConnection
-from test_http_api import Client
 
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
 from brokeradmin import Admin, LeveretAdmin, connect_as, rabbit_admin
+from httphelp import Client
 
 
 @dataclass

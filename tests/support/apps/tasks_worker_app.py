@@ -1,5 +1,5 @@
-"""A task app for the worker subprocesses of tests/test_tasks_worker.py (``python -m leveret worker
-test_tasks_worker_app:app`` run from tests/): broker URL and queue come from the environment."""
+"""A task app for the worker subprocesses of tests/integration/test_tasks_worker.py (``python -m leveret worker
+tasks_worker_app:app`` run from tests/support/apps/): broker URL and queue come from the environment."""
 
 from __future__ import annotations
 

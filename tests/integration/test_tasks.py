@@ -28,7 +28,7 @@ from conftest import RABBITMQ_PORT
 from leveret.cli import main as cli_main
 from leveret.tasks import App, Retry, TaskContext, TaskError, Worker
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1] / "support" / "apps"  # tasks_app.py, run from there
 
 
 def url(port: int) -> str:
@@ -425,12 +425,12 @@ def test_killed_worker_loses_no_task(names: dict[str, Any], broker_port: int, tm
     try:
         import importlib
 
-        import test_tasks_app
+        import tasks_app
 
-        importlib.reload(test_tasks_app)
-        app = test_tasks_app.app
-        handle = test_tasks_app.slow.send(n=21)
-        cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_app:app", "--concurrency", "1",
+        importlib.reload(tasks_app)
+        app = tasks_app.app
+        handle = tasks_app.slow.send(n=21)
+        cmd = [sys.executable, "-m", "leveret", "worker", "tasks_app:app", "--concurrency", "1",
                "--log-level", "warning", "--state-dir", str(tmp_path / "state")]
         first = subprocess.Popen(cmd, cwd=TESTS, env=env)
         second = None
@@ -520,7 +520,7 @@ def test_multicast_done_when_all_done(make_app: Any, names: dict[str, Any]) -> N
 
 
 def php_producer_source() -> str:
-    doc = (TESTS.parent / "docs/tasks.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs/tasks.md").read_text()
     match = re.search(r"<!-- php-producer -->\n```php\n(.*?)```\n<!-- /php-producer -->", doc, re.S)
     assert match, "the PHP producer block of docs/tasks.md"
     return match.group(1)

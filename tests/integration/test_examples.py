@@ -30,7 +30,7 @@ from leveret.server.app import ThreadedServer
 
 from waiting import wait_for
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 WAIT = 20.0  # seconds any one expected output may take (generous: the machine is shared)
 
 

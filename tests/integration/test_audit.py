@@ -14,11 +14,11 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from test_http_api import Client
 
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
+from httphelp import Client
 from waiting import poll
 
 

@@ -1,5 +1,5 @@
 """A leveret.tasks App with one periodic task, for `leveret beat periodic_app:app` subprocesses in
-tests/test_periodic.py. Configured by the environment: PERIODIC_URL, PERIODIC_APP (the app's name, also the
+tests/integration/test_periodic.py. Configured by the environment: PERIODIC_URL, PERIODIC_APP (the app's name, also the
 task's queue), PERIODIC_EVERY (seconds)."""
 
 from __future__ import annotations

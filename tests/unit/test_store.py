@@ -51,7 +51,7 @@ from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SCHEMA_VERSION, SqliteStore, decode_value, encode_value
 from leveret.store.status import StatusRecord
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "memory": lambda tmp: MemoryStore(),

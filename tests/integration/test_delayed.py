@@ -664,7 +664,7 @@ def test_restart_and_kill(tmp_path: Path) -> None:
         assert [body for _, _, body in first] == [b"during-downtime"]
         assert first[0][0] < sent[b"after-restart-1"] + 5.0  # at start, not with the next one due
         # a second kill before the others are due: they are still there. (A confirmed publish first, so that
-        # the ack above is on disk: confirms cover every write before them; see tests/test_durability.py.)
+        # the ack above is on disk: confirms cover every write before them; see tests/integration/test_durability.py.)
         ch.confirm_delivery()
         ch.basic_publish("", "no-such-queue", b"barrier")
         server.kill()

@@ -495,7 +495,7 @@ def test_worker_reconnects_after_a_broker_restart(how: str, tmp_path: Path, capl
     assert server.proc is not None and server.proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL)
 
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1] / "support" / "apps"  # tasks_worker_app.py, run from there
 
 
 def worker_env(port: int, queue: str) -> dict[str, str]:
@@ -512,7 +512,7 @@ def health(state_dir: Path) -> tuple[int, str]:
 def test_health_says_unhealthy_while_the_worker_is_not_consuming(tmp_path: Path) -> None:
     server = LeveretProcess(tmp_path / "data").start()
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_worker_app:app", "--state-dir", str(state),
+    cmd = [sys.executable, "-m", "leveret", "worker", "tasks_worker_app:app", "--state-dir", str(state),
            "--log-level", "warning"]
     supervisor = subprocess.Popen(cmd, cwd=TESTS, env=worker_env(server.port, "tw-health"))
     try:
@@ -538,7 +538,7 @@ def test_health_says_unhealthy_while_the_worker_is_not_consuming(tmp_path: Path)
 def test_hard_time_limit_exits_the_worker_process_with_its_code(tmp_path: Path) -> None:
     server = LeveretProcess(tmp_path / "data").start()
     queue = "tw-hard"
-    cmd = [sys.executable, "-m", "leveret", "worker", "test_tasks_worker_app:app", "--processes", "0",
+    cmd = [sys.executable, "-m", "leveret", "worker", "tasks_worker_app:app", "--processes", "0",
            "--log-level", "warning"]
     worker = subprocess.Popen(cmd, cwd=TESTS, env=worker_env(server.port, queue), stderr=subprocess.PIPE, text=True)
     try:

@@ -27,7 +27,7 @@ import pytest
 from leveret.cli import main as cli_main
 from leveret.supervisor import RunConfigError, load_run_file
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 QUEUE = "sup"
 
 APP = '''

@@ -1,5 +1,5 @@
-"""A task app for the worker subprocess of tests/test_tasks.py (``python -m leveret worker
-test_tasks_app:app`` run from tests/): its broker URL, queue and marker file come from the environment."""
+"""A task app for the worker subprocess of tests/integration/test_tasks.py (``python -m leveret worker
+tasks_app:app`` run from tests/support/apps/): its broker URL, queue and marker file come from the environment."""
 
 from __future__ import annotations
 

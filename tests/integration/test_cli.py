@@ -14,7 +14,7 @@ import pytest
 import leveret
 from leveret.cli import build_parser, describe_listen_error, main
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_env() -> dict[str, str]:

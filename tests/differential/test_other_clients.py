@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-CLIENTS = Path(__file__).parent / "clients"
+CLIENTS = Path(__file__).parents[1] / "clients"
 INSTALL = "run `bash scripts/install-test-deps.sh`"
 HOST = "127.0.0.1"
 RUN_TIMEOUT = 60  # seconds for one client's round trip; each script also stops itself after about 25 s
