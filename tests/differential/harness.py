@@ -423,6 +423,17 @@ class Confirms:
         return all(a < b for a, b in zip(self.frames, self.frames[1:], strict=False))
 
 
+def bodies(ch: BlockingChannel, queue: str, limit: int = 20) -> list[bytes]:
+    """Every message left in ``queue`` (basic.get with auto-ack until empty)."""
+    out = []
+    for _ in range(limit):
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        out.append(body)
+    return out
+
+
 def props(**values: Any) -> pika.BasicProperties:
     return pika.BasicProperties(**values)
 

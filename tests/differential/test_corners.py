@@ -19,13 +19,12 @@ import pika
 import pika.exceptions
 import pytest
 from conftest import require_rabbitmq
-from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import __version__
 from leveret.config import Config
 from leveret.server.app import ThreadedServer
 
-from harness import Run, drain, props, publish
+from harness import Run, bodies, drain, props, publish
 from httphelp import Client
 from rawamqp import RawClient
 from waiting import hold, poll, wait_for
@@ -134,25 +133,6 @@ def test_leveret_reports_its_own_version(leveret: ThreadedServer) -> None:
 # --- concrete expectations (run on Leveret and RabbitMQ alike, so that Leveret is checked without RabbitMQ too) ---
 
 
-@pytest.fixture
-def broker(broker_port: int, unique: str) -> Iterator[Run]:
-    run = Run(broker_port, unique)
-    try:
-        yield run
-    finally:
-        run.cleanup()
-
-
-def _bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
-    out = []
-    for _ in range(20):
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        out.append(body)
-    return out
-
-
 def test_tx_double_ack_fails_and_acked_message_is_not_recovered(broker: Run) -> None:
     conn = broker.connect()
     q = broker.queue()
@@ -164,7 +144,7 @@ def test_tx_double_ack_fails_and_acked_message_is_not_recovered(broker: Run) -> 
     ch.basic_get(q)
     ch.basic_ack(first)
     ch.basic_recover(requeue=True)  # only "2" comes back: "1" is acked (not yet committed)
-    assert _bodies(conn.channel(), q) == [b"2"]
+    assert bodies(conn.channel(), q) == [b"2"]
     ch.basic_ack(first)
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
         ch.tx_commit()
@@ -206,7 +186,7 @@ def test_drop_head_queue_stays_within_its_limit_after_a_requeue(broker: Run) -> 
     publish(ch, q, b"3")
     consumer.basic_nack(tag, requeue=True)
     poll(lambda: broker.counts(dl)[1], lambda seen: seen == 1, 2)
-    assert _bodies(ch, q) == [b"2", b"3"]
+    assert bodies(ch, q) == [b"2", b"3"]
     _method, properties, body = ch.basic_get(dl, auto_ack=True)
     assert body == b"1" and properties.headers["x-death"][0]["reason"] == "maxlen"
 
@@ -221,7 +201,7 @@ def test_cc_keys_apply_behind_an_exchange_binding(broker: Run) -> None:
     ch.queue_declare(q)
     ch.queue_bind(q, second, "cc")
     ch.basic_publish(first, "k", b"m", props(headers={"CC": ["cc"]}))
-    assert _bodies(ch, q) == [b"m"]
+    assert bodies(ch, q) == [b"m"]
 
 
 def test_passive_declare_extends_the_lease(broker: Run) -> None:

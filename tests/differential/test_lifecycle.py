@@ -15,7 +15,6 @@ elsewhere.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -23,21 +22,11 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from harness import TIME, Confirms, Run, drain, props, publish, raw_get
+from harness import TIME, Confirms, Run, bodies, drain, props, publish, raw_get
 from scenarios_lifecycle import sac_consumers
 from waiting import hold, poll
 
 # --- direct tests: helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker(broker_port: int, unique: str) -> Iterator[Run]:
-    """Connections and names on the broker under test; what was declared is deleted at the end."""
-    run = Run(broker_port, unique)
-    try:
-        yield run
-    finally:
-        run.cleanup()
 
 
 def count(broker: Run, queue: str) -> int | None:
@@ -52,17 +41,6 @@ def count(broker: Run, queue: str) -> int | None:
 def wait_count(broker: Run, queue: str, expected: int, timeout: float = 1.5) -> int | None:
     """Poll ``count`` until it is ``expected`` (or the deadline); the last count."""
     return poll(lambda: count(broker, queue), lambda seen: seen == expected, timeout, 0.02)
-
-
-def bodies(ch: BlockingChannel, queue: str, limit: int = 20) -> list[bytes]:
-    """Every message left in ``queue`` (basic.get with auto-ack until empty)."""
-    out = []
-    for _ in range(limit):
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        out.append(body)
-    return out
 
 
 def fetch(ch: BlockingChannel, queue: str) -> tuple[Any, pika.BasicProperties, bytes]:

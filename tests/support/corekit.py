@@ -22,13 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The public core names: ``leveret.core`` re-exports them once the core helper's package __init__ is merged;
-# until then they come from their modules (same classes).
-from leveret.core.broker import Broker, Session, VHost
-from leveret.core.channel import Channel
-from leveret.core.message import Message, build_address, build_header
-from leveret.core.queue import Consumer, Queue
-from leveret.core.timers import ManualTimers
+from leveret.core.message import build_address, build_header
+
+try:  # the public core names, re-exported by the package (issue 13)
+    from leveret.core import Broker, Channel, Consumer, ManualTimers, Message, Queue, Session, VHost
+except ImportError:  # a tree where leveret/core/__init__.py does not re-export them yet: the same classes
+    from leveret.core.broker import Broker, Session, VHost
+    from leveret.core.channel import Channel
+    from leveret.core.message import Message
+    from leveret.core.queue import Consumer, Queue
+    from leveret.core.timers import ManualTimers
 
 __all__ = ["Client", "Core", "Delivery", "RecordingSink"]
 
