@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from leveret.core.tracing import set_tracing
 from leveret.server.app import ThreadedServer
 
 from amqphelp import connect
+from waiting import poll
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def scenario(ch: BlockingChannel, trace_queue: str, prefix: str) -> dict[str, An
     method, _p, _b = ch.basic_get(f"{prefix}-billing")
     ch.basic_nack(method.delivery_tag, requeue=True)
     method, _p, _b = ch.basic_get(f"{prefix}-billing", auto_ack=True)
-    time.sleep(0.2)  # RabbitMQ routes trace messages asynchronously
+    poll(lambda: ch.queue_declare(trace_queue, passive=True).method.message_count >= 4, timeout=5)  # async on RabbitMQ
     return {"traced": drain(ch, trace_queue), "billing": ch.queue_declare(f"{prefix}-billing", passive=True)}
 
 
