@@ -170,28 +170,6 @@ def test_streams_are_refused_until_leveret_has_them(server: ThreadedServer) -> N
     assert status == 400 and "streams are not supported by Leveret" in body["reason"]
 
 
-def test_quorum_default_delivery_limit_is_rabbitmq_4s(server: ThreadedServer) -> None:
-    # RabbitMQ 4.0 gives quorum queues x-delivery-limit 20 when none is set (3.x had no limit); -1: no limit
-    conn = connect(server.port)
-    ch = conn.channel()
-    ch.queue_declare("dead", durable=True)
-    ch.queue_declare("q", durable=True, arguments={**QUORUM, "x-dead-letter-exchange": "",
-                                                   "x-dead-letter-routing-key": "dead"})
-    ch.queue_declare("unlimited", durable=True, arguments={**QUORUM, "x-delivery-limit": -1})
-    for queue in ("q", "unlimited"):
-        ch.basic_publish("", queue, b"m")
-        for _ in range(21):
-            method, _, _ = ch.basic_get(queue)
-            assert method is not None
-            ch.basic_nack(method.delivery_tag, requeue=True)
-    assert ch.queue_declare("q", passive=True).method.message_count == 0
-    method, props, _ = ch.basic_get("dead")
-    assert method is not None and props.headers["x-death"][0]["reason"] == "delivery_limit"
-    method, props, _ = ch.basic_get("unlimited")
-    assert method is not None and props.headers["x-delivery-count"] == 21
-    conn.close()
-
-
 def test_quorum_queues_are_reported_and_exported_as_quorum(server: ThreadedServer) -> None:
     conn = connect(server.port)
     ch = conn.channel()

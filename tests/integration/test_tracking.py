@@ -1,5 +1,6 @@
-"""Message tracking by message_id (core/tracking.py): every event kind with real pika clients, bounded memory,
-``GET /api/tracking/{vhost}/{id}`` and ``leveret track``."""
+"""Message tracking by message_id (core/tracking.py): the event kinds with real pika clients, bounded memory,
+``GET /api/tracking/{vhost}/{id}`` and ``leveret track``. The timed lifecycle events (expiry, delays, retries) are
+tested on the core with a manual clock in unit/test_core_tracking.py."""
 
 from __future__ import annotations
 
@@ -136,26 +137,6 @@ def test_basic_get_reject_nack_and_requeue_on_close(server: ThreadedServer) -> N
     assert kinds(closed) == ["published", "got", "requeued"] and closed[-1]["reason"] == "channel closed"
 
 
-def test_dead_lettered_after_reject_and_expired(server: ThreadedServer, channel: BlockingChannel) -> None:
-    channel.exchange_declare("dlx", "fanout")
-    channel.queue_declare("dead")
-    channel.queue_bind("dead", "dlx")
-    channel.queue_declare("jobs", arguments={"x-dead-letter-exchange": "dlx"})
-    channel.queue_declare("short", arguments={"x-dead-letter-exchange": "dlx", "x-message-ttl": 50})
-    channel.basic_publish("", "jobs", b"bad", props("m-dl"))
-    method, _p, _b = channel.basic_get("jobs")
-    channel.basic_reject(method.delivery_tag, requeue=False)
-    dead = wait_events(server, "m-dl", "dead_lettered")
-    assert kinds(dead) == ["published", "got", "rejected", "dead_lettered"]
-    assert {k: dead[-1][k] for k in ("queue", "reason", "exchange", "queues")} == {
-        "queue": "jobs", "reason": "rejected", "exchange": "dlx", "queues": ["dead"]}
-
-    channel.basic_publish("", "short", b"late", props("m-ttl"))
-    expired = wait_events(server, "m-ttl", "dead_lettered")
-    assert kinds(expired) == ["published", "expired", "dead_lettered"]
-    assert expired[1]["queue"] == "short" and expired[2]["reason"] == "expired"
-
-
 def test_dropped_by_max_length_and_refused(server: ThreadedServer, channel: BlockingChannel) -> None:
     channel.queue_declare("capped", arguments={"x-max-length": 1})
     channel.queue_declare("strict", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
@@ -170,24 +151,6 @@ def test_dropped_by_max_length_and_refused(server: ThreadedServer, channel: Bloc
     refused = events(server, "m-out")
     assert kinds(refused) == ["published", "refused"] and refused[-1]["queue"] == "strict"
     assert "reject-publish" in refused[-1]["reason"]
-
-
-def test_delayed_and_retried(server: ThreadedServer, channel: BlockingChannel) -> None:
-    channel.exchange_declare("later", "x-delayed-message", arguments={"x-delayed-type": "direct"})
-    channel.queue_declare("soon")
-    channel.queue_bind("soon", "later", "k")
-    channel.basic_publish("later", "k", b"x", props("m-delay", headers={"x-delay": 50}))
-    delayed = wait_events(server, "m-delay", "delay_ended")
-    assert kinds(delayed) == ["delayed", "delay_ended"]
-    assert delayed[0]["exchange"] == "later" and delayed[0]["delay_ms"] == 50 and delayed[1]["queues"] == ["soon"]
-
-    channel.queue_declare("flaky", arguments={"x-retry-intervals": [50]})
-    channel.basic_publish("", "flaky", b"x", props("m-retry"))
-    method, _p, _b = channel.basic_get("flaky")
-    channel.basic_reject(method.delivery_tag, requeue=False)
-    retried = wait_events(server, "m-retry", "retry_due")
-    assert kinds(retried) == ["published", "got", "rejected", "retried", "retry_due"]
-    assert retried[3]["attempt"] == 1 and retried[3]["delay_ms"] == 50
 
 
 def test_purged_and_queue_deleted(server: ThreadedServer, channel: BlockingChannel) -> None:

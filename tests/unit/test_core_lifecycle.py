@@ -229,6 +229,26 @@ def test_delivery_limit_dead_letters_after_too_many_redeliveries(client: Client)
     assert (dead[1].headers or {})["x-death"][0]["reason"] == "delivery_limit"
 
 
+def test_quorum_default_delivery_limit_is_rabbitmq_4s(client: Client) -> None:
+    """RabbitMQ 4.0 gives quorum queues x-delivery-limit 20 when none is set (3.x had no limit); -1: no limit.
+    (The quorum queue's RabbitMQ 3.10 behaviour is compared in differential/test_queue_types.py.)"""
+    quorum = {"x-queue-type": "quorum"}
+    client.declare("dead", durable=True)
+    client.declare("q", durable=True, **quorum, **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    client.declare("unlimited", durable=True, **quorum, **{"x-delivery-limit": -1})
+    for queue in ("q", "unlimited"):
+        client.publish(queue, b"m")
+        for _ in range(21):
+            got = client.get(queue, no_ack=False)
+            assert got is not None
+            client.reject(got[0], requeue=True)
+    assert client.count("q") == 0
+    dead = client.get("dead")
+    assert dead is not None and (dead[1].headers or {})["x-death"][0]["reason"] == "delivery_limit"
+    again = client.get("unlimited")
+    assert again is not None and (again[1].headers or {})["x-delivery-count"] == 21
+
+
 # --- consumers -------------------------------------------------------------------------------------------------
 
 
