@@ -12,10 +12,10 @@ Select an area with ``-k``: ``pytest tests/differential -k lifecycle/``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import require_rabbitmq
-
-from leveret.server.app import ThreadedServer
 
 import scenarios_basic  # noqa: F401  (importing a scenario module registers its scenarios)
 import scenarios_corners  # noqa: F401
@@ -26,7 +26,7 @@ from harness import CHECKED_TWICE, SCENARIOS, assert_deterministic, assert_same_
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_same_as_rabbitmq(name: str, leveret: ThreadedServer, unique: str) -> None:
+def test_same_as_rabbitmq(name: str, leveret: Any, unique: str) -> None:  # leveret: the ThreadedServer fixture
     assert_same_as_rabbitmq(SCENARIOS[name], leveret.port, require_rabbitmq(), unique)
 
 
