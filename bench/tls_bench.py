@@ -26,7 +26,7 @@ from pathlib import Path
 import pika
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path[:0] = [str(HERE.parent / "tests" / "integration"), str(HERE.parent / "tests" / "support")]
 
 from test_tls import make_certs  # noqa: E402  (the test suite's certificate maker, on the cryptography package)
 

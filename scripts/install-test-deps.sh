@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs the non-Python AMQP clients that tests/test_other_clients.py drives against Leveret:
+# Installs the non-Python AMQP clients that tests/differential/test_other_clients.py drives against Leveret:
 #   node   amqplib (npm, pinned in tests/clients/node/package-lock.json) on the machine's Node.js
 #   php    php-amqplib            (Debian: php-cli php-amqplib)
 #   go     rabbitmq/amqp091-go    (Debian: golang-go golang-github-rabbitmq-amqp091-go-dev, built offline)
 #   c      rabbitmq-c             (Debian: librabbitmq-dev amqp-tools, and gcc)
-#   web    headless Chromium for tests/test_web_ui.py (Debian: chromium chromium-driver; driven by Playwright
+#   web    headless Chromium for tests/integration/test_web_ui.py (Debian: chromium chromium-driver; driven by Playwright
 #          for Python from the test extra, which launches /usr/bin/chromium and downloads no browser)
 # Idempotent, non-interactive and quiet: installs only what is missing. A toolchain that cannot be installed
 # is reported on one line and its tests are skipped; this script itself never fails the run.

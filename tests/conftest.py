@@ -9,6 +9,12 @@
 - ``make_config``: a Config for tests (ephemeral port, data dir in tmp_path).
 - ``http_server``: as ``leveret``, with the management API on another ephemeral port (``.http_port``).
 - ``conn``: a pika BlockingConnection to ``broker_port`` (so it runs against both brokers), closed afterwards.
+- ``broker``: a differential ``Run`` (tests/differential/harness.py) on ``broker_port``: connections and names,
+  what was declared is deleted at the end.
+
+The tests are in unit/ (no sockets), integration/ (real clients against a real Leveret), differential/ (the same
+client code against Leveret and RabbitMQ) and support/ (helpers, importable by name: see ``pythonpath`` in
+pyproject.toml). This one conftest.py serves them all (a second one would shadow ``from conftest import``).
 """
 
 from __future__ import annotations
@@ -113,6 +119,17 @@ def conn(broker_port: int) -> Iterator[BlockingConnection]:
     finally:
         if connection.is_open:
             connection.close()
+
+
+@pytest.fixture
+def broker(broker_port: int, unique: str) -> Iterator[Any]:
+    from harness import Run  # tests/differential/harness.py
+
+    run = Run(broker_port, unique)
+    try:
+        yield run
+    finally:
+        run.cleanup()
 
 
 @contextlib.contextmanager

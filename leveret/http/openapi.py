@@ -2,7 +2,7 @@
 
 Built from one table, :data:`OPERATIONS`: one row per route that :class:`~leveret.http.api.app.ManagementAPI`
 registers, with its request body, query parameters and response schema. The response schemas follow the JSON
-that the handlers return (RabbitMQ's field names); ``tests/test_http_openapi.py`` checks that the table and
+that the handlers return (RabbitMQ's field names); ``tests/integration/test_http_openapi.py`` checks that the table and
 the registered routes are the same set, and fuzzes the API against this description with schemathesis.
 """
 

@@ -7,7 +7,7 @@ connections, channels and vhosts. Without ``page`` the list is answered as a pla
 order (sorted when ``sort`` is given; ``name`` is then ignored, as by RabbitMQ); a page is cut from the list
 sorted by vhost and name (RabbitMQ's default order) unless ``sort`` says otherwise.
 
-RabbitMQ's rules, checked against RabbitMQ 3.10 by tests/test_http_paging.py:
+RabbitMQ's rules, checked against RabbitMQ 3.10 by tests/differential/test_http_paging.py:
 
 - the list is sorted first (``sort`` is a field name, dotted for nested fields such as
   ``message_stats.publish_details.rate``; an unknown field leaves the order as it was; the sort is stable and

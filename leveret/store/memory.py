@@ -1,6 +1,6 @@
 """A store that keeps everything in dicts: nothing survives the process (``--store memory``, and tests).
 
-It follows the same contract as the durable backends (the shared suite in tests/test_store.py checks it), with
+It follows the same contract as the durable backends (the shared suite in tests/unit/test_store.py checks it), with
 one simplification: :meth:`MemoryStore.submit` applies the ops and calls ``done`` at once, in the caller's
 thread. Argument tables are deep-copied on the way in and out, so callers cannot alter what is "stored" by
 mutating a dict they passed or got back, just as with a real database.

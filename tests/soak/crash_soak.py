@@ -29,7 +29,7 @@ Run it standalone (see tests/soak/README.md)::
 
     python tests/soak/crash_soak.py --cycles 200 --seconds 600
 
-tests/test_durability.py runs the same engine for ~20 cycles in the default suite.
+tests/integration/test_durability.py runs the same engine for ~20 cycles in the default suite.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import aio_pika
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent.parent / "support"
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
