@@ -1,11 +1,11 @@
-"""Queues and their consumers.
+"""Queues: ready messages, and their delivery to consumers (:class:`~leveret.core.consumer.Consumer`).
 
 A queue holds ready messages in arrival order and hands them to consumers round-robin among those with
 credit (prefetch room, a writable connection, an active channel). Unacked messages are held by the
 channel that received them (see :mod:`leveret.core.channel`) and come back here on requeue, to their
 original position.
 
-A durable queue keeps only a window of its ready messages in memory (see "paging" below): past
+A durable queue keeps only a window of its ready messages in memory (its paging part: core/paging.py): past
 ``queue_memory_window`` ready records, newer messages go to the tail and, once their commit is done, leave
 memory altogether (record and body); they are read back from the store in seq order as the head drains.
 """
@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
 from .message import PAGED, RECORD_COST, Message, build_header
 from .paging import Paging
@@ -26,56 +27,11 @@ from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor, Session, VHost
-    from .channel import Channel
     from .durability import Durability
     from .status import StatusBook
     from .timers import Handle
 
 log = logging.getLogger("leveret.queue")
-
-
-class Consumer:
-    """One basic.consume: a queue, the channel it delivers on, and its acknowledgement mode and credit."""
-
-    __slots__ = (
-        "arguments",
-        "channel",
-        "exclusive",
-        "no_ack",
-        "prefetch",
-        "priority",
-        "queue",
-        "tag",
-        "tag_bytes",
-        "unacked",
-    )
-
-    def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
-                 prefetch: int, arguments: dict[str, Any]) -> None:
-        self.tag = tag
-        raw = tag.encode()
-        self.tag_bytes = bytes((len(raw),)) + raw
-        self.queue = queue
-        self.channel = channel
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.prefetch = prefetch
-        self.unacked = 0
-        self.arguments = arguments
-        self.priority = 0
-
-    def has_credit(self) -> bool:
-        """True when a message could be delivered to this consumer now."""
-        channel = self.channel
-        if not channel.deliverable:
-            return False
-        # the channel-wide limit (global=true) counts ack-required consumer deliveries only (not basic.get), and
-        # holds back no-ack consumers too while it is reached; the per-consumer limit ignores no-ack consumers
-        if channel.global_prefetch and channel.limited >= channel.global_prefetch:
-            return False
-        if self.no_ack:
-            return True
-        return not (self.prefetch and self.unacked >= self.prefetch)
 
 
 class Queue(Paging):
