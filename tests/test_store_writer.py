@@ -1,4 +1,4 @@
-"""The one SQLite group-commit writer (leveret/store/sqlite_writer.py) that the broker's store and the outbox share,
+"""The one SQLite group-commit writer (leveret/sqlite_writer.py) that the broker's store and the outbox share,
 and the store port's small promises (free_space bounded, status writes deferred once). No sockets."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 
 from leveret.core.durability import Durability
 from leveret.core.timers import ManualTimers
+from leveret.sqlite_writer import Call, Writer, WriterStopped
 from leveret.store import sqlite as sqlite_module
 from leveret.store.base import MessageOp, StatusPut
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
-from leveret.store.sqlite_writer import Call, Writer, WriterStopped
 from leveret.store.status import StatusRecord
 
 log = logging.getLogger("test.writer")

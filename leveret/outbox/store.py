@@ -7,7 +7,7 @@ confirmed it.
 
 One writer, group commit
     ``send`` hands its row to the outbox's writer and waits. The writer is the broker store's group-commit
-    writer (leveret/store/sqlite_writer.py): one thread per ``Outbox`` takes everything queued, writes it in
+    writer (leveret/sqlite_writer.py): one thread per ``Outbox`` takes everything queued, writes it in
     one transaction, commits, and wakes every sender of that transaction (a ``threading.Event`` each, callbacks
     for ``send_async``). While it commits, the next batch piles up, so concurrent senders share commits. The
     sqlite3 module releases the GIL during SQLite's work and the fsync.
@@ -51,7 +51,7 @@ from typing import Any
 
 from pamqp import commands as spec
 
-from leveret.store.sqlite_writer import Call, Writer, WriterStopped
+from leveret.sqlite_writer import Call, Writer, WriterStopped
 
 log = logging.getLogger("leveret.outbox")
 

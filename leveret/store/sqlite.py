@@ -5,7 +5,7 @@ Durability
     callback (and the publisher confirm the broker sends from it) means the message survives ``kill -9`` and a
     power cut.
 
-One writer, group commit (store/sqlite_writer.py, shared with the outbox)
+One writer, group commit (leveret/sqlite_writer.py, shared with the outbox)
     :meth:`SqliteStore.submit` appends ``(ops, done)`` to the writer's deque and returns (it keeps the list: do
     not reuse it). One writer thread, with its own connection, takes everything queued (at most
     ``max_batch_ops`` ops or ``max_batch_bytes`` of message data per transaction, default 10,000 / 16 MB, but
@@ -58,6 +58,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from leveret.sqlite_writer import Writer, WriterStopped
+
 from . import sqlite_schema as schema
 from .base import (
     BindingDef,
@@ -74,7 +76,6 @@ from .base import (
 )
 from .sqlite_batch import MessageBatch, chunks, marks
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from .sqlite_writer import Writer, WriterStopped
 from .tagged_json import decode_value, encode_value
 
 log = logging.getLogger("leveret.store")

@@ -15,8 +15,9 @@ import decimal
 import json
 from typing import Any
 
-# The AMQP field value types (stdlib-only classes of the codec): the one import of the store from amqp.
-from leveret.amqp.codec import LongInt, RawField
+# Header and argument values that keep their AMQP field type: message types, so the store takes them from the core
+# (it imports nothing of amqp/).
+from leveret.core.message import LongInt, RawField
 
 from .base import StoreError
 

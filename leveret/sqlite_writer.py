@@ -1,5 +1,6 @@
 """One SQLite writer thread with group commit: the broker's store (store/sqlite.py) and the outbox
-(outbox/store.py) both write through it.
+(outbox/store.py) both write through it. Standard library only, at the top level: the outbox is a client library
+and imports nothing of the broker.
 
 :meth:`Writer.submit` appends ``(payload, done)`` to a deque and returns (it never blocks on I/O). One thread,
 with its own connection, takes everything queued (until the :class:`Batch` says it is full, but always at least
