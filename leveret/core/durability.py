@@ -140,10 +140,6 @@ class Durability:
         """Nothing waits for a commit and no commit is running: every write so far is durable."""
         return not self.ops and not self.in_flight
 
-    def is_durable(self, msg: Message) -> bool:
-        """The message's write has committed (or failed: then its store id is -1)."""
-        return msg.store_id <= self.durable_id
-
     # --- reads (on the broker's thread: bounded, see the module docstring) -------------------------
 
     def load_body(self, store_id: int) -> bytes | None:

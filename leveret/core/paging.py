@@ -122,7 +122,8 @@ class Paging:
     def unload(self, msg: Message) -> None:
         """An unacked delivery of a committed persistent message keeps only its record: the body is in the store
         (read back if it is requeued or dead-lettered), so a consumer that never acks holds records, not bodies."""
-        if self.durability is not None and self.durability.is_durable(msg):
+        durability = self.durability
+        if durability is not None and msg.store_id <= durability.durable_id:  # its commit is done
             self.page_out(msg)
 
     def _refill(self) -> None:
