@@ -74,7 +74,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leveret.store import sqlite as sqlite_store
+from leveret.store import sqlite_batch
 from leveret.store.base import Delete, MessageOp, Push
 from leveret.store.sqlite import SqliteStore
 
@@ -220,7 +220,7 @@ def bench_throughput(directory: Path, n: int, window: int, synchronous: str) -> 
         finally:
             store.close()
     for cancel in (True, False):
-        sqlite_store.CANCEL_ACKED_PUSHES = cancel
+        sqlite_batch.CANCEL_ACKED_PUSHES = cancel
         store = fresh(directory, "tp", synchronous=synchronous)
         try:
             elapsed, commits = asyncio.run(produce(store, push_then_ack(16, 1), n, 10, window))
@@ -228,7 +228,7 @@ def bench_throughput(directory: Path, n: int, window: int, synchronous: str) -> 
             report(f"push+ack 16 B, 10/submit ({label})", n, elapsed, commits)
         finally:
             store.close()
-            sqlite_store.CANCEL_ACKED_PUSHES = True
+            sqlite_batch.CANCEL_ACKED_PUSHES = True
 
 
 def report(label: str, n: int, elapsed: float, commits: int) -> None:
@@ -263,17 +263,17 @@ def bench_recovery(directory: Path, n: int, sizes: list[int], layouts: dict[str,
     print(f"\n== recovery: {n:,} messages in one queue, load_messages(with_bodies=False)")
     print(f"{'bodies':<10}{'layout':<16}{'fill msg/s':>11}{'db MB':>8}{'open s':>8}{'open cold s':>12}"
           f"{'load s':>8}{'load cold s':>12}{'counts s':>9}")
-    saved = sqlite_store.INLINE_BODY_MAX
+    saved = sqlite_batch.INLINE_BODY_MAX
     for size in sizes:
         for layout, inline_max in layouts.items():
-            sqlite_store.INLINE_BODY_MAX = inline_max
+            sqlite_batch.INLINE_BODY_MAX = inline_max
             try:
                 store = fresh(directory, "rec")
                 rate = fill(store, n, size)
                 path = store.path
                 store.close()
             finally:
-                sqlite_store.INLINE_BODY_MAX = saved
+                sqlite_batch.INLINE_BODY_MAX = saved
             cold: dict[str, float] = {}
             warm: dict[str, float] = {}
             for label, results in (("warm", warm), ("cold", cold)):  # warm: just written, in the page cache
@@ -323,7 +323,7 @@ def main() -> None:
         if not args.skip_throughput:
             bench_throughput(directory, args.n, args.window, args.synchronous)
         if not args.skip_recovery:
-            split = sqlite_store.INLINE_BODY_MAX
+            split = sqlite_batch.INLINE_BODY_MAX
             layouts = {f"split at {split} B": split}
             if args.layouts:
                 layouts = {"all inline": 1 << 62, "all in table": -1, f"split at {split} B": split}

@@ -32,7 +32,7 @@ from .lifecycle import (
     queue_type,
     routing_keys,
 )
-from .message import PAGED, Message, build_address
+from .message import Message
 from .passwords import check_password, hash_password
 from .policies import Policy, validate_policy
 from .policies import effective as effective_policy
@@ -1080,78 +1080,10 @@ class Broker:
         return user
 
     def _recover(self, store: Store) -> bool:
-        """Rebuild vhosts, users, exchanges, queues, bindings and messages from the store. False when the
-        store is new (nothing to recover)."""
-        assert self.durability is not None
-        defs = store.load_definitions()
-        if not defs.vhosts and not defs.users:
-            return False
-        self.durability.recovering = True
-        try:
-            for name in defs.vhosts:
-                self.add_vhost(name)
-            for user in defs.users:
-                self.users[user.name] = User(user.name, user.password_hash, tuple(user.tags))
-            for pd in defs.policies:
-                vhost = self.add_vhost(pd.vhost)
-                vhost.policies[pd.name] = Policy(pd.vhost, pd.name, pd.pattern, dict(pd.definition), pd.priority,
-                                                 pd.apply_to)
-            for perm in defs.permissions:
-                if perm.user in self.users:
-                    try:
-                        permission = Permission(perm.configure, perm.write, perm.read)
-                    except PreconditionFailed as exc:  # written by a version that did not check: refuse all
-                        log.warning("permissions of user '%s' in vhost '%s' refused: %s", perm.user, perm.vhost,
-                                    exc.text)
-                        permission = Permission("", "", "")
-                    self.users[perm.user].permissions[perm.vhost] = permission
-            for kind, name, limits in defs.limits:
-                owner = self.users.get(name) if kind == "user" else self.vhosts.get(name)
-                if owner is not None:
-                    owner.limits = dict(limits)
-            for ex in defs.exchanges:
-                vhost = self.add_vhost(ex.vhost)
-                vhost.exchanges[ex.name] = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
-                                                           internal=ex.internal, arguments=dict(ex.arguments))
-            for qd in defs.queues:
-                vhost = self.add_vhost(qd.vhost)
-                vhost.queues[qd.name] = Queue(vhost, qd.name, durable=True, auto_delete=qd.auto_delete,
-                                              arguments=dict(qd.arguments))
-            for b in defs.bindings:
-                vhost = self.add_vhost(b.vhost)
-                source = vhost.exchanges.get(b.source)
-                dest: Exchange | Queue | None = (vhost.queues.get(b.destination) if b.destination_kind == "queue"
-                                                 else vhost.exchanges.get(b.destination))
-                if source is not None and dest is not None:
-                    source.bind(dest, b.routing_key, dict(b.arguments))
-            addresses: dict[tuple[str, str], tuple[str, str, bytes]] = {}
-            headers: dict[bytes, bytes] = {}  # identical content headers share one object
-            for vhost in self.vhosts.values():
-                for queue in vhost.queues.values():
-                    self.recovered_queues += 1
-                    for stored in store.load_messages(vhost.name, queue.name, with_bodies=False):
-                        key = (stored.exchange, stored.routing_key)
-                        names = addresses.get(key)
-                        if names is None:  # one set of objects per distinct address, not per message
-                            names = addresses[key] = (*key, build_address(*key))
-                        header = headers.get(stored.header)
-                        if header is None:
-                            header = stored.header
-                            if len(headers) < 65536:
-                                headers[header] = header
-                        msg = Message(names[0], names[1], names[2], header, PAGED)
-                        msg.seq = stored.seq
-                        msg.store_id = stored.id
-                        msg.redelivered = stored.redelivered
-                        queue.recover(msg)
-                        self.recovered_messages += 1
-        finally:
-            self.durability.recovering = False
-        for vhost in self.vhosts.values():
-            if vhost.policies:
-                vhost.apply_policies()
-        self.delays.recover()
-        return True
+        """Rebuild the broker from its store (core/recovery.py). False when the store is new."""
+        from .recovery import recover
+
+        return recover(self)
 
 
 _ABSENT: Any = object()

@@ -55,7 +55,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from leveret.store.base import Delete, Purge, Push, StoredMessage, StoreError
+from leveret.store.base import StoredMessage, StoreError
 
 from .message import PAGED, Message, build_address, build_header
 from .tracking import MESSAGE_ID
@@ -246,8 +246,7 @@ class DelayedMessages:
         durability = self.broker.durability
         if durability is None:
             return
-        store = durability.store
-        for (vhost_name, name), count in sorted(store.message_counts().items()):
+        for (vhost_name, name), count in sorted(durability.stored_counts().items()):
             if name.startswith(DELAYED_PREFIX):
                 kind, target = EXCHANGE, name[len(DELAYED_PREFIX):]
             elif name.startswith(RETRY_PREFIX):
@@ -265,7 +264,7 @@ class DelayedMessages:
             if not exists:
                 log.warning("dropping %d delayed messages of %s '%s' in vhost '%s': it no longer exists",
                             count, kind, target, vhost_name)
-                durability.ops.append(Purge(vhost_name, name))
+                durability.purge_stored(vhost_name, name)
                 continue
             lane = self._lane(vhost_name, kind, target, True)
             lane.count += count
@@ -284,7 +283,7 @@ class DelayedMessages:
     def _own(self, msg: Message) -> Message:
         if msg.queue is not None or msg.store_id or msg.consumer is not None:
             if msg.body is PAGED and msg.store_id and self.broker.durability is not None:
-                body = self.broker.durability.store.load_bodies([msg.store_id]).get(msg.store_id)
+                body = self.broker.durability.load_body(msg.store_id)
                 if body is None:
                     raise RuntimeError(f"message {msg.store_id} is missing from the store")
                 copy = msg.copy()
@@ -307,11 +306,9 @@ class DelayedMessages:
         self._hold_memory(size)
         lane.count += 1
         if lane.durable and durability is not None:
-            store_id = durability.next_id
-            durability.next_id = store_id + 1
+            store_id = durability.new_id()
             seq = (due_ms << _TIE_BITS) | (store_id & _TIE_MASK)
-            durability.ops.append(Push(store_id, lane.vhost, lane.store_name, seq, msg.exchange, msg.routing_key,
-                                       msg.header, msg.body))
+            durability.push_to(store_id, lane.vhost, lane.store_name, seq, msg)
             entry = _Entry(lane, msg, seq, store_id, size)
             self._sync_batch.append(entry)
             if not self._barrier_armed:
@@ -423,8 +420,7 @@ class DelayedMessages:
             seen = taken = taken_bytes = 0
             last: tuple[int, int] | None = None
             stopped = False
-            for row in durability.store.load_messages(lane.vhost, lane.store_name, after_seq=fence[0] - 1,
-                                                      limit=limit):
+            for row in durability.read_queue(lane.vhost, lane.store_name, after_seq=fence[0] - 1, limit=limit):
                 seen += 1
                 key = (row.seq, row.id)
                 if key <= fence:
@@ -583,7 +579,7 @@ class DelayedMessages:
             self.resident_bytes -= entry.size
             durability = self.broker.durability
             assert durability is not None
-            durability.ops.append(Delete(entry.id))
+            durability.delete_id(entry.id)
         else:
             self.transient -= 1
             self.transient_bytes -= entry.size
@@ -623,5 +619,5 @@ class DelayedMessages:
 
     def _commit(self) -> None:
         durability = self.broker.durability
-        if durability is not None and durability.ops:
+        if durability is not None and durability.pending:
             durability.commit([])

@@ -1,22 +1,31 @@
-"""The broker's link to its store: what is written, and the group-commit barrier that confirms wait on.
+"""The core's one port to the store: what is written, what is read back, and the group-commit barrier that
+confirms wait on. Nothing else in leveret/core touches a store backend or the pending op list.
 
 Message writes are collected as ops while a batch of client input is processed; :meth:`Durability.commit`
 hands them to the store in one submit and runs the given callbacks (publisher confirms, tx.commit-ok) once
 that submit and every earlier one are durable. A confirm therefore never overtakes the write it covers,
 even when the confirmed message itself needed no write. Definitions are written synchronously.
+
+Reads (``load_body``, ``load_bodies``, ``read_queue``, ``stored_counts``, ``load_definitions``) run on the
+broker's thread: paging a queue or a delayed lane reads a bounded page, recovery reads everything at start-up
+(before the broker serves). Task status reads go through the writer instead (``read_status``), off the event
+loop. See store/base.py for what a backend promises about each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from leveret.store.base import (
     BindingDef,
+    Definitions,
     Delete,
     ExchangeDef,
     MessageOp,
+    PermissionDef,
+    PolicyDef,
     Purge,
     Push,
     QueueDef,
@@ -25,7 +34,9 @@ from leveret.store.base import (
     StatusPut,
     StatusRead,
     Store,
+    StoredMessage,
     StoreError,
+    UserDef,
 )
 from leveret.store.status import StatusRecord
 
@@ -57,7 +68,7 @@ class Durability:
     thread (the event loop's call_soon_threadsafe): store callbacks come from the writer thread."""
 
     def __init__(self, store: Store, dispatch: Callable[..., Any]) -> None:
-        self.store = store
+        self.store = store  # the backend: for the composition root and white-box tests, never the core
         self.dispatch = dispatch
         self.ops: list[MessageOp] = []
         self.status_ops: list[MessageOp] = []  # task status records: see put_status
@@ -74,6 +85,7 @@ class Durability:
         self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
         self.timers: Timers | None = None
         self._held: TimerHandle | None = None
+        self._status_due = False  # a next-turn submit of the status ops is armed (no hold: see submit_status)
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -89,6 +101,16 @@ class Durability:
         if page_out:
             self.page_out.append(msg)
 
+    def new_id(self) -> int:
+        """A store id for a message written with :meth:`push_to` (ids are never reused)."""
+        msg_id = self.next_id
+        self.next_id = msg_id + 1
+        return msg_id
+
+    def push_to(self, store_id: int, vhost: str, queue: str, seq: int, msg: Message) -> None:
+        """Store ``msg`` under ``store_id`` in a queue the core keeps itself (a delayed lane, core/delays.py)."""
+        self.ops.append(Push(store_id, vhost, queue, seq, msg.exchange, msg.routing_key, msg.header, msg.body))
+
     def delivered(self, msg: Message) -> None:
         """The message went to a consumer that must ack it: after a crash it comes back redelivered."""
         self.ops.append(Requeue(msg.store_id))
@@ -97,9 +119,50 @@ class Durability:
         self.ops.append(Delete(msg.store_id))
         msg.store_id = 0
 
+    def delete_id(self, store_id: int) -> None:
+        self.ops.append(Delete(store_id))
+
     def purge(self, queue: Queue, after_seq: int) -> None:
         """Delete the queue's stored messages with seq > ``after_seq`` (its ready messages on disk only)."""
         self.ops.append(Purge(queue.vhost.name, queue.name, after_seq))
+
+    def purge_stored(self, vhost: str, queue: str) -> None:
+        """Delete every stored message of ``queue`` (a name the core keeps itself, e.g. a delayed lane)."""
+        self.ops.append(Purge(vhost, queue))
+
+    @property
+    def pending(self) -> bool:
+        """Ops wait for the next commit."""
+        return bool(self.ops)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits for a commit and no commit is running: every write so far is durable."""
+        return not self.ops and not self.in_flight
+
+    # --- reads (on the broker's thread: bounded, see the module docstring) -------------------------
+
+    def load_body(self, store_id: int) -> bytes | None:
+        """The body of a stored message whose body is paged out; None when the store does not have it."""
+        return self.store.load_bodies([store_id]).get(store_id)
+
+    def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """Bodies of paged-out messages, by store id (one page of a queue's head: see Queue.page_in)."""
+        return self.store.load_bodies(ids)
+
+    def read_queue(self, vhost: str, queue: str, *, with_bodies: bool = True, after_seq: int = 0,
+                   limit: int | None = None) -> Iterator[StoredMessage]:
+        """The stored messages of a queue with seq > ``after_seq`` in seq order, at most ``limit`` (None: all,
+        for recovery only)."""
+        return self.store.load_messages(vhost, queue, with_bodies=with_bodies, after_seq=after_seq, limit=limit)
+
+    def stored_counts(self) -> dict[tuple[str, str], int]:
+        """(vhost, queue) -> stored messages (recovery)."""
+        return self.store.message_counts()
+
+    def load_definitions(self) -> Definitions:
+        """Everything but messages (recovery)."""
+        return self.store.load_definitions()
 
     def commit(self, after: list[Done]) -> None:
         """Submit the pending ops; call each of ``after`` (with None, or the exception of a failed commit)
@@ -193,18 +256,37 @@ class Durability:
     # tx.commit-ok waits for them (they are not part of the commit barrier), but they go through the same store
     # writer, in order with one another.
 
+    def attach_timers(self, timers: Timers) -> None:
+        """The broker's timers, for the deferral of status writes (when the server did not set them)."""
+        if self.timers is None:
+            self.timers = timers
+
     def put_status(self, vhost: str, record: StatusRecord) -> None:
-        """Merge ``record`` into the stored one (a blind write: nothing is read), at the next submit_status."""
+        """Merge ``record`` into the stored one (a blind write: nothing is read), deferred (see submit_status)."""
         self.status_ops.append(StatusPut(vhost, record))
+        if self._held is None and not self._status_due:
+            self.submit_status()
 
     def submit_status(self, done: Done | None = None) -> None:
-        """Hand the pending status ops to the store (the status book calls it once per loop turn); held like
-        the writes nobody waits for (see :meth:`commit`) unless ``done`` waits for them."""
-        if done is None and self.status_ops and self.hold > 0 and self.timers is not None:
-            if self._held is None:
-                self._held = self.timers.call_later(self.hold, self._release)
+        """Hand the pending status ops to the store, unless ``done`` waits for them deferred (the one deferral
+        of status writes): held like the writes nobody waits for (see :meth:`commit`), or with no hold until
+        the next loop turn, so that one submit carries a turn's records."""
+        if done is None and self.status_ops and self.timers is not None:
+            if self.hold > 0:
+                if self._held is None:
+                    self._held = self.timers.call_later(self.hold, self._release)
+            elif not self._status_due:
+                self._status_due = True
+                self.timers.call_later(0, self._status_turn)
             return
         self._submit_status_now(done)
+
+    def _status_turn(self) -> None:
+        self._status_due = False
+        try:
+            self._submit_status_now()
+        except StoreError as exc:  # the store closed (shutdown)
+            log.debug("status records not written: %s", exc)
 
     def _submit_status_now(self, done: Done | None = None) -> None:
         if self.status_ops:
@@ -225,7 +307,7 @@ class Durability:
         self.status_ops.append(op)
         self.submit_status(lambda exc: self.dispatch(done, op.deleted, exc))
 
-    # --- definitions -------------------------------------------------------------------------------
+    # --- definitions (synchronous: durable when they return) ---------------------------------------
 
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
         if exchange.durable and not self.recovering:
@@ -258,3 +340,31 @@ class Durability:
             self.store.save_binding(binding)
         else:
             self.store.delete_binding(binding)
+
+    def save_vhost(self, name: str) -> None:
+        self.store.save_vhost(name)
+
+    def delete_vhost(self, name: str) -> None:
+        """Also deletes the vhost's definitions, messages and status records."""
+        self.store.delete_vhost(name)
+
+    def save_user(self, user: UserDef) -> None:
+        self.store.save_user(user)
+
+    def delete_user(self, name: str) -> None:
+        self.store.delete_user(name)
+
+    def save_permission(self, permission: PermissionDef) -> None:
+        self.store.save_permission(permission)
+
+    def delete_permission(self, user: str, vhost: str) -> None:
+        self.store.delete_permission(user, vhost)
+
+    def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
+        self.store.save_limits(kind, name, limits)
+
+    def save_policy(self, policy: PolicyDef) -> None:
+        self.store.save_policy(policy)
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self.store.delete_policy(vhost, name)

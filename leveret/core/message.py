@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from leveret.amqp import fields as codec
+from leveret.amqp.fields import LongInt as LongInt  # header value types (the store's codec)
+from leveret.amqp.fields import RawField as RawField
 
 if TYPE_CHECKING:
     from .queue import Consumer, Queue

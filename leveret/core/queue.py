@@ -1,11 +1,11 @@
-"""Queues and their consumers.
+"""Queues: ready messages, and their delivery to consumers (:class:`~leveret.core.consumer.Consumer`).
 
 A queue holds ready messages in arrival order and hands them to consumers round-robin among those with
 credit (prefetch room, a writable connection, an active channel). Unacked messages are held by the
 channel that received them (see :mod:`leveret.core.channel`) and come back here on requeue, to their
 original position.
 
-A durable queue keeps only a window of its ready messages in memory (see "paging" below): past
+A durable queue keeps only a window of its ready messages in memory (its paging part: core/paging.py): past
 ``queue_memory_window`` ready records, newer messages go to the tail and, once their commit is done, leave
 memory altogether (record and body); they are read back from the store in seq order as the head drains.
 """
@@ -18,16 +18,15 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .lifecycle import PriorityMessages, QueueSettings, parse_settings
-from .message import PAGED, RECORD_COST, Message, build_address, build_header
+from .message import PAGED, RECORD_COST, Message, build_header
+from .paging import Paging
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
-    from leveret.store.base import StoredMessage
-
     from .broker import MemoryMonitor, Session, VHost
-    from .channel import Channel
     from .durability import Durability
     from .status import StatusBook
     from .timers import Handle
@@ -35,52 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.queue")
 
 
-class Consumer:
-    """One basic.consume: a queue, the channel it delivers on, and its acknowledgement mode and credit."""
-
-    __slots__ = (
-        "arguments",
-        "channel",
-        "exclusive",
-        "no_ack",
-        "prefetch",
-        "priority",
-        "queue",
-        "tag",
-        "tag_bytes",
-        "unacked",
-    )
-
-    def __init__(self, tag: str, queue: Queue, channel: Channel, *, no_ack: bool, exclusive: bool,
-                 prefetch: int, arguments: dict[str, Any]) -> None:
-        self.tag = tag
-        raw = tag.encode()
-        self.tag_bytes = bytes((len(raw),)) + raw
-        self.queue = queue
-        self.channel = channel
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.prefetch = prefetch
-        self.unacked = 0
-        self.arguments = arguments
-        self.priority = 0
-
-    def has_credit(self) -> bool:
-        """True when a message could be delivered to this consumer now."""
-        channel = self.channel
-        if not channel.deliverable:
-            return False
-        # the channel-wide limit (global=true) counts ack-required consumer deliveries only (not basic.get), and
-        # holds back no-ack consumers too while it is reached; the per-consumer limit ignores no-ack consumers
-        if channel.global_prefetch and channel.limited >= channel.global_prefetch:
-            return False
-        if self.no_ack:
-            return True
-        return not (self.prefetch and self.unacked >= self.prefetch)
-
-
-class Queue:
-    """A queue of one vhost. ``exclusive_owner`` is the session that owns an exclusive queue."""
+class Queue(Paging):
+    """A queue of one vhost (its paging part: core/paging.py). ``exclusive_owner`` is the session that owns an
+    exclusive queue."""
 
     def __init__(self, vhost: VHost, name: str, *, durable: bool = False, exclusive_owner: Session | None = None,
                  auto_delete: bool = False, arguments: dict[str, Any] | None = None) -> None:
@@ -99,17 +55,7 @@ class Queue:
         self.memory: MemoryMonitor = vhost.broker.memory
         self.durability: Durability | None = vhost.broker.durability if durable else None
         self.memory_budget = vhost.broker.queue_memory_budget
-        # paging of whole records (durable queues): ready = head (self.messages) + the "delta" + the tail.
-        # The delta is the messages with seq in (_cursor, tail[0].seq): _disk of them are in the store only,
-        # _pinned those that must stay in memory (transient, or with an expiry time), in seq order. The tail
-        # is the newest messages until their commit is done. All three are empty unless _paging.
-        self.window = max(vhost.broker.queue_memory_window, 4)
-        self._paging = False
-        self._disk = 0
-        self._pinned: deque[Message] = deque()
-        self._tail: deque[Message] = deque()
-        self._cursor = 0
-        self._addresses: dict[tuple[str, str], bytes] = {}
+        self._init_paging(vhost.broker.queue_memory_window)  # ready = head + delta + tail: core/paging.py
         self._next_seq = 1
         self._rr = 0
         self._prioritised = False  # consumers of more than one x-priority: see _next_by_priority
@@ -256,15 +202,13 @@ class Queue:
             messages = self.messages
 
     def _drop_head(self, reason: str, level: deque[Message] | None = None) -> None:
-        messages = self.messages
-        head = (level if level is not None else messages)[0]
-        if head.body is PAGED:
-            self.page_in()
-        msg = level.popleft() if level is not None else messages.popleft()
-        if level is not None:
-            messages._count -= 1  # type: ignore[union-attr]
-        elif self._paging and len(messages) < self.window // 4:
-            self._refill()
+        if level is None:
+            msg = self._pop_head()
+        else:
+            if level[0].body is PAGED:
+                self.page_in()
+            msg = level.popleft()
+            self.messages._count -= 1  # type: ignore[union-attr]
         self.ready_bytes -= len(msg.body)
         self.drop(msg, reason)
 
@@ -372,20 +316,14 @@ class Queue:
                 if found is None:
                     return
                 consumer = found
-            msg = messages[0]
-            if msg.body is PAGED:
-                self.page_in()
-            messages.popleft()
-            if self._paging and len(messages) < self.window // 4:
-                self._refill()
-                messages = self.messages
+            msg = self._pop_head()
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
-                self._unload(msg)
+                self.unload(msg)
 
     def _dispatch_lifecycle(self, now: float = 0.0) -> None:
         """Dispatch with expiry, single active consumer and priorities. ``now`` (ms) is given by enqueue, so
@@ -415,19 +353,14 @@ class Queue:
             if 0 < msg.expires_at < now:
                 self._expire()
                 continue
-            if msg.body is PAGED:
-                self.page_in()
-            messages.popleft()
-            if self._paging and len(messages) < self.window // 4:
-                self._refill()
-                messages = self.messages
+            msg = self._pop_head()
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
             if not consumer.no_ack:
                 self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
-                self._unload(msg)
+                self.unload(msg)
 
     @property
     def active_consumer(self) -> Consumer | None:
@@ -478,11 +411,7 @@ class Queue:
             self.touch()
         if not self.messages:
             return None
-        if self.messages[0].body is PAGED:
-            self.page_in()
-        msg = self.messages.popleft()
-        if self._paging and len(self.messages) < self.window // 4:
-            self._refill()
+        msg = self._pop_head()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
         if self.lifecycle:
@@ -517,9 +446,7 @@ class Queue:
             else:
                 self.tracker.record(self.vhost.name, msg, "dropped", self.name, reason)
         if self.settings.dead_letter_exchange is not None:
-            if msg.body is PAGED and msg.store_id and self.durability is not None:
-                msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
-                self.memory.used += len(msg.body)
+            self.reload_body(msg)
             self.vhost.dead_letter(self, msg, reason)
         self.settle(msg)
 
@@ -533,9 +460,7 @@ class Queue:
             attempt = 0
         if attempt >= len(intervals):
             return False
-        if msg.body is PAGED and msg.store_id and self.durability is not None:
-            msg.body = self.durability.store.load_bodies([msg.store_id]).get(msg.store_id, b"")
-            self.memory.used += len(msg.body)
+        self.reload_body(msg)
         props = dict(msg.properties)
         props["headers"] = {**headers, "x-retry-count": attempt + 1}
         again = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
@@ -545,195 +470,6 @@ class Queue:
             self.tracker.record(self.vhost.name, msg, "retried", self.name, attempt + 1, intervals[attempt])
         self.settle(msg)
         return True
-
-    def recover(self, msg: Message) -> None:
-        """Put back a message read from the store at start-up (in seq order). Past the window, only a count
-        of it stays in memory (it is read back when the head reaches it), unless it has an expiry time."""
-        msg.queue = self
-        self._next_seq = max(self._next_seq, msg.seq + 1)
-        if self.lifecycle:
-            self._set_expiry(msg)  # the TTL countdown starts again at recovery
-        self.ready_bytes += msg.size
-        if not self._paging and len(self.messages) >= self.window and type(self.messages) is deque:
-            self._paging = True
-            self._cursor = msg.seq - 1
-        if self._paging:
-            if not msg.expires_at:
-                self._disk += 1
-                return
-            self._pinned.append(msg)
-        else:
-            self.messages.append(msg)
-        self.memory.used += len(msg.body) + RECORD_COST
-
-    # --- paging: records and bodies of a long durable queue stay on disk ---------------------------
-
-    def spill(self, durable_id: int) -> None:
-        """After a commit (every message with store id <= ``durable_id`` is durable): the tail's committed
-        messages leave memory (persistent, no expiry time: a count in the delta) or join the pinned ones."""
-        tail = self._tail
-        freed = 0
-        while tail:
-            msg = tail[0]
-            store_id = msg.store_id
-            if store_id > durable_id:
-                break  # its commit is still running: it and those behind it wait
-            tail.popleft()
-            if store_id > 0 and not msg.expires_at:
-                self._disk += 1
-                freed += len(msg.body) + RECORD_COST
-                msg.body = PAGED
-                msg.queue = None  # the record is dropped (page_out of a stale reference does nothing)
-            else:
-                self._pinned.append(msg)
-        if freed:
-            memory = self.memory
-            memory.used -= freed
-            if memory.alarm:
-                memory.check()
-
-    def _unload(self, msg: Message) -> None:
-        """An unacked delivery of a committed persistent message keeps only its record: the body is in the store
-        (read back if it is requeued or dead-lettered), so a consumer that never acks holds records, not bodies."""
-        if msg.body is not PAGED and self.durability is not None and msg.store_id <= self.durability.durable_id:
-            memory = self.memory
-            memory.used -= len(msg.body)
-            msg.body = PAGED
-            if memory.alarm:
-                memory.check()
-
-    def _refill(self) -> None:
-        """The head runs low while paging: read the next half window of the delta back from the store, in seq
-        order with the pinned records; when the delta is used up, the tail joins the head and paging ends."""
-        head = self.messages
-        assert isinstance(head, deque)  # a priority queue never pages (see configure)
-        pinned = self._pinned
-        tail = self._tail
-        durability = self.durability
-        if self._disk and durability is not None:
-            bound = tail[0].seq if tail else self._next_seq
-            wanted = max(self.window // 2, 1)
-            loaded = 0
-            exhausted = False
-            while self._disk and loaded < wanted and not exhausted:
-                limit = wanted - loaded
-                rows = list(durability.store.load_messages(self.vhost.name, self.name, with_bodies=False,
-                                                           after_seq=self._cursor, limit=limit))
-                exhausted = len(rows) < limit
-                for stored in rows:
-                    seq = stored.seq
-                    if seq >= bound:  # a tail message already on disk: the delta is used up
-                        exhausted = True
-                        break
-                    while pinned and pinned[0].seq < seq:
-                        head.append(pinned.popleft())
-                    self._cursor = seq
-                    if pinned and pinned[0].seq == seq:  # pinned (expiry time) but stored too
-                        head.append(pinned.popleft())
-                        continue
-                    head.append(self._record(stored))
-                    loaded += 1
-                    self._disk -= 1
-                    if not self._disk:
-                        break
-            if self._disk and exhausted:  # cannot happen: every counted message was committed
-                log.error("queue '%s' in vhost '%s': %d messages counted on disk are not in the store",
-                          self.name, self.vhost.name, self._disk)
-                self._disk = 0
-            self.memory.used += loaded * RECORD_COST
-        if not self._disk:
-            head.extend(pinned)
-            pinned.clear()
-            head.extend(tail)
-            tail.clear()
-            self._paging = False
-
-    def _record(self, stored: StoredMessage) -> Message:
-        """A ready message read back from the store (body still on disk); addresses are shared."""
-        key = (stored.exchange, stored.routing_key)
-        address = self._addresses.get(key)
-        if address is None:
-            if len(self._addresses) >= 256:
-                self._addresses.clear()
-            address = self._addresses[key] = build_address(*key)
-        msg = Message(stored.exchange, stored.routing_key, address, stored.header, PAGED)
-        msg.seq = stored.seq
-        msg.store_id = stored.id
-        msg.redelivered = stored.redelivered
-        msg.queue = self
-        if self.lifecycle:
-            self._set_expiry(msg)  # only after recovery or a new policy: a message with an expiry stays pinned
-        return msg
-
-    def discard_unstored(self, msgs: list[Message]) -> None:
-        """Their store write failed (the publisher gets basic.nack): ready ones leave the queue, unacked ones are
-        marked so that they are not requeued. They are never delivered again, nor kept in memory."""
-        gone = {id(m) for m in msgs}
-        removed = 0
-        freed = 0
-
-        def keep(msg: Message) -> bool:
-            nonlocal removed, freed
-            if id(msg) not in gone:
-                return True
-            removed += msg.size
-            freed += len(msg.body) + RECORD_COST
-            msg.queue = None
-            return False
-
-        for msg in msgs:
-            msg.store_id = -1  # marks an unacked one: see requeue(); a ready one is dropped below
-        messages = self.messages
-        if isinstance(messages, PriorityMessages):
-            for i, level in enumerate(messages.levels):
-                messages.levels[i] = deque(m for m in level if keep(m))
-            messages._count = sum(len(level) for level in messages.levels)
-        else:
-            self.messages = deque(m for m in messages if keep(m))
-        if self._paging:
-            self._pinned = deque(m for m in self._pinned if keep(m))
-            self._tail = deque(m for m in self._tail if keep(m))
-            if not self.messages:
-                self._refill()
-        self.ready_bytes -= removed
-        memory = self.memory
-        memory.used -= freed
-        if memory.alarm:
-            memory.check()
-
-    def page_out(self, msg: Message) -> None:
-        """Drop a stored, ready message's body from memory (the store has it)."""
-        if msg.body is PAGED or msg.store_id <= 0 or msg.queue is not self or self.deleted:
-            return
-        memory = self.memory
-        memory.used -= len(msg.body)
-        msg.body = PAGED
-        if memory.alarm:
-            memory.check()
-
-    def page_in(self, window: int = 512, max_bytes: int = 4_000_000) -> None:
-        """Read back the bodies of the next paged-out messages at the head of the queue (a window of them)."""
-        batch: list[Message] = []
-        size = 0
-        for msg in self.messages:
-            if msg.body is PAGED:
-                batch.append(msg)
-                size += msg.size
-                if len(batch) >= window or size >= max_bytes:
-                    break
-            elif batch:
-                break
-        if not batch or self.durability is None:
-            return
-        bodies = self.durability.store.load_bodies(m.store_id for m in batch)
-        used = 0
-        for msg in batch:
-            body = bodies.get(msg.store_id)
-            if body is None:  # not in the store: cannot happen for a ready message; deliver it empty, loudly
-                raise RuntimeError(f"message {msg.store_id} of queue '{self.name}' is missing from the store")
-            msg.body = body
-            used += len(body)
-        self.memory.used += used
 
     def purge(self, event: str = "purged") -> int:
         """Remove every ready message; unacked ones stay with their consumers. Returns how many. ``event`` is

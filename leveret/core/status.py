@@ -10,12 +10,13 @@ Fed by two hooks, each one test on a path every message takes:
   ``message_id`` entering a queue declared with ``x-leveret-status: true``.
 
 Records live in the store (``Durability.put_status``: a blind merge, so an event never waits for a read; the
-merge is ``leveret.store.status.merge``), submitted once per event-loop turn apart from message writes: no
-publisher confirm waits for a status record. Memory holds only a bounded LRU cache of *complete* records (ones read
-from the store, with every later event merged in); an event for an id that is not cached is written without
-being cached. A lookup of an uncached id reads the store in order after the writes before it (off the event loop,
-on the store's writer), and events that arrive while that read is in flight are merged into its result. Expired
-records read as null; a timer deletes them from the store in bounded batches.
+merge is ``leveret.store.status.merge``), deferred there (with the write hold, or to the next event-loop turn)
+and submitted apart from message writes: no publisher confirm waits for a status record. Memory holds only a
+bounded LRU cache of *complete* records (ones read from the store, with every later event merged in); an event
+for an id that is not cached is written without being cached. A lookup of an uncached id reads the store in order
+after the writes before it (off the event loop, on the store's writer), and events that arrive while that read is
+in flight are merged into its result. Expired records read as null; a timer deletes them from the store in
+bounded batches.
 """
 
 from __future__ import annotations
@@ -150,9 +151,10 @@ class StatusBook:
         self.broker = broker
         self.durability = broker.durability
         self.timers = broker.timers
+        if self.durability is not None:
+            self.durability.attach_timers(broker.timers)
         self._cache: OrderedDict[Key, StatusRecord] = OrderedDict()
         self._loading: dict[Key, _Load] = {}
-        self._submit_due = False
         self.events = 0  # events recorded
         self.events_ignored = 0  # malformed events
         self.enqueued = 0  # "queued" records made on enqueue
@@ -221,18 +223,7 @@ class StatusBook:
             if load is not None:
                 load.events.append(record)
         if self.durability is not None:
-            self.durability.put_status(vhost, record)
-            if not self._submit_due:  # one submit per loop turn, apart from the confirms' commits
-                self._submit_due = True
-                self.timers.call_later(0, self._submit)
-
-    def _submit(self) -> None:
-        self._submit_due = False
-        assert self.durability is not None
-        try:
-            self.durability.submit_status()
-        except StoreError as exc:  # the store closed (shutdown)
-            log.debug("status book: records not written: %s", exc)
+            self.durability.put_status(vhost, record)  # deferred there: a loop turn's records in one submit
 
     def forget_vhost(self, vhost: str) -> None:
         """The vhost is deleted (the store deletes its records with it)."""

@@ -6,11 +6,11 @@ is committed to the local file, whatever the state of any broker. A separate for
 confirmed it.
 
 One writer, group commit
-    ``send`` appends its row to a list and waits. One writer thread per ``Outbox`` takes everything queued,
-    writes it in one transaction, commits, and wakes every sender of that transaction at once (one
-    ``threading.Event`` per commit, plus callbacks for ``send_async``). While it commits, the next batch piles
-    up, so concurrent senders share commits (the broker's store, leveret/store/sqlite.py, does the same).
-    The sqlite3 module releases the GIL during SQLite's work and the fsync.
+    ``send`` hands its row to the outbox's writer and waits. The writer is the broker store's group-commit
+    writer (leveret/sqlite_writer.py): one thread per ``Outbox`` takes everything queued, writes it in
+    one transaction, commits, and wakes every sender of that transaction (a ``threading.Event`` each, callbacks
+    for ``send_async``). While it commits, the next batch piles up, so concurrent senders share commits. The
+    sqlite3 module releases the GIL during SQLite's work and the fsync.
 
 Several processes
     Several processes (a web server's workers) may use the same file: each ``Outbox`` has its own writer; SQLite's
@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from pamqp import commands as spec
+
+from leveret.sqlite_writer import Call, Writer, WriterStopped
 
 log = logging.getLogger("leveret.outbox")
 
@@ -125,31 +127,31 @@ class _Row:
         self.destinations = destinations
 
 
-class _Call:
-    __slots__ = ("fn",)
+class _Rows:
+    """One transaction of the outbox's writer (its Batch): each payload is a list of rows, inserted at once."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], object]) -> None:
-        self.fn = fn
+    __slots__ = ()
+
+    def add(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        insert = conn.execute
+        for row in rows:
+            message_id = insert("INSERT INTO messages (created, exchange, routing_key, mandatory, header, body)"
+                                " VALUES (?, ?, ?, ?, ?, ?)", (row.created, row.exchange, row.routing_key,
+                                                              row.mandatory, row.header, row.body)).lastrowid
+            for destination in row.destinations:
+                insert("INSERT INTO pending (destination, id) VALUES (?, ?)", (destination, message_id))
+
+    def full(self) -> bool:
+        return False
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        pass
+
+    def committed(self) -> None:
+        pass
 
 
-class _Batch:
-    """The senders of one transaction: an event for threads, callbacks for event loops."""
-
-    __slots__ = ("callbacks", "error", "event")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.error: BaseException | None = None
-        self.callbacks: list[Callable[[BaseException | None], None]] = []
-
-    def finish(self, error: BaseException | None) -> None:
-        self.error = error
-        self.event.set()
-        for callback in self.callbacks:
-            try:
-                callback(error)
-            except Exception:  # pragma: no cover - a closed event loop
-                log.exception("outbox: a send callback failed")
+_ROWS = _Rows()
 
 
 def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]:
@@ -216,26 +218,27 @@ class Outbox:
         self.synchronous = synchronous.upper()
         self.default_destinations = _check_destinations(default_destinations)
         self.busy_timeout = busy_timeout
-        self._cond = threading.Condition(threading.Lock())
-        self._items: list[_Row | _Call] = []
-        self._batch = _Batch()
         self._closing = False
         self._closed = False
         self._rlock = threading.Lock()
-        self.commits = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._wconn = self._connect()
-            self._setup(self._wconn)
+            wconn = self._connect()
+            self._setup(wconn)
             self._rconn = self._connect()
             self._rconn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
         except OSError as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc.strerror or exc}") from exc
-        self._writer = threading.Thread(target=self._writer_main, name=f"leveret-outbox {self.path.name}",
-                                        daemon=True)
-        self._writer.start()
+        self._writer = Writer(name=f"leveret-outbox {self.path.name}", label=f"outbox {self.path}", conn=wconn,
+                              connect=self._reconnect_writer, new_batch=lambda: _ROWS, describe=lambda exc: exc,
+                              log=log)
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far (senders share them: group commit)."""
+        return self._writer.commits
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
@@ -251,6 +254,11 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def _reconnect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -282,14 +290,12 @@ class Outbox:
         """Write what is queued, stop the writer, close the file (idempotent)."""
         if self._closed:
             return
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._writer.join()
+        self._closing = True
+        self._writer.close()
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
-            self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        for conn in (self._rconn, self._wconn):
+            self._writer.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        for conn in (self._rconn, self._writer.conn):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
@@ -306,28 +312,23 @@ class Outbox:
         dests = self.default_destinations if destinations is None else _check_destinations(destinations)
         return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
 
-    def _enqueue(self, items: list[_Row | _Call]) -> _Batch:
-        with self._cond:
-            if self._closing:
-                raise OutboxError(f"the outbox {self.path} is closed")
-            self._items.extend(items)
-            batch = self._batch
-            self._cond.notify()
-        return batch
-
-    def _wait(self, batch: _Batch) -> None:
-        while not batch.event.wait(5.0):
-            if not self._writer.is_alive():  # pragma: no cover - the writer never dies
-                raise OutboxError(f"the outbox {self.path}'s writer has stopped")
-        if batch.error is not None:
-            raise OutboxError(f"the message was not saved: {batch.error}") from batch.error
+    def _write(self, payload: list[_Row] | Call) -> None:
+        """Hand ``payload`` to the writer and wait for its commit (raises OutboxError)."""
+        if self._closing:
+            raise OutboxError(f"the outbox {self.path} is closed")
+        try:
+            error = self._writer.wait(payload)
+        except WriterStopped as exc:  # pragma: no cover - the writer never dies
+            raise OutboxError(f"the outbox {self.path}'s writer has stopped") from exc
+        if error is not None:
+            raise OutboxError(f"the message was not saved: {error}") from error
 
     def send(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
              destinations: Iterable[str] | None = None, mandatory: bool = True) -> str:
         """Save one message; return its message_id once it is committed to the file. Raises OutboxError
         (not saved), ValueError/TypeError (bad arguments, checked before anything is written)."""
         row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
-        self._wait(self._enqueue([row]))
+        self._write([row])
         return message_id
 
     def send_many(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -335,7 +336,7 @@ class Outbox:
         prepared = [self.prepare(**m) for m in messages]
         if not prepared:
             return []
-        self._wait(self._enqueue([row for row, _ in prepared]))
+        self._write([row for row, _ in prepared])
         return [message_id for _, message_id in prepared]
 
     async def send_async(self, exchange: str, routing_key: str, body: bytes,
@@ -346,68 +347,26 @@ class Outbox:
         await self._await([row])
         return message_id
 
-    async def _await(self, items: list[_Row | _Call]) -> None:
+    async def _await(self, payload: list[_Row] | Call) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
         def done(error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, future, error)
 
-        with self._cond:
-            if self._closing:
-                raise OutboxError(f"the outbox {self.path} is closed")
-            self._items.extend(items)
-            self._batch.callbacks.append(done)
-            self._cond.notify()
+        if self._closing:
+            raise OutboxError(f"the outbox {self.path} is closed")
+        self._writer.submit(payload, done)
         await future
-
-    # --- the writer ------------------------------------------------------------------------------------------
-
-    def _writer_main(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while not self._items and not self._closing:
-                    cond.wait()
-                if not self._items:
-                    return
-                items, batch = self._items, self._batch
-                self._items, self._batch = [], _Batch()
-            batch.finish(self._write(items))
-
-    def _write(self, items: list[_Row | _Call]) -> BaseException | None:
-        conn = self._wconn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            insert = conn.execute
-            for item in items:
-                if item.__class__ is _Row:
-                    row: Any = item
-                    message_id = insert("INSERT INTO messages (created, exchange, routing_key, mandatory, header, body)"
-                                        " VALUES (?, ?, ?, ?, ?, ?)", (row.created, row.exchange, row.routing_key,
-                                                                      row.mandatory, row.header, row.body)).lastrowid
-                    for destination in row.destinations:
-                        insert("INSERT INTO pending (destination, id) VALUES (?, ?)", (destination, message_id))
-                else:
-                    item.fn(conn)  # type: ignore[union-attr]
-            conn.execute("COMMIT")
-            self.commits += 1
-            return None
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            log.error("outbox %s: a commit of %d item(s) failed: %s", self.path, len(items), exc)
-            return exc
 
     # --- maintenance, for the forwarder ------------------------------------------------------------------------
 
     def call(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``fn(connection)`` in a writer transaction and wait for its commit (raises OutboxError)."""
-        self._wait(self._enqueue([_Call(fn)]))
+        self._write(Call(fn))
 
     async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
-        await self._await([_Call(fn)])
+        await self._await(Call(fn))
 
     def fetch(self, destination: str, after: int, limit: int) -> list[OutboxMessage]:
         """Up to ``limit`` messages to send to ``destination`` with id > ``after``, in id order."""

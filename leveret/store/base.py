@@ -1,4 +1,4 @@
-"""The persistence interface: one API, several backends (memory, sqlite; postgres later).
+"""The persistence interface: one API, several backends (memory, sqlite; PostgreSQL next).
 
 What is stored: vhosts, users and permissions, durable exchanges, durable queues (with their arguments),
 bindings between durable objects, and persistent messages in durable queues. Definitions are written
@@ -13,6 +13,27 @@ Task status records (the broker's status book, core/status.py) go through :meth:
 their own: ``StatusPut`` merges a record into the stored one (no read needed), ``StatusRead`` reads records in
 order with the writes before it, ``StatusExpire`` deletes a bounded batch of expired ones. Deleting a vhost
 deletes its status records.
+
+Where each method runs (what a backend whose writes are remote, e.g. PostgreSQL, must keep in mind)
+    The broker calls every method from its event loop thread (through ``core/durability.py``, the core's only
+    port to a store) except that ``done`` callbacks run on the backend's own thread. So:
+
+    - :meth:`Store.submit` must never block: queue the ops for a writer of the backend's own (a thread, or a
+      connection driven elsewhere) and call ``done`` once they are durable, in submit order; a failure calls
+      ``done(exc)`` for every submit of the failed transaction and the next one starts afresh. Publisher
+      confirms are sent from ``done``, so ``done(None)`` must mean durable.
+    - Definition writes and :meth:`Store.flush` block the event loop until durable (one commit, one round trip):
+      they are rare (a durable queue or exchange declared or deleted, users, policies, shutdown).
+    - Reads while serving, bounded, on the event loop: :meth:`Store.load_bodies` (at most 512 ids / 4 MB of
+      bodies: the next paged-out bodies at a queue's head, or one body of a message dead-lettered or retried) and
+      :meth:`Store.load_messages` with a ``limit`` (a page of a long queue or of a delayed lane: half the queue
+      memory window, records without bodies; or up to ~1,000 delayed messages with bodies). They see committed
+      data only, and must be fast: one indexed range or key lookup each.
+    - Reads at start-up only, before the broker serves: :meth:`Store.load_definitions`,
+      :meth:`Store.message_counts`, :meth:`Store.max_message_id` and :meth:`Store.load_messages` without a
+      limit (recovery reads every queue's records).
+    - :meth:`Store.free_space`: at every commit that writes messages and every second (the disk alarm): cache it.
+    - Status reads (``StatusRead``, ``StatusExpire``) are ops: the writer runs them in order with the writes.
 """
 
 from __future__ import annotations
@@ -178,7 +199,8 @@ MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExp
 
 class Store(abc.ABC):
     """A backend. Every method may raise :class:`StoreError`; none of them is called concurrently except
-    :meth:`submit`, whose callbacks run on the writer's thread (the caller hands them to its event loop)."""
+    :meth:`submit`, whose callbacks run on the writer's thread (the caller hands them to its event loop). See the
+    module docstring for which calls may block the event loop and for how long."""
 
     @abc.abstractmethod
     def open(self) -> None:
@@ -189,7 +211,7 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Finish pending writes (their callbacks are called) and release the store."""
 
-    # definitions (synchronous, durable when they return)
+    # definitions (synchronous, durable when they return; they block the event loop for one commit)
 
     @abc.abstractmethod
     def load_definitions(self) -> Definitions: ...
@@ -254,25 +276,30 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def flush(self) -> None:
-        """Block until everything submitted so far is durable (for shutdown and tests)."""
+        """Block until everything submitted so far is durable or failed (before a definition change that must
+        follow the message writes, shutdown, tests)."""
 
     @abc.abstractmethod
     def load_messages(self, vhost: str, queue: str, *, with_bodies: bool = True, after_seq: int = 0,
                       limit: int | None = None) -> Iterator[StoredMessage]:
-        """The queue's messages with seq > after_seq in seq order (at most ``limit``)."""
+        """The queue's messages with seq > after_seq in seq order (at most ``limit``), committed ones only. With a
+        ``limit`` it runs on the event loop while serving (one bounded page); without, only at start-up."""
 
     @abc.abstractmethod
     def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
-        """Bodies by message id, for messages whose bodies were not kept in memory."""
+        """Bodies by message id, for messages whose bodies were not kept in memory (committed ones; a missing id
+        is left out). On the event loop while serving: at most 512 ids at a time."""
 
     @abc.abstractmethod
     def message_counts(self) -> dict[tuple[str, str], int]:
-        """(vhost, queue) -> number of stored messages."""
+        """(vhost, queue) -> number of stored messages (start-up only)."""
 
     @abc.abstractmethod
     def max_message_id(self) -> int:
-        """The highest message id ever stored (ids are never reused across restarts)."""
+        """The highest message id ever stored (ids are never reused across restarts; start-up only). A backend
+        shared by several nodes will need id ranges per node here."""
 
     def free_space(self) -> int | None:
-        """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk."""
+        """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk. Called at
+        every commit of new messages: a backend asks its file system at most about once a second."""
         return None

@@ -34,8 +34,8 @@ from .base import (
     StoreError,
     UserDef,
 )
-from .sqlite import encode_value
-from .status import StatusRecord, merge  # the tagged JSON codec (sqlite3 itself is only imported, never opened)
+from .status import StatusRecord, merge
+from .tagged_json import encode_value
 
 log = logging.getLogger("leveret.store")
 

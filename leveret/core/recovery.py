@@ -1,0 +1,110 @@
+"""Recovery: the broker rebuilt from its store at start-up, before it serves anyone.
+
+Definitions first (vhosts, users, policies, permissions, limits, exchanges, queues, bindings), without writing
+them back (``Durability.recovering``), then every stored message of every queue as a record without its body
+(``Queue.recover``: past a queue's window only a count stays in memory, core/paging.py), then the policies are
+applied and the pending delayed messages reloaded (``DelayedMessages.recover``). Everything is read through the
+store port (:class:`~leveret.core.durability.Durability`); the whole store is read here, on the broker's thread,
+which is why this runs before the listeners open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .access import Permission
+from .broker import User
+from .errors import PreconditionFailed
+from .exchanges import Exchange, create_exchange
+from .message import PAGED, Message, build_address
+from .policies import Policy
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("leveret.broker")
+
+
+def recover(broker: Broker) -> bool:
+    """Rebuild vhosts, users, exchanges, queues, bindings and messages from the store. False when the store is
+    new (nothing to recover)."""
+    durability = broker.durability
+    assert durability is not None
+    defs = durability.load_definitions()
+    if not defs.vhosts and not defs.users:
+        return False
+    durability.recovering = True
+    try:
+        for name in defs.vhosts:
+            broker.add_vhost(name)
+        for user in defs.users:
+            broker.users[user.name] = User(user.name, user.password_hash, tuple(user.tags))
+        for pd in defs.policies:
+            vhost = broker.add_vhost(pd.vhost)
+            vhost.policies[pd.name] = Policy(pd.vhost, pd.name, pd.pattern, dict(pd.definition), pd.priority,
+                                             pd.apply_to)
+        for perm in defs.permissions:
+            if perm.user in broker.users:
+                try:
+                    permission = Permission(perm.configure, perm.write, perm.read)
+                except PreconditionFailed as exc:  # written by a version that did not check: refuse all
+                    log.warning("permissions of user '%s' in vhost '%s' refused: %s", perm.user, perm.vhost,
+                                exc.text)
+                    permission = Permission("", "", "")
+                broker.users[perm.user].permissions[perm.vhost] = permission
+        for kind, name, limits in defs.limits:
+            owner = broker.users.get(name) if kind == "user" else broker.vhosts.get(name)
+            if owner is not None:
+                owner.limits = dict(limits)
+        for ex in defs.exchanges:
+            vhost = broker.add_vhost(ex.vhost)
+            vhost.exchanges[ex.name] = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
+                                                       internal=ex.internal, arguments=dict(ex.arguments))
+        for qd in defs.queues:
+            vhost = broker.add_vhost(qd.vhost)
+            vhost.queues[qd.name] = Queue(vhost, qd.name, durable=True, auto_delete=qd.auto_delete,
+                                          arguments=dict(qd.arguments))
+        for b in defs.bindings:
+            vhost = broker.add_vhost(b.vhost)
+            source = vhost.exchanges.get(b.source)
+            dest: Exchange | Queue | None = (vhost.queues.get(b.destination) if b.destination_kind == "queue"
+                                             else vhost.exchanges.get(b.destination))
+            if source is not None and dest is not None:
+                source.bind(dest, b.routing_key, dict(b.arguments))
+        _recover_messages(broker)
+    finally:
+        durability.recovering = False
+    for vhost in broker.vhosts.values():
+        if vhost.policies:
+            vhost.apply_policies()
+    broker.delays.recover()
+    return True
+
+
+def _recover_messages(broker: Broker) -> None:
+    """Every stored message of every queue, in seq order, as a record whose body stays in the store."""
+    durability = broker.durability
+    assert durability is not None
+    addresses: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+    headers: dict[bytes, bytes] = {}  # identical content headers share one object
+    for vhost in broker.vhosts.values():
+        for queue in vhost.queues.values():
+            broker.recovered_queues += 1
+            for stored in durability.read_queue(vhost.name, queue.name, with_bodies=False):
+                key = (stored.exchange, stored.routing_key)
+                names = addresses.get(key)
+                if names is None:  # one set of objects per distinct address, not per message
+                    names = addresses[key] = (*key, build_address(*key))
+                header = headers.get(stored.header)
+                if header is None:
+                    header = stored.header
+                    if len(headers) < 65536:
+                        headers[header] = header
+                msg = Message(names[0], names[1], names[2], header, PAGED)
+                msg.seq = stored.seq
+                msg.store_id = stored.id
+                msg.redelivered = stored.redelivered
+                queue.recover(msg)
+                broker.recovered_messages += 1
