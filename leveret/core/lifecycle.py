@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +254,17 @@ class PriorityMessages:
         for level in self.levels:
             level.clear()
         self._count = 0
+
+    def pop_from(self, level: deque[Message]) -> Message:
+        """The head of ``level`` (one of ``levels``), taken out (an expired or dropped head that is not the top)."""
+        self._count -= 1
+        return level.popleft()
+
+    def retain(self, keep: Callable[[Message], bool]) -> None:
+        """Keep only the messages for which ``keep`` is true."""
+        for i, level in enumerate(self.levels):
+            self.levels[i] = deque(m for m in level if keep(m))
+        self._count = sum(len(level) for level in self.levels)
 
     def heads(self) -> Iterator[tuple[deque[Message], Message]]:
         for level in self.levels:

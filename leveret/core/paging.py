@@ -209,9 +209,7 @@ class Paging:
             msg.store_id = -1  # marks an unacked one: see requeue(); a ready one is dropped below
         messages = self.messages
         if isinstance(messages, PriorityMessages):
-            for i, level in enumerate(messages.levels):
-                messages.levels[i] = deque(m for m in level if keep(m))
-            messages._count = sum(len(level) for level in messages.levels)
+            messages.retain(keep)
         else:
             self.messages = deque(m for m in messages if keep(m))
         if self._paging:

@@ -207,8 +207,7 @@ class Queue(Paging):
         else:
             if level[0].body is PAGED:
                 self.page_in()
-            msg = level.popleft()
-            self.messages._count -= 1  # type: ignore[union-attr]
+            msg = self.messages.pop_from(level)  # type: ignore[union-attr]
         self.ready_bytes -= len(msg.body)
         self.drop(msg, reason)
 

@@ -40,7 +40,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("core/lifecycle.py", "copy._props"): "Message's decoded properties (core)",
     ("core/queue.py", "again._props"): "Message's decoded properties (core)",
     ("core/tracing.py", "trace._props"): "Message's decoded properties (core)",
-    ("core/queue.py", "messages._count"): "PriorityMessages' count (core/store: a public property)",
     ("http/server.py", "site._server"): "aiohttp's TCPSite socket, for the bound port (http)",
     ("server/control.py", "self.api._durable"): "the management API's durable check (http)",
     ("server/control.py", "self.api._amqp_address"): "the management API's AMQP address (http)",
