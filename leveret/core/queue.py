@@ -19,17 +19,19 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
-from .lifecycle import PriorityMessages, QueueSettings, parse_settings
-from .message import PAGED, RECORD_COST, Message, build_header
+from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
+from .message import PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
-    from .broker import MemoryMonitor, Session, VHost
     from .durability import Durability
+    from .memory import MemoryMonitor
+    from .session import Session
     from .status import StatusBook
     from .timers import Handle
+    from .vhost import VHost
 
 log = logging.getLogger("leveret.queue")
 
@@ -318,8 +320,6 @@ class Queue(Paging):
             msg = self._pop_head()
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
-            if not consumer.no_ack:
-                self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
                 self.unload(msg)
@@ -355,8 +355,6 @@ class Queue(Paging):
             msg = self._pop_head()
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
-            if not consumer.no_ack:
-                self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
                 self.unload(msg)
@@ -417,6 +415,20 @@ class Queue(Paging):
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
 
+    def hand_out(self, msg: Message, ack: bool) -> None:
+        """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
+        count the delivery (a quorum queue's x-delivery-count), then settle it at once (no ack) or hold it as
+        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`."""
+        msg.delivery_count += 1
+        if self.settings.quorum:
+            count_delivery(msg)
+        if not ack:
+            self.settle(msg)
+            return
+        self.unacked_count += 1
+        if msg.store_id and self.durability is not None:
+            self.durability.delivered(msg)
+
     def settle(self, msg: Message) -> None:
         """A message delivered from this queue is finished (acked, or delivered without ack)."""
         memory = self.memory
@@ -430,6 +442,11 @@ class Queue(Paging):
         self.unacked_count -= 1
         self.stats_acked += 1
         self.settle(msg)
+
+    def drop_unacked(self, msg: Message) -> None:
+        """An unacked message is rejected without requeue: dropped (dead-lettered, retried)."""
+        self.unacked_count -= 1
+        self.drop(msg, "rejected")
 
     def drop(self, msg: Message, reason: str) -> None:
         """A message leaves the queue without being consumed (rejected, expired, maxlen, delivery_limit):
@@ -462,8 +479,7 @@ class Queue(Paging):
         self.reload_body(msg)
         props = dict(msg.properties)
         props["headers"] = {**headers, "x-retry-count": attempt + 1}
-        again = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
-        again._props = props
+        again = new_message(msg.exchange, msg.routing_key, props, msg.body, msg.address)
         self.vhost.broker.delays.schedule_queue(self, again, self.timers.now() + intervals[attempt] / 1000)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
             self.tracker.record(self.vhost.name, msg, "retried", self.name, attempt + 1, intervals[attempt])

@@ -14,12 +14,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from .access import Permission
-from .broker import User
 from .errors import PreconditionFailed
 from .exchanges import Exchange, create_exchange
 from .message import PAGED, Message, build_address
 from .policies import Policy
 from .queue import Queue
+from .users import User
 
 if TYPE_CHECKING:
     from .broker import Broker

@@ -10,8 +10,8 @@ import base64
 from aiohttp import web
 
 from leveret.core import errors
-from leveret.core.lifecycle import count_delivery
 from leveret.core.message import Message, build_address, build_header
+from leveret.core.routing import Peer, validate
 from leveret.core.tracking import MESSAGE_ID
 from leveret.management.context import Management
 from leveret.management.validation import bad_request, exchange_name, not_authorised, parse_dict
@@ -42,26 +42,19 @@ async def publish(api: Management, call: Call) -> web.Response:
             raise bad_request("payload is not valid base64") from None
     else:
         raise bad_request("'payload_encoding' must be string or base64")
-    expiration = properties.get("expiration")
-    if expiration is not None and not (isinstance(expiration, str) and expiration.isdigit()):
-        raise bad_request("'expiration' must be a string of decimal milliseconds")
     try:
         header = build_header(properties, len(raw))
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise bad_request(f"invalid properties: {exc}") from None
     msg = Message(exchange.name, routing_key, build_address(exchange.name, routing_key), header, raw)
-    if exchange.type_name == "x-delayed-message" and api.broker.delays.hold(vhost, exchange, msg):
-        return reply({"routed": True})
-    queues = vhost.route_all(exchange, msg)
-    if msg.flags & MESSAGE_ID and api.broker.tracker is not None:
-        api.broker.tracker.record(vhost.name, msg, "published", exchange.name, routing_key,
-                                   tuple(q.name for q in queues), "routed" if queues else "unroutable")
-    first = True
-    for queue in queues:
-        queue.enqueue(msg if first else msg.copy())
-        first = False
+    try:  # the checks of AMQP's basic.publish (expiration, CC/BCC), answered as a bad request
+        validate(msg)
+    except errors.PreconditionFailed as exc:
+        raise bad_request(f"406 PRECONDITION_FAILED - {exc.text}") from None
+    origin = Peer(f"http {call.user.name}@{call.request.remote}", call.user.name)
+    routed = vhost.publish(exchange, msg, origin) is not None  # the one publish entry (core/routing.py)
     await api.durable()
-    return reply({"routed": bool(queues)})
+    return reply({"routed": routed})
 
 
 async def get_messages(api: Management, call: Call) -> web.Response:
@@ -89,16 +82,17 @@ async def get_messages(api: Management, call: Call) -> web.Response:
     taken: list[Message] = []
     result = []
     tracker, who = api.broker.tracker, f"http {call.user.name}@{call.request.remote}"
+    origin = Peer(who, call.user.name)
     for _ in range(count):
         msg = queue.get()
         if msg is None:
             break
-        msg.delivery_count += 1
-        if queue.settings.quorum:
-            count_delivery(msg)
+        queue.hand_out(msg, ackmode != "ack_requeue_false")  # the one delivery step (core/queue.py)
         taken.append(msg)
         if msg.flags & MESSAGE_ID and tracker is not None:
             tracker.record(vhost.name, msg, "got", queue.name, who, 0, msg.redelivered, True)
+        if vhost.tracer is not None:
+            vhost.tracer.delivered(queue, msg, origin)
         payload = msg.body if truncate is None else msg.body[:truncate]
         if encoding == "auto":
             try:
@@ -121,13 +115,9 @@ async def get_messages(api: Management, call: Call) -> web.Response:
                 else:
                     tracker.record(vhost.name, msg, "rejected", queue.name, False, who, 0)
     if ackmode.endswith("requeue_true"):
-        queue.unacked_count += len(taken)
         queue.requeue(taken)
-    elif ackmode == "ack_requeue_false":
+    elif ackmode == "reject_requeue_false":
         for msg in taken:
-            queue.settle(msg)
-    else:
-        for msg in taken:
-            queue.drop(msg, "rejected")
+            queue.drop_unacked(msg)
     await api.durable()
     return reply(result)
