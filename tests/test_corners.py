@@ -648,7 +648,7 @@ def test_passive_declare_extends_the_lease(broker: Run) -> None:
 
 
 def test_old_style_x_death_entries_are_grouped() -> None:
-    from leveret.core.lifecycle import group_deaths
+    from leveret.core.dead_letter import group_deaths
 
     a1, a2 = {"reason": "rejected", "queue": "a"}, {"reason": "rejected", "queue": "a", "time": 2}
     b = {"reason": "expired", "queue": "b"}

@@ -7,7 +7,6 @@ Errors are raised as :mod:`leveret.core.errors` exceptions.
 from __future__ import annotations
 
 import itertools
-import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from leveret.amqp.codec import field_type
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
-from .lifecycle import count_delivery
 from .message import Message
 from .queue import Consumer, Queue
+from .routing import Client, validate
 from .tracking import MESSAGE_ID, Tracker
 
 if TYPE_CHECKING:
-    from .broker import Session
+    from .session import Session
 
 
 class Sink(Protocol):
@@ -45,44 +44,7 @@ NO_ROUTE = 312
 REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_TO_FLAG = 0x0200
 _USER_ID_FLAG = 0x0010
-_EXPIRATION_FLAG = 0x0100
-_HEADERS_FLAG = 0x2000
-
-
-def _check_cc(msg: Message) -> None:
-    """Sender-selected distribution headers must be arrays (of routing keys), as RabbitMQ requires."""
-    for name in ("CC", "BCC"):
-        value = (msg.headers or {}).get(name)
-        if value is not None and not isinstance(value, list):
-            raise PreconditionFailed(f'invalid message: {{unacceptable_type_in_header,"{name}",{field_type(value)}}}')
-_MAX_EXPIRY = 315360000000  # ten years in milliseconds, as RabbitMQ 3.10
-_ERLANG_INTEGER = re.compile(r"[+-]?[0-9]+")
-
-
-def _check_expiration(expiration: Any) -> None:
-    """RabbitMQ's rabbit_basic:parse_expiration: a decimal number of milliseconds from 0 to ten years; raises
-    PreconditionFailed with RabbitMQ's (Erlang-flavoured) reason otherwise."""
-    text = expiration if isinstance(expiration, str) else ""
-    match = _ERLANG_INTEGER.match(text)
-    if match is None:
-        reason = "no_integer"
-    elif match.end() != len(text):
-        reason = f'{{leftover_string,"{text[match.end():]}"}}'
-    else:
-        value = int(match.group())
-        if 0 <= value <= _MAX_EXPIRY:
-            return
-        reason = _erlang_pair("value_negative" if value < 0 else "value_too_large", value,
-                              column=len(f"invalid expiration '{text}': "))
-    raise PreconditionFailed(f"invalid expiration '{text}': {reason}")
-
-
-def _erlang_pair(atom: str, value: int, column: int) -> str:
-    """``{atom,value}`` as Erlang's ``~p`` prints it from ``column``: broken after the comma past 78 columns."""
-    flat = f"{{{atom},{value}}}"
-    if column + len(flat) <= 78:
-        return flat
-    return f"{{{atom},\n{' ' * (column + 1)}{value}}}"
+_VALIDATED_FLAGS = 0x0100 | 0x2000  # expiration, headers: leveret.core.routing.validate
 
 
 _tag_counter = itertools.count(1)
@@ -115,6 +77,8 @@ class Channel:
         self.closed = False
         self.reply_queue: Queue | None = None
         self.tracker: Tracker | None = session.broker.tracker
+        user = session.user
+        self.origin = Client(session.peer, user.name if user is not None else "", number)
 
     # --- flow --------------------------------------------------------------------------------------
 
@@ -144,27 +108,21 @@ class Channel:
         """Called by a queue: send ``msg`` to ``consumer`` and, unless no-ack, hold it until acked."""
         tag = self.next_tag
         self.next_tag = tag + 1
-        msg.delivery_count += 1
-        if consumer.queue.settings.quorum:
-            count_delivery(msg)
-        if consumer.no_ack:
-            consumer.queue.settle(msg)
-        else:
+        queue = consumer.queue
+        queue.hand_out(msg, not consumer.no_ack)
+        if not consumer.no_ack:
             msg.consumer = consumer
             consumer.unacked += 1
             self.limited += 1
             self.unacked[tag] = msg
-            if msg.store_id:
-                consumer.queue.durability.delivered(msg)  # type: ignore[union-attr]
         self.sink.send_deliver(self.number, consumer.tag_bytes, tag, msg.redelivered, msg.address, msg.header,
                                msg.body)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
-            queue = consumer.queue
             self.tracker.record(queue.vhost.name, msg, "delivered", queue.name, consumer.tag, self.session.peer,
                                 self.number, msg.redelivered, not consumer.no_ack)
-        tracer = consumer.queue.vhost.tracer
+        tracer = queue.vhost.tracer
         if tracer is not None:
-            tracer.delivered(consumer.queue, msg, self.session, self.number)
+            tracer.delivered(queue, msg, self.origin)
 
     def get(self, queue: Queue, no_ack: bool) -> tuple[int, Message] | None:
         """basic.get: the delivery tag and message, or None when the queue is empty."""
@@ -173,21 +131,14 @@ class Channel:
             return None
         tag = self.next_tag
         self.next_tag = tag + 1
-        msg.delivery_count += 1
-        if queue.settings.quorum:
-            count_delivery(msg)
-        if no_ack:
-            queue.settle(msg)
-        else:
-            queue.unacked_count += 1
+        queue.hand_out(msg, not no_ack)
+        if not no_ack:
             self.unacked[tag] = msg
-            if msg.store_id:
-                queue.durability.delivered(msg)  # type: ignore[union-attr]
         if msg.flags & MESSAGE_ID and self.tracker is not None:
             self.tracker.record(queue.vhost.name, msg, "got", queue.name, self.session.peer, self.number,
                                 msg.redelivered, not no_ack)
         if queue.vhost.tracer is not None:
-            queue.vhost.tracer.delivered(queue, msg, self.session, self.number)
+            queue.vhost.tracer.delivered(queue, msg, self.origin)
         return tag, msg
 
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
@@ -331,8 +282,7 @@ class Channel:
             elif requeue is None:
                 queue.settle_unacked(msg)
             else:
-                queue.unacked_count -= 1
-                queue.drop(msg, "rejected")
+                queue.drop_unacked(msg)
         for queue, queued in by_queue.items():
             queue.requeue(queued)
         if self.global_prefetch:
@@ -383,7 +333,9 @@ class Channel:
             self.tx_taken = []
 
     def publish(self, msg: Message, mandatory: bool) -> None:
-        """Route and enqueue ``msg`` (or hold it until commit in a transaction); confirm it in confirm mode."""
+        """basic.publish: check ``msg``, then publish it through the vhost's one publish entry
+        (:meth:`~leveret.core.routing.Routing.publish`), or hold it until commit in a transaction; return it
+        when it is mandatory and routed nowhere; confirm it in confirm mode (nacked when a queue refused it)."""
         vhost = self.session.vhost
         access = self.session.access
         # write on the exchange, before it is looked up (RabbitMQ's order); checked again only when the exchange
@@ -394,22 +346,23 @@ class Channel:
         flags = msg.flags
         if flags & _USER_ID_FLAG:
             self._check_user_id(msg)
-        if flags & _EXPIRATION_FLAG:
-            _check_expiration(msg.properties.get("expiration"))
+        if flags & _VALIDATED_FLAGS:
+            validate(msg)
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
-        if flags & _HEADERS_FLAG and (b"\x02CC" in msg.header or b"\x03BCC" in msg.header):
-            _check_cc(msg)
         if self.tx is not None:
-            def route_at_commit() -> None:
-                self._route(vhost, exchange, msg, mandatory)
+            def publish_at_commit() -> None:
+                if vhost.publish(exchange, msg, self.origin, mandatory=mandatory) is None and mandatory:
+                    self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
 
-            self.tx.append(route_at_commit)
+            self.tx.append(publish_at_commit)
             return
-        accepted = self._route(vhost, exchange, msg, mandatory)
+        accepted = vhost.publish(exchange, msg, self.origin, mandatory=mandatory)
+        if accepted is None and mandatory:
+            self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
         if self.confirm:
             self.publish_seq += 1
-            if not accepted:
+            if accepted is False:
                 self._nacks.append(self.publish_seq)
             self.session.confirm_pending(self)
 
@@ -419,31 +372,6 @@ class Channel:
         name = user.name if user is not None else ""
         if user_id != name and not (user is not None and "impersonator" in user.tags):
             raise PreconditionFailed(f"user_id property set to '{user_id}' but authenticated user was '{name}'")
-
-    def _route(self, vhost: Any, exchange: Any, msg: Message, mandatory: bool) -> bool:
-        """Route and enqueue; False when a queue refused the message (x-overflow reject-publish)."""
-        if exchange.type_name == "x-delayed-message" and vhost.broker.delays.hold(vhost, exchange, msg):
-            if vhost.tracer is not None:
-                vhost.tracer.published(msg, (), self.session, self.number)
-            return True  # held until due: no basic.return and no alternate exchange now (docs/extensions.md)
-        queues = vhost.route_all(exchange, msg)
-        if vhost.tracer is not None:
-            vhost.tracer.published(msg, queues, self.session, self.number)
-        if msg.flags & MESSAGE_ID and self.tracker is not None:
-            self.tracker.record(vhost.name, msg, "published", exchange.name, msg.routing_key,
-                                tuple([q.name for q in queues]),
-                                "routed" if queues else "returned" if mandatory else "unroutable")
-        if not queues:
-            if mandatory:
-                self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
-            return True
-        accepted = True
-        first = True
-        for queue in queues:
-            if not queue.enqueue(msg if first else msg.copy()):
-                accepted = False
-            first = False
-        return accepted
 
     def _set_reply_address(self, msg: Message) -> None:
         if self.reply_queue is None:

@@ -53,18 +53,21 @@ import logging
 import math
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from leveret.store.base import Delete, Purge, Push, StoredMessage, StoreError
 
 from .message import PAGED, Message, build_address, build_header
+from .routing import Origin
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
-    from .broker import Broker, VHost
+    from .broker import Broker
     from .exchanges import Exchange
     from .queue import Queue
     from .timers import Handle
+    from .vhost import VHost
 
 log = logging.getLogger("leveret.delays")
 
@@ -144,6 +147,22 @@ class _Entry:
         self.synced = False
 
 
+class _Released(Origin):
+    """The origin of a delayed message routed when due: records ``delay_ended``."""
+
+    __slots__ = ()
+
+    def routed(self, vhost: VHost, exchange: Exchange, msg: Message, queues: Sequence[Queue],
+               mandatory: bool) -> Sequence[Queue]:
+        tracker = vhost.broker.tracker
+        if msg.flags & MESSAGE_ID and tracker is not None:
+            tracker.record(vhost.name, msg, "delay_ended", exchange.name, tuple([q.name for q in queues]))
+        return queues
+
+
+_RELEASED = _Released()
+
+
 def _key(entry: _Entry) -> tuple[int, int]:
     return (entry.seq, entry.id)
 
@@ -180,7 +199,6 @@ class DelayedMessages:
         self._timer_due = math.inf
         self._sync_batch: list[_Entry] = []
         self._barrier_armed = False
-        self._last_held: tuple[Message, Exchange] | None = None
         self.lateness: deque[float] = deque(maxlen=4096)
         """How late (ms) the last messages were routed after their due time, as the broker saw it."""
 
@@ -205,9 +223,6 @@ class DelayedMessages:
         """A message is routed through an x-delayed-message ``exchange``: True when it was held (its x-delay
         header is an integer from 1 to MAX_DELAY ms; it is then routed when due, with x-delay set to the
         negative of the delay as the plugin does), False when it must be routed now."""
-        last = self._last_held
-        if last is not None and last[0] is msg and last[1] is exchange:
-            return True  # the same routing asked again (dead-lettering tries route, then route_all)
         if not msg.flags & _HEADERS_FLAG or exchange.type_name != DELAYED_TYPE:
             return False
         headers = msg.headers
@@ -224,7 +239,6 @@ class DelayedMessages:
         held._props = props
         held.published_at = msg.published_at
         self.schedule(vhost, exchange.name, held, self.broker.timers.now() + delay / 1000)
-        self._last_held = (msg, exchange)
         if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
             self.broker.tracker.record(vhost.name, msg, "delayed", exchange.name, delay)
         return True
@@ -612,14 +626,7 @@ class DelayedMessages:
         exchange = vhost.exchanges.get(lane.target)
         if exchange is None or exchange.type_name != DELAYED_TYPE:
             return  # the exchange was deleted: the plugin drops the message too
-        queues = vhost.route_all(exchange, msg)
-        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
-            self.broker.tracker.record(vhost.name, msg, "delay_ended", exchange.name,
-                                       tuple([q.name for q in queues]))
-        first = True
-        for queue in queues:
-            queue.enqueue(msg if first else msg.copy())
-            first = False
+        vhost.publish(exchange, msg, _RELEASED)
 
     def _commit(self) -> None:
         durability = self.broker.durability

@@ -6,7 +6,6 @@ priority ordering, and dead-lettering (the ``x-death`` header).
 
 from __future__ import annotations
 
-import datetime
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 from leveret.amqp.codec import LongInt, field_type
 
 from .errors import PreconditionFailed
-from .message import Message, build_address, build_header
+from .message import Message
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -280,101 +279,3 @@ def count_delivery(msg: Message) -> None:
     headers["x-delivery-count"] = LongInt(msg.delivery_count - 1)
     props["headers"] = headers
     msg.set_properties(props)
-
-
-# --- dead-lettering ----------------------------------------------------------------------------------
-
-
-def routing_keys(msg: Message) -> list[str]:
-    """The message's routing key and its CC keys (RabbitMQ's sender-selected distribution)."""
-    keys = [msg.routing_key]
-    headers = msg.headers if msg.flags & 0x2000 else None
-    if headers:
-        for name in ("CC", "BCC"):
-            extra = headers.get(name)
-            if isinstance(extra, list):
-                keys.extend(k for k in extra if isinstance(k, str))
-    return keys
-
-
-def _sorted(table: dict[str, Any]) -> dict[str, Any]:
-    """A table with its keys in RabbitMQ's (Erlang's byte-wise) order."""
-    return dict(sorted(table.items(), key=lambda item: item[0].encode()))
-
-
-def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, routing_key: str | None,
-                     now: float) -> tuple[Message, list[str]]:
-    """The message as it is dead-lettered from ``queue_name`` for ``reason``, with the ``x-death`` header
-    exactly as RabbitMQ 3.10 builds it, published to ``exchange``; and the routing keys to route it with
-    (``routing_key`` if given, else the original key, CC and BCC keys)."""
-    props = dict(msg.properties)
-    headers = dict(props.get("headers") or {})
-    keys = [msg.routing_key]
-    cc = headers.get("CC")
-    if isinstance(cc, list):
-        keys.extend(k for k in cc if isinstance(k, str))
-    entry: dict[str, Any] = {
-        "count": LongInt(1),
-        "reason": reason,
-        "queue": queue_name,
-        "time": datetime.datetime.fromtimestamp(int(now), datetime.UTC),
-        "exchange": msg.exchange,
-        "routing-keys": list(keys),
-    }
-    expiration = props.pop("expiration", None)
-    if expiration is not None:
-        entry["original-expiration"] = expiration
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths:
-        deaths = group_deaths(deaths)
-        for index, old in enumerate(deaths):
-            if isinstance(old, dict) and old.get("queue") == queue_name and old.get("reason") == reason:
-                updated = dict(old)
-                count = updated.get("count")
-                updated["count"] = LongInt((count if isinstance(count, int) else 0) + 1)
-                deaths = [_sorted(updated), *deaths[:index], *deaths[index + 1 :]]
-                break
-        else:
-            deaths = [_sorted(entry), *deaths]
-    else:
-        deaths = [entry]
-        headers["x-first-death-reason"] = reason
-        headers["x-first-death-queue"] = queue_name
-        headers["x-first-death-exchange"] = msg.exchange
-    headers["x-death"] = deaths
-    if routing_key is not None:
-        headers.pop("CC", None)
-    props["headers"] = _sorted(headers)
-    body = msg.body
-    new_key = routing_key if routing_key is not None else msg.routing_key
-    copy = Message(exchange, new_key, build_address(exchange, new_key), build_header(props, len(body)), body)
-    copy._props = props
-    return copy, ([routing_key] if routing_key is not None else keys + (msg.bcc or []))
-
-
-def group_deaths(deaths: list[Any]) -> list[Any]:
-    """Merge ``x-death`` entries written by RabbitMQ before 3.5 (one per event) into one per (queue, reason), as
-    RabbitMQ 3.10 does before it adds a death: the first entry of each pair stands for the group (groups in
-    the reverse order of their first appearance), and one without a ``count`` gets the number
-    of entries of its pair as its first field (one that has a ``count`` keeps it)."""
-    if len(deaths) < 2 or not all(isinstance(death, dict) for death in deaths):
-        return deaths
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for death in deaths:
-        groups.setdefault((death.get("queue"), death.get("reason")), []).append(death)
-    grouped: list[Any] = []
-    for members in groups.values():
-        first = members[0]
-        if "count" not in first:
-            first = {"count": LongInt(len(members)), **first}
-        grouped.insert(0, first)
-    return grouped
-
-
-def is_cycle(queue_name: str, deaths: list[Any]) -> bool:
-    """RabbitMQ's rabbit_dead_letter:is_cycle: dead-lettering into ``queue_name`` again would close a loop
-    with no rejection in it (so the message would circulate for ever)."""
-    for index, death in enumerate(deaths):
-        if isinstance(death, dict) and death.get("queue") == queue_name:
-            return all(isinstance(d, dict) and d.get("reason") != "rejected" for d in deaths[: index + 1])
-    return False

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .lifecycle import PriorityMessages, QueueSettings, parse_settings
+from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
 from .message import PAGED, RECORD_COST, Message, build_address, build_header
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
@@ -26,11 +26,13 @@ from .tracking import MESSAGE_ID
 if TYPE_CHECKING:
     from leveret.store.base import StoredMessage
 
-    from .broker import MemoryMonitor, Session, VHost
     from .channel import Channel
     from .durability import Durability
+    from .memory import MemoryMonitor
+    from .session import Session
     from .status import StatusBook
     from .timers import Handle
+    from .vhost import VHost
 
 log = logging.getLogger("leveret.queue")
 
@@ -381,8 +383,6 @@ class Queue:
                 messages = self.messages
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
-            if not consumer.no_ack:
-                self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
                 self._unload(msg)
@@ -423,8 +423,6 @@ class Queue:
                 messages = self.messages
             self.ready_bytes -= len(msg.body)
             self.stats_delivered += 1
-            if not consumer.no_ack:
-                self.unacked_count += 1
             consumer.channel.deliver(consumer, msg)
             if msg.store_id > 0:
                 self._unload(msg)
@@ -489,6 +487,20 @@ class Queue:
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
 
+    def hand_out(self, msg: Message, ack: bool) -> None:
+        """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
+        count the delivery (a quorum queue's x-delivery-count), then settle it at once (no ack) or hold it as
+        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`."""
+        msg.delivery_count += 1
+        if self.settings.quorum:
+            count_delivery(msg)
+        if not ack:
+            self.settle(msg)
+            return
+        self.unacked_count += 1
+        if msg.store_id and self.durability is not None:
+            self.durability.delivered(msg)
+
     def settle(self, msg: Message) -> None:
         """A message delivered from this queue is finished (acked, or delivered without ack)."""
         memory = self.memory
@@ -502,6 +514,11 @@ class Queue:
         self.unacked_count -= 1
         self.stats_acked += 1
         self.settle(msg)
+
+    def drop_unacked(self, msg: Message) -> None:
+        """An unacked message is rejected without requeue: dropped (dead-lettered, retried)."""
+        self.unacked_count -= 1
+        self.drop(msg, "rejected")
 
     def drop(self, msg: Message, reason: str) -> None:
         """A message leaves the queue without being consumed (rejected, expired, maxlen, delivery_limit):

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .lifecycle import routing_keys
 from .message import Message, build_address, build_header
+from .routing import routing_keys
 
 if TYPE_CHECKING:
-    from .broker import Session, VHost
     from .queue import Queue
+    from .routing import Client
+    from .vhost import VHost
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
 
@@ -34,18 +35,17 @@ class Tracer:
         self.vhost = vhost
         self.node = vhost.broker.node_name
 
-    def published(self, msg: Message, queues: Sequence[Queue], session: Session, channel: int) -> None:
+    def published(self, msg: Message, queues: Sequence[Queue], origin: Client) -> None:
         if msg.exchange == TRACE_EXCHANGE:
             return
-        self._trace(msg, "publish." + msg.exchange, session, channel,
-                    {"routed_queues": [q.name for q in queues]})
+        self._trace(msg, "publish." + msg.exchange, origin, {"routed_queues": [q.name for q in queues]})
 
-    def delivered(self, queue: Queue, msg: Message, session: Session, channel: int) -> None:
+    def delivered(self, queue: Queue, msg: Message, origin: Client) -> None:
         if msg.exchange == TRACE_EXCHANGE:
             return
-        self._trace(msg, "deliver." + queue.name, session, channel, {"redelivered": 1 if msg.redelivered else 0})
+        self._trace(msg, "deliver." + queue.name, origin, {"redelivered": 1 if msg.redelivered else 0})
 
-    def _trace(self, msg: Message, key: str, session: Session, channel: int, extra: dict[str, Any]) -> None:
+    def _trace(self, msg: Message, key: str, origin: Client, extra: dict[str, Any]) -> None:
         vhost = self.vhost
         if len(key.encode()) > 255:  # a routing key is a short string
             key = key.encode()[:255].decode(errors="ignore")
@@ -56,17 +56,14 @@ class Tracer:
         if msg.bcc:
             keys.extend(msg.bcc)
         headers = {"exchange_name": msg.exchange, "routing_keys": keys, "properties": dict(msg.properties),
-                   "node": self.node, "vhost": vhost.name, "connection": session.peer, "channel": channel,
-                   "user": session.user.name if session.user is not None else "", **extra}
+                   "node": self.node, "vhost": vhost.name, "connection": origin.peer, "channel": origin.channel,
+                   "user": origin.user, **extra}
         props = {"headers": headers}
         body = msg.body
         trace = Message(TRACE_EXCHANGE, key, build_address(TRACE_EXCHANGE, key), build_header(props, len(body)),
                         body)
         trace._props = props
-        first = True
-        for queue in vhost.route(exchange, trace):
-            queue.enqueue(trace if first else trace.copy())
-            first = False
+        vhost.publish(exchange, trace)
 
 
 def set_tracing(vhost: VHost, on: bool) -> bool:

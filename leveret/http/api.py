@@ -30,11 +30,12 @@ from leveret.core import audit, errors
 from leveret.core.access import Access
 from leveret.core.broker import Broker, Session, User, VHost, process_rss, strip_crlf
 from leveret.core.exchanges import Exchange
-from leveret.core.lifecycle import count_delivery, queue_type
+from leveret.core.lifecycle import queue_type
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
+from leveret.core.routing import Client, validate
 from leveret.core.tracing import set_tracing
 from leveret.core.tracking import MESSAGE_ID
 
@@ -590,16 +591,17 @@ class ManagementAPI:
         taken: list[Message] = []
         result = []
         tracker, who = self.broker.tracker, f"http {call.user.name}@{call.request.remote}"
+        origin = Client(who, call.user.name)
         for _ in range(count):
             msg = queue.get()
             if msg is None:
                 break
-            msg.delivery_count += 1
-            if queue.settings.quorum:
-                count_delivery(msg)
+            queue.hand_out(msg, ackmode != "ack_requeue_false")  # the one delivery step (core/queue.py)
             taken.append(msg)
             if msg.flags & MESSAGE_ID and tracker is not None:
                 tracker.record(vhost.name, msg, "got", queue.name, who, 0, msg.redelivered, True)
+            if vhost.tracer is not None:
+                vhost.tracer.delivered(queue, msg, origin)
             payload = msg.body if truncate is None else msg.body[:truncate]
             if encoding == "auto":
                 try:
@@ -622,14 +624,10 @@ class ManagementAPI:
                     else:
                         tracker.record(vhost.name, msg, "rejected", queue.name, False, who, 0)
         if ackmode.endswith("requeue_true"):
-            queue.unacked_count += len(taken)
             queue.requeue(taken)
-        elif ackmode == "ack_requeue_false":
+        elif ackmode == "reject_requeue_false":
             for msg in taken:
-                queue.settle(msg)
-        else:
-            for msg in taken:
-                queue.drop(msg, "rejected")
+                queue.drop_unacked(msg)
         await self._durable()
         return reply(result)
 
@@ -686,26 +684,19 @@ class ManagementAPI:
                 raise bad_request("payload is not valid base64") from None
         else:
             raise bad_request("'payload_encoding' must be string or base64")
-        expiration = properties.get("expiration")
-        if expiration is not None and not (isinstance(expiration, str) and expiration.isdigit()):
-            raise bad_request("'expiration' must be a string of decimal milliseconds")
         try:
             header = build_header(properties, len(raw))
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise bad_request(f"invalid properties: {exc}") from None
         msg = Message(exchange.name, routing_key, build_address(exchange.name, routing_key), header, raw)
-        if exchange.type_name == "x-delayed-message" and self.broker.delays.hold(vhost, exchange, msg):
-            return reply({"routed": True})
-        queues = vhost.route_all(exchange, msg)
-        if msg.flags & MESSAGE_ID and self.broker.tracker is not None:
-            self.broker.tracker.record(vhost.name, msg, "published", exchange.name, routing_key,
-                                       tuple(q.name for q in queues), "routed" if queues else "unroutable")
-        first = True
-        for queue in queues:
-            queue.enqueue(msg if first else msg.copy())
-            first = False
+        try:  # the checks of AMQP's basic.publish (expiration, CC/BCC), answered as a bad request
+            validate(msg)
+        except errors.PreconditionFailed as exc:
+            raise bad_request(f"406 PRECONDITION_FAILED - {exc.text}") from None
+        origin = Client(f"http {call.user.name}@{call.request.remote}", call.user.name)
+        routed = vhost.publish(exchange, msg, origin) is not None  # the one publish entry (core/routing.py)
         await self._durable()
-        return reply({"routed": bool(queues)})
+        return reply({"routed": routed})
 
     # --- bindings ----------------------------------------------------------------------------------
 
