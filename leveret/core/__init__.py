@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .broker import Broker, Session, VHost
+    from .broker import Broker
     from .channel import Channel, Sink
     from .errors import (
         AccessRefused,
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     )
     from .message import Message
     from .queue import Consumer, Queue
+    from .session import Session
     from .timers import ManualTimers, SystemTimers, Timers
+    from .vhost import VHost
 
 _WHERE = {
     "Broker": "broker",
@@ -37,11 +39,11 @@ _WHERE = {
     "Message": "message",
     "Consumer": "queue",
     "Queue": "queue",
-    "Session": "broker",
+    "Session": "session",
     "ManualTimers": "timers",
     "SystemTimers": "timers",
     "Timers": "timers",
-    "VHost": "broker",
+    "VHost": "vhost",
     **dict.fromkeys(("AccessRefused", "BrokerError", "CommandInvalid", "InternalError", "NotAllowed", "NotFound",
                      "NotImplementedFeature", "PermissionRefused", "PreconditionFailed", "ResourceError",
                      "ResourceLocked"), "errors"),

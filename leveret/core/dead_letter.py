@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.amqp.codec import LongInt
 
-from .message import Message, build_address, build_header
+from .message import Message, new_message
 from .routing import Origin
 from .tracking import MESSAGE_ID
 
@@ -119,8 +119,7 @@ def dead_letter_copy(msg: Message, queue_name: str, reason: str, exchange: str, 
     props["headers"] = _sorted(headers)
     body = msg.body
     new_key = routing_key if routing_key is not None else msg.routing_key
-    copy = Message(exchange, new_key, build_address(exchange, new_key), build_header(props, len(body)), body)
-    copy._props = props
+    copy = new_message(exchange, new_key, props, body)
     return copy, ([routing_key] if routing_key is not None else keys + (msg.bcc or []))
 
 

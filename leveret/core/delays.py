@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from leveret.store.base import Delete, Purge, Push, StoredMessage, StoreError
 
-from .message import PAGED, Message, build_address, build_header
+from .message import PAGED, Message, build_address, new_message
 from .routing import Origin
 from .tracking import MESSAGE_ID
 
@@ -235,8 +235,7 @@ class DelayedMessages:
         new_headers = dict(headers)
         new_headers["x-delay"] = -delay
         props["headers"] = new_headers
-        held = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
-        held._props = props
+        held = new_message(msg.exchange, msg.routing_key, props, msg.body, msg.address)
         held.published_at = msg.published_at
         self.schedule(vhost, exchange.name, held, self.broker.timers.now() + delay / 1000)
         if msg.flags & MESSAGE_ID and self.broker.tracker is not None:

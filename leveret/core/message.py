@@ -113,6 +113,17 @@ class Message:
         return self.flags & 0x1000 != 0 and self.properties.get("delivery_mode") == 2
 
 
+def new_message(exchange: str, routing_key: str, properties: dict[str, Any], body: bytes,
+                address: bytes | None = None) -> Message:
+    """A message the broker makes itself (dead letters, delayed and retried copies, the firehose's) from decoded
+    ``properties``, which it keeps (they are not decoded again). ``address``: the exchange and routing key
+    encoded, when the caller has them already."""
+    msg = Message(exchange, routing_key, address or build_address(exchange, routing_key),
+                  build_header(properties, len(body)), body)
+    msg._props = properties
+    return msg
+
+
 def build_header(properties: dict[str, Any], body_size: int) -> bytes:
     """A content header payload for a message the broker makes itself (management publish, dead letters)."""
     return b"\x00\x3c\x00\x00" + body_size.to_bytes(8, "big") + codec.encode_properties(properties)

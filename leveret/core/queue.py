@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
-from .message import PAGED, RECORD_COST, Message, build_address, build_header
+from .message import PAGED, RECORD_COST, Message, build_address, new_message
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
@@ -555,8 +555,7 @@ class Queue:
             self.memory.used += len(msg.body)
         props = dict(msg.properties)
         props["headers"] = {**headers, "x-retry-count": attempt + 1}
-        again = Message(msg.exchange, msg.routing_key, msg.address, build_header(props, len(msg.body)), msg.body)
-        again._props = props
+        again = new_message(msg.exchange, msg.routing_key, props, msg.body, msg.address)
         self.vhost.broker.delays.schedule_queue(self, again, self.timers.now() + intervals[attempt] / 1000)
         if msg.flags & MESSAGE_ID and self.tracker is not None:
             self.tracker.record(self.vhost.name, msg, "retried", self.name, attempt + 1, intervals[attempt])

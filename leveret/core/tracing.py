@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .message import Message, build_address, build_header
+from .message import Message, new_message
 from .routing import routing_keys
 
 if TYPE_CHECKING:
@@ -60,9 +60,7 @@ class Tracer:
                    "user": origin.user, **extra}
         props = {"headers": headers}
         body = msg.body
-        trace = Message(TRACE_EXCHANGE, key, build_address(TRACE_EXCHANGE, key), build_header(props, len(body)),
-                        body)
-        trace._props = props
+        trace = new_message(TRACE_EXCHANGE, key, props, body)
         vhost.publish(exchange, trace)
 
 
