@@ -2,10 +2,10 @@
 
 Fed by two hooks, each one test on a path every message takes:
 
-- ``VHost.route_all`` (every publish: AMQP, HTTP, delayed release, dead-lettering) calls :meth:`StatusBook.observe`
-  when the exchange is ``leveret.events`` (a JSON status event per message; a malformed one is counted and
-  ignored, the message is routed as any other) or ``amq.leveret.status`` (a query, answered on the default
-  exchange to its ``reply_to``);
+- ``VHost.publish`` (core/routing.py; every publish: AMQP, HTTP, delayed release, dead-lettering) calls
+  :meth:`StatusBook.observe` when the exchange is ``leveret.events`` (a JSON status event per message; a
+  malformed one is counted and ignored, the message is routed as any other) or ``amq.leveret.status`` (a
+  query, answered on the default exchange to its ``reply_to``);
 - ``Queue._append`` (a message taking its place in a queue) calls :meth:`StatusBook.queued` for a message with a
   ``message_id`` entering a queue declared with ``x-leveret-status: true``.
 
@@ -43,7 +43,7 @@ log = logging.getLogger("leveret.status")
 EVENTS_EXCHANGE = "leveret.events"
 QUERY_EXCHANGE = "amq.leveret.status"
 STATUS_ARGUMENT = "x-leveret-status"
-OBSERVED = frozenset((EVENTS_EXCHANGE, QUERY_EXCHANGE))  # route_all's one test
+OBSERVED = frozenset((EVENTS_EXCHANGE, QUERY_EXCHANGE))  # VHost.publish's one test
 MAX_EVENT_BYTES = 1 << 20  # a larger event body is ignored (a result is at most 64 KB by the contract)
 MAX_QUERY_IDS = 1000
 
@@ -169,7 +169,7 @@ class StatusBook:
     # --- feeding -------------------------------------------------------------------------------------
 
     def observe(self, vhost: VHost, exchange: Exchange, msg: Message) -> None:
-        """A message published to ``leveret.events`` or ``amq.leveret.status`` (called by VHost.route_all)."""
+        """A message published to ``leveret.events`` or ``amq.leveret.status`` (called by VHost.publish)."""
         if exchange.name == EVENTS_EXCHANGE:
             self.event(vhost.name, msg)
         else:
