@@ -1,6 +1,7 @@
 """The firehose tracer, as RabbitMQ's (``rabbitmqctl trace_on``): while tracing is on in a vhost, every
-message published in it is copied to the topic exchange ``amq.rabbitmq.trace`` with routing key
-``publish.<exchange>``, and every delivery (basic.deliver and basic.get-ok) with ``deliver.<queue>``.
+message a client publishes in it (AMQP or the management API: :class:`~leveret.core.routing.Client`) is copied
+to the topic exchange ``amq.rabbitmq.trace`` with routing key ``publish.<exchange>``, and every delivery
+(basic.deliver, basic.get-ok, the management API's get) with ``deliver.<queue>``.
 
 The copy has the original body and RabbitMQ's headers: ``exchange_name``, ``routing_keys``, ``properties`` (the
 original basic properties as a table), ``node``, ``vhost``, ``connection``, ``channel``, ``user``, and
