@@ -1,0 +1,57 @@
+"""The management API's publish and get go through the core's one publish entry and one delivery step: they are
+traced by the firehose, check ``expiration`` and CC as AMQP's basic.publish does, and keep the queue's unacked
+count (checked against a real Leveret over HTTP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leveret.core.tracing import set_tracing
+from leveret.server.app import ThreadedServer
+
+from httphelp import Client
+
+
+def publish(api: Client, key: str, **properties: Any) -> tuple[int, Any, dict[str, str]]:
+    return api.request("POST", "/api/exchanges/%2F/amq.default/publish",
+                       {"properties": properties, "routing_key": key, "payload": "p", "payload_encoding": "string"})
+
+
+def test_management_publish_and_get_are_traced(http_server: ThreadedServer) -> None:
+    api = Client(http_server.http_port)
+    http_server.call(lambda: set_tracing(http_server.broker.vhosts["/"], True))
+    api.ok("PUT", "/api/queues/%2F/work", {})
+    api.ok("PUT", "/api/queues/%2F/firehose", {})
+    api.ok("POST", "/api/bindings/%2F/e/amq.rabbitmq.trace/q/firehose", {"routing_key": "#"})
+    assert publish(api, "work")[1] == {"routed": True}
+    got = api.ok("POST", "/api/queues/%2F/work/get", {"count": 1, "ackmode": "ack_requeue_false",
+                                                      "encoding": "auto"})
+    assert [m["payload"] for m in got] == ["p"]
+    traced = api.ok("POST", "/api/queues/%2F/firehose/get", {"count": 10, "ackmode": "ack_requeue_false",
+                                                             "encoding": "auto"})
+    assert [m["routing_key"] for m in traced] == ["publish.", "deliver.work"]
+    headers = traced[0]["properties"]["headers"]
+    assert headers["routed_queues"] == ["work"] and headers["channel"] == 0 and headers["user"] == "guest"
+    assert headers["connection"].startswith("http guest@")
+
+
+def test_management_publish_checks_expiration_and_cc_as_amqp(http_server: ThreadedServer) -> None:
+    api = Client(http_server.http_port)
+    api.ok("PUT", "/api/queues/%2F/checked", {})
+    status, body, _ = publish(api, "checked", expiration="-5")
+    assert status == 400 and body["reason"] == "406 PRECONDITION_FAILED - invalid expiration '-5': {value_negative,-5}"
+    status, body, _ = publish(api, "checked", headers={"CC": "other"})
+    assert status == 400 and "unacceptable_type_in_header" in body["reason"]
+    assert publish(api, "checked", expiration="60000")[0] == 200
+    assert api.get("/api/queues/%2F/checked")["messages"] == 1
+
+
+def test_management_get_keeps_unacked_count(http_server: ThreadedServer) -> None:
+    api = Client(http_server.http_port)
+    api.ok("PUT", "/api/queues/%2F/counted", {})
+    for _ in range(3):
+        publish(api, "counted")
+    for ackmode in ("reject_requeue_true", "ack_requeue_true", "reject_requeue_false"):
+        api.ok("POST", "/api/queues/%2F/counted/get", {"count": 1, "ackmode": ackmode, "encoding": "auto"})
+    queue = http_server.broker.vhosts["/"].queues["counted"]
+    assert http_server.call(lambda: (queue.message_count, queue.unacked_count)) == (2, 0)
