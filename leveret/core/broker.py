@@ -110,7 +110,7 @@ class Broker(Users):
         else:
             counts.pop(key, None)
 
-    # --- vhosts, users, permissions, limits --------------------------------------------------------
+    # --- vhosts, their limits and policies (users: core/users.py) ------------------------------------
 
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
