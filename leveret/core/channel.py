@@ -17,7 +17,7 @@ from leveret.amqp.codec import field_type
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
 from .message import Message
 from .queue import Consumer, Queue
-from .routing import Client, validate
+from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Channel:
         self.reply_queue: Queue | None = None
         self.tracker: Tracker | None = session.broker.tracker
         user = session.user
-        self.origin = Client(session.peer, user.name if user is not None else "", number)
+        self.origin = Peer(session.peer, user.name if user is not None else "", number)
 
     # --- flow --------------------------------------------------------------------------------------
 

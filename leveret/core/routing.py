@@ -63,7 +63,7 @@ and no basic.return nor alternate exchange either (an empty sequence, told apart
 class Origin:
     """Who publishes, as the one publish entry sees it: what it records of the message once it is routed.
 
-    This base records nothing (the broker's own messages). :class:`Client` is a client connection's channel
+    This base records nothing (the broker's own messages). :class:`Peer` is a client connection's channel
     or the management API; :mod:`leveret.core.dead_letter` and :mod:`leveret.core.delays` have their own.
     ``always``: :meth:`routed` is called for every message (else only when tracing is on or the message has a
     message_id)."""
@@ -80,7 +80,7 @@ class Origin:
         return queues
 
 
-class Client(Origin):
+class Peer(Origin):
     """A client publishing or consuming: its connection (``peer``), user and channel number (0 for the
     management API). The firehose and the tracker record these. One per channel, made when it opens."""
 

@@ -1,5 +1,5 @@
 """The firehose tracer, as RabbitMQ's (``rabbitmqctl trace_on``): while tracing is on in a vhost, every
-message a client publishes in it (AMQP or the management API: :class:`~leveret.core.routing.Client`) is copied
+message a client publishes in it (AMQP or the management API: :class:`~leveret.core.routing.Peer`) is copied
 to the topic exchange ``amq.rabbitmq.trace`` with routing key ``publish.<exchange>``, and every delivery
 (basic.deliver, basic.get-ok, the management API's get) with ``deliver.<queue>``.
 
@@ -23,7 +23,7 @@ from .routing import routing_keys
 
 if TYPE_CHECKING:
     from .queue import Queue
-    from .routing import Client
+    from .routing import Peer
     from .vhost import VHost
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
@@ -36,17 +36,17 @@ class Tracer:
         self.vhost = vhost
         self.node = vhost.broker.node_name
 
-    def published(self, msg: Message, queues: Sequence[Queue], origin: Client) -> None:
+    def published(self, msg: Message, queues: Sequence[Queue], origin: Peer) -> None:
         if msg.exchange == TRACE_EXCHANGE:
             return
         self._trace(msg, "publish." + msg.exchange, origin, {"routed_queues": [q.name for q in queues]})
 
-    def delivered(self, queue: Queue, msg: Message, origin: Client) -> None:
+    def delivered(self, queue: Queue, msg: Message, origin: Peer) -> None:
         if msg.exchange == TRACE_EXCHANGE:
             return
         self._trace(msg, "deliver." + queue.name, origin, {"redelivered": 1 if msg.redelivered else 0})
 
-    def _trace(self, msg: Message, key: str, origin: Client, extra: dict[str, Any]) -> None:
+    def _trace(self, msg: Message, key: str, origin: Peer, extra: dict[str, Any]) -> None:
         vhost = self.vhost
         if len(key.encode()) > 255:  # a routing key is a short string
             key = key.encode()[:255].decode(errors="ignore")

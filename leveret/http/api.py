@@ -35,7 +35,7 @@ from leveret.core.message import Message, build_address, build_header
 from leveret.core.passwords import hash_password
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
-from leveret.core.routing import Client, validate
+from leveret.core.routing import Peer, validate
 from leveret.core.tracing import set_tracing
 from leveret.core.tracking import MESSAGE_ID
 
@@ -591,7 +591,7 @@ class ManagementAPI:
         taken: list[Message] = []
         result = []
         tracker, who = self.broker.tracker, f"http {call.user.name}@{call.request.remote}"
-        origin = Client(who, call.user.name)
+        origin = Peer(who, call.user.name)
         for _ in range(count):
             msg = queue.get()
             if msg is None:
@@ -693,7 +693,7 @@ class ManagementAPI:
             validate(msg)
         except errors.PreconditionFailed as exc:
             raise bad_request(f"406 PRECONDITION_FAILED - {exc.text}") from None
-        origin = Client(f"http {call.user.name}@{call.request.remote}", call.user.name)
+        origin = Peer(f"http {call.user.name}@{call.request.remote}", call.user.name)
         routed = vhost.publish(exchange, msg, origin) is not None  # the one publish entry (core/routing.py)
         await self._durable()
         return reply({"routed": routed})

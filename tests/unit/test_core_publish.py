@@ -9,7 +9,7 @@ import pytest
 
 from leveret.core import Broker, ManualTimers, Message, PreconditionFailed, Session, VHost
 from leveret.core.message import build_address, build_header
-from leveret.core.routing import HELD, Client
+from leveret.core.routing import HELD, Peer
 from leveret.core.tracing import set_tracing
 
 
@@ -252,7 +252,7 @@ def test_management_publish_origin_is_traced(core: Core) -> None:
     trace = core.queue("trace")
     core.vhost.bind_queue("trace", "amq.rabbitmq.trace", "publish.#", {}, None)
     core.queue("q")
-    routed = core.vhost.publish(core.vhost.exchanges[""], message("", "q"), Client("http guest@local", "guest"))
+    routed = core.vhost.publish(core.vhost.exchanges[""], message("", "q"), Peer("http guest@local", "guest"))
     assert routed is True
     (copy,) = drain(trace)
     assert (copy.headers or {})["channel"] == 0 and (copy.headers or {})["connection"] == "http guest@local"
