@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from leveret.amqp.codec import field_type
 from leveret.store.base import PolicyDef, Store
 
 from . import audit as _audit
@@ -33,9 +32,7 @@ from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
 from .users import User, Users
-from .vhost import ABSENT as _ABSENT
 from .vhost import VHost, strip_crlf
-from .vhost import describe as _describe
 
 __all__ = ["Broker", "MemoryMonitor", "Session", "User", "VHost", "process_rss", "strip_crlf"]
 
@@ -260,20 +257,3 @@ class Broker(Users):
                 vhost.apply_policies()
         self.delays.recover()
         return True
-
-
-def _type_class(value: Any) -> str:
-    """RabbitMQ's type_class: integers of every width are one class, floats another."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return field_type(value)
-
-
-def _typed_value(value: Any) -> str:
-    if value is _ABSENT:
-        return "none"
-    return f"the value '{_describe(value)}' of type '{field_type(value)}'"

@@ -74,8 +74,7 @@ def strip_crlf(name: str) -> str:
     return name
 
 
-def describe(value: Any) -> str:
-    """A value as RabbitMQ's error texts print it."""
+def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -154,8 +153,8 @@ class VHost(Routing):
             for arg, received, current in checks:
                 if received != current:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for exchange '{name}' in vhost "
-                                             f"'{self.name}': received '{describe(received)}' but current is "
-                                             f"'{describe(current)}'")
+                                             f"'{self.name}': received '{_describe(received)}' but current is "
+                                             f"'{_describe(current)}'")
             self._check_arguments("exchange", name, arguments, existing.arguments, EXCHANGE_EQUIVALENCE_ARGS)
             return existing
         if name.startswith("amq."):
@@ -180,17 +179,15 @@ class VHost(Routing):
                          keys: tuple[str, ...]) -> None:
         """RabbitMQ's rabbit_misc:assert_args_equivalence: only ``keys`` are compared (other arguments may
         differ), integers of any width compare equal, and the texts are RabbitMQ's."""
-        from .broker import _type_class, _typed_value
-
         for key in keys:
-            new, old = received.get(key, ABSENT), current.get(key, ABSENT)
-            if new is ABSENT and old is ABSENT:
+            new, old = received.get(key, _ABSENT), current.get(key, _ABSENT)
+            if new is _ABSENT and old is _ABSENT:
                 continue
-            if new is not ABSENT and old is not ABSENT:
+            if new is not _ABSENT and old is not _ABSENT:
                 if _type_class(new) == _type_class(old) and new == old:
                     continue
                 raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}': "
-                                         f"received '{describe(new)}' but current is '{describe(old)}'")
+                                         f"received '{_describe(new)}' but current is '{_describe(old)}'")
             raise PreconditionFailed(f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{self.name}': "
                                      f"received {_typed_value(new)} but current is {_typed_value(old)}")
 
@@ -312,8 +309,8 @@ class VHost(Routing):
             for arg, received, current in checks:
                 if received != current:
                     raise PreconditionFailed(f"inequivalent arg '{arg}' for queue '{name}' in vhost '{self.name}': "
-                                             f"received '{describe(received)}' but current is "
-                                             f"'{describe(current)}'")
+                                             f"received '{_describe(received)}' but current is "
+                                             f"'{_describe(current)}'")
             if queue_type(arguments) != queue_type(existing.arguments):  # x-queue-type classic is the default
                 self._check_arguments("queue", name, arguments, existing.arguments, ("x-queue-type",))
             self._check_arguments("queue", name, arguments, existing.arguments, QUEUE_EQUIVALENCE_ARGS)
@@ -459,8 +456,7 @@ class VHost(Routing):
 
 
 
-ABSENT: Any = object()
-"""An argument not given (:meth:`VHost._check_arguments`)."""
+_ABSENT: Any = object()
 
 # The arguments RabbitMQ 3.10 compares when a classic queue or an exchange is declared again; others may differ.
 QUEUE_EQUIVALENCE_ARGS = (
@@ -469,3 +465,20 @@ QUEUE_EQUIVALENCE_ARGS = (
     "x-single-active-consumer", "x-queue-master-locator",
 )
 EXCHANGE_EQUIVALENCE_ARGS = ("alternate-exchange",)
+
+
+def _type_class(value: Any) -> str:
+    """RabbitMQ's type_class: integers of every width are one class, floats another."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return field_type(value)
+
+
+def _typed_value(value: Any) -> str:
+    if value is _ABSENT:
+        return "none"
+    return f"the value '{_describe(value)}' of type '{field_type(value)}'"
