@@ -84,4 +84,3 @@ class MemoryMonitor:
             self.alarm = alarm
             for listener in list(self.listeners):
                 listener(alarm)
-

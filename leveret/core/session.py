@@ -137,4 +137,3 @@ class Session:
         for queue in list(self.exclusive_queues):
             queue.vhost.remove_queue(queue)
         self.broker.session_closed(self)
-
