@@ -74,8 +74,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from leveret.core.storage import Delete, MessageOp, Push
 from leveret.store import sqlite_batch
-from leveret.store.base import Delete, MessageOp, Push
 from leveret.store.sqlite import SqliteStore
 
 HEADER = bytes(range(40))  # a typical content header: class, weight, size, a few properties

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from leveret.store.base import PolicyDef, Store
+from leveret.core.storage import PolicyDef, Store
 
 from . import audit as _audit
 from .access import VHOST_LIMITS, validate_limits

@@ -18,7 +18,7 @@ Contract
 - Durability: the message is stored when it is persistent (delivery mode 2), the broker has a store, and its
   target (the exchange, or the queue) is durable. It is written as a message of the pseudo-queue
   ``amq.leveret.delayed.<exchange>`` / ``amq.leveret.retry.<queue>`` of the vhost (clients cannot declare
-  ``amq.`` names), as a :class:`~leveret.store.base.Push` op of the current batch: the group commit that
+  ``amq.`` names), as a :class:`~leveret.core.storage.Push` op of the current batch: the group commit that
   covers the publish (and so its confirm, or tx.commit-ok) covers the delayed message. At due time the
   pseudo-queue record is deleted in the same commit as the pushes into the destination queues, so a crash
   loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from leveret.store.base import StoredMessage, StoreError
+from leveret.core.storage import StoredMessage, StoreError
 
 from .message import PAGED, Message, build_address, new_message
 from .routing import Origin

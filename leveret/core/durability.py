@@ -9,7 +9,7 @@ even when the confirmed message itself needed no write. Definitions are written 
 Reads (``load_body``, ``load_bodies``, ``read_queue``, ``stored_counts``, ``load_definitions``) run on the
 broker's thread: paging a queue or a delayed lane reads a bounded page, recovery reads everything at start-up
 (before the broker serves). Task status reads go through the writer instead (``read_status``), off the event
-loop. See store/base.py for what a backend promises about each.
+loop. See core/storage.py for what a backend promises about each.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import (
+from leveret.core.status_record import StatusRecord
+from leveret.core.storage import (
     BindingDef,
     Definitions,
     Delete,
@@ -38,7 +39,6 @@ from leveret.store.base import (
     StoreError,
     UserDef,
 )
-from leveret.store.status import StatusRecord
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor

@@ -24,7 +24,7 @@ from .lifecycle import PriorityMessages
 from .message import PAGED, RECORD_COST, Message, build_address
 
 if TYPE_CHECKING:
-    from leveret.store.base import StoredMessage
+    from leveret.core.storage import StoredMessage
 
     from .broker import MemoryMonitor, VHost
     from .durability import Durability

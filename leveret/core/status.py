@@ -10,7 +10,7 @@ Fed by two hooks, each one test on a path every message takes:
   ``message_id`` entering a queue declared with ``x-leveret-status: true``.
 
 Records live in the store (``Durability.put_status``: a blind merge, so an event never waits for a read; the
-merge is ``leveret.store.status.merge``), deferred there (with the write hold, or to the next event-loop turn)
+merge is ``leveret.core.status_record.merge``), deferred there (with the write hold, or to the next event-loop turn)
 and submitted apart from message writes: no publisher confirm waits for a status record. Memory holds only a
 bounded LRU cache of *complete* records (ones read from the store, with every later event merged in); an event
 for an id that is not cached is written without being cached. A lookup of an uncached id reads the store in order
@@ -28,8 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import StoreError
-from leveret.store.status import RANKS, StatusRecord, merge
+from leveret.core.status_record import RANKS, StatusRecord, merge
+from leveret.core.storage import StoreError
 
 from .errors import PreconditionFailed
 from .message import PAGED, Message, build_address, build_header

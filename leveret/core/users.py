@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from leveret.store.base import PermissionDef, UserDef
+from leveret.core.storage import PermissionDef, UserDef
 
 from .access import USER_LIMITS, Permission, validate_limits
 from .errors import AccessRefused, NotFound

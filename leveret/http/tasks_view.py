@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from leveret.store.status import RANKS
+from leveret.core.status_record import RANKS
 
 if TYPE_CHECKING:
     from leveret.core.broker import Broker, VHost

@@ -1,4 +1,4 @@
-"""Persistence backends behind one interface (:mod:`leveret.store.base`).
+"""Persistence backends behind one interface (:mod:`leveret.core.storage`).
 
 ``BACKENDS`` maps a ``--store`` name to ``"module:Class"``; :func:`open_store` imports the backend only when it
 is asked for (so a future ``postgres`` backend needs its driver only when used).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import Store, StoreError
+from leveret.core.storage import Store, StoreError
 
 BACKENDS: dict[str, str] = {
     "memory": "leveret.store.memory:MemoryStore",

@@ -14,7 +14,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .base import (
+from leveret.core.status_record import StatusRecord, merge
+from leveret.core.storage import (
     BindingDef,
     Definitions,
     Delete,
@@ -34,7 +35,7 @@ from .base import (
     StoreError,
     UserDef,
 )
-from .status import StatusRecord, merge
+
 from .tagged_json import encode_value
 
 log = logging.getLogger("leveret.store")

@@ -58,10 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from leveret.sqlite_writer import Writer, WriterStopped
-
-from . import sqlite_schema as schema
-from .base import (
+from leveret.core.storage import (
     BindingDef,
     Definitions,
     ExchangeDef,
@@ -74,6 +71,9 @@ from .base import (
     StoreError,
     UserDef,
 )
+from leveret.sqlite_writer import Writer, WriterStopped
+
+from . import sqlite_schema as schema
 from .sqlite_batch import MessageBatch, chunks, marks
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from .tagged_json import decode_value, encode_value

@@ -20,10 +20,11 @@ import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from leveret.core.status_record import StatusRecord
+from leveret.core.status_record import merge as merge_status
+from leveret.core.storage import Delete, Purge, Push, Requeue, StatusExpire, StatusPut, StatusRead
+
 from . import sqlite_status
-from .base import Delete, Purge, Push, Requeue, StatusExpire, StatusPut, StatusRead
-from .status import StatusRecord
-from .status import merge as merge_status
 
 if TYPE_CHECKING:
     from .sqlite import SqliteStore

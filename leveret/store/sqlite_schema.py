@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from leveret.core.storage import StoreError
+
 from . import sqlite_status
-from .base import StoreError
 
 try:
     import fcntl

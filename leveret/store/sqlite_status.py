@@ -1,7 +1,7 @@
 """The SQLite store's task status table (schema version 4): the SQL behind StatusPut, StatusRead and StatusExpire.
 
 ``task_status (vhost, id, expires, record)``, primary key (vhost, id), indexed on ``expires`` for the expiry
-sweep; ``record`` is the JSON of :func:`leveret.store.status.encode`. Everything here runs on the store's one
+sweep; ``record`` is the JSON of :func:`leveret.core.status_record.encode`. Everything here runs on the store's one
 writer thread, inside its group-commit transaction (sqlite.py): a batch of puts is merged in Python first (one
 record per id), then the stored versions of those ids are read by key (``vhost = ? AND id IN``) per chunk, merged, and
 written back with multi-row ``INSERT OR REPLACE``.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-from .base import StatusExpire, StatusRead
-from .status import StatusRecord, decode, encode, merge
+from leveret.core.status_record import StatusRecord, decode, encode, merge
+from leveret.core.storage import StatusExpire, StatusRead
 
 _CHUNK = 256  # ids per statement (2 parameters each for the lookups, 4 for the inserts)
 

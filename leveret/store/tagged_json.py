@@ -18,8 +18,7 @@ from typing import Any
 # Header and argument values that keep their AMQP field type: message types, so the store takes them from the core
 # (it imports nothing of amqp/).
 from leveret.core.message import LongInt, RawField
-
-from .base import StoreError
+from leveret.core.storage import StoreError
 
 _T_BYTES = "$bytes"  # base64
 _T_BYTEARRAY = "$bytearray"  # base64

@@ -39,10 +39,10 @@ from leveret.core.errors import CommandInvalid, PreconditionFailed
 from leveret.core.exchanges import DelayedMessageExchange, create_exchange
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.queue import Queue
+from leveret.core.storage import Store
 from leveret.core.timers import ManualTimers
 from leveret.node import ThreadedServer
 from leveret.store import open_store
-from leveret.store.base import Store
 
 from serverproc import LeveretProcess
 from waiting import hold

@@ -30,8 +30,8 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from leveret.amqp import codec, spec
 from leveret.config import Config
 from leveret.core.queue import Queue
+from leveret.core.storage import Purge, Push, Store
 from leveret.node import ThreadedServer
-from leveret.store.base import Purge, Push, Store
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
 

@@ -23,12 +23,12 @@ from leveret.config import Config
 from leveret.core.broker import Broker, VHost
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.status import EVENTS_EXCHANGE, QUERY_EXCHANGE, StatusBook
+from leveret.core.status_record import StatusRecord
+from leveret.core.storage import Store
 from leveret.core.timers import ManualTimers
 from leveret.node import ThreadedServer
 from leveret.store import open_store
-from leveret.store.base import Store
 from leveret.store.memory import MemoryStore
-from leveret.store.status import StatusRecord
 
 import waiting
 from amqphelp import connect

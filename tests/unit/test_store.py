@@ -1,4 +1,4 @@
-"""The store contract (leveret/store/base.py), run against every backend, plus SQLite-only durability tests.
+"""The store contract (leveret/core/storage.py), run against every backend, plus SQLite-only durability tests.
 
 To add a backend (e.g. PostgreSQL), add a factory to ``BACKENDS`` below: every test that uses the ``store``
 fixture then runs against it too.
@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 from conftest import small_tmpfs
 
-from leveret.store import BACKENDS as REGISTRY
-from leveret.store import backend_class, open_store
-from leveret.store.base import (
+from leveret.core.status_record import StatusRecord
+from leveret.core.storage import (
     BindingDef,
     Delete,
     ExchangeDef,
@@ -47,9 +46,10 @@ from leveret.store.base import (
     StoreError,
     UserDef,
 )
+from leveret.store import BACKENDS as REGISTRY
+from leveret.store import backend_class, open_store
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SCHEMA_VERSION, SqliteStore, decode_value, encode_value
-from leveret.store.status import StatusRecord
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -835,7 +835,7 @@ def test_sqlite_real_disk_full(small_disk: Path) -> None:
 CHILD = textwrap.dedent("""
     import os, random, sys, time
     from leveret.store.sqlite import SqliteStore
-    from leveret.store.base import Push, Delete
+    from leveret.core.storage import Push, Delete
 
     def say(line):
         os.write(1, (line + "\\n").encode())
@@ -916,7 +916,7 @@ def test_sqlite_kill_9_loses_nothing_confirmed(db_path: Path) -> None:
 
 
 def test_policies_round_trip(store: Store) -> None:
-    from leveret.store.base import PolicyDef
+    from leveret.core.storage import PolicyDef
 
     policy = PolicyDef("/", "ttl", "^work\\.", {"message-ttl": 60000, "dead-letter-exchange": "dlx",
                                                "retry-intervals": [15, 30]}, 5, "queues")
@@ -969,7 +969,7 @@ def test_a_version_2_store_is_migrated_and_keeps_its_definitions(db_path: Path) 
     conn.close()
 
 
-# --- task status records (the status book's table, store/status.py) -----------------------------------------
+# --- task status records (the status book's table, core/status_record.py) -----------------------------------------
 
 
 def _status(task_id: str, state: str, attempt: int, ts: float, ttl: float = 100.0, **kw: Any) -> StatusRecord:

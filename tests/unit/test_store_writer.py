@@ -14,13 +14,13 @@ import pytest
 
 import leveret
 from leveret.core.durability import Durability
+from leveret.core.status_record import StatusRecord
+from leveret.core.storage import MessageOp, StatusPut
 from leveret.core.timers import ManualTimers
 from leveret.sqlite_writer import Call, Writer, WriterStopped
 from leveret.store import sqlite as sqlite_module
-from leveret.store.base import MessageOp, StatusPut
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
-from leveret.store.status import StatusRecord
 
 log = logging.getLogger("test.writer")
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from leveret.core.durability import Durability
+from leveret.core.storage import Delete, MessageOp, Push, StatusExpire
 from leveret.core.timers import ManualTimers
-from leveret.store.base import Delete, MessageOp, Push, StatusExpire
 from leveret.store.memory import MemoryStore
 
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .status import StatusRecord
+from .status_record import StatusRecord
 
 
 class StoreError(Exception):
@@ -167,7 +167,7 @@ class Purge:
 
 @dataclass(slots=True)
 class StatusPut:
-    """Merge ``record`` into the stored status record of (vhost, record.id) (store/status.py's ``merge``): a
+    """Merge ``record`` into the stored status record of (vhost, record.id) (core/status_record.py's ``merge``): a
     write that needs no read first."""
 
     vhost: str
