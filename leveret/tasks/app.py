@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
@@ -83,6 +84,7 @@ class App(Sending):
         # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
         self.outbox_path = outbox.path if isinstance(outbox, Outbox) else outbox
         self._outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        self._outbox_lock = threading.Lock()
         self._own_outbox = not isinstance(outbox, Outbox)
         self.name = name
         self.status_ttl = status_ttl
@@ -153,7 +155,7 @@ class App(Sending):
     def outbox(self) -> Outbox | None:
         """The App's outbox (opened on first use), or None when it publishes directly."""
         if self._outbox is None and self.outbox_path is not None:
-            with self._link._lock:
+            with self._outbox_lock:
                 if self._outbox is None:
                     self._outbox = Outbox(self.outbox_path)
         return self._outbox

@@ -35,23 +35,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("supervisor/child.py", "os._exit"): "exit a forked child without running the parent's cleanup",
 }
 
-PENDING: dict[tuple[str, str], str] = {
-    ("core/delays.py", "held._props"): "Message's decoded properties (core: a public accessor on Message)",
-    ("core/lifecycle.py", "copy._props"): "Message's decoded properties (core)",
-    ("core/queue.py", "again._props"): "Message's decoded properties (core)",
-    ("core/tracing.py", "trace._props"): "Message's decoded properties (core)",
-    ("http/server.py", "site._server"): "aiohttp's TCPSite socket, for the bound port (http)",
-    ("server/control.py", "self.api._durable"): "the management API's durable check (http)",
-    ("server/control.py", "self.api._amqp_address"): "the management API's AMQP address (http)",
-    ("tasks/app.py", "self._link._lock"): "the App's connection lock (tasks)",
-    ("tasks/dead.py", "app._link"): "the App's connection (tasks)",
-    ("tasks/dead.py", "app._declare"): "the App's declare (tasks)",
-    ("tasks/task.py", "self.app._send"): "the App's send (tasks)",
-    ("tasks/task.py", "self.app._send_async"): "the App's send (tasks)",
-    ("tasks/task.py", "self.app._gather"): "the App's gather (tasks)",
-    ("tasks/task.py", "self.app._link"): "the App's connection (tasks)",
-    ("tasks/task.py", "self.app._wait"): "the App's wait (tasks)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> list[Path]:
