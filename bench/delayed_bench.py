@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from leveret.amqp import codec, spec
 from leveret.config import Config
-from leveret.core.delays import DELAYED_PREFIX
+from leveret.core.delay_lanes import DELAYED_PREFIX
 from leveret.node import ThreadedServer
 
 from rawamqp import RawClient

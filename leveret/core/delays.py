@@ -46,18 +46,35 @@ Design
 
 from __future__ import annotations
 
-import decimal
 import heapq
 import itertools
 import logging
 import math
-import re
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 from leveret.core.storage import StoredMessage, StoreError
 
+from .delay_lanes import (
+    DELAYED_PREFIX,
+    DELAYED_TYPE,
+    EXCHANGE,
+    GONE,
+    HEADERS_FLAG,
+    MAX_DELAY,
+    QUEUE,
+    RESIDENT,
+    RETRY_PREFIX,
+    TIE_BITS,
+    TIE_MASK,
+    TOP,
+    UNSYNCED,
+    Entry,
+    Lane,
+    entry_key,
+    parse_delay,
+)
 from .message import PAGED, Message, build_address, new_message
 from .routing import Origin
 from .tracking import MESSAGE_ID
@@ -70,82 +87,6 @@ if TYPE_CHECKING:
     from .vhost import VHost
 
 log = logging.getLogger("leveret.delays")
-
-DELAYED_TYPE: Final = "x-delayed-message"
-DELAYED_PREFIX: Final = "amq.leveret.delayed."
-"""Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
-RETRY_PREFIX: Final = "amq.leveret.retry."
-"""Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
-MAX_DELAY: Final = 4294967295
-"""The longest x-delay the plugin honours (Erlang's timer limit, ~49.7 days); longer ones route at once."""
-
-EXCHANGE: Final = "exchange"
-QUEUE: Final = "queue"
-
-_TIE_BITS = 20
-_TIE_MASK = (1 << _TIE_BITS) - 1
-_HEADERS_FLAG = 0x2000
-_TOP = (2**63, 0)  # a fence above every key: the whole lane is in memory
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-
-_GONE, _RESIDENT, _UNSYNCED = 0, 1, 2
-
-
-def parse_delay(value: Any) -> int | None:
-    """The x-delay header as the plugin reads it: integer types as they are, floats and decimals truncated,
-    strings holding an integer converted; anything else (or nothing) is None (no delay)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float | decimal.Decimal):
-        try:
-            return int(value)
-        except (ValueError, OverflowError, ArithmeticError):
-            return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str) and _INTEGER.fullmatch(value):
-        return int(value)
-    return None
-
-
-class _Lane:
-    """The delayed messages of one target (an exchange or a queue of a vhost), durable or memory-only."""
-
-    __slots__ = ("addresses", "count", "durable", "fence", "kind", "store_name", "tail", "target", "unsynced",
-                 "vhost", "window")
-
-    def __init__(self, vhost: str, kind: str, target: str, durable: bool) -> None:
-        self.vhost = vhost
-        self.kind = kind
-        self.target = target
-        self.durable = durable
-        self.store_name = (DELAYED_PREFIX if kind == EXCHANGE else RETRY_PREFIX) + target
-        self.count = 0  # pending messages, in memory or not
-        self.window: dict[int, _Entry] = {}  # durable: store id -> entry, the messages in memory
-        self.unsynced: dict[int, _Entry] = {}  # durable, after the fence, bodies held until their commit is done
-        self.tail = False  # durable: some stored messages (after the fence) are not in memory
-        self.fence: tuple[int, int] = _TOP
-        self.addresses: dict[tuple[str, str], bytes] = {}
-
-    def __repr__(self) -> str:
-        return f"<lane {self.store_name!r} of vhost {self.vhost!r}{' durable' if self.durable else ''}>"
-
-
-class _Entry:
-    __slots__ = ("id", "lane", "msg", "order", "seq", "size", "state", "synced")
-
-    def __init__(self, lane: _Lane, msg: Message, seq: int, store_id: int, size: int) -> None:
-        self.lane = lane
-        self.msg: Message | None = msg
-        self.seq = seq
-        self.id = store_id
-        self.size = size
-        self.state = _GONE
-        self.order = -1
-        self.synced = False
-
 
 class _Released(Origin):
     """The origin of a delayed message routed when due: records ``delay_ended``."""
@@ -163,8 +104,6 @@ class _Released(Origin):
 _RELEASED = _Released()
 
 
-def _key(entry: _Entry) -> tuple[int, int]:
-    return (entry.seq, entry.id)
 
 
 class DelayedMessages:
@@ -188,8 +127,8 @@ class DelayedMessages:
         self.unsynced = 0  # durable messages after their fence whose commit is not done yet
         self.transient = 0  # memory-only messages
         self.transient_bytes = 0
-        self._lanes: dict[tuple[str, str, str, bool], _Lane] = {}
-        self._heap: list[tuple[int, int, _Entry]] = []
+        self._lanes: dict[tuple[str, str, str, bool], Lane] = {}
+        self._heap: list[tuple[int, int, Entry]] = []
         self._stale = 0
         self._order = itertools.count()
         self._ties = itertools.count()
@@ -197,7 +136,7 @@ class DelayedMessages:
         self._evict_bytes_at = window_bytes
         self._timer: Handle | None = None
         self._timer_due = math.inf
-        self._sync_batch: list[_Entry] = []
+        self._sync_batch: list[Entry] = []
         self._barrier_armed = False
         self.lateness: deque[float] = deque(maxlen=4096)
         """How late (ms) the last messages were routed after their due time, as the broker saw it."""
@@ -223,7 +162,7 @@ class DelayedMessages:
         """A message is routed through an x-delayed-message ``exchange``: True when it was held (its x-delay
         header is an integer from 1 to MAX_DELAY ms; it is then routed when due, with x-delay set to the
         negative of the delay as the plugin does), False when it must be routed now."""
-        if not msg.flags & _HEADERS_FLAG or exchange.type_name != DELAYED_TYPE:
+        if not msg.flags & HEADERS_FLAG or exchange.type_name != DELAYED_TYPE:
             return False
         headers = msg.headers
         if not headers or "x-delay" not in headers:
@@ -305,14 +244,14 @@ class DelayedMessages:
             return msg.copy()
         return msg
 
-    def _lane(self, vhost: str, kind: str, target: str, durable: bool) -> _Lane:
+    def _lane(self, vhost: str, kind: str, target: str, durable: bool) -> Lane:
         key = (vhost, kind, target, durable)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane(vhost, kind, target, durable)
+            lane = self._lanes[key] = Lane(vhost, kind, target, durable)
         return lane
 
-    def _add(self, lane: _Lane, msg: Message, due: float) -> None:
+    def _add(self, lane: Lane, msg: Message, due: float) -> None:
         due_ms = max(0, round(due * 1000))
         size = len(msg.body)
         durability = self.broker.durability
@@ -320,15 +259,15 @@ class DelayedMessages:
         lane.count += 1
         if lane.durable and durability is not None:
             store_id = durability.new_id()
-            seq = (due_ms << _TIE_BITS) | (store_id & _TIE_MASK)
+            seq = (due_ms << TIE_BITS) | (store_id & TIE_MASK)
             durability.push_to(store_id, lane.vhost, lane.store_name, seq, msg)
-            entry = _Entry(lane, msg, seq, store_id, size)
+            entry = Entry(lane, msg, seq, store_id, size)
             self._sync_batch.append(entry)
             if not self._barrier_armed:
                 self._barrier_armed = True
                 self.broker.timers.call_later(0, self._barrier)
             if lane.tail and (seq, store_id) > lane.fence:
-                entry.state = _UNSYNCED
+                entry.state = UNSYNCED
                 lane.unsynced[store_id] = entry
                 self.unsynced += 1
                 return
@@ -336,11 +275,11 @@ class DelayedMessages:
             if self.resident > self._evict_at or self.resident_bytes > self._evict_bytes_at:
                 self._evict()
         else:
-            seq = (due_ms << _TIE_BITS) | (next(self._ties) & _TIE_MASK)
-            self._make_resident(_Entry(lane, msg, seq, 0, size))
+            seq = (due_ms << TIE_BITS) | (next(self._ties) & TIE_MASK)
+            self._make_resident(Entry(lane, msg, seq, 0, size))
 
-    def _make_resident(self, entry: _Entry) -> None:
-        entry.state = _RESIDENT
+    def _make_resident(self, entry: Entry) -> None:
+        entry.state = RESIDENT
         order = entry.order = next(self._order)
         heapq.heappush(self._heap, (entry.seq, order, entry))
         lane = entry.lane
@@ -351,7 +290,7 @@ class DelayedMessages:
         else:
             self.transient += 1
             self.transient_bytes += entry.size
-        if (entry.seq >> _TIE_BITS) < self._timer_due:
+        if (entry.seq >> TIE_BITS) < self._timer_due:
             self._arm()
 
     def _hold_memory(self, size: int) -> None:
@@ -372,12 +311,12 @@ class DelayedMessages:
         """Keep the earliest durable messages in memory (at least ``min_keep`` per lane) and leave the rest
         to the store, lowering the fences of the lanes that lost some."""
         entries = sorted((e for lane in self._lanes.values() if lane.durable for e in lane.window.values()),
-                         key=_key)
+                         key=entry_key)
         target, target_bytes = self.window * 9 // 10, self.window_bytes * 9 // 10
         kept = kept_bytes = 0
         full = False
-        per_lane: dict[_Lane, int] = {}
-        last_kept: dict[_Lane, _Entry] = {}
+        per_lane: dict[Lane, int] = {}
+        last_kept: dict[Lane, Entry] = {}
         for entry in entries:
             lane = entry.lane
             n = per_lane.get(lane, 0)
@@ -397,30 +336,30 @@ class DelayedMessages:
             if entry.synced:
                 self._drop(entry)
             else:
-                entry.state = _UNSYNCED
+                entry.state = UNSYNCED
                 lane.unsynced[entry.id] = entry
                 self.unsynced += 1
         for lane, last in last_kept.items():
             if lane.tail:
-                lane.fence = min(lane.fence, _key(last))
+                lane.fence = min(lane.fence, entry_key(last))
         self._evict_at = max(self.window, self.resident + self.window // 10)
         self._evict_bytes_at = max(self.window_bytes, self.resident_bytes + self.window_bytes // 10)
         self._compact()
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: Entry) -> None:
         """Forget an entry's in-memory copy (it is on disk, or it is done)."""
-        entry.state = _GONE
+        entry.state = GONE
         entry.msg = None
         self._release_memory(entry.size)
 
     def _compact(self) -> None:
         heap = self._heap
         if self._stale > 4096 and self._stale > len(heap) // 2:
-            self._heap = [item for item in heap if item[2].order == item[1] and item[2].state == _RESIDENT]
+            self._heap = [item for item in heap if item[2].order == item[1] and item[2].state == RESIDENT]
             heapq.heapify(self._heap)
             self._stale = 0
 
-    def _page_in(self, lane: _Lane) -> None:
+    def _page_in(self, lane: Lane) -> None:
         """Read the next page of a durable lane's messages after its fence into memory."""
         durability = self.broker.durability
         assert durability is not None
@@ -457,20 +396,20 @@ class DelayedMessages:
                     slack *= 8
                     continue
                 lane.fence = last
-                for entry in [e for e in lane.unsynced.values() if _key(e) <= last]:
+                for entry in [e for e in lane.unsynced.values() if entry_key(e) <= last]:
                     del lane.unsynced[entry.id]
                     self.unsynced -= 1
                     self._make_resident(entry)
                 return
             lane.tail = False  # the store has nothing after the fence: the whole lane is in memory now
-            lane.fence = _TOP
+            lane.fence = TOP
             for entry in lane.unsynced.values():
                 self.unsynced -= 1
                 self._make_resident(entry)
             lane.unsynced.clear()
             return
 
-    def _entry_from_store(self, lane: _Lane, row: StoredMessage) -> _Entry:
+    def _entry_from_store(self, lane: Lane, row: StoredMessage) -> Entry:
         body = row.body if row.body is not None else b""
         address = lane.addresses.get((row.exchange, row.routing_key))
         if address is None:
@@ -478,7 +417,7 @@ class DelayedMessages:
             if len(lane.addresses) < 1024:
                 lane.addresses[(row.exchange, row.routing_key)] = address
         msg = Message(row.exchange, row.routing_key, address, row.header, body)
-        entry = _Entry(lane, msg, row.seq, row.id, len(body))
+        entry = Entry(lane, msg, row.seq, row.id, len(body))
         entry.synced = True
         self._hold_memory(entry.size)
         return entry
@@ -496,24 +435,24 @@ class DelayedMessages:
         except StoreError as exc:
             self._synced(batch, exc)
 
-    def _synced(self, batch: list[_Entry], exc: BaseException | None) -> None:
+    def _synced(self, batch: list[Entry], exc: BaseException | None) -> None:
         for entry in batch:
             if exc is None:
                 entry.synced = True
-                if entry.state == _UNSYNCED:
+                if entry.state == UNSYNCED:
                     del entry.lane.unsynced[entry.id]
                     self.unsynced -= 1
                     self._drop(entry)
-            elif entry.state != _GONE:
+            elif entry.state != GONE:
                 self._to_memory(entry)
         if exc is not None:
             log.error("delayed messages could not be stored (%s): kept in memory only", exc)
             self._arm()
 
-    def _to_memory(self, entry: _Entry) -> None:
+    def _to_memory(self, entry: Entry) -> None:
         """A durable entry whose write failed: keep it as a memory-only one."""
         lane = entry.lane
-        if entry.state == _RESIDENT:
+        if entry.state == RESIDENT:
             del lane.window[entry.id]
             self.resident -= 1
             self.resident_bytes -= entry.size
@@ -535,7 +474,7 @@ class DelayedMessages:
         heap = self._heap
         while heap:
             _, order, entry = heap[0]
-            if entry.order == order and entry.state == _RESIDENT:
+            if entry.order == order and entry.state == RESIDENT:
                 break
             heapq.heappop(heap)
             self._stale -= 1
@@ -545,7 +484,7 @@ class DelayedMessages:
                 self._timer = None
             self._timer_due = math.inf
             return
-        due_ms = heap[0][0] >> _TIE_BITS
+        due_ms = heap[0][0] >> TIE_BITS
         if self._timer is not None:
             if self._timer_due <= due_ms:
                 return
@@ -565,14 +504,14 @@ class DelayedMessages:
         try:
             while heap and fired < self.batch:
                 seq, order, entry = heap[0]
-                if entry.order != order or entry.state != _RESIDENT:
+                if entry.order != order or entry.state != RESIDENT:
                     heapq.heappop(heap)
                     self._stale -= 1
                     continue
-                if (seq >> _TIE_BITS) > now_ms:
+                if (seq >> TIE_BITS) > now_ms:
                     break
                 heapq.heappop(heap)
-                self.lateness.append(timers.now() * 1000 - (seq >> _TIE_BITS))
+                self.lateness.append(timers.now() * 1000 - (seq >> TIE_BITS))
                 self._fire(entry)
                 fired += 1
             self._commit()
@@ -581,7 +520,7 @@ class DelayedMessages:
             return
         self._arm()
 
-    def _fire(self, entry: _Entry) -> None:
+    def _fire(self, entry: Entry) -> None:
         lane = entry.lane
         msg = entry.msg
         assert msg is not None
@@ -607,7 +546,7 @@ class DelayedMessages:
         elif not lane.count and not lane.window and not lane.unsynced:
             del self._lanes[(lane.vhost, lane.kind, lane.target, lane.durable)]
 
-    def _deliver(self, lane: _Lane, msg: Message) -> None:
+    def _deliver(self, lane: Lane, msg: Message) -> None:
         vhost = self.broker.vhosts.get(lane.vhost)
         if vhost is None:
             return

@@ -34,7 +34,8 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from leveret.core.broker import Broker, VHost
-from leveret.core.delays import DELAYED_PREFIX, RETRY_PREFIX, DelayedMessages, parse_delay
+from leveret.core.delay_lanes import DELAYED_PREFIX, RETRY_PREFIX, parse_delay
+from leveret.core.delays import DelayedMessages
 from leveret.core.errors import CommandInvalid, PreconditionFailed
 from leveret.core.exchanges import DelayedMessageExchange, create_exchange
 from leveret.core.message import Message, build_address, build_header
