@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from leveret.core.storage import PolicyDef, Store
+from leveret.core.storage import Store
 
 from . import audit as _audit
 from .access import VHOST_LIMITS, validate_limits
@@ -165,8 +165,7 @@ class Broker(Users):
         validate_policy(policy)
         vhost.policies[policy.name] = policy
         if self.durability is not None and not self.durability.recovering:
-            self.durability.save_policy(PolicyDef(policy.vhost, policy.name, policy.pattern,
-                                                        dict(policy.definition), policy.priority, policy.apply_to))
+            self.durability.save_policy(policy)
         if self._audited():
             self.audit.record("policy.set", vhost=policy.vhost, name=policy.name, pattern=policy.pattern,
                               apply_to=policy.apply_to, priority=policy.priority, definition=policy.definition)

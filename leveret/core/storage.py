@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .policies import Policy
 from .status_record import StatusRecord
 
 
@@ -96,14 +97,8 @@ class PermissionDef:
     read: str = ".*"
 
 
-@dataclass(frozen=True)
-class PolicyDef:
-    vhost: str
-    name: str
-    pattern: str
-    definition: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
-    apply_to: str = "all"
+PolicyDef = Policy
+"""A stored policy is the core's own record (core/policies.py)."""
 
 
 @dataclass
