@@ -317,12 +317,16 @@ class Queue(Paging):
                 if found is None:
                     return
                 consumer = found
-            msg = self._pop_head()
-            self.ready_bytes -= len(msg.body)
-            self.stats_delivered += 1
-            consumer.channel.deliver(consumer, msg)
-            if msg.store_id > 0:
-                self.unload(msg)
+            self._deliver_head(consumer)
+
+    def _deliver_head(self, consumer: Consumer) -> None:
+        """The head message to ``consumer`` (which has credit)."""
+        msg = self._pop_head()
+        self.ready_bytes -= len(msg.body)
+        self.stats_delivered += 1
+        consumer.channel.deliver(consumer, msg)
+        if msg.store_id > 0:
+            self.unload(msg)
 
     def _dispatch_lifecycle(self, now: float = 0.0) -> None:
         """Dispatch with expiry, single active consumer and priorities. ``now`` (ms) is given by enqueue, so
@@ -352,12 +356,7 @@ class Queue(Paging):
             if 0 < msg.expires_at < now:
                 self._expire()
                 continue
-            msg = self._pop_head()
-            self.ready_bytes -= len(msg.body)
-            self.stats_delivered += 1
-            consumer.channel.deliver(consumer, msg)
-            if msg.store_id > 0:
-                self.unload(msg)
+            self._deliver_head(consumer)
 
     @property
     def active_consumer(self) -> Consumer | None:
