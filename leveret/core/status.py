@@ -29,6 +29,7 @@ bounded batches.
 from __future__ import annotations
 
 import json
+import json.scanner
 import logging
 import math
 from collections import OrderedDict
@@ -73,32 +74,62 @@ def wants_status(arguments: dict[str, Any], queue: str, vhost: str) -> bool:
     return value
 
 
+_DECODER = json.JSONDecoder()
+# json's own (C) scanner: what json.loads ends in, without its checks
+_SCAN: Any = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
+_INT_LIMIT = 1 << 53  # an integral time or ttl beyond this is refused (math.isfinite would overflow on it)
+
+
+def decode_event(body: bytes) -> Any:
+    """``json.loads(body)``: the common case (UTF-8, an object, nothing around it) straight through json's scanner
+    (~2 µs less per event); anything else (whitespace around it, a BOM, another encoding, a malformed body)
+    through ``json.loads`` itself, so the result and the errors are json.loads's."""
+    try:
+        text = body.decode()
+        if text[:1] == "{":
+            value, end = _SCAN(text, 0)
+            if end == len(text):
+                return value
+    except (UnicodeDecodeError, ValueError, StopIteration):
+        pass
+    return json.loads(body)
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool)."""
+    cls = value.__class__
+    if cls is float:
+        return bool(value - value == 0)  # False for inf and nan
+    if cls is int:
+        return -_INT_LIMIT <= value <= _INT_LIMIT
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def record_from_event(data: Any, now: float, default_ttl: float) -> StatusRecord | None:
     """The record of one event (the contract's JSON object), or None when it is malformed."""
-    if not isinstance(data, dict):
+    if data.__class__ is not dict:
         return None
-    task_id, state = data.get("id"), data.get("state")
-    if not isinstance(task_id, str) or not task_id or state not in RANKS:
+    get = data.get
+    task_id, state = get("id"), get("state")
+    if task_id.__class__ is not str or not task_id or state not in RANKS:
         return None
-    attempt = data.get("attempt", 0)
-    ts = data.get("ts", now)
-    ttl = data.get("ttl", default_ttl)
-    task, queue, error = data.get("task", ""), data.get("queue", ""), data.get("error")
-    if (not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0 or not _number(ts)
-            or not _number(ttl) or ttl <= 0 or not isinstance(task, str) or not isinstance(queue, str)
-            or not (error is None or isinstance(error, dict))):
+    attempt = get("attempt", 0)
+    ts = get("ts", now)
+    ttl = get("ttl", default_ttl)
+    task, queue, error = get("task", ""), get("queue", ""), get("error")
+    if (attempt.__class__ is not int or attempt < 0 or not _number(ts) or not _number(ttl) or ttl <= 0
+            or task.__class__ is not str or queue.__class__ is not str
+            or not (error is None or error.__class__ is dict)):
         return None
     extra: dict[str, Any] = {}
-    if "result" in data and state == "succeeded":
+    if state == "succeeded" and "result" in data:
         extra["result"] = data["result"]
-    if _number(data.get("next_attempt_at")):
-        extra["next_attempt_at"] = data["next_attempt_at"]
-    if isinstance(data.get("worker"), str):
-        extra["worker"] = data["worker"]
+    next_attempt_at = get("next_attempt_at")
+    if next_attempt_at is not None and _number(next_attempt_at):
+        extra["next_attempt_at"] = next_attempt_at
+    worker = get("worker")
+    if worker.__class__ is str:
+        extra["worker"] = worker
     return StatusRecord(task_id, task, queue, state, attempt, ts, ts, ts, ts + ttl,
                         ts if state == "started" else None, error, extra)
 
@@ -154,7 +185,7 @@ class StatusBook:
     default_ttl = 86_400.0  # seconds, for "queued" records the broker makes itself and events without a ttl
     sweep_interval = 60.0  # seconds between expiry sweeps of the store
     sweep_batch = 1_000  # records deleted per sweep; a full batch is followed by another soon
-    queued_delay = 1.0  # seconds a "queued" record waits for the task's next event before it is written alone
+    queued_delay = 10.0  # seconds a "queued" record waits for the task's next event before it is written alone
     pending_size = 10_000  # "queued" records waiting (past it, the oldest is written at once)
 
     def __init__(self, broker: Broker) -> None:
@@ -196,7 +227,7 @@ class StatusBook:
         record = None
         if body is not PAGED and len(body) <= MAX_EVENT_BYTES:
             try:
-                record = record_from_event(json.loads(body), self.timers.now(), self.default_ttl)
+                record = record_from_event(decode_event(body), self.timers.now(), self.default_ttl)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 record = None
         if record is None:
