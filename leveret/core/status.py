@@ -196,7 +196,7 @@ class StatusBook:
             self.durability.attach_timers(broker.timers)
         self._cache: OrderedDict[Key, StatusRecord] = OrderedDict()
         self._loading: dict[Key, _Load] = {}
-        self._pending: dict[Key, tuple[StatusRecord, float]] = {}  # "queued" records not yet written, due time
+        self._pending: dict[Key, StatusRecord] = {}  # "queued" records not yet written (due: updated + delay)
         self._pending_timer = False
         self.events = 0  # events recorded
         self.events_ignored = 0  # malformed events
@@ -255,7 +255,7 @@ class StatusBook:
         if self.durability is None:
             self.apply(queue.vhost.name, record)
         else:
-            self._defer(queue.vhost.name, record, now)
+            self._defer(queue.vhost.name, record)
 
     def recovered(self, queue: Queue, msg: Message) -> None:
         """A stored message of a status queue, read back at start-up (core/recovery.py): its "queued" record may
@@ -264,22 +264,23 @@ class StatusBook:
         if msg.flags & MESSAGE_ID:
             self.queued(queue, msg)
 
-    def _defer(self, vhost: str, record: StatusRecord, now: float) -> None:
+    def _defer(self, vhost: str, record: StatusRecord) -> None:
         key = (vhost, record.id)
         self._note_recent(key, record.state)
-        cached = self._cache.get(key)
+        cache = self._cache
+        cached = cache.get(key) if cache else None
         if cached is not None:
-            self._cache[key] = merge(cached, record)
-            self._cache.move_to_end(key)
-        else:
+            cache[key] = merge(cached, record)
+            cache.move_to_end(key)
+        elif self._loading:
             load = self._loading.get(key)
             if load is not None:
                 load.events.append(record)
         pending = self._pending
         old = pending.pop(key, None)
-        pending[key] = (record if old is None else merge(old[0], record), now + self.queued_delay)
+        pending[key] = record if old is None else merge(old, record)
         if len(pending) > self.pending_size:
-            key, (oldest, _) = next(iter(pending.items()))
+            key, oldest = next(iter(pending.items()))
             del pending[key]
             self._put(key[0], oldest)
         if not self._pending_timer:
@@ -293,8 +294,10 @@ class StatusBook:
         pending = self._pending
         now = self.timers.now()
         try:
+            delay = self.queued_delay
             while pending:
-                key, (record, due) = next(iter(pending.items()))
+                key, record = next(iter(pending.items()))
+                due = record.updated + delay
                 if due > now:
                     self._pending_timer = True
                     self.timers.call_later(due - now, self._pending_due)
@@ -307,7 +310,7 @@ class StatusBook:
     def write_pending(self) -> None:
         """Hand every pending "queued" record to the store (``Durability.flush`` calls this first)."""
         pending, self._pending = self._pending, {}
-        for key, (record, _) in pending.items():
+        for key, record in pending.items():
             self._put(key[0], record)
 
     def _put(self, vhost: str, record: StatusRecord) -> None:
@@ -329,7 +332,7 @@ class StatusBook:
                 load.events.append(record)
         if self.durability is not None:
             pending = self._pending.pop(key, None)
-            self._put(vhost, record if pending is None else merge(pending[0], record))
+            self._put(vhost, record if pending is None else merge(pending, record))
 
     def forget_vhost(self, vhost: str) -> None:
         """The vhost is deleted (the store deletes its records with it)."""
@@ -381,7 +384,7 @@ class StatusBook:
                 to_read.append(task_id)
                 pending = self._pending.get(key)
                 if pending is not None:  # not in the store yet: merged into what the store answers
-                    load.events.append(pending[0])
+                    load.events.append(pending)
             load.waiters.append(lookup)
         if to_read:
             assert self.durability is not None
