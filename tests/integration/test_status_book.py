@@ -267,6 +267,34 @@ def test_records_survive_a_restart(make_config: Callable[..., Config]) -> None:
         server.stop()
 
 
+def test_queued_records_of_stored_messages_survive_a_restart(make_config: Callable[..., Config]) -> None:
+    """A task waiting in a status queue is readable as queued before and after a restart (its record was written
+    at shutdown, or is made again by recovery), and its record takes the next events."""
+    config = make_config(http_port=0)
+    server = ThreadedServer(config).start()
+    conn = connect(server.port)
+    ch = conn.channel()
+    ch.queue_declare("jobs", durable=True, arguments={"x-leveret-status": True})
+    waiting_ids = [new_id() for _ in range(3)]
+    for task_id in waiting_ids:
+        ch.basic_publish("", "jobs", b"{}", pika.BasicProperties(message_id=task_id, type="app.job", delivery_mode=2))
+    assert {state_of(conn, t) for t in waiting_ids} == {"queued"}
+    conn.close()
+    server.stop()
+    server = ThreadedServer(config).start()
+    try:
+        conn = connect(server.port)
+        got = records(conn, *waiting_ids)
+        assert all(got[t] is not None and got[t]["state"] == "queued" and got[t]["task"] == "app.job"
+                   for t in waiting_ids), got
+        publish_events(events_channel(conn), event(waiting_ids[0], "succeeded", result=1))
+        wait_for(lambda: state_of(conn, waiting_ids[0]) == "succeeded", "the event to be recorded")
+        assert Client(server.http_port).get(f"/api/task-status/%2F/{waiting_ids[1]}")["state"] == "queued"
+        conn.close()
+    finally:
+        server.stop()
+
+
 # --- the core, with a manual clock ----------------------------------------------------------------------------
 
 
