@@ -86,6 +86,7 @@ class Durability:
         self.timers: Timers | None = None
         self._held: TimerHandle | None = None
         self._status_due = False  # a next-turn submit of the status ops is armed (no hold: see submit_status)
+        self.drain_status: Callable[[], None] | None = None  # the status book's deferred records (see flush)
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -245,7 +246,10 @@ class Durability:
             callback(exc)
 
     def flush(self) -> None:
-        """Write everything pending and wait for it (definitions changes and shutdown)."""
+        """Write everything pending and wait for it (definitions changes and shutdown), the status book's
+        deferred "queued" records included."""
+        if self.drain_status is not None:
+            self.drain_status()
         self._submit_status_now()
         if self.ops or self._held is not None:
             self._commit_now([])

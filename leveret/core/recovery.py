@@ -107,4 +107,6 @@ def _recover_messages(broker: Broker) -> None:
                 msg.store_id = stored.id
                 msg.redelivered = stored.redelivered
                 queue.recover(msg)
+                if queue.status is not None:  # its "queued" record may not have been written (core/status.py)
+                    queue.status.recovered(queue, msg)
                 broker.recovered_messages += 1

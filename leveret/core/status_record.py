@@ -69,11 +69,13 @@ def merge(old: StatusRecord | None, new: StatusRecord) -> StatusRecord:
                         min(old.created, new.created), late.updated, late.expires, started, win.error, win.extra)
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
+
+
 def encode(record: StatusRecord) -> str:
     """The stored JSON text (every field, ``at`` included)."""
-    return json.dumps([record.id, record.task, record.queue, record.state, record.attempt, record.at, record.created,
-                       record.updated, record.expires, record.started, record.error, record.extra],
-                      separators=(",", ":"))
+    return _ENCODE([record.id, record.task, record.queue, record.state, record.attempt, record.at, record.created,
+                   record.updated, record.expires, record.started, record.error, record.extra])
 
 
 def decode(text: str) -> StatusRecord:

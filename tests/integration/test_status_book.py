@@ -267,6 +267,34 @@ def test_records_survive_a_restart(make_config: Callable[..., Config]) -> None:
         server.stop()
 
 
+def test_queued_records_of_stored_messages_survive_a_restart(make_config: Callable[..., Config]) -> None:
+    """A task waiting in a status queue is readable as queued before and after a restart (its record was written
+    at shutdown, or is made again by recovery), and its record takes the next events."""
+    config = make_config(http_port=0)
+    server = ThreadedServer(config).start()
+    conn = connect(server.port)
+    ch = conn.channel()
+    ch.queue_declare("jobs", durable=True, arguments={"x-leveret-status": True})
+    waiting_ids = [new_id() for _ in range(3)]
+    for task_id in waiting_ids:
+        ch.basic_publish("", "jobs", b"{}", pika.BasicProperties(message_id=task_id, type="app.job", delivery_mode=2))
+    assert {state_of(conn, t) for t in waiting_ids} == {"queued"}
+    conn.close()
+    server.stop()
+    server = ThreadedServer(config).start()
+    try:
+        conn = connect(server.port)
+        got = records(conn, *waiting_ids)
+        assert all(got[t] is not None and got[t]["state"] == "queued" and got[t]["task"] == "app.job"
+                   for t in waiting_ids), got
+        publish_events(events_channel(conn), event(waiting_ids[0], "succeeded", result=1))
+        wait_for(lambda: state_of(conn, waiting_ids[0]) == "succeeded", "the event to be recorded")
+        assert Client(server.http_port).get(f"/api/task-status/%2F/{waiting_ids[1]}")["state"] == "queued"
+        conn.close()
+    finally:
+        server.stop()
+
+
 # --- the core, with a manual clock ----------------------------------------------------------------------------
 
 
@@ -365,6 +393,107 @@ def test_core_expiry_sweeps_in_bounded_batches() -> None:
         rig.timers.advance(1)
         rig.run()
     assert list(store._status) == [("/", "long")] and rig.book.expired == 20
+
+
+def _enqueue(rig: Rig, queue: str, *ids: str) -> None:
+    for task_id in ids:
+        props = {"message_id": task_id, "type": "app.add", "delivery_mode": 2}
+        msg = Message("", queue, build_address("", queue), build_header(props, 2), b"{}")
+        rig.vhost.publish(rig.vhost.exchanges[""], msg)
+
+
+def _stored(store: MemoryStore, task_id: str) -> StatusRecord | None:
+    return store._status.get(("/", task_id))
+
+
+def test_core_queued_records_wait_for_the_next_event_and_are_written_once() -> None:
+    """A "queued" record the book makes itself is written merged with the task's next event (one write),
+    alone once queued_delay passes, and every read sees it before it is written."""
+    store = MemoryStore()
+    store.open()
+    rig = Rig(store)
+    rig.vhost.declare_queue(None, "work", durable=True, arguments={"x-leveret-status": True})
+    puts: list[str] = []
+    submit = store.submit
+    store.submit = lambda ops, done: (puts.extend(op.record.state for op in ops  # type: ignore[method-assign]
+                                                  if type(op).__name__ == "StatusPut"), submit(ops, done))[1]
+    now = rig.timers.now()
+    _enqueue(rig, "work", "a", "b")
+    rig.run()
+    assert puts == [] and _stored(store, "a") is None  # not written yet: the stored message implies it
+    found = rig.lookup("a", "b")  # a read merges the pending record with what the store has
+    assert found["a"] is not None and found["a"].state == "queued" and found["a"].task == "app.add"
+    rig.publish(event("a", "started", ts=now + 0.01), event("a", "succeeded", ts=now + 0.02, result=5))
+    rig.run()
+    record = _stored(store, "a")
+    assert record is not None and record.state == "succeeded" and record.created == now
+    assert record.extra["result"] == 5 and record.queue == "work"
+    assert puts.count("queued") == 0  # the queued record went merged into the started event's write
+    assert _stored(store, "b") is None
+    rig.timers.advance(rig.book.queued_delay + 0.01)  # b's delay passed: written alone
+    rig.run()
+    stored_b = _stored(store, "b")
+    assert stored_b is not None and stored_b.state == "queued" and stored_b.created == now
+    assert not rig.book._pending
+
+
+def test_core_pending_queued_records_are_bounded_and_flushed() -> None:
+    store = MemoryStore()
+    store.open()
+    rig = Rig(store)
+    rig.book.pending_size = 3
+    rig.vhost.declare_queue(None, "work", durable=True, arguments={"x-leveret-status": True})
+    _enqueue(rig, "work", *(f"t{i}" for i in range(5)))
+    rig.run()
+    assert len(rig.book._pending) == 3  # full: the oldest were written at once
+    assert [i for i in range(5) if _stored(store, f"t{i}") is not None] == [0, 1]
+    durability = rig.broker.durability
+    assert durability is not None
+    durability.flush()  # shutdown and definition changes write the rest
+    rig.run()
+    assert all(_stored(store, f"t{i}") is not None for i in range(5)) and not rig.book._pending
+
+
+def test_core_recovery_remakes_queued_records_that_were_not_written(tmp_path: Path) -> None:
+    """A crash before a "queued" record was written loses nothing: recovery makes it again from the stored
+    message."""
+    store = open_store("sqlite", path=tmp_path / "leveret.db")
+    try:
+        rig = Rig(store)
+        rig.vhost.declare_queue(None, "work", durable=True, arguments={"x-leveret-status": True})
+        _enqueue(rig, "work", "lost")
+        durability = rig.broker.durability
+        assert durability is not None
+        durability.commit([])  # the message is stored; its pending record is not (no flush: a crash)
+        store.flush()
+        assert rig.book._pending
+    finally:
+        store.close()
+    store = open_store("sqlite", path=tmp_path / "leveret.db")
+    try:
+        rig = Rig(store)
+        found = rig.lookup("lost")["lost"]
+        assert found is not None and found.state == "queued" and found.queue == "work"
+        assert found.task == "app.add"
+    finally:
+        store.close()
+
+
+def test_core_event_bodies_decode_as_json_loads_would() -> None:
+    from leveret.core.status import decode_event, record_from_event
+    bodies = [b'{"id":"a","state":"queued"}', b' {"id":"a"} ', b'\xef\xbb\xbf{"id":"x"}',
+              '{"id":"\u00e9"}'.encode("utf-16"), b'[1]', b'{"id":"\\ud800"}']
+    for body in bodies:
+        assert decode_event(body) == json.loads(body)
+    for bad in (b'{"a":1}x', b'{"a":', b"\xff{", b""):
+        with pytest.raises(ValueError):
+            decode_event(bad)
+    # times must be finite numbers of a sane size (a huge integer used to overflow math.isfinite)
+    for ts in (10**400, True, float("nan"), "1"):
+        assert record_from_event({"id": "a", "state": "queued", "ts": ts}, 1.0, 5.0) is None
+    assert record_from_event({"id": "a", "state": "queued", "attempt": True}, 1.0, 5.0) is None
+    record = record_from_event({"id": "a", "state": "started", "ts": 7, "ttl": 3}, 1.0, 5.0)
+    assert record is not None and (record.at, record.expires, record.started) == (7, 10, 7)
 
 
 def test_retries_and_dead_letters_are_recorded_as_queued(http_server: ThreadedServer) -> None:
