@@ -298,6 +298,9 @@ def _add_status(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     status.add_argument("id", help="the task id (send() returns it in its handle)")
     status.add_argument("--url", help="broker URL (default $LEVERET_URL or amqp://guest:guest@127.0.0.1:5672/)")
     status.add_argument("--json", action="store_true", help="print everything recorded about the state")
+    status.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds to wait for the answer (default 5; on RabbitMQ an id that is not a UUIDv7 "
+                             "reads the whole status stream)")
     status.set_defaults(handler=_run_status)
 
 
@@ -308,9 +311,13 @@ def _run_status(args: argparse.Namespace) -> int:
 
     url = args.url or os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"
     configure_logging("critical")  # the one-line error below says it all
-    app = App(url, send_timeout=5)
+    app = App(url, send_timeout=args.timeout)
     try:
         info = app.status_info(args.id)
+    except TimeoutError:
+        error(f"cannot read the status from the broker at {url}: no answer within {args.timeout:g} s "
+              "(--timeout sets how long to wait)")
+        return 1
     except (OSError, StatusUnavailable) as exc:
         error(f"cannot read the status from the broker at {url}: {exc}")
         return 1

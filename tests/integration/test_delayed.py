@@ -606,13 +606,19 @@ def test_bounded_memory_with_many_pending(leveret: ThreadedServer) -> None:
             peak, peak_resident = max(peak, in_memory), max(peak_resident, resident)
     published = time.time()
 
-    def snapshot() -> dict[str, int]:
+    def flush() -> None:
         assert broker.durability is not None
         broker.durability.flush()  # no confirms here: wait for the last group commit before counting
+
+    def snapshot() -> dict[str, int]:
+        assert broker.durability is not None
         return {"pending": broker.delays.pending, "in_memory": broker.delays.in_memory,
                 "resident": broker.delays.resident,
                 "stored": broker.durability.store.message_counts().get(("/", DELAYED_PREFIX + "dx"), 0)}
 
+    leveret.call(flush)
+    # a second call: the commit callbacks the flush queued on the loop (releasing the bodies held until their
+    # commit) run before it
     stats = cast(dict[str, int], leveret.call(snapshot))
     print(f"\npublished {total} in {published - min(earliest.values()) + 8.0:.1f} s; {stats}; "
           f"peak in memory {peak} (resident {peak_resident})")
@@ -620,7 +626,9 @@ def test_bounded_memory_with_many_pending(leveret: ThreadedServer) -> None:
     assert stats["pending"] == stats["stored"] == total
     # the window itself, plus the bodies of the last publishes after the fence until their commit is done
     assert stats["resident"] <= window + 1 and peak_resident <= window + 1
-    assert stats["in_memory"] <= window + 1000 and peak <= window + 1000
+    # once committed, only the window holds bodies; while publishing without confirms, the bodies after the fence
+    # wait for their commit, so how many that is depends on the writer's speed (printed, not asserted)
+    assert stats["in_memory"] <= window + 1
     ch.basic_qos(prefetch_count=1000)
     got = receive(ch, "q", total, timeout=20.0)
     assert len(got) == total

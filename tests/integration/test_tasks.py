@@ -27,6 +27,7 @@ from conftest import RABBITMQ_PORT
 
 from leveret.cli import main as cli_main
 from leveret.tasks import App, Retry, TaskContext, TaskError, Worker
+from leveret.tasks.status import new_task_id
 
 TESTS = Path(__file__).parents[1] / "support" / "apps"  # tasks_app.py, run from there
 
@@ -140,7 +141,11 @@ def test_status_from_cli(make_app: Any, names: dict[str, Any], broker_port: int,
     handle = noop.send()
     assert cli_main(["status", handle.id, "--url", url(broker_port)]) == 0
     assert capsys.readouterr().out.strip() == "queued"
-    assert cli_main(["status", "no-such-id", "--url", url(broker_port)]) == 0
+    # an id as send() makes them (a UUIDv7 tells its time, so on RabbitMQ only the stream since then is read)
+    assert cli_main(["status", new_task_id(), "--url", url(broker_port)]) == 0
+    assert capsys.readouterr().out.strip() == "unknown"
+    # any other text is looked up too (on RabbitMQ through the whole retention: a longer timeout)
+    assert cli_main(["status", "no-such-id", "--url", url(broker_port), "--timeout", "60"]) == 0
     assert capsys.readouterr().out.strip() == "unknown"
 
 
