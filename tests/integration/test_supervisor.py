@@ -27,6 +27,8 @@ import pytest
 from leveret.cli import main as cli_main
 from leveret.supervisor import RunConfigError, load_run_file
 
+from waiting import hold
+
 ROOT = Path(__file__).parents[2]
 QUEUE = "sup"
 
@@ -678,7 +680,7 @@ grace = 2
     wait_for(lambda: len(started()) >= 2, 30, lambda: f"the reload's new process\n{sup.log}")
     os.kill(first, signal.SIGKILL)  # while the new one is not ready yet (a program is ready after 1 s)
     sup.wait_log(r"reload done", timeout=30)
-    time.sleep(4)  # past the 2.5 s back-off of the crash
+    hold(4, "no third process: the crash's restart would come after its 2.5 s back-off")
     assert len(started()) == 2, sup.log
     second = started()[1]
     assert sup.processes()["p[0]"]["pid"] == second
@@ -719,7 +721,7 @@ command = ["sh", "-c", {json.dumps(command)}]
 grace = 5
 ''')
     sup.wait_log(r"consuming sup")
-    time.sleep(2)  # the old parent check ran every 0.5 s
+    hold(2, "the children must not think the supervisor is gone (the old parent check ran every 0.5 s)")
     env.send("record", n=1)
     wait_for(lambda: env.marked("record", 1), 30, lambda: f"the task\n{sup.log}")
     assert "supervisor is gone" not in sup.log and "gone" not in sup.log
