@@ -441,8 +441,8 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                               "amqp://guest:guest@127.0.0.1:5672/)")
     forward.add_argument("--status", action="store_true", help="print the backlog per destination and exit")
     forward.add_argument("--json", action="store_true", help="with --status: print it as JSON")
-    forward.add_argument("--window", type=int, default=256, metavar="N",
-                         help="unconfirmed messages in flight per destination (default 256)")
+    forward.add_argument("--window", type=int, default=1024, metavar="N",
+                         help="unconfirmed messages in flight per destination (default 1024)")
     forward.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS",
                          help="longest wait between reconnection attempts (default 30)")
     forward.add_argument("--unroutable-retry", type=float, default=30.0, metavar="SECONDS",

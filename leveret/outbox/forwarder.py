@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import sqlite3
+import struct
 import threading
 import time
 from collections import deque
@@ -35,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
+import pamqp.frame
+from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
@@ -113,6 +116,85 @@ class _Nacked(Exception):
     pass
 
 
+_FRAME_END = b"\xce"
+_BASIC_CLASS = 60
+
+
+class _Publisher:
+    """Publishes a batch of outbox messages with one write: the frames of every message are joined and handed
+    to aiormq's writer as one :class:`ChannelFrame`, so the socket sees one ``write`` per batch, not one (plus a
+    task, a lock round and a drain) per message as ``Exchange.publish`` does.
+
+    It takes aiormq's channel lock and registers each message's confirmation future and message id in the
+    channel exactly as ``aiormq.Channel.basic_publish`` does, so aiormq's reader settles them as usual: an
+    ack resolves the future with ``Basic.Ack`` (``multiple`` acks included), a nack raises ``DeliveryError``,
+    a returned message resolves it with the message, a closed channel or connection fails them all.
+
+    The content header frame is built from the properties exactly as the outbox stored them (pamqp's wire
+    form, saved by ``send``): no decode and re-encode per message (``tests/unit/test_outbox_frames.py`` checks
+    the bytes against pamqp's own marshalling).
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.number = channel.number
+        self.max_body = channel.max_content_size  # type: ignore[attr-defined]
+        self._methods: dict[tuple[str, str, bool], bytes] = {}
+
+    def frames(self, row: OutboxMessage, now: float | None = None) -> tuple[bytes, str]:
+        """The wire frames of ``row`` (Basic.Publish, content header, body) and its message_id."""
+        key = (row.exchange, row.routing_key, row.mandatory)
+        method = self._methods.get(key)
+        if method is None:
+            method = pamqp.frame.marshal(spec.Basic.Publish(exchange=row.exchange, routing_key=row.routing_key,
+                                                            mandatory=row.mandatory), self.number)
+            if len(self._methods) < 10_000:
+                self._methods[key] = method
+        header = row.header
+        if DUE_HEADER.encode() in header:  # x-delay computed now (rare: delayed tasks)
+            properties = _Outgoing(row, now).properties
+            header = properties.marshal()
+        else:
+            properties = row.properties
+        body = row.body
+        payload = struct.pack(">HHQ", _BASIC_CLASS, 0, len(body)) + header
+        parts = [method, struct.pack(">BHI", 2, self.number, len(payload)), payload, _FRAME_END]
+        step = self.max_body
+        for start in range(0, len(body), step):
+            chunk = body[start:start + step]
+            parts += (struct.pack(">BHI", 3, self.number, len(chunk)), chunk, _FRAME_END)
+        return b"".join(parts), str(properties.message_id)
+
+    async def publish(self, rows: Sequence[OutboxMessage]) -> list[asyncio.Future[Any]]:
+        """Publish ``rows`` in order with one write; their confirmation futures, in the same order."""
+        channel = cast(Any, self.channel)
+        futures: list[asyncio.Future[Any]] = []
+        async with channel.lock:
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
+            parts = []
+            tags = channel.message_id_delivery_tag
+            for row in rows:
+                frames, message_id = self.frames(row)
+                channel.delivery_tag += 1
+                tag = channel.delivery_tag
+                future = channel.create_future()
+                channel.confirmations[tag] = future
+                tags[message_id] = tag
+                future.add_done_callback(_forget(tags, message_id, tag))
+                futures.append(future)
+                parts.append(frames)
+            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+        return futures
+
+
+def _forget(tags: dict[str, int], message_id: str, tag: int) -> Any:
+    def forget(_: asyncio.Future[Any]) -> None:
+        if tags.get(message_id) == tag:
+            del tags[message_id]
+    return forget
+
+
 class _Destination:
     def __init__(self, name: str, urls: list[str]) -> None:
         self.name = name
@@ -125,6 +207,8 @@ class _Destination:
         self.parked = 0
         self.reported = 0
         self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
+        self.proven: set[str] = set()  # exchanges that confirmed a message in the current session
+        self.alone = 0  # the last message sent alone (the first to its exchange in a session)
         # Settled by the broker but not yet written to the outbox (a local write failed, e.g. disk full): kept
         # here and committed again with a back-off, on the same connection; nothing is fetched meanwhile, so a
         # confirmed message is never sent again because of a local error.
@@ -142,7 +226,7 @@ class Forwarder:
 
     def __init__(self, outbox: Outbox | str | os.PathLike[str],
                  brokers: Sequence[str] | Mapping[str, str | Sequence[str]] = (DEFAULT_URL,), *,
-                 window: int = 256, backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 window: int = 1024, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
                  stop_timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
         self._outbox_arg = outbox
@@ -345,9 +429,11 @@ class Forwarder:
         assert self._stop is not None and self.outbox is not None
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
+        publisher = _Publisher(await channel.get_underlay_channel())
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
+        proven = dest.proven = set()  # exchanges that confirmed a message in this session
         cursor = 0
         next_revive = 0.0
         reviving = False
@@ -369,16 +455,27 @@ class Forwarder:
                     except (OutboxError, sqlite3.Error) as exc:
                         self._local_error(dest, exc)
                         rows = []
-                    fetched = len(rows)
                     parks: list[tuple[int, str]] = []
+                    batch: list[OutboxMessage] = []
                     for row in rows:
+                        probe = row.exchange not in proven
+                        if probe and (batch or inflight):
+                            break  # the first publish to an exchange goes alone (below)
                         cursor = row.id
                         exchange = await self._exchange(conn, channel, checker, exchanges, row.exchange)
                         if exchange is None:
                             parks.append((row.id, f"NOT_FOUND - no exchange '{row.exchange}'"))
                             continue
-                        publish = exchange.publish(cast(Any, _Outgoing(row)), row.routing_key, mandatory=row.mandatory)
-                        inflight.append((row, asyncio.ensure_future(publish)))
+                        batch.append(row)
+                        if probe:
+                            # The first message to an exchange in a session is sent alone and confirmed before
+                            # anything else: if the broker refuses it with a channel error (403 on an internal
+                            # exchange), it is known to be the culprit and no other message's confirm is lost.
+                            dest.alone = row.id
+                            break
+                    fetched = len(batch) + len(parks)
+                    if batch:  # one socket write for the whole batch; confirms come back pipelined
+                        inflight.extend(zip(batch, await publisher.publish(batch), strict=True))
                     if parks:
                         await self._settle(dest, parks=parks)
                 if inflight:
@@ -440,6 +537,7 @@ class Forwarder:
             row, future = inflight.popleft()
             exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
             if exc is None:
+                dest.proven.add(row.exchange)
                 if isinstance(future.result(), spec.Basic.Ack):
                     done.append(row.id)
                 else:  # the returned message: mandatory and unroutable
@@ -459,7 +557,7 @@ class Forwarder:
             # The broker closed the channel with a reply code (403, 404, 406...) because of one of the messages
             # in flight, but which? Send them again one at a time: then the culprit is the only one in flight.
             text = describe(failure)
-            if not inflight and failed.id <= dest.careful_until:
+            if not inflight and (failed.id <= dest.careful_until or failed.id == dest.alone):
                 log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
                 await self._settle(dest, parks=[(failed.id, text)])
             else:

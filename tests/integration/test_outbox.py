@@ -232,10 +232,10 @@ def test_forwarder_killed_mid_batch_loses_nothing(tmp_path: Path, brokers: Any) 
     broker = brokers("a")
     declare(broker.port, "work")
     path = tmp_path / "o.db"
-    total = 4000
+    total = 20000
     with Outbox(path) as outbox:
         outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(total)])
-    proc = forward_process(path, url(broker.port))
+    proc = forward_process(path, url(broker.port), extra=("--window", "256"))
     try:
         with Outbox(path) as outbox:
             wait_until(lambda: outbox.count() < total - 200, what="forwarding started")
