@@ -228,7 +228,7 @@ class Forwarder:
                  brokers: Sequence[str] | Mapping[str, str | Sequence[str]] = (DEFAULT_URL,), *,
                  window: int = 1024, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
-                 stop_timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, connect_timeout: float = 10.0, shrink_interval: float = 1.0) -> None:
         self._outbox_arg = outbox
         self.path = outbox.path if isinstance(outbox, Outbox) else Path(outbox)
         self.destinations = [_Destination(n, u) for n, u in parse_brokers(brokers).items()]
@@ -240,6 +240,8 @@ class Forwarder:
         self.poll_interval = poll_interval
         self.stop_timeout = stop_timeout
         self.connect_timeout = connect_timeout
+        self.shrink_interval = shrink_interval
+        self._next_shrink = 0.0
         self.outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
@@ -485,6 +487,7 @@ class Forwarder:
                     if stopping:
                         await asyncio.sleep(self.poll_interval)
                     else:
+                        await self._shrink_when_idle(dest)
                         await self._sleep(self.poll_interval)
                 await self._reap(dest, inflight)
                 now = time.monotonic()
@@ -611,6 +614,23 @@ class Forwarder:
         dest.local_error = None
         dest.local_failures = 0
         return not dest.confirmed and not dest.to_park
+
+    async def _shrink_when_idle(self, dest: _Destination) -> None:
+        """Nothing to send: give the file's free pages back to the file system, ``SHRINK_PAGES`` at a time (one
+        short writer transaction each, so a send waits at most for one step), checking every
+        ``shrink_interval`` seconds. A failure is only logged: it is housekeeping."""
+        assert self.outbox is not None
+        now = time.monotonic()
+        if now < self._next_shrink or self.shrink_interval <= 0 or dest.confirmed or dest.to_park:
+            return
+        self._next_shrink = now + self.shrink_interval
+        try:
+            if await asyncio.to_thread(self.outbox.free_pages):
+                left = await self.outbox.shrink_async()
+                if left:
+                    self._next_shrink = now  # more to give back: the next idle turn continues
+        except (OutboxError, sqlite3.Error) as exc:
+            log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.path, describe(exc))
 
     def _local_error(self, dest: _Destination, exc: BaseException) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))

@@ -58,6 +58,9 @@ log = logging.getLogger("leveret.outbox")
 APPLICATION_ID = 0x4C564F42  # "LVOB"
 SCHEMA_VERSION = 1
 DEFAULT_DESTINATION = "default"
+SHRINK_PAGES = 1024  # pages (4 MB) given back per shrink step
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
 PERSISTENT = 2
 TO_SEND = 0
 PARKED = 1
@@ -254,6 +257,7 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         return conn
 
     def _reconnect_writer(self) -> sqlite3.Connection:
@@ -262,6 +266,11 @@ class Outbox:
         return conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
+        # Free pages go back to the file system in bounded steps when the forwarder is idle (``shrink``): that
+        # needs auto_vacuum=INCREMENTAL, which a new file gets before anything is written (before WAL), and an
+        # existing file once, with a VACUUM (below).
+        if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise OutboxError(f"cannot put the outbox {self.path} in WAL mode (got {mode}): use a local disk")
@@ -285,6 +294,23 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            self._migrate_auto_vacuum(conn)
+
+    def _migrate_auto_vacuum(self, conn: sqlite3.Connection) -> None:
+        """A file made before auto_vacuum: switch it to INCREMENTAL, which takes one VACUUM (a copy of the file).
+        It needs the file to itself for a moment; when another process holds it, it is tried at the next open."""
+        conn.execute("PRAGMA busy_timeout = 1000")
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            log.info("the outbox %s now gives free space back to the file system (auto_vacuum=INCREMENTAL)",
+                     self.path)
+        except sqlite3.OperationalError as exc:
+            log.warning("the outbox %s could not be switched to incremental vacuum now (%s): tried again at the "
+                        "next open", self.path, exc)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the file (idempotent)."""
@@ -368,6 +394,30 @@ class Outbox:
     async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         await self._await(Call(fn))
 
+    def free_pages(self) -> int:
+        """Pages of the file that are free (left by deleted messages), which ``shrink`` gives back."""
+        with self._rlock:
+            return int(self._rconn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def shrink(self, pages: int = SHRINK_PAGES) -> int:
+        """Give up to ``pages`` free pages back to the file system (one writer transaction of
+        ``PRAGMA incremental_vacuum``, then a passive WAL checkpoint, which truncates the file); returns the
+        free pages left. The forwarder calls it in bounded steps when it is idle."""
+        left: list[int] = []
+        self._write(Call(_vacuum(pages, left)))
+        self._checkpoint()
+        return left[0] if left else 0
+
+    async def shrink_async(self, pages: int = SHRINK_PAGES) -> int:
+        left: list[int] = []
+        await self._await(Call(_vacuum(pages, left)))
+        await asyncio.to_thread(self._checkpoint)
+        return left[0] if left else 0
+
+    def _checkpoint(self) -> None:
+        with self._rlock:
+            self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def fetch(self, destination: str, after: int, limit: int) -> list[OutboxMessage]:
         """Up to ``limit`` messages to send to ``destination`` with id > ``after``, in id order."""
         with self._rlock:
@@ -413,6 +463,18 @@ class Outbox:
 
 
 # --- writer transactions used by the forwarder ---------------------------------------------------------------------
+
+
+def _vacuum(pages: int, left: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        steps = min(free, pages)
+        # One page per statement: Python's sqlite3 steps "PRAGMA incremental_vacuum(N)" once, which frees one page.
+        for _ in range(steps):
+            conn.execute("PRAGMA incremental_vacuum(1)")
+        left.append(free - steps)
+
+    return run
 
 
 def mark_done(destination: str, ids: Sequence[int]) -> Callable[[sqlite3.Connection], None]:

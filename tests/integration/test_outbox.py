@@ -582,3 +582,50 @@ def test_a_failed_connection_is_closed(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         forwarder.stop()
     assert made and all(conn.is_closed for conn in made)
+
+
+# --- the file gives its space back -------------------------------------------------------------------------------
+
+
+def test_the_file_shrinks_after_a_backlog_drains(tmp_path: Path, brokers: Any) -> None:
+    broker = brokers("a")
+    declare(broker.port, "work")
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, synchronous="NORMAL")
+    for _ in range(8):
+        outbox.send_many([{"exchange": "", "routing_key": "work", "body": os.urandom(2000)} for _ in range(500)])
+    outbox.shrink()  # a checkpoint: the backlog is in the main file
+    full = path.stat().st_size
+    assert full > 8_000_000
+    forwarder = Forwarder(outbox, [url(broker.port)]).start()
+    try:
+        wait_until(lambda: outbox.count() == 0, what="backlog forwarded")
+        wait_until(lambda: path.stat().st_size < full // 10, what="the file shrank")
+        assert outbox.free_pages() < 100
+    finally:
+        forwarder.stop()
+        outbox.close()
+    assert len(drain(broker.port, "work", 4000)) == 4000
+
+
+def test_an_outbox_file_without_auto_vacuum_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        outbox.send("", "q", b"kept")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum = NONE")
+    conn.execute("VACUUM")  # as files made before incremental vacuum
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    with Outbox(path) as outbox:
+        assert outbox.count() == 1
+        outbox.send_many([{"exchange": "", "routing_key": "q", "body": os.urandom(4000)} for _ in range(500)])
+        outbox.call(lambda c: c.execute("DELETE FROM pending"))
+        outbox.call(lambda c: c.execute("DELETE FROM messages"))
+        assert outbox.free_pages() > 400
+        while outbox.shrink(100):
+            pass
+        assert outbox.free_pages() == 0
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    conn.close()
