@@ -2,6 +2,7 @@
 forwarder's start until the outbox is empty (every message published, confirmed by the broker and deleted).
 
     .venv/bin/python bench/outbox_forward.py [--messages 50000] [--body 200] [--window 1024] [--broker URL]
+                                             [--postgres postgresql://...]
 
 Without ``--broker`` it starts its own Leveret (``python -m leveret serve`` on a free port, a temporary data
 directory, killed at the end). The queue is durable and the messages persistent, as the outbox sends them.
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aio_pika
 
-from leveret.outbox import Forwarder, Outbox
+from leveret.outbox import Forwarder, open_outbox
 
 
 def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
@@ -51,13 +52,15 @@ def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, port[0]
 
 
-async def forward(path: Path, broker: str, messages: int, body: bytes, window: int) -> float:
+async def forward(path: str, broker: str, messages: int, body: bytes, window: int) -> float:
     queue = f"outbox-forward-bench-{os.getpid()}"
     conn = await aio_pika.connect(broker)
     ch = await conn.channel()
     q = await ch.declare_queue(queue, durable=True)
     await q.purge()
-    with Outbox(path, synchronous="NORMAL") as outbox:
+    with open_outbox(path, synchronous="NORMAL") as outbox:
+        if outbox.count():
+            raise SystemExit(f"the outbox {outbox.where} is not empty")
         for start in range(0, messages, 5000):
             await asyncio.to_thread(outbox.send_many, [
                 {"exchange": "", "routing_key": queue, "body": body} for _ in range(min(5000, messages - start))])
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--body", type=int, default=200)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL outbox (an empty database) instead of SQLite")
     parser.add_argument("--broker", help="a running broker (default: start a Leveret)")
     parser.add_argument("--dir", default=".", help="where the outbox file goes (default: the current directory)")
     args = parser.parse_args()
@@ -98,7 +102,7 @@ def main() -> None:
             broker = f"amqp://guest:guest@127.0.0.1:{port}/"
         try:
             for run in range(args.runs):
-                path = Path(tmp) / f"outbox-{run}.db"
+                path = args.postgres or str(Path(tmp) / f"outbox-{run}.db")
                 elapsed = asyncio.run(forward(path, broker, args.messages, body, args.window))
                 print(f"run {run + 1}: {args.messages} messages of {args.body} B forwarded (published, confirmed, "
                       f"deleted) in {elapsed:.2f} s = {args.messages / elapsed:,.0f} msg/s (window {args.window})",

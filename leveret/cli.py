@@ -434,7 +434,8 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Publish the messages of an outbox file with publisher confirms, deleting each once its "
                     "broker(s) confirmed it, until SIGINT or SIGTERM (in-flight confirms finish first). Safe to "
                     "restart at any moment: unconfirmed messages are sent again.")
-    forward.add_argument("--outbox", required=True, metavar="PATH", help="the outbox file")
+    forward.add_argument("--outbox", required=True, metavar="PATH|URL",
+                         help="the outbox: an SQLite file, or a postgresql:// URL (a shared PostgreSQL outbox)")
     forward.add_argument("--broker", action="append", metavar="[NAME=]URL",
                          help="a broker for destination NAME (default: \"default\"); repeat for more destinations, "
                               "or with the same NAME for failover (default: $LEVERET_URL or "
@@ -449,6 +450,9 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                          help="retry parked (unroutable) messages after this long; 0 never (default 30)")
     forward.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
                          help="log the backlog this often (default 30)")
+    forward.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                         help="PostgreSQL outbox: how long other forwarders leave the messages this one fetched "
+                              "(renewed while in flight; after a crash they are sent again then) (default 60)")
     forward.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
     forward.set_defaults(handler=_run_forward)
 
@@ -464,7 +468,8 @@ def _run_forward(args: argparse.Namespace) -> int:
     brokers = args.broker or [os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"]
     try:
         forwarder = Forwarder(args.outbox, brokers, window=args.window, backoff_max=args.backoff_max,
-                              unroutable_retry=args.unroutable_retry, report_interval=args.report_interval)
+                              unroutable_retry=args.unroutable_retry, report_interval=args.report_interval,
+                              lease=args.lease)
     except ValueError as exc:
         error(str(exc))
         return 2
@@ -484,7 +489,7 @@ def _add_outbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                                    description="Inspect an outbox file written by leveret.outbox.Outbox.")
     commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="messages waiting per destination, oldest age, last error")
-    status.add_argument("path", help="the outbox file")
+    status.add_argument("path", help="the outbox file, or a postgresql:// URL")
     status.add_argument("--json", action="store_true", help="print it as JSON")
     outbox.set_defaults(handler=_run_outbox)
 
@@ -496,15 +501,17 @@ def _run_outbox(args: argparse.Namespace) -> int:
 def _print_outbox_status(path: str, as_json: bool) -> int:
     import json
 
-    from leveret.outbox import Outbox, OutboxError
+    from leveret.outbox import OutboxError, open_outbox
+    from leveret.outbox.postgres import is_postgres_url
 
-    if not os.path.exists(path):
+    if not is_postgres_url(path) and not os.path.exists(path):
         error(f"no outbox at {path}")
         return 1
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             status = outbox.status()
             total = outbox.count()
+            path = outbox.where
     except OutboxError as exc:
         error(str(exc))
         return 1

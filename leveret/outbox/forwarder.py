@@ -41,17 +41,9 @@ from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
-from leveret.outbox.store import (
-    DEFAULT_DESTINATION,
-    DUE_HEADER,
-    Outbox,
-    OutboxError,
-    OutboxMessage,
-    mark_done,
-    note_failure,
-    park,
-    revive,
-)
+from leveret.outbox.postgres import is_postgres_url
+from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
+from leveret.outbox.store import DEFAULT_DESTINATION, DUE_HEADER, OutboxError, OutboxMessage
 
 try:
     import fcntl
@@ -224,13 +216,23 @@ class Forwarder:
     ``{name: url or [urls]}``). ``await run()`` until :meth:`request_stop`; or ``start()``/``stop()`` in a
     background thread. Only one forwarder runs per outbox file (a second one waits for the first's lock)."""
 
-    def __init__(self, outbox: Outbox | str | os.PathLike[str],
+    def __init__(self, outbox: OutboxStorage | str | os.PathLike[str],
                  brokers: Sequence[str] | Mapping[str, str | Sequence[str]] = (DEFAULT_URL,), *,
                  window: int = 1024, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
-                 stop_timeout: float = 10.0, connect_timeout: float = 10.0, shrink_interval: float = 1.0) -> None:
+                 stop_timeout: float = 10.0, connect_timeout: float = 10.0, shrink_interval: float = 1.0,
+                 lease: float | None = None) -> None:
         self._outbox_arg = outbox
-        self.path = outbox.path if isinstance(outbox, Outbox) else Path(outbox)
+        if is_storage(outbox):
+            storage = cast(OutboxStorage, outbox)
+            self.where, self.shared = storage.where, storage.shared
+            path = getattr(storage, "path", None)
+        elif is_postgres_url(outbox):
+            self.where, self.shared, path = safe_url(str(outbox)), True, None
+        else:
+            path = Path(cast(Any, outbox))
+            self.where, self.shared = str(path), False
+        self.path: Path | None = path  # the SQLite file (its lock file is beside it), or None
         self.destinations = [_Destination(n, u) for n, u in parse_brokers(brokers).items()]
         self.window = max(1, window)
         self.backoff_initial = backoff_initial
@@ -241,8 +243,9 @@ class Forwarder:
         self.stop_timeout = stop_timeout
         self.connect_timeout = connect_timeout
         self.shrink_interval = shrink_interval
+        self.lease = lease  # a PostgreSQL outbox opened from its URL: PostgresOutbox(lease=...)
         self._next_shrink = 0.0
-        self.outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        self.outbox: OutboxStorage | None = cast(OutboxStorage, outbox) if is_storage(outbox) else None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
         self._stop_deadline = float("inf")
@@ -268,9 +271,12 @@ class Forwarder:
             if self.outbox is None:
                 # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
                 # again, so they need no fsync (the senders' connections keep theirs).
-                self.outbox = await asyncio.to_thread(Outbox, self.path, synchronous="NORMAL")
+                options: dict[str, Any] = {"synchronous": "NORMAL"}
+                if self.shared and self.lease is not None:
+                    options["lease"] = self.lease
+                self.outbox = await asyncio.to_thread(open_outbox, cast(Any, self._outbox_arg), **options)
             names = ", ".join(f"{d.name} -> {' | '.join(safe_url(u) for u in d.urls)}" for d in self.destinations)
-            log.info("forwarding the outbox %s to %s", self.path, names)
+            log.info("forwarding the outbox %s to %s", self.where, names)
             self._ready.set()
             reporter = asyncio.ensure_future(self._reporter())
             try:
@@ -324,7 +330,7 @@ class Forwarder:
             self._thread.join(timeout)
 
     async def _take_lock(self) -> bool:
-        if fcntl is None:  # pragma: no cover
+        if fcntl is None or self.path is None:  # a shared storage: several forwarders, with leases
             return True
         lock_path = self.path.with_name(self.path.name + ".forwarder.lock")
         try:
@@ -419,7 +425,7 @@ class Forwarder:
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
         if isinstance(exc, (OutboxError, sqlite3.Error)):
-            log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.path, text)
+            log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.where, text)
             return
         if dest.error != text:
             log.warning("%s: %s: %s (retrying with back-off)", dest.name, safe_url(url), text)
@@ -439,6 +445,8 @@ class Forwarder:
         cursor = 0
         next_revive = 0.0
         reviving = False
+        lease: float | None = getattr(outbox, "lease", None) if outbox.shared else None
+        next_renew = time.monotonic() + lease / 3 if lease else float("inf")
         try:
             while True:
                 window = 1 if cursor < dest.careful_until else self.window
@@ -491,6 +499,14 @@ class Forwarder:
                         await self._sleep(self.poll_interval)
                 await self._reap(dest, inflight)
                 now = time.monotonic()
+                if lease and now >= next_renew:  # a shared outbox: keep the messages in flight ours
+                    next_renew = now + lease / 3
+                    if inflight:
+                        try:
+                            await outbox.renew_async(dest.name, [row.id for row, _ in inflight])
+                        except OutboxError as exc:
+                            log.warning("%s: could not renew the leases in %s: %s", dest.name, self.where,
+                                        describe(exc))
                 if now < dest.local_retry_at:
                     continue
                 try:
@@ -499,7 +515,7 @@ class Forwarder:
                         if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
                             reviving = True
                     if reviving and not inflight and not dest.confirmed and not dest.to_park:
-                        await outbox.call_async(revive(dest.name, time.time()))
+                        await outbox.revive_async(dest.name, time.time())
                         reviving = False
                         cursor = 0
                 except (OutboxError, sqlite3.Error) as exc:
@@ -510,6 +526,9 @@ class Forwarder:
                 future.add_done_callback(_consume)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), 5)
+            if outbox.shared:  # what this session leased and did not settle: another forwarder may take it
+                with contextlib.suppress(Exception):
+                    await outbox.release_async(dest.name)
 
     async def _exchange(self, conn: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
                         checker: list[aio_pika.abc.AbstractChannel],
@@ -599,7 +618,7 @@ class Forwarder:
         try:
             if dest.confirmed:
                 ids = list(dest.confirmed)
-                await self.outbox.call_async(mark_done(dest.name, ids))
+                await self.outbox.mark_done_async(dest.name, ids)
                 del dest.confirmed[:len(ids)]
                 dest.forwarded += len(ids)
             if dest.to_park:
@@ -610,7 +629,7 @@ class Forwarder:
             self._local_error(dest, exc)
             return False
         if dest.local_error is not None:
-            log.info("%s: the outbox %s is writable again", dest.name, self.path)
+            log.info("%s: the outbox %s is writable again", dest.name, self.where)
         dest.local_error = None
         dest.local_failures = 0
         return not dest.confirmed and not dest.to_park
@@ -630,7 +649,7 @@ class Forwarder:
                 if left:
                     self._next_shrink = now  # more to give back: the next idle turn continues
         except (OutboxError, sqlite3.Error) as exc:
-            log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.path, describe(exc))
+            log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.where, describe(exc))
 
     def _local_error(self, dest: _Destination, exc: BaseException) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))
@@ -639,21 +658,21 @@ class Forwarder:
         text = describe(exc)
         if dest.local_error != text:
             log.error("%s: local outbox error on %s: %s (%d confirmed message(s) kept in memory; sending paused, "
-                      "retrying with back-off)", dest.name, self.path, text, len(dest.confirmed))
+                      "retrying with back-off)", dest.name, self.where, text, len(dest.confirmed))
         dest.local_error = text
 
     async def _note_failure(self, dest: _Destination, message_id: int, error: str) -> None:
         """Record why a message failed (bookkeeping only: a failed write is logged and otherwise ignored)."""
         assert self.outbox is not None
         try:
-            await self.outbox.call_async(note_failure(dest.name, message_id, error))
+            await self.outbox.note_failure_async(dest.name, message_id, error)
         except (OutboxError, sqlite3.Error) as exc:
-            log.error("%s: local outbox error on %s: %s", dest.name, self.path, describe(exc))
+            log.error("%s: local outbox error on %s: %s", dest.name, self.where, describe(exc))
 
     async def _park(self, dest: _Destination, failures: list[tuple[int, str]]) -> None:
         assert self.outbox is not None
         retry_at = time.time() + self.unroutable_retry if self.unroutable_retry > 0 else float("inf")
-        await self.outbox.call_async(park(dest.name, failures, retry_at))
+        await self.outbox.park_async(dest.name, failures, retry_at)
         dest.parked += len(failures)
         log.warning("%s: %d message(s) parked (%s); retried in %.0f s", dest.name, len(failures), failures[0][1],
                     self.unroutable_retry)
@@ -666,7 +685,7 @@ class Forwarder:
             try:
                 await self._report()
             except (OutboxError, sqlite3.Error) as exc:
-                log.error("cannot read the status of the outbox %s: %s", self.path, describe(exc))
+                log.error("cannot read the status of the outbox %s: %s", self.where, describe(exc))
 
     async def _report(self) -> None:
         if self.outbox is None:

@@ -187,6 +187,20 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
     return header, str(props["message_id"])
 
 
+def prepare_message(default_destinations: tuple[str, ...], exchange: str, routing_key: str, body: bytes,
+                    properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
+                    mandatory: bool = True) -> tuple[_Row, str]:
+    """Check ``send``'s arguments and encode the message as every storage saves it; (row, message_id)."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
+    for name, value in (("exchange", exchange), ("routing_key", routing_key)):
+        if not isinstance(value, str) or len(value.encode()) > 255:
+            raise ValueError(f"{name} must be a str of at most 255 bytes")
+    header, message_id = encode_properties(properties)
+    dests = default_destinations if destinations is None else _check_destinations(destinations)
+    return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
+
+
 def decode_properties(header: bytes) -> spec.Basic.Properties:
     props = spec.Basic.Properties()
     (flags,) = struct.unpack_from(">H", header)
@@ -329,14 +343,8 @@ class Outbox:
 
     def prepare(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
                 destinations: Iterable[str] | None = None, mandatory: bool = True) -> tuple[_Row, str]:
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
-        for name, value in (("exchange", exchange), ("routing_key", routing_key)):
-            if not isinstance(value, str) or len(value.encode()) > 255:
-                raise ValueError(f"{name} must be a str of at most 255 bytes")
-        header, message_id = encode_properties(properties)
-        dests = self.default_destinations if destinations is None else _check_destinations(destinations)
-        return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
+        return prepare_message(self.default_destinations, exchange, routing_key, body, properties, destinations,
+                               mandatory)
 
     def _write(self, payload: list[_Row] | Call) -> None:
         """Hand ``payload`` to the writer and wait for its commit (raises OutboxError)."""
@@ -393,6 +401,33 @@ class Outbox:
 
     async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         await self._await(Call(fn))
+
+    # The forwarder's operations (the same on every storage; leveret/outbox/postgres.py).
+
+    kind = "sqlite"
+    shared = False  # one forwarder per file (a lock file); a PostgreSQL outbox is shared by several
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    async def mark_done_async(self, destination: str, ids: Sequence[int]) -> None:
+        await self._await(Call(mark_done(destination, ids)))
+
+    async def park_async(self, destination: str, failures: Sequence[tuple[int, str]], retry_at: float) -> None:
+        await self._await(Call(park(destination, failures, retry_at)))
+
+    async def note_failure_async(self, destination: str, message_id: int, error: str) -> None:
+        await self._await(Call(note_failure(destination, message_id, error)))
+
+    async def revive_async(self, destination: str, now: float) -> None:
+        await self._await(Call(revive(destination, now)))
+
+    async def renew_async(self, destination: str, ids: Sequence[int]) -> None:
+        """Leases are for shared storages: one forwarder per SQLite file needs none."""
+
+    async def release_async(self, destination: str) -> None:
+        """See ``renew_async``."""
 
     def free_pages(self) -> int:
         """Pages of the file that are free (left by deleted messages), which ``shrink`` gives back."""

@@ -21,10 +21,11 @@ import pika
 import pytest
 
 from leveret.cli import main as cli_main
-from leveret.outbox import Forwarder, Outbox, OutboxError
+from leveret.outbox import Forwarder, Outbox, OutboxError, PostgresOutbox, open_outbox
 from leveret.outbox.store import decode_properties
 from leveret.tasks import App, Worker
 
+from pghelp import postgres_db, postgres_url  # noqa: F401 - fixtures
 from serverproc import LeveretProcess
 from waiting import hold, wait_for
 
@@ -37,6 +38,15 @@ def url(port: int) -> str:
 
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     return wait_for(check, timeout, f"{what} not reached after {timeout} s", interval=0.05)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the outbox is: an SQLite file, or a fresh PostgreSQL database (skipped when there is none). The
+    tests that take it run on both storages."""
+    if request.param == "sqlite":
+        return str(tmp_path / "o.db")
+    return str(request.getfixturevalue("postgres_db"))
 
 
 @pytest.fixture
@@ -102,9 +112,9 @@ def forward_process(path: Path, *brokers: str, extra: tuple[str, ...] = ()) -> s
 # --- the outbox alone -----------------------------------------------------------------------------------------
 
 
-def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "outbox.db"
-    with Outbox(path) as outbox:
+def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path, target: str) -> None:
+    path = tmp_path / "sub" / "outbox.db" if target.endswith(".db") else target
+    with open_outbox(path) as outbox:
         first = outbox.send("", "q", b"\x00\xffbinary", properties={"headers": {"k": b"\x01", "n": 5}, "priority": 7})
         second = outbox.send("ex", "key", b"two", properties={"message_id": "mine", "type": "t"},
                              destinations=["a", "b"])
@@ -125,7 +135,7 @@ def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
         assert {k: (v["pending"], v["parked"]) for k, v in status.items()} == {"default": (1, 0), "a": (1, 0),
                                                                                 "b": (1, 0)}
         assert outbox.count() == 2
-    with Outbox(path) as outbox:  # still there after closing
+    with open_outbox(path) as outbox:  # still there after closing
         rows = outbox.fetch("default", 0, 10)
         assert [r.body for r in rows] == [b"\x00\xffbinary"]
         props = rows[0].properties
@@ -133,14 +143,16 @@ def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
         assert props.headers == {"k": bytearray(b"\x01"), "n": 5}
     with pytest.raises(OutboxError, match="closed"):
         outbox.send("", "q", b"x")
+    if isinstance(outbox, PostgresOutbox):
+        return
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(OutboxError, match="not a Leveret outbox"):
         Outbox(other)
 
 
-async def test_send_async_and_send_many(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", synchronous="NORMAL") as outbox:
+async def test_send_async_and_send_many(target: str) -> None:
+    with open_outbox(target, synchronous="NORMAL") as outbox:
         ids = [await outbox.send_async("", "q", b"%d" % i) for i in range(5)]
         ids += outbox.send_many([{"exchange": "", "routing_key": "q", "body": b"%d" % i} for i in range(5, 8)])
         assert len(set(ids)) == 8
@@ -205,12 +217,11 @@ def test_outbox_survives_kill9_of_the_sending_process(tmp_path: Path) -> None:
 # --- forwarding -----------------------------------------------------------------------------------------------
 
 
-def test_sends_while_the_broker_is_down_arrive_once_in_order(tmp_path: Path, brokers: Any) -> None:
+def test_sends_while_the_broker_is_down_arrive_once_in_order(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "work")
     broker.stop()
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.5).start()
     try:
         for i in range(300):
@@ -228,28 +239,28 @@ def test_sends_while_the_broker_is_down_arrive_once_in_order(tmp_path: Path, bro
     assert drain(broker.port, "work", 400) == [b"%d" % i for i in range(400)]
 
 
-def test_forwarder_killed_mid_batch_loses_nothing(tmp_path: Path, brokers: Any) -> None:
+def test_forwarder_killed_mid_batch_loses_nothing(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "work")
-    path = tmp_path / "o.db"
+    path = target
     total = 20000
-    with Outbox(path) as outbox:
+    with open_outbox(path) as outbox:
         outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(total)])
-    proc = forward_process(path, url(broker.port), extra=("--window", "256"))
+    proc = forward_process(path, url(broker.port), extra=("--window", "256", "--lease", "2"))
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: outbox.count() < total - 200, what="forwarding started")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         proc.kill()
         proc.wait(10)
-    with Outbox(path) as outbox:
+    with open_outbox(path) as outbox:
         left = outbox.count()
     assert 0 < left < total  # killed in the middle
-    proc = forward_process(path, url(broker.port))
+    proc = forward_process(path, url(broker.port), extra=("--lease", "2"))
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: outbox.count() == 0, what="outbox empty after restart")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -264,13 +275,12 @@ def test_forwarder_killed_mid_batch_loses_nothing(tmp_path: Path, brokers: Any) 
     assert first_seen == [b"%d" % i for i in range(total)]  # in order
 
 
-def test_multicast_one_destination_down(tmp_path: Path, brokers: Any) -> None:
+def test_multicast_one_destination_down(target: str, brokers: Any) -> None:
     a, b = brokers("a"), brokers("b")
     declare(a.port, "work")
     declare(b.port, "work")
     b.stop()
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, {"a": url(a.port), "b": url(b.port)}, backoff_initial=0.1,
                           backoff_max=0.5).start()
     try:
@@ -292,13 +302,13 @@ def test_multicast_one_destination_down(tmp_path: Path, brokers: Any) -> None:
     assert drain(b.port, "work", 100) == [b"both-%d" % i for i in range(100)]
 
 
-def test_forward_to_leveret_and_rabbitmq(tmp_path: Path, broker_port: int, unique: str) -> None:
+def test_forward_to_leveret_and_rabbitmq(target: str, broker_port: int, unique: str) -> None:
     """Properties arrive as sent; unroutable and refused messages are parked, the rest delivered in order
     (the same on Leveret and RabbitMQ)."""
     ch = channel(broker_port)
     ch.queue_declare(unique, auto_delete=False, arguments={"x-max-priority": 10})
     ch.exchange_declare(f"{unique}-internal", "direct", internal=True, auto_delete=True)
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     outbox.send("", unique, b"\x00first", properties={
         "content_type": "application/x-test", "content_encoding": "gzip", "headers": {"s": "x", "n": 7, "b": b"\xff",
                                                                                     "l": [1, "a"], "t": {"k": True}},
@@ -328,10 +338,10 @@ def test_forward_to_leveret_and_rabbitmq(tmp_path: Path, broker_port: int, uniqu
         ch.connection.close()
 
 
-def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None:
+def test_unroutable_is_parked_then_retried(target: str, brokers: Any) -> None:
     broker = brokers("a")
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
+    path = target
+    outbox = open_outbox(path)
     forwarder = Forwarder(outbox, [url(broker.port)], unroutable_retry=0.5).start()
     try:
         outbox.send("", "later", b"1")
@@ -349,13 +359,13 @@ def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None
     assert drain(broker.port, "later", 1) == [b"1"]
 
 
-def test_a_message_that_closes_the_channel_is_parked(tmp_path: Path, brokers: Any) -> None:
+def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "work")
     ch = channel(broker.port)
     ch.exchange_declare("internal-x", "direct", durable=True, internal=True)  # publishing to it: 403
     ch.connection.close()
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.05, backoff_max=0.2,
                           unroutable_retry=3600).start()
     try:
@@ -374,10 +384,10 @@ def test_a_message_that_closes_the_channel_is_parked(tmp_path: Path, brokers: An
     assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
-def test_nacks_are_sent_again_in_order(tmp_path: Path, brokers: Any) -> None:
+def test_nacks_are_sent_again_in_order(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
     try:
         for i in range(12):
@@ -400,10 +410,10 @@ def test_nacks_are_sent_again_in_order(tmp_path: Path, brokers: Any) -> None:
         outbox.close()
 
 
-def test_through_connection_blocked(tmp_path: Path, brokers: Any) -> None:
+def test_through_connection_blocked(target: str, brokers: Any) -> None:
     broker = brokers("a", env={"LEVERET_MEMORY_HIGH_WATERMARK": "200000"})
     declare(broker.port, "big")
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)]).start()
     try:
         for i in range(60):  # 600 KB of transient bodies: the broker blocks its publishers past 200 KB
@@ -419,9 +429,9 @@ def test_through_connection_blocked(tmp_path: Path, brokers: Any) -> None:
         outbox.close()
 
 
-def test_cli_status_and_sigterm(tmp_path: Path, brokers: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "o.db"
-    with Outbox(path) as outbox:
+def test_cli_status_and_sigterm(tmp_path: Path, target: str, brokers: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = target
+    with open_outbox(path) as outbox:
         outbox.send("", "q", b"x", destinations=["eu", "us"])
     assert cli_main(["forward", "--status", "--outbox", str(path)]) == 0
     out = capsys.readouterr().out
@@ -433,7 +443,7 @@ def test_cli_status_and_sigterm(tmp_path: Path, brokers: Any, capsys: pytest.Cap
     declare(broker.port, "q")
     proc = forward_process(path, f"eu={url(broker.port)}")  # no broker for "us": reported, kept
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: "eu" not in outbox.status(), what="eu forwarded")
             assert outbox.status()["us"]["pending"] == 1
         proc.send_signal(signal.SIGTERM)  # the forwarder reports once more as it stops
@@ -501,23 +511,24 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     assert os.path.exists(str(path) + ".forwarder.lock")
 
 
-def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: Path, brokers: Any,
+def test_a_failed_local_delete_does_not_send_confirmed_messages_again(target: str, brokers: Any,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """The broker confirmed them but deleting them from the outbox fails for a while (disk full): they are
     kept in memory and deleted later on the same connection, not sent again after a reconnection."""
     broker = brokers("a")
     declare(broker.port, "work")
 
-    class DiskFullOutbox(Outbox):
-        fails = 3
+    base: Any = PostgresOutbox if target.startswith("postgresql://") else Outbox
+    fails = [3]
 
-        async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
-            if fn.__qualname__.startswith("mark_done") and DiskFullOutbox.fails > 0:
-                DiskFullOutbox.fails -= 1
+    class DiskFullOutbox(base):  # type: ignore[misc,valid-type]
+        async def mark_done_async(self, destination: str, ids: Any) -> None:
+            if fails[0] > 0:
+                fails[0] -= 1
                 raise OutboxError("not saved: database or disk is full")
-            await super().call_async(fn)
+            await super().mark_done_async(destination, ids)
 
-    outbox = DiskFullOutbox(tmp_path / "o.db")
+    outbox = DiskFullOutbox(target)
     outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(10)])
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
     try:
@@ -528,13 +539,14 @@ def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: 
     finally:
         forwarder.stop()
         outbox.close()
-    assert DiskFullOutbox.fails == 0
+    assert fails == [0]
     assert drain(broker.port, "work", 15) == [b"%d" % i for i in range(15)]
     assert forwarder.snapshot()["default"]["forwarded"] == 15
     errors = [r.getMessage() for r in caplog.records if r.name == "leveret.outbox.forwarder"
               and r.levelname == "ERROR"]
     assert errors and all("local outbox error" in e and "disk is full" in e for e in errors), errors
-    assert not any("127.0.0.1" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+    assert not any(f"127.0.0.1:{broker.port}" in r.getMessage() and "retrying" in r.getMessage()
+                   for r in caplog.records)  # never reconnected to the broker because of it
 
 
 def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path) -> None:
@@ -629,3 +641,33 @@ def test_an_outbox_file_without_auto_vacuum_is_migrated(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     conn.close()
+
+
+# --- a PostgreSQL outbox shared by several forwarders ---------------------------------------------------------------
+
+
+def test_several_forwarders_share_a_postgresql_outbox_without_sending_twice(
+        postgres_db: str, brokers: Any) -> None:  # noqa: F811 - the fixture
+    broker = brokers("a")
+    declare(broker.port, "work")
+    total = 3000
+    senders = [PostgresOutbox(postgres_db) for _ in range(3)]  # three web servers
+    forwarders = [Forwarder(PostgresOutbox(postgres_db, lease=30), [url(broker.port)], window=64).start()
+                  for _ in range(3)]
+    try:
+        wait_until(lambda: all(f.snapshot()["default"]["url"] for f in forwarders), what="all connected")
+        for n, outbox in enumerate(senders):  # the three forwarders poll the outbox all at once
+            outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d-%d" % (n, i)}
+                              for i in range(total // 3)])
+        wait_until(lambda: senders[0].count() == 0, what="outbox empty")
+        shares = [f.snapshot()["default"]["forwarded"] for f in forwarders]
+    finally:
+        for forwarder in forwarders:
+            forwarder.stop()
+            assert forwarder.outbox is not None
+            forwarder.outbox.close()
+        for outbox in senders:
+            outbox.close()
+    got = drain(broker.port, "work", total)
+    assert len(got) == total and len(set(got)) == total  # each message once: no two forwarders sent one
+    assert sum(shares) == total and sum(1 for share in shares if share) >= 2, shares  # they shared the work
