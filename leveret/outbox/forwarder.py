@@ -41,6 +41,7 @@ from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
+from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 from leveret.outbox.store import DEFAULT_DESTINATION, DUE_HEADER, OutboxError, OutboxMessage
@@ -69,8 +70,9 @@ def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> d
                 name, url = DEFAULT_DESTINATION, item
             out.setdefault(name, []).append(url)
     for name, urls in out.items():
-        if not urls or not all(u.startswith(("amqp://", "amqps://")) for u in urls):
-            raise ValueError(f"destination {name!r}: broker URLs must start with amqp:// or amqps://")
+        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://")) for u in urls):
+            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP) or "
+                             "http://, https:// (the management API's publish)")
     if not out:
         raise ValueError("no broker to forward to")
     return out
@@ -404,7 +406,7 @@ class Forwarder:
             dest.retry_at = time.time() + delay
             await self._sleep(delay)
 
-    async def _connect(self, url: str) -> aio_pika.abc.AbstractConnection | None:
+    async def _connect(self, url: str) -> Any:
         """Connect, or give up at once (None) when a stop is requested meanwhile."""
         assert self._stop is not None
         connecting = asyncio.ensure_future(self._open(url))
@@ -419,7 +421,9 @@ class Forwarder:
         connecting.add_done_callback(_consume)
         return None
 
-    async def _open(self, url: str) -> aio_pika.abc.AbstractConnection:
+    async def _open(self, url: str) -> Any:
+        if url.startswith(("http://", "https://")):
+            return await HttpTarget(url, self.connect_timeout).open()
         return await open_connection(url, self.connect_timeout)
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
@@ -433,8 +437,16 @@ class Forwarder:
         if dest.down_since is None:
             dest.down_since = time.time()
 
-    async def _session(self, dest: _Destination, conn: aio_pika.abc.AbstractConnection) -> None:
+    async def _session(self, dest: _Destination, conn: Any) -> None:
         assert self._stop is not None and self.outbox is not None
+        if isinstance(conn, HttpTarget):
+            try:
+                await self._http_session(dest, conn)
+            finally:
+                if self.outbox.shared:  # what this session leased and did not settle: another forwarder may take it
+                    with contextlib.suppress(Exception):
+                        await self.outbox.release_async(dest.name)
+            return
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
         publisher = _Publisher(await channel.get_underlay_channel())
@@ -492,6 +504,10 @@ class Forwarder:
                     if fetched == 0 or len(inflight) >= window:
                         await asyncio.wait([inflight[0][1]], timeout=self.poll_interval)
                 elif fetched == 0:
+                    if outbox.shared and not dest.confirmed:
+                        # Nothing in flight: scan from the start again, for rows that another forwarder held
+                        # (leased) when the cursor passed them and that its death or stop has freed since.
+                        cursor = 0
                     if stopping:
                         await asyncio.sleep(self.poll_interval)
                     else:
@@ -529,6 +545,67 @@ class Forwarder:
             if outbox.shared:  # what this session leased and did not settle: another forwarder may take it
                 with contextlib.suppress(Exception):
                     await outbox.release_async(dest.name)
+
+    async def _http_session(self, dest: _Destination, target: HttpTarget) -> None:
+        """The HTTP transport: one publish at a time, in id order; settled as http_transport.py says."""
+        assert self._stop is not None and self.outbox is not None
+        outbox = self.outbox
+        cursor = 0
+        next_revive = 0.0
+        while True:
+            held = not await self._settle(dest)
+            if self._stop.is_set():
+                if dest.confirmed:
+                    log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they will be "
+                              "sent again", dest.name, len(dest.confirmed), dest.local_error)
+                return
+            if held or time.monotonic() < dest.local_retry_at:
+                await self._sleep(self.poll_interval)
+                continue
+            try:
+                rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, min(self.window, 128))
+            except (OutboxError, sqlite3.Error) as exc:
+                self._local_error(dest, exc)
+                continue
+            done: list[int] = []
+            parks: list[tuple[int, str]] = []
+            try:
+                for row in rows:
+                    if self._stop.is_set():
+                        break
+                    try:
+                        properties = json_properties(_Outgoing(row).properties)
+                    except ValueError as exc:
+                        parks.append((row.id, str(exc)))
+                        cursor = row.id
+                        continue
+                    try:
+                        why = await target.publish(row, properties)
+                    except HttpNacked as exc:
+                        await self._note_failure(dest, row.id, str(exc))
+                        raise _Nacked(f"message {row.id} refused by the broker ({exc}); sending it again after "
+                                      "a back-off") from None
+                    cursor = row.id
+                    if why is None:
+                        done.append(row.id)
+                    else:
+                        parks.append((row.id, why))
+            finally:
+                await self._settle(dest, done, parks)
+            if not rows:
+                if outbox.shared:  # rows another forwarder held when the cursor passed them (see _session)
+                    cursor = 0
+                await self._shrink_when_idle(dest)
+                await self._sleep(self.poll_interval)
+            now = time.monotonic()
+            if self.unroutable_retry > 0 and now >= next_revive and not self._stop.is_set():
+                next_revive = now + min(self.unroutable_retry, 5.0)
+                try:
+                    if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
+                        await outbox.revive_async(dest.name, time.time())
+                        cursor = 0
+                except (OutboxError, sqlite3.Error) as exc:
+                    self._local_error(dest, exc)
 
     async def _exchange(self, conn: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
                         checker: list[aio_pika.abc.AbstractChannel],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "o.db")
     return str(request.getfixturevalue("postgres_db"))
+
+
+@pytest.fixture(params=["amqp", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """How the forwarder publishes: AMQP with confirms, or the management API's publish endpoint."""
+    return str(request.param)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_url(transport: str, amqp_port: int, http_port: int | None = None) -> str:
+    if transport == "http":
+        return f"http://guest:guest@127.0.0.1:{http_port}/"
+    return url(amqp_port)
 
 
 @pytest.fixture
@@ -217,12 +236,14 @@ def test_outbox_survives_kill9_of_the_sending_process(tmp_path: Path) -> None:
 # --- forwarding -----------------------------------------------------------------------------------------------
 
 
-def test_sends_while_the_broker_is_down_arrive_once_in_order(target: str, brokers: Any) -> None:
-    broker = brokers("a")
+def test_sends_while_the_broker_is_down_arrive_once_in_order(target: str, transport: str, brokers: Any) -> None:
+    http_port = free_port()
+    broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port)})
     declare(broker.port, "work")
     broker.stop()
     outbox = open_outbox(target)
-    forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.5).start()
+    forwarder = Forwarder(outbox, [broker_url(transport, broker.port, http_port)], backoff_initial=0.1,
+                          backoff_max=0.5).start()
     try:
         for i in range(300):
             outbox.send("", "work", b"%d" % i)  # returns: nothing waits for the broker
@@ -384,7 +405,10 @@ def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) 
     assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
-def test_nacks_are_sent_again_in_order(target: str, brokers: Any) -> None:
+def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any) -> None:
+    if transport == "http":
+        pytest.xfail("Leveret's HTTP publish answers routed: true for a message a reject-publish queue refused "
+                     "(leveret/http/api/messages.py ignores Queue.enqueue's False): the message is lost")
     broker = brokers("a")
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})
     outbox = open_outbox(target)
@@ -671,3 +695,46 @@ def test_several_forwarders_share_a_postgresql_outbox_without_sending_twice(
     got = drain(broker.port, "work", total)
     assert len(got) == total and len(set(got)) == total  # each message once: no two forwarders sent one
     assert sum(shares) == total and sum(1 for share in shares if share) >= 2, shares  # they shared the work
+
+
+# --- the HTTP transport against RabbitMQ's management API ----------------------------------------------------------
+
+
+@pytest.mark.rabbitmq
+def test_http_transport_on_rabbitmq_nacks_parks_and_keeps_order(target: str, rabbitmq_port: int,
+                                                                 unique: str) -> None:
+    """RabbitMQ's publish endpoint: a full reject-publish queue answers 400 "rejected" (sent again later, in
+    order), an unroutable mandatory message routed: false (parked), a missing exchange 400 404 (parked)."""
+    try:
+        socket.create_connection(("127.0.0.1", 15672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ's management API is not on 127.0.0.1:15672")
+    ch = channel(rabbitmq_port)
+    ch.queue_declare(unique, arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
+    outbox = open_outbox(target)
+    forwarder = Forwarder(outbox, ["http://guest:guest@127.0.0.1:15672/"], backoff_initial=0.1, backoff_max=0.3,
+                          unroutable_retry=3600).start()
+    try:
+        outbox.send("", f"{unique}-nowhere", b"unroutable")
+        outbox.send(f"{unique}-no-such-exchange", "k", b"no exchange")
+        for i in range(12):
+            outbox.send("", unique, b"%d" % i, properties={"headers": {"n": i, "s": b"text"}})
+        wait_until(lambda: outbox.count() == 9, what="5 accepted, 7 refused, 2 parked")
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 12 and time.monotonic() < deadline:
+            method, props, body = ch.basic_get(unique, auto_ack=True)
+            if method is None:
+                time.sleep(0.05)
+            else:
+                assert props.headers == {"n": int(body), "s": "text"}
+                got.append(body)
+        assert got == [b"%d" % i for i in range(12)]
+        wait_until(lambda: outbox.count() == 2, what="all but the parked sent")
+        status = outbox.status()["default"]
+        assert status["parked"] == 2 and status["pending"] == 0
+    finally:
+        forwarder.stop()
+        outbox.close()
+        ch.queue_delete(unique)
+        ch.connection.close()
