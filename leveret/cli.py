@@ -490,12 +490,40 @@ def _add_outbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="messages waiting per destination, oldest age, last error")
     status.add_argument("path", help="the outbox file, or a postgresql:// URL")
+    status.add_argument("id", nargs="?", help="a message_id sent with track=True: its state per destination")
     status.add_argument("--json", action="store_true", help="print it as JSON")
     outbox.set_defaults(handler=_run_outbox)
 
 
 def _run_outbox(args: argparse.Namespace) -> int:
+    if args.id:
+        return _print_tracked(args.path, args.id, args.json)
     return _print_outbox_status(args.path, args.json)
+
+
+def _print_tracked(path: str, message_id: str, as_json: bool) -> int:
+    import json
+
+    from leveret.outbox import OutboxError, open_outbox
+    from leveret.outbox.postgres import is_postgres_url
+
+    if not is_postgres_url(path) and not os.path.exists(path):
+        error(f"no outbox at {path}")
+        return 1
+    try:
+        with open_outbox(path) as outbox:
+            status = outbox.tracked(message_id)
+    except OutboxError as exc:
+        error(str(exc))
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"message {message_id}: {status['state']}")
+        print_table([{"destination": name, "state": info["state"],
+                      "sent_at": "" if info["sent_at"] is None else f"{info['sent_at']:.3f}",
+                      "error": info["error"] or ""} for name, info in sorted(status["destinations"].items())])
+    return 0 if status["state"] != "unknown" else 1
 
 
 def _print_outbox_status(path: str, as_json: bool) -> int:

@@ -43,6 +43,7 @@ from leveret.outbox.store import (
     _Row,
     prepare_message,
 )
+from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
 
 try:  # optional: pip install 'leveret[postgres]'
     import psycopg
@@ -51,6 +52,7 @@ except ImportError:  # pragma: no cover - reported when a PostgresOutbox is made
 
 MESSAGES = "leveret_outbox_messages"
 PENDING = "leveret_outbox_pending"
+TRACKING = "leveret_outbox_tracking"
 _NOW = "extract(epoch from clock_timestamp())"
 _SCHEMA_LOCK = 0x4C564F42  # pg_advisory_xact_lock key ("LVOB")
 
@@ -74,6 +76,13 @@ _SCHEMA = (
         lease_until DOUBLE PRECISION,
         PRIMARY KEY (destination, id))""",
     f"CREATE INDEX IF NOT EXISTS {PENDING}_id ON {PENDING} (id)",  # a message's rows, whatever the destination
+    f"""CREATE TABLE IF NOT EXISTS {TRACKING} (
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        sent_at DOUBLE PRECISION,
+        PRIMARY KEY (message_id, destination, id))""",
+    f"CREATE INDEX IF NOT EXISTS {TRACKING}_id ON {TRACKING} (id, destination)",
 )
 
 
@@ -102,6 +111,7 @@ class PostgresOutbox:
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._next_prune = 0.0
         self._run(lambda cur: [cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,)),
                                *(cur.execute(statement) for statement in _SCHEMA)])
 
@@ -164,27 +174,32 @@ class PostgresOutbox:
                 message_id = cur.fetchone()[0]
                 cur.executemany(f"INSERT INTO {PENDING} (destination, id) VALUES (%s, %s)",
                                 [(d, message_id) for d in row.destinations])
+                if row.track is not None:
+                    cur.executemany(f"INSERT INTO {TRACKING} (message_id, destination, id) VALUES (%s, %s, %s)",
+                                    [(row.track, d, message_id) for d in row.destinations])
 
         self._run(run)
 
     def send(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
-             destinations: Iterable[str] | None = None, mandatory: bool = True) -> str:
-        """Save one message; return its message_id once committed (raises OutboxError when not saved)."""
+             destinations: Iterable[str] | None = None, mandatory: bool = True, track: bool = False) -> str:
+        """Save one message; return its message_id once committed (raises OutboxError when not saved); with
+        ``track=True`` a :class:`TrackedMessage`."""
         row, message_id = prepare_message(self.default_destinations, exchange, routing_key, body, properties,
-                                          destinations, mandatory)
+                                          destinations, mandatory, track)
         self._insert([row])
-        return message_id
+        return TrackedMessage(message_id, self) if track else message_id
 
     def send_many(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
         prepared = [prepare_message(self.default_destinations, **m) for m in messages]
         if prepared:
             self._insert([row for row, _ in prepared])
-        return [message_id for _, message_id in prepared]
+        return [TrackedMessage(message_id, self) if row.track else message_id for row, message_id in prepared]
 
     async def send_async(self, exchange: str, routing_key: str, body: bytes,
                          properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
-                         mandatory: bool = True) -> str:
-        return await asyncio.to_thread(self.send, exchange, routing_key, body, properties, destinations, mandatory)
+                         mandatory: bool = True, track: bool = False) -> str:
+        return await asyncio.to_thread(self.send, exchange, routing_key, body, properties, destinations, mandatory,
+                                       track)
 
     # --- reading -----------------------------------------------------------------------------------------------
 
@@ -240,6 +255,14 @@ class PostgresOutbox:
             entry["last_error"] = errors.get(destination)
         return out
 
+    def tracked(self, message_id: str) -> dict[str, Any]:
+        """The state of a message sent with ``track=True`` (tracking.py)."""
+        rows = self._run(lambda cur: cur.execute(
+            f"SELECT t.destination, t.sent_at, p.state, p.error FROM {TRACKING} t LEFT JOIN {PENDING} p"
+            " ON p.id = t.id AND p.destination = t.destination WHERE t.message_id = %s ORDER BY t.id",
+            (message_id,)).fetchall())
+        return summarise(message_id, rows)
+
     def count(self) -> int:
         return int(self._run(lambda cur: cur.execute(f"SELECT count(*) FROM {MESSAGES}").fetchone()[0]))
 
@@ -254,6 +277,8 @@ class PostgresOutbox:
         def run(cur: Any) -> None:
             cur.execute(f"SELECT id FROM {MESSAGES} WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
             cur.execute(f"DELETE FROM {PENDING} WHERE destination = %s AND id = ANY(%s)", (destination, ids))
+            cur.execute(f"UPDATE {TRACKING} SET sent_at = {_NOW} WHERE id = ANY(%s) AND destination = %s",
+                        (ids, destination))
             cur.execute(f"DELETE FROM {MESSAGES} m WHERE m.id = ANY(%s) AND NOT EXISTS"
                         f" (SELECT 1 FROM {PENDING} p WHERE p.id = m.id)", (ids,))
 
@@ -306,8 +331,13 @@ class PostgresOutbox:
         await asyncio.to_thread(self.release, destination)
 
     def free_pages(self) -> int:
-        """PostgreSQL's autovacuum gives the space back: nothing for the forwarder to do."""
-        return 0
+        """PostgreSQL's autovacuum gives the space back: the forwarder only prunes old tracking rows (shrink),
+        once a minute."""
+        return 1 if time.monotonic() >= self._next_prune else 0
 
     async def shrink_async(self, pages: int = 0) -> int:
+        """Prune the tracking rows of messages sent more than TRACK_KEEP seconds ago; 0 (nothing left to do)."""
+        self._next_prune = time.monotonic() + 60.0
+        await asyncio.to_thread(self._run, lambda cur: cur.execute(
+            f"DELETE FROM {TRACKING} WHERE sent_at < {_NOW} - %s", (TRACK_KEEP,)))
         return 0

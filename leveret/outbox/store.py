@@ -51,6 +51,7 @@ from typing import Any
 
 from pamqp import commands as spec
 
+from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
 from leveret.sqlite_writer import Call, Writer, WriterStopped
 
 log = logging.getLogger("leveret.outbox")
@@ -99,6 +100,18 @@ _SCHEMA = (
     "CREATE INDEX pending_id ON pending (id)",
 )
 
+# send(track=True): one row per destination, kept after the message is deleted (tracking.py). Created at every
+# open (IF NOT EXISTS): files of schema 1 made before it get it without a version change.
+_TRACKING = (
+    """CREATE TABLE IF NOT EXISTS tracking (
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        sent_at REAL,
+        PRIMARY KEY (message_id, destination, id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS tracking_id ON tracking (id, destination)",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
@@ -117,10 +130,11 @@ class OutboxMessage:
 
 
 class _Row:
-    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key")
+    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key", "track")
 
     def __init__(self, exchange: str, routing_key: str, mandatory: bool, header: bytes, body: bytes,
-                 destinations: tuple[str, ...]) -> None:
+                 destinations: tuple[str, ...], track: str | None = None) -> None:
+        self.track = track  # the message_id, when send(track=True)
         self.created = time.time()
         self.exchange = exchange
         self.routing_key = routing_key
@@ -143,6 +157,9 @@ class _Rows:
                                                               row.mandatory, row.header, row.body)).lastrowid
             for destination in row.destinations:
                 insert("INSERT INTO pending (destination, id) VALUES (?, ?)", (destination, message_id))
+                if row.track is not None:
+                    insert("INSERT INTO tracking (message_id, destination, id) VALUES (?, ?, ?)",
+                           (row.track, destination, message_id))
 
     def full(self) -> bool:
         return False
@@ -189,7 +206,7 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
 
 def prepare_message(default_destinations: tuple[str, ...], exchange: str, routing_key: str, body: bytes,
                     properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
-                    mandatory: bool = True) -> tuple[_Row, str]:
+                    mandatory: bool = True, track: bool = False) -> tuple[_Row, str]:
     """Check ``send``'s arguments and encode the message as every storage saves it; (row, message_id)."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
@@ -198,7 +215,8 @@ def prepare_message(default_destinations: tuple[str, ...], exchange: str, routin
             raise ValueError(f"{name} must be a str of at most 255 bytes")
     header, message_id = encode_properties(properties)
     dests = default_destinations if destinations is None else _check_destinations(destinations)
-    return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
+    return (_Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests, message_id if track else None),
+            message_id)
 
 
 def decode_properties(header: bytes) -> spec.Basic.Properties:
@@ -303,6 +321,8 @@ class Outbox:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for statement in _TRACKING:
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -342,9 +362,10 @@ class Outbox:
     # --- sending ---------------------------------------------------------------------------------------------
 
     def prepare(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
-                destinations: Iterable[str] | None = None, mandatory: bool = True) -> tuple[_Row, str]:
+                destinations: Iterable[str] | None = None, mandatory: bool = True,
+                track: bool = False) -> tuple[_Row, str]:
         return prepare_message(self.default_destinations, exchange, routing_key, body, properties, destinations,
-                               mandatory)
+                               mandatory, track)
 
     def _write(self, payload: list[_Row] | Call) -> None:
         """Hand ``payload`` to the writer and wait for its commit (raises OutboxError)."""
@@ -358,12 +379,13 @@ class Outbox:
             raise OutboxError(f"the message was not saved: {error}") from error
 
     def send(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
-             destinations: Iterable[str] | None = None, mandatory: bool = True) -> str:
+             destinations: Iterable[str] | None = None, mandatory: bool = True, track: bool = False) -> str:
         """Save one message; return its message_id once it is committed to the file. Raises OutboxError
-        (not saved), ValueError/TypeError (bad arguments, checked before anything is written)."""
-        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        (not saved), ValueError/TypeError (bad arguments, checked before anything is written). With
+        ``track=True`` the message_id is a :class:`TrackedMessage` (``status()``, ``wait()``)."""
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory, track)
         self._write([row])
-        return message_id
+        return TrackedMessage(message_id, self) if track else message_id
 
     def send_many(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
         """Save several messages (dicts of ``send``'s arguments) in one transaction: all or none."""
@@ -371,15 +393,15 @@ class Outbox:
         if not prepared:
             return []
         self._write([row for row, _ in prepared])
-        return [message_id for _, message_id in prepared]
+        return [TrackedMessage(message_id, self) if row.track else message_id for row, message_id in prepared]
 
     async def send_async(self, exchange: str, routing_key: str, body: bytes,
                          properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
-                         mandatory: bool = True) -> str:
+                         mandatory: bool = True, track: bool = False) -> str:
         """``send`` for async code: waits for the commit without blocking the event loop."""
-        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory, track)
         await self._await([row])
-        return message_id
+        return TrackedMessage(message_id, self) if track else message_id
 
     async def _await(self, payload: list[_Row] | Call) -> None:
         loop = asyncio.get_running_loop()
@@ -491,6 +513,15 @@ class Outbox:
             entry["last_error"] = errors.get(destination)
         return out
 
+    def tracked(self, message_id: str) -> dict[str, Any]:
+        """The state of a message sent with ``track=True`` (tracking.py): saved, parked, sent or unknown."""
+        with self._rlock:
+            rows = self._rconn.execute(
+                "SELECT t.destination, t.sent_at, p.state, p.error FROM tracking t LEFT JOIN pending p"
+                " ON p.id = t.id AND p.destination = t.destination WHERE t.message_id = ? ORDER BY t.id",
+                (message_id,)).fetchall()
+        return summarise(message_id, rows)
+
     def count(self) -> int:
         """Messages in the outbox (each counted once, whatever its destinations)."""
         with self._rlock:
@@ -502,6 +533,7 @@ class Outbox:
 
 def _vacuum(pages: int, left: list[int]) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM tracking WHERE sent_at < ?", (time.time() - TRACK_KEEP,))
         free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         steps = min(free, pages)
         # One page per statement: Python's sqlite3 steps "PRAGMA incremental_vacuum(N)" once, which frees one page.
@@ -516,10 +548,13 @@ def mark_done(destination: str, ids: Sequence[int]) -> Callable[[sqlite3.Connect
     """``destination`` confirmed ``ids``: drop their pending rows, and the messages no destination still wants."""
 
     def run(conn: sqlite3.Connection) -> None:
+        now = time.time()
         for i in range(0, len(ids), 500):
             chunk = list(ids[i:i + 500])
             marks = ",".join("?" * len(chunk))
             conn.execute(f"DELETE FROM pending WHERE destination = ? AND id IN ({marks})", (destination, *chunk))
+            conn.execute(f"UPDATE tracking SET sent_at = ? WHERE id IN ({marks}) AND destination = ?",
+                         (now, *chunk, destination))
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks}) AND NOT EXISTS"
                          " (SELECT 1 FROM pending WHERE pending.id = messages.id)", chunk)
 
