@@ -111,6 +111,28 @@ class _Nacked(Exception):
 
 
 _FRAME_END = b"\xce"
+_DUE = DUE_HEADER.encode()
+# The basic properties before message_id, in wire order: (flag, kind): shortstr, table (long length) or octet.
+_BEFORE_MESSAGE_ID = ((0x8000, "s"), (0x4000, "s"), (0x2000, "t"), (0x1000, "o"), (0x0800, "o"), (0x0400, "s"),
+                      (0x0200, "s"), (0x0100, "s"))
+
+
+def message_id_of(header: bytes) -> str:
+    """The message_id of properties in their wire form (flags, then values), read without decoding the rest:
+    aiormq matches a returned message to its publish by it. "" when there is none."""
+    (flags,) = struct.unpack_from(">H", header)
+    if not flags & 0x0080:
+        return ""
+    pos = 2
+    for flag, kind in _BEFORE_MESSAGE_ID:
+        if flags & flag:
+            if kind == "s":
+                pos += 1 + header[pos]
+            elif kind == "t":
+                pos += 4 + struct.unpack_from(">I", header, pos)[0]
+            else:
+                pos += 1
+    return header[pos + 1:pos + 1 + header[pos]].decode("utf-8", "surrogateescape")
 _BASIC_CLASS = 60
 
 
@@ -145,11 +167,12 @@ class _Publisher:
             if len(self._methods) < 10_000:
                 self._methods[key] = method
         header = row.header
-        if DUE_HEADER.encode() in header:  # x-delay computed now (rare: delayed tasks)
+        if _DUE in header:  # x-delay computed now (rare: delayed tasks)
             properties = _Outgoing(row, now).properties
             header = properties.marshal()
+            message_id = str(properties.message_id)
         else:
-            properties = row.properties
+            message_id = message_id_of(header)
         body = row.body
         payload = struct.pack(">HHQ", _BASIC_CLASS, 0, len(body)) + header
         parts = [method, struct.pack(">BHI", 2, self.number, len(payload)), payload, _FRAME_END]
@@ -157,7 +180,7 @@ class _Publisher:
         for start in range(0, len(body), step):
             chunk = body[start:start + step]
             parts += (struct.pack(">BHI", 3, self.number, len(chunk)), chunk, _FRAME_END)
-        return b"".join(parts), str(properties.message_id)
+        return b"".join(parts), message_id
 
     async def publish(self, rows: Sequence[OutboxMessage]) -> list[asyncio.Future[Any]]:
         """Publish ``rows`` in order with one write; their confirmation futures, in the same order."""

@@ -11,7 +11,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from leveret.outbox.forwarder import _Publisher
+from leveret.outbox.forwarder import _Publisher, message_id_of
 from leveret.outbox.store import OutboxMessage, decode_properties, encode_properties
 
 
@@ -34,3 +34,12 @@ def test_frames_are_what_pamqp_marshals() -> None:
         frames, got_id = publisher.frames(row)
         assert frames == expected(row, 3, 10)
         assert got_id == message_id
+
+
+def test_message_id_is_read_from_the_wire_form() -> None:
+    for props in ({}, {"content_type": "a/b", "content_encoding": "gzip", "headers": {"k": [1, "x", b"\x00"]},
+                       "delivery_mode": 1, "priority": 3, "correlation_id": "c", "reply_to": "r",
+                       "expiration": "10", "message_id": "mine", "timestamp": 5, "type": "t"},
+                  {"headers": {}, "message_id": "é"}, {"reply_to": "r"}):
+        header, message_id = encode_properties(props)
+        assert message_id_of(header) == message_id == decode_properties(header).message_id
