@@ -441,21 +441,25 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Publish the messages of an outbox file with publisher confirms, deleting each once its "
                     "broker(s) confirmed it, until SIGINT or SIGTERM (in-flight confirms finish first). Safe to "
                     "restart at any moment: unconfirmed messages are sent again.")
-    forward.add_argument("--outbox", required=True, metavar="PATH", help="the outbox file")
+    forward.add_argument("--outbox", required=True, metavar="PATH|URL",
+                         help="the outbox: an SQLite file, or a postgresql:// URL (a shared PostgreSQL outbox)")
     forward.add_argument("--broker", action="append", metavar="[NAME=]URL",
                          help="a broker for destination NAME (default: \"default\"); repeat for more destinations, "
                               "or with the same NAME for failover (default: $LEVERET_URL or "
                               "amqp://guest:guest@127.0.0.1:5672/)")
     forward.add_argument("--status", action="store_true", help="print the backlog per destination and exit")
     forward.add_argument("--json", action="store_true", help="with --status: print it as JSON")
-    forward.add_argument("--window", type=int, default=256, metavar="N",
-                         help="unconfirmed messages in flight per destination (default 256)")
+    forward.add_argument("--window", type=int, default=1024, metavar="N",
+                         help="unconfirmed messages in flight per destination (default 1024)")
     forward.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS",
                          help="longest wait between reconnection attempts (default 30)")
     forward.add_argument("--unroutable-retry", type=float, default=30.0, metavar="SECONDS",
                          help="retry parked (unroutable) messages after this long; 0 never (default 30)")
     forward.add_argument("--report-interval", type=float, default=30.0, metavar="SECONDS",
                          help="log the backlog this often (default 30)")
+    forward.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                         help="PostgreSQL outbox: how long other forwarders leave the messages this one fetched "
+                              "(renewed while in flight; after a crash they are sent again then) (default 60)")
     forward.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
     forward.set_defaults(handler=_run_forward)
 
@@ -471,7 +475,8 @@ def _run_forward(args: argparse.Namespace) -> int:
     brokers = args.broker or [os.environ.get("LEVERET_URL") or "amqp://guest:guest@127.0.0.1:5672/"]
     try:
         forwarder = Forwarder(args.outbox, brokers, window=args.window, backoff_max=args.backoff_max,
-                              unroutable_retry=args.unroutable_retry, report_interval=args.report_interval)
+                              unroutable_retry=args.unroutable_retry, report_interval=args.report_interval,
+                              lease=args.lease)
     except ValueError as exc:
         error(str(exc))
         return 2
@@ -491,27 +496,57 @@ def _add_outbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                                    description="Inspect an outbox file written by leveret.outbox.Outbox.")
     commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="messages waiting per destination, oldest age, last error")
-    status.add_argument("path", help="the outbox file")
+    status.add_argument("path", help="the outbox file, or a postgresql:// URL")
+    status.add_argument("id", nargs="?", help="a message_id sent with track=True: its state per destination")
     status.add_argument("--json", action="store_true", help="print it as JSON")
     outbox.set_defaults(handler=_run_outbox)
 
 
 def _run_outbox(args: argparse.Namespace) -> int:
+    if args.id:
+        return _print_tracked(args.path, args.id, args.json)
     return _print_outbox_status(args.path, args.json)
+
+
+def _print_tracked(path: str, message_id: str, as_json: bool) -> int:
+    import json
+
+    from leveret.outbox import OutboxError, open_outbox
+    from leveret.outbox.postgres import is_postgres_url
+
+    if not is_postgres_url(path) and not os.path.exists(path):
+        error(f"no outbox at {path}")
+        return 1
+    try:
+        with open_outbox(path) as outbox:
+            status = outbox.tracked(message_id)
+    except OutboxError as exc:
+        error(str(exc))
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"message {message_id}: {status['state']}")
+        print_table([{"destination": name, "state": info["state"],
+                      "sent_at": "" if info["sent_at"] is None else f"{info['sent_at']:.3f}",
+                      "error": info["error"] or ""} for name, info in sorted(status["destinations"].items())])
+    return 0 if status["state"] != "unknown" else 1
 
 
 def _print_outbox_status(path: str, as_json: bool) -> int:
     import json
 
-    from leveret.outbox import Outbox, OutboxError
+    from leveret.outbox import OutboxError, open_outbox
+    from leveret.outbox.postgres import is_postgres_url
 
-    if not os.path.exists(path):
+    if not is_postgres_url(path) and not os.path.exists(path):
         error(f"no outbox at {path}")
         return 1
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             status = outbox.status()
             total = outbox.count()
+            path = outbox.where
     except OutboxError as exc:
         error(str(exc))
         return 1

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import sqlite3
+import struct
 import threading
 import time
 from collections import deque
@@ -35,20 +36,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
+import pamqp.frame
+from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
-from leveret.outbox.store import (
-    DEFAULT_DESTINATION,
-    DUE_HEADER,
-    Outbox,
-    OutboxError,
-    OutboxMessage,
-    mark_done,
-    note_failure,
-    park,
-    revive,
-)
+from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
+from leveret.outbox.postgres import is_postgres_url
+from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
+from leveret.outbox.store import DEFAULT_DESTINATION, DUE_HEADER, OutboxError, OutboxMessage
 
 try:
     import fcntl
@@ -74,8 +70,9 @@ def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> d
                 name, url = DEFAULT_DESTINATION, item
             out.setdefault(name, []).append(url)
     for name, urls in out.items():
-        if not urls or not all(u.startswith(("amqp://", "amqps://")) for u in urls):
-            raise ValueError(f"destination {name!r}: broker URLs must start with amqp:// or amqps://")
+        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://")) for u in urls):
+            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP) or "
+                             "http://, https:// (the management API's publish)")
     if not out:
         raise ValueError("no broker to forward to")
     return out
@@ -113,6 +110,108 @@ class _Nacked(Exception):
     pass
 
 
+_FRAME_END = b"\xce"
+_DUE = DUE_HEADER.encode()
+# The basic properties before message_id, in wire order: (flag, kind): shortstr, table (long length) or octet.
+_BEFORE_MESSAGE_ID = ((0x8000, "s"), (0x4000, "s"), (0x2000, "t"), (0x1000, "o"), (0x0800, "o"), (0x0400, "s"),
+                      (0x0200, "s"), (0x0100, "s"))
+
+
+def message_id_of(header: bytes) -> str:
+    """The message_id of properties in their wire form (flags, then values), read without decoding the rest:
+    aiormq matches a returned message to its publish by it. "" when there is none."""
+    (flags,) = struct.unpack_from(">H", header)
+    if not flags & 0x0080:
+        return ""
+    pos = 2
+    for flag, kind in _BEFORE_MESSAGE_ID:
+        if flags & flag:
+            if kind == "s":
+                pos += 1 + header[pos]
+            elif kind == "t":
+                pos += 4 + struct.unpack_from(">I", header, pos)[0]
+            else:
+                pos += 1
+    return header[pos + 1:pos + 1 + header[pos]].decode("utf-8", "surrogateescape")
+_BASIC_CLASS = 60
+
+
+class _Publisher:
+    """Publishes a batch of outbox messages with one write: the frames of every message are joined and handed
+    to aiormq's writer as one :class:`ChannelFrame`, so the socket sees one ``write`` per batch, not one (plus a
+    task, a lock round and a drain) per message as ``Exchange.publish`` does.
+
+    It takes aiormq's channel lock and registers each message's confirmation future and message id in the
+    channel exactly as ``aiormq.Channel.basic_publish`` does, so aiormq's reader settles them as usual: an
+    ack resolves the future with ``Basic.Ack`` (``multiple`` acks included), a nack raises ``DeliveryError``,
+    a returned message resolves it with the message, a closed channel or connection fails them all.
+
+    The content header frame is built from the properties exactly as the outbox stored them (pamqp's wire
+    form, saved by ``send``): no decode and re-encode per message (``tests/unit/test_outbox_frames.py`` checks
+    the bytes against pamqp's own marshalling).
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.number = channel.number
+        self.max_body = channel.max_content_size  # type: ignore[attr-defined]
+        self._methods: dict[tuple[str, str, bool], bytes] = {}
+
+    def frames(self, row: OutboxMessage, now: float | None = None) -> tuple[bytes, str]:
+        """The wire frames of ``row`` (Basic.Publish, content header, body) and its message_id."""
+        key = (row.exchange, row.routing_key, row.mandatory)
+        method = self._methods.get(key)
+        if method is None:
+            method = pamqp.frame.marshal(spec.Basic.Publish(exchange=row.exchange, routing_key=row.routing_key,
+                                                            mandatory=row.mandatory), self.number)
+            if len(self._methods) < 10_000:
+                self._methods[key] = method
+        header = row.header
+        if _DUE in header:  # x-delay computed now (rare: delayed tasks)
+            properties = _Outgoing(row, now).properties
+            header = properties.marshal()
+            message_id = str(properties.message_id)
+        else:
+            message_id = message_id_of(header)
+        body = row.body
+        payload = struct.pack(">HHQ", _BASIC_CLASS, 0, len(body)) + header
+        parts = [method, struct.pack(">BHI", 2, self.number, len(payload)), payload, _FRAME_END]
+        step = self.max_body
+        for start in range(0, len(body), step):
+            chunk = body[start:start + step]
+            parts += (struct.pack(">BHI", 3, self.number, len(chunk)), chunk, _FRAME_END)
+        return b"".join(parts), message_id
+
+    async def publish(self, rows: Sequence[OutboxMessage]) -> list[asyncio.Future[Any]]:
+        """Publish ``rows`` in order with one write; their confirmation futures, in the same order."""
+        channel = cast(Any, self.channel)
+        futures: list[asyncio.Future[Any]] = []
+        async with channel.lock:
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
+            parts = []
+            tags = channel.message_id_delivery_tag
+            for row in rows:
+                frames, message_id = self.frames(row)
+                channel.delivery_tag += 1
+                tag = channel.delivery_tag
+                future = channel.create_future()
+                channel.confirmations[tag] = future
+                tags[message_id] = tag
+                future.add_done_callback(_forget(tags, message_id, tag))
+                futures.append(future)
+                parts.append(frames)
+            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+        return futures
+
+
+def _forget(tags: dict[str, int], message_id: str, tag: int) -> Any:
+    def forget(_: asyncio.Future[Any]) -> None:
+        if tags.get(message_id) == tag:
+            del tags[message_id]
+    return forget
+
+
 class _Destination:
     def __init__(self, name: str, urls: list[str]) -> None:
         self.name = name
@@ -125,6 +224,8 @@ class _Destination:
         self.parked = 0
         self.reported = 0
         self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
+        self.proven: set[str] = set()  # exchanges that confirmed a message in the current session
+        self.alone = 0  # the last message sent alone (the first to its exchange in a session)
         # Settled by the broker but not yet written to the outbox (a local write failed, e.g. disk full): kept
         # here and committed again with a back-off, on the same connection; nothing is fetched meanwhile, so a
         # confirmed message is never sent again because of a local error.
@@ -140,13 +241,23 @@ class Forwarder:
     ``{name: url or [urls]}``). ``await run()`` until :meth:`request_stop`; or ``start()``/``stop()`` in a
     background thread. Only one forwarder runs per outbox file (a second one waits for the first's lock)."""
 
-    def __init__(self, outbox: Outbox | str | os.PathLike[str],
+    def __init__(self, outbox: OutboxStorage | str | os.PathLike[str],
                  brokers: Sequence[str] | Mapping[str, str | Sequence[str]] = (DEFAULT_URL,), *,
-                 window: int = 256, backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 window: int = 1024, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
-                 stop_timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, connect_timeout: float = 10.0, shrink_interval: float = 1.0,
+                 lease: float | None = None) -> None:
         self._outbox_arg = outbox
-        self.path = outbox.path if isinstance(outbox, Outbox) else Path(outbox)
+        if is_storage(outbox):
+            storage = cast(OutboxStorage, outbox)
+            self.where, self.shared = storage.where, storage.shared
+            path = getattr(storage, "path", None)
+        elif is_postgres_url(outbox):
+            self.where, self.shared, path = safe_url(str(outbox)), True, None
+        else:
+            path = Path(cast(Any, outbox))
+            self.where, self.shared = str(path), False
+        self.path: Path | None = path  # the SQLite file (its lock file is beside it), or None
         self.destinations = [_Destination(n, u) for n, u in parse_brokers(brokers).items()]
         self.window = max(1, window)
         self.backoff_initial = backoff_initial
@@ -156,7 +267,10 @@ class Forwarder:
         self.poll_interval = poll_interval
         self.stop_timeout = stop_timeout
         self.connect_timeout = connect_timeout
-        self.outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        self.shrink_interval = shrink_interval
+        self.lease = lease  # a PostgreSQL outbox opened from its URL: PostgresOutbox(lease=...)
+        self._next_shrink = 0.0
+        self.outbox: OutboxStorage | None = cast(OutboxStorage, outbox) if is_storage(outbox) else None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
         self._stop_deadline = float("inf")
@@ -182,9 +296,12 @@ class Forwarder:
             if self.outbox is None:
                 # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
                 # again, so they need no fsync (the senders' connections keep theirs).
-                self.outbox = await asyncio.to_thread(Outbox, self.path, synchronous="NORMAL")
+                options: dict[str, Any] = {"synchronous": "NORMAL"}
+                if self.shared and self.lease is not None:
+                    options["lease"] = self.lease
+                self.outbox = await asyncio.to_thread(open_outbox, cast(Any, self._outbox_arg), **options)
             names = ", ".join(f"{d.name} -> {' | '.join(safe_url(u) for u in d.urls)}" for d in self.destinations)
-            log.info("forwarding the outbox %s to %s", self.path, names)
+            log.info("forwarding the outbox %s to %s", self.where, names)
             self._ready.set()
             reporter = asyncio.ensure_future(self._reporter())
             try:
@@ -238,7 +355,7 @@ class Forwarder:
             self._thread.join(timeout)
 
     async def _take_lock(self) -> bool:
-        if fcntl is None:  # pragma: no cover
+        if fcntl is None or self.path is None:  # a shared storage: several forwarders, with leases
             return True
         lock_path = self.path.with_name(self.path.name + ".forwarder.lock")
         try:
@@ -312,7 +429,7 @@ class Forwarder:
             dest.retry_at = time.time() + delay
             await self._sleep(delay)
 
-    async def _connect(self, url: str) -> aio_pika.abc.AbstractConnection | None:
+    async def _connect(self, url: str) -> Any:
         """Connect, or give up at once (None) when a stop is requested meanwhile."""
         assert self._stop is not None
         connecting = asyncio.ensure_future(self._open(url))
@@ -327,13 +444,15 @@ class Forwarder:
         connecting.add_done_callback(_consume)
         return None
 
-    async def _open(self, url: str) -> aio_pika.abc.AbstractConnection:
+    async def _open(self, url: str) -> Any:
+        if url.startswith(("http://", "https://")):
+            return await HttpTarget(url, self.connect_timeout).open()
         return await open_connection(url, self.connect_timeout)
 
     def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
         if isinstance(exc, (OutboxError, sqlite3.Error)):
-            log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.path, text)
+            log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.where, text)
             return
         if dest.error != text:
             log.warning("%s: %s: %s (retrying with back-off)", dest.name, safe_url(url), text)
@@ -341,16 +460,28 @@ class Forwarder:
         if dest.down_since is None:
             dest.down_since = time.time()
 
-    async def _session(self, dest: _Destination, conn: aio_pika.abc.AbstractConnection) -> None:
+    async def _session(self, dest: _Destination, conn: Any) -> None:
         assert self._stop is not None and self.outbox is not None
+        if isinstance(conn, HttpTarget):
+            try:
+                await self._http_session(dest, conn)
+            finally:
+                if self.outbox.shared:  # what this session leased and did not settle: another forwarder may take it
+                    with contextlib.suppress(Exception):
+                        await self.outbox.release_async(dest.name)
+            return
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
+        publisher = _Publisher(await channel.get_underlay_channel())
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
+        proven = dest.proven = set()  # exchanges that confirmed a message in this session
         cursor = 0
         next_revive = 0.0
         reviving = False
+        lease: float | None = getattr(outbox, "lease", None) if outbox.shared else None
+        next_renew = time.monotonic() + lease / 3 if lease else float("inf")
         try:
             while True:
                 window = 1 if cursor < dest.careful_until else self.window
@@ -369,28 +500,52 @@ class Forwarder:
                     except (OutboxError, sqlite3.Error) as exc:
                         self._local_error(dest, exc)
                         rows = []
-                    fetched = len(rows)
                     parks: list[tuple[int, str]] = []
+                    batch: list[OutboxMessage] = []
                     for row in rows:
+                        probe = row.exchange not in proven
+                        if probe and (batch or inflight):
+                            break  # the first publish to an exchange goes alone (below)
                         cursor = row.id
                         exchange = await self._exchange(conn, channel, checker, exchanges, row.exchange)
                         if exchange is None:
                             parks.append((row.id, f"NOT_FOUND - no exchange '{row.exchange}'"))
                             continue
-                        publish = exchange.publish(cast(Any, _Outgoing(row)), row.routing_key, mandatory=row.mandatory)
-                        inflight.append((row, asyncio.ensure_future(publish)))
+                        batch.append(row)
+                        if probe:
+                            # The first message to an exchange in a session is sent alone and confirmed before
+                            # anything else: if the broker refuses it with a channel error (403 on an internal
+                            # exchange), it is known to be the culprit and no other message's confirm is lost.
+                            dest.alone = row.id
+                            break
+                    fetched = len(batch) + len(parks)
+                    if batch:  # one socket write for the whole batch; confirms come back pipelined
+                        inflight.extend(zip(batch, await publisher.publish(batch), strict=True))
                     if parks:
                         await self._settle(dest, parks=parks)
                 if inflight:
                     if fetched == 0 or len(inflight) >= window:
                         await asyncio.wait([inflight[0][1]], timeout=self.poll_interval)
                 elif fetched == 0:
+                    if outbox.shared and not dest.confirmed:
+                        # Nothing in flight: scan from the start again, for rows that another forwarder held
+                        # (leased) when the cursor passed them and that its death or stop has freed since.
+                        cursor = 0
                     if stopping:
                         await asyncio.sleep(self.poll_interval)
                     else:
+                        await self._shrink_when_idle(dest)
                         await self._sleep(self.poll_interval)
                 await self._reap(dest, inflight)
                 now = time.monotonic()
+                if lease and now >= next_renew:  # a shared outbox: keep the messages in flight ours
+                    next_renew = now + lease / 3
+                    if inflight:
+                        try:
+                            await outbox.renew_async(dest.name, [row.id for row, _ in inflight])
+                        except OutboxError as exc:
+                            log.warning("%s: could not renew the leases in %s: %s", dest.name, self.where,
+                                        describe(exc))
                 if now < dest.local_retry_at:
                     continue
                 try:
@@ -399,7 +554,7 @@ class Forwarder:
                         if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
                             reviving = True
                     if reviving and not inflight and not dest.confirmed and not dest.to_park:
-                        await outbox.call_async(revive(dest.name, time.time()))
+                        await outbox.revive_async(dest.name, time.time())
                         reviving = False
                         cursor = 0
                 except (OutboxError, sqlite3.Error) as exc:
@@ -410,6 +565,70 @@ class Forwarder:
                 future.add_done_callback(_consume)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), 5)
+            if outbox.shared:  # what this session leased and did not settle: another forwarder may take it
+                with contextlib.suppress(Exception):
+                    await outbox.release_async(dest.name)
+
+    async def _http_session(self, dest: _Destination, target: HttpTarget) -> None:
+        """The HTTP transport: one publish at a time, in id order; settled as http_transport.py says."""
+        assert self._stop is not None and self.outbox is not None
+        outbox = self.outbox
+        cursor = 0
+        next_revive = 0.0
+        while True:
+            held = not await self._settle(dest)
+            if self._stop.is_set():
+                if dest.confirmed:
+                    log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they will be "
+                              "sent again", dest.name, len(dest.confirmed), dest.local_error)
+                return
+            if held or time.monotonic() < dest.local_retry_at:
+                await self._sleep(self.poll_interval)
+                continue
+            try:
+                rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, min(self.window, 128))
+            except (OutboxError, sqlite3.Error) as exc:
+                self._local_error(dest, exc)
+                continue
+            done: list[int] = []
+            parks: list[tuple[int, str]] = []
+            try:
+                for row in rows:
+                    if self._stop.is_set():
+                        break
+                    try:
+                        properties = json_properties(_Outgoing(row).properties)
+                    except ValueError as exc:
+                        parks.append((row.id, str(exc)))
+                        cursor = row.id
+                        continue
+                    try:
+                        why = await target.publish(row, properties)
+                    except HttpNacked as exc:
+                        await self._note_failure(dest, row.id, str(exc))
+                        raise _Nacked(f"message {row.id} refused by the broker ({exc}); sending it again after "
+                                      "a back-off") from None
+                    cursor = row.id
+                    if why is None:
+                        done.append(row.id)
+                    else:
+                        parks.append((row.id, why))
+            finally:
+                await self._settle(dest, done, parks)
+            if not rows:
+                if outbox.shared:  # rows another forwarder held when the cursor passed them (see _session)
+                    cursor = 0
+                await self._shrink_when_idle(dest)
+                await self._sleep(self.poll_interval)
+            now = time.monotonic()
+            if self.unroutable_retry > 0 and now >= next_revive and not self._stop.is_set():
+                next_revive = now + min(self.unroutable_retry, 5.0)
+                try:
+                    if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
+                        await outbox.revive_async(dest.name, time.time())
+                        cursor = 0
+                except (OutboxError, sqlite3.Error) as exc:
+                    self._local_error(dest, exc)
 
     async def _exchange(self, conn: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
                         checker: list[aio_pika.abc.AbstractChannel],
@@ -440,6 +659,7 @@ class Forwarder:
             row, future = inflight.popleft()
             exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
             if exc is None:
+                dest.proven.add(row.exchange)
                 if isinstance(future.result(), spec.Basic.Ack):
                     done.append(row.id)
                 else:  # the returned message: mandatory and unroutable
@@ -459,7 +679,7 @@ class Forwarder:
             # The broker closed the channel with a reply code (403, 404, 406...) because of one of the messages
             # in flight, but which? Send them again one at a time: then the culprit is the only one in flight.
             text = describe(failure)
-            if not inflight and failed.id <= dest.careful_until:
+            if not inflight and (failed.id <= dest.careful_until or failed.id == dest.alone):
                 log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
                 await self._settle(dest, parks=[(failed.id, text)])
             else:
@@ -498,7 +718,7 @@ class Forwarder:
         try:
             if dest.confirmed:
                 ids = list(dest.confirmed)
-                await self.outbox.call_async(mark_done(dest.name, ids))
+                await self.outbox.mark_done_async(dest.name, ids)
                 del dest.confirmed[:len(ids)]
                 dest.forwarded += len(ids)
             if dest.to_park:
@@ -509,10 +729,27 @@ class Forwarder:
             self._local_error(dest, exc)
             return False
         if dest.local_error is not None:
-            log.info("%s: the outbox %s is writable again", dest.name, self.path)
+            log.info("%s: the outbox %s is writable again", dest.name, self.where)
         dest.local_error = None
         dest.local_failures = 0
         return not dest.confirmed and not dest.to_park
+
+    async def _shrink_when_idle(self, dest: _Destination) -> None:
+        """Nothing to send: give the file's free pages back to the file system, ``SHRINK_PAGES`` at a time (one
+        short writer transaction each, so a send waits at most for one step), checking every
+        ``shrink_interval`` seconds. A failure is only logged: it is housekeeping."""
+        assert self.outbox is not None
+        now = time.monotonic()
+        if now < self._next_shrink or self.shrink_interval <= 0 or dest.confirmed or dest.to_park:
+            return
+        self._next_shrink = now + self.shrink_interval
+        try:
+            if await asyncio.to_thread(self.outbox.free_pages):
+                left = await self.outbox.shrink_async()
+                if left:
+                    self._next_shrink = now  # more to give back: the next idle turn continues
+        except (OutboxError, sqlite3.Error) as exc:
+            log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.where, describe(exc))
 
     def _local_error(self, dest: _Destination, exc: BaseException) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))
@@ -521,21 +758,21 @@ class Forwarder:
         text = describe(exc)
         if dest.local_error != text:
             log.error("%s: local outbox error on %s: %s (%d confirmed message(s) kept in memory; sending paused, "
-                      "retrying with back-off)", dest.name, self.path, text, len(dest.confirmed))
+                      "retrying with back-off)", dest.name, self.where, text, len(dest.confirmed))
         dest.local_error = text
 
     async def _note_failure(self, dest: _Destination, message_id: int, error: str) -> None:
         """Record why a message failed (bookkeeping only: a failed write is logged and otherwise ignored)."""
         assert self.outbox is not None
         try:
-            await self.outbox.call_async(note_failure(dest.name, message_id, error))
+            await self.outbox.note_failure_async(dest.name, message_id, error)
         except (OutboxError, sqlite3.Error) as exc:
-            log.error("%s: local outbox error on %s: %s", dest.name, self.path, describe(exc))
+            log.error("%s: local outbox error on %s: %s", dest.name, self.where, describe(exc))
 
     async def _park(self, dest: _Destination, failures: list[tuple[int, str]]) -> None:
         assert self.outbox is not None
         retry_at = time.time() + self.unroutable_retry if self.unroutable_retry > 0 else float("inf")
-        await self.outbox.call_async(park(dest.name, failures, retry_at))
+        await self.outbox.park_async(dest.name, failures, retry_at)
         dest.parked += len(failures)
         log.warning("%s: %d message(s) parked (%s); retried in %.0f s", dest.name, len(failures), failures[0][1],
                     self.unroutable_retry)
@@ -548,7 +785,7 @@ class Forwarder:
             try:
                 await self._report()
             except (OutboxError, sqlite3.Error) as exc:
-                log.error("cannot read the status of the outbox %s: %s", self.path, describe(exc))
+                log.error("cannot read the status of the outbox %s: %s", self.where, describe(exc))
 
     async def _report(self) -> None:
         if self.outbox is None:

@@ -51,6 +51,7 @@ from typing import Any
 
 from pamqp import commands as spec
 
+from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
 from leveret.sqlite_writer import Call, Writer, WriterStopped
 
 log = logging.getLogger("leveret.outbox")
@@ -58,6 +59,9 @@ log = logging.getLogger("leveret.outbox")
 APPLICATION_ID = 0x4C564F42  # "LVOB"
 SCHEMA_VERSION = 1
 DEFAULT_DESTINATION = "default"
+SHRINK_PAGES = 1024  # pages (4 MB) given back per shrink step
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
 PERSISTENT = 2
 TO_SEND = 0
 PARKED = 1
@@ -96,6 +100,18 @@ _SCHEMA = (
     "CREATE INDEX pending_id ON pending (id)",
 )
 
+# send(track=True): one row per destination, kept after the message is deleted (tracking.py). Created at every
+# open (IF NOT EXISTS): files of schema 1 made before it get it without a version change.
+_TRACKING = (
+    """CREATE TABLE IF NOT EXISTS tracking (
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        sent_at REAL,
+        PRIMARY KEY (message_id, destination, id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS tracking_id ON tracking (id, destination)",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
@@ -114,10 +130,11 @@ class OutboxMessage:
 
 
 class _Row:
-    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key")
+    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key", "track")
 
     def __init__(self, exchange: str, routing_key: str, mandatory: bool, header: bytes, body: bytes,
-                 destinations: tuple[str, ...]) -> None:
+                 destinations: tuple[str, ...], track: str | None = None) -> None:
+        self.track = track  # the message_id, when send(track=True)
         self.created = time.time()
         self.exchange = exchange
         self.routing_key = routing_key
@@ -140,6 +157,9 @@ class _Rows:
                                                               row.mandatory, row.header, row.body)).lastrowid
             for destination in row.destinations:
                 insert("INSERT INTO pending (destination, id) VALUES (?, ?)", (destination, message_id))
+                if row.track is not None:
+                    insert("INSERT INTO tracking (message_id, destination, id) VALUES (?, ?, ?)",
+                           (row.track, destination, message_id))
 
     def full(self) -> bool:
         return False
@@ -182,6 +202,21 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
     except (TypeError, ValueError, struct.error) as exc:
         raise ValueError(f"bad AMQP properties: {exc}") from None
     return header, str(props["message_id"])
+
+
+def prepare_message(default_destinations: tuple[str, ...], exchange: str, routing_key: str, body: bytes,
+                    properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
+                    mandatory: bool = True, track: bool = False) -> tuple[_Row, str]:
+    """Check ``send``'s arguments and encode the message as every storage saves it; (row, message_id)."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
+    for name, value in (("exchange", exchange), ("routing_key", routing_key)):
+        if not isinstance(value, str) or len(value.encode()) > 255:
+            raise ValueError(f"{name} must be a str of at most 255 bytes")
+    header, message_id = encode_properties(properties)
+    dests = default_destinations if destinations is None else _check_destinations(destinations)
+    return (_Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests, message_id if track else None),
+            message_id)
 
 
 def decode_properties(header: bytes) -> spec.Basic.Properties:
@@ -254,6 +289,7 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         return conn
 
     def _reconnect_writer(self) -> sqlite3.Connection:
@@ -262,6 +298,11 @@ class Outbox:
         return conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
+        # Free pages go back to the file system in bounded steps when the forwarder is idle (``shrink``): that
+        # needs auto_vacuum=INCREMENTAL, which a new file gets before anything is written (before WAL), and an
+        # existing file once, with a VACUUM (below).
+        if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise OutboxError(f"cannot put the outbox {self.path} in WAL mode (got {mode}): use a local disk")
@@ -280,11 +321,30 @@ class Outbox:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for statement in _TRACKING:
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            self._migrate_auto_vacuum(conn)
+
+    def _migrate_auto_vacuum(self, conn: sqlite3.Connection) -> None:
+        """A file made before auto_vacuum: switch it to INCREMENTAL, which takes one VACUUM (a copy of the file).
+        It needs the file to itself for a moment; when another process holds it, it is tried at the next open."""
+        conn.execute("PRAGMA busy_timeout = 1000")
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            log.info("the outbox %s now gives free space back to the file system (auto_vacuum=INCREMENTAL)",
+                     self.path)
+        except sqlite3.OperationalError as exc:
+            log.warning("the outbox %s could not be switched to incremental vacuum now (%s): tried again at the "
+                        "next open", self.path, exc)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the file (idempotent)."""
@@ -302,15 +362,10 @@ class Outbox:
     # --- sending ---------------------------------------------------------------------------------------------
 
     def prepare(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
-                destinations: Iterable[str] | None = None, mandatory: bool = True) -> tuple[_Row, str]:
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
-        for name, value in (("exchange", exchange), ("routing_key", routing_key)):
-            if not isinstance(value, str) or len(value.encode()) > 255:
-                raise ValueError(f"{name} must be a str of at most 255 bytes")
-        header, message_id = encode_properties(properties)
-        dests = self.default_destinations if destinations is None else _check_destinations(destinations)
-        return _Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests), message_id
+                destinations: Iterable[str] | None = None, mandatory: bool = True,
+                track: bool = False) -> tuple[_Row, str]:
+        return prepare_message(self.default_destinations, exchange, routing_key, body, properties, destinations,
+                               mandatory, track)
 
     def _write(self, payload: list[_Row] | Call) -> None:
         """Hand ``payload`` to the writer and wait for its commit (raises OutboxError)."""
@@ -324,12 +379,13 @@ class Outbox:
             raise OutboxError(f"the message was not saved: {error}") from error
 
     def send(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
-             destinations: Iterable[str] | None = None, mandatory: bool = True) -> str:
+             destinations: Iterable[str] | None = None, mandatory: bool = True, track: bool = False) -> str:
         """Save one message; return its message_id once it is committed to the file. Raises OutboxError
-        (not saved), ValueError/TypeError (bad arguments, checked before anything is written)."""
-        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        (not saved), ValueError/TypeError (bad arguments, checked before anything is written). With
+        ``track=True`` the message_id is a :class:`TrackedMessage` (``status()``, ``wait()``)."""
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory, track)
         self._write([row])
-        return message_id
+        return TrackedMessage(message_id, self) if track else message_id
 
     def send_many(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
         """Save several messages (dicts of ``send``'s arguments) in one transaction: all or none."""
@@ -337,15 +393,15 @@ class Outbox:
         if not prepared:
             return []
         self._write([row for row, _ in prepared])
-        return [message_id for _, message_id in prepared]
+        return [TrackedMessage(message_id, self) if row.track else message_id for row, message_id in prepared]
 
     async def send_async(self, exchange: str, routing_key: str, body: bytes,
                          properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
-                         mandatory: bool = True) -> str:
+                         mandatory: bool = True, track: bool = False) -> str:
         """``send`` for async code: waits for the commit without blocking the event loop."""
-        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory)
+        row, message_id = self.prepare(exchange, routing_key, body, properties, destinations, mandatory, track)
         await self._await([row])
-        return message_id
+        return TrackedMessage(message_id, self) if track else message_id
 
     async def _await(self, payload: list[_Row] | Call) -> None:
         loop = asyncio.get_running_loop()
@@ -367,6 +423,57 @@ class Outbox:
 
     async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         await self._await(Call(fn))
+
+    # The forwarder's operations (the same on every storage; leveret/outbox/postgres.py).
+
+    kind = "sqlite"
+    shared = False  # one forwarder per file (a lock file); a PostgreSQL outbox is shared by several
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    async def mark_done_async(self, destination: str, ids: Sequence[int]) -> None:
+        await self._await(Call(mark_done(destination, ids)))
+
+    async def park_async(self, destination: str, failures: Sequence[tuple[int, str]], retry_at: float) -> None:
+        await self._await(Call(park(destination, failures, retry_at)))
+
+    async def note_failure_async(self, destination: str, message_id: int, error: str) -> None:
+        await self._await(Call(note_failure(destination, message_id, error)))
+
+    async def revive_async(self, destination: str, now: float) -> None:
+        await self._await(Call(revive(destination, now)))
+
+    async def renew_async(self, destination: str, ids: Sequence[int]) -> None:
+        """Leases are for shared storages: one forwarder per SQLite file needs none."""
+
+    async def release_async(self, destination: str) -> None:
+        """See ``renew_async``."""
+
+    def free_pages(self) -> int:
+        """Pages of the file that are free (left by deleted messages), which ``shrink`` gives back."""
+        with self._rlock:
+            return int(self._rconn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def shrink(self, pages: int = SHRINK_PAGES) -> int:
+        """Give up to ``pages`` free pages back to the file system (one writer transaction of
+        ``PRAGMA incremental_vacuum``, then a passive WAL checkpoint, which truncates the file); returns the
+        free pages left. The forwarder calls it in bounded steps when it is idle."""
+        left: list[int] = []
+        self._write(Call(_vacuum(pages, left)))
+        self._checkpoint()
+        return left[0] if left else 0
+
+    async def shrink_async(self, pages: int = SHRINK_PAGES) -> int:
+        left: list[int] = []
+        await self._await(Call(_vacuum(pages, left)))
+        await asyncio.to_thread(self._checkpoint)
+        return left[0] if left else 0
+
+    def _checkpoint(self) -> None:
+        with self._rlock:
+            self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def fetch(self, destination: str, after: int, limit: int) -> list[OutboxMessage]:
         """Up to ``limit`` messages to send to ``destination`` with id > ``after``, in id order."""
@@ -406,6 +513,15 @@ class Outbox:
             entry["last_error"] = errors.get(destination)
         return out
 
+    def tracked(self, message_id: str) -> dict[str, Any]:
+        """The state of a message sent with ``track=True`` (tracking.py): saved, parked, sent or unknown."""
+        with self._rlock:
+            rows = self._rconn.execute(
+                "SELECT t.destination, t.sent_at, p.state, p.error FROM tracking t LEFT JOIN pending p"
+                " ON p.id = t.id AND p.destination = t.destination WHERE t.message_id = ? ORDER BY t.id",
+                (message_id,)).fetchall()
+        return summarise(message_id, rows)
+
     def count(self) -> int:
         """Messages in the outbox (each counted once, whatever its destinations)."""
         with self._rlock:
@@ -415,14 +531,30 @@ class Outbox:
 # --- writer transactions used by the forwarder ---------------------------------------------------------------------
 
 
+def _vacuum(pages: int, left: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM tracking WHERE sent_at < ?", (time.time() - TRACK_KEEP,))
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        steps = min(free, pages)
+        # One page per statement: Python's sqlite3 steps "PRAGMA incremental_vacuum(N)" once, which frees one page.
+        for _ in range(steps):
+            conn.execute("PRAGMA incremental_vacuum(1)")
+        left.append(free - steps)
+
+    return run
+
+
 def mark_done(destination: str, ids: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
     """``destination`` confirmed ``ids``: drop their pending rows, and the messages no destination still wants."""
 
     def run(conn: sqlite3.Connection) -> None:
+        now = time.time()
         for i in range(0, len(ids), 500):
             chunk = list(ids[i:i + 500])
             marks = ",".join("?" * len(chunk))
             conn.execute(f"DELETE FROM pending WHERE destination = ? AND id IN ({marks})", (destination, *chunk))
+            conn.execute(f"UPDATE tracking SET sent_at = ? WHERE id IN ({marks}) AND destination = ?",
+                         (now, *chunk, destination))
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks}) AND NOT EXISTS"
                          " (SELECT 1 FROM pending WHERE pending.id = messages.id)", chunk)
 

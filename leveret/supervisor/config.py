@@ -215,7 +215,9 @@ def _parse_entry(kind: str, number: int, entry: dict[str, Any], path: str, base:
     if kind == "forwarder":
         if "outbox" not in entry:
             raise RunConfigError(f"{where}: missing outbox (the path of the outbox to forward)")
-        outbox = os.path.join(base, _string(entry, "outbox", where))
+        outbox = _string(entry, "outbox", where)
+        if "://" not in outbox:  # a file, relative to the run file; a postgresql:// URL as it is
+            outbox = os.path.join(base, outbox)
         brokers = entry.get("brokers")
         if not isinstance(brokers, list) or not brokers or not all(isinstance(b, str) and b for b in brokers):
             raise RunConfigError(f"{where}: brokers must be a non-empty list of URLs, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,10 +22,11 @@ import pika
 import pytest
 
 from leveret.cli import main as cli_main
-from leveret.outbox import Forwarder, Outbox, OutboxError
+from leveret.outbox import Forwarder, Outbox, OutboxError, PostgresOutbox, open_outbox
 from leveret.outbox.store import decode_properties
 from leveret.tasks import App, Worker
 
+from pghelp import postgres_db, postgres_url  # noqa: F401 - fixtures
 from serverproc import LeveretProcess
 from waiting import hold, wait_for
 
@@ -37,6 +39,33 @@ def url(port: int) -> str:
 
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     return wait_for(check, timeout, f"{what} not reached after {timeout} s", interval=0.05)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the outbox is: an SQLite file, or a fresh PostgreSQL database (skipped when there is none). The
+    tests that take it run on both storages."""
+    if request.param == "sqlite":
+        return str(tmp_path / "o.db")
+    return str(request.getfixturevalue("postgres_db"))
+
+
+@pytest.fixture(params=["amqp", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """How the forwarder publishes: AMQP with confirms, or the management API's publish endpoint."""
+    return str(request.param)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_url(transport: str, amqp_port: int, http_port: int | None = None) -> str:
+    if transport == "http":
+        return f"http://guest:guest@127.0.0.1:{http_port}/"
+    return url(amqp_port)
 
 
 @pytest.fixture
@@ -102,9 +131,9 @@ def forward_process(path: Path, *brokers: str, extra: tuple[str, ...] = ()) -> s
 # --- the outbox alone -----------------------------------------------------------------------------------------
 
 
-def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "outbox.db"
-    with Outbox(path) as outbox:
+def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path, target: str) -> None:
+    path = tmp_path / "sub" / "outbox.db" if target.endswith(".db") else target
+    with open_outbox(path) as outbox:
         first = outbox.send("", "q", b"\x00\xffbinary", properties={"headers": {"k": b"\x01", "n": 5}, "priority": 7})
         second = outbox.send("ex", "key", b"two", properties={"message_id": "mine", "type": "t"},
                              destinations=["a", "b"])
@@ -125,7 +154,7 @@ def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
         assert {k: (v["pending"], v["parked"]) for k, v in status.items()} == {"default": (1, 0), "a": (1, 0),
                                                                                 "b": (1, 0)}
         assert outbox.count() == 2
-    with Outbox(path) as outbox:  # still there after closing
+    with open_outbox(path) as outbox:  # still there after closing
         rows = outbox.fetch("default", 0, 10)
         assert [r.body for r in rows] == [b"\x00\xffbinary"]
         props = rows[0].properties
@@ -133,14 +162,16 @@ def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path) -> None:
         assert props.headers == {"k": bytearray(b"\x01"), "n": 5}
     with pytest.raises(OutboxError, match="closed"):
         outbox.send("", "q", b"x")
+    if isinstance(outbox, PostgresOutbox):
+        return
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(OutboxError, match="not a Leveret outbox"):
         Outbox(other)
 
 
-async def test_send_async_and_send_many(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", synchronous="NORMAL") as outbox:
+async def test_send_async_and_send_many(target: str) -> None:
+    with open_outbox(target, synchronous="NORMAL") as outbox:
         ids = [await outbox.send_async("", "q", b"%d" % i) for i in range(5)]
         ids += outbox.send_many([{"exchange": "", "routing_key": "q", "body": b"%d" % i} for i in range(5, 8)])
         assert len(set(ids)) == 8
@@ -205,13 +236,14 @@ def test_outbox_survives_kill9_of_the_sending_process(tmp_path: Path) -> None:
 # --- forwarding -----------------------------------------------------------------------------------------------
 
 
-def test_sends_while_the_broker_is_down_arrive_once_in_order(tmp_path: Path, brokers: Any) -> None:
-    broker = brokers("a")
+def test_sends_while_the_broker_is_down_arrive_once_in_order(target: str, transport: str, brokers: Any) -> None:
+    http_port = free_port()
+    broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port)})
     declare(broker.port, "work")
     broker.stop()
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
-    forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.5).start()
+    outbox = open_outbox(target)
+    forwarder = Forwarder(outbox, [broker_url(transport, broker.port, http_port)], backoff_initial=0.1,
+                          backoff_max=0.5).start()
     try:
         for i in range(300):
             outbox.send("", "work", b"%d" % i)  # returns: nothing waits for the broker
@@ -228,28 +260,28 @@ def test_sends_while_the_broker_is_down_arrive_once_in_order(tmp_path: Path, bro
     assert drain(broker.port, "work", 400) == [b"%d" % i for i in range(400)]
 
 
-def test_forwarder_killed_mid_batch_loses_nothing(tmp_path: Path, brokers: Any) -> None:
+def test_forwarder_killed_mid_batch_loses_nothing(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "work")
-    path = tmp_path / "o.db"
-    total = 4000
-    with Outbox(path) as outbox:
+    path = target
+    total = 20000
+    with open_outbox(path) as outbox:
         outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(total)])
-    proc = forward_process(path, url(broker.port))
+    proc = forward_process(path, url(broker.port), extra=("--window", "256", "--lease", "2"))
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: outbox.count() < total - 200, what="forwarding started")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         proc.kill()
         proc.wait(10)
-    with Outbox(path) as outbox:
+    with open_outbox(path) as outbox:
         left = outbox.count()
     assert 0 < left < total  # killed in the middle
-    proc = forward_process(path, url(broker.port))
+    proc = forward_process(path, url(broker.port), extra=("--lease", "2"))
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: outbox.count() == 0, what="outbox empty after restart")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -261,16 +293,16 @@ def test_forwarder_killed_mid_batch_loses_nothing(tmp_path: Path, brokers: Any) 
     assert set(got) == {b"%d" % i for i in range(total)}
     assert len(got) - total <= 256  # duplicates only of the unconfirmed window in flight at the kill
     first_seen = list(dict.fromkeys(got))
-    assert first_seen == [b"%d" % i for i in range(total)]  # in order
+    if not target.startswith("postgresql://"):  # a shared outbox: the dead one's leased rows go once its lease ends
+        assert first_seen == [b"%d" % i for i in range(total)]  # in order
 
 
-def test_multicast_one_destination_down(tmp_path: Path, brokers: Any) -> None:
+def test_multicast_one_destination_down(target: str, brokers: Any) -> None:
     a, b = brokers("a"), brokers("b")
     declare(a.port, "work")
     declare(b.port, "work")
     b.stop()
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, {"a": url(a.port), "b": url(b.port)}, backoff_initial=0.1,
                           backoff_max=0.5).start()
     try:
@@ -292,13 +324,13 @@ def test_multicast_one_destination_down(tmp_path: Path, brokers: Any) -> None:
     assert drain(b.port, "work", 100) == [b"both-%d" % i for i in range(100)]
 
 
-def test_forward_to_leveret_and_rabbitmq(tmp_path: Path, broker_port: int, unique: str) -> None:
+def test_forward_to_leveret_and_rabbitmq(target: str, broker_port: int, unique: str) -> None:
     """Properties arrive as sent; unroutable and refused messages are parked, the rest delivered in order
     (the same on Leveret and RabbitMQ)."""
     ch = channel(broker_port)
     ch.queue_declare(unique, auto_delete=False, arguments={"x-max-priority": 10})
     ch.exchange_declare(f"{unique}-internal", "direct", internal=True, auto_delete=True)
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     outbox.send("", unique, b"\x00first", properties={
         "content_type": "application/x-test", "content_encoding": "gzip", "headers": {"s": "x", "n": 7, "b": b"\xff",
                                                                                     "l": [1, "a"], "t": {"k": True}},
@@ -328,10 +360,10 @@ def test_forward_to_leveret_and_rabbitmq(tmp_path: Path, broker_port: int, uniqu
         ch.connection.close()
 
 
-def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None:
+def test_unroutable_is_parked_then_retried(target: str, brokers: Any) -> None:
     broker = brokers("a")
-    path = tmp_path / "o.db"
-    outbox = Outbox(path)
+    path = target
+    outbox = open_outbox(path)
     forwarder = Forwarder(outbox, [url(broker.port)], unroutable_retry=0.5).start()
     try:
         outbox.send("", "later", b"1")
@@ -349,13 +381,13 @@ def test_unroutable_is_parked_then_retried(tmp_path: Path, brokers: Any) -> None
     assert drain(broker.port, "later", 1) == [b"1"]
 
 
-def test_a_message_that_closes_the_channel_is_parked(tmp_path: Path, brokers: Any) -> None:
+def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) -> None:
     broker = brokers("a")
     declare(broker.port, "work")
     ch = channel(broker.port)
     ch.exchange_declare("internal-x", "direct", durable=True, internal=True)  # publishing to it: 403
     ch.connection.close()
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.05, backoff_max=0.2,
                           unroutable_retry=3600).start()
     try:
@@ -374,10 +406,13 @@ def test_a_message_that_closes_the_channel_is_parked(tmp_path: Path, brokers: An
     assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
-def test_nacks_are_sent_again_in_order(tmp_path: Path, brokers: Any) -> None:
+def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any) -> None:
+    if transport == "http":
+        pytest.xfail("Leveret's HTTP publish answers routed: true for a message a reject-publish queue refused "
+                     "(leveret/http/api/messages.py ignores Queue.enqueue's False): the message is lost")
     broker = brokers("a")
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
     try:
         for i in range(12):
@@ -400,10 +435,10 @@ def test_nacks_are_sent_again_in_order(tmp_path: Path, brokers: Any) -> None:
         outbox.close()
 
 
-def test_through_connection_blocked(tmp_path: Path, brokers: Any) -> None:
+def test_through_connection_blocked(target: str, brokers: Any) -> None:
     broker = brokers("a", env={"LEVERET_MEMORY_HIGH_WATERMARK": "200000"})
     declare(broker.port, "big")
-    outbox = Outbox(tmp_path / "o.db")
+    outbox = open_outbox(target)
     forwarder = Forwarder(outbox, [url(broker.port)]).start()
     try:
         for i in range(60):  # 600 KB of transient bodies: the broker blocks its publishers past 200 KB
@@ -419,9 +454,9 @@ def test_through_connection_blocked(tmp_path: Path, brokers: Any) -> None:
         outbox.close()
 
 
-def test_cli_status_and_sigterm(tmp_path: Path, brokers: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "o.db"
-    with Outbox(path) as outbox:
+def test_cli_status_and_sigterm(tmp_path: Path, target: str, brokers: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = target
+    with open_outbox(path) as outbox:
         outbox.send("", "q", b"x", destinations=["eu", "us"])
     assert cli_main(["forward", "--status", "--outbox", str(path)]) == 0
     out = capsys.readouterr().out
@@ -433,7 +468,7 @@ def test_cli_status_and_sigterm(tmp_path: Path, brokers: Any, capsys: pytest.Cap
     declare(broker.port, "q")
     proc = forward_process(path, f"eu={url(broker.port)}")  # no broker for "us": reported, kept
     try:
-        with Outbox(path) as outbox:
+        with open_outbox(path) as outbox:
             wait_until(lambda: "eu" not in outbox.status(), what="eu forwarded")
             assert outbox.status()["us"]["pending"] == 1
         proc.send_signal(signal.SIGTERM)  # the forwarder reports once more as it stops
@@ -501,23 +536,24 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     assert os.path.exists(str(path) + ".forwarder.lock")
 
 
-def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: Path, brokers: Any,
+def test_a_failed_local_delete_does_not_send_confirmed_messages_again(target: str, brokers: Any,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """The broker confirmed them but deleting them from the outbox fails for a while (disk full): they are
     kept in memory and deleted later on the same connection, not sent again after a reconnection."""
     broker = brokers("a")
     declare(broker.port, "work")
 
-    class DiskFullOutbox(Outbox):
-        fails = 3
+    base: Any = PostgresOutbox if target.startswith("postgresql://") else Outbox
+    fails = [3]
 
-        async def call_async(self, fn: Callable[[sqlite3.Connection], object]) -> None:
-            if fn.__qualname__.startswith("mark_done") and DiskFullOutbox.fails > 0:
-                DiskFullOutbox.fails -= 1
+    class DiskFullOutbox(base):  # type: ignore[misc,valid-type]
+        async def mark_done_async(self, destination: str, ids: Any) -> None:
+            if fails[0] > 0:
+                fails[0] -= 1
                 raise OutboxError("not saved: database or disk is full")
-            await super().call_async(fn)
+            await super().mark_done_async(destination, ids)
 
-    outbox = DiskFullOutbox(tmp_path / "o.db")
+    outbox = DiskFullOutbox(target)
     outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d" % i} for i in range(10)])
     forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
     try:
@@ -528,13 +564,14 @@ def test_a_failed_local_delete_does_not_send_confirmed_messages_again(tmp_path: 
     finally:
         forwarder.stop()
         outbox.close()
-    assert DiskFullOutbox.fails == 0
+    assert fails == [0]
     assert drain(broker.port, "work", 15) == [b"%d" % i for i in range(15)]
     assert forwarder.snapshot()["default"]["forwarded"] == 15
     errors = [r.getMessage() for r in caplog.records if r.name == "leveret.outbox.forwarder"
               and r.levelname == "ERROR"]
     assert errors and all("local outbox error" in e and "disk is full" in e for e in errors), errors
-    assert not any("127.0.0.1" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+    assert not any(f"127.0.0.1:{broker.port}" in r.getMessage() and "retrying" in r.getMessage()
+                   for r in caplog.records)  # never reconnected to the broker because of it
 
 
 def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path) -> None:
@@ -582,3 +619,166 @@ def test_a_failed_connection_is_closed(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         forwarder.stop()
     assert made and all(conn.is_closed for conn in made)
+
+
+# --- the file gives its space back -------------------------------------------------------------------------------
+
+
+def test_the_file_shrinks_after_a_backlog_drains(tmp_path: Path, brokers: Any) -> None:
+    broker = brokers("a")
+    declare(broker.port, "work")
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, synchronous="NORMAL")
+    for _ in range(8):
+        outbox.send_many([{"exchange": "", "routing_key": "work", "body": os.urandom(2000)} for _ in range(500)])
+    outbox.shrink()  # a checkpoint: the backlog is in the main file
+    full = path.stat().st_size
+    assert full > 8_000_000
+    forwarder = Forwarder(outbox, [url(broker.port)]).start()
+    try:
+        wait_until(lambda: outbox.count() == 0, what="backlog forwarded")
+        wait_until(lambda: path.stat().st_size < full // 10, what="the file shrank")
+        assert outbox.free_pages() < 100
+    finally:
+        forwarder.stop()
+        outbox.close()
+    assert len(drain(broker.port, "work", 4000)) == 4000
+
+
+def test_an_outbox_file_without_auto_vacuum_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        outbox.send("", "q", b"kept")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum = NONE")
+    conn.execute("VACUUM")  # as files made before incremental vacuum
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    with Outbox(path) as outbox:
+        assert outbox.count() == 1
+        outbox.send_many([{"exchange": "", "routing_key": "q", "body": os.urandom(4000)} for _ in range(500)])
+        outbox.call(lambda c: c.execute("DELETE FROM pending"))
+        outbox.call(lambda c: c.execute("DELETE FROM messages"))
+        assert outbox.free_pages() > 400
+        while outbox.shrink(100):
+            pass
+        assert outbox.free_pages() == 0
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    conn.close()
+
+
+# --- a PostgreSQL outbox shared by several forwarders ---------------------------------------------------------------
+
+
+def test_several_forwarders_share_a_postgresql_outbox_without_sending_twice(
+        postgres_db: str, brokers: Any) -> None:  # noqa: F811 - the fixture
+    broker = brokers("a")
+    declare(broker.port, "work")
+    total = 3000
+    senders = [PostgresOutbox(postgres_db) for _ in range(3)]  # three web servers
+    forwarders = [Forwarder(PostgresOutbox(postgres_db, lease=30), [url(broker.port)], window=64).start()
+                  for _ in range(3)]
+    try:
+        wait_until(lambda: all(f.snapshot()["default"]["url"] for f in forwarders), what="all connected")
+        for n, outbox in enumerate(senders):  # the three forwarders poll the outbox all at once
+            outbox.send_many([{"exchange": "", "routing_key": "work", "body": b"%d-%d" % (n, i)}
+                              for i in range(total // 3)])
+        wait_until(lambda: senders[0].count() == 0, what="outbox empty")
+        shares = [f.snapshot()["default"]["forwarded"] for f in forwarders]
+    finally:
+        for forwarder in forwarders:
+            forwarder.stop()
+            assert forwarder.outbox is not None
+            forwarder.outbox.close()
+        for outbox in senders:
+            outbox.close()
+    got = drain(broker.port, "work", total)
+    assert len(got) == total and len(set(got)) == total  # each message once: no two forwarders sent one
+    assert sum(shares) == total and sum(1 for share in shares if share) >= 2, shares  # they shared the work
+
+
+# --- the HTTP transport against RabbitMQ's management API ----------------------------------------------------------
+
+
+@pytest.mark.rabbitmq
+def test_http_transport_on_rabbitmq_nacks_parks_and_keeps_order(target: str, rabbitmq_port: int,
+                                                                 unique: str) -> None:
+    """RabbitMQ's publish endpoint: a full reject-publish queue answers 400 "rejected" (sent again later, in
+    order), an unroutable mandatory message routed: false (parked), a missing exchange 400 404 (parked)."""
+    try:
+        socket.create_connection(("127.0.0.1", 15672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ's management API is not on 127.0.0.1:15672")
+    ch = channel(rabbitmq_port)
+    ch.queue_declare(unique, arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
+    outbox = open_outbox(target)
+    forwarder = Forwarder(outbox, ["http://guest:guest@127.0.0.1:15672/"], backoff_initial=0.1, backoff_max=0.3,
+                          unroutable_retry=3600).start()
+    try:
+        outbox.send("", f"{unique}-nowhere", b"unroutable")
+        outbox.send(f"{unique}-no-such-exchange", "k", b"no exchange")
+        for i in range(12):
+            outbox.send("", unique, b"%d" % i, properties={"headers": {"n": i, "s": b"text"}})
+        wait_until(lambda: outbox.count() == 9, what="5 accepted, 7 refused, 2 parked")
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 12 and time.monotonic() < deadline:
+            method, props, body = ch.basic_get(unique, auto_ack=True)
+            if method is None:
+                time.sleep(0.05)
+            else:
+                assert props.headers == {"n": int(body), "s": "text"}
+                got.append(body)
+        assert got == [b"%d" % i for i in range(12)]
+        wait_until(lambda: outbox.count() == 2, what="all but the parked sent")
+        status = outbox.status()["default"]
+        assert status["parked"] == 2 and status["pending"] == 0
+    finally:
+        forwarder.stop()
+        outbox.close()
+        ch.queue_delete(unique)
+        ch.connection.close()
+
+
+# --- send(track=True) ------------------------------------------------------------------------------------------------
+
+
+def test_tracked_messages_go_from_saved_to_sent(target: str, brokers: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """saved -> sent per destination, from the outbox's own records (kept after the message is deleted);
+    parked with its reason; unknown for a message that was not tracked."""
+    a, b = brokers("a"), brokers("b")
+    declare(a.port, "work")
+    declare(b.port, "work")
+    b.stop()
+    outbox = open_outbox(target)
+    try:
+        msg = outbox.send("", "work", b"x", destinations=["a", "b"], track=True)
+        lost = outbox.send("", "nowhere", b"y", destinations=["a"], track=True)
+        plain = outbox.send("", "work", b"z", destinations=["a"])
+        assert isinstance(msg, str) and len(msg) == 32  # still the message_id
+        assert msg.status()["state"] == "saved"  # type: ignore[attr-defined]
+        assert outbox.tracked(plain)["state"] == "unknown"
+        forwarder = Forwarder(outbox, {"a": url(a.port), "b": url(b.port)}, backoff_initial=0.1,
+                              backoff_max=0.3, unroutable_retry=3600).start()
+        try:
+            wait_until(lambda: msg.status()["destinations"]["a"]["state"] == "sent",  # type: ignore[attr-defined]
+                       what="sent to a")
+            status = msg.status()  # type: ignore[attr-defined]
+            assert status["state"] == "saved" and status["destinations"]["b"]["state"] == "saved"
+            wait_until(lambda: lost.status()["state"] == "parked", what="parked")  # type: ignore[attr-defined]
+            assert "NO_ROUTE" in lost.status()["destinations"]["a"]["error"]  # type: ignore[attr-defined]
+            b.start()
+            status = msg.wait("sent", timeout=30)  # type: ignore[attr-defined]
+            assert set(status["destinations"]) == {"a", "b"}
+            assert all(d["sent_at"] for d in status["destinations"].values())
+        finally:
+            forwarder.stop()
+        assert cli_main(["outbox", "status", target, msg]) == 0
+        out = capsys.readouterr().out
+        assert f"message {msg}: sent" in out
+        assert cli_main(["outbox", "status", target, "no-such-id", "--json"]) == 1
+        assert '"state": "unknown"' in capsys.readouterr().out
+    finally:
+        outbox.close()
