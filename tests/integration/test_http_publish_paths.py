@@ -55,3 +55,32 @@ def test_management_get_keeps_unacked_count(http_server: ThreadedServer) -> None
         api.ok("POST", "/api/queues/%2F/counted/get", {"count": 1, "ackmode": ackmode, "encoding": "auto"})
     queue = http_server.broker.vhosts["/"].queues["counted"]
     assert http_server.call(lambda: (queue.message_count, queue.unacked_count)) == (2, 0)
+
+
+def _rabbitmq_api() -> Client | None:
+    api = Client(15672)
+    try:
+        api.get("/api/overview")
+    except OSError:
+        return None
+    return api
+
+
+def test_management_publish_refused_by_a_full_queue_is_a_bad_request_as_rabbitmq(http_server: ThreadedServer) -> None:
+    """A publish a reject-publish queue refuses (AMQP would nack it) is RabbitMQ's 400 "rejected ...", not
+    ``routed: true``: a client such as the outbox's HTTP transport must know it was not stored."""
+    apis = [Client(http_server.http_port)]
+    rabbit = _rabbitmq_api()
+    if rabbit is not None:
+        apis.append(rabbit)
+    answers = []
+    for api in apis:
+        api.ok("PUT", "/api/queues/%2F/reject-full", {"arguments": {"x-max-length": 1, "x-overflow": "reject-publish"}})
+        try:
+            answers.append([publish(api, "reject-full")[:2] for _ in range(2)])
+        finally:
+            api.request("DELETE", "/api/queues/%2F/reject-full")
+    for answer in answers:
+        assert answer == [(200, {"routed": True}),
+                          (400, {"error": "bad_request",
+                                 "reason": "rejected Unable to publish message. Check queue limits."})]

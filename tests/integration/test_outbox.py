@@ -407,9 +407,6 @@ def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) 
 
 
 def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any) -> None:
-    if transport == "http":
-        pytest.xfail("Leveret's HTTP publish answers routed: true for a message a reject-publish queue refused "
-                     "(leveret/http/api/messages.py ignores Queue.enqueue's False): the message is lost")
     broker = brokers("a")
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})
     outbox = open_outbox(target)

@@ -52,9 +52,11 @@ async def publish(api: Management, call: Call) -> web.Response:
     except errors.PreconditionFailed as exc:
         raise bad_request(f"406 PRECONDITION_FAILED - {exc.text}") from None
     origin = Peer(f"http {call.user.name}@{call.request.remote}", call.user.name)
-    routed = vhost.publish(exchange, msg, origin) is not None  # the one publish entry (core/routing.py)
+    taken = vhost.publish(exchange, msg, origin)  # the one publish entry (core/routing.py)
     await api.durable()
-    return reply({"routed": routed})
+    if taken is False:  # a queue refused it (x-overflow reject-publish): what AMQP would nack, RabbitMQ's 400
+        raise bad_request("rejected Unable to publish message. Check queue limits.")
+    return reply({"routed": taken is not None})
 
 
 async def get_messages(api: Management, call: Call) -> web.Response:
