@@ -25,215 +25,30 @@ import logging
 import os
 import random
 import sqlite3
-import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
-import pamqp.frame
-from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
+from leveret.outbox.destinations import DEFAULT_URL, Destination, describe, parse_brokers, safe_url
+from leveret.outbox.frames import Outgoing, Publisher
 from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
+from leveret.outbox.lock import ForwarderLock
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
-from leveret.outbox.store import DEFAULT_DESTINATION, DUE_HEADER, OutboxError, OutboxMessage
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows
-    fcntl = None  # type: ignore[assignment]
+from leveret.outbox.store import OutboxError, OutboxMessage
 
 log = logging.getLogger("leveret.outbox.forwarder")
 
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
-    """``["amqp://a/", "eu=amqp://b/", "eu=amqp://c/"]`` -> ``{"default": ["amqp://a/"], "eu": [b, c]}``: a
-    destination name and the URLs of its broker(s), tried in turn (failover, not multicast)."""
-    out: dict[str, list[str]] = {}
-    if isinstance(specs, Mapping):
-        for name, urls in specs.items():
-            out[name] = [urls] if isinstance(urls, str) else list(urls)
-    else:
-        for item in specs:
-            name, sep, url = item.partition("=")
-            if not sep or "://" in name or not name:
-                name, url = DEFAULT_DESTINATION, item
-            out.setdefault(name, []).append(url)
-    for name, urls in out.items():
-        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://")) for u in urls):
-            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP) or "
-                             "http://, https:// (the management API's publish)")
-    if not out:
-        raise ValueError("no broker to forward to")
-    return out
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-class _Outgoing:
-    """What aio-pika's Exchange.publish reads of a message: its body and pamqp properties."""
-
-    __slots__ = ("body", "properties")
-
-    def __init__(self, row: OutboxMessage, now: float | None = None) -> None:
-        self.body = row.body
-        self.properties = row.properties
-        headers = self.properties.headers
-        if headers and DUE_HEADER in headers:  # a delay relative to now, not to when it was saved
-            headers = dict(headers)
-            due = headers.pop(DUE_HEADER)  # the outbox's own header: not forwarded
-            if isinstance(due, int | float):
-                now_ms = round((time.time() if now is None else now) * 1000)
-                headers["x-delay"] = max(0, round(due) - now_ms)
-            self.properties.headers = headers
-
-
 class _Nacked(Exception):
     pass
-
-
-_FRAME_END = b"\xce"
-_DUE = DUE_HEADER.encode()
-# The basic properties before message_id, in wire order: (flag, kind): shortstr, table (long length) or octet.
-_BEFORE_MESSAGE_ID = ((0x8000, "s"), (0x4000, "s"), (0x2000, "t"), (0x1000, "o"), (0x0800, "o"), (0x0400, "s"),
-                      (0x0200, "s"), (0x0100, "s"))
-
-
-def message_id_of(header: bytes) -> str:
-    """The message_id of properties in their wire form (flags, then values), read without decoding the rest:
-    aiormq matches a returned message to its publish by it. "" when there is none."""
-    (flags,) = struct.unpack_from(">H", header)
-    if not flags & 0x0080:
-        return ""
-    pos = 2
-    for flag, kind in _BEFORE_MESSAGE_ID:
-        if flags & flag:
-            if kind == "s":
-                pos += 1 + header[pos]
-            elif kind == "t":
-                pos += 4 + struct.unpack_from(">I", header, pos)[0]
-            else:
-                pos += 1
-    return header[pos + 1:pos + 1 + header[pos]].decode("utf-8", "surrogateescape")
-_BASIC_CLASS = 60
-
-
-class _Publisher:
-    """Publishes a batch of outbox messages with one write: the frames of every message are joined and handed
-    to aiormq's writer as one :class:`ChannelFrame`, so the socket sees one ``write`` per batch, not one (plus a
-    task, a lock round and a drain) per message as ``Exchange.publish`` does.
-
-    It takes aiormq's channel lock and registers each message's confirmation future and message id in the
-    channel exactly as ``aiormq.Channel.basic_publish`` does, so aiormq's reader settles them as usual: an
-    ack resolves the future with ``Basic.Ack`` (``multiple`` acks included), a nack raises ``DeliveryError``,
-    a returned message resolves it with the message, a closed channel or connection fails them all.
-
-    The content header frame is built from the properties exactly as the outbox stored them (pamqp's wire
-    form, saved by ``send``): no decode and re-encode per message (``tests/unit/test_outbox_frames.py`` checks
-    the bytes against pamqp's own marshalling).
-    """
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
-        self.channel = channel
-        self.number = channel.number
-        self.max_body = channel.max_content_size  # type: ignore[attr-defined]
-        self._methods: dict[tuple[str, str, bool], bytes] = {}
-
-    def frames(self, row: OutboxMessage, now: float | None = None) -> tuple[bytes, str]:
-        """The wire frames of ``row`` (Basic.Publish, content header, body) and its message_id."""
-        key = (row.exchange, row.routing_key, row.mandatory)
-        method = self._methods.get(key)
-        if method is None:
-            method = pamqp.frame.marshal(spec.Basic.Publish(exchange=row.exchange, routing_key=row.routing_key,
-                                                            mandatory=row.mandatory), self.number)
-            if len(self._methods) < 10_000:
-                self._methods[key] = method
-        header = row.header
-        if _DUE in header:  # x-delay computed now (rare: delayed tasks)
-            properties = _Outgoing(row, now).properties
-            header = properties.marshal()
-            message_id = str(properties.message_id)
-        else:
-            message_id = message_id_of(header)
-        body = row.body
-        payload = struct.pack(">HHQ", _BASIC_CLASS, 0, len(body)) + header
-        parts = [method, struct.pack(">BHI", 2, self.number, len(payload)), payload, _FRAME_END]
-        step = self.max_body
-        for start in range(0, len(body), step):
-            chunk = body[start:start + step]
-            parts += (struct.pack(">BHI", 3, self.number, len(chunk)), chunk, _FRAME_END)
-        return b"".join(parts), message_id
-
-    async def publish(self, rows: Sequence[OutboxMessage]) -> list[asyncio.Future[Any]]:
-        """Publish ``rows`` in order with one write; their confirmation futures, in the same order."""
-        channel = cast(Any, self.channel)
-        futures: list[asyncio.Future[Any]] = []
-        async with channel.lock:
-            if channel.is_closed:
-                raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
-            parts = []
-            tags = channel.message_id_delivery_tag
-            for row in rows:
-                frames, message_id = self.frames(row)
-                channel.delivery_tag += 1
-                tag = channel.delivery_tag
-                future = channel.create_future()
-                channel.confirmations[tag] = future
-                tags[message_id] = tag
-                future.add_done_callback(_forget(tags, message_id, tag))
-                futures.append(future)
-                parts.append(frames)
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
-        return futures
-
-
-def _forget(tags: dict[str, int], message_id: str, tag: int) -> Any:
-    def forget(_: asyncio.Future[Any]) -> None:
-        if tags.get(message_id) == tag:
-            del tags[message_id]
-    return forget
-
-
-class _Destination:
-    def __init__(self, name: str, urls: list[str]) -> None:
-        self.name = name
-        self.urls = urls
-        self.url: str | None = None  # connected to
-        self.error: str | None = None
-        self.down_since: float | None = None
-        self.retry_at: float | None = None
-        self.forwarded = 0
-        self.parked = 0
-        self.reported = 0
-        self.careful_until = 0  # after a channel error, messages up to this id are sent one at a time
-        self.proven: set[str] = set()  # exchanges that confirmed a message in the current session
-        self.alone = 0  # the last message sent alone (the first to its exchange in a session)
-        # Settled by the broker but not yet written to the outbox (a local write failed, e.g. disk full): kept
-        # here and committed again with a back-off, on the same connection; nothing is fetched meanwhile, so a
-        # confirmed message is never sent again because of a local error.
-        self.confirmed: list[int] = []
-        self.to_park: list[tuple[int, str]] = []
-        self.local_error: str | None = None
-        self.local_failures = 0
-        self.local_retry_at = 0.0  # monotonic
 
 
 class Forwarder:
@@ -258,7 +73,7 @@ class Forwarder:
             path = Path(cast(Any, outbox))
             self.where, self.shared = str(path), False
         self.path: Path | None = path  # the SQLite file (its lock file is beside it), or None
-        self.destinations = [_Destination(n, u) for n, u in parse_brokers(brokers).items()]
+        self.destinations = [Destination(n, u) for n, u in parse_brokers(brokers).items()]
         self.window = max(1, window)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -278,7 +93,7 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._lock_fd: int | None = None
+        self._lock = ForwarderLock(path)
         self._warned_unknown: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -291,7 +106,7 @@ class Forwarder:
             self._stop.set()
         own = self.outbox is None
         try:
-            if not await self._take_lock():
+            if not await self._lock.acquire(self._sleep):
                 return
             if self.outbox is None:
                 # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
@@ -316,7 +131,7 @@ class Forwarder:
             if own and self.outbox is not None:
                 await asyncio.to_thread(self.outbox.close)
                 self.outbox = None
-            self._release_lock()
+            self._lock.release()
             self._ready.set()
 
     def request_stop(self) -> None:
@@ -354,33 +169,9 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    async def _take_lock(self) -> bool:
-        if fcntl is None or self.path is None:  # a shared storage: several forwarders, with leases
-            return True
-        lock_path = self.path.with_name(self.path.name + ".forwarder.lock")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutboxError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
-        warned = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._lock_fd = fd
-                return True
-            except OSError:
-                if not warned:
-                    log.warning("another forwarder holds %s: waiting for it to stop", lock_path)
-                    warned = True
-            if await self._sleep(1.0):
-                os.close(fd)
-                return False
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def holds_lock(self) -> bool:
+        """Whether this forwarder holds its outbox file's lock (see outbox/lock.py)."""
+        return self._lock.fd is not None
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or less if a stop is requested; return whether it was."""
@@ -391,7 +182,7 @@ class Forwarder:
 
     # --- one destination -------------------------------------------------------------------------------------
 
-    async def _forward(self, dest: _Destination) -> None:
+    async def _forward(self, dest: Destination) -> None:
         assert self._stop is not None
         failures = 0
         turn = 0
@@ -449,7 +240,7 @@ class Forwarder:
             return await HttpTarget(url, self.connect_timeout).open()
         return await open_connection(url, self.connect_timeout)
 
-    def _down(self, dest: _Destination, url: str, exc: BaseException) -> None:
+    def _down(self, dest: Destination, url: str, exc: BaseException) -> None:
         text = describe(exc)
         if isinstance(exc, (OutboxError, sqlite3.Error)):
             log.error("%s: local outbox error on %s: %s (retrying with back-off)", dest.name, self.where, text)
@@ -460,7 +251,7 @@ class Forwarder:
         if dest.down_since is None:
             dest.down_since = time.time()
 
-    async def _session(self, dest: _Destination, conn: Any) -> None:
+    async def _session(self, dest: Destination, conn: Any) -> None:
         assert self._stop is not None and self.outbox is not None
         if isinstance(conn, HttpTarget):
             try:
@@ -472,7 +263,7 @@ class Forwarder:
             return
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
-        publisher = _Publisher(await channel.get_underlay_channel())
+        publisher = Publisher(await channel.get_underlay_channel())
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
@@ -569,7 +360,7 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     await outbox.release_async(dest.name)
 
-    async def _http_session(self, dest: _Destination, target: HttpTarget) -> None:
+    async def _http_session(self, dest: Destination, target: HttpTarget) -> None:
         """The HTTP transport: one publish at a time, in id order; settled as http_transport.py says."""
         assert self._stop is not None and self.outbox is not None
         outbox = self.outbox
@@ -597,7 +388,7 @@ class Forwarder:
                     if self._stop.is_set():
                         break
                     try:
-                        properties = json_properties(_Outgoing(row).properties)
+                        properties = json_properties(Outgoing(row).properties)
                     except ValueError as exc:
                         parks.append((row.id, str(exc)))
                         cursor = row.id
@@ -648,7 +439,7 @@ class Forwarder:
         exchanges[name] = await channel.get_exchange(name, ensure=False)
         return exchanges[name]
 
-    async def _reap(self, dest: _Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
+    async def _reap(self, dest: Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
         """Settle the confirmed head of the window; raise for a nack (after draining) or a lost channel."""
         assert self.outbox is not None
         done: list[int] = []
@@ -687,7 +478,7 @@ class Forwarder:
                 await self._note_failure(dest, failed.id, text)
         raise failure
 
-    async def _drain(self, dest: _Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
+    async def _drain(self, dest: Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
         """Wait for the rest of the window after a nack and settle what was confirmed."""
         assert self.outbox is not None
         if inflight:
@@ -703,7 +494,7 @@ class Forwarder:
                     parks.append((row.id, "NO_ROUTE - returned by the broker: no queue is bound for it"))
         await self._settle(dest, done, parks)
 
-    async def _settle(self, dest: _Destination, done: Sequence[int] = (),
+    async def _settle(self, dest: Destination, done: Sequence[int] = (),
                       parks: Sequence[tuple[int, str]] = ()) -> bool:
         """Write what the broker settled (confirmed ids, parked messages) to the outbox, with what an earlier
         failed write left in memory; return whether nothing is left. A failed write is a local error: kept in
@@ -734,7 +525,7 @@ class Forwarder:
         dest.local_failures = 0
         return not dest.confirmed and not dest.to_park
 
-    async def _shrink_when_idle(self, dest: _Destination) -> None:
+    async def _shrink_when_idle(self, dest: Destination) -> None:
         """Nothing to send: give the file's free pages back to the file system, ``SHRINK_PAGES`` at a time (one
         short writer transaction each, so a send waits at most for one step), checking every
         ``shrink_interval`` seconds. A failure is only logged: it is housekeeping."""
@@ -751,7 +542,7 @@ class Forwarder:
         except (OutboxError, sqlite3.Error) as exc:
             log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.where, describe(exc))
 
-    def _local_error(self, dest: _Destination, exc: BaseException) -> None:
+    def _local_error(self, dest: Destination, exc: BaseException) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))
         dest.local_failures += 1
         dest.local_retry_at = time.monotonic() + delay
@@ -761,7 +552,7 @@ class Forwarder:
                       "retrying with back-off)", dest.name, self.where, text, len(dest.confirmed))
         dest.local_error = text
 
-    async def _note_failure(self, dest: _Destination, message_id: int, error: str) -> None:
+    async def _note_failure(self, dest: Destination, message_id: int, error: str) -> None:
         """Record why a message failed (bookkeeping only: a failed write is logged and otherwise ignored)."""
         assert self.outbox is not None
         try:
@@ -769,7 +560,7 @@ class Forwarder:
         except (OutboxError, sqlite3.Error) as exc:
             log.error("%s: local outbox error on %s: %s", dest.name, self.where, describe(exc))
 
-    async def _park(self, dest: _Destination, failures: list[tuple[int, str]]) -> None:
+    async def _park(self, dest: Destination, failures: list[tuple[int, str]]) -> None:
         assert self.outbox is not None
         retry_at = time.time() + self.unroutable_retry if self.unroutable_retry > 0 else float("inf")
         await self.outbox.park_async(dest.name, failures, retry_at)
@@ -810,13 +601,6 @@ class Forwarder:
         """Per destination: the broker it is connected to (or the error), and how many it forwarded/parked."""
         return {d.name: {"url": safe_url(d.url) if d.url else None, "error": d.error, "forwarded": d.forwarded,
                          "parked": d.parked} for d in self.destinations}
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -526,7 +526,7 @@ def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     wait_until(second._ready.is_set, 10, "second took over")
     # really running (_ready is also set when run() ends, e.g. if it crashed): it holds the lock and the outbox
     assert thread.is_alive() and second._error is None
-    assert second._lock_fd is not None and second.outbox is not None
+    assert second.holds_lock() and second.outbox is not None
     second.request_stop()
     thread.join(10)
     assert not thread.is_alive()
@@ -573,7 +573,7 @@ def test_a_failed_local_delete_does_not_send_confirmed_messages_again(target: st
 
 def test_a_delayed_task_is_not_delayed_by_its_wait_in_the_outbox(tmp_path: Path) -> None:
     """x-delay is computed when the forwarder publishes, from the due time saved with the message."""
-    from leveret.outbox.forwarder import _Outgoing
+    from leveret.outbox.frames import Outgoing as _Outgoing
 
     app = App("amqp://guest:guest@127.0.0.1:1/", name="obd", outbox=tmp_path / "tasks.db")
 

@@ -11,7 +11,8 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from leveret.outbox.forwarder import _Publisher, message_id_of
+from leveret.outbox.frames import Publisher as _Publisher
+from leveret.outbox.frames import message_id_of
 from leveret.outbox.store import OutboxMessage, decode_properties, encode_properties
 
 
