@@ -32,7 +32,7 @@ class TaskContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     app: App | None = None
     # The attempt's deferred "started" event (worker_out.StartedEvent) until another event of the attempt goes.
-    start_event: Any = field(default=None, repr=False, compare=False)
+    start_event: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 class BadMessage(Exception):
