@@ -508,7 +508,7 @@ class Worker(Failures):
         if channel is None:
             return
         start = ctx.start_event
-        if start is not None and state != "started":  # the attempt's first event since it started: the last one
+        if start is not None and state != "started":  # the attempt's outcome (or revoked)
             ctx.start_event = None
             ts = start.take()
             if ts is not None:  # "started" has not gone: this event carries the start (docs/tasks.md, "Events")
