@@ -262,6 +262,31 @@ def test_track_started_per_app_and_per_task(broker: Broker, workers: Callable[..
 
 
 
+def test_a_task_still_running_after_the_delay_sends_started_first(
+        broker: Broker, workers: Callable[..., Worker], broker_port: int) -> None:
+    """Default (no track_started): an attempt still running STARTED_DELAY after its start publishes "started" then;
+    its final event then carries no ``started`` field."""
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("slow")
+    release = threading.Event()
+
+    @app.task(name=broker.name("slow"), queue=q)
+    def slow() -> int:
+        release.wait(30)
+        return 1
+
+    workers(app)
+    task_id = broker.publish(q, slow.name)
+    try:
+        started = broker.wait_state(task_id, "started")  # while the task waits
+    finally:
+        release.set()
+    done = broker.wait_state(task_id, "succeeded")
+    assert broker.states(task_id) == ["started", "succeeded"]
+    assert "started" not in done and started["ts"] < done["ts"]
+
+
+
 def test_failures_are_logged_with_traceback_and_backoff_retries(
         broker: Broker, workers: Callable[..., Worker], broker_port: int, caplog: pytest.LogCaptureFixture,
         late_started: None) -> None:
