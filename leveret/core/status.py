@@ -130,8 +130,18 @@ def record_from_event(data: Any, now: float, default_ttl: float) -> StatusRecord
     worker = get("worker")
     if worker.__class__ is str:
         extra["worker"] = worker
-    return StatusRecord(task_id, task, queue, state, attempt, ts, ts, ts, ts + ttl,
-                        ts if state == "started" else None, error, extra)
+    created = ts
+    if state == "started":
+        started = ts
+    else:  # a final event that went alone carries its attempt's start (docs/tasks.md, "Events"): folded as if a
+        # "started" event at that time had come first
+        started = get("started")
+        if started is not None:
+            if _number(started):
+                created = min(ts, started)
+            else:  # unreadable: the event counts without it
+                started = None
+    return StatusRecord(task_id, task, queue, state, attempt, ts, created, ts, ts + ttl, started, error, extra)
 
 
 def parse_query(body: bytes) -> tuple[list[str], str]:

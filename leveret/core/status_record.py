@@ -8,8 +8,9 @@ same record:
 - state, attempt, task, queue, error and the optional fields come from the *winning* event: the highest
   (attempt, rank of the state), ties broken by the later ``ts`` (``at`` keeps the winner's ts);
 - ``created`` is the earliest event's ts, ``updated`` the latest's, ``expires`` the latest event's ts + ttl
-  (ties: the longer); ``started`` the latest "started" event's ts; ``finished`` the winner's ts when its state is
-  final;
+  (ties: the longer); ``started`` the latest "started" event's ts (the ``started`` field of a final event that
+  went without a "started" event counts as one: ``record_from_event``); ``finished`` the winner's ts when its
+  state is final;
 - a record that had expired before the other one's first event does not take part (the id starts afresh).
 
 Both store backends merge with :func:`merge`; the broker's cache does too.

@@ -74,11 +74,13 @@ class App(Sending):
     """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``).
 
     ``send_timeout``: how long a send (or a status read) waits for the broker, including a reconnection,
-    before ``BrokerUnavailable``. ``eager=True``: ``send()`` runs the task inline (no broker; unit tests)."""
+    before ``BrokerUnavailable``. ``eager=True``: ``send()`` runs the task inline (no broker; unit tests).
+    ``track_started=True``: every attempt publishes its "started" event (default: only one still running after
+    0.1 s; a shorter one sends its start with its final event; a task's own ``track_started`` overrides this)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
                  status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | Outbox | None = None,
-                 eager: bool = False, send_timeout: float = 10.0) -> None:
+                 eager: bool = False, send_timeout: float = 10.0, track_started: bool = False) -> None:
         self.url = url
         # send() writes to this outbox file (opened at the first send) instead of publishing; a forwarder
         # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
@@ -90,6 +92,7 @@ class App(Sending):
         self.status_ttl = status_ttl
         self.eager = eager
         self.send_timeout = send_timeout
+        self.track_started = track_started
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.middleware: list[Any] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
@@ -113,15 +116,18 @@ class App(Sending):
     def task(self, fn: None = None, *, name: str | None = None, queue: str | None = None,
              retry: Retry | None = None, priority: int | None = None, serial: bool = False, status: bool = True,
              keep_result: bool = True, soft_time_limit: float | None = None, time_limit: float | None = None,
-             rate_limit: str | None = None) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+             rate_limit: str | None = None, track_started: bool | None = None
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[P, R] | None = None, *, name: str | None = None, queue: str | None = None,
              retry: Retry | None = None, priority: int | None = None, serial: bool = False, status: bool = True,
              keep_result: bool = True, soft_time_limit: float | None = None, time_limit: float | None = None,
-             rate_limit: str | None = None) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+             rate_limit: str | None = None, track_started: bool | None = None
+             ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Decorator registering a function (sync or async) as a task. ``status=False``: no events, no status
         (raw throughput); ``keep_result=False``: the result is not recorded; ``soft_time_limit`` /
-        ``time_limit`` (seconds) and ``rate_limit`` ("10/s", "100/m", "1000/h") are enforced by the worker."""
+        ``time_limit`` (seconds) and ``rate_limit`` ("10/s", "100/m", "1000/h") are enforced by the worker;
+        ``track_started``: True or False overrides the App's ``track_started`` for this task."""
         for label, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
             if limit is not None and limit <= 0:
                 raise ValueError(f"{label} must be > 0 seconds, not {limit!r}")
@@ -130,7 +136,7 @@ class App(Sending):
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             task = Task(self, task_name, func, queue or self.name, retry or Retry.ignore(), priority, serial,
                         status=status, keep_result=keep_result, soft_time_limit=soft_time_limit,
-                        time_limit=time_limit, rate_limit=rate_limit)
+                        time_limit=time_limit, rate_limit=rate_limit, track_started=track_started)
             for other in self.tasks.values():
                 if other.queue == task.queue and other.serial != task.serial:
                     raise ValueError(f"tasks of queue {task.queue!r} disagree on serial=")

@@ -31,6 +31,8 @@ class TaskContext:
     next_attempt_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     app: App | None = None
+    # The attempt's deferred "started" event (worker_out.StartedEvent) until another event of the attempt goes.
+    start_event: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 class BadMessage(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 import uuid
@@ -81,7 +82,8 @@ def event_message(body: dict[str, Any]) -> tuple[bytes, aiormq.spec.Basic.Proper
 
 def merge(record: dict[str, Any] | None, ev: dict[str, Any]) -> dict[str, Any]:
     """The record after event ``ev``: the event with the highest (attempt, rank) wins, a tie goes to the
-    later ts; timestamps ("created", "started", "finished") accumulate."""
+    later ts; timestamps ("created", "started", "finished") accumulate (a final event's ``started`` field counts
+    as a "started" event at that time)."""
     ts = float(ev.get("ts") or time.time())
     state = str(ev.get("state", ""))
     key = (int(ev.get("attempt") or 0), RANK.get(state, -1), ts)
@@ -90,8 +92,13 @@ def merge(record: dict[str, Any] | None, ev: dict[str, Any]) -> dict[str, Any]:
                   "attempt": key[0], "created": ts, "updated": ts, "started": None, "finished": None,
                   "error": None, "_key": (-1, -1, 0.0), "_ttl": float(ev.get("ttl") or DEFAULT_STATUS_TTL)}
     record["created"] = min(record["created"], ts)
-    if state == "started" and (record["started"] is None or ts > record["started"]):
-        record["started"] = ts
+    # The start of the attempt: a "started" event's ts, or the ``started`` field of a final event that went alone
+    # (the attempt ended before its "started" event was due; docs/tasks.md, "Events").
+    start = ts if state == "started" else ev.get("started")
+    if start.__class__ in (int, float) and math.isfinite(start):
+        record["created"] = min(record["created"], start)
+        if record["started"] is None or start > record["started"]:
+            record["started"] = start
     if key >= record["_key"]:
         record.update(state=state, attempt=key[0], updated=ts, _key=key,
                       _ttl=float(ev.get("ttl") or record["_ttl"]))

@@ -55,6 +55,7 @@ class Task(Generic[P, R]):
     soft_time_limit: float | None = None
     time_limit: float | None = None
     rate_limit: str | None = None
+    track_started: bool | None = None  # None: the App's track_started
     success_hooks: list[Callable[..., Any]] = field(default_factory=list)
     failure_hooks: list[Callable[..., Any]] = field(default_factory=list)
 

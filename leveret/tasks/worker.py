@@ -1,8 +1,9 @@
 """The consumer side: ``Worker`` runs an App's handlers. See docs/tasks.md.
 
-Per task the worker publishes two events to ``leveret.events`` ("started" — deferred up to 0.1 s, see
-``StartedEvent`` — then one of succeeded / retrying / gave_up / revoked), transient and without waiting for
-confirms, and acks the message (no round trip) only after the handler, its hooks and the final event. A failure is
+Per task the worker publishes to ``leveret.events`` one of succeeded / retrying / gave_up / revoked, preceded by
+"started" when the task ran longer than 0.1 s or ``track_started`` is set (else the final event carries the start
+in its ``started`` field; see ``StartedEvent``), transient and without waiting for confirms, and acks the message
+(no round trip) only after the handler, its hooks and the final event. A failure is
 retried according to the message's retry strategy: on Leveret by ``reject(requeue=False)`` on a queue declared with
 ``x-retry-intervals`` when the delay is the queue's, otherwise by publishing the next attempt (confirmed) with a
 delay (Leveret's delayed exchange, or a wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original.
@@ -374,7 +375,11 @@ class Worker(Failures):
         bucket = self._buckets.get(name)
         if bucket is not None:
             await bucket.acquire()
-        started = StartedEvent(self, ctx) if status else None
+        if status:
+            track = task.track_started
+            started: StartedEvent | None = StartedEvent(self, ctx, self.app.track_started if track is None else track)
+        else:
+            started = None
         middleware = self.app.middleware
         if middleware:
             await call_hooks(middleware, "before_task", self._pool, ctx)
@@ -502,6 +507,12 @@ class Worker(Failures):
         channel = self._events
         if channel is None:
             return
+        start = ctx.start_event
+        if start is not None and state != "started":  # the attempt's outcome (or revoked)
+            ctx.start_event = None
+            ts = start.take()
+            if ts is not None:  # "started" has not gone: this event carries the start (docs/tasks.md, "Events")
+                extra["started"] = ts
         body = event(ctx.id, ctx.task, ctx.queue, state, self.app.status_ttl, ctx.attempt, worker=self.name, **extra)
         try:
             data = json.dumps(body).encode()

@@ -518,3 +518,56 @@ def test_retries_and_dead_letters_are_recorded_as_queued(http_server: ThreadedSe
            {"routing_key": "app.flaky.gave_up", "payload": json.dumps(event(task, "gave_up", 1)), "properties": {}})
     assert wait_for(lambda: state_of(conn, task) == "gave_up", "the event published over HTTP")
     conn.close()
+
+
+def test_a_final_event_carrying_its_start_folds_as_started_then_final() -> None:
+    """The worker sends one event for a task that ends before its "started" is due (docs/tasks.md, "Events"): the
+    final event's ``started`` field. The broker's fold and the RabbitMQ fallback's (leveret.tasks.status.merge)
+    make the same record of it as of a separate "started" event followed by the final one, in any order."""
+    import itertools
+
+    from leveret.core.status import record_from_event
+    from leveret.core.status_record import merge
+    from leveret.tasks import status as fallback
+
+    t = time.time()
+    queued = event("a", "queued", 0, t)
+    started = event("a", "started", 0, t + 1, worker="w:1")
+    final = event("a", "succeeded", 0, t + 1.05, result=3, worker="w:1")
+    alone = {**final, "started": t + 1}
+    retrying = event("a", "retrying", 0, t + 2, next_attempt_at=t + 3, error={"type": "KeyError", "message": "k"})
+    retried = event("a", "gave_up", 1, t + 3.5, error={"type": "KeyError", "message": "k"})
+
+    def broker_fold(*events: dict[str, Any]) -> dict[str, Any]:
+        record: StatusRecord | None = None
+        for body in events:
+            new = record_from_event(body, t, 60.0)
+            assert new is not None
+            record = merge(record, new)
+        assert record is not None
+        return record.public()
+
+    def fallback_fold(*events: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] | None = None
+        for body in events:
+            record = fallback.merge(record, dict(body))
+        out = fallback.public(record)
+        assert out is not None
+        return out
+
+    for fold in (broker_fold, fallback_fold):
+        for before, now in (((queued, started, final), (queued, alone)), ((started, final), (alone,)),
+                            ((queued, started, retrying, {**started, "attempt": 1, "ts": t + 3.4}, retried),
+                             (queued, {**retrying, "started": t + 1}, {**retried, "started": t + 3.4}))):
+            expected = fold(*before)
+            assert expected["started"] is not None
+            for order in itertools.permutations(now):
+                assert fold(*order) == expected, (fold.__name__, order)
+    # Without a prior event the record starts at the start: created is the start, updated the final event's ts.
+    rec = broker_fold(alone)
+    assert (rec["state"], rec["created"], rec["started"], rec["updated"], rec["finished"]) == \
+        ("succeeded", t + 1, t + 1, t + 1.05, t + 1.05)
+    # A "started" field that is not a number is ignored, the event still counts.
+    odd = record_from_event({**final, "started": "soon"}, t, 60.0)
+    assert odd is not None and odd.state == "succeeded" and odd.started is None and odd.created == t + 1.05
+    assert fallback_fold({**final, "started": "soon"})["started"] is None

@@ -26,7 +26,7 @@ import pytest
 from conftest import RABBITMQ_PORT
 
 from leveret.cli import main as cli_main
-from leveret.tasks import App, Retry, TaskContext, TaskError, Worker
+from leveret.tasks import App, Retry, TaskContext, TaskError, Worker, worker_out
 from leveret.tasks.status import new_task_id
 
 TESTS = Path(__file__).parents[1] / "support" / "apps"  # tasks_app.py, run from there
@@ -277,8 +277,16 @@ def test_limit_and_ignore(make_app: Any, names: dict[str, Any], broker_port: int
         conn.close()
 
 
-def test_events_and_success_hook(make_app: Any, names: dict[str, Any], broker_port: int) -> None:
+@pytest.mark.parametrize("track", [False, True], ids=["default", "track_started"])
+def test_events_and_success_hook(make_app: Any, names: dict[str, Any], broker_port: int, track: bool,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per attempt one final event carrying its start (default), or "started" then the final event
+    (``track_started=True``); the status record is the same either way (docs/tasks.md, "Events")."""
+    # "started" goes by itself only for an attempt still running after STARTED_DELAY: far off here, so that a slow
+    # machine cannot make a short attempt send it (that path: test_tasks_worker.py, the hard time limit test).
+    monkeypatch.setattr(worker_out, "STARTED_DELAY", 60.0)
     app = make_app()
+    app.track_started = track
     tag = names["tag"]
     conn, ch = raw_channel(broker_port)
     ch.exchange_declare("leveret.events", "topic", durable=True)
@@ -297,27 +305,43 @@ def test_events_and_success_hook(make_app: Any, names: dict[str, Any], broker_po
 
     ok.on_success(lambda ctx, result: succeeded.append((ctx.task, result)))
     start(make_app, app)
+    expected = 6 if track else 3
     try:
-        assert ok.send(x=1).wait(5) == "succeeded"
+        handle = ok.send(x=1)
+        assert handle.wait(5) == "succeeded"
         assert ko.send().wait(5) == "gave_up"
         got: list[tuple[str, dict[str, Any]]] = []
         deadline = time.monotonic() + 3
-        while len(got) < 6 and time.monotonic() < deadline:
+        while len(got) < expected and time.monotonic() < deadline:
             method, _, body = ch.basic_get(events_q, auto_ack=True)
             if method is None:
                 time.sleep(0.02)
                 continue
             if not method.routing_key.endswith(".queued"):  # the producer's own, on RabbitMQ (the status stream)
                 got.append((method.routing_key, json.loads(body)))
+        record = app.status_info(handle.id)
     finally:
         conn.close()
     keys = [k for k, _ in got]
-    # Per attempt one "started" and one outcome (docs/tasks.md, events).
-    assert keys[:2] == [f"ok-{tag}.started", f"ok-{tag}.succeeded"]
-    assert keys[2:] == [f"ko-{tag}.{s}" for s in ("started", "retrying", "started", "gave_up")]
+    events = [e for _, e in got]
+    if track:  # per attempt one "started" and one outcome
+        assert keys[:2] == [f"ok-{tag}.started", f"ok-{tag}.succeeded"]
+        assert keys[2:] == [f"ko-{tag}.{s}" for s in ("started", "retrying", "started", "gave_up")]
+        assert all("started" not in e for e in events)
+        start_ts = events[0]["ts"]
+    else:  # per attempt its outcome alone, with the attempt's start
+        assert keys == [f"ok-{tag}.succeeded", f"ko-{tag}.retrying", f"ko-{tag}.gave_up"]
+        assert all(e["started"] <= e["ts"] for e in events)
+        assert events[1]["started"] < events[2]["started"]  # each attempt its own
+        start_ts = events[0]["started"]
+    final = got[1 if track else 0][1]
     retrying = dict(got)[f"ko-{tag}.retrying"]
     assert retrying["next_attempt_at"] and retrying["error"]["type"] == "KeyError"
     assert succeeded == [(f"ok-{tag}", 2)]
+    # The record: as before the change, whichever way the start came.
+    assert record["state"] == "succeeded" and record["attempt"] == 0 and record["result"] == 2
+    assert record["started"] == start_ts and record["created"] <= start_ts
+    assert record["updated"] == record["finished"] == final["ts"]
 
 
 async def test_rpc_call_gather_and_timeout(make_app: Any, names: dict[str, Any]) -> None:

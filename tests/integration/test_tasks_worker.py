@@ -27,7 +27,7 @@ from typing import Any
 import pika
 import pytest
 
-from leveret.tasks import App, Retry, TaskContext, Worker
+from leveret.tasks import App, Retry, TaskContext, Worker, worker_out
 from leveret.tasks.app import CONTROL_EXCHANGE, EVENTS_EXCHANGE
 from leveret.tasks.limits import EXIT_HARD_TIME_LIMIT, SoftTimeLimitExceeded, TokenBucket
 from leveret.tasks.task import parse_rate_limit
@@ -146,7 +146,15 @@ def workers() -> Iterator[Callable[..., Worker]]:
         app.close()
 
 
-def test_events_result_and_ack(broker: Broker, workers: Callable[..., Worker], broker_port: int) -> None:
+@pytest.fixture
+def late_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A "started" event goes by itself only for an attempt still running after STARTED_DELAY: far off here, so
+    that a slow machine cannot make a short attempt send it."""
+    monkeypatch.setattr(worker_out, "STARTED_DELAY", 60.0)
+
+
+def test_events_result_and_ack(broker: Broker, workers: Callable[..., Worker], broker_port: int,
+                               late_started: None) -> None:
     app = App(url(broker_port), name="tw", status_ttl=60)
     q = broker.queue("ok")
 
@@ -167,7 +175,8 @@ def test_events_result_and_ack(broker: Broker, workers: Callable[..., Worker], b
     done = broker.wait_state(task_id, "succeeded")
     assert done["result"] == 5 and done["attempt"] == 0 and done["queue"] == q and done["task"] == add.name
     assert done["_key"] == f"{add.name}.succeeded" and done["ttl"] == 60 and ":" in done["worker"]
-    assert broker.states(task_id) == ["started", "succeeded"]
+    assert broker.states(task_id) == ["succeeded"]  # one event, with the attempt's start
+    assert done["started"] <= done["ts"]
     quiet_id = broker.publish(q, quiet.name)
     nokeep_id = broker.publish(q, nokeep.name)
     assert "result" not in broker.wait_state(nokeep_id, "succeeded")
@@ -208,8 +217,79 @@ def test_bad_input_is_dead_lettered_with_its_reason(kind: str, broker: Broker, w
     broker.wait_state(good, "succeeded")
 
 
+def test_track_started_per_app_and_per_task(broker: Broker, workers: Callable[..., Worker], broker_port: int,
+                                            late_started: None) -> None:
+    """``App(track_started=True)``: "started" then the outcome, per attempt, however short (as before); a task's
+    own ``track_started`` overrides the App's, either way."""
+    tracking = App(url(broker_port), name="tw", status_ttl=60, track_started=True)
+    q = broker.queue("track")
+
+    @tracking.task(name=broker.name("tracked"), queue=q, retry=Retry.intervals([0.05]))
+    def tracked(fail: bool = False) -> int:
+        if fail:
+            raise ValueError("no")
+        return 1
+
+    @tracking.task(name=broker.name("untracked"), queue=q, track_started=False)
+    def untracked() -> int:
+        return 2
+
+    default = App(url(broker_port), name="tw2", status_ttl=60)
+    q2 = broker.queue("track2")
+
+    @default.task(name=broker.name("opted"), queue=q2, track_started=True)
+    def opted() -> int:
+        return 3
+
+    workers(tracking)
+    workers(default)
+    ok = broker.publish(q, tracked.name)
+    ko = broker.publish(q, tracked.name, {"fail": True}, metadata={"retry": tracked.retry.to_wire()})
+    alone = broker.publish(q, untracked.name)
+    opted_id = broker.publish(q2, opted.name)
+    for task_id, state in ((ok, "succeeded"), (ko, "gave_up"), (alone, "succeeded"), (opted_id, "succeeded")):
+        broker.wait_state(task_id, state)
+    assert broker.states(ok) == ["started", "succeeded"]
+    assert broker.states(ko) == ["started", "retrying", "started", "gave_up"]
+    assert broker.states(opted_id) == ["started", "succeeded"]
+    assert broker.states(alone) == ["succeeded"]
+    mine = [e for e in broker.events if e["id"] in (ok, ko, opted_id)]
+    assert all("started" not in e for e in mine)  # the start went in its own event
+    starts = [e["ts"] for e in mine if e["state"] == "started"]
+    finals = [e for e in mine if e["state"] != "started"]
+    assert all(any(s <= e["ts"] for s in starts) for e in finals)
+    assert next(e for e in broker.events if e["id"] == alone)["started"] > 0
+
+
+
+def test_a_task_still_running_after_the_delay_sends_started_first(
+        broker: Broker, workers: Callable[..., Worker], broker_port: int) -> None:
+    """Default (no track_started): an attempt still running STARTED_DELAY after its start publishes "started" then;
+    its final event then carries no ``started`` field."""
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("slow")
+    release = threading.Event()
+
+    @app.task(name=broker.name("slow"), queue=q)
+    def slow() -> int:
+        release.wait(30)
+        return 1
+
+    workers(app)
+    task_id = broker.publish(q, slow.name)
+    try:
+        started = broker.wait_state(task_id, "started")  # while the task waits
+    finally:
+        release.set()
+    done = broker.wait_state(task_id, "succeeded")
+    assert broker.states(task_id) == ["started", "succeeded"]
+    assert "started" not in done and started["ts"] < done["ts"]
+
+
+
 def test_failures_are_logged_with_traceback_and_backoff_retries(
-        broker: Broker, workers: Callable[..., Worker], broker_port: int, caplog: pytest.LogCaptureFixture) -> None:
+        broker: Broker, workers: Callable[..., Worker], broker_port: int, caplog: pytest.LogCaptureFixture,
+        late_started: None) -> None:
     app = App(url(broker_port), name="tw", status_ttl=60)
     q = broker.queue("fail")
     attempts: list[float] = []
@@ -223,8 +303,10 @@ def test_failures_are_logged_with_traceback_and_backoff_retries(
     with caplog.at_level(logging.WARNING, logger="leveret.tasks.worker"):
         task_id = broker.publish(q, flaky.name, metadata={"retry": flaky.retry.to_wire()})
         gave_up = broker.wait_state(task_id, "gave_up")
-    assert broker.states(task_id) == ["started", "retrying", "started", "retrying", "started", "gave_up"]
+    assert broker.states(task_id) == ["retrying", "retrying", "gave_up"]
     retrying = [e for e in broker.events if e["id"] == task_id and e["state"] == "retrying"]
+    starts = [e["started"] for e in (*retrying, gave_up)]
+    assert starts == sorted(starts) and len(set(starts)) == 3  # each attempt its own start
     assert [e["attempt"] for e in retrying] == [0, 1] and gave_up["attempt"] == 2
     assert retrying[0]["next_attempt_at"] > retrying[0]["ts"]
     assert gave_up["error"]["type"] == "ConnectionError" and gave_up["error"]["message"] == "database down"
