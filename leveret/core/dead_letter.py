@@ -4,6 +4,11 @@ dead-letter exchange with an ``x-death`` header, through the one publish entry
 (:meth:`~leveret.core.routing.Routing.publish`).
 
 - :func:`dead_letter` is what a queue calls (``Queue.drop``);
+- :func:`move` is the same kind of move on request (the management API's queue actions ``move`` and
+  ``replay_dead_letters``): each message taken from its queue is republished through the one publish entry and
+  settled in its queue in the same synchronous step, so the store gets the push and the delete in one
+  durability batch (after a crash the message is in one queue or the other, never both, never neither);
+- :func:`death_origin` is where a dead letter came from (its latest ``x-death`` entry's queue);
 - :func:`dead_letter_copy` builds the republished message and its routing keys, :func:`group_deaths` merges
   old-style ``x-death`` entries, :func:`is_cycle` finds a fully automatic loop (dropped, as RabbitMQ does).
 """
@@ -21,6 +26,8 @@ from .routing import Origin
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .exchanges import Exchange
     from .queue import Queue
     from .vhost import VHost
@@ -36,6 +43,40 @@ def dead_letter(vhost: VHost, queue: Queue, msg: Message, reason: str) -> None:
     copy, keys = dead_letter_copy(msg, queue.name, reason, exchange.name, settings.dead_letter_routing_key,
                                   vhost.broker.timers.now())
     vhost.publish(exchange, copy, _DeadLettered(queue, msg, reason), keys=keys)
+
+
+def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tuple[Exchange, str] | None],
+         origin: Origin) -> int:
+    """Move up to ``count`` ready messages of ``queue``, from its head, each to ``target(msg)`` (an exchange and
+    a routing key), with its properties and body unchanged; returns how many moved. Dead-lettering's path: taken
+    as a delivery (``Queue.get``, ``hand_out``), republished as a new record through the one publish entry
+    (``VHost.publish``, ``origin`` records it), then settled, all in one synchronous step (one durability
+    batch). A message with no target, or that its destination does not take (unroutable, x-overflow
+    reject-publish), is put back at its place (marked redelivered) and the move stops there."""
+    moved = 0
+    while moved < count:
+        msg = queue.get()
+        if msg is None:
+            break
+        queue.hand_out(msg, True)
+        queue.reload_body(msg)
+        found = target(msg)
+        if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], msg.properties, msg.body),
+                                          origin) is not True:
+            queue.requeue([msg])
+            break
+        queue.settle_unacked(msg)
+        moved += 1
+    return moved
+
+
+def death_origin(msg: Message) -> str | None:
+    """The queue a dead letter last died in (its latest ``x-death`` entry), or None."""
+    deaths = (msg.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        name = deaths[0].get("queue")
+        return name if isinstance(name, str) else None
+    return None
 
 
 class _DeadLettered(Origin):

@@ -246,6 +246,60 @@ def test_get_binary_and_truncated(api: Client) -> None:
     assert api.get("/api/queues/%2F/bin")["messages"] == 0
 
 
+def test_queue_actions_move_and_replay_dead_letters(server: ThreadedServer, api: Client) -> None:
+    """Leveret's queue actions: move messages to another queue and replay dead letters, server-side."""
+    conn = amqp(server)
+    ch = conn.channel()
+    ch.queue_declare("mv-src", durable=True)
+    ch.queue_declare("mv-dst", durable=True)
+    for i in range(4):
+        ch.basic_publish("", "mv-src", f"m{i}".encode(),
+                         pika.BasicProperties(message_id=f"id{i}", headers={"n": i}, delivery_mode=2))
+    conn.process_data_events(0.1)
+    path = "/api/queues/%2F/mv-src/actions"
+    assert api.ok("POST", path, {"action": "move", "destination": "mv-dst", "count": 3}) == {"moved": 3, "left": 1}
+    method, props, body = ch.basic_get("mv-dst", auto_ack=True)
+    assert body == b"m0" and props.message_id == "id0" and props.headers == {"n": 0} and not method.redelivered
+    assert method.routing_key == "mv-dst"
+    assert api.ok("POST", path, {"action": "move", "destination": "mv-dst"}) == {"moved": 1, "left": 0}
+    assert api.get("/api/queues/%2F/mv-dst")["messages_ready"] == 3
+    assert api.request("POST", path, {"action": "move", "destination": "nowhere"})[0] == 404
+    assert api.request("POST", path, {"action": "move", "destination": "mv-src"})[0] == 400
+    assert api.request("POST", path, {"action": "move"})[0] == 400
+    assert api.request("POST", path, {"action": "explode"})[0] == 400
+    assert api.request("POST", path, {"action": "move", "destination": "mv-dst", "count": -1})[0] == 400
+    assert api.request("POST", path, {"action": "sync"})[0] == 204  # RabbitMQ's action: nothing to sync
+    assert api.request("POST", "/api/queues/%2F/missing/actions", {"action": "move", "destination": "mv-dst"})[0] == 404
+
+    # dead letters go back to the queue they died in, whatever the reason
+    ch.queue_declare("mv-dlq")
+    dead = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "mv-dlq"}
+    ch.queue_declare("mv-a", arguments=dead)
+    ch.queue_declare("mv-b", arguments={**dead, "x-max-length": 1})
+    ch.basic_publish("", "mv-a", b"rejected")
+    ch.basic_publish("", "mv-b", b"dropped")
+    ch.basic_publish("", "mv-b", b"kept")  # pushes "dropped" out of mv-b (maxlen)
+    method, _, body = ch.basic_get("mv-a")
+    assert body == b"rejected"
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.basic_get("mv-b", auto_ack=True)  # make room for the replayed one
+    conn.process_data_events(0.1)
+    assert api.get("/api/queues/%2F/mv-dlq")["messages_ready"] == 2
+    assert api.ok("POST", "/api/queues/%2F/mv-dlq/actions", {"action": "replay_dead_letters"}) == {
+        "moved": 2, "left": 0}
+    _, props, body = ch.basic_get("mv-a", auto_ack=True)
+    assert body == b"rejected" and props.headers["x-death"][0]["reason"] == "rejected"
+    assert ch.basic_get("mv-b", auto_ack=True)[2] == b"dropped"
+    conn.close()
+
+    # the checks of a get (read on the source) and a publish (write on the default exchange)
+    api.ok("PUT", "/api/users/mover", {"password": "pw", "tags": "management"})
+    api.ok("PUT", "/api/permissions/%2F/mover", {"configure": "", "write": "", "read": ".*"})
+    mover = Client(server.http_port, "mover", "pw")
+    assert mover.request("POST", "/api/queues/%2F/mv-dst/actions", {"action": "move", "destination": "mv-src"})[0] == 401
+    assert api.get("/api/queues/%2F/mv-dst")["messages_ready"] == 3
+
+
 # --- exchanges, publish, bindings ------------------------------------------------------------------------
 
 
