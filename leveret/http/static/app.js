@@ -604,6 +604,37 @@ onSubmit("queue-get-form", async (form) => {
   await refresh();
 });
 
+// Leveret's queue actions (docs/management.md, "Moving messages and replaying dead letters"): server-side moves
+async function queueAction(vhostName, queue, body) {
+  const result = await api("POST", `queues/${enc(vhostName)}/${enc(queue)}/actions`, body);
+  return `${result.moved} message(s) moved, ${result.left} left in '${queue}'`;
+}
+
+$("queue-move-form").querySelector("[name=destination]").addEventListener("focus", () => queueNames().catch(fail));
+
+onSubmit("queue-move-form", async (form, node) => {
+  const [v, n] = currentQueue();
+  const destination = form.get("destination");
+  const body = {action: "move", destination};
+  if (form.get("count")) body.count = Number(form.get("count"));
+  const count = body.count === undefined ? "all ready messages" : `${body.count} message(s)`;
+  if (!window.confirm(`Move ${count} of '${n}' to '${destination}'?`)) return;
+  say(await queueAction(v, n, body));
+  node.reset();
+  await refresh();
+});
+
+$("queue-replay").addEventListener("click", async () => {
+  const [v, n] = currentQueue();
+  if (!window.confirm(`Send the dead letters of '${n}' back to the queues they came from?`)) return;
+  try {
+    say(await queueAction(v, n, {action: "replay_dead_letters"}));
+    await refresh();
+  } catch (err) {
+    fail(err);
+  }
+});
+
 $("queue-purge").addEventListener("click", () => {
   const [v, n] = currentQueue();
   act(`Purge queue '${n}'?`, () => api("DELETE", `queues/${enc(v)}/${enc(n)}/contents`), `Queue '${n}' purged`);
