@@ -44,7 +44,7 @@ LIMITS: Schema = {"type": "object", "additionalProperties": {"type": "integer"},
 
 def _message_stats() -> Schema:
     properties: Schema = {}
-    for name in ("publish", "deliver_get", "ack"):
+    for name in ("publish", "deliver_get", "ack", "redeliver"):
         properties[name] = COUNT
         properties[f"{name}_details"] = RATE
     return {"type": "object", "properties": properties, "required": list(properties),

@@ -199,6 +199,8 @@ def test_overview_charts_follow_publishing_and_show_node_health(server: Threaded
     expect(tab.locator("#chart-lengths text.legend").first).to_have_text("ready 120", timeout=30_000)
     assert tab.locator("#chart-lengths path[data-series='ready']").count() == 1
     expect(tab.locator("#chart-rates path[data-series='publish']")).to_have_count(1, timeout=30_000)  # 3 samples
+    expect(tab.locator("#chart-rates path[data-series='redeliver']")).to_have_count(1)
+    expect(tab.locator("#rate-redeliver")).to_contain_text(re.compile(r"\d"))
     health = tab.locator("#health")
     expect(health).to_contain_text("File descriptors")
     expect(health).to_contain_text("Uptime")

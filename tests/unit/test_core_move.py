@@ -114,3 +114,22 @@ def test_death_origin_is_the_latest_death() -> None:
     msg = new_message("", "q", {"headers": {"x-death": [{"queue": "latest"}, {"queue": "older"}]}}, b"")
     assert death_origin(msg) == "latest"
     assert death_origin(new_message("", "q", {}, b"")) is None
+
+
+def test_redeliveries_are_counted_per_queue_for_consumers_and_gets() -> None:
+    """RabbitMQ's message_stats.redeliver: deliveries and gets of a message marked redelivered."""
+    core = Core()
+    client = core.client()
+    client.declare("q")
+    for n in range(3):
+        client.publish("q", f"m{n}".encode())
+    queue = core.queue("q")
+    got = client.get("q", no_ack=False)
+    assert got is not None and queue.stats_redelivered == 0
+    client.reject(got[0], requeue=True)
+    again = client.get("q", no_ack=False)
+    assert again is not None and again[1].redelivered and queue.stats_redelivered == 1
+    client.reject(again[0], requeue=True)
+    client.consume("q", "c", no_ack=True)  # m0 again (redelivered), then m1 and m2 (first deliveries)
+    assert [d.redelivered for d in client.sink.deliveries] == [True, False, False]
+    assert queue.stats_redelivered == 2 and queue.stats_delivered == 5

@@ -137,6 +137,7 @@ function drawCharts(prefix, stats, lengths) {
     {label: "publish", color: "#c2410c", points: LeveretChart.rates(details(stats, "publish"))},
     {label: "deliver/get", color: "#2563eb", points: LeveretChart.rates(details(stats, "deliver_get"))},
     {label: "ack", color: "#15803d", points: LeveretChart.rates(details(stats, "ack"))},
+    {label: "redeliver", color: "#9333ea", points: LeveretChart.rates(details(stats, "redeliver"))},
   ]);
   LeveretChart.draw($(prefix + "chart-lengths"), [
     {label: "ready", color: "#c2410c", points: LeveretChart.values(details(lengths, "messages_ready"))},
@@ -163,6 +164,7 @@ async function showOverview() {
   $("rate-publish").textContent = formatRate(rate("overview", o.message_stats, "publish"));
   $("rate-deliver").textContent = formatRate(rate("overview", o.message_stats, "deliver_get"));
   $("rate-ack").textContent = formatRate(rate("overview", o.message_stats, "ack"));
+  $("rate-redeliver").textContent = formatRate(rate("overview", o.message_stats, "redeliver"));
   drawCharts("", o.message_stats, o.queue_totals);
   table($("totals").tBodies[0], [
     ["Connections", o.object_totals.connections], ["Channels", o.object_totals.channels],
