@@ -486,6 +486,51 @@ def test_metrics(server: ThreadedServer, api: Client) -> None:
     conn.close()
 
 
+def test_a_move_answered_survives_a_crash_exactly_once(tmp_path: Any) -> None:
+    """The move's answer comes after its one durability batch is committed: a SIGKILL right after it loses no
+    message and duplicates none (each is in the destination or the source, once)."""
+    import re
+
+    from serverproc import LeveretProcess
+    from waiting import poll
+
+    def http_port(proc: LeveretProcess) -> int:
+        pattern = r"management API listening on http://[^:]+:(\d+)/"
+        assert poll(lambda: any(re.search(pattern, line) for line in proc.lines), timeout=10, interval=0.05)
+        return int(next(m.group(1) for line in proc.lines if (m := re.search(pattern, line))))
+
+    proc = LeveretProcess(tmp_path / "data").start()
+    try:
+        api = Client(http_port(proc))
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", proc.port, connection_attempts=1))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("crash-src", durable=True)
+        ch.queue_declare("crash-dst", durable=True)
+        for i in range(50):
+            ch.basic_publish("", "crash-src", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        moved = api.ok("POST", "/api/queues/%2F/crash-src/actions",
+                       {"action": "move", "destination": "crash-dst", "count": 30})
+        assert moved == {"moved": 30, "left": 20}
+        proc.kill()  # SIGKILL: no shutdown, no last flush
+        proc.start()
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", proc.port, connection_attempts=1))
+        ch = conn.channel()
+
+        def drain(queue: str) -> list[bytes]:
+            bodies = []
+            while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
+                bodies.append(got[2])
+            return bodies
+
+        assert drain("crash-dst") == [f"m{i}".encode() for i in range(30)]
+        assert drain("crash-src") == [f"m{i}".encode() for i in range(30, 50)]
+        conn.close()
+    finally:
+        proc.kill()
+
+
 def test_definitions_made_over_http_survive_a_restart(make_config: Callable[..., Config]) -> None:
     config = make_config(http_port=0)
     srv = ThreadedServer(config).start()
