@@ -46,12 +46,12 @@ def dead_letter(vhost: VHost, queue: Queue, msg: Message, reason: str) -> None:
 
 
 def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tuple[Exchange, str] | None],
-         origin: Origin) -> int:
+         who: str) -> int:
     """Move up to ``count`` ready messages of ``queue``, from its head, each to ``target(msg)`` (an exchange and
     a routing key), with its properties and body unchanged; returns how many moved. Dead-lettering's path: taken
     as a delivery (``Queue.get``, ``hand_out``), republished as a new record through the one publish entry
-    (``VHost.publish``, ``origin`` records it), then settled, all in one synchronous step (one durability
-    batch). A message with no target, or that its destination does not take (unroutable, x-overflow
+    (``VHost.publish``; message tracking records ``moved`` by ``who``), then settled, all in one synchronous
+    step (one durability batch). A message with no target, or that its destination does not take (unroutable, x-overflow
     reject-publish), is put back at its place (marked redelivered) and the move stops there."""
     moved = 0
     while moved < count:
@@ -62,7 +62,7 @@ def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tup
         queue.reload_body(msg)
         found = target(msg)
         if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], msg.properties, msg.body),
-                                          origin) is not True:
+                                          _Moved(queue, msg, who)) is not True:
             queue.requeue([msg])
             break
         queue.settle_unacked(msg)
@@ -77,6 +77,24 @@ def death_origin(msg: Message) -> str | None:
         name = deaths[0].get("queue")
         return name if isinstance(name, str) else None
     return None
+
+
+class _Moved(Origin):
+    """The origin of a moved copy: records ``moved`` (from which queue, to which, by whom) for the original."""
+
+    __slots__ = ("msg", "queue", "who")
+
+    def __init__(self, queue: Queue, msg: Message, who: str) -> None:
+        self.queue = queue
+        self.msg = msg
+        self.who = who
+
+    def routed(self, vhost: VHost, exchange: Exchange, msg: Message, queues: Sequence[Queue],
+               mandatory: bool) -> Sequence[Queue]:
+        tracker = vhost.broker.tracker
+        if self.msg.flags & MESSAGE_ID and tracker is not None:
+            tracker.record(vhost.name, self.msg, "moved", self.queue.name, tuple([q.name for q in queues]), self.who)
+        return queues
 
 
 class _DeadLettered(Origin):

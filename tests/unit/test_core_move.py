@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from leveret.core.dead_letter import death_origin, move
-from leveret.core.routing import Origin
 from leveret.core.storage import Delete, MessageOp, Push
 from leveret.store.memory import MemoryStore
 from tests.support.corekit import Core
@@ -24,7 +23,7 @@ def test_move_takes_from_the_head_keeps_properties_and_counts() -> None:
     client.declare("dst")
     for n in range(5):
         client.publish("src", f"m{n}".encode(), message_id=f"id{n}", headers={"k": n})
-    assert move(core.vhost, core.queue("src"), 3, to_queue(core, "dst"), Origin()) == 3
+    assert move(core.vhost, core.queue("src"), 3, to_queue(core, "dst"), "test") == 3
     assert client.count("src") == 2 and client.count("dst") == 3
     got = client.get("dst")
     assert got is not None
@@ -32,7 +31,7 @@ def test_move_takes_from_the_head_keeps_properties_and_counts() -> None:
     assert got[1].routing_key == "dst" and not got[1].redelivered
     assert client.bodies("dst") == [b"m1", b"m2"]
     assert client.bodies("src") == [b"m3", b"m4"]
-    assert move(core.vhost, core.queue("src"), 10, to_queue(core, "dst"), Origin()) == 0  # empty: nothing
+    assert move(core.vhost, core.queue("src"), 10, to_queue(core, "dst"), "test") == 0  # empty: nothing
 
 
 def test_a_message_the_destination_refuses_stays_at_its_place_and_the_move_stops() -> None:
@@ -42,11 +41,11 @@ def test_a_message_the_destination_refuses_stays_at_its_place_and_the_move_stops
     client.declare("full", **{"x-max-length": 1, "x-overflow": "reject-publish"})
     for n in range(3):
         client.publish("src", f"m{n}".encode())
-    assert move(core.vhost, core.queue("src"), 3, to_queue(core, "full"), Origin()) == 1
+    assert move(core.vhost, core.queue("src"), 3, to_queue(core, "full"), "test") == 1
     assert client.bodies("full") == [b"m0"]
     assert client.bodies("src") == [b"m1", b"m2"]  # m1 was refused: put back first, nothing lost
     client.publish("src", b"x")
-    assert move(core.vhost, core.queue("src"), 1, lambda msg: None, Origin()) == 0  # no target: stays
+    assert move(core.vhost, core.queue("src"), 1, lambda msg: None, "test") == 0  # no target: stays
     assert client.bodies("src") == [b"x"]
 
 
@@ -72,7 +71,7 @@ def test_the_push_to_the_destination_and_the_delete_in_the_source_are_one_durabi
     core.broker.durability.commit([])  # type: ignore[union-attr]
     core.advance(0)
     before = len(store.submits)
-    assert move(core.vhost, core.queue("src"), 1, to_queue(core, "dst"), Origin()) == 1
+    assert move(core.vhost, core.queue("src"), 1, to_queue(core, "dst"), "test") == 1
     core.broker.durability.commit([])  # type: ignore[union-attr]
     core.advance(0)
     batches = [ops for ops in store.submits[before:] if any(isinstance(op, (Push, Delete)) for op in ops)]
@@ -102,7 +101,7 @@ def test_replay_sends_each_dead_letter_back_to_the_queue_it_died_in() -> None:
         origin = death_origin(msg)
         return None if origin not in vhost.queues else (vhost.exchanges[""], origin)
 
-    assert move(vhost, core.queue("dlq"), 10, back, Origin()) == 2
+    assert move(vhost, core.queue("dlq"), 10, back, "test") == 2
     got_a = client.get("a")
     assert got_a is not None and got_a[1].body == b"rejected-from-a"
     assert got_a[1].properties["headers"]["x-death"][0]["queue"] == "a"  # the history stays with it
@@ -133,3 +132,17 @@ def test_redeliveries_are_counted_per_queue_for_consumers_and_gets() -> None:
     client.consume("q", "c", no_ack=True)  # m0 again (redelivered), then m1 and m2 (first deliveries)
     assert [d.redelivered for d in client.sink.deliveries] == [True, False, False]
     assert queue.stats_redelivered == 2 and queue.stats_delivered == 5
+
+
+def test_message_tracking_records_the_move() -> None:
+    core = Core(tracking_window=300, tracking_max_events=1000)
+    client = core.client()
+    client.declare("src")
+    client.declare("dst")
+    client.publish("src", b"tracked", message_id="t-1")
+    assert move(core.vhost, core.queue("src"), 1, to_queue(core, "dst"), "http guest@test") == 1
+    tracker = core.broker.tracker
+    assert tracker is not None
+    moved = [e for e in tracker.events("/", "t-1") if e["event"] == "moved"]
+    assert len(moved) == 1
+    assert (moved[0]["queue"], moved[0]["queues"], moved[0]["connection"]) == ("src", ["dst"], "http guest@test")

@@ -165,7 +165,6 @@ async def queue_action(api: Management, call: Call) -> web.Response:
             origin = death_origin(msg)
             return (default, origin) if origin in vhost.queues and origin != queue.name else None
 
-    origin = Peer(f"http {call.user.name}@{call.request.remote}", call.user.name)
-    moved = move(vhost, queue, count, target, origin)
+    moved = move(vhost, queue, count, target, f"http {call.user.name}@{call.request.remote}")
     await api.durable()
     return reply({"moved": moved, "left": queue.message_count})
