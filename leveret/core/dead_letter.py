@@ -46,9 +46,10 @@ def dead_letter(vhost: VHost, queue: Queue, msg: Message, reason: str) -> None:
 
 
 def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tuple[Exchange, str] | None],
-         who: str) -> int:
+         who: str, drop_headers: tuple[str, ...] = ()) -> int:
     """Move up to ``count`` ready messages of ``queue``, from its head, each to ``target(msg)`` (an exchange and
-    a routing key), with its properties and body unchanged; returns how many moved. Dead-lettering's path: taken
+    a routing key), with its properties and body unchanged but for the headers in ``drop_headers``; returns how
+    many moved. Dead-lettering's path: taken
     as a delivery (``Queue.get``, ``hand_out``), republished as a new record through the one publish entry
     (``VHost.publish``; message tracking records ``moved`` by ``who``), then settled, all in one synchronous
     step (one durability batch). A message with no target, or that its destination does not take (unroutable, x-overflow
@@ -61,7 +62,10 @@ def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tup
         queue.hand_out(msg, True)
         queue.reload_body(msg)
         found = target(msg)
-        if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], msg.properties, msg.body),
+        props = msg.properties
+        if drop_headers and any(name in (props.get("headers") or {}) for name in drop_headers):
+            props = {**props, "headers": {k: v for k, v in props["headers"].items() if k not in drop_headers}}
+        if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], props, msg.body),
                                           _Moved(queue, msg, who)) is not True:
             queue.requeue([msg])
             break

@@ -291,6 +291,20 @@ def test_queue_actions_move_and_replay_dead_letters(server: ThreadedServer, api:
     _, props, body = ch.basic_get("mv-a", auto_ack=True)
     assert body == b"rejected" and props.headers["x-death"][0]["reason"] == "rejected"
     assert ch.basic_get("mv-b", auto_ack=True)[2] == b"dropped"
+    # leveret.tasks workers publish the tasks that gave up to <queue>.dead themselves (no x-death): back to <queue>,
+    # with a fresh x-retry-count
+    ch.queue_declare("mv-jobs")
+    ch.queue_declare("mv-jobs.dead")
+    ch.basic_publish("", "mv-jobs.dead", b"gave up", pika.BasicProperties(
+        headers={"x-leveret-reason": "retries_exhausted", "x-retry-count": 3}))
+    ch.basic_publish("", "mv-jobs.dead", b"no origin", pika.BasicProperties(headers={"x-death": [{"queue": "gone"}]}))
+    conn.process_data_events(0.1)
+    assert api.ok("POST", "/api/queues/%2F/mv-jobs.dead/actions", {"action": "replay_dead_letters"}) == {
+        "moved": 1, "left": 1}  # stops at the message whose queue is gone
+    _, props, body = ch.basic_get("mv-jobs", auto_ack=True)
+    assert body == b"gave up" and props.headers == {"x-leveret-reason": "retries_exhausted"}
+    method, _, body = ch.basic_get("mv-jobs.dead", auto_ack=True)
+    assert body == b"no origin" and method.redelivered  # left at its place
     conn.close()
 
     # the checks of a get (read on the source) and a publish (write on the default exchange)

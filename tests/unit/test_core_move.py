@@ -146,3 +146,16 @@ def test_message_tracking_records_the_move() -> None:
     moved = [e for e in tracker.events("/", "t-1") if e["event"] == "moved"]
     assert len(moved) == 1
     assert (moved[0]["queue"], moved[0]["queues"], moved[0]["connection"]) == ("src", ["dst"], "http guest@test")
+
+
+def test_drop_headers_leaves_the_others() -> None:
+    core = Core()
+    client = core.client()
+    client.declare("src")
+    client.declare("dst")
+    client.publish("src", b"a", headers={"x-retry-count": 2, "keep": "yes"})
+    client.publish("src", b"b")
+    assert move(core.vhost, core.queue("src"), 2, to_queue(core, "dst"), "t", ("x-retry-count",)) == 2
+    first, second = client.get("dst"), client.get("dst")
+    assert first is not None and first[1].properties["headers"] == {"keep": "yes"}
+    assert second is not None and "headers" not in second[1].properties

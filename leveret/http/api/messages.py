@@ -129,7 +129,9 @@ async def get_messages(api: Management, call: Call) -> web.Response:
 async def queue_action(api: Management, call: Call) -> web.Response:
     """RabbitMQ's ``sync`` and ``cancel_sync`` (no mirrors here: nothing to do, 204 as for a synchronised
     queue), and Leveret's ``move`` (``destination``: a queue of the same vhost) and ``replay_dead_letters``
-    (each message back to the queue its latest ``x-death`` names). Both move at most ``count`` ready messages
+    (each message back to the queue its latest ``x-death`` names; without one, from a ``<queue>.dead`` queue,
+    where leveret.tasks workers put the tasks that gave up, to ``<queue>``; with a fresh ``x-retry-count``).
+    Both move at most ``count`` ready messages
     (default: all), read from this queue and written to the default exchange as a client's get and publish
     would be checked; the answer says how many moved and how many are left."""
     body = await call.body()
@@ -161,10 +163,13 @@ async def queue_action(api: Management, call: Call) -> web.Response:
         def target(msg: Message) -> tuple[Exchange, str] | None:
             return (default, destination) if destination in vhost.queues else None
     else:
+        base = queue.name[: -len(".dead")] if queue.name.endswith(".dead") else None
+
         def target(msg: Message) -> tuple[Exchange, str] | None:
-            origin = death_origin(msg)
+            origin = death_origin(msg) or base
             return (default, origin) if origin in vhost.queues and origin != queue.name else None
 
-    moved = move(vhost, queue, count, target, f"http {call.user.name}@{call.request.remote}")
+    moved = move(vhost, queue, count, target, f"http {call.user.name}@{call.request.remote}",
+                 ("x-retry-count",) if action == "replay_dead_letters" else ())
     await api.durable()
     return reply({"moved": moved, "left": queue.message_count})
