@@ -503,6 +503,11 @@ def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(serve
     expect(tab.locator("#task-error pre.traceback")).to_contain_text("ValueError: card declined for 42")
     expect(tab.locator("#task-timeline tr[data-event='published']").first).to_be_visible()
     shot(tab, "task")
+    tab.click("nav a[href='#tasks']")
+    tab.click("tr[data-dead='payments.dead'] button:has-text('Replay')")  # back to payments (no worker now)
+    expect(tab.locator("#status")).to_have_text("1 message(s) moved, 0 left in 'payments.dead'")
+    expect(tab.locator("tr[data-dead='payments.dead'] td:nth-child(2)")).to_have_text("0")
+    assert Client(server.http_port).get("/api/queues/%2F/payments")["messages_ready"] == 1
     assert problems == []
 
 

@@ -431,7 +431,9 @@ async function showTasks() {
   state ? `No ${state} tasks` : "No tasks recorded since the broker started");
   fill($("dead-rows"), dead.items.map((q) => el("tr", {"data-dead": q.name},
     el("td", {class: "name"}, el("a", {href: `#queue/${enc(q.vhost)}/${enc(q.name)}`}, q.name)),
-    el("td", {}, q.messages))), "No dead-letter queues");
+    el("td", {}, q.messages),
+    el("td", {class: "actions"}, button("Replay", () => replayDead(q.vhost, q.name))))),
+  "No dead-letter queues");
 }
 
 async function showTask(vhostName, id) {
@@ -626,16 +628,17 @@ onSubmit("queue-move-form", async (form, node) => {
   await refresh();
 });
 
-$("queue-replay").addEventListener("click", async () => {
-  const [v, n] = currentQueue();
-  if (!window.confirm(`Send the dead letters of '${n}' back to the queues they came from?`)) return;
+async function replayDead(vhostName, queue) {
+  if (!window.confirm(`Send the dead letters of '${queue}' back to the queues they came from?`)) return;
   try {
-    say(await queueAction(v, n, {action: "replay_dead_letters"}));
+    say(await queueAction(vhostName, queue, {action: "replay_dead_letters"}));
     await refresh();
   } catch (err) {
     fail(err);
   }
-});
+}
+
+$("queue-replay").addEventListener("click", () => replayDead(...currentQueue()));
 
 $("queue-purge").addEventListener("click", () => {
   const [v, n] = currentQueue();
