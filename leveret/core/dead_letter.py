@@ -4,6 +4,11 @@ dead-letter exchange with an ``x-death`` header, through the one publish entry
 (:meth:`~leveret.core.routing.Routing.publish`).
 
 - :func:`dead_letter` is what a queue calls (``Queue.drop``);
+- :func:`move` is the same kind of move on request (the management API's queue actions ``move`` and
+  ``replay_dead_letters``): each message taken from its queue is republished through the one publish entry and
+  settled in its queue in the same synchronous step, so the store gets the push and the delete in one
+  durability batch (after a crash the message is in one queue or the other, never both, never neither);
+- :func:`death_origin` is where a dead letter came from (its latest ``x-death`` entry's queue);
 - :func:`dead_letter_copy` builds the republished message and its routing keys, :func:`group_deaths` merges
   old-style ``x-death`` entries, :func:`is_cycle` finds a fully automatic loop (dropped, as RabbitMQ does).
 """
@@ -21,6 +26,8 @@ from .routing import Origin
 from .tracking import MESSAGE_ID
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .exchanges import Exchange
     from .queue import Queue
     from .vhost import VHost
@@ -36,6 +43,62 @@ def dead_letter(vhost: VHost, queue: Queue, msg: Message, reason: str) -> None:
     copy, keys = dead_letter_copy(msg, queue.name, reason, exchange.name, settings.dead_letter_routing_key,
                                   vhost.broker.timers.now())
     vhost.publish(exchange, copy, _DeadLettered(queue, msg, reason), keys=keys)
+
+
+def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tuple[Exchange, str] | None],
+         who: str, drop_headers: tuple[str, ...] = ()) -> int:
+    """Move up to ``count`` ready messages of ``queue``, from its head, each to ``target(msg)`` (an exchange and
+    a routing key), with its properties and body unchanged but for the headers in ``drop_headers``; returns how
+    many moved. Dead-lettering's path: taken
+    as a delivery (``Queue.get``, ``hand_out``), republished as a new record through the one publish entry
+    (``VHost.publish``; message tracking records ``moved`` by ``who``), then settled, all in one synchronous
+    step (one durability batch). A message with no target, or that its destination does not take (unroutable, x-overflow
+    reject-publish), is put back at its place (marked redelivered) and the move stops there."""
+    moved = 0
+    while moved < count:
+        msg = queue.get()
+        if msg is None:
+            break
+        queue.hand_out(msg, True)
+        queue.reload_body(msg)
+        found = target(msg)
+        props = msg.properties
+        if drop_headers and any(name in (props.get("headers") or {}) for name in drop_headers):
+            props = {**props, "headers": {k: v for k, v in props["headers"].items() if k not in drop_headers}}
+        if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], props, msg.body),
+                                          _Moved(queue, msg, who)) is not True:
+            queue.requeue([msg])
+            break
+        queue.settle_unacked(msg)
+        moved += 1
+    return moved
+
+
+def death_origin(msg: Message) -> str | None:
+    """The queue a dead letter last died in (its latest ``x-death`` entry), or None."""
+    deaths = (msg.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        name = deaths[0].get("queue")
+        return name if isinstance(name, str) else None
+    return None
+
+
+class _Moved(Origin):
+    """The origin of a moved copy: records ``moved`` (from which queue, to which, by whom) for the original."""
+
+    __slots__ = ("msg", "queue", "who")
+
+    def __init__(self, queue: Queue, msg: Message, who: str) -> None:
+        self.queue = queue
+        self.msg = msg
+        self.who = who
+
+    def routed(self, vhost: VHost, exchange: Exchange, msg: Message, queues: Sequence[Queue],
+               mandatory: bool) -> Sequence[Queue]:
+        tracker = vhost.broker.tracker
+        if self.msg.flags & MESSAGE_ID and tracker is not None:
+            tracker.record(vhost.name, self.msg, "moved", self.queue.name, tuple([q.name for q in queues]), self.who)
+        return queues
 
 
 class _DeadLettered(Origin):

@@ -65,6 +65,7 @@ class Queue(Paging):
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
+        self.stats_redelivered = 0  # deliveries and gets of a message marked redelivered (RabbitMQ's redeliver)
         self.timers = vhost.broker.timers
         self.tracker = vhost.broker.tracker
         self.settings = QueueSettings()
@@ -324,6 +325,8 @@ class Queue(Paging):
         msg = self._pop_head()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
+        if msg.redelivered:
+            self.stats_redelivered += 1
         consumer.channel.deliver(consumer, msg)
         if msg.store_id > 0:
             self.unload(msg)
@@ -410,6 +413,8 @@ class Queue(Paging):
         msg = self._pop_head()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
+        if msg.redelivered:
+            self.stats_redelivered += 1
         if self.lifecycle:
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg

@@ -12,7 +12,8 @@ order:
 - routing: exchange-to-exchange bindings, alternate exchanges, sender-selected distribution (CC and BCC
   headers route with extra keys; BCC is removed from the message) or the keys dead-lettering gives;
 - what the publisher's :class:`Origin` records: the firehose (``amq.rabbitmq.trace``) and the tracker's
-  ``published`` event for a client, ``dead_lettered`` / ``delay_ended`` for the broker's own republishes;
+  ``published`` event for a client, ``dead_lettered`` / ``moved`` / ``delay_ended`` for the broker's own
+  republishes;
 - enqueueing: the message itself into the first queue, a copy into each other one.
 
 :func:`validate` is the check of a client's message before it is accepted (per-message ``expiration``, CC/BCC

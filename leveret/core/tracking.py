@@ -43,6 +43,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "rejected": ("queue", "requeue", "connection", "channel"),  # basic.reject and basic.nack
     "requeued": ("queue", "reason", "connection", "channel"),  # channel closed, basic.recover
     "dead_lettered": ("queue", "reason", "exchange", "queues"),
+    "moved": ("queue", "queues", "connection"),  # the management API's move and replay_dead_letters
     "expired": ("queue",),
     "dropped": ("queue", "reason"),  # maxlen (drop-head), delivery_limit, retries_exhausted
     "retried": ("queue", "attempt", "delay_ms"),

@@ -44,7 +44,7 @@ LIMITS: Schema = {"type": "object", "additionalProperties": {"type": "integer"},
 
 def _message_stats() -> Schema:
     properties: Schema = {}
-    for name in ("publish", "deliver_get", "ack"):
+    for name in ("publish", "deliver_get", "ack", "redeliver"):
         properties[name] = COUNT
         properties[f"{name}_details"] = RATE
     return {"type": "object", "properties": properties, "required": list(properties),
@@ -122,10 +122,18 @@ SCHEMAS: dict[str, Schema] = {
                   alarms=array(obj(["node", "resource"], node=STRING,
                                    resource={"type": "string", "enum": ["memory", "disk"]}))),
     "Routed": obj(["routed"], routed=BOOLEAN),
+    "Moved": obj(["moved", "left"], moved=COUNT, left=COUNT),
     # request bodies
     "QueueDeclare": obj(durable=BOOLEAN, auto_delete=BOOLEAN, arguments=TABLE, node=STRING),
     "ExchangeDeclare": obj(["type"], type=STRING, durable=BOOLEAN, auto_delete=BOOLEAN, internal=BOOLEAN,
                            arguments=TABLE),
+    "QueueAction": {**obj(["action"], action={"type": "string",
+                                              "enum": ["sync", "cancel_sync", "move", "replay_dead_letters"]},
+                           destination=STRING, count=COUNT),
+                    "description": "RabbitMQ's sync and cancel_sync (nothing to do here: 204), and Leveret's "
+                                   "extensions: move (up to count ready messages, default all, to the queue "
+                                   "destination) and replay_dead_letters (each back to the queue its latest "
+                                   "x-death names), server-side and lossless; these answer 200 with Moved"},
     "GetRequest": obj(["count", "ackmode"], count={"type": "integer", "minimum": 1},
                       ackmode={"type": "string", "enum": ["ack_requeue_true", "ack_requeue_false",
                                                            "reject_requeue_true", "reject_requeue_false"]},
@@ -215,6 +223,9 @@ OPERATIONS: tuple[Op, ...] = (
     Op("DELETE", "queues/{vhost}/{name}/contents", "Purge a queue", errors=_CHANGE),
     Op("POST", "queues/{vhost}/{name}/get", "Get messages (consuming or requeueing them, by ackmode)",
        array(ref("GotMessage")), body="GetRequest", errors=_CHANGE),
+    Op("POST", "queues/{vhost}/{name}/actions",
+       "Queue actions: sync, cancel_sync; move and replay_dead_letters (Leveret extensions)", ref("Moved"),
+       body="QueueAction", errors=_CHANGE, extra={204: ("sync or cancel_sync: done", None)}),
     Op("GET", "queues/{vhost}/{name}/bindings", "A queue's bindings", array(ref("Binding"))),
     Op("GET", "exchanges", "All exchanges", array(ref("Exchange"))),
     Op("GET", "exchanges/{vhost}", "The exchanges of a vhost", array(ref("Exchange"))),

@@ -3,7 +3,8 @@
 ``lengths_age``/``lengths_incr`` and ``msg_rates_age``/``msg_rates_incr``, with ``samples`` from the bounded
 rings of :class:`History` that the web page's charts draw.
 
-The core keeps plain counters (``Queue.stats_published``, ``stats_delivered``, ``stats_acked``); nothing is
+The core keeps plain counters (``Queue.stats_published``, ``stats_delivered``, ``stats_acked``,
+``stats_redelivered``); nothing is
 sampled on a timer. Each time an object's stats are read, its counters are sampled (at most one kept sample
 per second) and the rate is the increase since the oldest sample of the last ``window`` seconds, divided by
 the time between them. So a client that polls every few seconds sees the rate over its polling interval, a
@@ -71,7 +72,7 @@ class Rates:
 # --- history: bounded rings of samples per object, for charts -------------------------------------------
 
 LENGTHS = ("messages", "messages_ready", "messages_unacknowledged")
-COUNTERS = ("publish", "deliver_get", "ack")
+COUNTERS = ("publish", "deliver_get", "ack", "redeliver")
 FIELDS = LENGTHS + COUNTERS  # the values of one sample, in this order
 INTERVAL = 5.0  # seconds between samples (RabbitMQ's collect_statistics_interval)
 FINE = 720  # samples of INTERVAL kept per object: one hour
@@ -89,7 +90,7 @@ class History:
     on the event loop): the overview always (one hour at ``interval`` and eight hours at one a minute), a queue
     for ``WATCH_FOR`` seconds after its samples were asked for (``?lengths_age=&lengths_incr=`` on its page),
     at most ``MAX_WATCHED`` queues. ``sample(key)`` gives an object's FIELDS now, None once it is gone. Memory
-    is bounded: (1 + MAX_WATCHED) * FINE + COARSE samples of six integers."""
+    is bounded: (1 + MAX_WATCHED) * FINE + COARSE samples of seven integers."""
 
     def __init__(self, sample: Callable[[Hashable], tuple[int, ...] | None], clock: Callable[[], float] = time.time,
                  interval: float = INTERVAL) -> None:
@@ -223,4 +224,5 @@ def broker_sample(broker: Broker, key: Hashable) -> tuple[int, ...] | None:
     ready = sum(q.message_count for q in queues)
     unacked = sum(q.unacked_count for q in queues)
     return (ready + unacked, ready, unacked, sum(q.stats_published for q in queues),
-            sum(q.stats_delivered for q in queues), sum(q.stats_acked for q in queues))
+            sum(q.stats_delivered for q in queues), sum(q.stats_acked for q in queues),
+            sum(q.stats_redelivered for q in queues))

@@ -37,7 +37,8 @@ def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
         "state": "running", "type": queue_type(queue.arguments), "node": node,
         "exclusive_consumer_tag": None,
         "message_stats": rates.stats(("queue", queue.vhost.name, queue.name), {
-            "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked}),
+            "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked,
+            "redeliver": queue.stats_redelivered}),
     }
 
 

@@ -246,6 +246,76 @@ def test_get_binary_and_truncated(api: Client) -> None:
     assert api.get("/api/queues/%2F/bin")["messages"] == 0
 
 
+def test_queue_actions_move_and_replay_dead_letters(server: ThreadedServer, api: Client) -> None:
+    """Leveret's queue actions: move messages to another queue and replay dead letters, server-side."""
+    conn = amqp(server)
+    ch = conn.channel()
+    ch.queue_declare("mv-src", durable=True)
+    ch.queue_declare("mv-dst", durable=True)
+    for i in range(4):
+        ch.basic_publish("", "mv-src", f"m{i}".encode(),
+                         pika.BasicProperties(message_id=f"id{i}", headers={"n": i}, delivery_mode=2))
+    conn.process_data_events(0.1)
+    path = "/api/queues/%2F/mv-src/actions"
+    assert api.ok("POST", path, {"action": "move", "destination": "mv-dst", "count": 3}) == {"moved": 3, "left": 1}
+    method, props, body = ch.basic_get("mv-dst", auto_ack=True)
+    assert body == b"m0" and props.message_id == "id0" and props.headers == {"n": 0} and not method.redelivered
+    assert method.routing_key == "mv-dst"
+    assert api.ok("POST", path, {"action": "move", "destination": "mv-dst"}) == {"moved": 1, "left": 0}
+    assert api.get("/api/queues/%2F/mv-dst")["messages_ready"] == 3
+    assert api.request("POST", path, {"action": "move", "destination": "nowhere"})[0] == 404
+    assert api.request("POST", path, {"action": "move", "destination": "mv-src"})[0] == 400
+    assert api.request("POST", path, {"action": "move"})[0] == 400
+    assert api.request("POST", path, {"action": "explode"})[0] == 400
+    assert api.request("POST", path, {"action": "move", "destination": "mv-dst", "count": -1})[0] == 400
+    assert api.request("POST", path, {"action": "sync"})[0] == 204  # RabbitMQ's action: nothing to sync
+    missing = {"action": "move", "destination": "mv-dst"}
+    assert api.request("POST", "/api/queues/%2F/missing/actions", missing)[0] == 404
+
+    # dead letters go back to the queue they died in, whatever the reason
+    ch.queue_declare("mv-dlq")
+    dead = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "mv-dlq"}
+    ch.queue_declare("mv-a", arguments=dead)
+    ch.queue_declare("mv-b", arguments={**dead, "x-max-length": 1})
+    ch.basic_publish("", "mv-a", b"rejected")
+    ch.basic_publish("", "mv-b", b"dropped")
+    ch.basic_publish("", "mv-b", b"kept")  # pushes "dropped" out of mv-b (maxlen)
+    method, _, body = ch.basic_get("mv-a")
+    assert body == b"rejected"
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.basic_get("mv-b", auto_ack=True)  # make room for the replayed one
+    conn.process_data_events(0.1)
+    assert api.get("/api/queues/%2F/mv-dlq")["messages_ready"] == 2
+    assert api.ok("POST", "/api/queues/%2F/mv-dlq/actions", {"action": "replay_dead_letters"}) == {
+        "moved": 2, "left": 0}
+    _, props, body = ch.basic_get("mv-a", auto_ack=True)
+    assert body == b"rejected" and props.headers["x-death"][0]["reason"] == "rejected"
+    assert ch.basic_get("mv-b", auto_ack=True)[2] == b"dropped"
+    # leveret.tasks workers publish the tasks that gave up to <queue>.dead themselves (no x-death): back to <queue>,
+    # with a fresh x-retry-count
+    ch.queue_declare("mv-jobs")
+    ch.queue_declare("mv-jobs.dead")
+    ch.basic_publish("", "mv-jobs.dead", b"gave up", pika.BasicProperties(
+        headers={"x-leveret-reason": "retries_exhausted", "x-retry-count": 3}))
+    ch.basic_publish("", "mv-jobs.dead", b"no origin", pika.BasicProperties(headers={"x-death": [{"queue": "gone"}]}))
+    conn.process_data_events(0.1)
+    assert api.ok("POST", "/api/queues/%2F/mv-jobs.dead/actions", {"action": "replay_dead_letters"}) == {
+        "moved": 1, "left": 1}  # stops at the message whose queue is gone
+    _, props, body = ch.basic_get("mv-jobs", auto_ack=True)
+    assert body == b"gave up" and props.headers == {"x-leveret-reason": "retries_exhausted"}
+    method, _, body = ch.basic_get("mv-jobs.dead", auto_ack=True)
+    assert body == b"no origin" and method.redelivered  # left at its place
+    conn.close()
+
+    # the checks of a get (read on the source) and a publish (write on the default exchange)
+    api.ok("PUT", "/api/users/mover", {"password": "pw", "tags": "management"})
+    api.ok("PUT", "/api/permissions/%2F/mover", {"configure": "", "write": "", "read": ".*"})
+    mover = Client(server.http_port, "mover", "pw")
+    refused = mover.request("POST", "/api/queues/%2F/mv-dst/actions", {"action": "move", "destination": "mv-src"})
+    assert refused[0] == 401
+    assert api.get("/api/queues/%2F/mv-dst")["messages_ready"] == 3
+
+
 # --- exchanges, publish, bindings ------------------------------------------------------------------------
 
 
@@ -428,6 +498,51 @@ def test_metrics(server: ThreadedServer, api: Client) -> None:
     assert 'rabbitmq_queue_consumers{queue="m",vhost="/"} 0.0' in lines
     assert "rabbitmq_connections 1.0" in lines and "rabbitmq_queues 1.0" in lines
     conn.close()
+
+
+def test_a_move_answered_survives_a_crash_exactly_once(tmp_path: Any) -> None:
+    """The move's answer comes after its one durability batch is committed: a SIGKILL right after it loses no
+    message and duplicates none (each is in the destination or the source, once)."""
+    import re
+
+    from serverproc import LeveretProcess
+    from waiting import poll
+
+    def http_port(proc: LeveretProcess) -> int:
+        pattern = r"management API listening on http://[^:]+:(\d+)/"
+        assert poll(lambda: any(re.search(pattern, line) for line in proc.lines), timeout=10, interval=0.05)
+        return int(next(m.group(1) for line in proc.lines if (m := re.search(pattern, line))))
+
+    proc = LeveretProcess(tmp_path / "data").start()
+    try:
+        api = Client(http_port(proc))
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", proc.port, connection_attempts=1))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("crash-src", durable=True)
+        ch.queue_declare("crash-dst", durable=True)
+        for i in range(50):
+            ch.basic_publish("", "crash-src", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        moved = api.ok("POST", "/api/queues/%2F/crash-src/actions",
+                       {"action": "move", "destination": "crash-dst", "count": 30})
+        assert moved == {"moved": 30, "left": 20}
+        proc.kill()  # SIGKILL: no shutdown, no last flush
+        proc.start()
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", proc.port, connection_attempts=1))
+        ch = conn.channel()
+
+        def drain(queue: str) -> list[bytes]:
+            bodies = []
+            while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
+                bodies.append(got[2])
+            return bodies
+
+        assert drain("crash-dst") == [f"m{i}".encode() for i in range(30)]
+        assert drain("crash-src") == [f"m{i}".encode() for i in range(30, 50)]
+        conn.close()
+    finally:
+        proc.kill()
 
 
 def test_definitions_made_over_http_survive_a_restart(make_config: Callable[..., Config]) -> None:

@@ -93,6 +93,31 @@ def test_overview_and_queue_rates_after_publishing_with_pika(server: ThreadedSer
     conn.close()
 
 
+def test_redeliver_counts_and_rates_as_rabbitmqs_message_stats(server: ThreadedServer) -> None:
+    api = Client(server.http_port)
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1))
+    ch = conn.channel()
+    ch.queue_declare("bounced")
+    api.get("/api/overview")
+    api.get("/api/queues/%2F/bounced")
+    for i in range(10):
+        ch.basic_publish("", "bounced", str(i).encode())
+    for _ in range(10):
+        method, _, _ = ch.basic_get("bounced")
+    ch.basic_nack(method.delivery_tag, multiple=True, requeue=True)  # all ten come back redelivered
+    for _ in range(10):
+        method, _, _ = ch.basic_get("bounced")
+        assert method.redelivered
+        ch.basic_ack(method.delivery_tag)
+    conn.process_data_events(0.1)
+    queue = api.get("/api/queues/%2F/bounced?msg_rates_age=60&msg_rates_incr=5")["message_stats"]
+    assert (queue["deliver_get"], queue["redeliver"], queue["ack"]) == (20, 10, 10)
+    assert rate(queue, "redeliver") > 0 and queue["redeliver_details"]["samples"][0]["sample"] == 10
+    overview = api.get("/api/overview")["message_stats"]
+    assert overview["redeliver"] == 10 and rate(overview, "redeliver") > 0
+    conn.close()
+
+
 # --- history: the rings of samples the charts read ---------------------------------------------------------
 
 
@@ -101,11 +126,11 @@ def test_history_rings_samples_aligned_newest_first_and_bounded() -> None:
     from leveret.management.rates import History
 
     clock = Clock()
-    values = {"overview": (0, 0, 0, 0, 0, 0)}
+    values = {"overview": (0, 0, 0, 0, 0, 0, 0)}
     history = History(lambda key: values.get(key), clock, interval=5.0)  # type: ignore[arg-type]
     for i in range(1, 2001):  # 10 000 s of ticks
         clock.now += 5
-        values["overview"] = (i, i, 0, 10 * i, 5 * i, 5 * i)
+        values["overview"] = (i, i, 0, 10 * i, 5 * i, 5 * i, i)
         history.tick()
     assert len(history.fine["overview"]) == rates_module.FINE
     assert len(history.coarse) == 167  # one a minute over 10 000 s (bounded by COARSE = 480)
@@ -135,7 +160,7 @@ def test_history_samples_a_queue_while_it_is_asked_for() -> None:
     assert [s["sample"] for s in first["messages_details"]["samples"]] == [3]  # now only: no history yet
     for n in range(4, 10):
         clock.now += 5
-        values[key] = (n, n, 0, n, 0, 0)
+        values[key] = (n, n, 0, n, 0, 0, 0)
         history.tick()
     got = history.annotate(query, key, {"messages": 9})["messages_details"]
     assert [s["sample"] for s in got["samples"]][:3] == [9, 8, 7] and got["rate"] == 0.2

@@ -199,6 +199,8 @@ def test_overview_charts_follow_publishing_and_show_node_health(server: Threaded
     expect(tab.locator("#chart-lengths text.legend").first).to_have_text("ready 120", timeout=30_000)
     assert tab.locator("#chart-lengths path[data-series='ready']").count() == 1
     expect(tab.locator("#chart-rates path[data-series='publish']")).to_have_count(1, timeout=30_000)  # 3 samples
+    expect(tab.locator("#chart-rates path[data-series='redeliver']")).to_have_count(1)
+    expect(tab.locator("#rate-redeliver")).to_contain_text(re.compile(r"\d"))
     health = tab.locator("#health")
     expect(health).to_contain_text("File descriptors")
     expect(health).to_contain_text("Uptime")
@@ -280,6 +282,49 @@ def test_queue_page_charts_consumers_bindings_get_and_delete(server: ThreadedSer
     assert Client(server.http_port).request("GET", "/api/queues/%2F/detail-q")[0] == 404
     conn.close()
     assert problems == []
+
+
+def test_move_messages_and_replay_dead_letters_from_the_queue_page(server: ThreadedServer,
+                                                                   page: tuple[Any, list[str]]) -> None:
+    tab, problems = page
+    api = Client(server.http_port)
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port, connection_attempts=1))
+    ch = conn.channel()
+    ch.queue_declare("ui-from")
+    ch.queue_declare("ui-to")
+    for i in range(4):
+        ch.basic_publish("", "ui-from", f"move {i}".encode())
+    ch.queue_declare("ui-dead")
+    ch.queue_declare("ui-work", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ui-dead"})
+    for i in range(2):
+        ch.basic_publish("", "ui-work", f"work {i}".encode())
+    for _ in range(2):
+        method, _, _ = ch.basic_get("ui-work")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    conn.process_data_events(0.1)
+    log_in(tab, server)
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#queue/%2F/ui-from")
+    expect(tab.locator("#queue-title")).to_have_text("ui-from (vhost /)")
+    tab.fill("#queue-move-form input[name=destination]", "ui-to")
+    tab.fill("#queue-move-form input[name=count]", "3")
+    tab.click("#queue-move-form button")
+    expect(tab.locator("#status")).to_have_text("3 message(s) moved, 1 left in 'ui-from'")
+    assert api.get("/api/queues/%2F/ui-to")["messages_ready"] == 3
+    tab.fill("#queue-move-form input[name=destination]", "no-such-queue")
+    tab.click("#queue-move-form button")
+    expect(tab.locator("#status.error")).to_contain_text("404")
+    tab.fill("#queue-move-form input[name=destination]", "ui-to")
+    tab.click("#queue-move-form button")  # no count: every ready message
+    expect(tab.locator("#status")).to_have_text("1 message(s) moved, 0 left in 'ui-from'")
+    assert [ch.basic_get("ui-to", auto_ack=True)[2] for _ in range(4)] == [f"move {i}".encode() for i in range(4)]
+    tab.goto(f"http://127.0.0.1:{server.http_port}/#queue/%2F/ui-dead")
+    expect(tab.locator("#queue-title")).to_have_text("ui-dead (vhost /)")
+    tab.click("#queue-replay")
+    expect(tab.locator("#status")).to_have_text("2 message(s) moved, 0 left in 'ui-dead'")
+    assert api.get("/api/queues/%2F/ui-work")["messages_ready"] == 2
+    assert api.get("/api/queues/%2F/ui-dead")["messages_ready"] == 0
+    conn.close()
+    assert [p for p in problems if "404" not in p] == []  # the refused move logs its failed request
 
 
 def test_exchanges_bindings_connections_channels_consumers(server: ThreadedServer, page: tuple[Any, list[str]],
@@ -458,6 +503,11 @@ def test_tasks_view_shows_a_failed_task_with_its_traceback_and_dead_letter(serve
     expect(tab.locator("#task-error pre.traceback")).to_contain_text("ValueError: card declined for 42")
     expect(tab.locator("#task-timeline tr[data-event='published']").first).to_be_visible()
     shot(tab, "task")
+    tab.click("nav a[href='#tasks']")
+    tab.click("tr[data-dead='payments.dead'] button:has-text('Replay')")  # back to payments (no worker now)
+    expect(tab.locator("#status")).to_have_text("1 message(s) moved, 0 left in 'payments.dead'")
+    expect(tab.locator("tr[data-dead='payments.dead'] td:nth-child(2)")).to_have_text("0")
+    assert Client(server.http_port).get("/api/queues/%2F/payments")["messages_ready"] == 1
     assert problems == []
 
 

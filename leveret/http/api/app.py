@@ -69,6 +69,7 @@ class ManagementAPI:
         r("DELETE", "queues/{vhost}/{name}", queues.delete_queue, "vhost")
         r("DELETE", "queues/{vhost}/{name}/contents", queues.purge_queue, "vhost")
         r("POST", "queues/{vhost}/{name}/get", messages.get_messages, "vhost")
+        r("POST", "queues/{vhost}/{name}/actions", messages.queue_action, "vhost")
         r("GET", "queues/{vhost}/{name}/bindings", queues.queue_bindings)
         r("GET", "exchanges", exchanges.list_exchanges)
         r("GET", "exchanges/{vhost}", exchanges.list_exchanges)

@@ -1,7 +1,8 @@
 """Handlers that move messages: ``POST /api/exchanges/{vhost}/{name}/publish`` and
 ``POST /api/queues/{vhost}/{name}/get`` (RabbitMQ's management publish and get, for people and tests, not
-for throughput). Both are checked as the AMQP write and read they stand for, and answer once the store has
-what they changed."""
+for throughput), and ``POST /api/queues/{vhost}/{name}/actions`` (RabbitMQ's queue actions, with Leveret's
+``move`` and ``replay_dead_letters``: server-side moves through core/dead_letter.py ``move``). All are checked
+as the AMQP writes and reads they stand for, and answer once the store has what they changed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import base64
 from aiohttp import web
 
 from leveret.core import errors
+from leveret.core.dead_letter import death_origin, move
+from leveret.core.exchanges import Exchange
 from leveret.core.message import Message, build_address, build_header
 from leveret.core.routing import Peer, validate
 from leveret.core.tracking import MESSAGE_ID
@@ -123,3 +126,52 @@ async def get_messages(api: Management, call: Call) -> web.Response:
             queue.drop_unacked(msg)
     await api.durable()
     return reply(result)
+
+
+async def queue_action(api: Management, call: Call) -> web.Response:
+    """RabbitMQ's ``sync`` and ``cancel_sync`` (no mirrors here: nothing to do, 204 as for a synchronised
+    queue), and Leveret's ``move`` (``destination``: a queue of the same vhost) and ``replay_dead_letters``
+    (each message back to the queue its latest ``x-death`` names; without one, from a ``<queue>.dead`` queue,
+    where leveret.tasks workers put the tasks that gave up, to ``<queue>``; with a fresh ``x-retry-count``).
+    Both move at most ``count`` ready messages
+    (default: all), read from this queue and written to the default exchange as a client's get and publish
+    would be checked; the answer says how many moved and how many are left."""
+    body = await call.body()
+    vhost = api.vhost(call.params["vhost"])
+    queue = vhost.queue(call.params["name"])
+    action = body.get("action")
+    if action in ("sync", "cancel_sync"):
+        return reply(None, 204)
+    if action not in ("move", "replay_dead_letters"):
+        raise bad_request("'action' must be sync, cancel_sync, move or replay_dead_letters")
+    count = body.get("count", queue.message_count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise bad_request("'count' must be a non-negative integer")
+    access = call.access(vhost)
+    try:
+        access.read("queue", queue.name)
+        access.write("exchange", "")
+    except errors.PermissionRefused as exc:
+        raise not_authorised(f"ACCESS_REFUSED - {exc.text}") from None
+    default = vhost.exchanges[""]
+    if action == "move":
+        destination = body.get("destination")
+        if not isinstance(destination, str) or not destination:
+            raise bad_request("'destination' must be the name of a queue")
+        if destination == queue.name:
+            raise bad_request("'destination' must be another queue")
+        vhost.queue(destination)  # 404 when it does not exist
+
+        def target(msg: Message) -> tuple[Exchange, str] | None:
+            return (default, destination) if destination in vhost.queues else None
+    else:
+        base = queue.name[: -len(".dead")] if queue.name.endswith(".dead") else None
+
+        def target(msg: Message) -> tuple[Exchange, str] | None:
+            origin = death_origin(msg) or base
+            return (default, origin) if origin in vhost.queues and origin != queue.name else None
+
+    moved = move(vhost, queue, count, target, f"http {call.user.name}@{call.request.remote}",
+                 ("x-retry-count",) if action == "replay_dead_letters" else ())
+    await api.durable()
+    return reply({"moved": moved, "left": queue.message_count})

@@ -38,7 +38,8 @@ async def overview(api: Management, call: Call) -> web.Response:
                          "messages_unacknowledged": unacked},
         "message_stats": api.rates.stats("overview", {"publish": sum(q.stats_published for q in queues),
                                                       "deliver_get": sum(q.stats_delivered for q in queues),
-                                                      "ack": sum(q.stats_acked for q in queues)}),
+                                                      "ack": sum(q.stats_acked for q in queues),
+                                                      "redeliver": sum(q.stats_redelivered for q in queues)}),
         "listeners": api.listeners(),
     }, "queue_totals"))
 

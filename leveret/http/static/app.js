@@ -137,6 +137,7 @@ function drawCharts(prefix, stats, lengths) {
     {label: "publish", color: "#c2410c", points: LeveretChart.rates(details(stats, "publish"))},
     {label: "deliver/get", color: "#2563eb", points: LeveretChart.rates(details(stats, "deliver_get"))},
     {label: "ack", color: "#15803d", points: LeveretChart.rates(details(stats, "ack"))},
+    {label: "redeliver", color: "#9333ea", points: LeveretChart.rates(details(stats, "redeliver"))},
   ]);
   LeveretChart.draw($(prefix + "chart-lengths"), [
     {label: "ready", color: "#c2410c", points: LeveretChart.values(details(lengths, "messages_ready"))},
@@ -163,6 +164,7 @@ async function showOverview() {
   $("rate-publish").textContent = formatRate(rate("overview", o.message_stats, "publish"));
   $("rate-deliver").textContent = formatRate(rate("overview", o.message_stats, "deliver_get"));
   $("rate-ack").textContent = formatRate(rate("overview", o.message_stats, "ack"));
+  $("rate-redeliver").textContent = formatRate(rate("overview", o.message_stats, "redeliver"));
   drawCharts("", o.message_stats, o.queue_totals);
   table($("totals").tBodies[0], [
     ["Connections", o.object_totals.connections], ["Channels", o.object_totals.channels],
@@ -429,7 +431,9 @@ async function showTasks() {
   state ? `No ${state} tasks` : "No tasks recorded since the broker started");
   fill($("dead-rows"), dead.items.map((q) => el("tr", {"data-dead": q.name},
     el("td", {class: "name"}, el("a", {href: `#queue/${enc(q.vhost)}/${enc(q.name)}`}, q.name)),
-    el("td", {}, q.messages))), "No dead-letter queues");
+    el("td", {}, q.messages),
+    el("td", {class: "actions"}, button("Replay", () => replayDead(q.vhost, q.name))))),
+  "No dead-letter queues");
 }
 
 async function showTask(vhostName, id) {
@@ -603,6 +607,38 @@ onSubmit("queue-get-form", async (form) => {
   await getMessages(v, n, form, $("queue-got"));
   await refresh();
 });
+
+// Leveret's queue actions (docs/management.md, "Moving messages and replaying dead letters"): server-side moves
+async function queueAction(vhostName, queue, body) {
+  const result = await api("POST", `queues/${enc(vhostName)}/${enc(queue)}/actions`, body);
+  return `${result.moved} message(s) moved, ${result.left} left in '${queue}'`;
+}
+
+$("queue-move-form").querySelector("[name=destination]").addEventListener("focus", () => queueNames().catch(fail));
+
+onSubmit("queue-move-form", async (form, node) => {
+  const [v, n] = currentQueue();
+  const destination = form.get("destination");
+  const body = {action: "move", destination};
+  if (form.get("count")) body.count = Number(form.get("count"));
+  const count = body.count === undefined ? "all ready messages" : `${body.count} message(s)`;
+  if (!window.confirm(`Move ${count} of '${n}' to '${destination}'?`)) return;
+  say(await queueAction(v, n, body));
+  node.reset();
+  await refresh();
+});
+
+async function replayDead(vhostName, queue) {
+  if (!window.confirm(`Send the dead letters of '${queue}' back to the queues they came from?`)) return;
+  try {
+    say(await queueAction(vhostName, queue, {action: "replay_dead_letters"}));
+    await refresh();
+  } catch (err) {
+    fail(err);
+  }
+}
+
+$("queue-replay").addEventListener("click", () => replayDead(...currentQueue()));
 
 $("queue-purge").addEventListener("click", () => {
   const [v, n] = currentQueue();
