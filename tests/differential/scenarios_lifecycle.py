@@ -115,25 +115,26 @@ def queue_expires(run: Run) -> None:
     names = {kind: run.queue(kind) for kind in ("unused", "loaded", "consumed", "polled")}
     _unused, loaded, consumed, polled = names.values()
     for kind, q in names.items():
-        run.declare(f"declare-{kind}", ch, q, **{"x-expires": 200})
+        run.declare(f"declare-{kind}", ch, q, **{"x-expires": 600})
     ch.basic_publish("", loaded, b"kept?")
     ch.basic_consume(consumed, lambda *a: None, consumer_tag="keeper")
+    # times are 3x what the behaviour needs, so that a loaded machine (CI) keeps RabbitMQ deterministic
     # the lease is what is tested, and polling with passive declares would renew it: fixed waits here
     for _ in range(4):
-        hold(0.1, "the lease (200 ms) of 'polled' is renewed by basic.get")
+        hold(0.3, "the lease (600 ms) of 'polled' is renewed by basic.get")
         ch.basic_get(polled, auto_ack=True)
-    hold(0.05, "450 ms: the unused and loaded queues' 200 ms leases have run out")
+    hold(0.15, "1.35 s: the unused and loaded queues' 600 ms leases have run out")
     for kind, q in names.items():
-        run.passive(f"after-450ms-{kind}", q)
+        run.passive(f"after-1350ms-{kind}", q)
     ch.basic_cancel("keeper")
-    hold(0.45, "the leases of 'consumed' (since the cancel) and 'polled' (since the last get) run out")
+    hold(1.35, "the leases of 'consumed' (since the cancel) and 'polled' (since the last get) run out")
     run.passive("consumed-after-cancel", consumed)
     run.passive("polled-after-idle", polled)
     redeclared = run.queue("redeclared")
-    run.declare("declare-redeclared", ch, redeclared, **{"x-expires": 200})
+    run.declare("declare-redeclared", ch, redeclared, **{"x-expires": 600})
     for _ in range(3):
-        hold(0.12, "a redeclare renews the 200 ms lease")
-        ch.queue_declare(redeclared, arguments={"x-expires": 200})
+        hold(0.36, "a redeclare renews the 600 ms lease")
+        ch.queue_declare(redeclared, arguments={"x-expires": 600})
     run.passive("redeclared-kept", redeclared)
 
 
