@@ -41,6 +41,7 @@ from leveret.outbox.store import (
     OutboxMessage,
     _check_destinations,
     _Row,
+    destination_stats,
     prepare_message,
 )
 from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
@@ -246,14 +247,7 @@ class PostgresOutbox:
 
         rows, errors = self._run(run)
         now = time.time()
-        out: dict[str, dict[str, Any]] = {}
-        for destination, state, count, oldest in rows:
-            entry = out.setdefault(destination, {"pending": 0, "parked": 0, "oldest_age": None, "last_error": None})
-            entry["pending" if state == TO_SEND else "parked"] += count
-            age = max(0.0, now - oldest)
-            entry["oldest_age"] = age if entry["oldest_age"] is None else max(age, entry["oldest_age"])
-            entry["last_error"] = errors.get(destination)
-        return out
+        return destination_stats(rows, errors, now)
 
     def tracked(self, message_id: str) -> dict[str, Any]:
         """The state of a message sent with ``track=True`` (tracking.py)."""

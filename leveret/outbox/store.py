@@ -504,14 +504,7 @@ class Outbox:
                 " ON m.id = p.id GROUP BY p.destination, p.state").fetchall()
             errors = {d: e for d, e, _ in self._rconn.execute(  # SQLite: bare columns come from the max() row
                 "SELECT destination, error, max(id) FROM pending WHERE error IS NOT NULL GROUP BY destination")}
-        out: dict[str, dict[str, Any]] = {}
-        for destination, state, count, oldest in rows:
-            entry = out.setdefault(destination, {"pending": 0, "parked": 0, "oldest_age": None, "last_error": None})
-            entry["pending" if state == TO_SEND else "parked"] += count
-            age = max(0.0, now - oldest)
-            entry["oldest_age"] = age if entry["oldest_age"] is None else max(age, entry["oldest_age"])
-            entry["last_error"] = errors.get(destination)
-        return out
+        return destination_stats(rows, errors, now)
 
     def tracked(self, message_id: str) -> dict[str, Any]:
         """The state of a message sent with ``track=True`` (tracking.py): saved, parked, sent or unknown."""
@@ -604,4 +597,18 @@ def _check_destinations(destinations: Iterable[str]) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(destinations))
     if not out or not all(isinstance(d, str) and d for d in out):
         raise ValueError("destinations must be one or more non-empty names")
+    return out
+
+
+def destination_stats(rows: Iterable[tuple[str, int, int, float]], errors: Mapping[str, str],
+                      now: float) -> dict[str, dict[str, Any]]:
+    """``status()``'s answer per destination from (destination, state, count, oldest created) rows and the last
+    error of each destination (both storages)."""
+    out: dict[str, dict[str, Any]] = {}
+    for destination, state, count, oldest in rows:
+        entry = out.setdefault(destination, {"pending": 0, "parked": 0, "oldest_age": None, "last_error": None})
+        entry["pending" if state == TO_SEND else "parked"] += count
+        age = max(0.0, now - oldest)
+        entry["oldest_age"] = age if entry["oldest_age"] is None else max(age, entry["oldest_age"])
+        entry["last_error"] = errors.get(destination)
     return out
