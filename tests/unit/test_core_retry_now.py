@@ -137,3 +137,47 @@ def test_a_retry_waiting_in_a_delayed_exchange_for_the_queue_is_released_through
     assert got is not None and got[1].properties["headers"]["x-delay"] == -60_000
     core.advance(61)
     assert client.count("q") == 0
+
+
+class Held(MemoryStore):
+    """A store whose commits wait while ``hold`` is set (as a slow disk would): reads see the last commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.held: list[tuple[Sequence[MessageOp], Callable[[BaseException | None], None]]] = []
+
+    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
+        if self.hold:
+            self.held.append((list(ops), done))
+        else:
+            super().submit(ops, done)
+
+    def let_go(self) -> None:
+        self.hold = False
+        for ops, done in self.held:
+            super().submit(ops, done)
+        self.held.clear()
+
+
+def test_a_paged_out_release_is_not_paged_in_again_before_its_delete_is_on_disk() -> None:
+    store = Held()
+    store.open()
+    core = Core(store=store, dispatch=lambda fn, *args: fn(*args))
+    delays = core.broker.delays = DelayedMessages(core.broker, window=20, page=10, low_water=2, min_keep=5)
+    client = core.client()
+    client.declare("q", durable=True, **RETRY)
+    ids = [f"m{n}" for n in range(60)]
+    for n in range(0, 60, 10):
+        fail_once(client, "q", ids[n:n + 10], delivery_mode=2)
+        sync(core)
+    store.hold = True  # the release's delete is not on disk while the lane pages through the store
+    assert delays.release_now("/", "q", "m25")
+    core.advance(61)
+    for _ in range(20):
+        core.advance(0.01)
+    got = ids_in(client, "q")
+    store.let_go()
+    sync(core)
+    assert sorted(got) == sorted(ids) and got[0] == "m25"  # each once: m25 is not read back from the store
+    assert delays.pending == 0 and store.message_counts() == {}
