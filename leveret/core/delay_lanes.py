@@ -53,8 +53,8 @@ def parse_delay(value: Any) -> int | None:
 class Lane:
     """The delayed messages of one target (an exchange or a queue of a vhost), durable or memory-only."""
 
-    __slots__ = ("addresses", "count", "durable", "fence", "kind", "store_name", "tail", "target", "unsynced",
-                 "vhost", "window")
+    __slots__ = ("addresses", "count", "durable", "fence", "kind", "released", "store_name", "tail", "target",
+                 "unsynced", "vhost", "window")
 
     def __init__(self, vhost: str, kind: str, target: str, durable: bool) -> None:
         self.vhost = vhost
@@ -68,6 +68,7 @@ class Lane:
         self.tail = False  # durable: some stored messages (after the fence) are not in memory
         self.fence: tuple[int, int] = TOP
         self.addresses: dict[tuple[str, str], bytes] = {}
+        self.released: set[int] = set()  # durable: ids released early from after the fence, delete not committed
 
     def __repr__(self) -> str:
         return f"<lane {self.store_name!r} of vhost {self.vhost!r}{' durable' if self.durable else ''}>"

@@ -22,6 +22,12 @@ Contract
   covers the publish (and so its confirm, or tx.commit-ok) covers the delayed message. At due time the
   pseudo-queue record is deleted in the same commit as the pushes into the destination queues, so a crash
   loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
+- ``release_now(vhost, queue_name, message_id)``: fire at once the message with that ``message_id`` waiting to be
+  re-enqueued into that queue (its retry lane), or, failing that, one waiting in a delayed exchange of the vhost
+  with the queue's name as routing key (how ``leveret.tasks`` schedules a retry that is not the queue's own
+  schedule). It goes through the same fire path as a due message (the pseudo-queue record deleted in the same
+  commit batch as the push into the queue), wherever it waits: in memory or paged out to the store. False
+  when no such message is waiting.
 - ``recover()`` (called at the end of ``Broker._recover``) reloads the pending durable delays; messages that
   became due while the broker was down are routed at once. Pseudo-queues whose exchange or queue no longer
   exists are purged.
@@ -46,12 +52,13 @@ Design
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from leveret.core.storage import StoredMessage, StoreError
@@ -77,7 +84,7 @@ from .delay_lanes import (
 )
 from .message import PAGED, Message, build_address, new_message
 from .routing import Origin
-from .tracking import MESSAGE_ID
+from .tracking import MESSAGE_ID, message_id_of
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -191,6 +198,87 @@ class DelayedMessages:
         """Enqueue ``msg`` into ``queue`` at wall-clock time ``due`` (seconds)."""
         durable = queue.durable and self._storable(msg)
         self._add(self._lane(queue.vhost.name, QUEUE, queue.name, durable), self._own(msg), due)
+
+    def release_now(self, vhost: str, queue_name: str, message_id: str) -> bool:
+        """Fire now the delayed message with this ``message_id`` bound for queue ``queue_name`` of ``vhost`` (see
+        the module docstring); False when none is waiting. The caller waits for ``broker.durable`` (or the next
+        commit) before answering, as for any publish."""
+        lanes = [self._lanes.get((vhost, QUEUE, queue_name, durable)) for durable in (True, False)]
+        lanes += [lane for key, lane in self._lanes.items() if key[0] == vhost and key[1] == EXCHANGE]
+        for lane in lanes:
+            if lane is None:
+                continue
+            by_exchange = lane.kind == EXCHANGE
+            entry = self._find(lane, message_id, queue_name if by_exchange else None)
+            if entry is None:
+                continue
+            if entry.state == UNSYNCED:  # after the fence, its commit not done yet: into the window first
+                del lane.unsynced[entry.id]
+                self.unsynced -= 1
+                self._make_resident(entry)
+            elif entry.state == GONE:  # paged out: read back from the store
+                self._make_resident(entry)
+            callbacks: list[Callable[[BaseException | None], None]] = []
+            if lane.durable and lane.tail and entry_key(entry) > lane.fence:
+                lane.released.add(entry.id)  # _page_in must not read it back before its delete is committed
+                callbacks.append(functools.partial(self._delete_committed, lane, entry.id))
+            self._stale += 1  # its heap item stays behind, skipped as stale
+            self._fire(entry)
+            durability = self.broker.durability
+            if durability is not None and durability.pending:
+                durability.commit(callbacks)
+            self._arm()
+            return True
+        return False
+
+    @staticmethod
+    def _delete_committed(lane: Lane, store_id: int, exc: BaseException | None) -> None:
+        """The delete of a message released from after its lane's fence is on disk: paging may read past it."""
+        if exc is None:
+            lane.released.discard(store_id)
+
+    def _find(self, lane: Lane, message_id: str, routing_key: str | None) -> Entry | None:
+        """The waiting entry of ``lane`` with this message id (and routing key, when given): in memory, or read
+        from the store when the lane has messages after its fence (state GONE, its message loaded)."""
+
+        needle = message_id.encode()
+
+        def matches(msg: Message | None) -> bool:  # a substring test first: no header is decoded for nothing
+            return (msg is not None and needle in msg.header and (routing_key is None
+                    or msg.routing_key == routing_key) and message_id_of(msg.header, msg.flags) == message_id)
+
+        if lane.durable:
+            for entry in (*lane.window.values(), *lane.unsynced.values()):
+                if matches(entry.msg):
+                    return entry
+        else:
+            for _, order, entry in self._heap:
+                if entry.lane is lane and entry.order == order and entry.state == RESIDENT and matches(entry.msg):
+                    return entry
+            return None
+        durability = self.broker.durability
+        if not lane.tail or durability is None:
+            return None
+        fence = lane.fence
+        for row in durability.read_queue(lane.vhost, lane.store_name, with_bodies=False, after_seq=fence[0] - 1):
+            if ((row.seq, row.id) <= fence or row.id in lane.window or row.id in lane.released
+                    or needle not in row.header):
+                continue
+            if routing_key is not None and row.routing_key != routing_key:
+                continue
+            if message_id_of(row.header, (row.header[12] << 8) | row.header[13]) != message_id:
+                continue
+            unsynced = lane.unsynced.get(row.id)
+            if unsynced is not None:
+                return unsynced
+            body = durability.load_body(row.id)
+            if body is None:
+                return None
+            row.body = body
+            entry = self._entry_from_store(lane, row)
+            entry.state = GONE
+            return entry
+        return None
 
     def recover(self) -> None:
         """Reload the pending durable delayed messages from the store (at start, after the definitions and
@@ -378,7 +466,7 @@ class DelayedMessages:
                 if key <= fence:
                     continue
                 last = key
-                if row.id in lane.window:
+                if row.id in lane.window or row.id in lane.released:
                     continue
                 entry = lane.unsynced.pop(row.id, None)
                 if entry is not None:

@@ -123,17 +123,21 @@ SCHEMAS: dict[str, Schema] = {
                                    resource={"type": "string", "enum": ["memory", "disk"]}))),
     "Routed": obj(["routed"], routed=BOOLEAN),
     "Moved": obj(["moved", "left"], moved=COUNT, left=COUNT),
+    "Released": obj(["released"], released=BOOLEAN),
     # request bodies
     "QueueDeclare": obj(durable=BOOLEAN, auto_delete=BOOLEAN, arguments=TABLE, node=STRING),
     "ExchangeDeclare": obj(["type"], type=STRING, durable=BOOLEAN, auto_delete=BOOLEAN, internal=BOOLEAN,
                            arguments=TABLE),
     "QueueAction": {**obj(["action"], action={"type": "string",
-                                              "enum": ["sync", "cancel_sync", "move", "replay_dead_letters"]},
-                           destination=STRING, count=COUNT),
+                                              "enum": ["sync", "cancel_sync", "move", "replay_dead_letters",
+                                                       "retry_now"]},
+                           destination=STRING, count=COUNT, message_id=STRING),
                     "description": "RabbitMQ's sync and cancel_sync (nothing to do here: 204), and Leveret's "
                                    "extensions: move (up to count ready messages, default all, to the queue "
                                    "destination) and replay_dead_letters (each back to the queue its latest "
-                                   "x-death names), server-side and lossless; these answer 200 with Moved"},
+                                   "x-death names), server-side and lossless; these answer 200 with Moved; "
+                                   "retry_now releases the message message_id waiting for its next attempt "
+                                   "into this queue at once (200 with Released, 404 when none is waiting)"},
     "GetRequest": obj(["count", "ackmode"], count={"type": "integer", "minimum": 1},
                       ackmode={"type": "string", "enum": ["ack_requeue_true", "ack_requeue_false",
                                                            "reject_requeue_true", "reject_requeue_false"]},
@@ -224,7 +228,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "queues/{vhost}/{name}/get", "Get messages (consuming or requeueing them, by ackmode)",
        array(ref("GotMessage")), body="GetRequest", errors=_CHANGE),
     Op("POST", "queues/{vhost}/{name}/actions",
-       "Queue actions: sync, cancel_sync; move and replay_dead_letters (Leveret extensions)", ref("Moved"),
+       "Queue actions: sync, cancel_sync; move, replay_dead_letters and retry_now (Leveret extensions)",
+       {"oneOf": [ref("Moved"), ref("Released")]},
        body="QueueAction", errors=_CHANGE, extra={204: ("sync or cancel_sync: done", None)}),
     Op("GET", "queues/{vhost}/{name}/bindings", "A queue's bindings", array(ref("Binding"))),
     Op("GET", "exchanges", "All exchanges", array(ref("Exchange"))),

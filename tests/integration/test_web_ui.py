@@ -554,6 +554,68 @@ def test_revoke_a_queued_task_from_its_page(server: ThreadedServer, page: tuple[
     assert problems == []
 
 
+def test_retry_now_runs_a_task_waiting_for_its_next_attempt(server: ThreadedServer,
+                                                           page: tuple[Any, list[str]]) -> None:
+    """A task that failed once waits 60 s in the broker (the queue's x-retry-intervals); its Retry now button
+    releases it (queue action retry_now) and the worker runs it again at once."""
+    import time
+
+    from leveret.tasks import App, Retry, Worker
+
+    tab, problems = page
+    api = Client(server.http_port)
+    app = App(f"amqp://guest:guest@127.0.0.1:{server.port}/", name="web", status_ttl=60)
+    worker = None
+    calls: list[int] = []
+    try:
+        @app.task(name="sync-account", queue="accounts", retry=Retry.intervals([60]))
+        def sync_account() -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConnectionError("upstream unavailable")
+            return "synced"
+
+        @app.task(name="noop", queue="accounts")
+        def noop() -> None:
+            pass
+
+        worker = Worker(app).start()
+        assert noop.send().wait(10) == "succeeded"
+        handle = sync_account.send()
+        deadline = time.monotonic() + 15
+        while True:  # retrying, and rejected by the worker: the message waits in the broker's retry lane
+            code, record, _ = api.request("GET", f"/api/task-status/%2F/{handle.id}")
+            queue = api.get("/api/queues/%2F/accounts")
+            if (code == 200 and record["state"] == "retrying" and queue["messages"] == 0
+                    and queue["messages_unacknowledged"] == 0):
+                break
+            assert time.monotonic() < deadline, (code, record, queue)
+            time.sleep(0.05)
+        log_in(tab, server, "tasks")
+        row = tab.locator(f"tr[data-task='{handle.id}']")
+        expect(row.locator("td:nth-child(4)")).to_have_text("retrying")
+        expect(row.locator("button:has-text('Retry now')")).to_be_visible()
+        expect(tab.locator("#task-rows tr[data-state='succeeded'] button")).to_have_count(0)  # only when waiting
+        tab.click(f"tr[data-task='{handle.id}'] a")
+        expect(tab.locator("#task-details")).to_contain_text("retrying")
+        expect(tab.locator("#task-error")).to_contain_text("ConnectionError: upstream unavailable")
+        tab.click("#task-retry-now")
+        expect(tab.locator("#status")).to_have_text(f"Task {handle.id} released: its next attempt runs now")
+        assert handle.wait(15) == "succeeded"  # long before the 60 s retry interval
+        assert len(calls) == 2
+        expect(tab.locator("#task-details")).to_contain_text("succeeded")  # the live refresh
+        expect(tab.locator("#task-retry-now")).to_be_hidden()
+        code, answer, _ = api.request("POST", "/api/queues/%2F/accounts/actions",
+                                      {"action": "retry_now", "message_id": handle.id})
+        assert code == 404, answer  # nothing waits any more: it ran once, and will not run again at its due time
+        assert "no message" in answer["reason"]
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.close()
+    assert problems == []
+
+
 def test_a_management_user_sees_what_the_api_lets_them_see(server: ThreadedServer,
                                                            page: tuple[Any, list[str]]) -> None:
     """The page asks the API as the logged-in user: admin-only lists say they are not shown, others work."""

@@ -1,7 +1,8 @@
 """Handlers that move messages: ``POST /api/exchanges/{vhost}/{name}/publish`` and
 ``POST /api/queues/{vhost}/{name}/get`` (RabbitMQ's management publish and get, for people and tests, not
 for throughput), and ``POST /api/queues/{vhost}/{name}/actions`` (RabbitMQ's queue actions, with Leveret's
-``move`` and ``replay_dead_letters``: server-side moves through core/dead_letter.py ``move``). All are checked
+``move`` and ``replay_dead_letters``: server-side moves through core/dead_letter.py ``move``, and ``retry_now``: a
+waiting retry released early through core/delays.py ``release_now``). All are checked
 as the AMQP writes and reads they stand for, and answer once the store has what they changed."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 from aiohttp import web
 
 from leveret.core import errors
+from leveret.core.access import Access
 from leveret.core.dead_letter import death_origin, move
 from leveret.core.exchanges import Exchange
 from leveret.core.message import Message, build_address, build_header
@@ -135,24 +137,33 @@ async def queue_action(api: Management, call: Call) -> web.Response:
     where leveret.tasks workers put the tasks that gave up, to ``<queue>``; with a fresh ``x-retry-count``).
     Both move at most ``count`` ready messages
     (default: all), read from this queue and written to the default exchange as a client's get and publish
-    would be checked; the answer says how many moved and how many are left."""
+    would be checked; the answer says how many moved and how many are left. Leveret's ``retry_now``
+    (``message_id``) releases at once the message with that id waiting for its next attempt into this queue
+    (core/delays.py ``release_now``), checked as ``move`` is: 200 ``{"released": true}``, 404 when no such
+    message is waiting."""
     body = await call.body()
     vhost = api.vhost(call.params["vhost"])
     queue = vhost.queue(call.params["name"])
     action = body.get("action")
     if action in ("sync", "cancel_sync"):
         return reply(None, 204)
-    if action not in ("move", "replay_dead_letters"):
-        raise bad_request("'action' must be sync, cancel_sync, move or replay_dead_letters")
+    if action not in ("move", "replay_dead_letters", "retry_now"):
+        raise bad_request("'action' must be sync, cancel_sync, move, replay_dead_letters or retry_now")
+    access = call.access(vhost)
+    if action == "retry_now":
+        message_id = body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise bad_request("'message_id' must be a non-empty string")
+        _check_move(access, queue.name)
+        if not api.broker.delays.release_now(vhost.name, queue.name, message_id):
+            raise errors.NotFound(f"no message '{message_id}' waiting for a retry into queue '{queue.name}' in "
+                                  f"vhost '{vhost.name}'")
+        await api.durable()
+        return reply({"released": True})
     count = body.get("count", queue.message_count)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise bad_request("'count' must be a non-negative integer")
-    access = call.access(vhost)
-    try:
-        access.read("queue", queue.name)
-        access.write("exchange", "")
-    except errors.PermissionRefused as exc:
-        raise not_authorised(f"ACCESS_REFUSED - {exc.text}") from None
+    _check_move(access, queue.name)
     default = vhost.exchanges[""]
     if action == "move":
         destination = body.get("destination")
@@ -175,3 +186,12 @@ async def queue_action(api: Management, call: Call) -> web.Response:
                  ("x-retry-count",) if action == "replay_dead_letters" else ())
     await api.durable()
     return reply({"moved": moved, "left": queue.message_count})
+
+
+def _check_move(access: Access, queue: str) -> None:
+    """The rights of a basic.get on ``queue`` and of a publish to the default exchange (401 otherwise)."""
+    try:
+        access.read("queue", queue)
+        access.write("exchange", "")
+    except errors.PermissionRefused as exc:
+        raise not_authorised(f"ACCESS_REFUSED - {exc.text}") from None

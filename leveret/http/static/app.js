@@ -427,7 +427,8 @@ async function showTasks() {
     el("td", {class: "name"}, el("a", {href: `#task/${enc(vhost())}/${enc(t.id)}`}, t.id)), el("td", {}, t.task),
     el("td", {}, t.queue), el("td", {class: `state-${t.state}`}, t.state), el("td", {}, t.attempt),
     el("td", {}, when(t.updated)), el("td", {}, when(t.next_attempt_at)),
-    el("td", {}, t.error ? `${t.error.type || "error"}: ${t.error.message || ""}` : ""))),
+    el("td", {}, t.error ? `${t.error.type || "error"}: ${t.error.message || ""}` : ""),
+    el("td", {class: "actions"}, canRetryNow(t) ? button("Retry now", () => retryNowClicked(vhost(), t)) : ""))),
   state ? `No ${state} tasks` : "No tasks recorded since the broker started");
   fill($("dead-rows"), dead.items.map((q) => el("tr", {"data-dead": q.name},
     el("td", {class: "name"}, el("a", {href: `#queue/${enc(q.vhost)}/${enc(q.name)}`}, q.name)),
@@ -441,6 +442,8 @@ async function showTask(vhostName, id) {
   const [status, timeline] = await Promise.allSettled([
     api("GET", `task-status/${enc(vhostName)}/${enc(id)}`), api("GET", `tracking/${enc(vhostName)}/${enc(id)}`)]);
   $("task-revoke").hidden = status.status === "rejected" || FINAL.has(status.value.state);
+  shownTask = status.status === "fulfilled" ? status.value : null;
+  $("task-retry-now").hidden = !canRetryNow(shownTask);
   if (status.status === "rejected") {
     table($("task-details").tBodies[0], [["Status", status.reason.message]]);
     $("task-error").replaceChildren();
@@ -480,6 +483,22 @@ $("task-revoke").addEventListener("click", () => {
   const [v, id] = currentQueue();
   act(`Revoke task ${id}? Workers skip it, or interrupt it if it runs.`, () => revokeTask(v, id),
       `Task ${id} revoked`);
+});
+
+// Retry now: a task waiting for its next attempt (state retrying) is released at once from the broker's retry
+// wait (Leveret's queue action retry_now, by the task's id, which is its message id; docs/management.md).
+let shownTask = null;
+const canRetryNow = (t) => Boolean(t && t.state === "retrying" && t.queue && t.id);
+
+async function retryNowClicked(vhostName, t) {
+  await act(null, () => api("POST", `queues/${enc(vhostName)}/${enc(t.queue)}/actions`,
+                            {action: "retry_now", message_id: t.id}),
+            `Task ${t.id} released: its next attempt runs now`);
+}
+
+$("task-retry-now").addEventListener("click", () => {
+  const [v] = currentQueue();
+  if (canRetryNow(shownTask)) retryNowClicked(v, shownTask);
 });
 
 // one message-tracking event as a table row: time, event, and its other fields
