@@ -132,10 +132,15 @@ def session_vhost(session: Session) -> str | None:
         return None
 
 
-def connection_info(session: Session, amqp_address: str, node: str) -> dict[str, Any]:
-    """A client connection; ``amqp_address``: the plain AMQP listener's ``host:port`` (see connection_name)."""
+def connection_info(session: Session, amqp_address: str, node: str, rates: Rates | None = None) -> dict[str, Any]:
+    """A client connection; ``amqp_address``: the plain AMQP listener's ``host:port`` (see connection_name);
+    with ``rates``, its traffic (``recv_oct``, ``send_oct``, ... with their ``_details`` rates) as RabbitMQ's."""
     host, _, port = session.peer.rpartition(":")
-    return {"name": connection_name(session, amqp_address), "node": node, "type": "network",
+    traffic = getattr(session.sink, "traffic", None)
+    counters: dict[str, object] = {}
+    if rates is not None and traffic is not None:
+        counters = rates.stats(("connection", id(session)), traffic())
+    return {**counters, "name": connection_name(session, amqp_address), "node": node, "type": "network",
             "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
             "vhost": session_vhost(session) or "", "channels": len(session.channels),
             "state": "running" if session.writable else "flow", "peer_host": host,

@@ -98,6 +98,7 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
         self.blocked = False
         self.heartbeat = 0
         self.last_received = self.loop.time()
+        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0  # bytes and reads/writes, as RabbitMQ's
         self._sent_since_tick = False
         self._flush_scheduled = False
         self._queued = 0  # bytes of deliveries queued since the last flush
@@ -128,9 +129,16 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
         self.conn.receive_data(data)
         self.session.flush()
         self._flush()
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes and socket reads/writes so far, under RabbitMQ's connection field names (management API)."""
+        return {"recv_oct": self.recv_oct, "recv_cnt": self.recv_cnt, "send_oct": self.send_oct,
+                "send_cnt": self.send_cnt}
 
     def eof_received(self) -> bool | None:
         return None
@@ -167,6 +175,8 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self._closed:
             self._sent_since_tick = True
+            self.send_oct += len(data)
+            self.send_cnt += 1
             self.transport.write(data)  # may call pause_writing when the socket does not take it all
         if self._held:
             self._held = False

@@ -313,7 +313,7 @@ class ControlServer:
     def _list_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         management = self.management
         address = management.amqp_address()
-        return [views.connection_info(s, address, management.node)
+        return [views.connection_info(s, address, management.node, management.rates)
                 for s in management.open_sessions(args.get("vhost") or None)]
 
     def _close_connection(self, args: dict[str, Any]) -> str:

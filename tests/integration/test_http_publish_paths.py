@@ -84,3 +84,40 @@ def test_management_publish_refused_by_a_full_queue_is_a_bad_request_as_rabbitmq
         assert answer == [(200, {"routed": True}),
                           (400, {"error": "bad_request",
                                  "reason": "rejected Unable to publish message. Check queue limits."})]
+
+
+def test_connections_show_their_traffic_as_rabbitmq(http_server: ThreadedServer) -> None:
+    """recv_oct/send_oct/recv_cnt/send_cnt and their ``_details`` rates on each connection, on Leveret and (when
+    its management API is there) on RabbitMQ, whose statistics come every 5 s."""
+    import pika
+
+    from waiting import poll
+
+    brokers = [(http_server.port, Client(http_server.http_port))]
+    rabbit = _rabbitmq_api()
+    if rabbit is not None:
+        brokers.append((5672, rabbit))
+    for port, api in brokers:
+        name = f"traffic-{port}"
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, client_properties={
+            "connection_name": name}))
+        try:
+            ch = conn.channel()
+            ch.queue_declare("traffic", auto_delete=True)
+            for _ in range(20):
+                ch.basic_publish("", "traffic", b"x" * 1000)
+            conn.process_data_events(0)
+
+            def mine(api: Client = api, name: str = name) -> dict[str, Any] | None:
+                found = [c for c in api.get("/api/connections")
+                         if (c.get("client_properties") or {}).get("connection_name") == name]
+                return found[0] if found and "recv_oct" in found[0] else None
+
+            info = poll(mine, lambda c: c is not None and c["recv_oct"] > 20_000, timeout=20.0)
+            assert info is not None
+            assert info["recv_oct"] > 20_000 and info["send_oct"] > 0, info
+            assert info["recv_cnt"] > 0 and info["send_cnt"] > 0
+            assert isinstance(info["recv_oct_details"]["rate"], int | float)
+            assert isinstance(info["send_oct_details"]["rate"], int | float)
+        finally:
+            conn.close()

@@ -34,14 +34,15 @@ def visible_sessions(api: Management, call: Call) -> list[Session]:
 
 async def list_connections(api: Management, call: Call) -> web.Response:
     address = api.amqp_address()
-    return paged(call.request, [connection_info(s, address, api.node) for s in visible_sessions(api, call)], reply)
+    infos = [connection_info(s, address, api.node, api.rates) for s in visible_sessions(api, call)]
+    return paged(call.request, infos, reply)
 
 
 async def get_connection(api: Management, call: Call) -> web.Response:
     session = api.find_connection(call.params["name"])
     if not sees(call, session):
         raise not_authorised("User not authorised to access object")
-    return reply(connection_info(session, api.amqp_address(), api.node))
+    return reply(connection_info(session, api.amqp_address(), api.node, api.rates))
 
 
 async def delete_connection(api: Management, call: Call) -> web.Response:

@@ -112,6 +112,9 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
+// A byte rate from RabbitMQ's `<name>_details` ("1.2 KiB/s").
+const traffic = (details) => (details && typeof details.rate === "number" ? `${bytes(details.rate)}/s` : "–");
+
 function duration(ms) {
   const s = Math.floor(ms / 1000);
   const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
@@ -340,6 +343,7 @@ async function showConnections() {
       el("td", {class: "name"}, c.name), el("td", {}, client.connection_name || product || ""),
       el("td", {}, c.user), el("td", {}, c.vhost), el("td", {}, c.protocol),
       el("td", {}, c.ssl ? (c.ssl_protocol || "yes") : "no"), el("td", {}, c.channels), el("td", {}, c.state),
+      el("td", {class: "num"}, traffic(c.recv_oct_details)), el("td", {class: "num"}, traffic(c.send_oct_details)),
       el("td", {class: "actions"}, button("Close", () => act(`Close connection ${c.name}?`,
         () => api("DELETE", `connections/${enc(c.name)}`, undefined, {"X-Reason": "Closed via management page"}),
         "Connection closed"), "danger")));
