@@ -4,10 +4,14 @@ confirmed but not yet deleted)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from leveret.outbox.store import DEFAULT_DESTINATION
+from leveret.outbox.message import DEFAULT_DESTINATION
+
+log = logging.getLogger("leveret.outbox.forwarder")
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -73,3 +77,22 @@ class Destination:
         self.local_error: str | None = None
         self.local_failures = 0
         self.local_retry_at = 0.0  # monotonic
+
+
+def log_status(destinations: Sequence[Destination], status: Mapping[str, Mapping[str, Any]]) -> None:
+    """The forwarder's periodic report: one line per destination from the outbox's ``status()``, and a warning
+    for messages addressed to a destination no ``--broker`` names."""
+    for dest in destinations:
+        info = status.get(dest.name, {})
+        link = (f"connected to {safe_url(dest.url)}" if dest.url else
+                f"broker down ({dest.error})" if dest.error else "connecting")
+        age = info.get("oldest_age")
+        log.info("%s: %d pending%s, %d parked, %d forwarded (+%d); %s", dest.name, info.get("pending", 0),
+                 f" (oldest {age:.1f} s)" if age is not None else "", info.get("parked", 0), dest.forwarded,
+                 dest.forwarded - dest.reported, link)
+        dest.reported = dest.forwarded
+    known = {d.name for d in destinations}
+    for name, info in status.items():
+        if name not in known:
+            log.warning("%s: %d message(s) for this destination, which this forwarder has no --broker for "
+                        "(add --broker %s=URL)", name, info["pending"] + info["parked"], name)

@@ -37,13 +37,13 @@ import aiormq
 from pamqp import commands as spec
 
 from leveret.aioconnect import open_connection
-from leveret.outbox.destinations import DEFAULT_URL, Destination, describe, parse_brokers, safe_url
+from leveret.outbox.destinations import DEFAULT_URL, Destination, describe, log_status, parse_brokers, safe_url
 from leveret.outbox.frames import Outgoing, Publisher
 from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
 from leveret.outbox.lock import ForwarderLock
+from leveret.outbox.message import OutboxError, OutboxMessage
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
-from leveret.outbox.store import OutboxError, OutboxMessage
 
 log = logging.getLogger("leveret.outbox.forwarder")
 
@@ -582,20 +582,7 @@ class Forwarder:
         if self.outbox is None:
             return
         status = await asyncio.to_thread(self.outbox.status)
-        for dest in self.destinations:
-            info = status.get(dest.name, {})
-            link = (f"connected to {safe_url(dest.url)}" if dest.url else
-                    f"broker down ({dest.error})" if dest.error else "connecting")
-            age = info.get("oldest_age")
-            log.info("%s: %d pending%s, %d parked, %d forwarded (+%d); %s", dest.name, info.get("pending", 0),
-                     f" (oldest {age:.1f} s)" if age is not None else "", info.get("parked", 0), dest.forwarded,
-                     dest.forwarded - dest.reported, link)
-            dest.reported = dest.forwarded
-        known = {d.name for d in self.destinations}
-        for name, info in status.items():
-            if name not in known:
-                log.warning("%s: %d message(s) for this destination, which this forwarder has no --broker for "
-                            "(add --broker %s=URL)", name, info["pending"] + info["parked"], name)
+        log_status(self.destinations, status)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per destination: the broker it is connected to (or the error), and how many it forwarded/parked."""

@@ -15,7 +15,7 @@ import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
-from leveret.outbox.store import DUE_HEADER, OutboxMessage
+from leveret.outbox.message import DUE_HEADER, OutboxMessage
 
 
 class Outgoing:

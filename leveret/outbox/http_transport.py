@@ -29,7 +29,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
-from leveret.outbox.store import OutboxMessage
+from leveret.outbox.message import OutboxMessage
 
 DEFAULT_EXCHANGE = "amq.default"
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from leveret.outbox.store import OutboxError
+from leveret.outbox.message import OutboxError
 
 try:
     import fcntl

@@ -33,14 +33,14 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from leveret.outbox.store import (
+from leveret.outbox.message import (
     DEFAULT_DESTINATION,
     PARKED,
     TO_SEND,
     OutboxError,
     OutboxMessage,
-    _check_destinations,
-    _Row,
+    Row,
+    check_destinations,
     destination_stats,
     prepare_message,
 )
@@ -104,7 +104,7 @@ class PostgresOutbox:
         if psycopg is None:
             raise OutboxError("a PostgreSQL outbox needs psycopg 3: pip install 'leveret[postgres]'")
         self.url = url
-        self.default_destinations = _check_destinations(default_destinations)
+        self.default_destinations = check_destinations(default_destinations)
         self.lease = lease
         self.connect_timeout = connect_timeout
         self.owner = uuid.uuid4().hex  # this process's leases
@@ -166,7 +166,7 @@ class PostgresOutbox:
 
     # --- sending -----------------------------------------------------------------------------------------------
 
-    def _insert(self, rows: list[_Row]) -> None:
+    def _insert(self, rows: list[Row]) -> None:
         def run(cur: Any) -> None:
             for row in rows:
                 cur.execute(f"INSERT INTO {MESSAGES} (created, exchange, routing_key, mandatory, header, body)"

@@ -7,7 +7,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from leveret.outbox.store import Outbox, OutboxMessage
+from leveret.outbox.message import OutboxMessage
+from leveret.outbox.store import Outbox
 
 
 class OutboxStorage(Protocol):

@@ -36,21 +36,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import sqlite3
-import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pamqp import commands as spec
-
+from leveret.outbox.message import (
+    DEFAULT_DESTINATION,
+    OutboxError,
+    OutboxMessage,
+    Row,
+    check_destinations,
+    destination_stats,
+    prepare_message,
+)
 from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
 from leveret.sqlite_writer import Call, Writer, WriterStopped
 
@@ -58,26 +61,10 @@ log = logging.getLogger("leveret.outbox")
 
 APPLICATION_ID = 0x4C564F42  # "LVOB"
 SCHEMA_VERSION = 1
-DEFAULT_DESTINATION = "default"
 SHRINK_PAGES = 1024  # pages (4 MB) given back per shrink step
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
 _WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
-PERSISTENT = 2
-TO_SEND = 0
-PARKED = 1
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "delivery_mode", "priority",
-                             "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "message_type",
-                             "user_id", "app_id"))
-
-
-# A delayed message's due time (ms since the epoch): the forwarder publishes it with x-delay = due - now, so
-# the time it waited in the outbox does not delay it further (the task layer's delay=/eta=).
-DUE_HEADER = "x-leveret-due"
-
-
-class OutboxError(Exception):
-    """The outbox cannot be opened, or a write to it failed: the message was NOT saved."""
 
 
 _SCHEMA = (
@@ -113,43 +100,12 @@ _TRACKING = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """A message as the forwarder reads it for one destination."""
-
-    id: int
-    exchange: str
-    routing_key: str
-    mandatory: bool
-    header: bytes
-    body: bytes
-
-    @property
-    def properties(self) -> spec.Basic.Properties:
-        return decode_properties(self.header)
-
-
-class _Row:
-    __slots__ = ("body", "created", "destinations", "exchange", "header", "mandatory", "routing_key", "track")
-
-    def __init__(self, exchange: str, routing_key: str, mandatory: bool, header: bytes, body: bytes,
-                 destinations: tuple[str, ...], track: str | None = None) -> None:
-        self.track = track  # the message_id, when send(track=True)
-        self.created = time.time()
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.mandatory = mandatory
-        self.header = header
-        self.body = body
-        self.destinations = destinations
-
-
 class _Rows:
     """One transaction of the outbox's writer (its Batch): each payload is a list of rows, inserted at once."""
 
     __slots__ = ()
 
-    def add(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+    def add(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
         insert = conn.execute
         for row in rows:
             message_id = insert("INSERT INTO messages (created, exchange, routing_key, mandatory, header, body)"
@@ -174,69 +130,6 @@ class _Rows:
 _ROWS = _Rows()
 
 
-def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]:
-    """Check and encode AMQP basic properties (content_type, content_encoding, headers, delivery_mode, priority,
-    correlation_id, reply_to, expiration, message_id, timestamp, type (or message_type), user_id, app_id) the
-    way the forwarder's client (aio-pika, pamqp) will send them, so that a message it could not publish is
-    refused here. Adds a message_id when there is none and delivery_mode 2 (persistent) by default.
-    Returns (the properties' wire form: flags then values, message_id)."""
-    props = dict(properties or {})
-    if "type" in props:
-        props["message_type"] = props.pop("type")
-    unknown = set(props) - _PROPERTY_NAMES
-    if unknown:
-        raise ValueError(f"not AMQP basic properties: {', '.join(sorted(unknown))}")
-    if not props.get("message_id"):
-        props["message_id"] = uuid.uuid4().hex
-    if props.get("delivery_mode") is None:
-        props["delivery_mode"] = PERSISTENT
-    timestamp = props.get("timestamp")
-    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
-        props["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    if isinstance(props.get("expiration"), int):
-        props["expiration"] = str(props["expiration"])
-    if props.get("headers") is not None:
-        props["headers"] = _binary(props["headers"])
-    try:
-        header = spec.Basic.Properties(**props).marshal()
-    except (TypeError, ValueError, struct.error) as exc:
-        raise ValueError(f"bad AMQP properties: {exc}") from None
-    return header, str(props["message_id"])
-
-
-def prepare_message(default_destinations: tuple[str, ...], exchange: str, routing_key: str, body: bytes,
-                    properties: Mapping[str, Any] | None = None, destinations: Iterable[str] | None = None,
-                    mandatory: bool = True, track: bool = False) -> tuple[_Row, str]:
-    """Check ``send``'s arguments and encode the message as every storage saves it; (row, message_id)."""
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise TypeError(f"body must be bytes, not {type(body).__name__} (encode text first)")
-    for name, value in (("exchange", exchange), ("routing_key", routing_key)):
-        if not isinstance(value, str) or len(value.encode()) > 255:
-            raise ValueError(f"{name} must be a str of at most 255 bytes")
-    header, message_id = encode_properties(properties)
-    dests = default_destinations if destinations is None else _check_destinations(destinations)
-    return (_Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests, message_id if track else None),
-            message_id)
-
-
-def decode_properties(header: bytes) -> spec.Basic.Properties:
-    props = spec.Basic.Properties()
-    (flags,) = struct.unpack_from(">H", header)
-    props.unmarshal(flags, header[2:])
-    return props
-
-
-def _binary(value: Any) -> Any:
-    """bytes -> bytearray in header tables (pamqp encodes bytearray as a byte array, refuses bytes)."""
-    if isinstance(value, bytes):
-        return bytearray(value)
-    if isinstance(value, Mapping):
-        return {k: _binary(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_binary(v) for v in value]
-    return value
-
-
 class Outbox:
     """A durable local queue in the SQLite file ``path`` (created with its directory if missing).
 
@@ -251,7 +144,7 @@ class Outbox:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
         self.synchronous = synchronous.upper()
-        self.default_destinations = _check_destinations(default_destinations)
+        self.default_destinations = check_destinations(default_destinations)
         self.busy_timeout = busy_timeout
         self._closing = False
         self._closed = False
@@ -363,11 +256,11 @@ class Outbox:
 
     def prepare(self, exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any] | None = None,
                 destinations: Iterable[str] | None = None, mandatory: bool = True,
-                track: bool = False) -> tuple[_Row, str]:
+                track: bool = False) -> tuple[Row, str]:
         return prepare_message(self.default_destinations, exchange, routing_key, body, properties, destinations,
                                mandatory, track)
 
-    def _write(self, payload: list[_Row] | Call) -> None:
+    def _write(self, payload: list[Row] | Call) -> None:
         """Hand ``payload`` to the writer and wait for its commit (raises OutboxError)."""
         if self._closing:
             raise OutboxError(f"the outbox {self.path} is closed")
@@ -403,7 +296,7 @@ class Outbox:
         await self._await([row])
         return TrackedMessage(message_id, self) if track else message_id
 
-    async def _await(self, payload: list[_Row] | Call) -> None:
+    async def _await(self, payload: list[Row] | Call) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -589,26 +482,3 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(OutboxError(f"not saved: {error}"))
-
-
-def _check_destinations(destinations: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(destinations, str):
-        destinations = (destinations,)
-    out = tuple(dict.fromkeys(destinations))
-    if not out or not all(isinstance(d, str) and d for d in out):
-        raise ValueError("destinations must be one or more non-empty names")
-    return out
-
-
-def destination_stats(rows: Iterable[tuple[str, int, int, float]], errors: Mapping[str, str],
-                      now: float) -> dict[str, dict[str, Any]]:
-    """``status()``'s answer per destination from (destination, state, count, oldest created) rows and the last
-    error of each destination (both storages)."""
-    out: dict[str, dict[str, Any]] = {}
-    for destination, state, count, oldest in rows:
-        entry = out.setdefault(destination, {"pending": 0, "parked": 0, "oldest_age": None, "last_error": None})
-        entry["pending" if state == TO_SEND else "parked"] += count
-        age = max(0.0, now - oldest)
-        entry["oldest_age"] = age if entry["oldest_age"] is None else max(age, entry["oldest_age"])
-        entry["last_error"] = errors.get(destination)
-    return out

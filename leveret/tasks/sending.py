@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import aiormq
 
 from leveret.amqp import codec
-from leveret.outbox.store import DUE_HEADER, Outbox
+from leveret.outbox.message import DUE_HEADER
+from leveret.outbox.store import Outbox
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer
 from leveret.tasks.status import event, event_message, merge, new_task_id

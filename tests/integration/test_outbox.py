@@ -23,7 +23,7 @@ import pytest
 
 from leveret.cli import main as cli_main
 from leveret.outbox import Forwarder, Outbox, OutboxError, PostgresOutbox, open_outbox
-from leveret.outbox.store import decode_properties
+from leveret.outbox.message import decode_properties
 from leveret.tasks import App, Worker
 
 from pghelp import postgres_db, postgres_url  # noqa: F401 - fixtures

@@ -13,7 +13,7 @@ from pamqp.header import ContentHeader
 
 from leveret.outbox.frames import Publisher as _Publisher
 from leveret.outbox.frames import message_id_of
-from leveret.outbox.store import OutboxMessage, decode_properties, encode_properties
+from leveret.outbox.message import OutboxMessage, decode_properties, encode_properties
 
 
 def expected(row: OutboxMessage, channel: int, max_body: int) -> bytes:
