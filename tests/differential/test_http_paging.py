@@ -5,7 +5,6 @@ function alone."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,26 +15,15 @@ from leveret.config import Config
 from leveret.http.paging import PagingError, page_of
 from leveret.node import ThreadedServer
 
-from httphelp import Client
+from httphelp import RABBITMQ_HTTP_PORT, Client, rabbitmq_management
 
-RABBITMQ_HTTP_PORT = 15672
 NAMES = ["Orders.b", "orders.a", "invoices", "orders.retry.500", "celeryev.abc", "zeta", "alpha-orders"]
-
-
-def _rabbitmq_management() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", RABBITMQ_HTTP_PORT), timeout=1):
-            pass
-    except OSError:
-        return False
-    status, value, _ = Client(RABBITMQ_HTTP_PORT).request("GET", "/api/overview")
-    return status == 200 and isinstance(value, dict) and value.get("product_name") == "RabbitMQ"
 
 
 @pytest.fixture(params=["leveret", "rabbitmq"])
 def api(request: pytest.FixtureRequest, make_config: Callable[..., Config]) -> Iterator[Client]:
     if request.param == "rabbitmq":
-        if not _rabbitmq_management():
+        if not rabbitmq_management():
             pytest.skip("no RabbitMQ management API on 127.0.0.1:15672")
         yield Client(RABBITMQ_HTTP_PORT)
         return

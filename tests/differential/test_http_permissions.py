@@ -5,7 +5,6 @@ the same requests must get the same statuses and texts."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
@@ -15,25 +14,13 @@ import pytest
 from leveret.config import Config
 from leveret.node import ThreadedServer
 
-from httphelp import Client
-
-RABBITMQ_HTTP_PORT = 15672
-
-
-def _rabbitmq_management() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", RABBITMQ_HTTP_PORT), timeout=1):
-            pass
-    except OSError:
-        return False
-    status, value, _ = Client(RABBITMQ_HTTP_PORT).request("GET", "/api/overview")
-    return status == 200 and isinstance(value, dict) and value.get("product_name") == "RabbitMQ"
+from httphelp import RABBITMQ_HTTP_PORT, Client, rabbitmq_management
 
 
 @pytest.fixture(params=["leveret", "rabbitmq"])
 def http_port(request: pytest.FixtureRequest, make_config: Callable[..., Config]) -> Iterator[int]:
     if request.param == "rabbitmq":
-        if not _rabbitmq_management():
+        if not rabbitmq_management():
             pytest.skip("no RabbitMQ management API on 127.0.0.1:15672 (rabbitmq-plugins enable "
                         "rabbitmq_management)")
         yield RABBITMQ_HTTP_PORT

@@ -9,7 +9,7 @@ from typing import Any
 from leveret.core.tracing import set_tracing
 from leveret.node import ThreadedServer
 
-from httphelp import Client
+from httphelp import RABBITMQ_HTTP_PORT, Client, rabbitmq_management
 
 
 def publish(api: Client, key: str, **properties: Any) -> tuple[int, Any, dict[str, str]]:
@@ -58,12 +58,7 @@ def test_management_get_keeps_unacked_count(http_server: ThreadedServer) -> None
 
 
 def _rabbitmq_api() -> Client | None:
-    api = Client(15672)
-    try:
-        api.get("/api/overview")
-    except OSError:
-        return None
-    return api
+    return Client(RABBITMQ_HTTP_PORT) if rabbitmq_management() else None
 
 
 def test_management_publish_refused_by_a_full_queue_is_a_bad_request_as_rabbitmq(http_server: ThreadedServer) -> None:

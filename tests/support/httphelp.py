@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -46,3 +47,19 @@ class Client:
         status, value, _ = self.request(method, path, body)
         assert status in expect, (method, path, status, value)
         return value
+
+
+RABBITMQ_HTTP_PORT = 15672
+"""The reference RabbitMQ's management API (rabbitmq-plugins enable rabbitmq_management)."""
+
+
+def rabbitmq_management() -> bool:
+    """Whether the reference RabbitMQ's management API answers on 127.0.0.1:15672 (differential tests skip
+    honestly without it)."""
+    try:
+        with socket.create_connection(("127.0.0.1", RABBITMQ_HTTP_PORT), timeout=1):
+            pass
+    except OSError:
+        return False
+    status, value, _ = Client(RABBITMQ_HTTP_PORT).request("GET", "/api/overview")
+    return status == 200 and isinstance(value, dict) and value.get("product_name") == "RabbitMQ"
