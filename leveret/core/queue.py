@@ -320,13 +320,18 @@ class Queue(Paging):
                 consumer = found
             self._deliver_head(consumer)
 
-    def _deliver_head(self, consumer: Consumer) -> None:
-        """The head message to ``consumer`` (which has credit)."""
+    def _take_head(self) -> Message:
+        """The head message, out of the ready ones and counted as delivered (a consumer or basic.get)."""
         msg = self._pop_head()
         self.ready_bytes -= len(msg.body)
         self.stats_delivered += 1
         if msg.redelivered:
             self.stats_redelivered += 1
+        return msg
+
+    def _deliver_head(self, consumer: Consumer) -> None:
+        """The head message to ``consumer`` (which has credit)."""
+        msg = self._take_head()
         consumer.channel.deliver(consumer, msg)
         if msg.store_id > 0:
             self.unload(msg)
@@ -410,11 +415,7 @@ class Queue(Paging):
             self.touch()
         if not self.messages:
             return None
-        msg = self._pop_head()
-        self.ready_bytes -= len(msg.body)
-        self.stats_delivered += 1
-        if msg.redelivered:
-            self.stats_redelivered += 1
+        msg = self._take_head()
         if self.lifecycle:
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
