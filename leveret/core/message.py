@@ -112,7 +112,33 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        return self.flags & 0x1000 != 0 and self.properties.get("delivery_mode") == 2
+        """delivery_mode is 2. Read from the header bytes when the properties are not decoded yet: the mode
+        follows only content-type, content-encoding and headers, which are skipped by their lengths (decoding
+        every property of each stored message cost ~9% of the broker's CPU in persistent pubsub)."""
+        flags = self.flags
+        if not flags & 0x1000:
+            return False
+        props = self._props
+        if props is not None:
+            return props.get("delivery_mode") == 2
+        return delivery_mode(self.header, flags) == 2
+
+
+def delivery_mode(header: bytes, flags: int) -> int:
+    """The delivery-mode octet of a content header whose flags have the delivery-mode bit (0x1000), found by
+    skipping the three properties before it; -1 when the header is too short for what its flags say (the
+    decoder reports such a header)."""
+    pos = _HEADER_PREFIX + 2
+    try:
+        if flags & 0x8000:  # content-type, a short string
+            pos += 1 + header[pos]
+        if flags & 0x4000:  # content-encoding
+            pos += 1 + header[pos]
+        if flags & 0x2000:  # headers, a field table: its byte length, then the table
+            pos += 4 + int.from_bytes(header[pos:pos + 4], "big")
+        return header[pos]
+    except IndexError:
+        return -1
 
 
 def new_message(exchange: str, routing_key: str, properties: dict[str, Any], body: bytes,

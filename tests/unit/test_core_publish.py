@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from leveret.core import Message, PreconditionFailed
-from leveret.core.message import build_address, build_header
+from leveret.core.message import build_address, build_header, delivery_mode
 from leveret.core.routing import HELD, Peer
 from leveret.core.tracing import set_tracing
 
@@ -264,3 +266,31 @@ def test_quorum_delivery_count_is_bumped_once_per_delivery(core: Core, client: C
         counts.append(int((got[1].headers or {})["x-delivery-count"]))
         client.channel.reject(got[0], False, True)
     assert counts == [0, 1, 2]
+
+
+_PROPERTY_VALUES = st.fixed_dictionaries({}, optional={
+    "content_type": st.text(max_size=40),
+    "content_encoding": st.text(max_size=40),
+    "headers": st.dictionaries(st.text(max_size=10), st.one_of(st.integers(-2**31, 2**31 - 1), st.text(max_size=20),
+                                                               st.booleans()), max_size=5),
+    "delivery_mode": st.integers(0, 255),
+    "priority": st.integers(0, 9),
+    "correlation_id": st.text(max_size=20),
+})
+
+
+@given(_PROPERTY_VALUES)
+def test_persistent_is_read_from_the_header_bytes_as_the_decoder_reads_it(props: dict[str, Any]) -> None:
+    """Message.persistent skips content-type, content-encoding and headers by their lengths instead of decoding
+    the properties: it must agree with the decoder for any combination of them."""
+    header = build_header(props, 3)
+    msg = Message("x", "k", build_address("x", "k"), header, b"abc")
+    assert msg.persistent == (props.get("delivery_mode") == 2)
+    decoded = Message("x", "k", build_address("x", "k"), header, b"abc")
+    assert decoded.properties.get("delivery_mode") == props.get("delivery_mode")
+    assert decoded.persistent == msg.persistent  # the decoded path gives the same answer
+
+
+def test_a_truncated_header_is_not_persistent() -> None:
+    header = build_header({"headers": {"a": "b" * 50}, "delivery_mode": 2}, 0)
+    assert delivery_mode(header[:30], (header[12] << 8) | header[13]) == -1
