@@ -21,7 +21,9 @@ from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
 
 if TYPE_CHECKING:
+    from .exchanges import Exchange
     from .session import Session
+    from .vhost import VHost
 
 
 class Sink(Protocol):
@@ -351,11 +353,7 @@ class Channel:
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:
             self._set_reply_address(msg)
         if self.tx is not None:
-            def publish_at_commit() -> None:
-                if vhost.publish(exchange, msg, self.origin, mandatory=mandatory) is None and mandatory:
-                    self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
-
-            self.tx.append(publish_at_commit)
+            self.tx.append(self._publish_at_commit(vhost, exchange, msg, mandatory))
             return
         accepted = vhost.publish(exchange, msg, self.origin, mandatory=mandatory)
         if accepted is None and mandatory:
@@ -365,6 +363,15 @@ class Channel:
             if accepted is False:
                 self._nacks.append(self.publish_seq)
             self.session.confirm_pending(self)
+
+    def _publish_at_commit(self, vhost: VHost, exchange: Exchange, msg: Message, mandatory: bool) -> Callable[[], None]:
+        """A transaction's deferred publish. Made here rather than as a closure in :meth:`publish`, whose locals
+        would all become cell variables, slower on every publish (py-spy: ~10% of transient pubsub)."""
+        def publish_at_commit() -> None:
+            if vhost.publish(exchange, msg, self.origin, mandatory=mandatory) is None and mandatory:
+                self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
+
+        return publish_at_commit
 
     def _check_user_id(self, msg: Message) -> None:
         user_id = msg.properties.get("user_id")
