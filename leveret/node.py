@@ -103,7 +103,7 @@ class Node:
         if self.amqp.ssl_context is not None and self.config.http_tls_port >= 0:
             self.https = await self._start_http(self.config.http_tls_port, self.amqp.ssl_context)
             self.https_port = self.https.port
-        if self.config.disk_free_limit and self.config.store == "sqlite":
+        if self.config.disk_free_limit and self.config.store != "memory":  # PostgreSQL: the connection (free_space)
             self._check_disk()
         if self.process_rss:
             self._check_memory()
@@ -155,13 +155,16 @@ class Node:
     def _open_broker(self, loop: asyncio.AbstractEventLoop) -> Broker:
         config = self.config
         started = time.monotonic()
-        if config.store == "sqlite":
+        if config.store != "memory":
             data_dir = Path(config.data_dir)
             try:
                 data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: the broker's user only
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+        if config.store == "sqlite":
             self.store = open_store("sqlite", path=data_dir / "leveret.db")
+        elif config.store != "memory":  # a postgresql:// URL (docs/cluster.md)
+            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry)
         else:
             self.store = open_store("memory")
         audit = AuditLog()

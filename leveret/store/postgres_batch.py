@@ -337,7 +337,7 @@ class PgWriter:
         self._retry_at = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, 5.0)
         store = self.store
-        conn = schema.connect(store.url, store.schema, store.connect_timeout)
+        conn = schema.connect(store.url, store.schema, store.connect_timeout, "writer")
         try:
             store.configure_writer(conn)
         except BaseException:

@@ -136,9 +136,11 @@ def reason(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def connect(url: str, schema: str, timeout: float) -> Any:
-    """One autocommit connection whose search_path is the store's schema (migrate() creates it)."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)), **KEEPALIVES)
+def connect(url: str, schema: str, timeout: float, role: str = "reader") -> Any:
+    """One autocommit connection whose search_path is the store's schema (migrate() creates it); its
+    application_name ("leveret writer <schema>", "leveret reader <schema>") shows in pg_stat_activity."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)),
+                           application_name=f"leveret {role} {schema}"[:63], **KEEPALIVES)
     try:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     except BaseException:
@@ -155,14 +157,14 @@ def connect_retrying(url: str, schema: str, shown: str, timeout: float, retry: f
     delay = 0.5
     while True:
         try:
-            return connect(url, schema, timeout)
+            return connect(url, schema, timeout, "writer")
         except psycopg.Error as exc:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StoreError(f"cannot connect to the PostgreSQL store {shown}: {reason(exc)} (gave up after "
                                  f"{retry:g} s: check that the server runs and the URL)") from None
             wait = min(delay, left)
-            log.error("cannot connect to the PostgreSQL store %s: %s; retrying in %.1f s (giving up in %.0f s)",
+            log.error("cannot connect to the PostgreSQL store %s: %s; retrying in %.1f s (giving up in %.1f s)",
                       shown, reason(exc), wait, left)
             sleep(wait)
             delay = min(delay * 2, 5.0)

@@ -14,6 +14,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from leveret.store.memory import MemoryStore
 from leveret.store.postgres import PostgresStore
 from leveret.store.sqlite import SCHEMA_VERSION, SqliteStore, decode_value, encode_value
 
-from pghelp import postgres_url  # noqa: F401 - fixture
+from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,22 +64,10 @@ BACKENDS: dict[str, Callable[[Path], Store]] = {
 }
 
 
-@pytest.fixture
-def pg_schema(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A PostgreSQL store URL with a fresh schema (``?schema=``), dropped after the test."""
-    import psycopg
-
-    url = request.getfixturevalue("postgres_url")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{url}?schema={name}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-
-
 @pytest.fixture(params=[*sorted(BACKENDS), "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "postgresql":
-        s: Store = PostgresStore(request.getfixturevalue("pg_schema"))
+        s: Store = PostgresStore(request.getfixturevalue("postgres_store_url"))
     else:
         s = BACKENDS[request.param](tmp_path)
     s.open()
@@ -1037,3 +1025,96 @@ def test_a_version_3_store_gets_the_status_table(db_path: Path) -> None:
         read = StatusRead("/", ["x"], 0.0)
         submit_wait(s, [StatusPut("/", _status("x", "queued", 0, 1.0)), read])
         assert read.records["x"].state == "queued"
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A store URL with a schema of its own (pghelp's postgres_store_url)."""
+    return str(request.getfixturevalue("postgres_store_url"))
+
+
+def _pg(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url.partition("?")[0], autocommit=True)
+
+
+def test_postgres_reopen_keeps_everything(pg_url: str) -> None:
+    with PostgresStore(pg_url) as s:
+        fill(s)
+        before = snapshot(s)
+    with PostgresStore(pg_url) as s:
+        assert snapshot(s) == before
+        assert_same(s.load_definitions().exchanges[0].arguments, TRICKY)
+    memory = MemoryStore()
+    memory.open()
+    fill(memory)
+    assert snapshot(memory) == before
+
+
+def test_postgres_refusals(pg_url: str) -> None:
+    """A second node on the same schema, a newer schema version, a schema that is not a Leveret store: one
+    line each, nothing touched."""
+    schema = pg_url.rpartition("schema=")[2]
+    with PostgresStore(pg_url) as s:
+        s.save_vhost("/")
+        with pytest.raises(StoreError, match="in use by another Leveret node") as info:
+            PostgresStore(pg_url).open()
+        assert "\n" not in str(info.value)
+    with _pg(pg_url) as conn:
+        conn.execute(f"UPDATE {schema}.meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"newer Leveret \(schema 99, this version knows 1\)"):
+        PostgresStore(pg_url).open()
+    with _pg(pg_url) as conn:
+        conn.execute(f"DROP TABLE {schema}.meta")
+        conn.execute(f"CREATE TABLE {schema}.accounts (id INT)")
+    with pytest.raises(StoreError, match="has tables but is not a Leveret store"):
+        PostgresStore(pg_url).open()
+    with _pg(pg_url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {schema}.vhosts").fetchone()[0] == 1
+
+
+def test_postgres_down_at_start_retries_then_says_so_in_one_line() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgresStore(f"postgresql://leveret:secret@127.0.0.1:{port}/db", connect_retry=1.2)
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        store.open()
+    assert time.monotonic() - started >= 1.0  # it retried
+    text = str(info.value)
+    assert text.startswith(f"cannot connect to the PostgreSQL store postgresql://leveret@127.0.0.1:{port}/db:")
+    assert "gave up after 1.2 s" in text and "secret" not in text and "\n" not in text
+
+
+def test_postgres_lost_connection_fails_its_commit_then_reconnects(pg_url: str) -> None:
+    """The writer's connection killed on the server: the commit it was in fails (never confirmed), the store
+    reports no free space while it is down (the broker's disk alarm blocks publishers), then reconnects."""
+    with PostgresStore(pg_url) as s:
+        submit_wait(s, [push(1)])
+        assert s.free_space() and s.free_space() > 10**12
+        schema = pg_url.rpartition("schema=")[2]
+        with _pg(pg_url) as conn:
+            killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                  " WHERE application_name = %s", (f"leveret writer {schema}",)).fetchall()
+        assert killed == [(True,)]
+        with pytest.raises(StoreError, match="writing to the PostgreSQL store"):
+            submit_wait(s, [push(2)])
+        assert s.free_space() == 0
+        deadline = time.monotonic() + 20
+        while True:  # the writer reconnects with back-off; submits in between fail
+            done: list[BaseException | None] = []
+            s.submit([push(3)], done.append)
+            s.flush()
+            if done == [None]:
+                break
+            assert time.monotonic() < deadline, done
+        assert s.free_space() and s.free_space() > 10**12
+        assert ids(s.load_messages("/", "q")) == [1, 3]
+        s.save_vhost("after")  # definitions work again, and the one-node lock was taken again
+        with pytest.raises(StoreError, match="in use by another Leveret node"):
+            PostgresStore(pg_url).open()
