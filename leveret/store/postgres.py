@@ -70,11 +70,13 @@ class PostgresStore(Store):
     """The PostgreSQL backend. ``url`` is a libpq URL (``postgresql://user:password@host:port/dbname``; a password
     may also come from PGPASSWORD or ~/.pgpass); ``?schema=NAME`` picks the PostgreSQL schema that holds the
     tables (default ``leveret``). ``schema`` overrides it. ``connect_retry``: seconds :meth:`open` keeps trying
-    to reach a database that is down (back-off from 0.5 s to 5 s) before it gives up with a StoreError.
+    to reach a database that is down (back-off from 0.5 s to 5 s) before it gives up with a StoreError;
+    ``lock_wait``: seconds it waits for another node's lock on the schema to go before it refuses the store.
     ``max_batch_ops`` / ``max_batch_bytes`` cap one group commit."""
 
     def __init__(self, url: str, *, schema: str | None = None, connect_retry: float = 60.0,
-                 connect_timeout: float = 10.0, max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20) -> None:
+                 connect_timeout: float = 10.0, lock_wait: float = postgres_schema.LOCK_WAIT,
+                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20) -> None:
         if _psycopg() is None:
             raise StoreError("a PostgreSQL store needs psycopg 3: pip install 'leveret[postgres]'")
         self.url, url_schema = postgres_schema.split_url(url)
@@ -82,6 +84,7 @@ class PostgresStore(Store):
         self.where = postgres_schema.where(self.url, self.schema)
         self.connect_retry = connect_retry
         self.connect_timeout = connect_timeout
+        self.lock_wait = lock_wait
         self.max_batch_ops = max(1, max_batch_ops)
         self.max_batch_bytes = max(1, max_batch_bytes)
         self._is_open = False
@@ -117,8 +120,8 @@ class PostgresStore(Store):
         psycopg = _psycopg()
         conn = schema.connect_retrying(self.url, self.schema, self.where, self.connect_timeout, self.connect_retry)
         try:
+            self.configure_writer(conn)  # the one-node lock first: a second node touches nothing
             self.max_id_written = schema.migrate(conn, self.schema, self.where)
-            self.configure_writer(conn)
             self._rconn = schema.connect(self.url, self.schema, self.connect_timeout)
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -133,7 +136,7 @@ class PostgresStore(Store):
     def configure_writer(self, conn: Any) -> None:
         """The writer's session: durable commits, and the advisory lock that makes this node the store's user."""
         conn.execute("SET synchronous_commit = on")
-        schema.take_lock(conn, self.schema, self.where)
+        schema.take_lock(conn, self.schema, self.where, self.lock_wait)
 
     def close(self) -> None:
         if not self._is_open:

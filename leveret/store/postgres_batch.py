@@ -20,7 +20,8 @@ records.
 A lost connection fails the transaction it was in and marks the writer ``down`` (the store then reports no free
 space, which raises the broker's disk alarm: publishers are blocked instead of nacked one by one); each later
 transaction first reconnects, with back-off between attempts (0.5 s doubling to 5 s; submits that arrive
-meanwhile fail together), and takes the store's advisory lock again.
+meanwhile fail together; an idle writer tries by itself, since blocked publishers submit nothing), and takes the
+store's advisory lock again.
 """
 
 from __future__ import annotations
@@ -253,9 +254,12 @@ class PgWriter:
                     return
                 self._idle = True
                 if not queue and not self.closing:
-                    wake.wait()
+                    # while down, wake up to reconnect by itself: blocked publishers submit nothing
+                    wake.wait(max(0.1, self._retry_at - time.monotonic()) if self.down else None)
                     wake.clear()
                 self._idle = False
+                if self.down and not queue and not self.closing:
+                    self._probe()
                 continue
             try:
                 self._transaction()
@@ -318,6 +322,17 @@ class PgWriter:
             self._log.error("%s: a commit of %d submits failed (%d failed so far): %s", self.label, count,
                             self._failing, error)
         return error
+
+    def _probe(self) -> None:
+        """Try to reconnect while idle and down (one attempt; the back-off spaces them)."""
+        try:
+            self._connection()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_failure_log >= 10.0:
+                self._last_failure_log = now
+                self._log.error("%s: still cannot reach PostgreSQL: %s", self.label,
+                                schema.reason(exc) if isinstance(exc, schema.psycopg.Error) else exc)
 
     def _drop(self) -> None:
         conn, self.conn = self.conn, None

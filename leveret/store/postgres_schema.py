@@ -48,6 +48,7 @@ log = logging.getLogger("leveret.store")
 
 LOCK_CLASS = 0x4C565253  # pg_advisory_lock(LOCK_CLASS, hashtext(schema)): "LVRS", one node per store schema
 DEFAULT_SCHEMA = "leveret"
+LOCK_WAIT = 5.0  # seconds open() waits for the one-node lock before it refuses the store
 # TCP keepalives: a writer whose server vanished without a FIN notices within ~30 s
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
 
@@ -170,10 +171,14 @@ def connect_retrying(url: str, schema: str, shown: str, timeout: float, retry: f
             delay = min(delay * 2, 5.0)
 
 
-def take_lock(conn: Any, schema: str, shown: str) -> None:
-    """The session advisory lock that makes this node the store's only user (released with the connection)."""
-    got = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, schema)).fetchone()[0]
-    if not got:
+def take_lock(conn: Any, schema: str, shown: str, wait: float = LOCK_WAIT) -> None:
+    """The session advisory lock that makes this node the store's only user (released with the connection).
+    Tried for ``wait`` seconds: after a kill -9 the server may take a moment to end the old node's session."""
+    deadline = time.monotonic() + wait
+    while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, schema)).fetchone()[0]:
+        if time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
         raise StoreError(f"the PostgreSQL store {shown} is in use by another Leveret node: stop it, or use "
                          "another schema (?schema=NAME in the URL); several nodes on one store come later")
 

@@ -1062,7 +1062,7 @@ def test_postgres_refusals(pg_url: str) -> None:
     with PostgresStore(pg_url) as s:
         s.save_vhost("/")
         with pytest.raises(StoreError, match="in use by another Leveret node") as info:
-            PostgresStore(pg_url).open()
+            PostgresStore(pg_url, lock_wait=0.2).open()
         assert "\n" not in str(info.value)
     with _pg(pg_url) as conn:
         conn.execute(f"UPDATE {schema}.meta SET value = '99' WHERE key = 'schema_version'")
@@ -1117,4 +1117,4 @@ def test_postgres_lost_connection_fails_its_commit_then_reconnects(pg_url: str) 
         assert ids(s.load_messages("/", "q")) == [1, 3]
         s.save_vhost("after")  # definitions work again, and the one-node lock was taken again
         with pytest.raises(StoreError, match="in use by another Leveret node"):
-            PostgresStore(pg_url).open()
+            PostgresStore(pg_url, lock_wait=0.2).open()
