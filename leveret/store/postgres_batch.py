@@ -13,9 +13,9 @@ The ops of a transaction are reduced first, as in store/sqlite_batch.py: a Push 
 (a message acked before its commit never reaches the server), a Requeue of a message pushed in the same
 transaction sets its flag, a Purge drops the transaction's earlier pushes to that queue, status puts of one record
 are merged. What is left costs a fixed number of statements, whatever the batch size: one ``DELETE ... WHERE id =
-ANY(array)``, one ``UPDATE ... = ANY(array)``, one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT`` for the
-pushes (each array one binary parameter; psycopg prepares statements it runs repeatedly), and the same for status
-records.
+ANY(array)``, one ``UPDATE ... = ANY(array)`` (each array one binary parameter; psycopg prepares statements it
+runs repeatedly), one binary ``COPY`` for the pushes (see ``Batch._insert``), and an ``INSERT ... SELECT FROM
+unnest(arrays) ON CONFLICT`` for status records.
 
 A lost connection fails the transaction it was in and marks the writer ``down`` (the store then reports no free
 space, which raises the broker's disk alarm: publishers are blocked instead of nacked one by one); each later
@@ -52,6 +52,11 @@ INSERT_MESSAGES = (
     " ON CONFLICT (id) DO UPDATE SET vhost = excluded.vhost, queue = excluded.queue, seq = excluded.seq,"
     " exchange = excluded.exchange, routing_key = excluded.routing_key, header = excluded.header,"
     " body = excluded.body, redelivered = excluded.redelivered")
+
+
+COPY_MESSAGES = ("COPY messages (id, vhost, queue, seq, exchange, routing_key, header, body, redelivered)"
+                 " FROM STDIN (FORMAT BINARY)")
+COPY_TYPES = ["int8", "text", "text", "int8", "text", "text", "bytea", "bytea", "bool"]
 
 
 class Call:
@@ -146,17 +151,36 @@ class Batch:
         if self.requeues:
             conn.execute("UPDATE messages SET redelivered = true WHERE id = ANY(%b::bigint[])", (self.requeues,))
         if self.pushes:
-            redelivered = self.redelivered
-            pushes = list(self.pushes.values())
-            conn.execute(INSERT_MESSAGES, (
-                [p.id for p in pushes], [p.vhost for p in pushes], [p.queue for p in pushes],
-                [p.seq for p in pushes], [p.exchange for p in pushes], [p.routing_key for p in pushes],
-                [p.header for p in pushes], [p.body for p in pushes], [p.id in redelivered for p in pushes]))
+            self._insert(conn)
         self._write_status(conn)
         self._reset()
         if self.max_id > self.meta_id:
             conn.execute("UPDATE meta SET value = %s WHERE key = 'max_message_id'", (str(self.max_id),))
             self.meta_id = self.max_id
+
+    def _insert(self, conn: Any) -> None:
+        """New ids (above the committed high-water mark: no row can have them) go in with one binary COPY, the
+        fastest way in (measured: 1.3-2x unnest's rate for 16 B to 1 KB bodies at 1,000-5,000 rows); an id
+        that may exist (never, in the broker today) with one ``INSERT ... unnest ... ON CONFLICT`` that
+        replaces it, as SQLite's ``INSERT OR REPLACE``."""
+        redelivered = self.redelivered
+        fresh: list[Push] = []
+        again: list[Push] = []
+        meta_id = self.meta_id
+        for p in self.pushes.values():
+            (fresh if p.id > meta_id else again).append(p)
+        if fresh:
+            with conn.cursor().copy(COPY_MESSAGES) as copy:
+                copy.set_types(COPY_TYPES)
+                write_row = copy.write_row
+                for p in fresh:
+                    write_row((p.id, p.vhost, p.queue, p.seq, p.exchange, p.routing_key, p.header, p.body,
+                               p.id in redelivered))
+        if again:
+            conn.execute(INSERT_MESSAGES, (
+                [p.id for p in again], [p.vhost for p in again], [p.queue for p in again],
+                [p.seq for p in again], [p.exchange for p in again], [p.routing_key for p in again],
+                [p.header for p in again], [p.body for p in again], [p.id in redelivered for p in again]))
 
     def _write_status(self, conn: Any) -> None:
         if not self.status:
