@@ -17,8 +17,9 @@ Reads
     ``load_*``, ``message_counts`` and ``max_message_id`` use a second connection (autocommit: each statement
     sees committed data only). ``load_messages`` pages by keyset on (seq, id), one indexed range per page;
     ``load_bodies`` is one ``id = ANY(array)`` lookup; ``load_definitions`` reads in one REPEATABLE READ
-    transaction. A lost reader connection is reopened at the next read (one attempt; a read that fails raises
-    StoreError).
+    transaction. A lost reader connection is reopened at the next read (one attempt, none while the writer has
+    lost the database: a read that fails raises StoreError at once); a read statement times out after
+    ``READ_TIMEOUT`` (30 s).
 
 Schema, migrations, the one-node lock: store/postgres_schema.py.
 
@@ -63,6 +64,7 @@ log = logging.getLogger("leveret.store")
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 NO_SPACE_LEFT = 0
+READ_TIMEOUT = 30.0  # seconds: the reader's statement_timeout
 PLENTY = 1 << 62  # free_space() while the database is reachable: its disk is the server's business
 
 
@@ -122,7 +124,7 @@ class PostgresStore(Store):
         try:
             self.configure_writer(conn)  # the one-node lock first: a second node touches nothing
             self.max_id_written = schema.migrate(conn, self.schema, self.where)
-            self._rconn = schema.connect(self.url, self.schema, self.connect_timeout)
+            self._rconn = self._open_reader()
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -152,6 +154,13 @@ class PostgresStore(Store):
                 writer.conn.close()  # releases the advisory lock
         self._writer = None
         self._close_reader()
+
+    def _open_reader(self) -> Any:
+        """The reads' connection: a statement that takes longer than READ_TIMEOUT fails rather than hold up the
+        event loop (the broker's reads are one indexed range or key lookup each)."""
+        conn = schema.connect(self.url, self.schema, self.connect_timeout)
+        conn.execute(f"SET statement_timeout = {int(READ_TIMEOUT * 1000)}")
+        return conn
 
     def _close_reader(self) -> None:
         conn, self._rconn = self._rconn, None
@@ -299,7 +308,10 @@ class PostgresStore(Store):
                 try:
                     if self._rconn is None or self._rconn.closed or self._rconn.broken:
                         self._close_reader()
-                        self._rconn = schema.connect(self.url, self.schema, self.connect_timeout)
+                        if self._writer is not None and self._writer.down:  # do not stall the event loop
+                            raise StoreError(f"reading the PostgreSQL store {self.where}: the database cannot "
+                                             "be reached (the writer is reconnecting)")
+                        self._rconn = self._open_reader()
                     return fn(self._rconn)
                 except psycopg.Error as exc:
                     conn = self._rconn

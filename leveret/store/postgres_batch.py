@@ -170,7 +170,7 @@ class Batch:
         for p in self.pushes.values():
             (fresh if p.id > meta_id else again).append(p)
         if fresh:
-            with conn.cursor().copy(COPY_MESSAGES) as copy:
+            with conn.cursor() as cursor, cursor.copy(COPY_MESSAGES) as copy:
                 copy.set_types(COPY_TYPES)
                 write_row = copy.write_row
                 for p in fresh:
