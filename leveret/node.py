@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leveret.config import Config
+from leveret.config import STORES, Config
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
@@ -193,7 +193,8 @@ class Node:
             broker.durability.timers = broker.timers
         if broker.recovered_queues or broker.recovered_messages:
             log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
-                     broker.recovered_messages, config.store, time.monotonic() - started)
+                     broker.recovered_messages, config.store if config.store in STORES else "postgresql",
+                     time.monotonic() - started)  # never the URL: it may hold a password
         return broker
 
     async def stop(self, grace: float = 5.0) -> None:

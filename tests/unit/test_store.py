@@ -163,6 +163,7 @@ def test_registry() -> None:
     assert set(REGISTRY) >= {"memory", "sqlite"}
     assert backend_class("memory") is MemoryStore
     assert backend_class("sqlite") is SqliteStore
+    assert backend_class("postgresql") is PostgresStore
     with pytest.raises(StoreError, match="unknown store 'nope'"):
         backend_class("nope")
 
@@ -1118,3 +1119,23 @@ def test_postgres_lost_connection_fails_its_commit_then_reconnects(pg_url: str) 
         s.save_vhost("after")  # definitions work again, and the one-node lock was taken again
         with pytest.raises(StoreError, match="in use by another Leveret node"):
             PostgresStore(pg_url, lock_wait=0.2).open()
+
+
+def test_postgres_migrations_run_in_order_once(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written by this version is migrated by a later one (a migration appended to MIGRATIONS) and keeps
+    its data; the version is recorded, and a store at the current version is not migrated again."""
+    from leveret.store import postgres_schema
+
+    with PostgresStore(pg_url) as s:
+        fill(s)
+        before = snapshot(s)
+    later = [*postgres_schema.MIGRATIONS, ("CREATE TABLE later (x INT)", "INSERT INTO later VALUES (42)")]
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", later)
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", len(later))
+    for _ in range(2):
+        with PostgresStore(pg_url) as s:
+            assert snapshot(s) == before
+    schema = pg_url.rpartition("schema=")[2]
+    with _pg(pg_url) as conn:
+        assert conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute(f"SELECT x FROM {schema}.later").fetchall() == [(42,)]
