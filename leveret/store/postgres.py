@@ -56,7 +56,7 @@ from leveret.core.storage import (
 from . import postgres_schema
 from . import postgres_schema as schema
 from .postgres_batch import PgWriter
-from .postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from .postgres_schema import MIGRATIONS, SCHEMA_VERSION, text_in, text_out
 from .tagged_json import decode_value, encode_value
 
 log = logging.getLogger("leveret.store")
@@ -204,11 +204,14 @@ class PostgresStore(Store):
         self._execute("save_vhost", [("INSERT INTO vhosts (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,))])
 
     def delete_vhost(self, name: str) -> None:
-        self._execute("delete_vhost", [
-            (f"DELETE FROM {table} WHERE vhost = %s", (name,))
-            for table in ("permissions", "bindings", "exchanges", "queues", "messages", "task_status", "policies")
-        ] + [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
-             ("DELETE FROM vhosts WHERE name = %s", (name,))])
+        """Also deletes the vhost's definitions, policies, limits, messages and status records."""
+        statements = [(f"DELETE FROM {table} WHERE vhost = %s", (name,))
+                      for table in ("permissions", "bindings", "exchanges", "queues", "policies")]
+        statements += [(f"DELETE FROM {table} WHERE vhost = %s", (text_in(name),))  # NUL-safe names (text_in)
+                       for table in ("messages", "task_status")]
+        statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
+                       ("DELETE FROM vhosts WHERE name = %s", (name,))]
+        self._execute("delete_vhost", statements)
 
     def save_user(self, user: UserDef) -> None:
         self._execute("save_user", [(
@@ -279,7 +282,7 @@ class PostgresStore(Store):
         self._execute("delete_queue", [
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
-            ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (vhost, name)),
+            ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
             ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name))])
 
     def save_binding(self, binding: BindingDef) -> None:
@@ -370,14 +373,14 @@ class PostgresStore(Store):
         remaining = -1 if limit is None else max(limit, 0)
         while remaining:
             count = page if remaining < 0 else min(page, remaining)
-            params = (vhost, queue, last_seq, last_id, count)
+            params = (text_in(vhost), text_in(queue), last_seq, last_id, count)
 
             def page_of(conn: Any, params: tuple[Any, ...] = params) -> list[Any]:
                 return conn.execute(sql, params, binary=True).fetchall()  # type: ignore[no-any-return]
 
             rows = self._read(page_of)
             for i, seq, exchange, routing_key, header, redelivered, data in rows:
-                yield StoredMessage(i, vhost, queue, seq, exchange, routing_key, header,
+                yield StoredMessage(i, vhost, queue, seq, text_out(exchange), text_out(routing_key), header,
                                     None if data is None else bytes(data), redelivered)
             if len(rows) < count:
                 return
@@ -397,7 +400,7 @@ class PostgresStore(Store):
     def message_counts(self) -> dict[tuple[str, str], int]:
         rows = self._read(lambda conn: conn.execute(
             "SELECT vhost, queue, count(*) FROM messages GROUP BY vhost, queue").fetchall())
-        return {(vhost, queue): count for vhost, queue, count in rows}
+        return {(text_out(vhost), text_out(queue)): count for vhost, queue, count in rows}
 
     def max_message_id(self) -> int:
         return int(self._read(lambda conn: conn.execute(schema.MAX_MESSAGE_ID).fetchone()[0]))

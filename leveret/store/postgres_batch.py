@@ -39,6 +39,7 @@ from leveret.core.status_record import merge as merge_status
 from leveret.core.storage import Delete, Purge, Push, Requeue, StatusExpire, StatusPut, StatusRead, StoreError
 
 from . import postgres_schema as schema
+from .postgres_schema import text_in, text_out
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
@@ -145,7 +146,8 @@ class Batch:
         """Write what was collected (purges, deletes, requeues, then inserts: what the ops meant, since every
         remaining insert came after every remaining purge or delete of its id or queue)."""
         for vhost, queue, after_seq in self.purges:
-            conn.execute("DELETE FROM messages WHERE vhost = %s AND queue = %s AND seq > %s", (vhost, queue, after_seq))
+            conn.execute("DELETE FROM messages WHERE vhost = %s AND queue = %s AND seq > %s",
+                         (text_in(vhost), text_in(queue), after_seq))
         if self.deletes:
             conn.execute("DELETE FROM messages WHERE id = ANY(%b::bigint[])", (self.deletes,))
         if self.requeues:
@@ -174,12 +176,13 @@ class Batch:
                 copy.set_types(COPY_TYPES)
                 write_row = copy.write_row
                 for p in fresh:
-                    write_row((p.id, p.vhost, p.queue, p.seq, p.exchange, p.routing_key, p.header, p.body,
-                               p.id in redelivered))
+                    write_row((p.id, text_in(p.vhost), text_in(p.queue), p.seq, text_in(p.exchange),
+                               text_in(p.routing_key), p.header, p.body, p.id in redelivered))
         if again:
             conn.execute(INSERT_MESSAGES, (
-                [p.id for p in again], [p.vhost for p in again], [p.queue for p in again],
-                [p.seq for p in again], [p.exchange for p in again], [p.routing_key for p in again],
+                [p.id for p in again], [text_in(p.vhost) for p in again], [text_in(p.queue) for p in again],
+                [p.seq for p in again], [text_in(p.exchange) for p in again],
+                [text_in(p.routing_key) for p in again],
                 [p.header for p in again], [p.body for p in again], [p.id in redelivered for p in again]))
 
     def _write_status(self, conn: Any) -> None:
@@ -192,7 +195,7 @@ class Batch:
             "INSERT INTO task_status (vhost, id, expires, record)"
             " SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::text[])"
             " ON CONFLICT (vhost, id) DO UPDATE SET expires = excluded.expires, record = excluded.record",
-            ([key[0] for key in puts], [key[1] for key in puts], [r.expires for r in records],
+            ([text_in(key[0]) for key in puts], [text_in(key[1]) for key in puts], [r.expires for r in records],
              [encode(r) for r in records]))
 
     def committed(self) -> None:
@@ -207,8 +210,8 @@ def _stored_status(conn: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, st
     found: dict[tuple[str, str], StatusRecord] = {}
     for vhost, ids in by_vhost.items():
         for task_id, text in conn.execute("SELECT id, record FROM task_status WHERE vhost = %s AND id = ANY(%s)",
-                                          (vhost, ids)):
-            found[(vhost, task_id)] = decode(text)
+                                          (text_in(vhost), [text_in(i) for i in ids])):
+            found[(vhost, text_out(task_id))] = decode(text)
     return found
 
 

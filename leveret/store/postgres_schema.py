@@ -10,7 +10,8 @@ Tables (version in ``meta``: key ``schema_version``; MIGRATIONS is append-only)
     ``users``, ``permissions``, ``limits``, ``exchanges``, ``queues``, ``bindings``, ``policies`` (as in the
     SQLite file; argument tables as tagged JSON, store/tagged_json.py; each has a ``pos`` identity column so
     definitions load in creation order), ``messages`` (id BIGINT PRIMARY KEY, vhost, queue, seq, exchange,
-    routing_key, header, body, redelivered) indexed on (vhost, queue, seq, id), and ``task_status``. Bodies
+    routing_key, header, body, redelivered) indexed on (vhost, queue, seq, id), and ``task_status``; the names in
+    these two (a client's routing key may hold NUL, which PostgreSQL text cannot) go through :func:`text_in`. Bodies
     stay in ``messages``: PostgreSQL moves a value over ~2 KB out of line by itself (TOAST; storage EXTERNAL, so
     it does not try to compress message bodies), so a scan without bodies does not read large ones.
 
@@ -27,6 +28,7 @@ Refusals (:class:`StoreError`)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -216,6 +218,21 @@ def migrate(conn: Any, schema: str, shown: str) -> int:
                      " started_at = excluded.started_at, seen_at = excluded.seen_at",
                      (node_name(), socket.gethostname(), os.getpid(), now, now))
         return int(conn.execute(MAX_MESSAGE_ID).fetchone()[0])
+
+
+def text_in(value: str) -> str:
+    """A name as a PostgreSQL text value: text cannot hold NUL, which a client may put in a routing key or a
+    queue name (valid UTF-8), and one such row would fail a whole group commit. A string holding NUL (or starting
+    with the marker \\x01) is stored as \\x01 + its JSON; every other string as it is (the usual case costs one
+    scan)."""
+    if "\x00" in value or value[:1] == "\x01":
+        return "\x01" + json.dumps(value)
+    return value
+
+
+def text_out(value: str) -> str:
+    """The name :func:`text_in` stored."""
+    return json.loads(value[1:]) if value[:1] == "\x01" else value  # type: ignore[no-any-return]
 
 
 def node_name() -> str:

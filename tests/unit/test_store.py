@@ -446,6 +446,31 @@ def test_definitions_are_ordered_with_message_ops(store: Store) -> None:
     assert ids(store.load_messages("v", "q")) == [5]
 
 
+def test_names_with_nul_and_odd_characters(store: Store) -> None:
+    """A routing key, exchange, queue, vhost or task id may hold any valid UTF-8, NUL included (AMQP short strings):
+    they round-trip, and one such message does not fail the others' commit."""
+    odd = ["\x00", "a\x00b", "\x01x", "\x01", "☃\x00é", '"quoted"\\']
+    done: list[BaseException | None] = []
+    store.submit([push(1)], done.append)
+    for n, name in enumerate(odd, start=2):
+        store.submit([Push(n, name, name, n, name, name, b"h", b"b-%d" % n)], done.append)
+    store.submit([StatusPut(odd[1], _status(odd[0], "queued", 0, 1.0))], done.append)
+    store.flush()
+    assert done == [None] * (len(odd) + 2)
+    assert ids(store.load_messages("/", "q")) == [1]
+    for n, name in enumerate(odd, start=2):
+        assert [(m.id, m.vhost, m.queue, m.exchange, m.routing_key) for m in store.load_messages(name, name)] == [
+            (n, name, name, name, name)]
+    assert store.message_counts() == {("/", "q"): 1, **{(name, name): 1 for name in odd}}
+    read = StatusRead(odd[1], [odd[0], "other"], 0.0)
+    submit_wait(store, [read])
+    assert list(read.records) == [odd[0]]
+    submit_wait(store, [Purge(odd[1], odd[1])])
+    store.delete_queue(odd[2], odd[2])
+    store.delete_vhost(odd[3])
+    assert store.message_counts() == {("/", "q"): 1, **{(name, name): 1 for name in odd if name not in odd[1:4]}}
+
+
 def test_load_without_bodies(store: Store) -> None:
     submit_wait(store, [push(1), push(2, body=b"z" * 100_000), push(3, body=b""), Requeue(2)])
     with_bodies = list(store.load_messages("/", "q"))
