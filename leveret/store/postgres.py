@@ -296,7 +296,7 @@ class PostgresStore(Store):
         b = binding
         self._execute("delete_binding", [(
             "DELETE FROM bindings WHERE vhost = %s AND source = %s AND destination = %s AND destination_kind = %s"
-            " AND routing_key = %s AND arguments = %s",
+            " AND routing_key = %s AND md5(arguments) = md5(%s)",
             (b.vhost, b.source, b.destination, b.destination_kind, b.routing_key, encode_value(b.arguments)))])
 
     # --- reads ---------------------------------------------------------------------------------------------

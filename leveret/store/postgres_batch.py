@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 Done = Callable[[BaseException | None], None]
+log = logging.getLogger("leveret.store")
 
 INSERT_MESSAGES = (
     "INSERT INTO messages (id, vhost, queue, seq, exchange, routing_key, header, body, redelivered)"
@@ -186,9 +187,20 @@ class Batch:
                 [p.header for p in again], [p.body for p in again], [p.id in redelivered for p in again]))
 
     def _write_status(self, conn: Any) -> None:
+        """Merge the status puts into the table, in a savepoint: status records are advisory, and one the server
+        refuses (a task id too long for the index, say) must not fail the transaction's messages."""
         if not self.status:
             return
         puts, self.status = self.status, {}
+        try:
+            with conn.transaction():
+                self._merge_status(conn, puts)
+        except schema.psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                raise
+            log.error("store %s: %d status records not written: %s", self.store.where, len(puts), schema.reason(exc))
+
+    def _merge_status(self, conn: Any, puts: dict[tuple[str, str], StatusRecord]) -> None:
         stored = _stored_status(conn, list(puts))
         records = [merge_status(stored.get(key), record) for key, record in puts.items()]
         conn.execute(
@@ -298,6 +310,7 @@ class PgWriter:
         items: list[tuple[Any, Done]] = []
         batch = Batch(self.store)
         error: BaseException | None = None
+        own: dict[int, BaseException] = {}  # index in items -> the error of a Call that failed alone
         try:
             conn = self._connection()
             with conn.transaction():
@@ -307,7 +320,7 @@ class PgWriter:
                     payload = item[0]
                     if payload.__class__ is Call:
                         batch.write(conn)
-                        payload.fn(conn)
+                        self._call(conn, payload, own, len(items) - 1)
                     else:
                         batch.add(conn, payload)
                 batch.write(conn)
@@ -323,11 +336,25 @@ class PgWriter:
                 self._log.warning("%s: commits work again after %d failed", self.label, self._failing)
                 self._failing = 0
                 self._last_failure_log = float("-inf")
-        for _, done in items:
+        for index, (_, done) in enumerate(items):
             try:
-                done(error)
+                done(error or own.get(index))
             except Exception:
                 self._log.exception("%s: a done callback failed", self.label)
+
+    def _call(self, conn: Any, call: Call, own: dict[int, BaseException], index: int) -> None:
+        """Run a Call (a definition change) in a savepoint: a statement the server refuses (a name with NUL,
+        say) fails that call alone, not the other submits of the transaction. A lost connection fails them all."""
+        psycopg = schema.psycopg
+        try:
+            with conn.transaction():
+                call.fn(conn)
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                raise
+            error = StoreError(f"writing to the PostgreSQL store {self.store.where}: {schema.reason(exc)}")
+            error.__cause__ = exc
+            own[index] = error
 
     def _failed(self, exc: BaseException, count: int) -> BaseException:
         psycopg = schema.psycopg

@@ -79,8 +79,11 @@ _V1 = (
     """CREATE TABLE bindings (pos BIGINT GENERATED ALWAYS AS IDENTITY,
         vhost TEXT NOT NULL, source TEXT NOT NULL,
         destination TEXT NOT NULL, destination_kind TEXT NOT NULL,
-        routing_key TEXT NOT NULL, arguments TEXT NOT NULL,
-        PRIMARY KEY (vhost, source, destination_kind, destination, routing_key, arguments))""",
+        routing_key TEXT NOT NULL, arguments TEXT NOT NULL)""",
+    # a binding is identified by all its fields, arguments included; by their md5 in the index, since a b-tree
+    # entry must stay under ~2.7 KB and a headers binding's arguments may be longer
+    """CREATE UNIQUE INDEX bindings_identity ON bindings
+        (vhost, source, destination_kind, destination, routing_key, md5(arguments))""",
     "CREATE INDEX bindings_destination ON bindings (vhost, destination_kind, destination)",
     """CREATE TABLE policies (pos BIGINT GENERATED ALWAYS AS IDENTITY,
         vhost TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL, definition TEXT NOT NULL,

@@ -282,6 +282,17 @@ def test_bindings_are_identified_by_all_fields(store: Store) -> None:
     assert len([b for b in store.load_definitions().bindings if b.source == "h"]) == 3
 
 
+def test_bindings_with_long_arguments(store: Store) -> None:
+    """A headers binding's arguments can be long (past a b-tree entry's size in PostgreSQL)."""
+    big = {"x-match": "all", "blob": random.Random(3).randbytes(6000).hex(), "n": list(range(500))}
+    other = {**big, "n": list(range(501))}
+    for args in (big, other, big):
+        store.save_binding(BindingDef("/", "h", "q", "queue", "", args))
+    assert sorted(len(b.arguments["n"]) for b in store.load_definitions().bindings) == [500, 501]
+    store.delete_binding(BindingDef("/", "h", "q", "queue", "", big))
+    assert [len(b.arguments["n"]) for b in store.load_definitions().bindings] == [501]
+
+
 def test_delete_exchange_cascades_to_its_bindings(store: Store) -> None:
     store.save_exchange(ExchangeDef("/", "x", "direct"))
     store.save_exchange(ExchangeDef("/", "y", "direct"))
@@ -1164,3 +1175,43 @@ def test_postgres_migrations_run_in_order_once(pg_url: str, monkeypatch: pytest.
     with _pg(pg_url) as conn:
         assert conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'").fetchone()[0] == "2"
         assert conn.execute(f"SELECT x FROM {schema}.later").fetchall() == [(42,)]
+
+
+def test_postgres_a_refused_definition_fails_alone(pg_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: a durable queue so named is refused (StoreError for that call), while the
+    message writes of the same group commit go through."""
+    schema = pg_url.rpartition("schema=")[2]
+    with PostgresStore(pg_url) as s:
+        before = s.commits
+        # keep the writer busy, so that the push and the refused definition share the next transaction
+        blocker = threading.Thread(target=s._execute, args=("sleep", [("SELECT pg_sleep(0.5)", ())]))
+        blocker.start()
+        with _pg(pg_url) as conn:
+            deadline = time.monotonic() + 10
+            while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND query LIKE"
+                                   " '%%pg_sleep%%' AND state = 'active'", (f"leveret writer {schema}",)).fetchall():
+                assert time.monotonic() < deadline
+        done: list[BaseException | None] = []
+        s.submit([push(1)], done.append)
+        with pytest.raises(StoreError, match="writing to the PostgreSQL store"):
+            s.save_queue(QueueDef("/", "bad\x00name"))
+        blocker.join()
+        assert s.commits - before == 1  # one transaction: the sleep, the push and the refused definition
+        s.submit([push(2)], done.append)
+        s.flush()
+        assert done == [None, None]
+        assert ids(s.load_messages("/", "q")) == [1, 2]
+        assert s.load_definitions().queues == []
+
+
+def test_postgres_a_refused_status_record_does_not_fail_the_messages(pg_url: str) -> None:
+    """Status records are advisory: one the server refuses (a task id too long for the index) is logged and
+    dropped; the messages of the same transaction are written."""
+    with PostgresStore(pg_url) as s:
+        done: list[BaseException | None] = []
+        long_id = random.Random(5).randbytes(6000).hex()
+        s.submit([push(1), StatusPut("/", _status(long_id, "queued", 0, 1.0)),
+                  StatusPut("/", _status("ok", "queued", 0, 1.0)), push(2)], done.append)
+        s.flush()
+        assert done == [None]
+        assert ids(s.load_messages("/", "q")) == [1, 2]
