@@ -75,6 +75,25 @@ def test_database_down_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "retrying in" in proc.stderr and "secret" not in proc.stderr
 
 
+def test_a_second_node_on_the_same_store_is_refused(tmp_path: Path, store_url: str) -> None:
+    """One node per store today (docs/cluster.md): a second ``leveret serve`` on the same URL and schema stops with
+    one line while the first one keeps serving."""
+    first = LeveretProcess(tmp_path / "a", "--store", store_url).start()
+    try:
+        env = {**os.environ, "LEVERET_HTTP_PORT": "-1"}
+        second = subprocess.run([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir",
+                                 str(tmp_path / "b"), "--store", store_url], capture_output=True, text=True, env=env,
+                                timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith("leveret: error: the PostgreSQL store ")
+        assert "is in use by another Leveret node" in second.stderr
+        conn = connect(first.port)  # the first one still serves
+        conn.channel().queue_declare("still-here", durable=True)
+        conn.close()
+    finally:
+        first.kill()
+
+
 @pytest.fixture
 def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture
     """A login role of its own and a store URL with it: the test can lock the broker out of the database."""
