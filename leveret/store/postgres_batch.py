@@ -163,7 +163,7 @@ class Batch:
 
     def _insert(self, conn: Any) -> None:
         """New ids (above the committed high-water mark: no row can have them) go in with one binary COPY, the
-        fastest way in (measured: 1.3-2x unnest's rate for 16 B to 1 KB bodies at 1,000-5,000 rows); an id
+        fastest way in (measured: 1.2-2x unnest's rate for 16 B to 1 KB bodies at 1,000-5,000 rows); an id
         that may exist (never, in the broker today) with one ``INSERT ... unnest ... ON CONFLICT`` that
         replaces it, as SQLite's ``INSERT OR REPLACE``."""
         redelivered = self.redelivered
