@@ -72,6 +72,8 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--bind", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", metavar="PORT", help="AMQP port, 0 for any free port (default 5672)")
     serve.add_argument("--data-dir", metavar="DIR", help="where messages and definitions are kept")
+    serve.add_argument("--store", metavar="STORE", help="sqlite (default: <data-dir>/leveret.db), memory, or "
+                       "postgresql://USER:PASS@HOST/DB (docs/cluster.md)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $LEVERET_CONFIG, if set)")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
     for name, metavar, text in _TLS_OPTIONS:
@@ -90,7 +92,8 @@ _TLS_OPTIONS = (
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level}
+    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level,
+                 "store": args.store}
     overrides.update({name: getattr(args, name) for name, _, _ in _TLS_OPTIONS})
     try:
         config = load_config(overrides, os.environ, args.config)

@@ -20,6 +20,7 @@ ENV_PREFIX = "LEVERET_"
 CONFIG_FILE_ENV = "LEVERET_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORES = ("sqlite", "memory")
+STORE_URL_SCHEMES = ("postgresql://", "postgres://")  # store = a PostgreSQL URL (docs/cluster.md)
 TLS_VERIFY = ("none", "peer")
 TLS_VERSIONS = ("1.2", "1.3")
 # RabbitMQ's ssl_cert_login_from values (distinguished_name is its default)
@@ -82,6 +83,7 @@ class Config:
     tracking_window: int = 300
     tracking_max_events: int = 100_000
     write_hold_ms: int = 2  # store writes nobody waits for wait this long for a confirm's commit (0: never)
+    store_connect_retry: int = 60  # seconds a PostgreSQL store that is down at start is retried (docs/cluster.md)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -227,9 +229,12 @@ def _to_log_level(value: Any) -> str:
 
 
 def _to_store(value: Any) -> str:
-    name = _to_str(value).strip().lower()
+    text = _to_str(value).strip()
+    if text.startswith(STORE_URL_SCHEMES):
+        return text
+    name = text.lower()
     if name not in STORES:
-        raise ValueError("must be one of " + ", ".join(STORES))
+        raise ValueError("must be one of " + ", ".join(STORES) + " or a postgresql:// URL")
     return name
 
 
@@ -319,6 +324,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tracking_window": _to_int(0, None),
     "tracking_max_events": _to_int(0, None),
     "write_hold_ms": _to_int(0, 1000),
+    "store_connect_retry": _to_int(0, None),
 }
 
 

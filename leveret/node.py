@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leveret.config import Config
+from leveret.config import STORES, Config
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
@@ -103,7 +103,7 @@ class Node:
         if self.amqp.ssl_context is not None and self.config.http_tls_port >= 0:
             self.https = await self._start_http(self.config.http_tls_port, self.amqp.ssl_context)
             self.https_port = self.https.port
-        if self.config.disk_free_limit and self.config.store == "sqlite":
+        if self.config.disk_free_limit and self.config.store != "memory":  # PostgreSQL: the connection (free_space)
             self._check_disk()
         if self.process_rss:
             self._check_memory()
@@ -155,13 +155,16 @@ class Node:
     def _open_broker(self, loop: asyncio.AbstractEventLoop) -> Broker:
         config = self.config
         started = time.monotonic()
-        if config.store == "sqlite":
+        if config.store != "memory":
             data_dir = Path(config.data_dir)
             try:
                 data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: the broker's user only
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+        if config.store == "sqlite":
             self.store = open_store("sqlite", path=data_dir / "leveret.db")
+        elif config.store != "memory":  # a postgresql:// URL (docs/cluster.md)
+            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry)
         else:
             self.store = open_store("memory")
         audit = AuditLog()
@@ -190,7 +193,8 @@ class Node:
             broker.durability.timers = broker.timers
         if broker.recovered_queues or broker.recovered_messages:
             log.info("recovered %d queues and %d messages from %s in %.2f s", broker.recovered_queues,
-                     broker.recovered_messages, config.store, time.monotonic() - started)
+                     broker.recovered_messages, config.store if config.store in STORES else "postgresql",
+                     time.monotonic() - started)  # never the URL: it may hold a password
         return broker
 
     async def stop(self, grace: float = 5.0) -> None:

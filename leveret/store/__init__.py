@@ -1,7 +1,7 @@
 """Persistence backends behind one interface (:mod:`leveret.core.storage`).
 
 ``BACKENDS`` maps a ``--store`` name to ``"module:Class"``; :func:`open_store` imports the backend only when it
-is asked for (so a future ``postgres`` backend needs its driver only when used).
+is asked for (so the ``postgresql`` backend needs its driver, psycopg, only when used).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from leveret.core.storage import Store, StoreError
 BACKENDS: dict[str, str] = {
     "memory": "leveret.store.memory:MemoryStore",
     "sqlite": "leveret.store.sqlite:SqliteStore",
+    "postgresql": "leveret.store.postgres:PostgresStore",
 }
 
 

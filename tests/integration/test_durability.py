@@ -37,6 +37,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from soak.crash_soak import CrashRun
 
+from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
 from serverproc import LeveretProcess
 
 HOW = pytest.mark.parametrize("how", ["sigterm", "sigkill"])
@@ -45,9 +46,12 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[LeveretProcess]:
-    proc = LeveretProcess(tmp_path / "data").start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeveretProcess]:
+    """A ``leveret serve`` child on the SQLite store, and on PostgreSQL (a schema of its own on
+    scripts/postgres.sh's server: skipped when there is none)."""
+    store = ["--store", request.getfixturevalue("postgres_store_url")] if request.param == "postgresql" else []
+    proc = LeveretProcess(tmp_path / "data", *store).start()
     try:
         yield proc
     finally:

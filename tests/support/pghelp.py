@@ -3,7 +3,8 @@
 ``postgres_url`` (session): $LEVERET_TEST_POSTGRES_URL, else the cluster ``scripts/postgres.sh`` runs (``url``),
 else one it starts for this session in a temporary directory (never installing packages: .ci/run does that)
 and stops at the end. The test is skipped, saying why, when none can be had (or psycopg is missing).
-``postgres_db``: a fresh database on it per test, dropped afterwards; its URL.
+``postgres_db``: a fresh database on it per test, dropped afterwards; its URL. ``postgres_store_url``: a
+Leveret store URL (``?schema=`` a fresh PostgreSQL schema, dropped afterwards), cheaper than a database.
 """
 
 from __future__ import annotations
@@ -60,3 +61,14 @@ def postgres_db(postgres_url: str) -> Iterator[str]:
         postgres_url.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_store_url(postgres_url: str) -> Iterator[str]:
+    """A Leveret store URL on the test server with a schema of its own (``?schema=``), dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_url}?schema={name}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")

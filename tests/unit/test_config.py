@@ -166,6 +166,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TRACKING_WINDOW": "60",
         "LEVERET_TRACKING_MAX_EVENTS": "0",
         "LEVERET_WRITE_HOLD_MS": "0",
+        "LEVERET_STORE_CONNECT_RETRY": "5",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -208,7 +209,17 @@ def test_every_field_has_an_environment_variable() -> None:
         tracking_window=60,
         tracking_max_events=0,
         write_hold_ms=0,
+        store_connect_retry=5,
     )
+
+
+def test_store_is_a_name_or_a_postgresql_url() -> None:
+    url = "postgresql://leveret:Secret@db.example:5433/broker?schema=Prod"
+    assert load_config({}, {"LEVERET_STORE": f" {url} "}, None).store == url  # kept as given (case matters)
+    assert load_config({"store": "postgres://h/db"}, {}, None).store == "postgres://h/db"
+    assert load_config({"store": "SQLite"}, {}, None).store == "sqlite"
+    with pytest.raises(ConfigError, match="sqlite, memory or a postgresql:// URL"):
+        load_config({"store": "mysql://h/db"}, {}, None)
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:

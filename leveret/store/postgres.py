@@ -1,0 +1,416 @@
+"""A store in PostgreSQL (psycopg 3): ``leveret serve --store postgresql://USER:PASS@HOST:PORT/DB`` (see
+docs/cluster.md). The same contract as the SQLite store (the shared suite, tests/unit/test_store.py, runs on both).
+
+Durability
+    The writer's connection sets ``synchronous_commit = on``: a ``done(None)`` callback (and the publisher confirm
+    the broker sends from it) comes after COMMIT returned, i.e. once the server has flushed the transaction to its
+    WAL. A message survives ``kill -9`` of the broker and a crash of the database server (given fsync on there).
+
+One writer, group commit (store/postgres_batch.py)
+    :meth:`PostgresStore.submit` appends ``(ops, done)`` to the writer's deque and returns. One writer thread with
+    its own connection writes everything queued in one transaction (up to ``max_batch_ops`` ops or
+    ``max_batch_bytes`` of message data, but at least one whole submit), commits, and calls the callbacks in
+    order. Definitions (``save_*`` / ``delete_*``) and :meth:`flush` go through the same writer, ordered with the
+    message ops, and wait for the commit that covers them (one round trip to the server, more under load).
+
+Reads
+    ``load_*``, ``message_counts`` and ``max_message_id`` use a second connection (autocommit: each statement
+    sees committed data only). ``load_messages`` pages by keyset on (seq, id), one indexed range per page;
+    ``load_bodies`` is one ``id = ANY(array)`` lookup; ``load_definitions`` reads in one REPEATABLE READ
+    transaction. A lost reader connection is reopened at the next read (one attempt, none while the writer has
+    lost the database: a read that fails raises StoreError at once); a read statement times out after
+    ``READ_TIMEOUT`` (30 s).
+
+Schema, migrations, the one-node lock: store/postgres_schema.py.
+
+Losing the database while running
+    A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and
+    drops those messages from their queues). While the connection is lost, :meth:`free_space` reports 0 bytes, so
+    the broker's disk alarm blocks publishers (``connection.blocked``) within a second; the writer reconnects
+    with back-off, and the alarm clears once a commit works again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from leveret.core.storage import (
+    BindingDef,
+    Definitions,
+    ExchangeDef,
+    MessageOp,
+    PermissionDef,
+    PolicyDef,
+    QueueDef,
+    Store,
+    StoredMessage,
+    StoreError,
+    UserDef,
+)
+
+from . import postgres_schema
+from . import postgres_schema as schema
+from .postgres_batch import PgWriter
+from .postgres_schema import MIGRATIONS, SCHEMA_VERSION, text_in, text_out
+from .tagged_json import decode_value, encode_value
+
+log = logging.getLogger("leveret.store")
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+
+NO_SPACE_LEFT = 0
+READ_TIMEOUT = 30.0  # seconds: the reader's statement_timeout
+PLENTY = 1 << 62  # free_space() while the database is reachable: its disk is the server's business
+
+
+class PostgresStore(Store):
+    """The PostgreSQL backend. ``url`` is a libpq URL (``postgresql://user:password@host:port/dbname``; a password
+    may also come from PGPASSWORD or ~/.pgpass); ``?schema=NAME`` picks the PostgreSQL schema that holds the
+    tables (default ``leveret``). ``schema`` overrides it. ``connect_retry``: seconds :meth:`open` keeps trying
+    to reach a database that is down (back-off from 0.5 s to 5 s) before it gives up with a StoreError;
+    ``lock_wait``: seconds it waits for another node's lock on the schema to go before it refuses the store.
+    ``max_batch_ops`` / ``max_batch_bytes`` cap one group commit."""
+
+    def __init__(self, url: str, *, schema: str | None = None, connect_retry: float = 60.0,
+                 connect_timeout: float = 10.0, lock_wait: float = postgres_schema.LOCK_WAIT,
+                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20) -> None:
+        if _psycopg() is None:
+            raise StoreError("a PostgreSQL store needs psycopg 3: pip install 'leveret[postgres]'")
+        self.url, url_schema = postgres_schema.split_url(url)
+        self.schema = schema or url_schema
+        self.where = postgres_schema.where(self.url, self.schema)
+        self.connect_retry = connect_retry
+        self.connect_timeout = connect_timeout
+        self.lock_wait = lock_wait
+        self.max_batch_ops = max(1, max_batch_ops)
+        self.max_batch_bytes = max(1, max_batch_bytes)
+        self._is_open = False
+        self._writer: PgWriter | None = None
+        self._rconn: Any = None
+        self._rlock = threading.Lock()
+        self.max_id_written = 0
+        self.ops_written = 0
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits if self._writer is not None else 0
+
+    @property
+    def failed_commits(self) -> int:
+        return self._writer.failed_commits if self._writer is not None else 0
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    def __enter__(self) -> PostgresStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- opening and closing -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._is_open:
+            return
+        psycopg = _psycopg()
+        conn = schema.connect_retrying(self.url, self.schema, self.where, self.connect_timeout, self.connect_retry)
+        try:
+            self.configure_writer(conn)  # the one-node lock first: a second node touches nothing
+            self.max_id_written = schema.migrate(conn, self.schema, self.where)
+            self._rconn = self._open_reader()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._close_reader()
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(f"cannot open the PostgreSQL store {self.where}: {schema.reason(exc)}") from exc
+            raise
+        self._is_open = True
+        self._writer = PgWriter(self, conn, log)
+
+    def configure_writer(self, conn: Any) -> None:
+        """The writer's session: durable commits, and the advisory lock that makes this node the store's user."""
+        conn.execute("SET synchronous_commit = on")
+        schema.take_lock(conn, self.schema, self.where, self.lock_wait)
+
+    def close(self) -> None:
+        if not self._is_open:
+            return
+        writer = self._writer
+        assert writer is not None
+        if writer.in_writer():
+            raise StoreError("close() called from a store callback (the writer thread): call it from elsewhere")
+        writer.close()
+        self._is_open = False
+        if writer.conn is not None:
+            with contextlib.suppress(Exception):
+                writer.conn.close()  # releases the advisory lock
+        self._writer = None
+        self._close_reader()
+
+    def _open_reader(self) -> Any:
+        """The reads' connection: a statement that takes longer than READ_TIMEOUT fails rather than hold up the
+        event loop (the broker's reads are one indexed range or key lookup each)."""
+        conn = schema.connect(self.url, self.schema, self.connect_timeout)
+        conn.execute(f"SET statement_timeout = {int(READ_TIMEOUT * 1000)}")
+        return conn
+
+    def _close_reader(self) -> None:
+        conn, self._rconn = self._rconn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # --- writes --------------------------------------------------------------------------------------------
+
+    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
+        writer = self._writer
+        if not self._is_open or writer is None or writer.closing:
+            raise StoreError(f"the store {self.where} is closed")
+        writer.submit(ops if isinstance(ops, list) else list(ops), done)
+
+    def flush(self) -> None:
+        """Wait until every earlier submit has been written or has failed (its ``done`` says which)."""
+        if self._is_open:
+            self._wait(lambda conn: None, "flush", raise_failure=False)
+
+    def _wait(self, fn: Callable[[Any], object], what: str, raise_failure: bool = True) -> None:
+        writer = self._writer
+        if not self._is_open or writer is None or writer.closing:
+            raise StoreError(f"the store {self.where} is closed")
+        if writer.in_writer():
+            raise StoreError(f"{what} called from a store callback (the writer thread) would wait for itself")
+        exc = writer.call(fn)
+        if exc is not None and raise_failure:
+            raise exc
+
+    def _execute(self, what: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        def run(conn: Any) -> None:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+        self._wait(run, what)
+
+    # --- definitions ---------------------------------------------------------------------------------------
+
+    def save_vhost(self, name: str) -> None:
+        self._execute("save_vhost", [("INSERT INTO vhosts (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,))])
+
+    def delete_vhost(self, name: str) -> None:
+        """Also deletes the vhost's definitions, policies, limits, messages and status records."""
+        statements = [(f"DELETE FROM {table} WHERE vhost = %s", (name,))
+                      for table in ("permissions", "bindings", "exchanges", "queues", "policies")]
+        statements += [(f"DELETE FROM {table} WHERE vhost = %s", (text_in(name),))  # NUL-safe names (text_in)
+                       for table in ("messages", "task_status")]
+        statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
+                       ("DELETE FROM vhosts WHERE name = %s", (name,))]
+        self._execute("delete_vhost", statements)
+
+    def save_user(self, user: UserDef) -> None:
+        self._execute("save_user", [(
+            "INSERT INTO users (name, password_hash, tags) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE"
+            " SET password_hash = excluded.password_hash, tags = excluded.tags",
+            (user.name, user.password_hash, json.dumps(list(user.tags))))])
+
+    def delete_user(self, name: str) -> None:
+        """Also deletes the user's permissions and limits."""
+        self._execute("delete_user", [("DELETE FROM permissions WHERE username = %s", (name,)),
+                                      ("DELETE FROM limits WHERE kind = 'user' AND name = %s", (name,)),
+                                      ("DELETE FROM users WHERE name = %s", (name,))])
+
+    def save_permission(self, permission: PermissionDef) -> None:
+        p = permission
+        self._execute("save_permission", [(
+            "INSERT INTO permissions (username, vhost, configure, write, read) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (username, vhost) DO UPDATE SET configure = excluded.configure, write = excluded.write,"
+            " read = excluded.read", (p.user, p.vhost, p.configure, p.write, p.read))])
+
+    def delete_permission(self, user: str, vhost: str) -> None:
+        self._execute("delete_permission", [("DELETE FROM permissions WHERE username = %s AND vhost = %s",
+                                             (user, vhost))])
+
+    def save_exchange(self, exchange: ExchangeDef) -> None:
+        x = exchange
+        self._execute("save_exchange", [(
+            "INSERT INTO exchanges (vhost, name, type, durable, auto_delete, internal, arguments)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (vhost, name) DO UPDATE SET type = excluded.type,"
+            " durable = excluded.durable, auto_delete = excluded.auto_delete, internal = excluded.internal,"
+            " arguments = excluded.arguments",
+            (x.vhost, x.name, x.type, x.durable, x.auto_delete, x.internal, encode_value(x.arguments)))])
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._execute("delete_exchange", [
+            ("DELETE FROM bindings WHERE vhost = %s AND (source = %s OR (destination_kind = 'exchange'"
+             " AND destination = %s))", (vhost, name, name)),
+            ("DELETE FROM exchanges WHERE vhost = %s AND name = %s", (vhost, name))])
+
+    def save_policy(self, policy: PolicyDef) -> None:
+        p = policy
+        self._execute("save_policy", [(
+            "INSERT INTO policies (vhost, name, pattern, definition, priority, apply_to)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (vhost, name) DO UPDATE SET pattern = excluded.pattern,"
+            " definition = excluded.definition, priority = excluded.priority, apply_to = excluded.apply_to",
+            (p.vhost, p.name, p.pattern, encode_value(p.definition), p.priority, p.apply_to))])
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._execute("delete_policy", [("DELETE FROM policies WHERE vhost = %s AND name = %s", (vhost, name))])
+
+    def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
+        if limits:
+            self._execute("save_limits", [(
+                "INSERT INTO limits (kind, name, limits) VALUES (%s, %s, %s) ON CONFLICT (kind, name) DO UPDATE"
+                " SET limits = excluded.limits", (kind, name, json.dumps(limits, sort_keys=True)))])
+        else:
+            self._execute("save_limits", [("DELETE FROM limits WHERE kind = %s AND name = %s", (kind, name))])
+
+    def save_queue(self, queue: QueueDef) -> None:
+        q = queue
+        self._execute("save_queue", [(
+            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (vhost, name) DO UPDATE SET durable = excluded.durable,"
+            " auto_delete = excluded.auto_delete, arguments = excluded.arguments",
+            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments)))])
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._execute("delete_queue", [
+            ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
+             (vhost, name)),
+            ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
+            ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name))])
+
+    def save_binding(self, binding: BindingDef) -> None:
+        b = binding
+        self._execute("save_binding", [(
+            "INSERT INTO bindings (vhost, source, destination, destination_kind, routing_key, arguments)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (b.vhost, b.source, b.destination, b.destination_kind, b.routing_key, encode_value(b.arguments)))])
+
+    def delete_binding(self, binding: BindingDef) -> None:
+        b = binding
+        self._execute("delete_binding", [(
+            "DELETE FROM bindings WHERE vhost = %s AND source = %s AND destination = %s AND destination_kind = %s"
+            " AND routing_key = %s AND md5(arguments) = md5(%s)",
+            (b.vhost, b.source, b.destination, b.destination_kind, b.routing_key, encode_value(b.arguments)))])
+
+    # --- reads ---------------------------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(reader connection)``; a lost connection is reopened once."""
+        if not self._is_open:
+            raise StoreError(f"the store {self.where} is not open")
+        psycopg = _psycopg()
+        with self._rlock:
+            for attempt in (1, 2):
+                try:
+                    if self._rconn is None or self._rconn.closed or self._rconn.broken:
+                        self._close_reader()
+                        if self._writer is not None and self._writer.down:  # do not stall the event loop
+                            raise StoreError(f"reading the PostgreSQL store {self.where}: the database cannot "
+                                             "be reached (the writer is reconnecting)")
+                        self._rconn = self._open_reader()
+                    return fn(self._rconn)
+                except psycopg.Error as exc:
+                    conn = self._rconn
+                    if attempt == 1 and (conn is None or conn.closed or conn.broken):
+                        continue
+                    raise StoreError(f"reading the PostgreSQL store {self.where}: {schema.reason(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def load_definitions(self) -> Definitions:
+        queries = (
+            "SELECT name FROM vhosts ORDER BY pos",
+            "SELECT name, password_hash, tags FROM users ORDER BY pos",
+            "SELECT username, vhost, configure, write, read FROM permissions ORDER BY pos",
+            "SELECT vhost, name, type, durable, auto_delete, internal, arguments FROM exchanges ORDER BY pos",
+            "SELECT vhost, name, durable, auto_delete, arguments FROM queues ORDER BY pos",
+            "SELECT vhost, source, destination, destination_kind, routing_key, arguments FROM bindings ORDER BY pos",
+            "SELECT vhost, name, pattern, definition, priority, apply_to FROM policies ORDER BY pos",
+            "SELECT kind, name, limits FROM limits ORDER BY pos",
+        )
+
+        def run(conn: Any) -> list[list[Any]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return [conn.execute(query).fetchall() for query in queries]
+
+        vhosts, users, permissions, exchanges, queues, bindings, policies, limits = self._read(run)
+        return Definitions(
+            vhosts=[name for (name,) in vhosts],
+            users=[UserDef(name, password_hash, tuple(json.loads(tags))) for name, password_hash, tags in users],
+            permissions=[PermissionDef(*row) for row in permissions],
+            exchanges=[ExchangeDef(vhost, name, type_, durable, auto_delete, internal, decode_value(args))
+                       for vhost, name, type_, durable, auto_delete, internal, args in exchanges],
+            queues=[QueueDef(vhost, name, durable, auto_delete, decode_value(args))
+                    for vhost, name, durable, auto_delete, args in queues],
+            bindings=[BindingDef(vhost, source, destination, kind, routing_key, decode_value(args))
+                      for vhost, source, destination, kind, routing_key, args in bindings],
+            policies=[PolicyDef(vhost, name, pattern, decode_value(definition), priority, apply_to)
+                      for vhost, name, pattern, definition, priority, apply_to in policies],
+            limits=[(kind, name, json.loads(text)) for kind, name, text in limits],
+        )
+
+    def load_messages(self, vhost: str, queue: str, *, with_bodies: bool = True, after_seq: int = 0,
+                      limit: int | None = None) -> Iterator[StoredMessage]:
+        if not self._is_open:
+            raise StoreError(f"the store {self.where} is not open")
+        return self._iter_messages(vhost, queue, with_bodies, after_seq, limit)
+
+    def _iter_messages(self, vhost: str, queue: str, with_bodies: bool, after_seq: int,
+                       limit: int | None) -> Iterator[StoredMessage]:
+        # keyset paging on (seq, id): each page is one statement (its own snapshot)
+        page = 256 if with_bodies else 8192
+        body = "body" if with_bodies else "NULL::bytea"
+        sql = (f"SELECT id, seq, exchange, routing_key, header, redelivered, {body} FROM messages"
+               " WHERE vhost = %s AND queue = %s AND (seq, id) > (%s, %s) ORDER BY seq, id LIMIT %s")
+        last_seq, last_id = after_seq, 2**63 - 1  # seq > after_seq: (seq, id) > (after_seq, max id)
+        remaining = -1 if limit is None else max(limit, 0)
+        while remaining:
+            count = page if remaining < 0 else min(page, remaining)
+            params = (text_in(vhost), text_in(queue), last_seq, last_id, count)
+
+            def page_of(conn: Any, params: tuple[Any, ...] = params) -> list[Any]:
+                return conn.execute(sql, params, binary=True).fetchall()  # type: ignore[no-any-return]
+
+            rows = self._read(page_of)
+            for i, seq, exchange, routing_key, header, redelivered, data in rows:
+                yield StoredMessage(i, vhost, queue, seq, text_out(exchange), text_out(routing_key), header,
+                                    None if data is None else bytes(data), redelivered)
+            if len(rows) < count:
+                return
+            last_id = rows[-1][0]
+            last_seq = rows[-1][1]
+            if remaining > 0:
+                remaining -= len(rows)
+
+    def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        rows = self._read(lambda conn: conn.execute("SELECT id, body FROM messages WHERE id = ANY(%b::bigint[])",
+                                                    (wanted,), binary=True).fetchall())
+        return {i: bytes(body) for i, body in rows}
+
+    def message_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._read(lambda conn: conn.execute(
+            "SELECT vhost, queue, count(*) FROM messages GROUP BY vhost, queue").fetchall())
+        return {(text_out(vhost), text_out(queue)): count for vhost, queue, count in rows}
+
+    def max_message_id(self) -> int:
+        return int(self._read(lambda conn: conn.execute(schema.MAX_MESSAGE_ID).fetchone()[0]))
+
+    def free_space(self) -> int | None:
+        """0 while the writer has lost the database (the disk alarm then blocks publishers), otherwise a large
+        number: the database's own disk is the server's business."""
+        writer = self._writer
+        return NO_SPACE_LEFT if writer is not None and writer.down else PLENTY
+
+
+def _psycopg() -> Any:
+    return schema.psycopg

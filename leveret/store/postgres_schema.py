@@ -1,0 +1,247 @@
+"""The PostgreSQL store's schema, its migrations, connecting (with retries) and the checks that refuse a schema.
+
+Where
+    Every table lives in one PostgreSQL schema (namespace), ``leveret`` by default (``?schema=NAME`` in the
+    store's URL picks another), created if missing; each connection sets its ``search_path`` to it. So one
+    database can hold several independent stores (tests use one schema each).
+
+Tables (version in ``meta``: key ``schema_version``; MIGRATIONS is append-only)
+    ``meta`` (schema_version, the message id high-water mark ``max_message_id``, ``opened_at``), ``vhosts``,
+    ``users``, ``permissions``, ``limits``, ``exchanges``, ``queues``, ``bindings``, ``policies`` (as in the
+    SQLite file; argument tables as tagged JSON, store/tagged_json.py; each has a ``pos`` identity column so
+    definitions load in creation order), ``messages`` (id BIGINT PRIMARY KEY, vhost, queue, seq, exchange,
+    routing_key, header, body, redelivered) indexed on (vhost, queue, seq, id), and ``task_status``; the names in
+    these two (a client's routing key may hold NUL, which PostgreSQL text cannot) go through :func:`text_in`. Bodies
+    stay in ``messages``: PostgreSQL moves a value over ~2 KB out of line by itself (TOAST; storage EXTERNAL, so
+    it does not try to compress message bodies), so a scan without bodies does not read large ones.
+
+For several nodes later (docs/cluster.md)
+    ``nodes`` records each node that opened the store (name, host, pid, started_at, seen_at) and ``queues`` has
+    ``owner`` / ``lease_until`` columns, unused yet. Today one node at a time uses a schema: it holds a session
+    advisory lock (``LOCK_CLASS``, hashtext(schema)) on its writer's connection, and a second node is refused.
+
+Refusals (:class:`StoreError`)
+    A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
+    already in use by another node (the advisory lock), a database that cannot be reached within
+    ``connect_retry`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from leveret.core.storage import StoreError
+
+try:  # optional: pip install 'leveret[postgres]'
+    import psycopg
+    from psycopg import sql
+except ImportError:  # pragma: no cover - reported when a PostgresStore is made
+    psycopg = None  # type: ignore[assignment]
+    sql = None  # type: ignore[assignment]
+
+log = logging.getLogger("leveret.store")
+
+LOCK_CLASS = 0x4C565253  # pg_advisory_lock(LOCK_CLASS, hashtext(schema)): "LVRS", one node per store schema
+DEFAULT_SCHEMA = "leveret"
+LOCK_WAIT = 5.0  # seconds open() waits for the one-node lock before it refuses the store
+# TCP keepalives: a writer whose server vanished without a FIN notices within ~30 s
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
+
+_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT INTO meta (key, value) VALUES ('max_message_id', '0')",
+    "CREATE TABLE vhosts (pos BIGINT GENERATED ALWAYS AS IDENTITY, name TEXT PRIMARY KEY)",
+    """CREATE TABLE users (pos BIGINT GENERATED ALWAYS AS IDENTITY, name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL, tags TEXT NOT NULL)""",
+    """CREATE TABLE permissions (pos BIGINT GENERATED ALWAYS AS IDENTITY,
+        username TEXT NOT NULL, vhost TEXT NOT NULL,
+        configure TEXT NOT NULL, write TEXT NOT NULL, read TEXT NOT NULL,
+        PRIMARY KEY (username, vhost))""",
+    """CREATE TABLE limits (pos BIGINT GENERATED ALWAYS AS IDENTITY, kind TEXT NOT NULL, name TEXT NOT NULL,
+        limits TEXT NOT NULL, PRIMARY KEY (kind, name))""",
+    """CREATE TABLE exchanges (pos BIGINT GENERATED ALWAYS AS IDENTITY,
+        vhost TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL,
+        durable BOOLEAN NOT NULL, auto_delete BOOLEAN NOT NULL, internal BOOLEAN NOT NULL,
+        arguments TEXT NOT NULL,
+        PRIMARY KEY (vhost, name))""",
+    """CREATE TABLE queues (pos BIGINT GENERATED ALWAYS AS IDENTITY,
+        vhost TEXT NOT NULL, name TEXT NOT NULL,
+        durable BOOLEAN NOT NULL, auto_delete BOOLEAN NOT NULL, arguments TEXT NOT NULL,
+        owner TEXT, lease_until DOUBLE PRECISION,
+        PRIMARY KEY (vhost, name))""",
+    """CREATE TABLE bindings (pos BIGINT GENERATED ALWAYS AS IDENTITY,
+        vhost TEXT NOT NULL, source TEXT NOT NULL,
+        destination TEXT NOT NULL, destination_kind TEXT NOT NULL,
+        routing_key TEXT NOT NULL, arguments TEXT NOT NULL)""",
+    # a binding is identified by all its fields, arguments included; by their md5 in the index, since a b-tree
+    # entry must stay under ~2.7 KB and a headers binding's arguments may be longer
+    """CREATE UNIQUE INDEX bindings_identity ON bindings
+        (vhost, source, destination_kind, destination, routing_key, md5(arguments))""",
+    "CREATE INDEX bindings_destination ON bindings (vhost, destination_kind, destination)",
+    """CREATE TABLE policies (pos BIGINT GENERATED ALWAYS AS IDENTITY,
+        vhost TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL, definition TEXT NOT NULL,
+        priority INTEGER NOT NULL, apply_to TEXT NOT NULL,
+        PRIMARY KEY (vhost, name))""",
+    """CREATE TABLE messages (
+        id BIGINT PRIMARY KEY,
+        vhost TEXT NOT NULL, queue TEXT NOT NULL, seq BIGINT NOT NULL,
+        exchange TEXT NOT NULL, routing_key TEXT NOT NULL,
+        header BYTEA NOT NULL, body BYTEA NOT NULL,
+        redelivered BOOLEAN NOT NULL DEFAULT false)""",
+    "ALTER TABLE messages ALTER COLUMN body SET STORAGE EXTERNAL",
+    "CREATE INDEX messages_queue_seq ON messages (vhost, queue, seq, id)",
+    """CREATE TABLE task_status (
+        vhost TEXT NOT NULL, id TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (vhost, id))""",
+    "CREATE INDEX task_status_expires ON task_status (expires)",
+    """CREATE TABLE nodes (name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL)""",
+)
+
+# MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
+MIGRATIONS: list[tuple[str, ...]] = [_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(the libpq URL, the schema): ``?schema=NAME`` is Leveret's, the rest of the query goes to libpq."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    schema = DEFAULT_SCHEMA
+    kept = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    if not schema or len(schema) > 63:
+        raise StoreError(f"bad schema name {schema!r} in the store URL (1 to 63 characters)")
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), schema
+
+
+def where(url: str, schema: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    shown = f"{user}@{netloc[2]}" if netloc[1] else netloc[2]
+    text = urllib.parse.urlunsplit(parts._replace(netloc=shown, query=""))
+    return text if schema == DEFAULT_SCHEMA else f"{text}?schema={schema}"
+
+
+def reason(exc: BaseException) -> str:
+    """One line from a psycopg error (libpq's messages span lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def connect(url: str, schema: str, timeout: float, role: str = "reader") -> Any:
+    """One autocommit connection whose search_path is the store's schema (migrate() creates it); its
+    application_name ("leveret writer <schema>", "leveret reader <schema>") shows in pg_stat_activity."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)),
+                           application_name=f"leveret {role} {schema}"[:63], **KEEPALIVES)
+    try:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_retrying(url: str, schema: str, shown: str, timeout: float, retry: float,
+                     sleep: Callable[[float], None] = time.sleep) -> Any:
+    """connect(), retried with back-off (0.5 s doubling to 5 s) for ``retry`` seconds; one log line per failed
+    attempt. Raises StoreError (one line) once ``retry`` has passed."""
+    deadline = time.monotonic() + retry
+    delay = 0.5
+    while True:
+        try:
+            return connect(url, schema, timeout, "writer")
+        except psycopg.Error as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(f"cannot connect to the PostgreSQL store {shown}: {reason(exc)} (gave up after "
+                                 f"{retry:g} s: check that the server runs and the URL)") from None
+            wait = min(delay, left)
+            log.error("cannot connect to the PostgreSQL store %s: %s; retrying in %.1f s (giving up in %.1f s)",
+                      shown, reason(exc), wait, left)
+            sleep(wait)
+            delay = min(delay * 2, 5.0)
+
+
+def take_lock(conn: Any, schema: str, shown: str, wait: float = LOCK_WAIT) -> None:
+    """The session advisory lock that makes this node the store's only user (released with the connection).
+    Tried for ``wait`` seconds: after a kill -9 the server may take a moment to end the old node's session."""
+    deadline = time.monotonic() + wait
+    while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, schema)).fetchone()[0]:
+        if time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
+        raise StoreError(f"the PostgreSQL store {shown} is in use by another Leveret node: stop it, or use "
+                         "another schema (?schema=NAME in the URL); several nodes on one store come later")
+
+
+def migrate(conn: Any, schema: str, shown: str) -> int:
+    """Create or upgrade the schema (under a transaction advisory lock, so that nodes starting together do not
+    race), register this node, and make one real write. Returns the message id high-water mark."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS + 1, schema))
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        tables = {row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))}
+        version = 0
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+        elif tables:
+            raise StoreError(f"the schema {schema!r} of {shown} has tables but is not a Leveret store: use another "
+                             "schema (?schema=NAME in the URL); Leveret does not touch it")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the PostgreSQL store {shown} was written by a newer Leveret (schema {version}, this "
+                             f"version knows {SCHEMA_VERSION}); upgrade Leveret or use another schema")
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE"
+                         " SET value = excluded.value", (str(number + 1),))
+            log.info("store %s: schema migrated to version %d", shown, number + 1)
+        now = time.time()
+        conn.execute("INSERT INTO meta (key, value) VALUES ('opened_at', %s) ON CONFLICT (key) DO UPDATE"
+                     " SET value = excluded.value", (repr(now),))
+        conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at) VALUES (%s, %s, %s, %s, %s)"
+                     " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                     " started_at = excluded.started_at, seen_at = excluded.seen_at",
+                     (node_name(), socket.gethostname(), os.getpid(), now, now))
+        return int(conn.execute(MAX_MESSAGE_ID).fetchone()[0])
+
+
+def text_in(value: str) -> str:
+    """A name as a PostgreSQL text value: text cannot hold NUL, which a client may put in a routing key or a
+    queue name (valid UTF-8), and one such row would fail a whole group commit. A string holding NUL (or starting
+    with the marker \\x01) is stored as \\x01 + its JSON; every other string as it is (the usual case costs one
+    scan)."""
+    if "\x00" in value or value[:1] == "\x01":
+        return "\x01" + json.dumps(value)
+    return value
+
+
+def text_out(value: str) -> str:
+    """The name :func:`text_in` stored."""
+    return json.loads(value[1:]) if value[:1] == "\x01" else value  # type: ignore[no-any-return]
+
+
+def node_name() -> str:
+    """This node's name in the ``nodes`` table (one node per host today)."""
+    return f"leveret@{socket.gethostname()}"
+
+
+MAX_MESSAGE_ID = ("SELECT greatest((SELECT value::bigint FROM meta WHERE key = 'max_message_id'),"
+                  " coalesce((SELECT max(id) FROM messages), 0))")
