@@ -302,6 +302,10 @@ class ThreadedServer:
         return self.server.stomp_port
 
     @property
+    def stomp_tls_port(self) -> int:
+        return self.server.stomp_tls_port
+
+    @property
     def broker(self) -> Broker:
         return self.server.broker
 
