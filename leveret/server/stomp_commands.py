@@ -229,8 +229,12 @@ class StompCommands:
     def _source(self, dest: Destination, text: str, ident: str | None, headers: dict[str, str]) -> Queue:
         """The queue a SUBSCRIBE to ``dest`` consumes, declared and bound as RabbitMQ's plugin does."""
         vhost = self.session.vhost
-        if dest.kind == "queue":
-            return self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+        if dest.kind == "queue":  # declared once per connection, as by SEND (RabbitMQ's route state)
+            if dest.name in self.declared:
+                return vhost.queue(dest.name, self.session)
+            queue = self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+            self.declared.add(dest.name)
+            return queue
         if dest.kind in ("amqqueue", "reply_queue"):
             return vhost.queue(dest.name, self.session)
         if dest.kind == "temp_queue":

@@ -525,6 +525,9 @@ def test_stomp_connection_in_the_management_api(make_config: Callable[..., Confi
         assert info["client_properties"] == {"product": "STOMP client"}
         consumers = get("/api/consumers")
         assert [(c["queue"]["name"], c["consumer_tag"]) for c in consumers] == [("managed", "T_m")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert "\nrabbitmq_connections 1.0\n" in metrics
         listeners = get("/api/overview")["listeners"]
         assert {"protocol": "stomp", "port": server.stomp_port} in [
             {"protocol": item["protocol"], "port": item["port"]} for item in listeners]
@@ -540,3 +543,75 @@ def test_closing_a_stomp_connection_from_the_management_side(stomp_server: Threa
     stomp_server.call(session.force_close, "Closed via management plugin")
     wait_for(rec.disconnected.is_set)
     assert rec.errors[0].headers["message"] == "Connection forced"
+
+
+def test_send_persistent_false_declares_an_exclusive_queue_as_rabbitmq(
+        stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.send("/queue/mine", "x", headers={"persistent": "false", "receipt": "r"})
+    rec.wait_receipt("r")
+    queue = stomp_server.broker.vhosts["/"].queues["mine"]
+    assert (queue.durable, queue.auto_delete, queue.exclusive_owner is not None) == (False, True, True)
+    conn.subscribe("/queue/mine", id="s")  # the connection's own queue: no redeclare, no 405
+    assert rec.wait_messages(1)[0].body == "x"
+    assert not rec.errors
+
+
+# --- tracking, the firehose, the audit log ------------------------------------------------------------------
+
+
+def test_message_tracking_of_a_stomp_message(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.subscribe("/queue/tracked", id="t", ack="client-individual")
+    conn.send("/queue/tracked", "x", headers={"amqp-message-id": "stomp-1"})
+    msg = rec.wait_messages(1)[0]
+    conn.ack(msg.headers["ack"])
+
+    def events() -> list[str]:
+        found = stomp_server.call(lambda: stomp_server.broker.tracker.events("/", "stomp-1"))
+        return [event["event"] for event in found]  # type: ignore[attr-defined]
+
+    assert wait_for(lambda: events() == ["published", "delivered", "acked"] and events())
+    delivered = stomp_server.call(lambda: stomp_server.broker.tracker.events("/", "stomp-1"))[1]  # type: ignore[index]
+    assert delivered["consumer_tag"] == "T_t"
+
+
+def test_firehose_sees_stomp_publishes_and_deliveries(stomp_server: ThreadedServer,
+                                                      client: Callable[..., Client]) -> None:
+    from leveret.core.tracing import set_tracing
+
+    amqp = amqp_connect(stomp_server.port)
+    channel = amqp.channel()
+    trace_queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(trace_queue, "amq.rabbitmq.trace", "#")
+    stomp_server.call(set_tracing, stomp_server.broker.vhosts["/"], True)
+    conn, rec = client()
+    conn.subscribe("/queue/traced", id="t")
+    conn.send("/queue/traced", "seen")
+    rec.wait_messages(1)
+    keys: list[str] = []
+
+    def traced() -> bool:
+        method, _, _ = channel.basic_get(trace_queue, auto_ack=True)
+        if method is not None:
+            keys.append(method.routing_key)
+        return {"publish.", "deliver.traced"} <= set(keys)
+
+    wait_for(traced, message=f"publish and deliver traces (got {keys})")
+    amqp.close()
+
+
+def test_stomp_logins_in_the_audit_log(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    client()
+    raw = Raw(stomp_server.stomp_port, None)
+    raw.send(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:nope\n\n\x00")
+    raw.read_to_eof()
+    path = stomp_server.broker.audit.path
+    assert path is not None
+
+    def events() -> list[tuple[str, str]]:
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        return [(entry["event"], entry.get("protocol", "")) for entry in entries]
+
+    wait_for(lambda: ("login", "stomp") in events() and ("login.refused", "stomp") in events(),
+             message="the STOMP login and refused login in the audit file")
