@@ -28,7 +28,7 @@ from leveret.config import Config
 from leveret.core import errors
 from leveret.core.broker import Broker, Session
 from leveret.core.message import Message
-from leveret.stomp import VERSIONS, Frame, FrameError, StompConnection, format_destination
+from leveret.stomp import VERSIONS, Frame, StompConnection, format_destination
 from leveret.stomp.mapping import first_headers, headers_from_properties
 
 from .amqp import DELIVERY_BUFFER, ERROR_CODES
@@ -110,15 +110,12 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self.recv_cnt += 1
         if self._closing:
             return
-        try:
-            frames = self.conn.receive_data(data)
-        except FrameError as exc:
-            self.error(exc.message, exc.detail)
-            frames = []
-        for frame in frames:
+        for frame in self.conn.receive_data(data):
             if self._closing:
                 break
             self.handle(frame)
+        if self.conn.error is not None:  # after the good frames that came before it
+            self.error(self.conn.error.message, self.conn.error.detail)
         self.session.flush()
         self._flush()
 
@@ -218,10 +215,10 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         sub = self.subscriptions.pop(consumer_tag, None)
         description = sub.description if sub is not None else consumer_tag
         ident = consumer_tag[2:] if consumer_tag.startswith("T_") else f"Unknown[{consumer_tag}]"
-        self.send_frame("ERROR", [("message", "Server cancelled subscription"), ("subscription", ident),
-                                  ("content-type", "text/plain"), ("version", _SUPPORTED)],
+        self.send_frame("ERROR", [("message", "Server cancelled subscription"), ("content-type", "text/plain"),
+                                  ("version", _SUPPORTED), ("subscription", ident)],
                         f"The server has canceled a subscription.\nNo more messages will be delivered for "
-                        f"{description}.\n".encode())
+                        f"\"{description}\".\n".encode())
 
     def force_close(self, reason: str) -> None:
         """Closed by an operator (management API, ``leveret ctl``) or a deleted user or vhost."""

@@ -4,8 +4,9 @@
 ``StompConnection.receive_data(bytes)`` returns every complete frame of the buffer (and keeps the tail for the
 next call). Between frames any number of end-of-lines (``\\n`` or ``\\r\\n``) are heart-beats and skipped. A body
 is read by ``content-length`` when the frame has one (and must then be followed by NUL), else up to the first
-NUL. Input that is not STOMP, or breaks a limit (header section, header count, body size), raises
-:class:`~leveret.stomp.frames.FrameError` once; the connection then reads nothing more. ``version`` (set by the
+NUL. Input that is not STOMP, or breaks a limit (header section, header count, body size), sets ``error`` (a
+:class:`~leveret.stomp.frames.FrameError`) once, after the frames that came before it in the input; the connection
+then reads nothing more. ``version`` (set by the
 adapter after CONNECT) picks the header escaping; output is queued by :meth:`send` / :meth:`send_heartbeat` and
 collected with :meth:`data_to_send`. No sockets, no clock.
 """
@@ -29,6 +30,7 @@ class StompConnection:
         self.max_headers = max_headers
         self.max_body = max_body
         self.failed = False
+        self.error: FrameError | None = None  # why the input stopped being read, once it has
         self._buf = bytearray()
         self._out: list[bytes] = []
         # a frame whose headers are parsed and whose body is not complete yet: the frame, where its body starts in
@@ -38,8 +40,8 @@ class StompConnection:
     # --- input -------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Frame]:
-        """The frames completed by ``data``. Raises FrameError on input that is not STOMP (once; afterwards the
-        connection ignores its input and returns no frames)."""
+        """The frames completed by ``data``. On input that is not STOMP, the frames before it and ``error`` set
+        (once; afterwards the connection ignores its input and returns no frames)."""
         if self.failed:
             return []
         buf = self._buf
@@ -62,11 +64,12 @@ class StompConnection:
                 frames.append(frame)
                 self._pending = None
                 pos = end + 1
-        except FrameError:
+        except FrameError as exc:
             self.failed = True
+            self.error = exc
             self._buf = bytearray()
             self._pending = None
-            raise
+            return frames
         if pos:
             del buf[:pos]
             if self._pending is not None:

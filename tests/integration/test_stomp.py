@@ -615,3 +615,35 @@ def test_stomp_logins_in_the_audit_log(stomp_server: ThreadedServer, client: Cal
 
     wait_for(lambda: ("login", "stomp") in events() and ("login.refused", "stomp") in events(),
              message="the STOMP login and refused login in the audit file")
+
+
+def test_frames_before_a_bad_one_in_the_same_read_are_handled(stomp_server: ThreadedServer) -> None:
+    raw = Raw(stomp_server.stomp_port)
+    raw.send(b"SEND\ndestination:/queue/before\n\nkept\x00SEND\ndestination:/queue/before\nk:\\x\n\n\x00")
+    headers, _ = error_frame(raw.read_to_eof())
+    assert headers["message"] == "Bad header escape"
+    assert amqp_get_next(stomp_server.port, "before")[2] == b"kept"
+
+
+def test_deleted_queue_cancels_the_subscription(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.subscribe("/queue/doomed", id="d", receipt="ready")
+    rec.wait_receipt("ready")
+    amqp = amqp_connect(stomp_server.port)
+    amqp.channel().queue_delete("doomed")
+    amqp.close()
+    error = wait_for(lambda: rec.errors)[0]
+    assert (error.headers["message"], error.headers["subscription"]) == ("Server cancelled subscription", "d")
+    assert error.body == ("The server has canceled a subscription.\nNo more messages will be delivered for "
+                          "\"id='d'\".\n")  # RabbitMQ's text, checked against 3.10
+    conn.send("/queue/other", "the connection stays open", headers={"receipt": "alive"})
+    rec.wait_receipt("alive")
+
+
+def test_vhost_connection_limit(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    stomp_server.call(stomp_server.broker.set_vhost_limits, "/", {"max-connections": 1})
+    client()
+    raw = Raw(stomp_server.stomp_port, None)
+    raw.send(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+    headers, body = error_frame(raw.read_to_eof())
+    assert (headers["message"], body) == ("Bad CONNECT", b"Connection refused: vhost connection limit reached")
