@@ -211,7 +211,7 @@ class StompCommands:
                                         arguments=self._consumer_arguments(headers))
         consumer.prefetch = int(prefetch_text)
         self.subscriptions[tag] = Subscription(tag, text, ack, queue, description,
-                                               durable_topic=dest.kind in ("topic", "exchange") and durable_header)
+                                               durable_topic=dest.kind == "topic" and durable_header)
         self.ack_multiple[tag] = ack == "client"
         self.receipt_now(frame)  # as RabbitMQ: the RECEIPT before the queue's first MESSAGE
         queue.add_consumer(consumer)

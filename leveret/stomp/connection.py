@@ -80,7 +80,12 @@ class StompConnection:
     def _parse_head(self, buf: bytearray, pos: int) -> bool:
         """Parse the command and headers of the frame at ``pos`` into ``_pending``; False when they are not all
         in the buffer yet."""
-        ends = [i for i in (buf.find(b"\n\n", pos), buf.find(b"\n\r\n", pos)) if i >= 0]
+        # the first empty line ends the headers; both searches stop where it could be at most, so that a read
+        # of many frames is not searched to its end once per frame
+        limit = min(len(buf), pos + self.max_header_bytes + 3)
+        lf = buf.find(b"\n\n", pos, limit)
+        crlf = buf.find(b"\n\r\n", pos, lf + 1 if lf >= 0 else limit)
+        ends = [i for i in (lf, crlf) if i >= 0]
         if not ends:
             if len(buf) - pos > self.max_header_bytes:
                 raise FrameError("Headers too large", f"the frame's command and headers exceed "
