@@ -647,3 +647,27 @@ def test_vhost_connection_limit(stomp_server: ThreadedServer, client: Callable[.
     raw.send(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
     headers, body = error_frame(raw.read_to_eof())
     assert (headers["message"], body) == ("Bad CONNECT", b"Connection refused: vhost connection limit reached")
+
+
+def test_subscription_queue_flags_as_rabbitmq(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    """(durable, auto_delete, exclusive) of the queues SUBSCRIBE and SEND declare, as RabbitMQ 3.10 declares them
+    (seen through its management API)."""
+    conn, rec = client()
+    conn.subscribe("/topic/k1", id="a")
+    conn.subscribe("/topic/k2", id="b", headers={"durable": "true"})
+    conn.subscribe("/topic/k3", id="c", headers={"durable": "true", "auto-delete": "false"})
+    conn.subscribe("/exchange/amq.direct/k4", id="d", headers={"durable": "true"})
+    conn.subscribe("/queue/q-exclusive", id="e", headers={"exclusive": "true"})
+    conn.subscribe("/queue/q-auto", id="f", headers={"auto-delete": "true", "receipt": "done"})
+    rec.wait_receipt("done")
+
+    def flags() -> dict[str, tuple[bool, bool, bool]]:
+        vhost = stomp_server.broker.vhosts["/"]
+        named = {b.routing_key: vhost.queues[b.destination.name] for name in ("amq.topic", "amq.direct")
+                 for b in vhost.exchanges[name].bindings()}
+        named.update({"e": vhost.queues["q-exclusive"], "f": vhost.queues["q-auto"]})
+        return {key: (q.durable, q.auto_delete, q.exclusive_owner is not None) for key, q in named.items()}
+
+    assert stomp_server.call(flags) == {
+        "k1": (False, True, False), "k2": (True, True, False), "k3": (True, False, False),
+        "k4": (True, True, False), "e": (False, False, True), "f": (True, True, False)}
