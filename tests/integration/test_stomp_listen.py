@@ -71,3 +71,14 @@ def test_stomp_off(make_config: Callable[..., Config]) -> None:
         assert server.server.stomp.listeners() == []
     finally:
         server.stop()
+
+
+def test_embedded_test_broker_has_stomp_only_when_asked() -> None:
+    from leveret.testing import start_broker
+
+    with start_broker() as quiet:
+        assert quiet.stomp_port == -1
+    with start_broker(stomp_port=0) as server, socket.create_connection(("127.0.0.1", server.stomp_port),
+                                                                          timeout=10) as sock:
+        sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+        assert sock.recv(10).startswith(b"CONNECTED")
