@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -671,3 +673,23 @@ def test_subscription_queue_flags_as_rabbitmq(stomp_server: ThreadedServer, clie
     assert stomp_server.call(flags) == {
         "k1": (False, True, False), "k2": (True, True, False), "k3": (True, False, False),
         "k4": (True, True, False), "e": (False, False, True), "f": (True, True, False)}
+
+
+def test_leveret_ctl_lists_and_closes_stomp_connections(stomp_server: ThreadedServer,
+                                                       client: Callable[..., Client]) -> None:
+    _conn, rec = client()
+
+    def ctl(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "leveret", "ctl", "--data-dir", stomp_server.config.data_dir,
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    (listed,) = json.loads(ctl("list-connections", "--json"))
+    assert listed["name"].endswith(f" -> 127.0.0.1:{stomp_server.stomp_port}")  # the STOMP listener's address
+    assert (listed["user"], listed["channels"]) == ("guest", 1)
+    assert ctl("close-connection", listed["name"], "--reason", "maintenance") == \
+        f"connection '{listed['name']}' closed\n"
+    wait_for(rec.disconnected.is_set)
+    error = rec.errors[0]
+    assert (error.headers["message"], error.body) == ("Connection forced", "maintenance")
