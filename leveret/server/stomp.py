@@ -254,9 +254,9 @@ class StompAdapter(asyncio.Protocol, StompCommands):
             name = spec.REPLY_NAMES[code]
             self.error(name.lower(), f"{name} - {exc.text}", receipt)
             return
-        except Exception as exc:
+        except Exception:
             log.exception("internal error handling %s on STOMP connection %s", frame.command, self.peer)
-            self.error("Processing error", f"Processing error: {type(exc).__name__}", receipt)
+            self.error("Processing error", "Processing error", receipt)  # RabbitMQ's text; the cause is logged
             return
         if receipt is not None and not self._receipted and frame.command != "DISCONNECT" \
                 and not self.in_transaction(frame):

@@ -146,9 +146,9 @@ class StompCommands:
     def send(self, frame: Frame) -> None:
         if self._hold(frame):
             return
-        dest, text = self._destination(frame, "SEND")
-        if "message-id" in frame:
+        if "message-id" in frame:  # checked before the destination, as RabbitMQ
             raise StompError("Invalid header", "'message-id' is not allowed on 'SEND'.\n")
+        dest, text = self._destination(frame, "SEND")
         headers = first_headers(frame.headers)
         if dest.kind == "temp_queue":
             raise StompError("Invalid destination", f"'{text}' is not a valid destination for 'SEND'\n")
