@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -533,7 +534,17 @@ def test_stomp_connection_in_the_management_api(make_config: Callable[..., Confi
         listeners = get("/api/overview")["listeners"]
         assert {"protocol": "stomp", "port": server.stomp_port} in [
             {"protocol": item["protocol"], "port": item["port"]} for item in listeners]
-        conn.disconnect()
+        recorder = Recorder()
+        conn.set_listener("recorder", recorder)
+        name = urllib.parse.quote(info["name"], safe="")
+        request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/api/connections/{name}",
+                                         method="DELETE", headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=",
+                                                                   "X-Reason": "bye from the API"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204
+        wait_for(recorder.disconnected.is_set)
+        assert (recorder.errors[0].headers["message"], recorder.errors[0].body) == (
+            "Connection forced", "bye from the API")
     finally:
         server.stop()
 
