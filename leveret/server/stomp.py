@@ -81,6 +81,8 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self._closing = False  # an ERROR or DISCONNECT was handled: nothing more is read
         self._shut = False  # the transport is closing: nothing more is written
         self._receipted = False  # the frame being handled has had its RECEIPT (receipt_now)
+        self._last_header = b""  # the content header of the last delivery, and its MESSAGE headers
+        self._last_headers: list[tuple[str, str]] = []
         self._closed = False
         self._timers: list[asyncio.TimerHandle] = []
         StompCommands.__init__(self)
@@ -194,7 +196,10 @@ class StompAdapter(asyncio.Protocol, StompCommands):
                     ("redelivered", "true" if redelivered else "false")]
         if sub is not None and sub.ack != "auto" and self.version == "1.2":
             headers.append(("ack", message_id))
-        headers += headers_from_properties(decode_properties(header[12:]))
+        if header != self._last_header:  # messages in a row often have the same properties
+            self._last_header = header
+            self._last_headers = headers_from_properties(decode_properties(header[12:]))
+        headers += self._last_headers
         self.conn.send(Frame("MESSAGE", headers, body))
         if not self._flush_scheduled:
             self._flush_scheduled = True
