@@ -704,3 +704,41 @@ def test_leveret_ctl_lists_and_closes_stomp_connections(stomp_server: ThreadedSe
     wait_for(rec.disconnected.is_set)
     error = rec.errors[0]
     assert (error.headers["message"], error.body) == ("Connection forced", "maintenance")
+
+
+# --- flow control, dead-lettering ---------------------------------------------------------------------------
+
+
+def test_a_consumer_that_does_not_read_holds_back_its_queue(stomp_server: ThreadedServer) -> None:
+    """Back-pressure as for AMQP: an auto-ack subscriber that never reads its socket gets what the socket buffers
+    and about a MiB more; the rest stays in the queue instead of piling up in the broker's memory."""
+    amqp = amqp_connect(stomp_server.port)
+    channel = amqp.channel()
+    channel.queue_declare("flooded")
+    body = b"x" * 4096
+    for _ in range(3000):  # 12 MB
+        channel.basic_publish("", "flooded", body)
+    queue = stomp_server.broker.vhosts["/"].queues["flooded"]
+    wait_for(lambda: stomp_server.call(lambda: queue.message_count) == 3000)
+    raw = Raw(stomp_server.stomp_port)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    raw.send(b"SUBSCRIBE\ndestination:/amq/queue/flooded\nid:s\n\n\x00")  # ack:auto, and never read
+    hold(0.5, "deliveries stop once the socket and the delivery buffer are full")
+    left = stomp_server.call(lambda: queue.message_count)
+    assert 1000 < left < 3000  # type: ignore[operator]
+    raw.close()
+    amqp.close()
+
+
+def test_nack_without_requeue_dead_letters(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.subscribe("/queue/dead", id="dead")
+    conn.subscribe("/queue/work", id="w", ack="client-individual",
+                   headers={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    conn.send("/queue/work", "poison")
+    msg = rec.wait_messages(1)[0]
+    conn.nack(msg.headers["ack"], requeue="false")
+    dead = rec.wait_messages(2)[1]
+    assert (dead.body, dead.headers["subscription"], dead.headers["destination"]) == ("poison", "dead", "/queue/dead")
+    queue = stomp_server.broker.vhosts["/"].queues["work"]
+    assert queue.arguments == {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
