@@ -335,10 +335,16 @@ class StompAdapter(asyncio.Protocol, StompCommands):
                                                "separated by a comma") from None
         vhost = headers.get("host", "/")
         login = headers.get("login")
+        certificate = self.tls.login if self.tls is not None and login is None else None
         username, password = (login, headers.get("passcode", "")) if login is not None else DEFAULT_LOGIN
-        self.session.details["auth_mechanism"] = "STOMP"
         try:
-            self.session.user = self.broker.authenticate(username, password, self.loopback)
+            if certificate is not None:  # no login header, a verified client certificate: its user (as RabbitMQ)
+                username = certificate
+                self.session.details["auth_mechanism"] = "EXTERNAL"
+                self.session.user = self.broker.authenticate_certificate(certificate, self.loopback)
+            else:
+                self.session.details["auth_mechanism"] = "STOMP"
+                self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
             self._refused(username, vhost, exc.text)
             if "via localhost" in exc.text:
@@ -495,7 +501,10 @@ class StompListener:
                 for protocol, _server, port in self._servers]
 
     def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
-        return peer_tls(transport.get_extra_info("ssl_object"), None)
+        """The TLS session of a new connection; its ``login`` (the verified certificate's user) only with
+        ``tls_external_login``, as AMQP's EXTERNAL (RabbitMQ's ``stomp.ssl_cert_login``)."""
+        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
+        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
 
     def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
         details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()
