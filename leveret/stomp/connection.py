@@ -154,8 +154,9 @@ class StompConnection:
     # --- output ------------------------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        """Queue ``frame`` (escaped for ``version``)."""
-        self._out.append(serialize(frame, self.version))
+        """Queue ``frame``, escaped for ``version``; for 1.0, which defines no escaping, with 1.1's escapes, as
+        RabbitMQ writes frames: a newline in a header value (an AMQP header, say) would otherwise end the line."""
+        self._out.append(serialize(frame, "1.1" if self.version == "1.0" else self.version))
 
     def send_heartbeat(self) -> None:
         self._out.append(b"\n")

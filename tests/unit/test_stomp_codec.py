@@ -145,6 +145,15 @@ def test_serialize_escapes_and_adds_content_length() -> None:
     assert serialize(Frame("CONNECTED", [("session", "a:b")]), "1.2") == b"CONNECTED\nsession:a:b\n\n\x00\n"
 
 
+def test_output_to_a_10_client_is_escaped_as_11() -> None:
+    conn = StompConnection()
+    conn.version = "1.0"
+    conn.send(Frame("MESSAGE", [("k", "a\nb:c")]))
+    assert conn.data_to_send() == b"MESSAGE\nk:a\\nb\\cc\n\n\x00\n"
+    (frame,) = conn.receive_data(b"SEND\nk:a\\nb\n\n\x00")  # input stays as it is (1.0 has no escapes)
+    assert frame.get("k") == "a\\nb"
+
+
 def test_output_queue_and_heartbeat() -> None:
     conn = StompConnection()
     conn.send(Frame("RECEIPT", [("receipt-id", "1")]))
