@@ -269,3 +269,30 @@ def test_stomp_imports_only_the_standard_library(path: Path) -> None:
                     and not module.startswith("leveret.stomp"):
                 outside.append(f"line {node.lineno}: {module}")
     assert not outside, f"stomp/{path.name} imports beyond the standard library: {outside}"
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_input_gives_frames_or_one_error_never_an_exception(chunks: list[bytes]) -> None:
+    """A fuzzer of the parser: arbitrary bytes, in arbitrary pieces, give frames or set ``error`` once."""
+    conn = StompConnection(max_header_bytes=128, max_body=64)
+    for chunk in chunks:
+        frames = conn.receive_data(chunk)
+        assert all(isinstance(frame, Frame) for frame in frames)
+        if conn.error is not None:
+            assert conn.failed and isinstance(conn.error, FrameError)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["SEND", "ACK", "MESSAGE"]),
+                          st.lists(st.tuples(st.text("abc:\\\n", max_size=5), st.text("xy:\\\n\r", max_size=5)),
+                                   max_size=3),
+                          st.binary(max_size=20)), min_size=1, max_size=4),
+       st.integers(min_value=1, max_value=50))
+def test_frames_survive_any_split(frames: list[tuple[str, list[tuple[str, str]], bytes]], step: int) -> None:
+    """Serialised frames fed in pieces of any size come back equal (1.2 escaping)."""
+    data = b"".join(serialize(Frame(c, [h for h in hs if h[0] != "content-length"], b), "1.2") for c, hs, b in frames)
+    conn = StompConnection()
+    got: list[Frame] = []
+    for start in range(0, len(data), step):
+        got += conn.receive_data(data[start:start + step])
+    assert conn.error is None
+    assert [(f.command, f.body) for f in got] == [(c, b) for c, _, b in frames]
