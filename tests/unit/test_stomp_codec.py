@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import leveret.stomp
+from leveret.amqp.fields import Int8, LongInt
 from leveret.stomp import Frame, FrameError, StompConnection, parse_destination, serialize
 from leveret.stomp.frames import escape, unescape
 from leveret.stomp.mapping import (
@@ -210,6 +211,9 @@ def test_message_headers_from_properties_as_rabbitmq() -> None:
         ("h1", "s"), ("h2", "5"), ("timestamp", "1700000001"), ("reply-to", "/reply-queue/rq2"), ("priority", "3"),
         ("persistent", "true"), ("content-type", "application/json")]
     assert ("reply-to", "/queue/x") in headers_from_properties({"reply_to": "/queue/x"})
+    # 'l' fields too (RabbitMQ 3.10: big:1099511627776 and neg:-5 from pika), not narrower or other types
+    table = {"big": LongInt(2**40), "neg": -5, "byte": Int8(1), "dec": 1.5}
+    assert headers_from_properties({"headers": table}) == [("big", "1099511627776"), ("neg", "-5")]
 
 
 @pytest.mark.parametrize(("text", "dest"), [
