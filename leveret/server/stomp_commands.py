@@ -270,7 +270,9 @@ class StompCommands:
         if sub is None:
             raise StompError("No subscription found", f"UNSUBSCRIBE must refer to an existing subscription.\n"
                                                       f"Subscription to \"{description}\" not found.\n")
-        self.channel.cancel(tag)
+        consumer = self.channel.cancel(tag)
+        if consumer is None or not consumer.unacked:
+            self.ack_multiple.pop(tag, None)  # kept while the subscription's deliveries may still be acked
         if sub.durable_topic and (frame.get("durable") == "true" or frame.get("persistent") == "true"):
             self.session.vhost.delete_queue(sub.queue.name, self.session, access=self.session.access)
 

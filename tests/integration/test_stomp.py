@@ -742,3 +742,19 @@ def test_nack_without_requeue_dead_letters(stomp_server: ThreadedServer, client:
     assert (dead.body, dead.headers["subscription"], dead.headers["destination"]) == ("poison", "dead", "/queue/dead")
     queue = stomp_server.broker.vhosts["/"].queues["work"]
     assert queue.arguments == {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+
+
+def test_ack_after_unsubscribe(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    """Deliveries stay unacked after UNSUBSCRIBE (as after basic.cancel) and can still be acked, in the
+    subscription's mode (client: cumulative)."""
+    conn, rec = client()
+    conn.subscribe("/queue/late", id="l", ack="client")
+    for i in range(2):
+        conn.send("/queue/late", f"m{i}")
+    messages = rec.wait_messages(2)
+    conn.unsubscribe("l")
+    conn.ack(messages[1].headers["ack"], receipt="acked")  # settles both
+    rec.wait_receipt("acked")
+    queue = stomp_server.broker.vhosts["/"].queues["late"]
+    assert stomp_server.call(lambda: queue.message_count + queue.unacked_count) == 0
+    assert not rec.errors
