@@ -76,6 +76,9 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        "postgresql://USER:PASS@HOST/DB (docs/cluster.md)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $LEVERET_CONFIG, if set)")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    serve.add_argument("--stomp-port", metavar="PORT", help="STOMP port, 0 for any free port, -1 off (default 61613)")
+    serve.add_argument("--stomp-tls-port", metavar="PORT",
+                       help="STOMP over TLS port, -1 off (default 61614), used when --tls-cert-file is given")
     for name, metavar, text in _TLS_OPTIONS:
         serve.add_argument("--" + name.replace("_", "-"), metavar=metavar, help=text)
     serve.set_defaults(handler=_run_serve)
@@ -95,6 +98,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level,
                  "store": args.store}
     overrides.update({name: getattr(args, name) for name, _, _ in _TLS_OPTIONS})
+    overrides.update(stomp_port=args.stomp_port, stomp_tls_port=args.stomp_tls_port)
     try:
         config = load_config(overrides, os.environ, args.config)
     except ConfigError as exc:

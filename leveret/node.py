@@ -29,6 +29,7 @@ from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
+from leveret.server.stomp import StompListener
 from leveret.store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Node:
         self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
+        self.stomp = StompListener(config, self.amqp.ssl_context)  # STOMP and STOMP over TLS (docs/stomp.md)
 
     @property
     def port(self) -> int:
@@ -82,13 +84,23 @@ class Node:
         return self.amqp.tls_port
 
     @property
+    def stomp_port(self) -> int:
+        """The bound STOMP port after start(); -1: STOMP is off."""
+        return self.stomp.port
+
+    @property
+    def stomp_tls_port(self) -> int:
+        """The bound STOMP-over-TLS port after start(); -1: off."""
+        return self.stomp.tls_port
+
+    @property
     def connections(self) -> set[AMQPConnection]:
         """The open AMQP connections."""
         return self.amqp.connections
 
     def sessions(self) -> list[Session]:
-        """The sessions of the open AMQP connections (the management API's connections and channels)."""
-        return [conn.session for conn in self.amqp.connections]
+        """The sessions of the open AMQP and STOMP connections (the management API's connections and channels)."""
+        return [conn.session for conn in self.amqp.connections] + [conn.session for conn in self.stomp.connections]
 
     async def start(self) -> None:
         """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
@@ -97,6 +109,11 @@ class Node:
         if self.broker is None:
             self.broker = self._open_broker(loop)
         await self.amqp.start(self.broker)
+        try:
+            await self.stomp.start(self.broker)
+        except OSError:
+            self.amqp.close()
+            raise
         if self.config.http_port >= 0:
             self.http = await self._start_http(self.config.http_port, None)
             self.http_port = self.http.port
@@ -111,7 +128,8 @@ class Node:
             self.broker.memory.track_rss = False
         self.control = ControlServer(self)
         await self.control.start()
-        self.amqp.log_listening()
+        self.stomp.log_listening()
+        self.amqp.log_listening()  # last: tests/support/serverproc.py takes it as the sign that the broker is up
 
     async def _start_http(self, port: int, ssl_context: ssl.SSLContext | None) -> ManagementServer:
         """The management API on ``port`` (HTTPS with ``ssl_context``); on failure what was started is closed."""
@@ -125,12 +143,13 @@ class Node:
                 await self.http.stop()
                 self.http = None
             self.amqp.close()
+            self.stomp.close()
             raise
         return http
 
     def listeners(self) -> list[dict[str, object]]:
-        """Every bound listener (AMQP, AMQPS, HTTP, HTTPS) as the management API lists them."""
-        found = self.amqp.listeners()
+        """Every bound listener (AMQP, AMQPS, STOMP, STOMP over TLS, HTTP, HTTPS) as the management API lists them."""
+        found = self.amqp.listeners() + self.stomp.listeners()
         for protocol, http, port in (("http", self.http, self.http_port), ("https", self.https, self.https_port)):
             if http is not None:
                 found.append({"node": self.broker.node_name, "protocol": protocol,
@@ -200,6 +219,7 @@ class Node:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
         self.amqp.close()
+        self.stomp.close()
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -213,6 +233,7 @@ class Node:
         if self.control is not None:
             await self.control.stop()
         await self.amqp.stop(grace)
+        await self.stomp.stop(grace)
         if self.store is not None:
             if self.broker is not None and self.broker.durability is not None:
                 self.broker.durability.flush()
@@ -279,6 +300,14 @@ class ThreadedServer:
     @property
     def https_port(self) -> int:
         return self.server.https_port
+
+    @property
+    def stomp_port(self) -> int:
+        return self.server.stomp_port
+
+    @property
+    def stomp_tls_port(self) -> int:
+        return self.server.stomp_tls_port
 
     @property
     def broker(self) -> Broker:
