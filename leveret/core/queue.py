@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
+from .dedup import make_window
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
 from .message import PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
@@ -80,6 +81,8 @@ class Queue(Paging):
         self.status: StatusBook | None = vhost.broker.status if self.arguments.get(STATUS_ARGUMENT) is True \
             else None
         self.configure(parse_settings(self.arguments, name, vhost.name))
+        # x-message-deduplication: the ids of the last messages taken (core/dedup.py)
+        self.dedup = make_window(self.arguments, "queue", vhost.name, name, durable, vhost.broker)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in vhost {self.vhost.name!r}>"
@@ -121,9 +124,13 @@ class Queue(Paging):
 
     # --- messages in -------------------------------------------------------------------------------
 
-    def enqueue(self, msg: Message) -> bool:
+    def enqueue(self, msg: Message, checked: bool = False) -> bool:
         """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it.
-        Returns False when the queue refused it (x-overflow reject-publish)."""
+        Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
+        message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
+        calls back with ``checked``)."""
+        if self.dedup is not None and not checked:
+            return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:
             self.lifecycle = True  # a message with its own expiration: this queue now checks expiry
             return self._enqueue_lifecycle(msg)

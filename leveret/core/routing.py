@@ -14,7 +14,8 @@ order:
 - what the publisher's :class:`Origin` records: the firehose (``amq.rabbitmq.trace``) and the tracker's
   ``published`` event for a client, ``dead_lettered`` / ``moved`` / ``delay_ended`` for the broker's own
   republishes;
-- enqueueing: the message itself into the first queue, a copy into each other one.
+- enqueueing: the message itself into the first queue, a copy into each other one;
+- deduplication (core/dedup.py) for an exchange with ``x-message-deduplication``, around all of the above.
 
 :func:`validate` is the check of a client's message before it is accepted (per-message ``expiration``, CC/BCC
 types), shared by AMQP and the management API; it runs before a transaction defers the publish.
@@ -173,14 +174,20 @@ class Routing:
     _policy_alternates: dict[str, str]
 
     def publish(self, exchange: Exchange, msg: Message, origin: Origin | None = None, *, mandatory: bool = False,
-                keys: list[str] | None = None) -> bool | None:
+                keys: list[str] | None = None, checked: bool = False) -> bool | None:
         """THE publish entry (see the module docstring): route ``msg`` through ``exchange`` (with ``keys``
         instead of its routing key and CC/BCC headers when given: dead-lettering), let ``origin`` record it and
         put it in every queue found, one copy per extra queue. ``msg`` is a new record no queue holds.
 
         Returns True when every queue took it (or the exchange holds it until due), False when a queue refused
         it (x-overflow reject-publish: a publisher confirm nacks it), None when it routed nowhere (a mandatory
-        publish is returned by the caller)."""
+        publish is returned by the caller).
+
+        An exchange with x-message-deduplication drops a message whose id it routed recently (True: a confirm
+        acks it, it is not returned) and remembers the id of one every queue took (:meth:`_publish_once`, which
+        calls back with ``checked``)."""
+        if exchange.dedup is not None and not checked:
+            return self._publish_once(exchange, msg, origin, mandatory, keys)
         if keys is None:
             queues = self.route_all(exchange, msg)
         else:
@@ -204,6 +211,19 @@ class Routing:
                 accepted = False
             first = False
         return accepted
+
+    def _publish_once(self, exchange: Exchange, msg: Message, origin: Origin | None, mandatory: bool,
+                      keys: list[str] | None) -> bool | None:
+        """:meth:`publish` through an exchange with x-message-deduplication (core/dedup.py)."""
+        window = exchange.dedup
+        key = window.key(msg)
+        if key is not None and window.seen(key):
+            window.duplicate(msg)
+            return True
+        result = self.publish(exchange, msg, origin, mandatory=mandatory, keys=keys, checked=True)
+        if result is True and key is not None:
+            window.add(key, msg)
+        return result
 
     def route_all(self, exchange: Exchange, msg: Message) -> Sequence[Queue]:
         """:meth:`route` plus sender-selected distribution (CC and BCC headers route with extra keys; BCC is

@@ -26,6 +26,10 @@ PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "deli
 # the time it waited in the outbox does not delay it further (the task layer's delay=/eta=).
 DUE_HEADER = "x-leveret-due"
 
+# The id a deduplicating queue or exchange (x-message-deduplication, Leveret and LavinMQ) recognises a message
+# by: the outbox message's message_id, so a resend after a forwarder crash is dropped there (docs/outbox.md).
+DEDUP_HEADER = "x-deduplication-header"
+
 
 class OutboxError(Exception):
     """The outbox cannot be opened, or a write to it failed: the message was NOT saved."""
@@ -66,8 +70,9 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
     """Check and encode AMQP basic properties (content_type, content_encoding, headers, delivery_mode, priority,
     correlation_id, reply_to, expiration, message_id, timestamp, type (or message_type), user_id, app_id) the
     way the forwarder's client (aio-pika, pamqp) will send them, so that a message it could not publish is
-    refused here. Adds a message_id when there is none and delivery_mode 2 (persistent) by default.
-    Returns (the properties' wire form: flags then values, message_id)."""
+    refused here. Adds a message_id when there is none, delivery_mode 2 (persistent) by default, and the header
+    ``x-deduplication-header`` = the message_id (unless the headers have one), which the forwarder sends as
+    saved. Returns (the properties' wire form: flags then values, message_id)."""
     props = dict(properties or {})
     if "type" in props:
         props["message_type"] = props.pop("type")
@@ -83,8 +88,10 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
         props["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
     if isinstance(props.get("expiration"), int):
         props["expiration"] = str(props["expiration"])
-    if props.get("headers") is not None:
-        props["headers"] = binary_headers(props["headers"])
+    headers = props.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise ValueError("bad AMQP properties: headers must be a mapping")
+    props["headers"] = binary_headers({DEDUP_HEADER: str(props["message_id"]), **(headers or {})})
     try:
         header = spec.Basic.Properties(**props).marshal()
     except (TypeError, ValueError, struct.error) as exc:

@@ -30,6 +30,7 @@ from conftest import small_tmpfs
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
+    DedupPut,
     Delete,
     ExchangeDef,
     MessageOp,
@@ -965,7 +966,7 @@ def test_a_version_2_store_is_migrated_and_keeps_its_definitions(db_path: Path) 
         s.save_limits("user", "bob", {"max-connections": 1})
         assert s.load_definitions().limits == [("user", "bob", {"max-connections": 1})]
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 
@@ -1017,3 +1018,28 @@ def test_a_version_3_store_gets_the_status_table(db_path: Path) -> None:
         read = StatusRead("/", ["x"], 0.0)
         submit_wait(s, [StatusPut("/", _status("x", "queued", 0, 1.0)), read])
         assert read.records["x"].state == "queued"
+
+
+# --- deduplication windows (core/dedup.py: DedupPut, load_dedup) ---------------------------------------------
+
+
+def test_dedup_windows_are_trimmed_read_back_and_go_with_their_owner(store: Store, tmp_path: Path) -> None:
+    def put(name: str, seq: int, kind: str = "queue", vhost: str = "/", keep: int = 3) -> DedupPut:
+        return DedupPut(vhost, kind, name, seq, f"s{name}{seq}", 1000.0 * seq, keep)
+
+    submit_wait(store, [put("q", seq) for seq in range(1, 5)] + [put("q", 1, "exchange"), put("q", 1, vhost="v")])
+    submit_wait(store, [put("q", 5), push(1)])  # with a message, in one commit
+    windows = store.load_dedup()
+    assert windows[("/", "queue", "q")] == [(3, "sq3", 3000.0), (4, "sq4", 4000.0), (5, "sq5", 5000.0)]
+    assert windows[("/", "exchange", "q")] == [(1, "sq1", 1000.0)]
+    assert set(windows) == {("/", "queue", "q"), ("/", "exchange", "q"), ("v", "queue", "q")}
+    store.delete_queue("/", "q")
+    assert set(store.load_dedup()) == {("/", "exchange", "q"), ("v", "queue", "q")}
+    store.delete_exchange("/", "q")
+    store.delete_vhost("v")
+    assert store.load_dedup() == {}
+    if isinstance(store, SqliteStore):  # durable: reopened, the rows are still there
+        submit_wait(store, [put("r", 7, keep=10)])
+        store.close()
+        store.open()
+        assert store.load_dedup() == {("/", "queue", "r"): [(7, "sr7", 7000.0)]}
