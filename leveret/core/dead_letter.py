@@ -59,7 +59,7 @@ def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tup
         msg = queue.get()
         if msg is None:
             break
-        queue.hand_out(msg, True)
+        queue.hand_out(msg, True, notify=False)  # no notices for the original: the copy reports where it goes
         queue.reload_body(msg)
         found = target(msg)
         props = msg.properties
@@ -69,7 +69,7 @@ def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tup
                                           _Moved(queue, msg, who)) is not True:
             queue.requeue([msg])
             break
-        queue.settle_unacked(msg)
+        queue.settle_unacked(msg, notify=False)
         moved += 1
     return moved
 

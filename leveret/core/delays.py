@@ -99,6 +99,7 @@ class _Released(Origin):
     """The origin of a delayed message routed when due: records ``delay_ended``."""
 
     __slots__ = ()
+    announces = True  # its first routing: job-done notices (core/notices.py)
 
     def routed(self, vhost: VHost, exchange: Exchange, msg: Message, queues: Sequence[Queue],
                mandatory: bool) -> Sequence[Queue]:

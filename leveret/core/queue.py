@@ -18,10 +18,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import notices
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .dedup import make_window
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
 from .message import PAGED, RECORD_COST, Message, new_message
+from .notices import NEEDLE
 from .paging import Paging
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
@@ -427,10 +429,14 @@ class Queue(Paging):
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
 
-    def hand_out(self, msg: Message, ack: bool) -> None:
+    def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
         count the delivery (a quorum queue's x-delivery-count), then settle it at once (no ack) or hold it as
-        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`."""
+        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`. A message with an
+        ``x-leveret-notify`` header has its ``delivered`` notice sent (core/notices.py; not for a move:
+        ``notify`` False)."""
+        if notify and msg.flags & 0x2000 and NEEDLE in msg.header:
+            notices.handed_out(self, msg, ack)
         msg.delivery_count += 1
         if self.settings.quorum:
             count_delivery(msg)
@@ -450,7 +456,10 @@ class Queue(Paging):
         if msg.store_id > 0 and self.durability is not None:
             self.durability.delete(msg)
 
-    def settle_unacked(self, msg: Message) -> None:
+    def settle_unacked(self, msg: Message, notify: bool = True) -> None:
+        """An unacked message is acked (``notify`` False: moved, core/dead_letter.py)."""
+        if notify and msg.flags & 0x2000 and NEEDLE in msg.header:
+            notices.processed(self, msg)
         self.unacked_count -= 1
         self.stats_acked += 1
         self.settle(msg)
@@ -468,6 +477,8 @@ class Queue(Paging):
             if self._retry(msg):
                 return
             reason = "retries_exhausted"
+        if msg.flags & 0x2000 and NEEDLE in msg.header:
+            notices.failed(self, msg, reason)
         if msg.flags & MESSAGE_ID and self.tracker is not None and reason != "rejected":
             if reason == "expired":
                 self.tracker.record(self.vhost.name, msg, "expired", self.name)

@@ -13,7 +13,7 @@ order:
   headers route with extra keys; BCC is removed from the message) or the keys dead-lettering gives;
 - what the publisher's :class:`Origin` records: the firehose (``amq.rabbitmq.trace``) and the tracker's
   ``published`` event for a client, ``dead_lettered`` / ``moved`` / ``delay_ended`` for the broker's own
-  republishes;
+  republishes; and the ``routed`` job-done notice of a message with ``x-leveret-notify`` (core/notices.py);
 - enqueueing: the message itself into the first queue, a copy into each other one;
 - deduplication (core/dedup.py) for an exchange with ``x-message-deduplication``, around all of the above.
 
@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.amqp.fields import field_type
 
+from . import notices
 from .errors import PreconditionFailed
 from .exchanges import Exchange
+from .notices import NEEDLE
 from .queue import Queue
 from .status import OBSERVED
 from .tracking import MESSAGE_ID
@@ -72,6 +74,7 @@ class Origin:
 
     __slots__ = ()
     always = False
+    announces = False  # a publisher's message, first routed: job-done notices say where it went (notices.py)
 
     def held(self, vhost: VHost, msg: Message) -> None:
         """The exchange published to holds ``msg`` until it is due (x-delayed-message)."""
@@ -87,6 +90,7 @@ class Peer(Origin):
     management API). The firehose and the tracker record these. One per channel, made when it opens."""
 
     __slots__ = ("channel", "peer", "user")
+    announces = True
 
     def __init__(self, peer: str, user: str, channel: int = 0) -> None:
         self.peer = peer
@@ -200,6 +204,8 @@ class Routing:
             return True
         if origin is not None and (origin.always or self.tracer is not None or msg.flags & MESSAGE_ID):
             queues = origin.routed(self, exchange, msg, queues, mandatory)  # type: ignore[arg-type]
+            if origin.announces and queues and msg.flags & _HEADERS_FLAG and NEEDLE in msg.header:
+                notices.routed(self, msg, queues)  # type: ignore[arg-type]
         if not queues:
             return None
         if len(queues) == 1:
