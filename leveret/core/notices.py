@@ -23,8 +23,9 @@ broker restart once the notice queue is durable. A notice queue that does not ex
 exchange routes them nowhere). Notices carry no ``x-leveret-notify`` themselves. Dead-lettered and moved copies
 keep the header, so the queue they reach reports on them too (a ``failed`` before stays the message's outcome).
 
-Cost: a message without headers pays one flag test at each hook; one with headers a substring test of its content
-header for ``x-leveret-notify``.
+Cost: one bit test at each hook (``Message.flags & NOTIFY``, set when the record is made: a search of the content
+header for ``x-leveret-notify``, ~150 ns, only for a message with headers and a ``message_id``; the notices need
+the ``message_id``).
 """
 
 from __future__ import annotations
@@ -33,20 +34,18 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .message import Message, new_message
+from .message import NOTIFY, Message, new_message
 
 if TYPE_CHECKING:
     from .queue import Queue
     from .vhost import VHost
 
 NOTIFY_HEADER = "x-leveret-notify"
-NEEDLE = b"\x10" + NOTIFY_HEADER.encode()  # the header's name as an AMQP short string in a field table
-HEADERS_FLAG = 0x2000
 
 
 def target(msg: Message) -> str | None:
     """The notice queue a message names, or None (no header, or an empty one)."""
-    if not (msg.flags & HEADERS_FLAG and NEEDLE in msg.header):
+    if not msg.flags & NOTIFY:
         return None
     name = (msg.headers or {}).get(NOTIFY_HEADER)
     return name if isinstance(name, str) and name else None

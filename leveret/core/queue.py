@@ -22,8 +22,7 @@ from . import notices
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .dedup import make_window
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
-from .message import PAGED, RECORD_COST, Message, new_message
-from .notices import NEEDLE
+from .message import NOTIFY, PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
@@ -435,7 +434,7 @@ class Queue(Paging):
         unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`. A message with an
         ``x-leveret-notify`` header has its ``delivered`` notice sent (core/notices.py; not for a move:
         ``notify`` False)."""
-        if notify and msg.flags & 0x2000 and NEEDLE in msg.header:
+        if notify and msg.flags & NOTIFY:
             notices.handed_out(self, msg, ack)
         msg.delivery_count += 1
         if self.settings.quorum:
@@ -458,7 +457,7 @@ class Queue(Paging):
 
     def settle_unacked(self, msg: Message, notify: bool = True) -> None:
         """An unacked message is acked (``notify`` False: moved, core/dead_letter.py)."""
-        if notify and msg.flags & 0x2000 and NEEDLE in msg.header:
+        if notify and msg.flags & NOTIFY:
             notices.processed(self, msg)
         self.unacked_count -= 1
         self.stats_acked += 1
@@ -477,7 +476,7 @@ class Queue(Paging):
             if self._retry(msg):
                 return
             reason = "retries_exhausted"
-        if msg.flags & 0x2000 and NEEDLE in msg.header:
+        if msg.flags & NOTIFY:
             notices.failed(self, msg, reason)
         if msg.flags & MESSAGE_ID and self.tracker is not None and reason != "rejected":
             if reason == "expired":

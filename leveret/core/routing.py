@@ -35,7 +35,7 @@ from leveret.amqp.fields import field_type
 from . import notices
 from .errors import PreconditionFailed
 from .exchanges import Exchange
-from .notices import NEEDLE
+from .message import NOTIFY
 from .queue import Queue
 from .status import OBSERVED
 from .tracking import MESSAGE_ID
@@ -204,7 +204,7 @@ class Routing:
             return True
         if origin is not None and (origin.always or self.tracer is not None or msg.flags & MESSAGE_ID):
             queues = origin.routed(self, exchange, msg, queues, mandatory)  # type: ignore[arg-type]
-            if origin.announces and queues and msg.flags & _HEADERS_FLAG and NEEDLE in msg.header:
+            if origin.announces and queues and msg.flags & NOTIFY:
                 notices.routed(self, msg, queues)  # type: ignore[arg-type]
         if not queues:
             return None
