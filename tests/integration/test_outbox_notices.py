@@ -13,9 +13,10 @@ import pika
 import pytest
 
 from leveret.cli import main as cli_main
-from leveret.outbox import Forwarder, Outbox
+from leveret.outbox import Forwarder, Outbox, open_outbox
 from leveret.outbox.notices import NOTICE_PREFIX
 
+from pghelp import postgres_db, postgres_url  # noqa: F401 - fixtures
 from waiting import hold, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,9 +40,11 @@ def channel(broker_port: int) -> Iterator[Any]:
             conn.close()
 
 
-@pytest.fixture
-def outbox(tmp_path: Path, broker_port: int) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "o.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox(request: pytest.FixtureRequest, tmp_path: Path, broker_port: int) -> Iterator[Any]:
+    """A tracked outbox (SQLite, or PostgreSQL when there is a server) and its forwarder to the broker."""
+    box = Outbox(tmp_path / "o.db") if request.param == "sqlite" else open_outbox(
+        request.getfixturevalue("postgres_db"))
     forwarder = Forwarder(box, [f"amqp://guest:guest@127.0.0.1:{broker_port}/"], backoff_initial=0.05,
                           backoff_max=0.2).start()
     try:
@@ -57,7 +60,7 @@ def get(channel: Any, queue: str) -> tuple[Any, Any, bytes]:
                     f"nothing in {queue}", interval=0.02)
 
 
-def test_a_message_acked_by_a_consumer_is_processed(outbox: Outbox, channel: Any, broker_port: int,
+def test_a_message_acked_by_a_consumer_is_processed(outbox: Any, channel: Any, broker_port: int,
                                                      unique: str, capsys: pytest.CaptureFixture[str]) -> None:
     channel.queue_declare(unique, auto_delete=True)
     msg = outbox.send("", unique, b"job", track=True)
@@ -79,12 +82,12 @@ def test_a_message_acked_by_a_consumer_is_processed(outbox: Outbox, channel: Any
     entry = status["destinations"]["default"]
     assert status["state"] == "processed" and entry["queues"] == {unique: "processed"}
     assert entry["sent_at"] and entry["delivered_at"] <= entry["processed_at"]
-    assert cli_main(["outbox", "status", str(outbox.path), msg]) == 0
+    assert cli_main(["outbox", "status", str(getattr(outbox, "path", None) or outbox.url), msg]) == 0
     out = capsys.readouterr().out
     assert f"message {msg}: processed" in out and f"{unique}: processed" in out
 
 
-def test_a_rejected_message_fails_with_its_reason(outbox: Outbox, channel: Any, broker_port: int,
+def test_a_rejected_message_fails_with_its_reason(outbox: Any, channel: Any, broker_port: int,
                                                   unique: str) -> None:
     if not on_leveret(broker_port):
         pytest.skip("job-done notices are Leveret's: on RabbitMQ the states stop at sent (the test above)")
@@ -97,7 +100,7 @@ def test_a_rejected_message_fails_with_its_reason(outbox: Outbox, channel: Any, 
     assert status["destinations"]["default"]["error"] == f"{unique}: rejected"
 
 
-def test_a_message_routed_to_two_queues_is_processed_once_both_processed_it(outbox: Outbox, channel: Any,
+def test_a_message_routed_to_two_queues_is_processed_once_both_processed_it(outbox: Any, channel: Any,
                                                                             broker_port: int, unique: str) -> None:
     if not on_leveret(broker_port):
         pytest.skip("job-done notices are Leveret's")
