@@ -5,12 +5,17 @@ message exactly once."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -44,6 +49,16 @@ def props(key: str) -> pika.BasicProperties:
     return pika.BasicProperties(delivery_mode=2, headers={"x-deduplication-header": key})
 
 
+def api(broker: LeveretProcess, path: str) -> dict[str, Any]:
+    """GET the broker's management API (its port is in its log)."""
+    port = next(int(m.group(1)) for line in broker.lines
+                if (m := re.search(r"management API listening on http://[^:]+:(\d+)/", line)))
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}",
+                                     headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
 def bodies(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> list[bytes]:
     out = []
     while True:
@@ -66,6 +81,8 @@ def test_duplicates_are_dropped_and_confirmed_by_a_queue_and_an_exchange(broker:
         ch.basic_publish("x", "", body, props(key), mandatory=True)
     assert bodies(ch, "q") == [b"1", b"3"]
     assert bodies(ch, "q1") == [b"1", b"3"] and bodies(ch, "q2") == [b"1", b"3"]
+    assert api(broker, "queues/%2F/q")["message_stats"]["dedup"] == 1  # LavinMQ's counter of dropped duplicates
+    assert api(broker, "exchanges/%2F/x")["message_stats"]["dedup"] == 1
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-cache-size header not a Int"):
         ch.queue_declare("bad", arguments={"x-message-deduplication": True, "x-cache-size": "many"})
     ch.connection.close()
@@ -133,6 +150,9 @@ def test_forwarder_killed_ten_times_delivers_each_message_exactly_once(broker: L
             proc.communicate(timeout=30)
     got = bodies(ch, "work")
     ch.connection.close()
-    print(f"seed {seed}: {kills} kills while forwarding, {len(got)} messages received")
+    dropped = api(broker, "queues/%2F/work")["message_stats"]["dedup"]
+    print(f"seed {seed}: {kills} kills while forwarding, {dropped} resends dropped as duplicates, "
+          f"{len(got)} messages received")
     assert kills >= 5, f"seed {seed}: the forwarder finished too early to be killed mid-batch"
     assert sorted(got, key=int) == [b"%d" % i for i in range(total)], f"seed {seed}"  # none lost, none twice
+    assert dropped > 0, f"seed {seed}: no resend reached the queue: the kills tested nothing"
