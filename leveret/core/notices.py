@@ -20,7 +20,8 @@ through the default exchange, with the one publish entry (``VHost.publish``), at
 
 A notice is persistent when the message is, so the notices of a persistent message in a durable queue survive a
 broker restart once the notice queue is durable. A notice queue that does not exist drops them (the default
-exchange routes them nowhere). Notices carry no ``x-leveret-notify`` themselves. Dead-lettered and moved copies
+exchange routes them nowhere), and so does a message naming the queue it is in. Notices carry no
+``x-leveret-notify`` themselves. Dead-lettered and moved copies
 keep the header, so the queue they reach reports on them too (a ``failed`` before stays the message's outcome).
 
 Cost: one bit test at each hook (``Message.flags & NOTIFY``, set when the record is made: a search of the content
@@ -55,8 +56,8 @@ def notify(vhost: VHost, msg: Message, event: str, queue: str, reason: str | Non
            queues: Sequence[str] | None = None) -> None:
     """Publish the notice of ``event`` for ``msg`` to the queue it names (nothing when it names none)."""
     name = target(msg)
-    if name is None:
-        return
+    if name is None or name == queue or (queues is not None and name in queues):
+        return  # none asked for, or a queue would report to itself (its own dispatch would nest)
     body: dict[str, object] = {"id": msg.properties.get("message_id"), "event": event, "queue": queue,
                                "reason": reason, "ts": round(vhost.broker.timers.now(), 6)}
     if queues is not None:

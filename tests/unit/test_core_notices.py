@@ -101,5 +101,6 @@ def test_messages_without_the_header_or_naming_no_queue_cost_no_notice() -> None
     client.publish("work", b"nowhere", message_id="n", headers={"x-leveret-notify": "no-such-queue"})
     client.publish("work", b"empty", message_id="e", headers={"x-leveret-notify": ""})
     client.publish("work", b"no id", headers={"x-leveret-notify": "notices"})  # a notice needs the message_id
-    assert len(client.bodies("work")) == 4
+    client.publish("work", b"itself", message_id="i", headers={"x-leveret-notify": "work"})  # not to its own queue
+    assert client.bodies("work") == [b"plain", b"nowhere", b"empty", b"no id", b"itself"]
     assert notices(client) == []
