@@ -17,6 +17,7 @@ from leveret.outbox import Forwarder, Outbox, open_outbox
 from leveret.outbox.notices import NOTICE_PREFIX
 
 from pghelp import postgres_db, postgres_url  # noqa: F401 - fixtures
+from serverproc import LeveretProcess
 from waiting import hold, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,3 +148,44 @@ def test_notices_that_arrive_while_no_forwarder_runs_wait_for_the_next_one(tmp_p
         finally:
             forwarder.stop()
         channel.queue_delete(notice_queue)
+
+
+def test_notices_survive_a_broker_restart(tmp_path: Path) -> None:
+    """The notice queue is durable and the notices of a persistent message are persistent: a notice published
+    while no forwarder runs is still there after the broker restarts (SIGTERM, then kill -9)."""
+    broker = LeveretProcess(tmp_path / "broker").start()
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{broker.port}/"
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+        ch = conn.channel()
+        ch.queue_declare("work", durable=True)
+        with Outbox(tmp_path / "o.db") as box:
+            forwarder = Forwarder(box, [url], backoff_initial=0.05, backoff_max=0.2).start()
+            first = box.send("", "work", b"1", track=True)
+            second = box.send("", "work", b"2", track=True)
+            one, props, _ = get(ch, "work")
+            two, _, _ = get(ch, "work")
+            wait_for(lambda: second.status()["state"] == "delivered", 30, "not delivered")  # type: ignore[attr-defined]
+            forwarder.stop()
+            notice_queue = props.headers["x-leveret-notify"]
+            ch.basic_ack(one.delivery_tag)
+            ch.basic_reject(two.delivery_tag, requeue=False)
+            wait_for(lambda: ch.queue_declare(notice_queue, passive=True).method.message_count == 2, 30,
+                     "the notices did not reach the notice queue")
+            conn.close()
+            assert broker.stop() == 0
+            broker.start()
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+            assert conn.channel().queue_declare(notice_queue, passive=True).method.message_count == 2
+            conn.close()
+            broker.kill()  # kill -9: what was recovered is still on disk
+            broker.start()
+            url = f"amqp://guest:guest@127.0.0.1:{broker.port}/"
+            forwarder = Forwarder(box, [url], backoff_initial=0.05, backoff_max=0.2).start()
+            try:
+                assert first.wait("processed", timeout=30)["state"] == "processed"  # type: ignore[attr-defined]
+                assert second.wait("processed", timeout=30)["state"] == "failed"  # type: ignore[attr-defined]
+            finally:
+                forwarder.stop()
+    finally:
+        broker.kill()
