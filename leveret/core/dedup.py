@@ -45,6 +45,7 @@ HEADER_ARGUMENT = "x-deduplication-header"
 SIZE_ARGUMENT = "x-cache-size"
 TTL_ARGUMENT = "x-cache-ttl"
 DEFAULT_SIZE = 128  # LavinMQ's default cache size
+_TTL_KEY = b"\x0b" + TTL_ARGUMENT.encode()
 
 
 class DedupSettings(NamedTuple):
@@ -108,14 +109,33 @@ class DedupWindow:
         self.entries: OrderedDict[str, float] = OrderedDict()  # key -> expires at (ms since the epoch; 0: never)
         self.seq = 0  # the store's order of the ids taken
         self.duplicates = 0  # messages dropped as duplicates
+        name_bytes = settings.header.encode()
+        self._needle = bytes([len(name_bytes)]) + name_bytes  # the header's name as a field table key
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def key(self, msg: Message) -> str | None:
-        """The message's deduplication key, None when it has none."""
+        """The message's deduplication key, None when it has none. Read from the content header without decoding
+        the properties when the value is a long string (what clients send; decoding them costs several µs): the
+        header's name, a table key, then ``S``, a length and UTF-8 bytes; anything else is decoded. (The last
+        occurrence of the name is read: a nested table with that key, a corner no client has reason to send,
+        would give the id of the message's own choosing all the same.)"""
         if not msg.flags & 0x2000:  # no headers
             return None
+        header = msg.header
+        at = header.rfind(self._needle, 14)
+        if at < 0:  # every key of the table is there as a short string: this one is not
+            return None
+        at += len(self._needle)
+        if header[at:at + 1] == b"S":
+            size = int.from_bytes(header[at + 1:at + 5], "big")
+            raw = header[at + 5:at + 5 + size]
+            if len(raw) == size:
+                try:
+                    return "s" + raw.decode()
+                except UnicodeDecodeError:
+                    pass
         headers = msg.headers
         return key_text(headers.get(self.settings.header)) if headers else None
 
@@ -152,15 +172,13 @@ class DedupWindow:
     def add(self, key: str, msg: Message) -> None:
         """``msg`` was taken: remember its key (and store it with the message when the owner is durable)."""
         ttl = self.settings.ttl
-        headers = msg.headers
-        if headers:
-            override = headers.get(TTL_ARGUMENT)
+        if msg.header.find(_TTL_KEY, 14) >= 0:  # a per-message x-cache-ttl (decoded only then)
+            override = (msg.headers or {}).get(TTL_ARGUMENT)
             if isinstance(override, int) and not isinstance(override, bool) and override >= 0:
                 ttl = override
         expires = self.timers.now() * 1000 + ttl if ttl is not None else 0.0
         entries = self.entries
-        entries.pop(key, None)
-        entries[key] = expires
+        entries[key] = expires  # a new key (``seen`` said so): at the end, the newest
         while len(entries) > self.settings.size:
             entries.popitem(last=False)
         self.seq += 1

@@ -195,11 +195,12 @@ class StatusExpire:
 
 @dataclass(slots=True)
 class DedupPut:
-    """Remember a deduplication id of a durable queue or exchange (core/dedup.py): store the row (vhost, kind,
-    name, seq, key, expires) and delete that owner's rows with ``seq <= seq - keep`` (its window holds the last
-    ``keep`` ids). ``kind`` is "queue" or "exchange"; ``key`` is text; ``expires`` is ms since the epoch, 0 for
-    never. Deleting the queue, the exchange or the vhost deletes its rows; :meth:`Store.load_dedup` reads them
-    back at start-up. A backend writes it in the same transaction as the messages submitted with it."""
+    """Remember a deduplication id of a durable queue or exchange (core/dedup.py): (vhost, kind, name) owns it,
+    ``seq`` orders it (it grows), and the owner's window holds its last ``keep`` ids: older ones may be
+    forgotten. ``kind`` is "queue" or "exchange"; ``key`` is text; ``expires`` is ms since the epoch, 0 for
+    never. Deleting the queue, the exchange or the vhost deletes its ids; :meth:`Store.load_dedup` reads them
+    back at start-up. A backend writes it in the same transaction as the messages submitted with it (and may
+    group a transaction's ids of one owner in one row: store/sqlite_dedup.py)."""
 
     vhost: str
     kind: str
@@ -318,8 +319,9 @@ class Store(abc.ABC):
 
     def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
         """The stored deduplication windows (start-up only): (vhost, kind, name) -> [(seq, key, expires)] in seq
-        order (see :class:`DedupPut`). A backend that does not implement it keeps no window across restarts (and
-        must refuse DedupPut ops)."""
+        order, at least each owner's newest ``keep`` ids (see :class:`DedupPut`; older ones may be there too, the
+        window keeps the newest). A backend that does not implement it keeps no window across restarts (and must
+        refuse DedupPut ops)."""
         return {}
 
     def free_space(self) -> int | None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from leveret.core.status_record import StatusRecord, merge
@@ -71,7 +72,7 @@ class MemoryStore(Store):
         self._max_id = 0
         self._status: dict[tuple[str, str], StatusRecord] = {}  # (vhost, task id) -> record
         # deduplication windows: (vhost, kind, name) -> seq -> (key, expires), in seq order
-        self._dedup: dict[tuple[str, str, str], dict[int, tuple[str, float]]] = {}
+        self._dedup: dict[tuple[str, str, str], OrderedDict[int, tuple[str, float]]] = {}
 
     # lifecycle
 
@@ -258,9 +259,9 @@ class MemoryStore(Store):
         elif isinstance(op, Purge):
             self._drop_queue_messages((op.vhost, op.queue))
         elif isinstance(op, DedupPut):
-            window = self._dedup.setdefault((op.vhost, op.kind, op.name), {})
+            window = self._dedup.setdefault((op.vhost, op.kind, op.name), OrderedDict())
             window[op.seq] = (op.key, op.expires)
-            while window:  # seqs only grow: the oldest are first
+            while window:  # seqs only grow: the oldest are first (an OrderedDict finds its first in O(1))
                 oldest = next(iter(window))
                 if oldest > op.seq - op.keep:
                     break
