@@ -16,7 +16,9 @@ An id enters the window only once the message was taken (a queue that refuses it
 reject-publish``, does not remember it, so the publisher's retry after the nack goes through; an exchange
 remembers it only when every queue took it). The check is in the one publish entry (:meth:`Routing.publish
 <leveret.core.routing.Routing.publish>`, for exchanges) and in :meth:`Queue.enqueue
-<leveret.core.queue.Queue.enqueue>` (for queues), so every path that publishes or enqueues goes through it.
+<leveret.core.queue.Queue.enqueue>` (for queues), so every path that publishes or enqueues goes through it; a
+message the broker moves (dead-lettered, retried, a delayed one when due, the management API's move) is passed
+with ``again``/``checked`` and not deduplicated again.
 
 The window of a durable queue or exchange is durable: each id taken is a store op (``DedupPut``,
 core/storage.py) in the same commit as the message, so a publish is confirmed only once its id is on disk,

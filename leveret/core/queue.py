@@ -129,7 +129,7 @@ class Queue(Paging):
         """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it.
         Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
         message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
-        calls back with ``checked``)."""
+        calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
         if self.dedup is not None and not checked:
             return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:

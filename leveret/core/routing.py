@@ -178,7 +178,7 @@ class Routing:
     _policy_alternates: dict[str, str]
 
     def publish(self, exchange: Exchange, msg: Message, origin: Origin | None = None, *, mandatory: bool = False,
-                keys: list[str] | None = None, checked: bool = False) -> bool | None:
+                keys: list[str] | None = None, checked: bool = False, again: bool = False) -> bool | None:
         """THE publish entry (see the module docstring): route ``msg`` through ``exchange`` (with ``keys``
         instead of its routing key and CC/BCC headers when given: dead-lettering), let ``origin`` record it and
         put it in every queue found, one copy per extra queue. ``msg`` is a new record no queue holds.
@@ -189,8 +189,9 @@ class Routing:
 
         An exchange with x-message-deduplication drops a message whose id it routed recently (True: a confirm
         acks it, it is not returned) and remembers the id of one every queue took (:meth:`_publish_once`, which
-        calls back with ``checked``)."""
-        if exchange.dedup is not None and not checked:
+        calls back with ``checked``). ``again``: the broker moves a message it already took (dead-lettering, a
+        delayed message when due, the management API's move), which no exchange or queue deduplicates."""
+        if exchange.dedup is not None and not (checked or again):
             return self._publish_once(exchange, msg, origin, mandatory, keys)
         if keys is None:
             queues = self.route_all(exchange, msg)
@@ -209,11 +210,11 @@ class Routing:
         if not queues:
             return None
         if len(queues) == 1:
-            return queues[0].enqueue(msg)
+            return queues[0].enqueue(msg, again)
         accepted = True
         first = True
         for queue in queues:
-            if not queue.enqueue(msg if first else msg.copy()):
+            if not queue.enqueue(msg if first else msg.copy(), again):
                 accepted = False
             first = False
         return accepted

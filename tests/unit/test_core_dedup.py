@@ -203,3 +203,36 @@ def test_a_failed_commit_forgets_its_ids_so_the_nacked_publish_can_come_again() 
     client.publish("q", b"kept", delivery_mode=2, **ids("a"))
     assert acks(client) == [False, True]
     assert client.bodies("q") == [b"kept"]
+
+
+def test_a_retry_or_a_delayed_release_is_the_same_message_again_not_a_duplicate() -> None:
+    core = Core()
+    client = core.client()
+    client.declare("q", **DEDUP, **{"x-retry-intervals": [1000]})
+    client.publish("q", b"1", **ids("a"))
+    client.consume("q", "c", prefetch=1)
+    client.reject(client.sink.deliveries[0].delivery_tag, requeue=False)  # retried in 1 s
+    core.advance(1.1)
+    assert [d.body for d in client.sink.deliveries] == [b"1", b"1"]
+    client.cancel("c")
+    client.exchange("dx", "x-delayed-message", **DEDUP, **{"x-delayed-type": "direct"})
+    client.declare("d")
+    client.bind("d", "dx", "k")
+    client.publish("k", b"later", exchange="dx", headers={"x-delay": 500, "x-deduplication-header": "b"})
+    client.publish("k", b"dup", exchange="dx", headers={"x-delay": 500, "x-deduplication-header": "b"})
+    core.advance(0.6)
+    assert client.bodies("d") == [b"later"]
+
+
+def test_a_dead_letter_coming_back_to_its_queue_is_not_a_duplicate() -> None:
+    """The usual retry loop: rejected from q into a wait queue whose TTL dead-letters it back into q."""
+    core = Core()
+    client = core.client()
+    client.declare("q", **DEDUP, **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "wait"})
+    client.declare("wait", **{"x-message-ttl": 100, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q"})
+    client.publish("q", b"job", **ids("a"))
+    client.publish("q", b"dup", **ids("a"))
+    client.consume("q", "c", prefetch=1)
+    client.reject(client.sink.deliveries[0].delivery_tag, requeue=False)
+    core.advance(0.2)
+    assert [d.body for d in client.sink.deliveries] == [b"job", b"job"]
