@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from leveret.core.errors import PermissionRefused
+
 from corekit import Core
 
 NOTIFY = {"x-leveret-notify": "notices"}
@@ -104,3 +108,17 @@ def test_messages_without_the_header_or_naming_no_queue_cost_no_notice() -> None
     client.publish("work", b"itself", message_id="i", headers={"x-leveret-notify": "work"})  # not to its own queue
     assert client.bodies("work") == [b"plain", b"nowhere", b"empty", b"no id", b"itself"]
     assert notices(client) == []
+
+
+def test_naming_a_notice_queue_takes_write_permission_on_the_default_exchange() -> None:
+    """The notices go through the default exchange: a publisher who may not write there may not ask for them."""
+    core, admin = setup()
+    admin.exchange("x", "fanout")
+    admin.bind("work", "x")
+    core.broker.add_user("app", "secret", vhosts={"/"})
+    core.broker.set_permission("app", "/", write="^x$")
+    app = core.client("app", "secret")
+    app.publish("", b"plain", exchange="x", message_id="p")
+    with pytest.raises(PermissionRefused, match=r"amq\.default"):
+        app.publish("", b"tracked", exchange="x", message_id="t", headers=NOTIFY)
+    assert admin.bodies("work") == [b"plain"] and notices(admin) == []
