@@ -189,3 +189,25 @@ def test_notices_survive_a_broker_restart(tmp_path: Path) -> None:
                 forwarder.stop()
     finally:
         broker.kill()
+
+
+def test_without_permission_for_the_notice_queue_the_forwarder_forwards_without_notices(
+        leveret: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    leveret.call(leveret.broker.add_user, "app", "secret", (), {"/"})
+    leveret.call(leveret.broker.set_permission, "app", "/", "^work$", ".*", ".*")  # may not declare its own queue
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", leveret.port))
+    ch = conn.channel()
+    ch.queue_declare("work")
+    with Outbox(tmp_path / "o.db") as box:
+        forwarder = Forwarder(box, [f"amqp://app:secret@127.0.0.1:{leveret.port}/"], backoff_initial=0.05,
+                              backoff_max=0.2).start()
+        try:
+            msg = box.send("", "work", b"job", track=True)
+            method, props, _ = get(ch, "work")
+            assert "x-leveret-notify" not in props.headers
+            ch.basic_ack(method.delivery_tag)
+            assert msg.wait("sent", timeout=30)["state"] == "sent"  # type: ignore[attr-defined]
+        finally:
+            forwarder.stop()
+    conn.close()
+    assert any("no job-done notices" in r.getMessage() for r in caplog.records)
