@@ -2,7 +2,7 @@
 forwarder's start until the outbox is empty (every message published, confirmed by the broker and deleted).
 
     .venv/bin/python bench/outbox_forward.py [--messages 50000] [--body 200] [--window 1024] [--broker URL]
-                                             [--postgres postgresql://...]
+                                             [--postgres postgresql://...] [--dedup]
 
 Without ``--broker`` it starts its own Leveret (``python -m leveret serve`` on a free port, a temporary data
 directory, killed at the end). The queue is durable and the messages persistent, as the outbox sends them.
@@ -52,11 +52,13 @@ def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, port[0]
 
 
-async def forward(path: str, broker: str, messages: int, body: bytes, window: int) -> tuple[float, float]:
+async def forward(path: str, broker: str, messages: int, body: bytes, window: int,
+                  dedup: bool = False) -> tuple[float, float]:
     queue = f"outbox-forward-bench-{os.getpid()}"
     conn = await aio_pika.connect(broker)
     ch = await conn.channel()
-    q = await ch.declare_queue(queue, durable=True)
+    arguments = {"x-message-deduplication": True, "x-cache-size": 10_000} if dedup else None
+    q = await ch.declare_queue(queue, durable=True, arguments=arguments)
     await q.purge()
     with open_outbox(path, synchronous="NORMAL") as outbox:
         if outbox.count():
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL outbox (an empty database) instead of SQLite")
     parser.add_argument("--broker", help="a running broker (default: start a Leveret)")
     parser.add_argument("--dir", default=".", help="where the outbox file goes (default: the current directory)")
+    parser.add_argument("--dedup", action="store_true",
+                        help="the queue deduplicates (x-message-deduplication, x-cache-size 10000; Leveret)")
     args = parser.parse_args()
     body = os.urandom(args.body)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="outbox-forward-") as tmp:
@@ -117,7 +121,7 @@ def main() -> None:
             for run in range(args.runs):
                 path = args.postgres or str(Path(tmp) / f"outbox-{run}.db")
                 broker_cpu = cpu_seconds(proc.pid) if proc else float("nan")
-                elapsed, own_cpu = asyncio.run(forward(path, broker, args.messages, body, args.window))
+                elapsed, own_cpu = asyncio.run(forward(path, broker, args.messages, body, args.window, args.dedup))
                 broker_cpu = (cpu_seconds(proc.pid) if proc else float("nan")) - broker_cpu
                 print(f"run {run + 1}: {args.messages} messages of {args.body} B forwarded (published, confirmed, "
                       f"deleted) in {elapsed:.2f} s = {args.messages / elapsed:,.0f} msg/s (window {args.window}); "

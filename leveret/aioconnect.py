@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import aio_pika
 import aio_pika.abc
@@ -21,3 +22,17 @@ async def open_connection(url: str, timeout: float = 10.0) -> aio_pika.abc.Abstr
             await asyncio.wait_for(conn.close(), 5)
         raise
     return conn
+
+
+def server_product(connection: Any) -> str:
+    """The ``product`` server property of an aio-pika (or aiormq) connection: "Leveret", "RabbitMQ", ...
+
+    aio-pika >= 9 keeps the server properties on the aiormq connection (``connection.transport.connection``)."""
+    props: Any = None
+    for holder in (getattr(getattr(connection, "transport", None), "connection", None),
+                   getattr(connection, "transport", None), connection):
+        props = getattr(holder, "server_properties", None)
+        if props:
+            break
+    product = (props or {}).get("product", "")
+    return product.decode() if isinstance(product, bytes) else str(product)

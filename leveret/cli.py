@@ -536,6 +536,7 @@ def _print_tracked(path: str, message_id: str, as_json: bool) -> int:
         print(f"message {message_id}: {status['state']}")
         print_table([{"destination": name, "state": info["state"],
                       "sent_at": "" if info["sent_at"] is None else f"{info['sent_at']:.3f}",
+                      "queues": ", ".join(f"{q}: {st}" for q, st in sorted(info.get("queues", {}).items())),
                       "error": info["error"] or ""} for name, info in sorted(status["destinations"].items())])
     return 0 if status["state"] != "unknown" else 1
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from leveret.amqp.fields import field_type
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
-from .message import Message
+from .message import NOTIFY, Message
 from .queue import Consumer, Queue
 from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
@@ -348,6 +348,8 @@ class Channel:
         flags = msg.flags
         if flags & _USER_ID_FLAG:
             self._check_user_id(msg)
+        if flags & NOTIFY and access is not None:  # its job-done notices go through the default exchange
+            access.write("exchange", "")
         if flags & _VALIDATED_FLAGS:
             validate(msg)
         if flags & _REPLY_TO_FLAG and msg.properties.get("reply_to") == REPLY_TO:

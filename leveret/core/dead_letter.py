@@ -42,7 +42,7 @@ def dead_letter(vhost: VHost, queue: Queue, msg: Message, reason: str) -> None:
         return
     copy, keys = dead_letter_copy(msg, queue.name, reason, exchange.name, settings.dead_letter_routing_key,
                                   vhost.broker.timers.now())
-    vhost.publish(exchange, copy, _DeadLettered(queue, msg, reason), keys=keys)
+    vhost.publish(exchange, copy, _DeadLettered(queue, msg, reason), keys=keys, again=True)  # not a duplicate
 
 
 def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tuple[Exchange, str] | None],
@@ -59,17 +59,17 @@ def move(vhost: VHost, queue: Queue, count: int, target: Callable[[Message], tup
         msg = queue.get()
         if msg is None:
             break
-        queue.hand_out(msg, True)
+        queue.hand_out(msg, True, notify=False)  # no notices for the original: the copy reports where it goes
         queue.reload_body(msg)
         found = target(msg)
         props = msg.properties
         if drop_headers and any(name in (props.get("headers") or {}) for name in drop_headers):
             props = {**props, "headers": {k: v for k, v in props["headers"].items() if k not in drop_headers}}
         if found is None or vhost.publish(found[0], new_message(found[0].name, found[1], props, msg.body),
-                                          _Moved(queue, msg, who)) is not True:
+                                          _Moved(queue, msg, who), again=True) is not True:
             queue.requeue([msg])
             break
-        queue.settle_unacked(msg)
+        queue.settle_unacked(msg, notify=False)
         moved += 1
     return moved
 

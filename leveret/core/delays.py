@@ -99,6 +99,7 @@ class _Released(Origin):
     """The origin of a delayed message routed when due: records ``delay_ended``."""
 
     __slots__ = ()
+    announces = True  # its first routing: job-done notices (core/notices.py)
 
     def routed(self, vhost: VHost, exchange: Exchange, msg: Message, queues: Sequence[Queue],
                mandatory: bool) -> Sequence[Queue]:
@@ -497,12 +498,12 @@ class DelayedMessages(DelayWindow):
             if queue is not None and not queue.deleted:
                 if msg.flags & MESSAGE_ID and queue.tracker is not None:
                     queue.tracker.record(queue.vhost.name, msg, "retry_due", queue.name)
-                queue.enqueue(msg)
+                queue.enqueue(msg, checked=True)  # the same message again: not a duplicate (core/dedup.py)
             return
         exchange = vhost.exchanges.get(lane.target)
         if exchange is None or exchange.type_name != DELAYED_TYPE:
             return  # the exchange was deleted: the plugin drops the message too
-        vhost.publish(exchange, msg, _RELEASED)
+        vhost.publish(exchange, msg, _RELEASED, again=True)  # deduplicated when it was held (core/dedup.py)
 
     def _commit(self) -> None:
         durability = self.broker.durability

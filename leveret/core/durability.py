@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
+    DedupPut,
     Definitions,
     Delete,
     ExchangeDef,
@@ -42,6 +43,7 @@ from leveret.core.storage import (
 
 if TYPE_CHECKING:
     from .broker import MemoryMonitor
+    from .dedup import DedupWindow
     from .exchanges import Exchange
     from .message import Message
     from .queue import Queue
@@ -74,6 +76,7 @@ class Durability:
         self.status_ops: list[MessageOp] = []  # task status records: see put_status
         self.page_out: list[Message] = []
         self.pushed: list[Message] = []  # this batch's pushes: dropped from their queues if the commit fails
+        self.dedup_keys: list[tuple[DedupWindow, str]] = []  # this batch's dedup ids: forgotten if it fails
         self.in_flight = 0
         self.next_id = store.max_message_id() + 1
         self.durable_id = self.next_id - 1  # every message with a store id up to this one is durable
@@ -122,6 +125,16 @@ class Durability:
 
     def delete_id(self, store_id: int) -> None:
         self.ops.append(Delete(store_id))
+
+    def dedup_put(self, window: DedupWindow, key: str, seq: int, expires: float) -> None:
+        """A durable queue's or exchange's deduplication window took ``key`` (core/dedup.py): stored with this
+        batch's messages, so the publish is confirmed only once its id is on disk."""
+        self.ops.append(DedupPut(window.vhost, window.kind, window.name, seq, key, expires, window.settings.size))
+        self.dedup_keys.append((window, key))
+
+    def read_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
+        """The stored deduplication windows (recovery)."""
+        return self.store.load_dedup()
 
     def purge(self, queue: Queue, after_seq: int) -> None:
         """Delete the queue's stored messages with seq > ``after_seq`` (its ready messages on disk only)."""
@@ -198,6 +211,7 @@ class Durability:
         ops, self.ops = self.ops, []
         page_out, self.page_out = self.page_out, []
         pushed, self.pushed = self.pushed, []
+        dedup_keys, self.dedup_keys = self.dedup_keys, []
         size, self.batch_bytes = self.batch_bytes, 0
         last_id = self.next_id - 1
         self.in_flight += 1
@@ -206,7 +220,7 @@ class Durability:
             if self.disk_limit:
                 self.check_disk()  # before the write: the alarm blocks publishers while there is still room
         self.store.submit(ops, lambda exc: self.dispatch(self._committed, after, exc, page_out, pushed, last_id,
-                                                         size))
+                                                         size, dedup_keys))
 
     def check_disk(self) -> None:
         """The disk alarm: free space under disk_free_limit plus the headroom SQLite needs for what is being
@@ -218,7 +232,8 @@ class Durability:
         self.alarms.set_disk_alarm(free < need, free, need)
 
     def _committed(self, after: list[Done], exc: BaseException | None, page_out: list[Message],
-                   pushed: list[Message], last_id: int, size: int) -> None:
+                   pushed: list[Message], last_id: int, size: int,
+                   dedup_keys: list[tuple[DedupWindow, str]]) -> None:
         self.in_flight -= 1
         self.unwritten -= size
         queues: dict[int, Queue] = {}
@@ -235,6 +250,8 @@ class Durability:
                     msg.store_id = -1  # already settled (no-ack, acked) or its queue is gone
             for key, msgs in failed.items():
                 queues[key].discard_unstored(msgs)
+            for window, dedup_key in dedup_keys:
+                window.forget(dedup_key)
         else:
             for msg in page_out:
                 if msg.consumer is None and msg.queue is not None:

@@ -27,6 +27,14 @@ PAGED = _Paged()
 """Stands for the body of a message whose body is on disk only (a long queue over its memory budget). It is
 an empty bytes object, so byte counts of resident bodies stay right; compare with ``is``."""
 
+NOTIFY = 0x10000
+"""A bit of :attr:`Message.flags` past the 16 property flags: the message's headers have ``x-leveret-notify`` (a
+job-done notice queue, core/notices.py) and it has a ``message_id``. Set once when the record is made (a search
+of the content header, ~150 ns, for messages with headers and a message_id only), so the routing, delivery, ack
+and drop hooks test one bit, as they do for ``message_id``."""
+_NOTIFY_KEY = b"\x10x-leveret-notify"  # the header's name as an AMQP short string (a field table key)
+_ID_AND_HEADERS = 0x2080  # the headers and message_id property flags
+
 RECORD_COST = 256
 """What a message held in memory costs besides its body, in bytes (the record, its content header, exchange and
 routing key, decoded properties, the queue's slot), as the memory alarm counts it. Measured in docs/memory.md."""
@@ -59,12 +67,18 @@ class Message:
         "store_id",
     )
 
-    def __init__(self, exchange: str, routing_key: str, address: bytes, header: bytes, body: bytes) -> None:
+    def __init__(self, exchange: str, routing_key: str, address: bytes, header: bytes, body: bytes,
+                 flags: int = -1) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.address = address
         self.header = header
-        self.flags = (header[12] << 8) | header[13]  # which properties are present (read without decoding)
+        if flags < 0:  # not a copy: which properties are present (read without decoding), and NOTIFY
+            flags = (header[12] << 8) | header[13]
+            # literals, not the module's names (no global lookups): _ID_AND_HEADERS, _NOTIFY_KEY, NOTIFY
+            if flags & 0x2080 == 0x2080 and header.find(b"\x10x-leveret-notify", 14) >= 0:
+                flags |= 0x10000  # a message_id, and a header that names a notice queue
+        self.flags = flags
         self.body = body
         self.seq = 0
         self.redelivered = False
@@ -79,7 +93,7 @@ class Message:
 
     def copy(self) -> Message:
         """A fresh record for another queue, sharing the header and body bytes."""
-        other = Message(self.exchange, self.routing_key, self.address, self.header, self.body)
+        other = Message(self.exchange, self.routing_key, self.address, self.header, self.body, self.flags)
         other._props = self._props
         other.bcc = self.bcc
         other.published_at = self.published_at
@@ -106,8 +120,11 @@ class Message:
 
     def set_properties(self, props: dict[str, Any]) -> None:
         """Replace the properties (the broker rewrote some: reply-to, BCC): a new content header."""
-        self.header = build_header(props, self.size)
-        self.flags = (self.header[12] << 8) | self.header[13]
+        self.header = header = build_header(props, self.size)
+        flags = (header[12] << 8) | header[13]
+        if flags & _ID_AND_HEADERS == _ID_AND_HEADERS and header.find(_NOTIFY_KEY, 14) >= 0:
+            flags |= NOTIFY
+        self.flags = flags
         self._props = props
 
     @property

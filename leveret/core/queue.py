@@ -18,9 +18,11 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import notices
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
+from .dedup import make_window
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
-from .message import PAGED, RECORD_COST, Message, new_message
+from .message import NOTIFY, PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
@@ -80,6 +82,8 @@ class Queue(Paging):
         self.status: StatusBook | None = vhost.broker.status if self.arguments.get(STATUS_ARGUMENT) is True \
             else None
         self.configure(parse_settings(self.arguments, name, vhost.name))
+        # x-message-deduplication: the ids of the last messages taken (core/dedup.py)
+        self.dedup = make_window(self.arguments, "queue", vhost.name, name, durable, vhost.broker)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in vhost {self.vhost.name!r}>"
@@ -121,9 +125,13 @@ class Queue(Paging):
 
     # --- messages in -------------------------------------------------------------------------------
 
-    def enqueue(self, msg: Message) -> bool:
+    def enqueue(self, msg: Message, checked: bool = False) -> bool:
         """Take a newly routed message (this queue's own record) and deliver it if a consumer can take it.
-        Returns False when the queue refused it (x-overflow reject-publish)."""
+        Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
+        message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
+        calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
+        if self.dedup is not None and not checked:
+            return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:
             self.lifecycle = True  # a message with its own expiration: this queue now checks expiry
             return self._enqueue_lifecycle(msg)
@@ -420,10 +428,14 @@ class Queue(Paging):
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
 
-    def hand_out(self, msg: Message, ack: bool) -> None:
+    def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
         count the delivery (a quorum queue's x-delivery-count), then settle it at once (no ack) or hold it as
-        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`."""
+        unacked until :meth:`settle_unacked`, :meth:`requeue` or :meth:`drop_unacked`. A message with an
+        ``x-leveret-notify`` header has its ``delivered`` notice sent (core/notices.py; not for a move:
+        ``notify`` False)."""
+        if notify and msg.flags & NOTIFY:
+            notices.handed_out(self, msg, ack)
         msg.delivery_count += 1
         if self.settings.quorum:
             count_delivery(msg)
@@ -443,7 +455,10 @@ class Queue(Paging):
         if msg.store_id > 0 and self.durability is not None:
             self.durability.delete(msg)
 
-    def settle_unacked(self, msg: Message) -> None:
+    def settle_unacked(self, msg: Message, notify: bool = True) -> None:
+        """An unacked message is acked (``notify`` False: moved, core/dead_letter.py)."""
+        if notify and msg.flags & NOTIFY:
+            notices.processed(self, msg)
         self.unacked_count -= 1
         self.stats_acked += 1
         self.settle(msg)
@@ -461,6 +476,8 @@ class Queue(Paging):
             if self._retry(msg):
                 return
             reason = "retries_exhausted"
+        if msg.flags & NOTIFY:
+            notices.failed(self, msg, reason)
         if msg.flags & MESSAGE_ID and self.tracker is not None and reason != "rejected":
             if reason == "expired":
                 self.tracker.record(self.vhost.name, msg, "expired", self.name)

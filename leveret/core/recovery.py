@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .access import Permission
+from .dedup import make_window
 from .errors import PreconditionFailed
 from .exchanges import Exchange, create_exchange
 from .message import PAGED, Message, build_address
@@ -60,8 +61,10 @@ def recover(broker: Broker) -> bool:
                 owner.limits = dict(limits)
         for ex in defs.exchanges:
             vhost = broker.add_vhost(ex.vhost)
-            vhost.exchanges[ex.name] = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
-                                                       internal=ex.internal, arguments=dict(ex.arguments))
+            exchange = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
+                                       internal=ex.internal, arguments=dict(ex.arguments))
+            exchange.dedup = make_window(exchange.arguments, "exchange", ex.vhost, ex.name, True, broker)
+            vhost.exchanges[ex.name] = exchange
         for qd in defs.queues:
             vhost = broker.add_vhost(qd.vhost)
             vhost.queues[qd.name] = Queue(vhost, qd.name, durable=True, auto_delete=qd.auto_delete,
@@ -74,6 +77,7 @@ def recover(broker: Broker) -> bool:
             if source is not None and dest is not None:
                 source.bind(dest, b.routing_key, dict(b.arguments))
         _recover_messages(broker)
+        _recover_dedup(broker)
     finally:
         durability.recovering = False
     for vhost in broker.vhosts.values():
@@ -110,3 +114,16 @@ def _recover_messages(broker: Broker) -> None:
                 if queue.status is not None:  # its "queued" record may not have been written (core/status.py)
                     queue.status.recovered(queue, msg)
                 broker.recovered_messages += 1
+
+
+def _recover_dedup(broker: Broker) -> None:
+    """The deduplication windows of durable queues and exchanges (core/dedup.py)."""
+    durability = broker.durability
+    assert durability is not None
+    for (vhost_name, kind, name), rows in durability.read_dedup().items():
+        vhost = broker.vhosts.get(vhost_name)
+        if vhost is None:
+            continue
+        owner = vhost.queues.get(name) if kind == "queue" else vhost.exchanges.get(name)
+        if owner is not None and owner.dedup is not None:
+            owner.dedup.load(rows)

@@ -13,8 +13,9 @@ order:
   headers route with extra keys; BCC is removed from the message) or the keys dead-lettering gives;
 - what the publisher's :class:`Origin` records: the firehose (``amq.rabbitmq.trace``) and the tracker's
   ``published`` event for a client, ``dead_lettered`` / ``moved`` / ``delay_ended`` for the broker's own
-  republishes;
-- enqueueing: the message itself into the first queue, a copy into each other one.
+  republishes; and the ``routed`` job-done notice of a message with ``x-leveret-notify`` (core/notices.py);
+- enqueueing: the message itself into the first queue, a copy into each other one;
+- deduplication (core/dedup.py) for an exchange with ``x-message-deduplication``, around all of the above.
 
 :func:`validate` is the check of a client's message before it is accepted (per-message ``expiration``, CC/BCC
 types), shared by AMQP and the management API; it runs before a transaction defers the publish.
@@ -31,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.amqp.fields import field_type
 
+from . import notices
 from .errors import PreconditionFailed
 from .exchanges import Exchange
+from .message import NOTIFY
 from .queue import Queue
 from .status import OBSERVED
 from .tracking import MESSAGE_ID
@@ -71,6 +74,7 @@ class Origin:
 
     __slots__ = ()
     always = False
+    announces = False  # a publisher's message, first routed: job-done notices say where it went (notices.py)
 
     def held(self, vhost: VHost, msg: Message) -> None:
         """The exchange published to holds ``msg`` until it is due (x-delayed-message)."""
@@ -86,6 +90,7 @@ class Peer(Origin):
     management API). The firehose and the tracker record these. One per channel, made when it opens."""
 
     __slots__ = ("channel", "peer", "user")
+    announces = True
 
     def __init__(self, peer: str, user: str, channel: int = 0) -> None:
         self.peer = peer
@@ -173,14 +178,21 @@ class Routing:
     _policy_alternates: dict[str, str]
 
     def publish(self, exchange: Exchange, msg: Message, origin: Origin | None = None, *, mandatory: bool = False,
-                keys: list[str] | None = None) -> bool | None:
+                keys: list[str] | None = None, checked: bool = False, again: bool = False) -> bool | None:
         """THE publish entry (see the module docstring): route ``msg`` through ``exchange`` (with ``keys``
         instead of its routing key and CC/BCC headers when given: dead-lettering), let ``origin`` record it and
         put it in every queue found, one copy per extra queue. ``msg`` is a new record no queue holds.
 
         Returns True when every queue took it (or the exchange holds it until due), False when a queue refused
         it (x-overflow reject-publish: a publisher confirm nacks it), None when it routed nowhere (a mandatory
-        publish is returned by the caller)."""
+        publish is returned by the caller).
+
+        An exchange with x-message-deduplication drops a message whose id it routed recently (True: a confirm
+        acks it, it is not returned) and remembers the id of one every queue took (:meth:`_publish_once`, which
+        calls back with ``checked``). ``again``: the broker moves a message it already took (dead-lettering, a
+        delayed message when due, the management API's move), which no exchange or queue deduplicates."""
+        if exchange.dedup is not None and not (checked or again):
+            return self._publish_once(exchange, msg, origin, mandatory, keys)
         if keys is None:
             queues = self.route_all(exchange, msg)
         else:
@@ -193,17 +205,32 @@ class Routing:
             return True
         if origin is not None and (origin.always or self.tracer is not None or msg.flags & MESSAGE_ID):
             queues = origin.routed(self, exchange, msg, queues, mandatory)  # type: ignore[arg-type]
+            if origin.announces and queues and msg.flags & NOTIFY:
+                notices.routed(self, msg, queues)  # type: ignore[arg-type]
         if not queues:
             return None
         if len(queues) == 1:
-            return queues[0].enqueue(msg)
+            return queues[0].enqueue(msg, again)
         accepted = True
         first = True
         for queue in queues:
-            if not queue.enqueue(msg if first else msg.copy()):
+            if not queue.enqueue(msg if first else msg.copy(), again):
                 accepted = False
             first = False
         return accepted
+
+    def _publish_once(self, exchange: Exchange, msg: Message, origin: Origin | None, mandatory: bool,
+                      keys: list[str] | None) -> bool | None:
+        """:meth:`publish` through an exchange with x-message-deduplication (core/dedup.py)."""
+        window = exchange.dedup
+        key = window.key(msg)
+        if key is not None and window.seen(key):
+            window.duplicate(msg)
+            return True
+        result = self.publish(exchange, msg, origin, mandatory=mandatory, keys=keys, checked=True)
+        if result is True and key is not None:
+            window.add(key, msg)
+        return result
 
     def route_all(self, exchange: Exchange, msg: Message) -> Sequence[Queue]:
         """:meth:`route` plus sender-selected distribution (CC and BCC headers route with extra keys; BCC is

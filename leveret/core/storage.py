@@ -9,6 +9,10 @@ Message verbs (LavinMQ's five, adapted): ``push`` a message into a queue, ``dele
 expired), ``requeue`` (mark redelivered; position is kept by ``seq``), ``purge`` a queue, and reading back
 with :meth:`Store.load_messages` / :meth:`Store.load_bodies`.
 
+Deduplication windows (core/dedup.py) are ops too: ``DedupPut`` stores one id of a durable queue's or exchange's
+window with the message it came with and trims the window to its size; :meth:`Store.load_dedup` reads the windows
+back at start-up.
+
 Task status records (the broker's status book, core/status.py) go through :meth:`Store.submit` too, as ops of
 their own: ``StatusPut`` merges a record into the stored one (no read needed), ``StatusRead`` reads records in
 order with the writes before it, ``StatusExpire`` deletes a bounded batch of expired ones. Deleting a vhost
@@ -189,7 +193,25 @@ class StatusExpire:
     deleted: int = 0
 
 
-MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire
+@dataclass(slots=True)
+class DedupPut:
+    """Remember a deduplication id of a durable queue or exchange (core/dedup.py): (vhost, kind, name) owns it,
+    ``seq`` orders it (it grows), and the owner's window holds its last ``keep`` ids: older ones may be
+    forgotten. ``kind`` is "queue" or "exchange"; ``key`` is text; ``expires`` is ms since the epoch, 0 for
+    never. Deleting the queue, the exchange or the vhost deletes its ids; :meth:`Store.load_dedup` reads them
+    back at start-up. A backend writes it in the same transaction as the messages submitted with it (and may
+    group a transaction's ids of one owner in one row: store/sqlite_dedup.py)."""
+
+    vhost: str
+    kind: str
+    name: str
+    seq: int
+    key: str
+    expires: float
+    keep: int
+
+
+MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire | DedupPut
 
 
 class Store(abc.ABC):
@@ -216,7 +238,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_vhost(self, name: str) -> None:
-        """Also deletes the vhost's exchanges, queues, bindings, permissions, messages and status records."""
+        """Also deletes the vhost's exchanges, queues, bindings, permissions, messages, status records and
+        deduplication windows."""
 
     @abc.abstractmethod
     def save_user(self, user: UserDef) -> None: ...
@@ -246,14 +269,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_exchange(self, vhost: str, name: str) -> None:
-        """Also deletes the bindings whose source or destination it is."""
+        """Also deletes the bindings whose source or destination it is, and its deduplication window."""
 
     @abc.abstractmethod
     def save_queue(self, queue: QueueDef) -> None: ...
 
     @abc.abstractmethod
     def delete_queue(self, vhost: str, name: str) -> None:
-        """Also deletes its bindings and its messages."""
+        """Also deletes its bindings, its messages and its deduplication window."""
 
     @abc.abstractmethod
     def save_binding(self, binding: BindingDef) -> None: ...
@@ -293,6 +316,13 @@ class Store(abc.ABC):
     def max_message_id(self) -> int:
         """The highest message id ever stored (ids are never reused across restarts; start-up only). A backend
         shared by several nodes will need id ranges per node here."""
+
+    def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
+        """The stored deduplication windows (start-up only): (vhost, kind, name) -> [(seq, key, expires)] in seq
+        order, at least each owner's newest ``keep`` ids (see :class:`DedupPut`; older ones may be there too, the
+        window keeps the newest). A backend that does not implement it keeps no window across restarts (and must
+        refuse DedupPut ops)."""
+        return {}
 
     def free_space(self) -> int | None:
         """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk. Called at

@@ -35,6 +35,7 @@ MESSAGE_ID = 0x0080  # the message-id bit of the basic property flags
 FIELDS: dict[str, tuple[str, ...]] = {
     "published": ("exchange", "routing_key", "queues", "outcome"),  # outcome: routed, unroutable, returned
     "refused": ("queue", "reason"),  # x-overflow reject-publish: the queue did not take it
+    "deduplicated": ("kind", "name"),  # x-message-deduplication: a duplicate dropped by a queue or an exchange
     "delayed": ("exchange", "delay_ms"),
     "delay_ended": ("exchange", "queues"),
     "delivered": ("queue", "consumer_tag", "connection", "channel", "redelivered", "ack_required"),

@@ -16,6 +16,7 @@ from leveret.amqp.fields import field_type
 from .access import Access, reached
 from .channel import REPLY_TO
 from .dead_letter import dead_letter
+from .dedup import make_window
 from .errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
 from .lifecycle import check_queue_type, merge_policy, parse_settings, queue_type
@@ -166,8 +167,10 @@ class VHost(Routing):
         if access is not None and alternate is not None:
             access.read("exchange", name)
             access.write("exchange", alternate)
+        window = make_window(arguments, "exchange", self.name, name, durable, self.broker)  # 406 when invalid
         exchange = create_exchange(type_name, name, durable=durable, auto_delete=auto_delete, internal=internal,
                                    arguments=arguments)
+        exchange.dedup = window
         self.exchanges[name] = exchange
         if self.policies:
             self._apply_exchange_policy(exchange)

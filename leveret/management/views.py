@@ -28,6 +28,10 @@ from .validation import HASHING_ALGORITHM
 def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
     """A queue, with its message rates (``rates`` samples its counters) on ``node``."""
     ready, unacked = queue.message_count, queue.unacked_count
+    counters = {"publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked,
+                "redeliver": queue.stats_redelivered}
+    if queue.dedup is not None:  # x-message-deduplication: duplicates dropped (LavinMQ's "dedup")
+        counters["dedup"] = queue.dedup.duplicates
     return {
         "name": queue.name, "vhost": queue.vhost.name, "durable": queue.durable,
         "auto_delete": queue.auto_delete, "exclusive": queue.exclusive, "arguments": queue.arguments,
@@ -36,9 +40,7 @@ def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
         "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
         "state": "running", "type": queue_type(queue.arguments), "node": node,
         "exclusive_consumer_tag": None,
-        "message_stats": rates.stats(("queue", queue.vhost.name, queue.name), {
-            "publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked,
-            "redeliver": queue.stats_redelivered}),
+        "message_stats": rates.stats(("queue", queue.vhost.name, queue.name), counters),
     }
 
 
@@ -48,9 +50,12 @@ def _policy_definition(vhost: VHost, name: str | None) -> dict[str, Any]:
 
 
 def exchange_info(vhost: VHost, exchange: Exchange) -> dict[str, Any]:
-    return {"name": exchange.name, "vhost": vhost.name, "type": exchange.type_name,
+    info = {"name": exchange.name, "vhost": vhost.name, "type": exchange.type_name,
             "durable": exchange.durable, "auto_delete": exchange.auto_delete, "internal": exchange.internal,
             "arguments": exchange.arguments, "user_who_performed_action": "rmq-internal"}
+    if exchange.dedup is not None:  # x-message-deduplication: duplicates dropped (LavinMQ's "dedup")
+        info["message_stats"] = {"dedup": exchange.dedup.duplicates}
+    return info
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:

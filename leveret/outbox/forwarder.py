@@ -42,6 +42,7 @@ from leveret.outbox.frames import Outgoing, Publisher
 from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
 from leveret.outbox.lock import ForwarderLock
 from leveret.outbox.message import OutboxError, OutboxMessage
+from leveret.outbox.notices import NoticeListener, notice_queue
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 
@@ -61,7 +62,7 @@ class Forwarder:
                  window: int = 1024, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  report_interval: float = 30.0, unroutable_retry: float = 30.0, poll_interval: float = 0.05,
                  stop_timeout: float = 10.0, connect_timeout: float = 10.0, shrink_interval: float = 1.0,
-                 lease: float | None = None) -> None:
+                 lease: float | None = None, notify_queue: str | None = None) -> None:
         self._outbox_arg = outbox
         if is_storage(outbox):
             storage = cast(OutboxStorage, outbox)
@@ -84,6 +85,7 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self.shrink_interval = shrink_interval
         self.lease = lease  # a PostgreSQL outbox opened from its URL: PostgresOutbox(lease=...)
+        self.notify_queue = notify_queue or notice_queue(self.where, path)  # tracked messages' notices, on Leveret
         self._next_shrink = 0.0
         self.outbox: OutboxStorage | None = cast(OutboxStorage, outbox) if is_storage(outbox) else None
         self._stop: asyncio.Event | None = None
@@ -264,6 +266,7 @@ class Forwarder:
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
         publisher = Publisher(await channel.get_underlay_channel())
+        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher)
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
@@ -354,6 +357,8 @@ class Forwarder:
             for _, future in inflight:
                 future.cancel()
                 future.add_done_callback(_consume)
+            if listener is not None:
+                await listener.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), 5)
             if outbox.shared:  # what this session leased and did not settle: another forwarder may take it
@@ -483,8 +488,7 @@ class Forwarder:
         assert self.outbox is not None
         if inflight:
             await asyncio.wait([f for _, f in inflight], timeout=self.stop_timeout)
-        done = []
-        parks = []
+        done, parks = [], []
         while inflight and inflight[0][1].done() and not inflight[0][1].cancelled():
             row, future = inflight.popleft()
             if future.exception() is None:

@@ -1,5 +1,6 @@
 """A batch of outbox rows as AMQP frames, published with one socket write (the forwarder's AMQP transport):
-:class:`Outgoing` (a row's body and properties as sent, the outbox's due header turned into ``x-delay``),
+:class:`Outgoing` (a row's body and properties as sent: the outbox's due header turned into ``x-delay``, the notice
+queue named in a tracked message, ``x-deduplication-header`` added to a row saved without it),
 :func:`message_id_of` and :class:`Publisher`."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
-from leveret.outbox.message import DUE_HEADER, OutboxMessage
+from leveret.outbox.message import DEDUP_HEADER, DUE_HEADER, NOTIFY_HEADER, OutboxMessage
 
 
 class Outgoing:
@@ -23,7 +24,7 @@ class Outgoing:
 
     __slots__ = ("body", "properties")
 
-    def __init__(self, row: OutboxMessage, now: float | None = None) -> None:
+    def __init__(self, row: OutboxMessage, now: float | None = None, notify: str | None = None) -> None:
         self.body = row.body
         self.properties = row.properties
         headers = self.properties.headers
@@ -34,10 +35,22 @@ class Outgoing:
                 now_ms = round((time.time() if now is None else now) * 1000)
                 headers["x-delay"] = max(0, round(due) - now_ms)
             self.properties.headers = headers
+        if (not headers or DEDUP_HEADER not in headers) and self.properties.message_id:
+            headers = {DEDUP_HEADER: self.properties.message_id, **(headers or {})}  # saved by an older Leveret
+            self.properties.headers = headers
+        if headers and NOTIFY_HEADER in headers:  # a tracked message: the forwarder's notice queue, if any
+            headers = dict(headers)
+            if notify:
+                headers[NOTIFY_HEADER] = notify
+            else:
+                del headers[NOTIFY_HEADER]
+            self.properties.headers = headers
 
 
 _FRAME_END = b"\xce"
 _DUE = DUE_HEADER.encode()
+_NOTIFY = b"\x10" + NOTIFY_HEADER.encode()  # the header's name as a field table key
+_DEDUP = b"\x16" + DEDUP_HEADER.encode()
 # The basic properties before message_id, in wire order: (flag, kind): shortstr, table (long length) or octet.
 _BEFORE_MESSAGE_ID = ((0x8000, "s"), (0x4000, "s"), (0x2000, "t"), (0x1000, "o"), (0x0800, "o"), (0x0400, "s"),
                       (0x0200, "s"), (0x0100, "s"))
@@ -82,6 +95,7 @@ class Publisher:
         self.number = channel.number
         self.max_body = channel.max_content_size  # type: ignore[attr-defined]
         self._methods: dict[tuple[str, str, bool], bytes] = {}
+        self.notify: str | None = None  # the notice queue of tracked messages (outbox/notices.py), on Leveret
 
     def frames(self, row: OutboxMessage, now: float | None = None) -> tuple[bytes, str]:
         """The wire frames of ``row`` (Basic.Publish, content header, body) and its message_id."""
@@ -93,8 +107,9 @@ class Publisher:
             if len(self._methods) < 10_000:
                 self._methods[key] = method
         header = row.header
-        if _DUE in header:  # x-delay computed now (rare: delayed tasks)
-            properties = Outgoing(row, now).properties
+        if _DUE in header or _NOTIFY in header or _DEDUP not in header:  # (rare) re-encoded: x-delay computed
+            # now (delayed tasks), the notice queue named (tracked), the deduplication id added (older rows)
+            properties = Outgoing(row, now, self.notify).properties
             header = properties.marshal()
             message_id = str(properties.message_id)
         else:

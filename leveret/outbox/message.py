@@ -26,6 +26,14 @@ PROPERTY_NAMES = frozenset(("content_type", "content_encoding", "headers", "deli
 # the time it waited in the outbox does not delay it further (the task layer's delay=/eta=).
 DUE_HEADER = "x-leveret-due"
 
+# The id a deduplicating queue or exchange (x-message-deduplication, Leveret and LavinMQ) recognises a message
+# by: the outbox message's message_id, so a resend after a forwarder crash is dropped there (docs/outbox.md).
+DEDUP_HEADER = "x-deduplication-header"
+
+# A tracked message (send(track=True)) is saved with this header empty; the forwarder fills in the name of its
+# notice queue on Leveret (outbox/notices.py), or leaves the header out elsewhere.
+NOTIFY_HEADER = "x-leveret-notify"
+
 
 class OutboxError(Exception):
     """The outbox cannot be opened, or a write to it failed: the message was NOT saved."""
@@ -62,11 +70,13 @@ class Row:
         self.destinations = destinations
 
 
-def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]:
+def encode_properties(properties: Mapping[str, Any] | None, track: bool = False) -> tuple[bytes, str]:
     """Check and encode AMQP basic properties (content_type, content_encoding, headers, delivery_mode, priority,
     correlation_id, reply_to, expiration, message_id, timestamp, type (or message_type), user_id, app_id) the
     way the forwarder's client (aio-pika, pamqp) will send them, so that a message it could not publish is
-    refused here. Adds a message_id when there is none and delivery_mode 2 (persistent) by default.
+    refused here. Adds a message_id when there is none, delivery_mode 2 (persistent) by default, and the header
+    ``x-deduplication-header`` = the message_id (unless the headers have one), which the forwarder sends as
+    saved (and, with ``track``, an empty ``x-leveret-notify`` for the forwarder to fill in).
     Returns (the properties' wire form: flags then values, message_id)."""
     props = dict(properties or {})
     if "type" in props:
@@ -83,8 +93,11 @@ def encode_properties(properties: Mapping[str, Any] | None) -> tuple[bytes, str]
         props["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
     if isinstance(props.get("expiration"), int):
         props["expiration"] = str(props["expiration"])
-    if props.get("headers") is not None:
-        props["headers"] = binary_headers(props["headers"])
+    headers = props.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise ValueError("bad AMQP properties: headers must be a mapping")
+    props["headers"] = binary_headers({DEDUP_HEADER: str(props["message_id"]), **(headers or {}),
+                                       **({NOTIFY_HEADER: ""} if track else {})})
     try:
         header = spec.Basic.Properties(**props).marshal()
     except (TypeError, ValueError, struct.error) as exc:
@@ -101,7 +114,7 @@ def prepare_message(default_destinations: tuple[str, ...], exchange: str, routin
     for name, value in (("exchange", exchange), ("routing_key", routing_key)):
         if not isinstance(value, str) or len(value.encode()) > 255:
             raise ValueError(f"{name} must be a str of at most 255 bytes")
-    header, message_id = encode_properties(properties)
+    header, message_id = encode_properties(properties, track)
     dests = default_destinations if destinations is None else check_destinations(destinations)
     return (Row(exchange, routing_key, bool(mandatory), header, bytes(body), dests, message_id if track else None),
             message_id)

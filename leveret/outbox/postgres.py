@@ -44,7 +44,7 @@ from leveret.outbox.message import (
     destination_stats,
     prepare_message,
 )
-from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
+from leveret.outbox.tracking import TRACK_KEEP, Notice, TrackedMessage, summarise
 
 try:  # optional: pip install 'leveret[postgres]'
     import psycopg
@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - reported when a PostgresOutbox is made
 MESSAGES = "leveret_outbox_messages"
 PENDING = "leveret_outbox_pending"
 TRACKING = "leveret_outbox_tracking"
+NOTICES = "leveret_outbox_notices"  # the broker's job-done notices about tracked messages (outbox/notices.py)
 _NOW = "extract(epoch from clock_timestamp())"
 _SCHEMA_LOCK = 0x4C564F42  # pg_advisory_xact_lock key ("LVOB")
 
@@ -84,6 +85,15 @@ _SCHEMA = (
         sent_at DOUBLE PRECISION,
         PRIMARY KEY (message_id, destination, id))""",
     f"CREATE INDEX IF NOT EXISTS {TRACKING}_id ON {TRACKING} (id, destination)",
+    f"""CREATE TABLE IF NOT EXISTS {NOTICES} (
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        event TEXT NOT NULL,
+        reason TEXT,
+        ts DOUBLE PRECISION NOT NULL,
+        queues TEXT,
+        PRIMARY KEY (message_id, destination, queue, event))""",
 )
 
 
@@ -251,11 +261,13 @@ class PostgresOutbox:
 
     def tracked(self, message_id: str) -> dict[str, Any]:
         """The state of a message sent with ``track=True`` (tracking.py)."""
-        rows = self._run(lambda cur: cur.execute(
+        rows, notices = self._run(lambda cur: (cur.execute(
             f"SELECT t.destination, t.sent_at, p.state, p.error FROM {TRACKING} t LEFT JOIN {PENDING} p"
             " ON p.id = t.id AND p.destination = t.destination WHERE t.message_id = %s ORDER BY t.id",
-            (message_id,)).fetchall())
-        return summarise(message_id, rows)
+            (message_id,)).fetchall(), cur.execute(
+            f"SELECT destination, queue, event, reason, ts, queues FROM {NOTICES} WHERE message_id = %s",
+            (message_id,)).fetchall()))
+        return summarise(message_id, rows, notices)
 
     def count(self) -> int:
         return int(self._run(lambda cur: cur.execute(f"SELECT count(*) FROM {MESSAGES}").fetchone()[0]))
@@ -306,6 +318,12 @@ class PostgresOutbox:
             f"UPDATE {PENDING} SET leased_by = NULL, lease_until = NULL WHERE destination = %s AND leased_by = %s",
             (destination, self.owner)))
 
+    async def record_notices_async(self, notices: Sequence[Notice]) -> None:
+        """Keep the broker's notices about tracked messages (the first of each event per queue)."""
+        await asyncio.to_thread(self._run, lambda cur: cur.executemany(
+            f"INSERT INTO {NOTICES} (message_id, destination, queue, event, reason, ts, queues)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", list(notices)))
+
     async def mark_done_async(self, destination: str, ids: Sequence[int]) -> None:
         await asyncio.to_thread(self.mark_done, destination, ids)
 
@@ -332,6 +350,7 @@ class PostgresOutbox:
     async def shrink_async(self, pages: int = 0) -> int:
         """Prune the tracking rows of messages sent more than TRACK_KEEP seconds ago; 0 (nothing left to do)."""
         self._next_prune = time.monotonic() + 60.0
-        await asyncio.to_thread(self._run, lambda cur: cur.execute(
-            f"DELETE FROM {TRACKING} WHERE sent_at < {_NOW} - %s", (TRACK_KEEP,)))
+        await asyncio.to_thread(self._run, lambda cur: [cur.execute(
+            f"DELETE FROM {table} WHERE {column} < {_NOW} - %s", (TRACK_KEEP,))
+            for table, column in ((TRACKING, "sent_at"), (NOTICES, "ts"))])
         return 0

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from leveret.outbox.message import OutboxMessage
 from leveret.outbox.store import Outbox
+from leveret.outbox.tracking import Notice
 
 
 class OutboxStorage(Protocol):
@@ -52,6 +53,8 @@ class OutboxStorage(Protocol):
     async def note_failure_async(self, destination: str, message_id: int, error: str) -> None: ...
 
     async def revive_async(self, destination: str, now: float) -> None: ...
+
+    async def record_notices_async(self, notices: Sequence[Notice]) -> None: ...
 
     async def renew_async(self, destination: str, ids: Sequence[int]) -> None: ...
 

@@ -54,7 +54,7 @@ from leveret.outbox.message import (
     destination_stats,
     prepare_message,
 )
-from leveret.outbox.tracking import TRACK_KEEP, TrackedMessage, summarise
+from leveret.outbox.tracking import TRACK_KEEP, Notice, TrackedMessage, summarise
 from leveret.sqlite_writer import Call, Writer, WriterStopped
 
 log = logging.getLogger("leveret.outbox")
@@ -97,6 +97,16 @@ _TRACKING = (
         sent_at REAL,
         PRIMARY KEY (message_id, destination, id)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS tracking_id ON tracking (id, destination)",
+    # the broker's job-done notices about tracked messages (Leveret: core/notices.py; outbox/notices.py)
+    """CREATE TABLE IF NOT EXISTS notices (
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        event TEXT NOT NULL,
+        reason TEXT,
+        ts REAL NOT NULL,
+        queues TEXT,
+        PRIMARY KEY (message_id, destination, queue, event)) WITHOUT ROWID""",
 )
 
 
@@ -338,6 +348,12 @@ class Outbox:
     async def revive_async(self, destination: str, now: float) -> None:
         await self._await(Call(revive(destination, now)))
 
+    async def record_notices_async(self, notices: Sequence[Notice]) -> None:
+        """Keep the broker's notices about tracked messages (the first of each event per queue)."""
+        await self._await(Call(lambda conn: conn.executemany(
+            "INSERT OR IGNORE INTO notices (message_id, destination, queue, event, reason, ts, queues)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", notices)))
+
     async def renew_async(self, destination: str, ids: Sequence[int]) -> None:
         """Leases are for shared storages: one forwarder per SQLite file needs none."""
 
@@ -406,7 +422,10 @@ class Outbox:
                 "SELECT t.destination, t.sent_at, p.state, p.error FROM tracking t LEFT JOIN pending p"
                 " ON p.id = t.id AND p.destination = t.destination WHERE t.message_id = ? ORDER BY t.id",
                 (message_id,)).fetchall()
-        return summarise(message_id, rows)
+            notices = self._rconn.execute(
+                "SELECT destination, queue, event, reason, ts, queues FROM notices WHERE message_id = ?",
+                (message_id,)).fetchall()
+        return summarise(message_id, rows, notices)
 
     def count(self) -> int:
         """Messages in the outbox (each counted once, whatever its destinations)."""
@@ -420,6 +439,7 @@ class Outbox:
 def _vacuum(pages: int, left: list[int]) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM tracking WHERE sent_at < ?", (time.time() - TRACK_KEEP,))
+        conn.execute("DELETE FROM notices WHERE ts < ?", (time.time() - TRACK_KEEP,))
         free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         steps = min(free, pages)
         # One page per statement: Python's sqlite3 steps "PRAGMA incremental_vacuum(N)" once, which frees one page.

@@ -12,11 +12,13 @@ import copy
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from leveret.core.status_record import StatusRecord, merge
 from leveret.core.storage import (
     BindingDef,
+    DedupPut,
     Definitions,
     Delete,
     ExchangeDef,
@@ -69,6 +71,8 @@ class MemoryStore(Store):
         self._where: dict[int, tuple[str, str]] = {}
         self._max_id = 0
         self._status: dict[tuple[str, str], StatusRecord] = {}  # (vhost, task id) -> record
+        # deduplication windows: (vhost, kind, name) -> seq -> (key, expires), in seq order
+        self._dedup: dict[tuple[str, str, str], OrderedDict[int, tuple[str, float]]] = {}
 
     # lifecycle
 
@@ -129,6 +133,8 @@ class MemoryStore(Store):
                 self._drop_queue_messages(mkey)
             for skey in [k for k in self._status if k[0] == name]:
                 del self._status[skey]
+            for dkey in [k for k in self._dedup if k[0] == name]:
+                del self._dedup[dkey]
 
     def save_user(self, user: UserDef) -> None:
         self._check_open()
@@ -171,6 +177,7 @@ class MemoryStore(Store):
         self._check_open()
         with self._lock:
             self._exchanges.pop((vhost, name), None)
+            self._dedup.pop((vhost, "exchange", name), None)
             for key, b in list(self._bindings.items()):
                 if b.vhost == vhost and (b.source == name or (b.destination_kind == "exchange"
                                                               and b.destination == name)):
@@ -195,6 +202,7 @@ class MemoryStore(Store):
         self._check_open()
         with self._lock:
             self._queues.pop((vhost, name), None)
+            self._dedup.pop((vhost, "queue", name), None)
             for key, b in list(self._bindings.items()):
                 if b.vhost == vhost and b.destination_kind == "queue" and b.destination == name:
                     del self._bindings[key]
@@ -216,7 +224,7 @@ class MemoryStore(Store):
         self._check_open()
         error: BaseException | None = None
         bad = [op for op in ops if not isinstance(op, (Push, Delete, Requeue, Purge, StatusPut, StatusRead,
-                                                       StatusExpire))]
+                                                       StatusExpire, DedupPut))]
         if bad:  # nothing of the submit is applied, as when a backend's commit fails
             error = TypeError(f"not a message op: {bad[0]!r}")
         else:
@@ -250,6 +258,14 @@ class MemoryStore(Store):
                     self._remove(message.id)
         elif isinstance(op, Purge):
             self._drop_queue_messages((op.vhost, op.queue))
+        elif isinstance(op, DedupPut):
+            window = self._dedup.setdefault((op.vhost, op.kind, op.name), OrderedDict())
+            window[op.seq] = (op.key, op.expires)
+            while window:  # seqs only grow: the oldest are first (an OrderedDict finds its first in O(1))
+                oldest = next(iter(window))
+                if oldest > op.seq - op.keep:
+                    break
+                del window[oldest]
         else:
             self._apply_status(op)
 
@@ -323,3 +339,9 @@ class MemoryStore(Store):
     def max_message_id(self) -> int:
         self._check_open()
         return self._max_id
+
+    def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
+        self._check_open()
+        with self._lock:
+            return {owner: [(seq, *window[seq]) for seq in sorted(window)]
+                    for owner, window in self._dedup.items() if window}

@@ -53,7 +53,7 @@ from leveret.core.storage import (
     UserDef,
 )
 
-from . import postgres_schema
+from . import postgres_dedup, postgres_schema
 from . import postgres_schema as schema
 from .postgres_batch import PgWriter
 from .postgres_schema import MIGRATIONS, SCHEMA_VERSION, text_in, text_out
@@ -208,7 +208,7 @@ class PostgresStore(Store):
         statements = [(f"DELETE FROM {table} WHERE vhost = %s", (name,))
                       for table in ("permissions", "bindings", "exchanges", "queues", "policies")]
         statements += [(f"DELETE FROM {table} WHERE vhost = %s", (text_in(name),))  # NUL-safe names (text_in)
-                       for table in ("messages", "task_status")]
+                       for table in ("messages", "task_status", "dedup")]
         statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
                        ("DELETE FROM vhosts WHERE name = %s", (name,))]
         self._execute("delete_vhost", statements)
@@ -249,7 +249,8 @@ class PostgresStore(Store):
         self._execute("delete_exchange", [
             ("DELETE FROM bindings WHERE vhost = %s AND (source = %s OR (destination_kind = 'exchange'"
              " AND destination = %s))", (vhost, name, name)),
-            ("DELETE FROM exchanges WHERE vhost = %s AND name = %s", (vhost, name))])
+            ("DELETE FROM exchanges WHERE vhost = %s AND name = %s", (vhost, name)),
+            postgres_dedup.delete_owner(vhost, "exchange", name)])
 
     def save_policy(self, policy: PolicyDef) -> None:
         p = policy
@@ -283,7 +284,8 @@ class PostgresStore(Store):
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
-            ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name))])
+            ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name)),
+            postgres_dedup.delete_owner(vhost, "queue", name)])
 
     def save_binding(self, binding: BindingDef) -> None:
         b = binding
@@ -396,6 +398,9 @@ class PostgresStore(Store):
         rows = self._read(lambda conn: conn.execute("SELECT id, body FROM messages WHERE id = ANY(%b::bigint[])",
                                                     (wanted,), binary=True).fetchall())
         return {i: bytes(body) for i, body in rows}
+
+    def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
+        return postgres_dedup.load(self._read(lambda conn: conn.execute(postgres_dedup.SELECT_ALL).fetchall()))
 
     def message_counts(self) -> dict[tuple[str, str], int]:
         rows = self._read(lambda conn: conn.execute(

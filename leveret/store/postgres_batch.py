@@ -36,8 +36,19 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.core.status_record import StatusRecord, decode, encode
 from leveret.core.status_record import merge as merge_status
-from leveret.core.storage import Delete, Purge, Push, Requeue, StatusExpire, StatusPut, StatusRead, StoreError
+from leveret.core.storage import (
+    DedupPut,
+    Delete,
+    Purge,
+    Push,
+    Requeue,
+    StatusExpire,
+    StatusPut,
+    StatusRead,
+    StoreError,
+)
 
+from . import postgres_dedup
 from . import postgres_schema as schema
 from .postgres_schema import text_in, text_out
 
@@ -76,8 +87,8 @@ class Call:
 class Batch:
     """The message ops of one transaction, reduced (see the module docstring); ``write`` runs the SQL."""
 
-    __slots__ = ("deletes", "max_id", "meta_id", "nbytes", "nops", "purges", "pushes", "redelivered", "requeues",
-                 "status", "store")
+    __slots__ = ("dedup", "deletes", "max_id", "meta_id", "nbytes", "nops", "purges", "pushes", "redelivered",
+                 "requeues", "status", "store")
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -92,6 +103,7 @@ class Batch:
         self.requeues: list[int] = []
         self.purges: list[tuple[str, str, int]] = []
         self.status: dict[tuple[str, str], StatusRecord] = {}
+        self.dedup: list[DedupPut] = []  # deduplication ids (postgres_dedup.py), written with the messages
 
     def full(self) -> bool:
         store = self.store
@@ -127,6 +139,8 @@ class Batch:
             elif kind is StatusPut:
                 key = (op.vhost, op.record.id)
                 self.status[key] = merge_status(self.status.get(key), op.record)
+            elif kind is DedupPut:
+                self.dedup.append(op)
             elif kind is StatusRead:
                 self._write_status(conn)  # the read sees every put before it
                 stored = _stored_status(conn, [(op.vhost, task_id) for task_id in dict.fromkeys(op.ids)])
@@ -155,6 +169,8 @@ class Batch:
             conn.execute("UPDATE messages SET redelivered = true WHERE id = ANY(%b::bigint[])", (self.requeues,))
         if self.pushes:
             self._insert(conn)
+        if self.dedup:
+            postgres_dedup.write(conn, self.dedup)
         self._write_status(conn)
         self._reset()
         if self.max_id > self.meta_id:

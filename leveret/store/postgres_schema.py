@@ -105,8 +105,16 @@ _V1 = (
         started_at DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL)""",
 )
 
+# 2: dedup, the deduplication windows (postgres_dedup.py).
+_V2 = (
+    """CREATE TABLE dedup (
+        vhost TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, seq BIGINT NOT NULL, last BIGINT NOT NULL,
+        ids TEXT NOT NULL,
+        PRIMARY KEY (vhost, kind, name, seq))""",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

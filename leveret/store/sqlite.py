@@ -73,6 +73,7 @@ from leveret.core.storage import (
 )
 from leveret.sqlite_writer import Writer, WriterStopped
 
+from . import sqlite_dedup
 from . import sqlite_schema as schema
 from .sqlite_batch import MessageBatch, chunks, marks
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -290,7 +291,7 @@ class SqliteStore(Store):
     def delete_vhost(self, name: str) -> None:
         self._execute("delete_vhost", [
             (f"DELETE FROM {table} WHERE vhost = ?", (name,))
-            for table in ("permissions", "bindings", "exchanges", "queues", "messages", "task_status")
+            for table in ("permissions", "bindings", "exchanges", "queues", "messages", "task_status", "dedup")
         ] + [("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,)),
              ("DELETE FROM vhosts WHERE name = ?", (name,))])
 
@@ -326,7 +327,8 @@ class SqliteStore(Store):
         self._execute("delete_exchange", [
             ("DELETE FROM bindings WHERE vhost = ? AND (source = ? OR (destination_kind = 'exchange'"
              " AND destination = ?))", (vhost, name, name)),
-            ("DELETE FROM exchanges WHERE vhost = ? AND name = ?", (vhost, name))])
+            ("DELETE FROM exchanges WHERE vhost = ? AND name = ?", (vhost, name)),
+            ("DELETE FROM dedup WHERE vhost = ? AND kind = 'exchange' AND name = ?", (vhost, name))])
 
     def save_policy(self, policy: PolicyDef) -> None:
         p = policy
@@ -356,7 +358,8 @@ class SqliteStore(Store):
             ("DELETE FROM bindings WHERE vhost = ? AND destination_kind = 'queue' AND destination = ?",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = ? AND queue = ?", (vhost, name)),
-            ("DELETE FROM queues WHERE vhost = ? AND name = ?", (vhost, name))])
+            ("DELETE FROM queues WHERE vhost = ? AND name = ?", (vhost, name)),
+            ("DELETE FROM dedup WHERE vhost = ? AND kind = 'queue' AND name = ?", (vhost, name))])
 
     def save_binding(self, binding: BindingDef) -> None:
         b = binding
@@ -480,6 +483,9 @@ class SqliteStore(Store):
                            " coalesce((SELECT max(id) FROM messages), 0))")[0][0]
         return int(value)
 
+
+    def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
+        return sqlite_dedup.load(self._read(sqlite_dedup.SELECT_ALL))
 
     def free_space(self) -> int | None:
         """Bytes free on the store's file system: statvfs at most once per FREE_SPACE_EVERY seconds (the

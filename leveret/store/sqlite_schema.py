@@ -6,7 +6,8 @@ Schema (``PRAGMA user_version`` = len(MIGRATIONS); ``application_id`` marks the 
     (since 2), ``messages`` (id INTEGER PRIMARY KEY, vhost, queue, seq, exchange, routing_key, header, body,
     redelivered) indexed on (vhost, queue, seq), ``bodies`` (id INTEGER PRIMARY KEY, body), ``meta`` (the
     message id high-water mark, so ids are not reused even when every message is deleted) and ``task_status``
-    (the status book's records, since 4: see sqlite_status.py). Bodies up to ``INLINE_BODY_MAX``
+    (the status book's records, since 4: see sqlite_status.py), ``dedup`` (deduplication windows, since 5:
+    sqlite_dedup.py). Bodies up to ``INLINE_BODY_MAX``
     (sqlite_batch.py) bytes are stored in ``messages.body``, larger ones in ``bodies`` (``messages.body``
     NULL); a trigger deletes the ``bodies`` row with its message.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from leveret.core.storage import StoreError
 
-from . import sqlite_status
+from . import sqlite_dedup, sqlite_status
 
 try:
     import fcntl
@@ -105,8 +106,9 @@ def _migrate_3(conn: sqlite3.Connection) -> None:
 
 
 # MIGRATIONS[i] takes a store from user_version i to i + 1. Append only; never edit a released one.
-# 4: task_status, the status book's records (sqlite_status.py).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, sqlite_status.migrate]
+# 4: task_status, the status book's records (sqlite_status.py). 5: dedup, deduplication windows (sqlite_dedup.py).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, sqlite_status.migrate,
+                                                         sqlite_dedup.migrate]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import aio_pika
 
+from leveret.aioconnect import server_product as server_product  # re-exported (the task layer's name)
+
 EVENTS_EXCHANGE = "leveret.events"
 CONTROL_EXCHANGE = "leveret.control"
 DELAYED_EXCHANGE = "leveret.delayed"
@@ -33,20 +35,6 @@ def wait_queue(queue: str, ms: int) -> str:
 
 def dead_queue(queue: str) -> str:
     return f"{queue}.dead"
-
-
-def server_product(connection: Any) -> str:
-    """The ``product`` server property of an aio-pika (or aiormq) connection: "Leveret", "RabbitMQ", ...
-
-    aio-pika >= 9 keeps the server properties on the aiormq connection (``connection.transport.connection``)."""
-    props: Any = None
-    for holder in (getattr(getattr(connection, "transport", None), "connection", None),
-                   getattr(connection, "transport", None), connection):
-        props = getattr(holder, "server_properties", None)
-        if props:
-            break
-    product = (props or {}).get("product", "")
-    return product.decode() if isinstance(product, bytes) else str(product)
 
 
 async def declare_topology(channel: aio_pika.abc.AbstractChannel, app: Any, queue: str, product: str) -> None:

@@ -159,7 +159,7 @@ def test_send_saves_locally_and_checks_its_arguments(tmp_path: Path, target: str
         assert [r.body for r in rows] == [b"\x00\xffbinary"]
         props = rows[0].properties
         assert props.message_id == first and props.delivery_mode == 2 and props.priority == 7
-        assert props.headers == {"k": bytearray(b"\x01"), "n": 5}
+        assert props.headers == {"x-deduplication-header": first, "k": bytearray(b"\x01"), "n": 5}
     with pytest.raises(OutboxError, match="closed"):
         outbox.send("", "q", b"x")
     if isinstance(outbox, PostgresOutbox):
@@ -351,7 +351,8 @@ def test_forward_to_leveret_and_rabbitmq(target: str, broker_port: int, unique: 
                 props.expiration, props.message_id, props.timestamp, props.type, props.app_id,
                 props.delivery_mode) == ("application/x-test", "gzip", 4, "c1", "r1", "60000", "m1", 1_700_000_000,
                                          "kind", "app", 2)
-        assert props.headers == {"s": "x", "n": 7, "b": b"\xff", "l": [1, "a"], "t": {"k": True}}
+        assert props.headers == {"x-deduplication-header": "m1", "s": "x", "n": 7, "b": b"\xff", "l": [1, "a"],
+                                 "t": {"k": True}}
         assert drain(broker_port, unique, 20) == [b"%d" % i for i in range(20)]
     finally:
         forwarder.stop()
@@ -725,7 +726,7 @@ def test_http_transport_on_rabbitmq_nacks_parks_and_keeps_order(target: str, rab
             if method is None:
                 time.sleep(0.05)
             else:
-                assert props.headers == {"n": int(body), "s": "text"}
+                assert props.headers == {"x-deduplication-header": props.message_id, "n": int(body), "s": "text"}
                 got.append(body)
         assert got == [b"%d" % i for i in range(12)]
         wait_until(lambda: outbox.count() == 2, what="all but the parked sent")

@@ -44,3 +44,25 @@ def test_message_id_is_read_from_the_wire_form() -> None:
                   {"headers": {}, "message_id": "é"}, {"reply_to": "r"}):
         header, message_id = encode_properties(props)
         assert message_id_of(header) == message_id == decode_properties(header).message_id
+
+
+def _sent_properties(frames: bytes) -> Any:
+    """The properties of the content header frame among ``frames`` (method frame first)."""
+    size = int.from_bytes(frames[3:7], "big")
+    _, _, header = pamqp.frame.unmarshal(frames[8 + size:])
+    return header.properties
+
+
+def test_the_deduplication_id_is_added_to_rows_saved_without_it_and_the_notice_queue_is_filled_in() -> None:
+    publisher = _Publisher(cast(Any, SimpleNamespace(number=1, max_content_size=100)))
+    old = spec.Basic.Properties(message_id="m-old", delivery_mode=2)  # a row saved before the header existed
+    row = OutboxMessage(1, "", "q", True, old.marshal(), b"x")
+    assert _sent_properties(publisher.frames(row)[0]).headers == {"x-deduplication-header": "m-old"}
+    header, message_id = encode_properties({"headers": {"k": 1}}, track=True)
+    tracked = OutboxMessage(2, "", "q", True, header, b"y")
+    assert decode_properties(header).headers == {"x-deduplication-header": message_id, "k": 1,
+                                                 "x-leveret-notify": ""}
+    assert _sent_properties(publisher.frames(tracked)[0]).headers == {"x-deduplication-header": message_id, "k": 1}
+    publisher.notify = "leveret.outbox.notices.abc"
+    assert _sent_properties(publisher.frames(tracked)[0]).headers == {
+        "x-deduplication-header": message_id, "k": 1, "x-leveret-notify": "leveret.outbox.notices.abc"}

@@ -32,6 +32,7 @@ from conftest import small_tmpfs
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
+    DedupPut,
     Delete,
     ExchangeDef,
     MessageOp,
@@ -52,6 +53,7 @@ from leveret.store import BACKENDS as REGISTRY
 from leveret.store import backend_class, open_store
 from leveret.store.memory import MemoryStore
 from leveret.store.postgres import PostgresStore
+from leveret.store.postgres_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from leveret.store.sqlite import SCHEMA_VERSION, SqliteStore, decode_value, encode_value
 
 from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
@@ -1010,7 +1012,7 @@ def test_a_version_2_store_is_migrated_and_keeps_its_definitions(db_path: Path) 
         s.save_limits("user", "bob", {"max-connections": 1})
         assert s.load_definitions().limits == [("user", "bob", {"max-connections": 1})]
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 
@@ -1103,7 +1105,7 @@ def test_postgres_refusals(pg_url: str) -> None:
         assert "\n" not in str(info.value)
     with _pg(pg_url) as conn:
         conn.execute(f"UPDATE {schema}.meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"newer Leveret \(schema 99, this version knows 1\)"):
+    with pytest.raises(StoreError, match=rf"newer Leveret \(schema 99, this version knows {PG_SCHEMA_VERSION}\)"):
         PostgresStore(pg_url).open()
     with _pg(pg_url) as conn:
         conn.execute(f"DROP TABLE {schema}.meta")
@@ -1173,7 +1175,8 @@ def test_postgres_migrations_run_in_order_once(pg_url: str, monkeypatch: pytest.
             assert snapshot(s) == before
     schema = pg_url.rpartition("schema=")[2]
     with _pg(pg_url) as conn:
-        assert conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        version = conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == str(len(later))
         assert conn.execute(f"SELECT x FROM {schema}.later").fetchall() == [(42,)]
 
 
@@ -1215,3 +1218,32 @@ def test_postgres_a_refused_status_record_does_not_fail_the_messages(pg_url: str
         s.flush()
         assert done == [None]
         assert ids(s.load_messages("/", "q")) == [1, 2]
+
+
+# --- deduplication windows (core/dedup.py: DedupPut, load_dedup) ---------------------------------------------
+
+
+def test_dedup_windows_are_trimmed_read_back_and_go_with_their_owner(store: Store, tmp_path: Path) -> None:
+    def put(name: str, seq: int, kind: str = "queue", vhost: str = "/", keep: int = 3) -> DedupPut:
+        return DedupPut(vhost, kind, name, seq, f"s{name}{seq}", 1000.0 * seq, keep)
+
+    submit_wait(store, [put("q", seq) for seq in range(1, 5)] + [put("q", 1, "exchange"), put("q", 1, vhost="v")])
+    submit_wait(store, [put("q", 5), push(1)])  # with a message, in one commit
+    windows = store.load_dedup()
+    # at least the newest `keep` (a backend may keep a few older ones: the window keeps the newest)
+    assert windows[("/", "queue", "q")][-3:] == [(3, "sq3", 3000.0), (4, "sq4", 4000.0), (5, "sq5", 5000.0)]
+    submit_wait(store, [put("q", seq) for seq in range(6, 12)])
+    assert [row[0] for row in store.load_dedup()[("/", "queue", "q")]][-3:] == [9, 10, 11]
+    assert len(store.load_dedup()[("/", "queue", "q")]) <= 3 + 6  # what fell out of the window went
+    assert windows[("/", "exchange", "q")] == [(1, "sq1", 1000.0)]
+    assert set(windows) == {("/", "queue", "q"), ("/", "exchange", "q"), ("v", "queue", "q")}
+    store.delete_queue("/", "q")
+    assert set(store.load_dedup()) == {("/", "exchange", "q"), ("v", "queue", "q")}
+    store.delete_exchange("/", "q")
+    store.delete_vhost("v")
+    assert store.load_dedup() == {}
+    if isinstance(store, SqliteStore | PostgresStore):  # durable: reopened, the rows are still there
+        submit_wait(store, [put("r", 7, keep=10)])
+        store.close()
+        store.open()
+        assert store.load_dedup() == {("/", "queue", "r"): [(7, "sr7", 7000.0)]}

@@ -128,6 +128,7 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments: Table = dict(arguments) if arguments else {}
+        self.dedup: Any = None  # x-message-deduplication: its DedupWindow (core/dedup.py), set by the vhost
         self._bindings: dict[BindingKey, Binding] = {}
         self._by_destination: dict[Hashable, dict[BindingKey, Binding]] = {}
         self._new_index()

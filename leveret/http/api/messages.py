@@ -15,7 +15,7 @@ from leveret.core import errors
 from leveret.core.access import Access
 from leveret.core.dead_letter import death_origin, move
 from leveret.core.exchanges import Exchange
-from leveret.core.message import Message, build_address, build_header
+from leveret.core.message import NOTIFY, Message, build_address, build_header
 from leveret.core.routing import Peer, validate
 from leveret.core.tracking import MESSAGE_ID
 from leveret.management.context import Management
@@ -52,10 +52,14 @@ async def publish(api: Management, call: Call) -> web.Response:
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise bad_request(f"invalid properties: {exc}") from None
     msg = Message(exchange.name, routing_key, build_address(exchange.name, routing_key), header, raw)
-    try:  # the checks of AMQP's basic.publish (expiration, CC/BCC), answered as a bad request
+    try:  # the checks of AMQP's basic.publish (expiration, CC/BCC; job-done notices: core/notices.py)
         validate(msg)
+        if msg.flags & NOTIFY:
+            call.access(vhost).write("exchange", "")
     except errors.PreconditionFailed as exc:
         raise bad_request(f"406 PRECONDITION_FAILED - {exc.text}") from None
+    except errors.PermissionRefused as exc:
+        raise bad_request(f"403 ACCESS_REFUSED - {exc.text}") from None
     origin = Peer(f"http {call.user.name}@{call.request.remote}", call.user.name)
     taken = vhost.publish(exchange, msg, origin)  # the one publish entry (core/routing.py)
     await api.durable()
