@@ -36,18 +36,16 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from leveret.core.storage import (
     BindingDef,
     Definitions,
     ExchangeDef,
-    MessageOp,
     PermissionDef,
     PolicyDef,
     QueueDef,
-    Store,
     StoredMessage,
     StoreError,
     UserDef,
@@ -58,6 +56,7 @@ from . import postgres_schema as schema
 from .postgres_batch import PgWriter
 from .postgres_schema import MIGRATIONS, SCHEMA_VERSION, text_in, text_out
 from .tagged_json import decode_value, encode_value
+from .writer_store import WriterStore
 
 log = logging.getLogger("leveret.store")
 
@@ -68,7 +67,7 @@ READ_TIMEOUT = 30.0  # seconds: the reader's statement_timeout
 PLENTY = 1 << 62  # free_space() while the database is reachable: its disk is the server's business
 
 
-class PostgresStore(Store):
+class PostgresStore(WriterStore):
     """The PostgreSQL backend. ``url`` is a libpq URL (``postgresql://user:password@host:port/dbname``; a password
     may also come from PGPASSWORD or ~/.pgpass); ``?schema=NAME`` picks the PostgreSQL schema that holds the
     tables (default ``leveret``). ``schema`` overrides it. ``connect_retry``: seconds :meth:`open` keeps trying
@@ -83,7 +82,7 @@ class PostgresStore(Store):
             raise StoreError("a PostgreSQL store needs psycopg 3: pip install 'leveret[postgres]'")
         self.url, url_schema = postgres_schema.split_url(url)
         self.schema = schema or url_schema
-        self.where = postgres_schema.where(self.url, self.schema)
+        self._where = postgres_schema.where(self.url, self.schema)
         self.connect_retry = connect_retry
         self.connect_timeout = connect_timeout
         self.lock_wait = lock_wait
@@ -96,23 +95,12 @@ class PostgresStore(Store):
         self.max_id_written = 0
         self.ops_written = 0
 
-    @property
-    def commits(self) -> int:
-        return self._writer.commits if self._writer is not None else 0
-
-    @property
-    def failed_commits(self) -> int:
-        return self._writer.failed_commits if self._writer is not None else 0
-
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
 
-    def __enter__(self) -> PostgresStore:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    @property
+    def where(self) -> str:
+        return self._where
 
     # --- opening and closing -------------------------------------------------------------------------------
 
@@ -169,34 +157,6 @@ class PostgresStore(Store):
                 conn.close()
 
     # --- writes --------------------------------------------------------------------------------------------
-
-    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
-        writer = self._writer
-        if not self._is_open or writer is None or writer.closing:
-            raise StoreError(f"the store {self.where} is closed")
-        writer.submit(ops if isinstance(ops, list) else list(ops), done)
-
-    def flush(self) -> None:
-        """Wait until every earlier submit has been written or has failed (its ``done`` says which)."""
-        if self._is_open:
-            self._wait(lambda conn: None, "flush", raise_failure=False)
-
-    def _wait(self, fn: Callable[[Any], object], what: str, raise_failure: bool = True) -> None:
-        writer = self._writer
-        if not self._is_open or writer is None or writer.closing:
-            raise StoreError(f"the store {self.where} is closed")
-        if writer.in_writer():
-            raise StoreError(f"{what} called from a store callback (the writer thread) would wait for itself")
-        exc = writer.call(fn)
-        if exc is not None and raise_failure:
-            raise exc
-
-    def _execute(self, what: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        def run(conn: Any) -> None:
-            for sql, params in statements:
-                conn.execute(sql, params)
-
-        self._wait(run, what)
 
     # --- definitions ---------------------------------------------------------------------------------------
 

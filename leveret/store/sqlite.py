@@ -54,7 +54,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,22 +62,21 @@ from leveret.core.storage import (
     BindingDef,
     Definitions,
     ExchangeDef,
-    MessageOp,
     PermissionDef,
     PolicyDef,
     QueueDef,
-    Store,
     StoredMessage,
     StoreError,
     UserDef,
 )
-from leveret.sqlite_writer import Writer, WriterStopped
+from leveret.sqlite_writer import Writer
 
 from . import sqlite_dedup
 from . import sqlite_schema as schema
 from .sqlite_batch import MessageBatch, chunks, marks
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from .tagged_json import decode_value, encode_value
+from .writer_store import WriterStore
 
 log = logging.getLogger("leveret.store")
 
@@ -131,7 +130,7 @@ _TWIN = _make_twin()
 
 
 
-class SqliteStore(Store):
+class SqliteStore(WriterStore):
     """The SQLite backend. ``path`` is the database file; its directory is created if missing.
 
     ``synchronous`` is SQLite's PRAGMA synchronous (FULL: a confirmed message is on disk; NORMAL: it survives a
@@ -161,23 +160,12 @@ class SqliteStore(Store):
         self.max_id_written = 0  # the message id high-water mark in the meta table (the writer's batches)
         self.ops_written = 0  # counters (for benchmarks and metrics)
 
-    @property
-    def commits(self) -> int:
-        return self._writer.commits if self._writer is not None else 0
-
-    @property
-    def failed_commits(self) -> int:
-        return self._writer.failed_commits if self._writer is not None else 0
-
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
-    def __enter__(self) -> SqliteStore:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     # --- opening and closing -------------------------------------------------------------------------------
 
@@ -249,41 +237,7 @@ class SqliteStore(Store):
 
     # --- writes --------------------------------------------------------------------------------------------
 
-    def submit(self, ops: Sequence[MessageOp], done: Callable[[BaseException | None], None]) -> None:
-        writer = self._writer
-        if not self._is_open or writer is None or writer.closing:
-            raise StoreError(f"the store {self.path} is closed")
-        writer.submit(ops if isinstance(ops, list) else list(ops), done)
-
-    def flush(self) -> None:
-        """Wait until every earlier submit has been written or has failed (its ``done`` says which: flush
-        itself does not raise for a failed commit)."""
-        if not self._is_open:
-            return
-        self._wait(lambda conn: None, "flush", raise_failure=False)
-
-    def _wait(self, fn: Callable[[sqlite3.Connection], object], what: str, raise_failure: bool = True) -> None:
-        """Run ``fn`` in the writer's transaction, after everything submitted so far, and wait for its commit."""
-        writer = self._writer
-        if not self._is_open or writer is None or writer.closing:
-            raise StoreError(f"the store {self.path} is closed")
-        if writer.in_writer():
-            raise StoreError(f"{what} called from a store callback (the writer thread) would wait for itself")
-        try:
-            exc = writer.call(fn)
-        except WriterStopped as stopped:  # pragma: no cover - the writer never exits early
-            raise StoreError(f"the store {self.path}'s writer has stopped") from stopped
-        if exc is not None and raise_failure:
-            raise exc
-
     # --- definitions ---------------------------------------------------------------------------------------
-
-    def _execute(self, what: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            for sql, params in statements:
-                conn.execute(sql, params)
-
-        self._wait(run, what)
 
     def save_vhost(self, name: str) -> None:
         self._execute("save_vhost", [("INSERT OR IGNORE INTO vhosts (name) VALUES (?)", (name,))])
