@@ -123,12 +123,16 @@ class StartedEvent:
 
     __slots__ = ("ctx", "timer", "track", "ts", "worker")
 
-    def __init__(self, worker: Worker, ctx: TaskContext, track: bool) -> None:
+    def __init__(self, worker: Worker, ctx: TaskContext, track: bool, ts: float | None = None) -> None:
+        """``ts``: when the task started (a handler thread's clock, read before the loop heard of it); now when
+        not given."""
         self.worker = worker
         self.ctx = ctx
         self.track = track
-        self.ts = time.time()
-        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(STARTED_DELAY, self._send)
+        now = time.time()
+        self.ts = now if ts is None else ts
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            max(0.0, STARTED_DELAY - (now - self.ts)), self._send)
         ctx.start_event = self
 
     def _send(self) -> None:
