@@ -67,7 +67,7 @@ from leveret.tasks.messages import (
 from leveret.tasks.middleware import call_hooks
 from leveret.tasks.status import MAX_RESULT_BYTES, event
 from leveret.tasks.threads import HandlerThreads, Slots
-from leveret.tasks.worker_out import EVENT_PROPERTIES, EVENT_PROPERTIES_NO_ID, Outgoing, StartedEvent
+from leveret.tasks.worker_out import EVENT_PROPERTIES, EVENT_PROPERTIES_NO_ID, Outgoing, StartedEvent, StartedEvents
 
 __all__ = ["BadMessage", "Consumer", "HandlerThreads", "Job", "Outgoing", "Slots", "StartedEvent", "TaskContext",
            "Worker", "copy_message", "decode", "error_info", "next_attempt"]
@@ -155,6 +155,7 @@ class Worker(Failures):
         self._consumers: list[Consumer] = []
         self._closing: asyncio.Future[Any] | None = None
         self._out = Outgoing()
+        self.started_events = StartedEvents()
         self._buckets: dict[str, TokenBucket] = {}
         for task in app.tasks.values():
             if task.queue in self.queues and task.rate_per_second:
