@@ -9,6 +9,11 @@ retried according to the message's retry strategy: on Leveret by ``reject(requeu
 delay (Leveret's delayed exchange, or a wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original.
 Exhausted retries, unknown task names and unreadable messages end in ``<queue>.dead``.
 
+Concurrency: ``concurrency`` slots (``threads.Slots``) shared by the loop and the handler threads. A sync task
+without middleware, rate limit or time limits (a "fast" ``Job``) runs in a handler thread, which then takes the
+next waiting message itself (no event-loop turn between two tasks); the loop decodes deliveries, runs everything
+else, and writes the threads' events and acks in batches.
+
 The worker reconnects by itself (capped exponential back-off with jitter) when the connection drops; messages
 whose delivery died with the connection are never acked on the new one (the broker redelivers them).
 
