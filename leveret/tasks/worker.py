@@ -575,10 +575,14 @@ class Worker(Failures):
     async def _after_fast(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
         try:
             await step
-        except Exception as exc:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
-            log.exception("cannot process a message of %s", job.consumer.queue)
-            with contextlib.suppress(Exception):
-                await self._dead_letter(job.consumer, job.message, "worker_error", exc, None)
+        except Exception as exc:
+            if job.message.channel.is_closed:  # its delivery died with the connection: the broker redelivers it
+                log.warning("task %s[%s]: the connection was lost before its outcome was sent (%s: %s); the broker "
+                            "redelivers it", job.ctx.task, job.ctx.id, type(exc).__name__, exc)
+            else:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
+                log.exception("cannot process a message of %s", job.consumer.queue)
+                with contextlib.suppress(Exception):
+                    await self._dead_letter(job.consumer, job.message, "worker_error", exc, None)
         self._task_done()
 
     # --- the rest of a task ----------------------------------------------------------------------------------
