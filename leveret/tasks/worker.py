@@ -367,9 +367,15 @@ class Worker(Failures):
                 self._threads.submit(self._fast, job)
             return
         job.future = self._loop.create_future()
-        if not self._slots.take_or_queue(job) and not await job.future:
-            self._requeue(message)  # stopping before it got its slot
-            return
+        if not self._slots.take_or_queue(job):
+            try:
+                if not await job.future:
+                    self._requeue(message)  # stopping before it got its slot
+                    return
+            except asyncio.CancelledError:  # (its channel closed) just after the slot was handed to it: pass it on
+                if job.future.done() and not job.future.cancelled() and job.future.result():
+                    self._release()
+                raise
         try:
             if self._stopping.is_set():  # prefetched but not started: back to the queue at once
                 self._requeue(message)
