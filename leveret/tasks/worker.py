@@ -488,7 +488,10 @@ class Worker(Failures):
         next_job: Job | None = job
         while next_job is not None:
             job = next_job
-            outcome, result, error = self._run_fast(job, loop)
+            try:
+                outcome, result, error = self._run_fast(job, loop)
+            except BaseException as exc:  # an interruption (revoke) that landed just after the handler returned
+                outcome, result, error = RAN, None, exc
             post(loop, self._fast_done, job, outcome, result, error)
             next_job = self._slots.next_or_release()
             if next_job is not None and not next_job.fast:
