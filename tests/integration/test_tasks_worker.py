@@ -885,3 +885,47 @@ def test_revoke_reaches_a_prefetched_message_before_it_starts(broker: Broker, wo
     broker.wait_state(first, "succeeded")
     broker.wait_state(waiting, "revoked")
     assert ran == [0] and broker.states(waiting) == ["revoked"]
+
+
+def test_a_loop_job_cancelled_just_after_it_was_handed_a_slot_passes_the_slot_on() -> None:
+    """No broker: the worker's slot logic with stand-ins for a delivered message. A job that runs on the loop (an
+    async task) waits for a slot; the slot is handed to it and its task is cancelled (its channel closed) before
+    it resumes: the slot must not be lost."""
+    from types import SimpleNamespace
+
+    app = App("amqp://guest:guest@127.0.0.1:1/", name="slots")
+
+    @app.task(name="slots.job", queue="slots")
+    async def job() -> None:
+        return None
+
+    worker = Worker(app, concurrency=1)
+
+    def delivery(tag: int) -> Any:
+        props = SimpleNamespace(headers=None, content_type="application/json", message_id=f"id{tag}",
+                                correlation_id=None, message_type=job.name)
+        body = json.dumps({"payload": {}, "metadata": {"task": job.name, "id": f"id{tag}"}}).encode()
+        return SimpleNamespace(header=SimpleNamespace(properties=props), body=body, delivery_tag=tag,
+                               channel=SimpleNamespace(is_closed=False))
+
+    async def scenario() -> int:
+        worker._loop = asyncio.get_running_loop()
+        worker._stopping = asyncio.Event()
+        consumer: Any = SimpleNamespace(queue="slots")
+        assert worker._slots.take_or_queue("held elsewhere")
+        waiting = asyncio.ensure_future(worker._on_message(consumer, delivery(1)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(worker._slots.waiting) == 1
+        worker._release()  # the holder finished: the slot goes to the waiting job...
+        waiting.cancel()  # ...whose channel closes before it resumes
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return worker._slots.busy
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        worker._threads.shutdown()
+        worker._pool.shutdown(wait=False)
+        app.close()
