@@ -292,6 +292,11 @@ class Worker(Failures):
         if self.unfinished:
             log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
                         "requeues them", self.unfinished, grace)
+        after = list(self._after)  # failures, hooks or links of fast tasks still going: not acked either
+        for future in after:
+            future.cancel()
+        if after:
+            await asyncio.gather(*after, return_exceptions=True)
 
     def _set_consuming(self, consuming: bool) -> None:
         """Record and report a change; the first False is reported too (a connection lost while it was still
@@ -580,6 +585,7 @@ class Worker(Failures):
         future = asyncio.ensure_future(self._after_fast(job, step))
         self._after.add(future)
         future.add_done_callback(self._after.discard)
+        future.add_done_callback(lambda _: step.close())  # cancelled before it started: no "never awaited" warning
 
     async def _after_fast(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
         try:
