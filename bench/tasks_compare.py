@@ -19,13 +19,16 @@ Each library runs with its defaults: leveret.tasks waits for the publisher confi
 (RabbitmqBroker, ``confirm_delivery=False``) and Celery (``confirm_publish`` off) do not.
 
 This file is also the task module of the worker processes (environment BENCH_LIB, BENCH_URL, BENCH_QUEUE,
-BENCH_SLEEP, BENCH_EXPECT): each counts its finished tasks and prints ``BENCH-DONE <epoch>`` at the last.
+BENCH_SLEEP, BENCH_EXPECT, BENCH_GAPS): each counts its finished tasks and prints ``BENCH-DONE <epoch>`` at the
+last (with ``--gaps``, also ``BENCH-GAPS``: its first task's start, the gaps between two tasks in a thread, how busy
+its threads were).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import shutil
 import statistics
@@ -54,14 +57,36 @@ _done = 0
 _done_lock = threading.Lock()
 
 
+GAPS = os.environ.get("BENCH_GAPS") == "1"
+_marks: list[tuple[int, float, float]] = []  # --gaps: (thread, start, end) of each task
+
+
 def _work(i: int) -> None:
     global _done
+    start = time.time() if GAPS else 0.0
     if SLEEP:
         time.sleep(SLEEP)
+    if GAPS and i >= 0:  # not the warm-up task
+        _marks.append((threading.get_ident(), start, time.time()))
     with _done_lock:
         _done += 1
         if _done == EXPECT:
             print(f"BENCH-DONE {time.time():.6f}", flush=True)
+            if GAPS:
+                _print_gaps()
+
+
+def _print_gaps() -> None:
+    """--gaps: when the worker's first task started, the gaps between two tasks in a thread (mean, p50, p90) and
+    the fraction of threads x time spent in tasks (low: the worker waited for messages)."""
+    by_thread: dict[int, list[tuple[float, float]]] = {}
+    for thread, start, end in _marks:
+        by_thread.setdefault(thread, []).append((start, end))
+    gaps = sorted(b[0] - a[1] for runs in by_thread.values() for a, b in itertools.pairwise(sorted(runs)))
+    first = min(m[1] for m in _marks)
+    busy = sum(m[2] - m[1] for m in _marks) / (CONCURRENCY * (max(m[2] for m in _marks) - first))
+    print(f"BENCH-GAPS {first:.6f} gap mean {statistics.mean(gaps) * 1000:.3f} ms p50 "
+          f"{gaps[len(gaps) // 2] * 1000:.3f} p90 {gaps[int(len(gaps) * .9)] * 1000:.3f}, busy {busy:.2f}", flush=True)
 
 
 def _define(lib: str, url: str, queue: str, status: bool = True) -> Any:
@@ -157,11 +182,12 @@ def delete_queues(url: str, queues: list[str]) -> None:
 
 
 def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True,
-            inflight: int = 0, status: bool = True) -> dict[str, float]:
+            inflight: int = 0, status: bool = True, gaps: bool = False) -> dict[str, float]:
     queue = f"bench-{lib}-{workload}-{uuid.uuid4().hex[:6]}"
     sleep = 0.01 if workload == "sleep" else 0.0
     env = {**os.environ, "BENCH_LIB": lib, "BENCH_URL": url, "BENCH_QUEUE": queue, "BENCH_SLEEP": str(sleep),
-           "BENCH_EXPECT": str(n), "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}", "BENCH_STATUS": "1" if status else "0"}
+           "BENCH_EXPECT": str(n), "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}", "BENCH_STATUS": "1" if status else "0",
+           "BENCH_GAPS": "1" if gaps else "0"}
     state = tempfile.mkdtemp(prefix="bench-state-")
     env["LEVERET_STATE_DIR"] = state
     broker, task = _define(lib, url, queue, status)
@@ -224,6 +250,15 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: b
         if not done.wait(max(120.0, n * 0.05)):
             raise TimeoutError(f"{lib}/{workload}: not done; worker output:\n" + "\n".join(lines[-20:]))
         t_done = float(next(x for x in lines if "BENCH-DONE " in x).split("BENCH-DONE ")[1].split()[0])
+        if gaps:
+            deadline = time.monotonic() + 10
+            while not any("BENCH-GAPS " in x for x in lines) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            line = next((x for x in lines if "BENCH-GAPS " in x), "")
+            if line:
+                first, rest = line.split("BENCH-GAPS ")[1].split(" ", 1)
+                print(f"  {lib} worker: first task +{(float(first) - t0) * 1000:.0f} ms, all sent +"
+                      f"{(t_sent - t0) * 1000:.0f} ms, last done +{(t_done - t0) * 1000:.0f} ms; {rest}", flush=True)
         latencies.sort()
         return {"enqueue": len(latencies) / (t_sent - t0), "e2e": n / (t_done - t0),
                 "p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000}
@@ -273,6 +308,9 @@ def main() -> int:
     parser.add_argument("--workloads", default="noop,sleep")
     parser.add_argument("--send-only", action="store_true",
                         help="no worker: the producer's send() alone (latency without a worker competing for CPU)")
+    parser.add_argument("--gaps", action="store_true",
+                        help="the worker also reports when its first task started, the gaps between two tasks in a "
+                             "thread and how busy its threads were (low: it waited for messages)")
     args = parser.parse_args()
     server = None
     url = args.url
@@ -288,7 +326,7 @@ def main() -> int:
                     n = args.n if workload == "noop" else args.sleep_n
                     r = run_one(lib.split("-")[0], workload, n, url, batch=100 if "-batch" in lib else 0,
                                 worker=not args.send_only, inflight=100 if "-async" in lib else 0,
-                                status="-nostatus" not in lib)
+                                status="-nostatus" not in lib, gaps=args.gaps)
                     results.setdefault((lib, workload), []).append(r)
                     print(f"round {rnd + 1} {workload:5} {lib:8} enqueue {r['enqueue']:8.0f}/s  end-to-end "
                           f"{r['e2e']:8.0f}/s  send p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms", flush=True)

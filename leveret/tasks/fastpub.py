@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,56 @@ class Pump:
         batch = [pending.popleft() for _ in range(len(pending))]
         if batch:
             self.handle(batch)
+
+
+class Relay:
+    """Calls for one event loop (a ``send_async`` caller's) from the App's loop thread: the confirms that arrive
+    together settle their callers' futures after one ``call_soon_threadsafe`` (one wake-up of the caller's loop)
+    instead of one each."""
+
+    __slots__ = ("lock", "loop", "pending", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        self.pending.append((fn, args))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # the caller's loop is closed: nobody awaits these any more
+            with self.lock:
+                self.scheduled = False
+            self.pending.clear()
+
+    def _run(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        pending = self.pending
+        while pending:
+            fn, args = pending.popleft()
+            fn(*args)
+
+
+_relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Relay] = weakref.WeakKeyDictionary()
+_relays_lock = threading.Lock()
+
+
+def relay(loop: asyncio.AbstractEventLoop) -> Relay:
+    """The ``Relay`` to ``loop`` (one per loop, dropped with it)."""
+    found = _relays.get(loop)
+    if found is None:
+        with _relays_lock:
+            found = _relays.get(loop)
+            if found is None:
+                found = _relays[loop] = Relay(loop)
+    return found
 
 
 class Writer:

@@ -18,7 +18,7 @@ from leveret.amqp import codec
 from leveret.outbox.message import DUE_HEADER
 from leveret.outbox.store import Outbox
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
-from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer
+from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer, relay
 from leveret.tasks.status import event, event_message, merge, new_task_id
 from leveret.tasks.task import Handle, Task, run_eager
 from leveret.tasks.topology import DELAYED_EXCHANGE, EVENTS_EXCHANGE, REPLY_TO, now_iso, wait_queue
@@ -193,8 +193,10 @@ class Sending:
         if caller is loop:
             notify = settle
         else:
+            post = relay(caller).post  # confirms that arrive together wake the caller's loop once
+
             def notify(value: Any, error: BaseException | None) -> None:
-                caller.call_soon_threadsafe(settle, value, error)
+                post(settle, value, error)
 
         self._pump(loop).submit(self._outgoing(task, built, notify))
         try:

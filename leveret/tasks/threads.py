@@ -1,5 +1,6 @@
-"""The threads that run a worker's sync handlers (``HandlerThreads``), with their outcomes handed back to the
-event loop in batches."""
+"""The threads that run a worker's sync handlers (``HandlerThreads``), the worker's concurrency slots shared by
+those threads and its event loop (``Slots``), and the hand-back of what the threads did to the loop in batches
+(``HandlerThreads.post``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,53 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("leveret.tasks.worker")
+
+
+class Slots:
+    """``size`` slots (the worker's concurrency) and the FIFO of prepared jobs waiting for one.
+
+    Thread-safe: a handler thread that finishes a task takes the next waiting job itself (``next_or_release``)
+    and keeps its slot, so a busy worker starts its next task without waiting for an event-loop turn (as
+    Dramatiq's worker threads take their next message from a local queue); the loop offers every delivered
+    message (``take_or_queue``) and hands a slot to a job that must run on the loop."""
+
+    __slots__ = ("free", "lock", "size", "waiting")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self.waiting: deque[Any] = deque()
+        self.lock = threading.Lock()
+
+    def take_or_queue(self, job: Any) -> bool:
+        """True: ``job`` has a slot now; False: it waits (FIFO) until a slot holder hands it its slot."""
+        with self.lock:
+            if self.free > 0 and not self.waiting:
+                self.free -= 1
+                return True
+            self.waiting.append(job)
+            return False
+
+    def next_or_release(self) -> Any:
+        """For a slot holder that finished: the next waiting job (which now holds the slot), or None when none
+        waits (the slot is free again)."""
+        with self.lock:
+            if self.waiting:
+                return self.waiting.popleft()
+            self.free += 1
+            return None
+
+    def clear_waiting(self) -> list[Any]:
+        """Take every waiting job out (stopping: they go back to the broker)."""
+        with self.lock:
+            jobs = list(self.waiting)
+            self.waiting.clear()
+            return jobs
+
+    @property
+    def busy(self) -> int:
+        """Slots held (handlers running, or about to start)."""
+        return self.size - self.free
 
 
 class HandlerThreads:
@@ -29,9 +77,9 @@ class HandlerThreads:
         self.name = name
         self._queue: queue_mod.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue_mod.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._completed: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
-        self._completed_lock = threading.Lock()
-        self._completion_scheduled = False
+        self._posted: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._posted_lock = threading.Lock()
+        self._post_scheduled = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if len(self._threads) < self.size:  # no count of idle threads to keep in step across threads
@@ -48,7 +96,7 @@ class HandlerThreads:
                 return
             fn, args = item
             try:
-                fn(*args)  # _call_in_thread: hands every outcome to the loop, raises nothing of the handler's
+                fn(*args)  # hands every outcome to the loop (post), raises nothing of the handler's
             except BaseException:
                 log.exception("handler thread %s", threading.current_thread().name)
             del item, fn, args
@@ -58,10 +106,36 @@ class HandlerThreads:
             self._queue.put(None)
         self._threads = []
 
+    def post(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+        """From a handler thread: ``fn(*args)`` on ``loop``, in the order posted. The loop is woken only when no
+        wake-up is pending, so what several threads post together costs one ``call_soon_threadsafe``."""
+        self._posted.append((fn, args))
+        with self._posted_lock:
+            if self._post_scheduled:
+                return
+            self._post_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is gone, nobody awaits it
+            loop.call_soon_threadsafe(self._run_posted)
+
+    @property
+    def posting(self) -> bool:
+        """Something posted is not yet run on the loop."""
+        return bool(self._posted)
+
+    def _run_posted(self) -> None:
+        with self._posted_lock:
+            self._post_scheduled = False
+        posted = self._posted
+        while posted:
+            fn, args = posted.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("handing back a handler's outcome")
+
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """``fn(*args)`` in a thread, like ``loop.run_in_executor`` but with completions handed back in batches:
-        a finishing thread appends its outcome to a deque and wakes the loop only when no wake-up is pending, so
-        tasks that end together cost one ``call_soon_threadsafe`` (and no ``concurrent.futures`` chaining)."""
+        """``fn(*args)`` in a thread, like ``loop.run_in_executor`` but with completions handed back in batches
+        (``post``, no ``concurrent.futures`` chaining)."""
         future = loop.create_future()
         self.submit(self._call_in_thread, loop, future, fn, args)
         return future
@@ -71,26 +145,16 @@ class HandlerThreads:
         if future.cancelled():  # cancelled before a thread took it (as run_in_executor's would be): not run
             return
         try:
-            outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (future, fn(*args), None)
+            result, error = fn(*args), None
         except BaseException as exc:  # handed to the awaiting coroutine, as run_in_executor does
-            outcome = (future, None, exc)
-        self._completed.append(outcome)
-        with self._completed_lock:
-            if self._completion_scheduled:
-                return
-            self._completion_scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is gone, nobody awaits it
-            loop.call_soon_threadsafe(self._complete)
+            result, error = None, exc
+        self.post(loop, _settle, future, result, error)
 
-    def _complete(self) -> None:
-        with self._completed_lock:
-            self._completion_scheduled = False
-        completed = self._completed
-        while completed:
-            future, result, error = completed.popleft()
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

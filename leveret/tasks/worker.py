@@ -9,6 +9,11 @@ retried according to the message's retry strategy: on Leveret by ``reject(requeu
 delay (Leveret's delayed exchange, or a wait queue ``<queue>.retry.<ms>`` elsewhere) and acking the original.
 Exhausted retries, unknown task names and unreadable messages end in ``<queue>.dead``.
 
+Concurrency: ``concurrency`` slots (``threads.Slots``) shared by the loop and the handler threads. A sync task
+without middleware, rate limit or time limits (a "fast" ``Job``) runs in a handler thread, which then takes the
+next waiting message itself (no event-loop turn between two tasks); the loop decodes deliveries, runs everything
+else, and writes the threads' events and acks in batches.
+
 The worker reconnects by itself (capped exponential back-off with jitter) when the connection drops; messages
 whose delivery died with the connection are never acked on the new one (the broker redelivers them).
 
@@ -29,8 +34,9 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -65,16 +71,39 @@ from leveret.tasks.messages import (
 )
 from leveret.tasks.middleware import call_hooks
 from leveret.tasks.status import MAX_RESULT_BYTES, event
-from leveret.tasks.threads import HandlerThreads
-from leveret.tasks.worker_out import EVENT_PROPERTIES, EVENT_PROPERTIES_NO_ID, Outgoing, StartedEvent
+from leveret.tasks.threads import HandlerThreads, Slots
+from leveret.tasks.worker_out import EVENT_PROPERTIES, EVENT_PROPERTIES_NO_ID, Outgoing, StartedEvent, StartedEvents
 
-__all__ = ["BadMessage", "Consumer", "HandlerThreads", "Outgoing", "StartedEvent", "TaskContext", "Worker",
-           "copy_message", "decode", "error_info", "next_attempt"]
+__all__ = ["BadMessage", "Consumer", "HandlerThreads", "Job", "Outgoing", "Slots", "StartedEvent", "TaskContext",
+           "Worker", "copy_message", "decode", "error_info", "next_attempt"]
 
 log = logging.getLogger("leveret.tasks.worker")
 
 RECONNECT_FIRST = 0.5  # seconds before the first reconnection attempt (then doubled, capped, jittered)
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the back-off
+DRAIN_POLL = 0.005  # seconds between two looks at the running handlers while stopping
+# What a handler thread did with a job (Worker._run_fast).
+RAN, NOT_STARTED, SKIPPED = 0, 1, 2
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One delivered message, decoded on the loop when it arrives. ``fast``: a sync handler without middleware,
+    rate limit or time limits, run from start to end by a handler thread (``Worker._fast``); otherwise the job
+    runs on the loop (``Worker._on_message``), which awaits ``future`` for its slot. ``bad``: the reason and error
+    of a message that cannot run (dead-lettered)."""
+
+    consumer: Consumer
+    message: aiormq.abc.DeliveredMessage
+    ctx: TaskContext
+    task: Task | None = None
+    payload: dict[str, Any] | None = None
+    fast: bool = False
+    bad: tuple[str, Exception] | None = None
+    future: asyncio.Future[bool] | None = None
+    started: StartedEvent | None = None
+
+
 class Worker(Failures):
     """Consume ``queues`` (default: all of the app's) with up to ``concurrency`` handlers at once.
 
@@ -120,15 +149,18 @@ class Worker(Failures):
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._inflight: set[asyncio.Future[None]] = set()
         self._running: dict[str, Running] = {}
-        self._sem: asyncio.Semaphore | None = None
+        self._slots = Slots(concurrency)
+        self._count_lock = threading.Lock()  # tasks_started and _halted, from handler threads and the loop
+        self._halted = False  # max_tasks reached: start nothing more
+        self._after: set[asyncio.Future[None]] = set()  # what follows fast jobs on the loop (failures, hooks)
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._events: aiormq.abc.AbstractChannel | None = None
         self._confirm: aio_pika.abc.AbstractChannel | None = None
         self._consumers: list[Consumer] = []
         self._closing: asyncio.Future[Any] | None = None
         self._out = Outgoing()
+        self.started_events = StartedEvents()
         self._buckets: dict[str, TokenBucket] = {}
         for task in app.tasks.values():
             if task.queue in self.queues and task.rate_per_second:
@@ -139,7 +171,6 @@ class Worker(Failures):
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._sem = asyncio.Semaphore(self.concurrency)
         failures = 0
         try:
             while not self._stopping.is_set():
@@ -244,16 +275,28 @@ class Worker(Failures):
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.raw.basic_cancel(consumer.tag)
+        for job in self._slots.clear_waiting():  # prefetched, not started: back to the queue at once
+            if job.future is not None:
+                if not job.future.done():
+                    job.future.set_result(False)
+            else:
+                self._requeue(job.message)
         grace = 0.0 if self.exit_code else self.grace
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=max(grace, 0.001))
+        deadline = time.monotonic() + max(grace, 0.001)
+        while not self._quiet() and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
         self._out.flush()  # the last acks and events, before the connection closes
         for _ in range(3):
             await asyncio.sleep(0)
-        self.unfinished = len(self._inflight)
+        self.unfinished = self._slots.busy + len(self._after)
         if self.unfinished:
             log.warning("%d task(s) still running after the %g s grace period: not acked, the broker "
                         "requeues them", self.unfinished, grace)
+        after = list(self._after)  # failures, hooks or links of fast tasks still going: not acked either
+        for future in after:
+            future.cancel()
+        if after:
+            await asyncio.gather(*after, return_exceptions=True)
 
     def _set_consuming(self, consuming: bool) -> None:
         """Record and report a change; the first False is reported too (a connection lost while it was still
@@ -316,33 +359,51 @@ class Worker(Failures):
         return lambda message: self._on_message(consumer, message)
 
     async def _on_message(self, consumer: Consumer, message: aiormq.abc.DeliveredMessage) -> None:
-        assert self._sem is not None and self._stopping is not None
-        async with self._sem:
-            if self._stopping.is_set():  # delivered (prefetched) but not started: back to the queue at once
-                with contextlib.suppress(Exception):
-                    await message.channel.basic_nack(_tag(message), requeue=True, wait=False)
+        """A delivery, decoded at once. A fast job (``Job``) goes to a handler thread when a slot is free, else it
+        waits and the thread that finishes a task takes it; any other job waits here for its slot and runs on the
+        loop (``_handle``)."""
+        assert self._stopping is not None and self._loop is not None
+        if self._stopping.is_set() or self._halted:  # delivered (prefetched) while stopping: back to the queue
+            self._requeue(message)
+            return
+        job = self._prepare(consumer, message)
+        if job.fast:
+            if self._slots.take_or_queue(job):
+                self._threads.submit(self._fast, job)
+            return
+        job.future = self._loop.create_future()
+        if not self._slots.take_or_queue(job):
+            try:
+                if not await job.future:
+                    self._requeue(message)  # stopping before it got its slot
+                    return
+            except asyncio.CancelledError:  # (its channel closed) just after the slot was handed to it: pass it on
+                if job.future.done() and not job.future.cancelled() and job.future.result():
+                    self._release()
+                raise
+        try:
+            if self._stopping.is_set():  # prefetched but not started: back to the queue at once
+                self._requeue(message)
                 return
             if message.channel.is_closed:  # prefetched on a connection that died meanwhile: redelivered, not run
                 return
-            self.tasks_started += 1
-            if self.max_tasks is not None and self.tasks_started >= self.max_tasks:
-                self._stopping.set()
-                self._notify("max_tasks")
-            current = asyncio.current_task()
-            assert current is not None
-            self._inflight.add(current)
+            hit = self._count_start()
+            if hit is None:
+                self._requeue(message)
+                return
+            if hit:
+                self._max_reached()
             try:
-                await self._handle(consumer, message)
+                await self._handle(job)
             except Exception as exc:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
                 log.exception("cannot process a message of %s", consumer.queue)
                 with contextlib.suppress(Exception):
                     await self._dead_letter(consumer, message, "worker_error", exc, None)
-            finally:
-                self._inflight.discard(current)
-        self.tasks_done += 1
-        self._notify("task_done")
+        finally:
+            self._release()
+        self._task_done()
 
-    async def _handle(self, consumer: Consumer, message: aiormq.abc.DeliveredMessage) -> None:
+    def _prepare(self, consumer: Consumer, message: aiormq.abc.DeliveredMessage) -> Job:
         props = message.header.properties
         headers = props.headers or {}
         try:
@@ -355,24 +416,206 @@ class Worker(Failures):
             reason = bad.reason if isinstance(bad, BadMessage) else "undecodable"
             ctx = TaskContext(str(props.message_id or ""), str(props.message_type or ""), consumer.queue, 0, None,
                               app=self.app)
-            await self._dead_letter(consumer, message, reason, bad, ctx)
-            return
+            return Job(consumer, message, ctx, bad=(reason, bad))
         ctx = TaskContext(task_id, name, consumer.queue, attempt, payload, metadata=metadata, app=self.app)
         task = self.app.tasks.get(name)
         if task is None:
             known = ", ".join(sorted(t for t, v in self.app.tasks.items() if v.queue == consumer.queue))
             unknown = LookupError(f"no task named {name!r} in app {self.app.name!r} (tasks of queue "
                                   f"{consumer.queue!r}: {known or 'none'})")
-            await self._dead_letter(consumer, message, "unknown_task", unknown, ctx)
+            return Job(consumer, message, ctx, bad=("unknown_task", unknown))
+        fast = not (task.is_async or task.soft_time_limit or task.time_limit or name in self._buckets
+                    or self.app.middleware)
+        return Job(consumer, message, ctx, task, payload, fast)
+
+    def _count_start(self) -> bool | None:
+        """Count a task as started: None when ``max_tasks`` was reached already (start nothing more), True when
+        this one reaches it."""
+        with self._count_lock:
+            if self._halted:
+                return None
+            self.tasks_started += 1
+            if self.max_tasks is not None and self.tasks_started >= self.max_tasks:
+                self._halted = True
+                return True
+            return False
+
+    def _max_reached(self) -> None:
+        assert self._stopping is not None
+        self._stopping.set()
+        self._notify("max_tasks")
+
+    def _task_done(self) -> None:
+        self.tasks_done += 1
+        self._notify("task_done")
+
+    def _requeue(self, message: aiormq.abc.DeliveredMessage) -> None:
+        """Give a delivered message back to the broker (not started: stopping)."""
+        channel = message.channel
+        if channel.is_closed:
             return
+        nack = asyncio.ensure_future(channel.basic_nack(_tag(message), requeue=True, wait=False))
+        nack.add_done_callback(_retrieve)
+
+    def _release(self) -> None:
+        """On the loop, for a slot holder that finished: hand the slot to the next waiting job, or free it."""
+        while True:
+            job = self._slots.next_or_release()
+            if job is None:
+                return
+            if job.fast:
+                self._threads.submit(self._fast, job)
+                return
+            if job.future is not None and not job.future.done():  # (done: cancelled, its channel closed)
+                job.future.set_result(True)
+                return
+
+    def _give(self, job: Job) -> None:
+        """On the loop: a handler thread handed its slot to ``job``, which runs on the loop."""
+        if job.future is None or job.future.done():
+            self._release()
+        else:
+            job.future.set_result(True)
+
+    def _quiet(self) -> bool:
+        """No handler running, nothing of theirs left to do on the loop."""
+        return self._slots.busy == 0 and not self._threads.posting and not self._after
+
+    # --- fast jobs: run by handler threads -------------------------------------------------------------------
+
+    def _fast(self, job: Job) -> None:
+        """In a handler thread holding a slot: run ``job``, hand its outcome to the loop (``_fast_done``: event,
+        reply, ack, written in batches), then take the next waiting job with the same slot, without waiting for
+        the loop, until none waits (the slot is freed) or the next one must run on the loop (``_give``)."""
+        loop = self._loop
+        assert loop is not None
+        post = self._threads.post
+        next_job: Job | None = job
+        while next_job is not None:
+            job = next_job
+            try:
+                outcome, result, error = self._run_fast(job, loop)
+            except BaseException as exc:  # an interruption (revoke) that landed just after the handler returned
+                outcome, result, error = RAN, None, exc
+            post(loop, self._fast_done, job, outcome, result, error)
+            next_job = self._slots.next_or_release()
+            if next_job is not None and not next_job.fast:
+                post(loop, self._give, next_job)
+                return
+
+    def _run_fast(self, job: Job, loop: asyncio.AbstractEventLoop) -> tuple[int, Any, BaseException | None]:
+        """In a handler thread: (RAN, result, exception), or (NOT_STARTED | SKIPPED, None, None)."""
+        stopping = self._stopping
+        if stopping is None or stopping.is_set() or job.message.channel.is_closed:
+            return NOT_STARTED, None, None
+        hit = self._count_start()
+        if hit is None:
+            return NOT_STARTED, None, None
+        if hit:
+            self._threads.post(loop, self._max_reached)
+        ctx = job.ctx
+        task = job.task
+        assert task is not None and job.payload is not None
+        running = Running()
+        key = ctx.id or str(id(running))
+        self._running[key] = running  # first: a revoke from now on interrupts it (_on_control)
+        try:
+            if ctx.id and ctx.id in self.revoked:
+                return SKIPPED, None, None
+            if task.status:
+                self._threads.post(loop, self._fast_start, job, time.time())
+            try:
+                return RAN, running.run_in_thread(task.fn, job.payload), None
+            except BaseException as exc:
+                return RAN, None, exc
+        finally:
+            self._running.pop(key, None)
+
+    def _fast_start(self, job: Job, ts: float) -> None:
+        """On the loop: a handler thread started ``job`` at ``ts``; its "started" event is due 0.1 s after."""
+        assert job.task is not None
+        track = job.task.track_started
+        job.started = StartedEvent(self, job.ctx, self.app.track_started if track is None else track, ts)
+
+    def _fast_done(self, job: Job, outcome: int, result: Any, error: BaseException | None) -> None:
+        """On the loop: what a handler thread did with ``job``; the rest of it, as ``_handle`` would do it."""
+        if outcome == NOT_STARTED:
+            assert self._stopping is not None
+            if self._stopping.is_set() or self._halted:
+                self._requeue(job.message)
+            return
+        try:
+            if self._fast_end(job, outcome, result, error):
+                self._task_done()
+        except Exception as exc:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
+            log.exception("cannot process a message of %s", job.consumer.queue)
+            self._spawn_after(job, self._dead_letter(job.consumer, job.message, "worker_error", exc, None))
+
+    def _fast_end(self, job: Job, outcome: int, result: Any, error: BaseException | None) -> bool:
+        """True when the job is done; False when a coroutine finishes it (or it is left unacked)."""
+        task = job.task
+        ctx = job.ctx
+        assert task is not None
+        if outcome == SKIPPED:
+            self._skip_revoked(job)
+            return True
+        if job.started is not None:
+            job.started.settle()
+        if error is None:
+            if task.success_hooks or ctx.metadata.get("link"):
+                self._spawn_after(job, self._succeeded(job, result))
+                return False
+            self._end_ok(job, result)
+            return True
+        if isinstance(error, TaskRevoked):
+            if not error.args:
+                error = TaskRevoked(_interrupted_text(task, TaskRevoked, None))
+            log.warning("task %s[%s] attempt %d revoked while running", ctx.task, ctx.id, ctx.attempt)
+            self._end_revoked(job, error)
+            return True
+        if isinstance(error, Exception):
+            self._spawn_after(job, self._failed(job.consumer, job.message, task, ctx, error, task.status))
+            return False
+        log.error("task %s[%s] attempt %d: its handler raised %s: not acked (the broker redelivers it)",
+                  ctx.task, ctx.id, ctx.attempt, type(error).__name__, exc_info=error)
+        return False
+
+    def _spawn_after(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
+        """Finish a fast job with a coroutine (failure, hooks, link); ``_drain`` waits for it."""
+        future = asyncio.ensure_future(self._after_fast(job, step))
+        self._after.add(future)
+        future.add_done_callback(self._after.discard)
+        future.add_done_callback(lambda _: step.close())  # cancelled before it started: no "never awaited" warning
+
+    async def _after_fast(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+        except Exception as exc:
+            if job.message.channel.is_closed:  # its delivery died with the connection: the broker redelivers it
+                log.warning("task %s[%s]: the connection was lost before its outcome was sent (%s: %s); the broker "
+                            "redelivers it", job.ctx.task, job.ctx.id, type(exc).__name__, exc)
+            else:  # a bug of the worker: dead-letter rather than requeue it in a crash loop
+                log.exception("cannot process a message of %s", job.consumer.queue)
+                with contextlib.suppress(Exception):
+                    await self._dead_letter(job.consumer, job.message, "worker_error", exc, None)
+        self._task_done()
+
+    # --- the rest of a task ----------------------------------------------------------------------------------
+
+    async def _handle(self, job: Job) -> None:
+        """A job on the loop (holding its slot): the handler with its limits, then its outcome."""
+        consumer, message, ctx = job.consumer, job.message, job.ctx
+        if job.bad is not None:
+            reason, bad = job.bad
+            await self._dead_letter(consumer, message, reason, bad, ctx)
+            return
+        task = job.task
+        assert task is not None and job.payload is not None
         status = task.status
-        if task_id and task_id in self.revoked:
-            log.info("task %s[%s] was revoked: skipped", name, task_id)
-            if status:
-                await self._event(ctx, "revoked")
-            await self._ack(message)
+        if ctx.id and ctx.id in self.revoked:
+            self._skip_revoked(job)
             return
-        bucket = self._buckets.get(name)
+        bucket = self._buckets.get(task.name)
         if bucket is not None:
             await bucket.acquire()
         if status:
@@ -385,31 +628,53 @@ class Worker(Failures):
             await call_hooks(middleware, "before_task", self._pool, ctx)
         try:
             try:
-                result = await self._run(task, ctx, payload)
+                result = await self._run(task, ctx, job.payload)
             finally:
                 if started is not None:
                     started.settle()
         except TaskRevoked as exc:
-            log.warning("task %s[%s] attempt %d revoked while running", name, task_id, attempt)
+            log.warning("task %s[%s] attempt %d revoked while running", ctx.task, ctx.id, ctx.attempt)
             if middleware:
                 await call_hooks(middleware, "after_task", self._pool, ctx, None, exc)
-            if status:
-                await self._event(ctx, "revoked", error=error_info(exc))
-            await self._reply(message, {"ok": False, "error": error_info(exc, tb=False)})
-            await self._ack(message)
+            self._end_revoked(job, exc)
             return
         except Exception as exc:
             await self._failed(consumer, message, task, ctx, exc, status)
             return
+        await self._succeeded(job, result)
+
+    def _skip_revoked(self, job: Job) -> None:
+        ctx = job.ctx
+        log.info("task %s[%s] was revoked: skipped", ctx.task, ctx.id)
+        if job.task is not None and job.task.status:
+            self.publish_event(ctx, "revoked")
+        self._ack_now(job.message)
+
+    def _end_revoked(self, job: Job, exc: TaskRevoked) -> None:
+        if job.task is not None and job.task.status:
+            self.publish_event(job.ctx, "revoked", error=error_info(exc))
+        self._reply_now(job.message, {"ok": False, "error": error_info(exc, tb=False)})
+        self._ack_now(job.message)
+
+    async def _succeeded(self, job: Job, result: Any) -> None:
+        ctx, task = job.ctx, job.task
+        assert task is not None
+        middleware = self.app.middleware
         if middleware:
             await call_hooks(middleware, "after_task", self._pool, ctx, result, None)
         if task.success_hooks:
             await self._run_hooks(task.success_hooks, ctx, result)
-        link = metadata.get("link")
+        link = ctx.metadata.get("link")
         if link:
             await self._send_link(ctx, link, result)
-        await self._reply(message, {"ok": True, "result": result})
-        if status:
+        self._end_ok(job, result)
+
+    def _end_ok(self, job: Job, result: Any) -> None:
+        """Reply, "succeeded" event, ack: all queued for the next batched write."""
+        task = job.task
+        assert task is not None
+        self._reply_now(job.message, {"ok": True, "result": result})
+        if task.status:
             extra: dict[str, Any] = {}
             if result is None:  # the common case: no JSON size check needed
                 if task.keep_result:
@@ -418,8 +683,8 @@ class Worker(Failures):
                 with contextlib.suppress(TypeError, ValueError):
                     if len(json.dumps(result)) <= MAX_RESULT_BYTES:
                         extra["result"] = result
-            await self._event(ctx, "succeeded", **extra)
-        await self._ack(message)
+            self.publish_event(job.ctx, "succeeded", **extra)
+        self._ack_now(job.message)
 
     async def _run(self, task: Task, ctx: TaskContext, payload: dict[str, Any]) -> Any:
         """Run the handler with its time limits, interruptible by revoke."""
@@ -481,6 +746,10 @@ class Worker(Failures):
             log.exception("task %s[%s]: cannot send its link %r", ctx.task, ctx.id, link)
 
     async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
+        self._ack_now(message)
+
+    def _ack_now(self, message: aiormq.abc.DeliveredMessage) -> None:
+        """Queue the ack for the next batched write (Outgoing)."""
         try:
             self._out.ack(message.channel, _tag(message))
         except aiormq.exceptions.AMQPError as exc:  # the delivery died with its channel: the broker redelivers it
@@ -488,6 +757,9 @@ class Worker(Failures):
                         message.header.properties.message_id, exc)
 
     async def _reply(self, message: aiormq.abc.DeliveredMessage, answer: dict[str, Any]) -> None:
+        self._reply_now(message, answer)
+
+    def _reply_now(self, message: aiormq.abc.DeliveredMessage, answer: dict[str, Any]) -> None:
         props = message.header.properties
         if not props.reply_to or self._events is None:
             return
@@ -547,3 +819,7 @@ def _interrupted_text(task: Task, exc_type: type[Exception], soft: float | None)
         return f"task {task.name} exceeded its soft time limit of {soft:g} s"
     return f"task {task.name} was revoked while running"
 
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # read: a nack on a channel that closed meanwhile is nothing to log

@@ -1,11 +1,13 @@
 """What the worker writes to the broker: ``Outgoing`` batches its frames (acks, events, RPC replies) into one
-write per loop turn; ``StartedEvent`` defers a task's "started" event (see its docstring)."""
+write per loop turn; ``StartedEvent`` defers a task's "started" event (see its docstring), ``StartedEvents`` sends
+the due ones."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -111,9 +113,51 @@ class Outgoing:
                 put.add_done_callback(self._puts.discard)
 
 
+class StartedEvents:
+    """The worker's deferred "started" events in the order their tasks started, with one loop timer for all of
+    them (armed for the oldest) instead of a timer per task: each task costs a deque append, no timer heap
+    push and cancel. An event that no longer needs to go (``StartedEvent.take``) stays in the deque until it
+    reaches the front, where it is dropped."""
+
+    def __init__(self) -> None:
+        self.pending: deque[StartedEvent] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, started: StartedEvent) -> None:
+        self.pending.append(started)
+        if self.timer is None:
+            self._arm(time.time())
+
+    def _arm(self, now: float) -> None:
+        pending = self.pending
+        while pending and not pending[0].armed:
+            pending.popleft()
+        if pending:
+            self.timer = asyncio.get_running_loop().call_later(max(0.0, pending[0].ts + STARTED_DELAY - now),
+                                                               self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        now = time.time()
+        pending = self.pending
+        due = now - STARTED_DELAY
+        while pending and (not pending[0].armed or pending[0].ts <= due):
+            started = pending.popleft()
+            if started.armed:
+                started.armed = False
+                started.send()
+        self._arm(now)
+
+    def clear(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending.clear()
+
+
 class StartedEvent:
     """A task's "started" event, published ``STARTED_DELAY`` seconds after the task started when no other event of
-    the attempt went before then, with the ts of the start.
+    the attempt went before then, with the ts of the start (``StartedEvents`` sends it when due).
 
     By default (``track_started`` false) a final event that goes before the delay takes the start along (its
     ``started`` field, ``take()``) and the "started" event never goes: one event per short task instead of two
@@ -121,34 +165,33 @@ class StartedEvent:
     unless ``track_started=True``. With ``track``, "started" always goes, just before the final event at the latest
     (``settle()``): in the same write, so that the broker's status book stores one record update for both."""
 
-    __slots__ = ("ctx", "timer", "track", "ts", "worker")
+    __slots__ = ("armed", "ctx", "track", "ts", "worker")
 
-    def __init__(self, worker: Worker, ctx: TaskContext, track: bool) -> None:
+    def __init__(self, worker: Worker, ctx: TaskContext, track: bool, ts: float | None = None) -> None:
+        """``ts``: when the task started (a handler thread's clock, read before the loop heard of it); now when
+        not given."""
         self.worker = worker
         self.ctx = ctx
         self.track = track
-        self.ts = time.time()
-        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(STARTED_DELAY, self._send)
+        self.ts = time.time() if ts is None else ts
+        self.armed = True  # "started" has not gone and may still go
         ctx.start_event = self
+        worker.started_events.add(self)
 
-    def _send(self) -> None:
-        self.timer = None
+    def send(self) -> None:
         self.worker.publish_event(self.ctx, "started", ts=self.ts)
 
     def settle(self) -> None:
-        """The handler returned: with ``track``, the event goes now unless it went already. Without, the timer
-        runs on: the final event takes the start along if it goes first, else "started" goes when due."""
-        timer = self.timer
-        if timer is not None and self.track:
-            timer.cancel()
-            self._send()
+        """The handler returned: with ``track``, the event goes now unless it went already. Without, it stays
+        due: the final event takes the start along if it goes first, else "started" goes when due."""
+        if self.armed and self.track:
+            self.armed = False
+            self.send()
 
     def take(self) -> float | None:
         """Another event of the attempt goes now: the start's ts for its ``started`` field when "started" has not
         gone (and now never will), else None."""
-        timer = self.timer
-        if timer is None:
+        if not self.armed:
             return None
-        timer.cancel()
-        self.timer = None
+        self.armed = False
         return self.ts

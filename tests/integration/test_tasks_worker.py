@@ -31,6 +31,7 @@ from leveret.tasks import App, Retry, TaskContext, Worker, worker_out
 from leveret.tasks.app import CONTROL_EXCHANGE, EVENTS_EXCHANGE
 from leveret.tasks.limits import EXIT_HARD_TIME_LIMIT, SoftTimeLimitExceeded, TokenBucket
 from leveret.tasks.task import parse_rate_limit
+from leveret.tasks.threads import Slots
 
 from serverproc import LeveretProcess
 
@@ -772,3 +773,159 @@ def test_revoke_interrupts_a_running_async_task(broker: Broker, workers: Callabl
     assert broker.wait_state(task_id, "revoked")["error"]["type"] == "TaskRevoked"
     assert cancelled == [True]
     wait_until(lambda: broker.count(q) == 0, what="acked, not retried")
+
+
+# --- the slots shared by handler threads and the loop (worker.py, threads.py) ------------------------------------
+
+
+def test_slots_hand_the_slot_to_the_next_waiting_job_in_order() -> None:
+    slots = Slots(2)
+    assert slots.take_or_queue("a") and slots.take_or_queue("b") and slots.busy == 2
+    assert not slots.take_or_queue("c") and not slots.take_or_queue("d")
+    assert slots.next_or_release() == "c" and slots.busy == 2  # a finished: c runs with its slot
+    assert slots.clear_waiting() == ["d"]
+    assert slots.next_or_release() is None and slots.busy == 1  # nothing waits: the slot is free again
+    assert slots.take_or_queue("e") and slots.busy == 2
+
+
+def test_concurrency_bounds_sync_and_async_handlers_together(broker: Broker, workers: Callable[..., Worker],
+                                                            broker_port: int) -> None:
+    """Sync handlers (which take their next message in their thread) and async ones (on the loop) share the
+    worker's ``concurrency`` slots."""
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("mixed")
+    lock = threading.Lock()
+    running = [0]
+    most = [0]
+
+    def enter() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+
+    def leave() -> None:
+        with lock:
+            running[0] -= 1
+
+    @app.task(name=broker.name("sync"), queue=q)
+    def sync_job() -> None:
+        enter()
+        time.sleep(0.05)
+        leave()
+
+    @app.task(name=broker.name("async"), queue=q)
+    async def async_job() -> None:
+        enter()
+        await asyncio.sleep(0.05)
+        leave()
+
+    workers(app, concurrency=2)
+    ids = [broker.publish(q, (sync_job if i % 2 else async_job).name) for i in range(10)]
+    for task_id in ids:
+        broker.wait_state(task_id, "succeeded")
+    assert most[0] == 2
+
+
+def test_stop_requeues_prefetched_messages_that_did_not_start(broker: Broker, broker_port: int) -> None:
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("stop")
+    ran: list[int] = []
+    release = threading.Event()
+
+    @app.task(name=broker.name("block"), queue=q)
+    def block(n: int) -> None:
+        ran.append(n)
+        release.wait(30)
+
+    worker = Worker(app, concurrency=1, prefetch=4, grace=30).start()
+    try:
+        first = broker.publish(q, block.name, {"n": 0})
+        wait_until(lambda: ran == [0], what="the first task to start")
+        for n in (1, 2, 3):
+            broker.publish(q, block.name, {"n": n})
+        wait_until(lambda: broker.count(q) == 0, what="the other three prefetched by the worker")
+        worker.request_stop()
+        wait_until(lambda: not worker.consuming, what="the worker to stop consuming")  # stopping: start nothing
+        release.set()
+        assert worker._thread is not None
+        worker._thread.join(30)
+        assert not worker._thread.is_alive() and worker.unfinished == 0
+        assert broker.wait_state(first, "succeeded")
+        wait_until(lambda: broker.count(q) == 3, what="the three that did not start back in the queue")
+        assert ran == [0]
+    finally:
+        release.set()
+        worker.stop()
+        app.close()
+
+
+def test_revoke_reaches_a_prefetched_message_before_it_starts(broker: Broker, workers: Callable[..., Worker],
+                                                              broker_port: int) -> None:
+    app = App(url(broker_port), name="tw", status_ttl=60)
+    q = broker.queue("revoke-waiting")
+    ran: list[int] = []
+    release = threading.Event()
+
+    @app.task(name=broker.name("block"), queue=q)
+    def block(n: int) -> None:
+        ran.append(n)
+        release.wait(30)
+
+    worker = workers(app, concurrency=1, prefetch=4)
+    try:
+        first = broker.publish(q, block.name, {"n": 0})
+        wait_until(lambda: ran == [0], what="the first task to start")
+        waiting = broker.publish(q, block.name, {"n": 1})
+        wait_until(lambda: broker.count(q) == 0, what="the second prefetched by the worker")
+        broker.ch.exchange_declare(CONTROL_EXCHANGE, "fanout", durable=True)
+        broker.ch.basic_publish(CONTROL_EXCHANGE, "", json.dumps({"revoke": waiting, "ts": time.time()}).encode())
+        wait_until(lambda: waiting in worker.revoked, what="the worker to learn of the revoke")
+    finally:
+        release.set()
+    broker.wait_state(first, "succeeded")
+    broker.wait_state(waiting, "revoked")
+    assert ran == [0] and broker.states(waiting) == ["revoked"]
+
+
+def test_a_loop_job_cancelled_just_after_it_was_handed_a_slot_passes_the_slot_on() -> None:
+    """No broker: the worker's slot logic with stand-ins for a delivered message. A job that runs on the loop (an
+    async task) waits for a slot; the slot is handed to it and its task is cancelled (its channel closed) before
+    it resumes: the slot must not be lost."""
+    from types import SimpleNamespace
+
+    app = App("amqp://guest:guest@127.0.0.1:1/", name="slots")
+
+    @app.task(name="slots.job", queue="slots")
+    async def job() -> None:
+        return None
+
+    worker = Worker(app, concurrency=1)
+
+    def delivery(tag: int) -> Any:
+        props = SimpleNamespace(headers=None, content_type="application/json", message_id=f"id{tag}",
+                                correlation_id=None, message_type=job.name)
+        body = json.dumps({"payload": {}, "metadata": {"task": job.name, "id": f"id{tag}"}}).encode()
+        return SimpleNamespace(header=SimpleNamespace(properties=props), body=body, delivery_tag=tag,
+                               channel=SimpleNamespace(is_closed=False))
+
+    async def scenario() -> int:
+        worker._loop = asyncio.get_running_loop()
+        worker._stopping = asyncio.Event()
+        consumer: Any = SimpleNamespace(queue="slots")
+        assert worker._slots.take_or_queue("held elsewhere")
+        waiting = asyncio.ensure_future(worker._on_message(consumer, delivery(1)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(worker._slots.waiting) == 1
+        worker._release()  # the holder finished: the slot goes to the waiting job...
+        waiting.cancel()  # ...whose channel closes before it resumes
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return worker._slots.busy
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        worker._threads.shutdown()
+        worker._pool.shutdown(wait=False)
+        app.close()
