@@ -101,8 +101,8 @@ def busy_percent() -> int:
     return 100 * ((t2 - t1) - (i2 - i1)) // max(1, t2 - t1)
 
 
-def wait_quiet() -> None:
-    for _ in range(60):
+def wait_quiet(seconds: int = 60) -> None:
+    for _ in range(seconds):
         if busy_percent() <= 15:
             return
     print("warning: machine still busy, measuring anyway", file=sys.stderr)
@@ -122,6 +122,8 @@ def main() -> int:
                         help="the reference broker (default: RabbitMQ on 127.0.0.1:5672)")
     parser.add_argument("--broker", action="append", default=[], metavar="NAME=URL", help="another broker")
     parser.add_argument("--out", help="append raw lines to this file")
+    parser.add_argument("--quiet-wait", type=int, default=60, metavar="SECONDS",
+                        help="wait up to this long for the machine to go quiet before each run (0: do not wait)")
     parser.add_argument("--bench-args", default="", metavar="ARGS",
                         help="more amqpbench options for every run, e.g. --bench-args=-I (message ids)")
     args = parser.parse_args()
@@ -158,7 +160,7 @@ def main() -> int:
                     cmd = [str(bench), "-H", u.hostname or "127.0.0.1", "-p", str(u.port or 5672),
                            "-u", unquote(u.username or "guest"), "-P", unquote(u.password or "guest"),
                            "-V", vhost, "-B", pid, *argv, *args.bench_args.split()]
-                    wait_quiet()
+                    wait_quiet(args.quiet_wait)
                     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                     line = run.stdout.strip() or f"error rc={run.returncode} {run.stderr.strip()}"
                     raw = f"broker={name} round={rnd} ts={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}"
