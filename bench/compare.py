@@ -183,7 +183,7 @@ def main() -> int:
 def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str, str], list[dict[str, str]]]) -> None:
     print()
     header = "| scenario | " + " | ".join(f"{n} /s" for n in names) + " | ratio leveret/rabbitmq | " + \
-        " | ".join(f"{n} CPU" for n in names) + " |"
+        " | ".join(f"{n} CPU" for n in names) + " | " + " | ".join(f"{n} CPU us/msg" for n in names) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for scenario in scenarios:
@@ -192,17 +192,22 @@ def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str,
             key = "pub_rate"
         medians: dict[str, float] = {}
         cpus: dict[str, str] = {}
+        per_msg: dict[str, str] = {}  # the broker's CPU time per message (median over runs): less noisy than rates
         for name in names:
             runs = results.get((scenario, name), [])
             if runs:
                 medians[name] = statistics.median(float(r.get(key, 0)) for r in runs)
                 cpus[name] = runs[len(runs) // 2].get("broker_cpu", "?")
+                costs = [1e4 * float(r["broker_cpu"].rstrip("%")) / float(r[key]) for r in runs
+                         if r.get("broker_cpu", "").rstrip("%").replace(".", "", 1).isdigit() and float(r.get(key, 0))]
+                per_msg[name] = f"{statistics.median(costs):.2f}" if costs else "-"
         ratio = ""
         if medians.get("rabbitmq") and "leveret" in medians:
             ratio = f"{medians['leveret'] / medians['rabbitmq']:.2f}x"
         cells = " | ".join(f"{medians[n]:,.0f}" if n in medians else "-" for n in names)
         cpu_cells = " | ".join(cpus.get(n, "-") for n in names)
-        print(f"| {scenario} ({key}) | {cells} | {ratio} | {cpu_cells} |")
+        cost_cells = " | ".join(per_msg.get(n, "-") for n in names)
+        print(f"| {scenario} ({key}) | {cells} | {ratio} | {cpu_cells} | {cost_cells} |")
 
 
 if __name__ == "__main__":
