@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -16,8 +17,9 @@ PRAGMA_VALUES = {"full": 2, "normal": 1}  # what PRAGMA synchronous reads back
 
 @pytest.mark.parametrize("setting", [None, "normal", "full"])
 def test_the_writer_runs_with_the_configured_synchronous(tmp_path: Path, setting: str | None) -> None:
-    extra = {} if setting is None else {"sqlite_synchronous": setting}
-    config = Config(port=0, data_dir=str(tmp_path / "data"), http_port=-1, stomp_port=-1, **extra)
+    config = Config(port=0, data_dir=str(tmp_path / "data"), http_port=-1, stomp_port=-1)
+    if setting is not None:
+        config = dataclasses.replace(config, sqlite_synchronous=setting)
     server = ThreadedServer(config).start()
     try:
         store = server.server.store
