@@ -60,10 +60,9 @@ def summarise(raw: str, top: int) -> str:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0]
-        group = "writer thread" if "writer" in thread or "leveret-store" in "".join(frames[1:3]) else "event loop"
-        if any("sqlite_writer" in f or "_writer_loop" in f for f in frames[1:4]):
-            group = "writer thread"
+        thread = frames[0]  # "thread (tid): name"; the store's writer thread is "leveret-store-writer ..."
+        writer = "writer" in thread or any("sqlite_writer" in f for f in frames[1:6])
+        group = "writer thread" if writer else "event loop"
         funcs = [_short(f) for f in frames[1:]]
         if not funcs:
             continue
