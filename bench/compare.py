@@ -101,8 +101,8 @@ def busy_percent() -> int:
     return 100 * ((t2 - t1) - (i2 - i1)) // max(1, t2 - t1)
 
 
-def wait_quiet() -> None:
-    for _ in range(60):
+def wait_quiet(seconds: int = 60) -> None:
+    for _ in range(seconds):
         if busy_percent() <= 15:
             return
     print("warning: machine still busy, measuring anyway", file=sys.stderr)
@@ -122,6 +122,8 @@ def main() -> int:
                         help="the reference broker (default: RabbitMQ on 127.0.0.1:5672)")
     parser.add_argument("--broker", action="append", default=[], metavar="NAME=URL", help="another broker")
     parser.add_argument("--out", help="append raw lines to this file")
+    parser.add_argument("--quiet-wait", type=int, default=60, metavar="SECONDS",
+                        help="wait up to this long for the machine to go quiet before each run (0: do not wait)")
     parser.add_argument("--bench-args", default="", metavar="ARGS",
                         help="more amqpbench options for every run, e.g. --bench-args=-I (message ids)")
     args = parser.parse_args()
@@ -158,7 +160,7 @@ def main() -> int:
                     cmd = [str(bench), "-H", u.hostname or "127.0.0.1", "-p", str(u.port or 5672),
                            "-u", unquote(u.username or "guest"), "-P", unquote(u.password or "guest"),
                            "-V", vhost, "-B", pid, *argv, *args.bench_args.split()]
-                    wait_quiet()
+                    wait_quiet(args.quiet_wait)
                     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                     line = run.stdout.strip() or f"error rc={run.returncode} {run.stderr.strip()}"
                     raw = f"broker={name} round={rnd} ts={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}"
@@ -181,7 +183,7 @@ def main() -> int:
 def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str, str], list[dict[str, str]]]) -> None:
     print()
     header = "| scenario | " + " | ".join(f"{n} /s" for n in names) + " | ratio leveret/rabbitmq | " + \
-        " | ".join(f"{n} CPU" for n in names) + " |"
+        " | ".join(f"{n} CPU" for n in names) + " | " + " | ".join(f"{n} CPU us/msg" for n in names) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for scenario in scenarios:
@@ -190,17 +192,22 @@ def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str,
             key = "pub_rate"
         medians: dict[str, float] = {}
         cpus: dict[str, str] = {}
+        per_msg: dict[str, str] = {}  # the broker's CPU time per message (median over runs): less noisy than rates
         for name in names:
             runs = results.get((scenario, name), [])
             if runs:
                 medians[name] = statistics.median(float(r.get(key, 0)) for r in runs)
                 cpus[name] = runs[len(runs) // 2].get("broker_cpu", "?")
+                costs = [1e4 * float(r["broker_cpu"].rstrip("%")) / float(r[key]) for r in runs
+                         if r.get("broker_cpu", "").rstrip("%").replace(".", "", 1).isdigit() and float(r.get(key, 0))]
+                per_msg[name] = f"{statistics.median(costs):.2f}" if costs else "-"
         ratio = ""
         if medians.get("rabbitmq") and "leveret" in medians:
             ratio = f"{medians['leveret'] / medians['rabbitmq']:.2f}x"
         cells = " | ".join(f"{medians[n]:,.0f}" if n in medians else "-" for n in names)
         cpu_cells = " | ".join(cpus.get(n, "-") for n in names)
-        print(f"| {scenario} ({key}) | {cells} | {ratio} | {cpu_cells} |")
+        cost_cells = " | ".join(per_msg.get(n, "-") for n in names)
+        print(f"| {scenario} ({key}) | {cells} | {ratio} | {cpu_cells} | {cost_cells} |")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ ENV_PREFIX = "LEVERET_"
 CONFIG_FILE_ENV = "LEVERET_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORES = ("sqlite", "memory")
+SQLITE_SYNCHRONOUS = ("full", "normal")  # the SQLite store's PRAGMA synchronous (OFF and EXTRA are not offered)
 STORE_URL_SCHEMES = ("postgresql://", "postgres://")  # store = a PostgreSQL URL (docs/cluster.md)
 TLS_VERIFY = ("none", "peer")
 TLS_VERSIONS = ("1.2", "1.3")
@@ -86,6 +87,7 @@ class Config:
     tracking_max_events: int = 100_000
     write_hold_ms: int = 2  # store writes nobody waits for wait this long for a confirm's commit (0: never)
     store_connect_retry: int = 60  # seconds a PostgreSQL store that is down at start is retried (docs/cluster.md)
+    sqlite_synchronous: str = "full"  # SQLite store: full (power-loss safe) or normal (kill -9 safe)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -329,6 +331,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tracking_max_events": _to_int(0, None),
     "write_hold_ms": _to_int(0, 1000),
     "store_connect_retry": _to_int(0, None),
+    "sqlite_synchronous": lambda value: _to_choice(value, SQLITE_SYNCHRONOUS),
 }
 
 

@@ -181,7 +181,7 @@ class Node:
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
         if config.store == "sqlite":
-            self.store = open_store("sqlite", path=data_dir / "leveret.db")
+            self.store = open_store("sqlite", path=data_dir / "leveret.db", synchronous=config.sqlite_synchronous)
         elif config.store != "memory":  # a postgresql:// URL (docs/cluster.md)
             self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry)
         else:

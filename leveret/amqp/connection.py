@@ -26,7 +26,9 @@ _ACK = struct.Struct(">QB")
 _PUBLISH_KEY = (spec.CLASS_BASIC << 16) | 40
 _ACK_KEY = (spec.CLASS_BASIC << 16) | 80
 _DELIVER_HEAD = b"\x00\x3c\x00\x3c"
+_PUBLISH_HEAD = b"\x00\x3c\x00\x28"
 _Q = struct.Struct(">Q")
+_QB = struct.Struct(">Q?")
 
 
 class State(enum.Enum):
@@ -196,6 +198,13 @@ class ServerConnection:
             if self.state is State.CLOSING and (channel or ftype != 1):
                 continue  # after our connection.close only channel 0's methods count
             if ftype == 1:
+                if channel and payload[:4] == _PUBLISH_HEAD and n - end > 22:
+                    after = self._publish_fast(channel, payload, data, pos, max_payload)
+                    if after:
+                        pos = after
+                        if self.state is State.CLOSED:
+                            return b""
+                        continue
                 self._on_method_frame(channel, payload)
                 if not channel:
                     max_payload = spec.FRAME_MIN_SIZE if self.state in _UNTUNED else self.frame_max
@@ -214,6 +223,62 @@ class ServerConnection:
             if self.state is State.CLOSED:
                 return b""
         return data[pos:]
+
+    def _publish_fast(self, channel: int, payload: bytes, data: bytes, pos: int, max_payload: int) -> int:
+        """basic.publish whose content header and single body frame follow it in ``data`` (at ``pos``), on an
+        open channel: parsed and handed over in one step, and the position after its last frame returned. 0
+        when anything is unusual (another frame type or channel, an oversized or split body, an error to
+        report): the caller then takes the general path frame by frame, which reports errors as before."""
+        if self.channels.get(channel) != CH_OPEN or channel in self._content or self.state is not State.OPEN:
+            return 0
+        ftype, hchannel, hsize = _FRAME_HEAD.unpack_from(data, pos)
+        hend = pos + 7 + hsize
+        if ftype != 2 or hchannel != channel or hsize < 14 or hsize > max_payload or hend >= len(data) \
+                or data[hend] != 0xCE:
+            return 0
+        class_id, _weight, size = _CONTENT_HEAD.unpack_from(data, pos + 7)
+        if class_id != 60 or size > self.max_message_size:
+            return 0
+        if size:
+            bpos = hend + 1
+            if len(data) - bpos < 8:
+                return 0
+            ftype, bchannel, bsize = _FRAME_HEAD.unpack_from(data, bpos)
+            bend = bpos + 7 + bsize
+            if ftype != 3 or bchannel != channel or bsize != size or bsize > max_payload or bend >= len(data) \
+                    or data[bend] != 0xCE:
+                return 0
+            body = data[bpos + 7 : bend]
+            after = bend + 1
+        else:
+            body = b""
+            after = hend + 1
+        header = data[pos + 7 : hend]
+        if header == self._last_header:  # the same properties and size as before: share one object
+            header = self._last_header
+        else:
+            self._last_header = header
+        try:
+            elen = payload[6]
+            rpos = 7 + elen
+            rlen = payload[rpos]
+            bits_pos = rpos + 1 + rlen
+            if bits_pos + 1 != len(payload):
+                return 0
+            address = payload[6:bits_pos]
+            last = self._last_address
+            if address == last[0]:
+                address, exchange, routing_key = last
+            else:
+                exchange = payload[7:rpos].decode()
+                routing_key = payload[rpos + 1 : bits_pos].decode()
+                self._last_address = (address, exchange, routing_key)
+            bits = payload[bits_pos]
+        except (IndexError, UnicodeDecodeError):
+            return 0
+        self.handler.on_publish(channel, exchange, routing_key, bool(bits & 1), bool(bits & 2), address, header,
+                                body)
+        return after
 
     def _on_method_frame(self, channel: int, payload: bytes) -> None:
         if len(payload) < 4:
@@ -379,9 +444,17 @@ class ServerConnection:
     def send_deliver(self, channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool,
                      address: bytes, header: bytes, body: bytes) -> None:
         """basic.deliver fast path: ``consumer_tag`` and ``address`` are already short-string encoded."""
+        pack = _FRAME_HEAD.pack
+        size = len(body)
+        if 0 < size <= self.frame_max - 8:  # the usual case: the three frames as one bytes object, one join
+            self._out.append(b"".join((
+                pack(1, channel, 13 + len(consumer_tag) + len(address)), _DELIVER_HEAD, consumer_tag,
+                _QB.pack(delivery_tag, redelivered), address, b"\xce",
+                pack(2, channel, len(header)), header, b"\xce", pack(3, channel, size), body, b"\xce")))
+            return
         payload = b"".join((_DELIVER_HEAD, consumer_tag, _Q.pack(delivery_tag), b"\x01" if redelivered else b"\x00",
                             address))
-        self._out.append(_FRAME_HEAD.pack(1, channel, len(payload)) + payload + b"\xce")
+        self._out.append(pack(1, channel, len(payload)) + payload + b"\xce")
         self._append_content(channel, header, body)
 
     def _append_content(self, channel: int, header: bytes, body: bytes) -> None:

@@ -169,6 +169,7 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TRACKING_MAX_EVENTS": "0",
         "LEVERET_WRITE_HOLD_MS": "0",
         "LEVERET_STORE_CONNECT_RETRY": "5",
+        "LEVERET_SQLITE_SYNCHRONOUS": "Normal",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -214,6 +215,7 @@ def test_every_field_has_an_environment_variable() -> None:
         tracking_max_events=0,
         write_hold_ms=0,
         store_connect_retry=5,
+        sqlite_synchronous="normal",
     )
 
 
@@ -224,6 +226,14 @@ def test_store_is_a_name_or_a_postgresql_url() -> None:
     assert load_config({"store": "SQLite"}, {}, None).store == "sqlite"
     with pytest.raises(ConfigError, match="sqlite, memory or a postgresql:// URL"):
         load_config({"store": "mysql://h/db"}, {}, None)
+
+
+def test_sqlite_synchronous_is_full_or_normal() -> None:
+    assert Config().sqlite_synchronous == "full"
+    assert load_config({}, {"LEVERET_SQLITE_SYNCHRONOUS": "NORMAL"}, None).sqlite_synchronous == "normal"
+    for refused in ("off", "extra", "1"):
+        with pytest.raises(ConfigError, match="must be one of full, normal"):
+            load_config({"sqlite_synchronous": refused}, {}, None)
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:
