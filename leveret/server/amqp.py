@@ -7,10 +7,7 @@ AMQP), applies back-pressure, and keeps heartbeats.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +19,10 @@ from leveret.core.broker import Session
 from leveret.core.message import Message
 
 from .commands import ChannelClosed, ChannelCommands
+from .edge import EdgeConnection
 
 if TYPE_CHECKING:
     from .listener import AMQPListener
-    from .tls import PeerTLS
 
 log = logging.getLogger("leveret.connection")
 
@@ -64,7 +61,6 @@ _BASIC_ACK = M("basic.ack")
 _BASIC_NACK = M("basic.nack")
 _BASIC_RETURN = M("basic.return")
 _BASIC_CANCEL = M("basic.cancel")
-_HANDSHAKE_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 3.0
 # Bytes of deliveries queued for one connection in a loop turn (not yet handed to the transport) after which its
 # consumers get nothing more until they are written: a consumer that does not read its socket stops a queue's
@@ -75,9 +71,11 @@ DELIVERY_BUFFER = 1 << 20
 _LINGER_TIMEOUT = 30.0
 
 
-class AMQPConnection(asyncio.Protocol, ChannelCommands):
+class AMQPConnection(EdgeConnection, ChannelCommands):
     """One client connection. Implements leveret.amqp.connection.Handler and leveret.core.channel.Sink; the
-    parsed methods go to the handlers of METHODS (below the class)."""
+    parsed methods go to the handlers of METHODS (below the class). The socket's part is EdgeConnection's."""
+
+    PROTOCOL = "AMQP"
 
     def __init__(self, server: AMQPListener) -> None:
         self.server = server
@@ -86,46 +84,14 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
         self.conn = ServerConnection(self, frame_max=config.frame_max, channel_max=config.channel_max,
                                      max_message_size=config.max_message_size)
         self.session = Session(self.broker, self)
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-        self.peer = "?"
-        self.vhost_name = "-"  # once connection.open succeeded (for the log line at the end)
-        self.loopback = False
+        self._init_edge()
         self.client_properties: dict[str, Any] = {}
         self.auth_failure_close = False
         self.blocked_capable = False
-        self.published = False
-        self.blocked = False
         self.heartbeat = 0
-        self.last_received = self.loop.time()
-        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0  # bytes and reads/writes, as RabbitMQ's
-        self._sent_since_tick = False
-        self._flush_scheduled = False
-        self._queued = 0  # bytes of deliveries queued since the last flush
-        self._transport_paused = False  # pause_writing from the transport: its buffer is over the high mark
-        self._held = False  # deliveries stopped: DELIVERY_BUFFER queued in this turn
-        self._timers: list[asyncio.TimerHandle] = []
-        self._closed = False
         self._held_cancels: list[tuple[int, str]] | None = None  # basic.cancel held back until a reply is sent
 
     # --- transport callbacks -----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = f"{peer[0]}:{peer[1]}"
-            self.loopback = peer[0].startswith("127.") or peer[0] in ("::1", "::ffff:127.0.0.1")
-        self.session.peer = self.peer
-        self.tls: PeerTLS | None = self.server.peer_tls(transport)
-        self.session.details = self.server.connection_details(transport, self.tls)
-        self.server.connections.add(self)
-        self.broker.memory.listeners.append(self._on_memory_alarm)
-        self._timers.append(self.loop.call_later(_HANDSHAKE_TIMEOUT, self._handshake_timeout))
-        log.info("accepting AMQP connection %s", self.peer)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
@@ -135,58 +101,7 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
         self.session.flush()
         self._flush()
 
-    def traffic(self) -> dict[str, int]:
-        """Bytes and socket reads/writes so far, under RabbitMQ's connection field names (management API)."""
-        return {"recv_oct": self.recv_oct, "recv_cnt": self.recv_cnt, "send_oct": self.send_oct,
-                "send_cnt": self.send_cnt}
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for timer in self._timers:
-            timer.cancel()
-        self.server.connections.discard(self)
-        with contextlib.suppress(ValueError):
-            self.broker.memory.listeners.remove(self._on_memory_alarm)
-        self.session.close()
-        user = self.session.user.name if self.session.user else "-"
-        log.info("closing AMQP connection %s (vhost '%s', user '%s')%s", self.peer, self.vhost_name, user,
-                 f": {exc}" if exc else "")
-
-    def pause_writing(self) -> None:
-        self._transport_paused = True
-        self.session.set_writable(False)
-
-    def resume_writing(self) -> None:
-        self._transport_paused = False
-        self._flush()
-        if not self._held:
-            self.session.set_writable(True)
-
     # --- output ------------------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._queued = 0
-        data = self.conn.data_to_send()
-        if data and self.transport is not None and not self._closed:
-            self._sent_since_tick = True
-            self.send_oct += len(data)
-            self.send_cnt += 1
-            self.transport.write(data)  # may call pause_writing when the socket does not take it all
-        if self._held:
-            self._held = False
-            if not self._transport_paused and not self._closed:
-                self.session.set_writable(True)  # delivers the next DELIVERY_BUFFER, flushed next turn
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
 
     def send_deliver(self, channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool,
                      address: bytes, header: bytes, body: bytes) -> None:
@@ -467,7 +382,7 @@ class AMQPConnection(asyncio.Protocol, ChannelCommands):
     def connection_open(self, _ch: int, virtual_host: str, _capabilities: str, _insist: bool) -> None:
         user = self.session.user.name if self.session.user else "?"
         try:
-            self.vhost_name = self.session.open_vhost(virtual_host).name
+            self.session.open_vhost(virtual_host)
         except errors.NotAllowed as exc:
             self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",
                                      user=user, peer=self.peer, vhost=virtual_host, reason=exc.text)

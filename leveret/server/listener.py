@@ -17,12 +17,13 @@ from leveret.config import Config
 from leveret.core.broker import Broker
 
 from .amqp import AMQPConnection
-from .tls import PLAIN_DETAILS, PeerTLS, handshake_timeout, peer_tls, server_context
+from .edge import EdgeListener
+from .tls import handshake_timeout, server_context
 
 log = logging.getLogger("leveret.server")
 
 
-class AMQPListener:
+class AMQPListener(EdgeListener):
     """AMQP over TCP (``config.port``, unless the plain listener is off) and over TLS (``config.tls_port``, when a
     certificate is configured), both over one broker."""
 
@@ -96,19 +97,6 @@ class AMQPListener:
         bound = (("amqp", self._server, self.port), ("amqp/ssl", self._tls_server, self.tls_port))
         return [{"node": self.broker.node_name, "protocol": protocol, "ip_address": self.config.bind, "port": port}
                 for protocol, listener, port in bound if listener is not None]
-
-    def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
-        """The TLS session of a new AMQP connection (None for a plain one)."""
-        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
-        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
-
-    def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
-        """What the management API shows of a connection besides its peer: the local address and TLS."""
-        details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()
-        local = transport.get_extra_info("sockname")
-        if local:
-            details["host"], details["port"] = local[0], local[1]
-        return details
 
 
 def _client_cert_mode(config: Config) -> str:

@@ -13,10 +13,8 @@ receipts and ERROR frames (the one place a failure becomes an ERROR frame and a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,11 +30,12 @@ from leveret.stomp import VERSIONS, Frame, StompConnection, format_destination
 from leveret.stomp.mapping import first_headers, headers_from_properties
 
 from .amqp import DELIVERY_BUFFER, ERROR_CODES
+from .edge import HANDSHAKE_TIMEOUT, EdgeConnection, EdgeListener
 from .stomp_commands import COMMANDS, StompCommands, StompError, Subscription
-from .tls import PLAIN_DETAILS, handshake_timeout, peer_tls
+from .tls import handshake_timeout
 
 if TYPE_CHECKING:
-    from .tls import PeerTLS
+    pass
 
 log = logging.getLogger("leveret.connection")
 
@@ -44,14 +43,16 @@ DEFAULT_STOMP_PORT = 61613
 DEFAULT_STOMP_TLS_PORT = 61614
 # RabbitMQ's stomp.default_user: the login of a CONNECT without a login header
 DEFAULT_LOGIN = ("guest", "guest")
-_HANDSHAKE_TIMEOUT = 10.0
 _SUPPORTED = ",".join(VERSIONS)
 # a receipt for these waits until what the frame did (and everything before it) is durable; others go at once
 _DURABLE_RECEIPTS = frozenset({"SEND", "COMMIT"})
 
 
-class StompAdapter(asyncio.Protocol, StompCommands):
-    """One STOMP client connection: transport, CONNECT, heart-beats, receipts, errors; the core's Sink."""
+class StompAdapter(EdgeConnection, StompCommands):
+    """One STOMP client connection: CONNECT, heart-beats, receipts, errors; the core's Sink (the socket's part is
+    EdgeConnection's)."""
+
+    PROTOCOL = "STOMP"
 
     def __init__(self, server: StompListener) -> None:
         self.server = server
@@ -62,49 +63,17 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self.session.cancel_notify = True  # a deleted queue's subscription gets an ERROR frame, as in RabbitMQ
         self.session_id = "session-" + secrets.token_urlsafe(16)
         self.version = ""  # negotiated by CONNECT
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-        self.peer = "?"
-        self.loopback = False
+        self._init_edge()
         self.client_properties: dict[str, Any] = {"product": "STOMP client"}  # what RabbitMQ's plugin shows
-        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0
-        self.last_received = self.loop.time()
         self.send_interval = 0.0  # heart-beats we send, seconds; 0: none
         self.recv_interval = 0.0  # heart-beats we expect, seconds; 0: none
-        self.published = False
-        self.blocked = False
-        self._sent_since_tick = False
-        self._flush_scheduled = False
-        self._queued = 0
-        self._transport_paused = False
-        self._held = False
         self._closing = False  # an ERROR or DISCONNECT was handled: nothing more is read
-        self._shut = False  # the transport is closing: nothing more is written
         self._receipted = False  # the frame being handled has had its RECEIPT (receipt_now)
         self._last_header = b""  # the content header of the last delivery, and its MESSAGE headers
         self._last_headers: list[tuple[str, str]] = []
-        self._closed = False
-        self._timers: list[asyncio.TimerHandle] = []
         StompCommands.__init__(self)
 
     # --- transport callbacks -----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = f"{peer[0]}:{peer[1]}"
-            self.loopback = peer[0].startswith("127.") or peer[0] in ("::1", "::ffff:127.0.0.1")
-        self.session.peer = self.peer
-        self.tls: PeerTLS | None = self.server.peer_tls(transport)
-        self.session.details = self.server.connection_details(transport, self.tls)
-        self.server.connections.add(self)
-        self.broker.memory.listeners.append(self._on_memory_alarm)
-        self._timers.append(self.loop.call_later(_HANDSHAKE_TIMEOUT, self._handshake_timeout))
-        log.info("accepting STOMP connection %s", self.peer)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
@@ -121,59 +90,7 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self.session.flush()
         self._flush()
 
-    def traffic(self) -> dict[str, int]:
-        """Bytes and socket reads/writes so far, under RabbitMQ's connection field names (management API)."""
-        return {"recv_oct": self.recv_oct, "recv_cnt": self.recv_cnt, "send_oct": self.send_oct,
-                "send_cnt": self.send_cnt}
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for timer in self._timers:
-            timer.cancel()
-        self.server.connections.discard(self)
-        with contextlib.suppress(ValueError):
-            self.broker.memory.listeners.remove(self._on_memory_alarm)
-        self.session.close()
-        user = self.session.user.name if self.session.user else "-"
-        vhost = self.session.opened_vhost
-        log.info("closing STOMP connection %s (vhost '%s', user '%s')%s", self.peer, vhost.name if vhost else "-",
-                 user, f": {exc}" if exc else "")
-
-    def pause_writing(self) -> None:
-        self._transport_paused = True
-        self.session.set_writable(False)
-
-    def resume_writing(self) -> None:
-        self._transport_paused = False
-        self._flush()
-        if not self._held:
-            self.session.set_writable(True)
-
     # --- output ------------------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._queued = 0
-        data = self.conn.data_to_send()
-        if data and self.transport is not None and not self._closed and not self._shut:
-            self._sent_since_tick = True
-            self.send_oct += len(data)
-            self.send_cnt += 1
-            self.transport.write(data)
-        if self._held:
-            self._held = False
-            if not self._transport_paused and not self._closed:
-                self.session.set_writable(True)
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
 
     def send_frame(self, command: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         self.conn.send(Frame(command, headers, body))
@@ -314,7 +231,7 @@ class StompAdapter(asyncio.Protocol, StompCommands):
 
     def _handshake_timeout(self) -> None:
         if self.session.user is None and not self._closed:
-            log.warning("closing STOMP connection %s: no CONNECT in %.0f s", self.peer, _HANDSHAKE_TIMEOUT)
+            log.warning("closing STOMP connection %s: no CONNECT in %.0f s", self.peer, HANDSHAKE_TIMEOUT)
             if self.transport is not None:
                 self.transport.abort()
 
@@ -428,7 +345,7 @@ def _seconds(millis: int) -> int:
     return max(1, millis // 1000)
 
 
-class StompListener:
+class StompListener(EdgeListener):
     """STOMP over TCP (``config.stomp_port``) and over TLS (``config.stomp_tls_port``, with the AMQPS listener's
     SSL context), both over one broker. The default port already in use logs a warning and STOMP stays off;
     any other port that cannot be bound is an OSError from :meth:`start`."""
@@ -499,19 +416,6 @@ class StompListener:
     def listeners(self) -> list[dict[str, object]]:
         return [{"node": self.broker.node_name, "protocol": protocol, "ip_address": self.config.bind, "port": port}
                 for protocol, _server, port in self._servers]
-
-    def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
-        """The TLS session of a new connection; its ``login`` (the verified certificate's user) only with
-        ``tls_external_login``, as AMQP's EXTERNAL (RabbitMQ's ``stomp.ssl_cert_login``)."""
-        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
-        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
-
-    def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
-        details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()
-        local = transport.get_extra_info("sockname")
-        if local:
-            details["host"], details["port"] = local[0], local[1]
-        return details
 
 
 __all__ = ["StompAdapter", "StompListener", "Subscription"]
