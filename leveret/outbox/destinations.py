@@ -30,9 +30,9 @@ def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> d
                 name, url = DEFAULT_DESTINATION, item
             out.setdefault(name, []).append(url)
     for name, urls in out.items():
-        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://")) for u in urls):
-            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP) or "
-                             "http://, https:// (the management API's publish)")
+        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://", "stomp://")) for u in urls):
+            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP), "
+                             "http://, https:// (the management API's publish) or stomp:// (STOMP)")
     if not out:
         raise ValueError("no broker to forward to")
     return out
