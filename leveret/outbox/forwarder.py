@@ -45,7 +45,7 @@ from leveret.outbox.message import OutboxError, OutboxMessage
 from leveret.outbox.notices import NoticeListener, notice_queue
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.sessions import Nacked, http_session, stomp_session
-from leveret.outbox.stomp_transport import StompTarget
+from leveret.outbox.stomp_transport import StompRefused, StompTarget
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 
 log = logging.getLogger("leveret.outbox.forwarder")
@@ -185,7 +185,8 @@ class Forwarder:
     async def _forward(self, dest: Destination) -> None:
         assert self._stop is not None
         failures = 0
-        turn = 0
+        turn = 0  # stays on the URL that works; the next one after a failure (failover)
+        refused = 0  # URLs that could not be reached in this round: the next is tried at once, then a back-off
         while not self._stop.is_set():
             url = dest.urls[turn % len(dest.urls)]
             started = time.monotonic()
@@ -194,6 +195,10 @@ class Forwarder:
                 conn = await self._connect(url)
             except Exception as exc:
                 self._down(dest, url, exc)
+                refused += 1
+                if refused < len(dest.urls) and not self._stop.is_set():
+                    turn += 1
+                    continue
             else:
                 if conn is None:  # stopped while connecting
                     break
@@ -203,6 +208,9 @@ class Forwarder:
                 dest.error = dest.down_since = dest.retry_at = None
                 try:
                     await self._session(dest, conn)
+                except (Nacked, StompRefused, aiormq.exceptions.ChannelClosed) as exc:
+                    self._down(dest, url, exc)
+                    turn -= 1  # the broker refused a message, it is not down: back to it after the back-off
                 except Exception as exc:
                     self._down(dest, url, exc)
                 finally:
@@ -218,6 +226,7 @@ class Forwarder:
             failures += 1
             turn += 1
             dest.retry_at = time.time() + delay
+            refused = 0
             await self._sleep(delay)
 
     async def _connect(self, url: str) -> Any:

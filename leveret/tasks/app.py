@@ -16,11 +16,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 import aiormq
 
+from leveret.aioconnect import join_urls
 from leveret.outbox.store import Outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
@@ -71,17 +72,20 @@ T = TypeVar("T")
 
 
 class App(Sending):
-    """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``).
+    """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``), or to the first
+    reachable of several (a list of URLs, or one string of them separated by commas: failover).
 
     ``send_timeout``: how long a send (or a status read) waits for the broker, including a reconnection,
     before ``BrokerUnavailable``. ``eager=True``: ``send()`` runs the task inline (no broker; unit tests).
     ``track_started=True``: every attempt publishes its "started" event (default: only one still running after
     0.1 s; a shorter one sends its start with its final event; a task's own ``track_started`` overrides this)."""
 
-    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
+    def __init__(self, url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
                  status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | Outbox | None = None,
                  eager: bool = False, send_timeout: float = 10.0, track_started: bool = False) -> None:
-        self.url = url
+        # several URLs (a list, or one string separated by commas): failover, the first that opens is used
+        # (aioconnect.open_connection); kept as one string, which the worker and the scheduler connect with too
+        self.url = join_urls(url)
         # send() writes to this outbox file (opened at the first send) instead of publishing; a forwarder
         # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
         self.outbox_path = outbox.path if isinstance(outbox, Outbox) else outbox
@@ -97,7 +101,7 @@ class App(Sending):
         self.middleware: list[Any] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
         self._eager_records: dict[str, dict[str, Any]] = {}
-        self._link = Link(url, name, on_connect=self._on_connect, on_reply=self._on_reply)
+        self._link = Link(self.url, name, on_connect=self._on_connect, on_reply=self._on_reply)
         self._pump_: Pump | None = None  # the fast path of send() (leveret.tasks.fastpub)
         self._writer = Writer()
 
