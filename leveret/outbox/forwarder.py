@@ -36,12 +36,12 @@ import aio_pika
 import aiormq
 from pamqp import commands as spec
 
-from leveret.aioconnect import open_connection
+from leveret.aioconnect import open_connection, server_product
 from leveret.outbox.destinations import DEFAULT_URL, Destination, describe, log_status, parse_brokers, safe_url
 from leveret.outbox.frames import Publisher
 from leveret.outbox.http_transport import HttpTarget
 from leveret.outbox.lock import ForwarderLock
-from leveret.outbox.message import OutboxError, OutboxMessage
+from leveret.outbox.message import NOTIFY_MARK, OutboxError, OutboxMessage
 from leveret.outbox.notices import NoticeListener, notice_queue
 from leveret.outbox.postgres import is_postgres_url
 from leveret.outbox.sessions import Nacked, http_session, stomp_session
@@ -276,7 +276,9 @@ class Forwarder:
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
         publisher = Publisher(await channel.get_underlay_channel())
-        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher)
+        # the notice queue is consumed if it exists, and declared at the first tracked message (below)
+        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher, create=False)
+        notices_tried = listener is not None or server_product(conn) != "Leveret"
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
@@ -323,6 +325,9 @@ class Forwarder:
                             dest.alone = row.id
                             break
                     fetched = len(batch) + len(parks)
+                    if not notices_tried and any(NOTIFY_MARK in row.header for row in batch):
+                        notices_tried = True  # the first tracked message: declare the notice queue (once)
+                        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher)
                     if batch:  # one socket write for the whole batch; confirms come back pipelined
                         inflight.extend(zip(batch, await publisher.publish(batch), strict=True))
                     if parks:

@@ -17,12 +17,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import aiormq
 
 from leveret.aioconnect import join_urls
-from leveret.outbox.store import Outbox
+from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Pump, Writer
@@ -81,17 +81,19 @@ class App(Sending):
     0.1 s; a shorter one sends its start with its final event; a task's own ``track_started`` overrides this)."""
 
     def __init__(self, url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
-                 status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | Outbox | None = None,
+                 status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | OutboxStorage | None = None,
                  eager: bool = False, send_timeout: float = 10.0, track_started: bool = False) -> None:
         # several URLs (a list, or one string separated by commas): failover, the first that opens is used
         # (aioconnect.open_connection); kept as one string, which the worker and the scheduler connect with too
         self.url = join_urls(url)
         # send() writes to this outbox file (opened at the first send) instead of publishing; a forwarder
         # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
-        self.outbox_path = outbox.path if isinstance(outbox, Outbox) else outbox
-        self._outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        # (a path, a postgresql:// URL, or an Outbox / PostgresOutbox: open_outbox)
+        given = cast(OutboxStorage, outbox) if is_storage(outbox) else None
+        self.outbox_path = (getattr(given, "path", None) or given.where) if given is not None else outbox
+        self._outbox: OutboxStorage | None = given
         self._outbox_lock = threading.Lock()
-        self._own_outbox = not isinstance(outbox, Outbox)
+        self._own_outbox = given is None
         self.name = name
         self.status_ttl = status_ttl
         self.eager = eager
@@ -162,12 +164,12 @@ class App(Sending):
         self.middleware.append(middleware)
 
     @property
-    def outbox(self) -> Outbox | None:
+    def outbox(self) -> OutboxStorage | None:
         """The App's outbox (opened on first use), or None when it publishes directly."""
         if self._outbox is None and self.outbox_path is not None:
             with self._outbox_lock:
                 if self._outbox is None:
-                    self._outbox = Outbox(self.outbox_path)
+                    self._outbox = open_outbox(self.outbox_path)
         return self._outbox
 
     @property

@@ -527,6 +527,31 @@ def test_task_layer_sends_through_the_outbox(tmp_path: Path, brokers: Any) -> No
         app.close()
 
 
+def test_task_layer_sends_through_a_postgresql_outbox(postgres_db: str, brokers: Any) -> None:  # noqa: F811
+    """``App(url, outbox="postgresql://...")``: the tasks go to the shared PostgreSQL outbox (open_outbox)."""
+    broker = brokers("a")
+    app = App(url(broker.port), name="obpg", status_ttl=60, outbox=postgres_db)
+    done: list[int] = []
+
+    @app.task(name="obpgtask", queue="obpg-work")
+    def work(n: int) -> int:
+        done.append(n)
+        return n
+
+    worker = Worker(app, concurrency=2).start()  # declares the queue
+    handles = [work.send(n=n) for n in range(3)]
+    assert isinstance(app.outbox, PostgresOutbox) and app.outbox.count() == 3
+    forwarder = Forwarder(app.outbox, [url(broker.port)], backoff_initial=0.1).start()
+    try:
+        for handle in handles:
+            assert handle.wait(30) == "succeeded"
+        assert sorted(done) == [0, 1, 2]
+    finally:
+        forwarder.stop()
+        worker.stop()
+        app.close()
+
+
 def test_forwarder_waits_for_the_lock_of_another(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     first = Forwarder(path, ["amqp://guest:guest@127.0.0.1:1/"], backoff_max=0.2).start()
