@@ -146,3 +146,26 @@ def test_forwarder_fails_over_to_the_second_broker(tmp_path: Path, brokers: Any)
     on_a, on_b = drain(a.port, "work"), drain(b.port, "work")
     assert on_a == [b"%d" % i for i in range(200)]  # persistent, confirmed: still there after the restart
     assert on_b == [b"%d" % i for i in range(200, 400)]
+
+
+def test_the_documented_pika_and_kombu_settings_fail_over(brokers: Any) -> None:
+    """docs/cluster.md, *Client-side failover*: pika with a list of ConnectionParameters, kombu (Celery's
+    broker_url) with URLs separated by ';' and failover_strategy: the first broker down, both reach the second."""
+    import kombu
+
+    a, b = brokers("a"), brokers("b")
+    a.stop()
+    params = [pika.ConnectionParameters("127.0.0.1", port, connection_attempts=2, retry_delay=0.2)
+              for port in (a.port, b.port)]
+    conn = pika.BlockingConnection(params)
+    try:
+        assert conn._impl.params.port == b.port
+    finally:
+        conn.close()
+    with kombu.Connection(f"{url(a.port)};{url(b.port)}", failover_strategy="round-robin",
+                          connect_timeout=2) as k:
+        k.ensure_connection(max_retries=3, interval_start=0.1, interval_step=0.1)
+        assert k.as_uri().endswith(f":{b.port}//")
+        queue = kombu.Queue("kombu-failover", durable=True)
+        k.Producer().publish({"n": 1}, routing_key="kombu-failover", declare=[queue], retry=True)
+    assert len(drain(b.port, "kombu-failover")) == 1
