@@ -39,6 +39,7 @@ from leveret.outbox.message import OutboxMessage
 from leveret.stomp import Frame, StompConnection
 
 DEFAULT_PORT = 61613
+HEARTBEAT_MS = 10_000  # asked for both ways: a broker gone without a FIN is noticed within two of its intervals
 # headers a SEND carries for STOMP itself or for properties: an entry of the headers table by one of these names
 # would be taken for them
 _RESERVED = frozenset({"destination", "receipt", "content-length", "transaction", "message-id", "content-type",
@@ -131,6 +132,7 @@ class StompTarget:
         self.error: BaseException | None = None  # why the connection is over, once it is
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
 
     async def open(self) -> StompTarget:
         """Connect and log in (a refused connection or login: StompOutage)."""
@@ -139,7 +141,7 @@ class StompTarget:
             self._writer = writer
             self.codec.send(Frame("CONNECT", [("accept-version", "1.2"), ("host", self.vhost),
                                               ("login", self.login), ("passcode", self.passcode),
-                                              ("heart-beat", "0,0")]))
+                                              ("heart-beat", f"{HEARTBEAT_MS},{HEARTBEAT_MS}")]))
             writer.write(self.codec.data_to_send())
             async with asyncio.timeout(self.timeout):
                 frames: list[Frame] = []
@@ -160,14 +162,28 @@ class StompTarget:
             raise StompOutage(f"{first.get('message', first.command)}: {first.body.decode(errors='replace')}"
                               .strip())
         self.codec.version = first.get("version", "1.0") or "1.0"
-        self._reader_task = asyncio.ensure_future(self._read(reader))
+        send_every, expect_every = _heartbeats(first.get("heart-beat"))
+        self._reader_task = asyncio.ensure_future(self._read(reader, expect_every * 2 or None))
+        if send_every:
+            self._beat_task = asyncio.ensure_future(self._beat(send_every))
         return self
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _beat(self, every: float) -> None:
+        """An end-of-line every ``every`` seconds, as negotiated (the broker closes a silent connection)."""
+        while self.error is None and self._writer is not None:
+            await asyncio.sleep(every)
+            self.codec.send_heartbeat()
+            self._writer.write(self.codec.data_to_send())
+
+    async def _read(self, reader: asyncio.StreamReader, silence: float | None) -> None:
         error: BaseException = StompOutage("the broker closed the connection")
         try:
             while True:
-                data = await reader.read(65536)
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), silence)
+                except TimeoutError:
+                    error = StompOutage(f"nothing from the broker for {silence:g} s (two heart-beat intervals)")
+                    return
                 if not data:
                     break
                 for frame in self.codec.receive_data(data):
@@ -226,9 +242,23 @@ class StompTarget:
                     self._writer.write(self.codec.data_to_send())
                 self._writer.close()
                 await asyncio.wait_for(self._writer.wait_closed(), 5)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader_task
             self._reader_task = None
         self._fail(StompOutage("closed"))
+
+
+def _heartbeats(header: str | None) -> tuple[float, float]:
+    """(how often to send, how often the broker sends) in seconds, from CONNECTED's ``heart-beat:sx,sy`` and
+    our ``HEARTBEAT_MS`` both ways (0: none)."""
+    try:
+        sx, sy = (int(part) for part in (header or "0,0").split(","))
+    except ValueError:
+        return 0.0, 0.0
+    send = max(HEARTBEAT_MS, sy) / 1000 if sy else 0.0
+    expect = max(HEARTBEAT_MS, sx) / 1000 if sx else 0.0
+    return send, expect

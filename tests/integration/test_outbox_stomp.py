@@ -13,11 +13,11 @@ from typing import Any
 import pika
 import pytest
 
-from leveret.outbox import Forwarder, open_outbox
+from leveret.outbox import Forwarder, open_outbox, stomp_transport
 from leveret.outbox.message import OutboxMessage, encode_properties
 from leveret.outbox.stomp_transport import destination, send_frame
 
-from waiting import wait_for
+from waiting import hold, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,3 +136,27 @@ def test_stomp_transport_on_rabbitmq_sends_refused_messages_again_in_order(tmp_p
         outbox.close()
         ch.queue_delete(unique)
         ch.connection.close()
+
+
+def test_heart_beats_keep_an_idle_connection(tmp_path: Path, stomp_server: Any, unique: str,
+                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Both ways at 1 s: Leveret closes a connection silent for two of the client's intervals, so an idle
+    forwarder that did not beat would lose its connection (a warning, a reconnection)."""
+    monkeypatch.setattr(stomp_transport, "HEARTBEAT_MS", 1000)
+    assert stomp_transport._heartbeats("1000,1000") == (1.0, 1.0)
+    assert stomp_transport._heartbeats("0,0") == (0.0, 0.0)
+    ch = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", stomp_server.port)).channel()
+    ch.queue_declare(unique, durable=True)
+    outbox = open_outbox(str(tmp_path / "o.db"))
+    forwarder = Forwarder(outbox, [stomp_url(stomp_server.stomp_port)]).start()
+    try:
+        outbox.send("", unique, b"first")
+        wait_for(lambda: outbox.count() == 0, 30, "the first forwarded")
+        hold(3.5, "idle for three heart-beat intervals")
+        outbox.send("", unique, b"second")
+        wait_for(lambda: outbox.count() == 0, 30, "the second forwarded")
+    finally:
+        forwarder.stop()
+        outbox.close()
+        ch.connection.close()
+    assert not [r for r in caplog.records if r.name == "leveret.outbox.forwarder" and r.levelname == "WARNING"]
