@@ -169,3 +169,25 @@ def test_the_documented_pika_and_kombu_settings_fail_over(brokers: Any) -> None:
         queue = kombu.Queue("kombu-failover", durable=True)
         k.Producer().publish({"n": 1}, routing_key="kombu-failover", declare=[queue], retry=True)
     assert len(drain(b.port, "kombu-failover")) == 1
+
+
+def test_a_worker_of_an_app_with_two_urls_works_on_the_one_that_is_up(brokers: Any) -> None:
+    """The worker connects as its App says (``app.url``, the URLs joined by commas): the first broker down, it
+    consumes from the second, where the App sends."""
+    from leveret.tasks import Worker
+
+    a, b = brokers("a"), brokers("b")
+    a.stop()
+    app = App([url(a.port), url(b.port)], name="fow", status_ttl=60)
+
+    @app.task(name="fowtask", queue="fow-work")
+    def double(n: int) -> int:
+        return 2 * n
+
+    worker = Worker(app, concurrency=1).start()
+    try:
+        handle = double.send(n=21)
+        assert handle.wait(30) == "succeeded" and handle.result() == 42
+    finally:
+        worker.stop()
+        app.close()
