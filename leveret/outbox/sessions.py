@@ -170,6 +170,8 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                 # in flight again one at a time, so that a refused one does not take stored ones' receipts along.
                 dest.careful_until = max(dest.careful_until, max(row.id for row, _ in inflight))
             raise failure
+        if not inflight and target.error is not None:  # lost while idle: reconnect now, not at the next send
+            raise target.error
         now = time.monotonic()
         if now < dest.local_retry_at:
             continue

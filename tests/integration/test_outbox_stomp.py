@@ -17,6 +17,7 @@ from leveret.outbox import Forwarder, open_outbox, stomp_transport
 from leveret.outbox.message import OutboxMessage, encode_properties
 from leveret.outbox.stomp_transport import destination, send_frame
 
+from serverproc import LeveretProcess
 from waiting import hold, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,3 +161,18 @@ def test_heart_beats_keep_an_idle_connection(tmp_path: Path, stomp_server: Any, 
         outbox.close()
         ch.connection.close()
     assert not [r for r in caplog.records if r.name == "leveret.outbox.forwarder" and r.levelname == "WARNING"]
+
+
+def test_a_broker_lost_while_idle_is_noticed_without_a_send(tmp_path: Path) -> None:
+    broker = LeveretProcess(tmp_path / "broker", env={"LEVERET_STOMP_PORT": "0"}).start()
+    outbox = open_outbox(str(tmp_path / "o.db"))
+    forwarder = Forwarder(outbox, [stomp_url(broker.stomp_port)], backoff_initial=0.1, backoff_max=0.3).start()
+    try:
+        wait_for(lambda: forwarder.snapshot()["default"]["url"], 30, "connected")
+        broker.stop()
+        wait_for(lambda: forwarder.snapshot()["default"]["error"], 30, "the lost connection noticed")
+        assert forwarder.snapshot()["default"]["url"] is None
+    finally:
+        forwarder.stop()
+        outbox.close()
+        broker.kill()
