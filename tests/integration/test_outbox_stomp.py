@@ -119,7 +119,7 @@ def test_stomp_transport_on_rabbitmq_sends_refused_messages_again_in_order(tmp_p
         for i in range(12):
             outbox.send("", unique, b"%d" % i)
         wait_for(lambda: ch.queue_declare(unique, passive=True).method.message_count == 5, 30, "the queue full")
-        wait_for(lambda: forwarder.snapshot()["default"]["error"], 30, "a refusal")
+        wait_for(lambda: forwarder.snapshot()["default"]["error"], 10, "a refusal")
         assert outbox.count() >= 7
         got: list[bytes] = []
         deadline = time.monotonic() + 60
@@ -130,7 +130,9 @@ def test_stomp_transport_on_rabbitmq_sends_refused_messages_again_in_order(tmp_p
             else:
                 got.append(body)
         assert list(dict.fromkeys(got)) == [b"%d" % i for i in range(12)]
-        assert len(got) <= 12 + 5
+        # all 12 were in the first window: each may come twice (its RECEIPT lost when the plugin closed the
+        # connection), not more
+        assert max(got.count(body) for body in got) <= 2
         wait_for(lambda: outbox.count() == 0, 30, "outbox empty")
     finally:
         forwarder.stop()
