@@ -2,10 +2,14 @@
 forwarder's start until the outbox is empty (every message published, confirmed by the broker and deleted).
 
     .venv/bin/python bench/outbox_forward.py [--messages 50000] [--body 200] [--window 1024] [--broker URL]
-                                             [--postgres postgresql://...] [--dedup]
+                                             [--postgres postgresql://...] [--dedup] [--transport amqp|stomp]
+                                             [--stomp-url stomp://...]
 
 Without ``--broker`` it starts its own Leveret (``python -m leveret serve`` on a free port, a temporary data
-directory, killed at the end). The queue is durable and the messages persistent, as the outbox sends them.
+directory, killed at the end). ``--transport stomp`` forwards through STOMP SENDs with receipts (the started
+Leveret's STOMP port, or ``--stomp-url``, by default ``stomp://guest:guest@<the broker's host>:61613/``); the
+queue is declared and counted through AMQP (``--broker``) either way. The queue is durable and the messages
+persistent, as the outbox sends them.
 Prints the rate and the forwarder's counters. Use ``--runs`` for several rounds (the machine is noisy).
 """
 
@@ -21,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,17 +34,21 @@ import aio_pika
 from leveret.outbox import Forwarder, open_outbox
 
 
-def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "LEVERET_HTTP_PORT": "0"}
+def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
+    env = {**os.environ, "LEVERET_HTTP_PORT": "0", "LEVERET_STOMP_PORT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", str(data_dir),
                              "--log-level", "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     port: list[int] = []
+    stomp: list[int] = []
     ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            found = re.search(r"listening for STOMP on [^:]+:(\d+)", line)  # logged before AMQP's line
+            if found:
+                stomp.append(int(found.group(1)))
             match = re.search(r"listening for AMQP on [^:]+:(\d+)", line)
             if match:
                 port.append(int(match.group(1)))
@@ -49,11 +58,11 @@ def start_leveret(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     if not ready.wait(30):
         proc.kill()
         raise SystemExit("leveret did not start")
-    return proc, port[0]
+    return proc, port[0], stomp[0] if stomp else -1
 
 
 async def forward(path: str, broker: str, messages: int, body: bytes, window: int,
-                  dedup: bool = False) -> tuple[float, float]:
+                  dedup: bool = False, via: str | None = None) -> tuple[float, float]:
     queue = f"outbox-forward-bench-{os.getpid()}"
     conn = await aio_pika.connect(broker)
     ch = await conn.channel()
@@ -66,7 +75,7 @@ async def forward(path: str, broker: str, messages: int, body: bytes, window: in
         for start in range(0, messages, 5000):
             await asyncio.to_thread(outbox.send_many, [
                 {"exchange": "", "routing_key": queue, "body": body} for _ in range(min(5000, messages - start))])
-        forwarder = Forwarder(outbox, [broker], window=window, report_interval=3600)
+        forwarder = Forwarder(outbox, [via or broker], window=window, report_interval=3600)
         started = time.perf_counter()
         cpu = time.process_time()
         task = asyncio.ensure_future(forwarder.run())
@@ -107,6 +116,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL outbox (an empty database) instead of SQLite")
     parser.add_argument("--broker", help="a running broker (default: start a Leveret)")
     parser.add_argument("--dir", default=".", help="where the outbox file goes (default: the current directory)")
+    parser.add_argument("--transport", choices=("amqp", "stomp"), default="amqp")
+    parser.add_argument("--stomp-url", help="with --transport stomp and --broker: the STOMP URL to forward to")
     parser.add_argument("--dedup", action="store_true",
                         help="the queue deduplicates (x-message-deduplication, x-cache-size 10000; Leveret)")
     args = parser.parse_args()
@@ -114,17 +125,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="outbox-forward-") as tmp:
         proc = None
         broker = args.broker
+        via = args.stomp_url
         if broker is None:
-            proc, port = start_leveret(Path(tmp) / "broker")
+            proc, port, stomp_port = start_leveret(Path(tmp) / "broker")
             broker = f"amqp://guest:guest@127.0.0.1:{port}/"
+            via = via or f"stomp://guest:guest@127.0.0.1:{stomp_port}/"
+        via = (via or f"stomp://guest:guest@{urlsplit(broker).hostname}:61613/") if args.transport == "stomp" \
+            else None
         try:
             for run in range(args.runs):
                 path = args.postgres or str(Path(tmp) / f"outbox-{run}.db")
                 broker_cpu = cpu_seconds(proc.pid) if proc else float("nan")
-                elapsed, own_cpu = asyncio.run(forward(path, broker, args.messages, body, args.window, args.dedup))
+                elapsed, own_cpu = asyncio.run(forward(path, broker, args.messages, body, args.window, args.dedup,
+                                                       via))
                 broker_cpu = (cpu_seconds(proc.pid) if proc else float("nan")) - broker_cpu
                 print(f"run {run + 1}: {args.messages} messages of {args.body} B forwarded (published, confirmed, "
-                      f"deleted) in {elapsed:.2f} s = {args.messages / elapsed:,.0f} msg/s (window {args.window}); "
+                      f"deleted) in {elapsed:.2f} s = {args.messages / elapsed:,.0f} msg/s (window {args.window}, "
+                      f"{args.transport}); "
                       f"CPU: forwarder {own_cpu:.2f} s, broker {broker_cpu:.2f} s",
                       flush=True)
         finally:

@@ -451,9 +451,9 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     forward.add_argument("--outbox", required=True, metavar="PATH|URL",
                          help="the outbox: an SQLite file, or a postgresql:// URL (a shared PostgreSQL outbox)")
     forward.add_argument("--broker", action="append", metavar="[NAME=]URL",
-                         help="a broker for destination NAME (default: \"default\"); repeat for more destinations, "
-                              "or with the same NAME for failover (default: $LEVERET_URL or "
-                              "amqp://guest:guest@127.0.0.1:5672/)")
+                         help="a broker for destination NAME (default: \"default\"): amqp[s]://, http[s]://, stomp://; "
+                              "repeat for more destinations, or with the same NAME (or URLs joined by commas) for "
+                              "failover (default: $LEVERET_URL or amqp://guest:guest@127.0.0.1:5672/)")
     forward.add_argument("--status", action="store_true", help="print the backlog per destination and exit")
     forward.add_argument("--json", action="store_true", help="with --status: print it as JSON")
     forward.add_argument("--window", type=int, default=1024, metavar="N",
@@ -467,6 +467,8 @@ def _add_forward(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     forward.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                          help="PostgreSQL outbox: how long other forwarders leave the messages this one fetched "
                               "(renewed while in flight; after a crash they are sent again then) (default 60)")
+    forward.add_argument("--notify-queue", metavar="NAME", help="the queue of tracked messages' job-done notices "
+                         "on Leveret (default: leveret.outbox.notices.<hash of the outbox>)")
     forward.add_argument("--log-level", default="info", metavar="LEVEL", help="debug, info, warning or error")
     forward.set_defaults(handler=_run_forward)
 
@@ -483,7 +485,7 @@ def _run_forward(args: argparse.Namespace) -> int:
     try:
         forwarder = Forwarder(args.outbox, brokers, window=args.window, backoff_max=args.backoff_max,
                               unroutable_retry=args.unroutable_retry, report_interval=args.report_interval,
-                              lease=args.lease)
+                              lease=args.lease, notify_queue=args.notify_queue)
     except ValueError as exc:
         error(str(exc))
         return 2

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from leveret.aioconnect import broker_urls
 from leveret.outbox.message import DEFAULT_DESTINATION
 
 log = logging.getLogger("leveret.outbox.forwarder")
@@ -18,21 +19,22 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 def parse_brokers(specs: Sequence[str] | Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
     """``["amqp://a/", "eu=amqp://b/", "eu=amqp://c/"]`` -> ``{"default": ["amqp://a/"], "eu": [b, c]}``: a
-    destination name and the URLs of its broker(s), tried in turn (failover, not multicast)."""
+    destination name and the URLs of its broker(s), tried in turn (failover, not multicast). A URL may also be a
+    list of them separated by commas (``eu=amqp://b/,amqp://c/``), as may a mapping's value."""
     out: dict[str, list[str]] = {}
     if isinstance(specs, Mapping):
         for name, urls in specs.items():
-            out[name] = [urls] if isinstance(urls, str) else list(urls)
+            out[name] = broker_urls(urls) if urls else []
     else:
         for item in specs:
             name, sep, url = item.partition("=")
             if not sep or "://" in name or not name:
                 name, url = DEFAULT_DESTINATION, item
-            out.setdefault(name, []).append(url)
+            out.setdefault(name, []).extend(broker_urls(url) if url else [])
     for name, urls in out.items():
-        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://")) for u in urls):
-            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP) or "
-                             "http://, https:// (the management API's publish)")
+        if not urls or not all(u.startswith(("amqp://", "amqps://", "http://", "https://", "stomp://")) for u in urls):
+            raise ValueError(f"destination {name!r}: broker URLs must start with amqp://, amqps:// (AMQP), "
+                             "http://, https:// (the management API's publish) or stomp:// (STOMP)")
     if not out:
         raise ValueError("no broker to forward to")
     return out

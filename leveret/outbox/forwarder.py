@@ -36,21 +36,19 @@ import aio_pika
 import aiormq
 from pamqp import commands as spec
 
-from leveret.aioconnect import open_connection
+from leveret.aioconnect import open_connection, server_product
 from leveret.outbox.destinations import DEFAULT_URL, Destination, describe, log_status, parse_brokers, safe_url
-from leveret.outbox.frames import Outgoing, Publisher
-from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
+from leveret.outbox.frames import Publisher
+from leveret.outbox.http_transport import HttpTarget
 from leveret.outbox.lock import ForwarderLock
-from leveret.outbox.message import OutboxError, OutboxMessage
+from leveret.outbox.message import NOTIFY_MARK, OutboxError, OutboxMessage
 from leveret.outbox.notices import NoticeListener, notice_queue
 from leveret.outbox.postgres import is_postgres_url
+from leveret.outbox.sessions import Nacked, http_session, stomp_session
+from leveret.outbox.stomp_transport import StompRefused, StompTarget
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 
 log = logging.getLogger("leveret.outbox.forwarder")
-
-class _Nacked(Exception):
-    pass
-
 
 class Forwarder:
     """Forward the outbox ``outbox`` (an :class:`Outbox` or a path) to ``brokers`` (``["[NAME=]URL", ...]`` or
@@ -187,7 +185,8 @@ class Forwarder:
     async def _forward(self, dest: Destination) -> None:
         assert self._stop is not None
         failures = 0
-        turn = 0
+        turn = 0  # stays on the URL that works; the next one after a failure (failover)
+        refused = 0  # URLs that could not be reached in this round: the next is tried at once, then a back-off
         while not self._stop.is_set():
             url = dest.urls[turn % len(dest.urls)]
             started = time.monotonic()
@@ -196,6 +195,10 @@ class Forwarder:
                 conn = await self._connect(url)
             except Exception as exc:
                 self._down(dest, url, exc)
+                refused += 1
+                if refused < len(dest.urls) and not self._stop.is_set():
+                    turn += 1
+                    continue
             else:
                 if conn is None:  # stopped while connecting
                     break
@@ -205,6 +208,9 @@ class Forwarder:
                 dest.error = dest.down_since = dest.retry_at = None
                 try:
                     await self._session(dest, conn)
+                except (Nacked, StompRefused, aiormq.exceptions.ChannelClosed) as exc:
+                    self._down(dest, url, exc)
+                    turn -= 1  # the broker refused a message, it is not down: back to it after the back-off
                 except Exception as exc:
                     self._down(dest, url, exc)
                 finally:
@@ -220,6 +226,7 @@ class Forwarder:
             failures += 1
             turn += 1
             dest.retry_at = time.time() + delay
+            refused = 0
             await self._sleep(delay)
 
     async def _connect(self, url: str) -> Any:
@@ -240,6 +247,8 @@ class Forwarder:
     async def _open(self, url: str) -> Any:
         if url.startswith(("http://", "https://")):
             return await HttpTarget(url, self.connect_timeout).open()
+        if url.startswith("stomp://"):
+            return await StompTarget(url, self.connect_timeout).open()
         return await open_connection(url, self.connect_timeout)
 
     def _down(self, dest: Destination, url: str, exc: BaseException) -> None:
@@ -255,9 +264,10 @@ class Forwarder:
 
     async def _session(self, dest: Destination, conn: Any) -> None:
         assert self._stop is not None and self.outbox is not None
-        if isinstance(conn, HttpTarget):
+        if isinstance(conn, (HttpTarget, StompTarget)):
             try:
-                await self._http_session(dest, conn)
+                await (http_session(self, dest, conn) if isinstance(conn, HttpTarget) else
+                       stomp_session(self, dest, conn))
             finally:
                 if self.outbox.shared:  # what this session leased and did not settle: another forwarder may take it
                     with contextlib.suppress(Exception):
@@ -266,7 +276,9 @@ class Forwarder:
         outbox = self.outbox
         channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
         publisher = Publisher(await channel.get_underlay_channel())
-        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher)
+        # the notice queue is consumed if it exists, and declared at the first tracked message (below)
+        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher, create=False)
+        notices_tried = listener is not None or server_product(conn) != "Leveret"
         exchanges: dict[str, aio_pika.abc.AbstractExchange | None] = {"": channel.default_exchange}
         checker: list[aio_pika.abc.AbstractChannel] = []
         inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]] = deque()
@@ -313,6 +325,9 @@ class Forwarder:
                             dest.alone = row.id
                             break
                     fetched = len(batch) + len(parks)
+                    if not notices_tried and any(NOTIFY_MARK in row.header for row in batch):
+                        notices_tried = True  # the first tracked message: declare the notice queue (once)
+                        listener = await NoticeListener.start(conn, outbox, dest.name, self.notify_queue, publisher)
                     if batch:  # one socket write for the whole batch; confirms come back pipelined
                         inflight.extend(zip(batch, await publisher.publish(batch), strict=True))
                     if parks:
@@ -365,67 +380,6 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     await outbox.release_async(dest.name)
 
-    async def _http_session(self, dest: Destination, target: HttpTarget) -> None:
-        """The HTTP transport: one publish at a time, in id order; settled as http_transport.py says."""
-        assert self._stop is not None and self.outbox is not None
-        outbox = self.outbox
-        cursor = 0
-        next_revive = 0.0
-        while True:
-            held = not await self._settle(dest)
-            if self._stop.is_set():
-                if dest.confirmed:
-                    log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they will be "
-                              "sent again", dest.name, len(dest.confirmed), dest.local_error)
-                return
-            if held or time.monotonic() < dest.local_retry_at:
-                await self._sleep(self.poll_interval)
-                continue
-            try:
-                rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, min(self.window, 128))
-            except (OutboxError, sqlite3.Error) as exc:
-                self._local_error(dest, exc)
-                continue
-            done: list[int] = []
-            parks: list[tuple[int, str]] = []
-            try:
-                for row in rows:
-                    if self._stop.is_set():
-                        break
-                    try:
-                        properties = json_properties(Outgoing(row).properties)
-                    except ValueError as exc:
-                        parks.append((row.id, str(exc)))
-                        cursor = row.id
-                        continue
-                    try:
-                        why = await target.publish(row, properties)
-                    except HttpNacked as exc:
-                        await self._note_failure(dest, row.id, str(exc))
-                        raise _Nacked(f"message {row.id} refused by the broker ({exc}); sending it again after "
-                                      "a back-off") from None
-                    cursor = row.id
-                    if why is None:
-                        done.append(row.id)
-                    else:
-                        parks.append((row.id, why))
-            finally:
-                await self._settle(dest, done, parks)
-            if not rows:
-                if outbox.shared:  # rows another forwarder held when the cursor passed them (see _session)
-                    cursor = 0
-                await self._shrink_when_idle(dest)
-                await self._sleep(self.poll_interval)
-            now = time.monotonic()
-            if self.unroutable_retry > 0 and now >= next_revive and not self._stop.is_set():
-                next_revive = now + min(self.unroutable_retry, 5.0)
-                try:
-                    if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
-                        await outbox.revive_async(dest.name, time.time())
-                        cursor = 0
-                except (OutboxError, sqlite3.Error) as exc:
-                    self._local_error(dest, exc)
-
     async def _exchange(self, conn: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
                         checker: list[aio_pika.abc.AbstractChannel],
                         exchanges: dict[str, aio_pika.abc.AbstractExchange | None],
@@ -469,7 +423,7 @@ class Forwarder:
         if isinstance(failure, aio_pika.exceptions.DeliveryError):
             await self._note_failure(dest, failed.id, "nacked by the broker")
             await self._drain(dest, inflight)
-            raise _Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
+            raise Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
         if isinstance(failure, aiormq.exceptions.ChannelClosed) and (
                 type(failure) is not aiormq.exceptions.ChannelClosed or isinstance(failure.args[0], int)):
             # The broker closed the channel with a reply code (403, 404, 406...) because of one of the messages

@@ -33,6 +33,7 @@ DEDUP_HEADER = "x-deduplication-header"
 # A tracked message (send(track=True)) is saved with this header empty; the forwarder fills in the name of its
 # notice queue on Leveret (outbox/notices.py), or leaves the header out elsewhere.
 NOTIFY_HEADER = "x-leveret-notify"
+NOTIFY_MARK = b"\x10" + NOTIFY_HEADER.encode()  # the header's name as a field table key: found in a saved header
 
 
 class OutboxError(Exception):

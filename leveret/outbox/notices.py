@@ -56,9 +56,11 @@ class NoticeListener:
 
     @classmethod
     async def start(cls, conn: Any, outbox: OutboxStorage, destination: str, queue: str,
-                    publisher: Publisher) -> NoticeListener | None:
+                    publisher: Publisher, create: bool = True) -> NoticeListener | None:
         """Declare and consume ``queue`` when the broker is Leveret, and have ``publisher`` name it in tracked
-        messages (None otherwise: no notices, the header is left out)."""
+        messages (None otherwise: no notices, the header is left out). With ``create=False`` only a queue that
+        exists is consumed (a passive declare): the forwarder declares it at the first tracked message it sends,
+        and consumes it at each session's start if an earlier one did, for the notices that wait there."""
         publisher.notify = None
         if server_product(conn) != "Leveret":
             return None
@@ -66,8 +68,11 @@ class NoticeListener:
         try:
             channel = listener._channel = await conn.channel()
             await channel.set_qos(prefetch_count=PREFETCH)
-            declared = await channel.declare_queue(queue, durable=True)
+            declared = await channel.declare_queue(queue, durable=True, passive=not create)
             await declared.consume(listener._on_message)
+        except aio_pika.exceptions.ChannelNotFoundEntity:  # passive: not declared yet, no tracked message so far
+            await listener.close()
+            return None
         except (TimeoutError, aio_pika.exceptions.AMQPError) as exc:  # forwarding goes on without notices
             log.warning("%s: no job-done notices (cannot consume the notice queue %s: %s)", destination, queue, exc)
             await listener.close()

@@ -16,12 +16,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import aiormq
 
-from leveret.outbox.store import Outbox
+from leveret.aioconnect import join_urls
+from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Pump, Writer
@@ -71,23 +72,28 @@ T = TypeVar("T")
 
 
 class App(Sending):
-    """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``).
+    """A set of tasks and a connection to a broker (``amqp://user:pass@host:port/vhost``), or to the first
+    reachable of several (a list of URLs, or one string of them separated by commas: failover).
 
     ``send_timeout``: how long a send (or a status read) waits for the broker, including a reconnection,
     before ``BrokerUnavailable``. ``eager=True``: ``send()`` runs the task inline (no broker; unit tests).
     ``track_started=True``: every attempt publishes its "started" event (default: only one still running after
     0.1 s; a shorter one sends its start with its final event; a task's own ``track_started`` overrides this)."""
 
-    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
-                 status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | Outbox | None = None,
+    def __init__(self, url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/", *, name: str = "app",
+                 status_ttl: float = DEFAULT_STATUS_TTL, outbox: str | os.PathLike[str] | OutboxStorage | None = None,
                  eager: bool = False, send_timeout: float = 10.0, track_started: bool = False) -> None:
-        self.url = url
+        # several URLs (a list, or one string separated by commas): failover, the first that opens is used
+        # (aioconnect.open_connection); kept as one string, which the worker and the scheduler connect with too
+        self.url = join_urls(url)
         # send() writes to this outbox file (opened at the first send) instead of publishing; a forwarder
         # (leveret forward --outbox PATH --broker URL) publishes it. See docs/outbox.md.
-        self.outbox_path = outbox.path if isinstance(outbox, Outbox) else outbox
-        self._outbox: Outbox | None = outbox if isinstance(outbox, Outbox) else None
+        # (a path, a postgresql:// URL, or an Outbox / PostgresOutbox: open_outbox)
+        given = cast(OutboxStorage, outbox) if is_storage(outbox) else None
+        self.outbox_path = (getattr(given, "path", None) or given.where) if given is not None else outbox
+        self._outbox: OutboxStorage | None = given
         self._outbox_lock = threading.Lock()
-        self._own_outbox = not isinstance(outbox, Outbox)
+        self._own_outbox = given is None
         self.name = name
         self.status_ttl = status_ttl
         self.eager = eager
@@ -97,7 +103,7 @@ class App(Sending):
         self.middleware: list[Any] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
         self._eager_records: dict[str, dict[str, Any]] = {}
-        self._link = Link(url, name, on_connect=self._on_connect, on_reply=self._on_reply)
+        self._link = Link(self.url, name, on_connect=self._on_connect, on_reply=self._on_reply)
         self._pump_: Pump | None = None  # the fast path of send() (leveret.tasks.fastpub)
         self._writer = Writer()
 
@@ -158,12 +164,12 @@ class App(Sending):
         self.middleware.append(middleware)
 
     @property
-    def outbox(self) -> Outbox | None:
+    def outbox(self) -> OutboxStorage | None:
         """The App's outbox (opened on first use), or None when it publishes directly."""
         if self._outbox is None and self.outbox_path is not None:
             with self._outbox_lock:
                 if self._outbox is None:
-                    self._outbox = Outbox(self.outbox_path)
+                    self._outbox = open_outbox(self.outbox_path)
         return self._outbox
 
     @property

@@ -16,7 +16,7 @@ import aiormq
 
 from leveret.amqp import codec
 from leveret.outbox.message import DUE_HEADER
-from leveret.outbox.store import Outbox
+from leveret.outbox.storage import OutboxStorage
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Outgoing, Pump, Waiter, Writer, relay
 from leveret.tasks.status import event, event_message, merge, new_task_id
@@ -37,7 +37,7 @@ class Sending:
     outbox_path: Any
     send_timeout: float
     status_ttl: float
-    _outbox: Outbox | None
+    _outbox: OutboxStorage | None
     _link: Link
     _pump_: Pump | None
     _writer: Writer
@@ -50,7 +50,7 @@ class Sending:
 
     if TYPE_CHECKING:
         @property
-        def outbox(self) -> Outbox | None: ...
+        def outbox(self) -> OutboxStorage | None: ...
         async def declare_queue(self, session: Session, queue: str) -> None: ...
         async def _declare_wait(self, session: Session, queue: str, ms: int) -> None: ...
 

@@ -50,9 +50,10 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_db"))
 
 
-@pytest.fixture(params=["amqp", "http"])
+@pytest.fixture(params=["amqp", "http", "stomp"])
 def transport(request: pytest.FixtureRequest) -> str:
-    """How the forwarder publishes: AMQP with confirms, or the management API's publish endpoint."""
+    """How the forwarder publishes: AMQP with confirms, the management API's publish endpoint, or STOMP SENDs
+    with receipts."""
     return str(request.param)
 
 
@@ -62,9 +63,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_url(transport: str, amqp_port: int, http_port: int | None = None) -> str:
+def broker_url(transport: str, amqp_port: int, http_port: int | None = None, stomp_port: int | None = None) -> str:
     if transport == "http":
         return f"http://guest:guest@127.0.0.1:{http_port}/"
+    if transport == "stomp":
+        return f"stomp://guest:guest@127.0.0.1:{stomp_port}/"
     return url(amqp_port)
 
 
@@ -237,12 +240,12 @@ def test_outbox_survives_kill9_of_the_sending_process(tmp_path: Path) -> None:
 
 
 def test_sends_while_the_broker_is_down_arrive_once_in_order(target: str, transport: str, brokers: Any) -> None:
-    http_port = free_port()
-    broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port)})
+    http_port, stomp_port = free_port(), free_port()
+    broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port), "LEVERET_STOMP_PORT": str(stomp_port)})
     declare(broker.port, "work")
     broker.stop()
     outbox = open_outbox(target)
-    forwarder = Forwarder(outbox, [broker_url(transport, broker.port, http_port)], backoff_initial=0.1,
+    forwarder = Forwarder(outbox, [broker_url(transport, broker.port, http_port, stomp_port)], backoff_initial=0.1,
                           backoff_max=0.5).start()
     try:
         for i in range(300):
@@ -407,11 +410,20 @@ def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) 
     assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
-def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any) -> None:
-    broker = brokers("a")
+def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any,
+                                       request: pytest.FixtureRequest) -> None:
+    if transport == "stomp":
+        # Leveret's STOMP SEND ignores Queue.enqueue's refusal of a full reject-publish queue and sends the RECEIPT:
+        # the message is lost. A broker fix (the HTTP API's publish answers 400 "rejected" since); the transport
+        # handles a refusal: test_stomp_transport_on_rabbitmq (RabbitMQ closes the connection, nothing is lost).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Leveret's STOMP sends the RECEIPT of a publish "
+                                              "that a full reject-publish queue refused: a broker bug"))
+    http_port, stomp_port = free_port(), free_port()
+    broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port), "LEVERET_STOMP_PORT": str(stomp_port)})
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})
     outbox = open_outbox(target)
-    forwarder = Forwarder(outbox, [url(broker.port)], backoff_initial=0.1, backoff_max=0.3).start()
+    forwarder = Forwarder(outbox, [broker_url(transport, broker.port, http_port, stomp_port)], backoff_initial=0.1,
+                          backoff_max=0.3).start()
     try:
         for i in range(12):
             outbox.send("", "small", b"%d" % i)
@@ -512,6 +524,31 @@ def test_task_layer_sends_through_the_outbox(tmp_path: Path, brokers: Any) -> No
         if worker is not None:
             worker.stop()
         forwarder.stop()
+        app.close()
+
+
+def test_task_layer_sends_through_a_postgresql_outbox(postgres_db: str, brokers: Any) -> None:  # noqa: F811
+    """``App(url, outbox="postgresql://...")``: the tasks go to the shared PostgreSQL outbox (open_outbox)."""
+    broker = brokers("a")
+    app = App(url(broker.port), name="obpg", status_ttl=60, outbox=postgres_db)
+    done: list[int] = []
+
+    @app.task(name="obpgtask", queue="obpg-work")
+    def work(n: int) -> int:
+        done.append(n)
+        return n
+
+    worker = Worker(app, concurrency=2).start()  # declares the queue
+    handles = [work.send(n=n) for n in range(3)]
+    assert isinstance(app.outbox, PostgresOutbox) and app.outbox.count() == 3
+    forwarder = Forwarder(app.outbox, [url(broker.port)], backoff_initial=0.1).start()
+    try:
+        for handle in handles:
+            assert handle.wait(30) == "succeeded"
+        assert sorted(done) == [0, 1, 2]
+    finally:
+        forwarder.stop()
+        worker.stop()
         app.close()
 
 

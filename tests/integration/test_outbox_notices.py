@@ -5,6 +5,8 @@ skip RabbitMQ."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +213,56 @@ def test_without_permission_for_the_notice_queue_the_forwarder_forwards_without_
             forwarder.stop()
     conn.close()
     assert any("no job-done notices" in r.getMessage() for r in caplog.records)
+
+
+
+def test_the_notice_queue_is_declared_at_the_first_tracked_message(tmp_path: Path, leveret: Any,
+                                                                   unique: str) -> None:
+    """No tracked message, no notice queue; the first one declares it (``--notify-queue`` names it); a later
+    forwarder consumes it from the start of its session although it has no tracked message to send."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", leveret.port))
+    ch = conn.channel()
+    ch.queue_declare(unique, durable=True)
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    notify = f"{unique}-notices"
+
+    def notice_queue_exists() -> bool:
+        probe = conn.channel()
+        try:
+            probe.queue_declare(notify, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        probe.close()
+        return True
+
+    def forward() -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "leveret", "forward", "--outbox", str(path), "--broker",
+                                 f"amqp://guest:guest@127.0.0.1:{leveret.port}/", "--notify-queue", notify],
+                                stderr=subprocess.PIPE, text=True)
+
+    proc = forward()
+    try:
+        box.send("", unique, b"untracked")
+        wait_for(lambda: box.count() == 0, 30, "the untracked message was not forwarded")
+        assert not notice_queue_exists()
+        msg = box.send("", unique, b"tracked", track=True)
+        wait_for(lambda: box.count() == 0, 30, "the tracked message was not forwarded")
+        assert notice_queue_exists()
+        proc.terminate()
+        assert proc.wait(30) == 0
+        for body in (b"untracked", b"tracked"):
+            method, props, got = get(ch, unique)
+            assert got == body
+            assert props.headers.get("x-leveret-notify") == (notify if body == b"tracked" else None)
+            ch.basic_ack(method.delivery_tag)  # the processed notice waits in the notice queue
+        wait_for(lambda: ch.queue_declare(notify, passive=True).method.message_count >= 1, 30, "no notice")
+        assert msg.status()["state"] == "sent"  # type: ignore[attr-defined]
+        proc = forward()  # nothing to send: it consumes the queue that exists
+        assert msg.wait("processed", timeout=30)["state"] == "processed"  # type: ignore[attr-defined]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        box.close()
+        ch.queue_delete(notify)
+        conn.close()
