@@ -334,10 +334,12 @@ class Channel:
             self.unacked = OrderedDict(sorted([*self.unacked.items(), *self.tx_taken], key=lambda item: item[0]))
             self.tx_taken = []
 
-    def publish(self, msg: Message, mandatory: bool) -> None:
+    def publish(self, msg: Message, mandatory: bool) -> bool | None:
         """basic.publish: check ``msg``, then publish it through the vhost's one publish entry
         (:meth:`~leveret.core.routing.Routing.publish`), or hold it until commit in a transaction; return it
-        when it is mandatory and routed nowhere; confirm it in confirm mode (nacked when a queue refused it)."""
+        when it is mandatory and routed nowhere; confirm it in confirm mode (nacked when a queue refused it).
+        Returns what the publish entry returned (False: a queue refused it; None: routed nowhere), True when held
+        for a transaction's commit."""
         vhost = self.session.vhost
         access = self.session.access
         # write on the exchange, before it is looked up (RabbitMQ's order); checked again only when the exchange
@@ -356,7 +358,7 @@ class Channel:
             self._set_reply_address(msg)
         if self.tx is not None:
             self.tx.append(self._publish_at_commit(vhost, exchange, msg, mandatory))
-            return
+            return True
         accepted = vhost.publish(exchange, msg, self.origin, mandatory=mandatory)
         if accepted is None and mandatory:
             self.sink.send_return(self.number, NO_ROUTE, "NO_ROUTE", msg)
@@ -365,6 +367,7 @@ class Channel:
             if accepted is False:
                 self._nacks.append(self.publish_seq)
             self.session.confirm_pending(self)
+        return accepted
 
     def _publish_at_commit(self, vhost: VHost, exchange: Exchange, msg: Message, mandatory: bool) -> Callable[[], None]:
         """A transaction's deferred publish. Made here rather than as a closure in :meth:`publish`, whose locals

@@ -16,7 +16,7 @@ from leveret.outbox.destinations import Destination
 from leveret.outbox.frames import Outgoing
 from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
 from leveret.outbox.message import OutboxError, OutboxMessage
-from leveret.outbox.stomp_transport import StompRefused, StompTarget, send_frame
+from leveret.outbox.stomp_transport import StompOutage, StompRefused, StompTarget, send_frame
 
 if TYPE_CHECKING:
     from leveret.outbox.forwarder import Forwarder
@@ -128,7 +128,13 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                     parks.append((row.id, str(exc)))
             fetched = len(rows)
             if batch:
-                futures = await target.send([frame for _, frame in batch])
+                try:
+                    futures = await target.send([frame for _, frame in batch])
+                except (StompRefused, StompOutage):
+                    # the connection ended (an ERROR, a loss) before this batch went out: it stays in the outbox;
+                    # below, what was RECEIPTed before the end is settled first, then the end is reported
+                    futures = []
+                    batch = []
                 inflight.extend(zip([row for row, _ in batch], futures, strict=True))
             if parks:
                 await fw._settle(dest, parks=parks)
@@ -154,6 +160,12 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
         failure = inflight[0][1].exception() if inflight and inflight[0][1].done() else None
         if failure is not None:  # (the head may have been receipted while the deletions were written: not failed)
             failed = inflight[0][0]
+            if isinstance(failure, StompRefused) and failure.refused:
+                # a full reject-publish queue refused it: a nack, sent again after a back-off (never parked); the
+                # connection is over, so what was in flight behind it goes again one at a time
+                dest.careful_until = max(dest.careful_until, max(row.id for row, _ in inflight))
+                raise Nacked(f"message {failed.id} refused by the broker ({failure}); sending it again after a "
+                             "back-off")
             if isinstance(failure, StompRefused):
                 text = str(failure)
                 if len(inflight) == 1 and failed.id <= dest.careful_until:

@@ -21,8 +21,9 @@ access refused, a store that failed) ends the connection: every message without 
 session restarts after a back-off, sending those again **one at a time**; one that gets an ERROR when alone is
 the culprit and is parked with the broker's message (retried every ``unroutable_retry``), as an AMQP message
 that closes the channel. A lost connection is an outage (kept, sent again: at-least-once). STOMP has no
-``mandatory``: an unroutable message is dropped by the broker, not parked, and there are no nacks (a full
-``reject-publish`` queue: see docs/outbox.md).
+``mandatory``: an unroutable message is dropped by the broker, not parked. A full ``reject-publish`` queue
+refuses a SEND with Leveret's ERROR ``Message refused`` (``PUBLISH_REFUSED``), which is a nack: the message is
+kept and sent again after a back-off, never parked (RabbitMQ's plugin closes the connection instead: an outage).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from leveret.outbox.frames import Outgoing
 from leveret.outbox.message import OutboxMessage
-from leveret.stomp import Frame, StompConnection
+from leveret.stomp import PUBLISH_REFUSED, Frame, StompConnection
 
 DEFAULT_PORT = 61613
 HEARTBEAT_MS = 10_000  # asked for both ways: a broker gone without a FIN is noticed within two of its intervals
@@ -62,6 +63,7 @@ class StompRefused(Exception):
     def __init__(self, message: str, detail: str, receipt: str | None) -> None:
         super().__init__(f"{message}: {detail}".strip().rstrip(":"))
         self.receipt = receipt
+        self.refused = message == PUBLISH_REFUSED  # Leveret: a full reject-publish queue refused it (a nack)
 
 
 def destination(exchange: str, routing_key: str) -> str:

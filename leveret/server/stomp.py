@@ -198,7 +198,7 @@ class StompAdapter(EdgeConnection, StompCommands):
     def receipt(self, receipt_id: str, then: Callable[[], None] | None = None) -> None:
         """Send RECEIPT once everything done so far is durable (a persistent SEND's write, a COMMIT's)."""
         def send(exc: BaseException | None) -> None:
-            if self._closed or self._closing:
+            if self._closed or self._shut:  # (after an ERROR was decided, the receipts before it still go first)
                 return
             if exc is not None:
                 self.error("Processing error", f"could not write to the store: {exc}", receipt_id)
@@ -211,15 +211,24 @@ class StompAdapter(EdgeConnection, StompCommands):
 
     def error(self, message: str, detail: str, receipt: str | None = None) -> None:
         """Send an ERROR frame (RabbitMQ's headers, and the offending frame's receipt-id) and close the connection
-        once it is written; nothing more is read."""
+        once it is written; nothing more is read. The ERROR goes after the RECEIPTs of the frames before it, which
+        wait for the durable write: a sender must learn that those are stored, or it sends them again."""
         if self._closing:
             return
+        self._closing = True
         log.warning("STOMP connection %s: ERROR %s: %s", self.peer, message, detail.strip())
         headers = [("message", message), ("content-type", "text/plain"), ("version", _SUPPORTED)]
         if receipt is not None:
             headers.append(("receipt-id", receipt))
-        self.conn.send(Frame("ERROR", headers, detail.encode()))
-        self.close_after_flush()
+        frame = Frame("ERROR", headers, detail.encode())
+
+        def send(_exc: BaseException | None) -> None:
+            if not self._closed and not self._shut:
+                self.conn.send(frame)
+                self.close_after_flush()
+
+        self.session.after_durable(send)
+        self.session.flush()
 
     def close_after_flush(self) -> None:
         self._closing = True

@@ -21,7 +21,7 @@ from leveret.core.broker import Broker, Session
 from leveret.core.channel import Channel
 from leveret.core.message import new_message
 from leveret.core.queue import Queue
-from leveret.stomp import Destination, DestinationError, Frame, HeaderError, parse_destination
+from leveret.stomp import PUBLISH_REFUSED, Destination, DestinationError, Frame, HeaderError, parse_destination
 from leveret.stomp.mapping import first_headers, properties_from_headers
 
 # x- headers of SUBSCRIBE (and of a SEND to /queue/) that become queue arguments, as RabbitMQ's plugin takes them
@@ -164,7 +164,11 @@ class StompCommands:
         except HeaderError:  # RabbitMQ's plugin fails on an integer header that is not one, without a reason
             raise StompError("Processing error", "Processing error") from None
         exchange, routing_key = dest.routing()
-        self.channel.publish(new_message(exchange, routing_key, props, frame.body), False)
+        if self.channel.publish(new_message(exchange, routing_key, props, frame.body), False) is False:
+            # a full reject-publish queue refused it (AMQP would nack it): no RECEIPT, an ERROR the sender can tell
+            # from the others (RabbitMQ's plugin closes the connection without a frame)
+            raise StompError(PUBLISH_REFUSED, "a queue refused the message: it is at its length limit "
+                                              "(x-overflow reject-publish)\n")
         self.after_publish()
 
     def _reply_queue(self, reply_to: str) -> str:

@@ -3,8 +3,8 @@ parser and writer (connection.py), and RabbitMQ's mapping of headers to AMQP pro
 (mapping.py). The asyncio adapter that joins it to the core is leveret/server/stomp.py."""
 
 from .connection import StompConnection
-from .frames import VERSIONS, Frame, FrameError, serialize
+from .frames import PUBLISH_REFUSED, VERSIONS, Frame, FrameError, serialize
 from .mapping import Destination, DestinationError, HeaderError, format_destination, parse_destination
 
-__all__ = ["VERSIONS", "Destination", "DestinationError", "Frame", "FrameError", "HeaderError", "StompConnection",
-           "format_destination", "parse_destination", "serialize"]
+__all__ = ["PUBLISH_REFUSED", "VERSIONS", "Destination", "DestinationError", "Frame", "FrameError", "HeaderError",
+           "StompConnection", "format_destination", "parse_destination", "serialize"]

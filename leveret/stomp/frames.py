@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 VERSIONS = ("1.0", "1.1", "1.2")
+# the ERROR frame's ``message`` when a queue refused a SEND (a full ``x-overflow: reject-publish`` queue): AMQP
+# nacks such a publish; over STOMP the sender gets this ERROR (no RECEIPT) and may send the message again later
+PUBLISH_REFUSED = "Message refused"
 
 CLIENT_COMMANDS = frozenset({"CONNECT", "STOMP", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN",
                              "COMMIT", "ABORT", "DISCONNECT"})

@@ -410,14 +410,9 @@ def test_a_message_that_closes_the_channel_is_parked(target: str, brokers: Any) 
     assert list(dict.fromkeys(got)) == [b"before", b"after-0", b"after-1", b"after-2"] and len(got) <= 5
 
 
-def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any,
-                                       request: pytest.FixtureRequest) -> None:
-    if transport == "stomp":
-        # Leveret's STOMP SEND ignores Queue.enqueue's refusal of a full reject-publish queue and sends the RECEIPT:
-        # the message is lost. A broker fix (the HTTP API's publish answers 400 "rejected" since); the transport
-        # handles a refusal: test_stomp_transport_on_rabbitmq (RabbitMQ closes the connection, nothing is lost).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Leveret's STOMP sends the RECEIPT of a publish "
-                                              "that a full reject-publish queue refused: a broker bug"))
+def test_nacks_are_sent_again_in_order(target: str, transport: str, brokers: Any) -> None:
+    """A full reject-publish queue refuses: AMQP nacks, HTTP answers 400 "rejected", Leveret's STOMP an ERROR
+    "Message refused" (no RECEIPT); each is kept and sent again after a back-off, in order, none lost."""
     http_port, stomp_port = free_port(), free_port()
     broker = brokers("a", env={"LEVERET_HTTP_PORT": str(http_port), "LEVERET_STOMP_PORT": str(stomp_port)})
     declare(broker.port, "small", **{"x-max-length": 5, "x-overflow": "reject-publish"})

@@ -99,18 +99,14 @@ def test_stomp_forwarding_keeps_properties_and_parks_a_missing_exchange(tmp_path
         ch.connection.close()
 
 
-def test_stomp_transport_on_rabbitmq_sends_refused_messages_again_in_order(tmp_path: Path,
-                                                                           stomp_broker: tuple[int, int],
-                                                                           unique: str,
-                                                                           request: pytest.FixtureRequest) -> None:
+def test_stomp_transport_sends_refused_messages_again_in_order(tmp_path: Path, stomp_broker: tuple[int, int],
+                                                                unique: str) -> None:
     """A full reject-publish queue: RabbitMQ's plugin closes the connection without a RECEIPT for what was
-    refused (nor for what it stored in the same window), so those messages stay in the outbox and are sent again,
-    one at a time, until there is room: nothing is lost, first occurrences arrive in order, and only messages of
-    the first window can come twice."""
+    refused (nor for what it stored in the same window); Leveret answers an ERROR "Message refused" for the refused
+    SEND and closes. Either way those messages stay in the outbox and are sent again, one at a time, until there
+    is room: nothing is lost, first occurrences arrive in order, and only messages of the first window can come
+    twice."""
     amqp_port, stomp_port = stomp_broker
-    if stomp_port != 61613:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Leveret's STOMP sends the RECEIPT of a publish "
-                                              "that a full reject-publish queue refused: a broker bug"))
     ch = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_port)).channel()
     ch.queue_declare(unique, durable=True, arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
     outbox = open_outbox(str(tmp_path / "o.db"))
