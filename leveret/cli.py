@@ -74,6 +74,9 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--data-dir", metavar="DIR", help="where messages and definitions are kept")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $LEVERET_CONFIG, if set)")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)")
+    serve.add_argument("--stomp-port", metavar="PORT", help="STOMP port, 0 for any free port, -1 off (default 61613)")
+    serve.add_argument("--stomp-tls-port", metavar="PORT",
+                       help="STOMP over TLS port, -1 off (default 61614), used when --tls-cert-file is given")
     for name, metavar, text in _TLS_OPTIONS:
         serve.add_argument("--" + name.replace("_", "-"), metavar=metavar, help=text)
     serve.set_defaults(handler=_run_serve)
@@ -90,7 +93,8 @@ _TLS_OPTIONS = (
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level}
+    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level,
+                 "stomp_port": args.stomp_port, "stomp_tls_port": args.stomp_tls_port}
     overrides.update({name: getattr(args, name) for name, _, _ in _TLS_OPTIONS})
     try:
         config = load_config(overrides, os.environ, args.config)

@@ -76,6 +76,8 @@ class Config:
     tls_cert_login_from: str = "distinguished_name"
     tls_external_login: bool = False
     http_tls_port: int = 15671
+    stomp_port: int = 61613  # STOMP (docs/stomp.md); -1: off, 0: any free port
+    stomp_tls_port: int = 61614  # STOMP over TLS, when a certificate is configured; -1: off
     metrics_auth: bool = False  # /metrics without a login, as RabbitMQ's Prometheus plugin (docs/management.md)
 
     audit_log: str | None = None  # None: <data_dir>/audit.log; "": no audit file (docs/security.md)
@@ -313,6 +315,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tls_cert_login_from": lambda value: _to_choice(value, CERT_LOGIN_FROM),
     "tls_external_login": _to_bool,
     "http_tls_port": _to_int(-1, 65535),
+    "stomp_port": _to_int(-1, 65535),
+    "stomp_tls_port": _to_int(-1, 65535),
     "metrics_auth": _to_bool,
 
     "audit_log": lambda value: None if value is None else _to_str(value).strip(),

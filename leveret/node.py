@@ -70,6 +70,7 @@ class Node:
         self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
+        self._stomp_port = -1  # the STOMP listener is not there yet (issue 17, in progress)
 
     @property
     def port(self) -> int:
@@ -80,6 +81,11 @@ class Node:
     def tls_port(self) -> int:
         """The bound AMQPS port after start(); -1: TLS is off."""
         return self.amqp.tls_port
+
+    @property
+    def stomp_port(self) -> int:
+        """The bound STOMP port after start(); -1: STOMP is off."""
+        return self._stomp_port
 
     @property
     def connections(self) -> set[AMQPConnection]:
@@ -275,6 +281,10 @@ class ThreadedServer:
     @property
     def https_port(self) -> int:
         return self.server.https_port
+
+    @property
+    def stomp_port(self) -> int:
+        return self.server.stomp_port
 
     @property
     def broker(self) -> Broker:

@@ -8,6 +8,8 @@
   using it runs once against each, and the RabbitMQ run is skipped when RabbitMQ is absent.
 - ``make_config``: a Config for tests (ephemeral port, data dir in tmp_path).
 - ``http_server``: as ``leveret``, with the management API on another ephemeral port (``.http_port``).
+- ``stomp_server``: as ``leveret``, with STOMP on another ephemeral port (``.stomp_port``); ``stomp_broker``:
+  ``(amqp_port, stomp_port)`` of it or of RabbitMQ (5672, 61613), parametrised as ``broker_port``.
 - ``conn``: a pika BlockingConnection to ``broker_port`` (so it runs against both brokers), closed afterwards.
 - ``broker``: a differential ``Run`` (tests/differential/harness.py) on ``broker_port``: connections and names,
   what was declared is deleted at the end.
@@ -67,7 +69,8 @@ def require_rabbitmq() -> int:
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning",
-                                  "http_port": -1}  # the management API only where a test asks for it
+                                  "http_port": -1,  # the management API only where a test asks for it
+                                  "stomp_port": -1}  # STOMP too (stomp_server)
         values.update(overrides)
         return Config(**values)
 
@@ -90,6 +93,44 @@ def http_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stomp_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]:
+    """A fresh Leveret with STOMP on an ephemeral port (``.stomp_port``; ``.port`` is AMQP's)."""
+    server = ThreadedServer(make_config(stomp_port=0)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+RABBITMQ_STOMP_PORT = 61613
+
+
+def rabbitmq_stomp_available() -> bool:
+    """True when RabbitMQ's STOMP plugin answers a CONNECT on 127.0.0.1:61613 with CONNECTED."""
+    try:
+        with socket.create_connection((RABBITMQ_HOST, RABBITMQ_STOMP_PORT), timeout=0.5) as sock:
+            sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+            sock.settimeout(2)
+            return sock.recv(9).startswith(b"CONNECTED")
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["leveret", "rabbitmq"])
+def stomp_broker(request: pytest.FixtureRequest) -> tuple[int, int]:
+    """``(amqp_port, stomp_port)`` of a fresh Leveret (stomp_server) or of the reference RabbitMQ (5672, 61613),
+    skipped when RabbitMQ or its STOMP plugin is not there."""
+    if request.param == "rabbitmq":
+        port = require_rabbitmq()
+        if not rabbitmq_stomp_available():
+            pytest.skip("RabbitMQ's STOMP plugin is not listening on 127.0.0.1:61613 (rabbitmq-plugins enable "
+                        "rabbitmq_stomp)")
+        return port, RABBITMQ_STOMP_PORT
+    server: ThreadedServer = request.getfixturevalue("stomp_server")
+    return server.port, server.stomp_port
 
 
 @pytest.fixture

@@ -160,6 +160,8 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_TLS_EXTERNAL_LOGIN": "yes",
         "LEVERET_HTTP_TLS_PORT": "-1",
         "LEVERET_METRICS_AUTH": "on",
+        "LEVERET_STOMP_PORT": "-1",
+        "LEVERET_STOMP_TLS_PORT": "0",
 
         "LEVERET_AUDIT_LOG": "",
 
@@ -198,6 +200,8 @@ def test_every_field_has_an_environment_variable() -> None:
         tls_verify="peer",
         tls_fail_if_no_peer_cert=True,
         tls_min_version="1.3",
+        stomp_port=-1,
+        stomp_tls_port=0,
         tls_cert_login_from="common_name",
         tls_external_login=True,
         http_tls_port=-1,
