@@ -87,6 +87,16 @@ def heart_beat_none_asked(run: StompRun) -> None:
 
 
 @scenario
+def heart_beat_negotiated(run: StompRun) -> None:
+    # the client can send every 5 s and wants nothing: the server answers 5000,0 (it wants beats, sends none);
+    # then the other way round
+    run.bye("disconnect", run.connect("connected", {"accept-version": "1.2", "host": "/", "heart-beat": "0,5000",
+                                                    **GUEST}))
+    run.bye("disconnect 2", run.connect("connected 2", {"accept-version": "1.2", "host": "/",
+                                                        "heart-beat": "3000,0", **GUEST}))
+
+
+@scenario
 def frame_before_connect(run: StompRun) -> None:
     client = run.stomp()
     run.send(client, "SEND", {"destination": "/queue/x", "receipt": "r"}, b"x")

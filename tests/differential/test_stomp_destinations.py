@@ -223,6 +223,32 @@ def temp_queue_reply_via_amqp(run: StompRun) -> None:
 
 
 @scenario
+def temp_queue_subscribe_is_invalid(run: StompRun) -> None:
+    client = run.connect("connected")
+    run.send(client, "SUBSCRIBE", {"id": "s", "destination": "/temp-queue/mine", "receipt": "r"})
+    run.recv("reply", client)
+    run.bye("afterwards", client)
+
+
+@scenario
+def reply_queue_unknown_send(run: StompRun) -> None:
+    client = run.connect("connected")
+    run.send(client, "SEND", {"destination": "/reply-queue/amq.gen-nonexistent", "receipt": "r"}, b"x")
+    run.recv("reply", client)
+    run.bye("afterwards", client)
+
+
+@scenario
+def invalid_queue_and_topic_names(run: StompRun) -> None:
+    client = run.connect("connected")
+    run.send(client, "SEND", {"destination": "/queue/", "receipt": "r1"}, b"x")
+    run.recv("empty queue name", client)
+    run.send(client, "SEND", {"destination": "/topic/a/b", "receipt": "r2"}, b"x")
+    run.recv("slash in topic", client)
+    run.bye("afterwards", client)
+
+
+@scenario
 def subscribe_x_queue_arguments(run: StompRun) -> None:
     queue = run.queue()
     client = run.connect("connected")
