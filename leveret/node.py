@@ -29,6 +29,7 @@ from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
+from leveret.server.stomp import StompListener
 from leveret.store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Node:
         self.http_port = config.http_port  # the bound port after start(); -1: the HTTP API is off
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
-        self._stomp_port = -1  # the STOMP listener is not there yet (issue 17, in progress)
+        self.stomp = StompListener(config, self.amqp.ssl_context)  # STOMP and STOMP over TLS (docs/stomp.md)
 
     @property
     def port(self) -> int:
@@ -85,7 +86,12 @@ class Node:
     @property
     def stomp_port(self) -> int:
         """The bound STOMP port after start(); -1: STOMP is off."""
-        return self._stomp_port
+        return self.stomp.port
+
+    @property
+    def stomp_tls_port(self) -> int:
+        """The bound STOMP-over-TLS port after start(); -1: off."""
+        return self.stomp.tls_port
 
     @property
     def connections(self) -> set[AMQPConnection]:
@@ -93,8 +99,8 @@ class Node:
         return self.amqp.connections
 
     def sessions(self) -> list[Session]:
-        """The sessions of the open AMQP connections (the management API's connections and channels)."""
-        return [conn.session for conn in self.amqp.connections]
+        """The sessions of the open AMQP and STOMP connections (the management API's connections and channels)."""
+        return [conn.session for conn in self.amqp.connections] + [conn.session for conn in self.stomp.connections]
 
     async def start(self) -> None:
         """Open the store, recover, bind and listen. Raises StoreError when the store cannot be used and
@@ -103,6 +109,11 @@ class Node:
         if self.broker is None:
             self.broker = self._open_broker(loop)
         await self.amqp.start(self.broker)
+        try:
+            await self.stomp.start(self.broker)
+        except OSError:
+            self.amqp.close()
+            raise
         if self.config.http_port >= 0:
             self.http = await self._start_http(self.config.http_port, None)
             self.http_port = self.http.port
@@ -118,6 +129,7 @@ class Node:
         self.control = ControlServer(self)
         await self.control.start()
         self.amqp.log_listening()
+        self.stomp.log_listening()
 
     async def _start_http(self, port: int, ssl_context: ssl.SSLContext | None) -> ManagementServer:
         """The management API on ``port`` (HTTPS with ``ssl_context``); on failure what was started is closed."""
@@ -131,12 +143,13 @@ class Node:
                 await self.http.stop()
                 self.http = None
             self.amqp.close()
+            self.stomp.close()
             raise
         return http
 
     def listeners(self) -> list[dict[str, object]]:
-        """Every bound listener (AMQP, AMQPS, HTTP, HTTPS) as the management API lists them."""
-        found = self.amqp.listeners()
+        """Every bound listener (AMQP, AMQPS, STOMP, STOMP over TLS, HTTP, HTTPS) as the management API lists them."""
+        found = self.amqp.listeners() + self.stomp.listeners()
         for protocol, http, port in (("http", self.http, self.http_port), ("https", self.https, self.https_port)):
             if http is not None:
                 found.append({"node": self.broker.node_name, "protocol": protocol,
@@ -202,6 +215,7 @@ class Node:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
         self.amqp.close()
+        self.stomp.close()
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -215,6 +229,7 @@ class Node:
         if self.control is not None:
             await self.control.stop()
         await self.amqp.stop(grace)
+        await self.stomp.stop(grace)
         if self.store is not None:
             if self.broker is not None and self.broker.durability is not None:
                 self.broker.durability.flush()

@@ -25,6 +25,7 @@ class Session:
         self.broker = broker
         self.sink = sink
         self.peer = peer
+        self.protocol = "AMQP 0-9-1"  # as the management API names it ("STOMP 1.2" for a STOMP connection)
         self.user: User | None = None
         self._vhost: VHost | None = None
         self.access: Access | None = None  # the user's permissions in the vhost, once it is open

@@ -141,7 +141,7 @@ def connection_info(session: Session, amqp_address: str, node: str, rates: Rates
     if rates is not None and traffic is not None:
         counters = rates.stats(("connection", id(session)), traffic())
     return {**counters, "name": connection_name(session, amqp_address), "node": node, "type": "network",
-            "protocol": "AMQP 0-9-1", "user": session.user.name if session.user else "",
+            "protocol": session.protocol, "user": session.user.name if session.user else "",
             "vhost": session_vhost(session) or "", "channels": len(session.channels),
             "state": "running" if session.writable else "flow", "peer_host": host,
             "peer_port": int(port) if port.isdigit() else 0, **session.details,
