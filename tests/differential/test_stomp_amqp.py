@@ -166,7 +166,8 @@ def amqp_redelivery_to_stomp(run: StompRun) -> None:
     method, _props, _body = ch.basic_get(queue, auto_ack=False)
     assert method is not None
     ch.basic_nack(method.delivery_tag, requeue=True)
-    client = consumer(run, f"/queue/{queue}")
+    client = connect(run, "consumer")
+    run.send(client, "SUBSCRIBE", {"id": "s", "destination": f"/queue/{queue}"})
     run.recv("redelivered", client)
 
 

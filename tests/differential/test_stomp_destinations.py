@@ -26,6 +26,7 @@ def queue_send_then_subscribe(run: StompRun) -> None:
     run.send(producer, "SEND", {"destination": f"/queue/{queue}", "receipt": "r1"}, b"one")
     run.recv("receipt", producer)
     run.amqp_count("queued", queue, 1)
+    # RabbitMQ sends SUBSCRIBE's RECEIPT before the first MESSAGE of a queue that already holds one
     consumer = subscribed(run, "consumer", f"/queue/{queue}")
     run.recv("message", consumer)
     run.amqp_count("after auto ack", queue, 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from stompdiff import StompRun, names, run_check, scenario
-from stompwire import StompWire
+from stompwire import Frame, StompWire
 
 
 def connect(run: StompRun, label: str, version: str = "1.2") -> StompWire:
@@ -26,19 +26,28 @@ def fill(run: StompRun, queue: str, *bodies: bytes) -> None:
     run.bye("producer gone", producer)
 
 
-def subscribe(run: StompRun, label: str, client: StompWire, queue: str, sub: str = "s", **headers: str) -> None:
+def subscribe(run: StompRun, label: str, client: StompWire, queue: str, sub: str = "s", *, receipt: bool = True,
+              **headers: str) -> None:
+    """SUBSCRIBE to /queue/``queue``; with ``receipt``, wait for (and record) its RECEIPT: for an empty queue,
+    so that the subscription is in place before messages are sent. On a queue that holds messages already the
+    scenarios subscribe without one (whether the RECEIPT comes before the first MESSAGE is its own scenario,
+    destinations/queue_send_then_subscribe)."""
+    if not receipt:
+        run.send(client, "SUBSCRIBE", {"id": sub, "destination": f"/queue/{queue}", **headers})
+        return
     run.send(client, "SUBSCRIBE", {"id": sub, "destination": f"/queue/{queue}", "receipt": f"sub-{sub}", **headers})
     run.recv(label, client)
 
 
-def ack_id(frame: object, version: str = "1.2") -> str:
-    """The id an ACK/NACK names: the ``ack`` header in 1.2, ``message-id`` before."""
-    from stompwire import Frame
+def ack_id(frame: Frame | None, version: str = "1.2") -> str:
+    """The id an ACK/NACK names: the ``ack`` header in 1.2, ``message-id`` before ("<none>" when ``frame`` is
+    not a MESSAGE with one: the transcript has recorded that already, and the scenario goes on)."""
+    value = frame.get("ack" if version == "1.2" else "message-id") if frame is not None else None
+    return value if frame is not None and frame.command == "MESSAGE" and value is not None else "<none>"
 
-    assert isinstance(frame, Frame), f"expected a MESSAGE, got {frame!r}"
-    value = frame.get("ack" if version == "1.2" else "message-id")
-    assert value is not None, frame
-    return value
+
+def nth(frames: list[Frame], index: int) -> Frame | None:
+    return frames[index] if index < len(frames) else None
 
 
 @scenario
@@ -79,7 +88,7 @@ def ack_auto(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="auto")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="auto")
     run.recv_n("messages", client, 2)
     run.amqp_count("gone", queue, 0)
 
@@ -89,14 +98,14 @@ def ack_client_cumulative(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b", b"c")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client")
     frames = run.recv_n("messages", client, 3)
-    run.send(client, "ACK", {"id": ack_id(frames[1]), "receipt": "acked"})
+    run.send(client, "ACK", {"id": ack_id(nth(frames, 1)), "receipt": "acked"})
     run.recv("ack receipt", client)
     run.bye("gone", client)
     run.amqp_count("only c left", queue, 1)
     again = connect(run, "again")
-    subscribe(run, "resubscribed", again, queue, ack="client")
+    subscribe(run, "resubscribed", again, queue, receipt=False, ack="client")
     run.recv("c redelivered", again)
 
 
@@ -105,14 +114,14 @@ def ack_client_individual(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b", b"c")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client-individual")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client-individual")
     frames = run.recv_n("messages", client, 3)
-    run.send(client, "ACK", {"id": ack_id(frames[1]), "receipt": "acked"})
+    run.send(client, "ACK", {"id": ack_id(nth(frames, 1)), "receipt": "acked"})
     run.recv("ack receipt", client)
     run.bye("gone", client)
     run.amqp_count("a and c left", queue, 2)
     again = connect(run, "again")
-    subscribe(run, "resubscribed", again, queue, ack="client-individual")
+    subscribe(run, "resubscribed", again, queue, receipt=False, ack="client-individual")
     run.recv_n("a and c redelivered", again, 2)
 
 
@@ -163,7 +172,7 @@ def nack_requeues(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client-individual")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client-individual")
     frame = run.recv("message", client)
     run.send(client, "NACK", {"id": ack_id(frame)})
     redelivered = run.recv("redelivered", client)
@@ -177,9 +186,9 @@ def nack_without_requeue(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client-individual")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client-individual")
     frames = run.recv_n("messages", client, 2)
-    run.send(client, "NACK", {"id": ack_id(frames[0]), "requeue": "false", "receipt": "nacked"})
+    run.send(client, "NACK", {"id": ack_id(nth(frames, 0)), "requeue": "false", "receipt": "nacked"})
     run.recv("nack receipt", client)
     run.quiet("not redelivered", client)
     run.bye("gone", client)
@@ -191,9 +200,9 @@ def nack_client_mode_is_cumulative(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b", b"c")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client", **{"prefetch-count": "3"})
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client", **{"prefetch-count": "3"})
     frames = run.recv_n("messages", client, 3)
-    run.send(client, "NACK", {"id": ack_id(frames[1]), "requeue": "false", "receipt": "nacked"})
+    run.send(client, "NACK", {"id": ack_id(nth(frames, 1)), "requeue": "false", "receipt": "nacked"})
     run.recv("nack receipt", client)
     run.bye("gone", client)
     run.amqp_count("only c left", queue, 1)
@@ -204,7 +213,7 @@ def prefetch_count(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b", b"c")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client-individual", **{"prefetch-count": "1"})
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client-individual", **{"prefetch-count": "1"})
     first = run.recv("first", client)
     run.quiet("held back by prefetch", client)
     run.send(client, "ACK", {"id": ack_id(first)})
@@ -221,12 +230,12 @@ def redelivered_flag_after_disconnect(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client")
     run.recv("first delivery", client)
     client.close()  # without DISCONNECT: the unacked message goes back
     run.amqp_count("back in the queue", queue, 1)
     again = connect(run, "again")
-    subscribe(run, "resubscribed", again, queue, ack="auto")
+    subscribe(run, "resubscribed", again, queue, receipt=False, ack="auto")
     run.recv("redelivery", again)
 
 
@@ -300,14 +309,14 @@ def transaction_acks(run: StompRun) -> None:
     queue = run.queue()
     fill(run, queue, b"a", b"b")
     client = connect(run, "consumer")
-    subscribe(run, "subscribed", client, queue, ack="client-individual")
+    subscribe(run, "subscribed", client, queue, receipt=False, ack="client-individual")
     frames = run.recv_n("messages", client, 2)
     run.send(client, "BEGIN", {"transaction": "aborted"})
-    run.send(client, "ACK", {"id": ack_id(frames[0]), "transaction": "aborted"})
+    run.send(client, "ACK", {"id": ack_id(nth(frames, 0)), "transaction": "aborted"})
     run.send(client, "ABORT", {"transaction": "aborted", "receipt": "aborted"})
     run.recv("aborted", client)
     run.send(client, "BEGIN", {"transaction": "committed"})
-    run.send(client, "ACK", {"id": ack_id(frames[1]), "transaction": "committed"})
+    run.send(client, "ACK", {"id": ack_id(nth(frames, 1)), "transaction": "committed"})
     run.send(client, "COMMIT", {"transaction": "committed", "receipt": "committed"})
     run.recv("committed", client)
     run.bye("gone", client)
