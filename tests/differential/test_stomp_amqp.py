@@ -53,6 +53,16 @@ def stomp_headers_to_amqp_properties(run: StompRun) -> None:
 
 
 @scenario
+def stomp_content_type_with_charset(run: StompRun) -> None:
+    queue = run.queue()
+    producer = connect(run, "producer")
+    run.send(producer, "SEND", {"destination": f"/queue/{queue}", "content-type": "text/plain;charset=utf-8",
+                                "receipt": "r"}, "grüße".encode())
+    run.recv("receipt", producer)
+    run.amqp_get("amqp", queue)
+
+
+@scenario
 def stomp_non_persistent_to_amqp(run: StompRun) -> None:
     queue = run.queue()
     producer = connect(run, "producer")

@@ -97,6 +97,16 @@ def heart_beat_negotiated(run: StompRun) -> None:
 
 
 @scenario
+def heart_beats_sent(run: StompRun) -> None:
+    # the client wants a beat every 200 ms: within ~1.5 s of silence the server sends some (RabbitMQ rounds the
+    # interval to whole seconds, so it is "at least one", not a count)
+    client = run.connect("connected", {"accept-version": "1.2", "host": "/", "heart-beat": "0,200", **GUEST})
+    run.quiet("no frame meanwhile", client, 1.5)
+    run.record("server beats seen", client.heartbeats >= 1)
+    run.bye("disconnect", client)
+
+
+@scenario
 def frame_before_connect(run: StompRun) -> None:
     client = run.stomp()
     run.send(client, "SEND", {"destination": "/queue/x", "receipt": "r"}, b"x")

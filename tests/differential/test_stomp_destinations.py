@@ -315,6 +315,49 @@ def durable_topic_subscription(run: StompRun) -> None:
 
 
 @scenario
+def durable_with_persistent_header(run: StompRun) -> None:
+    # RabbitMQ also takes persistent:true (the older header) for a durable topic subscription
+    key = run.name("persistent")
+    sub = run.name("sub")
+    headers = {"id": sub, "destination": f"/topic/{key}", "persistent": "true", "auto-delete": "false"}
+    first = run.connect("first connected")
+    run.send(first, "SUBSCRIBE", {**headers, "receipt": "r1"})
+    run.recv("subscribed", first)
+    run.bye("away", first)
+    producer = run.connect("producer")
+    run.send(producer, "SEND", {"destination": f"/topic/{key}", "receipt": "r2"}, b"kept?")
+    run.recv("sent", producer)
+    back = run.connect("back connected")
+    run.send(back, "SUBSCRIBE", headers)
+    run.recv("kept", back)
+    run.send(back, "UNSUBSCRIBE", {"id": sub, "persistent": "true", "receipt": "r3"})
+    run.recv("unsubscribed", back)
+
+
+@scenario
+def subscribe_exclusive_auto_delete_queue(run: StompRun) -> None:
+    queue = run.queue()
+    client = run.connect("connected")
+    run.send(client, "SUBSCRIBE", {"id": "s", "destination": f"/queue/{queue}", "exclusive": "true",
+                                   "auto-delete": "true", "durable": "false", "receipt": "r"})
+    run.recv("subscribed", client)
+    run.amqp_count("from another connection", queue)
+    run.bye("gone", client)
+    run.amqp_count("after the subscriber left", queue)
+
+
+@scenario
+def unsubscribe_by_destination_10(run: StompRun) -> None:
+    queue = run.queue()
+    client = run.connect("connected", {"accept-version": "1.0", "host": "/", "login": "guest", "passcode": "guest"})
+    run.send(client, "SUBSCRIBE", {"destination": f"/queue/{queue}", "receipt": "s"})
+    run.recv("subscribed", client)
+    run.send(client, "UNSUBSCRIBE", {"destination": f"/queue/{queue}", "receipt": "u"})
+    run.recv("unsubscribed", client)
+    run.amqp_count("no consumer left", queue)
+
+
+@scenario
 def durable_without_id_is_an_error(run: StompRun) -> None:
     client = run.connect("connected", {"accept-version": "1.0", "host": "/", "login": "guest", "passcode": "guest"})
     run.send(client, "SUBSCRIBE", {"destination": f"/topic/{run.name('k')}", "durable": "true",

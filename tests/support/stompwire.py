@@ -73,6 +73,7 @@ class StompWire:
         self.buffer = b""
         self.version = "1.0"
         self.closed = False
+        self.heartbeats = 0  # EOLs received between frames
 
     def close(self) -> None:
         self.closed = True
@@ -141,6 +142,7 @@ class StompWire:
 
     def _parse(self) -> Frame | None:
         buf = self.buffer.lstrip(b"\r\n")  # heart-beats
+        self.heartbeats += self.buffer[: len(self.buffer) - len(buf)].count(b"\n")
         self.buffer = buf
         end_of_headers = buf.find(b"\n\n")
         crlf = buf.find(b"\r\n\r\n")
