@@ -26,6 +26,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pytest
 from conftest import RABBITMQ_PORT, RABBITMQ_STOMP_PORT, rabbitmq_stomp_available, require_rabbitmq
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from stompwire import Closed, Frame, StompWire
@@ -290,8 +291,6 @@ def reference(name: str) -> list[Entry]:
     """RabbitMQ's transcript of scenario ``name`` (run once per test session); skips without the plugin."""
     require_rabbitmq()
     if not rabbitmq_stomp_available():
-        import pytest
-
         pytest.skip("RabbitMQ's STOMP plugin is not listening on 127.0.0.1:61613, nothing to compare with "
                     "(rabbitmq-plugins enable rabbitmq_stomp)")
     if name not in _REFERENCE:
