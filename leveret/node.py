@@ -128,8 +128,8 @@ class Node:
             self.broker.memory.track_rss = False
         self.control = ControlServer(self)
         await self.control.start()
-        self.amqp.log_listening()
         self.stomp.log_listening()
+        self.amqp.log_listening()  # last: tests/support/serverproc.py takes it as the sign that the broker is up
 
     async def _start_http(self, port: int, ssl_context: ssl.SSLContext | None) -> ManagementServer:
         """The management API on ``port`` (HTTPS with ``ssl_context``); on failure what was started is closed."""
@@ -300,6 +300,10 @@ class ThreadedServer:
     @property
     def stomp_port(self) -> int:
         return self.server.stomp_port
+
+    @property
+    def stomp_tls_port(self) -> int:
+        return self.server.stomp_tls_port
 
     @property
     def broker(self) -> Broker:

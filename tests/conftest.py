@@ -70,7 +70,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning",
                                   "http_port": -1,  # the management API only where a test asks for it
-                                  "stomp_port": -1}  # STOMP too (stomp_server)
+                                  "stomp_port": -1, "stomp_tls_port": -1}  # STOMP too (stomp_server)
         values.update(overrides)
         return Config(**values)
 

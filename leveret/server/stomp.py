@@ -46,6 +46,8 @@ DEFAULT_STOMP_TLS_PORT = 61614
 DEFAULT_LOGIN = ("guest", "guest")
 _HANDSHAKE_TIMEOUT = 10.0
 _SUPPORTED = ",".join(VERSIONS)
+# a receipt for these waits until what the frame did (and everything before it) is durable; others go at once
+_DURABLE_RECEIPTS = frozenset({"SEND", "COMMIT"})
 
 
 class StompAdapter(asyncio.Protocol, StompCommands):
@@ -78,6 +80,7 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self._held = False
         self._closing = False  # an ERROR or DISCONNECT was handled: nothing more is read
         self._shut = False  # the transport is closing: nothing more is written
+        self._receipted = False  # the frame being handled has had its RECEIPT (receipt_now)
         self._closed = False
         self._timers: list[asyncio.TimerHandle] = []
         StompCommands.__init__(self)
@@ -233,6 +236,7 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         """One frame from the client: CONNECT first, then the handler of COMMANDS; a receipt once what the frame
         did is durable; any failure an ERROR frame (with the frame's receipt-id), and the connection closes."""
         receipt = frame.get("receipt")
+        self._receipted = False
         try:
             if frame.command in ("CONNECT", "STOMP"):
                 if self.session.user is not None:
@@ -257,8 +261,20 @@ class StompAdapter(asyncio.Protocol, StompCommands):
             log.exception("internal error handling %s on STOMP connection %s", frame.command, self.peer)
             self.error("Processing error", f"Processing error: {type(exc).__name__}", receipt)
             return
-        if receipt is not None and frame.command != "DISCONNECT" and not self.in_transaction(frame):
-            self.receipt(receipt)
+        if receipt is not None and not self._receipted and frame.command != "DISCONNECT" \
+                and not self.in_transaction(frame):
+            if frame.command in _DURABLE_RECEIPTS:
+                self.receipt(receipt)
+            else:
+                self.send_frame("RECEIPT", [("receipt-id", receipt)])
+        self._receipted = False
+
+    def receipt_now(self, frame: Frame) -> None:
+        """A handler's early RECEIPT for ``frame`` (SUBSCRIBE: before the queue's first MESSAGE)."""
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self.send_frame("RECEIPT", [("receipt-id", receipt)])
+            self._receipted = True
 
     def receipt(self, receipt_id: str, then: Callable[[], None] | None = None) -> None:
         """Send RECEIPT once everything done so far is durable (a persistent SEND's write, a COMMIT's)."""

@@ -25,10 +25,10 @@ from leveret.stomp import Destination, DestinationError, Frame, HeaderError, par
 from leveret.stomp.mapping import first_headers, properties_from_headers
 
 # x- headers of SUBSCRIBE (and of a SEND to /queue/) that become queue arguments, as RabbitMQ's plugin takes them
-_STRING_ARGUMENTS = ("x-dead-letter-exchange", "x-dead-letter-routing-key", "x-queue-type", "x-max-age",
-                     "x-overflow", "x-queue-mode")
+# (others, x-queue-mode or x-overflow say, are ignored, as there)
+_STRING_ARGUMENTS = ("x-dead-letter-exchange", "x-dead-letter-routing-key", "x-queue-type", "x-max-age")
 _INTEGER_ARGUMENTS = ("x-expires", "x-max-length", "x-max-length-bytes", "x-max-priority", "x-message-ttl",
-                      "x-delivery-limit", "x-stream-max-segment-size-bytes")
+                      "x-stream-max-segment-size-bytes")
 _ACK_MODES = ("auto", "client", "client-individual")
 TEMP_QUEUE_PREFIX = "/temp-queue/"
 
@@ -69,6 +69,7 @@ class StompCommands:
 
     if TYPE_CHECKING:  # StompAdapter's, which this class is a base of
         def receipt(self, receipt_id: str, then: Callable[[], None] | None = None) -> None: ...
+        def receipt_now(self, frame: Frame) -> None: ...
         def close_after_flush(self) -> None: ...
         def after_publish(self) -> None: ...
 
@@ -100,7 +101,7 @@ class StompCommands:
     def _destination(self, frame: Frame, command: str) -> tuple[Destination, str]:
         text = frame.get("destination")
         if text is None:
-            raise StompError("Missing destination", f"{command} must include a 'destination' header\n")
+            raise StompError("Missing destination", f"\"{command}\" must include a 'destination' header\n")
         try:
             return parse_destination(text), text
         except DestinationError as exc:
@@ -124,13 +125,17 @@ class StompCommands:
     def _declare(self, name: str, headers: dict[str, str], *, durable: bool, exclusive: bool,
                  auto_delete: bool) -> Queue:
         """Declare (or find, equivalent) queue ``name`` ("" for a server-named one) with the frame's parameters
-        and x- arguments, as this connection's user."""
+        and x- arguments, as this connection's user. As RabbitMQ's plugin: ``durable``/``persistent``,
+        ``auto-delete`` and ``exclusive`` headers override the defaults, and a queue that ends up not durable is
+        exclusive and auto-deleted (so ``persistent:false`` on a SEND to /queue/NAME declares it so)."""
         params = {"durable": durable, "exclusive": exclusive, "auto_delete": auto_delete}
         for header, param in (("durable", "durable"), ("persistent", "durable"), ("auto-delete", "auto_delete"),
                               ("exclusive", "exclusive")):
             value = _boolean(headers.get(header))
             if value is not None:
                 params[param] = value
+        if not params["durable"]:
+            params["exclusive"] = params["auto_delete"] = True
         return self.session.vhost.declare_queue(self.session, name, durable=params["durable"],
                                                 exclusive=params["exclusive"], auto_delete=params["auto_delete"],
                                                 arguments=self._arguments(headers), access=self.session.access)
@@ -154,8 +159,8 @@ class StompCommands:
             headers["reply-to"] = self._reply_queue(reply_to)
         try:
             props = properties_from_headers(headers)
-        except HeaderError as exc:
-            raise StompError(exc.message, exc.detail) from None
+        except HeaderError:  # RabbitMQ's plugin fails on an integer header that is not one, without a reason
+            raise StompError("Processing error", "Processing error") from None
         exchange, routing_key = dest.routing()
         self.channel.publish(new_message(exchange, routing_key, props, frame.body), False)
         self.after_publish()
@@ -208,6 +213,7 @@ class StompCommands:
         self.subscriptions[tag] = Subscription(tag, text, ack, queue, description,
                                                durable_topic=dest.kind in ("topic", "exchange") and durable_header)
         self.ack_multiple[tag] = ack == "client"
+        self.receipt_now(frame)  # as RabbitMQ: the RECEIPT before the queue's first MESSAGE
         queue.add_consumer(consumer)
 
     @staticmethod
@@ -223,8 +229,12 @@ class StompCommands:
     def _source(self, dest: Destination, text: str, ident: str | None, headers: dict[str, str]) -> Queue:
         """The queue a SUBSCRIBE to ``dest`` consumes, declared and bound as RabbitMQ's plugin does."""
         vhost = self.session.vhost
-        if dest.kind == "queue":
-            return self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+        if dest.kind == "queue":  # declared once per connection, as by SEND (RabbitMQ's route state)
+            if dest.name in self.declared:
+                return vhost.queue(dest.name, self.session)
+            queue = self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+            self.declared.add(dest.name)
+            return queue
         if dest.kind in ("amqqueue", "reply_queue"):
             return vhost.queue(dest.name, self.session)
         if dest.kind == "temp_queue":
@@ -259,7 +269,7 @@ class StompCommands:
         sub = self.subscriptions.pop(tag, None)
         if sub is None:
             raise StompError("No subscription found", f"UNSUBSCRIBE must refer to an existing subscription.\n"
-                                                      f"Subscription to {description} not found.\n")
+                                                      f"Subscription to \"{description}\" not found.\n")
         self.channel.cancel(tag)
         if sub.durable_topic and (frame.get("durable") == "true" or frame.get("persistent") == "true"):
             self.session.vhost.delete_queue(sub.queue.name, self.session, access=self.session.access)
@@ -284,10 +294,10 @@ class StompCommands:
         header = "id" if self.version == "1.2" else "message-id"
         value = frame.get(header)
         if value is None:
-            raise StompError("Missing header", f'{frame.command} must include the "{header}" header\n')
+            raise StompError("Missing header", f'"{frame.command}" must include the "{header}" header\n')
         parts = value.split("@@")
         if len(parts) != 3 or parts[1] != self.session_id or not parts[2].isdigit():
-            raise StompError("Invalid header", f'{frame.command} must include a valid "{header}" header\n')
+            raise StompError("Invalid header", f'"{frame.command}" must include a valid "{header}" header\n')
         return int(parts[2]), self.ack_multiple.get(parts[0], False)
 
     # --- transactions --------------------------------------------------------------------------------
@@ -295,7 +305,7 @@ class StompCommands:
     def _transaction(self, frame: Frame) -> str:
         tx = frame.get("transaction")
         if tx is None:
-            raise StompError("Missing transaction", f"{frame.command} must include a 'transaction' header\n")
+            raise StompError("Missing transaction", f"\"{frame.command}\" must include a 'transaction' header\n")
         return tx
 
     def begin(self, frame: Frame) -> None:

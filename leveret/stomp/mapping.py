@@ -6,7 +6,8 @@ so this module needs nothing beyond the standard library.
 SEND -> properties: ``content-type``, ``content-encoding``, ``correlation-id``, ``reply-to``, ``expiration``,
 ``type``, ``user-id``, ``app-id`` as strings, ``priority`` and ``timestamp`` as integers, ``amqp-message-id`` as
 ``message_id``, ``persistent:true`` as delivery mode 2; every other header (``receipt``, ``content-length`` and
-``transaction`` too, as RabbitMQ does) becomes a long string in the ``headers`` table, in reverse frame order.
+``transaction`` too, as RabbitMQ does) becomes a long string in the ``headers`` table (present even when empty),
+in reverse frame order.
 Properties -> MESSAGE: the same headers back, string and 32/64-bit integer values of the headers table as headers
 (other types are left out, as RabbitMQ does), and a ``reply-to`` that is not a destination prefixed with
 ``/reply-queue/``.
@@ -70,9 +71,8 @@ def properties_from_headers(headers: dict[str, str]) -> dict[str, Any]:
             props[prop] = int(text)
     if headers.get("persistent") == "true":
         props["delivery_mode"] = 2
-    table = {name: value for name, value in reversed(headers.items()) if name not in PROPERTY_HEADERS}
-    if table:
-        props["headers"] = table
+    # always a table, empty when there is nothing for it, as RabbitMQ
+    props["headers"] = {name: value for name, value in reversed(headers.items()) if name not in PROPERTY_HEADERS}
     return props
 
 

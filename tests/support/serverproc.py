@@ -20,10 +20,12 @@ class LeveretProcess:
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.args = args
-        # any free port for the management API, so that several brokers (or a RabbitMQ) can run side by side
-        self.env = {**os.environ, "LEVERET_HTTP_PORT": "0", **(env or {})}
+        # any free port for the management API, so that several brokers (or a RabbitMQ) can run side by side; no
+        # STOMP unless asked for (LEVERET_STOMP_PORT=0: any free port, read into stomp_port)
+        self.env = {**os.environ, "LEVERET_HTTP_PORT": "0", "LEVERET_STOMP_PORT": "-1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.stomp_port = -1
         self.lines: list[str] = []
         self._ready = threading.Event()
 
@@ -43,6 +45,9 @@ class LeveretProcess:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
+            stomp = re.search(r"listening for STOMP on [^:]+:(\d+)", line)  # logged before AMQP's line
+            if stomp:
+                self.stomp_port = int(stomp.group(1))
             match = re.search(r"listening for AMQP on [^:]+:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
