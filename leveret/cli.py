@@ -93,9 +93,9 @@ _TLS_OPTIONS = (
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level,
-                 "stomp_port": args.stomp_port, "stomp_tls_port": args.stomp_tls_port}
+    overrides = {"bind": args.bind, "port": args.port, "data_dir": args.data_dir, "log_level": args.log_level}
     overrides.update({name: getattr(args, name) for name, _, _ in _TLS_OPTIONS})
+    overrides.update(stomp_port=args.stomp_port, stomp_tls_port=args.stomp_tls_port)
     try:
         config = load_config(overrides, os.environ, args.config)
     except ConfigError as exc:

@@ -60,6 +60,11 @@ class EmbeddedBroker:
         return self.server.http_port
 
     @property
+    def stomp_port(self) -> int:
+        """The STOMP port, or -1 when STOMP is off (the default; ``start_broker(stomp_port=0)`` turns it on)."""
+        return self.server.stomp_port
+
+    @property
     def http_url(self) -> str:
         if self.http_port < 0:
             raise RuntimeError("the management API is off: start the broker with http=True")
@@ -116,7 +121,7 @@ def start_broker(*, http: bool = False, **settings: Any) -> EmbeddedBroker:
     data_dir = tempfile.mkdtemp(prefix="leveret-test-")  # short path: the control socket lives here
     values: dict[str, Any] = {"port": 0, "bind": "127.0.0.1", "store": "memory", "data_dir": data_dir,
                               "audit_log": "", "http_port": 0 if http else -1,
-                              "disk_free_limit": 0}
+                              "stomp_port": -1, "stomp_tls_port": -1, "disk_free_limit": 0}
     values.update(settings)
     server = ThreadedServer(Config(**values))
     try:

@@ -48,8 +48,7 @@ class ControlServer:
         self.server = server
         self.path = socket_path(server.config.data_dir)
         self._server: asyncio.base_events.Server | None = None
-        self.management = Management(server.broker, sessions=lambda: [c.session for c in server.connections],
-                                     listeners=server.listeners)
+        self.management = Management(server.broker, sessions=server.sessions, listeners=server.listeners)
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self._status,
             "set_policy": self._set_policy,
@@ -201,7 +200,7 @@ class ControlServer:
 
     def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         broker = self.server.broker
-        return {"node": broker.node_name, "port": self.server.port, "connections": len(self.server.connections),
+        return {"node": broker.node_name, "port": self.server.port, "connections": len(self.server.sessions()),
                 "vhosts": sorted(broker.vhosts), "memory_used": broker.memory.used, "alarm": broker.memory.alarm,
                 "tracing": sorted(v.name for v in broker.vhosts.values() if v.tracer is not None),
                 "tracking": broker.tracker.describe() if broker.tracker is not None else "off"}

@@ -28,7 +28,7 @@ from leveret.config import Config
 from leveret.core import errors
 from leveret.core.broker import Broker, Session
 from leveret.core.message import Message
-from leveret.stomp import VERSIONS, Frame, FrameError, StompConnection, format_destination
+from leveret.stomp import VERSIONS, Frame, StompConnection, format_destination
 from leveret.stomp.mapping import first_headers, headers_from_properties
 
 from .amqp import DELIVERY_BUFFER, ERROR_CODES
@@ -81,6 +81,8 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self._closing = False  # an ERROR or DISCONNECT was handled: nothing more is read
         self._shut = False  # the transport is closing: nothing more is written
         self._receipted = False  # the frame being handled has had its RECEIPT (receipt_now)
+        self._last_header = b""  # the content header of the last delivery, and its MESSAGE headers
+        self._last_headers: list[tuple[str, str]] = []
         self._closed = False
         self._timers: list[asyncio.TimerHandle] = []
         StompCommands.__init__(self)
@@ -110,15 +112,12 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         self.recv_cnt += 1
         if self._closing:
             return
-        try:
-            frames = self.conn.receive_data(data)
-        except FrameError as exc:
-            self.error(exc.message, exc.detail)
-            frames = []
-        for frame in frames:
+        for frame in self.conn.receive_data(data):
             if self._closing:
                 break
             self.handle(frame)
+        if self.conn.error is not None:  # after the good frames that came before it
+            self.error(self.conn.error.message, self.conn.error.detail)
         self.session.flush()
         self._flush()
 
@@ -197,7 +196,10 @@ class StompAdapter(asyncio.Protocol, StompCommands):
                     ("redelivered", "true" if redelivered else "false")]
         if sub is not None and sub.ack != "auto" and self.version == "1.2":
             headers.append(("ack", message_id))
-        headers += headers_from_properties(decode_properties(header[12:]))
+        if header != self._last_header:  # messages in a row often have the same properties
+            self._last_header = header
+            self._last_headers = headers_from_properties(decode_properties(header[12:]))
+        headers += self._last_headers
         self.conn.send(Frame("MESSAGE", headers, body))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -218,10 +220,10 @@ class StompAdapter(asyncio.Protocol, StompCommands):
         sub = self.subscriptions.pop(consumer_tag, None)
         description = sub.description if sub is not None else consumer_tag
         ident = consumer_tag[2:] if consumer_tag.startswith("T_") else f"Unknown[{consumer_tag}]"
-        self.send_frame("ERROR", [("message", "Server cancelled subscription"), ("subscription", ident),
-                                  ("content-type", "text/plain"), ("version", _SUPPORTED)],
+        self.send_frame("ERROR", [("message", "Server cancelled subscription"), ("content-type", "text/plain"),
+                                  ("version", _SUPPORTED), ("subscription", ident)],
                         f"The server has canceled a subscription.\nNo more messages will be delivered for "
-                        f"{description}.\n".encode())
+                        f"\"{description}\".\n".encode())
 
     def force_close(self, reason: str) -> None:
         """Closed by an operator (management API, ``leveret ctl``) or a deleted user or vhost."""
@@ -257,9 +259,9 @@ class StompAdapter(asyncio.Protocol, StompCommands):
             name = spec.REPLY_NAMES[code]
             self.error(name.lower(), f"{name} - {exc.text}", receipt)
             return
-        except Exception as exc:
+        except Exception:
             log.exception("internal error handling %s on STOMP connection %s", frame.command, self.peer)
-            self.error("Processing error", f"Processing error: {type(exc).__name__}", receipt)
+            self.error("Processing error", "Processing error", receipt)  # RabbitMQ's text; the cause is logged
             return
         if receipt is not None and not self._receipted and frame.command != "DISCONNECT" \
                 and not self.in_transaction(frame):
@@ -333,10 +335,16 @@ class StompAdapter(asyncio.Protocol, StompCommands):
                                                "separated by a comma") from None
         vhost = headers.get("host", "/")
         login = headers.get("login")
+        certificate = self.tls.login if self.tls is not None and login is None else None
         username, password = (login, headers.get("passcode", "")) if login is not None else DEFAULT_LOGIN
-        self.session.details["auth_mechanism"] = "STOMP"
         try:
-            self.session.user = self.broker.authenticate(username, password, self.loopback)
+            if certificate is not None:  # no login header, a verified client certificate: its user (as RabbitMQ)
+                username = certificate
+                self.session.details["auth_mechanism"] = "EXTERNAL"
+                self.session.user = self.broker.authenticate_certificate(certificate, self.loopback)
+            else:
+                self.session.details["auth_mechanism"] = "STOMP"
+                self.session.user = self.broker.authenticate(username, password, self.loopback)
         except errors.AccessRefused as exc:
             self._refused(username, vhost, exc.text)
             if "via localhost" in exc.text:
@@ -493,7 +501,10 @@ class StompListener:
                 for protocol, _server, port in self._servers]
 
     def peer_tls(self, transport: asyncio.BaseTransport) -> PeerTLS | None:
-        return peer_tls(transport.get_extra_info("ssl_object"), None)
+        """The TLS session of a new connection; its ``login`` (the verified certificate's user) only with
+        ``tls_external_login``, as AMQP's EXTERNAL (RabbitMQ's ``stomp.ssl_cert_login``)."""
+        login_from = self.config.tls_cert_login_from if self.config.tls_external_login else None
+        return peer_tls(transport.get_extra_info("ssl_object"), login_from)
 
     def connection_details(self, transport: asyncio.BaseTransport, tls: PeerTLS | None) -> dict[str, object]:
         details: dict[str, object] = dict(PLAIN_DETAILS) if tls is None else tls.details()

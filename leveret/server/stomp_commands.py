@@ -123,18 +123,19 @@ class StompCommands:
         return arguments
 
     def _declare(self, name: str, headers: dict[str, str], *, durable: bool, exclusive: bool,
-                 auto_delete: bool) -> Queue:
-        """Declare (or find, equivalent) queue ``name`` ("" for a server-named one) with the frame's parameters
-        and x- arguments, as this connection's user. As RabbitMQ's plugin: ``durable``/``persistent``,
-        ``auto-delete`` and ``exclusive`` headers override the defaults, and a queue that ends up not durable is
-        exclusive and auto-deleted (so ``persistent:false`` on a SEND to /queue/NAME declares it so)."""
+                 auto_delete: bool, private_unless_durable: bool = False) -> Queue:
+        """Declare (or find, equivalent) queue ``name`` with the frame's parameters and x- arguments, as this
+        connection's user. The ``durable``/``persistent``, ``auto-delete`` and ``exclusive`` headers override the
+        defaults given; with ``private_unless_durable`` (a /queue/ destination) a queue the headers make not
+        durable is exclusive and auto-deleted, as RabbitMQ 3.10 declares them (so ``persistent:false`` on the
+        SEND that declares /queue/NAME makes NAME the connection's own)."""
         params = {"durable": durable, "exclusive": exclusive, "auto_delete": auto_delete}
         for header, param in (("durable", "durable"), ("persistent", "durable"), ("auto-delete", "auto_delete"),
                               ("exclusive", "exclusive")):
             value = _boolean(headers.get(header))
             if value is not None:
                 params[param] = value
-        if not params["durable"]:
+        if private_unless_durable and not params["durable"]:
             params["exclusive"] = params["auto_delete"] = True
         return self.session.vhost.declare_queue(self.session, name, durable=params["durable"],
                                                 exclusive=params["exclusive"], auto_delete=params["auto_delete"],
@@ -145,14 +146,15 @@ class StompCommands:
     def send(self, frame: Frame) -> None:
         if self._hold(frame):
             return
-        dest, text = self._destination(frame, "SEND")
-        if "message-id" in frame:
+        if "message-id" in frame:  # checked before the destination, as RabbitMQ
             raise StompError("Invalid header", "'message-id' is not allowed on 'SEND'.\n")
+        dest, text = self._destination(frame, "SEND")
         headers = first_headers(frame.headers)
         if dest.kind == "temp_queue":
             raise StompError("Invalid destination", f"'{text}' is not a valid destination for 'SEND'\n")
         if dest.kind == "queue" and dest.name not in self.declared:
-            self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+            self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False,
+                          private_unless_durable=True)
             self.declared.add(dest.name)
         reply_to = headers.get("reply-to")
         if reply_to is not None and reply_to.startswith(TEMP_QUEUE_PREFIX):
@@ -232,7 +234,8 @@ class StompCommands:
         if dest.kind == "queue":  # declared once per connection, as by SEND (RabbitMQ's route state)
             if dest.name in self.declared:
                 return vhost.queue(dest.name, self.session)
-            queue = self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False)
+            queue = self._declare(dest.name, headers, durable=True, exclusive=False, auto_delete=False,
+                                  private_unless_durable=True)
             self.declared.add(dest.name)
             return queue
         if dest.kind in ("amqqueue", "reply_queue"):
@@ -246,11 +249,8 @@ class StompCommands:
         if name is None:
             digest = hashlib.md5(f"{text}\x00{ident}".encode()).digest() if durable else secrets.token_bytes(16)
             name = "stomp-subscription-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
-        if durable:  # as RabbitMQ: a topic subscription defaults to auto-delete, an exchange one to exclusive too
-            queue = self._declare(name, headers, durable=True, exclusive=dest.kind == "exchange", auto_delete=True)
-        else:
-            queue = self.session.vhost.declare_queue(self.session, name, exclusive=True, auto_delete=True,
-                                                     arguments=self._arguments(headers), access=self.session.access)
+        # as RabbitMQ 3.10: a subscription's queue is auto-deleted and not exclusive unless the headers say otherwise
+        queue = self._declare(name, headers, durable=False, exclusive=False, auto_delete=True)
         vhost.bind_queue(queue.name, exchange, pattern, {}, self.session, self.session.access)
         return queue
 
@@ -270,7 +270,9 @@ class StompCommands:
         if sub is None:
             raise StompError("No subscription found", f"UNSUBSCRIBE must refer to an existing subscription.\n"
                                                       f"Subscription to \"{description}\" not found.\n")
-        self.channel.cancel(tag)
+        consumer = self.channel.cancel(tag)
+        if consumer is None or not consumer.unacked:
+            self.ack_multiple.pop(tag, None)  # kept while the subscription's deliveries may still be acked
         if sub.durable_topic and (frame.get("durable") == "true" or frame.get("persistent") == "true"):
             self.session.vhost.delete_queue(sub.queue.name, self.session, access=self.session.access)
 

@@ -4,8 +4,9 @@
 ``StompConnection.receive_data(bytes)`` returns every complete frame of the buffer (and keeps the tail for the
 next call). Between frames any number of end-of-lines (``\\n`` or ``\\r\\n``) are heart-beats and skipped. A body
 is read by ``content-length`` when the frame has one (and must then be followed by NUL), else up to the first
-NUL. Input that is not STOMP, or breaks a limit (header section, header count, body size), raises
-:class:`~leveret.stomp.frames.FrameError` once; the connection then reads nothing more. ``version`` (set by the
+NUL. Input that is not STOMP, or breaks a limit (header section, header count, body size), sets ``error`` (a
+:class:`~leveret.stomp.frames.FrameError`) once, after the frames that came before it in the input; the connection
+then reads nothing more. ``version`` (set by the
 adapter after CONNECT) picks the header escaping; output is queued by :meth:`send` / :meth:`send_heartbeat` and
 collected with :meth:`data_to_send`. No sockets, no clock.
 """
@@ -29,6 +30,7 @@ class StompConnection:
         self.max_headers = max_headers
         self.max_body = max_body
         self.failed = False
+        self.error: FrameError | None = None  # why the input stopped being read, once it has
         self._buf = bytearray()
         self._out: list[bytes] = []
         # a frame whose headers are parsed and whose body is not complete yet: the frame, where its body starts in
@@ -38,8 +40,8 @@ class StompConnection:
     # --- input -------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Frame]:
-        """The frames completed by ``data``. Raises FrameError on input that is not STOMP (once; afterwards the
-        connection ignores its input and returns no frames)."""
+        """The frames completed by ``data``. On input that is not STOMP, the frames before it and ``error`` set
+        (once; afterwards the connection ignores its input and returns no frames)."""
         if self.failed:
             return []
         buf = self._buf
@@ -62,11 +64,12 @@ class StompConnection:
                 frames.append(frame)
                 self._pending = None
                 pos = end + 1
-        except FrameError:
+        except FrameError as exc:
             self.failed = True
+            self.error = exc
             self._buf = bytearray()
             self._pending = None
-            raise
+            return frames
         if pos:
             del buf[:pos]
             if self._pending is not None:
@@ -77,7 +80,12 @@ class StompConnection:
     def _parse_head(self, buf: bytearray, pos: int) -> bool:
         """Parse the command and headers of the frame at ``pos`` into ``_pending``; False when they are not all
         in the buffer yet."""
-        ends = [i for i in (buf.find(b"\n\n", pos), buf.find(b"\n\r\n", pos)) if i >= 0]
+        # the first empty line ends the headers; both searches stop where it could be at most, so that a read
+        # of many frames is not searched to its end once per frame
+        limit = min(len(buf), pos + self.max_header_bytes + 3)
+        lf = buf.find(b"\n\n", pos, limit)
+        crlf = buf.find(b"\n\r\n", pos, lf + 1 if lf >= 0 else limit)
+        ends = [i for i in (lf, crlf) if i >= 0]
         if not ends:
             if len(buf) - pos > self.max_header_bytes:
                 raise FrameError("Headers too large", f"the frame's command and headers exceed "
@@ -146,8 +154,9 @@ class StompConnection:
     # --- output ------------------------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        """Queue ``frame`` (escaped for ``version``)."""
-        self._out.append(serialize(frame, self.version))
+        """Queue ``frame``, escaped for ``version``; for 1.0, which defines no escaping, with 1.1's escapes, as
+        RabbitMQ writes frames: a newline in a header value (an AMQP header, say) would otherwise end the line."""
+        self._out.append(serialize(frame, "1.1" if self.version == "1.0" else self.version))
 
     def send_heartbeat(self) -> None:
         self._out.append(b"\n")

@@ -84,8 +84,8 @@ def headers_from_properties(props: dict[str, Any]) -> list[tuple[str, str]]:
         for name, value in table.items():
             if isinstance(value, str):
                 out.append((name, value))
-            elif type(value) is int or type(value).__name__ == "LongInt":  # 'I' and 'l' fields, not bool or others
-                out.append((name, str(int(value))))
+            elif isinstance(value, int) and not isinstance(value, bool) and getattr(value, "field_tag", b"l") == b"l":
+                out.append((name, str(int(value))))  # 'I' (a plain int) and 'l' fields; other widths are left out
     for prop, header in _HEADER_ORDER:
         value = props.get(prop)
         if value is None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -531,7 +534,17 @@ def test_stomp_connection_in_the_management_api(make_config: Callable[..., Confi
         listeners = get("/api/overview")["listeners"]
         assert {"protocol": "stomp", "port": server.stomp_port} in [
             {"protocol": item["protocol"], "port": item["port"]} for item in listeners]
-        conn.disconnect()
+        recorder = Recorder()
+        conn.set_listener("recorder", recorder)
+        name = urllib.parse.quote(info["name"], safe="")
+        request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/api/connections/{name}",
+                                         method="DELETE", headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=",
+                                                                   "X-Reason": "bye from the API"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204
+        wait_for(recorder.disconnected.is_set)
+        assert (recorder.errors[0].headers["message"], recorder.errors[0].body) == (
+            "Connection forced", "bye from the API")
     finally:
         server.stop()
 
@@ -615,3 +628,133 @@ def test_stomp_logins_in_the_audit_log(stomp_server: ThreadedServer, client: Cal
 
     wait_for(lambda: ("login", "stomp") in events() and ("login.refused", "stomp") in events(),
              message="the STOMP login and refused login in the audit file")
+
+
+def test_frames_before_a_bad_one_in_the_same_read_are_handled(stomp_server: ThreadedServer) -> None:
+    raw = Raw(stomp_server.stomp_port)
+    raw.send(b"SEND\ndestination:/queue/before\n\nkept\x00SEND\ndestination:/queue/before\nk:\\x\n\n\x00")
+    headers, _ = error_frame(raw.read_to_eof())
+    assert headers["message"] == "Bad header escape"
+    assert amqp_get_next(stomp_server.port, "before")[2] == b"kept"
+
+
+def test_deleted_queue_cancels_the_subscription(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.subscribe("/queue/doomed", id="d", receipt="ready")
+    rec.wait_receipt("ready")
+    amqp = amqp_connect(stomp_server.port)
+    amqp.channel().queue_delete("doomed")
+    amqp.close()
+    error = wait_for(lambda: rec.errors)[0]
+    assert (error.headers["message"], error.headers["subscription"]) == ("Server cancelled subscription", "d")
+    assert error.body == ("The server has canceled a subscription.\nNo more messages will be delivered for "
+                          "\"id='d'\".\n")  # RabbitMQ's text, checked against 3.10
+    conn.send("/queue/other", "the connection stays open", headers={"receipt": "alive"})
+    rec.wait_receipt("alive")
+
+
+def test_vhost_connection_limit(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    stomp_server.call(stomp_server.broker.set_vhost_limits, "/", {"max-connections": 1})
+    client()
+    raw = Raw(stomp_server.stomp_port, None)
+    raw.send(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+    headers, body = error_frame(raw.read_to_eof())
+    assert (headers["message"], body) == ("Bad CONNECT", b"Connection refused: vhost connection limit reached")
+
+
+def test_subscription_queue_flags_as_rabbitmq(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    """(durable, auto_delete, exclusive) of the queues SUBSCRIBE and SEND declare, as RabbitMQ 3.10 declares them
+    (seen through its management API)."""
+    conn, rec = client()
+    conn.subscribe("/topic/k1", id="a")
+    conn.subscribe("/topic/k2", id="b", headers={"durable": "true"})
+    conn.subscribe("/topic/k3", id="c", headers={"durable": "true", "auto-delete": "false"})
+    conn.subscribe("/exchange/amq.direct/k4", id="d", headers={"durable": "true"})
+    conn.subscribe("/queue/q-exclusive", id="e", headers={"exclusive": "true"})
+    conn.subscribe("/queue/q-auto", id="f", headers={"auto-delete": "true", "receipt": "done"})
+    rec.wait_receipt("done")
+
+    def flags() -> dict[str, tuple[bool, bool, bool]]:
+        vhost = stomp_server.broker.vhosts["/"]
+        named = {b.routing_key: vhost.queues[b.destination.name] for name in ("amq.topic", "amq.direct")
+                 for b in vhost.exchanges[name].bindings()}
+        named.update({"e": vhost.queues["q-exclusive"], "f": vhost.queues["q-auto"]})
+        return {key: (q.durable, q.auto_delete, q.exclusive_owner is not None) for key, q in named.items()}
+
+    assert stomp_server.call(flags) == {
+        "k1": (False, True, False), "k2": (True, True, False), "k3": (True, False, False),
+        "k4": (True, True, False), "e": (False, False, True), "f": (True, True, False)}
+
+
+def test_leveret_ctl_lists_and_closes_stomp_connections(stomp_server: ThreadedServer,
+                                                       client: Callable[..., Client]) -> None:
+    _conn, rec = client()
+
+    def ctl(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "leveret", "ctl", "--data-dir", stomp_server.config.data_dir,
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    (listed,) = json.loads(ctl("list-connections", "--json"))
+    assert listed["name"].endswith(f" -> 127.0.0.1:{stomp_server.stomp_port}")  # the STOMP listener's address
+    assert (listed["user"], listed["channels"]) == ("guest", 1)
+    assert ctl("close-connection", listed["name"], "--reason", "maintenance") == \
+        f"connection '{listed['name']}' closed\n"
+    wait_for(rec.disconnected.is_set)
+    error = rec.errors[0]
+    assert (error.headers["message"], error.body) == ("Connection forced", "maintenance")
+
+
+# --- flow control, dead-lettering ---------------------------------------------------------------------------
+
+
+def test_a_consumer_that_does_not_read_holds_back_its_queue(stomp_server: ThreadedServer) -> None:
+    """Back-pressure as for AMQP: an auto-ack subscriber that never reads its socket gets what the socket buffers
+    and about a MiB more; the rest stays in the queue instead of piling up in the broker's memory."""
+    amqp = amqp_connect(stomp_server.port)
+    channel = amqp.channel()
+    channel.queue_declare("flooded")
+    body = b"x" * 4096
+    for _ in range(3000):  # 12 MB
+        channel.basic_publish("", "flooded", body)
+    queue = stomp_server.broker.vhosts["/"].queues["flooded"]
+    wait_for(lambda: stomp_server.call(lambda: queue.message_count) == 3000)
+    raw = Raw(stomp_server.stomp_port)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    raw.send(b"SUBSCRIBE\ndestination:/amq/queue/flooded\nid:s\n\n\x00")  # ack:auto, and never read
+    hold(0.5, "deliveries stop once the socket and the delivery buffer are full")
+    left = stomp_server.call(lambda: queue.message_count)
+    assert 1000 < left < 3000  # type: ignore[operator]
+    raw.close()
+    amqp.close()
+
+
+def test_nack_without_requeue_dead_letters(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    conn, rec = client()
+    conn.subscribe("/queue/dead", id="dead")
+    conn.subscribe("/queue/work", id="w", ack="client-individual",
+                   headers={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    conn.send("/queue/work", "poison")
+    msg = rec.wait_messages(1)[0]
+    conn.nack(msg.headers["ack"], requeue="false")
+    dead = rec.wait_messages(2)[1]
+    assert (dead.body, dead.headers["subscription"], dead.headers["destination"]) == ("poison", "dead", "/queue/dead")
+    queue = stomp_server.broker.vhosts["/"].queues["work"]
+    assert queue.arguments == {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+
+
+def test_ack_after_unsubscribe(stomp_server: ThreadedServer, client: Callable[..., Client]) -> None:
+    """Deliveries stay unacked after UNSUBSCRIBE (as after basic.cancel) and can still be acked, in the
+    subscription's mode (client: cumulative)."""
+    conn, rec = client()
+    conn.subscribe("/queue/late", id="l", ack="client")
+    for i in range(2):
+        conn.send("/queue/late", f"m{i}")
+    messages = rec.wait_messages(2)
+    conn.unsubscribe("l")
+    conn.ack(messages[1].headers["ack"], receipt="acked")  # settles both
+    rec.wait_receipt("acked")
+    queue = stomp_server.broker.vhosts["/"].queues["late"]
+    assert stomp_server.call(lambda: queue.message_count + queue.unacked_count) == 0
+    assert not rec.errors

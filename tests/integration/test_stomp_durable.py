@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -103,31 +104,44 @@ def test_persistent_send_receipt_means_on_disk(broker: LeveretProcess) -> None:
 # --- TLS ---------------------------------------------------------------------------------------------------
 
 
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+def _signed(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool = False) -> Any:
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _certificate(directory: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """A CA, a server certificate and key, a client certificate (CN=stomp-client) and key, all in PEM files."""
+    def write(name: str, cert: Any = None, key: Any = None) -> Path:
+        path = directory / name
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) if cert is not None else key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return path
+
+    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = _signed("STOMP Test CA", ca_key, "STOMP Test CA", ca_key, ca=True)
+    return (write("ca.pem", ca), write("server.pem", _signed("localhost", server_key, "STOMP Test CA", ca_key)),
+            write("server.key", key=server_key),
+            write("client.pem", _signed("stomp-client", client_key, "STOMP Test CA", ca_key)),
+            write("client.key", key=client_key))
 
 
 def test_stomp_over_tls_with_the_amqps_certificate(tmp_path: Path, make_config: Any) -> None:
-    cert, key = _certificate(tmp_path)
+    ca, cert, key, _, _ = _certificate(tmp_path)
     config: Config = make_config(stomp_port=0, stomp_tls_port=0, tls_port=0, tls_cert_file=str(cert),
                                  tls_key_file=str(key))
     server = ThreadedServer(config).start()
     try:
         assert server.stomp_tls_port > 0
         conn = stomp.Connection12([("127.0.0.1", server.stomp_tls_port)], vhost="/")
-        conn.set_ssl(for_hosts=[("127.0.0.1", server.stomp_tls_port)], ca_certs=str(cert),
+        conn.set_ssl(for_hosts=[("127.0.0.1", server.stomp_tls_port)], ca_certs=str(ca),
                      ssl_version=ssl.PROTOCOL_TLS_CLIENT, verify=False)  # the certificate names localhost
         recorder = Recorder()
         conn.set_listener("recorder", recorder)
@@ -138,5 +152,27 @@ def test_stomp_over_tls_with_the_amqps_certificate(tmp_path: Path, make_config: 
         (session,) = [c.session for c in server.server.stomp.connections]
         assert session.details["ssl"] is True
         conn.disconnect()
+    finally:
+        server.stop()
+
+
+def test_login_from_a_client_certificate(tmp_path: Path, make_config: Any) -> None:
+    """With tls_external_login (AMQP's EXTERNAL switch), a CONNECT without login over TLS with a verified client
+    certificate logs in as the certificate's user, as RabbitMQ's stomp.ssl_cert_login."""
+    ca, cert, key, client_cert, client_key = _certificate(tmp_path)
+    config: Config = make_config(stomp_port=-1, stomp_tls_port=0, tls_port=0, tls_cert_file=str(cert),
+                                 tls_key_file=str(key), tls_ca_file=str(ca), tls_verify="peer",
+                                 tls_external_login=True, tls_cert_login_from="common_name")
+    server = ThreadedServer(config).start()
+    try:
+        server.call(server.broker.add_user, "stomp-client", "unused-password", (), {"/"})
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(client_cert), str(client_key))
+        with socket.create_connection(("127.0.0.1", server.stomp_tls_port), timeout=10) as plain, \
+                context.wrap_socket(plain, server_hostname="localhost") as sock:
+            sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+            assert sock.recv(100).startswith(b"CONNECTED")
+            (session,) = [c.session for c in server.server.stomp.connections]
+            assert (session.user.name, session.details["auth_mechanism"]) == ("stomp-client", "EXTERNAL")
     finally:
         server.stop()

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import leveret.stomp
+from leveret.amqp.fields import Int8, LongInt
 from leveret.stomp import Frame, FrameError, StompConnection, parse_destination, serialize
 from leveret.stomp.frames import escape, unescape
 from leveret.stomp.mapping import (
@@ -26,9 +27,13 @@ from leveret.stomp.mapping import (
 
 
 def parse(data: bytes, version: str = "1.2", **limits: int) -> list[Frame]:
+    """The frames of ``data``; raises the connection's FrameError when the input is not STOMP."""
     conn = StompConnection(**limits)
     conn.version = version
-    return conn.receive_data(data)
+    frames = conn.receive_data(data)
+    if conn.error is not None:
+        raise conn.error
+    return frames
 
 
 def test_nul_terminated_frame_and_heartbeats_between_frames() -> None:
@@ -97,11 +102,11 @@ def test_connect_headers_are_not_unescaped() -> None:
     assert frame.get("passcode") == "a\\tb"
 
 
-def test_connection_fails_once_and_then_reads_nothing() -> None:
+def test_connection_fails_once_after_the_good_frames_and_then_reads_nothing() -> None:
     conn = StompConnection()
-    with pytest.raises(FrameError):
-        conn.receive_data(b"SEND\nk:\\x\n\n\x00")
-    assert conn.failed
+    frames = conn.receive_data(b"SEND\nk:ok\n\nfirst\x00SEND\nk:\\x\n\n\x00SEND\n\nlost\x00")
+    assert [f.body for f in frames] == [b"first"]
+    assert conn.failed and conn.error is not None and conn.error.message == "Bad header escape"
     assert conn.receive_data(b"SEND\n\n\x00") == []
 
 
@@ -110,8 +115,8 @@ def test_header_section_limit() -> None:
         parse(b"SEND\nk:" + b"x" * 5000 + b"\n\n\x00", max_header_bytes=4096)
     assert info.value.message == "Headers too large"
     conn = StompConnection(max_header_bytes=4096)  # also before the end of the headers has arrived
-    with pytest.raises(FrameError):
-        conn.receive_data(b"SEND\nk:" + b"x" * 5000)
+    assert conn.receive_data(b"SEND\nk:" + b"x" * 5000) == []
+    assert conn.error is not None and conn.error.message == "Headers too large"
 
 
 def test_header_count_limit() -> None:
@@ -139,6 +144,15 @@ def test_serialize_escapes_and_adds_content_length() -> None:
     assert serialize(frame, "1.2") == b"MESSAGE\na\\cb:c\\nd\ncontent-length:3\n\nxyz\x00\n"
     assert serialize(frame, "1.0") == b"MESSAGE\na:b:c\nd\ncontent-length:3\n\nxyz\x00\n"
     assert serialize(Frame("CONNECTED", [("session", "a:b")]), "1.2") == b"CONNECTED\nsession:a:b\n\n\x00\n"
+
+
+def test_output_to_a_10_client_is_escaped_as_11() -> None:
+    conn = StompConnection()
+    conn.version = "1.0"
+    conn.send(Frame("MESSAGE", [("k", "a\nb:c")]))
+    assert conn.data_to_send() == b"MESSAGE\nk:a\\nb\\cc\n\n\x00\n"
+    (frame,) = conn.receive_data(b"SEND\nk:a\\nb\n\n\x00")  # input stays as it is (1.0 has no escapes)
+    assert frame.get("k") == "a\\nb"
 
 
 def test_output_queue_and_heartbeat() -> None:
@@ -197,6 +211,9 @@ def test_message_headers_from_properties_as_rabbitmq() -> None:
         ("h1", "s"), ("h2", "5"), ("timestamp", "1700000001"), ("reply-to", "/reply-queue/rq2"), ("priority", "3"),
         ("persistent", "true"), ("content-type", "application/json")]
     assert ("reply-to", "/queue/x") in headers_from_properties({"reply_to": "/queue/x"})
+    # 'l' fields too (RabbitMQ 3.10: big:1099511627776 and neg:-5 from pika), not narrower or other types
+    table = {"big": LongInt(2**40), "neg": -5, "byte": Int8(1), "dec": 1.5}
+    assert headers_from_properties({"headers": table}) == [("big", "1099511627776"), ("neg", "-5")]
 
 
 @pytest.mark.parametrize(("text", "dest"), [
@@ -256,3 +273,30 @@ def test_stomp_imports_only_the_standard_library(path: Path) -> None:
                     and not module.startswith("leveret.stomp"):
                 outside.append(f"line {node.lineno}: {module}")
     assert not outside, f"stomp/{path.name} imports beyond the standard library: {outside}"
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_input_gives_frames_or_one_error_never_an_exception(chunks: list[bytes]) -> None:
+    """A fuzzer of the parser: arbitrary bytes, in arbitrary pieces, give frames or set ``error`` once."""
+    conn = StompConnection(max_header_bytes=128, max_body=64)
+    for chunk in chunks:
+        frames = conn.receive_data(chunk)
+        assert all(isinstance(frame, Frame) for frame in frames)
+        if conn.error is not None:
+            assert conn.failed and isinstance(conn.error, FrameError)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["SEND", "ACK", "MESSAGE"]),
+                          st.lists(st.tuples(st.text("abc:\\\n", max_size=5), st.text("xy:\\\n\r", max_size=5)),
+                                   max_size=3),
+                          st.binary(max_size=20)), min_size=1, max_size=4),
+       st.integers(min_value=1, max_value=50))
+def test_frames_survive_any_split(frames: list[tuple[str, list[tuple[str, str]], bytes]], step: int) -> None:
+    """Serialised frames fed in pieces of any size come back equal (1.2 escaping)."""
+    data = b"".join(serialize(Frame(c, [h for h in hs if h[0] != "content-length"], b), "1.2") for c, hs, b in frames)
+    conn = StompConnection()
+    got: list[Frame] = []
+    for start in range(0, len(data), step):
+        got += conn.receive_data(data[start:start + step])
+    assert conn.error is None
+    assert [(f.command, f.body) for f in got] == [(c, b) for c, _, b in frames]
