@@ -371,6 +371,25 @@ def escaping_10_raw(run: StompRun) -> None:
 
 
 @scenario
+def escaping_10_input_to_amqp(run: StompRun) -> None:
+    # what a 1.0 client's backslashes become in the AMQP headers table (RabbitMQ: 1.2's unescaping, even for 1.0)
+    queue = run.queue()
+    producer = connect(run, "producer", "1.0")
+    run.send(producer, "SEND", {"destination": f"/queue/{queue}", "x-a": "a:b\\c", "x-b": "x\\ny",
+                                "x-c": "p\\\\q", "x-r": "cr\\r", "receipt": "r"}, b"1.0")
+    run.recv("receipt", producer)
+    run.amqp_get("amqp", queue)
+
+
+@scenario
+def bad_escape_10(run: StompRun) -> None:
+    queue = run.queue()
+    producer = connect(run, "producer", "1.0")
+    run.send(producer, "SEND", {"destination": f"/queue/{queue}", "x-d": "bad\\q", "receipt": "r"}, b"1.0")
+    run.recv("reply", producer)
+
+
+@scenario
 def escaping_12_to_10(run: StompRun) -> None:
     queue = run.queue()
     consumer = connect(run, "consumer", "1.0")
