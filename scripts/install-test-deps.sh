@@ -2,6 +2,7 @@
 # Installs the non-Python AMQP clients that tests/differential/test_other_clients.py drives against Leveret:
 #   node   amqplib (npm, pinned in tests/clients/node/package-lock.json) on the machine's Node.js
 #   php    php-amqplib            (Debian: php-cli php-amqplib)
+#   php    the stomp extension    (Debian: php-stomp) for tests/differential/test_stomp_clients.py
 #   go     rabbitmq/amqp091-go    (Debian: golang-go golang-github-rabbitmq-amqp091-go-dev, built offline)
 #   c      rabbitmq-c             (Debian: librabbitmq-dev amqp-tools, and gcc)
 #   web    headless Chromium for tests/integration/test_web_ui.py (Debian: chromium chromium-driver; driven by Playwright
@@ -64,6 +65,8 @@ if apt_install "amqp-tools" amqp-tools; then summary+=("amqp-tools:ok"); else su
 
 # PHP: php-amqplib from Debian (autoloader at /usr/share/php/PhpAmqpLib/autoload.php).
 if apt_install "php" php-cli php-amqplib; then summary+=("php:ok"); else summary+=("php:missing"); fi
+# PHP's STOMP client: the pecl stomp extension as Debian packages it (enabled for the CLI on install).
+if apt_install "php-stomp" php-cli php-stomp; then summary+=("php-stomp:ok"); else summary+=("php-stomp:missing"); fi
 
 # Go: the Debian-packaged amqp091-go source under /usr/share/gocode, built in GOPATH mode (no module proxy).
 if apt_install "go" golang-go golang-github-rabbitmq-amqp091-go-dev; then summary+=("go:ok"); else summary+=("go:missing"); fi
