@@ -86,9 +86,9 @@ class Forwarder:
         self.notify_queue = notify_queue or notice_queue(self.where, path)  # tracked messages' notices, on Leveret
         self._next_shrink = 0.0
         self.outbox: OutboxStorage | None = cast(OutboxStorage, outbox) if is_storage(outbox) else None
-        self._stop: asyncio.Event | None = None
+        self.stop_event: asyncio.Event | None = None
         self._stop_requested = False
-        self._stop_deadline = float("inf")
+        self.stop_deadline = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -101,12 +101,12 @@ class Forwarder:
     async def run(self) -> None:
         """Forward until :meth:`request_stop`; then finish the in-flight confirms (``stop_timeout`` at most)."""
         self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        self.stop_event = asyncio.Event()
         if self._stop_requested:
-            self._stop.set()
+            self.stop_event.set()
         own = self.outbox is None
         try:
-            if not await self._lock.acquire(self._sleep):
+            if not await self._lock.acquire(self.sleep):
                 return
             if self.outbox is None:
                 # Its own writes are deletions of confirmed messages: one lost in a power cut is only sent
@@ -137,14 +137,14 @@ class Forwarder:
     def request_stop(self) -> None:
         """Stop fetching, finish the confirms in flight, then return from :meth:`run` (thread-safe)."""
         self._stop_requested = True
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self.stop_event is not None:
             self._loop.call_soon_threadsafe(self._set_stop)
 
     def _set_stop(self) -> None:
-        assert self._stop is not None
-        if not self._stop.is_set():
-            self._stop_deadline = time.monotonic() + self.stop_timeout
-            self._stop.set()
+        assert self.stop_event is not None
+        if not self.stop_event.is_set():
+            self.stop_deadline = time.monotonic() + self.stop_timeout
+            self.stop_event.set()
 
     def start(self, timeout: float = 10.0) -> Forwarder:
         """Run in a background thread (tests, embedding); returns once it forwards."""
@@ -173,21 +173,21 @@ class Forwarder:
         """Whether this forwarder holds its outbox file's lock (see outbox/lock.py)."""
         return self._lock.fd is not None
 
-    async def _sleep(self, seconds: float) -> bool:
+    async def sleep(self, seconds: float) -> bool:
         """Sleep, or less if a stop is requested; return whether it was."""
-        assert self._stop is not None
+        assert self.stop_event is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        return self._stop.is_set()
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        return self.stop_event.is_set()
 
     # --- one destination -------------------------------------------------------------------------------------
 
     async def _forward(self, dest: Destination) -> None:
-        assert self._stop is not None
+        assert self.stop_event is not None
         failures = 0
         turn = 0  # stays on the URL that works; the next one after a failure (failover)
         refused = 0  # URLs that could not be reached in this round: the next is tried at once, then a back-off
-        while not self._stop.is_set():
+        while not self.stop_event.is_set():
             url = dest.urls[turn % len(dest.urls)]
             started = time.monotonic()
             forwarded = dest.forwarded
@@ -196,7 +196,7 @@ class Forwarder:
             except Exception as exc:
                 self._down(dest, url, exc)
                 refused += 1
-                if refused < len(dest.urls) and not self._stop.is_set():
+                if refused < len(dest.urls) and not self.stop_event.is_set():
                     turn += 1
                     continue
             else:
@@ -217,7 +217,7 @@ class Forwarder:
                     dest.url = None
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 5)
-            if self._stop.is_set():
+            if self.stop_event.is_set():
                 break
             if dest.forwarded > forwarded or time.monotonic() - started > self.backoff_max:
                 failures = 0
@@ -227,13 +227,13 @@ class Forwarder:
             turn += 1
             dest.retry_at = time.time() + delay
             refused = 0
-            await self._sleep(delay)
+            await self.sleep(delay)
 
     async def _connect(self, url: str) -> Any:
         """Connect, or give up at once (None) when a stop is requested meanwhile."""
-        assert self._stop is not None
+        assert self.stop_event is not None
         connecting = asyncio.ensure_future(self._open(url))
-        stopping = asyncio.ensure_future(self._stop.wait())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
         try:
             await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -263,7 +263,7 @@ class Forwarder:
             dest.down_since = time.time()
 
     async def _session(self, dest: Destination, conn: Any) -> None:
-        assert self._stop is not None and self.outbox is not None
+        assert self.stop_event is not None and self.outbox is not None
         if isinstance(conn, (HttpTarget, StompTarget)):
             try:
                 await (http_session(self, dest, conn) if isinstance(conn, HttpTarget) else
@@ -291,9 +291,9 @@ class Forwarder:
         try:
             while True:
                 window = 1 if cursor < dest.careful_until else self.window
-                stopping = self._stop.is_set()
-                held = not await self._settle(dest)
-                if stopping and ((not inflight and not held) or time.monotonic() > self._stop_deadline):
+                stopping = self.stop_event.is_set()
+                held = not await self.settle(dest)
+                if stopping and ((not inflight and not held) or time.monotonic() > self.stop_deadline):
                     if dest.confirmed:
                         log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they "
                                   "will be sent again", dest.name, len(dest.confirmed), dest.local_error)
@@ -304,7 +304,7 @@ class Forwarder:
                     try:
                         rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, window - len(inflight))
                     except (OutboxError, sqlite3.Error) as exc:
-                        self._local_error(dest, exc)
+                        self.local_error(dest, exc)
                         rows = []
                     parks: list[tuple[int, str]] = []
                     batch: list[OutboxMessage] = []
@@ -331,7 +331,7 @@ class Forwarder:
                     if batch:  # one socket write for the whole batch; confirms come back pipelined
                         inflight.extend(zip(batch, await publisher.publish(batch), strict=True))
                     if parks:
-                        await self._settle(dest, parks=parks)
+                        await self.settle(dest, parks=parks)
                 if inflight:
                     if fetched == 0 or len(inflight) >= window:
                         await asyncio.wait([inflight[0][1]], timeout=self.poll_interval)
@@ -343,8 +343,8 @@ class Forwarder:
                     if stopping:
                         await asyncio.sleep(self.poll_interval)
                     else:
-                        await self._shrink_when_idle(dest)
-                        await self._sleep(self.poll_interval)
+                        await self.shrink_when_idle(dest)
+                        await self.sleep(self.poll_interval)
                 await self._reap(dest, inflight)
                 now = time.monotonic()
                 if lease and now >= next_renew:  # a shared outbox: keep the messages in flight ours
@@ -367,7 +367,7 @@ class Forwarder:
                         reviving = False
                         cursor = 0
                 except (OutboxError, sqlite3.Error) as exc:
-                    self._local_error(dest, exc)
+                    self.local_error(dest, exc)
         finally:
             for _, future in inflight:
                 future.cancel()
@@ -417,11 +417,11 @@ class Forwarder:
                 continue
             failure, failed = exc, row
             break
-        await self._settle(dest, done, parks)
+        await self.settle(dest, done, parks)
         if failure is None or failed is None:
             return
         if isinstance(failure, aio_pika.exceptions.DeliveryError):
-            await self._note_failure(dest, failed.id, "nacked by the broker")
+            await self.note_failure(dest, failed.id, "nacked by the broker")
             await self._drain(dest, inflight)
             raise Nacked(f"message {failed.id} nacked by the broker; sending it again after a back-off")
         if isinstance(failure, aiormq.exceptions.ChannelClosed) and (
@@ -431,10 +431,10 @@ class Forwarder:
             text = describe(failure)
             if not inflight and (failed.id <= dest.careful_until or failed.id == dest.alone):
                 log.warning("%s: message %d closed the channel (%s): parking it", dest.name, failed.id, text)
-                await self._settle(dest, parks=[(failed.id, text)])
+                await self.settle(dest, parks=[(failed.id, text)])
             else:
                 dest.careful_until = max(failed.id, *(row.id for row, _ in inflight))
-                await self._note_failure(dest, failed.id, text)
+                await self.note_failure(dest, failed.id, text)
         raise failure
 
     async def _drain(self, dest: Destination, inflight: deque[tuple[OutboxMessage, asyncio.Future[Any]]]) -> None:
@@ -450,9 +450,9 @@ class Forwarder:
                     done.append(row.id)
                 else:
                     parks.append((row.id, "NO_ROUTE - returned by the broker: no queue is bound for it"))
-        await self._settle(dest, done, parks)
+        await self.settle(dest, done, parks)
 
-    async def _settle(self, dest: Destination, done: Sequence[int] = (),
+    async def settle(self, dest: Destination, done: Sequence[int] = (),
                       parks: Sequence[tuple[int, str]] = ()) -> bool:
         """Write what the broker settled (confirmed ids, parked messages) to the outbox, with what an earlier
         failed write left in memory; return whether nothing is left. A failed write is a local error: kept in
@@ -475,7 +475,7 @@ class Forwarder:
                 await self._park(dest, failures)
                 del dest.to_park[:len(failures)]
         except (OutboxError, sqlite3.Error) as exc:
-            self._local_error(dest, exc)
+            self.local_error(dest, exc)
             return False
         if dest.local_error is not None:
             log.info("%s: the outbox %s is writable again", dest.name, self.where)
@@ -483,7 +483,7 @@ class Forwarder:
         dest.local_failures = 0
         return not dest.confirmed and not dest.to_park
 
-    async def _shrink_when_idle(self, dest: Destination) -> None:
+    async def shrink_when_idle(self, dest: Destination) -> None:
         """Nothing to send: give the file's free pages back to the file system, ``SHRINK_PAGES`` at a time (one
         short writer transaction each, so a send waits at most for one step), checking every
         ``shrink_interval`` seconds. A failure is only logged: it is housekeeping."""
@@ -500,7 +500,7 @@ class Forwarder:
         except (OutboxError, sqlite3.Error) as exc:
             log.warning("%s: could not shrink the outbox %s: %s", dest.name, self.where, describe(exc))
 
-    def _local_error(self, dest: Destination, exc: BaseException) -> None:
+    def local_error(self, dest: Destination, exc: BaseException) -> None:
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(dest.local_failures, 30))
         dest.local_failures += 1
         dest.local_retry_at = time.monotonic() + delay
@@ -510,7 +510,7 @@ class Forwarder:
                       "retrying with back-off)", dest.name, self.where, text, len(dest.confirmed))
         dest.local_error = text
 
-    async def _note_failure(self, dest: Destination, message_id: int, error: str) -> None:
+    async def note_failure(self, dest: Destination, message_id: int, error: str) -> None:
         """Record why a message failed (bookkeeping only: a failed write is logged and otherwise ignored)."""
         assert self.outbox is not None
         try:

@@ -1,6 +1,6 @@
 """The forwarder's sessions on its other transports (the AMQP one is ``Forwarder._session``): HTTP, one publish
 at a time (http_transport.py), and STOMP, pipelined SENDs settled by their receipts (stomp_transport.py). Each
-runs one connection's life for one destination with the forwarder's own bookkeeping (``_settle``, parking,
+runs one connection's life for one destination with the forwarder's own bookkeeping (``settle``, parking,
 back-off, shrinking), and returns on a stop or raises to end the session (the forwarder reconnects)."""
 
 from __future__ import annotations
@@ -31,30 +31,30 @@ class Nacked(Exception):
 
 async def http_session(fw: Forwarder, dest: Destination, target: HttpTarget) -> None:
     """The HTTP transport: one publish at a time, in id order; settled as http_transport.py says."""
-    assert fw._stop is not None and fw.outbox is not None
+    assert fw.stop_event is not None and fw.outbox is not None
     outbox = fw.outbox
     cursor = 0
     next_revive = 0.0
     while True:
-        held = not await fw._settle(dest)
-        if fw._stop.is_set():
+        held = not await fw.settle(dest)
+        if fw.stop_event.is_set():
             if dest.confirmed:
                 log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they will be "
                           "sent again", dest.name, len(dest.confirmed), dest.local_error)
             return
         if held or time.monotonic() < dest.local_retry_at:
-            await fw._sleep(fw.poll_interval)
+            await fw.sleep(fw.poll_interval)
             continue
         try:
             rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, min(fw.window, 128))
         except (OutboxError, sqlite3.Error) as exc:
-            fw._local_error(dest, exc)
+            fw.local_error(dest, exc)
             continue
         done: list[int] = []
         parks: list[tuple[int, str]] = []
         try:
             for row in rows:
-                if fw._stop.is_set():
+                if fw.stop_event.is_set():
                     break
                 try:
                     properties = json_properties(Outgoing(row).properties)
@@ -65,7 +65,7 @@ async def http_session(fw: Forwarder, dest: Destination, target: HttpTarget) -> 
                 try:
                     why = await target.publish(row, properties)
                 except HttpNacked as exc:
-                    await fw._note_failure(dest, row.id, str(exc))
+                    await fw.note_failure(dest, row.id, str(exc))
                     raise Nacked(f"message {row.id} refused by the broker ({exc}); sending it again after "
                                   "a back-off") from None
                 cursor = row.id
@@ -74,28 +74,28 @@ async def http_session(fw: Forwarder, dest: Destination, target: HttpTarget) -> 
                 else:
                     parks.append((row.id, why))
         finally:
-            await fw._settle(dest, done, parks)
+            await fw.settle(dest, done, parks)
         if not rows:
             if outbox.shared:  # rows another forwarder held when the cursor passed them (see _session)
                 cursor = 0
-            await fw._shrink_when_idle(dest)
-            await fw._sleep(fw.poll_interval)
+            await fw.shrink_when_idle(dest)
+            await fw.sleep(fw.poll_interval)
         now = time.monotonic()
-        if fw.unroutable_retry > 0 and now >= next_revive and not fw._stop.is_set():
+        if fw.unroutable_retry > 0 and now >= next_revive and not fw.stop_event.is_set():
             next_revive = now + min(fw.unroutable_retry, 5.0)
             try:
                 if await asyncio.to_thread(outbox.parked_due, dest.name, time.time()):
                     await outbox.revive_async(dest.name, time.time())
                     cursor = 0
             except (OutboxError, sqlite3.Error) as exc:
-                fw._local_error(dest, exc)
+                fw.local_error(dest, exc)
 
 
 async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -> None:
     """The STOMP transport: up to ``window`` SENDs in flight, one write per batch, each settled by its RECEIPT in
     order; an ERROR ends the session, and the messages it left unsettled are then sent one at a time, so the one
     that gets an ERROR alone is parked (stomp_transport.py)."""
-    assert fw._stop is not None and fw.outbox is not None
+    assert fw.stop_event is not None and fw.outbox is not None
     outbox = fw.outbox
     inflight: deque[tuple[OutboxMessage, asyncio.Future[None]]] = deque()
     cursor = 0
@@ -103,9 +103,9 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
     reviving = False
     while True:
         window = 1 if cursor < dest.careful_until else fw.window
-        stopping = fw._stop.is_set()
-        held = not await fw._settle(dest)
-        if stopping and ((not inflight and not held) or time.monotonic() > fw._stop_deadline):
+        stopping = fw.stop_event.is_set()
+        held = not await fw.settle(dest)
+        if stopping and ((not inflight and not held) or time.monotonic() > fw.stop_deadline):
             if dest.confirmed:
                 log.error("%s: %d confirmed message(s) could not be deleted from the outbox (%s): they will be "
                           "sent again", dest.name, len(dest.confirmed), dest.local_error)
@@ -116,7 +116,7 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
             try:
                 rows = await asyncio.to_thread(outbox.fetch, dest.name, cursor, window - len(inflight))
             except (OutboxError, sqlite3.Error) as exc:
-                fw._local_error(dest, exc)
+                fw.local_error(dest, exc)
                 rows = []
             parks: list[tuple[int, str]] = []
             batch = []
@@ -137,7 +137,7 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                     batch = []
                 inflight.extend(zip([row for row, _ in batch], futures, strict=True))
             if parks:
-                await fw._settle(dest, parks=parks)
+                await fw.settle(dest, parks=parks)
         if inflight:
             if fetched == 0 or len(inflight) >= window:
                 await asyncio.wait([inflight[0][1]], timeout=fw.poll_interval)
@@ -147,8 +147,8 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
             if stopping:
                 await asyncio.sleep(fw.poll_interval)
             else:
-                await fw._shrink_when_idle(dest)
-                await fw._sleep(fw.poll_interval)
+                await fw.shrink_when_idle(dest)
+                await fw.sleep(fw.poll_interval)
         done: list[int] = []
         while inflight and inflight[0][1].done():
             row, future = inflight[0]
@@ -156,7 +156,7 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                 break
             inflight.popleft()
             done.append(row.id)
-        await fw._settle(dest, done)
+        await fw.settle(dest, done)
         failure = inflight[0][1].exception() if inflight and inflight[0][1].done() else None
         if failure is not None:  # (the head may have been receipted while the deletions were written: not failed)
             failed = inflight[0][0]
@@ -171,11 +171,11 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                 if len(inflight) == 1 and failed.id <= dest.careful_until:
                     log.warning("%s: message %d got an ERROR from the broker (%s): parking it", dest.name, failed.id,
                                 text)
-                    await fw._settle(dest, parks=[(failed.id, text)])
+                    await fw.settle(dest, parks=[(failed.id, text)])
                 else:
                     # which of the messages in flight caused it? Send them again one at a time
                     dest.careful_until = max(row.id for row, _ in inflight)
-                    await fw._note_failure(dest, failed.id, text)
+                    await fw.note_failure(dest, failed.id, text)
             else:
                 # Lost without an ERROR: an outage, or RabbitMQ's plugin, which closes the connection when a queue
                 # refuses a publish (reject-publish), and the RECEIPTs of what it stored go with it. Send what was
@@ -197,4 +197,4 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
                 reviving = False
                 cursor = 0
         except (OutboxError, sqlite3.Error) as exc:
-            fw._local_error(dest, exc)
+            fw.local_error(dest, exc)
