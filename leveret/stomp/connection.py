@@ -105,6 +105,9 @@ class StompConnection:
         if len(lines) - 1 > self.max_headers:
             raise FrameError("Too many headers", f"a frame may have at most {self.max_headers} headers")
         version = "1.0" if command in UNESCAPED_COMMANDS else self.version
+        # STOMP 1.0 defines no escapes, but RabbitMQ's plugin unescapes a 1.0 client's headers as 1.2's (and an
+        # undefined escape is an error), and 1.0 clients that escape rely on it: so does Leveret
+        escapes = "1.2" if version == "1.0" and command not in UNESCAPED_COMMANDS else version
         headers: list[tuple[str, str]] = []
         for line in lines[1:]:
             if line.endswith("\r"):
@@ -114,7 +117,7 @@ class StompConnection:
                 raise FrameError("Malformed header", f"header line '{line[:80]}' has no ':'")
             if version == "1.0":
                 value = value.lstrip()  # as RabbitMQ trims STOMP 1.0 header values
-            headers.append((unescape(name, version), unescape(value, version)))
+            headers.append((unescape(name, escapes), unescape(value, escapes)))
         frame = Frame(command, headers)
         length: int | None = None
         declared = frame.get("content-length")

@@ -307,11 +307,60 @@ def assert_same(actual: Iterable[Entry], expected: list[Entry], who: str) -> Non
         f"  {who} extra: {actual[len(expected):]!r}\n  rabbitmq extra: {expected[len(actual):]!r}"
 
 
+# --- the deliberate differences (docs/stomp.md, "Differences from RabbitMQ's STOMP plugin") -----------------------
+#
+# The issue and STOMP 1.2 ask for three things RabbitMQ's plugin does not do; they are compared here, in this one
+# place, and Leveret's side of each is asserted by tests/integration/test_stomp.py:
+#   1. an ERROR carries the offending frame's receipt-id (RabbitMQ's never does, and it follows a failed
+#      SUBSCRIBE's ERROR with a plain RECEIPT): receipt-id is left out of ERROR entries on both sides;
+#   2. the connection closes after every ERROR (RabbitMQ keeps it after most): the comparison ends at RabbitMQ's
+#      first ERROR, which Leveret must have sent at the same point with the same message and body — what
+#      follows on that connection differs by design ("Server cancelled subscription" is not such an ERROR:
+#      both keep the connection);
+#   3. a malformed frame gets an ERROR before the close (RabbitMQ closes without a frame): where RabbitMQ's
+#      entry is "closed" and Leveret's at the same point is an ERROR, the comparison ends there.
+# And two scenarios where Leveret differs on purpose are not compared at all, each for the reason given.
+
+DELIBERATE = {
+    "connect/oversized_header": "Leveret refuses a frame whose command and headers exceed 64 KiB with an ERROR "
+                                "(test_stomp.py); RabbitMQ has no limit",
+    "messaging/transaction_send_receipt": "a COMMIT's RECEIPT waits for the transaction's write, so it comes after "
+                                          "the receipts of the SENDs in it; RabbitMQ sends it first",
+}
+_KEPT_OPEN = "Server cancelled subscription"
+
+
+def _without_receipt_id(entry: Entry) -> Entry:
+    if len(entry) == 4 and entry[1] == "ERROR":
+        return (*entry[:2], tuple(h for h in entry[2] if h[0] != "receipt-id"), entry[3])
+    return entry
+
+
+def _fatal_error(entry: Entry) -> bool:
+    return len(entry) == 4 and entry[1] == "ERROR" and ("message", _KEPT_OPEN) not in entry[2]
+
+
+def deliberate(actual: list[Entry], expected: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """Both transcripts as far as they are comparable, under rules 1-3 above."""
+    actual = [_without_receipt_id(entry) for entry in actual]
+    expected = [_without_receipt_id(entry) for entry in expected]
+    for index, want in enumerate(expected):
+        if _fatal_error(want):
+            return actual[:index + 1], expected[:index + 1]
+        if want[1:] == ("closed",) and index < len(actual) and _fatal_error(actual[index]) \
+                and actual[index][0] == want[0]:
+            return actual[:index], expected[:index]
+    return actual, expected
+
+
 def run_check(name: str, stomp_broker: tuple[int, int]) -> None:
     """The test body of every STOMP scenario (see the module docstring)."""
     expected = reference(name)
     amqp_port, stomp_port = stomp_broker
     if (amqp_port, stomp_port) == (RABBITMQ_PORT, RABBITMQ_STOMP_PORT):
         assert_same(transcript(SCENARIOS[name], amqp_port, stomp_port), expected, "rabbitmq again")
+    elif name in DELIBERATE:
+        pytest.skip(f"a deliberate difference from RabbitMQ (docs/stomp.md): {DELIBERATE[name]}")
     else:
-        assert_same(transcript(SCENARIOS[name], amqp_port, stomp_port), expected, "leveret")
+        actual, expected = deliberate(transcript(SCENARIOS[name], amqp_port, stomp_port), expected)
+        assert_same(actual, expected, "leveret")

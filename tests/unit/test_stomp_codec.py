@@ -146,13 +146,19 @@ def test_serialize_escapes_and_adds_content_length() -> None:
     assert serialize(Frame("CONNECTED", [("session", "a:b")]), "1.2") == b"CONNECTED\nsession:a:b\n\n\x00\n"
 
 
-def test_output_to_a_10_client_is_escaped_as_11() -> None:
+def test_a_10_client_is_escaped_and_unescaped_as_rabbitmq_does() -> None:
+    """1.0 defines no escapes; RabbitMQ's plugin writes 1.1's escapes to a 1.0 client and unescapes its input as
+    1.2's (an undefined escape is an error), and so does Leveret (tests/differential: escaping_10_*)."""
     conn = StompConnection()
     conn.version = "1.0"
     conn.send(Frame("MESSAGE", [("k", "a\nb:c")]))
     assert conn.data_to_send() == b"MESSAGE\nk:a\\nb\\cc\n\n\x00\n"
-    (frame,) = conn.receive_data(b"SEND\nk:a\\nb\n\n\x00")  # input stays as it is (1.0 has no escapes)
-    assert frame.get("k") == "a\\nb"
+    (frame,) = conn.receive_data(b"SEND\nk:a\\nb\\c\\\\\\r\n\n\x00")
+    assert frame.get("k") == "a\nb:\\\r"
+    assert conn.receive_data(b"SEND\nk:bad\\q\n\n\x00") == []
+    assert conn.error is not None and conn.error.message == "Bad header escape"
+    (connect,) = StompConnection().receive_data(b"CONNECT\nlogin:a\\nb\n\n\x00")  # CONNECT: never unescaped
+    assert connect.get("login") == "a\\nb"
 
 
 def test_output_queue_and_heartbeat() -> None:
