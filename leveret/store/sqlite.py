@@ -245,7 +245,8 @@ class SqliteStore(WriterStore):
     def delete_vhost(self, name: str) -> None:
         self._execute("delete_vhost", [
             (f"DELETE FROM {table} WHERE vhost = ?", (name,))
-            for table in ("permissions", "bindings", "exchanges", "queues", "messages", "task_status", "dedup")
+            for table in ("permissions", "bindings", "exchanges", "queues", "policies", "messages", "task_status",
+                          "dedup")
         ] + [("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,)),
              ("DELETE FROM vhosts WHERE name = ?", (name,))])
 

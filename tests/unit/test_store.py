@@ -37,6 +37,7 @@ from leveret.core.storage import (
     ExchangeDef,
     MessageOp,
     PermissionDef,
+    PolicyDef,
     Purge,
     Push,
     QueueDef,
@@ -337,6 +338,7 @@ def test_delete_vhost_cascades(store: Store) -> None:
         store.save_exchange(ExchangeDef(vhost, "ex", "direct"))
         store.save_queue(QueueDef(vhost, "q"))
         store.save_binding(BindingDef(vhost, "ex", "q", "queue", "k"))
+        store.save_policy(PolicyDef(vhost, "p", ".*", {"max-length": 1}, 0, "queues"))
     store.save_user(UserDef("guest", "h"))
     submit_wait(store, [push(1, vhost="/"), push(2, vhost="v2"), push(3, vhost="v2", body=b"b" * 1000)])
     store.delete_vhost("v2")
@@ -346,6 +348,7 @@ def test_delete_vhost_cascades(store: Store) -> None:
     assert [(x.vhost, x.name) for x in d.exchanges] == [("/", "ex")]
     assert [(q.vhost, q.name) for q in d.queues] == [("/", "q")]
     assert [b.vhost for b in d.bindings] == ["/"]
+    assert [p.vhost for p in d.policies] == ["/"]  # a vhost made again later must not find the old policies
     assert d.users == [UserDef("guest", "h")]
     assert store.message_counts() == {("/", "q"): 1}
     assert store.load_bodies([1, 2, 3]) == {1: b"body-1"}
@@ -963,7 +966,7 @@ def test_sqlite_kill_9_loses_nothing_confirmed(db_path: Path) -> None:
 
 
 def test_policies_round_trip(store: Store) -> None:
-    from leveret.core.storage import PolicyDef
+
 
     policy = PolicyDef("/", "ttl", "^work\\.", {"message-ttl": 60000, "dead-letter-exchange": "dlx",
                                                "retry-intervals": [15, 30]}, 5, "queues")
