@@ -16,8 +16,8 @@ from aiormq.abc import ChannelFrame
 from leveret.amqp import codec, spec
 
 if TYPE_CHECKING:
+    from leveret.tasks.jobs import Jobs
     from leveret.tasks.messages import TaskContext
-    from leveret.tasks.worker import Worker
 
 STARTED_DELAY = 0.1  # seconds a task runs before its "started" event goes (StartedEvent)
 # Seconds acks and events wait to be written with others (Outgoing): measured with bench/tasks_cpu.py, 2 ms cut the
@@ -167,7 +167,7 @@ class StartedEvent:
 
     __slots__ = ("armed", "ctx", "track", "ts", "worker")
 
-    def __init__(self, worker: Worker, ctx: TaskContext, track: bool, ts: float | None = None) -> None:
+    def __init__(self, worker: Jobs, ctx: TaskContext, track: bool, ts: float | None = None) -> None:
         """``ts``: when the task started (a handler thread's clock, read before the loop heard of it); now when
         not given."""
         self.worker = worker
