@@ -298,18 +298,23 @@ class Run:
             if conn.is_open:
                 with contextlib.suppress(Exception):
                     conn.close()
-        if not self.queues and not self.exchanges:
-            return
-        conn = BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, heartbeat=0))
-        try:
-            for name in sorted(self.queues):
-                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                    conn.channel().queue_delete(name)
-            for name in sorted(self.exchanges):
-                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                    conn.channel().exchange_delete(name)
-        finally:
-            conn.close()
+        delete_names(self.port, self.queues, self.exchanges)
+
+
+def delete_names(port: int, queues: set[str], exchanges: set[str]) -> None:
+    """Delete what a scenario declared (missing ones are fine), over a fresh AMQP connection to ``port``."""
+    if not queues and not exchanges:
+        return
+    conn = BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+    try:
+        for name in sorted(queues):
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                conn.channel().queue_delete(name)
+        for name in sorted(exchanges):
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                conn.channel().exchange_delete(name)
+    finally:
+        conn.close()
 
 
 _GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_-]+")

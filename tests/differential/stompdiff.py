@@ -31,7 +31,7 @@ from conftest import RABBITMQ_PORT, RABBITMQ_STOMP_PORT, rabbitmq_stomp_availabl
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from stompwire import Closed, Frame, StompWire
 
-from harness import message_props
+from harness import delete_names, message_props, normalise
 from waiting import poll
 
 Entry = tuple[Any, ...]
@@ -40,7 +40,6 @@ Scenario = Callable[["StompRun"], None]
 WAIT = 3.0  # seconds a frame that must come may take (a bound on a failure, not a speed claim)
 QUIET = 0.3  # seconds during which a frame that must NOT come is watched for
 
-_GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_-]+")
 _SERVER = re.compile(r"^(RabbitMQ|Leveret)/[0-9][\w.+-]*$")
 _ID_HEADERS = ("message-id", "ack")
 
@@ -177,7 +176,7 @@ class StompRun:
         if isinstance(value, bytes):
             return self.text(value.decode("latin-1")).encode("latin-1")
         if isinstance(value, str):
-            value = _GENERATED.sub(lambda m: f"amq.{m.group(1)}-*", value.replace(self.prefix, "<p>"))
+            value = normalise(value.replace(self.prefix, "<p>"))
         return value
 
     # --- AMQP on the same broker ---------------------------------------------------------------------------
@@ -242,18 +241,7 @@ class StompRun:
             if conn.is_open:
                 with contextlib.suppress(Exception):
                     conn.close()
-        if not self.queues and not self.exchanges:
-            return
-        conn = BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.amqp_port, heartbeat=0))
-        try:
-            for name in sorted(self.queues):
-                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                    conn.channel().queue_delete(name)
-            for name in sorted(self.exchanges):
-                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                    conn.channel().exchange_delete(name)
-        finally:
-            conn.close()
+        delete_names(self.amqp_port, self.queues, self.exchanges)
 
 
 def transcript(fn: Scenario, amqp_port: int, stomp_port: int) -> list[Entry]:
