@@ -44,7 +44,7 @@ from leveret.outbox.lock import ForwarderLock
 from leveret.outbox.message import NOTIFY_MARK, OutboxError, OutboxMessage
 from leveret.outbox.notices import NoticeListener, notice_queue
 from leveret.outbox.postgres import is_postgres_url
-from leveret.outbox.sessions import Nacked, http_session, stomp_session
+from leveret.outbox.sessions import LeaseRenewal, Nacked, http_session, stomp_session
 from leveret.outbox.stomp_transport import StompRefused, StompTarget
 from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 
@@ -286,8 +286,7 @@ class Forwarder:
         cursor = 0
         next_revive = 0.0
         reviving = False
-        lease: float | None = getattr(outbox, "lease", None) if outbox.shared else None
-        next_renew = time.monotonic() + lease / 3 if lease else float("inf")
+        leases = LeaseRenewal(outbox)
         try:
             while True:
                 window = 1 if cursor < dest.careful_until else self.window
@@ -346,15 +345,8 @@ class Forwarder:
                         await self.shrink_when_idle(dest)
                         await self.sleep(self.poll_interval)
                 await self._reap(dest, inflight)
+                await leases.renew(self, dest, [row.id for row, _ in inflight])
                 now = time.monotonic()
-                if lease and now >= next_renew:  # a shared outbox: keep the messages in flight ours
-                    next_renew = now + lease / 3
-                    if inflight:
-                        try:
-                            await outbox.renew_async(dest.name, [row.id for row, _ in inflight])
-                        except OutboxError as exc:
-                            log.warning("%s: could not renew the leases in %s: %s", dest.name, self.where,
-                                        describe(exc))
                 if now < dest.local_retry_at:
                     continue
                 try:

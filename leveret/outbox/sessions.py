@@ -10,9 +10,9 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from leveret.outbox.destinations import Destination
+from leveret.outbox.destinations import Destination, describe
 from leveret.outbox.frames import Outgoing
 from leveret.outbox.http_transport import HttpNacked, HttpTarget, json_properties
 from leveret.outbox.message import OutboxError, OutboxMessage
@@ -22,6 +22,28 @@ if TYPE_CHECKING:
     from leveret.outbox.forwarder import Forwarder
 
 log = logging.getLogger("leveret.outbox.forwarder")
+
+
+class LeaseRenewal:
+    """A session's hold on the rows it has in flight in a shared (PostgreSQL) outbox: their leases are renewed
+    every third of the lease, so that no other forwarder takes them while their confirm or RECEIPT is awaited.
+    Every transport's session keeps one (a private outbox has no leases: ``renew`` does nothing)."""
+
+    def __init__(self, outbox: Any) -> None:
+        self.lease: float | None = getattr(outbox, "lease", None) if outbox.shared else None
+        self.due = time.monotonic() + self.lease / 3 if self.lease else float("inf")
+
+    async def renew(self, fw: Forwarder, dest: Destination, ids: list[int]) -> None:
+        now = time.monotonic()
+        if self.lease is None or now < self.due:
+            return
+        self.due = now + self.lease / 3
+        if ids:
+            assert fw.outbox is not None
+            try:
+                await fw.outbox.renew_async(dest.name, ids)
+            except OutboxError as exc:
+                log.warning("%s: could not renew the leases in %s: %s", dest.name, fw.where, describe(exc))
 
 
 class Nacked(Exception):
@@ -98,6 +120,7 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
     assert fw.stop_event is not None and fw.outbox is not None
     outbox = fw.outbox
     inflight: deque[tuple[OutboxMessage, asyncio.Future[None]]] = deque()
+    leases = LeaseRenewal(outbox)
     cursor = 0
     next_revive = 0.0
     reviving = False
@@ -184,6 +207,7 @@ async def stomp_session(fw: Forwarder, dest: Destination, target: StompTarget) -
             raise failure
         if not inflight and target.error is not None:  # lost while idle: reconnect now, not at the next send
             raise target.error
+        await leases.renew(fw, dest, [row.id for row, _ in inflight])
         now = time.monotonic()
         if now < dest.local_retry_at:
             continue
