@@ -9,6 +9,7 @@ Per library and workload, a fresh queue and one worker process (leveret: ``lever
 --concurrency 32``; Dramatiq: ``dramatiq --processes 1 --threads 32``; Celery: ``celery worker -P threads -c 32``,
 prefetch multiplier 4), and one synchronous producer in this process sending the tasks one after the other
 (``leveret-batch``: ``app.multicast`` of 100 at a time; ``leveret-async``: ``send_async`` with 100 in flight;
+``leveret-pipeline``: one thread sending through ``app.pipeline(1000)``, each send returning before its confirm;
 a ``-nostatus`` suffix, e.g. ``leveret-batch-nostatus``: the task registered with ``status=False``, no events and
 no status record).
 Workloads: ``noop`` (N no-op tasks) and ``sleep`` (``--sleep-n`` tasks sleeping 10 ms each). Libraries
@@ -182,7 +183,7 @@ def delete_queues(url: str, queues: list[str]) -> None:
 
 
 def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: bool = True,
-            inflight: int = 0, status: bool = True, gaps: bool = False) -> dict[str, float]:
+            inflight: int = 0, status: bool = True, gaps: bool = False, window: int = 0) -> dict[str, float]:
     queue = f"bench-{lib}-{workload}-{uuid.uuid4().hex[:6]}"
     sleep = 0.01 if workload == "sleep" else 0.0
     env = {**os.environ, "BENCH_LIB": lib, "BENCH_URL": url, "BENCH_QUEUE": queue, "BENCH_SLEEP": str(sleep),
@@ -231,6 +232,12 @@ def run_one(lib: str, workload: str, n: int, url: str, batch: int = 0, worker: b
             t = time.perf_counter()
             asyncio.run(pipelined())
             latencies.extend([(time.perf_counter() - t) / (n - warm)] * (n - warm))
+        elif window:  # leveret.tasks, one thread: app.pipeline(window), send() returns before its confirm
+            with broker.pipeline(window) as pipe:
+                for i in range(n - warm):
+                    t = time.perf_counter()
+                    pipe.send(task, i=i)
+                    latencies.append(time.perf_counter() - t)
         elif batch:  # leveret.tasks, pipelined: app.multicast of `batch` tasks, confirms awaited together
             for start in range(0, n - warm, batch):
                 t = time.perf_counter()
@@ -304,7 +311,8 @@ def main() -> int:
     parser.add_argument("--libs", default="leveret,dramatiq,celery",
                         help="also leveret-batch: app.multicast of 100 tasks at a time (pipelined confirms; its "
                              "send() latency is the batch's time / 100); leveret-async: send_async from "
-                             "coroutines, 100 in flight (its send() latency is the loop's time / N)")
+                             "coroutines, 100 in flight (its send() latency is the loop's time / N); "
+                             "leveret-pipeline: one thread, app.pipeline(1000)")
     parser.add_argument("--workloads", default="noop,sleep")
     parser.add_argument("--send-only", action="store_true",
                         help="no worker: the producer's send() alone (latency without a worker competing for CPU)")
@@ -326,7 +334,8 @@ def main() -> int:
                     n = args.n if workload == "noop" else args.sleep_n
                     r = run_one(lib.split("-")[0], workload, n, url, batch=100 if "-batch" in lib else 0,
                                 worker=not args.send_only, inflight=100 if "-async" in lib else 0,
-                                status="-nostatus" not in lib, gaps=args.gaps)
+                                status="-nostatus" not in lib, gaps=args.gaps,
+                                window=1000 if "-pipeline" in lib else 0)
                     results.setdefault((lib, workload), []).append(r)
                     print(f"round {rnd + 1} {workload:5} {lib:8} enqueue {r['enqueue']:8.0f}/s  end-to-end "
                           f"{r['e2e']:8.0f}/s  send p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms", flush=True)

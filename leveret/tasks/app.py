@@ -26,6 +26,7 @@ from leveret.outbox.storage import OutboxStorage, is_storage, open_outbox
 from leveret.tasks import dead as dead_letters
 from leveret.tasks.connection import BrokerUnavailable, Link, Session
 from leveret.tasks.fastpub import Pump, Writer
+from leveret.tasks.pipeline import Pipeline
 from leveret.tasks.retry import Retry
 from leveret.tasks.sending import Sending
 from leveret.tasks.status import (
@@ -364,6 +365,13 @@ class App(Sending):
                                                                                 delivery_mode=2))
         await session.raw.basic_publish(body, exchange=EVENTS_EXCHANGE,
                                         routing_key=f"{known.get('task') or 'unknown'}.revoked", properties=props)
+
+    # --- many sends from one thread --------------------------------------------------------------------------
+
+    def pipeline(self, window: int = 1000) -> Pipeline:
+        """Sends whose confirms are awaited together, up to ``window`` at once: ``with app.pipeline() as p:
+        p.send(task, ...)``; leaving the block waits for every confirm (leveret/tasks/pipeline.py)."""
+        return Pipeline(self, window)
 
     # --- multicast -------------------------------------------------------------------------------------------
 

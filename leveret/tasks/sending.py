@@ -91,11 +91,8 @@ class Sending:
         built = self._build(task, payload, **options)
         if built[3] > 0:  # delayed: the old path (wait queues, the delayed exchange)
             return self._link.run_sync(self._publish_built(task, built, None), self.send_timeout + 5)
-        loop = self._link.ensure_loop()
-        if threading.current_thread() is self._link.thread:
-            raise RuntimeError("cannot call a synchronous App method from the App's own loop")
         waiter = Waiter()
-        self._pump(loop).submit(self._outgoing(task, built, waiter.set))
+        self._submit_built(task, built, waiter.set)
         if not waiter.wait(self.send_timeout + 1):  # the slow path reports its own timeout at send_timeout
             raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
                                     f"within {self.send_timeout:g} s")
@@ -103,6 +100,15 @@ class Sending:
             raise waiter.error
         handle: Handle[R] = waiter.value
         return handle
+
+    def _submit_built(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
+                      notify: Callable[[Any, BaseException | None], None]) -> None:
+        """Hand a built, undelayed task message to the fast path from a thread other than the App's loop;
+        ``notify(handle, None)`` or ``notify(None, error)`` runs on the App's loop when the broker answers."""
+        loop = self._link.ensure_loop()
+        if threading.current_thread() is self._link.thread:
+            raise RuntimeError("cannot call a synchronous App method from the App's own loop")
+        self._pump(loop).submit(self._outgoing(task, built, notify))
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> Pump:
         pump = self._pump_
