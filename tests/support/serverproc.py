@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import IO
 
 from waiting import poll
 
@@ -43,7 +44,11 @@ class LeveretProcess:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
+        with proc.stdout:  # closed at the process's end (EOF), not left to the garbage collector
+            self._read_lines(proc.stdout)
+
+    def _read_lines(self, stdout: IO[str]) -> None:
+        for line in stdout:
             self.lines.append(line.rstrip("\n"))
             stomp = re.search(r"listening for STOMP on [^:]+:(\d+)", line)  # logged before AMQP's line
             if stomp:
