@@ -20,7 +20,6 @@ from leveret.management.validation import HTTPFailure, not_authorised
 
 from .. import tasks_view
 from .. import web as web_page
-from ..metrics import render_metrics
 from . import (
     bindings,
     connections,
@@ -165,5 +164,7 @@ class ManagementAPI:
                 response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
                 response.headers["WWW-Authenticate"] = 'Basic realm="Leveret metrics"'
                 return response
+        from ..metrics import render_metrics  # prometheus_client (~1 MiB) once /metrics is first asked for
+
         body, content_type = render_metrics(management.broker, management.sessions())
         return web.Response(body=body, headers={"Content-Type": content_type})
