@@ -31,31 +31,29 @@ _LISTEN_REASONS = {
     errno.EACCES: "permission denied",
 }
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_only=argv[:1] == ["serve"])  # `leveret serve` starts sooner without the others
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has already printed
         return exc.code if isinstance(exc.code, int) else 2
-    handler: Handler = args.handler
     try:
-        return handler(args)
+        return args.handler(args)
     except KeyboardInterrupt:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand; each sets ``handler`` in the parsed namespace."""
+def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand, or only ``serve``; each sets ``handler`` in the namespace."""
     parser = argparse.ArgumentParser(
         prog="leveret", description="Leveret: an AMQP 0-9-1 message broker, a drop-in for RabbitMQ."
     )
     parser.add_argument("--version", action="version", version=f"leveret {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
-    for add_subcommand in _SUBCOMMANDS:
+    for add_subcommand in (_add_serve,) if serve_only else _SUBCOMMANDS:
         add_subcommand(subparsers)
     return parser
 

@@ -14,7 +14,6 @@ connection with 320 CONNECTION_FORCED and stops. :class:`ThreadedServer` runs a 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 import ssl
@@ -27,13 +26,13 @@ from typing import TYPE_CHECKING
 from leveret.config import STORES, Config
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
+from leveret.http.server import ManagementServer
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
 from leveret.server.stomp import StompListener
 from leveret.store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
-    from leveret.http.server import ManagementServer
     from leveret.server.amqp import AMQPConnection
 
 log = logging.getLogger("leveret.server")
@@ -134,12 +133,7 @@ class Node:
 
     async def _start_http(self, port: int, ssl_context: ssl.SSLContext | None) -> ManagementServer:
         """The management API on ``port`` (HTTPS with ``ssl_context``); on failure what was started is closed.
-        aiohttp is imported here, on a worker thread, after the AMQP and STOMP listeners are up: it is half of
-        the start-up's imports (~0.2 s), and meanwhile the loop already serves AMQP clients."""
-        loop = asyncio.get_running_loop()
-        module = await loop.run_in_executor(None, importlib.import_module, "leveret.http.server")
-        ManagementServer = module.ManagementServer
-
+        It binds now but imports aiohttp only at its first connection (leveret/http/server.py)."""
         http = ManagementServer(self.broker, self.config.http_bind, port, sessions=self.sessions,
                                 listeners=self.listeners, ssl_context=ssl_context,
                                 metrics_auth=self.config.metrics_auth)

@@ -12,8 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from . import STARTED
+
 STATIC = Path(__file__).parent / "static"
-STARTED = time.monotonic()  # when the management server's module was loaded: the node's uptime starts here
 HEADERS = {
     # the page's own files only: no inline script, no other origin, not framed by another site
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -26,6 +28,7 @@ from leveret.config import Config, ConfigError
 from leveret.node import ThreadedServer
 
 from httphelp import Client
+from serverproc import LeveretProcess
 
 
 @pytest.fixture
@@ -778,3 +781,51 @@ def test_bodies_must_be_json_and_blank_passwords_never_log_in(server: ThreadedSe
     assert Client(server.http_port, "nopw", "").request("GET", "/api/whoami")[0] == 401
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
         amqp(server, "nopw", "")
+
+
+# --- loaded at the first connection (leveret/http/server.py) ----------------------------------------------
+
+
+def _raw_request(method: str, path: str, body: bytes = b"") -> bytes:
+    auth = base64.b64encode(b"guest:guest").decode()
+    head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def _read_status(sock: socket.socket) -> int:
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {answer!r}"
+        answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_the_api_is_loaded_at_its_first_connection_and_answers_what_came_before(tmp_path: Any) -> None:
+    """`leveret serve` binds the management port at its start but maps aiohttp only when a connection comes
+    (an idle broker's memory, docs/performance.md); requests sent before it is loaded, several at once and one
+    with a body, are each answered, and later connections go to aiohttp directly."""
+    broker = LeveretProcess(tmp_path / "broker").start()
+    try:
+        port = next(int(m.group(1)) for line in broker.lines
+                    if (m := re.search(r"management API listening on http://[^:]+:(\d+)/", line)))
+        assert broker.proc is not None
+        maps = Path(f"/proc/{broker.proc.pid}/maps")
+        assert "aiohttp" not in maps.read_text()
+        requests = [_raw_request("GET", "/api/overview"), _raw_request("GET", "/api/whoami"),
+                    _raw_request("PUT", "/api/queues/%2F/lazy", json.dumps({"durable": True}).encode())]
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in requests]
+        try:
+            for sock, request in zip(socks, requests, strict=True):
+                sock.sendall(request)  # all sent before any answer
+            assert [_read_status(sock) for sock in socks] == [200, 200, 201]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert "aiohttp" in maps.read_text()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(_raw_request("GET", "/api/queues/%2F/lazy"))
+            assert _read_status(sock) == 200
+    finally:
+        broker.kill()

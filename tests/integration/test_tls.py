@@ -13,6 +13,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -433,6 +434,26 @@ def test_https_with_required_client_certificate(start: Callable[..., ThreadedSer
     assert _get(url, client_context(certs, cert=True))["name"] == "guest"
     with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
         _get(url, client_context(certs))
+
+
+def test_https_connection_whose_handshake_ends_after_the_api_was_loaded(start: Callable[..., ThreadedServer],
+                                                                       certs: Certs) -> None:
+    """The management API is loaded at the first connection made (after its TLS handshake); a connection
+    accepted before that but whose handshake ends after the loading is served too (leveret/http/server.py)."""
+    server = start(http_tls_port=0)
+    early = socket.create_connection(("127.0.0.1", server.https_port), timeout=10)  # accepted, no handshake yet
+    try:
+        assert _get(f"https://localhost:{server.https_port}/api/whoami", client_context(certs))["name"] == "guest"
+        with client_context(certs).wrap_socket(early, server_hostname="localhost") as tls:
+            auth = base64.b64encode(b"guest:guest").decode()
+            tls.sendall(f"GET /api/whoami HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b'"guest"' in answer
+    finally:
+        early.close()
 
 
 def test_https_turned_off(start: Callable[..., ThreadedServer]) -> None:

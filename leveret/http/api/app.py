@@ -10,20 +10,16 @@ leveret/errormap.py (the table the control socket uses too).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
 from leveret import errormap
 from leveret.core import audit, errors
-from leveret.core.broker import Broker, Session
 from leveret.management.context import Management, may_see_all
 from leveret.management.validation import HTTPFailure, not_authorised
 
 from .. import tasks_view
 from .. import web as web_page
-from ..metrics import render_metrics
 from . import (
     bindings,
     connections,
@@ -46,13 +42,13 @@ log = logging.getLogger("leveret.http")
 
 
 class ManagementAPI:
-    """The routes and handlers over one broker. ``sessions()`` lists the open client connections (for
-    counts), ``listeners()`` the broker's listeners (for /api/overview). ``metrics_auth``: /metrics asks for
-    the login of a user tagged ``monitoring`` or ``administrator`` (off: open, as RabbitMQ's plugin)."""
+    """The routes and handlers over one broker's ``management`` side (which also knows the open client
+    connections and the listeners; its history's samples are run by the server, leveret/http/server.py).
+    ``metrics_auth``: /metrics asks for the login of a user tagged ``monitoring`` or ``administrator`` (off:
+    open, as RabbitMQ's plugin)."""
 
-    def __init__(self, broker: Broker, *, sessions: Callable[[], list[Session]],
-                 listeners: Callable[[], list[dict[str, Any]]], metrics_auth: bool = False) -> None:
-        self.management = Management(broker, sessions=sessions, listeners=listeners)
+    def __init__(self, management: Management, *, metrics_auth: bool = False) -> None:
+        self.management = management
         self.metrics_auth = metrics_auth
         self.routes: list[Route] = []
         r = self._route
@@ -134,7 +130,6 @@ class ManagementAPI:
         application.router.add_route("*", "/api", self._handle)
         application.router.add_get("/metrics", self._metrics)
         web_page.add_routes(application)
-        application.cleanup_ctx.append(self.management.history.running)
         return application
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -169,5 +164,7 @@ class ManagementAPI:
                 response = reply({"error": exc.error, "reason": exc.reason}, exc.status)
                 response.headers["WWW-Authenticate"] = 'Basic realm="Leveret metrics"'
                 return response
+        from ..metrics import render_metrics  # prometheus_client (~1 MiB) once /metrics is first asked for
+
         body, content_type = render_metrics(management.broker, management.sessions())
         return web.Response(body=body, headers={"Content-Type": content_type})
