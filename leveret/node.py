@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leveret.config import STORES, Config
+from leveret.config import STORES, Config, node_name
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
 from leveret.server.control import ControlServer
@@ -190,7 +190,8 @@ class Node:
         if config.store == "sqlite":
             self.store = open_store("sqlite", path=data_dir / "leveret.db", synchronous=config.sqlite_synchronous)
         elif config.store != "memory":  # a postgresql:// URL (docs/cluster.md)
-            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry)
+            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry,
+                                    node=node_name(config), cluster=config.cluster, node_lease=config.node_lease)
         else:
             self.store = open_store("memory")
         audit = AuditLog()
@@ -209,7 +210,7 @@ class Node:
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
                             queue_memory_window=config.queue_memory_window,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
-                            tracking_max_events=config.tracking_max_events)
+                            tracking_max_events=config.tracking_max_events, node_name=node_name(config))
         except BaseException:
             self.store.close()
             audit.close()

@@ -26,6 +26,7 @@ from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
 from .session import Session
+from .shared import apply_changes
 from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
@@ -50,7 +51,7 @@ class Broker(Users):
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
                  queue_memory_window: int = 2048,
                  timers: Timers | None = None, audit: _audit.AuditLog | None = None,
-                 tracking_window: float = 0, tracking_max_events: int = 0) -> None:
+                 tracking_window: float = 0, tracking_max_events: int = 0, node_name: str | None = None) -> None:
         self.audit = audit or _audit.AuditLog()
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
@@ -62,7 +63,7 @@ class Broker(Users):
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.loopback_users = set(loopback_users)
-        self.node_name = f"leveret@{os.uname().nodename}"
+        self.node_name = node_name or f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
         if self.durability is not None:
             self.durability.alarms = self.memory
@@ -78,6 +79,8 @@ class Broker(Users):
             self.add_vhost(default_vhost)
             if default_user:
                 self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
+        if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
+            self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
 
     # --- connections (for limits and forced closes) ------------------------------------------------
 

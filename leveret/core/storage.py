@@ -214,6 +214,31 @@ class DedupPut:
 MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire | DedupPut
 
 
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node of a cluster as the shared store knows it (times: seconds since the epoch, the store's clock).
+    ``running``: seen within the node lease and not stopped."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    seen_at: float
+    running: bool
+
+
+@dataclass(frozen=True)
+class DefinitionChange:
+    """A definition change another node of a cluster made: the Store method it called (``what``: "save_queue",
+    "delete_binding", ...) and that call's arguments (``args``: names, limits, the *Def records), numbered by
+    ``version`` in the order the store committed them."""
+
+    version: int
+    node: str
+    what: str
+    args: tuple[Any, ...]
+
+
 class Store(abc.ABC):
     """A backend. Every method may raise :class:`StoreError`; none of them is called concurrently except
     :meth:`submit`, whose callbacks run on the writer's thread (the caller hands them to its event loop). See the
@@ -315,7 +340,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def max_message_id(self) -> int:
         """The highest message id ever stored (ids are never reused across restarts; start-up only). A backend
-        shared by several nodes will need id ranges per node here."""
+        shared by several nodes hands out id blocks instead (:meth:`id_block`)."""
 
     def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
         """The stored deduplication windows (start-up only): (vhost, kind, name) -> [(seq, key, expires)] in seq
@@ -323,6 +348,27 @@ class Store(abc.ABC):
         window keeps the newest). A backend that does not implement it keeps no window across restarts (and must
         refuse DedupPut ops)."""
         return {}
+
+    def id_block(self) -> tuple[int, int] | None:
+        """A block of message ids [first, last] that nobody else gets (a store shared by several nodes hands each
+        node blocks of its sequence; start-up, and then once per block on the event loop: one short round trip).
+        None (the default): the node numbers its messages itself, from :meth:`max_message_id` + 1."""
+        return None
+
+    def cluster_nodes(self) -> list[NodeRecord] | None:
+        """The nodes sharing this store (a cached list: no I/O), None for a store of one node (the default)."""
+        return None
+
+    def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
+        """Hand the definition changes other nodes make from now on to ``apply`` (called on a thread of the
+        backend, in the order they were committed, each change once). A store of one node (the default) never
+        calls it."""
+        return None
+
+    def superseded(self, change: DefinitionChange) -> bool:
+        """Whether this node changed the same object after ``change`` was made (on the broker's thread, before
+        ``change`` is applied): two nodes that change one object at once end with the change the store kept."""
+        return False
 
     def free_space(self) -> int | None:
         """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk. Called at

@@ -1,0 +1,283 @@
+"""Several nodes on one PostgreSQL store (``cluster = true``, docs/cluster.md): the node registry's heartbeat and
+the shared definitions' change log.
+
+The change log
+    Every definition write of a cluster node (PostgresStore._define) runs :func:`log_change`'s statements in the
+    same transaction: ``meta.definitions_version`` + 1 (an UPDATE: its row lock makes concurrent writers of two
+    nodes wait for each other, so versions commit in version order and a reader that sees version n has seen
+    every version before it), one row of ``changes`` (the Store method and its arguments as tagged JSON) and a
+    ``NOTIFY`` on the schema's channel. Rows older than ``CHANGES_KEPT`` seconds are deleted.
+
+:class:`ClusterLink`
+    A thread with a connection of its own that LISTENs on the channel. On a notification it reads the changes
+    after the last version it handed on (one indexed range), skips this node's own, and hands the rest, in order,
+    to the callback given to :meth:`ClusterLink.watch` (the broker, which applies them through its own
+    declaration and deletion paths: core/shared.py). Every ``lease / 3`` seconds it updates this node's
+    ``seen_at`` (the database's clock), reads the list of nodes (kept for :meth:`ClusterLink.nodes`), and checks
+    ``definitions_version`` once as a safety net (a notification lost with a connection). A lost connection is
+    reopened with back-off (LISTEN again, then the changes missed meanwhile are read). On close the node's row
+    gets ``stopped_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret.core.storage import (
+    BindingDef,
+    DefinitionChange,
+    ExchangeDef,
+    NodeRecord,
+    PermissionDef,
+    PolicyDef,
+    QueueDef,
+    UserDef,
+)
+
+from . import postgres_schema as schema
+from .tagged_json import decode_value, encode_value
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+log = logging.getLogger("leveret.store")
+
+CHANGES_KEPT = 3600.0  # seconds a change stays in the log (a node away longer must be restarted: it says so)
+RECORDS: dict[str, type] = {cls.__name__: cls for cls in (BindingDef, ExchangeDef, PermissionDef, QueueDef, UserDef)}
+RECORDS["Policy"] = PolicyDef
+
+
+def encode_args(args: tuple[Any, ...]) -> str:
+    """A Store call's arguments as tagged JSON: names, limits and the definition records (by their class)."""
+    def one(arg: Any) -> Any:
+        if dataclasses.is_dataclass(arg) and not isinstance(arg, type):
+            return {"$record": type(arg).__name__,
+                    "fields": {f.name: getattr(arg, f.name) for f in dataclasses.fields(arg)}}
+        return arg
+
+    return encode_value([one(arg) for arg in args])
+
+
+def decode_args(text: str) -> tuple[Any, ...]:
+    def one(arg: Any) -> Any:
+        if isinstance(arg, dict) and set(arg) == {"$record", "fields"}:
+            return RECORDS[arg["$record"]](**arg["fields"])
+        return arg
+
+    return tuple(one(arg) for arg in decode_value(text))
+
+
+def log_change(node: str, channel: str, what: str, args: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that record a definition change in the writer's transaction (see the module docstring); the
+    second returns the change's version (:func:`run_log`)."""
+    return [
+        ("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'definitions_version'", ()),
+        ("INSERT INTO changes (version, node, at, what, args) SELECT value::bigint, %s,"
+         " extract(epoch FROM clock_timestamp()), %s, %s FROM meta WHERE key = 'definitions_version'"
+         " RETURNING version", (node, what, encode_args(args))),
+        ("SELECT pg_notify(%s, %s)", (channel, node)),
+    ]
+
+
+def run_log(conn: Any, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+    """Run :func:`log_change`'s statements; the change's version."""
+    version = 0
+    for sql, params in statements:
+        cursor = conn.execute(sql, params)
+        if "RETURNING" in sql:
+            version = int(cursor.fetchone()[0])
+    return version
+
+
+def subject(what: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The object a definition change is about: ("queue", vhost, name), ("binding", ...), ("user", name), ..."""
+    kind = what.partition("_")[2]
+    first: Any = args[0]
+    if kind == "binding":
+        b = first
+        return (kind, b.vhost, b.source, b.destination_kind, b.destination, b.routing_key, encode_value(b.arguments))
+    if kind in ("vhost", "user") and isinstance(first, str):
+        return (kind, first)
+    if kind == "user":
+        return (kind, first.name)
+    if kind == "permission":
+        return (kind, first.user, first.vhost) if isinstance(first, PermissionDef) else (kind, *args)
+    if kind == "limits":
+        return (kind, args[0], args[1])
+    if isinstance(first, ExchangeDef | QueueDef | PolicyDef):
+        return (kind, first.vhost, first.name)
+    return (kind, *args)  # delete_exchange(vhost, name), delete_queue, delete_policy
+
+
+class ClusterLink:
+    """This node's link to the others through the store: heartbeat, node list, the others' definition changes."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.interval = max(0.5, store.node_lease / 3)
+        self._conn: Any = None
+        self._nodes: list[NodeRecord] = []
+        self._apply: Callable[[list[DefinitionChange]], None] | None = None
+        self._version = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._wake = False  # watch() asks the thread to read the changes at once
+        self._delay = 0.5
+        self._gap_logged = False
+        self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
+        self._beat(self._conn)
+        self._thread = threading.Thread(target=self._main, name=f"leveret-cluster {store.schema}", daemon=True)
+        self._thread.start()
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            return list(self._nodes)
+
+    def watch(self, apply: Callable[[list[DefinitionChange]], None], version: int) -> None:
+        with self._lock:
+            self._apply = apply
+            self._version = version
+            self._wake = True
+        self._notify()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._notify()
+        self._thread.join(10)
+        conn, self._conn = self._conn, None
+        if conn is None or conn.closed or conn.broken:
+            with contextlib.suppress(Exception):
+                conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster")
+        with contextlib.suppress(Exception):
+            conn.execute("UPDATE nodes SET stopped_at = extract(epoch FROM clock_timestamp()) WHERE name = %s",
+                         (self.store.node,))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, self.store.node))
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    # --- the thread -------------------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake the thread out of its wait for notifications (a NOTIFY on a connection of its own)."""
+        with contextlib.suppress(Exception), schema.connect(self.store.url, self.store.schema,
+                                                            self.store.connect_timeout, "cluster") as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "wake " + self.store.node))
+
+    def _connect(self) -> Any:
+        conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster")
+        try:
+            conn.execute(schema.sql.SQL("LISTEN {}").format(schema.sql.Identifier(self.store.channel)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _main(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            try:
+                conn = self._conn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._conn = self._reconnect()
+                    if conn is None:
+                        continue
+                    self._catch_up(conn)
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    self._beat(conn)
+                    self._check_version(conn)
+                with self._lock:
+                    wake, self._wake = self._wake, False
+                if wake:
+                    self._catch_up(conn)
+                got = False
+                for _ in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()), stop_after=1):
+                    got = True
+                if got and not self._stop.is_set():
+                    self._drain(conn)
+                    self._catch_up(conn)
+                    self._read_nodes(conn)
+            except schema.psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.error("store %s: the cluster link lost PostgreSQL: %s", self.store.where, schema.reason(exc))
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+            except Exception:  # pragma: no cover - a bug: keep the link alive
+                log.exception("store %s: cluster link error", self.store.where)
+                self._stop.wait(1.0)
+
+    def _drain(self, conn: Any) -> None:
+        """Take the notifications already queued (one catch-up covers them all)."""
+        for _ in conn.notifies(timeout=0, stop_after=1000):
+            pass
+
+    def _reconnect(self) -> Any:
+        if self._stop.wait(self._delay):
+            return None
+        self._delay = min(self._delay * 2, 5.0)
+        try:
+            conn = self._connect()
+        except schema.psycopg.Error:
+            return None
+        self._delay = 0.5
+        log.warning("store %s: the cluster link reconnected to PostgreSQL", self.store.where)
+        return conn
+
+    def _beat(self, conn: Any) -> None:
+        store = self.store
+        found = conn.execute("UPDATE nodes SET seen_at = extract(epoch FROM clock_timestamp()) WHERE name = %s"
+                             " RETURNING 1", (store.node,)).fetchone()
+        if found is None:  # deleted by hand: register again
+            conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at) SELECT %s, %s, %s, t, t FROM"
+                         " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
+                         (store.node, socket.gethostname(), os.getpid()))
+        conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
+        self._read_nodes(conn)
+
+    def _read_nodes(self, conn: Any) -> None:
+        rows = conn.execute(
+            "SELECT name, host, pid, started_at, seen_at, stopped_at IS NULL AND (seen_at > extract(epoch FROM"
+            " clock_timestamp()) - %s OR name = %s) FROM nodes ORDER BY name",
+            (self.store.node_lease, self.store.node)).fetchall()
+        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running)
+                 for name, host, pid, started_at, seen_at, running in rows]
+        with self._lock:
+            self._nodes = nodes
+
+    def _check_version(self, conn: Any) -> None:
+        """The safety net: a change whose notification was lost is read at the next heartbeat."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'definitions_version'").fetchone()
+        with self._lock:
+            behind = self._apply is not None and row is not None and int(row[0]) > self._version
+        if behind:
+            self._catch_up(conn)
+
+    def _catch_up(self, conn: Any) -> None:
+        with self._lock:
+            apply, version = self._apply, self._version
+        if apply is None:
+            return
+        rows = conn.execute("SELECT version, node, what, args FROM changes WHERE version > %s ORDER BY version",
+                            (version,)).fetchall()
+        if not rows:
+            return
+        if rows[0][0] != version + 1 and not self._gap_logged:
+            self._gap_logged = True
+            log.error("store %s: definition changes %d to %d are no longer in the log (this node was away longer "
+                      "than %d s): its definitions may differ from the other nodes' until it is restarted",
+                      self.store.where, version + 1, rows[0][0] - 1, CHANGES_KEPT)
+        changes = [DefinitionChange(number, node, what, decode_args(args))
+                   for number, node, what, args in rows if node != self.store.node]
+        with self._lock:
+            self._version = rows[-1][0]
+        if changes:
+            apply(changes)
