@@ -134,6 +134,7 @@ class ClusterLink:
         self._gap_logged = False
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
         self._beat(self._conn)
+        self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
         self._thread = threading.Thread(target=self._main, name=f"leveret-cluster {store.schema}", daemon=True)
         self._thread.start()
 
