@@ -73,6 +73,8 @@ class Node:
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
         self.stomp = StompListener(config, self.amqp.ssl_context)  # STOMP and STOMP over TLS (docs/stomp.md)
+        self.failed: str | None = None  # why the node must stop (serve() exits with status 1 and this line)
+        self.on_failure: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -215,6 +217,7 @@ class Node:
             self.store.close()
             audit.close()
             raise
+        broker.on_lease_lost = self._lease_lost
         if broker.durability is not None and config.write_hold_ms > 0:  # writes nobody waits for join a confirm's
             broker.durability.hold = config.write_hold_ms / 1000
             broker.durability.timers = broker.timers
@@ -223,6 +226,15 @@ class Node:
                      broker.recovered_messages, config.store if config.store in STORES else "postgresql",
                      time.monotonic() - started)  # never the URL: it may hold a password
         return broker
+
+    def _lease_lost(self) -> None:
+        """Several nodes (docs/cluster.md): the queue leases could not be renewed in time; the broker has closed its
+        clients' connections, and the node stops (a supervisor restarts it: it then serves what it can claim)."""
+        self.failed = (f"node {self.broker.node_name} stopped: it could not renew its queue leases in the "
+                       f"PostgreSQL store within {self.config.node_lease * 2 / 3:g} s (node_lease "
+                       f"{self.config.node_lease} s), so other nodes may take its queues over")
+        if self.on_failure is not None:
+            self.on_failure()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
@@ -267,10 +279,13 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before start(): a signal during start-up still stops cleanly
         loop.add_signal_handler(sig, stop.set)
+    node.on_failure = stop.set
     await node.start()
     await stop.wait()
     log.info("shutting down")
     await node.stop()
+    if node.failed is not None:
+        raise StoreError(node.failed)
     return 0
 
 

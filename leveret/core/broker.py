@@ -26,7 +26,7 @@ from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
 from .session import Session
-from .shared import apply_changes
+from .shared import apply_changes, take_over
 from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
@@ -79,8 +79,10 @@ class Broker(Users):
             self.add_vhost(default_vhost)
             if default_user:
                 self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
+        self.on_lease_lost: Callable[[], None] | None = None  # set by the node: it stops (docs/cluster.md)
         if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
             self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
+            self.durability.watch_queues(lambda queues: take_over(self, queues), self._lease_lost)
 
     # --- connections (for limits and forced closes) ------------------------------------------------
 
@@ -183,6 +185,14 @@ class Broker(Users):
             self.durability.delete_policy(vhost_name, name)
         self.audit.record("policy.cleared", vhost=vhost_name, name=name)
         vhost.apply_policies()
+
+    def _lease_lost(self) -> None:
+        """Several nodes: this node could not renew its queue leases in time, so another node may serve its queues
+        now. It stops delivering at once: every client connection is closed (320), and the node is told."""
+        log.error("the queue leases are lost: closing every client connection")
+        self._force_close(list(self.sessions), "this node lost its queue leases (docs/cluster.md)")
+        if self.on_lease_lost is not None:
+            self.on_lease_lost()
 
     def _recover(self, store: Store) -> bool:
         """Rebuild the broker from its store (core/recovery.py). False when the store is new."""

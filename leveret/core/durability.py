@@ -363,6 +363,14 @@ class Durability:
 
         self.store.watch_definitions(lambda changes: self.dispatch(current, changes))
 
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """The owner of every stored queue once this node took what it may serve (None: one node serves all)."""
+        return self.store.claim_queues()
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
+        self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
+
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
         if self.replaying:
             return

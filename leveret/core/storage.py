@@ -365,6 +365,18 @@ class Store(abc.ABC):
         calls it."""
         return None
 
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """Several nodes: take the leases of the durable queues this node may serve (no owner, an expired lease,
+        or its own) and return every stored queue's owner by (vhost, name) (start-up, before recovery reads
+        messages). None (the default): a store of one node, which serves every queue."""
+        return None
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
+        load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
+        them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        return None
+
     def superseded(self, change: DefinitionChange) -> bool:
         """Whether this node changed the same object after ``change`` was made (on the broker's thread, before
         ``change`` is applied): two nodes that change one object at once end with the change the store kept."""

@@ -283,12 +283,15 @@ class PostgresStore(WriterStore):
                          [("DELETE FROM limits WHERE kind = %s AND name = %s", (kind, name))])
 
     def save_queue(self, queue: QueueDef) -> None:
+        """In a cluster a new queue is this node's (its lease starts); one that exists keeps its owner."""
         q = queue
+        owner, lease = (self.node, self.node_lease) if self.cluster else (None, None)
         self._define("save_queue", (queue,), [(
-            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments) VALUES (%s, %s, %s, %s, %s)"
+            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until)"
+            " VALUES (%s, %s, %s, %s, %s, %s, extract(epoch FROM clock_timestamp()) + %s)"
             " ON CONFLICT (vhost, name) DO UPDATE SET durable = excluded.durable,"
             " auto_delete = excluded.auto_delete, arguments = excluded.arguments",
-            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments)))])
+            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
 
     def delete_queue(self, vhost: str, name: str) -> None:
         self._define("delete_queue", (vhost, name), [
@@ -434,6 +437,19 @@ class PostgresStore(WriterStore):
     def cluster_nodes(self) -> list[NodeRecord] | None:
         """The nodes of the cluster as of the last heartbeat (None without ``cluster``)."""
         return None if self._link is None else self._link.nodes()
+
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """Take the lease of every durable queue that has no owner, an expired lease, or this node as its owner
+        (start-up); every queue's owner after that. None without ``cluster``."""
+        if self._link is None:
+            return None
+        return self._link.claim()
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """From now on, ``taken(queues)`` (on the link's thread) when this node took over queues whose owner's
+        lease expired, and ``lost()`` once if it could not renew its leases in time (see ClusterLink)."""
+        if self._link is not None:
+            self._link.watch_queues(taken, lost)
 
     def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
         """From now on, hand the other nodes' definition changes (those after the version load_definitions read,

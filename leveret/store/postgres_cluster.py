@@ -50,9 +50,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.store")
 
+WATCH_INTERVAL = 0.25  # seconds between two checks of the lease renewal's age (a local clock read)
 CHANGES_KEPT = 3600.0  # seconds a change stays in the log (a node away longer must be restarted: it says so)
 RECORDS: dict[str, type] = {cls.__name__: cls for cls in (BindingDef, ExchangeDef, PermissionDef, QueueDef, UserDef)}
 RECORDS["Policy"] = PolicyDef
+
+
+# the queue leases (docs/cluster.md): at start a node takes the free, expired and its own; then, at each heartbeat,
+# renews its own and takes over the expired ones of other nodes
+CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner IS NULL"
+         " OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp())")
+TAKE_OVER = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s"
+             " WHERE (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < extract(epoch FROM"
+             " clock_timestamp())) RETURNING vhost, name")
 
 
 def encode_args(args: tuple[Any, ...]) -> str:
@@ -132,11 +142,18 @@ class ClusterLink:
         self._wake = False  # watch() asks the thread to read the changes at once
         self._delay = 0.5
         self._gap_logged = False
+        self._taken: Callable[[list[tuple[str, str]]], None] | None = None
+        self._lost: Callable[[], None] | None = None
+        self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
+        self._fenced = False
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
         self._beat(self._conn)
         self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
         self._thread = threading.Thread(target=self._main, name=f"leveret-cluster {store.schema}", daemon=True)
         self._thread.start()
+        # the fence's watch: a thread of its own, so that a statement stuck on a dead network cannot delay it
+        self._watchdog = threading.Thread(target=self._watch, name=f"leveret-fence {store.schema}", daemon=True)
+        self._watchdog.start()
 
     def nodes(self) -> list[NodeRecord]:
         with self._lock:
@@ -149,10 +166,23 @@ class ClusterLink:
             self._wake = True
         self._notify()
 
+    def claim(self) -> dict[tuple[str, str], str]:
+        """Take the free, expired and own queue leases now (start-up, on the caller's thread); every queue's owner."""
+        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster") as conn:
+            conn.execute(CLAIM, (self.store.node, self.store.node_lease, self.store.node))
+            rows = conn.execute("SELECT vhost, name, owner FROM queues").fetchall()
+        self._renewed = time.monotonic()
+        return {(vhost, name): owner for vhost, name, owner in rows}
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        with self._lock:
+            self._taken, self._lost = taken, lost
+
     def close(self) -> None:
         self._stop.set()
         self._notify()
         self._thread.join(10)
+        self._watchdog.join(10)
         conn, self._conn = self._conn, None
         if conn is None or conn.closed or conn.broken:
             with contextlib.suppress(Exception):
@@ -160,6 +190,8 @@ class ClusterLink:
         with contextlib.suppress(Exception):
             conn.execute("UPDATE nodes SET stopped_at = extract(epoch FROM clock_timestamp()) WHERE name = %s",
                          (self.store.node,))
+            if not self._fenced:  # its queues are free for the others now
+                conn.execute("UPDATE queues SET lease_until = 0 WHERE owner = %s", (self.store.node,))
             conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, self.store.node))
         with contextlib.suppress(Exception):
             conn.close()
@@ -173,13 +205,18 @@ class ClusterLink:
             conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "wake " + self.store.node))
 
     def _connect(self) -> Any:
-        conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster")
+        timeout = min(self.store.connect_timeout, self.interval)  # a heartbeat's time, not the writer's 10 s
+        conn = schema.connect(self.store.url, self.store.schema, timeout, "cluster")
         try:
             conn.execute(schema.sql.SQL("LISTEN {}").format(schema.sql.Identifier(self.store.channel)))
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            self._fence()
 
     def _main(self) -> None:
         next_beat = time.monotonic() + self.interval
@@ -233,8 +270,41 @@ class ClusterLink:
         log.warning("store %s: the cluster link reconnected to PostgreSQL", self.store.where)
         return conn
 
+    @property
+    def fence_after(self) -> float:
+        """Seconds without a renewal after which this node gives its queues up: two thirds of the lease, so that
+        it has stopped before another node may take them (the lease runs on the database's clock from the last
+        renewal, which was sent before this node's clock read ``_renewed``)."""
+        return self.store.node_lease * 2 / 3
+
+    def _fence(self) -> None:
+        if self._fenced or time.monotonic() - self._renewed < self.fence_after:
+            return
+        with self._lock:
+            lost = self._lost
+        if lost is None:
+            return
+        self._fenced = True
+        log.error("store %s: this node could not renew its queue leases for %.1f s (node_lease %g s): it stops "
+                  "serving, since another node may take its queues over", self.store.where,
+                  time.monotonic() - self._renewed, self.store.node_lease)
+        lost()
+
     def _beat(self, conn: Any) -> None:
         store = self.store
+        sent = time.monotonic()
+        conn.execute("UPDATE queues SET lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner = %s",
+                     (store.node_lease, store.node))
+        if not self._fenced:
+            self._renewed = sent
+        with self._lock:
+            taken = self._taken
+        if taken is not None and not self._fenced:
+            rows = conn.execute(TAKE_OVER, (store.node, store.node_lease, store.node)).fetchall()
+            if rows:
+                log.warning("store %s: this node took over %d queues whose owner's lease expired: %s", store.where,
+                            len(rows), ", ".join(f"{name!r} (vhost {vhost!r})" for vhost, name in rows[:10]))
+                taken([(vhost, name) for vhost, name in rows])
         found = conn.execute("UPDATE nodes SET seen_at = extract(epoch FROM clock_timestamp()) WHERE name = %s"
                              " RETURNING 1", (store.node,)).fetchone()
         if found is None:  # deleted by hand: register again

@@ -74,6 +74,13 @@ def exists(conn: pika.BlockingConnection, kind: str, name: str) -> bool:
     return True
 
 
+def _ignoring(error: type[BaseException], fn: Any) -> Any:
+    try:
+        return fn()
+    except error:
+        return None
+
+
 def names(nodes: list[dict[str, Any]]) -> dict[str, bool]:
     return {node["name"]: node["running"] for node in nodes}
 
@@ -165,11 +172,19 @@ def test_definitions_declared_on_one_node_are_usable_on_the_other(cluster: list[
     wait_for(lambda: exists(conn_b, "queue", "billing") and exists(conn_b, "exchange", "orders.eu"),
              message="node-a's queue and exchanges on node-b")
     assert exists(conn_b, "queue", server_named)
-    # the bindings route on node-b: orders -(eu.#)-> orders.eu -> billing
+    # node-b's own queue, bound on node-a: the bindings route on node-b (orders -(eu.#)-> orders.eu -> shipping)
     ch_b = conn_b.channel()
+    ch_b.queue_declare("shipping", durable=True)
+    wait_for(lambda: exists(conn_a, "queue", "shipping"), message="node-b's queue on node-a")
+    ch.queue_bind("shipping", "orders.eu")
+    ch.queue_unbind("billing", "orders.eu")  # billing is node-a's: a publish on node-b may not reach it
     ch_b.confirm_delivery()
-    ch_b.basic_publish("orders", "eu.fr", b"order-1", PERSISTENT, mandatory=True)
-    got = wait_for(lambda: ch_b.basic_get("billing", auto_ack=True)[2], message="the routed message")
+
+    def routed() -> bytes | None:
+        ch_b.basic_publish("orders", "eu.fr", b"order-1", PERSISTENT, mandatory=True)  # returned until bound
+        return ch_b.basic_get("shipping", auto_ack=True)[2]
+
+    got = wait_for(lambda: _ignoring(pika.exceptions.UnroutableError, routed), message="the routed message")
     assert got == b"order-1"
     wait_for(lambda: b.http.request("GET", "/api/policies/%2F/ttl")[0] == 200)
     assert b.http.get("/api/queues/%2F/billing")["effective_policy_definition"] == {"message-ttl": 60000}
@@ -190,23 +205,21 @@ def test_deletions_propagate_and_cancel_the_other_nodes_consumers(cluster: list[
     conn_a = a.connect()
     ch_a = conn_a.channel()
     ch_a.exchange_declare("events", "direct", durable=True)
-    ch_a.queue_declare("audit", durable=True)
+    conn_b = b.connect()
+    conn_b.channel().queue_declare("audit", durable=True)  # node-b's queue: its consumers are on node-b
+    wait_for(lambda: exists(conn_a, "queue", "audit"))
     ch_a.queue_bind("audit", "events", "login")
     a.http.ok("PUT", "/api/users/temp", {"password": "pw", "tags": ""})
     a.http.ok("PUT", "/api/permissions/%2F/temp", {"configure": ".*", "write": ".*", "read": ".*"})
     a.http.ok("PUT", "/api/policies/%2F/lazy", {"pattern": "^audit$", "definition": {"max-length": 10}})
 
-    conn_b = b.connect()
-    wait_for(lambda: exists(conn_b, "queue", "audit"))
     wait_for(lambda: b.http.request("GET", "/api/permissions/%2F/temp")[0] == 200)
     wait_for(lambda: b.http.request("GET", "/api/policies/%2F/lazy")[0] == 200)
     ch_b = conn_b.channel()
     # the binding came along: a mandatory publish on node-b is routed, not returned
-    returned: list[Any] = []
-    ch_b.add_on_return_callback(lambda *args: returned.append(args))
     ch_b.confirm_delivery()
-    ch_b.basic_publish("events", "login", b"first", mandatory=True)
-    assert returned == []
+    wait_for(lambda: _ignoring(pika.exceptions.UnroutableError,  # routed once node-b has the binding
+                               lambda: ch_b.basic_publish("events", "login", b"first", mandatory=True) or True))
 
     cancelled: list[Any] = []
     ch_b.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
@@ -285,10 +298,18 @@ def test_message_ids_never_collide_and_every_message_recovers_once(cluster: list
         node.stop()
     for node in cluster:
         node.start()
-    for node in cluster:
-        conn = node.connect()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        owners = dict(db.execute(f"SELECT name, owner FROM {schema}.queues").fetchall())
+    by_name = {node.name: node for node in cluster}
+    for queue in ("q-node-a", "q-node-b"):  # each queue is served by one node (the first to start took both)
+        owner = by_name[owners[queue]]
+        other = next(node for node in cluster if node is not owner)
+        conn = other.connect()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match=f"served by node '{owner.name}'"):
+            conn.channel().basic_get(queue)
+        conn.close()
+        conn = owner.connect()
         ch = conn.channel()
-        queue = f"q-{node.name}"
         got = []
         while (answer := ch.basic_get(queue, auto_ack=True))[0] is not None:
             got.append(answer[2].decode())
