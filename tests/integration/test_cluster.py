@@ -176,8 +176,8 @@ def test_definitions_declared_on_one_node_are_usable_on_the_other(cluster: list[
     ch_b = conn_b.channel()
     ch_b.queue_declare("shipping", durable=True)
     wait_for(lambda: exists(conn_a, "queue", "shipping"), message="node-b's queue on node-a")
-    ch.queue_bind("shipping", "orders.eu")
-    ch.queue_unbind("billing", "orders.eu")  # billing is node-a's: a publish on node-b may not reach it
+    ch.queue_unbind("billing", "orders.eu")  # billing is node-a's: a publish on node-b may not reach it (first:
+    ch.queue_bind("shipping", "orders.eu")  # node-b applies the changes in this order)
     ch_b.confirm_delivery()
 
     def routed() -> bytes | None:
@@ -318,3 +318,173 @@ def test_message_ids_never_collide_and_every_message_recovers_once(cluster: list
     with psycopg.connect(postgres_url, autocommit=True) as db:
         left = poll(lambda: db.execute(f"SELECT count(*) FROM {schema}.messages").fetchone()[0], lambda n: n == 0)
     assert left == 0
+
+
+# --- queue ownership ----------------------------------------------------------------------------------------------
+
+
+def refused(fn: Any) -> str:
+    """The text of the channel error ``fn`` ends in (405, naming the owner), or fails."""
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        fn()
+    assert info.value.reply_code == 405, info.value
+    return str(info.value.reply_text)
+
+
+def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None:
+    """A durable queue is its declaring node's: another node knows it (a passive declare succeeds) but neither
+    delivers nor takes its messages: consume, get and purge are refused naming the owner, a publish to it is
+    nacked. So no message is ever delivered by two nodes."""
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("jobs", durable=True)
+    for i in range(3):
+        ch_a.basic_publish("", "jobs", b"job-%d" % i, PERSISTENT)
+
+    conn_b = b.connect()
+    wait_for(lambda: exists(conn_b, "queue", "jobs"))
+    text = refused(lambda: conn_b.channel().basic_consume("jobs", lambda *args: None))
+    assert text == ("RESOURCE_LOCKED - queue 'jobs' in vhost '/' is served by node 'node-a': consume from it there "
+                    "(consuming through another node is not built yet)")
+    refused(lambda: conn_b.channel().basic_get("jobs"))
+    refused(lambda: conn_b.channel().queue_purge("jobs"))
+    ch_b = conn_b.channel()
+    ch_b.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch_b.basic_publish("", "jobs", b"from-b", PERSISTENT)
+    assert b.http.get("/api/queues/%2F/jobs")["messages"] == 0  # node-b holds none of them
+
+    got = [ch_a.basic_get("jobs", auto_ack=True)[2] for _ in range(4)]
+    assert got == [b"job-0", b"job-1", b"job-2", None]
+    conn_a.close()
+    conn_b.close()
+
+
+def test_a_killed_nodes_queues_are_taken_over_with_its_unacked_messages_redelivered(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    import psycopg
+
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("work", durable=True)
+    for i in range(10):
+        ch_a.basic_publish("", "work", b"w-%d" % i, PERSISTENT)
+    ch_a.basic_qos(prefetch_count=4)
+    delivered: list[bytes] = []
+    ch_a.basic_consume("work", lambda ch, method, props, body: delivered.append(body))  # never acked
+    wait_for(lambda: (conn_a.process_data_events(time_limit=0.05), len(delivered) == 4)[1])
+    schema = postgres_store_url.rpartition("schema=")[2]
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # the deliveries are marked in the store
+        wait_for(lambda: db.execute(f"SELECT count(*) FROM {schema}.messages WHERE redelivered").fetchone()[0] == 4)
+
+    a.kill()  # kill -9: its lease (3 s) runs out, node-b takes the queue over
+    conn_b = b.connect()
+
+    wait_for(lambda: b.http.get("/api/queues/%2F/work")["messages"] == 10, timeout=30,
+             message="node-b took the queue over")
+    ch_b = conn_b.channel()
+    got = []
+    while (answer := ch_b.basic_get("work", auto_ack=True))[0] is not None:
+        got.append((answer[2], answer[0].redelivered))
+    assert got == [(b"w-%d" % i, i < 4) for i in range(10)]
+    assert names(b.http.get("/api/nodes"))["node-a"] is False
+    conn_b.close()
+
+
+def test_a_node_that_stops_hands_its_queues_over(cluster: list[ClusterNode]) -> None:
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("handover", durable=True)
+    for i in range(5):
+        ch_a.basic_publish("", "handover", b"h-%d" % i, PERSISTENT)
+    conn_a.close()
+    assert a.stop() == 0  # a clean stop ends its leases at once
+    conn_b = b.connect()
+
+    def get() -> Any:
+        try:
+            return conn_b.channel().basic_get("handover", auto_ack=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+
+    first = wait_for(lambda: (answer := get()) and answer[0] is not None and answer, timeout=20)
+    assert first[2] == b"h-0" and not first[0].redelivered
+    ch_b = conn_b.channel()
+    rest = [ch_b.basic_get("handover", auto_ack=True)[2] for _ in range(5)]
+    assert rest == [b"h-1", b"h-2", b"h-3", b"h-4", None]
+    conn_b.close()
+
+
+@pytest.fixture
+def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture
+    """A login role of its own and a store URL with it (a schema it creates): the test can cut it off."""
+    import uuid
+
+    import psycopg
+
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE ON DATABASE {conn.info.dbname} TO {role}")
+    yield role, postgres_url.replace("://leveret@", f"://{role}@", 1) + f"?schema=s_{role}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        conn.execute(f"DROP SCHEMA IF EXISTS s_{role} CASCADE")
+        conn.execute(f"REVOKE CREATE ON DATABASE {conn.info.dbname} FROM {role}")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_node_cut_off_from_the_database_stops_serving_before_another_takes_over(
+        tmp_path: Path, postgres_url: str, own_role: tuple[str, str]) -> None:  # noqa: F811 - the fixture
+    """Fencing: node-a loses the database (its role locked out, its sessions ended) while a client consumes from
+    its queue. Before its lease can run out it closes its clients' connections and exits with one line; then
+    node-b takes the queue over and delivers the unacked message again, marked redelivered."""
+    import psycopg
+
+    role, url = own_role
+    a = ClusterNode(tmp_path / "a", url, "node-a").start()
+    shared = url.replace(f"://{role}@", "://leveret@", 1)  # node-b keeps its access to the database
+    b = ClusterNode(tmp_path / "b", shared, "node-b")
+    try:
+        b.start()
+        conn_a = a.connect()
+        ch_a = conn_a.channel()
+        ch_a.confirm_delivery()
+        ch_a.queue_declare("fenced", durable=True)
+        ch_a.basic_publish("", "fenced", b"only", PERSISTENT)
+        body = ch_a.basic_get("fenced")[2]  # delivered, not acked
+        assert body == b"only"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            wait_for(lambda: db.execute(f"SELECT redelivered FROM s_{role}.messages").fetchall() == [(True,)])
+            db.execute(f"ALTER ROLE {role} NOLOGIN")
+            db.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        closed: list[int] = []
+
+        def cut() -> bool:
+            try:
+                conn_a.process_data_events(time_limit=0.05)
+            except pika.exceptions.ConnectionClosedByBroker as exc:
+                closed.append(exc.reply_code)
+            except pika.exceptions.AMQPConnectionError:
+                closed.append(0)
+            return bool(closed)
+
+        wait_for(cut, timeout=30, message="node-a closed its client")
+        assert closed == [320]
+        assert a.wait(30) == 1
+        assert "could not renew its queue leases" in a.log
+        assert a.log.strip().splitlines()[-1].startswith("leveret: error: node node-a stopped: it could not renew")
+        conn_b = b.connect()
+        got = wait_for(lambda: (answer := _ignoring(pika.exceptions.ChannelClosedByBroker, lambda: conn_b.channel(
+        ).basic_get("fenced", auto_ack=True))) and answer[0] is not None and answer, timeout=30)
+        assert got[2] == b"only" and got[0].redelivered
+        conn_b.close()
+    finally:
+        a.kill()
+        b.kill()
