@@ -34,8 +34,12 @@ Where each method runs (what a backend whose writes are remote, e.g. PostgreSQL,
       memory window, records without bodies; or up to ~1,000 delayed messages with bodies). They see committed
       data only, and must be fast: one indexed range or key lookup each.
     - Reads at start-up only, before the broker serves: :meth:`Store.load_definitions`,
-      :meth:`Store.message_counts`, :meth:`Store.max_message_id` and :meth:`Store.load_messages` without a
-      limit (recovery reads every queue's records).
+      :meth:`Store.message_counts`, :meth:`Store.max_message_id`, :meth:`Store.claim_queues` and
+      :meth:`Store.load_messages` without a limit (recovery reads every queue's records; a node of several also
+      reads a queue it takes over).
+    - :meth:`Store.id_block`: at start-up and once per block of ids (one short round trip on the event loop).
+    - Several nodes on one store: :meth:`Store.watch_definitions` and :meth:`Store.watch_queues` call back on a
+      thread of the backend; :meth:`Store.cluster_nodes` and :meth:`Store.superseded` answer from memory.
     - :meth:`Store.free_space`: at every commit that writes messages and every second (the disk alarm): cache it.
     - Status reads (``StatusRead``, ``StatusExpire``) are ops: the writer runs them in order with the writes.
 """
