@@ -229,3 +229,24 @@ def test_a_node_catches_up_on_changes_made_before_it_watched(url: str,
     got: queue.Queue[list[DefinitionChange]] = queue.Queue()
     b.watch_definitions(got.put)
     assert [c.args for c in got.get(timeout=10)] == [("early",)]
+
+
+def test_the_link_reconnects_and_reads_what_it_missed(url: str, two: tuple[PostgresStore, PostgresStore],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """b's link loses its connection (its session ended on the server): it reconnects by itself, LISTENs again, and
+    hands over the change made while it was away; its node keeps its place in the registry."""
+    a, b = two
+    got: queue.Queue[list[DefinitionChange]] = queue.Queue()
+    b.load_definitions()
+    b.watch_definitions(got.put)
+    schema = schema_of(url)
+    with db(url) as conn:
+        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                             (f"leveret cluster {schema}",)).fetchall()
+    assert len(ended) == 2  # both links
+    a.save_vhost("while-away")
+    assert [c.args for c in got.get(timeout=20)] == [("while-away",)]
+    a.save_vhost("after")
+    assert [c.args for c in got.get(timeout=20)] == [("after",)]
+    assert {n.name for n in b.cluster_nodes() or []} >= {"a", "b"}
+    assert "the cluster link reconnected to PostgreSQL" in caplog.text
