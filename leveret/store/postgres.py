@@ -31,7 +31,9 @@ Several nodes (``cluster=True``, store/postgres_cluster.py)
     Each definition write also appends its change to the ``changes`` log in the same transaction and NOTIFYs the
     other nodes; a :class:`~leveret.store.postgres_cluster.ClusterLink` (a thread with a connection of its own)
     heartbeats this node's row of ``nodes``, keeps the list of nodes, and hands the other nodes' changes to
-    :meth:`watch_definitions`'s callback.
+    :meth:`watch_definitions`'s callback. Durable queues are owned by lease (``queues.owner``/``lease_until``): a
+    new one is its declaring node's, :meth:`claim_queues` takes the free and expired ones at start, the link renews
+    them and takes over expired ones (:meth:`watch_queues`), and fences this node when it cannot renew in time.
 
 Losing the database while running
     A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and

@@ -17,6 +17,15 @@ The change log
     ``definitions_version`` once as a safety net (a notification lost with a connection). A lost connection is
     reopened with back-off (LISTEN again, then the changes missed meanwhile are read). On close the node's row
     gets ``stopped_at``.
+
+Queue leases
+    A durable queue is served by the node named in its ``owner`` while ``lease_until`` (the database's clock) has not
+    passed. :meth:`ClusterLink.claim` takes the free, expired and own ones at start; each heartbeat renews this
+    node's leases and takes over expired ones of other nodes (``TAKE_OVER``: one UPDATE, so each queue goes to one
+    node), handing them to the ``taken`` callback. Fencing: a watchdog thread calls ``lost`` once when no renewal
+    succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
+    stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
+    their next heartbeat.
 """
 
 from __future__ import annotations
@@ -147,8 +156,12 @@ class ClusterLink:
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
         self._fenced = False
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
-        self._beat(self._conn)
-        self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
+        try:
+            self._beat(self._conn)
+            self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
+        except BaseException:
+            self._conn.close()
+            raise
         self._thread = threading.Thread(target=self._main, name=f"leveret-cluster {store.schema}", daemon=True)
         self._thread.start()
         # the fence's watch: a thread of its own, so that a statement stuck on a dead network cannot delay it
