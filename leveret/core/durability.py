@@ -14,9 +14,10 @@ loop. See core/storage.py for what a backend promises about each.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
@@ -61,6 +62,20 @@ log = logging.getLogger("leveret.store")
 # pages for the row, its body overflow pages and the index): ~30 KB for an 8 KB message, 4x.
 DISK_HEADROOM = 16 << 20
 WAL_FACTOR = 4
+
+
+_Write = TypeVar("_Write", bound=Callable[..., None])
+
+
+def _written(method: _Write) -> _Write:
+    """A definition write, skipped while another node's change is applied (``Durability.replaying``): that change is
+    in the store already."""
+    @functools.wraps(method)
+    def write(self: Durability, *args: Any) -> None:
+        if not self.replaying:
+            method(self, *args)
+
+    return write  # type: ignore[return-value]
 
 
 def _ignore(exc: BaseException | None) -> None:
@@ -347,7 +362,8 @@ class Durability:
         self.submit_status(lambda exc: self.dispatch(done, op.deleted, exc))
 
     # --- definitions (synchronous: durable when they return) ---------------------------------------
-    # While ``replaying`` (another node's change, core/shared.py) nothing is written: it is in the store already.
+    # While ``replaying`` (another node's change, core/shared.py) nothing is written (@_written): it is in the
+    # store already.
 
     def nodes(self) -> list[NodeRecord] | None:
         """The nodes sharing the store (None: a store of one node)."""
@@ -371,39 +387,34 @@ class Durability:
         """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
         self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
 
+    @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if self.replaying:
-            return
         if exchange.durable and not self.recovering:
             self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, True,
                                                  exchange.auto_delete, exchange.internal, dict(exchange.arguments)))
 
+    @_written
     def delete_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if self.replaying:
-            return
         if exchange.durable:
             self.flush()
             self.store.delete_exchange(vhost, exchange.name)
 
+    @_written
     def save_queue(self, queue: Queue) -> None:
-        if self.replaying:
-            return
         if queue.durable and not self.recovering:
             self.flush()
             self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
                                            dict(queue.arguments)))
 
+    @_written
     def delete_queue(self, queue: Queue) -> None:
-        if self.replaying:
-            return
         if queue.durable:
             self.flush()
             self.store.delete_queue(queue.vhost.name, queue.name)
 
+    @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,
                 arguments: dict[str, Any], add: bool) -> None:
-        if self.replaying:
-            return
         if self.recovering or not source.durable or not getattr(destination, "durable", False):
             return
         kind = "exchange" if hasattr(destination, "type_name") else "queue"
@@ -413,48 +424,39 @@ class Durability:
         else:
             self.store.delete_binding(binding)
 
+    @_written
     def save_vhost(self, name: str) -> None:
-        if self.replaying:
-            return
         self.store.save_vhost(name)
 
+    @_written
     def delete_vhost(self, name: str) -> None:
         """Also deletes the vhost's definitions, messages and status records."""
-        if self.replaying:
-            return
         self.store.delete_vhost(name)
 
+    @_written
     def save_user(self, user: UserDef) -> None:
-        if self.replaying:
-            return
         self.store.save_user(user)
 
+    @_written
     def delete_user(self, name: str) -> None:
-        if self.replaying:
-            return
         self.store.delete_user(name)
 
+    @_written
     def save_permission(self, permission: PermissionDef) -> None:
-        if self.replaying:
-            return
         self.store.save_permission(permission)
 
+    @_written
     def delete_permission(self, user: str, vhost: str) -> None:
-        if self.replaying:
-            return
         self.store.delete_permission(user, vhost)
 
+    @_written
     def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
-        if self.replaying:
-            return
         self.store.save_limits(kind, name, limits)
 
+    @_written
     def save_policy(self, policy: PolicyDef) -> None:
-        if self.replaying:
-            return
         self.store.save_policy(policy)
 
+    @_written
     def delete_policy(self, vhost: str, name: str) -> None:
-        if self.replaying:
-            return
         self.store.delete_policy(vhost, name)
