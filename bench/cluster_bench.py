@@ -8,6 +8,7 @@ scripts/postgres.sh (started if not running); uses a schema of its own, dropped 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -70,58 +72,54 @@ def until(check: object, timeout: float = 120.0) -> float:
     return time.perf_counter() - started
 
 
-def failover(base: str, lease: str, stop: bool) -> float:
+@contextlib.contextmanager
+def two_nodes(base: str, lease: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """Nodes a and b on a schema of their own (dropped at the end): (a's process, a's port, b's port)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     url = f"{base}?schema={schema}"
     with tempfile.TemporaryDirectory() as tmp:
         a, port_a = start(url, "a", f"{tmp}/a", lease)
         b, port_b = start(url, "b", f"{tmp}/b", lease)
         try:
-            conn_a = connect(port_a)
-            ch = conn_a.channel()
-            ch.confirm_delivery()
-            ch.queue_declare("work", durable=True)
-            for i in range(1000):
-                ch.basic_publish("", "work", b"m%d" % i, PERSISTENT)
-            conn_b = connect(port_b)
-            until(lambda: known(conn_b, "work"))
-            started = time.perf_counter()
-            if stop:
-                a.terminate()
-            else:
-                a.kill()
-            until(lambda: served(conn_b, "work"))
-            return time.perf_counter() - started
+            yield a, port_a, port_b
         finally:
             for proc in (a, b):
                 proc.kill()
                 proc.wait()
             with psycopg.connect(base, autocommit=True) as db:
                 db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def failover(base: str, lease: str, stop: bool) -> float:
+    with two_nodes(base, lease) as (a, port_a, port_b):
+        conn_a = connect(port_a)
+        ch = conn_a.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("work", durable=True)
+        for i in range(1000):
+            ch.basic_publish("", "work", b"m%d" % i, PERSISTENT)
+        conn_b = connect(port_b)
+        until(lambda: known(conn_b, "work"))
+        started = time.perf_counter()
+        if stop:
+            a.terminate()
+        else:
+            a.kill()
+        until(lambda: served(conn_b, "work"))
+        return time.perf_counter() - started
 
 
 def propagation(base: str, lease: str, count: int = 50) -> list[float]:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    url = f"{base}?schema={schema}"
-    with tempfile.TemporaryDirectory() as tmp:
-        a, port_a = start(url, "a", f"{tmp}/a", lease)
-        b, port_b = start(url, "b", f"{tmp}/b", lease)
-        try:
-            conn_a, conn_b = connect(port_a), connect(port_b)
-            ch = conn_a.channel()
-            times = []
-            for i in range(count):
-                started = time.perf_counter()
-                ch.queue_declare(f"q{i}", durable=True)  # returns once committed on node a
-                until(lambda i=i: known(conn_b, f"q{i}"))
-                times.append(time.perf_counter() - started)
-            return times
-        finally:
-            for proc in (a, b):
-                proc.kill()
-                proc.wait()
-            with psycopg.connect(base, autocommit=True) as db:
-                db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with two_nodes(base, lease) as (_, port_a, port_b):
+        conn_a, conn_b = connect(port_a), connect(port_b)
+        ch = conn_a.channel()
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            ch.queue_declare(f"q{i}", durable=True)  # returns once committed on node a
+            until(lambda i=i: known(conn_b, f"q{i}"))
+            times.append(time.perf_counter() - started)
+        return times
 
 
 def main() -> None:

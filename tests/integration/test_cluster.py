@@ -21,7 +21,7 @@ import pika.exceptions
 import pytest
 
 from httphelp import Client
-from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from pghelp import own_role, postgres_store_url, postgres_url  # noqa: F401 - fixtures
 from serverproc import LeveretProcess
 from waiting import poll, wait_for
 
@@ -421,25 +421,6 @@ def test_a_node_that_stops_hands_its_queues_over(cluster: list[ClusterNode]) -> 
     conn_b.close()
 
 
-@pytest.fixture
-def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture
-    """A login role of its own and a store URL with it (a schema it creates): the test can cut it off."""
-    import uuid
-
-    import psycopg
-
-    role = f"r_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(f"GRANT CREATE ON DATABASE {conn.info.dbname} TO {role}")
-    yield role, postgres_url.replace("://leveret@", f"://{role}@", 1) + f"?schema=s_{role}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        conn.execute(f"DROP SCHEMA IF EXISTS s_{role} CASCADE")
-        conn.execute(f"REVOKE CREATE ON DATABASE {conn.info.dbname} FROM {role}")
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
-
-
 def test_a_node_cut_off_from_the_database_stops_serving_before_another_takes_over(
         tmp_path: Path, postgres_url: str, own_role: tuple[str, str]) -> None:  # noqa: F811 - the fixture
     """Fencing: node-a loses the database (its role locked out, its sessions ended) while a client consumes from
@@ -449,7 +430,7 @@ def test_a_node_cut_off_from_the_database_stops_serving_before_another_takes_ove
 
     role, url = own_role
     a = ClusterNode(tmp_path / "a", url, "node-a").start()
-    shared = url.replace(f"://{role}@", "://leveret@", 1)  # node-b keeps its access to the database
+    shared = url.replace(f"://{role}:pw-secret@", "://leveret@", 1)  # node-b keeps its access to the database
     b = ClusterNode(tmp_path / "b", shared, "node-b")
     try:
         b.start()
