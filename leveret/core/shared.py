@@ -48,6 +48,9 @@ def apply_changes(broker: Broker, changes: list[DefinitionChange]) -> None:
         except BrokerError as exc:
             log.warning("definition change %d from node %s (%s) not applied here: %s", change.version, change.node,
                         change.what, exc.text)
+        except Exception:  # a bug: the changes after it are still applied
+            log.exception("definition change %d from node %s (%s) failed here", change.version, change.node,
+                          change.what)
         finally:
             durability.replaying = False
 

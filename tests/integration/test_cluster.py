@@ -254,6 +254,31 @@ def test_deletions_propagate_and_cancel_the_other_nodes_consumers(cluster: list[
     conn_b.close()
 
 
+def test_a_vhost_deleted_on_one_node_closes_its_connections_on_the_other(cluster: list[ClusterNode]) -> None:
+    a, b = cluster
+    a.http.ok("PUT", "/api/vhosts/tmp")
+    a.http.ok("PUT", "/api/permissions/tmp/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    a.http.ok("PUT", "/api/users/limited", {"password": "pw", "tags": ""})
+    a.http.ok("PUT", "/api/user-limits/limited/max-connections", {"value": 3})
+    wait_for(lambda: b.http.request("GET", "/api/permissions/tmp/guest")[0] == 200)
+    wait_for(lambda: b.http.request("GET", "/api/user-limits/limited")[1] == [
+        {"user": "limited", "value": {"max-connections": 3}}])
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port, "tmp", connection_attempts=1))
+    a.http.ok("DELETE", "/api/vhosts/tmp")
+    closed: list[int] = []
+
+    def gone() -> bool:
+        try:
+            conn.process_data_events(time_limit=0.05)
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            closed.append(exc.reply_code)
+        return bool(closed)
+
+    wait_for(gone, message="the connection to the deleted vhost on node-b closed")
+    assert closed == [320]
+    assert b.http.request("GET", "/api/vhosts/tmp")[0] == 404
+
+
 def test_message_ids_never_collide_and_every_message_recovers_once(cluster: list[ClusterNode],
                                                                    postgres_url: str,  # noqa: F811 - fixture
                                                                    postgres_store_url: str) -> None:  # noqa: F811
