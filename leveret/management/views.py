@@ -27,7 +27,8 @@ from .validation import HASHING_ALGORITHM
 
 
 def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
-    """A queue, with its message rates (``rates`` samples its counters) on ``node``."""
+    """A queue, with its message rates (``rates`` samples its counters) on ``node`` (several nodes on one store: the
+    node that serves it, docs/cluster.md)."""
     ready, unacked = queue.message_count, queue.unacked_count
     counters = {"publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked,
                 "redeliver": queue.stats_redelivered}
@@ -39,7 +40,7 @@ def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
         "policy": queue.policy, "effective_policy_definition": _policy_definition(queue.vhost, queue.policy),
         "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
-        "state": "running", "type": queue_type(queue.arguments), "node": node,
+        "state": "running", "type": queue_type(queue.arguments), "node": queue.served_by or node,
         "exclusive_consumer_tag": None,
         "message_stats": rates.stats(("queue", queue.vhost.name, queue.name), counters),
     }

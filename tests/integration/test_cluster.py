@@ -379,7 +379,9 @@ def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None
     ch_b.confirm_delivery()
     with pytest.raises(pika.exceptions.NackError):
         ch_b.basic_publish("", "jobs", b"from-b", PERSISTENT)
-    assert b.http.get("/api/queues/%2F/jobs")["messages"] == 0  # node-b holds none of them
+    shown = b.http.get("/api/queues/%2F/jobs")
+    assert shown["messages"] == 0 and shown["node"] == "node-a"  # node-b holds none of them; node-a serves it
+    assert a.http.get("/api/queues/%2F/jobs")["node"] == "node-a"
 
     got = [ch_a.basic_get("jobs", auto_ack=True)[2] for _ in range(4)]
     assert got == [b"job-0", b"job-1", b"job-2", None]
