@@ -401,10 +401,13 @@ class Durability:
 
     @_written
     def save_queue(self, queue: Queue) -> None:
+        """Several nodes on one store: a queue another node declared first (at the same moment) is that node's."""
         if queue.durable and not self.recovering:
             self.flush()
-            self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
-                                           dict(queue.arguments)))
+            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
+                                                   dict(queue.arguments)))
+            if owner is not None and owner != queue.vhost.broker.node_name:
+                queue.served_by = owner
 
     @_written
     def delete_queue(self, queue: Queue) -> None:

@@ -301,7 +301,9 @@ class Store(abc.ABC):
         """Also deletes the bindings whose source or destination it is, and its deduplication window."""
 
     @abc.abstractmethod
-    def save_queue(self, queue: QueueDef) -> None: ...
+    def save_queue(self, queue: QueueDef) -> str | None:
+        """Store a durable queue's definition. A store shared by several nodes returns the name of the node that
+        owns the queue (this one for a new queue; another one's if it was there first); the others return None."""
 
     @abc.abstractmethod
     def delete_queue(self, vhost: str, name: str) -> None:

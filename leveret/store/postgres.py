@@ -189,21 +189,26 @@ class PostgresStore(WriterStore):
 
     # --- definitions ---------------------------------------------------------------------------------------
 
-    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
         """Run a definition change's statements (``what``: the Store method, ``args``: its arguments); in a
-        cluster its entry in the change log and the NOTIFY go in the same transaction."""
+        cluster its entry in the change log and the NOTIFY go in the same transaction, and the value a statement
+        with RETURNING returned is returned."""
         if not self.cluster:
             self._execute(what, statements)
-            return
+            return None
         log_statements = postgres_cluster.log_change(self.node, self.channel, what, args)
+        returned: list[Any] = []
 
         def run(conn: Any) -> None:
             for sql, params in statements:
-                conn.execute(sql, params)
+                cursor = conn.execute(sql, params)
+                if "RETURNING" in sql:
+                    returned.append(cursor.fetchone()[0])
             version = postgres_cluster.run_log(conn, log_statements)
             self._own[postgres_cluster.subject(what, args)] = version
 
         self._wait(run, what)
+        return returned[0] if returned else None
 
     def superseded(self, change: DefinitionChange) -> bool:
         """Whether this node changed the same object after ``change`` (two nodes changing one object at the same
@@ -284,15 +289,16 @@ class PostgresStore(WriterStore):
             self._define("save_limits", (kind, name, limits),
                          [("DELETE FROM limits WHERE kind = %s AND name = %s", (kind, name))])
 
-    def save_queue(self, queue: QueueDef) -> None:
-        """In a cluster a new queue is this node's (its lease starts); one that exists keeps its owner."""
+    def save_queue(self, queue: QueueDef) -> str | None:
+        """In a cluster a new queue is this node's (its lease starts), one that exists keeps its owner, and the
+        owner is returned."""
         q = queue
         owner, lease = (self.node, self.node_lease) if self.cluster else (None, None)
-        self._define("save_queue", (queue,), [(
+        return self._define("save_queue", (queue,), [(  # type: ignore[no-any-return]
             "INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until)"
             " VALUES (%s, %s, %s, %s, %s, %s, extract(epoch FROM clock_timestamp()) + %s)"
             " ON CONFLICT (vhost, name) DO UPDATE SET durable = excluded.durable,"
-            " auto_delete = excluded.auto_delete, arguments = excluded.arguments",
+            " auto_delete = excluded.auto_delete, arguments = excluded.arguments RETURNING owner",
             (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
 
     def delete_queue(self, vhost: str, name: str) -> None:

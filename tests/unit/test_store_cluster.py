@@ -250,3 +250,12 @@ def test_the_link_reconnects_and_reads_what_it_missed(url: str, two: tuple[Postg
     assert [c.args for c in got.get(timeout=20)] == [("after",)]
     assert {n.name for n in b.cluster_nodes() or []} >= {"a", "b"}
     assert "the cluster link reconnected to PostgreSQL" in caplog.text
+
+
+def test_a_queue_is_its_first_declarers(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """save_queue answers with the queue's owner: the node that stored it first, whoever declares it again."""
+    a, b = two
+    assert a.save_queue(QueueDef("/", "q")) == "a"
+    assert b.save_queue(QueueDef("/", "q", arguments={"x-max-length": 5})) == "a"
+    assert b.save_queue(QueueDef("/", "r")) == "b"
+    assert a.claim_queues() == {("/", "q"): "a", ("/", "r"): "b"}  # both leases are alive
