@@ -79,6 +79,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 NO_SPACE_LEFT = 0
 READ_TIMEOUT = 30.0  # seconds: the reader's statement_timeout
+OWN_KEPT = 10_000  # this node's own definition changes remembered for superseded()
 PLENTY = 1 << 62  # free_space() while the database is reachable: its disk is the server's business
 
 
@@ -205,7 +206,10 @@ class PostgresStore(WriterStore):
                 if "RETURNING" in sql:
                     returned.append(cursor.fetchone()[0])
             version = postgres_cluster.run_log(conn, log_statements)
-            self._own[postgres_cluster.subject(what, args)] = version
+            own = self._own
+            own[postgres_cluster.subject(what, args)] = version
+            if len(own) > OWN_KEPT:  # only recent versions can still be overtaken (superseded)
+                self._own = {key: kept for key, kept in own.items() if kept > version - OWN_KEPT // 2}
 
         self._wait(run, what)
         return returned[0] if returned else None
