@@ -70,6 +70,7 @@ from .delay_lanes import (
     GONE,
     HEADERS_FLAG,
     MAX_DELAY,
+    NODE_MARK,
     QUEUE,
     RESIDENT,
     RETRY_PREFIX,
@@ -136,6 +137,10 @@ class DelayedMessages(DelayWindow):
         self.transient = 0  # memory-only messages
         self.transient_bytes = 0
         self._lanes: dict[tuple[str, str, str, bool], Lane] = {}
+        # several nodes on one store: this node's lanes carry its name (delay_lanes.NODE_MARK), the others' are
+        # theirs to recover (docs/cluster.md)
+        shared = broker.durability is not None and broker.durability.nodes() is not None
+        self.node_tag = broker.node_name + NODE_MARK if shared else ""
         self._heap: list[tuple[int, int, Entry]] = []
         self._stale = 0
         self._order = itertools.count()
@@ -294,6 +299,12 @@ class DelayedMessages(DelayWindow):
                 kind, target = QUEUE, name[len(RETRY_PREFIX):]
             else:
                 continue
+            if self.node_tag and target.startswith(self.node_tag):
+                target = target[len(self.node_tag):]
+            elif self.node_tag or NODE_MARK in target:  # another node's lane (several nodes): its own to recover
+                log.info("%d delayed messages in vhost '%s' wait for the node that holds them (%r)", count,
+                         vhost_name, name)
+                continue
             vhost = self.broker.vhosts.get(vhost_name)
             exists = False
             if vhost is not None and kind == EXCHANGE:
@@ -337,7 +348,7 @@ class DelayedMessages(DelayWindow):
         key = (vhost, kind, target, durable)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = Lane(vhost, kind, target, durable)
+            lane = self._lanes[key] = Lane(vhost, kind, target, durable, self.node_tag)
         return lane
 
     def _add(self, lane: Lane, msg: Message, due: float) -> None:

@@ -496,3 +496,37 @@ def test_a_node_cut_off_from_the_database_stops_serving_before_another_takes_ove
     finally:
         a.kill()
         b.kill()
+
+
+def test_delayed_messages_are_held_and_recovered_by_the_node_that_took_them(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """A delayed message waits in a lane of the node that took it (its name is in the lane's store name): after a
+    restart of both nodes only that node recovers it, and it is delivered once when due."""
+    import psycopg
+
+    a, b = cluster
+    conn = a.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("later", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
+    ch.queue_declare("soon", durable=True)
+    ch.queue_bind("soon", "later", "k")
+    ch.basic_publish("later", "k", b"delayed", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 4000}))
+    conn.close()
+    schema = postgres_store_url.rpartition("schema=")[2]
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        lanes = db.execute(f"SELECT queue FROM {schema}.messages").fetchall()
+    assert lanes == [("amq.leveret.delayed.node-a\x1elater",)]
+
+    for node in cluster:
+        node.stop()
+    for node in cluster:  # node-a first: it takes the queue "soon" back
+        node.start()
+    assert a.wait_for_log(r"recovered 1 delayed messages of exchange 'later'")
+    assert not any("recovered 1 delayed" in line for line in b.lines)
+    conn = a.connect()
+    ch = conn.channel()
+    got = wait_for(lambda: ch.basic_get("soon", auto_ack=True)[2], timeout=30, message="the delayed message")
+    assert got == b"delayed"
+    assert ch.basic_get("soon", auto_ack=True)[2] is None
+    conn.close()
