@@ -18,10 +18,11 @@ Contract
 - Durability: the message is stored when it is persistent (delivery mode 2), the broker has a store, and its
   target (the exchange, or the queue) is durable. It is written as a message of the pseudo-queue
   ``amq.leveret.delayed.<exchange>`` / ``amq.leveret.retry.<queue>`` of the vhost (clients cannot declare
-  ``amq.`` names), as a :class:`~leveret.core.storage.Push` op of the current batch: the group commit that
-  covers the publish (and so its confirm, or tx.commit-ok) covers the delayed message. At due time the
-  pseudo-queue record is deleted in the same commit as the pushes into the destination queues, so a crash
-  loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
+  ``amq.`` names; with several nodes on one store the node's name and ``NODE_MARK`` come before the target, and
+  each node recovers its own: docs/cluster.md), as a :class:`~leveret.core.storage.Push` op of the current
+  batch: the group commit that covers the publish (and so its confirm, or tx.commit-ok) covers the delayed
+  message. At due time the pseudo-queue record is deleted in the same commit as the pushes into the destination
+  queues, so a crash loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
 - ``release_now(vhost, queue_name, message_id)``: fire at once the message with that ``message_id`` waiting to be
   re-enqueued into that queue (its retry lane), or, failing that, one waiting in a delayed exchange of the vhost
   with the queue's name as routing key (how ``leveret.tasks`` schedules a retry that is not the queue's own
