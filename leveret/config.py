@@ -88,6 +88,9 @@ class Config:
     write_hold_ms: int = 2  # store writes nobody waits for wait this long for a confirm's commit (0: never)
     store_connect_retry: int = 60  # seconds a PostgreSQL store that is down at start is retried (docs/cluster.md)
     sqlite_synchronous: str = "full"  # SQLite store: full (power-loss safe) or normal (kill -9 safe)
+    node_name: str = ""  # this node's name ("": leveret@HOST, or leveret@HOST:PORT with cluster; docs/cluster.md)
+    cluster: bool = False  # several nodes on one PostgreSQL store (docs/cluster.md); false: one node per store
+    node_lease: int = 15  # seconds a node of a cluster may go unseen before it counts as down (docs/cluster.md)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -131,6 +134,18 @@ def load_config(cli_args: Mapping[str, Any], environ: Mapping[str, str], config_
 def socket_path(data_dir: str | Path) -> Path:
     """The control socket of the broker whose data directory is ``data_dir`` (what ``leveret ctl`` connects to)."""
     return Path(data_dir) / "leveret.sock"
+
+
+def node_name(config: Config) -> str:
+    """This node's name: ``node_name``, else ``leveret@HOST`` (RabbitMQ's rabbit@HOST), or with ``cluster`` (where
+    several nodes may run on one host) ``leveret@HOST:PORT``, and ``leveret@HOST:pPID`` when the port is chosen at
+    start (``port = 0``: a generated name, a new one at every start)."""
+    if config.node_name:
+        return config.node_name
+    host = os.uname().nodename
+    if not config.cluster:
+        return f"leveret@{host}"
+    return f"leveret@{host}:{config.port}" if config.port else f"leveret@{host}:p{os.getpid()}"
 
 
 def auto_memory_high_watermark() -> int:
@@ -275,6 +290,9 @@ def _to_choice(value: Any, choices: tuple[str, ...], prefix: str = "") -> str:
 def _check_listeners(config: Config) -> None:
     """Settings that are valid alone but not together (the files themselves are checked by
     :func:`leveret.server.tls.server_context` when the broker starts)."""
+    if config.cluster and not config.store.startswith(STORE_URL_SCHEMES):
+        raise ConfigError(f"cluster is true but the store is {config.store}: several nodes share a PostgreSQL "
+                          "store (store = \"postgresql://...\"; docs/cluster.md)")
     if not config.plain_listener and not config.tls:
         raise ConfigError("plain_listener is false but TLS is off (no tls_cert_file): there would be no AMQP "
                           "listener")
@@ -332,6 +350,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "write_hold_ms": _to_int(0, 1000),
     "store_connect_retry": _to_int(0, None),
     "sqlite_synchronous": lambda value: _to_choice(value, SQLITE_SYNCHRONOUS),
+    "node_name": lambda value: _to_str(value).strip(),
+    "cluster": _to_bool,
+    "node_lease": _to_int(3, 3600),
 }
 
 

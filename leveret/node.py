@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leveret.config import STORES, Config
+from leveret.config import STORES, Config, node_name
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
@@ -72,6 +72,8 @@ class Node:
         self.https: ManagementServer | None = None
         self.https_port = -1  # the bound HTTPS port of the management API; -1: off
         self.stomp = StompListener(config, self.amqp.ssl_context)  # STOMP and STOMP over TLS (docs/stomp.md)
+        self.failed: str | None = None  # why the node must stop (serve() exits with status 1 and this line)
+        self.on_failure: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -184,7 +186,8 @@ class Node:
         if config.store == "sqlite":
             self.store = open_store("sqlite", path=data_dir / "leveret.db", synchronous=config.sqlite_synchronous)
         elif config.store != "memory":  # a postgresql:// URL (docs/cluster.md)
-            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry)
+            self.store = open_store("postgresql", url=config.store, connect_retry=config.store_connect_retry,
+                                    node=node_name(config), cluster=config.cluster, node_lease=config.node_lease)
         else:
             self.store = open_store("memory")
         audit = AuditLog()
@@ -203,11 +206,12 @@ class Node:
                             dispatch=loop.call_soon_threadsafe, queue_memory_budget=config.queue_memory_budget,
                             queue_memory_window=config.queue_memory_window,
                             timers=LoopTimers(loop), audit=audit, tracking_window=config.tracking_window,
-                            tracking_max_events=config.tracking_max_events)
+                            tracking_max_events=config.tracking_max_events, node_name=node_name(config))
         except BaseException:
             self.store.close()
             audit.close()
             raise
+        broker.on_lease_lost = self._lease_lost
         if broker.durability is not None and config.write_hold_ms > 0:  # writes nobody waits for join a confirm's
             broker.durability.hold = config.write_hold_ms / 1000
             broker.durability.timers = broker.timers
@@ -216,6 +220,15 @@ class Node:
                      broker.recovered_messages, config.store if config.store in STORES else "postgresql",
                      time.monotonic() - started)  # never the URL: it may hold a password
         return broker
+
+    def _lease_lost(self) -> None:
+        """Several nodes (docs/cluster.md): the queue leases could not be renewed in time; the broker has closed its
+        clients' connections, and the node stops (a supervisor restarts it: it then serves what it can claim)."""
+        self.failed = (f"node {self.broker.node_name} stopped: it could not renew its queue leases in the "
+                       f"PostgreSQL store within {self.config.node_lease * 2 / 3:g} s (node_lease "
+                       f"{self.config.node_lease} s), so other nodes may take its queues over")
+        if self.on_failure is not None:
+            self.on_failure()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close every connection with 320 CONNECTION_FORCED, wait up to ``grace`` seconds."""
@@ -260,10 +273,13 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before start(): a signal during start-up still stops cleanly
         loop.add_signal_handler(sig, stop.set)
+    node.on_failure = stop.set
     await node.start()
     await stop.wait()
     log.info("shutting down")
     await node.stop()
+    if node.failed is not None:
+        raise StoreError(node.failed)
     return 0
 
 

@@ -26,6 +26,7 @@ from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
 from .session import Session
+from .shared import apply_changes, take_over
 from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
@@ -50,7 +51,7 @@ class Broker(Users):
                  dispatch: Callable[..., Any] | None = None, queue_memory_budget: int = 16_000_000,
                  queue_memory_window: int = 2048,
                  timers: Timers | None = None, audit: _audit.AuditLog | None = None,
-                 tracking_window: float = 0, tracking_max_events: int = 0) -> None:
+                 tracking_window: float = 0, tracking_max_events: int = 0, node_name: str | None = None) -> None:
         self.audit = audit or _audit.AuditLog()
         self.memory = MemoryMonitor(memory_high_watermark)
         self.timers: Timers = timers or SystemTimers()
@@ -62,7 +63,7 @@ class Broker(Users):
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.loopback_users = set(loopback_users)
-        self.node_name = f"leveret@{os.uname().nodename}"
+        self.node_name = node_name or f"leveret@{os.uname().nodename}"
         self.durability = Durability(store, dispatch or (lambda fn, *args: fn(*args))) if store else None
         if self.durability is not None:
             self.durability.alarms = self.memory
@@ -78,6 +79,10 @@ class Broker(Users):
             self.add_vhost(default_vhost)
             if default_user:
                 self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
+        self.on_lease_lost: Callable[[], None] | None = None  # set by the node: it stops (docs/cluster.md)
+        if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
+            self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
+            self.durability.watch_queues(lambda queues: take_over(self, queues), self._lease_lost)
 
     # --- connections (for limits and forced closes) ------------------------------------------------
 
@@ -180,6 +185,14 @@ class Broker(Users):
             self.durability.delete_policy(vhost_name, name)
         self.audit.record("policy.cleared", vhost=vhost_name, name=name)
         vhost.apply_policies()
+
+    def _lease_lost(self) -> None:
+        """Several nodes: this node could not renew its queue leases in time, so another node may serve its queues
+        now. It stops delivering at once: every client connection is closed (320), and the node is told."""
+        log.error("the queue leases are lost: closing every client connection")
+        self._force_close(list(self.sessions), "this node lost its queue leases (docs/cluster.md)")
+        if self.on_lease_lost is not None:
+            self.on_lease_lost()
 
     def _recover(self, store: Store) -> bool:
         """Rebuild the broker from its store (core/recovery.py). False when the store is new."""

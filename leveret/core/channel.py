@@ -145,6 +145,8 @@ class Channel:
 
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
                 arguments: dict[str, Any]) -> Consumer:
+        if queue.served_by is not None:
+            queue.refuse_remote()
         if not tag:
             tag = f"amq.ctag-{secrets.token_urlsafe(16)}"
         if tag in self.consumers:

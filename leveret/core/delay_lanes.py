@@ -16,6 +16,9 @@ DELAYED_PREFIX: Final = "amq.leveret.delayed."
 """Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
 RETRY_PREFIX: Final = "amq.leveret.retry."
 """Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
+NODE_MARK: Final = "\x1e"
+"""Several nodes on one store (docs/cluster.md): a node's pseudo-queues are named ``<prefix><node><NODE_MARK>
+<target>``, so that each node holds and recovers its own delayed messages only."""
 MAX_DELAY: Final = 4294967295
 """The longest x-delay the plugin honours (Erlang's timer limit, ~49.7 days); longer ones route at once."""
 
@@ -56,12 +59,12 @@ class Lane:
     __slots__ = ("addresses", "count", "durable", "fence", "kind", "released", "store_name", "tail", "target",
                  "unsynced", "vhost", "window")
 
-    def __init__(self, vhost: str, kind: str, target: str, durable: bool) -> None:
+    def __init__(self, vhost: str, kind: str, target: str, durable: bool, node_tag: str = "") -> None:
         self.vhost = vhost
         self.kind = kind
         self.target = target
         self.durable = durable
-        self.store_name = (DELAYED_PREFIX if kind == EXCHANGE else RETRY_PREFIX) + target
+        self.store_name = (DELAYED_PREFIX if kind == EXCHANGE else RETRY_PREFIX) + node_tag + target
         self.count = 0  # pending messages, in memory or not
         self.window: dict[int, Entry] = {}  # durable: store id -> entry, the messages in memory
         self.unsynced: dict[int, Entry] = {}  # durable, after the fence, bodies held until their commit is done

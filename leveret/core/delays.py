@@ -18,10 +18,11 @@ Contract
 - Durability: the message is stored when it is persistent (delivery mode 2), the broker has a store, and its
   target (the exchange, or the queue) is durable. It is written as a message of the pseudo-queue
   ``amq.leveret.delayed.<exchange>`` / ``amq.leveret.retry.<queue>`` of the vhost (clients cannot declare
-  ``amq.`` names), as a :class:`~leveret.core.storage.Push` op of the current batch: the group commit that
-  covers the publish (and so its confirm, or tx.commit-ok) covers the delayed message. At due time the
-  pseudo-queue record is deleted in the same commit as the pushes into the destination queues, so a crash
-  loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
+  ``amq.`` names; with several nodes on one store the node's name and ``NODE_MARK`` come before the target, and
+  each node recovers its own: docs/cluster.md), as a :class:`~leveret.core.storage.Push` op of the current
+  batch: the group commit that covers the publish (and so its confirm, or tx.commit-ok) covers the delayed
+  message. At due time the pseudo-queue record is deleted in the same commit as the pushes into the destination
+  queues, so a crash loses nothing and duplicates nothing. Every other delayed message is kept in memory only.
 - ``release_now(vhost, queue_name, message_id)``: fire at once the message with that ``message_id`` waiting to be
   re-enqueued into that queue (its retry lane), or, failing that, one waiting in a delayed exchange of the vhost
   with the queue's name as routing key (how ``leveret.tasks`` schedules a retry that is not the queue's own
@@ -70,6 +71,7 @@ from .delay_lanes import (
     GONE,
     HEADERS_FLAG,
     MAX_DELAY,
+    NODE_MARK,
     QUEUE,
     RESIDENT,
     RETRY_PREFIX,
@@ -136,6 +138,10 @@ class DelayedMessages(DelayWindow):
         self.transient = 0  # memory-only messages
         self.transient_bytes = 0
         self._lanes: dict[tuple[str, str, str, bool], Lane] = {}
+        # several nodes on one store: this node's lanes carry its name (delay_lanes.NODE_MARK), the others' are
+        # theirs to recover (docs/cluster.md)
+        shared = broker.durability is not None and broker.durability.nodes() is not None
+        self.node_tag = broker.node_name + NODE_MARK if shared else ""
         self._heap: list[tuple[int, int, Entry]] = []
         self._stale = 0
         self._order = itertools.count()
@@ -294,6 +300,12 @@ class DelayedMessages(DelayWindow):
                 kind, target = QUEUE, name[len(RETRY_PREFIX):]
             else:
                 continue
+            if self.node_tag and target.startswith(self.node_tag):
+                target = target[len(self.node_tag):]
+            elif self.node_tag or NODE_MARK in target:  # another node's lane (several nodes): its own to recover
+                log.info("%d delayed messages in vhost '%s' wait for the node that holds them (%r)", count,
+                         vhost_name, name)
+                continue
             vhost = self.broker.vhosts.get(vhost_name)
             exists = False
             if vhost is not None and kind == EXCHANGE:
@@ -337,7 +349,7 @@ class DelayedMessages(DelayWindow):
         key = (vhost, kind, target, durable)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = Lane(vhost, kind, target, durable)
+            lane = self._lanes[key] = Lane(vhost, kind, target, durable, self.node_tag)
         return lane
 
     def _add(self, lane: Lane, msg: Message, due: float) -> None:

@@ -14,18 +14,21 @@ loop. See core/storage.py for what a backend promises about each.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
     DedupPut,
+    DefinitionChange,
     Definitions,
     Delete,
     ExchangeDef,
     MessageOp,
+    NodeRecord,
     PermissionDef,
     PolicyDef,
     Purge,
@@ -61,6 +64,20 @@ DISK_HEADROOM = 16 << 20
 WAL_FACTOR = 4
 
 
+_Write = TypeVar("_Write", bound=Callable[..., None])
+
+
+def _written(method: _Write) -> _Write:
+    """A definition write, skipped while another node's change is applied (``Durability.replaying``): that change is
+    in the store already."""
+    @functools.wraps(method)
+    def write(self: Durability, *args: Any) -> None:
+        if not self.replaying:
+            method(self, *args)
+
+    return write  # type: ignore[return-value]
+
+
 def _ignore(exc: BaseException | None) -> None:
     """The store's callback for status writes: nothing waits for them (a failed commit is logged by the store)."""
 
@@ -78,13 +95,18 @@ class Durability:
         self.pushed: list[Message] = []  # this batch's pushes: dropped from their queues if the commit fails
         self.dedup_keys: list[tuple[DedupWindow, str]] = []  # this batch's dedup ids: forgotten if it fails
         self.in_flight = 0
-        self.next_id = store.max_message_id() + 1
+        block = store.id_block()  # a store shared by several nodes hands out blocks of ids (core/storage.py)
+        if block is None:
+            self.next_id, self.id_limit = store.max_message_id() + 1, 2**63 - 1
+        else:
+            self.next_id, self.id_limit = block
         self.durable_id = self.next_id - 1  # every message with a store id up to this one is durable
         self.batch_bytes = 0  # bytes of the pushes collected for the next commit
         self.unwritten = 0  # bytes of pushes submitted and not yet committed
         self.disk_limit = 0  # disk_free_limit: 0 turns the disk alarm off
         self.alarms: MemoryMonitor | None = None
         self.recovering = False
+        self.replaying = False  # applying another node's definition change: it is in the store already
         self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
         self.timers: Timers | None = None
         self._held: TimerHandle | None = None
@@ -96,6 +118,8 @@ class Durability:
     def push(self, queue: Queue, msg: Message, page_out: bool = False) -> None:
         """Store a message; with ``page_out``, its body leaves memory once it is on disk (if still ready)."""
         msg_id = self.next_id
+        if msg_id > self.id_limit:
+            msg_id = self._next_block()
         self.next_id = msg_id + 1
         msg.store_id = msg_id
         self.ops.append(Push(msg_id, queue.vhost.name, queue.name, msg.seq, msg.exchange, msg.routing_key,
@@ -108,8 +132,17 @@ class Durability:
     def new_id(self) -> int:
         """A store id for a message written with :meth:`push_to` (ids are never reused)."""
         msg_id = self.next_id
+        if msg_id > self.id_limit:
+            msg_id = self._next_block()
         self.next_id = msg_id + 1
         return msg_id
+
+    def _next_block(self) -> int:
+        """The first id of the store's next block (ids still grow: the store's blocks do)."""
+        block = self.store.id_block()
+        assert block is not None
+        first, self.id_limit = block
+        return first
 
     def push_to(self, store_id: int, vhost: str, queue: str, seq: int, msg: Message) -> None:
         """Store ``msg`` under ``store_id`` in a queue the core keeps itself (a delayed lane, core/delays.py)."""
@@ -329,28 +362,60 @@ class Durability:
         self.submit_status(lambda exc: self.dispatch(done, op.deleted, exc))
 
     # --- definitions (synchronous: durable when they return) ---------------------------------------
+    # While ``replaying`` (another node's change, core/shared.py) nothing is written (@_written): it is in the
+    # store already.
 
+    def nodes(self) -> list[NodeRecord] | None:
+        """The nodes sharing the store (None: a store of one node)."""
+        return self.store.cluster_nodes()
+
+    def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
+        """``apply(changes)`` runs on the broker's thread for the definition changes other nodes make (less those
+        this node overtook: a later change of its own to the same object, see Store.superseded)."""
+        def current(changes: list[DefinitionChange]) -> None:
+            changes = [change for change in changes if not self.store.superseded(change)]
+            if changes:
+                apply(changes)
+
+        self.store.watch_definitions(lambda changes: self.dispatch(current, changes))
+
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """The owner of every stored queue once this node took what it may serve (None: one node serves all)."""
+        return self.store.claim_queues()
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
+        self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
+
+    @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
         if exchange.durable and not self.recovering:
             self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, True,
                                                  exchange.auto_delete, exchange.internal, dict(exchange.arguments)))
 
+    @_written
     def delete_exchange(self, vhost: str, exchange: Exchange) -> None:
         if exchange.durable:
             self.flush()
             self.store.delete_exchange(vhost, exchange.name)
 
+    @_written
     def save_queue(self, queue: Queue) -> None:
+        """Several nodes on one store: a queue another node declared first (at the same moment) is that node's."""
         if queue.durable and not self.recovering:
             self.flush()
-            self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
-                                           dict(queue.arguments)))
+            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
+                                                   dict(queue.arguments)))
+            if owner is not None and owner != queue.vhost.broker.node_name:
+                queue.served_by = owner
 
+    @_written
     def delete_queue(self, queue: Queue) -> None:
         if queue.durable:
             self.flush()
             self.store.delete_queue(queue.vhost.name, queue.name)
 
+    @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,
                 arguments: dict[str, Any], add: bool) -> None:
         if self.recovering or not source.durable or not getattr(destination, "durable", False):
@@ -362,30 +427,39 @@ class Durability:
         else:
             self.store.delete_binding(binding)
 
+    @_written
     def save_vhost(self, name: str) -> None:
         self.store.save_vhost(name)
 
+    @_written
     def delete_vhost(self, name: str) -> None:
         """Also deletes the vhost's definitions, messages and status records."""
         self.store.delete_vhost(name)
 
+    @_written
     def save_user(self, user: UserDef) -> None:
         self.store.save_user(user)
 
+    @_written
     def delete_user(self, name: str) -> None:
         self.store.delete_user(name)
 
+    @_written
     def save_permission(self, permission: PermissionDef) -> None:
         self.store.save_permission(permission)
 
+    @_written
     def delete_permission(self, user: str, vhost: str) -> None:
         self.store.delete_permission(user, vhost)
 
+    @_written
     def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
         self.store.save_limits(kind, name, limits)
 
+    @_written
     def save_policy(self, policy: PolicyDef) -> None:
         self.store.save_policy(policy)
 
+    @_written
     def delete_policy(self, vhost: str, name: str) -> None:
         self.store.delete_policy(vhost, name)

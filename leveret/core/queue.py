@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import notices
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .dedup import make_window
+from .errors import ResourceLocked
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
 from .message import NOTIFY, PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
@@ -55,6 +56,7 @@ class Queue(Paging):
         self.ready_bytes = 0
         self.unacked_count = 0
         self.deleted = False
+        self.served_by: str | None = None  # several nodes: the node that owns this queue when not this one
         self.had_consumers = False
         self.memory: MemoryMonitor = vhost.broker.memory
         self.durability: Durability | None = vhost.broker.durability if durable else None
@@ -130,6 +132,8 @@ class Queue(Paging):
         Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
         message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
         calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
+        if self.served_by is not None:  # another node's queue: refused (routing between nodes is not built)
+            return False
         if self.dedup is not None and not checked:
             return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:
@@ -267,7 +271,7 @@ class Queue(Paging):
 
     def _on_unused(self) -> None:
         self._unused_handle = None
-        if not self.consumers and not self.deleted:
+        if not self.consumers and not self.deleted and self.served_by is None:
             self.vhost.remove_queue(self)
 
     def stop_timers(self) -> None:
@@ -418,6 +422,8 @@ class Queue(Paging):
 
     def get(self) -> Message | None:
         """basic.get: the next ready message, or None. The caller records or settles it."""
+        if self.served_by is not None:
+            self.refuse_remote()
         if self.lifecycle:
             self._expire()
             self.touch()
@@ -427,6 +433,12 @@ class Queue(Paging):
         if self.lifecycle:
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
+
+    def refuse_remote(self) -> None:
+        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md)."""
+        raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost.name}' is served by node "
+                             f"'{self.served_by}': consume from it there (consuming through another node is not "
+                             "built yet)")
 
     def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
@@ -511,6 +523,8 @@ class Queue(Paging):
     def purge(self, event: str = "purged") -> int:
         """Remove every ready message; unacked ones stay with their consumers. Returns how many. ``event`` is
         what message tracking records for them (purged, or queue_deleted)."""
+        if self.served_by is not None and not self.deleted:  # its messages are its owner's (docs/cluster.md)
+            self.refuse_remote()
         count = self.message_count
         held = [*self.messages, *self._pinned, *self._tail] if self._paging else self.messages
         if self.tracker is not None:

@@ -88,32 +88,52 @@ def recover(broker: Broker) -> bool:
 
 
 def _recover_messages(broker: Broker) -> None:
-    """Every stored message of every queue, in seq order, as a record whose body stays in the store."""
+    """Every stored message of every queue, in seq order, as a record whose body stays in the store. Several
+    nodes on one store: only the queues this node holds the lease of (``Durability.claim_queues``); the others are
+    marked as served by their owner and hold nothing here."""
     durability = broker.durability
     assert durability is not None
+    owners = durability.claim_queues()
     addresses: dict[tuple[str, str], tuple[str, str, bytes]] = {}
     headers: dict[bytes, bytes] = {}  # identical content headers share one object
     for vhost in broker.vhosts.values():
         for queue in vhost.queues.values():
+            owner = owners.get((vhost.name, queue.name)) if owners is not None else None
+            if owner is not None and owner != broker.node_name:
+                queue.served_by = owner
+                continue
             broker.recovered_queues += 1
-            for stored in durability.read_queue(vhost.name, queue.name, with_bodies=False):
-                key = (stored.exchange, stored.routing_key)
-                names = addresses.get(key)
-                if names is None:  # one set of objects per distinct address, not per message
-                    names = addresses[key] = (*key, build_address(*key))
-                header = headers.get(stored.header)
-                if header is None:
-                    header = stored.header
-                    if len(headers) < 65536:
-                        headers[header] = header
-                msg = Message(names[0], names[1], names[2], header, PAGED)
-                msg.seq = stored.seq
-                msg.store_id = stored.id
-                msg.redelivered = stored.redelivered
-                queue.recover(msg)
-                if queue.status is not None:  # its "queued" record may not have been written (core/status.py)
-                    queue.status.recovered(queue, msg)
-                broker.recovered_messages += 1
+            broker.recovered_messages += recover_queue(queue, addresses, headers)
+
+
+def recover_queue(queue: Queue, addresses: dict[tuple[str, str], tuple[str, str, bytes]] | None = None,
+                  headers: dict[bytes, bytes] | None = None) -> int:
+    """Read one queue's stored messages into it (at start-up, or when this node takes the queue over from a node
+    whose lease expired); those that were delivered come back redelivered. Returns how many."""
+    durability = queue.vhost.broker.durability
+    assert durability is not None
+    addresses = {} if addresses is None else addresses
+    headers = {} if headers is None else headers
+    count = 0
+    for stored in durability.read_queue(queue.vhost.name, queue.name, with_bodies=False):
+        key = (stored.exchange, stored.routing_key)
+        names = addresses.get(key)
+        if names is None:  # one set of objects per distinct address, not per message
+            names = addresses[key] = (*key, build_address(*key))
+        header = headers.get(stored.header)
+        if header is None:
+            header = stored.header
+            if len(headers) < 65536:
+                headers[header] = header
+        msg = Message(names[0], names[1], names[2], header, PAGED)
+        msg.seq = stored.seq
+        msg.store_id = stored.id
+        msg.redelivered = stored.redelivered
+        queue.recover(msg)
+        if queue.status is not None:  # its "queued" record may not have been written (core/status.py)
+            queue.status.recovered(queue, msg)
+        count += 1
+    return count
 
 
 def _recover_dedup(broker: Broker) -> None:

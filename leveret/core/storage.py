@@ -34,8 +34,12 @@ Where each method runs (what a backend whose writes are remote, e.g. PostgreSQL,
       memory window, records without bodies; or up to ~1,000 delayed messages with bodies). They see committed
       data only, and must be fast: one indexed range or key lookup each.
     - Reads at start-up only, before the broker serves: :meth:`Store.load_definitions`,
-      :meth:`Store.message_counts`, :meth:`Store.max_message_id` and :meth:`Store.load_messages` without a
-      limit (recovery reads every queue's records).
+      :meth:`Store.message_counts`, :meth:`Store.max_message_id`, :meth:`Store.claim_queues` and
+      :meth:`Store.load_messages` without a limit (recovery reads every queue's records; a node of several also
+      reads a queue it takes over).
+    - :meth:`Store.id_block`: at start-up and once per block of ids (one short round trip on the event loop).
+    - Several nodes on one store: :meth:`Store.watch_definitions` and :meth:`Store.watch_queues` call back on a
+      thread of the backend; :meth:`Store.cluster_nodes` and :meth:`Store.superseded` answer from memory.
     - :meth:`Store.free_space`: at every commit that writes messages and every second (the disk alarm): cache it.
     - Status reads (``StatusRead``, ``StatusExpire``) are ops: the writer runs them in order with the writes.
 """
@@ -214,6 +218,31 @@ class DedupPut:
 MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire | DedupPut
 
 
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node of a cluster as the shared store knows it (times: seconds since the epoch, the store's clock).
+    ``running``: seen within the node lease and not stopped."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    seen_at: float
+    running: bool
+
+
+@dataclass(frozen=True)
+class DefinitionChange:
+    """A definition change another node of a cluster made: the Store method it called (``what``: "save_queue",
+    "delete_binding", ...) and that call's arguments (``args``: names, limits, the *Def records), numbered by
+    ``version`` in the order the store committed them."""
+
+    version: int
+    node: str
+    what: str
+    args: tuple[Any, ...]
+
+
 class Store(abc.ABC):
     """A backend. Every method may raise :class:`StoreError`; none of them is called concurrently except
     :meth:`submit`, whose callbacks run on the writer's thread (the caller hands them to its event loop). See the
@@ -272,7 +301,9 @@ class Store(abc.ABC):
         """Also deletes the bindings whose source or destination it is, and its deduplication window."""
 
     @abc.abstractmethod
-    def save_queue(self, queue: QueueDef) -> None: ...
+    def save_queue(self, queue: QueueDef) -> str | None:
+        """Store a durable queue's definition. A store shared by several nodes returns the name of the node that
+        owns the queue (this one for a new queue; another one's if it was there first); the others return None."""
 
     @abc.abstractmethod
     def delete_queue(self, vhost: str, name: str) -> None:
@@ -315,7 +346,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def max_message_id(self) -> int:
         """The highest message id ever stored (ids are never reused across restarts; start-up only). A backend
-        shared by several nodes will need id ranges per node here."""
+        shared by several nodes hands out id blocks instead (:meth:`id_block`)."""
 
     def load_dedup(self) -> dict[tuple[str, str, str], list[tuple[int, str, float]]]:
         """The stored deduplication windows (start-up only): (vhost, kind, name) -> [(seq, key, expires)] in seq
@@ -323,6 +354,39 @@ class Store(abc.ABC):
         window keeps the newest). A backend that does not implement it keeps no window across restarts (and must
         refuse DedupPut ops)."""
         return {}
+
+    def id_block(self) -> tuple[int, int] | None:
+        """A block of message ids [first, last] that nobody else gets (a store shared by several nodes hands each
+        node blocks of its sequence; start-up, and then once per block on the event loop: one short round trip).
+        None (the default): the node numbers its messages itself, from :meth:`max_message_id` + 1."""
+        return None
+
+    def cluster_nodes(self) -> list[NodeRecord] | None:
+        """The nodes sharing this store (a cached list: no I/O), None for a store of one node (the default)."""
+        return None
+
+    def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
+        """Hand the definition changes other nodes make from now on to ``apply`` (called on a thread of the
+        backend, in the order they were committed, each change once). A store of one node (the default) never
+        calls it."""
+        return None
+
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """Several nodes: take the leases of the durable queues this node may serve (no owner, an expired lease,
+        or its own) and return every stored queue's owner by (vhost, name) (start-up, before recovery reads
+        messages). None (the default): a store of one node, which serves every queue."""
+        return None
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
+        load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
+        them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        return None
+
+    def superseded(self, change: DefinitionChange) -> bool:
+        """Whether this node changed the same object after ``change`` was made (on the broker's thread, before
+        ``change`` is applied): two nodes that change one object at once end with the change the store kept."""
+        return False
 
     def free_space(self) -> int | None:
         """Bytes free for the store on its file system (for the disk alarm); None when it uses no disk. Called at

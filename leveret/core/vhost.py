@@ -284,9 +284,12 @@ class VHost(Routing):
 
     def declare_queue(self, session: Session | None, name: str, *, passive: bool = False, durable: bool = False,
                       exclusive: bool = False, auto_delete: bool = False,
-                      arguments: dict[str, Any] | None = None, access: Access | None = None) -> Queue:
+                      arguments: dict[str, Any] | None = None, access: Access | None = None,
+                      restore: bool = False) -> Queue:
         """``access`` as for :meth:`declare_exchange`: configure on the queue (its generated name for a
-        server-named one); for a new queue with a dead-letter exchange, read on it and write on the DLX."""
+        server-named one); for a new queue with a dead-letter exchange, read on it and write on the DLX.
+        ``restore``: another node's durable queue (core/shared.py), whose name may be one it generated (amq.gen-)
+        and whose vhost queue limit was checked there."""
         arguments = arguments or {}
         name = strip_crlf(name)
         if passive:
@@ -297,7 +300,7 @@ class VHost(Routing):
         durable = durable and not exclusive  # RabbitMQ: an exclusive queue is never durable
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not restore:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         if access is not None:
             access.configure("queue", name)
@@ -321,7 +324,7 @@ class VHost(Routing):
                 self._enable_status(existing)  # x-leveret-status is not compared: a redeclare may switch it on
             existing.touch()
             return existing
-        limit = reached(self.limits, "max-queues", len(self.queues))
+        limit = None if restore else reached(self.limits, "max-queues", len(self.queues))
         if limit is not None:
             raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) "
                                      "is reached")

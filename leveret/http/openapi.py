@@ -36,6 +36,7 @@ NULLABLE_STRING: Schema = {"type": "string", "nullable": True}
 INTEGER: Schema = {"type": "integer"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 BOOLEAN: Schema = {"type": "boolean"}
+NUMBER: Schema = {"type": "number"}
 TABLE: Schema = {"type": "object", "additionalProperties": True, "description": "AMQP arguments or a JSON object"}
 RATE: Schema = obj(["rate"], rate={"type": "number"})
 LIMITS: Schema = {"type": "object", "additionalProperties": {"type": "integer"},
@@ -97,9 +98,11 @@ SCHEMAS: dict[str, Schema] = {
         "rabbit_version": STRING, "users": array(TABLE), "vhosts": array(TABLE), "permissions": array(TABLE),
         "policies": array(TABLE), "queues": array(TABLE), "exchanges": array(TABLE), "bindings": array(TABLE)},
         "description": "RabbitMQ's definitions format (see docs/management.md)"},
-    "Node": obj(["name", "running", "mem_used", "mem_limit", "mem_alarm", "disk_free_alarm"], name=STRING,
-                type=STRING, running=BOOLEAN, mem_used=COUNT, mem_limit=COUNT, mem_alarm=BOOLEAN,
-                disk_free_alarm=BOOLEAN, partitions=array(STRING), os_pid=STRING, being_drained=BOOLEAN),
+    # another node of a cluster (docs/cluster.md) has what the nodes table knows: name, running, os_pid, host,
+    # started_at, seen_at (seconds since the epoch, the database's clock) and uptime
+    "Node": obj(["name", "running"], name=STRING, type=STRING, running=BOOLEAN, mem_used=COUNT, mem_limit=COUNT,
+                mem_alarm=BOOLEAN, disk_free_alarm=BOOLEAN, partitions=array(STRING), os_pid=STRING,
+                being_drained=BOOLEAN, host=STRING, started_at=NUMBER, seen_at=NUMBER),
     "Connection": obj(["name", "user", "vhost", "channels", "peer_host", "peer_port"], name=STRING, node=STRING,
                       type=STRING, protocol=STRING, user=STRING, vhost=STRING, channels=COUNT, state=STRING,
                       peer_host=STRING, peer_port=INTEGER),
@@ -277,7 +280,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "definitions", "Export definitions", ref("Definitions"),
        query=(("download", STRING, "answer with Content-Disposition: attachment and this file name"),)),
     Op("POST", "definitions", "Import definitions", body="Definitions", errors=_CHANGE),
-    Op("GET", "nodes", "The node", array(ref("Node"))),
+    Op("GET", "nodes", "The node, or every node of the cluster", array(ref("Node"))),
     Op("GET", "nodes/{node}", "The node by name", ref("Node")),
     Op("GET", "connections", "Client connections", array(ref("Connection"))),
     Op("GET", "connections/{name}", "A client connection", ref("Connection")),

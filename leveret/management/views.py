@@ -20,13 +20,15 @@ from leveret.core.exchanges import Exchange
 from leveret.core.lifecycle import queue_type
 from leveret.core.policies import Policy
 from leveret.core.queue import Queue
+from leveret.core.storage import NodeRecord
 
 from .rates import Rates
 from .validation import HASHING_ALGORITHM
 
 
 def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
-    """A queue, with its message rates (``rates`` samples its counters) on ``node``."""
+    """A queue, with its message rates (``rates`` samples its counters) on ``node`` (several nodes on one store: the
+    node that serves it, docs/cluster.md)."""
     ready, unacked = queue.message_count, queue.unacked_count
     counters = {"publish": queue.stats_published, "deliver_get": queue.stats_delivered, "ack": queue.stats_acked,
                 "redeliver": queue.stats_redelivered}
@@ -38,7 +40,7 @@ def queue_info(queue: Queue, node: str, rates: Rates) -> dict[str, Any]:
         "policy": queue.policy, "effective_policy_definition": _policy_definition(queue.vhost, queue.policy),
         "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.ready_bytes, "consumers": queue.consumer_count,
-        "state": "running", "type": queue_type(queue.arguments), "node": node,
+        "state": "running", "type": queue_type(queue.arguments), "node": queue.served_by or node,
         "exclusive_consumer_tag": None,
         "message_stats": rates.stats(("queue", queue.vhost.name, queue.name), counters),
     }
@@ -119,6 +121,31 @@ def node_info(broker: Broker) -> dict[str, Any]:
     return {"name": broker.node_name, "type": "disc", "running": True, "mem_used": process_rss(),
             "mem_limit": memory.high, "mem_alarm": memory.memory_alarm, "disk_free_alarm": memory.disk_alarm,
             "partitions": [], "os_pid": str(os.getpid()), "being_drained": False}
+
+
+def cluster_node_info(record: NodeRecord, now: float) -> dict[str, Any]:
+    """A node of the cluster as the store's ``nodes`` table knows it (docs/cluster.md); ``now``: the time in seconds
+    since the epoch."""
+    uptime = int(max(0.0, now - record.started_at) * 1000) if record.running else 0
+    return {"name": record.name, "type": "disc", "running": record.running, "os_pid": str(record.pid),
+            "host": record.host, "started_at": record.started_at, "seen_at": record.seen_at, "uptime": uptime,
+            "partitions": [], "being_drained": False}
+
+
+def nodes_info(broker: Broker, own: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """Every node: this one (``own``: its :func:`node_info` and health fields) and, on a store that several nodes
+    share, the others, by name."""
+    records = broker.durability.nodes() if broker.durability is not None else None
+    if not records:
+        return [own]
+    found = []
+    for record in records:
+        info = cluster_node_info(record, now)
+        found.append({**info, **own, "host": record.host, "started_at": record.started_at,
+                      "seen_at": record.seen_at} if record.name == own["name"] else info)
+    if own["name"] not in {record.name for record in records}:
+        found.append(own)
+    return found
 
 
 def connection_name(session: Session, amqp_address: str) -> str:

@@ -21,7 +21,19 @@ Reads
     lost the database: a read that fails raises StoreError at once); a read statement times out after
     ``READ_TIMEOUT`` (30 s).
 
-Schema, migrations, the one-node lock: store/postgres_schema.py.
+Schema, migrations, the node locks: store/postgres_schema.py.
+
+Message ids
+    :meth:`PostgresStore.id_block` takes the next block of ``ID_BLOCK`` ids from the schema's sequence (one
+    ``nextval``): a node's ids never collide with another's, and are never reused across restarts.
+
+Several nodes (``cluster=True``, store/postgres_cluster.py)
+    Each definition write also appends its change to the ``changes`` log in the same transaction and NOTIFYs the
+    other nodes; a :class:`~leveret.store.postgres_cluster.ClusterLink` (a thread with a connection of its own)
+    heartbeats this node's row of ``nodes``, keeps the list of nodes, and hands the other nodes' changes to
+    :meth:`watch_definitions`'s callback. Durable queues are owned by lease (``queues.owner``/``lease_until``): a
+    new one is its declaring node's, :meth:`claim_queues` takes the free and expired ones at start, the link renews
+    them and takes over expired ones (:meth:`watch_queues`), and fences this node when it cannot renew in time.
 
 Losing the database while running
     A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and
@@ -41,8 +53,10 @@ from typing import Any
 
 from leveret.core.storage import (
     BindingDef,
+    DefinitionChange,
     Definitions,
     ExchangeDef,
+    NodeRecord,
     PermissionDef,
     PolicyDef,
     QueueDef,
@@ -51,9 +65,10 @@ from leveret.core.storage import (
     UserDef,
 )
 
-from . import postgres_dedup, postgres_schema
+from . import postgres_cluster, postgres_dedup, postgres_schema
 from . import postgres_schema as schema
 from .postgres_batch import PgWriter
+from .postgres_cluster import ClusterLink
 from .postgres_schema import MIGRATIONS, SCHEMA_VERSION, text_in, text_out
 from .tagged_json import decode_value, encode_value
 from .writer_store import WriterStore
@@ -64,6 +79,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 NO_SPACE_LEFT = 0
 READ_TIMEOUT = 30.0  # seconds: the reader's statement_timeout
+OWN_KEPT = 10_000  # this node's own definition changes remembered for superseded()
 PLENTY = 1 << 62  # free_space() while the database is reachable: its disk is the server's business
 
 
@@ -73,11 +89,14 @@ class PostgresStore(WriterStore):
     tables (default ``leveret``). ``schema`` overrides it. ``connect_retry``: seconds :meth:`open` keeps trying
     to reach a database that is down (back-off from 0.5 s to 5 s) before it gives up with a StoreError;
     ``lock_wait``: seconds it waits for another node's lock on the schema to go before it refuses the store.
-    ``max_batch_ops`` / ``max_batch_bytes`` cap one group commit."""
+    ``max_batch_ops`` / ``max_batch_bytes`` cap one group commit. ``node``: this node's name in the ``nodes`` table
+    (default leveret@HOST); ``cluster``: several nodes may share the schema (each with a name of its own), and
+    their definition changes are shared; ``node_lease``: seconds a node may go unseen before it counts as down."""
 
     def __init__(self, url: str, *, schema: str | None = None, connect_retry: float = 60.0,
                  connect_timeout: float = 10.0, lock_wait: float = postgres_schema.LOCK_WAIT,
-                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20) -> None:
+                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20, node: str | None = None,
+                 cluster: bool = False, node_lease: float = 15.0) -> None:
         if _psycopg() is None:
             raise StoreError("a PostgreSQL store needs psycopg 3: pip install 'leveret[postgres]'")
         self.url, url_schema = postgres_schema.split_url(url)
@@ -92,8 +111,16 @@ class PostgresStore(WriterStore):
         self._writer: PgWriter | None = None
         self._rconn: Any = None
         self._rlock = threading.Lock()
-        self.max_id_written = 0
+        self.max_id_written = 0  # the highest id this node wrote (COPY for ids above it: postgres_batch.py)
+        self.id_ceiling = 0  # the highest id the sequence handed out, as far as this node knows
         self.ops_written = 0
+        self.node = node or postgres_schema.default_node_name()
+        self.cluster = cluster
+        self.node_lease = node_lease
+        self.channel = postgres_schema.channel(self.schema)
+        self.definitions_version = 0  # the version of the definitions load_definitions read (cluster)
+        self._link: ClusterLink | None = None
+        self._own: dict[tuple[Any, ...], int] = {}  # object -> the version of this node's last change to it
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -110,9 +137,11 @@ class PostgresStore(WriterStore):
         psycopg = _psycopg()
         conn = schema.connect_retrying(self.url, self.schema, self.where, self.connect_timeout, self.connect_retry)
         try:
-            self.configure_writer(conn)  # the one-node lock first: a second node touches nothing
-            self.max_id_written = schema.migrate(conn, self.schema, self.where)
+            self.configure_writer(conn)  # the node locks first: a node that is refused touches nothing
+            self.max_id_written = self.id_ceiling = schema.migrate(conn, self.schema, self.where, self.node)
             self._rconn = self._open_reader()
+            if self.cluster:
+                self._link = ClusterLink(self)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -124,9 +153,9 @@ class PostgresStore(WriterStore):
         self._writer = PgWriter(self, conn, log)
 
     def configure_writer(self, conn: Any) -> None:
-        """The writer's session: durable commits, and the advisory lock that makes this node the store's user."""
+        """The writer's session: durable commits, and the advisory locks of this node (postgres_schema.py)."""
         conn.execute("SET synchronous_commit = on")
-        schema.take_lock(conn, self.schema, self.where, self.lock_wait)
+        schema.take_lock(conn, self.schema, self.where, self.lock_wait, node=self.node, cluster=self.cluster)
 
     def close(self) -> None:
         if not self._is_open:
@@ -136,6 +165,9 @@ class PostgresStore(WriterStore):
         if writer.in_writer():
             raise StoreError("close() called from a store callback (the writer thread): call it from elsewhere")
         writer.close()
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         self._is_open = False
         if writer.conn is not None:
             with contextlib.suppress(Exception):
@@ -156,12 +188,40 @@ class PostgresStore(WriterStore):
             with contextlib.suppress(Exception):
                 conn.close()
 
-    # --- writes --------------------------------------------------------------------------------------------
-
     # --- definitions ---------------------------------------------------------------------------------------
 
+    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
+        """Run a definition change's statements (``what``: the Store method, ``args``: its arguments); in a
+        cluster its entry in the change log and the NOTIFY go in the same transaction, and the value a statement
+        with RETURNING returned is returned."""
+        if not self.cluster:
+            self._execute(what, statements)
+            return None
+        log_statements = postgres_cluster.log_change(self.node, self.channel, what, args)
+        returned: list[Any] = []
+
+        def run(conn: Any) -> None:
+            for sql, params in statements:
+                cursor = conn.execute(sql, params)
+                if "RETURNING" in sql:
+                    returned.append(cursor.fetchone()[0])
+            version = postgres_cluster.run_log(conn, log_statements)
+            own = self._own
+            own[postgres_cluster.subject(what, args)] = version
+            if len(own) > OWN_KEPT:  # only recent versions can still be overtaken (superseded)
+                self._own = {key: kept for key, kept in own.items() if kept > version - OWN_KEPT // 2}
+
+        self._wait(run, what)
+        return returned[0] if returned else None
+
+    def superseded(self, change: DefinitionChange) -> bool:
+        """Whether this node changed the same object after ``change`` (two nodes changing one object at the same
+        moment: the store holds the later change, and so must every node)."""
+        return self._own.get(postgres_cluster.subject(change.what, change.args), 0) > change.version
+
     def save_vhost(self, name: str) -> None:
-        self._execute("save_vhost", [("INSERT INTO vhosts (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,))])
+        self._define("save_vhost", (name,),
+                     [("INSERT INTO vhosts (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,))])
 
     def delete_vhost(self, name: str) -> None:
         """Also deletes the vhost's definitions, policies, limits, messages and status records."""
@@ -171,34 +231,34 @@ class PostgresStore(WriterStore):
                        for table in ("messages", "task_status", "dedup")]
         statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
                        ("DELETE FROM vhosts WHERE name = %s", (name,))]
-        self._execute("delete_vhost", statements)
+        self._define("delete_vhost", (name,), statements)
 
     def save_user(self, user: UserDef) -> None:
-        self._execute("save_user", [(
+        self._define("save_user", (user,), [(
             "INSERT INTO users (name, password_hash, tags) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE"
             " SET password_hash = excluded.password_hash, tags = excluded.tags",
             (user.name, user.password_hash, json.dumps(list(user.tags))))])
 
     def delete_user(self, name: str) -> None:
         """Also deletes the user's permissions and limits."""
-        self._execute("delete_user", [("DELETE FROM permissions WHERE username = %s", (name,)),
+        self._define("delete_user", (name,), [("DELETE FROM permissions WHERE username = %s", (name,)),
                                       ("DELETE FROM limits WHERE kind = 'user' AND name = %s", (name,)),
                                       ("DELETE FROM users WHERE name = %s", (name,))])
 
     def save_permission(self, permission: PermissionDef) -> None:
         p = permission
-        self._execute("save_permission", [(
+        self._define("save_permission", (permission,), [(
             "INSERT INTO permissions (username, vhost, configure, write, read) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (username, vhost) DO UPDATE SET configure = excluded.configure, write = excluded.write,"
             " read = excluded.read", (p.user, p.vhost, p.configure, p.write, p.read))])
 
     def delete_permission(self, user: str, vhost: str) -> None:
-        self._execute("delete_permission", [("DELETE FROM permissions WHERE username = %s AND vhost = %s",
-                                             (user, vhost))])
+        self._define("delete_permission", (user, vhost),
+                     [("DELETE FROM permissions WHERE username = %s AND vhost = %s", (user, vhost))])
 
     def save_exchange(self, exchange: ExchangeDef) -> None:
         x = exchange
-        self._execute("save_exchange", [(
+        self._define("save_exchange", (exchange,), [(
             "INSERT INTO exchanges (vhost, name, type, durable, auto_delete, internal, arguments)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (vhost, name) DO UPDATE SET type = excluded.type,"
             " durable = excluded.durable, auto_delete = excluded.auto_delete, internal = excluded.internal,"
@@ -206,7 +266,7 @@ class PostgresStore(WriterStore):
             (x.vhost, x.name, x.type, x.durable, x.auto_delete, x.internal, encode_value(x.arguments)))])
 
     def delete_exchange(self, vhost: str, name: str) -> None:
-        self._execute("delete_exchange", [
+        self._define("delete_exchange", (vhost, name), [
             ("DELETE FROM bindings WHERE vhost = %s AND (source = %s OR (destination_kind = 'exchange'"
              " AND destination = %s))", (vhost, name, name)),
             ("DELETE FROM exchanges WHERE vhost = %s AND name = %s", (vhost, name)),
@@ -214,33 +274,39 @@ class PostgresStore(WriterStore):
 
     def save_policy(self, policy: PolicyDef) -> None:
         p = policy
-        self._execute("save_policy", [(
+        self._define("save_policy", (policy,), [(
             "INSERT INTO policies (vhost, name, pattern, definition, priority, apply_to)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (vhost, name) DO UPDATE SET pattern = excluded.pattern,"
             " definition = excluded.definition, priority = excluded.priority, apply_to = excluded.apply_to",
             (p.vhost, p.name, p.pattern, encode_value(p.definition), p.priority, p.apply_to))])
 
     def delete_policy(self, vhost: str, name: str) -> None:
-        self._execute("delete_policy", [("DELETE FROM policies WHERE vhost = %s AND name = %s", (vhost, name))])
+        self._define("delete_policy", (vhost, name),
+                     [("DELETE FROM policies WHERE vhost = %s AND name = %s", (vhost, name))])
 
     def save_limits(self, kind: str, name: str, limits: dict[str, int]) -> None:
         if limits:
-            self._execute("save_limits", [(
+            self._define("save_limits", (kind, name, limits), [(
                 "INSERT INTO limits (kind, name, limits) VALUES (%s, %s, %s) ON CONFLICT (kind, name) DO UPDATE"
                 " SET limits = excluded.limits", (kind, name, json.dumps(limits, sort_keys=True)))])
         else:
-            self._execute("save_limits", [("DELETE FROM limits WHERE kind = %s AND name = %s", (kind, name))])
+            self._define("save_limits", (kind, name, limits),
+                         [("DELETE FROM limits WHERE kind = %s AND name = %s", (kind, name))])
 
-    def save_queue(self, queue: QueueDef) -> None:
+    def save_queue(self, queue: QueueDef) -> str | None:
+        """In a cluster a new queue is this node's (its lease starts), one that exists keeps its owner, and the
+        owner is returned."""
         q = queue
-        self._execute("save_queue", [(
-            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments) VALUES (%s, %s, %s, %s, %s)"
+        owner, lease = (self.node, self.node_lease) if self.cluster else (None, None)
+        return self._define("save_queue", (queue,), [(  # type: ignore[no-any-return]
+            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until)"
+            " VALUES (%s, %s, %s, %s, %s, %s, extract(epoch FROM clock_timestamp()) + %s)"
             " ON CONFLICT (vhost, name) DO UPDATE SET durable = excluded.durable,"
-            " auto_delete = excluded.auto_delete, arguments = excluded.arguments",
-            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments)))])
+            " auto_delete = excluded.auto_delete, arguments = excluded.arguments RETURNING owner",
+            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
 
     def delete_queue(self, vhost: str, name: str) -> None:
-        self._execute("delete_queue", [
+        self._define("delete_queue", (vhost, name), [
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
@@ -249,14 +315,14 @@ class PostgresStore(WriterStore):
 
     def save_binding(self, binding: BindingDef) -> None:
         b = binding
-        self._execute("save_binding", [(
+        self._define("save_binding", (binding,), [(
             "INSERT INTO bindings (vhost, source, destination, destination_kind, routing_key, arguments)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (b.vhost, b.source, b.destination, b.destination_kind, b.routing_key, encode_value(b.arguments)))])
 
     def delete_binding(self, binding: BindingDef) -> None:
         b = binding
-        self._execute("delete_binding", [(
+        self._define("delete_binding", (binding,), [(
             "DELETE FROM bindings WHERE vhost = %s AND source = %s AND destination = %s AND destination_kind = %s"
             " AND routing_key = %s AND md5(arguments) = md5(%s)",
             (b.vhost, b.source, b.destination, b.destination_kind, b.routing_key, encode_value(b.arguments)))])
@@ -300,7 +366,11 @@ class PostgresStore(WriterStore):
         def run(conn: Any) -> list[list[Any]]:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                return [conn.execute(query).fetchall() for query in queries]
+                found = [conn.execute(query).fetchall() for query in queries]
+                # the version these definitions are at: the other nodes' changes after it are applied (cluster)
+                version = conn.execute("SELECT value FROM meta WHERE key = 'definitions_version'").fetchone()
+                self.definitions_version = int(version[0]) if version else 0
+                return found
 
         vhosts, users, permissions, exchanges, queues, bindings, policies, limits = self._read(run)
         return Definitions(
@@ -369,6 +439,35 @@ class PostgresStore(WriterStore):
 
     def max_message_id(self) -> int:
         return int(self._read(lambda conn: conn.execute(schema.MAX_MESSAGE_ID).fetchone()[0]))
+
+    def id_block(self) -> tuple[int, int]:
+        """The next ``ID_BLOCK`` ids of the schema's sequence (one ``nextval``, on the reader's connection)."""
+        last = int(self._read(lambda conn: conn.execute(schema.NEXT_ID_BLOCK).fetchone()[0]))
+        self.id_ceiling = max(self.id_ceiling, last)
+        return last - schema.ID_BLOCK + 1, last
+
+    def cluster_nodes(self) -> list[NodeRecord] | None:
+        """The nodes of the cluster as of the last heartbeat (None without ``cluster``)."""
+        return None if self._link is None else self._link.nodes()
+
+    def claim_queues(self) -> dict[tuple[str, str], str] | None:
+        """Take the lease of every durable queue that has no owner, an expired lease, or this node as its owner
+        (start-up); every queue's owner after that. None without ``cluster``."""
+        if self._link is None:
+            return None
+        return self._link.claim()
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        """From now on, ``taken(queues)`` (on the link's thread) when this node took over queues whose owner's
+        lease expired, and ``lost()`` once if it could not renew its leases in time (see ClusterLink)."""
+        if self._link is not None:
+            self._link.watch_queues(taken, lost)
+
+    def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
+        """From now on, hand the other nodes' definition changes (those after the version load_definitions read,
+        in version order) to ``apply``, on the link's thread. Without ``cluster`` nothing is ever handed."""
+        if self._link is not None:
+            self._link.watch(apply, self.definitions_version)
 
     def free_space(self) -> int | None:
         """0 while the writer has lost the database (the disk alarm then blocks publishers), otherwise a large

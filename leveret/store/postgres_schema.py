@@ -6,7 +6,7 @@ Where
     database can hold several independent stores (tests use one schema each).
 
 Tables (version in ``meta``: key ``schema_version``; MIGRATIONS is append-only)
-    ``meta`` (schema_version, the message id high-water mark ``max_message_id``, ``opened_at``), ``vhosts``,
+    ``meta`` (schema_version, ``opened_at``, ``definitions_version``), ``vhosts``,
     ``users``, ``permissions``, ``limits``, ``exchanges``, ``queues``, ``bindings``, ``policies`` (as in the
     SQLite file; argument tables as tagged JSON, store/tagged_json.py; each has a ``pos`` identity column so
     definitions load in creation order), ``messages`` (id BIGINT PRIMARY KEY, vhost, queue, seq, exchange,
@@ -15,19 +15,34 @@ Tables (version in ``meta``: key ``schema_version``; MIGRATIONS is append-only)
     stay in ``messages``: PostgreSQL moves a value over ~2 KB out of line by itself (TOAST; storage EXTERNAL, so
     it does not try to compress message bodies), so a scan without bodies does not read large ones.
 
-For several nodes later (docs/cluster.md)
-    ``nodes`` records each node that opened the store (name, host, pid, started_at, seen_at) and ``queues`` has
-    ``owner`` / ``lease_until`` columns, unused yet. Today one node at a time uses a schema: it holds a session
-    advisory lock (``LOCK_CLASS``, hashtext(schema)) on its writer's connection, and a second node is refused.
+Nodes (docs/cluster.md)
+    ``nodes`` records each node that opened the store (name, host, pid, started_at, seen_at, stopped_at; times are
+    the database server's clock, seconds since the epoch). The writer's connection holds session advisory locks:
+    without ``cluster`` an exclusive one on the schema (``LOCK_CLASS``, hashtext(schema)), so a second node is
+    refused; with ``cluster`` a shared one on the same key (so a node without ``cluster`` and the nodes of a
+    cluster refuse each other) and an exclusive one on the node's name (``hashtext('leveret node ' || schema)``,
+    hashtext(name)), so two nodes of one name are refused. ``queues`` has ``owner`` / ``lease_until`` columns,
+    unused yet.
+
+Message ids (schema 3)
+    The sequence ``message_ids`` counts in blocks of ``ID_BLOCK``: each ``nextval`` hands a node the ids
+    ``(value - ID_BLOCK, value]``, which no other node gets. (Schemas 1 and 2 kept a high-water mark,
+    ``max_message_id`` in ``meta``; migration 3 starts the sequence above it and above every stored id.)
+
+Shared definitions (schema 3; store/postgres_cluster.py)
+    ``changes`` is the log of definition changes (version, node, at, what, args): every definition write appends
+    its row in the same transaction, numbered by ``meta.definitions_version`` (an UPDATE, whose row lock orders
+    the writers: versions commit in order), and NOTIFYs the schema's channel (:func:`channel`).
 
 Refusals (:class:`StoreError`)
     A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
-    already in use by another node (the advisory lock), a database that cannot be reached within
-    ``connect_retry`` seconds.
+    already in use by another node (without ``cluster``) or by a node of the same name, a database that cannot be
+    reached within ``connect_retry`` seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +64,7 @@ except ImportError:  # pragma: no cover - reported when a PostgresStore is made
 log = logging.getLogger("leveret.store")
 
 LOCK_CLASS = 0x4C565253  # pg_advisory_lock(LOCK_CLASS, hashtext(schema)): "LVRS", one node per store schema
+ID_BLOCK = 10_000  # message ids a node takes from the sequence at a time (schema 3: INCREMENT BY this)
 DEFAULT_SCHEMA = "leveret"
 LOCK_WAIT = 5.0  # seconds open() waits for the one-node lock before it refuses the store
 # TCP keepalives: a writer whose server vanished without a FIN notices within ~30 s
@@ -113,8 +129,21 @@ _V2 = (
         PRIMARY KEY (vhost, kind, name, seq))""",
 )
 
+# 3: several nodes (docs/cluster.md): message ids from a sequence in blocks (above the old high-water mark and
+# every stored id), the shared definitions' change log and version, and when a node stopped.
+_V3 = (
+    f"CREATE SEQUENCE message_ids AS BIGINT INCREMENT BY {ID_BLOCK} MINVALUE 0 START WITH 0",
+    """SELECT setval('message_ids', greatest((SELECT value::bigint FROM meta WHERE key = 'max_message_id'),
+        coalesce((SELECT max(id) FROM messages), 0)))""",
+    "DELETE FROM meta WHERE key = 'max_message_id'",
+    "INSERT INTO meta (key, value) VALUES ('definitions_version', '0')",
+    """CREATE TABLE changes (version BIGINT PRIMARY KEY, node TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        what TEXT NOT NULL, args TEXT NOT NULL)""",
+    "ALTER TABLE nodes ADD COLUMN stopped_at DOUBLE PRECISION",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -184,21 +213,39 @@ def connect_retrying(url: str, schema: str, shown: str, timeout: float, retry: f
             delay = min(delay * 2, 5.0)
 
 
-def take_lock(conn: Any, schema: str, shown: str, wait: float = LOCK_WAIT) -> None:
-    """The session advisory lock that makes this node the store's only user (released with the connection).
-    Tried for ``wait`` seconds: after a kill -9 the server may take a moment to end the old node's session."""
+def take_lock(conn: Any, schema: str, shown: str, wait: float = LOCK_WAIT, *, node: str = "",
+              cluster: bool = False) -> None:
+    """The session advisory locks of this node (released with the connection): without ``cluster`` the one that
+    makes it the store's only user; with ``cluster`` a share of that one and the lock on its name. Tried for
+    ``wait`` seconds: after a kill -9 the server may take a moment to end the old node's session."""
     deadline = time.monotonic() + wait
-    while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, schema)).fetchone()[0]:
+    store_lock = "pg_try_advisory_lock_shared" if cluster else "pg_try_advisory_lock"
+    while not conn.execute(f"SELECT {store_lock}(%s, hashtext(%s))", (LOCK_CLASS, schema)).fetchone()[0]:
         if time.monotonic() < deadline:
             time.sleep(0.1)
             continue
+        if cluster:
+            raise StoreError(f"the PostgreSQL store {shown} is in use by a Leveret node that does not run with "
+                             "cluster = true: stop it, or start every node of the store with cluster = true")
         raise StoreError(f"the PostgreSQL store {shown} is in use by another Leveret node: stop it, or use "
-                         "another schema (?schema=NAME in the URL); several nodes on one store come later")
+                         "another schema (?schema=NAME in the URL); several nodes on one store need cluster = true "
+                         "on each (docs/cluster.md)")
+    if not cluster:
+        return
+    while not conn.execute("SELECT pg_try_advisory_lock(hashtext('leveret node ' || %s), hashtext(%s))",
+                           (schema, node)).fetchone()[0]:
+        if time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
+        conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (LOCK_CLASS, schema))
+        raise StoreError(f"a Leveret node named {node!r} already runs on the PostgreSQL store {shown}: give each "
+                         "node of a cluster a name of its own (node_name)")
 
 
-def migrate(conn: Any, schema: str, shown: str) -> int:
+def migrate(conn: Any, schema: str, shown: str, node: str) -> int:
     """Create or upgrade the schema (under a transaction advisory lock, so that nodes starting together do not
-    race), register this node, and make one real write. Returns the message id high-water mark."""
+    race), register this node as ``node``, and make one real write. Returns the message id high-water mark (the
+    sequence's last block and every stored id are below it)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS + 1, schema))
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
@@ -221,13 +268,14 @@ def migrate(conn: Any, schema: str, shown: str) -> int:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE"
                          " SET value = excluded.value", (str(number + 1),))
             log.info("store %s: schema migrated to version %d", shown, number + 1)
-        now = time.time()
+        now = conn.execute(NOW).fetchone()[0]  # the database's clock: the same for every node
         conn.execute("INSERT INTO meta (key, value) VALUES ('opened_at', %s) ON CONFLICT (key) DO UPDATE"
                      " SET value = excluded.value", (repr(now),))
-        conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at) VALUES (%s, %s, %s, %s, %s)"
+        conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at, stopped_at)"
+                     " VALUES (%s, %s, %s, %s, %s, NULL)"
                      " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                     " started_at = excluded.started_at, seen_at = excluded.seen_at",
-                     (node_name(), socket.gethostname(), os.getpid(), now, now))
+                     " started_at = excluded.started_at, seen_at = excluded.seen_at, stopped_at = NULL",
+                     (node, socket.gethostname(), os.getpid(), now, now))
         return int(conn.execute(MAX_MESSAGE_ID).fetchone()[0])
 
 
@@ -246,10 +294,17 @@ def text_out(value: str) -> str:
     return json.loads(value[1:]) if value[:1] == "\x01" else value  # type: ignore[no-any-return]
 
 
-def node_name() -> str:
-    """This node's name in the ``nodes`` table (one node per host today)."""
-    return f"leveret@{socket.gethostname()}"
+def default_node_name() -> str:
+    """The node name of a store opened without one (as the broker's default: leveret@HOST)."""
+    return f"leveret@{os.uname().nodename}"
 
 
-MAX_MESSAGE_ID = ("SELECT greatest((SELECT value::bigint FROM meta WHERE key = 'max_message_id'),"
+def channel(schema: str) -> str:
+    """The schema's NOTIFY channel (a name of at most 63 bytes whatever the schema's)."""
+    return "leveret_" + hashlib.sha1(schema.encode()).hexdigest()[:24]
+
+
+NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+MAX_MESSAGE_ID = ("SELECT greatest((SELECT last_value FROM message_ids),"
                   " coalesce((SELECT max(id) FROM messages), 0))")
+NEXT_ID_BLOCK = "SELECT nextval('message_ids')"

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import pika.exceptions
 import pytest
 from soak.crash_soak import CrashRun
 
-from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from pghelp import own_role, postgres_store_url, postgres_url  # noqa: F401 - fixtures
 from serverproc import LeveretProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -92,26 +90,6 @@ def test_a_second_node_on_the_same_store_is_refused(tmp_path: Path, store_url: s
         conn.close()
     finally:
         first.kill()
-
-
-@pytest.fixture
-def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture
-    """A login role of its own and a store URL with it: the test can lock the broker out of the database."""
-    import psycopg
-
-    role = f"r_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(f"GRANT CREATE ON DATABASE {conn.info.dbname} TO {role}")
-    # a password in the URL (trust authentication ignores it): it must never reach the broker's log
-    url = postgres_url.replace("://leveret@", f"://{role}:pw-secret@", 1) + f"?schema=s_{role}"
-    assert role in url
-    yield role, url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        conn.execute(f"DROP SCHEMA IF EXISTS s_{role} CASCADE")
-        conn.execute(f"REVOKE CREATE ON DATABASE {conn.info.dbname} FROM {role}")
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _until(conn: pika.BlockingConnection, flag: list[Any], timeout: float) -> bool:

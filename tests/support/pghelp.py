@@ -5,6 +5,7 @@ else one it starts for this session in a temporary directory (never installing p
 and stops at the end. The test is skipped, saying why, when none can be had (or psycopg is missing).
 ``postgres_db``: a fresh database on it per test, dropped afterwards; its URL. ``postgres_store_url``: a
 Leveret store URL (``?schema=`` a fresh PostgreSQL schema, dropped afterwards), cheaper than a database.
+``own_role``: a login role of its own and a store URL with it, so that a test can cut a broker off the database.
 """
 
 from __future__ import annotations
@@ -72,3 +73,24 @@ def postgres_store_url(postgres_url: str) -> Iterator[str]:
     yield f"{postgres_url}?schema={name}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture
+def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """A login role of its own and a store URL with it (``?schema=s_<role>``, which the role creates): a test can
+    lock a broker out of the database. The URL carries a password (trust authentication ignores it): tests check
+    that it never reaches a log."""
+    import psycopg
+
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE ON DATABASE {conn.info.dbname} TO {role}")
+    url = postgres_url.replace("://leveret@", f"://{role}:pw-secret@", 1) + f"?schema=s_{role}"
+    assert role in url
+    yield role, url
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        conn.execute(f"DROP SCHEMA IF EXISTS s_{role} CASCADE")
+        conn.execute(f"REVOKE CREATE ON DATABASE {conn.info.dbname} FROM {role}")
+        conn.execute(f"DROP ROLE IF EXISTS {role}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,9 @@ def test_every_field_has_an_environment_variable() -> None:
         "LEVERET_WRITE_HOLD_MS": "0",
         "LEVERET_STORE_CONNECT_RETRY": "5",
         "LEVERET_SQLITE_SYNCHRONOUS": "Normal",
+        "LEVERET_NODE_NAME": " mq-1 ",
+        "LEVERET_CLUSTER": "off",
+        "LEVERET_NODE_LEASE": "30",
     }
     assert sorted(env) == sorted(env_var(name) for name in FIELD_NAMES)
     config = load_config({}, env, None)
@@ -216,7 +220,25 @@ def test_every_field_has_an_environment_variable() -> None:
         write_hold_ms=0,
         store_connect_retry=5,
         sqlite_synchronous="normal",
+        node_name="mq-1",
+        cluster=False,
+        node_lease=30,
     )
+
+
+def test_cluster_needs_a_postgresql_store_and_names_its_nodes() -> None:
+    from leveret.config import node_name
+
+    url = "postgresql://leveret@db.example/broker"
+    with pytest.raises(ConfigError, match="cluster is true but the store is sqlite"):
+        load_config({}, {"LEVERET_CLUSTER": "true"}, None)
+    with pytest.raises(ConfigError, match="invalid node_lease '1' in LEVERET_NODE_LEASE: must be between 3 and"):
+        load_config({}, {"LEVERET_NODE_LEASE": "1"}, None)
+    host = os.uname().nodename
+    assert node_name(Config()) == f"leveret@{host}"  # as before: one node per host
+    assert node_name(Config(store=url, cluster=True, port=5673)) == f"leveret@{host}:5673"
+    assert node_name(Config(store=url, cluster=True, port=0)) == f"leveret@{host}:p{os.getpid()}"
+    assert node_name(Config(store=url, cluster=True, node_name="mq-2")) == "mq-2"
 
 
 def test_store_is_a_name_or_a_postgresql_url() -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 import leveret
@@ -10,7 +12,7 @@ from leveret import RABBITMQ_VERSION  # what tools that check the version are to
 from leveret.core import errors
 from leveret.core.message import Message, build_address, build_header
 from leveret.management.context import Management
-from leveret.management.views import node_info
+from leveret.management.views import node_info, nodes_info
 
 from .. import openapi
 from .. import web as web_page
@@ -52,14 +54,20 @@ async def whoami(api: Management, call: Call) -> web.Response:
     return reply({"name": call.user.name, "tags": list(call.user.tags)})
 
 
+def _nodes(api: Management) -> list[dict[str, object]]:
+    """This node, and the other nodes of its cluster (docs/cluster.md)."""
+    return nodes_info(api.broker, {**node_info(api.broker), **web_page.node_health()}, time.time())
+
+
 async def list_nodes(api: Management, call: Call) -> web.Response:
-    return reply([{**node_info(api.broker), **web_page.node_health()}])
+    return reply(_nodes(api))
 
 
 async def get_node(api: Management, call: Call) -> web.Response:
-    if call.params["node"] != api.node:
-        raise errors.NotFound(f"no node '{call.params['node']}'")
-    return reply({**node_info(api.broker), **web_page.node_health()})
+    for node in _nodes(api):
+        if node["name"] == call.params["node"]:
+            return reply(node)
+    raise errors.NotFound(f"no node '{call.params['node']}'")
 
 
 async def aliveness(api: Management, call: Call) -> web.Response:

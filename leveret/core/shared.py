@@ -1,0 +1,183 @@
+"""Shared definitions: another node's definition change, applied to this broker (several nodes on one store,
+docs/cluster.md).
+
+The store hands over each change as the Store call that node made (``save_queue(QueueDef)``,
+``delete_binding(BindingDef)``, ...: core/storage.py's :class:`DefinitionChange`), in the order the store committed
+them. Each is applied through the path a local declaration or deletion takes (``VHost.declare_queue``,
+``VHost.delete_queue``, ``Broker.set_policy``, ``Users.set_permission``, ...), so its checks, side effects and
+events are the same: a deleted queue's consumers get ``basic.cancel``, a deleted vhost's or user's connections are
+closed, a policy is applied to the queues it matches. While a change is applied ``Durability.replaying`` is set:
+nothing is written back (the change is in the store already). A change this node cannot apply (an inequivalent
+declaration made at the same moment on two nodes, say) is logged and skipped. A durable queue another node
+declared is that node's (``Queue.served_by``): this node neither takes nor hands out its messages.
+
+Queue ownership: :func:`take_over` is what this node does when it took the leases of queues whose owner's ran out
+(their stored messages are read in, as at start-up: core/recovery.py's ``recover_queue``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import BrokerError, NotFound
+from .recovery import recover_queue
+from .storage import BindingDef, DefinitionChange, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .vhost import VHost
+
+log = logging.getLogger("leveret.broker")
+
+
+def apply_changes(broker: Broker, changes: list[DefinitionChange]) -> None:
+    """Apply other nodes' definition changes, in order."""
+    durability = broker.durability
+    assert durability is not None
+    for change in changes:
+        handler = HANDLERS.get(change.what)
+        if handler is None:
+            log.warning("definition change %d from node %s not applied: unknown change %r", change.version,
+                        change.node, change.what)
+            continue
+        durability.replaying = True
+        try:
+            handler(broker, change.node, *change.args)
+        except BrokerError as exc:
+            log.warning("definition change %d from node %s (%s) not applied here: %s", change.version, change.node,
+                        change.what, exc.text)
+        except Exception:  # a bug: the changes after it are still applied
+            log.exception("definition change %d from node %s (%s) failed here", change.version, change.node,
+                          change.what)
+        finally:
+            durability.replaying = False
+
+
+def _vhost(broker: Broker, name: str) -> VHost:
+    vhost = broker.vhosts.get(name)
+    if vhost is None:
+        raise NotFound(f"no vhost '{name}'")
+    return vhost
+
+
+def _save_vhost(broker: Broker, node: str, name: str) -> None:
+    broker.add_vhost(name)
+
+
+def _delete_vhost(broker: Broker, node: str, name: str) -> None:
+    if name in broker.vhosts:
+        broker.delete_vhost(name)
+
+
+def _save_user(broker: Broker, node: str, user: UserDef) -> None:
+    broker.put_user(user.name, user.password_hash, tuple(user.tags))
+
+
+def _delete_user(broker: Broker, node: str, name: str) -> None:
+    if name in broker.users:
+        broker.delete_user(name)
+
+
+def _save_permission(broker: Broker, node: str, p: PermissionDef) -> None:
+    broker.set_permission(p.user, p.vhost, p.configure, p.write, p.read)
+
+
+def _delete_permission(broker: Broker, node: str, user: str, vhost: str) -> None:
+    found = broker.users.get(user)
+    if found is not None and vhost in found.permissions:
+        broker.clear_permission(user, vhost)
+
+
+def _save_limits(broker: Broker, node: str, kind: str, name: str, limits: dict[str, int]) -> None:
+    if kind == "vhost":
+        if name in broker.vhosts:
+            broker.set_vhost_limits(name, limits, replace=True)
+    elif name in broker.users:
+        broker.set_user_limits(name, limits, replace=True)
+
+
+def _save_policy(broker: Broker, node: str, policy: PolicyDef) -> None:
+    broker.set_policy(policy)
+
+
+def _delete_policy(broker: Broker, node: str, vhost: str, name: str) -> None:
+    found = broker.vhosts.get(vhost)
+    if found is not None and name in found.policies:
+        broker.clear_policy(vhost, name)
+
+
+def _save_exchange(broker: Broker, node: str, x: ExchangeDef) -> None:
+    _vhost(broker, x.vhost).declare_exchange(x.name, x.type, durable=x.durable, auto_delete=x.auto_delete,
+                                           internal=x.internal, arguments=dict(x.arguments))
+
+
+def _delete_exchange(broker: Broker, node: str, vhost: str, name: str) -> None:
+    found = broker.vhosts.get(vhost)
+    if found is not None:
+        found.delete_exchange(name)
+
+
+def _save_queue(broker: Broker, node: str, q: QueueDef) -> None:
+    vhost = _vhost(broker, q.vhost)
+    new = q.name not in vhost.queues
+    queue = vhost.declare_queue(None, q.name, durable=q.durable, auto_delete=q.auto_delete,
+                                arguments=dict(q.arguments), restore=True)
+    if new:
+        queue.served_by = node  # a new queue is the declaring node's (its lease, store/postgres.py)
+
+
+def _delete_queue(broker: Broker, node: str, vhost: str, name: str) -> None:
+    found = broker.vhosts.get(vhost)
+    if found is not None:
+        found.delete_queue(name, None)
+
+
+def _binding(broker: Broker, b: BindingDef, add: bool) -> None:
+    vhost = broker.vhosts.get(b.vhost)
+    if vhost is None:
+        return
+    if b.destination_kind == "queue":
+        (vhost.bind_queue if add else vhost.unbind_queue)(b.destination, b.source, b.routing_key,
+                                                          dict(b.arguments), None)
+    else:
+        (vhost.bind_exchange if add else vhost.unbind_exchange)(b.destination, b.source, b.routing_key,
+                                                                dict(b.arguments))
+
+
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "save_vhost": _save_vhost,
+    "delete_vhost": _delete_vhost,
+    "save_user": _save_user,
+    "delete_user": _delete_user,
+    "save_permission": _save_permission,
+    "delete_permission": _delete_permission,
+    "save_limits": _save_limits,
+    "save_policy": _save_policy,
+    "delete_policy": _delete_policy,
+    "save_exchange": _save_exchange,
+    "delete_exchange": _delete_exchange,
+    "save_queue": _save_queue,
+    "delete_queue": _delete_queue,
+    "save_binding": lambda broker, node, b: _binding(broker, b, True),
+    "delete_binding": lambda broker, node, b: _binding(broker, b, False),
+}
+
+
+# --- queue ownership (several nodes, docs/cluster.md) -----------------------------------------------------------
+
+
+def take_over(broker: Broker, queues: list[tuple[str, str]]) -> None:
+    """This node took the leases of ``queues`` (their owner's ran out): it serves them from now on, starting from
+    their stored messages (those that were delivered come back redelivered)."""
+    for vhost_name, name in queues:
+        vhost = broker.vhosts.get(vhost_name)
+        queue = vhost.queues.get(name) if vhost is not None else None
+        if queue is None or queue.served_by is None:
+            continue
+        log.warning("queue '%s' in vhost '%s': taken over from node %s", name, vhost_name, queue.served_by)
+        queue.served_by = None
+        count = recover_queue(queue)
+        log.info("queue '%s' in vhost '%s': %d messages recovered", name, vhost_name, count)
+        queue.touch()  # x-expires counts from now

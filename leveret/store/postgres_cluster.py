@@ -1,0 +1,367 @@
+"""Several nodes on one PostgreSQL store (``cluster = true``, docs/cluster.md): the node registry's heartbeat and
+the shared definitions' change log.
+
+The change log
+    Every definition write of a cluster node (PostgresStore._define) runs :func:`log_change`'s statements in the
+    same transaction: ``meta.definitions_version`` + 1 (an UPDATE: its row lock makes concurrent writers of two
+    nodes wait for each other, so versions commit in version order and a reader that sees version n has seen
+    every version before it), one row of ``changes`` (the Store method and its arguments as tagged JSON) and a
+    ``NOTIFY`` on the schema's channel. Rows older than ``CHANGES_KEPT`` seconds are deleted.
+
+:class:`ClusterLink`
+    A thread with a connection of its own that LISTENs on the channel. On a notification it reads the changes
+    after the last version it handed on (one indexed range), skips this node's own, and hands the rest, in order,
+    to the callback given to :meth:`ClusterLink.watch` (the broker, which applies them through its own
+    declaration and deletion paths: core/shared.py). Every ``lease / 3`` seconds it updates this node's
+    ``seen_at`` (the database's clock), reads the list of nodes (kept for :meth:`ClusterLink.nodes`), and checks
+    ``definitions_version`` once as a safety net (a notification lost with a connection). A lost connection is
+    reopened with back-off (LISTEN again, then the changes missed meanwhile are read). On close the node's row
+    gets ``stopped_at``.
+
+Queue leases
+    A durable queue is served by the node named in its ``owner`` while ``lease_until`` (the database's clock) has not
+    passed. :meth:`ClusterLink.claim` takes the free, expired and own ones at start; each heartbeat renews this
+    node's leases and takes over expired ones of other nodes (``TAKE_OVER``: one UPDATE, so each queue goes to one
+    node), handing them to the ``taken`` callback. Fencing: a watchdog thread calls ``lost`` once when no renewal
+    succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
+    stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
+    their next heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret.core.storage import (
+    BindingDef,
+    DefinitionChange,
+    ExchangeDef,
+    NodeRecord,
+    PermissionDef,
+    PolicyDef,
+    QueueDef,
+    UserDef,
+)
+
+from . import postgres_schema as schema
+from .tagged_json import decode_value, encode_value
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+log = logging.getLogger("leveret.store")
+
+WATCH_INTERVAL = 0.25  # seconds between two checks of the lease renewal's age (a local clock read)
+CHANGES_KEPT = 3600.0  # seconds a change stays in the log (a node away longer must be restarted: it says so)
+RECORDS: dict[str, type] = {cls.__name__: cls for cls in (BindingDef, ExchangeDef, PermissionDef, QueueDef, UserDef)}
+RECORDS["Policy"] = PolicyDef
+
+
+# the queue leases (docs/cluster.md): at start a node takes the free, expired and its own; then, at each heartbeat,
+# renews its own and takes over the expired ones of other nodes
+CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner IS NULL"
+         " OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp())")
+TAKE_OVER = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s"
+             " WHERE (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < extract(epoch FROM"
+             " clock_timestamp())) RETURNING vhost, name")
+
+
+def encode_args(args: tuple[Any, ...]) -> str:
+    """A Store call's arguments as tagged JSON: names, limits and the definition records (by their class)."""
+    def one(arg: Any) -> Any:
+        if dataclasses.is_dataclass(arg) and not isinstance(arg, type):
+            return {"$record": type(arg).__name__,
+                    "fields": {f.name: getattr(arg, f.name) for f in dataclasses.fields(arg)}}
+        return arg
+
+    return encode_value([one(arg) for arg in args])
+
+
+def decode_args(text: str) -> tuple[Any, ...]:
+    def one(arg: Any) -> Any:
+        if isinstance(arg, dict) and set(arg) == {"$record", "fields"}:
+            return RECORDS[arg["$record"]](**arg["fields"])
+        return arg
+
+    return tuple(one(arg) for arg in decode_value(text))
+
+
+def log_change(node: str, channel: str, what: str, args: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that record a definition change in the writer's transaction (see the module docstring); the
+    second returns the change's version (:func:`run_log`)."""
+    return [
+        ("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'definitions_version'", ()),
+        ("INSERT INTO changes (version, node, at, what, args) SELECT value::bigint, %s,"
+         " extract(epoch FROM clock_timestamp()), %s, %s FROM meta WHERE key = 'definitions_version'"
+         " RETURNING version", (node, what, encode_args(args))),
+        ("SELECT pg_notify(%s, %s)", (channel, node)),
+    ]
+
+
+def run_log(conn: Any, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+    """Run :func:`log_change`'s statements; the change's version."""
+    version = 0
+    for sql, params in statements:
+        cursor = conn.execute(sql, params)
+        if "RETURNING" in sql:
+            version = int(cursor.fetchone()[0])
+    return version
+
+
+def subject(what: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The object a definition change is about: ("queue", vhost, name), ("binding", ...), ("user", name), ..."""
+    kind = what.partition("_")[2]
+    first: Any = args[0]
+    if kind == "binding":
+        b = first
+        return (kind, b.vhost, b.source, b.destination_kind, b.destination, b.routing_key, encode_value(b.arguments))
+    if kind in ("vhost", "user") and isinstance(first, str):
+        return (kind, first)
+    if kind == "user":
+        return (kind, first.name)
+    if kind == "permission":
+        return (kind, first.user, first.vhost) if isinstance(first, PermissionDef) else (kind, *args)
+    if kind == "limits":
+        return (kind, args[0], args[1])
+    if isinstance(first, ExchangeDef | QueueDef | PolicyDef):
+        return (kind, first.vhost, first.name)
+    return (kind, *args)  # delete_exchange(vhost, name), delete_queue, delete_policy
+
+
+class ClusterLink:
+    """This node's link to the others through the store: heartbeat, node list, the others' definition changes."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.interval = max(0.5, store.node_lease / 3)
+        self._conn: Any = None
+        self._nodes: list[NodeRecord] = []
+        self._apply: Callable[[list[DefinitionChange]], None] | None = None
+        self._version = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._wake = False  # watch() asks the thread to read the changes at once
+        self._delay = 0.5
+        self._gap_logged = False
+        self._taken: Callable[[list[tuple[str, str]]], None] | None = None
+        self._lost: Callable[[], None] | None = None
+        self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
+        self._fenced = False
+        self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
+        try:
+            self._beat(self._conn)
+            self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
+        except BaseException:
+            self._conn.close()
+            raise
+        self._thread = threading.Thread(target=self._main, name=f"leveret-cluster {store.schema}", daemon=True)
+        self._thread.start()
+        # the fence's watch: a thread of its own, so that a statement stuck on a dead network cannot delay it
+        self._watchdog = threading.Thread(target=self._watch, name=f"leveret-fence {store.schema}", daemon=True)
+        self._watchdog.start()
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            return list(self._nodes)
+
+    def watch(self, apply: Callable[[list[DefinitionChange]], None], version: int) -> None:
+        with self._lock:
+            self._apply = apply
+            self._version = version
+            self._wake = True
+        self._notify()
+
+    def claim(self) -> dict[tuple[str, str], str]:
+        """Take the free, expired and own queue leases now (start-up, on the caller's thread); every queue's owner."""
+        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster") as conn:
+            conn.execute(CLAIM, (self.store.node, self.store.node_lease, self.store.node))
+            rows = conn.execute("SELECT vhost, name, owner FROM queues").fetchall()
+        self._renewed = time.monotonic()
+        return {(vhost, name): owner for vhost, name, owner in rows}
+
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+        with self._lock:
+            self._taken, self._lost = taken, lost
+
+    def close(self) -> None:
+        self._stop.set()
+        self._notify()
+        self._thread.join(10)
+        self._watchdog.join(10)
+        conn, self._conn = self._conn, None
+        if conn is None or conn.closed or conn.broken:
+            with contextlib.suppress(Exception):
+                conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster")
+        with contextlib.suppress(Exception):
+            conn.execute("UPDATE nodes SET stopped_at = extract(epoch FROM clock_timestamp()) WHERE name = %s",
+                         (self.store.node,))
+            if not self._fenced:  # its queues are free for the others now
+                conn.execute("UPDATE queues SET lease_until = 0 WHERE owner = %s", (self.store.node,))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, self.store.node))
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    # --- the thread -------------------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake the thread out of its wait for notifications (a NOTIFY on a connection of its own)."""
+        with contextlib.suppress(Exception), schema.connect(self.store.url, self.store.schema,
+                                                            self.store.connect_timeout, "cluster") as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "wake " + self.store.node))
+
+    def _connect(self) -> Any:
+        timeout = min(self.store.connect_timeout, self.interval)  # a heartbeat's time, not the writer's 10 s
+        conn = schema.connect(self.store.url, self.store.schema, timeout, "cluster")
+        try:
+            conn.execute(schema.sql.SQL("LISTEN {}").format(schema.sql.Identifier(self.store.channel)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            self._fence()
+
+    def _main(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            try:
+                conn = self._conn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._conn = self._reconnect()
+                    if conn is None:
+                        continue
+                    self._catch_up(conn)
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    self._beat(conn)
+                    self._check_version(conn)
+                with self._lock:
+                    wake, self._wake = self._wake, False
+                if wake:
+                    self._catch_up(conn)
+                got = False
+                for _ in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()), stop_after=1):
+                    got = True
+                if got and not self._stop.is_set():
+                    self._drain(conn)
+                    self._catch_up(conn)
+                    self._read_nodes(conn)
+            except schema.psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.error("store %s: the cluster link lost PostgreSQL: %s", self.store.where, schema.reason(exc))
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+            except Exception:  # pragma: no cover - a bug: keep the link alive
+                log.exception("store %s: cluster link error", self.store.where)
+                self._stop.wait(1.0)
+
+    def _drain(self, conn: Any) -> None:
+        """Take the notifications already queued (one catch-up covers them all)."""
+        for _ in conn.notifies(timeout=0, stop_after=1000):
+            pass
+
+    def _reconnect(self) -> Any:
+        if self._stop.wait(self._delay):
+            return None
+        self._delay = min(self._delay * 2, 5.0)
+        try:
+            conn = self._connect()
+        except schema.psycopg.Error:
+            return None
+        self._delay = 0.5
+        log.warning("store %s: the cluster link reconnected to PostgreSQL", self.store.where)
+        return conn
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without a renewal after which this node gives its queues up: two thirds of the lease, so that
+        it has stopped before another node may take them (the lease runs on the database's clock from the last
+        renewal, which was sent before this node's clock read ``_renewed``)."""
+        return self.store.node_lease * 2 / 3
+
+    def _fence(self) -> None:
+        if self._fenced or time.monotonic() - self._renewed < self.fence_after:
+            return
+        with self._lock:
+            lost = self._lost
+        if lost is None:
+            return
+        self._fenced = True
+        log.error("store %s: this node could not renew its queue leases for %.1f s (node_lease %g s): it stops "
+                  "serving, since another node may take its queues over", self.store.where,
+                  time.monotonic() - self._renewed, self.store.node_lease)
+        lost()
+
+    def _beat(self, conn: Any) -> None:
+        store = self.store
+        sent = time.monotonic()
+        conn.execute("UPDATE queues SET lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner = %s",
+                     (store.node_lease, store.node))
+        if not self._fenced:
+            self._renewed = sent
+        with self._lock:
+            taken = self._taken
+        if taken is not None and not self._fenced:
+            rows = conn.execute(TAKE_OVER, (store.node, store.node_lease, store.node)).fetchall()
+            if rows:
+                log.warning("store %s: this node took over %d queues whose owner's lease expired: %s", store.where,
+                            len(rows), ", ".join(f"{name!r} (vhost {vhost!r})" for vhost, name in rows[:10]))
+                taken([(vhost, name) for vhost, name in rows])
+        found = conn.execute("UPDATE nodes SET seen_at = extract(epoch FROM clock_timestamp()) WHERE name = %s"
+                             " RETURNING 1", (store.node,)).fetchone()
+        if found is None:  # deleted by hand: register again
+            conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at) SELECT %s, %s, %s, t, t FROM"
+                         " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
+                         (store.node, socket.gethostname(), os.getpid()))
+        conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
+        self._read_nodes(conn)
+
+    def _read_nodes(self, conn: Any) -> None:
+        rows = conn.execute(
+            "SELECT name, host, pid, started_at, seen_at, stopped_at IS NULL AND (seen_at > extract(epoch FROM"
+            " clock_timestamp()) - %s OR name = %s) FROM nodes ORDER BY name",
+            (self.store.node_lease, self.store.node)).fetchall()
+        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running)
+                 for name, host, pid, started_at, seen_at, running in rows]
+        with self._lock:
+            self._nodes = nodes
+
+    def _check_version(self, conn: Any) -> None:
+        """The safety net: a change whose notification was lost is read at the next heartbeat."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'definitions_version'").fetchone()
+        with self._lock:
+            behind = self._apply is not None and row is not None and int(row[0]) > self._version
+        if behind:
+            self._catch_up(conn)
+
+    def _catch_up(self, conn: Any) -> None:
+        with self._lock:
+            apply, version = self._apply, self._version
+        if apply is None:
+            return
+        rows = conn.execute("SELECT version, node, what, args FROM changes WHERE version > %s ORDER BY version",
+                            (version,)).fetchall()
+        if not rows:
+            return
+        if rows[0][0] != version + 1 and not self._gap_logged:
+            self._gap_logged = True
+            log.error("store %s: definition changes %d to %d are no longer in the log (this node was away longer "
+                      "than %d s): its definitions may differ from the other nodes' until it is restarted",
+                      self.store.where, version + 1, rows[0][0] - 1, CHANGES_KEPT)
+        changes = [DefinitionChange(number, node, what, decode_args(args))
+                   for number, node, what, args in rows if node != self.store.node]
+        with self._lock:
+            self._version = rows[-1][0]
+        if changes:
+            apply(changes)
