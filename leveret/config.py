@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -171,6 +170,8 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
 
 
 def _read_file(path: str) -> dict[str, tuple[Any, str]]:
+    import tomllib  # here, not at the top: ~1 MiB and a few ms at every start that reads no file
+
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)
