@@ -393,7 +393,7 @@ class App(Sending):
 
     async def _multicast(self, requests: list[Request]) -> Group:
         """All published at once (one batch of the fast path), their confirms awaited together (pipelined)."""
-        return Group(list(await asyncio.gather(*(self._fast_async(r.task, self._build(r.task, r.payload))
+        return Group(list(await asyncio.gather(*(self._fast_async(r.task, self.build_message(r.task, r.payload))
                                                  for r in requests))))
 
     # --- dead letters -----------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class Pipeline:
             self.sent += 1
             self.confirmed += 1
             return handle
-        built = app._build(task, payload, **options)
+        built = app.build_message(task, payload, **options)
         self._wait_below(self.window)
         with self._cond:
             if self._in_flight == 0:
@@ -100,7 +100,7 @@ class Pipeline:
                 self._cond.notify_all()
 
         try:
-            app._submit_built(task, built, done)
+            app.submit_built(task, built, done)
         except BaseException:
             with self._cond:
                 self._in_flight -= 1

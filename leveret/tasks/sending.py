@@ -54,7 +54,7 @@ class Sending:
         async def declare_queue(self, session: Session, queue: str) -> None: ...
         async def _declare_wait(self, session: Session, queue: str, ms: int) -> None: ...
 
-    def _build(self, task: Task[Any, Any], payload: dict[str, Any], delay: float | None = None,
+    def build_message(self, task: Task[Any, Any], payload: dict[str, Any], delay: float | None = None,
                eta: datetime | None = None, priority: int | None = None, task_id: str | None = None,
                metadata: dict[str, Any] | None = None) -> tuple[str, bytes, dict[str, Any], float]:
         """The task id, body, AMQP properties (pamqp names) and delay of a task message (docs/tasks.md)."""
@@ -88,11 +88,11 @@ class Sending:
             task_id, message = self._outbox_message(task, payload, **options)
             self.outbox.send(**message)
             return Handle(self.as_app(), task_id, task.name)
-        built = self._build(task, payload, **options)
+        built = self.build_message(task, payload, **options)
         if built[3] > 0:  # delayed: the old path (wait queues, the delayed exchange)
             return self._link.run_sync(self._publish_built(task, built, None), self.send_timeout + 5)
         waiter = Waiter()
-        self._submit_built(task, built, waiter.set)
+        self.submit_built(task, built, waiter.set)
         if not waiter.wait(self.send_timeout + 1):  # the slow path reports its own timeout at send_timeout
             raise BrokerUnavailable(f"task {task.name} ({built[0]}) not confirmed by the broker at {self.url} "
                                     f"within {self.send_timeout:g} s")
@@ -101,7 +101,7 @@ class Sending:
         handle: Handle[R] = waiter.value
         return handle
 
-    def _submit_built(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
+    def submit_built(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
                       notify: Callable[[Any, BaseException | None], None]) -> None:
         """Hand a built, undelayed task message to the fast path from a thread other than the App's loop;
         ``notify(handle, None)`` or ``notify(None, error)`` runs on the App's loop when the broker answers."""
@@ -118,7 +118,7 @@ class Sending:
 
     def _outgoing(self, task: Task[Any, Any], built: tuple[str, bytes, dict[str, Any], float],
                   notify: Callable[[Any, BaseException | None], None]) -> Outgoing:
-        """A built task message (``_build``) with its properties encoded, ready for the fast path."""
+        """A built task message (``build_message``) with its properties encoded, ready for the fast path."""
         task_id, body, props, _ = built
         wire = dict(props)
         wire["type"] = wire.pop("message_type")
@@ -177,7 +177,7 @@ class Sending:
             assert outbox is not None
             await outbox.send_async(**message)
             return Handle(self.as_app(), task_id, task.name)
-        built = self._build(task, payload, **options)
+        built = self.build_message(task, payload, **options)
         if built[3] > 0:
             return await self._link.run_async(self._publish_built(task, built, None))
         return await self._fast_async(task, built)
@@ -216,7 +216,7 @@ class Sending:
                        **options: Any) -> Handle[R]:
         """Publish one task message and wait for its confirm (on the private loop). BrokerUnavailable when the
         broker is not reachable within send_timeout or the connection is lost before the confirm."""
-        return await self._publish_built(task, self._build(task, payload, **options), reply)
+        return await self._publish_built(task, self.build_message(task, payload, **options), reply)
 
     async def _publish_built(self, task: Task[Any, R], built: tuple[str, bytes, dict[str, Any], float],
                              reply: asyncio.Future[Any] | None) -> Handle[R]:
@@ -270,7 +270,7 @@ class Sending:
         (the worker declares them; a message that arrives first is parked by the forwarder and retried). A
         delayed task also carries its due time (``x-leveret-due``, ms since the epoch): the forwarder sets
         ``x-delay`` from it when it publishes, so the time the message waited in the outbox is not added."""
-        task_id, body, props, delay = self._build(task, payload, **options)
+        task_id, body, props, delay = self.build_message(task, payload, **options)
         exchange = ""
         if delay > 0:
             exchange = DELAYED_EXCHANGE
