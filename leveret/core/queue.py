@@ -132,8 +132,11 @@ class Queue(Paging):
         Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
         message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
         calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
-        if self.served_by is not None:  # another node's queue: refused (routing between nodes is not built)
-            return False
+        if self.served_by is not None:  # another node's queue: handed over through the store (core/shared.py)
+            if self.durability is None:
+                return False
+            self.durability.hand_over(self, msg)
+            return True
         if self.dedup is not None and not checked:
             return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:

@@ -26,6 +26,12 @@ Queue leases
     succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
     stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
     their next heartbeat.
+
+Hand-over rows (routing between nodes)
+    A node that routes a message to a queue another node owns writes it to ``handover`` in its group commit and
+    NOTIFYs ``handover <owner>`` (store/postgres_batch.py). The owner's link, on that notification and at each
+    heartbeat (the safety net: a notification sent to a node that no longer owns the queue, or lost), hands the
+    queues it owns that have rows waiting to the ``handed`` callback (:meth:`ClusterLink.watch_handed`).
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ class ClusterLink:
         self._delay = 0.5
         self._gap_logged = False
         self._taken: Callable[[list[tuple[str, str]]], None] | None = None
+        self._handed: Callable[[list[tuple[str, str]]], None] | None = None
         self._lost: Callable[[], None] | None = None
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
         self._fenced = False
@@ -190,6 +197,14 @@ class ClusterLink:
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         with self._lock:
             self._taken, self._lost = taken, lost
+
+    def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
+        """``handed(queues)`` when hand-over rows wait for queues this node owns: on a ``handover <this node>``
+        notification (sent by the writing node's commit) and at each heartbeat (the safety check)."""
+        with self._lock:
+            self._handed = handed
+            self._wake = True
+        self._notify()
 
     def close(self) -> None:
         self._stop.set()
@@ -241,21 +256,27 @@ class ClusterLink:
                     if conn is None:
                         continue
                     self._catch_up(conn)
+                    self._check_handed(conn)
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.interval
                     self._beat(conn)
                     self._check_version(conn)
+                    self._check_handed(conn)
                 with self._lock:
                     wake, self._wake = self._wake, False
                 if wake:
                     self._catch_up(conn)
-                got = False
-                for _ in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()), stop_after=1):
-                    got = True
-                if got and not self._stop.is_set():
-                    self._drain(conn)
-                    self._catch_up(conn)
-                    self._read_nodes(conn)
+                    self._check_handed(conn)
+                payloads = [n.payload for n in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()),
+                                                             stop_after=1)]
+                if payloads and not self._stop.is_set():
+                    payloads += self._drain(conn)
+                    mine = "handover " + self.store.node
+                    if any(not p.startswith("handover ") for p in payloads):
+                        self._catch_up(conn)
+                        self._read_nodes(conn)
+                    if mine in payloads:
+                        self._check_handed(conn)
             except schema.psycopg.Error as exc:
                 if not self._stop.is_set():
                     log.error("store %s: the cluster link lost PostgreSQL: %s", self.store.where, schema.reason(exc))
@@ -266,10 +287,20 @@ class ClusterLink:
                 log.exception("store %s: cluster link error", self.store.where)
                 self._stop.wait(1.0)
 
-    def _drain(self, conn: Any) -> None:
-        """Take the notifications already queued (one catch-up covers them all)."""
-        for _ in conn.notifies(timeout=0, stop_after=1000):
-            pass
+    def _drain(self, conn: Any) -> list[str]:
+        """Take the notifications already queued (one catch-up covers them all); their payloads."""
+        return [n.payload for n in conn.notifies(timeout=0, stop_after=1000)]
+
+    def _check_handed(self, conn: Any) -> None:
+        """Hand the queues this node owns that have hand-over rows waiting to the ``handed`` callback."""
+        with self._lock:
+            handed = self._handed
+        if handed is None or self._fenced:
+            return
+        rows = conn.execute("SELECT DISTINCT h.vhost, h.queue FROM handover h JOIN queues q ON q.vhost = h.vhost"
+                            " AND q.name = h.queue WHERE q.owner = %s", (self.store.node,)).fetchall()
+        if rows:
+            handed([(schema.text_out(vhost), schema.text_out(name)) for vhost, name in rows])
 
     def _reconnect(self) -> Any:
         if self._stop.wait(self._delay):

@@ -34,6 +34,11 @@ Shared definitions (schema 3; store/postgres_cluster.py)
     its row in the same transaction, numbered by ``meta.definitions_version`` (an UPDATE, whose row lock orders
     the writers: versions commit in order), and NOTIFYs the schema's channel (:func:`channel`).
 
+Routing between nodes (schema 4; docs/cluster.md)
+    ``handover`` holds messages routed on one node to a durable queue another node owns (id from the writing
+    node's block, vhost, queue, node that wrote it, exchange, routing_key, header, body), indexed on (vhost,
+    queue, id). The owner deletes the rows it takes in the transaction that stores their messages in ``messages``.
+
 Refusals (:class:`StoreError`)
     A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
     already in use by another node (without ``cluster``) or by a node of the same name, a database that cannot be
@@ -142,8 +147,20 @@ _V3 = (
     "ALTER TABLE nodes ADD COLUMN stopped_at DOUBLE PRECISION",
 )
 
+# 4: routing between nodes (docs/cluster.md): the hand-over rows of messages routed on one node to a durable queue
+# another node owns, taken by the owner in id order.
+_V4 = (
+    """CREATE TABLE handover (
+        id BIGINT PRIMARY KEY,
+        vhost TEXT NOT NULL, queue TEXT NOT NULL, node TEXT NOT NULL,
+        exchange TEXT NOT NULL, routing_key TEXT NOT NULL,
+        header BYTEA NOT NULL, body BYTEA NOT NULL)""",
+    "ALTER TABLE handover ALTER COLUMN body SET STORAGE EXTERNAL",
+    "CREATE INDEX handover_queue ON handover (vhost, queue, id)",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
