@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from leveret.core.message import PAGED
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
@@ -153,8 +154,11 @@ class Durability:
     def hand_over(self, queue: Queue, msg: Message) -> None:
         """Several nodes: ``msg`` goes to ``queue``, which another node owns (core/shared.py), through a hand-over
         row written with this batch (its confirm follows the commit, as for a local persistent message)."""
+        body = msg.body
+        if body is PAGED:  # a stored message moved on (dead-lettered) whose body is paged out: read it back
+            body = self.load_body(msg.store_id) or b""
         self.ops.append(HandOver(self.new_id(), queue.vhost.name, queue.name, queue.served_by or "", msg.exchange,
-                                 msg.routing_key, msg.header, msg.body))
+                                 msg.routing_key, msg.header, body))
 
     def take_handed(self, ids: list[int]) -> None:
         """Several nodes: the hand-over rows ``ids`` were taken into their queue (with this batch's pushes)."""
