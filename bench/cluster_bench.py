@@ -2,7 +2,7 @@
 reach the other node, how long the other node takes to serve a queue after its owner is killed (kill -9) or
 stopped, and routing between nodes: the latency from a publish on node a to its delivery on node b (the queue is
 b's: the message is handed over through the store), and the rate of persistent pubsub with confirms through two
-nodes (publisher on a, queue and consumer on b) against one (everything on b).
+nodes (publisher on a, queue and consumer on b) against one (everything on b), with bench/amqpbench.c's ``-N``.
 
 Usage: python bench/cluster_bench.py [NODE_LEASE]   (default 15 s, the setting's default; ROUTING_ONLY=1: the
 routing figures only). Needs the PostgreSQL of scripts/postgres.sh (started if not running); uses a schema of its
@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import pika
@@ -168,54 +167,22 @@ def latency(base: str, lease: str, count: int = 500) -> tuple[list[float], list[
         return asyncio.run(run(port_a, port_b))
 
 
-def pubsub(base: str, lease: str, count: int = 20000, window: int = 1000, size: int = 16) -> tuple[float, float]:
-    """Persistent pubsub with confirms (at most ``window`` unconfirmed, consumer acking): msg/s through two nodes
-    (publisher on a, the queue and its consumer on b) and through one (all on b)."""
-    async def run(publish_port: int, consume_port: int, queue_name: str) -> float:
-        consumer = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{consume_port}/")
-        channel = await consumer.channel()
-        await channel.set_qos(prefetch_count=1000)
-        queue = await channel.declare_queue(queue_name, durable=True, passive=True)
-        done = asyncio.get_running_loop().create_future()
-        got = 0
+def pubsub(base: str, lease: str, count: int = 50000, rounds: int = 3) -> tuple[list[float], list[float]]:
+    """Persistent pubsub 16 B with confirms, amqpbench (bench/amqpbench.c: window 1000, prefetch 1000, acks every
+    100), the queue declared on node b and consumed there: e2e msg/s of each round with the publisher on node a
+    (every message handed over) and on node b (one node), alternating."""
+    from compare import build_amqpbench, parse  # bench/compare.py
 
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal got
-            await message.ack()
-            got += 1
-            if got == count and not done.done():
-                done.set_result(None)
-
-        await queue.consume(on_message)
-        publisher = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{publish_port}/")
-        pub = await publisher.channel(publisher_confirms=True)
-        body = b"x" * size
-        started = time.perf_counter()
-        pending: set[asyncio.Future[Any]] = set()
-        for _ in range(count):
-            pending.add(asyncio.ensure_future(pub.default_exchange.publish(aio_pika.Message(body, delivery_mode=2),
-                                                                         queue_name)))
-            if len(pending) >= window:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for future in finished:
-                    future.result()
-        if pending:
-            await asyncio.gather(*pending)
-        await asyncio.wait_for(done, 120)
-        elapsed = time.perf_counter() - started
-        await publisher.close()
-        await consumer.close()
-        return count / elapsed
-
+    tool = str(build_amqpbench())
+    two, one = [], []
     with two_nodes(base, lease) as (_, port_a, port_b):
-        conn_b = connect(port_b)
-        for name in ("through-two", "on-one"):
-            conn_b.channel().queue_declare(name, durable=True)  # b's queues
-        conn_a = connect(port_a)
-        until(lambda: known(conn_a, "through-two"))
-        two = asyncio.run(run(port_a, port_b, "through-two"))
-        one = asyncio.run(run(port_b, port_b, "on-one"))
-        return two, one
+        for _ in range(rounds):
+            for extra, into in ((["-N", str(port_a)], two), ([], one)):
+                line = subprocess.run([tool, "-p", str(port_b), *extra, "-s", "pubsub", "-m", "persistent",
+                                       "-n", str(count), "-S", "16"], capture_output=True, text=True, check=True,
+                                      timeout=600).stdout
+                into.append(float(parse(line)["e2e_rate"]))
+    return two, one
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -233,8 +200,10 @@ def main() -> None:
         print(f"{label}, {len(times)} persistent messages one at a time: p50 {percentile(times, 0.5) * 1000:.1f} ms,"
               f" p99 {percentile(times, 0.99) * 1000:.1f} ms")
     two, one = pubsub(base, lease)
-    print(f"persistent pubsub 16 B with confirms (window 1000): through two nodes {two:,.0f} msg/s, on one node "
-          f"{one:,.0f} msg/s ({two / one:.2f}x)")
+    print(f"persistent pubsub 16 B with confirms, amqpbench, {len(two)} rounds, median e2e: publisher on node a "
+          f"(handed over to b) {statistics.median(two):,.0f} msg/s, publisher on node b (one node) "
+          f"{statistics.median(one):,.0f} msg/s ({statistics.median(two) / statistics.median(one):.2f}x); rounds "
+          f"{[round(r) for r in two]} / {[round(r) for r in one]}")
     if os.environ.get("ROUTING_ONLY"):
         return
     times = propagation(base, lease)

@@ -356,6 +356,10 @@ class ClusterLink:
                          " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
                          (store.node, socket.gethostname(), os.getpid()))
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
+        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
+        # will take them (a queue of that name declared later must not get them)
+        conn.execute("DELETE FROM handover h WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.vhost = h.vhost"
+                     " AND q.name = h.queue)")
         self._read_nodes(conn)
 
     def _read_nodes(self, conn: Any) -> None:
