@@ -232,7 +232,8 @@ class PostgresStore(WriterStore):
         statements = [(f"DELETE FROM {table} WHERE vhost = %s", (name,))
                       for table in ("permissions", "bindings", "exchanges", "queues", "policies")]
         statements += [(f"DELETE FROM {table} WHERE vhost = %s", (text_in(name),))  # NUL-safe names (text_in)
-                       for table in ("messages", "task_status", "dedup", "handover")]
+                       for table in ("messages", "task_status", "dedup")]
+        statements.append(("DELETE FROM handover WHERE vhost = %s", (name,)))
         statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
                        ("DELETE FROM vhosts WHERE name = %s", (name,))]
         self._define("delete_vhost", (name,), statements)
@@ -314,7 +315,7 @@ class PostgresStore(WriterStore):
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
-            ("DELETE FROM handover WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
+            ("DELETE FROM handover WHERE vhost = %s AND queue = %s", (vhost, name)),
             ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name)),
             postgres_dedup.delete_owner(vhost, "queue", name)])
 
@@ -472,7 +473,7 @@ class PostgresStore(WriterStore):
         """A page of the hand-over rows waiting for ``queue`` (id order), those of ``skip`` left out."""
         if self._link is None:
             return []
-        params = (text_in(vhost), text_in(queue), list(skip), limit)
+        params = (vhost, queue, list(skip), limit)  # the names as in ``queues`` (postgres_batch.py)
 
         def page(conn: Any) -> list[Any]:
             return conn.execute(  # type: ignore[no-any-return]

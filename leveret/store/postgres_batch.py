@@ -222,12 +222,13 @@ class Batch:
 
     def _hand_over(self, conn: Any) -> None:
         """Messages for queues other nodes own: one binary COPY into ``handover``, then one NOTIFY per owner (sent
-        at COMMIT; the owner's ClusterLink takes it as its cue to read them: store/postgres_cluster.py)."""
+        at COMMIT; the owner's ClusterLink takes it as its cue to read them: store/postgres_cluster.py). The vhost
+        and queue names go in as they are in ``queues`` (a durable queue's name holds no NUL)."""
         with conn.cursor() as cursor, cursor.copy(COPY_HANDOVER) as copy:
             copy.set_types(COPY_HANDOVER_TYPES)
             node = self.store.node
             for h in self.handed:
-                copy.write_row((h.id, text_in(h.vhost), text_in(h.queue), node, text_in(h.exchange),
+                copy.write_row((h.id, h.vhost, h.queue, node, text_in(h.exchange),
                                 text_in(h.routing_key), h.header, h.body))
         for owner in dict.fromkeys(h.owner for h in self.handed):
             conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "handover " + owner))

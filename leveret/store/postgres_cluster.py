@@ -300,7 +300,7 @@ class ClusterLink:
         rows = conn.execute("SELECT DISTINCT h.vhost, h.queue FROM handover h JOIN queues q ON q.vhost = h.vhost"
                             " AND q.name = h.queue WHERE q.owner = %s", (self.store.node,)).fetchall()
         if rows:
-            handed([(schema.text_out(vhost), schema.text_out(name)) for vhost, name in rows])
+            handed([(vhost, name) for vhost, name in rows])
 
     def _reconnect(self) -> Any:
         if self._stop.wait(self._delay):

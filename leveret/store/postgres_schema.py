@@ -21,8 +21,8 @@ Nodes (docs/cluster.md)
     without ``cluster`` an exclusive one on the schema (``LOCK_CLASS``, hashtext(schema)), so a second node is
     refused; with ``cluster`` a shared one on the same key (so a node without ``cluster`` and the nodes of a
     cluster refuse each other) and an exclusive one on the node's name (``hashtext('leveret node ' || schema)``,
-    hashtext(name)), so two nodes of one name are refused. ``queues`` has ``owner`` / ``lease_until`` columns,
-    unused yet.
+    hashtext(name)), so two nodes of one name are refused. ``queues`` has ``owner`` / ``lease_until`` columns
+    (the queue leases: postgres_cluster.py).
 
 Message ids (schema 3)
     The sequence ``message_ids`` counts in blocks of ``ID_BLOCK``: each ``nextval`` hands a node the ids

@@ -686,3 +686,24 @@ def test_rows_handed_to_a_dead_owner_go_to_the_node_that_takes_its_queue_over(
     assert got == [(b"before-%d" % i, False) for i in range(5)] + [(b"after-%d" % i, False) for i in range(50)]
     assert handover_rows(postgres_url, postgres_store_url) == 0
     conn_b.close()
+
+
+def test_a_message_dead_lettered_to_a_queue_of_another_node_is_handed_over(cluster: list[ClusterNode]) -> None:
+    """Dead-lettering goes through the same routing: a message rejected on node-a whose dead-letter queue node-b
+    owns reaches node-b's queue once."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_b.queue_declare("dead", durable=True)
+    wait_for(lambda: exists(conn_a, "queue", "dead"))
+    ch_a.queue_declare("live", durable=True, arguments={"x-dead-letter-exchange": "",
+                                                        "x-dead-letter-routing-key": "dead"})
+    ch_a.confirm_delivery()
+    ch_a.basic_publish("", "live", b"bad", PERSISTENT)
+    method, _, body = ch_a.basic_get("live")
+    assert body == b"bad"
+    ch_a.basic_reject(method.delivery_tag, requeue=False)
+    wait_for(lambda: b.http.get("/api/queues/%2F/dead")["messages"] == 1, message="dead-lettered to node-b")
+    assert [body for body, _ in drain(ch_b, "dead")] == [b"bad"]
+    conn_a.close()
+    conn_b.close()
