@@ -707,3 +707,40 @@ def test_a_message_dead_lettered_to_a_queue_of_another_node_is_handed_over(clust
     assert [body for body, _ in drain(ch_b, "dead")] == [b"bad"]
     conn_a.close()
     conn_b.close()
+
+
+def test_killing_the_owner_while_it_takes_hand_over_rows_loses_and_duplicates_nothing(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """node-b publishes with confirms, without pause, to a queue of node-a, which takes the rows as they come; node-a
+    is killed -9 in the middle, node-b goes on publishing (rows wait), then takes the queue over: every confirmed
+    message is there exactly once, in publish order."""
+    a, b = cluster
+    conn_a = a.connect()
+    conn_a.channel().queue_declare("stream", durable=True)
+    conn_b = b.connect()
+    wait_for(lambda: exists(conn_b, "queue", "stream"))
+    total = 600
+    confirmed: list[int] = []
+
+    def publish() -> None:
+        conn = b.connect()
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in range(total):
+            ch.basic_publish("", "stream", b"s-%d" % i, PERSISTENT)
+            confirmed.append(i)
+        conn.close()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    wait_for(lambda: len(confirmed) >= total // 2, timeout=30, message="half published")
+    a.kill()  # while it takes rows: some are in its queue (stored), the rest wait
+    publisher.join(60)
+    assert len(confirmed) == total
+
+    wait_for(lambda: b.http.get("/api/queues/%2F/stream")["messages"] == total, timeout=30,
+             message="node-b took the queue over with every message")
+    got = drain(conn_b.channel(), "stream")
+    assert [body for body, _ in got] == [b"s-%d" % i for i in range(total)]
+    assert handover_rows(postgres_url, postgres_store_url) == 0
+    conn_b.close()
