@@ -168,6 +168,10 @@ class Durability:
         """Several nodes: a page of the hand-over rows waiting for a queue this node owns (id order)."""
         return self.store.load_handed(vhost, queue, skip, limit)
 
+    def advertise(self, amqp: str) -> None:
+        """Several nodes: where this node listens for AMQP (``host:port``), for the other nodes' refusals."""
+        self.store.advertise(amqp)
+
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """``handed(queues)`` on the broker's thread when hand-over rows wait for these queues (Store.watch_handed)."""
         self.store.watch_handed(lambda queues: self.dispatch(handed, queues))

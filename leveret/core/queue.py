@@ -438,10 +438,15 @@ class Queue(Paging):
         return msg
 
     def refuse_remote(self) -> None:
-        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md)."""
+        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md); the refusal says
+        where that node listens for AMQP when it is known."""
+        durability = self.durability
+        nodes = (durability.nodes() if durability is not None else None) or []
+        amqp = next((node.amqp for node in nodes if node.name == self.served_by and node.running), None)
+        where = f" (AMQP at {amqp})" if amqp else ""
         raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost.name}' is served by node "
-                             f"'{self.served_by}': consume from it there (consuming through another node is not "
-                             "built yet)")
+                             f"'{self.served_by}'{where}: consume from it there (consuming through another node is "
+                             "not built yet)")
 
     def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):

@@ -254,6 +254,7 @@ class NodeRecord:
     started_at: float
     seen_at: float
     running: bool
+    amqp: str | None = None  # where it listens for AMQP (host:port), once it does
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,10 @@ class Store(abc.ABC):
         """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
         load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
         them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        return None
+
+    def advertise(self, amqp: str) -> None:
+        """Several nodes: record where this node listens for AMQP (``host:port``: NodeRecord.amqp)."""
         return None
 
     def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:

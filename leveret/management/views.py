@@ -128,8 +128,8 @@ def cluster_node_info(record: NodeRecord, now: float) -> dict[str, Any]:
     since the epoch."""
     uptime = int(max(0.0, now - record.started_at) * 1000) if record.running else 0
     return {"name": record.name, "type": "disc", "running": record.running, "os_pid": str(record.pid),
-            "host": record.host, "started_at": record.started_at, "seen_at": record.seen_at, "uptime": uptime,
-            "partitions": [], "being_drained": False}
+            "host": record.host, "amqp": record.amqp, "started_at": record.started_at, "seen_at": record.seen_at,
+            "uptime": uptime, "partitions": [], "being_drained": False}
 
 
 def nodes_info(broker: Broker, own: dict[str, Any], now: float) -> list[dict[str, Any]]:

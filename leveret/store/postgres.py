@@ -483,6 +483,11 @@ class PostgresStore(WriterStore):
         return [StoredMessage(i, vhost, queue, 0, text_out(exchange), text_out(routing_key), bytes(header),
                               bytes(body), False) for i, exchange, routing_key, header, body in self._read(page)]
 
+    def advertise(self, amqp: str) -> None:
+        """Record where this node listens for AMQP in its row of ``nodes`` (the link's thread writes it)."""
+        if self._link is not None:
+            self._link.advertise(amqp)
+
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """From now on, ``handed(queues)`` (on the link's thread) when hand-over rows wait for queues this node
         owns (see ClusterLink)."""

@@ -159,6 +159,7 @@ class ClusterLink:
         self._gap_logged = False
         self._taken: Callable[[list[tuple[str, str]]], None] | None = None
         self._handed: Callable[[list[tuple[str, str]]], None] | None = None
+        self._amqp: str | None = None  # where this node listens for AMQP, to be written to its row (advertise)
         self._lost: Callable[[], None] | None = None
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
         self._fenced = False
@@ -197,6 +198,13 @@ class ClusterLink:
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         with self._lock:
             self._taken, self._lost = taken, lost
+
+    def advertise(self, amqp: str) -> None:
+        """Write ``amqp`` (host:port) to this node's row, on the link's thread, and tell the others."""
+        with self._lock:
+            self._amqp = amqp
+            self._wake = True
+        self._notify()
 
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """``handed(queues)`` when hand-over rows wait for queues this node owns: on a ``handover <this node>``
@@ -267,6 +275,7 @@ class ClusterLink:
                 if wake:
                     self._catch_up(conn)
                     self._check_handed(conn)
+                    self._write_amqp(conn)
                 payloads = [n.payload for n in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()),
                                                              stop_after=1)]
                 if payloads and not self._stop.is_set():
@@ -290,6 +299,14 @@ class ClusterLink:
     def _drain(self, conn: Any) -> list[str]:
         """Take the notifications already queued (one catch-up covers them all); their payloads."""
         return [n.payload for n in conn.notifies(timeout=0, stop_after=1000)]
+
+    def _write_amqp(self, conn: Any) -> None:
+        with self._lock:
+            amqp, self._amqp = self._amqp, None
+        if amqp is not None:
+            conn.execute("UPDATE nodes SET amqp = %s WHERE name = %s", (amqp, self.store.node))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "node " + self.store.node))
+            self._read_nodes(conn)
 
     def _check_handed(self, conn: Any) -> None:
         """Hand the queues this node owns that have hand-over rows waiting to the ``handed`` callback."""
@@ -365,10 +382,10 @@ class ClusterLink:
     def _read_nodes(self, conn: Any) -> None:
         rows = conn.execute(
             "SELECT name, host, pid, started_at, seen_at, stopped_at IS NULL AND (seen_at > extract(epoch FROM"
-            " clock_timestamp()) - %s OR name = %s) FROM nodes ORDER BY name",
+            " clock_timestamp()) - %s OR name = %s), amqp FROM nodes ORDER BY name",
             (self.store.node_lease, self.store.node)).fetchall()
-        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running)
-                 for name, host, pid, started_at, seen_at, running in rows]
+        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running, amqp)
+                 for name, host, pid, started_at, seen_at, running, amqp in rows]
         with self._lock:
             self._nodes = nodes
 

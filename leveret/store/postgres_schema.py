@@ -157,6 +157,7 @@ _V4 = (
         header BYTEA NOT NULL, body BYTEA NOT NULL)""",
     "ALTER TABLE handover ALTER COLUMN body SET STORAGE EXTERNAL",
     "CREATE INDEX handover_queue ON handover (vhost, queue, id)",
+    "ALTER TABLE nodes ADD COLUMN amqp TEXT",  # where a node listens for AMQP (host:port), told to clients
 )
 
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.

@@ -358,8 +358,9 @@ def refused(fn: Any) -> str:
 
 def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None:
     """A durable queue is its declaring node's: another node knows it (a passive declare succeeds) but never
-    delivers its messages: consume, get and purge are refused naming the owner; a publish to it is confirmed and
-    handed over to the owner through the store. So no message is ever delivered by two nodes."""
+    delivers its messages: consume, get and purge are refused naming the owner and where it listens for AMQP; a
+    publish to it is confirmed and handed over to the owner through the store. So no message is ever delivered by
+    two nodes."""
     a, b = cluster
     conn_a = a.connect()
     ch_a = conn_a.channel()
@@ -370,9 +371,11 @@ def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None
 
     conn_b = b.connect()
     wait_for(lambda: exists(conn_b, "queue", "jobs"))
+    address = f"127.0.0.1:{a.port}"  # where node-a listens, as the nodes table says (it tells clients)
+    wait_for(lambda: {n["name"]: n.get("amqp") for n in b.http.get("/api/nodes")}.get("node-a") == address)
     text = refused(lambda: conn_b.channel().basic_consume("jobs", lambda *args: None))
-    assert text == ("RESOURCE_LOCKED - queue 'jobs' in vhost '/' is served by node 'node-a': consume from it there "
-                    "(consuming through another node is not built yet)")
+    assert text == (f"RESOURCE_LOCKED - queue 'jobs' in vhost '/' is served by node 'node-a' (AMQP at {address}): "
+                    "consume from it there (consuming through another node is not built yet)")
     refused(lambda: conn_b.channel().basic_get("jobs"))
     refused(lambda: conn_b.channel().queue_purge("jobs"))
     ch_b = conn_b.channel()
