@@ -747,3 +747,23 @@ def test_killing_the_owner_while_it_takes_hand_over_rows_loses_and_duplicates_no
     assert [body for body, _ in got] == [b"s-%d" % i for i in range(total)]
     assert handover_rows(postgres_url, postgres_store_url) == 0
     conn_b.close()
+
+
+def test_a_transaction_through_another_node_is_handed_over_at_commit(cluster: list[ClusterNode]) -> None:
+    """tx.select on node-b, publishes to a queue of node-a: nothing reaches node-a before tx.commit, everything
+    after (tx.commit-ok follows the commit that wrote the hand-over rows)."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    conn_a.channel().queue_declare("ledger", durable=True)
+    wait_for(lambda: exists(conn_b, "queue", "ledger"))
+    ch_b = conn_b.channel()
+    ch_b.tx_select()
+    for i in range(3):
+        ch_b.basic_publish("", "ledger", b"t-%d" % i, PERSISTENT)
+    ch_b.basic_qos(prefetch_count=1)  # a round trip: node-b has read the publishes, held until the commit
+    assert a.http.get("/api/queues/%2F/ledger")["messages"] == 0
+    ch_b.tx_commit()
+    wait_for(lambda: a.http.get("/api/queues/%2F/ledger")["messages"] == 3, message="the committed publishes")
+    assert [body for body, _ in drain(conn_a.channel(), "ledger")] == [b"t-0", b"t-1", b"t-2"]
+    conn_a.close()
+    conn_b.close()
