@@ -1,13 +1,17 @@
 """Two Leveret nodes on one PostgreSQL schema (``cluster = true``, docs/cluster.md): how long a definition takes to
-reach the other node, and how long the other node takes to serve a queue after its owner is killed (kill -9) or
-stopped.
+reach the other node, how long the other node takes to serve a queue after its owner is killed (kill -9) or
+stopped, and routing between nodes: the latency from a publish on node a to its delivery on node b (the queue is
+b's: the message is handed over through the store), and the rate of persistent pubsub with confirms through two
+nodes (publisher on a, queue and consumer on b) against one (everything on b), with bench/amqpbench.c's ``-N``.
 
-Usage: python bench/cluster_bench.py [NODE_LEASE]   (default 15 s, the setting's default). Needs the PostgreSQL of
-scripts/postgres.sh (started if not running); uses a schema of its own, dropped at the end.
+Usage: python bench/cluster_bench.py [NODE_LEASE]   (default 15 s, the setting's default; ROUTING_ONLY=1: the
+routing figures only). Needs the PostgreSQL of scripts/postgres.sh (started if not running); uses a schema of its
+own, dropped at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -20,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
 import pika
 import pika.exceptions
 import psycopg
@@ -122,10 +127,85 @@ def propagation(base: str, lease: str, count: int = 50) -> list[float]:
         return times
 
 
+def latency(base: str, lease: str, count: int = 500) -> tuple[list[float], list[float]]:
+    """Publish with confirms, one at a time, to a queue node b owns; a consumer on b records each delivery: (through
+    node a, on node b itself), in seconds from the publish to the delivery."""
+    async def run(port_a: int, port_b: int) -> tuple[list[float], list[float]]:
+        consumer = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{port_b}/")
+        channel = await consumer.channel()
+        queue = await channel.declare_queue("lat", durable=True)
+        arrived: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            arrived.put_nowait((time.perf_counter(), message.body))
+            await message.ack()
+
+        await queue.consume(on_message)
+        results = []
+        for port in (port_a, port_b):
+            publisher = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{port}/")
+            pub = await publisher.channel(publisher_confirms=True)
+            with contextlib.suppress(Exception):
+                await pub.declare_queue("lat", durable=True, passive=True)
+            times = []
+            for i in range(count):
+                started = time.perf_counter()
+                await pub.default_exchange.publish(aio_pika.Message(b"%d" % i, delivery_mode=2), "lat")
+                at, body = await asyncio.wait_for(arrived.get(), 30)
+                assert body == b"%d" % i
+                times.append(at - started)
+            await publisher.close()
+            results.append(times)
+        await consumer.close()
+        return results[0], results[1]
+
+    with two_nodes(base, lease) as (_, port_a, port_b):
+        conn_a = connect(port_a)
+        conn_b = connect(port_b)
+        conn_b.channel().queue_declare("lat", durable=True)  # b's queue
+        until(lambda: known(conn_a, "lat"))
+        return asyncio.run(run(port_a, port_b))
+
+
+def pubsub(base: str, lease: str, count: int = 50000, rounds: int = 3) -> tuple[list[float], list[float]]:
+    """Persistent pubsub 16 B with confirms, amqpbench (bench/amqpbench.c: window 1000, prefetch 1000, acks every
+    100), the queue declared on node b and consumed there: e2e msg/s of each round with the publisher on node a
+    (every message handed over) and on node b (one node), alternating."""
+    from compare import build_amqpbench, parse  # bench/compare.py
+
+    tool = str(build_amqpbench())
+    two, one = [], []
+    with two_nodes(base, lease) as (_, port_a, port_b):
+        for _ in range(rounds):
+            for extra, into in ((["-N", str(port_a)], two), ([], one)):
+                line = subprocess.run([tool, "-p", str(port_b), *extra, "-s", "pubsub", "-m", "persistent",
+                                       "-n", str(count), "-S", "16"], capture_output=True, text=True, check=True,
+                                      timeout=600).stdout
+                into.append(float(parse(line)["e2e_rate"]))
+    return two, one
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 def main() -> None:
     lease = sys.argv[1] if len(sys.argv) > 1 else "15"
     base = subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "start"], capture_output=True, text=True,
                           check=True).stdout.strip().rpartition(" ")[2]
+    through, local = latency(base, lease)
+    for label, times in (("publish on node a -> delivery on node b (handed over)", through),
+                         ("publish on node b -> delivery on node b (one node)", local)):
+        print(f"{label}, {len(times)} persistent messages one at a time: p50 {percentile(times, 0.5) * 1000:.1f} ms,"
+              f" p99 {percentile(times, 0.99) * 1000:.1f} ms")
+    two, one = pubsub(base, lease)
+    print(f"persistent pubsub 16 B with confirms, amqpbench, {len(two)} rounds, median e2e: publisher on node a "
+          f"(handed over to b) {statistics.median(two):,.0f} msg/s, publisher on node b (one node) "
+          f"{statistics.median(one):,.0f} msg/s ({statistics.median(two) / statistics.median(one):.2f}x); rounds "
+          f"{[round(r) for r in two]} / {[round(r) for r in one]}")
+    if os.environ.get("ROUTING_ONLY"):
+        return
     times = propagation(base, lease)
     print(f"queue.declare on node a -> passive declare answers on node b, {len(times)} queues: median "
           f"{statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -130,6 +131,8 @@ class Node:
             self.broker.memory.track_rss = False
         self.control = ControlServer(self)
         await self.control.start()
+        if self.broker.durability is not None and self.amqp.port:  # several nodes: where clients find this one
+            self.broker.durability.advertise(advertised_address(self.config.bind, self.amqp.port))
         self.stomp.log_listening()
         self.amqp.log_listening()  # last: tests/support/serverproc.py takes it as the sign that the broker is up
 
@@ -346,3 +349,10 @@ class ThreadedServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def advertised_address(bind: str, port: int) -> str:
+    """``host:port`` where clients reach this node (several nodes: told in another node's refusals): the bind
+    address, or the host's name when the node listens on every address."""
+    host = bind if bind not in ("", "0.0.0.0", "::") else socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

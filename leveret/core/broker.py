@@ -26,7 +26,7 @@ from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
 from .session import Session
-from .shared import apply_changes, take_over
+from .shared import HandedIn, apply_changes, take_over
 from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
@@ -82,7 +82,9 @@ class Broker(Users):
         self.on_lease_lost: Callable[[], None] | None = None  # set by the node: it stops (docs/cluster.md)
         if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
             self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
-            self.durability.watch_queues(lambda queues: take_over(self, queues), self._lease_lost)
+            handed = HandedIn(self)  # routing between nodes: hand-over rows for this node's queues
+            self.durability.watch_queues(lambda queues: take_over(self, queues, handed), self._lease_lost)
+            self.durability.watch_handed(handed.handed)
 
     # --- connections (for limits and forced closes) ------------------------------------------------
 

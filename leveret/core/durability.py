@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from leveret.core.message import PAGED
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import (
     BindingDef,
@@ -27,6 +28,7 @@ from leveret.core.storage import (
     Definitions,
     Delete,
     ExchangeDef,
+    HandOver,
     MessageOp,
     NodeRecord,
     PermissionDef,
@@ -41,6 +43,7 @@ from leveret.core.storage import (
     Store,
     StoredMessage,
     StoreError,
+    TakeHandOver,
     UserDef,
 )
 
@@ -147,6 +150,31 @@ class Durability:
     def push_to(self, store_id: int, vhost: str, queue: str, seq: int, msg: Message) -> None:
         """Store ``msg`` under ``store_id`` in a queue the core keeps itself (a delayed lane, core/delays.py)."""
         self.ops.append(Push(store_id, vhost, queue, seq, msg.exchange, msg.routing_key, msg.header, msg.body))
+
+    def hand_over(self, queue: Queue, msg: Message) -> None:
+        """Several nodes: ``msg`` goes to ``queue``, which another node owns (core/shared.py), through a hand-over
+        row written with this batch (its confirm follows the commit, as for a local persistent message)."""
+        body = msg.body
+        if body is PAGED:  # a stored message moved on (dead-lettered) whose body is paged out: read it back
+            body = self.load_body(msg.store_id) or b""
+        self.ops.append(HandOver(self.new_id(), queue.vhost.name, queue.name, queue.served_by or "", msg.exchange,
+                                 msg.routing_key, msg.header, body))
+
+    def take_handed(self, ids: list[int]) -> None:
+        """Several nodes: the hand-over rows ``ids`` were taken into their queue (with this batch's pushes)."""
+        self.ops.append(TakeHandOver(ids))
+
+    def read_handed(self, vhost: str, queue: str, skip: list[int], limit: int) -> list[StoredMessage]:
+        """Several nodes: a page of the hand-over rows waiting for a queue this node owns (id order)."""
+        return self.store.load_handed(vhost, queue, skip, limit)
+
+    def advertise(self, amqp: str) -> None:
+        """Several nodes: where this node listens for AMQP (``host:port``), for the other nodes' refusals."""
+        self.store.advertise(amqp)
+
+    def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
+        """``handed(queues)`` on the broker's thread when hand-over rows wait for these queues (Store.watch_handed)."""
+        self.store.watch_handed(lambda queues: self.dispatch(handed, queues))
 
     def delivered(self, msg: Message) -> None:
         """The message went to a consumer that must ack it: after a crash it comes back redelivered."""

@@ -132,8 +132,11 @@ class Queue(Paging):
         Returns False when the queue refused it (x-overflow reject-publish). With x-message-deduplication, a
         message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
         calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
-        if self.served_by is not None:  # another node's queue: refused (routing between nodes is not built)
-            return False
+        if self.served_by is not None:  # another node's queue: handed over through the store (core/shared.py)
+            if self.durability is None:
+                return False
+            self.durability.hand_over(self, msg)
+            return True
         if self.dedup is not None and not checked:
             return self.dedup.enqueue(self, msg)
         if self.lifecycle or msg.flags & 0x0100:
@@ -435,10 +438,15 @@ class Queue(Paging):
         return msg
 
     def refuse_remote(self) -> None:
-        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md)."""
+        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md); the refusal says
+        where that node listens for AMQP when it is known."""
+        durability = self.durability
+        nodes = (durability.nodes() if durability is not None else None) or []
+        amqp = next((node.amqp for node in nodes if node.name == self.served_by and node.running), None)
+        where = f" (AMQP at {amqp})" if amqp else ""
         raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost.name}' is served by node "
-                             f"'{self.served_by}': consume from it there (consuming through another node is not "
-                             "built yet)")
+                             f"'{self.served_by}'{where}: consume from it there (consuming through another node is "
+                             "not built yet)")
 
     def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):

@@ -13,6 +13,14 @@ declared is that node's (``Queue.served_by``): this node neither takes nor hands
 
 Queue ownership: :func:`take_over` is what this node does when it took the leases of queues whose owner's ran out
 (their stored messages are read in, as at start-up: core/recovery.py's ``recover_queue``).
+
+Routing between nodes: a message routed here to a durable queue another node owns is handed over through the
+store (``Queue.enqueue`` -> ``Durability.hand_over``: a row written in this node's group commit, so the publisher's
+confirm follows its COMMIT). :class:`HandedIn` is the owner's side: told that rows wait for a queue it owns, it
+reads a page of them (id order), puts each message into the queue through ``Queue.enqueue`` (its own seq, its
+deduplication, limits and consumers; a persistent message is pushed) and deletes the rows in the same commit
+(``Durability.take_handed``). One page per queue at a time, so a row is never taken twice by this node; a row
+another node took first fails the commit (the store checks), and a failed commit leaves the rows for the next look.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerError, NotFound
+from .message import Message, build_address
 from .recovery import recover_queue
-from .storage import BindingDef, DefinitionChange, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef
+from .storage import BindingDef, DefinitionChange, ExchangeDef, PermissionDef, PolicyDef, QueueDef, StoreError, UserDef
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .queue import Queue
     from .vhost import VHost
 
 log = logging.getLogger("leveret.broker")
@@ -168,9 +178,10 @@ HANDLERS: dict[str, Callable[..., Any]] = {
 # --- queue ownership (several nodes, docs/cluster.md) -----------------------------------------------------------
 
 
-def take_over(broker: Broker, queues: list[tuple[str, str]]) -> None:
+def take_over(broker: Broker, queues: list[tuple[str, str]], handed: HandedIn | None = None) -> None:
     """This node took the leases of ``queues`` (their owner's ran out): it serves them from now on, starting from
-    their stored messages (those that were delivered come back redelivered)."""
+    their stored messages (those that were delivered come back redelivered), then the hand-over rows waiting for
+    them (``handed``), before any message published here after the takeover."""
     for vhost_name, name in queues:
         vhost = broker.vhosts.get(vhost_name)
         queue = vhost.queues.get(name) if vhost is not None else None
@@ -181,3 +192,58 @@ def take_over(broker: Broker, queues: list[tuple[str, str]]) -> None:
         count = recover_queue(queue)
         log.info("queue '%s' in vhost '%s': %d messages recovered", name, vhost_name, count)
         queue.touch()  # x-expires counts from now
+        if handed is not None:
+            handed.take(queue)
+
+
+# --- routing between nodes: the owner's side of a hand-over (docs/cluster.md) ----------------------------------
+
+HANDED_PAGE = 512  # hand-over rows read and taken in one commit
+
+
+class HandedIn:
+    """Takes the hand-over rows other nodes wrote for the queues this node owns (see the module docstring)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.taking: dict[Queue, bool] = {}  # queues with a take in flight -> look again once it committed
+
+    def handed(self, queues: list[tuple[str, str]]) -> None:
+        """Rows wait for ``queues`` (the store's link: a notification of the writing node, or its heartbeat)."""
+        for vhost_name, name in queues:
+            vhost = self.broker.vhosts.get(vhost_name)
+            queue = vhost.queues.get(name) if vhost is not None else None
+            if queue is not None and queue.durable and queue.served_by is None and not queue.deleted:
+                self.take(queue)
+
+    def take(self, queue: Queue) -> None:
+        if queue in self.taking:
+            self.taking[queue] = True
+            return
+        durability = self.broker.durability
+        assert durability is not None
+        try:
+            rows = durability.read_handed(queue.vhost.name, queue.name, [], HANDED_PAGE)
+        except StoreError as exc:  # the database is away: the next heartbeat looks again
+            log.warning("queue '%s' in vhost '%s': hand-over rows not read: %s", queue.name, queue.vhost.name, exc)
+            return
+        if not rows:
+            return
+        self.taking[queue] = False
+        for row in rows:
+            msg = Message(row.exchange, row.routing_key, build_address(row.exchange, row.routing_key), row.header,
+                          row.body if row.body is not None else b"")
+            if not queue.enqueue(msg):
+                log.warning("queue '%s' in vhost '%s': a message handed over by another node was refused (the queue "
+                            "is full, x-overflow reject-publish) and dropped", queue.name, queue.vhost.name)
+        durability.take_handed([row.id for row in rows])
+        durability.commit([lambda exc: self._taken(queue, len(rows), exc)])
+
+    def _taken(self, queue: Queue, count: int, exc: BaseException | None) -> None:
+        again = self.taking.pop(queue, False)
+        if exc is not None:  # the pushes left the queue; the rows are still there (or another node's now)
+            log.warning("queue '%s' in vhost '%s': taking %d handed-over messages failed: %s", queue.name,
+                        queue.vhost.name, count, exc)
+            return
+        if (again or count == HANDED_PAGE) and queue.served_by is None and not queue.deleted:
+            self.take(queue)

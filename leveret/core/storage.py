@@ -215,7 +215,32 @@ class DedupPut:
     keep: int
 
 
-MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire | DedupPut
+@dataclass(slots=True)
+class HandOver:
+    """Several nodes (docs/cluster.md): a message routed here to a durable queue another node owns (``owner``, as
+    this node knows it), written as a hand-over row in the same transaction as the other ops submitted with it and
+    announced to ``owner`` at its commit. ``id`` is a message id of this node's (unique in the store); the
+    queue's owner takes the row (:class:`TakeHandOver`) into the queue in id order."""
+
+    id: int
+    vhost: str
+    queue: str
+    owner: str
+    exchange: str
+    routing_key: str
+    header: bytes
+    body: bytes
+
+
+@dataclass(slots=True)
+class TakeHandOver:
+    """Several nodes: delete the hand-over rows ``ids`` (their messages are pushed in the same transaction). The
+    transaction fails if any of them is gone: another node took it (it owns the queue now)."""
+
+    ids: list[int]
+
+
+MessageOp = Push | Delete | Requeue | Purge | StatusPut | StatusRead | StatusExpire | DedupPut | HandOver | TakeHandOver
 
 
 @dataclass(frozen=True)
@@ -229,6 +254,7 @@ class NodeRecord:
     started_at: float
     seen_at: float
     running: bool
+    amqp: str | None = None  # where it listens for AMQP (host:port), once it does
 
 
 @dataclass(frozen=True)
@@ -381,6 +407,21 @@ class Store(abc.ABC):
         """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
         load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
         them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        return None
+
+    def advertise(self, amqp: str) -> None:
+        """Several nodes: record where this node listens for AMQP (``host:port``: NodeRecord.amqp)."""
+        return None
+
+    def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:
+        """Several nodes: at most ``limit`` hand-over rows of a queue (:class:`HandOver`), in id order, those of
+        ``skip`` left out (being taken). A store of one node has none."""
+        return []
+
+    def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
+        """Several nodes: ``handed(queues)`` (on a thread of the backend) when hand-over rows wait for queues this
+        node owns: told by the node that wrote them, and checked at each heartbeat. A store of one node never calls
+        it."""
         return None
 
     def superseded(self, change: DefinitionChange) -> bool:

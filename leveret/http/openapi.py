@@ -98,11 +98,11 @@ SCHEMAS: dict[str, Schema] = {
         "rabbit_version": STRING, "users": array(TABLE), "vhosts": array(TABLE), "permissions": array(TABLE),
         "policies": array(TABLE), "queues": array(TABLE), "exchanges": array(TABLE), "bindings": array(TABLE)},
         "description": "RabbitMQ's definitions format (see docs/management.md)"},
-    # another node of a cluster (docs/cluster.md) has what the nodes table knows: name, running, os_pid, host,
-    # started_at, seen_at (seconds since the epoch, the database's clock) and uptime
+    # another node of a cluster (docs/cluster.md) has what the nodes table knows: name, running, os_pid, host, amqp
+    # (where it listens for AMQP), started_at, seen_at (seconds since the epoch, the database's clock) and uptime
     "Node": obj(["name", "running"], name=STRING, type=STRING, running=BOOLEAN, mem_used=COUNT, mem_limit=COUNT,
                 mem_alarm=BOOLEAN, disk_free_alarm=BOOLEAN, partitions=array(STRING), os_pid=STRING,
-                being_drained=BOOLEAN, host=STRING, started_at=NUMBER, seen_at=NUMBER),
+                being_drained=BOOLEAN, host=STRING, amqp=STRING, started_at=NUMBER, seen_at=NUMBER),
     "Connection": obj(["name", "user", "vhost", "channels", "peer_host", "peer_port"], name=STRING, node=STRING,
                       type=STRING, protocol=STRING, user=STRING, vhost=STRING, channels=COUNT, state=STRING,
                       peer_host=STRING, peer_port=INTEGER),

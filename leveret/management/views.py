@@ -127,9 +127,12 @@ def cluster_node_info(record: NodeRecord, now: float) -> dict[str, Any]:
     """A node of the cluster as the store's ``nodes`` table knows it (docs/cluster.md); ``now``: the time in seconds
     since the epoch."""
     uptime = int(max(0.0, now - record.started_at) * 1000) if record.running else 0
-    return {"name": record.name, "type": "disc", "running": record.running, "os_pid": str(record.pid),
+    info = {"name": record.name, "type": "disc", "running": record.running, "os_pid": str(record.pid),
             "host": record.host, "started_at": record.started_at, "seen_at": record.seen_at, "uptime": uptime,
             "partitions": [], "being_drained": False}
+    if record.amqp:  # where it listens for AMQP, once it recorded it
+        info["amqp"] = record.amqp
+    return info
 
 
 def nodes_info(broker: Broker, own: dict[str, Any], now: float) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from leveret.core.storage import (
     Definitions,
     Delete,
     ExchangeDef,
+    HandOver,
     MessageOp,
     PermissionDef,
     PolicyDef,
@@ -35,6 +36,7 @@ from leveret.core.storage import (
     Store,
     StoredMessage,
     StoreError,
+    TakeHandOver,
     UserDef,
 )
 
@@ -266,6 +268,8 @@ class MemoryStore(Store):
                 if oldest > op.seq - op.keep:
                     break
                 del window[oldest]
+        elif isinstance(op, HandOver | TakeHandOver):  # routing between nodes: a store shared by several only
+            raise TypeError(f"not an op of a store of one node: {op!r}")
         else:
             self._apply_status(op)
 

@@ -34,6 +34,10 @@ Several nodes (``cluster=True``, store/postgres_cluster.py)
     :meth:`watch_definitions`'s callback. Durable queues are owned by lease (``queues.owner``/``lease_until``): a
     new one is its declaring node's, :meth:`claim_queues` takes the free and expired ones at start, the link renews
     them and takes over expired ones (:meth:`watch_queues`), and fences this node when it cannot renew in time.
+    A message routed here to a queue another node owns is a ``HandOver`` op (a row of ``handover``, written in the
+    group commit, with a NOTIFY to the owner); the owner's link hands the queues with waiting rows to
+    :meth:`watch_handed`'s callback, which reads them (:meth:`load_handed`) and takes them (``TakeHandOver``, in
+    the transaction that pushes their messages).
 
 Losing the database while running
     A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and
@@ -48,7 +52,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from leveret.core.storage import (
@@ -229,6 +233,7 @@ class PostgresStore(WriterStore):
                       for table in ("permissions", "bindings", "exchanges", "queues", "policies")]
         statements += [(f"DELETE FROM {table} WHERE vhost = %s", (text_in(name),))  # NUL-safe names (text_in)
                        for table in ("messages", "task_status", "dedup")]
+        statements.append(("DELETE FROM handover WHERE vhost = %s", (name,)))
         statements += [("DELETE FROM limits WHERE kind = 'vhost' AND name = %s", (name,)),
                        ("DELETE FROM vhosts WHERE name = %s", (name,))]
         self._define("delete_vhost", (name,), statements)
@@ -310,6 +315,7 @@ class PostgresStore(WriterStore):
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
+            ("DELETE FROM handover WHERE vhost = %s AND queue = %s", (vhost, name)),
             ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name)),
             postgres_dedup.delete_owner(vhost, "queue", name)])
 
@@ -462,6 +468,31 @@ class PostgresStore(WriterStore):
         lease expired, and ``lost()`` once if it could not renew its leases in time (see ClusterLink)."""
         if self._link is not None:
             self._link.watch_queues(taken, lost)
+
+    def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:
+        """A page of the hand-over rows waiting for ``queue`` (id order), those of ``skip`` left out."""
+        if self._link is None:
+            return []
+        params = (vhost, queue, list(skip), limit)  # the names as in ``queues`` (postgres_batch.py)
+
+        def page(conn: Any) -> list[Any]:
+            return conn.execute(  # type: ignore[no-any-return]
+                "SELECT id, exchange, routing_key, header, body FROM handover WHERE vhost = %s AND queue = %s"
+                " AND id <> ALL(%s::bigint[]) ORDER BY id LIMIT %s", params, binary=True).fetchall()
+
+        return [StoredMessage(i, vhost, queue, 0, text_out(exchange), text_out(routing_key), bytes(header),
+                              bytes(body), False) for i, exchange, routing_key, header, body in self._read(page)]
+
+    def advertise(self, amqp: str) -> None:
+        """Record where this node listens for AMQP in its row of ``nodes`` (the link's thread writes it)."""
+        if self._link is not None:
+            self._link.advertise(amqp)
+
+    def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
+        """From now on, ``handed(queues)`` (on the link's thread) when hand-over rows wait for queues this node
+        owns (see ClusterLink)."""
+        if self._link is not None:
+            self._link.watch_handed(handed)
 
     def watch_definitions(self, apply: Callable[[list[DefinitionChange]], None]) -> None:
         """From now on, hand the other nodes' definition changes (those after the version load_definitions read,

@@ -39,6 +39,7 @@ from leveret.core.status_record import merge as merge_status
 from leveret.core.storage import (
     DedupPut,
     Delete,
+    HandOver,
     Purge,
     Push,
     Requeue,
@@ -46,6 +47,7 @@ from leveret.core.storage import (
     StatusPut,
     StatusRead,
     StoreError,
+    TakeHandOver,
 )
 
 from . import postgres_dedup
@@ -70,6 +72,9 @@ INSERT_MESSAGES = (
 COPY_MESSAGES = ("COPY messages (id, vhost, queue, seq, exchange, routing_key, header, body, redelivered)"
                  " FROM STDIN (FORMAT BINARY)")
 COPY_TYPES = ["int8", "text", "text", "int8", "text", "text", "bytea", "bytea", "bool"]
+COPY_HANDOVER = ("COPY handover (id, vhost, queue, node, exchange, routing_key, header, body)"
+                 " FROM STDIN (FORMAT BINARY)")
+COPY_HANDOVER_TYPES = ["int8", "text", "text", "text", "text", "text", "bytea", "bytea"]
 
 
 class Call:
@@ -87,8 +92,8 @@ class Call:
 class Batch:
     """The message ops of one transaction, reduced (see the module docstring); ``write`` runs the SQL."""
 
-    __slots__ = ("dedup", "deletes", "max_id", "meta_id", "nbytes", "nops", "purges", "pushes", "redelivered",
-                 "requeues", "status", "store")
+    __slots__ = ("dedup", "deletes", "handed", "max_id", "meta_id", "nbytes", "nops", "purges", "pushes",
+                 "redelivered", "requeues", "status", "store", "taken")
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -104,6 +109,8 @@ class Batch:
         self.purges: list[tuple[str, str, int]] = []
         self.status: dict[tuple[str, str], StatusRecord] = {}
         self.dedup: list[DedupPut] = []  # deduplication ids (postgres_dedup.py), written with the messages
+        self.handed: list[HandOver] = []  # several nodes: messages for queues other nodes own (docs/cluster.md)
+        self.taken: list[int] = []  # several nodes: hand-over rows this node took into its queues
 
     def full(self) -> bool:
         store = self.store
@@ -141,6 +148,11 @@ class Batch:
                 self.status[key] = merge_status(self.status.get(key), op.record)
             elif kind is DedupPut:
                 self.dedup.append(op)
+            elif kind is HandOver:
+                self.handed.append(op)
+                nbytes += len(op.body) + len(op.header)
+            elif kind is TakeHandOver:
+                self.taken.extend(op.ids)
             elif kind is StatusRead:
                 self._write_status(conn)  # the read sees every put before it
                 stored = _stored_status(conn, [(op.vhost, task_id) for task_id in dict.fromkeys(op.ids)])
@@ -171,6 +183,10 @@ class Batch:
             self._insert(conn)
         if self.dedup:
             postgres_dedup.write(conn, self.dedup)
+        if self.taken:
+            self._take(conn)
+        if self.handed:
+            self._hand_over(conn)
         self._write_status(conn)
         self._reset()
         if self.max_id > self.store.id_ceiling:  # ids not from a block (direct users of the store): never reused
@@ -203,6 +219,27 @@ class Batch:
                 [p.seq for p in again], [text_in(p.exchange) for p in again],
                 [text_in(p.routing_key) for p in again],
                 [p.header for p in again], [p.body for p in again], [p.id in redelivered for p in again]))
+
+    def _hand_over(self, conn: Any) -> None:
+        """Messages for queues other nodes own: one binary COPY into ``handover``, then one NOTIFY per owner (sent
+        at COMMIT; the owner's ClusterLink takes it as its cue to read them: store/postgres_cluster.py). The vhost
+        and queue names go in as they are in ``queues`` (a durable queue's name holds no NUL)."""
+        with conn.cursor() as cursor, cursor.copy(COPY_HANDOVER) as copy:
+            copy.set_types(COPY_HANDOVER_TYPES)
+            node = self.store.node
+            for h in self.handed:
+                copy.write_row((h.id, h.vhost, h.queue, node, text_in(h.exchange),
+                                text_in(h.routing_key), h.header, h.body))
+        for owner in dict.fromkeys(h.owner for h in self.handed):
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "handover " + owner))
+
+    def _take(self, conn: Any) -> None:
+        """Hand-over rows taken by this node (their messages are pushed in this transaction): all of them must be
+        there, or another node took some (it owns the queue now) and this transaction fails as a whole."""
+        cursor = conn.execute("DELETE FROM handover WHERE id = ANY(%b::bigint[])", (self.taken,))
+        if cursor.rowcount != len(self.taken):
+            raise StoreError(f"{len(self.taken) - max(cursor.rowcount, 0)} of {len(self.taken)} hand-over rows "
+                             "were taken by another node (it owns their queue now)")
 
     def _write_status(self, conn: Any) -> None:
         """Merge the status puts into the table, in a savepoint: status records are advisory, and one the server

@@ -26,6 +26,12 @@ Queue leases
     succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
     stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
     their next heartbeat.
+
+Hand-over rows (routing between nodes)
+    A node that routes a message to a queue another node owns writes it to ``handover`` in its group commit and
+    NOTIFYs ``handover <owner>`` (store/postgres_batch.py). The owner's link, on that notification and at each
+    heartbeat (the safety net: a notification sent to a node that no longer owns the queue, or lost), hands the
+    queues it owns that have rows waiting to the ``handed`` callback (:meth:`ClusterLink.watch_handed`).
 """
 
 from __future__ import annotations
@@ -152,6 +158,8 @@ class ClusterLink:
         self._delay = 0.5
         self._gap_logged = False
         self._taken: Callable[[list[tuple[str, str]]], None] | None = None
+        self._handed: Callable[[list[tuple[str, str]]], None] | None = None
+        self._amqp: str | None = None  # where this node listens for AMQP, to be written to its row (advertise)
         self._lost: Callable[[], None] | None = None
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
         self._fenced = False
@@ -190,6 +198,21 @@ class ClusterLink:
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         with self._lock:
             self._taken, self._lost = taken, lost
+
+    def advertise(self, amqp: str) -> None:
+        """Write ``amqp`` (host:port) to this node's row, on the link's thread, and tell the others."""
+        with self._lock:
+            self._amqp = amqp
+            self._wake = True
+        self._notify()
+
+    def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
+        """``handed(queues)`` when hand-over rows wait for queues this node owns: on a ``handover <this node>``
+        notification (sent by the writing node's commit) and at each heartbeat (the safety check)."""
+        with self._lock:
+            self._handed = handed
+            self._wake = True
+        self._notify()
 
     def close(self) -> None:
         self._stop.set()
@@ -241,21 +264,28 @@ class ClusterLink:
                     if conn is None:
                         continue
                     self._catch_up(conn)
+                    self._check_handed(conn)
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.interval
                     self._beat(conn)
                     self._check_version(conn)
+                    self._check_handed(conn)
                 with self._lock:
                     wake, self._wake = self._wake, False
                 if wake:
                     self._catch_up(conn)
-                got = False
-                for _ in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()), stop_after=1):
-                    got = True
-                if got and not self._stop.is_set():
-                    self._drain(conn)
-                    self._catch_up(conn)
-                    self._read_nodes(conn)
+                    self._check_handed(conn)
+                    self._write_amqp(conn)
+                payloads = [n.payload for n in conn.notifies(timeout=max(0.01, next_beat - time.monotonic()),
+                                                             stop_after=1)]
+                if payloads and not self._stop.is_set():
+                    payloads += self._drain(conn)
+                    mine = "handover " + self.store.node
+                    if any(not p.startswith("handover ") for p in payloads):
+                        self._catch_up(conn)
+                        self._read_nodes(conn)
+                    if mine in payloads:
+                        self._check_handed(conn)
             except schema.psycopg.Error as exc:
                 if not self._stop.is_set():
                     log.error("store %s: the cluster link lost PostgreSQL: %s", self.store.where, schema.reason(exc))
@@ -266,10 +296,28 @@ class ClusterLink:
                 log.exception("store %s: cluster link error", self.store.where)
                 self._stop.wait(1.0)
 
-    def _drain(self, conn: Any) -> None:
-        """Take the notifications already queued (one catch-up covers them all)."""
-        for _ in conn.notifies(timeout=0, stop_after=1000):
-            pass
+    def _drain(self, conn: Any) -> list[str]:
+        """Take the notifications already queued (one catch-up covers them all); their payloads."""
+        return [n.payload for n in conn.notifies(timeout=0, stop_after=1000)]
+
+    def _write_amqp(self, conn: Any) -> None:
+        with self._lock:
+            amqp, self._amqp = self._amqp, None
+        if amqp is not None:
+            conn.execute("UPDATE nodes SET amqp = %s WHERE name = %s", (amqp, self.store.node))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "node " + self.store.node))
+            self._read_nodes(conn)
+
+    def _check_handed(self, conn: Any) -> None:
+        """Hand the queues this node owns that have hand-over rows waiting to the ``handed`` callback."""
+        with self._lock:
+            handed = self._handed
+        if handed is None or self._fenced:
+            return
+        rows = conn.execute("SELECT DISTINCT h.vhost, h.queue FROM handover h JOIN queues q ON q.vhost = h.vhost"
+                            " AND q.name = h.queue WHERE q.owner = %s", (self.store.node,)).fetchall()
+        if rows:
+            handed([(vhost, name) for vhost, name in rows])
 
     def _reconnect(self) -> Any:
         if self._stop.wait(self._delay):
@@ -325,15 +373,19 @@ class ClusterLink:
                          " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
                          (store.node, socket.gethostname(), os.getpid()))
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
+        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
+        # will take them (a queue of that name declared later must not get them)
+        conn.execute("DELETE FROM handover h WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.vhost = h.vhost"
+                     " AND q.name = h.queue)")
         self._read_nodes(conn)
 
     def _read_nodes(self, conn: Any) -> None:
         rows = conn.execute(
             "SELECT name, host, pid, started_at, seen_at, stopped_at IS NULL AND (seen_at > extract(epoch FROM"
-            " clock_timestamp()) - %s OR name = %s) FROM nodes ORDER BY name",
+            " clock_timestamp()) - %s OR name = %s), amqp FROM nodes ORDER BY name",
             (self.store.node_lease, self.store.node)).fetchall()
-        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running)
-                 for name, host, pid, started_at, seen_at, running in rows]
+        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running, amqp)
+                 for name, host, pid, started_at, seen_at, running, amqp in rows]
         with self._lock:
             self._nodes = nodes
 

@@ -21,8 +21,8 @@ Nodes (docs/cluster.md)
     without ``cluster`` an exclusive one on the schema (``LOCK_CLASS``, hashtext(schema)), so a second node is
     refused; with ``cluster`` a shared one on the same key (so a node without ``cluster`` and the nodes of a
     cluster refuse each other) and an exclusive one on the node's name (``hashtext('leveret node ' || schema)``,
-    hashtext(name)), so two nodes of one name are refused. ``queues`` has ``owner`` / ``lease_until`` columns,
-    unused yet.
+    hashtext(name)), so two nodes of one name are refused. ``queues`` has ``owner`` / ``lease_until`` columns
+    (the queue leases: postgres_cluster.py).
 
 Message ids (schema 3)
     The sequence ``message_ids`` counts in blocks of ``ID_BLOCK``: each ``nextval`` hands a node the ids
@@ -33,6 +33,11 @@ Shared definitions (schema 3; store/postgres_cluster.py)
     ``changes`` is the log of definition changes (version, node, at, what, args): every definition write appends
     its row in the same transaction, numbered by ``meta.definitions_version`` (an UPDATE, whose row lock orders
     the writers: versions commit in order), and NOTIFYs the schema's channel (:func:`channel`).
+
+Routing between nodes (schema 4; docs/cluster.md)
+    ``handover`` holds messages routed on one node to a durable queue another node owns (id from the writing
+    node's block, vhost, queue, node that wrote it, exchange, routing_key, header, body), indexed on (vhost,
+    queue, id). The owner deletes the rows it takes in the transaction that stores their messages in ``messages``.
 
 Refusals (:class:`StoreError`)
     A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
@@ -142,8 +147,21 @@ _V3 = (
     "ALTER TABLE nodes ADD COLUMN stopped_at DOUBLE PRECISION",
 )
 
+# 4: routing between nodes (docs/cluster.md): the hand-over rows of messages routed on one node to a durable queue
+# another node owns, taken by the owner in id order.
+_V4 = (
+    """CREATE TABLE handover (
+        id BIGINT PRIMARY KEY,
+        vhost TEXT NOT NULL, queue TEXT NOT NULL, node TEXT NOT NULL,
+        exchange TEXT NOT NULL, routing_key TEXT NOT NULL,
+        header BYTEA NOT NULL, body BYTEA NOT NULL)""",
+    "ALTER TABLE handover ALTER COLUMN body SET STORAGE EXTERNAL",
+    "CREATE INDEX handover_queue ON handover (vhost, queue, id)",
+    "ALTER TABLE nodes ADD COLUMN amqp TEXT",  # where a node listens for AMQP (host:port), told to clients
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

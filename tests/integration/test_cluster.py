@@ -357,9 +357,10 @@ def refused(fn: Any) -> str:
 
 
 def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None:
-    """A durable queue is its declaring node's: another node knows it (a passive declare succeeds) but neither
-    delivers nor takes its messages: consume, get and purge are refused naming the owner, a publish to it is
-    nacked. So no message is ever delivered by two nodes."""
+    """A durable queue is its declaring node's: another node knows it (a passive declare succeeds) but never
+    delivers its messages: consume, get and purge are refused naming the owner and where it listens for AMQP; a
+    publish to it is confirmed and handed over to the owner through the store. So no message is ever delivered by
+    two nodes."""
     a, b = cluster
     conn_a = a.connect()
     ch_a = conn_a.channel()
@@ -370,21 +371,23 @@ def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None
 
     conn_b = b.connect()
     wait_for(lambda: exists(conn_b, "queue", "jobs"))
+    address = f"127.0.0.1:{a.port}"  # where node-a listens, as the nodes table says (it tells clients)
+    wait_for(lambda: {n["name"]: n.get("amqp") for n in b.http.get("/api/nodes")}.get("node-a") == address)
     text = refused(lambda: conn_b.channel().basic_consume("jobs", lambda *args: None))
-    assert text == ("RESOURCE_LOCKED - queue 'jobs' in vhost '/' is served by node 'node-a': consume from it there "
-                    "(consuming through another node is not built yet)")
+    assert text == (f"RESOURCE_LOCKED - queue 'jobs' in vhost '/' is served by node 'node-a' (AMQP at {address}): "
+                    "consume from it there (consuming through another node is not built yet)")
     refused(lambda: conn_b.channel().basic_get("jobs"))
     refused(lambda: conn_b.channel().queue_purge("jobs"))
     ch_b = conn_b.channel()
     ch_b.confirm_delivery()
-    with pytest.raises(pika.exceptions.NackError):
-        ch_b.basic_publish("", "jobs", b"from-b", PERSISTENT)
+    ch_b.basic_publish("", "jobs", b"from-b", PERSISTENT)  # confirmed: handed over to node-a
     shown = b.http.get("/api/queues/%2F/jobs")
     assert shown["messages"] == 0 and shown["node"] == "node-a"  # node-b holds none of them; node-a serves it
     assert a.http.get("/api/queues/%2F/jobs")["node"] == "node-a"
 
-    got = [ch_a.basic_get("jobs", auto_ack=True)[2] for _ in range(4)]
-    assert got == [b"job-0", b"job-1", b"job-2", None]
+    wait_for(lambda: a.http.get("/api/queues/%2F/jobs")["messages"] == 4, message="node-a took the hand-over")
+    got = [ch_a.basic_get("jobs", auto_ack=True)[2] for _ in range(5)]
+    assert got == [b"job-0", b"job-1", b"job-2", b"from-b", None]
     conn_a.close()
     conn_b.close()
 
@@ -530,3 +533,237 @@ def test_delayed_messages_are_held_and_recovered_by_the_node_that_took_them(
     assert got == b"delayed"
     assert ch.basic_get("soon", auto_ack=True)[2] is None
     conn.close()
+
+
+# --- routing between nodes: publishes through any node (docs/cluster.md) -------------------------------------------
+
+
+def bound(node: ClusterNode, source: str, destinations: set[str]) -> bool:
+    """Whether ``node`` routes from ``source`` to each of ``destinations`` (the bindings are shared definitions)."""
+    known = {b["destination"] for b in node.http.get("/api/bindings") if b["source"] == source}
+    return destinations <= known
+
+
+def drain(ch: Any, queue: str) -> list[tuple[bytes, bool]]:
+    """Every message basic.get finds in ``queue`` (body, redelivered), acked."""
+    got = []
+    while (answer := ch.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append((answer[2], answer[0].redelivered))
+    return got
+
+
+def handover_rows(server_url: str, store_url: str) -> int:
+    """How many hand-over rows wait in the store's schema."""
+    import psycopg
+
+    schema = store_url.rpartition("schema=")[2]
+    with psycopg.connect(server_url, autocommit=True) as db:
+        return int(db.execute(f"SELECT count(*) FROM {schema}.handover").fetchone()[0])
+
+
+def test_publishes_through_any_node_reach_the_owner_in_order_per_publisher(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """Three publishers with confirms, two on node-b and one on node-a, interleaved, persistent and transient, to a
+    queue node-a owns; a consumer on node-a gets every message once, each publisher's in its order, and the
+    hand-over rows are all taken. Mandatory and unroutable publishes through node-b behave as on one node."""
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.queue_declare("orders", durable=True)
+    conn_b = b.connect()
+    wait_for(lambda: exists(conn_b, "queue", "orders"))
+    publishers = [("a1", conn_a.channel()), ("b1", conn_b.channel()), ("b2", conn_b.channel())]
+    for _, ch in publishers:
+        ch.confirm_delivery()
+    count = 60
+    for i in range(count):
+        for name, ch in publishers:
+            props = PERSISTENT if i % 3 else pika.BasicProperties(delivery_mode=1)
+            ch.basic_publish("", "orders", f"{name}-{i}".encode(), props, mandatory=True)  # routed: not returned
+    with pytest.raises(pika.exceptions.UnroutableError):  # unroutable and mandatory: returned, as on one node
+        publishers[1][1].basic_publish("", "nowhere", b"x", PERSISTENT, mandatory=True)
+
+    got: list[str] = []
+    consumer = conn_a.channel()
+    consumer.basic_qos(prefetch_count=50)
+
+    def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+        got.append(body.decode())
+        ch.basic_ack(method.delivery_tag)
+
+    consumer.basic_consume("orders", on_message)
+    wait_for(lambda: (conn_a.process_data_events(time_limit=0.05), len(got) >= 3 * count)[1], timeout=30,
+             message=f"every message delivered on node-a (got {len(got)})")
+    assert sorted(got) == sorted(f"{name}-{i}" for name, _ in publishers for i in range(count))  # each once
+    for name, _ in publishers:
+        assert [m for m in got if m.startswith(name + "-")] == [f"{name}-{i}" for i in range(count)]
+    assert handover_rows(postgres_url, postgres_store_url) == 0
+    conn_a.close()
+    conn_b.close()
+
+
+def test_a_fanout_to_queues_of_two_owners_reaches_each_once(cluster: list[ClusterNode]) -> None:
+    """A fanout exchange bound to a queue of node-a and one of node-b: what is published with confirms through
+    either node is in both queues once, each publisher's messages in order."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_a.exchange_declare("news", "fanout", durable=True)
+    ch_a.queue_declare("news-a", durable=True)
+    ch_b.queue_declare("news-b", durable=True)
+    wait_for(lambda: exists(conn_a, "queue", "news-b") and exists(conn_b, "exchange", "news"))
+    ch_a.queue_bind("news-a", "news")
+    ch_a.queue_bind("news-b", "news")
+    wait_for(lambda: bound(b, "news", {"news-a", "news-b"}), message="node-b knows both bindings")
+    ch_a.confirm_delivery()
+    ch_b.confirm_delivery()
+    for i in range(30):
+        ch_a.basic_publish("news", "", b"a-%d" % i, PERSISTENT)
+        ch_b.basic_publish("news", "", b"b-%d" % i, PERSISTENT)
+    expected = sorted([b"a-%d" % i for i in range(30)] + [b"b-%d" % i for i in range(30)])
+    for node, conn, queue in ((a, conn_a, "news-a"), (b, conn_b, "news-b")):
+        wait_for(lambda node=node, queue=queue: node.http.get(f"/api/queues/%2F/{queue}")["messages"] == 60,
+                 timeout=20, message=f"{queue} holds every message")
+        got = [body for body, _ in drain(conn.channel(), queue)]
+        assert sorted(got) == expected
+        for prefix in (b"a-", b"b-"):
+            assert [m for m in got if m.startswith(prefix)] == [prefix + b"%d" % i for i in range(30)]
+    conn_a.close()
+    conn_b.close()
+
+
+def test_no_confirmed_message_is_lost_when_the_publishing_node_is_killed(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """node-b publishes with confirms through a fanout to a queue of node-a and one of its own, and is killed -9
+    right after its last confirm: node-a has every confirmed message in its queue once, and, once it took node-b's
+    queue over, every one in that queue once too."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_b.exchange_declare("fan", "fanout", durable=True)
+    ch_a.queue_declare("fan-a", durable=True)
+    ch_b.queue_declare("fan-b", durable=True)
+    wait_for(lambda: exists(conn_b, "queue", "fan-a"))
+    ch_b.queue_bind("fan-a", "fan")
+    ch_b.queue_bind("fan-b", "fan")
+    ch_b.confirm_delivery()
+    count = 200
+    for i in range(count):
+        ch_b.basic_publish("fan", "", b"m-%d" % i, PERSISTENT)
+    b.kill()  # kill -9 right after the last confirm
+
+    expected = [(b"m-%d" % i, False) for i in range(count)]
+    wait_for(lambda: a.http.get("/api/queues/%2F/fan-a")["messages"] == count, timeout=20,
+             message="node-a took every hand-over row")
+    assert drain(ch_a, "fan-a") == expected
+    wait_for(lambda: a.http.get("/api/queues/%2F/fan-b")["node"] == "node-a", timeout=30,
+             message="node-a took node-b's queue over")
+    assert drain(ch_a, "fan-b") == expected
+    assert handover_rows(postgres_url, postgres_store_url) == 0
+    conn_a.close()
+
+
+def test_rows_handed_to_a_dead_owner_go_to_the_node_that_takes_its_queue_over(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """node-a owns the queue and is killed -9; node-b, which still sees node-a as the owner, confirms publishes to
+    it by writing hand-over rows nobody takes yet; once node-b took the queue over (the lease ran out) it serves
+    node-a's stored messages, then the handed-over ones, each once, in order."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("tasks", durable=True)
+    for i in range(5):
+        ch_a.basic_publish("", "tasks", b"before-%d" % i, PERSISTENT)
+    wait_for(lambda: exists(conn_b, "queue", "tasks"))
+    a.kill()
+    ch_b.confirm_delivery()
+    for i in range(50):
+        ch_b.basic_publish("", "tasks", b"after-%d" % i, PERSISTENT)
+    waiting = handover_rows(postgres_url, postgres_store_url)
+    assert waiting > 0 or b.http.get("/api/queues/%2F/tasks")["node"] == "node-b"  # nobody took them, or node-b
+
+    wait_for(lambda: b.http.get("/api/queues/%2F/tasks")["messages"] == 55, timeout=30,
+             message="node-b took the queue and its hand-over rows")
+    got = drain(conn_b.channel(), "tasks")
+    assert got == [(b"before-%d" % i, False) for i in range(5)] + [(b"after-%d" % i, False) for i in range(50)]
+    assert handover_rows(postgres_url, postgres_store_url) == 0
+    conn_b.close()
+
+
+def test_a_message_dead_lettered_to_a_queue_of_another_node_is_handed_over(cluster: list[ClusterNode]) -> None:
+    """Dead-lettering goes through the same routing: a message rejected on node-a whose dead-letter queue node-b
+    owns reaches node-b's queue once."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_b.queue_declare("dead", durable=True)
+    wait_for(lambda: exists(conn_a, "queue", "dead"))
+    ch_a.queue_declare("live", durable=True, arguments={"x-dead-letter-exchange": "",
+                                                        "x-dead-letter-routing-key": "dead"})
+    ch_a.confirm_delivery()
+    ch_a.basic_publish("", "live", b"bad", PERSISTENT)
+    method, _, body = ch_a.basic_get("live")
+    assert body == b"bad"
+    ch_a.basic_reject(method.delivery_tag, requeue=False)
+    wait_for(lambda: b.http.get("/api/queues/%2F/dead")["messages"] == 1, message="dead-lettered to node-b")
+    assert [body for body, _ in drain(ch_b, "dead")] == [b"bad"]
+    conn_a.close()
+    conn_b.close()
+
+
+def test_killing_the_owner_while_it_takes_hand_over_rows_loses_and_duplicates_nothing(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """node-b publishes with confirms, without pause, to a queue of node-a, which takes the rows as they come; node-a
+    is killed -9 in the middle, node-b goes on publishing (rows wait), then takes the queue over: every confirmed
+    message is there exactly once, in publish order."""
+    a, b = cluster
+    conn_a = a.connect()
+    conn_a.channel().queue_declare("stream", durable=True)
+    conn_b = b.connect()
+    wait_for(lambda: exists(conn_b, "queue", "stream"))
+    total = 600
+    confirmed: list[int] = []
+
+    def publish() -> None:
+        conn = b.connect()
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in range(total):
+            ch.basic_publish("", "stream", b"s-%d" % i, PERSISTENT)
+            confirmed.append(i)
+        conn.close()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    wait_for(lambda: len(confirmed) >= total // 2, timeout=30, message="half published")
+    a.kill()  # while it takes rows: some are in its queue (stored), the rest wait
+    publisher.join(60)
+    assert len(confirmed) == total
+
+    wait_for(lambda: b.http.get("/api/queues/%2F/stream")["messages"] == total, timeout=30,
+             message="node-b took the queue over with every message")
+    got = drain(conn_b.channel(), "stream")
+    assert [body for body, _ in got] == [b"s-%d" % i for i in range(total)]
+    assert handover_rows(postgres_url, postgres_store_url) == 0
+    conn_b.close()
+
+
+def test_a_transaction_through_another_node_is_handed_over_at_commit(cluster: list[ClusterNode]) -> None:
+    """tx.select on node-b, publishes to a queue of node-a: nothing reaches node-a before tx.commit, everything
+    after (tx.commit-ok follows the commit that wrote the hand-over rows)."""
+    a, b = cluster
+    conn_a, conn_b = a.connect(), b.connect()
+    conn_a.channel().queue_declare("ledger", durable=True)
+    wait_for(lambda: exists(conn_b, "queue", "ledger"))
+    ch_b = conn_b.channel()
+    ch_b.tx_select()
+    for i in range(3):
+        ch_b.basic_publish("", "ledger", b"t-%d" % i, PERSISTENT)
+    ch_b.basic_qos(prefetch_count=1)  # a round trip: node-b has read the publishes, held until the commit
+    assert a.http.get("/api/queues/%2F/ledger")["messages"] == 0
+    ch_b.tx_commit()
+    wait_for(lambda: a.http.get("/api/queues/%2F/ledger")["messages"] == 3, message="the committed publishes")
+    assert [body for body, _ in drain(conn_a.channel(), "ledger")] == [b"t-0", b"t-1", b"t-2"]
+    conn_a.close()
+    conn_b.close()

@@ -17,11 +17,13 @@ from leveret.core.storage import (
     BindingDef,
     DefinitionChange,
     ExchangeDef,
+    HandOver,
     PermissionDef,
     PolicyDef,
     Push,
     QueueDef,
     StoreError,
+    TakeHandOver,
     UserDef,
 )
 from leveret.store import postgres_schema
@@ -75,8 +77,8 @@ def two(url: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
 
 def test_a_version_2_schema_is_migrated_and_ids_start_above_everything(url: str) -> None:
     """A schema as Leveret wrote it at version 2 (high-water mark in meta, messages, definitions): opened by this
-    version it is at version 3, keeps its messages and definitions, and the first id block starts above both the
-    old high-water mark and every stored id."""
+    version it is at the current version, keeps its messages and definitions, and the first id block starts above
+    both the old high-water mark and every stored id."""
     schema = schema_of(url)
     with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
@@ -100,7 +102,8 @@ def test_a_version_2_schema_is_migrated_and_ids_start_above_everything(url: str)
         assert second == (last + 1, last + postgres_schema.ID_BLOCK)
         submit_wait(store, [push(first), push(second[0])])  # COPY: new ids
     with db(url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == str(postgres_schema.SCHEMA_VERSION)
         assert conn.execute("SELECT count(*) FROM meta WHERE key = 'max_message_id'").fetchone()[0] == 0
     with PostgresStore(url) as store:  # a restart takes a fresh block: ids are never reused
         assert store.id_block()[0] > second[1]
@@ -111,8 +114,8 @@ def test_a_newer_schema_is_still_refused(url: str) -> None:
     with PostgresStore(url):
         pass
     with db(url) as conn:
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"newer Leveret \(schema 4, this version knows 3\)"):
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"newer Leveret \(schema 5, this version knows 4\)"):
         PostgresStore(url).open()
 
 
@@ -259,3 +262,30 @@ def test_a_queue_is_its_first_declarers(two: tuple[PostgresStore, PostgresStore]
     assert b.save_queue(QueueDef("/", "q", arguments={"x-max-length": 5})) == "a"
     assert b.save_queue(QueueDef("/", "r")) == "b"
     assert a.claim_queues() == {("/", "q"): "a", ("/", "r"): "b"}  # both leases are alive
+
+
+def test_hand_over_rows_reach_the_owner_once(url: str, two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Rows a node hands over for a queue another node owns: the owner is told (its commit's NOTIFY), reads them in
+    id order, and takes them in the transaction that pushes their messages; a second take of the same rows fails
+    that transaction as a whole (nothing is taken twice), and a queue's deletion deletes its waiting rows."""
+    a, b = two
+    assert b.save_queue(QueueDef("/", "jobs", True, False, {})) == "b"
+    told: queue.Queue[list[tuple[str, str]]] = queue.Queue()
+    b.watch_handed(told.put)
+    first, _ = a.id_block()
+    submit_wait(a, [HandOver(first + i, "/", "jobs", "b", "", "jobs", b"h", b"m-%d" % i) for i in range(3)])
+    assert ("/", "jobs") in told.get(timeout=10)
+    rows = b.load_handed("/", "jobs", [], 2)
+    assert [(r.id, r.body) for r in rows] == [(first, b"m-0"), (first + 1, b"m-1")]
+    assert [r.id for r in b.load_handed("/", "jobs", [first], 10)] == [first + 1, first + 2]
+    own, _ = b.id_block()
+    submit_wait(b, [Push(own, "/", "jobs", 1, "", "jobs", b"h", b"m-0"), TakeHandOver([first])])
+    done: list[BaseException | None] = []
+    b.submit([Push(own + 1, "/", "jobs", 2, "", "jobs", b"h", b"again"), TakeHandOver([first, first + 1])],
+             done.append)
+    b.flush()
+    assert isinstance(done[0], StoreError) and "taken by another node" in str(done[0])
+    assert [m.body for m in b.load_messages("/", "jobs")] == [b"m-0"]  # the failed take pushed nothing
+    assert [r.id for r in b.load_handed("/", "jobs", [], 10)] == [first + 1, first + 2]
+    b.delete_queue("/", "jobs")
+    assert b.load_handed("/", "jobs", [], 10) == []
