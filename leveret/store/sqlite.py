@@ -83,6 +83,7 @@ log = logging.getLogger("leveret.store")
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "decode_value", "encode_value"]
 
 FREE_SPACE_EVERY = 1.0  # seconds: free_space() asks the file system (statvfs) at most this often
+PAGED_BODIES_MAX = 16384  # inline bodies kept from paging reads for the load_bodies that follows (<= 2 MB)
 
 
 class _StoredMessageTwin:
@@ -157,6 +158,7 @@ class SqliteStore(WriterStore):
         self._rlock = threading.Lock()
         self._lock_file: int | None = None
         self._free: tuple[float, int | None] = (float("-inf"), None)  # (when, bytes): see free_space
+        self._paged: dict[int, bytes] = {}  # id -> inline body read by a paging read, until load_bodies takes it
         self.max_id_written = 0  # the message id high-water mark in the meta table (the writer's batches)
         self.ops_written = 0  # counters (for benchmarks and metrics)
 
@@ -217,6 +219,7 @@ class SqliteStore(WriterStore):
             raise StoreError("close() called from a store callback (the writer thread): call it from elsewhere")
         writer.close()
         self._is_open = False
+        self._paged.clear()
         self._wconn = writer.conn
         try:
             self._wconn.execute("PRAGMA optimize")
@@ -390,13 +393,16 @@ class SqliteStore(WriterStore):
                        limit: int | None) -> Iterator[StoredMessage]:
         # Keyset paging on (seq, id): each page is its own short read transaction.
         page = 256 if with_bodies else 8192
+        # A bounded page without bodies is a queue paging its records back in (core/paging.py), whose bodies it
+        # asks for next (load_bodies): the inline ones come along in the same rows, kept for that (see _paged).
+        paging = not with_bodies and limit is not None
         if with_bodies:
             sql = ("SELECT id, seq, exchange, routing_key, header, redelivered,"
                    " coalesce(body, (SELECT b.body FROM bodies b WHERE b.id = m.id))"
                    " FROM messages m WHERE vhost = ? AND queue = ? AND (seq, id) > (?, ?)"
                    " ORDER BY seq, id LIMIT ?")
         else:
-            sql = ("SELECT id, seq, exchange, routing_key, header, redelivered, NULL"
+            sql = (f"SELECT id, seq, exchange, routing_key, header, redelivered, {'body' if paging else 'NULL'}"
                    " FROM messages WHERE vhost = ? AND queue = ? AND (seq, id) > (?, ?)"
                    " ORDER BY seq, id LIMIT ?")
         last_seq, last_id = after_seq, 2**63 - 1  # seq > after_seq: (seq, id) > (after_seq, max id)
@@ -405,14 +411,25 @@ class SqliteStore(WriterStore):
         while remaining:
             count = page if remaining < 0 else min(page, remaining)
             rows = self._read(sql, (vhost, queue, last_seq, last_id, count))
-            if twin is not None:
+            if paging and twin is not None:
+                paged = self._paged
+                if len(paged) > PAGED_BODIES_MAX:
+                    paged.clear()
+                for i, seq, exchange, routing_key, header, redelivered, body in rows:
+                    if body is not None:
+                        paged[i] = body
+                    m = twin(i, vhost, queue, seq, exchange, routing_key, header, None, redelivered == 1)
+                    m.__class__ = StoredMessage
+                    yield m
+            elif twin is not None:
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
                     m = twin(i, vhost, queue, seq, exchange, routing_key, header, body, redelivered == 1)
                     m.__class__ = StoredMessage
                     yield m
             else:  # pragma: no cover - only if StoredMessage stops being a plain slots dataclass
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
-                    yield StoredMessage(i, vhost, queue, seq, exchange, routing_key, header, body, redelivered == 1)
+                    yield StoredMessage(i, vhost, queue, seq, exchange, routing_key, header,
+                                        None if paging else body, redelivered == 1)
             if len(rows) < count:
                 return
             last_id = rows[-1][0]
@@ -423,6 +440,17 @@ class SqliteStore(WriterStore):
     def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
         wanted = list(dict.fromkeys(ids))
         bodies: dict[int, bytes] = {}
+        paged = self._paged
+        if paged:
+            take = paged.pop
+            missing = []
+            for message_id in wanted:
+                body = take(message_id, None)
+                if body is None:
+                    missing.append(message_id)
+                else:
+                    bodies[message_id] = body
+            wanted = missing
         for chunk in chunks(wanted):
             bodies.update(self._read(
                 "SELECT id, coalesce(body, (SELECT b.body FROM bodies b WHERE b.id = m.id)) FROM messages m"
