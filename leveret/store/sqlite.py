@@ -31,13 +31,24 @@ Reads
     so an iterator left half-consumed does not hold up WAL checkpoints.
 
 Schema and refusals
-    store/sqlite_schema.py. Bodies up to ``INLINE_BODY_MAX`` (128) bytes are stored in ``messages.body``,
-    larger ones in ``bodies``. Measured (bench/store_bench.py --layouts): small bodies inline fill ~15-20%
-    faster than with a second table (one insert, not two), while for 1 KB bodies a separate table makes the
-    recovery scan (``load_messages(with_bodies=False)``) read ~110 MB instead of ~1.4 GB per million messages
-    (the SQL part of the scan is ~9x cheaper; the whole load, mostly Python, 10-25% faster, 3.6 s instead
-    of 4.9 s from a cold cache). quick_check reads the whole file: ~0.25 s per million small messages when
-    cached, 12-18 s for a 1.4 GB store from a cold disk (``quick_check=False`` skips it).
+    store/sqlite_schema.py. Bodies up to ``INLINE_BODY_MAX`` (1024) bytes are stored in ``messages.body``,
+    larger ones in ``bodies`` (reads take either, so a store written with another limit reads the same; it was
+    128 until 2026-12-07). Measured (bench/store_bench.py --layouts, and docs/performance.md "The persistent
+    path"): bodies inline fill faster than with a second table (one insert, not two: 1 KB bodies 40 % less
+    time), their deletes skip the second table, and a queue paging its backlog back in gets them with its
+    records (see below), so 1 KB bodies drain ~10 % cheaper; the price is the recovery scan
+    (``load_messages(with_bodies=False)``), which reads the inline bodies' pages too: a million 1 KB messages
+    take ~1 s more to recover warm (2.0-3.1 s of CPU instead of 1.3-1.4 s). quick_check reads the whole file
+    anyway: ~0.25 s per million small messages when cached, 12-18 s for a 1.4 GB store from a cold disk
+    (``quick_check=False`` skips it).
+
+Paging reads
+    A bounded ``load_messages`` without bodies is a queue paging its records back in (core/paging.py), which
+    asks for their bodies next: the read takes the inline bodies along in the same rows and keeps them (up to
+    ``PAGED_BODIES_MAX`` bytes) for the ``load_bodies`` that follows, which takes them without a second query.
+    A body is never changed once stored, so the kept copy is the stored one; a message deleted after its page
+    was read may still be served from it until it is taken or the cache is cleared (the broker asks only for the
+    bodies of messages it still holds).
 
 Failures
     A failed commit (disk full, I/O error) rolls back and calls the batch's callbacks with a StoreError; the next
@@ -83,7 +94,7 @@ log = logging.getLogger("leveret.store")
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "decode_value", "encode_value"]
 
 FREE_SPACE_EVERY = 1.0  # seconds: free_space() asks the file system (statvfs) at most this often
-PAGED_BODIES_MAX = 16384  # inline bodies kept from paging reads for the load_bodies that follows (<= 2 MB)
+PAGED_BODIES_MAX = 4 << 20  # bytes of inline bodies kept from paging reads for the load_bodies that follows
 
 
 class _StoredMessageTwin:
@@ -159,6 +170,7 @@ class SqliteStore(WriterStore):
         self._lock_file: int | None = None
         self._free: tuple[float, int | None] = (float("-inf"), None)  # (when, bytes): see free_space
         self._paged: dict[int, bytes] = {}  # id -> inline body read by a paging read, until load_bodies takes it
+        self._paged_bytes = 0  # their size (at most PAGED_BODIES_MAX + one page)
         self.max_id_written = 0  # the message id high-water mark in the meta table (the writer's batches)
         self.ops_written = 0  # counters (for benchmarks and metrics)
 
@@ -220,6 +232,7 @@ class SqliteStore(WriterStore):
         writer.close()
         self._is_open = False
         self._paged.clear()
+        self._paged_bytes = 0
         self._wconn = writer.conn
         try:
             self._wconn.execute("PRAGMA optimize")
@@ -413,14 +426,18 @@ class SqliteStore(WriterStore):
             rows = self._read(sql, (vhost, queue, last_seq, last_id, count))
             if paging and twin is not None:
                 paged = self._paged
-                if len(paged) > PAGED_BODIES_MAX:
+                if self._paged_bytes > PAGED_BODIES_MAX:
                     paged.clear()
+                    self._paged_bytes = 0
+                size = 0
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
                     if body is not None:
                         paged[i] = body
+                        size += len(body)
                     m = twin(i, vhost, queue, seq, exchange, routing_key, header, None, redelivered == 1)
                     m.__class__ = StoredMessage
                     yield m
+                self._paged_bytes += size
             elif twin is not None:
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
                     m = twin(i, vhost, queue, seq, exchange, routing_key, header, body, redelivered == 1)
@@ -444,12 +461,15 @@ class SqliteStore(WriterStore):
         if paged:
             take = paged.pop
             missing = []
+            size = 0
             for message_id in wanted:
                 body = take(message_id, None)
                 if body is None:
                     missing.append(message_id)
                 else:
                     bodies[message_id] = body
+                    size += len(body)
+            self._paged_bytes -= size
             wanted = missing
         for chunk in chunks(wanted):
             bodies.update(self._read(

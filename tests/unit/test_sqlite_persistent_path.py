@@ -91,11 +91,11 @@ def test_recovery_and_body_reads_do_not_fill_the_paging_cache(store: SqliteStore
 
 
 def test_paging_cache_is_bounded(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("leveret.store.sqlite.PAGED_BODIES_MAX", 3)
+    monkeypatch.setattr("leveret.store.sqlite.PAGED_BODIES_MAX", 20)  # bytes: 3 bodies of 6-7 B
     submit_wait(store, [push(i) for i in range(1, 11)])
     for after in range(0, 10, 2):
         list(store.load_messages("/", "q", with_bodies=False, after_seq=after, limit=2))
-        assert len(store._paged) <= 3 + 2
+        assert len(store._paged) <= 3 + 2 and store._paged_bytes == sum(map(len, store._paged.values()))
     assert store.load_bodies(range(1, 11)) == {i: b"body-%d" % i for i in range(1, 11)}
     submit_wait(store, [Purge("/", "q")])
     assert store.load_bodies([1, 2]) == {}
