@@ -32,10 +32,9 @@ HERE = Path(__file__).resolve().parent
 
 def run(size: int, n: int, window: int, synchronous: str) -> dict[str, float]:
     from leveret.core import Broker
+    from leveret.core.broker import Session
     from leveret.core.message import Message, build_address, build_header
     from leveret.store.sqlite import SqliteStore
-
-    from leveret.core.broker import Session
 
     class Sink:
         """What a client would see, counted: the last delivery tag, the last confirmed publish."""
