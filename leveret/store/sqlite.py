@@ -31,15 +31,16 @@ Reads
     so an iterator left half-consumed does not hold up WAL checkpoints.
 
 Schema and refusals
-    store/sqlite_schema.py. Bodies up to ``INLINE_BODY_MAX`` (1024) bytes are stored in ``messages.body``,
-    larger ones in ``bodies`` (reads take either, so a store written with another limit reads the same; it was
-    128 until 2026-12-07). Measured (bench/store_bench.py --layouts, and docs/performance.md "The persistent
-    path"): bodies inline fill faster than with a second table (one insert, not two: 1 KB bodies 40 % less
-    time), their deletes skip the second table, and a queue paging its backlog back in gets them with its
-    records (see below), so 1 KB bodies drain ~10 % cheaper; the price is the recovery scan
-    (``load_messages(with_bodies=False)``), which reads the inline bodies' pages too: a million 1 KB messages
-    take ~1 s more to recover warm (2.0-3.1 s of CPU instead of 1.3-1.4 s). quick_check reads the whole file
-    anyway: ~0.25 s per million small messages when cached, 12-18 s for a 1.4 GB store from a cold disk
+    store/sqlite_schema.py. Bodies up to ``INLINE_BODY_MAX`` (128) bytes are stored in ``messages.body``,
+    larger ones in ``bodies`` (reads take either). Measured (bench/store_bench.py --layouts): small bodies inline
+    fill ~15-20% faster than with a second table (one insert, not two), while for 1 KB bodies a separate table
+    makes the recovery scan (``load_messages(with_bodies=False)``) read ~110 MB instead of ~1.4 GB per million
+    messages (the SQL part of the scan is ~9x cheaper; the whole load, mostly Python, 10-25% faster, 3.6 s
+    instead of 4.9 s from a cold cache). Raising the limit to 1024 was measured again on 2026-12-07
+    (docs/performance.md, "The persistent path"): 1 KB bodies filled faster in the store alone, but side by side
+    in a broker it gained nothing clear on a 1 KB backlog and cost pubsub with confirms 1 KB ~13 % more CPU per
+    message (and the recovery scan of a million 1 KB messages ~1 s more), so it stays 128. quick_check reads the
+    whole file: ~0.25 s per million small messages when cached, 12-18 s for a 1.4 GB store from a cold disk
     (``quick_check=False`` skips it).
 
 Paging reads

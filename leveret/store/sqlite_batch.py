@@ -30,7 +30,7 @@ from . import sqlite_dedup, sqlite_status
 if TYPE_CHECKING:
     from .sqlite import SqliteStore
 
-INLINE_BODY_MAX = 1024  # bodies up to this size live in messages.body, larger ones in the bodies table
+INLINE_BODY_MAX = 128  # bodies up to this size live in messages.body, larger ones in the bodies table
 CANCEL_ACKED_PUSHES = True  # a Push and a Delete of the same id in one batch never reach the disk (benchmarks)
 
 _CHUNK = 512  # ids per "IN (...)" statement; remainders use powers of two, so few distinct statements
