@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Two (or more) running brokers side by side under one amqpbench scenario, by CPU per message and per thread.
 
-Runs the scenario against each broker in turn, ``--rounds`` times, and reads each broker's CPU from /proc
+Runs the scenario against each broker in turn, ``--rounds`` times (each round starting with the next broker:
+the one run last in a round measured worse here), and reads each broker's CPU from /proc
 before and after: the whole process, its main thread (the event loop) and its other threads (the store's
 writer, mostly), per message delivered; for a backlog also the store phase (until the last confirm) and the
 drain, from amqpbench's ``broker_cpu_s``/``broker_pub_cpu_s``. Prints every run and the medians, with each
@@ -57,7 +58,8 @@ def main() -> int:
     out = open(args.out, "a") if args.out else None  # noqa: SIM115
     try:
         for rnd in range(1, args.rounds + 1):
-            for name, port in brokers:
+            shift = (rnd - 1) % len(brokers)  # each round starts with the next broker: no fixed position
+            for name, port in brokers[shift:] + brokers[:shift]:
                 pid = pid_listening(int(port))
                 before = thread_cpu(pid)
                 run = subprocess.run([str(amqpbench), "-p", port, "-B", pid, *bench_args], capture_output=True,
