@@ -180,12 +180,30 @@ def main() -> int:
     return 0
 
 
+def cpu_per_message(run: dict[str, str], key: str) -> tuple[float, float, float] | None:
+    """The broker's CPU time per message in microseconds: (whole run, store phase, drain phase), from amqpbench's
+    ``broker_cpu_s`` / ``broker_pub_cpu_s`` (CPU seconds, all of the broker's threads) over every message
+    delivered (``n`` x ``queues``); the two phases only mean something for a backlog (publish all, then drain;
+    each over the ``n`` messages). Older lines without them: ``broker_cpu`` over the rate."""
+    try:
+        if float(run.get("broker_cpu_s", "-1")) >= 0:
+            total = int(run["n"]) * int(run.get("queues", "1"))
+            cpu, pub = float(run["broker_cpu_s"]), float(run["broker_pub_cpu_s"])
+            return 1e6 * cpu / total, 1e6 * pub / total, 1e6 * (cpu - pub) / total
+        percent = float(run["broker_cpu"].rstrip("%"))
+        rate = float(run.get(key, 0))
+        return (1e4 * percent / rate, 0.0, 0.0) if percent >= 0 and rate else None
+    except (KeyError, ValueError):
+        return None
+
+
 def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str, str], list[dict[str, str]]]) -> None:
     print()
     header = "| scenario | " + " | ".join(f"{n} /s" for n in names) + " | ratio leveret/rabbitmq | " + \
         " | ".join(f"{n} CPU" for n in names) + " | " + " | ".join(f"{n} CPU us/msg" for n in names) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    phases: list[str] = []
     for scenario in scenarios:
         key = "rtt_rate" if "rpc" in scenario else "e2e_rate"
         if "backlog" in scenario:
@@ -193,14 +211,17 @@ def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str,
         medians: dict[str, float] = {}
         cpus: dict[str, str] = {}
         per_msg: dict[str, str] = {}  # the broker's CPU time per message (median over runs): less noisy than rates
+        split: dict[str, str] = {}
         for name in names:
             runs = results.get((scenario, name), [])
             if runs:
                 medians[name] = statistics.median(float(r.get(key, 0)) for r in runs)
                 cpus[name] = runs[len(runs) // 2].get("broker_cpu", "?")
-                costs = [1e4 * float(r["broker_cpu"].rstrip("%")) / float(r[key]) for r in runs
-                         if r.get("broker_cpu", "").rstrip("%").replace(".", "", 1).isdigit() and float(r.get(key, 0))]
-                per_msg[name] = f"{statistics.median(costs):.2f}" if costs else "-"
+                costs = [c for c in (cpu_per_message(r, key) for r in runs) if c is not None]
+                per_msg[name] = f"{statistics.median(c[0] for c in costs):.2f}" if costs else "-"
+                if costs and "backlog" in scenario and any(c[1] for c in costs):
+                    split[name] = (f"{statistics.median(c[1] for c in costs):.2f} + "
+                                   f"{statistics.median(c[2] for c in costs):.2f}")
         ratio = ""
         if medians.get("rabbitmq") and "leveret" in medians:
             ratio = f"{medians['leveret'] / medians['rabbitmq']:.2f}x"
@@ -208,6 +229,17 @@ def print_table(scenarios: list[str], names: list[str], results: dict[tuple[str,
         cpu_cells = " | ".join(cpus.get(n, "-") for n in names)
         cost_cells = " | ".join(per_msg.get(n, "-") for n in names)
         print(f"| {scenario} ({key}) | {cells} | {ratio} | {cpu_cells} | {cost_cells} |")
+        if split:
+            drain = " | ".join(f"{statistics.median(float(r.get('cons_rate', 0)) for r in results[(scenario, n)]):,.0f}"
+                               if (scenario, n) in results else "-" for n in names)
+            phases.append(f"| {scenario} | {drain} | " + " | ".join(split.get(n, "-") for n in names) + " |")
+    if phases:
+        print()
+        print("| backlog: store, then drain | " + " | ".join(f"{n} drain /s" for n in names) + " | "
+              + " | ".join(f"{n} CPU us/msg store + drain" for n in names) + " |")
+        print("|" + "---|" * (1 + 2 * len(names)))
+        for line in phases:
+            print(line)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ afresh; a connection whose rollback fails is reopened). The sqlite3 module relea
 so the submitter's thread keeps running during the writes and the fsync, and while the writer commits, the next
 transaction piles up.
 
+With ``gather`` (seconds; 0, the default, turns it off) a writer that is saturated (its last transaction took at
+least ``GATHER_AFTER`` submits, and more arrived while it ran) waits that long before the next one, unless
+``GATHER_SUBMITS`` submits already wait: more submits share one commit, and the commits, fsyncs and done
+callbacks per message go down (the broker's store: docs/performance.md, "The persistent path"). A writer that
+finds its queue empty after a commit, or that commits a trickle (one publisher waiting for each confirm, with a
+consumer's acks), never waits, so a lone submit is not delayed.
+
 What a payload means is the owner's business: a :class:`Batch` (one per transaction, made by ``new_batch``) is
 given each payload in order (``add``) and writes what it collected (``write``) before the commit and before
 any :class:`Call` queued among the payloads runs, so calls and payloads stay in submit order. :meth:`Writer.call`
@@ -57,6 +64,10 @@ class Batch(Protocol):
         """The transaction committed."""
 
 
+GATHER_AFTER = 8  # a writer is saturated when its last transaction took this many submits and more wait
+GATHER_SUBMITS = 64  # a saturated writer does not wait for more (gather) when this many submits already wait
+
+
 class WriterStopped(Exception):
     """The writer is closed, or was asked to wait for itself (a call from one of its own callbacks)."""
 
@@ -68,8 +79,12 @@ class Writer:
 
     def __init__(self, *, name: str, label: str, conn: sqlite3.Connection,
                  connect: Callable[[], sqlite3.Connection], new_batch: Callable[[], Batch],
-                 describe: Callable[[sqlite3.Error], BaseException], log: logging.Logger) -> None:
+                 describe: Callable[[sqlite3.Error], BaseException], log: logging.Logger,
+                 gather: float = 0.0) -> None:
         self.label = label
+        self.gather = gather  # seconds a saturated writer waits before its next transaction (module docstring)
+        self.gathers = 0  # how many times it did
+        self._last_size = 0  # submits in the last transaction
         self.conn = conn
         self._connect = connect
         self._new_batch = new_batch
@@ -137,8 +152,10 @@ class Writer:
     def _main(self) -> None:
         queue = self._queue
         wake = self._wake
+        saturated = False  # submits arrived while the last transaction ran
         while True:
             if not queue:
+                saturated = False
                 if self.closing:
                     return
                 self._idle = True
@@ -147,10 +164,14 @@ class Writer:
                     wake.clear()
                 self._idle = False
                 continue
+            if saturated and self.gather > 0 and len(queue) < GATHER_SUBMITS and not self.closing:
+                self.gathers += 1
+                time.sleep(self.gather)  # more submits join this transaction (the GIL is free meanwhile)
             try:
                 self._transaction()
             except BaseException:  # pragma: no cover - _transaction reports its own errors
                 self._log.exception("%s: writer error", self.label)
+            saturated = self._last_size >= GATHER_AFTER and bool(queue)
 
     def _transaction(self) -> None:
         queue = self._queue
@@ -192,6 +213,7 @@ class Writer:
                 self._log.warning("%s: commits work again after %d failed", self.label, self._failing)
                 self._failing = 0
                 self._last_failure_log = float("-inf")
+        self._last_size = len(items)
         for _, done in items:
             try:
                 done(error)

@@ -10,7 +10,11 @@ One writer, group commit (leveret/sqlite_writer.py, shared with the outbox)
     not reuse it). One writer thread, with its own connection, takes everything queued (at most
     ``max_batch_ops`` ops or ``max_batch_bytes`` of message data per transaction, default 10,000 / 16 MB, but
     always at least one whole submit), writes it in one transaction, commits, then calls the batch's callbacks
-    in submit order. While the writer commits, the next batch piles up. Under saturation a batch is a full
+    in submit order. While the writer commits, the next batch piles up, and when it did (the writer is
+    saturated) the writer waits ``gather`` (2 ms) before it starts the next transaction, so that more submits
+    share the commit: pubsub with confirms measured 10-16 % less broker CPU per message with a 3 ms wait
+    (docs/performance.md, "The persistent path"); a writer idle after its commit starts at once, so a lone
+    confirm is not delayed. Under saturation a batch is a full
     10,000 ops (~0.1 s of work); smaller caps (1,000) measured about the same 16 B throughput with lower
     confirm latency but ~15% less for 1 KB bodies. How a transaction's ops are reduced and written:
     store/sqlite_batch.py.
@@ -32,12 +36,24 @@ Reads
 
 Schema and refusals
     store/sqlite_schema.py. Bodies up to ``INLINE_BODY_MAX`` (128) bytes are stored in ``messages.body``,
-    larger ones in ``bodies``. Measured (bench/store_bench.py --layouts): small bodies inline fill ~15-20%
-    faster than with a second table (one insert, not two), while for 1 KB bodies a separate table makes the
-    recovery scan (``load_messages(with_bodies=False)``) read ~110 MB instead of ~1.4 GB per million messages
-    (the SQL part of the scan is ~9x cheaper; the whole load, mostly Python, 10-25% faster, 3.6 s instead
-    of 4.9 s from a cold cache). quick_check reads the whole file: ~0.25 s per million small messages when
-    cached, 12-18 s for a 1.4 GB store from a cold disk (``quick_check=False`` skips it).
+    larger ones in ``bodies`` (reads take either). Measured (bench/store_bench.py --layouts): small bodies inline
+    fill ~15-20% faster than with a second table (one insert, not two), while for 1 KB bodies a separate table
+    makes the recovery scan (``load_messages(with_bodies=False)``) read ~110 MB instead of ~1.4 GB per million
+    messages (the SQL part of the scan is ~9x cheaper; the whole load, mostly Python, 10-25% faster, 3.6 s
+    instead of 4.9 s from a cold cache). Raising the limit to 1024 was measured again on 2026-12-07
+    (docs/performance.md, "The persistent path"): 1 KB bodies filled faster in the store alone, but side by side
+    in a broker it gained nothing clear on a 1 KB backlog and cost pubsub with confirms 1 KB ~13 % more CPU per
+    message (and the recovery scan of a million 1 KB messages ~1 s more), so it stays 128. quick_check reads the
+    whole file: ~0.25 s per million small messages when cached, 12-18 s for a 1.4 GB store from a cold disk
+    (``quick_check=False`` skips it).
+
+Paging reads
+    A bounded ``load_messages`` without bodies is a queue paging its records back in (core/paging.py), which
+    asks for their bodies next: the read takes the inline bodies along in the same rows and keeps them (up to
+    ``PAGED_BODIES_MAX`` bytes) for the ``load_bodies`` that follows, which takes them without a second query.
+    A body is never changed once stored, so the kept copy is the stored one; a message deleted after its page
+    was read may still be served from it until it is taken or the cache is cleared (the broker asks only for the
+    bodies of messages it still holds).
 
 Failures
     A failed commit (disk full, I/O error) rolls back and calls the batch's callbacks with a StoreError; the next
@@ -83,6 +99,8 @@ log = logging.getLogger("leveret.store")
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "decode_value", "encode_value"]
 
 FREE_SPACE_EVERY = 1.0  # seconds: free_space() asks the file system (statvfs) at most this often
+WRITER_GATHER = 0.002  # seconds a saturated writer waits for more submits before a transaction (0: never)
+PAGED_BODIES_MAX = 4 << 20  # bytes of inline bodies kept from paging reads for the load_bodies that follows
 
 
 class _StoredMessageTwin:
@@ -137,11 +155,13 @@ class SqliteStore(WriterStore):
     process crash but not a power cut). ``busy_timeout`` (seconds) is how long to wait for a lock held by
     another connection. ``max_batch_ops`` / ``max_batch_bytes`` cap one group commit (a single submit larger
     than the cap is still written whole). ``quick_check`` runs ``PRAGMA quick_check`` on open (it reads the
-    whole file: about 1 s per GB when cached, ~10 s per GB from a cold disk here).
+    whole file: about 1 s per GB when cached, ~10 s per GB from a cold disk here). ``gather`` (seconds) is how long a
+    saturated writer waits for more submits before a transaction (0: never; see the module docstring).
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0,
-                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20, quick_check: bool = True) -> None:
+                 max_batch_ops: int = 10_000, max_batch_bytes: int = 16 << 20, quick_check: bool = True,
+                 gather: float = WRITER_GATHER) -> None:
         self.path = Path(path)
         if synchronous.upper() not in schema.SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(schema.SYNCHRONOUS)}, not {synchronous!r}")
@@ -150,6 +170,7 @@ class SqliteStore(WriterStore):
         self.max_batch_ops = max(1, max_batch_ops)
         self.max_batch_bytes = max(1, max_batch_bytes)
         self.quick_check = quick_check
+        self.gather = max(0.0, gather)
         self._is_open = False
         self._writer: Writer | None = None
         self._wconn: sqlite3.Connection | None = None  # the writer's connection until the writer starts
@@ -157,6 +178,8 @@ class SqliteStore(WriterStore):
         self._rlock = threading.Lock()
         self._lock_file: int | None = None
         self._free: tuple[float, int | None] = (float("-inf"), None)  # (when, bytes): see free_space
+        self._paged: dict[int, bytes] = {}  # id -> inline body read by a paging read, until load_bodies takes it
+        self._paged_bytes = 0  # their size (at most PAGED_BODIES_MAX + one page)
         self.max_id_written = 0  # the message id high-water mark in the meta table (the writer's batches)
         self.ops_written = 0  # counters (for benchmarks and metrics)
 
@@ -198,7 +221,7 @@ class SqliteStore(WriterStore):
         self._wconn = None
         self._writer = Writer(name=f"leveret-store-writer {path.name}", label=f"store {path}", conn=conn,
                               connect=self._reconnect_writer, new_batch=lambda: MessageBatch(self),
-                              describe=lambda exc: self._error("writing to", exc), log=log)
+                              describe=lambda exc: self._error("writing to", exc), log=log, gather=self.gather)
 
     def _reconnect_writer(self) -> sqlite3.Connection:
         conn = schema.connect(self.path, self.busy_timeout)
@@ -217,6 +240,8 @@ class SqliteStore(WriterStore):
             raise StoreError("close() called from a store callback (the writer thread): call it from elsewhere")
         writer.close()
         self._is_open = False
+        self._paged.clear()
+        self._paged_bytes = 0
         self._wconn = writer.conn
         try:
             self._wconn.execute("PRAGMA optimize")
@@ -390,13 +415,16 @@ class SqliteStore(WriterStore):
                        limit: int | None) -> Iterator[StoredMessage]:
         # Keyset paging on (seq, id): each page is its own short read transaction.
         page = 256 if with_bodies else 8192
+        # A bounded page without bodies is a queue paging its records back in (core/paging.py), whose bodies it
+        # asks for next (load_bodies): the inline ones come along in the same rows, kept for that (see _paged).
+        paging = not with_bodies and limit is not None
         if with_bodies:
             sql = ("SELECT id, seq, exchange, routing_key, header, redelivered,"
                    " coalesce(body, (SELECT b.body FROM bodies b WHERE b.id = m.id))"
                    " FROM messages m WHERE vhost = ? AND queue = ? AND (seq, id) > (?, ?)"
                    " ORDER BY seq, id LIMIT ?")
         else:
-            sql = ("SELECT id, seq, exchange, routing_key, header, redelivered, NULL"
+            sql = (f"SELECT id, seq, exchange, routing_key, header, redelivered, {'body' if paging else 'NULL'}"
                    " FROM messages WHERE vhost = ? AND queue = ? AND (seq, id) > (?, ?)"
                    " ORDER BY seq, id LIMIT ?")
         last_seq, last_id = after_seq, 2**63 - 1  # seq > after_seq: (seq, id) > (after_seq, max id)
@@ -405,14 +433,29 @@ class SqliteStore(WriterStore):
         while remaining:
             count = page if remaining < 0 else min(page, remaining)
             rows = self._read(sql, (vhost, queue, last_seq, last_id, count))
-            if twin is not None:
+            if paging and twin is not None:
+                paged = self._paged
+                if self._paged_bytes > PAGED_BODIES_MAX:
+                    paged.clear()
+                    self._paged_bytes = 0
+                size = 0
+                for i, seq, exchange, routing_key, header, redelivered, body in rows:
+                    if body is not None:
+                        paged[i] = body
+                        size += len(body)
+                    m = twin(i, vhost, queue, seq, exchange, routing_key, header, None, redelivered == 1)
+                    m.__class__ = StoredMessage
+                    yield m
+                self._paged_bytes += size
+            elif twin is not None:
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
                     m = twin(i, vhost, queue, seq, exchange, routing_key, header, body, redelivered == 1)
                     m.__class__ = StoredMessage
                     yield m
             else:  # pragma: no cover - only if StoredMessage stops being a plain slots dataclass
                 for i, seq, exchange, routing_key, header, redelivered, body in rows:
-                    yield StoredMessage(i, vhost, queue, seq, exchange, routing_key, header, body, redelivered == 1)
+                    yield StoredMessage(i, vhost, queue, seq, exchange, routing_key, header,
+                                        None if paging else body, redelivered == 1)
             if len(rows) < count:
                 return
             last_id = rows[-1][0]
@@ -423,6 +466,20 @@ class SqliteStore(WriterStore):
     def load_bodies(self, ids: Iterable[int]) -> dict[int, bytes]:
         wanted = list(dict.fromkeys(ids))
         bodies: dict[int, bytes] = {}
+        paged = self._paged
+        if paged:
+            take = paged.pop
+            missing = []
+            size = 0
+            for message_id in wanted:
+                body = take(message_id, None)
+                if body is None:
+                    missing.append(message_id)
+                else:
+                    bodies[message_id] = body
+                    size += len(body)
+            self._paged_bytes -= size
+            wanted = missing
         for chunk in chunks(wanted):
             bodies.update(self._read(
                 "SELECT id, coalesce(body, (SELECT b.body FROM bodies b WHERE b.id = m.id)) FROM messages m"

@@ -77,7 +77,7 @@ class _Reduced:
         self.pushes: dict[int, Push] = {}
         self.redelivered: set[int] = set()  # pushed in this run, then requeued
         self.deletes: list[int] = []
-        self.requeues: list[int] = []
+        self.requeues: dict[int, None] = {}  # ids to flag redelivered (an ordered set: a Delete drops its id)
         self.purges: list[tuple[str, str, int]] = []
         self.late_deletes: list[int] = []  # only when CANCEL_ACKED_PUSHES is off
         self.status: dict[tuple[str, str], StatusRecord] = {}  # status puts, merged per (vhost, id)
@@ -110,7 +110,7 @@ class _Reduced:
             conn.execute("DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq > ?", (vhost, queue, after_seq))
         for ids in chunks(self.deletes):
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks(len(ids))})", ids)
-        for ids in chunks(self.requeues):
+        for ids in chunks(list(self.requeues)):
             conn.execute(f"UPDATE messages SET redelivered = 1 WHERE id IN ({marks(len(ids))})", ids)
         if not self.pushes:
             self.write_status(conn)
@@ -172,6 +172,7 @@ class MessageBatch:
     def add(self, conn: sqlite3.Connection, ops: list[Any]) -> None:
         reduced = self.reduced
         pushes = reduced.pushes
+        requeues = reduced.requeues
         cancel = self.cancel
         max_id = self.max_id
         nbytes = 0
@@ -188,6 +189,8 @@ class MessageBatch:
                 if cancel:
                     if pushes.pop(op_id, None) is None:
                         reduced.deletes.append(op_id)
+                        if requeues:
+                            requeues.pop(op_id, None)  # delivered, then acked: the row goes, unflagged
                     elif reduced.redelivered:
                         reduced.redelivered.discard(op_id)
                 elif op_id in pushes:  # benchmark mode: write it, then delete it
@@ -199,7 +202,7 @@ class MessageBatch:
                 if op_id in pushes:
                     reduced.redelivered.add(op_id)
                 else:
-                    reduced.requeues.append(op_id)
+                    requeues[op_id] = None
             elif kind is Purge:
                 reduced.purge(op.vhost, op.queue, op.after_seq)
             elif kind is StatusPut:

@@ -17,7 +17,7 @@ from leveret.core.durability import Durability
 from leveret.core.status_record import StatusRecord
 from leveret.core.storage import MessageOp, StatusPut
 from leveret.core.timers import ManualTimers
-from leveret.sqlite_writer import Call, Writer, WriterStopped
+from leveret.sqlite_writer import GATHER_AFTER, Call, Writer, WriterStopped
 from leveret.store import sqlite as sqlite_module
 from leveret.store.memory import MemoryStore
 from leveret.store.sqlite import SqliteStore
@@ -49,7 +49,7 @@ class Rows:
         self.seen.append("committed")
 
 
-def open_writer(path: Path, seen: list[str], limit: int = 0) -> Writer:
+def open_writer(path: Path, seen: list[str], limit: int = 0, gather: float = 0.0) -> Writer:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -58,7 +58,8 @@ def open_writer(path: Path, seen: list[str], limit: int = 0) -> Writer:
     conn = connect()
     conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER CHECK (v >= 0))")
     return Writer(name="test-writer", label=f"test {path.name}", conn=conn, connect=connect,
-                  new_batch=lambda: Rows(seen, limit), describe=lambda exc: RuntimeError(f"described: {exc}"), log=log)
+                  new_batch=lambda: Rows(seen, limit), describe=lambda exc: RuntimeError(f"described: {exc}"), log=log,
+                  gather=gather)
 
 
 def busy(writer: Writer, value: int = 0) -> threading.Event:
@@ -97,6 +98,42 @@ def test_submits_queued_while_the_writer_is_busy_share_one_commit_in_order(tmp_p
     assert rows(tmp_path / "w.db") == [0, 1, 2, 3, 4, 5]
     assert writer.commits == 2  # [0], then [1..5] + the call together, as one transaction
     assert seen.count("committed") == 2
+
+
+def test_a_saturated_writer_gathers_before_its_next_transaction_and_an_idle_one_does_not(tmp_path: Path) -> None:
+    seen: list[str] = []
+    writer = open_writer(tmp_path / "w.db", seen, gather=0.005)
+    assert writer.wait([1]) is None and writer.wait([2]) is None  # one at a time: the queue is empty after each
+    assert writer.gathers == 0
+    gate = busy(writer, 3)  # a trickle: one submit in a transaction, then two arrive: no wait
+    for n in (4, 5):
+        writer.submit([n], lambda exc: None)
+    finish(writer, gate)
+    assert writer.gathers == 0 and writer.commits == 4  # [1], [2], [3], then [4, 5] + the call together
+    gate = busy(writer, 6)
+    for n in range(7, 7 + GATHER_AFTER):  # GATHER_AFTER submits in one transaction, and more wait after it
+        writer.submit([n], lambda exc: None)
+    entered = threading.Event()
+    gate2 = threading.Event()
+    writer.submit([99], lambda exc: (entered.set(), gate2.wait(10)))
+    gate.set()
+    assert entered.wait(10)  # the writer is in the callbacks of the big transaction: submit more, then go on
+    outcomes: list[int] = []
+    for n in (100, 101):
+        writer.submit([n], lambda exc, n=n: outcomes.append(n))
+    finish(writer, gate2)
+    assert writer.gathers == 1 and outcomes == [100, 101]
+    assert writer.wait([102]) is None and writer.gathers == 1  # idle again: no wait
+    writer.close()
+    assert rows(tmp_path / "w.db") == [1, 2, 3, 4, 5, 6, *range(7, 7 + GATHER_AFTER), 99, 100, 101, 102]
+
+
+def test_the_store_writer_gathers_by_default_and_a_plain_writer_does_not(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "a" / "leveret.db") as store:
+        assert store._writer is not None and store._writer.gather == sqlite_module.WRITER_GATHER > 0
+    with SqliteStore(tmp_path / "b" / "leveret.db", gather=0) as store:
+        assert store._writer is not None and store._writer.gather == 0
+    assert open_writer(tmp_path / "w.db", []).gather == 0
 
 
 def test_a_call_runs_after_the_payloads_before_it_and_the_batch_writes_first(tmp_path: Path) -> None:
