@@ -191,7 +191,10 @@ class Durability:
                 except BaseException as exc:  # pragma: no cover - a bug: logged by the waiting side
                     done.set_exception(exc)
 
-            self.dispatch(run)
+            try:
+                self.dispatch(run)
+            except RuntimeError:  # the event loop is closed: the node is stopping
+                return None
             try:
                 return done.result(SUMMARY_WAIT)
             except concurrent.futures.TimeoutError:
