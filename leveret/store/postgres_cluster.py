@@ -297,8 +297,8 @@ class ClusterLink:
                     if any(not p.startswith(("handover ", "summary ")) for p in payloads):
                         self._catch_up(conn)
                         self._read_nodes(conn)
-                    elif any(p.startswith("summary ") for p in payloads):  # another node's heartbeat
-                        self._read_nodes(conn)
+                    elif any(p.startswith("summary ") and p != "summary " + self.store.node for p in payloads):
+                        self._read_nodes(conn)  # another node's heartbeat: its new summary
                     if mine in payloads:
                         self._check_handed(conn)
             except schema.psycopg.Error as exc:
