@@ -28,6 +28,8 @@ from leveret.config import STORES, Config, node_name
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
 from leveret.http.server import ManagementServer
+from leveret.management import cluster
+from leveret.management.context import Management
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
 from leveret.server.stomp import StompListener
@@ -133,6 +135,9 @@ class Node:
         await self.control.start()
         if self.broker.durability is not None and self.amqp.port:  # several nodes: where clients find this one
             self.broker.durability.advertise(advertised_address(self.config.bind, self.amqp.port))
+        if self.broker.durability is not None and self.config.cluster:  # the other nodes' management API shows
+            view = Management(self.broker, sessions=self.sessions, listeners=self.listeners)  # what this one serves
+            self.broker.durability.watch_summary(lambda: cluster.summary(view))
         self.stomp.log_listening()
         self.amqp.log_listening()  # last: tests/support/serverproc.py takes it as the sign that the broker is up
 

@@ -14,6 +14,7 @@ loop. See core/storage.py for what a backend promises about each.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -65,6 +66,7 @@ log = logging.getLogger("leveret.store")
 # pages for the row, its body overflow pages and the index): ~30 KB for an 8 KB message, 4x.
 DISK_HEADROOM = 16 << 20
 WAL_FACTOR = 4
+SUMMARY_WAIT = 0.5  # seconds a heartbeat waits for the event loop's summary of what this node serves (watch_summary)
 
 
 _Write = TypeVar("_Write", bound=Callable[..., None])
@@ -175,6 +177,33 @@ class Durability:
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """``handed(queues)`` on the broker's thread when hand-over rows wait for these queues (Store.watch_handed)."""
         self.store.watch_handed(lambda queues: self.dispatch(handed, queues))
+
+    def watch_summary(self, summary: Callable[[], dict[str, Any]]) -> None:
+        """Several nodes: ``summary()`` is computed on the broker's thread at each heartbeat and written to this
+        node's row (Store.watch_summary). The backend's thread waits for it at most ``SUMMARY_WAIT`` seconds (a
+        busy event loop: that heartbeat writes none, and the others keep the previous one)."""
+        def on_loop() -> dict[str, Any] | None:
+            done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+            def run() -> None:
+                try:
+                    done.set_result(summary())
+                except BaseException as exc:  # pragma: no cover - a bug: logged by the waiting side
+                    done.set_exception(exc)
+
+            try:
+                self.dispatch(run)
+            except RuntimeError:  # the event loop is closed: the node is stopping
+                return None
+            try:
+                return done.result(SUMMARY_WAIT)
+            except concurrent.futures.TimeoutError:
+                return None
+            except Exception:  # pragma: no cover - a bug: this heartbeat writes no summary
+                log.exception("the cluster summary failed")
+                return None
+
+        self.store.watch_summary(on_loop)
 
     def delivered(self, msg: Message) -> None:
         """The message went to a consumer that must ack it: after a crash it comes back redelivered."""

@@ -255,6 +255,8 @@ class NodeRecord:
     seen_at: float
     running: bool
     amqp: str | None = None  # where it listens for AMQP (host:port), once it does
+    # what it serves, as of its last heartbeat (Store.watch_summary: management/cluster.py's shape), if any
+    summary: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,12 @@ class Store(abc.ABC):
 
     def advertise(self, amqp: str) -> None:
         """Several nodes: record where this node listens for AMQP (``host:port``: NodeRecord.amqp)."""
+        return None
+
+    def watch_summary(self, summary: Callable[[], dict[str, Any] | None]) -> None:
+        """Several nodes: at each heartbeat, ``summary()`` (called on a thread of the backend) is written to this
+        node's row, where the others read it (NodeRecord.summary: the management API's cluster view). A store of
+        one node (the default) never calls it."""
         return None
 
     def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:

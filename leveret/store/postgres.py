@@ -488,6 +488,11 @@ class PostgresStore(WriterStore):
         if self._link is not None:
             self._link.advertise(amqp)
 
+    def watch_summary(self, summary: Callable[[], dict[str, Any] | None]) -> None:
+        """From now on, write ``summary()`` to this node's row at each heartbeat (see ClusterLink)."""
+        if self._link is not None:
+            self._link.watch_summary(summary)
+
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """From now on, ``handed(queues)`` (on the link's thread) when hand-over rows wait for queues this node
         owns (see ClusterLink)."""

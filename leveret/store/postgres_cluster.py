@@ -32,12 +32,19 @@ Hand-over rows (routing between nodes)
     NOTIFYs ``handover <owner>`` (store/postgres_batch.py). The owner's link, on that notification and at each
     heartbeat (the safety net: a notification sent to a node that no longer owns the queue, or lost), hands the
     queues it owns that have rows waiting to the ``handed`` callback (:meth:`ClusterLink.watch_handed`).
+
+The cluster view (docs/cluster.md)
+    Each heartbeat writes the ``summary`` callback's dict (:meth:`ClusterLink.watch_summary`: what this node
+    serves, bounded by its maker, management/cluster.py) to this node's ``nodes.summary`` as JSON and NOTIFYs
+    ``summary <node>``; on that notification the other nodes read the list of nodes again (summaries included), so
+    what they show is at most one heartbeat (``lease / 3``) old, plus the notification's way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -159,6 +166,7 @@ class ClusterLink:
         self._gap_logged = False
         self._taken: Callable[[list[tuple[str, str]]], None] | None = None
         self._handed: Callable[[list[tuple[str, str]]], None] | None = None
+        self._summary: Callable[[], dict[str, Any] | None] | None = None
         self._amqp: str | None = None  # where this node listens for AMQP, to be written to its row (advertise)
         self._lost: Callable[[], None] | None = None
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
@@ -213,6 +221,11 @@ class ClusterLink:
             self._handed = handed
             self._wake = True
         self._notify()
+
+    def watch_summary(self, summary: Callable[[], dict[str, Any] | None]) -> None:
+        """At each heartbeat, write ``summary()`` (None: skip this one) to this node's row and tell the others."""
+        with self._lock:
+            self._summary = summary
 
     def close(self) -> None:
         self._stop.set()
@@ -281,9 +294,11 @@ class ClusterLink:
                 if payloads and not self._stop.is_set():
                     payloads += self._drain(conn)
                     mine = "handover " + self.store.node
-                    if any(not p.startswith("handover ") for p in payloads):
+                    if any(not p.startswith(("handover ", "summary ")) for p in payloads):
                         self._catch_up(conn)
                         self._read_nodes(conn)
+                    elif any(p.startswith("summary ") and p != "summary " + self.store.node for p in payloads):
+                        self._read_nodes(conn)  # another node's heartbeat: its new summary
                     if mine in payloads:
                         self._check_handed(conn)
             except schema.psycopg.Error as exc:
@@ -372,6 +387,7 @@ class ClusterLink:
             conn.execute("INSERT INTO nodes (name, host, pid, started_at, seen_at) SELECT %s, %s, %s, t, t FROM"
                          " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
                          (store.node, socket.gethostname(), os.getpid()))
+        self._write_summary(conn)
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
         # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
         # will take them (a queue of that name declared later must not get them)
@@ -379,13 +395,27 @@ class ClusterLink:
                      " AND q.name = h.queue)")
         self._read_nodes(conn)
 
+    def _write_summary(self, conn: Any) -> None:
+        """This node's summary (the ``summary`` callback's, on the broker's thread) to its row; ``summary <node>``
+        tells the others to read it."""
+        with self._lock:
+            summary = self._summary
+        if summary is None or self._fenced or self._stop.is_set():
+            return
+        found = summary()
+        if found is None:  # the event loop did not answer in time: the others keep the previous one
+            return
+        conn.execute("UPDATE nodes SET summary = %s WHERE name = %s",
+                     (json.dumps(found, default=str, separators=(",", ":")), self.store.node))
+        conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "summary " + self.store.node))
+
     def _read_nodes(self, conn: Any) -> None:
         rows = conn.execute(
             "SELECT name, host, pid, started_at, seen_at, stopped_at IS NULL AND (seen_at > extract(epoch FROM"
-            " clock_timestamp()) - %s OR name = %s), amqp FROM nodes ORDER BY name",
+            " clock_timestamp()) - %s OR name = %s), amqp, summary FROM nodes ORDER BY name",
             (self.store.node_lease, self.store.node)).fetchall()
-        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running, amqp)
-                 for name, host, pid, started_at, seen_at, running, amqp in rows]
+        nodes = [NodeRecord(name, host, pid, started_at, seen_at, running, amqp, _summary(summary))
+                 for name, host, pid, started_at, seen_at, running, amqp, summary in rows]
         with self._lock:
             self._nodes = nodes
 
@@ -417,3 +447,14 @@ class ClusterLink:
             self._version = rows[-1][0]
         if changes:
             apply(changes)
+
+
+def _summary(text: str | None) -> dict[str, Any] | None:
+    """A node's summary from its row (None: none written yet, or not a JSON object)."""
+    if not text:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None

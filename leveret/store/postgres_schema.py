@@ -39,6 +39,10 @@ Routing between nodes (schema 4; docs/cluster.md)
     node's block, vhost, queue, node that wrote it, exchange, routing_key, header, body), indexed on (vhost,
     queue, id). The owner deletes the rows it takes in the transaction that stores their messages in ``messages``.
 
+The cluster view (schema 5; docs/cluster.md)
+    ``nodes.summary``: what the node serves (its queues' counts, its connections, its totals) as JSON, written
+    with each heartbeat (postgres_cluster.py), read by the other nodes' management API.
+
 Refusals (:class:`StoreError`)
     A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
     already in use by another node (without ``cluster``) or by a node of the same name, a database that cannot be
@@ -160,8 +164,13 @@ _V4 = (
     "ALTER TABLE nodes ADD COLUMN amqp TEXT",  # where a node listens for AMQP (host:port), told to clients
 )
 
+# 5: the cluster view (docs/cluster.md): each node's summary of what it serves (JSON), written with its heartbeat
+_V5 = (
+    "ALTER TABLE nodes ADD COLUMN summary TEXT",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -381,8 +382,7 @@ def test_a_queue_is_served_by_its_owner_only(cluster: list[ClusterNode]) -> None
     ch_b = conn_b.channel()
     ch_b.confirm_delivery()
     ch_b.basic_publish("", "jobs", b"from-b", PERSISTENT)  # confirmed: handed over to node-a
-    shown = b.http.get("/api/queues/%2F/jobs")
-    assert shown["messages"] == 0 and shown["node"] == "node-a"  # node-b holds none of them; node-a serves it
+    assert b.http.get("/api/queues/%2F/jobs")["node"] == "node-a"  # node-a serves it (node-b shows its counts)
     assert a.http.get("/api/queues/%2F/jobs")["node"] == "node-a"
 
     wait_for(lambda: a.http.get("/api/queues/%2F/jobs")["messages"] == 4, message="node-a took the hand-over")
@@ -765,5 +765,61 @@ def test_a_transaction_through_another_node_is_handed_over_at_commit(cluster: li
     ch_b.tx_commit()
     wait_for(lambda: a.http.get("/api/queues/%2F/ledger")["messages"] == 3, message="the committed publishes")
     assert [body for body, _ in drain(conn_a.channel(), "ledger")] == [b"t-0", b"t-1", b"t-2"]
+    conn_a.close()
+    conn_b.close()
+
+
+def test_the_management_api_of_any_node_shows_the_whole_cluster(cluster: list[ClusterNode]) -> None:
+    """Each node publishes what it serves with its heartbeat: node-b's API shows node-a's queue with node-a's
+    counts (marked with its node), both nodes' connections, and the cluster's totals in /api/overview."""
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("view-jobs", durable=True)
+    for i in range(5):
+        ch_a.basic_publish("", "view-jobs", b"job-%d" % i, PERSISTENT)
+    ch_a.queue_declare("view-local", durable=False)  # node-a's own: node-b does not know it
+    ch_a.basic_publish("", "view-local", b"x")
+    consumer = conn_a.channel()
+    consumer.basic_qos(prefetch_count=2)
+    consumer.basic_consume("view-jobs", lambda *args: None)  # 2 unacked, 3 ready
+    conn_b = b.connect()
+
+    def queue_on_b() -> dict[str, Any] | None:
+        conn_a.process_data_events(0)
+        shown = b.http.get("/api/queues/%2F/view-jobs")
+        figures = {k: shown.get(k) for k in ("node", "messages", "messages_ready", "messages_unacknowledged",
+                                             "consumers")}
+        wanted = {"node": "node-a", "messages": 5, "messages_ready": 3, "messages_unacknowledged": 2,
+                  "consumers": 1}
+        return shown if figures == wanted else None
+
+    wait_for(queue_on_b, message="node-b shows node-a's counts of its queue")
+    listed = {(q["name"], q["node"]): q for q in b.http.get("/api/queues")}
+    assert listed[("view-jobs", "node-a")]["messages"] == 5
+    assert listed[("view-local", "node-a")]["messages"] == 1 and not listed[("view-local", "node-a")]["durable"]
+    assert b.http.get("/api/queues/%2F/view-local")["node"] == "node-a"
+    assert a.http.get("/api/queues/%2F/view-jobs")["messages_unacknowledged"] == 2  # the owner's own view
+
+    def connections_on_b() -> dict[str, str] | None:
+        shown = {c["name"]: c["node"] for c in b.http.get("/api/connections")}
+        return shown if sorted(shown.values()) == ["node-a", "node-b"] else None
+
+    shown = wait_for(connections_on_b, message="node-b lists the connections of both nodes")
+    remote = next(name for name, node in shown.items() if node == "node-a")
+    quoted = urllib.parse.quote(remote, safe="")
+    assert b.http.get(f"/api/connections/{quoted}")["node"] == "node-a"
+    assert b.http.request("DELETE", f"/api/connections/{quoted}")[0] == 405  # not relayed: close it on node-a
+    assert conn_a.is_open
+
+    def overview_on_b() -> dict[str, Any] | None:
+        shown = b.http.get("/api/overview")
+        totals, queue_totals = shown["object_totals"], shown["queue_totals"]
+        good = (totals["connections"] == 2 and totals["consumers"] == 1 and totals["queues"] == 2
+                and queue_totals["messages"] == 6 and queue_totals["messages_unacknowledged"] == 2)
+        return shown if good else None
+
+    wait_for(overview_on_b, message="node-b's overview counts the whole cluster")
     conn_a.close()
     conn_b.close()

@@ -114,8 +114,9 @@ def test_a_newer_schema_is_still_refused(url: str) -> None:
     with PostgresStore(url):
         pass
     with db(url) as conn:
-        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"newer Leveret \(schema 5, this version knows 4\)"):
+        newer = postgres_schema.SCHEMA_VERSION + 1
+        conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(newer),))
+    with pytest.raises(StoreError, match=rf"newer Leveret \(schema {newer}, this version knows {newer - 1}\)"):
         PostgresStore(url).open()
 
 

@@ -11,6 +11,7 @@ import leveret
 from leveret import RABBITMQ_VERSION  # what tools that check the version are told (RabbitMQ's numbers)
 from leveret.core import errors
 from leveret.core.message import Message, build_address, build_header
+from leveret.management import cluster
 from leveret.management.context import Management
 from leveret.management.views import node_info, nodes_info
 
@@ -25,16 +26,24 @@ async def overview(api: Management, call: Call) -> web.Response:
     queues = [q for v in broker.vhosts.values() for q in v.queues.values()]
     ready = sum(q.message_count for q in queues)
     unacked = sum(q.unacked_count for q in queues)
+    # several nodes (docs/cluster.md): with the other nodes' totals of their last heartbeat (the queues they serve
+    # that this node knows are counted once)
+    summaries = cluster.others(broker)
+    more = cluster.totals(summaries)
+    known = sum(1 for node, found in summaries.items() for e in found.get("queues", ())
+                if isinstance(e, list) and e[0] in broker.vhosts and e[1] in broker.vhosts[e[0]].queues)
+    ready += more.get("messages_ready", 0)
+    unacked += more.get("messages_unacknowledged", 0)
     return reply(api.history.annotate(call.request.query, "overview", {
         "management_version": RABBITMQ_VERSION, "rabbitmq_version": RABBITMQ_VERSION,
         "product_name": "Leveret", "product_version": leveret.__version__,
         "erlang_version": "n/a", "node": broker.node_name, "cluster_name": broker.node_name,
         "object_totals": {
-            "queues": len(queues),
+            "queues": len(queues) + max(0, more.get("queues", 0) - known),
             "exchanges": sum(len(v.exchanges) for v in broker.vhosts.values()),
-            "connections": len(sessions),
-            "channels": sum(len(s.channels) for s in sessions),
-            "consumers": sum(q.consumer_count for q in queues),
+            "connections": len(sessions) + more.get("connections", 0),
+            "channels": sum(len(s.channels) for s in sessions) + more.get("channels", 0),
+            "consumers": sum(q.consumer_count for q in queues) + more.get("consumers", 0),
         },
         "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
                          "messages_unacknowledged": unacked},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from leveret.management import cluster
 from leveret.management.context import Management
 from leveret.management.validation import bad_request, parse_bool, parse_dict
 from leveret.management.views import bindings_of, queue_info
@@ -15,14 +16,30 @@ from .call import Call, reply
 
 
 async def list_queues(api: Management, call: Call) -> web.Response:
-    return paged(call.request, [q for v in call.visible_vhosts(api) for q in v.queues.values()], reply,
-                 lambda q: queue_info(q, api.node, api.rates))
+    vhosts = call.visible_vhosts(api)
+    queues = [q for v in vhosts for q in v.queues.values()]
+    summaries = cluster.others(api.broker)
+    if not summaries:  # one node (or no other node's summary yet): this node's queues
+        return paged(call.request, queues, reply, lambda q: queue_info(q, api.node, api.rates))
+    # several nodes (docs/cluster.md): the queues other nodes serve with their owners' counts, and the queues of
+    # other nodes that this one does not know (non-durable ones)
+    figures = cluster.queue_figures(summaries)
+    infos = [cluster.with_owner_figures(queue_info(q, api.node, api.rates), figures) for q in queues]
+    return paged(call.request, infos + cluster.remote_queues(summaries, vhosts), reply)
 
 
 async def get_queue(api: Management, call: Call) -> web.Response:
-    queue = api.vhost(call.params["vhost"]).queue(call.params["name"])
-    return reply(api.history.annotate(call.request.query, ("queue", queue.vhost.name, queue.name),
-                                      queue_info(queue, api.node, api.rates)))
+    vhost = api.vhost(call.params["vhost"])
+    summaries = cluster.others(api.broker)
+    if call.params["name"] not in vhost.queues:  # another node's queue that this one does not know
+        for info in cluster.remote_queues(summaries, [vhost]):
+            if info["name"] == call.params["name"]:
+                return reply(info)
+    queue = vhost.queue(call.params["name"])
+    info = queue_info(queue, api.node, api.rates)
+    if summaries:
+        info = cluster.with_owner_figures(info, cluster.queue_figures(summaries))
+    return reply(api.history.annotate(call.request.query, ("queue", queue.vhost.name, queue.name), info))
 
 
 async def queue_bindings(api: Management, call: Call) -> web.Response:
