@@ -41,6 +41,8 @@ from amqphelp import connect
 
 RABBITMQ_HOST = "127.0.0.1"
 RABBITMQ_PORT = 5672
+RABBITMQ_HTTP_PORT = 15672  # its management API (tests/support/httphelp.py)
+RABBITMQ_STOMP_PORT = 61613  # its STOMP plugin
 
 
 def rabbitmq_available() -> bool:
@@ -63,6 +65,30 @@ def require_rabbitmq() -> int:
     if not _RABBITMQ:
         pytest.skip("RabbitMQ is not running on 127.0.0.1:5672 (start it with ../shared/scripts/rabbitmq.sh)")
     return RABBITMQ_PORT
+
+
+def uses_rabbitmq(item: pytest.Item) -> bool:
+    """Whether a test talks to the reference RabbitMQ: marked ``rabbitmq``, asks for ``rabbitmq_port``, or is
+    parametrised with "rabbitmq" (``broker_port``, ``stomp_broker`` and the modules' own such fixtures) or with
+    one of its well-known ports."""
+    if item.get_closest_marker("rabbitmq") or "rabbitmq_port" in getattr(item, "fixturenames", ()):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any((isinstance(value, str) and value == "rabbitmq")
+               or (type(value) is int and value in (RABBITMQ_PORT, RABBITMQ_HTTP_PORT, RABBITMQ_STOMP_PORT))
+               for value in params.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n N --dist loadgroup``, the default of ``.ci/run``) every test that uses the one
+    shared RabbitMQ runs in the same worker, one after another as in a serial run: several of them use fixed names
+    or change server-wide state (users, vhost limits, permissions) there. The tests on Leveret alone are spread
+    over the workers (each test has its own broker on an ephemeral port, its own tmp_path)."""
+    for item in items:
+        if uses_rabbitmq(item):
+            item.add_marker(pytest.mark.rabbitmq)
+            item.add_marker(pytest.mark.xdist_group("rabbitmq"))
 
 
 @pytest.fixture
@@ -104,8 +130,6 @@ def stomp_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]
     finally:
         server.stop()
 
-
-RABBITMQ_STOMP_PORT = 61613
 
 
 def rabbitmq_stomp_available() -> bool:
