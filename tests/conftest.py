@@ -79,16 +79,45 @@ def uses_rabbitmq(item: pytest.Item) -> bool:
                for value in params.values())
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+XDIST_GROUP = "rabbitmq"
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Under pytest-xdist (``-n N --dist loadgroup``, the default of ``.ci/run``) every test that uses the one
     shared RabbitMQ runs in the same worker, one after another as in a serial run: several of them use fixed names
     or change server-wide state (users, vhost limits, permissions) there. The tests on Leveret alone are spread
-    over the workers (each test has its own broker on an ephemeral port, its own tmp_path)."""
+    over the workers (each has its own broker on an ephemeral port and its own tmp_path). Marked here, before
+    ``-m`` selects: ``-m "not rabbitmq"`` leaves them out."""
+    if uses_rabbitmq(item):
+        item.add_marker(pytest.mark.rabbitmq)
+        item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    structured = getattr(item, "_id", None)
+    if hasattr(structured, "parse"):  # pytest 9 keeps a NodeId (the same string once formatted)
+        item._id = type(structured).parse(nodeid)  # type: ignore[attr-defined]
+    else:  # pytest 8
+        item._nodeid = nodeid
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Nodeids pytest-xdist can schedule by: pytest-xdist 3.8 puts a test of an ``xdist_group`` into its group by
+    appending ``@group`` to its nodeid, which pytest 9 no longer lets it do (the nodeid is no longer the
+    ``_nodeid`` it sets), so the suffix is set here; and schemathesis gives each API operation's test
+    (test_http_openapi.py) the nodeid of the test function, so xdist would run one of them for all: each gets
+    its own. A serial run keeps its nodeids but for that."""
+    grouping = bool(getattr(config.option, "loadgroup", False))  # set on xdist's workers for --dist loadgroup
     for item in items:
-        if uses_rabbitmq(item):
-            item.add_marker(pytest.mark.rabbitmq)
-            item.add_marker(pytest.mark.xdist_group("rabbitmq"))
+        nodeid = item.nodeid
+        module, _, name = nodeid.rpartition("::")
+        if module and "@" not in name and name != item.name:
+            nodeid = f"{module}::{item.name}"
+        if grouping and item.get_closest_marker("xdist_group") and not nodeid.endswith(f"@{XDIST_GROUP}"):
+            nodeid += f"@{XDIST_GROUP}"
+        if nodeid != item.nodeid:
+            _set_nodeid(item, nodeid)
 
 
 @pytest.fixture
