@@ -14,6 +14,10 @@
 - ``broker``: a differential ``Run`` (tests/differential/harness.py) on ``broker_port``: connections and names,
   what was declared is deleted at the end.
 
+Parallel runs (``.ci/run``: pytest-xdist, ``-n 3 --dist loadgroup``): a test that uses the reference RabbitMQ is
+marked ``rabbitmq`` here (see ``uses_rabbitmq``) and all of them run in one worker, one after another; the others,
+each on brokers of its own, are spread over the workers. ``-n 0`` runs serially.
+
 The tests are in unit/ (no sockets), integration/ (real clients against a real Leveret), differential/ (the same
 client code against Leveret and RabbitMQ) and support/ (helpers, importable by name: see ``pythonpath`` in
 pyproject.toml). This one conftest.py serves them all (a second one would shadow ``from conftest import``).
