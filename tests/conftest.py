@@ -14,7 +14,7 @@
 - ``broker``: a differential ``Run`` (tests/differential/harness.py) on ``broker_port``: connections and names,
   what was declared is deleted at the end.
 
-Parallel runs (``.ci/run``: pytest-xdist, ``-n 3 --dist loadgroup``): a test that uses the reference RabbitMQ is
+Parallel runs (``.ci/run``: pytest-xdist, ``-n 4 --dist loadgroup``): a test that uses the reference RabbitMQ is
 marked ``rabbitmq`` here (see ``uses_rabbitmq``) and all of them run in one worker, one after another; the others,
 each on brokers of its own, are spread over the workers. ``-n 0`` runs serially.
 
