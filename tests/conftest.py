@@ -128,7 +128,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning",
-                                  "http_port": -1,  # the management API only where a test asks for it
+                                  # the management API only where a test asks for it; HTTPS too (it starts on
+                                  # 15671 with TLS: two TLS tests in parallel workers would both bind it)
+                                  "http_port": -1, "http_tls_port": -1,
                                   "stomp_port": -1, "stomp_tls_port": -1}  # STOMP too (stomp_server)
         values.update(overrides)
         return Config(**values)
