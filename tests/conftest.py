@@ -14,6 +14,10 @@
 - ``broker``: a differential ``Run`` (tests/differential/harness.py) on ``broker_port``: connections and names,
   what was declared is deleted at the end.
 
+Parallel runs (``.ci/run``: pytest-xdist, ``-n 4 --dist loadgroup``): a test that uses the reference RabbitMQ is
+marked ``rabbitmq`` here (see ``uses_rabbitmq``) and all of them run in one worker, one after another; the others,
+each on brokers of its own, are spread over the workers. ``-n 0`` runs serially.
+
 The tests are in unit/ (no sockets), integration/ (real clients against a real Leveret), differential/ (the same
 client code against Leveret and RabbitMQ) and support/ (helpers, importable by name: see ``pythonpath`` in
 pyproject.toml). This one conftest.py serves them all (a second one would shadow ``from conftest import``).
@@ -41,6 +45,8 @@ from amqphelp import connect
 
 RABBITMQ_HOST = "127.0.0.1"
 RABBITMQ_PORT = 5672
+RABBITMQ_HTTP_PORT = 15672  # its management API (tests/support/httphelp.py)
+RABBITMQ_STOMP_PORT = 61613  # its STOMP plugin
 
 
 def rabbitmq_available() -> bool:
@@ -65,11 +71,66 @@ def require_rabbitmq() -> int:
     return RABBITMQ_PORT
 
 
+def uses_rabbitmq(item: pytest.Item) -> bool:
+    """Whether a test talks to the reference RabbitMQ: marked ``rabbitmq``, asks for ``rabbitmq_port``, or is
+    parametrised with "rabbitmq" (``broker_port``, ``stomp_broker`` and the modules' own such fixtures) or with
+    one of its well-known ports."""
+    if item.get_closest_marker("rabbitmq") or "rabbitmq_port" in getattr(item, "fixturenames", ()):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any((isinstance(value, str) and value == "rabbitmq")
+               or (type(value) is int and value in (RABBITMQ_PORT, RABBITMQ_HTTP_PORT, RABBITMQ_STOMP_PORT))
+               for value in params.values())
+
+
+XDIST_GROUP = "rabbitmq"
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under pytest-xdist (``-n N --dist loadgroup``, the default of ``.ci/run``) every test that uses the one
+    shared RabbitMQ runs in the same worker, one after another as in a serial run: several of them use fixed names
+    or change server-wide state (users, vhost limits, permissions) there. The tests on Leveret alone are spread
+    over the workers (each has its own broker on an ephemeral port and its own tmp_path). Marked here, before
+    ``-m`` selects: ``-m "not rabbitmq"`` leaves them out."""
+    if uses_rabbitmq(item):
+        item.add_marker(pytest.mark.rabbitmq)
+        item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    structured = getattr(item, "_id", None)
+    if hasattr(structured, "parse"):  # pytest 9 keeps a NodeId (the same string once formatted)
+        item._id = type(structured).parse(nodeid)  # type: ignore[attr-defined]
+    else:  # pytest 8
+        item._nodeid = nodeid
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Nodeids pytest-xdist can schedule by: pytest-xdist 3.8 puts a test of an ``xdist_group`` into its group by
+    appending ``@group`` to its nodeid, which pytest 9 no longer lets it do (the nodeid is no longer the
+    ``_nodeid`` it sets), so the suffix is set here; and schemathesis gives each API operation's test
+    (test_http_openapi.py) the nodeid of the test function, so xdist would run one of them for all: each gets
+    its own. A serial run keeps its nodeids but for that."""
+    grouping = bool(getattr(config.option, "loadgroup", False))  # set on xdist's workers for --dist loadgroup
+    for item in items:
+        nodeid = item.nodeid
+        module, _, name = nodeid.rpartition("::")
+        if module and "@" not in name and name != item.name:
+            nodeid = f"{module}::{item.name}"
+        if grouping and item.get_closest_marker("xdist_group") and not nodeid.endswith(f"@{XDIST_GROUP}"):
+            nodeid += f"@{XDIST_GROUP}"
+        if nodeid != item.nodeid:
+            _set_nodeid(item, nodeid)
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data"), "log_level": "warning",
-                                  "http_port": -1,  # the management API only where a test asks for it
+                                  # the management API only where a test asks for it; HTTPS too (it starts on
+                                  # 15671 with TLS: two TLS tests in parallel workers would both bind it)
+                                  "http_port": -1, "http_tls_port": -1,
                                   "stomp_port": -1, "stomp_tls_port": -1}  # STOMP too (stomp_server)
         values.update(overrides)
         return Config(**values)
@@ -104,8 +165,6 @@ def stomp_server(make_config: Callable[..., Config]) -> Iterator[ThreadedServer]
     finally:
         server.stop()
 
-
-RABBITMQ_STOMP_PORT = 61613
 
 
 def rabbitmq_stomp_available() -> bool:

@@ -187,6 +187,9 @@ def tx_acked_uncommitted(run: Run) -> None:
 
 @scenario
 def max_length_after_requeue(run: Run) -> None:
+    """A requeue into a queue at its x-max-length: drop-head drops (dead-letters) the head and keeps 2; the
+    reject-publish modes only refuse publishes, so the requeued message makes 3 (the wait is for that count, the
+    transcript records what was seen either way)."""
     conn = run.connect()
     ch = run.confirmed(conn)
     dl = run.queue("dl")
@@ -204,7 +207,7 @@ def max_length_after_requeue(run: Run) -> None:
             publish(ch, q, b"3")
             if tag is not None:
                 consumer.basic_nack(tag, requeue=True)
-            run.wait_count(f"{overflow}-{dlx}-count", q, 2)
+            run.wait_count(f"{overflow}-{dlx}-count", q, 2 if overflow == "drop-head" else 3)
             _entries(run, ch, q, f"{overflow}-{dlx}-left")
             if dlx:
                 run.wait_count(f"{overflow}-dl-count", dl, 1 if overflow == "drop-head" else 0)

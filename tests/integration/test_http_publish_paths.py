@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from leveret.core.tracing import set_tracing
 from leveret.node import ThreadedServer
 
@@ -61,6 +63,7 @@ def _rabbitmq_api() -> Client | None:
     return Client(RABBITMQ_HTTP_PORT) if rabbitmq_management() else None
 
 
+@pytest.mark.rabbitmq  # also on the reference RabbitMQ when its management API is there
 def test_management_publish_refused_by_a_full_queue_is_a_bad_request_as_rabbitmq(http_server: ThreadedServer) -> None:
     """A publish a reject-publish queue refuses (AMQP would nack it) is RabbitMQ's 400 "rejected ...", not
     ``routed: true``: a client such as the outbox's HTTP transport must know it was not stored."""
@@ -81,6 +84,7 @@ def test_management_publish_refused_by_a_full_queue_is_a_bad_request_as_rabbitmq
                                  "reason": "rejected Unable to publish message. Check queue limits."})]
 
 
+@pytest.mark.rabbitmq  # also on the reference RabbitMQ when its management API is there
 def test_connections_show_their_traffic_as_rabbitmq(http_server: ThreadedServer) -> None:
     """recv_oct/send_oct/recv_cnt/send_cnt and their ``_details`` rates on each connection, on Leveret and (when
     its management API is there) on RabbitMQ, whose statistics come every 5 s."""

@@ -14,6 +14,7 @@ from pika.exceptions import ConnectionClosedByBroker
 
 from leveret.amqp import spec
 from leveret.node import ThreadedServer
+from leveret.server import edge
 
 from rawamqp import RawClient
 from serverproc import LeveretProcess
@@ -81,6 +82,7 @@ def test_client_heartbeats_keep_the_connection(leveret: ThreadedServer) -> None:
 
 
 def test_handshake_timeout_closes_silent_socket(leveret: ThreadedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge, "HANDSHAKE_TIMEOUT", 1.0)  # read per connection; 10 s in production
     sock = socket.create_connection(("127.0.0.1", leveret.port))
     sock.sendall(spec.PROTOCOL_HEADER)
     sock.settimeout(15)

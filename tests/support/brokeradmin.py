@@ -67,9 +67,17 @@ class RabbitAdmin:
     name = "rabbitmq"
     port = 5672
 
-    @staticmethod
-    def available() -> str | None:
+    _available: tuple[str | None] | None = None  # the answer, asked once per test process (a CLI run is ~0.5 s)
+
+    @classmethod
+    def available(cls) -> str | None:
         """None when rabbitmqctl can manage the reference broker, else why not."""
+        if cls._available is None:
+            cls._available = (cls._why_not(),)
+        return cls._available[0]
+
+    @staticmethod
+    def _why_not() -> str | None:
         if shutil.which("rabbitmqctl") is None:
             return "rabbitmqctl is not installed"
         try:
