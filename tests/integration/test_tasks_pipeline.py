@@ -14,41 +14,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 from leveret.tasks import App, BrokerUnavailable, PipelineError
 
+from amqphelp import delete_queues, drain, url
 from serverproc import LeveretProcess
 
 
-def url(port: int) -> str:
-    return f"amqp://guest:guest@127.0.0.1:{port}/"
-
-
 def drain_ids(port: int, queue: str) -> list[str]:
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-    try:
-        ch = conn.channel()
-        got = []
-        while True:
-            method, props, _ = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return got
-            got.append(props.message_id)
-    finally:
-        conn.close()
+    return [props.message_id for props, _ in drain(port, queue)]
 
 
 @pytest.fixture
 def queue_name(broker_port: int) -> Iterator[str]:
     name = f"pl-{uuid.uuid4().hex[:10]}"
     yield name
-    with contextlib.suppress(Exception):
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker_port))
-        for q in (name, f"{name}.dead"):
-            conn.channel().queue_delete(q)
-        conn.close()
+    delete_queues(broker_port, name, f"{name}.dead")
 
 
 @pytest.mark.parametrize("status", [False, True], ids=["nostatus", "status"])

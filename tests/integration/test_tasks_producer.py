@@ -24,6 +24,7 @@ from conftest import RABBITMQ_PORT
 from leveret.tasks import App, BrokerUnavailable, TaskError
 from leveret.tasks.app import CONTROL_EXCHANGE, EVENTS_EXCHANGE, server_product
 
+from amqphelp import drain
 from serverproc import LeveretProcess
 
 
@@ -62,21 +63,6 @@ def app_for(broker_port: int) -> Iterator[Any]:
     yield make
     for app in apps:
         app.close()
-
-
-def drain(port: int, queue: str) -> list[Any]:
-    """Every message of ``queue`` (taken), as (properties, body)."""
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-    try:
-        ch = conn.channel()
-        got = []
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return got
-            got.append((props, body))
-    finally:
-        conn.close()
 
 
 def publish_event(port: int, ev: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pika
@@ -21,3 +22,33 @@ def url(port: int) -> str:
 def closed_with(exc_info: pytest.ExceptionInfo[Any]) -> tuple[int, str]:
     """The (reply code, reply text) of a ChannelClosedByBroker or ConnectionClosedByBroker."""
     return exc_info.value.reply_code, exc_info.value.reply_text
+
+
+def drain(port: int, queue: str) -> list[tuple[Any, bytes]]:
+    """Every message of ``queue`` (taken), as (properties, body)."""
+    conn = connect(port)
+    try:
+        ch = conn.channel()
+        got = []
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return got
+            got.append((props, body))
+    finally:
+        conn.close()
+
+
+def delete_queues(port: int, *names: str) -> None:
+    """Delete ``names`` if they exist (test clean-up: errors are ignored)."""
+    try:
+        conn = connect(port)
+    except Exception:
+        return
+    try:
+        for name in names:
+            with contextlib.suppress(Exception):
+                conn.channel().queue_delete(name)
+    finally:
+        if conn.is_open:
+            conn.close()
