@@ -59,14 +59,22 @@ async def list_connections(api: Management, call: Call) -> web.Response:
     return paged(call.request, infos + remote_connections(api, call), reply)
 
 
-async def get_connection(api: Management, call: Call) -> web.Response:
+def _find(api: Management, call: Call) -> Session | dict[str, Any]:
+    """The named connection: this node's session, or its view when another node of the cluster has it; NotFound
+    when neither does."""
     try:
-        session = api.find_connection(call.params["name"])
+        return api.find_connection(call.params["name"])
     except errors.NotFound:
         found = remote_connection(api, call)
         if found is None:
             raise
-        return reply(found)
+        return found
+
+
+async def get_connection(api: Management, call: Call) -> web.Response:
+    session = _find(api, call)
+    if isinstance(session, dict):
+        return reply(session)
     if not sees(call, session):
         raise not_authorised("User not authorised to access object")
     return reply(connection_info(session, api.amqp_address(), api.node, api.rates))
@@ -76,12 +84,9 @@ async def delete_connection(api: Management, call: Call) -> web.Response:
     """RabbitMQ's force-close: the client gets 320 CONNECTION_FORCED with the ``X-Reason`` header's text.
     An administrator may close any connection, other management users their own only (as RabbitMQ). A connection
     of another node of a cluster is not closed from here (405 naming the node: close it through that node's API)."""
-    try:
-        session = api.find_connection(call.params["name"])
-    except errors.NotFound:
-        found = remote_connection(api, call)
-        if found is None:
-            raise
+    session = _find(api, call)
+    if isinstance(session, dict):
+        found = session
         return reply({"error": "Method Not Allowed",
                       "reason": f"connection '{call.params['name']}' is on node '{found.get('node')}': close it "
                                 "through that node's management API (closing a connection of another node is not "
