@@ -197,7 +197,7 @@ class ClusterLink:
 
     def claim(self) -> dict[tuple[str, str], str]:
         """Take the free, expired and own queue leases now (start-up, on the caller's thread); every queue's owner."""
-        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster") as conn:
+        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster-call") as conn:
             conn.execute(CLAIM, (self.store.node, self.store.node_lease, self.store.node))
             rows = conn.execute("SELECT vhost, name, owner FROM queues").fetchall()
         self._renewed = time.monotonic()
@@ -235,7 +235,7 @@ class ClusterLink:
         conn, self._conn = self._conn, None
         if conn is None or conn.closed or conn.broken:
             with contextlib.suppress(Exception):
-                conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster")
+                conn = schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster-call")
         with contextlib.suppress(Exception):
             conn.execute("UPDATE nodes SET stopped_at = extract(epoch FROM clock_timestamp()) WHERE name = %s",
                          (self.store.node,))
@@ -250,7 +250,7 @@ class ClusterLink:
     def _notify(self) -> None:
         """Wake the thread out of its wait for notifications (a NOTIFY on a connection of its own)."""
         with contextlib.suppress(Exception), schema.connect(self.store.url, self.store.schema,
-                                                            self.store.connect_timeout, "cluster") as conn:
+                                                            self.store.connect_timeout, "cluster-call") as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "wake " + self.store.node))
 
     def _connect(self) -> Any:
