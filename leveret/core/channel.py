@@ -17,6 +17,7 @@ from leveret.amqp.fields import field_type
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
 from .message import NOTIFY, Message
 from .queue import Consumer, Queue
+from .remote import refuse_remote
 from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
 
@@ -146,7 +147,7 @@ class Channel:
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
                 arguments: dict[str, Any]) -> Consumer:
         if queue.served_by is not None:
-            queue.refuse_remote()
+            refuse_remote(queue)
         if not tag:
             tag = f"amq.ctag-{secrets.token_urlsafe(16)}"
         if tag in self.consumers:

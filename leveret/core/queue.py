@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from . import notices
 from .consumer import Consumer  # re-exported: leveret.core.queue.Consumer
 from .dedup import make_window
-from .errors import ResourceLocked
 from .lifecycle import PriorityMessages, QueueSettings, count_delivery, parse_settings
 from .message import NOTIFY, PAGED, RECORD_COST, Message, new_message
 from .paging import Paging
+from .remote import refuse_remote
 from .status import STATUS_ARGUMENT
 from .tracking import MESSAGE_ID
 
@@ -426,7 +426,7 @@ class Queue(Paging):
     def get(self) -> Message | None:
         """basic.get: the next ready message, or None. The caller records or settles it."""
         if self.served_by is not None:
-            self.refuse_remote()
+            refuse_remote(self)
         if self.lifecycle:
             self._expire()
             self.touch()
@@ -436,17 +436,6 @@ class Queue(Paging):
         if self.lifecycle:
             self._expire()  # the message behind it may have expired too: message_count leaves it out
         return msg
-
-    def refuse_remote(self) -> None:
-        """Several nodes: this node does not serve the queue, another one does (docs/cluster.md); the refusal says
-        where that node listens for AMQP when it is known."""
-        durability = self.durability
-        nodes = (durability.nodes() if durability is not None else None) or []
-        amqp = next((node.amqp for node in nodes if node.name == self.served_by and node.running), None)
-        where = f" (AMQP at {amqp})" if amqp else ""
-        raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost.name}' is served by node "
-                             f"'{self.served_by}'{where}: consume from it there (consuming through another node is "
-                             "not built yet)")
 
     def hand_out(self, msg: Message, ack: bool, notify: bool = True) -> None:
         """A message taken from this queue goes to a client (a consumer, basic.get, the management API's get):
@@ -532,7 +521,7 @@ class Queue(Paging):
         """Remove every ready message; unacked ones stay with their consumers. Returns how many. ``event`` is
         what message tracking records for them (purged, or queue_deleted)."""
         if self.served_by is not None and not self.deleted:  # its messages are its owner's (docs/cluster.md)
-            self.refuse_remote()
+            refuse_remote(self)
         count = self.message_count
         held = [*self.messages, *self._pinned, *self._tail] if self._paging else self.messages
         if self.tracker is not None:

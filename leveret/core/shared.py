@@ -247,3 +247,4 @@ class HandedIn:
             return
         if (again or count == HANDED_PAGE) and queue.served_by is None and not queue.deleted:
             self.take(queue)
+
