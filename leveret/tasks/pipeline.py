@@ -67,15 +67,18 @@ class Pipeline:
     def send(self, task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         """``task.send(*args, **kwargs)`` without waiting for its confirm (unless ``window`` confirms are
         already awaited). The payload is checked against the task's signature here, as by ``task.send``."""
-        return self.send_with(task, task.payload(args, kwargs))
+        return self._send(task, task.payload(args, kwargs), {})
 
     def send_with(self, task: Task[Any, R], payload: dict[str, Any], **options: Any) -> Handle[R]:
         """``task.send_with`` in the pipeline (``delay``, ``eta``, ``priority``, ``task_id``, ``metadata``). A
         delayed task, an eager App and an App with an outbox do not pipeline: they send as ``send_with`` does."""
+        task.check_payload(payload)
+        return self._send(task, payload, options)
+
+    def _send(self, task: Task[Any, R], payload: dict[str, Any], options: dict[str, Any]) -> Handle[R]:
+        """A payload already checked against the task's signature."""
         self._raise_failed()
         app = self.app
-        if options:
-            task.check_payload(payload)
         if app.eager or app.outbox_path is not None or options.get("delay") or options.get("eta"):
             handle = app.submit(task, payload, **options)
             self.sent += 1

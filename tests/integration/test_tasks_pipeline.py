@@ -52,6 +52,8 @@ def test_pipelined_sends_are_all_confirmed_within_the_window(broker_port: int, q
                 assert p.in_flight <= 16
             with pytest.raises(TypeError):  # the payload is checked against the signature, as by task.send
                 p.send(work, "a", "b", "c")  # type: ignore[call-arg]
+            with pytest.raises(TypeError):  # and by send_with, with or without options
+                p.send_with(work, {"j": 1})
         assert p.in_flight == 0 and p.sent == p.confirmed == 300
         assert most > 1  # confirms were in flight together
         assert sorted(drain_ids(broker_port, queue_name)) == sorted(ids)
