@@ -45,8 +45,7 @@ class Pipeline:
         self.sent = 0  # handed to the connection
         self.confirmed = 0  # acked by the broker
         self._in_flight = 0
-        self._failed: dict[str, BaseException] = {}
-        self._reported = 0  # failures already raised
+        self._failed: dict[str, BaseException] = {}  # failures not raised yet (each is raised once)
         self._progress = time.monotonic()  # the last confirm (or send, when nothing was in flight)
         self._cond = threading.Condition(threading.Lock())
 
@@ -131,10 +130,9 @@ class Pipeline:
 
     def _raise_failed(self) -> None:
         with self._cond:
-            if len(self._failed) == self._reported:
+            if not self._failed:
                 return
-            failed = dict(list(self._failed.items())[self._reported:])  # each failure is raised once
-            self._reported = len(self._failed)
+            failed, self._failed = self._failed, {}
         first_id, first = next(iter(failed.items()))
         raise PipelineError(f"{len(failed)} task(s) of the pipeline not confirmed (the first, {first_id}: {first})",
                             failed)
