@@ -444,6 +444,10 @@ class Durability:
         """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
         self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
 
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """``taken(lanes)`` (see Store.watch_lanes: a dead node's delayed lanes moved here), on the broker's thread."""
+        self.store.watch_lanes(lambda lanes: self.dispatch(taken, lanes))
+
     @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
         if exchange.durable and not self.recovering:

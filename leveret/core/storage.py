@@ -59,6 +59,32 @@ class StoreError(Exception):
     """The store cannot be used. ``str(error)`` is one line that says what is wrong and what to do."""
 
 
+class FencedError(StoreError):
+    """Several nodes (docs/cluster.md): a commit was refused because this node no longer owns, with a live lease,
+    a queue or the delayed lanes it wrote for (another node may serve them now). Nothing of that transaction was
+    written; the node must stop serving what it lost."""
+
+
+# The names of the pseudo-queues that hold durable delayed messages (core/delays.py): part of the port, since a
+# store shared by several nodes moves a dead node's lanes to the node that takes them (docs/cluster.md).
+DELAYED_PREFIX = "amq.leveret.delayed."
+"""Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
+RETRY_PREFIX = "amq.leveret.retry."
+"""Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
+NODE_MARK = "\x1e"
+"""Several nodes on one store: a node's pseudo-queues are named ``<prefix><node><NODE_MARK><target>``, so that
+each node holds and recovers its own delayed messages (and those of the dead nodes whose lanes it took)."""
+
+
+def lane_node(name: str) -> str | None:
+    """The node whose tag a stored queue name carries (a delayed lane of several nodes), None for any other name."""
+    for prefix in (DELAYED_PREFIX, RETRY_PREFIX):
+        if name.startswith(prefix):
+            node, mark, _ = name[len(prefix):].partition(NODE_MARK)
+            return node if mark else None
+    return None
+
+
 @dataclass(frozen=True)
 class ExchangeDef:
     vhost: str
@@ -407,8 +433,17 @@ class Store(abc.ABC):
 
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
-        load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
-        them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        load their messages), ``lost()`` once when it could not renew its leases in time, or when a commit was
+        fenced (:class:`FencedError`: it must stop serving them at once). Called on a thread of the backend. A
+        store of one node (the default) never calls them."""
+        return None
+
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """Several nodes: ``taken(lanes)`` (on a thread of the backend) when this node took over the delayed lanes
+        of a node whose lease ran out: their stored messages were moved, in the transaction that took the lease,
+        into this node's lanes of the same targets; ``lanes`` lists (vhost, stored lane name, messages moved) for
+        the node to read in. (At start the same is done by :meth:`claim_queues`, before recovery reads.) A store of
+        one node (the default) never calls it."""
         return None
 
     def advertise(self, amqp: str) -> None:

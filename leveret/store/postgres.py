@@ -469,6 +469,17 @@ class PostgresStore(WriterStore):
         if self._link is not None:
             self._link.watch_queues(taken, lost)
 
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """From now on, ``taken(lanes)`` (on the link's thread) when this node took over the delayed lanes of a node
+        whose lane lease ran out (their messages moved into this node's lanes: postgres_leases.py)."""
+        if self._link is not None:
+            self._link.watch_lanes(taken)
+
+    def fenced(self, reason: str) -> None:
+        """The writer's fence refused a commit (postgres_leases.py): the node stops serving (see ClusterLink)."""
+        if self._link is not None:
+            self._link.fence(reason)
+
     def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:
         """A page of the hand-over rows waiting for ``queue`` (id order), those of ``skip`` left out."""
         if self._link is None:
