@@ -472,9 +472,11 @@ class Durability:
 
     @_written
     def delete_queue(self, queue: Queue) -> None:
+        """Several nodes: deleted by this node as its owner, the store fences it (Store.delete_queue)."""
         if queue.durable:
             self.flush()
-            self.store.delete_queue(queue.vhost.name, queue.name)
+            owned = queue.served_by is None and self.nodes() is not None
+            self.store.delete_queue(queue.vhost.name, queue.name, queue.vhost.broker.node_name if owned else None)
 
     @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,

@@ -360,8 +360,11 @@ class Store(abc.ABC):
         owns the queue (this one for a new queue; another one's if it was there first); the others return None."""
 
     @abc.abstractmethod
-    def delete_queue(self, vhost: str, name: str) -> None:
-        """Also deletes its bindings, its messages and its deduplication window."""
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
+        """Also deletes its bindings, its messages and its deduplication window. Several nodes: ``owner`` is this
+        node's name when it deletes the queue as its owner (x-expires, auto-delete, its own client's delete): a
+        store shared by nodes then refuses it (:class:`FencedError`) if the node no longer holds the queue's lease.
+        A store of one node ignores it."""
 
     @abc.abstractmethod
     def save_binding(self, binding: BindingDef) -> None: ...

@@ -69,7 +69,7 @@ from leveret.core.storage import (
     UserDef,
 )
 
-from . import postgres_cluster, postgres_dedup, postgres_schema
+from . import postgres_cluster, postgres_dedup, postgres_leases, postgres_schema
 from . import postgres_schema as schema
 from .postgres_batch import PgWriter
 from .postgres_cluster import ClusterLink
@@ -194,10 +194,11 @@ class PostgresStore(WriterStore):
 
     # --- definitions ---------------------------------------------------------------------------------------
 
-    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
+    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]],
+                check: Callable[[Any], None] | None = None) -> Any:
         """Run a definition change's statements (``what``: the Store method, ``args``: its arguments); in a
-        cluster its entry in the change log and the NOTIFY go in the same transaction, and the value a statement
-        with RETURNING returned is returned."""
+        cluster its entry in the change log and the NOTIFY go in the same transaction, after ``check(conn)`` (a
+        fence: postgres_leases.py), and the value a statement with RETURNING returned is returned."""
         if not self.cluster:
             self._execute(what, statements)
             return None
@@ -205,6 +206,8 @@ class PostgresStore(WriterStore):
         returned: list[Any] = []
 
         def run(conn: Any) -> None:
+            if check is not None:
+                check(conn)
             for sql, params in statements:
                 cursor = conn.execute(sql, params)
                 if "RETURNING" in sql:
@@ -310,14 +313,21 @@ class PostgresStore(WriterStore):
             " auto_delete = excluded.auto_delete, arguments = excluded.arguments RETURNING owner",
             (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
 
-    def delete_queue(self, vhost: str, name: str) -> None:
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
+        """In a cluster, a deletion by the queue's ``owner`` (x-expires, auto-delete, a client of the owner) is
+        fenced: refused with FencedError, and nothing deleted, if that node no longer holds the queue's lease."""
+        check = None
+        if owner is not None and self.cluster:
+            def check(conn: Any) -> None:
+                postgres_leases.fence_queue(conn, owner, vhost, name)
+
         self._define("delete_queue", (vhost, name), [
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
             ("DELETE FROM handover WHERE vhost = %s AND queue = %s", (vhost, name)),
             ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name)),
-            postgres_dedup.delete_owner(vhost, "queue", name)])
+            postgres_dedup.delete_owner(vhost, "queue", name)], check)
 
     def save_binding(self, binding: BindingDef) -> None:
         b = binding

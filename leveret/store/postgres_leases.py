@@ -100,6 +100,15 @@ def fence(conn: Any, node: str, written: set[tuple[str, str]]) -> None:
                           "(another node may serve them now)")
 
 
+def fence_queue(conn: Any, node: str, vhost: str, name: str) -> None:
+    """The fence of a queue's deletion by its owner (x-expires, auto-delete, a client of the owner: a definition
+    change, not a group commit of messages): FencedError if ``node`` no longer holds the queue's lease."""
+    row = conn.execute(f"SELECT owner = %s AND lease_until > {NOW} FROM queues WHERE vhost = %s AND name = %s"
+                       " FOR SHARE", (node, vhost, name)).fetchone()
+    if row is not None and not row[0]:
+        raise FencedError(f"node {node} no longer holds the lease of queue {name!r} (vhost {vhost!r}): not deleted")
+
+
 def take_lanes(conn: Any, node: str, lease: float) -> list[tuple[str, str, int]]:
     """Take the lane leases that ran out (or have no owner) and move those nodes' stored lane messages into this
     node's lanes, in one transaction; (vhost, lane name, messages) of what was moved."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,27 @@ def test_a_killed_nodes_delayed_messages_are_released_once_by_the_node_that_take
     assert not any("recovered" in line and "delayed" in line for line in a.lines)
     assert served.get() == []
     conn_b.close()
+
+
+def test_x_expires_runs_on_the_owner_only_after_a_takeover(
+        cluster: list[Node], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """node-a's queue with x-expires 8 s: node-a stalls (SIGSTOP) before it expires, node-b takes it over (its
+    countdown starts again there), node-a resumes after its own countdown ran out: its deletion is refused (it is
+    not the owner any more), and the queue lives on node-b until node-b's own countdown ends."""
+    a = cluster[0]
+    conn = a.connect()
+    conn.channel().queue_declare("short-lived", durable=True, arguments={"x-expires": 8000})
+    declared = time.monotonic()
+    conn.close()
+    a.signal(signal.SIGSTOP)
+    wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT owner FROM queues WHERE name = 'short-lived'")
+             == [("node-b",)], timeout=30, message="node-b took the queue over")
+    taken = time.monotonic()
+    hold(max(0.0, declared + 8.5 - time.monotonic()), "node-a's x-expires countdown runs out while it is stopped")
+    a.signal(signal.SIGCONT)  # its timer fires at once: the deletion is fenced, and node-a stops
+    assert a.wait(30) == 1
+    assert time.monotonic() < taken + 8, "too slow to tell node-a's deletion from node-b's own x-expires"
+    assert rows(postgres_url, postgres_store_url, "SELECT owner FROM queues WHERE name = 'short-lived'") == [
+        ("node-b",)]
+    wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT count(*) FROM queues") == [(0,)], timeout=30,
+             message="node-b, the owner, expires it")

@@ -193,3 +193,25 @@ def test_a_takeover_waits_for_a_commit_that_holds_the_lease(url: str) -> None:
         assert taker.execute(postgres_leases.TAKE_OVER, ("c", 3, "c")).fetchall() == []
         holder.execute("COMMIT")
         assert taker.execute(postgres_leases.TAKE_OVER, ("c", 3, "c")).fetchall() == [("/", "q")]
+
+
+def test_an_owners_deletion_of_a_queue_it_lost_is_refused(url: str,
+                                                         node_a: tuple[PostgresStore, threading.Event]) -> None:
+    """x-expires, auto-delete or a client's queue.delete on the node that believed it owned the queue: refused once
+    another node holds its lease (nothing deleted); a deletion through a node that never owned it is a client's
+    right, as before."""
+    a, lost = node_a
+    a.save_queue(QueueDef("/", "q"))
+    a.save_queue(QueueDef("/", "mine"))
+    a.delete_queue("/", "mine", owner="a")  # its own, with a live lease: deleted
+    with db(url) as conn:
+        conn.execute("UPDATE queues SET owner = 'b', lease_until = extract(epoch FROM clock_timestamp()) + 60"
+                     " WHERE name = 'q'")
+    with pytest.raises(FencedError, match="queue 'q'"):
+        a.delete_queue("/", "q", owner="a")
+    assert lost.wait(5)
+    with db(url) as conn:
+        assert conn.execute("SELECT name, owner FROM queues").fetchall() == [("q", "b")]
+    a.delete_queue("/", "q")  # through a node that does not own it (owner None): deleted
+    with db(url) as conn:
+        assert conn.execute("SELECT count(*) FROM queues").fetchone()[0] == 0
