@@ -157,8 +157,13 @@ class PostgresStore(WriterStore):
         self._writer = PgWriter(self, conn, log)
 
     def configure_writer(self, conn: Any) -> None:
-        """The writer's session: durable commits, and the advisory locks of this node (postgres_schema.py)."""
+        """The writer's session: durable commits, and the advisory locks of this node (postgres_schema.py). In a
+        cluster the server ends a writer transaction left idle for two thirds of ``node_lease`` (a node paused in the
+        middle of a commit): the rows its fence holds (postgres_leases.py) are then free before its lease runs out,
+        so that another node can take them over."""
         conn.execute("SET synchronous_commit = on")
+        if self.cluster:
+            conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(self.node_lease * 2000 / 3))}")
         schema.take_lock(conn, self.schema, self.where, self.lock_wait, node=self.node, cluster=self.cluster)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from leveret.core.storage import DELAYED_PREFIX, NODE_MARK, Delete, FencedError, HandOver, Push, QueueDef, Requeue
-from leveret.store import postgres_leases
+from leveret.store import postgres_leases, postgres_schema
 from leveret.store.postgres import PostgresStore
 
 from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
@@ -215,3 +215,23 @@ def test_an_owners_deletion_of_a_queue_it_lost_is_refused(url: str,
     a.delete_queue("/", "q")  # through a node that does not own it (owner None): deleted
     with db(url) as conn:
         assert conn.execute("SELECT count(*) FROM queues").fetchone()[0] == 0
+
+
+def test_a_writer_paused_in_the_middle_of_a_commit_does_not_keep_its_rows(url: str) -> None:
+    """The rows a fence locked are free again once the writer's transaction has been idle for two thirds of the
+    lease (the server ends it: idle_in_transaction_session_timeout), so a node frozen between its fence and its
+    COMMIT cannot stop the others from taking its queues over."""
+    with PostgresStore(url, node="a", cluster=True, node_lease=3) as a, db(url) as taker:
+        a.save_queue(QueueDef("/", "q"))
+        stall(a)  # frozen: no renewals either
+        writer = postgres_schema.connect(a.url, a.schema, 5, "writer")
+        PostgresStore(url, node="frozen", cluster=True, node_lease=3).configure_writer(writer)
+        taker.execute("UPDATE queues SET lease_until = 0")  # the lease runs out while a is frozen
+        writer.execute("BEGIN")
+        writer.execute("SELECT 1 FROM queues WHERE name = 'q' FOR SHARE")  # as a's fence, just before
+        assert taker.execute(postgres_leases.TAKE_OVER, ("b", 3, "b")).fetchall() == []  # held
+        assert wait_for(lambda: taker.execute(postgres_leases.TAKE_OVER, ("b", 3, "b")).fetchall(), timeout=10,
+                        message="the frozen transaction ended by the server") == [("/", "q")]
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            writer.execute("COMMIT")  # its session is gone: nothing it wrote lands
+        writer.close()
