@@ -14,7 +14,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from leveret.core.storage import DELAYED_PREFIX, NODE_MARK, Delete, FencedError, HandOver, Push, QueueDef, Requeue
+from leveret.core.storage import (
+    DELAYED_PREFIX,
+    NODE_MARK,
+    RETRY_PREFIX,
+    Delete,
+    FencedError,
+    HandOver,
+    Push,
+    QueueDef,
+    Requeue,
+)
 from leveret.store import postgres_leases, postgres_schema
 from leveret.store.postgres import PostgresStore
 
@@ -136,20 +146,22 @@ def test_a_dead_nodes_lanes_move_once_to_the_node_that_takes_their_lease(url: st
     b.open()
     try:
         lane_a, lane_b = (DELAYED_PREFIX + node + NODE_MARK + "x" for node in ("a", "b"))
+        retry_a, retry_b = (RETRY_PREFIX + node + NODE_MARK + "jobs" for node in ("a", "b"))
         first, _ = a.id_block()
-        assert commit(a, [push(first, lane_a), push(first + 1, lane_a), push(first + 2, lane_a)]) is None
+        assert commit(a, [push(first, lane_a), push(first + 1, lane_a), push(first + 2, lane_a),
+                          push(first + 3, retry_a)]) is None
         assert commit(a, [Delete(first + 2)]) is None  # released before the takeover: never moved
         moved: queue.Queue[list[tuple[str, str, int]]] = queue.Queue()
         b.watch_lanes(moved.put)
         stall(a)
         with db(url) as conn:  # a stalls: its lane lease runs out
             conn.execute("UPDATE lanes SET lease_until = 0 WHERE node = 'a'")
-        assert moved.get(timeout=10) == [("/", lane_b, 2)]
-        assert stored(url) == [(first, lane_b, False), (first + 1, lane_b, False)]
+        assert moved.get(timeout=10) == [("/", lane_b, 2), ("/", retry_b, 1)]
+        assert stored(url) == [(first, lane_b, False), (first + 1, lane_b, False), (first + 3, retry_b, False)]
         error = commit(a, [Delete(first)])  # a resumes and fires one: refused, the message stays b's
         assert isinstance(error, FencedError)
-        assert stored(url) == [(first, lane_b, False), (first + 1, lane_b, False)]
-        assert commit(b, [Delete(first)]) is None  # b releases it
+        assert stored(url) == [(first, lane_b, False), (first + 1, lane_b, False), (first + 3, retry_b, False)]
+        assert commit(b, [Delete(first), Delete(first + 3)]) is None  # b releases them
         with db(url) as conn:
             assert conn.execute("SELECT node, owner FROM lanes ORDER BY node").fetchall() == [("a", "b"), ("b", "b")]
     finally:
