@@ -38,8 +38,10 @@ Where each method runs (what a backend whose writes are remote, e.g. PostgreSQL,
       :meth:`Store.load_messages` without a limit (recovery reads every queue's records; a node of several also
       reads a queue it takes over).
     - :meth:`Store.id_block`: at start-up and once per block of ids (one short round trip on the event loop).
-    - Several nodes on one store: :meth:`Store.watch_definitions` and :meth:`Store.watch_queues` call back on a
-      thread of the backend; :meth:`Store.cluster_nodes` and :meth:`Store.superseded` answer from memory.
+    - Several nodes on one store: :meth:`Store.watch_definitions`, :meth:`Store.watch_queues` and
+      :meth:`Store.watch_lanes` call back on a thread of the backend; a commit refused by the store's fence fails
+      with :class:`FencedError` (the node must stop serving); :meth:`Store.cluster_nodes` and
+      :meth:`Store.superseded` answer from memory.
     - :meth:`Store.free_space`: at every commit that writes messages and every second (the disk alarm): cache it.
     - Status reads (``StatusRead``, ``StatusExpire``) are ops: the writer runs them in order with the writes.
 """

@@ -37,7 +37,9 @@ Several nodes (``cluster=True``, store/postgres_cluster.py)
     A message routed here to a queue another node owns is a ``HandOver`` op (a row of ``handover``, written in the
     group commit, with a NOTIFY to the owner); the owner's link hands the queues with waiting rows to
     :meth:`watch_handed`'s callback, which reads them (:meth:`load_handed`) and takes them (``TakeHandOver``, in
-    the transaction that pushes their messages).
+    the transaction that pushes their messages). Every group commit checks, before its COMMIT, that this node still
+    holds the leases of what it wrote for (the fence, store/postgres_leases.py); a dead node's delayed lanes are
+    taken over by lease and moved to the taker (:meth:`watch_lanes`).
 
 Losing the database while running
     A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and

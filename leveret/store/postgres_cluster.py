@@ -22,9 +22,11 @@ Queue leases
     A durable queue is served by the node named in its ``owner`` while ``lease_until`` (the database's clock) has not
     passed. :meth:`ClusterLink.claim` takes the free, expired and own ones at start; each heartbeat renews this
     node's leases and takes over expired ones of other nodes (``TAKE_OVER``: one UPDATE, so each queue goes to one
-    node), handing them to the ``taken`` callback. Fencing: a watchdog thread calls ``lost`` once when no renewal
-    succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
-    stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
+    node), handing them to the ``taken`` callback; likewise the lane leases (postgres_leases.py: a dead node's delayed
+    lanes, moved to this node, handed to the ``lanes_taken`` callback). Fencing: a watchdog thread calls ``lost``
+    once when no renewal succeeded for two thirds of the lease, i.e. before any other node may take this node's
+    queues, and so does :meth:`ClusterLink.fence` when the writer's fence refused a commit; the node then stops
+    serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues and lanes at
     their next heartbeat.
 
 Hand-over rows (routing between nodes)
