@@ -195,3 +195,32 @@ def test_x_expires_runs_on_the_owner_only_after_a_takeover(
         ("node-b",)]
     wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT count(*) FROM queues") == [(0,)], timeout=30,
              message="node-b, the owner, expires it")
+
+
+def test_delayed_messages_reach_another_nodes_queue_and_move_when_their_node_stops(
+        cluster: list[Node], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """A delayed message node-a holds, due for a queue node-b owns, is handed over at its time; one still waiting
+    when node-a stops cleanly (its leases are ended) is taken over by node-b and released there, once."""
+    a, b = cluster
+    conn_b = b.connect()
+    conn_b.channel().queue_declare("far", durable=True)  # node-b's
+    conn = a.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("later", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
+    wait_for(lambda: any(q["name"] == "far" for q in a.http.get("/api/queues")), message="node-a knows 'far'")
+    ch.queue_bind("far", "later", "k")
+    wait_for(lambda: any(x["destination"] == "far" for x in b.http.get("/api/bindings")))
+    ch.basic_publish("later", "k", b"handed", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 500}))
+    served = Served(conn_b, "far")
+    assert [body for body, _, _ in wait_for(served.get, message="released on node-a, handed to node-b")] == [
+        b"handed"]
+    ch.basic_publish("later", "k", b"moved", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 4000}))
+    conn.close()
+    assert a.stop() == 0  # a clean stop ends its lane lease: node-b takes its lanes at its next heartbeat
+    assert b.wait_for_log(r"took over 1 delayed messages of exchange 'later'", timeout=20)
+    assert [body for body, _, _ in wait_for(served.get, timeout=30, message="released by node-b")] == [b"moved"]
+    wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT queue, count(*) FROM messages GROUP BY queue")
+             == [("far", 2)], message="no lane message left")  # both delivered, not acked
+    assert rows(postgres_url, postgres_store_url, "SELECT count(*) FROM handover") == [(0,)]
+    conn_b.close()
