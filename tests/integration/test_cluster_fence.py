@@ -148,7 +148,7 @@ def test_a_killed_nodes_delayed_messages_are_released_once_by_the_node_that_take
     ch.exchange_declare("later", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
     ch.queue_declare("soon", durable=True)  # node-a's: node-b takes it over too
     ch.queue_bind("soon", "later", "k")
-    for body, delay in ((b"during-outage", 1000), (b"after-takeover", 9000)):
+    for body, delay in ((b"during-outage", 1000), (b"after-takeover", 15000)):
         ch.basic_publish("later", "k", body, pika.BasicProperties(delivery_mode=2, headers={"x-delay": delay}))
     assert rows(postgres_url, postgres_store_url, "SELECT DISTINCT queue FROM messages") == [
         ("amq.leveret.delayed.node-a\x1elater",)]
@@ -175,22 +175,22 @@ def test_a_killed_nodes_delayed_messages_are_released_once_by_the_node_that_take
 
 def test_x_expires_runs_on_the_owner_only_after_a_takeover(
         cluster: list[Node], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
-    """node-a's queue with x-expires 8 s: node-a stalls (SIGSTOP) before it expires, node-b takes it over (its
+    """node-a's queue with x-expires 12 s: node-a stalls (SIGSTOP) before it expires, node-b takes it over (its
     countdown starts again there), node-a resumes after its own countdown ran out: its deletion is refused (it is
     not the owner any more), and the queue lives on node-b until node-b's own countdown ends."""
     a = cluster[0]
     conn = a.connect()
-    conn.channel().queue_declare("short-lived", durable=True, arguments={"x-expires": 8000})
+    conn.channel().queue_declare("short-lived", durable=True, arguments={"x-expires": 12000})
     declared = time.monotonic()
     conn.close()
     a.signal(signal.SIGSTOP)
     wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT owner FROM queues WHERE name = 'short-lived'")
              == [("node-b",)], timeout=30, message="node-b took the queue over")
     taken = time.monotonic()
-    hold(max(0.0, declared + 8.5 - time.monotonic()), "node-a's x-expires countdown runs out while it is stopped")
+    hold(max(0.0, declared + 12.5 - time.monotonic()), "node-a's x-expires countdown runs out while it is stopped")
     a.signal(signal.SIGCONT)  # its timer fires at once: the deletion is fenced, and node-a stops
     assert a.wait(30) == 1
-    assert time.monotonic() < taken + 8, "too slow to tell node-a's deletion from node-b's own x-expires"
+    assert time.monotonic() < taken + 12, "too slow to tell node-a's deletion from node-b's own x-expires"
     assert rows(postgres_url, postgres_store_url, "SELECT owner FROM queues WHERE name = 'short-lived'") == [
         ("node-b",)]
     wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT count(*) FROM queues") == [(0,)], timeout=30,
