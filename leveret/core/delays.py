@@ -318,7 +318,7 @@ class DelayedMessages(DelayWindow):
             return
         durability.flush()
         for vhost_name, name, count in lanes:
-            lane = self._stored_lane(vhost_name, name, count)
+            lane = self._stored_lane(vhost_name, name, count, purge=False)
             if lane is None:
                 continue
             self._to_store(lane)
@@ -329,9 +329,11 @@ class DelayedMessages(DelayWindow):
         self._commit()
         self._arm()
 
-    def _stored_lane(self, vhost_name: str, name: str, count: int) -> Lane | None:
+    def _stored_lane(self, vhost_name: str, name: str, count: int, purge: bool = True) -> Lane | None:
         """The durable lane of a stored pseudo-queue of this node, if its target exists (otherwise its messages
-        are purged); None for any other name (a queue's, another node's lane)."""
+        are purged, or with ``purge`` False left in the store: a lane taken over while this node may not know its
+        target yet, to be purged at a restart if it is gone); None for any other name (a queue's, another node's
+        lane)."""
         durability = self.broker.durability
         assert durability is not None
         if name.startswith(DELAYED_PREFIX):
@@ -354,6 +356,10 @@ class DelayedMessages(DelayWindow):
         elif vhost is not None:
             queue = vhost.queues.get(target)
             exists = queue is not None and queue.durable
+        if not exists and not purge:
+            log.warning("%d delayed messages of %s '%s' in vhost '%s' taken over from another node are left in the "
+                        "store: this node does not know that %s", count, kind, target, vhost_name, kind)
+            return None
         if not exists:
             log.warning("dropping %d delayed messages of %s '%s' in vhost '%s': it no longer exists",
                         count, kind, target, vhost_name)
