@@ -224,3 +224,30 @@ def test_delayed_messages_reach_another_nodes_queue_and_move_when_their_node_sto
              == [("far", 2)], message="no lane message left")  # both delivered, not acked
     assert rows(postgres_url, postgres_store_url, "SELECT count(*) FROM handover") == [(0,)]
     conn_b.close()
+
+
+def test_a_killed_nodes_retry_waits_are_re_enqueued_once_by_the_node_that_takes_its_lanes(
+        cluster: list[Node], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    """A retry schedule (x-retry-intervals) waiting on node-a when it is killed: node-b takes the queue and the
+    retry lane over and puts the message back into the queue at its time, once, with its retry count."""
+    a, b = cluster
+    conn = a.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("jobs", durable=True, arguments={"x-retry-intervals": [6000]})
+    ch.basic_publish("", "jobs", b"try-again", PERSISTENT)
+    method, _, body = ch.basic_get("jobs")
+    assert body == b"try-again"
+    ch.basic_reject(method.delivery_tag, requeue=False)  # failed: it waits 6 s in node-a's retry lane
+    wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT queue FROM messages") == [
+        ("amq.leveret.retry.node-a\x1ejobs",)], message="the retry is stored in node-a's lane")
+    a.kill()
+    conn_b = b.connect()
+    served = Served(conn_b, "jobs")
+    got = wait_for(served.get, timeout=40, message="the retry, put back by node-b")
+    assert [body for body, _, _ in got] == [b"try-again"]
+    assert b.wait_for_log(r"took over 1 delayed messages of queue 'jobs'")
+    hold(1.5, "a second copy would arrive in this time")
+    assert served.get() == []
+    assert rows(postgres_url, postgres_store_url, "SELECT queue FROM messages") == [("jobs",)]
+    conn_b.close()
