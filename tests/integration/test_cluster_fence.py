@@ -130,7 +130,7 @@ def test_a_node_paused_past_its_lease_writes_nothing_for_the_queue_it_lost(
     a.signal(signal.SIGCONT)  # node-a resumes: it reads the acks and tries to commit them
     assert a.wait(30) == 1  # it stops: fenced
     assert rows(postgres_url, postgres_store_url, "SELECT count(*) FROM messages WHERE queue = 'work'") == [(10,)]
-    assert a.wait_for_log(r"refused and rolled back|could not renew its queue leases")
+    assert "was refused and rolled back" in a.log  # it tried to write the acks: the store refused them
     for _, _, tag in taken:  # the new owner's acks are the ones that count
         ch_b.basic_ack(tag)
     wait_for(lambda: rows(postgres_url, postgres_store_url, "SELECT count(*) FROM messages") == [(0,)])
