@@ -85,6 +85,7 @@ class Broker(Users):
             handed = HandedIn(self)  # routing between nodes: hand-over rows for this node's queues
             self.durability.watch_queues(lambda queues: take_over(self, queues, handed), self._lease_lost)
             self.durability.watch_handed(handed.handed)
+            self.durability.watch_lanes(self.delays.adopt)  # timers across nodes: a dead node's delayed lanes
 
     # --- connections (for limits and forced closes) ------------------------------------------------
 

@@ -10,15 +10,11 @@ import re
 from typing import Any, Final
 
 from .message import Message
+from .storage import DELAYED_PREFIX as DELAYED_PREFIX  # the pseudo-queue names are the port's (core/storage.py)
+from .storage import NODE_MARK as NODE_MARK
+from .storage import RETRY_PREFIX as RETRY_PREFIX
 
 DELAYED_TYPE: Final = "x-delayed-message"
-DELAYED_PREFIX: Final = "amq.leveret.delayed."
-"""Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
-RETRY_PREFIX: Final = "amq.leveret.retry."
-"""Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
-NODE_MARK: Final = "\x1e"
-"""Several nodes on one store (docs/cluster.md): a node's pseudo-queues are named ``<prefix><node><NODE_MARK>
-<target>``, so that each node holds and recovers its own delayed messages only."""
 MAX_DELAY: Final = 4294967295
 """The longest x-delay the plugin honours (Erlang's timer limit, ~49.7 days); longer ones route at once."""
 

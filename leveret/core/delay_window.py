@@ -109,6 +109,24 @@ class DelayWindow:
         self._evict_bytes_at = max(self.window_bytes, self.resident_bytes + self.window_bytes // 10)
         self._compact()
 
+    def _to_store(self, lane: Lane) -> None:
+        """Leave a durable lane's whole window to the store and read it again from its start (_page_in): messages
+        were added to the store under it with keys anywhere (a dead node's lane moved into it, docs/cluster.md).
+        An entry whose commit is not done yet keeps its body until it is (as in _evict)."""
+        for entry in list(lane.window.values()):
+            del lane.window[entry.id]
+            self.resident -= 1
+            self.resident_bytes -= entry.size
+            self._stale += 1
+            if entry.synced:
+                self._drop(entry)
+            else:
+                entry.state = UNSYNCED
+                lane.unsynced[entry.id] = entry
+                self.unsynced += 1
+        lane.tail = True
+        lane.fence = (-1, 0)
+
     def _drop(self, entry: Entry) -> None:
         """Forget an entry's in-memory copy (it is on disk, or it is done)."""
         entry.state = GONE

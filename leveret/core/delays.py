@@ -289,44 +289,83 @@ class DelayedMessages(DelayWindow):
 
     def recover(self) -> None:
         """Reload the pending durable delayed messages from the store (at start, after the definitions and
-        queues are recovered) and arm the timer; purge pseudo-queues whose target is gone."""
+        queues are recovered) and arm the timer; purge pseudo-queues whose target is gone. Several nodes: this
+        node's lanes (and those of dead nodes it took at start, moved into its lanes: docs/cluster.md)."""
         durability = self.broker.durability
         if durability is None:
             return
         for (vhost_name, name), count in sorted(durability.stored_counts().items()):
-            if name.startswith(DELAYED_PREFIX):
-                kind, target = EXCHANGE, name[len(DELAYED_PREFIX):]
-            elif name.startswith(RETRY_PREFIX):
-                kind, target = QUEUE, name[len(RETRY_PREFIX):]
-            else:
+            lane = self._stored_lane(vhost_name, name, count)
+            if lane is None:
                 continue
-            if self.node_tag and target.startswith(self.node_tag):
-                target = target[len(self.node_tag):]
-            elif self.node_tag or NODE_MARK in target:  # another node's lane (several nodes): its own to recover
-                log.info("%d delayed messages in vhost '%s' wait for the node that holds them (%r)", count,
-                         vhost_name, name)
-                continue
-            vhost = self.broker.vhosts.get(vhost_name)
-            exists = False
-            if vhost is not None and kind == EXCHANGE:
-                exchange = vhost.exchanges.get(target)
-                exists = exchange is not None and exchange.durable and exchange.type_name == DELAYED_TYPE
-            elif vhost is not None:
-                queue = vhost.queues.get(target)
-                exists = queue is not None and queue.durable
-            if not exists:
-                log.warning("dropping %d delayed messages of %s '%s' in vhost '%s': it no longer exists",
-                            count, kind, target, vhost_name)
-                durability.purge_stored(vhost_name, name)
-                continue
-            lane = self._lane(vhost_name, kind, target, True)
             lane.count += count
             lane.tail = True
             lane.fence = (-1, 0)
             self._page_in(lane)
-            log.info("recovered %d delayed messages of %s '%s' in vhost '%s'", count, kind, target, vhost_name)
+            log.info("recovered %d delayed messages of %s '%s' in vhost '%s'", count, lane.kind, lane.target,
+                     vhost_name)
         self._commit()
         self._arm()
+
+    def adopt(self, lanes: list[tuple[str, str, int]]) -> None:
+        """Several nodes (docs/cluster.md): this node took over the delayed lanes of a node whose lease ran out;
+        their stored messages were moved into this node's lanes ((vhost, stored lane name, count)). Each lane is
+        read again from its start (what it held in memory goes back to the store first), so every message is
+        released at its due time, once: those already due at once. Everything released so far is committed first,
+        so that no message is read back between its release and the commit of its delete."""
+        durability = self.broker.durability
+        if durability is None:
+            return
+        durability.flush()
+        for vhost_name, name, count in lanes:
+            lane = self._stored_lane(vhost_name, name, count, purge=False)
+            if lane is None:
+                continue
+            self._to_store(lane)
+            lane.count += count
+            self._page_in(lane)
+            log.warning("took over %d delayed messages of %s '%s' in vhost '%s' from a node whose lease ran out",
+                        count, lane.kind, lane.target, vhost_name)
+        self._commit()
+        self._arm()
+
+    def _stored_lane(self, vhost_name: str, name: str, count: int, purge: bool = True) -> Lane | None:
+        """The durable lane of a stored pseudo-queue of this node, if its target exists (otherwise its messages
+        are purged, or with ``purge`` False left in the store: a lane taken over while this node may not know its
+        target yet, to be purged at a restart if it is gone); None for any other name (a queue's, another node's
+        lane)."""
+        durability = self.broker.durability
+        assert durability is not None
+        if name.startswith(DELAYED_PREFIX):
+            kind, target = EXCHANGE, name[len(DELAYED_PREFIX):]
+        elif name.startswith(RETRY_PREFIX):
+            kind, target = QUEUE, name[len(RETRY_PREFIX):]
+        else:
+            return None
+        if self.node_tag and target.startswith(self.node_tag):
+            target = target[len(self.node_tag):]
+        elif self.node_tag or NODE_MARK in target:  # another node's lane (several nodes): its own to recover
+            log.info("%d delayed messages in vhost '%s' wait for the node that holds them (%r)", count,
+                     vhost_name, name)
+            return None
+        vhost = self.broker.vhosts.get(vhost_name)
+        exists = False
+        if vhost is not None and kind == EXCHANGE:
+            exchange = vhost.exchanges.get(target)
+            exists = exchange is not None and exchange.durable and exchange.type_name == DELAYED_TYPE
+        elif vhost is not None:
+            queue = vhost.queues.get(target)
+            exists = queue is not None and queue.durable
+        if not exists and not purge:
+            log.warning("%d delayed messages of %s '%s' in vhost '%s' taken over from another node are left in the "
+                        "store: this node does not know that %s", count, kind, target, vhost_name, kind)
+            return None
+        if not exists:
+            log.warning("dropping %d delayed messages of %s '%s' in vhost '%s': it no longer exists",
+                        count, kind, target, vhost_name)
+            durability.purge_stored(vhost_name, name)
+            return None
+        return self._lane(vhost_name, kind, target, True)
 
     # --- adding ------------------------------------------------------------------------------------
 

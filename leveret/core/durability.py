@@ -444,6 +444,10 @@ class Durability:
         """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
         self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
 
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """``taken(lanes)`` (see Store.watch_lanes: a dead node's delayed lanes moved here), on the broker's thread."""
+        self.store.watch_lanes(lambda lanes: self.dispatch(taken, lanes))
+
     @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
         if exchange.durable and not self.recovering:
@@ -468,9 +472,11 @@ class Durability:
 
     @_written
     def delete_queue(self, queue: Queue) -> None:
+        """Several nodes: deleted by this node as its owner, the store fences it (Store.delete_queue)."""
         if queue.durable:
             self.flush()
-            self.store.delete_queue(queue.vhost.name, queue.name)
+            owned = queue.served_by is None and self.nodes() is not None
+            self.store.delete_queue(queue.vhost.name, queue.name, queue.vhost.broker.node_name if owned else None)
 
     @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,

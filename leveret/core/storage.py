@@ -38,8 +38,10 @@ Where each method runs (what a backend whose writes are remote, e.g. PostgreSQL,
       :meth:`Store.load_messages` without a limit (recovery reads every queue's records; a node of several also
       reads a queue it takes over).
     - :meth:`Store.id_block`: at start-up and once per block of ids (one short round trip on the event loop).
-    - Several nodes on one store: :meth:`Store.watch_definitions` and :meth:`Store.watch_queues` call back on a
-      thread of the backend; :meth:`Store.cluster_nodes` and :meth:`Store.superseded` answer from memory.
+    - Several nodes on one store: :meth:`Store.watch_definitions`, :meth:`Store.watch_queues` and
+      :meth:`Store.watch_lanes` call back on a thread of the backend; a commit refused by the store's fence fails
+      with :class:`FencedError` (the node must stop serving); :meth:`Store.cluster_nodes` and
+      :meth:`Store.superseded` answer from memory.
     - :meth:`Store.free_space`: at every commit that writes messages and every second (the disk alarm): cache it.
     - Status reads (``StatusRead``, ``StatusExpire``) are ops: the writer runs them in order with the writes.
 """
@@ -57,6 +59,32 @@ from .status_record import StatusRecord
 
 class StoreError(Exception):
     """The store cannot be used. ``str(error)`` is one line that says what is wrong and what to do."""
+
+
+class FencedError(StoreError):
+    """Several nodes (docs/cluster.md): a commit was refused because this node no longer owns, with a live lease,
+    a queue or the delayed lanes it wrote for (another node may serve them now). Nothing of that transaction was
+    written; the node must stop serving what it lost."""
+
+
+# The names of the pseudo-queues that hold durable delayed messages (core/delays.py): part of the port, since a
+# store shared by several nodes moves a dead node's lanes to the node that takes them (docs/cluster.md).
+DELAYED_PREFIX = "amq.leveret.delayed."
+"""Pseudo-queue (in the store) of the durable delayed messages of an x-delayed-message exchange."""
+RETRY_PREFIX = "amq.leveret.retry."
+"""Pseudo-queue (in the store) of the durable messages waiting to be re-enqueued into a queue."""
+NODE_MARK = "\x1e"
+"""Several nodes on one store: a node's pseudo-queues are named ``<prefix><node><NODE_MARK><target>``, so that
+each node holds and recovers its own delayed messages (and those of the dead nodes whose lanes it took)."""
+
+
+def lane_node(name: str) -> str | None:
+    """The node whose tag a stored queue name carries (a delayed lane of several nodes), None for any other name."""
+    for prefix in (DELAYED_PREFIX, RETRY_PREFIX):
+        if name.startswith(prefix):
+            node, mark, _ = name[len(prefix):].partition(NODE_MARK)
+            return node if mark else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -334,8 +362,11 @@ class Store(abc.ABC):
         owns the queue (this one for a new queue; another one's if it was there first); the others return None."""
 
     @abc.abstractmethod
-    def delete_queue(self, vhost: str, name: str) -> None:
-        """Also deletes its bindings, its messages and its deduplication window."""
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
+        """Also deletes its bindings, its messages and its deduplication window. Several nodes: ``owner`` is this
+        node's name when it deletes the queue as its owner (x-expires, auto-delete, its own client's delete): a
+        store shared by nodes then refuses it (:class:`FencedError`) if the node no longer holds the queue's lease.
+        A store of one node ignores it."""
 
     @abc.abstractmethod
     def save_binding(self, binding: BindingDef) -> None: ...
@@ -407,8 +438,17 @@ class Store(abc.ABC):
 
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
-        load their messages), ``lost()`` once when it could not renew its leases in time (it must stop serving
-        them at once). Called on a thread of the backend. A store of one node (the default) never calls them."""
+        load their messages), ``lost()`` once when it could not renew its leases in time, or when a commit was
+        fenced (:class:`FencedError`: it must stop serving them at once). Called on a thread of the backend. A
+        store of one node (the default) never calls them."""
+        return None
+
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """Several nodes: ``taken(lanes)`` (on a thread of the backend) when this node took over the delayed lanes
+        of a node whose lease ran out: their stored messages were moved, in the transaction that took the lease,
+        into this node's lanes of the same targets; ``lanes`` lists (vhost, stored lane name, messages moved) for
+        the node to read in. (At start the same is done by :meth:`claim_queues`, before recovery reads.) A store of
+        one node (the default) never calls it."""
         return None
 
     def advertise(self, amqp: str) -> None:

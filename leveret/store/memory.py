@@ -200,7 +200,7 @@ class MemoryStore(Store):
         with self._lock:
             self._queues[(queue.vhost, queue.name)] = copy.deepcopy(queue)
 
-    def delete_queue(self, vhost: str, name: str) -> None:
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
         self._check_open()
         with self._lock:
             self._queues.pop((vhost, name), None)

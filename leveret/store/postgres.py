@@ -37,7 +37,9 @@ Several nodes (``cluster=True``, store/postgres_cluster.py)
     A message routed here to a queue another node owns is a ``HandOver`` op (a row of ``handover``, written in the
     group commit, with a NOTIFY to the owner); the owner's link hands the queues with waiting rows to
     :meth:`watch_handed`'s callback, which reads them (:meth:`load_handed`) and takes them (``TakeHandOver``, in
-    the transaction that pushes their messages).
+    the transaction that pushes their messages). Every group commit checks, before its COMMIT, that this node still
+    holds the leases of what it wrote for (the fence, store/postgres_leases.py); a dead node's delayed lanes are
+    taken over by lease and moved to the taker (:meth:`watch_lanes`).
 
 Losing the database while running
     A failed commit rolls back and calls its callbacks with a StoreError (the broker nacks those publishes and
@@ -69,7 +71,7 @@ from leveret.core.storage import (
     UserDef,
 )
 
-from . import postgres_cluster, postgres_dedup, postgres_schema
+from . import postgres_cluster, postgres_dedup, postgres_leases, postgres_schema
 from . import postgres_schema as schema
 from .postgres_batch import PgWriter
 from .postgres_cluster import ClusterLink
@@ -157,8 +159,13 @@ class PostgresStore(WriterStore):
         self._writer = PgWriter(self, conn, log)
 
     def configure_writer(self, conn: Any) -> None:
-        """The writer's session: durable commits, and the advisory locks of this node (postgres_schema.py)."""
+        """The writer's session: durable commits, and the advisory locks of this node (postgres_schema.py). In a
+        cluster the server ends a writer transaction left idle for two thirds of ``node_lease`` (a node paused in the
+        middle of a commit): the rows its fence holds (postgres_leases.py) are then free before its lease runs out,
+        so that another node can take them over."""
         conn.execute("SET synchronous_commit = on")
+        if self.cluster:
+            conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(self.node_lease * 2000 / 3))}")
         schema.take_lock(conn, self.schema, self.where, self.lock_wait, node=self.node, cluster=self.cluster)
 
     def close(self) -> None:
@@ -194,10 +201,11 @@ class PostgresStore(WriterStore):
 
     # --- definitions ---------------------------------------------------------------------------------------
 
-    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]]) -> Any:
+    def _define(self, what: str, args: tuple[Any, ...], statements: list[tuple[str, tuple[Any, ...]]],
+                check: Callable[[Any], None] | None = None) -> Any:
         """Run a definition change's statements (``what``: the Store method, ``args``: its arguments); in a
-        cluster its entry in the change log and the NOTIFY go in the same transaction, and the value a statement
-        with RETURNING returned is returned."""
+        cluster its entry in the change log and the NOTIFY go in the same transaction, after ``check(conn)`` (a
+        fence: postgres_leases.py), and the value a statement with RETURNING returned is returned."""
         if not self.cluster:
             self._execute(what, statements)
             return None
@@ -205,6 +213,8 @@ class PostgresStore(WriterStore):
         returned: list[Any] = []
 
         def run(conn: Any) -> None:
+            if check is not None:
+                check(conn)
             for sql, params in statements:
                 cursor = conn.execute(sql, params)
                 if "RETURNING" in sql:
@@ -310,14 +320,21 @@ class PostgresStore(WriterStore):
             " auto_delete = excluded.auto_delete, arguments = excluded.arguments RETURNING owner",
             (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
 
-    def delete_queue(self, vhost: str, name: str) -> None:
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
+        """In a cluster, a deletion by the queue's ``owner`` (x-expires, auto-delete, a client of the owner) is
+        fenced: refused with FencedError, and nothing deleted, if that node no longer holds the queue's lease."""
+        check = None
+        if owner is not None and self.cluster:
+            def check(conn: Any) -> None:
+                postgres_leases.fence_queue(conn, owner, vhost, name)
+
         self._define("delete_queue", (vhost, name), [
             ("DELETE FROM bindings WHERE vhost = %s AND destination_kind = 'queue' AND destination = %s",
              (vhost, name)),
             ("DELETE FROM messages WHERE vhost = %s AND queue = %s", (text_in(vhost), text_in(name))),
             ("DELETE FROM handover WHERE vhost = %s AND queue = %s", (vhost, name)),
             ("DELETE FROM queues WHERE vhost = %s AND name = %s", (vhost, name)),
-            postgres_dedup.delete_owner(vhost, "queue", name)])
+            postgres_dedup.delete_owner(vhost, "queue", name)], check)
 
     def save_binding(self, binding: BindingDef) -> None:
         b = binding
@@ -468,6 +485,17 @@ class PostgresStore(WriterStore):
         lease expired, and ``lost()`` once if it could not renew its leases in time (see ClusterLink)."""
         if self._link is not None:
             self._link.watch_queues(taken, lost)
+
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        """From now on, ``taken(lanes)`` (on the link's thread) when this node took over the delayed lanes of a node
+        whose lane lease ran out (their messages moved into this node's lanes: postgres_leases.py)."""
+        if self._link is not None:
+            self._link.watch_lanes(taken)
+
+    def fenced(self, reason: str) -> None:
+        """The writer's fence refused a commit (postgres_leases.py): the node stops serving (see ClusterLink)."""
+        if self._link is not None:
+            self._link.fence(reason)
 
     def load_handed(self, vhost: str, queue: str, skip: Sequence[int], limit: int) -> list[StoredMessage]:
         """A page of the hand-over rows waiting for ``queue`` (id order), those of ``skip`` left out."""

@@ -39,6 +39,7 @@ from leveret.core.status_record import merge as merge_status
 from leveret.core.storage import (
     DedupPut,
     Delete,
+    FencedError,
     HandOver,
     Purge,
     Push,
@@ -50,7 +51,7 @@ from leveret.core.storage import (
     TakeHandOver,
 )
 
-from . import postgres_dedup
+from . import postgres_dedup, postgres_leases
 from . import postgres_schema as schema
 from .postgres_schema import text_in, text_out
 
@@ -171,22 +172,40 @@ class Batch:
 
     def write(self, conn: Any) -> None:
         """Write what was collected (purges, deletes, requeues, then inserts: what the ops meant, since every
-        remaining insert came after every remaining purge or delete of its id or queue)."""
+        remaining insert came after every remaining purge or delete of its id or queue). Several nodes: then the
+        fence (store/postgres_leases.py): this node must still own, with a live lease, every queue and lane it
+        wrote for, or the whole transaction fails with FencedError."""
+        cluster = self.store.cluster
+        written: set[tuple[str, str]] = set()  # (vhost, queue) written for (several nodes: the fence checks them)
         for vhost, queue, after_seq in self.purges:
             conn.execute("DELETE FROM messages WHERE vhost = %s AND queue = %s AND seq > %s",
                          (text_in(vhost), text_in(queue), after_seq))
+            written.add((vhost, queue))
         if self.deletes:
-            conn.execute("DELETE FROM messages WHERE id = ANY(%b::bigint[])", (self.deletes,))
+            if cluster:
+                written |= postgres_leases.stored_names(conn.execute(postgres_leases.DELETE_OWNED, (self.deletes,)))
+            else:
+                conn.execute("DELETE FROM messages WHERE id = ANY(%b::bigint[])", (self.deletes,))
         if self.requeues:
-            conn.execute("UPDATE messages SET redelivered = true WHERE id = ANY(%b::bigint[])", (self.requeues,))
+            if cluster:
+                written |= postgres_leases.stored_names(conn.execute(postgres_leases.REQUEUE_OWNED,
+                                                                     (self.requeues,)))
+            else:
+                conn.execute("UPDATE messages SET redelivered = true WHERE id = ANY(%b::bigint[])",
+                             (self.requeues,))
         if self.pushes:
             self._insert(conn)
+            if cluster:
+                written.update([(p.vhost, p.queue) for p in self.pushes.values()])
         if self.dedup:
             postgres_dedup.write(conn, self.dedup)
         if self.taken:
             self._take(conn)
-        if self.handed:
+        handed = bool(self.handed)
+        if handed:
             self._hand_over(conn)
+        if cluster and (written or handed or self.deletes or self.requeues):
+            postgres_leases.fence(conn, self.store.node, written)
         self._write_status(conn)
         self._reset()
         if self.max_id > self.store.id_ceiling:  # ids not from a block (direct users of the store): never reused
@@ -414,6 +433,11 @@ class PgWriter:
     def _failed(self, exc: BaseException, count: int) -> BaseException:
         psycopg = schema.psycopg
         error: BaseException = exc
+        if isinstance(exc, FencedError):  # several nodes: this node lost a lease it wrote under (postgres_leases.py)
+            self.failed_commits += 1
+            self._log.error("%s: a commit of %d submits was refused and rolled back: %s", self.label, count, exc)
+            self.store.fenced(str(exc))
+            return exc
         if isinstance(exc, psycopg.Error):
             error = StoreError(f"writing to the PostgreSQL store {self.store.where}: {schema.reason(exc)}")
             error.__cause__ = exc

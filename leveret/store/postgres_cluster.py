@@ -22,9 +22,11 @@ Queue leases
     A durable queue is served by the node named in its ``owner`` while ``lease_until`` (the database's clock) has not
     passed. :meth:`ClusterLink.claim` takes the free, expired and own ones at start; each heartbeat renews this
     node's leases and takes over expired ones of other nodes (``TAKE_OVER``: one UPDATE, so each queue goes to one
-    node), handing them to the ``taken`` callback. Fencing: a watchdog thread calls ``lost`` once when no renewal
-    succeeded for two thirds of the lease, i.e. before any other node may take this node's queues; the node then
-    stops serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues at
+    node), handing them to the ``taken`` callback; likewise the lane leases (postgres_leases.py: a dead node's delayed
+    lanes, moved to this node, handed to the ``lanes_taken`` callback). Fencing: a watchdog thread calls ``lost``
+    once when no renewal succeeded for two thirds of the lease, i.e. before any other node may take this node's
+    queues, and so does :meth:`ClusterLink.fence` when the writer's fence refused a commit; the node then stops
+    serving. A clean close ends this node's leases (``lease_until = 0``), so the others take its queues and lanes at
     their next heartbeat.
 
 Hand-over rows (routing between nodes)
@@ -64,6 +66,7 @@ from leveret.core.storage import (
     UserDef,
 )
 
+from . import postgres_leases as leases
 from . import postgres_schema as schema
 from .tagged_json import decode_value, encode_value
 
@@ -79,12 +82,9 @@ RECORDS["Policy"] = PolicyDef
 
 
 # the queue leases (docs/cluster.md): at start a node takes the free, expired and its own; then, at each heartbeat,
-# renews its own and takes over the expired ones of other nodes
+# renews its own and takes over the expired ones of other nodes (postgres_leases.py)
 CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner IS NULL"
          " OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp())")
-TAKE_OVER = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s"
-             " WHERE (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < extract(epoch FROM"
-             " clock_timestamp())) RETURNING vhost, name")
 
 
 def encode_args(args: tuple[Any, ...]) -> str:
@@ -169,10 +169,13 @@ class ClusterLink:
         self._summary: Callable[[], dict[str, Any] | None] | None = None
         self._amqp: str | None = None  # where this node listens for AMQP, to be written to its row (advertise)
         self._lost: Callable[[], None] | None = None
+        self._lanes_taken: Callable[[list[tuple[str, str, int]]], None] | None = None
         self._renewed = time.monotonic()  # when this node's leases were last renewed (see _fence)
         self._fenced = False
+        self._fence_lock = threading.Lock()
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
         try:
+            self._conn.execute(leases.OWN_LANES, (store.node, store.node, store.node_lease))  # its lanes are its own
             self._beat(self._conn)
             self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
         except BaseException:
@@ -196,12 +199,36 @@ class ClusterLink:
         self._notify()
 
     def claim(self) -> dict[tuple[str, str], str]:
-        """Take the free, expired and own queue leases now (start-up, on the caller's thread); every queue's owner."""
-        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster-call") as conn:
-            conn.execute(CLAIM, (self.store.node, self.store.node_lease, self.store.node))
+        """Take the free, expired and own queue leases now (start-up, on the caller's thread), and the lanes of nodes
+        whose lane lease ran out (their delayed messages moved into this node's lanes, which recovery reads next);
+        every queue's owner."""
+        store = self.store
+        with schema.connect(store.url, store.schema, store.connect_timeout, "cluster-call") as conn:
+            conn.execute(CLAIM, (store.node, store.node_lease, store.node))
             rows = conn.execute("SELECT vhost, name, owner FROM queues").fetchall()
+            moved = leases.take_lanes(conn, store.node, store.node_lease)
+        if moved:
+            log.warning("store %s: this node took over the delayed lanes of nodes whose lease ran out: %d messages",
+                        store.where, sum(count for _, _, count in moved))
         self._renewed = time.monotonic()
         return {(vhost, name): owner for vhost, name, owner in rows}
+
+    def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
+        with self._lock:
+            self._lanes_taken = taken
+
+    def fence(self, reason: str) -> None:
+        """The writer's fence refused a commit (postgres_leases.py): this node lost a lease it wrote under. It
+        stops serving at once (``lost``), as when it cannot renew its leases; from any thread, once."""
+        with self._fence_lock:
+            if self._fenced:
+                return
+            with self._lock:
+                lost = self._lost
+            self._fenced = True
+        log.error("store %s: this node stops serving: %s", self.store.where, reason)
+        if lost is not None:
+            lost()
 
     def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
         with self._lock:
@@ -239,8 +266,9 @@ class ClusterLink:
         with contextlib.suppress(Exception):
             conn.execute("UPDATE nodes SET stopped_at = extract(epoch FROM clock_timestamp()) WHERE name = %s",
                          (self.store.node,))
-            if not self._fenced:  # its queues are free for the others now
+            if not self._fenced:  # its queues and delayed lanes are free for the others now
                 conn.execute("UPDATE queues SET lease_until = 0 WHERE owner = %s", (self.store.node,))
+                conn.execute(leases.END_LANES, (self.store.node,))
             conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, self.store.node))
         with contextlib.suppress(Exception):
             conn.close()
@@ -360,7 +388,10 @@ class ClusterLink:
             lost = self._lost
         if lost is None:
             return
-        self._fenced = True
+        with self._fence_lock:
+            if self._fenced:
+                return
+            self._fenced = True
         log.error("store %s: this node could not renew its queue leases for %.1f s (node_lease %g s): it stops "
                   "serving, since another node may take its queues over", self.store.where,
                   time.monotonic() - self._renewed, self.store.node_lease)
@@ -369,18 +400,24 @@ class ClusterLink:
     def _beat(self, conn: Any) -> None:
         store = self.store
         sent = time.monotonic()
-        conn.execute("UPDATE queues SET lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner = %s",
-                     (store.node_lease, store.node))
+        conn.execute(leases.RENEW, (store.node_lease, store.node))
+        conn.execute(leases.RENEW_LANES, (store.node_lease, store.node))
         if not self._fenced:
             self._renewed = sent
         with self._lock:
-            taken = self._taken
+            taken, lanes_taken = self._taken, self._lanes_taken
         if taken is not None and not self._fenced:
-            rows = conn.execute(TAKE_OVER, (store.node, store.node_lease, store.node)).fetchall()
+            rows = conn.execute(leases.TAKE_OVER, (store.node, store.node_lease, store.node)).fetchall()
             if rows:
                 log.warning("store %s: this node took over %d queues whose owner's lease expired: %s", store.where,
                             len(rows), ", ".join(f"{name!r} (vhost {vhost!r})" for vhost, name in rows[:10]))
                 taken([(vhost, name) for vhost, name in rows])
+        if lanes_taken is not None and not self._fenced:
+            moved = leases.take_lanes(conn, store.node, store.node_lease)
+            if moved:
+                log.warning("store %s: this node took over the delayed lanes of nodes whose lease expired: %d "
+                            "messages", store.where, sum(count for _, _, count in moved))
+                lanes_taken(moved)
         found = conn.execute("UPDATE nodes SET seen_at = extract(epoch FROM clock_timestamp()) WHERE name = %s"
                              " RETURNING 1", (store.node,)).fetchone()
         if found is None:  # deleted by hand: register again

@@ -43,6 +43,10 @@ The cluster view (schema 5; docs/cluster.md)
     ``nodes.summary``: what the node serves (its queues' counts, its connections, its totals) as JSON, written
     with each heartbeat (postgres_cluster.py), read by the other nodes' management API.
 
+Timers across nodes (schema 6; store/postgres_leases.py)
+    ``lanes`` (node, owner, lease_until): who holds each node's delayed lanes (its stored delayed messages) and
+    until when; taken over like a queue's lease, with the lane messages moved to the taker in the same transaction.
+
 Refusals (:class:`StoreError`)
     A schema with tables but no ``meta`` (not a Leveret store), a schema version newer than this code, a store
     already in use by another node (without ``cluster``) or by a node of the same name, a database that cannot be
@@ -169,8 +173,15 @@ _V5 = (
     "ALTER TABLE nodes ADD COLUMN summary TEXT",
 )
 
+# 6: timers across nodes (docs/cluster.md, store/postgres_leases.py): the lease on each node's delayed lanes, held
+# by the node itself or by the node that took them over; every known node's starts expired (it takes it back at start)
+_V6 = (
+    "CREATE TABLE lanes (node TEXT PRIMARY KEY, owner TEXT, lease_until DOUBLE PRECISION NOT NULL DEFAULT 0)",
+    "INSERT INTO lanes (node, owner, lease_until) SELECT name, name, 0 FROM nodes",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

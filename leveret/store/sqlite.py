@@ -333,7 +333,7 @@ class SqliteStore(WriterStore):
             "INSERT OR REPLACE INTO queues (vhost, name, durable, auto_delete, arguments) VALUES (?, ?, ?, ?, ?)",
             (q.vhost, q.name, int(q.durable), int(q.auto_delete), encode_value(q.arguments)))])
 
-    def delete_queue(self, vhost: str, name: str) -> None:
+    def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
         self._execute("delete_queue", [
             ("DELETE FROM bindings WHERE vhost = ? AND destination_kind = 'queue' AND destination = ?",
              (vhost, name)),
