@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import statistics
@@ -38,9 +39,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import build_amqpbench, parse  # noqa: E402 - bench/compare.py
+from compare import build_amqpbench, parse  # bench/compare.py (this script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -331,7 +330,7 @@ def failover_once(pg: Postgres, tmp: str, lease: int, warmup: float = 3.0) -> st
         gaps = {}
         for name, times in seen.confirms.items():
             during = [t for t in times if t > killed - 1]
-            gaps[name] = max((b - a for a, b in zip(during, during[1:], strict=False)), default=0.0)
+            gaps[name] = max((b - a for a, b in itertools.pairwise(during)), default=0.0)
         rate_before = len([d for d in before if d[0] > killed - warmup + 1]) / (warmup - 1)
         return (f"node_lease {lease} s: kill -9 of the owner under load ({rate_before:.0f} deliveries/s before) -> "
                 f"the queue delivers again on node {after[0][1]} after {back:.2f} s; {redelivered} of "
