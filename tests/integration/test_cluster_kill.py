@@ -400,10 +400,10 @@ def test_kill_9_of_a_queue_owner_under_load_loses_nothing_confirmed(
 def test_kill_9_of_a_node_that_only_publishes_loses_nothing_confirmed(
         three_nodes: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811
     """node-c owns no queue; it carries two publishers (to the queues of node-a and node-b: every message handed
-    over) beside a publisher on node-a. node-c is killed -9 from its first publisher's thread right after its 200th
-    confirm (its last commits' rows not taken yet, most likely); the two move on to node-a or node-b and publish
-    again what was not confirmed. Every confirmed message reaches its queue and is delivered exactly once (the
-    owners never died: no redelivery at all), no row is left."""
+    over) beside a publisher on node-a. node-c is killed -9 from the thread of the first of its publishers to get its
+    150th confirm, right after it (its last commits' rows not taken yet, most likely); the two move on to node-a or
+    node-b and publish again what was not confirmed. Every confirmed message reaches its queue and is delivered
+    exactly once (the owners never died: no redelivery at all), no row is left."""
     a, b, c = three_nodes
     queues = ["kp-a", "kp-b"]
     for node, queue in zip((a, b), queues, strict=True):
@@ -418,23 +418,26 @@ def test_kill_9_of_a_node_that_only_publishes_loses_nothing_confirmed(
     stop_publishing, stop_consuming = threading.Event(), threading.Event()
     killed = threading.Event()
 
+    once = threading.Lock()
+
     def kill_c(count: int) -> None:
-        if count == 200:
-            c.kill()  # right after a confirm
-            killed.set()
+        with once:
+            if count >= 150 and not killed.is_set():  # the first of node-c's publishers to get its 150th confirm
+                c.kill()  # right after that confirm
+                killed.set()
 
     consumers = [Consumer(queue, rotate([a, b], owner), ledger, stop_consuming)
                  for owner, queue in zip((a, b), queues, strict=True)]
-    publishers = [Publisher("c1", [c, a, b], queues, ledger, stop_publishing, limit=400, after_confirm=kill_c),
-                  Publisher("c2", [c, b, a], queues, ledger, stop_publishing, limit=400),
-                  Publisher("a1", [a, b], queues, ledger, stop_publishing, limit=400)]
+    publishers = [Publisher("c1", [c, a, b], queues, ledger, stop_publishing, limit=500, after_confirm=kill_c),
+                  Publisher("c2", [c, b, a], queues, ledger, stop_publishing, limit=500, after_confirm=kill_c),
+                  Publisher("a1", [a, b], queues, ledger, stop_publishing, limit=500)]
     for thread in [*consumers, *publishers]:
         thread.start()
     try:
         wait_for(killed.is_set, timeout=DEADLINE, interval=0.05, message="node-c killed")
         for publisher in publishers:
             publisher.join(DEADLINE)
-            assert not publisher.is_alive() and publisher.count == 400, publisher.name
+            assert not publisher.is_alive() and publisher.count == 500, publisher.name
         assert [p.nodes_used[0] for p in publishers[:2]] == ["node-c", "node-c"]
         assert all(len(p.nodes_used) >= 2 for p in publishers[:2])  # both failed over
         wait_drained(ledger, [a, b], queues, postgres_url, postgres_store_url)
