@@ -169,9 +169,9 @@ class Publisher(threading.Thread):
 
 class Consumer(threading.Thread):
     """Consumes ``queue`` with manual acks (prefetch 10), trying ``nodes`` in order: a consume refused with 405 (the
-    queue is another node's) or a lost connection moves it to the next node. In its first session it holds the
-    first ``hold`` deliveries unacked; ``release`` closes that session cleanly (the held ones go back to the queue)
-    and it goes on without holding; ``stop`` closes it."""
+    queue is another node's), a lost connection or a ``basic.cancel`` from the node moves it to the next node. In
+    its first session it holds the first ``hold`` deliveries unacked; ``release`` closes that session cleanly (the
+    held ones go back to the queue) and it goes on without holding; ``stop`` closes it."""
 
     def __init__(self, queue: str, nodes: list[ClusterNode], ledger: Ledger, stop: threading.Event,
                  hold: int = 0) -> None:
@@ -202,13 +202,15 @@ class Consumer(threading.Thread):
             holding = self.hold if not self.sessions else 0
             try:
                 ch = conn.channel()
+                ch.add_on_cancel_callback(lambda frame, session=session: setattr(session, "lost", True))
                 ch.basic_qos(prefetch_count=10)
                 ch.basic_consume(self.queue, lambda ch, method, props, body, session=session, holding=holding:
                                  self._deliver(ch, method, body, session, holding))
                 self.sessions.append(session)
-                while not self.stop.is_set() and not (holding and self.release.is_set()):
+                while not self.stop.is_set() and not (holding and self.release.is_set()) and not session.lost:
                     conn.process_data_events(time_limit=0.1)
-                conn.close()  # a clean close: what it holds unacked goes back to the queue, redelivered
+                _close(conn)  # a clean close: what it holds unacked goes back to the queue, redelivered
+                turn += session.lost  # basic.cancel from the node (a relay to the queue's owner failed): the next
             except pika.exceptions.ChannelClosedByBroker as exc:  # 405: another node serves it (or it is dying)
                 if exc.reply_code != 405:
                     raise
