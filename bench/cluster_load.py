@@ -119,6 +119,7 @@ def start_node(data: str, store: str | None = None, name: str | None = None, lea
         if match:
             return proc, int(match.group(1))
         time.sleep(0.05)
+    stop_all([proc])  # not left running after a failed start
     raise RuntimeError(f"{name or data} did not start: {log.read_text()[-2000:]}")
 
 
