@@ -16,7 +16,9 @@
 
 Parallel runs (``.ci/run``: pytest-xdist, ``-n 4 --dist loadgroup``): a test that uses the reference RabbitMQ is
 marked ``rabbitmq`` here (see ``uses_rabbitmq``) and all of them run in one worker, one after another; the others,
-each on brokers of its own, are spread over the workers. ``-n 0`` runs serially.
+each on brokers of its own, are spread over the workers; a module may put its tests into a group of its own
+(``pytest.mark.xdist_group("name")``: tests/integration/test_cluster_kill.py, three nodes per test) so that they run
+one after another. ``-n 0`` runs serially.
 
 The tests are in unit/ (no sockets), integration/ (real clients against a real Leveret), differential/ (the same
 client code against Leveret and RabbitMQ) and support/ (helpers, importable by name: see ``pythonpath`` in
@@ -118,8 +120,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module, _, name = nodeid.rpartition("::")
         if module and "@" not in name and name != item.name:
             nodeid = f"{module}::{item.name}"
-        if grouping and item.get_closest_marker("xdist_group") and not nodeid.endswith(f"@{XDIST_GROUP}"):
-            nodeid += f"@{XDIST_GROUP}"
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})  # as xdist names a group
+        if grouping and groups and not nodeid.endswith("@" + "_".join(groups)):
+            nodeid += "@" + "_".join(groups)
         if nodeid != item.nodeid:
             _set_nodeid(item, nodeid)
 
