@@ -26,7 +26,7 @@ from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
 from .session import Session
-from .shared import HandedIn, apply_changes, take_over
+from .shared import HandedIn, apply_changes, new_owners, take_over
 from .status import StatusBook
 from .timers import SystemTimers, Timers
 from .tracking import Tracker
@@ -83,7 +83,8 @@ class Broker(Users):
         if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
             self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
             handed = HandedIn(self)  # routing between nodes: hand-over rows for this node's queues
-            self.durability.watch_queues(lambda queues: take_over(self, queues, handed), self._lease_lost)
+            self.durability.watch_queues(lambda queues: take_over(self, queues, handed), self._lease_lost,
+                                         lambda found: new_owners(self, found))
             self.durability.watch_handed(handed.handed)
             self.durability.watch_lanes(self.delays.adopt)  # timers across nodes: a dead node's delayed lanes
 

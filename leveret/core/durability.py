@@ -440,9 +440,12 @@ class Durability:
         """The owner of every stored queue once this node took what it may serve (None: one node serves all)."""
         return self.store.claim_queues()
 
-    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
-        """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
-        self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None],
+                     owners: Callable[[dict[tuple[str, str], str]], None]) -> None:
+        """``taken(queues)``, ``lost()`` and ``owners(found)`` (see Store.watch_queues), run on the broker's
+        thread."""
+        self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost),
+                                lambda found: self.dispatch(owners, found))
 
     def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
         """``taken(lanes)`` (see Store.watch_lanes: a dead node's delayed lanes moved here), on the broker's thread."""

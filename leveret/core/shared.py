@@ -196,6 +196,22 @@ def take_over(broker: Broker, queues: list[tuple[str, str]], handed: HandedIn | 
             handed.take(queue)
 
 
+def new_owners(broker: Broker, owners: dict[tuple[str, str], str]) -> None:
+    """Another node took queues over (``owners``: the owner of every queue other nodes own): this node names the
+    new owner of each queue it does not serve (``Queue.served_by``: in its refusals, the cluster view, and where
+    it hands publishes over). A queue this node serves is not changed here: losing one is a fence."""
+    for (vhost_name, name), owner in owners.items():
+        if owner == broker.node_name:
+            continue
+        vhost = broker.vhosts.get(vhost_name)
+        queue = vhost.queues.get(name) if vhost is not None else None
+        if queue is None or queue.served_by is None or queue.served_by == owner:
+            continue
+        log.info("queue '%s' in vhost '%s': now served by node %s (was %s)", name, vhost_name, owner,
+                 queue.served_by)
+        queue.served_by = owner
+
+
 # --- routing between nodes: the owner's side of a hand-over (docs/cluster.md) ----------------------------------
 
 HANDED_PAGE = 512  # hand-over rows read and taken in one commit

@@ -436,10 +436,13 @@ class Store(abc.ABC):
         messages). None (the default): a store of one node, which serves every queue."""
         return None
 
-    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None],
+                     owners: Callable[[dict[tuple[str, str], str]], None] | None = None) -> None:
         """Several nodes: ``taken(queues)`` when this node took over queues whose owner's lease expired (it must
         load their messages), ``lost()`` once when it could not renew its leases in time, or when a commit was
-        fenced (:class:`FencedError`: it must stop serving them at once). Called on a thread of the backend. A
+        fenced (:class:`FencedError`: it must stop serving them at once), and ``owners(found)`` with the owner of
+        every queue another node owns, by (vhost, name), when another node took queues over (and at each
+        heartbeat, the safety net), so that this node names the new owner. Called on a thread of the backend. A
         store of one node (the default) never calls them."""
         return None
 

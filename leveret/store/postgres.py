@@ -480,11 +480,13 @@ class PostgresStore(WriterStore):
             return None
         return self._link.claim()
 
-    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None],
+                     owners: Callable[[dict[tuple[str, str], str]], None] | None = None) -> None:
         """From now on, ``taken(queues)`` (on the link's thread) when this node took over queues whose owner's
-        lease expired, and ``lost()`` once if it could not renew its leases in time (see ClusterLink)."""
+        lease expired, ``lost()`` once if it could not renew its leases in time, and ``owners(found)`` when
+        another node took queues over (see ClusterLink)."""
         if self._link is not None:
-            self._link.watch_queues(taken, lost)
+            self._link.watch_queues(taken, lost, owners)
 
     def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
         """From now on, ``taken(lanes)`` (on the link's thread) when this node took over the delayed lanes of a node

@@ -165,6 +165,7 @@ class ClusterLink:
         self._delay = 0.5
         self._gap_logged = False
         self._taken: Callable[[list[tuple[str, str]]], None] | None = None
+        self._owners: Callable[[dict[tuple[str, str], str]], None] | None = None  # others' queues: who owns them
         self._handed: Callable[[list[tuple[str, str]]], None] | None = None
         self._summary: Callable[[], dict[str, Any] | None] | None = None
         self._amqp: str | None = None  # where this node listens for AMQP, to be written to its row (advertise)
@@ -230,9 +231,10 @@ class ClusterLink:
         if lost is not None:
             lost()
 
-    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None]) -> None:
+    def watch_queues(self, taken: Callable[[list[tuple[str, str]]], None], lost: Callable[[], None],
+                     owners: Callable[[dict[tuple[str, str], str]], None] | None = None) -> None:
         with self._lock:
-            self._taken, self._lost = taken, lost
+            self._taken, self._lost, self._owners = taken, lost, owners
 
     def advertise(self, amqp: str) -> None:
         """Write ``amqp`` (host:port) to this node's row, on the link's thread, and tell the others."""
@@ -322,7 +324,9 @@ class ClusterLink:
                 if payloads and not self._stop.is_set():
                     payloads += self._drain(conn)
                     mine = "handover " + self.store.node
-                    if any(not p.startswith(("handover ", "summary ")) for p in payloads):
+                    if any(p.startswith("owners ") and p != "owners " + self.store.node for p in payloads):
+                        self._read_owners(conn)  # another node took queues over
+                    if any(not p.startswith(("handover ", "summary ", "owners ")) for p in payloads):
                         self._catch_up(conn)
                         self._read_nodes(conn)
                     elif any(p.startswith("summary ") and p != "summary " + self.store.node for p in payloads):
@@ -412,6 +416,7 @@ class ClusterLink:
                 log.warning("store %s: this node took over %d queues whose owner's lease expired: %s", store.where,
                             len(rows), ", ".join(f"{name!r} (vhost {vhost!r})" for vhost, name in rows[:10]))
                 taken([(vhost, name) for vhost, name in rows])
+                conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "owners " + store.node))  # the others look
         if lanes_taken is not None and not self._fenced:
             moved = leases.take_lanes(conn, store.node, store.node_lease)
             if moved:
@@ -425,6 +430,7 @@ class ClusterLink:
                          " (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now ON CONFLICT DO NOTHING",
                          (store.node, socket.gethostname(), os.getpid()))
         self._write_summary(conn)
+        self._read_owners(conn)  # the safety net of the "owners" notification
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
         # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
         # will take them (a queue of that name declared later must not get them)
@@ -445,6 +451,16 @@ class ClusterLink:
         conn.execute("UPDATE nodes SET summary = %s WHERE name = %s",
                      (json.dumps(found, default=str, separators=(",", ":")), self.store.node))
         conn.execute("SELECT pg_notify(%s, %s)", (self.store.channel, "summary " + self.store.node))
+
+    def _read_owners(self, conn: Any) -> None:
+        """Who owns each queue another node owns, to the ``owners`` callback (a takeover by a third node)."""
+        with self._lock:
+            owners = self._owners
+        if owners is None or self._fenced:
+            return
+        rows = conn.execute("SELECT vhost, name, owner FROM queues WHERE owner IS NOT NULL AND owner <> %s",
+                            (self.store.node,)).fetchall()
+        owners({(vhost, name): owner for vhost, name, owner in rows})
 
     def _read_nodes(self, conn: Any) -> None:
         rows = conn.execute(

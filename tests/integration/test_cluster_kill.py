@@ -296,7 +296,7 @@ def wait_drained(ledger: Ledger, nodes: list[ClusterNode], queues: list[str], se
     def left() -> dict[str, Any]:
         found: dict[str, Any] = {}
         leases = owners(server_url, store_url)
-        for queue in queues:  # each as its owner counts it (the others' view may lag: see the xfail test below)
+        for queue in queues:  # each as its owner counts it (the others' view lags by up to a heartbeat)
             owner = next((n for n in nodes if n.name == leases.get(queue)), None)  # None: not yet taken over
             figures = queue_figures(owner, queue) if owner is not None else {}
             found[queue] = {k: figures.get(k) for k in ("node", "messages", "messages_unacknowledged", "consumers")}
@@ -460,11 +460,6 @@ def test_kill_9_of_a_node_that_only_publishes_loses_nothing_confirmed(
         assert node.proc is not None and node.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a takeover is not told to the third node: Queue.served_by on a node that neither lost nor took the queue keeps "
-    "naming the dead owner (core/shared.py take_over runs on the taker only; nothing re-reads queues.owner), so "
-    "that node refuses consumes naming the dead node, shows it as the queue's node in its management API, and "
-    "addresses its hand-over rows and their NOTIFY to the dead node (the taker finds them only at its heartbeat)"))
 def test_the_third_node_learns_who_took_a_queue_over(
         three_nodes: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
     """node-a's queue, node-a killed -9: one of node-b and node-c takes it over (the store says which); the other
