@@ -112,6 +112,8 @@ class Durability:
         self.alarms: MemoryMonitor | None = None
         self.recovering = False
         self.replaying = False  # applying another node's definition change: it is in the store already
+        # several nodes on one store: transient queues, exchanges and bindings are shared definitions too
+        self.shared = store.cluster_nodes() is not None
         self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
         self.timers: Timers | None = None
         self._held: TimerHandle | None = None
@@ -444,38 +446,52 @@ class Durability:
         """``taken(queues)`` and ``lost()`` (see Store.watch_queues), run on the broker's thread."""
         self.store.watch_queues(lambda queues: self.dispatch(taken, queues), lambda: self.dispatch(lost))
 
+    # Several nodes on one store (``shared``): transient exchanges, queues and bindings are written too, so that
+    # every node knows them (docs/cluster.md: a transient queue is its owner's and goes when its owner does).
+
     @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if exchange.durable and not self.recovering:
-            self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, True,
+        if (exchange.durable or self.shared) and not self.recovering:
+            self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, exchange.durable,
                                                  exchange.auto_delete, exchange.internal, dict(exchange.arguments)))
 
     @_written
     def delete_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if exchange.durable:
+        if exchange.durable or self.shared:
             self.flush()
             self.store.delete_exchange(vhost, exchange.name)
 
     @_written
     def save_queue(self, queue: Queue) -> None:
         """Several nodes on one store: a queue another node declared first (at the same moment) is that node's."""
-        if queue.durable and not self.recovering:
+        if (queue.durable or self.shared) and not self.recovering:
             self.flush()
-            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
-                                                   dict(queue.arguments)))
+            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, queue.durable, queue.auto_delete,
+                                                   dict(queue.arguments), queue.exclusive))
             if owner is not None and owner != queue.vhost.broker.node_name:
                 queue.served_by = owner
 
     @_written
     def delete_queue(self, queue: Queue) -> None:
+        """A transient queue's deletion that cannot be written (the database is away) is logged, not raised: the
+        queue goes here all the same (its connection closed, say), and the others drop it when this node stops."""
         if queue.durable:
             self.flush()
             self.store.delete_queue(queue.vhost.name, queue.name)
+        elif self.shared:
+            try:
+                self.flush()
+                self.store.delete_queue(queue.vhost.name, queue.name)
+            except StoreError as exc:
+                log.warning("queue '%s' in vhost '%s': its deletion was not written, the other nodes keep it until "
+                            "this node stops: %s", queue.name, queue.vhost.name, exc)
 
     @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,
                 arguments: dict[str, Any], add: bool) -> None:
-        if self.recovering or not source.durable or not getattr(destination, "durable", False):
+        if self.recovering:
+            return
+        if not self.shared and (not source.durable or not getattr(destination, "durable", False)):
             return
         kind = "exchange" if hasattr(destination, "type_name") else "queue"
         binding = BindingDef(vhost, source.name, destination.name, kind, routing_key, dict(arguments))

@@ -62,9 +62,11 @@ from leveret.core.storage import (
     PolicyDef,
     QueueDef,
     UserDef,
+    reply_prefix,
 )
 
 from . import postgres_schema as schema
+from . import postgres_transient as transient
 from .tagged_json import decode_value, encode_value
 
 if TYPE_CHECKING:
@@ -80,11 +82,11 @@ RECORDS["Policy"] = PolicyDef
 
 # the queue leases (docs/cluster.md): at start a node takes the free, expired and its own; then, at each heartbeat,
 # renews its own and takes over the expired ones of other nodes
-CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner IS NULL"
-         " OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp())")
+CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE durable AND"
+         " (owner IS NULL OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp()))")
 TAKE_OVER = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s"
-             " WHERE (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < extract(epoch FROM"
-             " clock_timestamp())) RETURNING vhost, name")
+             " WHERE durable AND (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < extract(epoch"
+             " FROM clock_timestamp())) RETURNING vhost, name")
 
 
 def encode_args(args: tuple[Any, ...]) -> str:
@@ -173,6 +175,7 @@ class ClusterLink:
         self._fenced = False
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
         try:
+            transient.sweep(self._conn, store, self._record, start=True)  # transient definitions of nodes gone
             self._beat(self._conn)
             self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
         except BaseException:
@@ -329,8 +332,7 @@ class ClusterLink:
             handed = self._handed
         if handed is None or self._fenced:
             return
-        rows = conn.execute("SELECT DISTINCT h.vhost, h.queue FROM handover h JOIN queues q ON q.vhost = h.vhost"
-                            " AND q.name = h.queue WHERE q.owner = %s", (self.store.node,)).fetchall()
+        rows = conn.execute(transient.HANDED, (self.store.node, reply_prefix(self.store.node))).fetchall()
         if rows:
             handed([(vhost, name) for vhost, name in rows])
 
@@ -389,11 +391,16 @@ class ClusterLink:
                          (store.node, socket.gethostname(), os.getpid()))
         self._write_summary(conn)
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
-        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
-        # will take them (a queue of that name declared later must not get them)
-        conn.execute("DELETE FROM handover h WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.vhost = h.vhost"
-                     " AND q.name = h.queue)")
+        transient.sweep(conn, store, self._record)  # transient queues of nodes that are gone
+        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were), or for
+        # the reply address of a node that does not run: nobody will take them (a queue of that name declared
+        # later must not get them)
+        conn.execute(transient.ORPHANED, (store.node_lease,))
         self._read_nodes(conn)
+
+    def _record(self, conn: Any, node: str, what: str, args: tuple[Any, ...]) -> None:
+        """Log a change made in the transaction on ``conn`` as ``node``'s (postgres_transient.py's sweep)."""
+        run_log(conn, log_change(node, self.store.channel, what, args))
 
     def _write_summary(self, conn: Any) -> None:
         """This node's summary (the ``summary`` callback's, on the broker's thread) to its row; ``summary <node>``

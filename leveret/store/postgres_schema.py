@@ -169,8 +169,14 @@ _V5 = (
     "ALTER TABLE nodes ADD COLUMN summary TEXT",
 )
 
+# 6: several nodes share transient definitions too (docs/cluster.md): a non-durable queue's row (durable false,
+# removed when its owner is gone) says whether it is exclusive (to its declaring connection on its owner)
+_V6 = (
+    "ALTER TABLE queues ADD COLUMN exclusive BOOLEAN NOT NULL DEFAULT false",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
