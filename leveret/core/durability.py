@@ -465,7 +465,8 @@ class Durability:
     def save_queue(self, queue: Queue) -> None:
         """Several nodes on one store: a queue another node declared first (at the same moment) is that node's."""
         if (queue.durable or self.shared) and not self.recovering:
-            self.flush()
+            if queue.durable:  # a transient queue has no stored messages to write first: one commit, not two
+                self.flush()
             owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, queue.durable, queue.auto_delete,
                                                    dict(queue.arguments), queue.exclusive))
             if owner is not None and owner != queue.vhost.broker.node_name:
@@ -480,7 +481,6 @@ class Durability:
             self.store.delete_queue(queue.vhost.name, queue.name)
         elif self.shared:
             try:
-                self.flush()
                 self.store.delete_queue(queue.vhost.name, queue.name)
             except StoreError as exc:
                 log.warning("queue '%s' in vhost '%s': its deletion was not written, the other nodes keep it until "
