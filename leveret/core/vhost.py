@@ -52,7 +52,7 @@ class DefaultExchange(Exchange):
         super().__init__("", durable=True)
         self.queues = vhost.queues
         self.reply_queues = vhost.broker.reply_queues
-        self.remote_replies = RemoteReplies(vhost)  # several nodes: reply addresses of another node
+        self.remote_replies = vhost.remote_replies
 
     def route(self, routing_key: str, headers: dict[str, Any] | None) -> tuple[Queue, ...]:
         queue = self.queues.get(routing_key)
@@ -112,6 +112,7 @@ class VHost(Routing):
         self.policies: dict[str, Policy] = {}
         self.limits: dict[str, int] = {}  # max-connections, max-queues (leveret.core.access)
         self._policy_alternates: dict[str, str] = {}  # exchange -> alternate-exchange set by a policy
+        self.remote_replies = RemoteReplies(self)  # several nodes: reply addresses of other nodes (core/replies.py)
         self.exchanges[""] = DefaultExchange(self)
         for ex_name, ex_type in DEFAULT_EXCHANGES:
             self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)

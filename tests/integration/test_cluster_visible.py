@@ -47,10 +47,12 @@ class Server:
         self.ch.basic_consume(queue, self._on_request)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
+        self.reply_to: list[str] = []  # the reply_to of each request
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _on_request(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        self.reply_to.append(props.reply_to)
         ch.basic_publish("", props.reply_to, b"reply-" + body, pika.BasicProperties(
             correlation_id=props.correlation_id))
         ch.basic_ack(method.delivery_tag)
@@ -100,21 +102,29 @@ def test_rpc_with_an_exclusive_reply_queue_across_nodes(cluster: list[ClusterNod
     server.close()
 
 
-def test_rpc_with_direct_reply_to_across_nodes(cluster: list[ClusterNode]) -> None:
+def test_rpc_with_direct_reply_to_across_nodes(cluster: list[ClusterNode], postgres_url: str,  # noqa: F811
+                                               postgres_store_url: str) -> None:  # noqa: F811 - fixtures
     """The same with direct reply-to (``amq.rabbitmq.reply-to``): the reply address names node-a, node-b hands the
-    answers over to it. A mandatory reply to an address of a node that does not run is returned (312)."""
+    answers over to it. A reply to an address whose consumer is gone is dropped on node-a (its hand-over row taken);
+    a mandatory reply to an address of a node that does not run is returned (312)."""
     a, b = cluster
     server = Server(b, "rpc")
     conn = a.connect()
     ch = conn.channel()
     wait_for(lambda: exists(conn, "queue", "rpc"), message="node-a knows the request queue")
     assert calls(conn, ch, REPLY_TO, 50) == [b"reply-%d" % i for i in range(50)]
-    conn.close()
     server.close()
-
+    (address,) = set(server.reply_to)  # node-a's address for this channel, named after node-a
+    assert address.startswith(f"{REPLY_TO}.{b'node-a'.hex()}.")
     conn_b = b.connect()
+    assert passive(conn_b, address) == 200  # its node runs: the address is alive on node-b too
+    conn.close()
+
     ch_b = conn_b.channel()
     ch_b.confirm_delivery()
+    ch_b.basic_publish("", address, b"too late", mandatory=True)  # node-a runs: routed, confirmed, dropped there
+    wait_for(lambda: test_cluster.handover_rows(postgres_url, postgres_store_url) == 0,
+             message="node-a dropped the reply to a gone consumer")
     nowhere = f"{REPLY_TO}.{b'node-z'.hex()}.abcdefgh"
     with pytest.raises(pika.exceptions.UnroutableError):
         ch_b.basic_publish("", nowhere, b"late", mandatory=True)
