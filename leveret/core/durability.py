@@ -112,6 +112,7 @@ class Durability:
         self.alarms: MemoryMonitor | None = None
         self.recovering = False
         self.replaying = False  # applying another node's definition change: it is in the store already
+        self.handing = False  # a hand-over is among the pending ops (several nodes): commit without holding
         # several nodes on one store: transient queues, exchanges and bindings are shared definitions too
         self.shared = store.cluster_nodes() is not None
         self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
@@ -163,6 +164,7 @@ class Durability:
             body = self.load_body(msg.store_id) or b""
         self.ops.append(HandOver(self.new_id(), queue.vhost.name, queue.name, queue.served_by or "", msg.exchange,
                                  msg.routing_key, msg.header, body))
+        self.handing = True  # another node waits for it: this batch's commit is not held (see commit)
 
     def take_handed(self, ids: list[int]) -> None:
         """Several nodes: the hand-over rows ``ids`` were taken into their queue (with this batch's pushes)."""
@@ -277,8 +279,9 @@ class Durability:
         Writes nobody waits for (``after`` empty: acks, deliveries, status records) are held up to ``hold``
         seconds when a timer is set: the next commit somebody waits for (a publisher confirm) takes them along, so
         the writer is not busy with a commit of their own when a confirm's write arrives (one fsync per
-        confirm instead of up to two). A message is never confirmed before it is written: held ops go first."""
-        if not after and self.hold > 0 and self.timers is not None:
+        confirm instead of up to two). A message is never confirmed before it is written: held ops go first. A
+        hand-over to another node (several nodes) is not held: that node waits for it."""
+        if not after and self.hold > 0 and self.timers is not None and not self.handing:
             if self._held is None:
                 self._held = self.timers.call_later(self.hold, self._release)
             return
@@ -292,6 +295,7 @@ class Durability:
             log.debug("held writes not submitted: %s", exc)
 
     def _commit_now(self, after: list[Done]) -> None:
+        self.handing = False
         if self._held is not None:
             self._held.cancel()
             self._held = None
