@@ -230,7 +230,20 @@ class ClusterLink:
         with self._lock:
             self._summary = summary
 
+    def _sweep_own(self) -> None:
+        """A clean stop: this node's transient queues go now (postgres_transient.py), not at another node's next
+        heartbeat; on a connection of its own (the link's belongs to its thread). A failure leaves them to that."""
+        store = self.store
+        try:
+            with schema.connect(store.url, store.schema, store.connect_timeout, "cluster-call") as conn:
+                transient.sweep(conn, store, self._record, start=True, alone=False)
+        except schema.psycopg.Error as exc:
+            log.warning("store %s: this node's transient queues were not deleted at its stop (the other nodes delete "
+                        "them): %s", store.where, schema.reason(exc))
+
     def close(self) -> None:
+        if not self._fenced:
+            self._sweep_own()
         self._stop.set()
         self._notify()
         self._thread.join(10)

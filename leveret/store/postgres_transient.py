@@ -6,10 +6,10 @@ Transient queues
     ``exclusive``; its ``owner`` is the declaring node, whose heartbeat renews its ``lease_until`` as for a durable
     one), so that every node knows it and hands it what it routes there. It is never taken over (the lease
     statements only take durable queues): :func:`sweep` deletes the transient queues whose owner's lease ran out
-    (the owner was killed, or stopped: a clean stop ends its leases), with their bindings and hand-over rows, and
+    (the owner was killed; a node that stops cleanly deletes its own), with their bindings and hand-over rows, and
     logs each deletion in the change log **under the owner's name**, so that every other node (the sweeping one
     too: a node skips only its own changes) removes the queue through its own deletion path. A node sweeps at
-    each heartbeat, and at start also its own transient queues of an earlier run. ``DELETE ... RETURNING`` makes
+    each heartbeat, at start also its own of an earlier run, and its own at a clean stop. ``DELETE ... RETURNING`` makes
     each row one node's to log.
 
 Transient exchanges
@@ -56,10 +56,11 @@ GONE_EXCHANGES = "DELETE FROM exchanges WHERE NOT durable RETURNING vhost, name"
 Record = Callable[[Any, str, str, tuple[Any, ...]], None]  # (conn, node, what, args): a change in the log
 
 
-def sweep(conn: Any, store: PostgresStore, record: Record, start: bool = False) -> int:
-    """Delete the transient queues whose owner is gone (at ``start`` also this node's own, of an earlier run, and,
-    when no other node runs, every transient exchange), in one transaction on ``conn`` (autocommit), each
-    deletion logged with ``record`` as a change for the other nodes; how many objects were deleted."""
+def sweep(conn: Any, store: PostgresStore, record: Record, start: bool = False, alone: bool = True) -> int:
+    """Delete the transient queues whose owner is gone (with ``start`` also this node's own: of an earlier run when
+    it starts, or its own when it stops; and, with ``alone`` too, when no other node runs, every transient
+    exchange), in one transaction on ``conn`` (autocommit), each deletion logged with ``record`` as a change for the
+    other nodes; how many objects were deleted."""
     deleted = 0
     with conn.transaction():
         for vhost, name, owner in conn.execute(GONE_QUEUES, (store.node if start else None,)).fetchall():
@@ -68,7 +69,7 @@ def sweep(conn: Any, store: PostgresStore, record: Record, start: bool = False) 
             conn.execute("DELETE FROM handover WHERE vhost = %s AND queue = %s", (vhost, name))
             record(conn, owner or store.node, "delete_queue", (vhost, name))
             deleted += 1
-        if start and conn.execute(OTHERS_RUNNING, (store.node, store.node_lease)).fetchone()[0] == 0:
+        if start and alone and conn.execute(OTHERS_RUNNING, (store.node, store.node_lease)).fetchone()[0] == 0:
             for vhost, name in conn.execute(GONE_EXCHANGES).fetchall():
                 conn.execute("DELETE FROM bindings WHERE vhost = %s AND (source = %s OR (destination_kind ="
                              " 'exchange' AND destination = %s))", (vhost, name, name))

@@ -16,6 +16,7 @@ import pytest
 
 from leveret.core.storage import BindingDef, DefinitionChange, ExchangeDef, HandOver, QueueDef, reply_prefix
 from leveret.store.postgres import PostgresStore
+from leveret.store.tagged_json import encode_value
 
 from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
 from waiting import wait_for
@@ -84,6 +85,18 @@ def test_a_transient_queue_is_shared_and_goes_with_its_owner(url: str,
     assert rows(url, "SELECT count(*) FROM handover") == [(0,)]
 
 
+def test_a_node_that_stops_deletes_its_transient_queues(url: str) -> None:
+    """A clean stop deletes the node's transient queues itself (no other node needs to see its lease run out) and
+    logs their deletion for the others; its durable queues stay, for another node to take over."""
+    a = opened(url, "a")
+    a.save_queue(QueueDef("/", "jobs"))
+    a.save_queue(QueueDef("/", "amq.gen-r", durable=False, exclusive=True))
+    a.close()
+    assert rows(url, "SELECT name FROM queues") == [("jobs",)]
+    assert rows(url, "SELECT node, what, args FROM changes ORDER BY version DESC LIMIT 1") == [
+        ("a", "delete_queue", '["/","amq.gen-r"]')]
+
+
 def test_a_node_that_starts_removes_transient_definitions_of_an_earlier_run(url: str) -> None:
     """A node restarted under its name deletes its own transient queues at once (they were its connections'), and,
     starting while no other node runs, every transient exchange with its bindings; a transient exchange stays while
@@ -93,9 +106,12 @@ def test_a_node_that_starts_removes_transient_definitions_of_an_earlier_run(url:
     a.save_queue(QueueDef("/", "temp", durable=False))
     a.save_exchange(ExchangeDef("/", "events", "fanout", durable=False))
     a.save_binding(BindingDef("/", "events", "jobs", "queue", ""))
-    a.close()
-    with db(url) as conn:  # as if a had been killed: its leases have not run out
+    a.close()  # deletes its transient queue: put one back as if a had been killed (its leases not run out)
+    with db(url) as conn:
         conn.execute("UPDATE queues SET lease_until = 1e12")
+        conn.execute("INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until)"
+                     " VALUES ('/', 'temp', false, false, %s, 'a', 1e12)", (encode_value({}),))
+    assert len(rows(url, "SELECT name FROM queues")) == 2
     a = opened(url, "a")
     try:
         defs = a.load_definitions()
