@@ -347,6 +347,9 @@ class ClusterLink:
             return
         rows = conn.execute(transient.HANDED, (self.store.node, reply_prefix(self.store.node))).fetchall()
         if rows:
+            # the changes committed before these rows are handed on first (a reply queue declared on another node
+            # just before the request handed over here: known before the request is taken)
+            self._catch_up(conn)
             handed([(vhost, name) for vhost, name in rows])
 
     def _reconnect(self) -> Any:
