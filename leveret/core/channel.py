@@ -18,6 +18,7 @@ from .errors import AccessRefused, NotAllowed, NotImplementedFeature, Preconditi
 from .message import NOTIFY, Message
 from .queue import Consumer, Queue
 from .remote import refuse_remote
+from .replies import REPLY_TO, reply_address
 from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
 
@@ -44,7 +45,6 @@ class Sink(Protocol):
 
 
 NO_ROUTE = 312
-REPLY_TO = "amq.rabbitmq.reply-to"
 _REPLY_TO_FLAG = 0x0200
 _USER_ID_FLAG = 0x0010
 _VALIDATED_FLAGS = 0x0100 | 0x2000  # expiration, headers: leveret.core.routing.validate
@@ -175,7 +175,7 @@ class Channel:
         if self.reply_queue is not None:
             raise PreconditionFailed("reply consumer already set")
         vhost = self.session.vhost
-        queue = Queue(vhost, f"{REPLY_TO}.{secrets.token_urlsafe(24)}", exclusive_owner=self.session)
+        queue = Queue(vhost, reply_address(vhost.broker.node_name), exclusive_owner=self.session)
         consumer = self.consume(queue, tag, no_ack=True, exclusive=False, arguments={})
         self.reply_queue = queue
         vhost.broker.reply_queues[queue.name] = queue

@@ -112,6 +112,9 @@ class Durability:
         self.alarms: MemoryMonitor | None = None
         self.recovering = False
         self.replaying = False  # applying another node's definition change: it is in the store already
+        self.handing = False  # a hand-over is among the pending ops (several nodes): commit without holding
+        # several nodes on one store: transient queues, exchanges and bindings are shared definitions too
+        self.shared = store.cluster_nodes() is not None
         self.hold = 0.0  # seconds a write nobody waits for may wait for a confirm's commit (see commit)
         self.timers: Timers | None = None
         self._held: TimerHandle | None = None
@@ -161,6 +164,7 @@ class Durability:
             body = self.load_body(msg.store_id) or b""
         self.ops.append(HandOver(self.new_id(), queue.vhost.name, queue.name, queue.served_by or "", msg.exchange,
                                  msg.routing_key, msg.header, body))
+        self.handing = True  # another node waits for it: this batch's commit is not held (see commit)
 
     def take_handed(self, ids: list[int]) -> None:
         """Several nodes: the hand-over rows ``ids`` were taken into their queue (with this batch's pushes)."""
@@ -275,8 +279,9 @@ class Durability:
         Writes nobody waits for (``after`` empty: acks, deliveries, status records) are held up to ``hold``
         seconds when a timer is set: the next commit somebody waits for (a publisher confirm) takes them along, so
         the writer is not busy with a commit of their own when a confirm's write arrives (one fsync per
-        confirm instead of up to two). A message is never confirmed before it is written: held ops go first."""
-        if not after and self.hold > 0 and self.timers is not None:
+        confirm instead of up to two). A message is never confirmed before it is written: held ops go first. A
+        hand-over to another node (several nodes) is not held: that node waits for it."""
+        if not after and self.hold > 0 and self.timers is not None and not self.handing:
             if self._held is None:
                 self._held = self.timers.call_later(self.hold, self._release)
             return
@@ -290,6 +295,7 @@ class Durability:
             log.debug("held writes not submitted: %s", exc)
 
     def _commit_now(self, after: list[Done]) -> None:
+        self.handing = False
         if self._held is not None:
             self._held.cancel()
             self._held = None
@@ -451,40 +457,54 @@ class Durability:
         """``taken(lanes)`` (see Store.watch_lanes: a dead node's delayed lanes moved here), on the broker's thread."""
         self.store.watch_lanes(lambda lanes: self.dispatch(taken, lanes))
 
+    # Several nodes on one store (``shared``): transient exchanges, queues and bindings are written too, so that
+    # every node knows them (docs/cluster.md: a transient queue is its owner's and goes when its owner does).
+
     @_written
     def save_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if exchange.durable and not self.recovering:
-            self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, True,
+        if (exchange.durable or self.shared) and not self.recovering:
+            self.store.save_exchange(ExchangeDef(vhost, exchange.name, exchange.type_name, exchange.durable,
                                                  exchange.auto_delete, exchange.internal, dict(exchange.arguments)))
 
     @_written
     def delete_exchange(self, vhost: str, exchange: Exchange) -> None:
-        if exchange.durable:
+        if exchange.durable or self.shared:
             self.flush()
             self.store.delete_exchange(vhost, exchange.name)
 
     @_written
     def save_queue(self, queue: Queue) -> None:
         """Several nodes on one store: a queue another node declared first (at the same moment) is that node's."""
-        if queue.durable and not self.recovering:
-            self.flush()
-            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, True, queue.auto_delete,
-                                                   dict(queue.arguments)))
+        if (queue.durable or self.shared) and not self.recovering:
+            if queue.durable:  # a transient queue has no stored messages to write first: one commit, not two
+                self.flush()
+            owner = self.store.save_queue(QueueDef(queue.vhost.name, queue.name, queue.durable, queue.auto_delete,
+                                                   dict(queue.arguments), queue.exclusive))
             if owner is not None and owner != queue.vhost.broker.node_name:
                 queue.served_by = owner
 
     @_written
     def delete_queue(self, queue: Queue) -> None:
-        """Several nodes: deleted by this node as its owner, the store fences it (Store.delete_queue)."""
+        """Several nodes: deleted by this node as its owner, the store fences it (Store.delete_queue). A transient
+        queue's deletion that cannot be written (the database is away) is logged, not raised: the queue goes here
+        all the same (its connection closed, say), and the others drop it when this node stops."""
         if queue.durable:
             self.flush()
             owned = queue.served_by is None and self.nodes() is not None
             self.store.delete_queue(queue.vhost.name, queue.name, queue.vhost.broker.node_name if owned else None)
+        elif self.shared:
+            try:
+                self.store.delete_queue(queue.vhost.name, queue.name)
+            except StoreError as exc:
+                log.warning("queue '%s' in vhost '%s': its deletion was not written, the other nodes keep it until "
+                            "this node stops: %s", queue.name, queue.vhost.name, exc)
 
     @_written
     def binding(self, vhost: str, source: Exchange, destination: Any, routing_key: str,
                 arguments: dict[str, Any], add: bool) -> None:
-        if self.recovering or not source.durable or not getattr(destination, "durable", False):
+        if self.recovering:
+            return
+        if not self.shared and (not source.durable or not getattr(destination, "durable", False)):
             return
         kind = "exchange" if hasattr(destination, "type_name") else "queue"
         binding = BindingDef(vhost, source.name, destination.name, kind, routing_key, dict(arguments))

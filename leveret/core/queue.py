@@ -31,7 +31,7 @@ from .tracking import MESSAGE_ID
 if TYPE_CHECKING:
     from .durability import Durability
     from .memory import MemoryMonitor
-    from .session import Session
+    from .session import RemoteConnection, Session
     from .status import StatusBook
     from .timers import Handle
     from .vhost import VHost
@@ -43,8 +43,9 @@ class Queue(Paging):
     """A queue of one vhost (its paging part: core/paging.py). ``exclusive_owner`` is the session that owns an
     exclusive queue."""
 
-    def __init__(self, vhost: VHost, name: str, *, durable: bool = False, exclusive_owner: Session | None = None,
-                 auto_delete: bool = False, arguments: dict[str, Any] | None = None) -> None:
+    def __init__(self, vhost: VHost, name: str, *, durable: bool = False,
+                 exclusive_owner: Session | RemoteConnection | None = None, auto_delete: bool = False,
+                 arguments: dict[str, Any] | None = None) -> None:
         self.vhost = vhost
         self.name = name
         self.durable = durable
@@ -133,9 +134,10 @@ class Queue(Paging):
         message whose id the queue took recently is dropped and counts as taken (``DedupWindow.enqueue``, which
         calls back with ``checked``; so does the broker for a message it moves: dead-lettered, retried, delayed)."""
         if self.served_by is not None:  # another node's queue: handed over through the store (core/shared.py)
-            if self.durability is None:
+            durability = self.vhost.broker.durability  # a transient queue's too (its self.durability is None)
+            if durability is None:
                 return False
-            self.durability.hand_over(self, msg)
+            durability.hand_over(self, msg)
             return True
         if self.dedup is not None and not checked:
             return self.dedup.enqueue(self, msg)

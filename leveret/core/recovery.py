@@ -20,6 +20,7 @@ from .exchanges import Exchange, create_exchange
 from .message import PAGED, Message, build_address
 from .policies import Policy
 from .queue import Queue
+from .session import RemoteConnection
 from .users import User
 
 if TYPE_CHECKING:
@@ -61,14 +62,15 @@ def recover(broker: Broker) -> bool:
                 owner.limits = dict(limits)
         for ex in defs.exchanges:
             vhost = broker.add_vhost(ex.vhost)
-            exchange = create_exchange(ex.type, ex.name, durable=True, auto_delete=ex.auto_delete,
+            exchange = create_exchange(ex.type, ex.name, durable=ex.durable, auto_delete=ex.auto_delete,
                                        internal=ex.internal, arguments=dict(ex.arguments))
-            exchange.dedup = make_window(exchange.arguments, "exchange", ex.vhost, ex.name, True, broker)
+            exchange.dedup = make_window(exchange.arguments, "exchange", ex.vhost, ex.name, ex.durable, broker)
             vhost.exchanges[ex.name] = exchange
-        for qd in defs.queues:
+        for qd in defs.queues:  # several nodes: other nodes' transient queues too (their owners serve them)
             vhost = broker.add_vhost(qd.vhost)
-            vhost.queues[qd.name] = Queue(vhost, qd.name, durable=True, auto_delete=qd.auto_delete,
-                                          arguments=dict(qd.arguments))
+            vhost.queues[qd.name] = Queue(vhost, qd.name, durable=qd.durable, auto_delete=qd.auto_delete,
+                                          arguments=dict(qd.arguments),
+                                          exclusive_owner=RemoteConnection() if qd.exclusive else None)
         for b in defs.bindings:
             vhost = broker.add_vhost(b.vhost)
             source = vhost.exchanges.get(b.source)

@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from .vhost import VHost
 
 
+class RemoteConnection:
+    """Several nodes (docs/cluster.md): the owner of an exclusive queue that a connection to another node declared
+    (``Queue.exclusive_owner``). No session of this node is it, so each gets 405 RESOURCE_LOCKED for the queue (a
+    passive declare, consume, get, purge, bind, delete), as another connection does on one node; a publish to it is
+    routed (and handed over to its node)."""
+
+    __slots__ = ("exclusive_queues",)
+
+    def __init__(self) -> None:
+        self.exclusive_queues: list[Queue] = []  # never any: its queues go through the other node's changes
+
+
 class Session:
     """One client connection as the core sees it: user, vhost, channels, exclusive queues."""
 

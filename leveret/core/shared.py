@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import BrokerError, NotFound
 from .message import Message, build_address
 from .recovery import recover_queue
+from .replies import REPLY_TO
+from .session import RemoteConnection
 from .storage import BindingDef, DefinitionChange, ExchangeDef, PermissionDef, PolicyDef, QueueDef, StoreError, UserDef
 
 if TYPE_CHECKING:
@@ -130,12 +132,18 @@ def _delete_exchange(broker: Broker, node: str, vhost: str, name: str) -> None:
 
 
 def _save_queue(broker: Broker, node: str, q: QueueDef) -> None:
+    """A queue declared on another node: durable, or transient (non-durable, exclusive: never taken over, it goes
+    when its node does; store/postgres_transient.py)."""
     vhost = _vhost(broker, q.vhost)
-    new = q.name not in vhost.queues
+    existing = vhost.queues.get(q.name)
+    if existing is not None and existing.exclusive:
+        return  # declared again by its own connection (x-leveret-status): nothing here depends on it
     queue = vhost.declare_queue(None, q.name, durable=q.durable, auto_delete=q.auto_delete,
                                 arguments=dict(q.arguments), restore=True)
-    if new:
+    if existing is None:
         queue.served_by = node  # a new queue is the declaring node's (its lease, store/postgres.py)
+        if q.exclusive:  # no connection of this node may use it (405), as another connection on one node
+            queue.exclusive_owner = RemoteConnection()
 
 
 def _delete_queue(broker: Broker, node: str, vhost: str, name: str) -> None:
@@ -223,23 +231,35 @@ class HandedIn:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.taking: dict[Queue, bool] = {}  # queues with a take in flight -> look again once it committed
+        self.dropping: set[tuple[str, str]] = set()  # reply addresses whose rows are being dropped
 
     def handed(self, queues: list[tuple[str, str]]) -> None:
-        """Rows wait for ``queues`` (the store's link: a notification of the writing node, or its heartbeat)."""
+        """Rows wait for ``queues`` (the store's link: a notification of the writing node, or its heartbeat): queues
+        this node owns, durable or transient, or its direct reply-to addresses (core/replies.py: the reply goes to
+        the address's consumer, or is dropped when it is gone)."""
         for vhost_name, name in queues:
+            if name.startswith(REPLY_TO + "."):
+                reply = self.broker.reply_queues.get(name)
+                if reply is not None and not reply.deleted:
+                    self.take(reply, vhost_name)
+                else:
+                    self._drop(vhost_name, name)
+                continue
             vhost = self.broker.vhosts.get(vhost_name)
             queue = vhost.queues.get(name) if vhost is not None else None
-            if queue is not None and queue.durable and queue.served_by is None and not queue.deleted:
+            if queue is not None and queue.served_by is None and not queue.deleted:
                 self.take(queue)
 
-    def take(self, queue: Queue) -> None:
+    def take(self, queue: Queue, vhost_name: str | None = None) -> None:
+        """Take a page of the rows waiting for ``queue`` (``vhost_name``: the vhost they were published in, for a
+        reply address: the consumer's may be another)."""
         if queue in self.taking:
             self.taking[queue] = True
             return
         durability = self.broker.durability
         assert durability is not None
         try:
-            rows = durability.read_handed(queue.vhost.name, queue.name, [], HANDED_PAGE)
+            rows = durability.read_handed(vhost_name or queue.vhost.name, queue.name, [], HANDED_PAGE)
         except StoreError as exc:  # the database is away: the next heartbeat looks again
             log.warning("queue '%s' in vhost '%s': hand-over rows not read: %s", queue.name, queue.vhost.name, exc)
             return
@@ -253,14 +273,34 @@ class HandedIn:
                 log.warning("queue '%s' in vhost '%s': a message handed over by another node was refused (the queue "
                             "is full, x-overflow reject-publish) and dropped", queue.name, queue.vhost.name)
         durability.take_handed([row.id for row in rows])
-        durability.commit([lambda exc: self._taken(queue, len(rows), exc)])
+        durability.commit([lambda exc: self._taken(queue, len(rows), exc, vhost_name)])
 
-    def _taken(self, queue: Queue, count: int, exc: BaseException | None) -> None:
+    def _taken(self, queue: Queue, count: int, exc: BaseException | None, vhost_name: str | None) -> None:
         again = self.taking.pop(queue, False)
         if exc is not None:  # the pushes left the queue; the rows are still there (or another node's now)
             log.warning("queue '%s' in vhost '%s': taking %d handed-over messages failed: %s", queue.name,
                         queue.vhost.name, count, exc)
             return
         if (again or count == HANDED_PAGE) and queue.served_by is None and not queue.deleted:
-            self.take(queue)
+            self.take(queue, vhost_name)
+
+    def _drop(self, vhost_name: str, name: str) -> None:
+        """Replies to an address of this node whose consumer is gone: their rows are taken, the replies dropped
+        (RabbitMQ drops a reply to a consumer that is gone). One take per address at a time, as for a queue."""
+        key = (vhost_name, name)
+        if key in self.dropping:
+            return
+        durability = self.broker.durability
+        assert durability is not None
+        try:
+            rows = durability.read_handed(vhost_name, name, [], HANDED_PAGE)
+        except StoreError as exc:
+            log.warning("reply address '%s': hand-over rows not read: %s", name, exc)
+            return
+        if not rows:
+            return
+        self.dropping.add(key)
+        log.info("reply address '%s': %d replies dropped (its consumer is gone)", name, len(rows))
+        durability.take_handed([row.id for row in rows])
+        durability.commit([lambda exc: self.dropping.discard(key)])
 

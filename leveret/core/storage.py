@@ -56,6 +56,15 @@ from typing import Any
 from .policies import Policy
 from .status_record import StatusRecord
 
+REPLY_TO = "amq.rabbitmq.reply-to"
+"""Direct reply-to: the pseudo-queue a client consumes from; its replies go to ``<REPLY_TO>.<node>.<token>``."""
+
+
+def reply_prefix(node: str) -> str:
+    """The start of every direct reply-to address of ``node`` (core/replies.py): the node's name in hex, so that a
+    store shared by several nodes finds the hand-over rows of a node's replies by their queue name (docs/cluster.md)."""
+    return f"{REPLY_TO}.{node.encode().hex()}."
+
 
 class StoreError(Exception):
     """The store cannot be used. ``str(error)`` is one line that says what is wrong and what to do."""
@@ -105,6 +114,7 @@ class QueueDef:
     durable: bool = True
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    exclusive: bool = False  # several nodes: transient queues are shared too (docs/cluster.md); never durable
 
 
 @dataclass(frozen=True)
@@ -358,7 +368,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_queue(self, queue: QueueDef) -> str | None:
-        """Store a durable queue's definition. A store shared by several nodes returns the name of the node that
+        """Store a durable queue's definition (several nodes: also a transient one, ``durable`` false, which the
+        store removes when its owner is gone). A store shared by several nodes returns the name of the node that
         owns the queue (this one for a new queue; another one's if it was there first); the others return None."""
 
     @abc.abstractmethod
@@ -471,8 +482,8 @@ class Store(abc.ABC):
 
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """Several nodes: ``handed(queues)`` (on a thread of the backend) when hand-over rows wait for queues this
-        node owns: told by the node that wrote them, and checked at each heartbeat. A store of one node never calls
-        it."""
+        node owns, or for its direct reply-to addresses (:func:`reply_prefix`): told by the node that wrote them,
+        and checked at each heartbeat. A store of one node never calls it."""
         return None
 
     def superseded(self, change: DefinitionChange) -> bool:

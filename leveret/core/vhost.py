@@ -23,6 +23,7 @@ from .lifecycle import check_queue_type, merge_policy, parse_settings, queue_typ
 from .policies import Policy
 from .policies import effective as effective_policy
 from .queue import Consumer, Queue
+from .replies import RemoteReplies
 from .routing import Routing
 from .status import QUERY_EXCHANGE, STATUS_ARGUMENT, wants_status
 from .tracing import TRACE_EXCHANGE, Tracer
@@ -51,11 +52,14 @@ class DefaultExchange(Exchange):
         super().__init__("", durable=True)
         self.queues = vhost.queues
         self.reply_queues = vhost.broker.reply_queues
+        self.remote_replies = vhost.remote_replies
 
     def route(self, routing_key: str, headers: dict[str, Any] | None) -> tuple[Queue, ...]:
         queue = self.queues.get(routing_key)
         if queue is None:
-            queue = self.reply_queues.get(routing_key) if routing_key.startswith(REPLY_TO) else None
+            if not routing_key.startswith(REPLY_TO):
+                return ()
+            queue = self.reply_queues.get(routing_key) or self.remote_replies.route(routing_key)
             if queue is None:
                 return ()
         return (queue,)
@@ -108,6 +112,7 @@ class VHost(Routing):
         self.policies: dict[str, Policy] = {}
         self.limits: dict[str, int] = {}  # max-connections, max-queues (leveret.core.access)
         self._policy_alternates: dict[str, str] = {}  # exchange -> alternate-exchange set by a policy
+        self.remote_replies = RemoteReplies(self)  # several nodes: reply addresses of other nodes (core/replies.py)
         self.exchanges[""] = DefaultExchange(self)
         for ex_name, ex_type in DEFAULT_EXCHANGES:
             self.exchanges[ex_name] = create_exchange(ex_type, ex_name, durable=True)
@@ -341,14 +346,14 @@ class VHost(Routing):
             self._apply_queue_policy(queue)
         if exclusive and session is not None:
             session.exclusive_queues.append(queue)
-        if queue.durable and self.broker.durability is not None:
+        if self.broker.durability is not None:  # durable ones (several nodes: every one, docs/cluster.md)
             self.broker.durability.save_queue(queue)
         return queue
 
     def _enable_status(self, queue: Queue) -> None:
         queue.arguments[STATUS_ARGUMENT] = True
         queue.status = self.broker.status
-        if queue.durable and self.broker.durability is not None:
+        if self.broker.durability is not None:
             self.broker.durability.save_queue(queue)
 
     def delete_queue(self, name: str, session: Session | None, if_unused: bool = False,
@@ -373,7 +378,7 @@ class VHost(Routing):
         del self.queues[queue.name]
         queue.deleted = True
         queue.stop_timers()
-        if queue.durable and self.broker.durability is not None:
+        if self.broker.durability is not None:  # durable ones (several nodes: every one)
             self.broker.durability.delete_queue(queue)
         count = queue.message_count
         queue.purge("queue_deleted")

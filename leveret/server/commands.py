@@ -121,8 +121,9 @@ class ChannelCommands:
             if not nowait:
                 self._reply(ch, "queue.declare-ok", queue, 0, 1 if channel.reply_queue is not None else 0)
             return
-        if passive and queue.startswith(REPLY_TO + ".") and queue in self.broker.reply_queues:
-            if not nowait:  # a broker-issued reply address whose consumer is alive, from any connection
+        if passive and queue.startswith(REPLY_TO + ".") and (
+                queue in self.broker.reply_queues or self.session.vhost.remote_replies.route(queue) is not None):
+            if not nowait:  # a broker-issued reply address whose consumer (several nodes: node) is alive
                 self._reply(ch, "queue.declare-ok", queue, 0, 1)
             return
         q = self.session.vhost.declare_queue(self.session, queue, passive=passive, durable=durable,

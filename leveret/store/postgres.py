@@ -314,11 +314,11 @@ class PostgresStore(WriterStore):
         q = queue
         owner, lease = (self.node, self.node_lease) if self.cluster else (None, None)
         return self._define("save_queue", (queue,), [(  # type: ignore[no-any-return]
-            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until)"
-            " VALUES (%s, %s, %s, %s, %s, %s, extract(epoch FROM clock_timestamp()) + %s)"
+            "INSERT INTO queues (vhost, name, durable, auto_delete, arguments, owner, lease_until, exclusive)"
+            " VALUES (%s, %s, %s, %s, %s, %s, extract(epoch FROM clock_timestamp()) + %s, %s)"
             " ON CONFLICT (vhost, name) DO UPDATE SET durable = excluded.durable,"
             " auto_delete = excluded.auto_delete, arguments = excluded.arguments RETURNING owner",
-            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease))])
+            (q.vhost, q.name, q.durable, q.auto_delete, encode_value(q.arguments), owner, lease, q.exclusive))])
 
     def delete_queue(self, vhost: str, name: str, owner: str | None = None) -> None:
         """In a cluster, a deletion by the queue's ``owner`` (x-expires, auto-delete, a client of the owner) is
@@ -380,7 +380,7 @@ class PostgresStore(WriterStore):
             "SELECT name, password_hash, tags FROM users ORDER BY pos",
             "SELECT username, vhost, configure, write, read FROM permissions ORDER BY pos",
             "SELECT vhost, name, type, durable, auto_delete, internal, arguments FROM exchanges ORDER BY pos",
-            "SELECT vhost, name, durable, auto_delete, arguments FROM queues ORDER BY pos",
+            "SELECT vhost, name, durable, auto_delete, arguments, exclusive FROM queues ORDER BY pos",
             "SELECT vhost, source, destination, destination_kind, routing_key, arguments FROM bindings ORDER BY pos",
             "SELECT vhost, name, pattern, definition, priority, apply_to FROM policies ORDER BY pos",
             "SELECT kind, name, limits FROM limits ORDER BY pos",
@@ -402,8 +402,8 @@ class PostgresStore(WriterStore):
             permissions=[PermissionDef(*row) for row in permissions],
             exchanges=[ExchangeDef(vhost, name, type_, durable, auto_delete, internal, decode_value(args))
                        for vhost, name, type_, durable, auto_delete, internal, args in exchanges],
-            queues=[QueueDef(vhost, name, durable, auto_delete, decode_value(args))
-                    for vhost, name, durable, auto_delete, args in queues],
+            queues=[QueueDef(vhost, name, durable, auto_delete, decode_value(args), exclusive)
+                    for vhost, name, durable, auto_delete, args, exclusive in queues],
             bindings=[BindingDef(vhost, source, destination, kind, routing_key, decode_value(args))
                       for vhost, source, destination, kind, routing_key, args in bindings],
             policies=[PolicyDef(vhost, name, pattern, decode_value(definition), priority, apply_to)

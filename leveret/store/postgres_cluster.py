@@ -64,10 +64,12 @@ from leveret.core.storage import (
     PolicyDef,
     QueueDef,
     UserDef,
+    reply_prefix,
 )
 
 from . import postgres_leases as leases
 from . import postgres_schema as schema
+from . import postgres_transient as transient
 from .tagged_json import decode_value, encode_value
 
 if TYPE_CHECKING:
@@ -82,9 +84,10 @@ RECORDS["Policy"] = PolicyDef
 
 
 # the queue leases (docs/cluster.md): at start a node takes the free, expired and its own; then, at each heartbeat,
-# renews its own and takes over the expired ones of other nodes (postgres_leases.py)
-CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE owner IS NULL"
-         " OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp())")
+# renews its own and takes over the expired ones of other nodes (postgres_leases.py); a transient queue (not
+# durable) is never taken: it goes with its node (postgres_transient.py)
+CLAIM = ("UPDATE queues SET owner = %s, lease_until = extract(epoch FROM clock_timestamp()) + %s WHERE durable AND"
+         " (owner IS NULL OR owner = %s OR lease_until < extract(epoch FROM clock_timestamp()))")
 
 
 def encode_args(args: tuple[Any, ...]) -> str:
@@ -177,6 +180,7 @@ class ClusterLink:
         self._conn = self._connect()  # the first connection in the caller's thread: a failure is open()'s
         try:
             self._conn.execute(leases.OWN_LANES, (store.node, store.node, store.node_lease))  # its lanes are its own
+            transient.sweep(self._conn, store, self._record, start=True)  # transient definitions of nodes gone
             self._beat(self._conn)
             self._conn.execute("SELECT pg_notify(%s, %s)", (store.channel, "node " + store.node))  # the others look
         except BaseException:
@@ -256,7 +260,20 @@ class ClusterLink:
         with self._lock:
             self._summary = summary
 
+    def _sweep_own(self) -> None:
+        """A clean stop: this node's transient queues go now (postgres_transient.py), not at another node's next
+        heartbeat; on a connection of its own (the link's belongs to its thread). A failure leaves them to that."""
+        store = self.store
+        try:
+            with schema.connect(store.url, store.schema, store.connect_timeout, "cluster-call") as conn:
+                transient.sweep(conn, store, self._record, start=True, alone=False)
+        except schema.psycopg.Error as exc:
+            log.warning("store %s: this node's transient queues were not deleted at its stop (the other nodes delete "
+                        "them): %s", store.where, schema.reason(exc))
+
     def close(self) -> None:
+        if not self._fenced:
+            self._sweep_own()
         self._stop.set()
         self._notify()
         self._thread.join(10)
@@ -361,9 +378,11 @@ class ClusterLink:
             handed = self._handed
         if handed is None or self._fenced:
             return
-        rows = conn.execute("SELECT DISTINCT h.vhost, h.queue FROM handover h JOIN queues q ON q.vhost = h.vhost"
-                            " AND q.name = h.queue WHERE q.owner = %s", (self.store.node,)).fetchall()
+        rows = conn.execute(transient.HANDED, (self.store.node, reply_prefix(self.store.node))).fetchall()
         if rows:
+            # the changes committed before these rows are handed on first (a reply queue declared on another node
+            # just before the request handed over here: known before the request is taken)
+            self._catch_up(conn)
             handed([(vhost, name) for vhost, name in rows])
 
     def _reconnect(self) -> Any:
@@ -432,11 +451,16 @@ class ClusterLink:
         self._write_summary(conn)
         self._read_owners(conn)  # the safety net of the "owners" notification
         conn.execute("DELETE FROM changes WHERE at < extract(epoch FROM clock_timestamp()) - %s", (CHANGES_KEPT,))
-        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were): nobody
-        # will take them (a queue of that name declared later must not get them)
-        conn.execute("DELETE FROM handover h WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.vhost = h.vhost"
-                     " AND q.name = h.queue)")
+        transient.sweep(conn, store, self._record)  # transient queues of nodes that are gone
+        # hand-over rows a node committed for a queue just deleted (its deletion took the rows there were), or for
+        # the reply address of a node that does not run: nobody will take them (a queue of that name declared
+        # later must not get them)
+        conn.execute(transient.ORPHANED, (store.node_lease,))
         self._read_nodes(conn)
+
+    def _record(self, conn: Any, node: str, what: str, args: tuple[Any, ...]) -> None:
+        """Log a change made in the transaction on ``conn`` as ``node``'s (postgres_transient.py's sweep)."""
+        run_log(conn, log_change(node, self.store.channel, what, args))
 
     def _write_summary(self, conn: Any) -> None:
         """This node's summary (the ``summary`` callback's, on the broker's thread) to its row; ``summary <node>``

@@ -44,7 +44,7 @@ NOW = "extract(epoch FROM clock_timestamp())"
 RENEW = (f"UPDATE queues SET lease_until = {NOW} + %s WHERE (vhost, name) IN (SELECT vhost, name FROM queues"
          " WHERE owner = %s ORDER BY vhost, name FOR UPDATE)")
 TAKE_OVER = (f"UPDATE queues SET owner = %s, lease_until = {NOW} + %s WHERE (vhost, name) IN (SELECT vhost, name"
-             f" FROM queues WHERE (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < {NOW})"
+             f" FROM queues WHERE durable AND (owner IS NULL OR owner <> %s) AND (owner IS NULL OR lease_until < {NOW})"
              " ORDER BY vhost, name FOR UPDATE SKIP LOCKED) RETURNING vhost, name")
 
 # the lane leases: this node's own row at open (its lanes are its own again: a node of that name that held them

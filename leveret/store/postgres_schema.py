@@ -180,8 +180,14 @@ _V6 = (
     "INSERT INTO lanes (node, owner, lease_until) SELECT name, name, 0 FROM nodes",
 )
 
+# 7: several nodes share transient definitions too (docs/cluster.md): a non-durable queue's row (durable false,
+# removed when its owner is gone) says whether it is exclusive (to its declaring connection on its owner)
+_V7 = (
+    "ALTER TABLE queues ADD COLUMN exclusive BOOLEAN NOT NULL DEFAULT false",
+)
+
 # MIGRATIONS[i] takes a store from schema_version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -34,8 +34,6 @@ _GAP = ("a non-durable queue is known on its node only, and a consume, get or pu
 # scenario -> why it does not give RabbitMQ's transcript across nodes yet
 NOT_YET: dict[str, str] = {
     "basic/basic_connection_close_requeues_in_order": _GAP,
-    "basic/basic_consumer_cancelled_by_server": _GAP,
-    "basic/queue_exclusive_other_connection": _GAP,
     "corners/max_length_after_requeue": _GAP,
     "corners/queue_expires_passive_declare": _GAP,
     "corners/reply_to_passive_declare": _GAP,
