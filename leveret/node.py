@@ -32,6 +32,7 @@ from leveret.management import cluster
 from leveret.management.context import Management
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
+from leveret.server.relay import Relay
 from leveret.server.stomp import StompListener
 from leveret.store import Store, StoreError, open_store
 
@@ -135,6 +136,11 @@ class Node:
         await self.control.start()
         if self.broker.durability is not None and self.amqp.port:  # several nodes: where clients find this one
             self.broker.durability.advertise(advertised_address(self.config.bind, self.amqp.port))
+        if self.broker.durability is not None and self.config.cluster:  # consuming through any node: the links
+            secret = await loop.run_in_executor(None, self.broker.durability.cluster_secret)  # (server/relay.py)
+            if secret is not None:
+                self.broker.cluster_secret = secret
+                self.broker.remote = Relay(self.broker, secret)
         if self.broker.durability is not None and self.config.cluster:  # the other nodes' management API shows
             view = Management(self.broker, sessions=self.sessions, listeners=self.listeners)  # what this one serves
             self.broker.durability.watch_summary(lambda: cluster.summary(view))
