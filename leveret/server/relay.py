@@ -309,7 +309,7 @@ class Relayed(LinkChannel):
         self.fail(f"queue '{self.consumer.queue.name}' is no longer served through node {self.link.owner}")
 
     def _closed(self) -> None:
-        if not self.cancelled:
+        if not self.cancelled and self.done is None:  # before consume-ok: _start answers with the owner's error
             self.fail(f"the link to node {self.link.owner} that serves queue '{self.consumer.queue.name}' was lost")
 
     def fail(self, why: str = "") -> None:

@@ -1,0 +1,342 @@
+"""Consuming through any node (docs/cluster.md): a consume, get or purge on a node that does not own the queue is
+relayed to the owner over an internal AMQP link (leveret/server/relay.py). Real nodes (``ClusterNode`` child
+processes on one PostgreSQL schema, tests/integration/test_cluster.py) and real clients (pika)."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+import test_cluster
+from test_cluster import ClusterNode, exists
+
+from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from serverproc import LeveretProcess
+from waiting import hold, wait_for
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+cluster = test_cluster.cluster  # the fixture: node-a and node-b
+
+
+def queue_of(owner: ClusterNode, other: ClusterNode, name: str, count: int, prefix: str = "m") -> None:
+    """Declare ``name`` on ``owner`` (it owns it), publish ``count`` persistent messages there with confirms, and
+    wait until ``other`` knows the queue and where the owner listens."""
+    conn = owner.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare(name, durable=True)
+    for i in range(count):
+        ch.basic_publish("", name, f"{prefix}-{i}".encode(), pika.BasicProperties(
+            delivery_mode=2, headers={"n": i}, message_id=f"id-{i}", content_type="text/plain"))
+    conn.close()
+    conn = other.connect()
+    wait_for(lambda: exists(conn, "queue", name), message=f"{other.name} knows {name}")
+    conn.close()
+    wait_for(lambda: {n["name"]: n.get("amqp") for n in other.http.get("/api/nodes")}.get(owner.name),
+             message=f"{other.name} knows where {owner.name} listens")
+
+
+class Collector:
+    """A pika consumer callback that records (delivery tag, redelivered, body) and, with ``ack``, acks each."""
+
+    def __init__(self, ack: bool = False) -> None:
+        self.got: list[tuple[int, bool, bytes]] = []
+        self.props: list[Any] = []
+        self.ack = ack
+
+    def __call__(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        self.got.append((method.delivery_tag, method.redelivered, body))
+        self.props.append(props)
+        if self.ack:
+            ch.basic_ack(method.delivery_tag)
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [body for _, _, body in self.got]
+
+
+def pump(conns: list[pika.BlockingConnection], until: Any, message: str, timeout: float = 20) -> Any:
+    """Run the connections' I/O until ``until()`` is true."""
+    def step() -> Any:
+        for conn in conns:
+            conn.process_data_events(time_limit=0.02)
+        return until()
+
+    return wait_for(step, timeout=timeout, message=message)
+
+
+def owner_figures(node: ClusterNode, queue: str) -> tuple[int, int]:
+    shown = node.http.get(f"/api/queues/%2F/{queue}")
+    return shown["messages_ready"], shown["messages_unacknowledged"]
+
+
+def test_published_on_the_owner_consumed_through_another_node_once_in_order(cluster: list[ClusterNode]) -> None:
+    """node-a owns the queue; a consumer on node-b gets every message once, in order, with its properties, its own
+    channel's delivery tags (shared with a local consumer on the same channel), and its acks reach node-a."""
+    a, b = cluster
+    queue_of(a, b, "jobs", 50)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.queue_declare("local-b", durable=True)  # node-b's own queue, consumed on the same channel
+    ch.basic_publish("", "local-b", b"local", PERSISTENT)
+    ch.basic_qos(prefetch_count=10)
+    relayed, local = Collector(ack=True), Collector(ack=True)
+    ch.basic_consume("local-b", local)
+    ch.basic_consume("jobs", relayed)
+    pump([conn], lambda: len(relayed.got) == 50 and local.got, "every message through node-b")
+    assert relayed.bodies == [b"m-%d" % i for i in range(50)]
+    assert [p.headers for p in relayed.props] == [{"n": i} for i in range(50)]
+    assert relayed.props[7].message_id == "id-7" and relayed.props[7].content_type == "text/plain"
+    assert relayed.props[7].delivery_mode == 2
+    assert not any(redelivered for _, redelivered, _ in relayed.got)
+    tags = sorted(tag for tag, _, _ in relayed.got + local.got)
+    assert tags == list(range(1, 52))  # one sequence of delivery tags for the channel
+    wait_for(lambda: owner_figures(a, "jobs") == (0, 0), message="every ack reached node-a")
+    conn.close()
+
+
+def test_competing_consumers_on_two_nodes_get_each_message_once_and_requeues_redeliver(
+        cluster: list[ClusterNode]) -> None:
+    """A consumer on node-a (the owner) and one on node-b compete for one queue: each message is acked once overall;
+    node-b's client rejects its first delivery and nacks its second with requeue: both come back redelivered."""
+    a, b = cluster
+    total = 200
+    queue_of(a, b, "shared", total)
+    conn_a, conn_b = a.connect(), b.connect()
+    ch_a, ch_b = conn_a.channel(), conn_b.channel()
+    ch_a.basic_qos(prefetch_count=5)
+    ch_b.basic_qos(prefetch_count=5)
+    on_a = Collector(ack=True)
+    acked_b: list[bytes] = []
+    seen_b: list[tuple[bytes, bool]] = []
+
+    def on_b(ch: Any, method: Any, props: Any, body: bytes) -> None:
+        seen_b.append((body, method.redelivered))
+        if len(seen_b) == 1:
+            ch.basic_reject(method.delivery_tag, requeue=True)
+        elif len(seen_b) == 2:
+            ch.basic_nack(method.delivery_tag, multiple=False, requeue=True)
+        else:
+            acked_b.append(body)
+            ch.basic_ack(method.delivery_tag)
+
+    ch_a.basic_consume("shared", on_a)
+    ch_b.basic_consume("shared", on_b)
+    pump([conn_a, conn_b], lambda: len(on_a.got) + len(acked_b) >= total, "every message acked once")
+    acked = on_a.bodies + acked_b
+    assert sorted(acked) == sorted(b"m-%d" % i for i in range(total))  # each once
+    assert acked_b, "node-b's consumer took its share"
+    requeued = {seen_b[0][0], seen_b[1][0]}
+    redelivered = {body for _, flag, body in on_a.got if flag} | {body for body, flag in seen_b[2:] if flag}
+    assert requeued <= redelivered
+    wait_for(lambda: owner_figures(a, "shared") == (0, 0))
+    conn_a.close()
+    conn_b.close()
+
+
+def test_prefetch_holds_over_the_link_and_multiple_acks(cluster: list[ClusterNode]) -> None:
+    """A consumer on node-b with prefetch 2 that does not ack gets exactly 2; one ack with multiple=True releases 2
+    more; a nack of all (multiple, requeue) puts them back redelivered."""
+    a, b = cluster
+    queue_of(a, b, "slow", 10)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=2)
+    got = Collector()
+    ch.basic_consume("slow", got)
+    pump([conn], lambda: len(got.got) == 2 and owner_figures(a, "slow") == (8, 2), "2 delivered, 8 ready")
+    hold(1.0, "nothing more than the prefetch arrives while nothing is acked")
+    conn.process_data_events(time_limit=0.2)
+    assert len(got.got) == 2
+    ch.basic_ack(got.got[1][0], multiple=True)
+    pump([conn], lambda: len(got.got) == 4, "2 more after the multiple ack")
+    assert got.bodies == [b"m-0", b"m-1", b"m-2", b"m-3"]
+    ch.basic_nack(0, multiple=True, requeue=True)  # both unacked back to node-a's queue
+    pump([conn], lambda: len(got.got) == 6, "redelivered after the nack")
+    assert got.got[4][1:] == (True, b"m-2") and got.got[5][1:] == (True, b"m-3")
+    conn.close()
+
+
+def test_a_client_that_disconnects_returns_its_unacked_deliveries_redelivered(cluster: list[ClusterNode]) -> None:
+    a, b = cluster
+    queue_of(a, b, "orphans", 6)
+    conn_b = b.connect()
+    ch_b = conn_b.channel()
+    ch_b.basic_qos(prefetch_count=3)
+    held = Collector()
+    ch_b.basic_consume("orphans", held)
+    pump([conn_b], lambda: len(held.got) == 3, "3 delivered through node-b")
+    conn_b.close()  # unacked: the link channel closes, node-a requeues them
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    taker = Collector(ack=True)
+    ch_a.basic_consume("orphans", taker)
+    pump([conn_a], lambda: len(taker.got) == 6, "all 6 on node-a")
+    assert [(body, flag) for _, flag, body in taker.got] == [(b"m-%d" % i, i < 3) for i in range(6)]
+    conn_a.close()
+
+
+def test_killing_the_relaying_node_returns_its_unacked_deliveries_once(cluster: list[ClusterNode]) -> None:
+    """kill -9 of node-b while its client holds 4 unacked deliveries of node-a's queue: node-a gets them back
+    (its link closed), redelivered, and every message is delivered once more at most."""
+    a, b = cluster
+    queue_of(a, b, "crash", 10)
+    conn_b = b.connect()
+    ch_b = conn_b.channel()
+    ch_b.basic_qos(prefetch_count=4)
+    held = Collector()
+    ch_b.basic_consume("crash", held)
+    pump([conn_b], lambda: len(held.got) == 4 and owner_figures(a, "crash") == (6, 4), "4 unacked through node-b")
+    b.kill()
+    wait_for(lambda: owner_figures(a, "crash") == (10, 0), message="node-a requeued what node-b held")
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    got = []
+    while (answer := ch_a.basic_get("crash", auto_ack=True))[0] is not None:
+        got.append((answer[2], answer[0].redelivered))
+    assert got == [(b"m-%d" % i, i < 4) for i in range(10)]
+    conn_a.close()
+
+
+def test_killing_the_owner_cancels_the_relayed_consumer_and_consuming_again_after_the_takeover_gets_everything(
+        cluster: list[ClusterNode]) -> None:
+    """kill -9 of node-a (the owner) while a client of node-b consumes its queue through node-b: the client gets
+    basic.cancel (consumer_cancel_notify); once node-b took the queue over, consuming again there delivers every
+    message, those that were delivered and not acked redelivered, none lost."""
+    a, b = cluster
+    queue_of(a, b, "orders", 10)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=3)
+    cancelled: list[str] = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    first = Collector()
+    acked: list[bytes] = []
+
+    def on_message(channel: Any, method: Any, props: Any, body: bytes) -> None:
+        first(channel, method, props, body)
+        if len(first.got) <= 2:  # the first two are acked, the next ones are held
+            channel.basic_ack(method.delivery_tag)
+            acked.append(body)
+
+    tag = ch.basic_consume("orders", on_message)
+    pump([conn], lambda: len(first.got) == 5 and owner_figures(a, "orders") == (5, 3), "5 delivered, 2 acked")
+    a.kill()
+    pump([conn], lambda: cancelled, "basic.cancel from node-b", timeout=30)
+    assert cancelled == [tag]
+    wait_for(lambda: b.http.get("/api/queues/%2F/orders")["node"] == "node-b", timeout=30,
+             message="node-b took the queue over")
+    again = Collector(ack=True)
+    ch.basic_consume("orders", again)
+    pump([conn], lambda: len(again.got) == 8, "the rest after the takeover", timeout=30)
+    assert [(body, flag) for _, flag, body in again.got] == [(b"m-%d" % i, i < 5) for i in range(2, 10)]
+    assert acked == [b"m-0", b"m-1"]
+    conn.close()
+
+
+def test_get_and_purge_through_another_node(cluster: list[ClusterNode]) -> None:
+    a, b = cluster
+    queue_of(a, b, "box", 5)
+    conn = b.connect()
+    ch = conn.channel()
+    method, props, body = ch.basic_get("box")
+    assert (body, method.message_count, method.redelivered, props.headers) == (b"m-0", 4, False, {"n": 0})
+    ch.basic_reject(method.delivery_tag, requeue=True)  # back to node-a's queue, redelivered
+    method, _, body = ch.basic_get("box")
+    assert (body, method.redelivered) == (b"m-0", True)
+    ch.basic_ack(method.delivery_tag)
+    method, _, body = ch.basic_get("box", auto_ack=True)
+    assert body == b"m-1"
+    assert ch.queue_purge("box").method.message_count == 3
+    assert ch.basic_get("box") == (None, None, None)  # get-empty
+    wait_for(lambda: owner_figures(a, "box") == (0, 0))
+    conn.close()
+
+
+def test_an_exclusive_consumer_on_the_owner_refuses_a_relayed_one(cluster: list[ClusterNode]) -> None:
+    a, b = cluster
+    queue_of(a, b, "solo", 1)
+    conn_a = a.connect()
+    conn_a.channel().basic_consume("solo", lambda *args: None, exclusive=True)
+    conn_b = b.connect()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        conn_b.channel().basic_consume("solo", lambda *args: None)
+    assert info.value.reply_code == 403 and "in exclusive use" in str(info.value.reply_text)
+    conn_a.close()
+    conn_b.close()
+
+
+def cluster_secret(server_url: str, store_url: str) -> str:
+    import psycopg
+
+    schema = store_url.rpartition("schema=")[2]
+    with psycopg.connect(server_url, autocommit=True) as db:
+        return str(db.execute(f"SELECT value FROM {schema}.meta WHERE key = 'cluster_secret'").fetchone()[0])
+
+
+def login(port: int, user: str, password: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", port, credentials=pika.PlainCredentials(user, password), connection_attempts=1))
+
+
+def refused_login(port: int, user: str, password: str) -> int:
+    """The reply code of a refused login (pika announces authentication_failure_close: 403)."""
+    with pytest.raises(pika.exceptions.AMQPConnectionError) as info:
+        login(port, user, password)
+    found = re.search(r"\((\d+)\) 'ACCESS_REFUSED - Login was refused", str(info.value))
+    assert found, info.value
+    return int(found.group(1))
+
+
+def test_the_link_identity_needs_the_cluster_secret_and_cluster_on(
+        tmp_path: Path, cluster: list[ClusterNode], postgres_url: str,  # noqa: F811 - fixtures
+        postgres_store_url: str) -> None:  # noqa: F811
+    a, b = cluster
+    secret = cluster_secret(postgres_url, postgres_store_url)
+    assert len(secret) >= 32
+    assert refused_login(a.port, "leveret.cluster", "wrong") == 403
+    assert refused_login(a.port, "leveret.cluster", "") == 403
+    # an ordinary user of that name never logs in as itself
+    a.http.ok("PUT", "/api/users/leveret.cluster", {"password": "pw", "tags": ""})
+    a.http.ok("PUT", "/api/permissions/%2F/leveret.cluster", {"configure": ".*", "write": ".*", "read": ".*"})
+    assert refused_login(a.port, "leveret.cluster", "pw") == 403
+    # with the secret: every vhost, but no relaying on: a queue node-a does not own is refused there (no chains)
+    conn_b = b.connect()
+    conn_b.channel().queue_declare("of-b", durable=True)
+    conn_b.close()
+    linked = login(a.port, "leveret.cluster", secret)
+    wait_for(lambda: exists(linked, "queue", "of-b"), message="node-a knows node-b's queue")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        linked.channel().basic_get("of-b")
+    assert info.value.reply_code == 405 and "served by node 'node-b'" in str(info.value.reply_text)
+    linked.close()
+    # a node without cluster = true refuses it whatever the password
+    alone = LeveretProcess(tmp_path / "alone").start()
+    try:
+        assert refused_login(alone.port, "leveret.cluster", secret) == 403
+    finally:
+        alone.kill()
+
+
+def test_the_management_api_lists_the_link_as_a_connection_of_the_owner(cluster: list[ClusterNode]) -> None:
+    """The link is an ordinary AMQP connection on the owner, of the user leveret.cluster, named after the client."""
+    a, b = cluster
+    queue_of(a, b, "seen", 1)
+    conn = b.connect()
+    conn.channel().basic_consume("seen", lambda *args: None)
+
+    def link() -> dict[str, Any] | None:
+        found = [c for c in a.http.get("/api/connections") if c.get("user") == "leveret.cluster"
+                 and c.get("node") == "node-a"]
+        return found[0] if found else None
+
+    shown = pump([conn], link, "node-a lists the link")
+    name = urllib.parse.unquote(str(shown.get("client_properties", {}).get("connection_name", "")))
+    assert "node-b" in name
+    conn.close()
+    wait_for(lambda: link() is None, message="the link closes with the client")
