@@ -340,3 +340,32 @@ def test_the_management_api_lists_the_link_as_a_connection_of_the_owner(cluster:
     assert "node-b" in name
     conn.close()
     wait_for(lambda: link() is None, message="the link closes with the client")
+
+
+def test_a_stomp_subscription_through_another_node(tmp_path: Path, postgres_store_url: str) -> None:  # noqa: F811
+    """STOMP takes the same path: a SUBSCRIBE on node-b to node-a's queue gets its messages, its ACKs reach node-a,
+    and what it did not ack goes back to node-a's queue when it disconnects."""
+    import stomp
+    from test_stomp import Recorder
+
+    a = ClusterNode(tmp_path / "a", postgres_store_url, "node-a")
+    b = ClusterNode(tmp_path / "b", postgres_store_url, "node-b", LEVERET_STOMP_PORT="0")
+    try:
+        a.start()
+        b.start()
+        queue_of(a, b, "stomped", 5)
+        conn = stomp.Connection12([("127.0.0.1", b.stomp_port)], vhost="/")
+        recorder = Recorder()
+        conn.set_listener("recorder", recorder)
+        conn.connect("guest", "guest", wait=True)
+        conn.subscribe("/amq/queue/stomped", id="s1", ack="client-individual")
+        messages = recorder.wait_messages(5)
+        assert [m.body for m in messages] == [f"m-{i}" for i in range(5)]
+        for message in messages[:3]:
+            conn.ack(message.headers["ack"])
+        wait_for(lambda: owner_figures(a, "stomped") == (0, 2), message="3 acks reached node-a")
+        conn.disconnect()
+        wait_for(lambda: owner_figures(a, "stomped") == (2, 0), message="the 2 unacked back on node-a")
+    finally:
+        a.kill()
+        b.kill()
