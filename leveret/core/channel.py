@@ -89,6 +89,9 @@ class Channel:
         self.deliverable = writable and self.active
         if self.deliverable:
             self.kick()
+            remote = self.session.broker.remote
+            if remote is not None:  # relayed no-ack consumers (core/remote.py)
+                remote.writable(self)
 
     def kick(self, consumers: Any = None) -> None:
         """Let the queues of this channel's consumers deliver again (credit was freed). With every consumer, the

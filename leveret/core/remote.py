@@ -68,6 +68,10 @@ class Remote(Protocol):
     def session_closed(self, session: Session) -> None:
         """``session`` closed: its links close (whatever they held unacked returns to the queues, redelivered)."""
 
+    def writable(self, channel: Channel) -> None:
+        """``channel``'s connection takes deliveries again (back-pressure: the relay acks no-ack deliveries on the
+        link only while it does, so the owner sends at most a window ahead)."""
+
     def taken_over(self, queue: Queue) -> None:
         """This node took ``queue`` over: its relayed consumers are cancelled (the clients consume again, here)."""
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.relay")
 
+RELAY_WINDOW = 1000  # the link's qos for a consumer without a prefetch limit, and for a no-ack one (back-pressure)
 LINK_HEARTBEAT = 10  # seconds: a link whose owner went silent is given up after about twice that
 CONNECT_TIMEOUT = 5.0
 _ERRORS: dict[int, type[errors.BrokerError]] = {
@@ -106,6 +107,11 @@ class Relay:
     def session_closed(self, session: Session) -> None:
         for key in [key for key in self.links if key[0] is session]:
             self.links.pop(key).close()
+
+    def writable(self, channel: Channel) -> None:
+        for consumer in list(channel.consumers.values()):
+            if isinstance(consumer.link, Relayed):
+                consumer.link.flush()
 
     def taken_over(self, queue: Queue) -> None:
         for relayed in [r for r in self.relayed if r.consumer.queue is queue]:
@@ -254,6 +260,8 @@ class Relayed(LinkChannel):
         self.consumer = consumer
         self.done: Callable[[BaseException | None], None] | None = done
         self.cancelled = False
+        self.taken = 0  # no-ack: the last delivery sent to the client and not yet acked on the link
+        self.flushing = False
         asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
@@ -267,12 +275,11 @@ class Relayed(LinkChannel):
                 return
             channel.closing.add_done_callback(lambda _: self._closed())
             channel.on_consumer_cancel_callbacks.add(self._on_cancel)
-            prefetch = consumer.prefetch or consumer.channel.global_prefetch
-            if prefetch and not consumer.no_ack:
-                await channel.basic_qos(prefetch_count=prefetch)
-            await channel.basic_consume(queue.name, self._on_message, no_ack=consumer.no_ack,
-                                        exclusive=consumer.exclusive, arguments=consumer.arguments or None,
-                                        consumer_tag=consumer.tag)
+            prefetch = RELAY_WINDOW if consumer.no_ack else (
+                consumer.prefetch or consumer.channel.global_prefetch or RELAY_WINDOW)
+            await channel.basic_qos(prefetch_count=prefetch)
+            await channel.basic_consume(queue.name, self._on_message, no_ack=False, exclusive=consumer.exclusive,
+                                        arguments=consumer.arguments or None, consumer_tag=consumer.tag)
         except Exception as exc:
             self.cancelled = True
             self._answer(core_error(exc, queue))
@@ -297,12 +304,23 @@ class Relayed(LinkChannel):
         sent = not self.cancelled and consumer.channel.deliver_remote(
             consumer, self, tag, bool(deliver.redelivered), deliver.exchange or "", deliver.routing_key or "",
             header, message.body)
-        if consumer.no_ack:
-            return
-        if sent:
+        if sent and consumer.no_ack:  # acked on the link once the client's connection takes more (back-pressure)
+            self.taken = tag
+            if consumer.channel.deliverable and not self.flushing:
+                self.flushing = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        elif sent:
             self.outstanding.add(tag)
         elif self.channel is not None and not self.channel.is_closed:
+            self.flush()
             self._send(tag, False, True)  # the client is gone: back to the queue on the owner
+
+    def flush(self) -> None:
+        """Ack on the link what a no-ack consumer was sent (one ``multiple`` ack): its connection takes more."""
+        self.flushing = False
+        if self.taken and self.channel is not None and not self.channel.is_closed:
+            self._send(self.taken, True, None)
+        self.taken = 0
 
     def _on_cancel(self, frame: Any) -> None:
         """The owner cancelled the consumer (its queue was deleted, or it stops)."""
@@ -346,6 +364,10 @@ class Relayed(LinkChannel):
     def settled(self) -> None:
         if self.cancelled and not self.outstanding:
             self.close()
+
+    def close(self) -> None:
+        self.flush()  # no-ack deliveries the client was sent are not requeued by the close
+        super().close()
 
 
 class Getter(LinkChannel):

@@ -369,3 +369,21 @@ def test_a_stomp_subscription_through_another_node(tmp_path: Path, postgres_stor
     finally:
         a.kill()
         b.kill()
+
+
+def test_a_no_ack_consumer_through_another_node(cluster: list[ClusterNode]) -> None:
+    """A no-ack consumer on node-b of node-a's queue gets every message once, in order; node-a keeps none unacked
+    once they went out (the relay acks them on the link as the client's connection takes them), and a cancel
+    leaves nothing behind."""
+    a, b = cluster
+    total = 3000  # more than the relay's window (1,000)
+    queue_of(a, b, "fast", total)
+    conn = b.connect()
+    ch = conn.channel()
+    got = Collector()
+    tag = ch.basic_consume("fast", got, auto_ack=True)
+    pump([conn], lambda: len(got.got) == total, "every message, no-ack", timeout=60)
+    assert got.bodies == [b"m-%d" % i for i in range(total)]
+    wait_for(lambda: owner_figures(a, "fast") == (0, 0), message="nothing left unacked on node-a")
+    ch.basic_cancel(tag)
+    conn.close()
