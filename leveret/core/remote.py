@@ -102,10 +102,20 @@ def refuse_remote(queue: Queue) -> NoReturn:
 
 
 def owner_address(queue: Queue) -> tuple[str, str] | None:
-    """The owner of ``queue`` and where it listens for AMQP, when it is known and running: (name, host:port)."""
+    """The owner of ``queue`` and where it listens for AMQP, when it is known and running: (name, host:port).
+
+    ``served_by`` may name a node that is down while a third node took the queue over (this node learns of takeovers
+    by other nodes only through their heartbeats' summaries, which list what each serves): then the running node
+    whose summary lists the queue is its owner, and ``served_by`` is set to it."""
     durability = queue.durability
     nodes = (durability.nodes() if durability is not None else None) or []
     for node in nodes:
         if node.name == queue.served_by and node.running and node.amqp:
+            return node.name, node.amqp
+    key = [queue.vhost.name, queue.name]
+    for node in nodes:
+        listed = (node.summary or {}).get("queues") or ()
+        if node.running and node.amqp and any(entry[:2] == key for entry in listed):
+            queue.served_by = node.name
             return node.name, node.amqp
     return None

@@ -280,7 +280,7 @@ class Relayed(LinkChannel):
             await channel.basic_qos(prefetch_count=prefetch)
             await channel.basic_consume(queue.name, self._on_message, no_ack=False, exclusive=consumer.exclusive,
                                         arguments=consumer.arguments or None, consumer_tag=consumer.tag)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: the link closed before it opened
             self.cancelled = True
             self._answer(core_error(exc, queue))
             self.close()
@@ -377,7 +377,7 @@ class Getter(LinkChannel):
         async def run() -> None:
             try:
                 result = await coro
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:  # cancelled: the link closed before it opened
                 self.broken = True
                 done(core_error(exc, queue=self._queue))
                 return

@@ -387,3 +387,32 @@ def test_a_no_ack_consumer_through_another_node(cluster: list[ClusterNode]) -> N
     wait_for(lambda: owner_figures(a, "fast") == (0, 0), message="nothing left unacked on node-a")
     ch.basic_cancel(tag)
     conn.close()
+
+
+def test_single_active_consumer_holds_across_nodes(cluster: list[ClusterNode]) -> None:
+    """A single-active-consumer queue of node-a: the first consumer, relayed through node-b, gets every message while
+    a consumer on node-a waits; once the relayed one is cancelled, node-a's takes over."""
+    a, b = cluster
+    conn_a = a.connect()
+    ch_a = conn_a.channel()
+    ch_a.confirm_delivery()
+    ch_a.queue_declare("leader", durable=True, arguments={"x-single-active-consumer": True})
+    conn_b = b.connect()
+    wait_for(lambda: exists(conn_b, "queue", "leader"))
+    wait_for(lambda: {n["name"]: n.get("amqp") for n in b.http.get("/api/nodes")}.get("node-a"))
+    ch_b = conn_b.channel()
+    first, second = Collector(ack=True), Collector(ack=True)
+    tag = ch_b.basic_consume("leader", first)
+    wait_for(lambda: a.http.get("/api/queues/%2F/leader")["consumers"] == 1, message="the relayed consumer is on a")
+    ch_a.basic_consume("leader", second)
+    for i in range(5):
+        ch_a.basic_publish("", "leader", b"l-%d" % i, PERSISTENT)
+    pump([conn_a, conn_b], lambda: len(first.got) == 5, "the active (relayed) consumer gets all")
+    assert second.got == []
+    ch_b.basic_cancel(tag)
+    for i in range(5, 8):
+        ch_a.basic_publish("", "leader", b"l-%d" % i, PERSISTENT)
+    pump([conn_a, conn_b], lambda: len(second.got) == 3, "node-a's consumer is active now")
+    assert second.bodies == [b"l-5", b"l-6", b"l-7"] and len(first.got) == 5
+    conn_a.close()
+    conn_b.close()
