@@ -182,11 +182,12 @@ class Users:
             subject: dict[str, Any] = {kind: name, "limits": limits}
             self.audit.record(f"{kind}_limits.{'set' if limits else 'cleared'}", **subject)
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+    def authenticate(self, username: str, password: str, loopback: bool, amqp: bool = False) -> User:
         """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere). The
-        reserved :data:`CLUSTER_USER` logs in with the cluster secret only (never as a stored user)."""
+        reserved :data:`CLUSTER_USER` logs in over AMQP (``amqp``) with the cluster secret only, never as a stored
+        user, and never through the management API or STOMP."""
         if username == CLUSTER_USER:
-            return internal_user(self.cluster_secret, password)
+            return internal_user(self.cluster_secret if amqp else None, password)
         if not password:  # as RabbitMQ's internal backend: a blank password never logs in
             raise AccessRefused(f"user '{username}' attempted to log in with a blank password, which is "
                                 "prohibited")

@@ -332,7 +332,7 @@ class AMQPConnection(EdgeConnection, ChannelCommands):
             if mechanism == "EXTERNAL":
                 self.session.user = self.broker.authenticate_certificate(username, self.loopback)
             else:
-                self.session.user = self.broker.authenticate(username, password, self.loopback)
+                self.session.user = self.broker.authenticate(username, password, self.loopback, amqp=True)
         except errors.AccessRefused as exc:
             log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
             self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",

@@ -416,3 +416,11 @@ def test_single_active_consumer_holds_across_nodes(cluster: list[ClusterNode]) -
     assert second.bodies == [b"l-5", b"l-6", b"l-7"] and len(first.got) == 5
     conn_a.close()
     conn_b.close()
+
+
+def test_the_link_identity_is_refused_by_the_management_api(
+        cluster: list[ClusterNode], postgres_url: str, postgres_store_url: str) -> None:  # noqa: F811 - fixtures
+    a, _ = cluster
+    secret = cluster_secret(postgres_url, postgres_store_url)
+    status = a.http.request("GET", "/api/whoami", auth=("leveret.cluster", secret))[0]
+    assert status == 401
