@@ -424,3 +424,36 @@ def test_the_link_identity_is_refused_by_the_management_api(
     secret = cluster_secret(postgres_url, postgres_store_url)
     status = a.http.request("GET", "/api/whoami", auth=("leveret.cluster", secret))[0]
     assert status == 401
+
+
+def test_a_queue_taken_over_by_the_relaying_node_cancels_its_relayed_consumers(cluster: list[ClusterNode]) -> None:
+    """node-a is paused (SIGSTOP: its link stays open, its lease runs out); node-b takes its queue over and cancels
+    the consumer it relayed to node-a (basic.cancel); consuming again on node-b is local and gets every message, the
+    ones node-a had delivered redelivered."""
+    import os
+    import signal
+
+    a, b = cluster
+    queue_of(a, b, "moved", 6)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=2)
+    cancelled: list[str] = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    held = Collector()
+    tag = ch.basic_consume("moved", held)
+    pump([conn], lambda: len(held.got) == 2 and owner_figures(a, "moved") == (4, 2), "2 delivered through node-b")
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        pump([conn], lambda: cancelled, "basic.cancel once node-b took the queue over", timeout=30)
+        assert cancelled == [tag]
+        assert b.http.get("/api/queues/%2F/moved")["node"] == "node-b"
+        assert any("is served here now: its relayed consumer" in line for line in b.lines)  # not the link's loss
+        again = Collector(ack=True)
+        ch.basic_consume("moved", again)
+        pump([conn], lambda: len(again.got) == 6, "every message, locally on node-b")
+        assert [(body, flag) for _, flag, body in again.got] == [(b"m-%d" % i, i < 2) for i in range(6)]
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    conn.close()
