@@ -129,7 +129,7 @@ class Relay:
             refuse_remote(queue)
         owner, address = found
         link = self.links.get((session, owner))
-        if link is None or link.closed:
+        if link is None or not link.usable:
             link = self.links[(session, owner)] = Link(self, session, owner, address)
         return link
 
@@ -174,6 +174,7 @@ class Link:
                     f"&name={urllib.parse.quote(f'link of {session.peer} from {relay.broker.node_name}')}")
         self.ready: asyncio.Task[aiormq.abc.AbstractConnection] = asyncio.get_running_loop().create_task(
             self._connect())
+        self.ready.add_done_callback(lambda task: task.cancelled() or task.exception())  # its waiters report it
 
     async def _connect(self) -> aiormq.abc.AbstractConnection:
         conn = await asyncio.wait_for(aiormq.connect(self.url), CONNECT_TIMEOUT)
@@ -183,6 +184,12 @@ class Link:
             raise ConnectionError("the client closed its connection")
         conn.closing.add_done_callback(lambda _: self._lost())
         return conn
+
+    @property
+    def usable(self) -> bool:
+        """Open, or opening: not closed, lost, nor failed to open (the next relayed request opens a new link)."""
+        ready = self.ready
+        return not self.closed and not (ready.done() and (ready.cancelled() or ready.exception() is not None))
 
     async def channel(self) -> aiormq.abc.AbstractChannel:
         conn = await self.ready
