@@ -59,6 +59,11 @@ class Remote(Protocol):
             done: Callable[[GetResult | BaseException | None], None]) -> None:
         """basic.get on the owner: ``done(result)``, ``done(None)`` when the queue is empty, or an error."""
 
+    def get_many(self, queue: Queue, count: int, requeue: bool | None,
+                 done: Callable[[list[GetResult] | BaseException], None]) -> None:
+        """The management API's get: up to ``count`` messages got on the owner, then all of them acked (``requeue``
+        None), requeued (True) or dropped (False) there; ``done(results)`` (their links are spent) or an error."""
+
     def purge(self, channel: Channel, queue: Queue, done: Callable[[int | BaseException], None]) -> None:
         """queue.purge on the owner: ``done(count)`` or an error."""
 

@@ -99,6 +99,32 @@ class Relay:
         getter = self._getter(channel, queue)
         getter.run(getter.purge(queue), done)
 
+    def get_many(self, queue: Queue, count: int, requeue: bool | None,
+                 done: Callable[[list[GetResult] | BaseException], None]) -> None:
+        found = owner_address(queue)
+        if found is None:
+            refuse_remote(queue)
+        owner, address = found
+        link = Link(self, queue.vhost.name, f"the management API of {self.broker.node_name}", owner, address)
+        getter = Getter(link)
+
+        async def run() -> list[GetResult]:
+            try:
+                got: list[GetResult] = []
+                for _ in range(count):
+                    one = await getter.get(queue, False)
+                    if one is None:
+                        break
+                    got.append(one)
+                if got:
+                    getter.settle([one[1] for one in got], requeue)
+                    await getter.drained()
+                return got
+            finally:
+                link.close()
+
+        getter.run(run(), done)
+
     def channel_closed(self, channel: Channel) -> None:
         getter = self.getters.pop(channel, None)
         if getter is not None:
@@ -130,7 +156,7 @@ class Relay:
         owner, address = found
         link = self.links.get((session, owner))
         if link is None or not link.usable:
-            link = self.links[(session, owner)] = Link(self, session, owner, address)
+            link = self.links[(session, owner)] = Link(self, session.vhost.name, f"{session.peer}", owner, address)
         return link
 
     def _getter(self, channel: Channel, queue: Queue) -> Getter:
@@ -162,16 +188,16 @@ class Relay:
 class Link:
     """One AMQP connection to an owner for one client connection (see the module docstring)."""
 
-    def __init__(self, relay: Relay, session: Session, owner: str, address: str) -> None:
+    def __init__(self, relay: Relay, vhost: str, client: str, owner: str, address: str) -> None:
         self.relay = relay
         self.owner = owner
         self.closed = False
         self.conn: aiormq.abc.AbstractConnection | None = None
         host, _, port = address.rpartition(":")
-        vhost = urllib.parse.quote(session.vhost.name, safe="")
         secret = urllib.parse.quote(relay.secret, safe="")
-        self.url = (f"amqp://{CLUSTER_USER}:{secret}@{host}:{port}/{vhost}?heartbeat={LINK_HEARTBEAT}"
-                    f"&name={urllib.parse.quote(f'link of {session.peer} from {relay.broker.node_name}')}")
+        self.url = (f"amqp://{CLUSTER_USER}:{secret}@{host}:{port}/{urllib.parse.quote(vhost, safe='')}"
+                    f"?heartbeat={LINK_HEARTBEAT}"
+                    f"&name={urllib.parse.quote(f'link of {client} from {relay.broker.node_name}')}")
         self.ready: asyncio.Task[aiormq.abc.AbstractConnection] = asyncio.get_running_loop().create_task(
             self._connect())
         self.ready.add_done_callback(lambda task: task.cancelled() or task.exception())  # its waiters report it
@@ -411,6 +437,11 @@ class Getter(LinkChannel):
             self.outstanding.add(tag)
         return (self, tag, bool(got.redelivered), got.exchange or "", got.routing_key or "",
                 message.header.marshal(), message.body, got.message_count or 0)
+
+    async def drained(self) -> None:
+        """Wait until the frames sent so far are on their way (a round trip: basic.qos)."""
+        channel = await self._channel()
+        await channel.basic_qos(prefetch_count=0)
 
     async def purge(self, queue: Queue) -> int:
         self._queue = queue

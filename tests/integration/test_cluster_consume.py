@@ -457,3 +457,22 @@ def test_a_queue_taken_over_by_the_relaying_node_cancels_its_relayed_consumers(c
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     conn.close()
+
+
+def test_the_management_api_get_of_another_nodes_queue_is_relayed(cluster: list[ClusterNode]) -> None:
+    """POST /api/queues/{vhost}/{name}/get on node-b of node-a's queue: the owner's messages, requeued (redelivered
+    after) or acked as the ackmode says."""
+    a, b = cluster
+    queue_of(a, b, "peek", 4)
+    got = b.http.ok("POST", "/api/queues/%2F/peek/get", {"count": 2, "ackmode": "ack_requeue_true",
+                                                         "encoding": "auto"})
+    assert [(m["payload"], m["redelivered"], m["properties"]["headers"]) for m in got] == [
+        ("m-0", False, {"n": 0}), ("m-1", False, {"n": 1})]
+    assert got[0]["message_count"] == 3 and got[0]["properties"]["message_id"] == "id-0"
+    wait_for(lambda: owner_figures(a, "peek") == (4, 0), message="requeued on node-a")
+    got = b.http.ok("POST", "/api/queues/%2F/peek/get", {"count": 3, "ackmode": "ack_requeue_false",
+                                                         "encoding": "auto"})
+    assert [(m["payload"], m["redelivered"]) for m in got] == [("m-0", True), ("m-1", True), ("m-2", False)]
+    wait_for(lambda: owner_figures(a, "peek") == (1, 0), message="3 acked on node-a")
+    wait_for(lambda: not [c for c in a.http.get("/api/connections") if c.get("user") == "leveret.cluster"
+                          and c.get("node") == "node-a"], message="the management API's link closed")
