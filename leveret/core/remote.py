@@ -64,8 +64,9 @@ class Remote(Protocol):
         """The management API's get: up to ``count`` messages got on the owner, then all of them acked (``requeue``
         None), requeued (True) or dropped (False) there; ``done(results)`` (their links are spent) or an error."""
 
-    def purge(self, channel: Channel, queue: Queue, done: Callable[[int | BaseException], None]) -> None:
-        """queue.purge on the owner: ``done(count)`` or an error."""
+    def purge(self, channel: Channel | None, queue: Queue, done: Callable[[int | BaseException], None]) -> None:
+        """queue.purge on the owner: ``done(count)`` or an error. ``channel`` None: not a client's (the management
+        API, ``leveret ctl``): on a link of its own, closed after it."""
 
     def channel_closed(self, channel: Channel) -> None:
         """``channel`` closed: the link channel of its gets goes too (its unacked ones return to the queue)."""

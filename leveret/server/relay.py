@@ -95,18 +95,35 @@ class Relay:
         getter = self._getter(channel, queue)
         getter.run(getter.get(queue, no_ack), done)
 
-    def purge(self, channel: Channel, queue: Queue, done: Callable[[int | BaseException], None]) -> None:
-        getter = self._getter(channel, queue)
-        getter.run(getter.purge(queue), done)
+    def purge(self, channel: Channel | None, queue: Queue, done: Callable[[int | BaseException], None]) -> None:
+        if channel is not None:
+            getter = self._getter(channel, queue)
+            getter.run(getter.purge(queue), done)
+            return
+        getter = self._one_shot(queue, "purge")
 
-    def get_many(self, queue: Queue, count: int, requeue: bool | None,
-                 done: Callable[[list[GetResult] | BaseException], None]) -> None:
+        async def run() -> int:
+            try:
+                return await getter.purge(queue)
+            finally:
+                getter.link.close()
+
+        getter.run(run(), done)
+
+    def _one_shot(self, queue: Queue, what: str) -> Getter:
+        """A link channel on a link of its own (the management API's or leveret ctl's request; the caller closes
+        the link)."""
         found = owner_address(queue)
         if found is None:
             refuse_remote(queue)
         owner, address = found
-        link = Link(self, queue.vhost.name, f"the management API of {self.broker.node_name}", owner, address)
-        getter = Getter(link)
+        return Getter(Link(self, queue.vhost.name, f"a {what} of the management API of {self.broker.node_name}",
+                           owner, address))
+
+    def get_many(self, queue: Queue, count: int, requeue: bool | None,
+                 done: Callable[[list[GetResult] | BaseException], None]) -> None:
+        getter = self._one_shot(queue, "get")
+        link = getter.link
 
         async def run() -> list[GetResult]:
             try:

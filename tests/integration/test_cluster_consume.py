@@ -5,6 +5,8 @@ processes on one PostgreSQL schema, tests/integration/test_cluster.py) and real 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -459,9 +461,9 @@ def test_a_queue_taken_over_by_the_relaying_node_cancels_its_relayed_consumers(c
     conn.close()
 
 
-def test_the_management_api_get_of_another_nodes_queue_is_relayed(cluster: list[ClusterNode]) -> None:
+def test_the_management_api_get_and_purge_of_another_nodes_queue_are_relayed(cluster: list[ClusterNode]) -> None:
     """POST /api/queues/{vhost}/{name}/get on node-b of node-a's queue: the owner's messages, requeued (redelivered
-    after) or acked as the ackmode says."""
+    after) or acked as the ackmode says; DELETE .../contents purges it on node-a."""
     a, b = cluster
     queue_of(a, b, "peek", 4)
     got = b.http.ok("POST", "/api/queues/%2F/peek/get", {"count": 2, "ackmode": "ack_requeue_true",
@@ -474,5 +476,11 @@ def test_the_management_api_get_of_another_nodes_queue_is_relayed(cluster: list[
                                                          "encoding": "auto"})
     assert [(m["payload"], m["redelivered"]) for m in got] == [("m-0", True), ("m-1", True), ("m-2", False)]
     wait_for(lambda: owner_figures(a, "peek") == (1, 0), message="3 acked on node-a")
+    b.http.ok("DELETE", "/api/queues/%2F/peek/contents")  # the purge too
+    wait_for(lambda: owner_figures(a, "peek") == (0, 0), message="purged on node-a")
+    queue_of(a, b, "peek", 2)
+    purged = subprocess.run([sys.executable, "-m", "leveret", "ctl", "--data-dir", str(b.data_dir), "purge-queue",
+                             "peek"], capture_output=True, text=True, timeout=60)  # leveret ctl on node-b
+    assert purged.stdout == "queue 'peek' purged (2 messages)\n", purged.stderr
     wait_for(lambda: not [c for c in a.http.get("/api/connections") if c.get("user") == "leveret.cluster"
                           and c.get("node") == "node-a"], message="the management API's link closed")
