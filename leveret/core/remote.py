@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .queue import Queue
     from .session import Session
 
+
 class RemoteLink(Protocol):
     """The relay's side of one relayed consumer or of one channel's relayed gets: where acks go."""
 
@@ -45,8 +46,9 @@ the owner's message count."""
 class Remote(Protocol):
     """The port to the owners of other nodes' queues (a node with ``cluster = true`` sets ``Broker.remote``).
     Every call returns at once; outcomes come back on the broker's thread through the callbacks and through
-    :meth:`Channel.deliver_remote <leveret.core.channel.Channel.deliver_remote>` and
-    :meth:`Channel.link_failed <leveret.core.channel.Channel.link_failed>`."""
+    :meth:`Channel.deliver_remote <leveret.core.channel.Channel.deliver_remote>` (a delivery) and
+    :meth:`Channel.server_cancel <leveret.core.channel.Channel.server_cancel>` (the consumer ended on the owner's
+    side: the link failed, the owner cancelled it, or this node took the queue over)."""
 
     def consume(self, consumer: Consumer, done: Callable[[BaseException | None], None]) -> None:
         """Start ``consumer`` (``consumer.queue`` is another node's) on the owner: ``done(None)`` once the owner

@@ -586,7 +586,8 @@ def test_publishes_through_any_node_reach_the_owner_in_order_per_publisher(
     assert sorted(got) == sorted(f"{name}-{i}" for name, _ in publishers for i in range(count))  # each once
     for name, _ in publishers:
         assert [m for m in got if m.startswith(name + "-")] == [f"{name}-{i}" for i in range(count)]
-    assert handover_rows(postgres_url, postgres_store_url) == 0
+    wait_for(lambda: handover_rows(postgres_url, postgres_store_url) == 0,
+             message="the rows taken (their commit follows the delivery)")
     conn_a.close()
     conn_b.close()
 
@@ -648,7 +649,8 @@ def test_no_confirmed_message_is_lost_when_the_publishing_node_is_killed(
     wait_for(lambda: a.http.get("/api/queues/%2F/fan-b")["node"] == "node-a", timeout=30,
              message="node-a took node-b's queue over")
     assert drain(ch_a, "fan-b") == expected
-    assert handover_rows(postgres_url, postgres_store_url) == 0
+    wait_for(lambda: handover_rows(postgres_url, postgres_store_url) == 0,
+             message="the rows taken (their commit follows the delivery)")
     conn_a.close()
 
 
@@ -676,7 +678,8 @@ def test_rows_handed_to_a_dead_owner_go_to_the_node_that_takes_its_queue_over(
              message="node-b took the queue and its hand-over rows")
     got = drain(conn_b.channel(), "tasks")
     assert got == [(b"before-%d" % i, False) for i in range(5)] + [(b"after-%d" % i, False) for i in range(50)]
-    assert handover_rows(postgres_url, postgres_store_url) == 0
+    wait_for(lambda: handover_rows(postgres_url, postgres_store_url) == 0,
+             message="the rows taken (their commit follows the delivery)")
     conn_b.close()
 
 
@@ -734,7 +737,8 @@ def test_killing_the_owner_while_it_takes_hand_over_rows_loses_and_duplicates_no
              message="node-b took the queue over with every message")
     got = drain(conn_b.channel(), "stream")
     assert [body for body, _ in got] == [b"s-%d" % i for i in range(total)]
-    assert handover_rows(postgres_url, postgres_store_url) == 0
+    wait_for(lambda: handover_rows(postgres_url, postgres_store_url) == 0,
+             message="the rows taken (their commit follows the delivery)")
     conn_b.close()
 
 
