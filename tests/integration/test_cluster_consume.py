@@ -484,3 +484,46 @@ def test_the_management_api_get_and_purge_of_another_nodes_queue_are_relayed(clu
     assert purged.stdout == "queue 'peek' purged (2 messages)\n", purged.stderr
     wait_for(lambda: not [c for c in a.http.get("/api/connections") if c.get("user") == "leveret.cluster"
                           and c.get("node") == "node-a"], message="the management API's link closed")
+
+
+def test_three_nodes_the_relay_follows_a_takeover_by_a_third_node(tmp_path: Path,
+                                                                  postgres_store_url: str) -> None:  # noqa: F811
+    """Three nodes; node-a owns the queue and is killed -9; one of node-b and node-c takes it over. The other one
+    still names node-a as the owner, learns the new owner from its heartbeat summary, and relays a consume there:
+    every message, those node-a had delivered redelivered."""
+    nodes = [ClusterNode(tmp_path / name, postgres_store_url, name) for name in ("node-a", "node-b", "node-c")]
+    try:
+        for node in nodes:
+            node.start()
+        a, b, c = nodes
+        queue_of(a, b, "roam", 5)
+        queue_of(a, c, "roam", 0)
+        conn = b.connect()
+        ch = conn.channel()
+        held = Collector()
+        ch.basic_consume("roam", held)
+        pump([conn], lambda: len(held.got) == 5, "5 delivered through node-b")
+        conn.close()  # returned to node-a's queue, redelivered
+        wait_for(lambda: owner_figures(a, "roam") == (5, 0), message="back on node-a")
+        a.kill()
+        owner = wait_for(lambda: next((n for n in (b, c) if n.http.get("/api/queues/%2F/roam")["node"] == n.name),
+                                      None), timeout=30, message="node-b or node-c took the queue over")
+        other = c if owner is b else b
+        conn = other.connect()
+
+        def consumed() -> Collector | None:  # refused (405) until the owner's summary names the queue
+            got = Collector(ack=True)
+            try:
+                conn.channel().basic_consume("roam", got)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 405, exc
+                return None
+            return got
+
+        got = wait_for(consumed, timeout=30, message=f"a consume through {other.name} relayed to {owner.name}")
+        pump([conn], lambda: len(got.got) == 5, f"every message through {other.name}")
+        assert [(body, flag) for _, flag, body in got.got] == [(b"m-%d" % i, True) for i in range(5)]
+        conn.close()
+    finally:
+        for node in nodes:
+            node.kill()
