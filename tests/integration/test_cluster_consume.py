@@ -527,3 +527,27 @@ def test_three_nodes_the_relay_follows_a_takeover_by_a_third_node(tmp_path: Path
     finally:
         for node in nodes:
             node.kill()
+
+
+def test_a_client_without_consumer_cancel_notify_has_its_channel_closed_when_the_owner_dies(
+        cluster: list[ClusterNode]) -> None:
+    """A raw client that does not announce consumer_cancel_notify consumes through node-b; node-a (the owner) is
+    killed -9: node-b closes the client's channel (320), as RabbitMQ's clients would otherwise never know."""
+    from rawamqp import RawClient
+
+    a, b = cluster
+    queue_of(a, b, "quiet", 2)
+    raw = RawClient(b.port, timeout=30)
+    try:
+        raw.handshake(capabilities={})
+        raw.open_channel(1)
+        raw.send_method(1, "basic.consume", 0, "quiet", "quiet-tag", False, True, False, False, {})
+        seen = [raw.recv_method(timeout=20) for _ in range(3)]
+        assert [(m[0], m[1]) for m in seen if m is not None] == [
+            (1, "basic.consume-ok"), (1, "basic.deliver"), (1, "basic.deliver")]
+        a.kill()
+        closed = raw.recv_method(timeout=30)
+        assert closed is not None and closed[:2] == (1, "channel.close"), closed
+        assert closed[2][0] == 320 and "node-a" in closed[2][1], closed
+    finally:
+        raw.close()
