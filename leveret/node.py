@@ -114,6 +114,11 @@ class Node:
         loop = asyncio.get_running_loop()
         if self.broker is None:
             self.broker = self._open_broker(loop)
+        if self.broker.durability is not None and self.config.cluster:  # consuming through any node: the links
+            secret = await loop.run_in_executor(None, self.broker.durability.cluster_secret)  # (server/relay.py)
+            if secret is not None:
+                self.broker.cluster_secret = secret
+                self.broker.remote = Relay(self.broker, secret)
         await self.amqp.start(self.broker)
         try:
             await self.stomp.start(self.broker)
@@ -136,11 +141,6 @@ class Node:
         await self.control.start()
         if self.broker.durability is not None and self.amqp.port:  # several nodes: where clients find this one
             self.broker.durability.advertise(advertised_address(self.config.bind, self.amqp.port))
-        if self.broker.durability is not None and self.config.cluster:  # consuming through any node: the links
-            secret = await loop.run_in_executor(None, self.broker.durability.cluster_secret)  # (server/relay.py)
-            if secret is not None:
-                self.broker.cluster_secret = secret
-                self.broker.remote = Relay(self.broker, secret)
         if self.broker.durability is not None and self.config.cluster:  # the other nodes' management API shows
             view = Management(self.broker, sessions=self.sessions, listeners=self.listeners)  # what this one serves
             self.broker.durability.watch_summary(lambda: cluster.summary(view))
