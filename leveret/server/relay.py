@@ -67,10 +67,16 @@ def core_error(exc: BaseException, queue: Queue) -> errors.BrokerError:
                                  f"'{queue.served_by}', and the link to it failed: {type(exc).__name__}: {exc}")
 
 
+def _quiet_lost_link(record: logging.LogRecord) -> bool:
+    """aiormq logs a lost connection with a traceback; the relay logs one line of its own (Link._lost)."""
+    return record.getMessage() != "Cancelling cause reader exited abnormally"
+
+
 class Relay:
     """This node's links to the owners of the queues it does not serve (``Broker.remote``)."""
 
     def __init__(self, broker: Broker, secret: str) -> None:
+        logging.getLogger("aiormq.connection").addFilter(_quiet_lost_link)
         self.broker = broker
         self.secret = secret
         self.links: dict[tuple[Session, str], Link] = {}  # (client connection, owner) -> its link
