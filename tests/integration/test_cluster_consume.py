@@ -551,3 +551,22 @@ def test_a_client_without_consumer_cancel_notify_has_its_channel_closed_when_the
         assert closed[2][0] == 320 and "node-a" in closed[2][1], closed
     finally:
         raw.close()
+
+
+def test_a_cancelled_relayed_consumer_can_still_ack_what_it_holds(cluster: list[ClusterNode]) -> None:
+    """basic.cancel through node-b while 3 deliveries are unacked: no more arrive, the 3 stay unacked on node-a
+    until the client acks them (multiple), then the link's channel closes."""
+    a, b = cluster
+    queue_of(a, b, "later", 8)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=3)
+    got = Collector()
+    tag = ch.basic_consume("later", got)
+    pump([conn], lambda: len(got.got) == 3 and owner_figures(a, "later") == (5, 3), "3 unacked through node-b")
+    ch.basic_cancel(tag)
+    assert owner_figures(a, "later") == (5, 3)  # still held by the client
+    ch.basic_ack(got.got[-1][0], multiple=True)
+    wait_for(lambda: owner_figures(a, "later") == (5, 0), message="the acks after the cancel reached node-a")
+    assert len(got.got) == 3 and a.http.get("/api/queues/%2F/later")["consumers"] == 0
+    conn.close()
