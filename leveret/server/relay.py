@@ -1,17 +1,18 @@
 """Consuming through any node (docs/cluster.md): the relay of consumes, gets and purges of queues another node
 serves to that node, over internal AMQP links. It implements the core's port ``leveret.core.remote.Remote``.
 
-A link is an AMQP connection (aiormq) from this node to the queue's owner, at the address the owner recorded in the
-store's ``nodes`` table, logged in as the reserved user ``leveret.cluster`` with the cluster secret the store keeps
-(the owner accepts it only with that secret and only with ``cluster = true``). There is one link per client
-connection and owner (opened at the client's first relayed consume, get or purge; closed with the client's
-connection), and on it:
+A link is an AMQP connection (server/link.py, on Leveret's own codec) from this node to the queue's owner, at the
+address the owner recorded in the store's ``nodes`` table, logged in as the reserved user ``leveret.cluster`` with
+the cluster secret the store keeps (the owner accepts it only with that secret and only with ``cluster = true``).
+There is one link per client connection and owner (opened at the client's first relayed consume, get or purge;
+closed with the client's connection), and on it:
 
 - one link channel per relayed consumer (:class:`Relayed`): its qos is the consumer's prefetch (its channel's
   prefetch at consume time, else the channel-wide one), then basic.consume with the client's tag, no-ack, exclusive
   and arguments. Each delivery goes to the client with the client's own channel's next delivery tag, the
-  redelivered flag, exchange, routing key, properties and body as the owner sent them (``Channel.deliver_remote``).
-  The client's acks, rejects and nacks (``multiple`` too) come back through :meth:`LinkChannel.settle` with the
+  redelivered flag, exchange, routing key, content header and body as the owner sent them, byte for byte
+  (``Channel.deliver_remote``). The client's acks, rejects and nacks (``multiple`` too) come back through
+  :meth:`Relaying.settle` with the
   link's tags (one ``multiple`` frame where it covers exactly the same deliveries). The client's basic.cancel
   cancels the link's consumer; its link channel closes once nothing it delivered is unacked;
 - one link channel per client channel for its relayed basic.get and queue.purge (:class:`Getter`).
@@ -27,17 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import aiormq
-import aiormq.abc
-from pamqp import commands as amqp
 
 from leveret.amqp import spec
 from leveret.core import errors
 from leveret.core.remote import CLUSTER_USER, GetResult, owner_address, refuse_remote
+
+from . import link as amqp_link
 
 if TYPE_CHECKING:
     from leveret.core.broker import Broker, Session
@@ -58,25 +56,16 @@ _ERRORS: dict[int, type[errors.BrokerError]] = {
 
 def core_error(exc: BaseException, queue: Queue) -> errors.BrokerError:
     """The owner's refusal as the core's error (its reply code and text), or a lost link as 405 naming the owner."""
-    if isinstance(exc, aiormq.exceptions.ChannelClosed) and exc.args:
-        text = str(exc.args[-1])
-        for code, cls in _ERRORS.items():
-            if text.startswith(spec.REPLY_NAMES[code] + " - "):
-                return cls(text.partition(" - ")[2])
+    if isinstance(exc, amqp_link.LinkError) and exc.code in _ERRORS:
+        return _ERRORS[exc.code](str(exc.text).partition(" - ")[2] or str(exc.text))
     return errors.ResourceLocked(f"queue '{queue.name}' in vhost '{queue.vhost.name}' is served by node "
                                  f"'{queue.served_by}', and the link to it failed: {type(exc).__name__}: {exc}")
-
-
-def _quiet_lost_link(record: logging.LogRecord) -> bool:
-    """aiormq logs a lost connection with a traceback; the relay logs one line of its own (Link._lost)."""
-    return record.getMessage() != "Cancelling cause reader exited abnormally"
 
 
 class Relay:
     """This node's links to the owners of the queues it does not serve (``Broker.remote``)."""
 
     def __init__(self, broker: Broker, secret: str) -> None:
-        logging.getLogger("aiormq.connection").addFilter(_quiet_lost_link)
         self.broker = broker
         self.secret = secret
         self.links: dict[tuple[Session, str], Link] = {}  # (client connection, owner) -> its link
@@ -215,23 +204,22 @@ class Link:
         self.relay = relay
         self.owner = owner
         self.closed = False
-        self.conn: aiormq.abc.AbstractConnection | None = None
+        self.conn: amqp_link.LinkConnection | None = None
         host, _, port = address.rpartition(":")
-        secret = urllib.parse.quote(relay.secret, safe="")
-        self.url = (f"amqp://{CLUSTER_USER}:{secret}@{host}:{port}/{urllib.parse.quote(vhost, safe='')}"
-                    f"?heartbeat={LINK_HEARTBEAT}"
-                    f"&name={urllib.parse.quote(f'link of {client} from {relay.broker.node_name}')}")
-        self.ready: asyncio.Task[aiormq.abc.AbstractConnection] = asyncio.get_running_loop().create_task(
-            self._connect())
+        self.host, self.port = host.strip("[]"), int(port)
+        self.vhost = vhost
+        self.name = f"link of {client} from {relay.broker.node_name}"
+        self.ready: asyncio.Task[amqp_link.LinkConnection] = asyncio.get_running_loop().create_task(self._connect())
         self.ready.add_done_callback(lambda task: task.cancelled() or task.exception())  # its waiters report it
 
-    async def _connect(self) -> aiormq.abc.AbstractConnection:
-        conn = await asyncio.wait_for(aiormq.connect(self.url), CONNECT_TIMEOUT)
+    async def _connect(self) -> amqp_link.LinkConnection:
+        conn = await amqp_link.connect(self.host, self.port, CLUSTER_USER, self.relay.secret, self.vhost, self.name,
+                                       LINK_HEARTBEAT, CONNECT_TIMEOUT)
         self.conn = conn
         if self.closed:
-            await conn.close()
+            conn.close()
             raise ConnectionError("the client closed its connection")
-        conn.closing.add_done_callback(lambda _: self._lost())
+        conn.on_close = lambda error: self._lost()
         return conn
 
     @property
@@ -240,9 +228,9 @@ class Link:
         ready = self.ready
         return not self.closed and not (ready.done() and (ready.cancelled() or ready.exception() is not None))
 
-    async def channel(self) -> aiormq.abc.AbstractChannel:
+    async def channel(self) -> amqp_link.LinkChannel:
         conn = await self.ready
-        return await conn.channel(publisher_confirms=False)
+        return await conn.channel()
 
     def _lost(self) -> None:
         if not self.closed:
@@ -253,7 +241,7 @@ class Link:
         """The client's connection closed: so does the link (the owner requeues what it delivered unacked)."""
         self.closed = True
         if self.conn is not None:
-            asyncio.get_running_loop().create_task(_quietly(self.conn.close()))
+            self.conn.close()
         else:
             self.ready.cancel()
 
@@ -263,12 +251,12 @@ async def _quietly(coro: Any) -> None:
         await coro
 
 
-class LinkChannel:
+class Relaying:
     """A link channel and the deliveries it made that are not settled yet (``leveret.core.remote.RemoteLink``)."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
-        self.channel: aiormq.abc.AbstractChannel | None = None
+        self.channel: amqp_link.LinkChannel | None = None
         self.outstanding: set[int] = set()
         self.broken = False
 
@@ -289,12 +277,9 @@ class LinkChannel:
     def _send(self, tag: int, multiple: bool, requeue: bool | None) -> None:
         assert self.channel is not None
         if requeue is None:
-            frame: Any = amqp.Basic.Ack(delivery_tag=tag, multiple=multiple)
+            self.channel.send("basic.ack", (tag, multiple))
         else:
-            frame = amqp.Basic.Nack(delivery_tag=tag, multiple=multiple, requeue=requeue)
-        channel: Any = self.channel  # aiormq's Channel: its write queue keeps the frames in order, no task each
-        channel.write_queue.put_nowait(aiormq.abc.ChannelFrame.marshall(channel_number=channel.number,
-                                                                        frames=[frame]))
+            self.channel.send("basic.nack", (tag, multiple, requeue))
 
     def settled(self) -> None:
         """Called after a settle: a cancelled consumer's link channel closes once nothing is unacked."""
@@ -306,7 +291,7 @@ class LinkChannel:
             asyncio.get_running_loop().create_task(_quietly(channel.close()))
 
 
-class Relayed(LinkChannel):
+class Relayed(Relaying):
     """One relayed consumer: its link channel, its qos and basic.consume on the owner, its deliveries."""
 
     def __init__(self, relay: Relay, link: Link, consumer: Consumer,
@@ -329,13 +314,14 @@ class Relayed(LinkChannel):
             if self.cancelled:
                 self.close()
                 return
-            channel.closing.add_done_callback(lambda _: self._closed())
-            channel.on_consumer_cancel_callbacks.add(self._on_cancel)
+            channel.on_close = lambda error: self._closed()
+            channel.on_cancel = self._on_cancel
+            channel.on_deliver = self._on_deliver
             prefetch = RELAY_WINDOW if consumer.no_ack else (
                 consumer.prefetch or consumer.channel.global_prefetch or RELAY_WINDOW)
-            await channel.basic_qos(prefetch_count=prefetch)
-            await channel.basic_consume(queue.name, self._on_message, no_ack=False, exclusive=consumer.exclusive,
-                                        arguments=consumer.arguments or None, consumer_tag=consumer.tag)
+            await channel.call("basic.qos", (0, min(prefetch, 65535), False))
+            await channel.call("basic.consume", (0, queue.name, consumer.tag, False, False, consumer.exclusive, False,
+                                                 consumer.arguments or {}))
         except (Exception, asyncio.CancelledError) as exc:  # cancelled: the link closed before it opened
             self.cancelled = True
             self._answer(core_error(exc, queue))
@@ -351,15 +337,12 @@ class Relayed(LinkChannel):
         if done is not None:
             done(exc)
 
-    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+    def _on_deliver(self, args: tuple[Any, ...], header: bytes, body: bytes) -> None:
         self._answer(None)  # consume-ok before the first delivery
-        deliver: Any = message.delivery
-        tag: int = deliver.delivery_tag
+        _tag, tag, redelivered, exchange, routing_key = args
         consumer = self.consumer
-        header = message.header.marshal()
-        sent = not self.cancelled and consumer.channel.deliver_remote(
-            consumer, self, tag, bool(deliver.redelivered), deliver.exchange or "", deliver.routing_key or "",
-            header, message.body)
+        sent = not self.cancelled and consumer.channel.deliver_remote(consumer, self, tag, redelivered, exchange,
+                                                                      routing_key, header, body)
         if sent and consumer.no_ack:  # acked on the link once the client's connection takes more (back-pressure)
             self.taken = tag
             if consumer.channel.deliverable and not self.flushing:
@@ -378,7 +361,7 @@ class Relayed(LinkChannel):
             self._send(self.taken, True, None)
         self.taken = 0
 
-    def _on_cancel(self, frame: Any) -> None:
+    def _on_cancel(self, tag: str) -> None:
         """The owner cancelled the consumer (its queue was deleted, or it stops)."""
         self.fail(f"queue '{self.consumer.queue.name}' is no longer served through node {self.link.owner}")
 
@@ -415,7 +398,7 @@ class Relayed(LinkChannel):
         if self.consumer.channel.closed or not self.outstanding:
             self.close()
             return
-        asyncio.get_running_loop().create_task(_quietly(channel.basic_cancel(self.consumer.tag)))
+        asyncio.get_running_loop().create_task(_quietly(channel.call("basic.cancel", (self.consumer.tag, False))))
 
     def settled(self) -> None:
         if self.cancelled and not self.outstanding:
@@ -426,7 +409,7 @@ class Relayed(LinkChannel):
         super().close()
 
 
-class Getter(LinkChannel):
+class Getter(Relaying):
     """The link channel of one client channel's relayed basic.get and queue.purge."""
 
     def run(self, coro: Any, done: Callable[[Any], None]) -> None:
@@ -443,7 +426,7 @@ class Getter(LinkChannel):
 
     _queue: Queue
 
-    async def _channel(self) -> aiormq.abc.AbstractChannel:
+    async def _channel(self) -> amqp_link.LinkChannel:
         if self.channel is None:
             self.channel = await self.link.channel()
         return self.channel
@@ -451,23 +434,21 @@ class Getter(LinkChannel):
     async def get(self, queue: Queue, no_ack: bool) -> GetResult | None:
         self._queue = queue
         channel = await self._channel()
-        message = await channel.basic_get(queue.name, no_ack=no_ack)
-        got: Any = message.delivery
-        if not isinstance(got, amqp.Basic.GetOk):
+        answer = await channel.call("basic.get", (0, queue.name, no_ack))
+        if answer[0] != "basic.get-ok":
             return None
-        tag = int(got.delivery_tag or 0)
+        (tag, redelivered, exchange, routing_key, count), header, body = answer[1], answer[2], answer[3]
         if not no_ack:
             self.outstanding.add(tag)
-        return (self, tag, bool(got.redelivered), got.exchange or "", got.routing_key or "",
-                message.header.marshal(), message.body, got.message_count or 0)
+        return self, tag, redelivered, exchange, routing_key, header, body, count
 
     async def drained(self) -> None:
         """Wait until the frames sent so far are on their way (a round trip: basic.qos)."""
         channel = await self._channel()
-        await channel.basic_qos(prefetch_count=0)
+        await channel.call("basic.qos", (0, 0, False))
 
     async def purge(self, queue: Queue) -> int:
         self._queue = queue
         channel = await self._channel()
-        answer = await channel.queue_purge(queue.name)
-        return int(answer.message_count or 0)
+        answer = await channel.call("queue.purge", (0, queue.name, False))
+        return int(answer[1][0])

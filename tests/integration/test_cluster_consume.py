@@ -570,3 +570,41 @@ def test_a_cancelled_relayed_consumer_can_still_ack_what_it_holds(cluster: list[
     wait_for(lambda: owner_figures(a, "later") == (5, 0), message="the acks after the cancel reached node-a")
     assert len(got.got) == 3 and a.http.get("/api/queues/%2F/later")["consumers"] == 0
     conn.close()
+
+
+def test_the_content_header_goes_through_byte_for_byte(cluster: list[ClusterNode]) -> None:
+    """A message whose properties no client library round-trips (a header table's 32-bit integer 'I', a message_id
+    that is not UTF-8) is delivered through node-b with the very content header node-a got."""
+    import struct
+
+    from leveret.amqp import codec, spec
+
+    from rawamqp import RawClient
+
+    a, b = cluster
+    queue_of(a, b, "exact", 0)
+    table = b"\x01n" + b"I" + struct.pack(">i", 7) + b"\x01s" + b"S" + struct.pack(">I", 2) + b"\xc3\x28"
+    properties = (struct.pack(">H", 0x2000 | 0x1000 | 0x0080) + struct.pack(">I", len(table)) + table + b"\x02"
+                  + b"\x04\xff\xfeid")
+    publisher = RawClient(a.port, timeout=20)
+    consumer = RawClient(b.port, timeout=20)
+    try:
+        publisher.handshake()
+        publisher.open_channel(1)
+        publisher.send_method(1, "confirm.select", False)
+        assert publisher.recv_method(timeout=10)[1] == "confirm.select-ok"
+        frames = [codec.method_frame(1, spec.method("basic.publish"), (0, "", "exact", False, False))]
+        frames += codec.content_frames(1, properties, b"body", 131072)
+        publisher.send(b"".join(frames))
+        assert publisher.recv_method(timeout=10)[1] == "basic.ack"
+        consumer.handshake()
+        consumer.open_channel(1)
+        consumer.send_method(1, "basic.get", 0, "exact", True)
+        frames_seen = [consumer.recv_frame(timeout=10) for _ in range(3)]
+        kinds = [frame[0] for frame in frames_seen if frame is not None]
+        assert kinds == [spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY]
+        header = frames_seen[1][2]  # type: ignore[index]
+        assert header[12:] == properties and frames_seen[2][2] == b"body"  # type: ignore[index]
+    finally:
+        publisher.close()
+        consumer.close()
