@@ -175,6 +175,8 @@ class LinkConnection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         number = self._next
+        while number in self.channels:  # numbers wrap at 2047: skip those still open
+            number = number % 2047 + 1
         self._next = number % 2047 + 1
         channel = self.channels[number] = LinkChannel(self, number)
         await channel.call("channel.open", ("",))
