@@ -77,8 +77,8 @@ class Remote(Protocol):
         """``session`` closed: its links close (whatever they held unacked returns to the queues, redelivered)."""
 
     def writable(self, channel: Channel) -> None:
-        """``channel``'s connection takes deliveries again (back-pressure: the relay acks no-ack deliveries on the
-        link only while it does, so the owner sends at most a window ahead)."""
+        """``channel``'s connection takes deliveries again (back-pressure: the relay stops reading its link to the
+        owner while the client's connection is not writable)."""
 
     def taken_over(self, queue: Queue) -> None:
         """This node took ``queue`` over: its relayed consumers are cancelled (the clients consume again, here)."""

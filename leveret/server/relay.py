@@ -8,11 +8,11 @@ There is one link per client connection and owner (opened at the client's first 
 closed with the client's connection), and on it:
 
 - one link channel per relayed consumer (:class:`Relayed`): its qos is the consumer's prefetch (its channel's
-  prefetch at consume time, else the channel-wide one), then basic.consume with the client's tag, no-ack, exclusive
-  and arguments. Each delivery goes to the client with the client's own channel's next delivery tag, the
-  redelivered flag, exchange, routing key, content header and body as the owner sent them, byte for byte
-  (``Channel.deliver_remote``). The client's acks, rejects and nacks (``multiple`` too) come back through
-  :meth:`Relaying.settle` with the
+  prefetch at consume time, else the channel-wide one; none for no-ack), then basic.consume with the client's tag,
+  no-ack, exclusive and arguments. Each delivery goes to the client with the client's own channel's next delivery
+  tag, the redelivered flag, exchange, routing key, content header and body as the owner sent them, byte for byte
+  (``Channel.deliver_remote``); while the client's connection takes no more, the link is not read (back-pressure).
+  The client's acks, rejects and nacks (``multiple`` too) come back through :meth:`Relaying.settle` with the
   link's tags (one ``multiple`` frame where it covers exactly the same deliveries). The client's basic.cancel
   cancels the link's consumer; its link channel closes once nothing it delivered is unacked;
 - one link channel per client channel for its relayed basic.get and queue.purge (:class:`Getter`).
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.relay")
 
-RELAY_WINDOW = 1000  # the link's qos for a consumer without a prefetch limit, and for a no-ack one (back-pressure)
 LINK_HEARTBEAT = 10  # seconds: a link whose owner went silent is given up after about twice that
 CONNECT_TIMEOUT = 5.0
 _ERRORS: dict[int, type[errors.BrokerError]] = {
@@ -147,9 +146,9 @@ class Relay:
             self.links.pop(key).close()
 
     def writable(self, channel: Channel) -> None:
-        for consumer in list(channel.consumers.values()):
-            if isinstance(consumer.link, Relayed):
-                consumer.link.flush()
+        for (session, _owner), link in self.links.items():
+            if session is channel.session:
+                link.resume()
 
     def taken_over(self, queue: Queue) -> None:
         for relayed in [r for r in self.relayed if r.consumer.queue is queue]:
@@ -205,6 +204,7 @@ class Link:
         self.owner = owner
         self.closed = False
         self.conn: amqp_link.LinkConnection | None = None
+        self.paused = False
         host, _, port = address.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.vhost = vhost
@@ -221,6 +221,18 @@ class Link:
             raise ConnectionError("the client closed its connection")
         conn.on_close = lambda error: self._lost()
         return conn
+
+    def pause(self) -> None:
+        """Read nothing more from the owner until :meth:`resume` (the client's connection is not writable): the
+        owner's socket fills and it stops delivering to this link, as it would to a slow client of its own."""
+        if not self.paused and self.conn is not None and self.conn.transport is not None:
+            self.paused = True
+            self.conn.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.conn is not None and self.conn.transport is not None and not self.conn.is_closed:
+            self.paused = False
+            self.conn.transport.resume_reading()
 
     @property
     def usable(self) -> bool:
@@ -301,8 +313,6 @@ class Relayed(Relaying):
         self.consumer = consumer
         self.done: Callable[[BaseException | None], None] | None = done
         self.cancelled = False
-        self.taken = 0  # no-ack: the last delivery sent to the client and not yet acked on the link
-        self.flushing = False
         asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
@@ -317,11 +327,11 @@ class Relayed(Relaying):
             channel.on_close = lambda error: self._closed()
             channel.on_cancel = self._on_cancel
             channel.on_deliver = self._on_deliver
-            prefetch = RELAY_WINDOW if consumer.no_ack else (
-                consumer.prefetch or consumer.channel.global_prefetch or RELAY_WINDOW)
-            await channel.call("basic.qos", (0, min(prefetch, 65535), False))
-            await channel.call("basic.consume", (0, queue.name, consumer.tag, False, False, consumer.exclusive, False,
-                                                 consumer.arguments or {}))
+            prefetch = consumer.prefetch or consumer.channel.global_prefetch
+            if prefetch and not consumer.no_ack:
+                await channel.call("basic.qos", (0, min(prefetch, 65535), False))
+            await channel.call("basic.consume", (0, queue.name, consumer.tag, False, consumer.no_ack,
+                                                 consumer.exclusive, False, consumer.arguments or {}))
         except (Exception, asyncio.CancelledError) as exc:  # cancelled: the link closed before it opened
             self.cancelled = True
             self._answer(core_error(exc, queue))
@@ -343,23 +353,13 @@ class Relayed(Relaying):
         consumer = self.consumer
         sent = not self.cancelled and consumer.channel.deliver_remote(consumer, self, tag, redelivered, exchange,
                                                                       routing_key, header, body)
-        if sent and consumer.no_ack:  # acked on the link once the client's connection takes more (back-pressure)
-            self.taken = tag
-            if consumer.channel.deliverable and not self.flushing:
-                self.flushing = True
-                asyncio.get_running_loop().call_soon(self.flush)
-        elif sent:
-            self.outstanding.add(tag)
-        elif self.channel is not None and not self.channel.is_closed:
-            self.flush()
+        if sent:
+            if not consumer.no_ack:
+                self.outstanding.add(tag)
+            if not consumer.channel.deliverable:  # back-pressure: the client's connection takes no more for now
+                self.link.pause()
+        elif not consumer.no_ack and self.channel is not None and not self.channel.is_closed:
             self._send(tag, False, True)  # the client is gone: back to the queue on the owner
-
-    def flush(self) -> None:
-        """Ack on the link what a no-ack consumer was sent (one ``multiple`` ack): its connection takes more."""
-        self.flushing = False
-        if self.taken and self.channel is not None and not self.channel.is_closed:
-            self._send(self.taken, True, None)
-        self.taken = 0
 
     def _on_cancel(self, tag: str) -> None:
         """The owner cancelled the consumer (its queue was deleted, or it stops)."""
@@ -404,9 +404,6 @@ class Relayed(Relaying):
         if self.cancelled and not self.outstanding:
             self.close()
 
-    def close(self) -> None:
-        self.flush()  # no-ack deliveries the client was sent are not requeued by the close
-        super().close()
 
 
 class Getter(Relaying):

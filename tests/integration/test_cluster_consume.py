@@ -608,3 +608,38 @@ def test_the_content_header_goes_through_byte_for_byte(cluster: list[ClusterNode
     finally:
         publisher.close()
         consumer.close()
+
+
+def test_a_client_that_does_not_read_holds_the_owner_back(cluster: list[ClusterNode]) -> None:
+    """Back-pressure: a no-ack consumer through node-b that does not read its socket: node-b stops reading its link,
+    so most of node-a's queue stays on node-a (not in node-b's memory); once the client reads, it gets every message,
+    in order."""
+    from rawamqp import RawClient
+
+    a, b = cluster
+    count, size = 3000, 16384  # 48 MiB: more than the sockets' and node-b's buffers hold
+    queue_of(a, b, "flood", 0)
+    conn = a.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(count):
+        ch.basic_publish("", "flood", b"%05d" % i + b"x" * (size - 5), pika.BasicProperties(delivery_mode=1))
+    conn.close()
+    raw = RawClient(b.port, timeout=30)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        raw.send_method(1, "basic.consume", 0, "flood", "slow", False, True, False, False, {})
+        wait_for(lambda: owner_figures(a, "flood")[0] < count, message="deliveries started")
+        hold(2.0, "the client reads nothing: what node-a still holds shows that node-b stopped reading its link")
+        assert owner_figures(a, "flood")[0] > count // 3
+        got = 0
+        while got < count:
+            frame = raw.recv_frame(timeout=30)
+            assert frame is not None
+            if frame[0] == 3:  # a body frame: one per message at this size
+                assert frame[2][:5] == b"%05d" % got
+                got += 1
+        wait_for(lambda: owner_figures(a, "flood") == (0, 0), message="node-a's queue drained")
+    finally:
+        raw.close()
