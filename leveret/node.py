@@ -32,6 +32,7 @@ from leveret.management import cluster
 from leveret.management.context import Management
 from leveret.server.control import ControlServer
 from leveret.server.listener import AMQPListener
+from leveret.server.relay import Relay
 from leveret.server.stomp import StompListener
 from leveret.store import Store, StoreError, open_store
 
@@ -113,6 +114,11 @@ class Node:
         loop = asyncio.get_running_loop()
         if self.broker is None:
             self.broker = self._open_broker(loop)
+        if self.broker.durability is not None and self.config.cluster:  # consuming through any node: the links
+            secret = await loop.run_in_executor(None, self.broker.durability.cluster_secret)  # (server/relay.py)
+            if secret is not None:
+                self.broker.cluster_secret = secret
+                self.broker.remote = Relay(self.broker, secret)
         await self.amqp.start(self.broker)
         try:
             await self.stomp.start(self.broker)

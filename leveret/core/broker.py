@@ -25,6 +25,7 @@ from .errors import NotFound
 from .memory import MemoryMonitor, process_rss
 from .policies import Policy, validate_policy
 from .queue import Queue
+from .remote import Remote
 from .session import Session
 from .shared import HandedIn, apply_changes, new_owners, take_over
 from .status import StatusBook
@@ -80,6 +81,9 @@ class Broker(Users):
             if default_user:
                 self.add_user(default_user, default_pass, ("administrator",), vhosts={default_vhost})
         self.on_lease_lost: Callable[[], None] | None = None  # set by the node: it stops (docs/cluster.md)
+        # several nodes (core/remote.py): the relay to other nodes' queues, and the secret their links log in with
+        self.remote: Remote | None = None
+        self.cluster_secret: str | None = None
         if self.durability is not None:  # several nodes on one store: the others' changes (core/shared.py)
             self.durability.watch_definitions(lambda changes: apply_changes(self, changes))
             handed = HandedIn(self)  # routing between nodes: hand-over rows for this node's queues
@@ -102,6 +106,8 @@ class Broker(Users):
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        if self.remote is not None:
+            self.remote.session_closed(session)
         self.count_down(self.vhost_connections, session.vhost.name)
         if session.user is not None:
             self.count_down(self.user_connections, session.user.name)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from leveret.amqp.fields import field_type
 
 from .errors import AccessRefused, NotAllowed, NotImplementedFeature, PreconditionFailed
-from .message import NOTIFY, Message
+from .message import NOTIFY, Message, build_address
 from .queue import Consumer, Queue
-from .remote import refuse_remote
+from .remote import CLUSTER_USER, GetResult, RemoteLink, RemoteMessage, refuse_remote
 from .replies import REPLY_TO, reply_address
 from .routing import Peer, validate
 from .tracking import MESSAGE_ID, Tracker
@@ -89,6 +89,9 @@ class Channel:
         self.deliverable = writable and self.active
         if self.deliverable:
             self.kick()
+            remote = self.session.broker.remote
+            if remote is not None:  # relayed no-ack consumers (core/remote.py)
+                remote.writable(self)
 
     def kick(self, consumers: Any = None) -> None:
         """Let the queues of this channel's consumers deliver again (credit was freed). With every consumer, the
@@ -146,7 +149,9 @@ class Channel:
 
     def consume(self, queue: Queue, tag: str, *, no_ack: bool, exclusive: bool,
                 arguments: dict[str, Any]) -> Consumer:
-        if queue.served_by is not None:
+        """basic.consume: the consumer, registered on this channel. For a queue another node serves (relayed:
+        core/remote.py) it is not added to the queue: the caller hands it to ``Broker.remote``."""
+        if queue.served_by is not None and not self.relays:
             refuse_remote(queue)
         if not tag:
             tag = f"amq.ctag-{secrets.token_urlsafe(16)}"
@@ -166,6 +171,46 @@ class Channel:
             consumer.priority = priority
         self.consumers[tag] = consumer
         return consumer
+
+    @property
+    def relays(self) -> bool:
+        """Whether a consume, get or purge of another node's queue is relayed there (core/remote.py): the node has a
+        link (``Broker.remote``), and this is not a link from another node itself (no chains)."""
+        user = self.session.user
+        return self.session.broker.remote is not None and (user is None or user.name != CLUSTER_USER)
+
+    def deliver_remote(self, consumer: Consumer, link: RemoteLink, link_tag: int, redelivered: bool, exchange: str,
+                       routing_key: str, header: bytes, body: bytes) -> bool:
+        """A delivery of another node's queue to a relayed consumer (core/remote.py), sent with this channel's
+        next delivery tag and, unless no-ack, held until the client settles it. False when the consumer is gone
+        (cancelled, its channel closed): the caller gives the delivery back."""
+        if self.closed or self.consumers.get(consumer.tag) is not consumer:
+            return False
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        address = build_address(exchange, routing_key)
+        if not consumer.no_ack:
+            msg = RemoteMessage(exchange, routing_key, address, header, body, link, link_tag)
+            msg.redelivered = redelivered
+            msg.consumer = consumer
+            consumer.unacked += 1
+            self.limited += 1
+            self.unacked[tag] = msg
+        self.sink.send_deliver(self.number, consumer.tag_bytes, tag, redelivered, address, header, body)
+        return True
+
+    def got_remote(self, got: GetResult, no_ack: bool) -> tuple[int, Message]:
+        """A relayed basic.get-ok (core/remote.py): this channel's delivery tag for it, and the message, held until
+        the client settles it unless no-ack."""
+        link, link_tag, redelivered, exchange, routing_key, header, body, _count = got
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        msg = RemoteMessage(exchange, routing_key, build_address(exchange, routing_key), header, body, link,
+                            link_tag)
+        msg.redelivered = redelivered
+        if not no_ack:
+            self.unacked[tag] = msg
+        return tag, msg
 
     def consume_reply(self, tag: str, no_ack: bool) -> Consumer:
         """Direct reply-to: consume from the ``amq.rabbitmq.reply-to`` pseudo-queue (no-ack only). Replies
@@ -190,6 +235,11 @@ class Channel:
             self.reply_queue.deleted = True
             self.session.broker.reply_queues.pop(self.reply_queue.name, None)
             self.reply_queue = None
+            return consumer
+        if consumer.link is not None:  # relayed: cancelled on the owner (core/remote.py)
+            remote = self.session.broker.remote
+            if remote is not None:
+                remote.cancel(consumer)
             return consumer
         consumer.queue.vhost.remove_consumer(consumer)
         return consumer
@@ -270,6 +320,7 @@ class Channel:
         tracker = self.tracker
         freed: set[Consumer] = set()
         by_queue: dict[Queue, list[Message]] = {}
+        relayed: list[RemoteMessage] = []
         for msg in msgs:
             consumer = msg.consumer
             if consumer is not None:
@@ -279,6 +330,8 @@ class Channel:
                 msg.consumer = None
             queue = msg.queue
             if queue is None or queue.deleted:
+                if type(msg) is RemoteMessage:
+                    relayed.append(msg)
                 continue
             if msg.flags & MESSAGE_ID and tracker is not None:
                 self._track_settle(tracker, queue, msg, requeue, cause)
@@ -290,10 +343,21 @@ class Channel:
                 queue.drop_unacked(msg)
         for queue, queued in by_queue.items():
             queue.requeue(queued)
+        if relayed:
+            self._settle_relayed(relayed, requeue)
         if self.global_prefetch:
             self.kick()
         elif freed:
             self.kick(freed)
+
+    @staticmethod
+    def _settle_relayed(msgs: list[RemoteMessage], requeue: bool | None) -> None:
+        """Relayed deliveries are settled on their owner, each link's in one call, in delivery order."""
+        by_link: dict[RemoteLink, list[int]] = {}
+        for msg in msgs:
+            by_link.setdefault(msg.link, []).append(msg.link_tag)
+        for link, tags in by_link.items():
+            link.settle(sorted(tags), requeue)
 
     def _track_settle(self, tracker: Tracker, queue: Queue, msg: Message, requeue: bool | None, cause: str) -> None:
         peer = self.session.peer
@@ -433,6 +497,9 @@ class Channel:
         self._settle(msgs, True, "channel closed")
         for tag in list(self.consumers):
             self.cancel(tag)
+        remote = self.session.broker.remote
+        if remote is not None:
+            remote.channel_closed(self)
 
     def server_cancel(self, consumer: Consumer) -> None:
         """The consumed queue went away: forget the consumer and tell the client if it can hear it."""

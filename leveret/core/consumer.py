@@ -1,4 +1,5 @@
-"""A consumer (one basic.consume) and its credit: whether a message could be delivered to it now."""
+"""A consumer (one basic.consume) and its credit: whether a message could be delivered to it now. A consumer of a
+queue another node serves is relayed there (``link``, core/remote.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .channel import Channel
     from .queue import Queue
+    from .remote import RemoteLink
 
 
 class Consumer:
@@ -16,6 +18,7 @@ class Consumer:
         "arguments",
         "channel",
         "exclusive",
+        "link",
         "no_ack",
         "prefetch",
         "priority",
@@ -38,6 +41,7 @@ class Consumer:
         self.unacked = 0
         self.arguments = arguments
         self.priority = 0
+        self.link: RemoteLink | None = None  # a consumer relayed to the queue's owner (core/remote.py)
 
     def has_credit(self) -> bool:
         """True when a message could be delivered to this consumer now."""

@@ -178,6 +178,10 @@ class Durability:
         """Several nodes: where this node listens for AMQP (``host:port``), for the other nodes' refusals."""
         self.store.advertise(amqp)
 
+    def cluster_secret(self) -> str | None:
+        """Several nodes: the secret of the links between nodes (Store.cluster_secret), None for one node."""
+        return self.store.cluster_secret()
+
     def watch_handed(self, handed: Callable[[list[tuple[str, str]]], None]) -> None:
         """``handed(queues)`` on the broker's thread when hand-over rows wait for these queues (Store.watch_handed)."""
         self.store.watch_handed(lambda queues: self.dispatch(handed, queues))

@@ -197,6 +197,8 @@ def take_over(broker: Broker, queues: list[tuple[str, str]], handed: HandedIn | 
             continue
         log.warning("queue '%s' in vhost '%s': taken over from node %s", name, vhost_name, queue.served_by)
         queue.served_by = None
+        if broker.remote is not None:  # its consumers relayed to the old owner consume here from now on
+            broker.remote.taken_over(queue)
         count = recover_queue(queue)
         log.info("queue '%s' in vhost '%s': %d messages recovered", name, vhost_name, count)
         queue.touch()  # x-expires counts from now

@@ -469,6 +469,11 @@ class Store(abc.ABC):
         """Several nodes: record where this node listens for AMQP (``host:port``: NodeRecord.amqp)."""
         return None
 
+    def cluster_secret(self) -> str | None:
+        """Several nodes: the secret the nodes' internal links log in with (core/remote.py), made once by the
+        first node and kept in the store; None for a store of one node (the default)."""
+        return None
+
     def watch_summary(self, summary: Callable[[], dict[str, Any] | None]) -> None:
         """Several nodes: at each heartbeat, ``summary()`` (called on a thread of the backend) is written to this
         node's row, where the others read it (NodeRecord.summary: the management API's cluster view). A store of

@@ -4,6 +4,7 @@ and authenticate. Every change is stored (when the broker has a store) and audit
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,33 @@ class User:
         return self.permissions.keys()
 
 
+CLUSTER_USER = "leveret.cluster"
+"""The reserved user name of the links between the nodes of a cluster (core/remote.py, docs/cluster.md)."""
+
+
+class _Everywhere(dict[str, Permission]):
+    """The internal user's permissions: configure, write and read in every vhost, present or future."""
+
+    _all = Permission()
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> Permission:
+        return self._all
+
+    def get(self, key: str, default: Any = None) -> Permission:  # type: ignore[override]
+        return self._all
+
+
+def internal_user(secret: str | None, password: str) -> User:
+    """The user of another node's link (:data:`CLUSTER_USER`) when ``password`` is the cluster ``secret``;
+    AccessRefused otherwise, and always when ``secret`` is None (the node does not run with ``cluster = true``)."""
+    if secret is None or not hmac.compare_digest(secret.encode(), password.encode()):
+        raise AccessRefused(f"user '{CLUSTER_USER}' - invalid credentials")
+    return User(CLUSTER_USER, "", ("administrator",), _Everywhere())
+
+
 class Users:
     """The users of the broker and what is done to them (a part of the Broker; the attributes below are the
     Broker's)."""
@@ -43,6 +71,7 @@ class Users:
     vhosts: dict[str, VHost]
     sessions: set[Session]
     loopback_users: set[str]
+    cluster_secret: str | None  # several nodes: the password of CLUSTER_USER (None: no link may log in)
     durability: Durability | None
     audit: _audit.AuditLog
 
@@ -153,8 +182,12 @@ class Users:
             subject: dict[str, Any] = {kind: name, "limits": limits}
             self.audit.record(f"{kind}_limits.{'set' if limits else 'cleared'}", **subject)
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
-        """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere)."""
+    def authenticate(self, username: str, password: str, loopback: bool, amqp: bool = False) -> User:
+        """The user with these credentials; AccessRefused otherwise (and for loopback-only users elsewhere). The
+        reserved :data:`CLUSTER_USER` logs in over AMQP (``amqp``) with the cluster secret only, never as a stored
+        user, and never through the management API or STOMP."""
+        if username == CLUSTER_USER:
+            return internal_user(self.cluster_secret if amqp else None, password)
         if not password:  # as RabbitMQ's internal backend: a blank password never logs in
             raise AccessRefused(f"user '{username}' attempted to log in with a blank password, which is "
                                 "prohibited")

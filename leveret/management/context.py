@@ -13,6 +13,7 @@ from typing import Any
 
 from leveret.core import errors
 from leveret.core.broker import Broker, Session, User, VHost
+from leveret.core.queue import Queue
 
 from .rates import History, Rates, broker_sample
 from .views import connection_name, session_vhost
@@ -59,6 +60,21 @@ class Management:
         if may_see_all(user):
             return list(self.broker.vhosts.values())
         return [v for v in self.broker.vhosts.values() if v.name in user.vhosts]
+
+    async def purge(self, queue: Queue) -> int:
+        """Purge ``queue`` (the management API's and ``leveret ctl purge-queue``), durably; a queue another node
+        serves is purged there, over a link (docs/cluster.md); how many messages went."""
+        remote = self.broker.remote
+        if queue.served_by is None or remote is None:
+            count = queue.purge()
+            await self.durable()
+            return count
+        answer: asyncio.Future[int | BaseException] = asyncio.get_running_loop().create_future()
+        remote.purge(None, queue, answer.set_result)
+        got = await answer
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     async def durable(self) -> None:
         """Wait until the message operations just made are on disk (as a confirm would). Raises InternalError

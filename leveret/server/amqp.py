@@ -207,6 +207,12 @@ class AMQPConnection(EdgeConnection, ChannelCommands):
     def on_channel_error(self, channel: int, error: ProtocolViolation) -> None:
         self._close_channel(channel, error.reply_code, error.text, error.class_id, error.method_id)
 
+    def close_channel(self, channel: int, code: int, text: str) -> None:
+        """Close one channel from the broker's side (a relayed consumer's link failed: server/relay.py)."""
+        if channel in self.session.channels:
+            self._close_channel(channel, code, text, 0, 0)
+            self._schedule_flush()
+
     def _close_channel(self, channel: int, code: int, text: str, class_id: int, method_id: int) -> None:
         name = spec.REPLY_NAMES.get(code, str(code))
         log.info("closing channel %d of %s: %d %s", channel, self.peer, code, text)
@@ -326,7 +332,7 @@ class AMQPConnection(EdgeConnection, ChannelCommands):
             if mechanism == "EXTERNAL":
                 self.session.user = self.broker.authenticate_certificate(username, self.loopback)
             else:
-                self.session.user = self.broker.authenticate(username, password, self.loopback)
+                self.session.user = self.broker.authenticate(username, password, self.loopback, amqp=True)
         except errors.AccessRefused as exc:
             log.warning("login refused for user '%s' from %s: %s", username, self.peer, exc.text)
             self.broker.audit.record("login.refused", by={"via": "amqp", "address": self.peer}, protocol="amqp",

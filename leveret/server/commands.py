@@ -16,6 +16,8 @@ from leveret.amqp.connection import ServerConnection
 from leveret.core import errors
 from leveret.core.broker import Broker, Session
 from leveret.core.channel import REPLY_TO, Channel
+from leveret.core.consumer import Consumer
+from leveret.core.remote import GetResult
 
 M = spec.method
 _GET_OK = M("basic.get-ok")
@@ -37,6 +39,7 @@ class ChannelCommands:
         def close(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0) -> None: ...
         def send_cancel(self, channel: int, consumer_tag: str) -> None: ...
         def _schedule_flush(self) -> None: ...
+        def _fail(self, channel: int, exc: Exception, class_id: int, method_id: int) -> None: ...
 
     def _channel(self, number: int) -> Channel:
         channel = self.session.channels.get(number)
@@ -157,9 +160,22 @@ class ChannelCommands:
         name = self._queue_name(channel, queue)
         self._check_read(name)
         q = self.session.vhost.queue(name, self.session)
+        if q.served_by is not None and channel.relays:  # another node's queue: purged there (server/relay.py)
+            assert self.broker.remote is not None
+            self.broker.remote.purge(channel, q, lambda count: self._relayed_purge(ch, channel, nowait, count))
+            return
         count = q.purge()
         if not nowait:
             self._reply(ch, "queue.purge-ok", count)
+
+    def _relayed_purge(self, ch: int, channel: Channel, nowait: bool, count: int | BaseException) -> None:
+        if channel.closed:
+            return
+        if isinstance(count, Exception):
+            self._fail(ch, count, spec.CLASS_QUEUE, 30)
+        elif not nowait:
+            self._reply(ch, "queue.purge-ok", count)
+        self._schedule_flush()
 
     def queue_delete(self, ch: int, _r: int, queue: str, if_unused: bool, if_empty: bool,
                      nowait: bool) -> None:
@@ -195,9 +211,25 @@ class ChannelCommands:
             self._check_read(name)
             q = self.session.vhost.queue(name, self.session)
             consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+            if q.served_by is not None:  # another node's queue: relayed there (server/relay.py); consume-ok (or
+                assert self.broker.remote is not None  # the owner's refusal) once the owner answered
+                self.broker.remote.consume(consumer, lambda exc: self._relayed_consume(ch, channel, consumer,
+                                                                                       nowait, exc))
+                return
         if not nowait:
             self._reply(ch, "basic.consume-ok", consumer.tag)
         q.add_consumer(consumer)
+
+    def _relayed_consume(self, ch: int, channel: Channel, consumer: Consumer, nowait: bool,
+                         exc: BaseException | None) -> None:
+        if channel.closed or channel.consumers.get(consumer.tag) is not consumer:
+            return
+        if isinstance(exc, Exception):
+            channel.consumers.pop(consumer.tag, None)
+            self._fail(ch, exc, spec.CLASS_BASIC, 20)
+        elif not nowait:
+            self._reply(ch, "basic.consume-ok", consumer.tag)
+        self._schedule_flush()
 
     def basic_cancel(self, ch: int, consumer_tag: str, nowait: bool) -> None:
         self._channel(ch).cancel(consumer_tag)
@@ -209,6 +241,10 @@ class ChannelCommands:
         name = self._queue_name(channel, queue)
         self._check_read(name)
         q = self.session.vhost.queue(name, self.session)
+        if q.served_by is not None and channel.relays:  # another node's queue: got there (server/relay.py)
+            assert self.broker.remote is not None
+            self.broker.remote.get(channel, q, no_ack, lambda got: self._relayed_get(ch, channel, no_ack, got))
+            return
         got = channel.get(q, no_ack)
         if got is None:
             self._reply(ch, "basic.get-empty", "")
@@ -216,6 +252,21 @@ class ChannelCommands:
         tag, msg = got
         self.conn.send_content(ch, _GET_OK, (tag, msg.redelivered, msg.exchange, msg.routing_key, q.message_count),
                                msg.header, msg.body)
+
+    def _relayed_get(self, ch: int, channel: Channel, no_ack: bool, got: GetResult | BaseException | None) -> None:
+        if channel.closed:
+            if isinstance(got, tuple) and not no_ack:
+                got[0].settle([got[1]], True)  # the client is gone: back to the queue on the owner
+            return
+        if isinstance(got, Exception):
+            self._fail(ch, got, spec.CLASS_BASIC, 70)
+        elif got is None or isinstance(got, BaseException):
+            self._reply(ch, "basic.get-empty", "")
+        else:
+            tag, msg = channel.got_remote(got, no_ack)
+            self.conn.send_content(ch, _GET_OK, (tag, msg.redelivered, msg.exchange, msg.routing_key, got[7]),
+                                   msg.header, msg.body)
+        self._schedule_flush()
 
     def basic_ack(self, ch: int, delivery_tag: int, multiple: bool) -> None:
         self._channel(ch).ack(delivery_tag, multiple)

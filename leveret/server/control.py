@@ -245,8 +245,7 @@ class ControlServer:
         return f"queue '{args['name']}' deleted ({count} messages)"
 
     async def _purge_queue(self, args: dict[str, Any]) -> str:
-        count = self._queue(args).purge()
-        await self.management.durable()
+        count = await self.management.purge(self._queue(args))  # another node's queue: purged there
         return f"queue '{args['name']}' purged ({count} messages)"
 
     # exchanges

@@ -220,7 +220,16 @@ class StompCommands:
                                                durable_topic=dest.kind in ("topic", "exchange") and durable_header)
         self.ack_multiple[tag] = ack == "client"
         self.receipt_now(frame)  # as RabbitMQ: the RECEIPT before the queue's first MESSAGE
+        if queue.served_by is not None:  # another node's queue: relayed there (server/relay.py)
+            assert self.session.broker.remote is not None
+            self.session.broker.remote.consume(consumer, lambda exc: self._relay_refused(text, exc))
+            return
         queue.add_consumer(consumer)
+
+    def _relay_refused(self, text: str, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.session.force_close(f"the subscription to '{text}' was refused by the node that serves the queue: "
+                                     f"{getattr(exc, 'text', exc)}")
 
     @staticmethod
     def _consumer_arguments(headers: dict[str, str]) -> dict[str, Any]:

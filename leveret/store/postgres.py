@@ -518,6 +518,10 @@ class PostgresStore(WriterStore):
         if self._link is not None:
             self._link.advertise(amqp)
 
+    def cluster_secret(self) -> str | None:
+        """The secret of the links between nodes (ClusterLink.secret), None without ``cluster``."""
+        return None if self._link is None else self._link.secret()
+
     def watch_summary(self, summary: Callable[[], dict[str, Any] | None]) -> None:
         """From now on, write ``summary()`` to this node's row at each heartbeat (see ClusterLink)."""
         if self._link is not None:

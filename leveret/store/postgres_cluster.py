@@ -49,6 +49,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -217,6 +218,15 @@ class ClusterLink:
                         store.where, sum(count for _, _, count in moved))
         self._renewed = time.monotonic()
         return {(vhost, name): owner for vhost, name, owner in rows}
+
+    def secret(self) -> str:
+        """The cluster secret (the links between nodes log in with it: docs/cluster.md): ``meta.cluster_secret``,
+        written once by the first node that asks (a random token), read by the others."""
+        with schema.connect(self.store.url, self.store.schema, self.store.connect_timeout, "cluster-call") as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('cluster_secret', %s) ON CONFLICT (key) DO NOTHING",
+                         (secrets.token_urlsafe(32),))
+            row = conn.execute("SELECT value FROM meta WHERE key = 'cluster_secret'").fetchone()
+        return str(row[0])
 
     def watch_lanes(self, taken: Callable[[list[tuple[str, str, int]]], None]) -> None:
         with self._lock:

@@ -7,7 +7,9 @@ as the AMQP writes and reads they stand for, and answer once the store has what 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,6 +24,9 @@ from leveret.management.context import Management
 from leveret.management.validation import bad_request, exchange_name, not_authorised, parse_dict
 
 from .call import Call, reply
+
+if TYPE_CHECKING:
+    from leveret.core.queue import Queue
 
 
 async def publish(api: Management, call: Call) -> web.Response:
@@ -90,6 +95,8 @@ async def get_messages(api: Management, call: Call) -> web.Response:
     truncate = body.get("truncate")
     if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 0):
         raise bad_request("'truncate' must be a non-negative integer")
+    if queue.served_by is not None and api.broker.remote is not None:  # another node's: got there (docs/cluster.md)
+        return reply(await _relayed_get(api, queue, count, ackmode, encoding, truncate))
     taken: list[Message] = []
     result = []
     tracker, who = api.broker.tracker, f"http {call.user.name}@{call.request.remote}"
@@ -132,6 +139,36 @@ async def get_messages(api: Management, call: Call) -> web.Response:
             queue.drop_unacked(msg)
     await api.durable()
     return reply(result)
+
+
+async def _relayed_get(api: Management, queue: Queue, count: int, ackmode: str, encoding: str,
+                       truncate: int | None) -> list[dict[str, Any]]:
+    """The get of a queue another node serves, on that node over a link (server/relay.py): the same answer."""
+    assert api.broker.remote is not None
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    requeue = None if ackmode == "ack_requeue_false" else ackmode.endswith("requeue_true")
+    api.broker.remote.get_many(queue, count, requeue, answer.set_result)
+    got = await answer
+    if isinstance(got, BaseException):
+        raise got
+    result = []
+    for _link, _tag, redelivered, exchange, routing_key, header, body, message_count in got:
+        msg = Message(exchange, routing_key, b"", header, body)
+        payload = body if truncate is None else body[:truncate]
+        text, payload_encoding = _payload(payload, encoding)
+        result.append({"payload_bytes": len(body), "redelivered": redelivered, "exchange": exchange,
+                       "routing_key": routing_key, "message_count": message_count, "properties": msg.properties,
+                       "payload": text, "payload_encoding": payload_encoding})
+    return result
+
+
+def _payload(payload: bytes, encoding: str) -> tuple[str, str]:
+    if encoding == "auto":
+        try:
+            return payload.decode(), "string"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(payload).decode(), "base64"
 
 
 async def queue_action(api: Management, call: Call) -> web.Response:

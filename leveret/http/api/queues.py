@@ -74,6 +74,5 @@ async def purge_queue(api: Management, call: Call) -> web.Response:
     vhost = api.vhost(call.params["vhost"])
     queue = vhost.queue(call.params["name"])  # 404 first, as RabbitMQ's API (resource_exists)
     call.access(vhost).read("queue", queue.name)
-    queue.purge()
-    await api.durable()
+    await api.purge(queue)  # another node's queue: purged there (docs/cluster.md)
     return reply(None, 204)
