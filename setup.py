@@ -100,4 +100,5 @@ class OptionalBuildExt(build_ext):
         return [path for path in super().get_outputs() if os.path.exists(path)]
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+if __name__ == "__main__":  # also under pip: setuptools' build backend runs this file as __main__
+    setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
