@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from leveret import __version__
+from leveret import __version__, build
 from leveret.config import ConfigError, load_config
 from leveret.terminal import configure_logging, error, print_table
 
@@ -51,7 +51,7 @@ def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leveret", description="Leveret: an AMQP 0-9-1 message broker, a drop-in for RabbitMQ."
     )
-    parser.add_argument("--version", action="version", version=f"leveret {__version__}")
+    parser.add_argument("--version", action="version", version=f"leveret {__version__} ({build()})")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     for add_subcommand in (_add_serve,) if serve_only else _SUBCOMMANDS:
         add_subcommand(subparsers)

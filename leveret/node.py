@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leveret import __version__, build
 from leveret.config import STORES, Config, node_name
 from leveret.core.audit import AuditLog
 from leveret.core.broker import Broker, Session
@@ -144,6 +145,7 @@ class Node:
         if self.broker.durability is not None and self.config.cluster:  # the other nodes' management API shows
             view = Management(self.broker, sessions=self.sessions, listeners=self.listeners)  # what this one serves
             self.broker.durability.watch_summary(lambda: cluster.summary(view))
+        log.info("Leveret %s, %s", __version__, build())
         self.stomp.log_listening()
         self.amqp.log_listening()  # last: tests/support/serverproc.py takes it as the sign that the broker is up
 

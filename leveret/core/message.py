@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from leveret.amqp import fields as codec
 from leveret.amqp.fields import LongInt as LongInt  # header value types (the store's codec)
 from leveret.amqp.fields import RawField as RawField
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 _HEADER_PREFIX = 12  # class id, weight, body size
 
 
+@mypyc_attr(native_class=False)  # a builtin's subclass: mypyc compiles it as a plain Python class
 class _Paged(bytes):
     """The type of :data:`PAGED`."""
 

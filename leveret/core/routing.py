@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from leveret.amqp.fields import field_type
 
@@ -53,6 +55,7 @@ _MAX_EXPIRY = 315360000000  # ten years in milliseconds, as RabbitMQ 3.10
 _ERLANG_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
+@mypyc_attr(native_class=False)  # a builtin's subclass: mypyc compiles it as a plain Python class
 class _Held(tuple):  # type: ignore[type-arg]
     """The type of :data:`HELD`."""
 
@@ -64,6 +67,7 @@ HELD: Any = _Held()
 and no basic.return nor alternate exchange either (an empty sequence, told apart by identity)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (setup.py): dead_letter.py and delays.py subclass it
 class Origin:
     """Who publishes, as the one publish entry sees it: what it records of the message once it is routed.
 
@@ -73,8 +77,9 @@ class Origin:
     message_id)."""
 
     __slots__ = ()
-    always = False
-    announces = False  # a publisher's message, first routed: job-done notices say where it went (notices.py)
+    # ClassVar: compiled (setup.py), an instance attribute would not see the value an interpreted subclass sets
+    always: ClassVar[bool] = False
+    announces: ClassVar[bool] = False  # a publisher's message, first routed: job-done notices say where it went
 
     def held(self, vhost: VHost, msg: Message) -> None:
         """The exchange published to holds ``msg`` until it is due (x-delayed-message)."""
@@ -167,6 +172,7 @@ def _erlang_pair(atom: str, value: int, column: int) -> str:
     return f"{{{atom},\n{' ' * (column + 1)}{value}}}"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (setup.py): VHost subclasses it
 class Routing:
     """Routing and publishing in a vhost (a part of :class:`~leveret.core.vhost.VHost`; the attributes below
     are the vhost's)."""

@@ -15,7 +15,7 @@ from leveret.amqp.fields import field_type
 
 from .access import Access, reached
 from .channel import REPLY_TO
-from .dead_letter import dead_letter
+from .dead_letter import dead_letter as _dead_letter
 from .dedup import make_window
 from .errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from .exchanges import EXCHANGE_TYPES, Exchange, create_exchange, validate_binding_arguments
@@ -30,6 +30,7 @@ from .tracing import TRACE_EXCHANGE, Tracer
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .message import Message
     from .session import Session
 
 log = logging.getLogger("leveret.broker")
@@ -102,7 +103,10 @@ class VHost(Routing):
     """A virtual host: the namespace of exchanges and queues. Routing and the one publish entry are in
     :class:`~leveret.core.routing.Routing`."""
 
-    dead_letter = dead_letter  # dead_letter(queue, msg, reason): leveret.core.dead_letter
+    def dead_letter(self, queue: Queue, msg: Message, reason: str) -> None:
+        """leveret.core.dead_letter's (a method, not the function as a class attribute: mypyc, setup.py, binds
+        no function that way)."""
+        _dead_letter(self, queue, msg, reason)
 
     def __init__(self, broker: Broker, name: str) -> None:
         self.broker = broker

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from leveret import RABBITMQ_VERSION, __version__
 from leveret.amqp import codec, spec
 from leveret.amqp.connection import ProtocolViolation, ServerConnection, State
@@ -71,6 +73,7 @@ DELIVERY_BUFFER = 1 << 20
 _LINGER_TIMEOUT = 30.0
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py) as a Python class: asyncio.Protocol and two bases
 class AMQPConnection(EdgeConnection, ChannelCommands):
     """One client connection. Implements leveret.amqp.connection.Handler and leveret.core.channel.Sink; the
     parsed methods go to the handlers of METHODS (below the class). The socket's part is EdgeConnection's."""

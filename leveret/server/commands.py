@@ -9,7 +9,11 @@ which turns them into channel or connection closes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from leveret.amqp import spec
 from leveret.amqp.connection import ServerConnection
@@ -27,6 +31,7 @@ class ChannelClosed(Exception):
     """Raised inside a handler when the frame's channel is not open in the core (already torn down)."""
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py) as a Python class: AMQPConnection's base
 class ChannelCommands:
     """The handlers of channel-level methods; the connection state they use is the AMQPConnection's."""
 
@@ -35,11 +40,11 @@ class ChannelCommands:
     session: Session
     _held_cancels: list[tuple[int, str]] | None  # basic.cancel held back until a reply is sent
 
-    if TYPE_CHECKING:  # AMQPConnection's, which this class is a base of
-        def close(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0) -> None: ...
-        def send_cancel(self, channel: int, consumer_tag: str) -> None: ...
-        def _schedule_flush(self) -> None: ...
-        def _fail(self, channel: int, exc: Exception, class_id: int, method_id: int) -> None: ...
+    # AMQPConnection's, which this class is a base of (declared, not defined: mypyc takes no `if` in a class body)
+    close: Callable[..., None]  # (reply_code, text, class_id=0, method_id=0)
+    send_cancel: Callable[[int, str], None]
+    _schedule_flush: Callable[[], None]
+    _fail: Callable[[int, Exception, int, int], None]  # (channel, exc, class_id, method_id)
 
     def _channel(self, number: int) -> Channel:
         channel = self.session.channels.get(number)
@@ -297,17 +302,17 @@ class ChannelCommands:
 
     def tx_commit(self, ch: int) -> None:
         self._channel(ch).commit()
+        self.session.after_durable(functools.partial(self._tx_committed, ch))
 
-        def reply(exc: BaseException | None) -> None:
-            if exc is not None:
-                self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - could not write the transaction: {exc}",
-                           spec.CLASS_TX, 20)
-                return
-            if ch in self.session.channels:
-                self._reply(ch, "tx.commit-ok")
-                self._schedule_flush()
-
-        self.session.after_durable(reply)
+    def _tx_committed(self, ch: int, exc: BaseException | None) -> None:
+        # a method and a partial, not a closure: mypyc (setup.py) fails on closures in a non-native class's methods
+        if exc is not None:
+            self.close(spec.INTERNAL_ERROR, f"INTERNAL_ERROR - could not write the transaction: {exc}",
+                       spec.CLASS_TX, 20)
+            return
+        if ch in self.session.channels:
+            self._reply(ch, "tx.commit-ok")
+            self._schedule_flush()
 
     def tx_rollback(self, ch: int) -> None:
         self._channel(ch).rollback()

@@ -58,7 +58,7 @@ def no_leveret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"leveret {leveret.__version__}"
+    assert capsys.readouterr().out.strip() == f"leveret {leveret.__version__} ({leveret.build()})"
     assert leveret.__version__ == "0.1.0"
 
 
@@ -139,7 +139,7 @@ def test_describe_listen_error_brackets_ipv6() -> None:
 def test_version_as_a_process(tmp_path: Path) -> None:
     result = run_leveret("--version", cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.strip() == "leveret 0.1.0"
+    assert result.stdout.strip() in ("leveret 0.1.0 (pure Python)", "leveret 0.1.0 (compiled with mypyc)")
 
 
 @pytest.mark.parametrize(

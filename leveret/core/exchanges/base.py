@@ -15,6 +15,8 @@ from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 Table = dict[str, Any]
 Arguments = tuple[tuple[str, Any], ...]
 BindingKey = tuple[Hashable, str, Hashable]
@@ -103,6 +105,7 @@ class Binding:
         return hash(self.identity())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (setup.py): vhost.py's DefaultExchange subclasses it
 class Exchange:
     """An exchange and its bindings. Subclasses: DirectExchange, FanoutExchange, TopicExchange,
     HeadersExchange, DelayedMessageExchange; each keeps its own routing index up to date through

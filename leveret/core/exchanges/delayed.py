@@ -30,10 +30,12 @@ class DelayedMessageExchange(Exchange):
 
     type_name: ClassVar[str] = "x-delayed-message"
 
-    def __init__(self, name: str, *, arguments: Table | None = None, **flags: bool) -> None:
-        """``flags``: durable, auto_delete, internal, as for every exchange (the inner one gets them too)."""
+    def __init__(self, name: str, *, durable: bool = False, auto_delete: bool = False, internal: bool = False,
+                 arguments: Table | None = None) -> None:
+        """The flags as for every exchange (the inner one gets them too). Named, not ``**flags``: mypyc (setup.py)
+        passes ``**flags`` on to a native ``__init__`` wrongly."""
         inner_type = INNER_TYPES[delayed_inner_type(arguments)]
-        super().__init__(name, arguments=arguments, **flags)
+        super().__init__(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
         self.inner: Exchange = inner_type(name, durable=self.durable, auto_delete=self.auto_delete,
                                           internal=self.internal)
 
