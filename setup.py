@@ -38,6 +38,7 @@ COMPILED = [
     "leveret/core/session.py",
     "leveret/core/vhost.py",
     "leveret/core/access.py",
+    "leveret/core/remote.py",  # RemoteMessage subclasses Message: both compiled (no interpreted subclass of it)
     "leveret/core/exchanges/__init__.py",
     "leveret/core/exchanges/base.py",
     "leveret/core/exchanges/delayed.py",

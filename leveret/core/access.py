@@ -82,12 +82,11 @@ def resource_name(kind: str, name: str) -> str:
 class Access:
     """What one authenticated user may do in the vhost its connection opened."""
 
-    __slots__ = ("last_exchange", "permissions", "user", "version", "vhost")
+    __slots__ = ("last_exchange", "user", "version", "vhost")
 
     def __init__(self, user: Any, vhost: str) -> None:
         self.user = user  # leveret.core.broker.User
         self.vhost = vhost
-        self.permissions: dict[str, Permission] = user.permissions
         # the last exchange basic.publish was allowed to, under the user's permissions version ``version``:
         # Channel.publish skips the check while both are unchanged (one comparison each per message)
         self.last_exchange: str | None = None
@@ -95,7 +94,7 @@ class Access:
 
     def check(self, permission: str, kind: str, name: str) -> None:
         """Raise PermissionRefused (AMQP 403) unless the user has ``permission`` on the ``kind`` named ``name``."""
-        current = self.permissions.get(self.vhost)
+        current = self.user.permission(self.vhost)
         name = resource_name(kind, name)
         if current is None or not getattr(current, permission).allows(name):
             raise PermissionRefused(f"access to {kind} '{name}' in vhost '{self.vhost}' refused for user "
@@ -113,7 +112,7 @@ class Access:
     def publish(self, exchange: str) -> None:
         """basic.publish: write on the exchange; remembered until the exchange or the permissions change."""
         version = self.user.version
-        current = self.permissions.get(self.vhost)
+        current = self.user.permission(self.vhost)
         if current is None or not (current.write.everything or current.write.allows(exchange or "amq.default")):
             self.check("write", "exchange", exchange)
         self.last_exchange = exchange

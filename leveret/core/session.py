@@ -76,7 +76,7 @@ class Session:
             limit = reached(self.user.limits, "max-connections", self.broker.user_connections.get(user, 0))
             if limit is not None:
                 raise NotAllowed(f"connection refused for user '{user}': user connection limit ({limit}) is reached")
-        if self.user is None or name not in self.user.permissions:
+        if self.user is None or self.user.permission(name) is None:
             raise NotAllowed(f"access to vhost '{name}' refused for user '{user}'")
         self._vhost = vhost
         self.access = Access(self.user, name)

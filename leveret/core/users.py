@@ -30,6 +30,11 @@ class User:
     limits: dict[str, int] = field(default_factory=dict)  # max-connections, max-channels
     version: int = 0  # bumped by every change of ``permissions`` (sessions' publish checks rely on it)
 
+    def permission(self, vhost: str) -> Permission | None:
+        """The user's permissions in ``vhost`` (None: no access). Compiled modules (setup.py) ask through this
+        method, not the dict: mypyc's dict operations skip the overrides of the internal user's ``_Everywhere``."""
+        return self.permissions.get(vhost)
+
     @property
     def vhosts(self) -> Any:
         """The names of the vhosts the user has permissions in (a live view)."""

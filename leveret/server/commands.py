@@ -167,7 +167,7 @@ class ChannelCommands:
         q = self.session.vhost.queue(name, self.session)
         if q.served_by is not None and channel.relays:  # another node's queue: purged there (server/relay.py)
             assert self.broker.remote is not None
-            self.broker.remote.purge(channel, q, lambda count: self._relayed_purge(ch, channel, nowait, count))
+            self.broker.remote.purge(channel, q, functools.partial(self._relayed_purge, ch, channel, nowait))
             return
         count = q.purge()
         if not nowait:
@@ -218,8 +218,8 @@ class ChannelCommands:
             consumer = channel.consume(q, consumer_tag, no_ack=no_ack, exclusive=exclusive, arguments=arguments)
             if q.served_by is not None:  # another node's queue: relayed there (server/relay.py); consume-ok (or
                 assert self.broker.remote is not None  # the owner's refusal) once the owner answered
-                self.broker.remote.consume(consumer, lambda exc: self._relayed_consume(ch, channel, consumer,
-                                                                                       nowait, exc))
+                self.broker.remote.consume(consumer, functools.partial(self._relayed_consume, ch, channel, consumer,
+                                                                       nowait))
                 return
         if not nowait:
             self._reply(ch, "basic.consume-ok", consumer.tag)
@@ -248,7 +248,7 @@ class ChannelCommands:
         q = self.session.vhost.queue(name, self.session)
         if q.served_by is not None and channel.relays:  # another node's queue: got there (server/relay.py)
             assert self.broker.remote is not None
-            self.broker.remote.get(channel, q, no_ack, lambda got: self._relayed_get(ch, channel, no_ack, got))
+            self.broker.remote.get(channel, q, no_ack, functools.partial(self._relayed_get, ch, channel, no_ack))
             return
         got = channel.get(q, no_ack)
         if got is None:
