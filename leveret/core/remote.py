@@ -70,6 +70,10 @@ class Remote(Protocol):
         """queue.purge on the owner: ``done(count)`` or an error. ``channel`` None: not a client's (the management
         API, ``leveret ctl``): on a link of its own, closed after it."""
 
+    def counts(self, channel: Channel, queue: Queue, done: Callable[[tuple[int, int] | BaseException], None]) -> None:
+        """The owner's counts of ``queue`` for a queue.declare-ok through this node (a passive declare on the
+        owner): ``done((messages, consumers))`` or an error; this node's own (none) when the owner is down."""
+
     def channel_closed(self, channel: Channel) -> None:
         """``channel`` closed: the link channel of its gets goes too (its unacked ones return to the queue)."""
 
@@ -101,7 +105,7 @@ def refuse_remote(queue: Queue) -> NoReturn:
     """A consume, get or purge of a queue another node serves (``Queue.served_by``) that this node does not relay
     (no link: ``cluster`` off, or the request came over a link itself): refused, naming that node and, when known,
     where it listens for AMQP (docs/cluster.md)."""
-    durability = queue.durability
+    durability = queue.vhost.broker.durability  # a transient queue has none of its own
     nodes = (durability.nodes() if durability is not None else None) or []
     amqp = next((node.amqp for node in nodes if node.name == queue.served_by and node.running), None)
     where = f" (AMQP at {amqp})" if amqp else ""
@@ -115,7 +119,7 @@ def owner_address(queue: Queue) -> tuple[str, str] | None:
     ``served_by`` may name a node that is down while a third node took the queue over (this node learns of takeovers
     by other nodes only through their heartbeats' summaries, which list what each serves): then the running node
     whose summary lists the queue is its owner, and ``served_by`` is set to it."""
-    durability = queue.durability
+    durability = queue.vhost.broker.durability  # a transient queue has none of its own
     nodes = (durability.nodes() if durability is not None else None) or []
     for node in nodes:
         if node.name == queue.served_by and node.running and node.amqp:

@@ -138,8 +138,22 @@ class ChannelCommands:
                                              exclusive=exclusive, auto_delete=auto_delete, arguments=arguments,
                                              access=self.session.access)
         channel.last_queue = q.name
-        if not nowait:
-            self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
+        if nowait:
+            return
+        if q.served_by is not None and channel.relays:  # another node's queue: its counts are the owner's
+            assert self.broker.remote is not None
+            self.broker.remote.counts(channel, q, functools.partial(self._relayed_declare, ch, channel, q.name))
+            return
+        self._reply(ch, "queue.declare-ok", q.name, q.message_count, q.consumer_count)
+
+    def _relayed_declare(self, ch: int, channel: Channel, name: str, counts: tuple[int, int] | BaseException) -> None:
+        """queue.declare-ok of another node's queue with its owner's counts; without them (the owner did not
+        answer), with none (0, 0) rather than an error: the declaration itself succeeded here."""
+        if channel.closed:
+            return
+        messages, consumers = counts if isinstance(counts, tuple) else (0, 0)
+        self._reply(ch, "queue.declare-ok", name, messages, consumers)
+        self._schedule_flush()
 
     def queue_bind(self, ch: int, _r: int, queue: str, exchange: str, routing_key: str, nowait: bool,
                    arguments: dict[str, Any]) -> None:

@@ -104,6 +104,13 @@ class Relay:
 
         getter.run(run(), done)
 
+    def counts(self, channel: Channel, queue: Queue, done: Callable[[tuple[int, int] | BaseException], None]) -> None:
+        if owner_address(queue) is None:  # the owner is down (its queue not taken over yet): the declaration stands
+            done((queue.message_count, queue.consumer_count))
+            return
+        getter = self._getter(channel, queue)
+        getter.run(getter.counts(queue), done)
+
     def _one_shot(self, queue: Queue, what: str) -> Getter:
         """A link channel on a link of its own (the management API's or leveret ctl's request; the caller closes
         the link)."""
@@ -443,6 +450,13 @@ class Getter(Relaying):
         """Wait until the frames sent so far are on their way (a round trip: basic.qos)."""
         channel = await self._channel()
         await channel.call("basic.qos", (0, 0, False))
+
+    async def counts(self, queue: Queue) -> tuple[int, int]:
+        """A passive queue.declare on the owner: its (message count, consumer count)."""
+        self._queue = queue
+        channel = await self._channel()
+        answer = await channel.call("queue.declare", (0, queue.name, True, False, False, False, False, {}))
+        return int(answer[1][1]), int(answer[1][2])
 
     async def purge(self, queue: Queue) -> int:
         self._queue = queue

@@ -29,33 +29,14 @@ from harness import SCENARIOS, Run, Scenario, transcript
 from pghelp import postgres_url  # noqa: F401 - fixture
 from serverproc import LeveretProcess
 
-_GAP = ("a non-durable queue is known on its node only, and a consume, get or purge through a node that does not "
-        "own the queue is refused (docs/cluster.md, What is NOT built yet)")
-# scenario -> why it does not give RabbitMQ's transcript across nodes yet
+# scenario -> why it does not give RabbitMQ's transcript across nodes (docs/cluster.md says both)
 NOT_YET: dict[str, str] = {
-    "basic/basic_connection_close_requeues_in_order": _GAP,
-    "corners/max_length_after_requeue": _GAP,
-    "corners/queue_expires_passive_declare": _GAP,
-    "corners/reply_to_passive_declare": _GAP,
-    "corners/tx_acked_uncommitted": _GAP,
-    "corners/tx_double_ack": _GAP,
-    "corners/x_death_old_style_merged": _GAP,
-    "lifecycle/dead_letter_count_and_order": _GAP,
-    "lifecycle/dead_letter_cycles": _GAP,
-    "lifecycle/dead_letter_expired": _GAP,
-    "lifecycle/dead_letter_maxlen": _GAP,
-    "lifecycle/dead_letter_rejected": _GAP,
-    "lifecycle/dead_letter_routing": _GAP,
-    "lifecycle/dead_letter_wire_format": _GAP,
-    "lifecycle/max_length_bytes": _GAP,
-    "lifecycle/overflow_modes": _GAP,
-    "lifecycle/priority_queue_order": _GAP,
-    "lifecycle/queue_expires": _GAP,
-    "lifecycle/single_active_consumer_cancel": _GAP,
-    "lifecycle/single_active_consumer_takeover": _GAP,
-    "lifecycle/ttl_per_message_expires_at_head": _GAP,
-    "lifecycle/ttl_queue_expiry_and_counts": _GAP,
-    "lifecycle/ttl_zero": _GAP,
+    "corners/reply_to_passive_declare": (
+        "a passive declare of another node's direct reply-to address answers declare-ok while that node runs, also "
+        "after its reply consumer was cancelled: the asking node does not know the consumer is gone"),
+    "lifecycle/max_length_bytes": (
+        "x-overflow reject-publish cannot nack a publish handed over from another node: the publishing node "
+        "confirms at its own commit, before the owner applies the limit (it drops the message and logs it)"),
 }
 
 
