@@ -91,17 +91,8 @@ class DelayWindow:
                 kept += 1
                 kept_bytes += entry.size
                 continue
-            del lane.window[entry.id]
-            self.resident -= 1
-            self.resident_bytes -= entry.size
-            self._stale += 1
+            self._leave(lane, entry)
             lane.tail = True
-            if entry.synced:
-                self._drop(entry)
-            else:
-                entry.state = UNSYNCED
-                lane.unsynced[entry.id] = entry
-                self.unsynced += 1
         for lane, last in last_kept.items():
             if lane.tail:
                 lane.fence = min(lane.fence, entry_key(last))
@@ -109,21 +100,26 @@ class DelayWindow:
         self._evict_bytes_at = max(self.window_bytes, self.resident_bytes + self.window_bytes // 10)
         self._compact()
 
+    def _leave(self, lane: Lane, entry: Entry) -> None:
+        """``entry`` leaves the window to the store: dropped if its commit is done, else kept until it is (its body
+        with it) as unsynced."""
+        del lane.window[entry.id]
+        self.resident -= 1
+        self.resident_bytes -= entry.size
+        self._stale += 1
+        if entry.synced:
+            self._drop(entry)
+        else:
+            entry.state = UNSYNCED
+            lane.unsynced[entry.id] = entry
+            self.unsynced += 1
+
     def _to_store(self, lane: Lane) -> None:
         """Leave a durable lane's whole window to the store and read it again from its start (_page_in): messages
         were added to the store under it with keys anywhere (a dead node's lane moved into it, docs/cluster.md).
         An entry whose commit is not done yet keeps its body until it is (as in _evict)."""
         for entry in list(lane.window.values()):
-            del lane.window[entry.id]
-            self.resident -= 1
-            self.resident_bytes -= entry.size
-            self._stale += 1
-            if entry.synced:
-                self._drop(entry)
-            else:
-                entry.state = UNSYNCED
-                lane.unsynced[entry.id] = entry
-                self.unsynced += 1
+            self._leave(lane, entry)
         lane.tail = True
         lane.fence = (-1, 0)
 

@@ -22,33 +22,15 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from test_cluster import ClusterNode
 
-from httphelp import Client
 from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
-from serverproc import LeveretProcess
 from waiting import hold, wait_for
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
-class Node(LeveretProcess):
-    """A node of the cluster (``cluster = true``, a name, ``node_lease`` 3 s)."""
-
-    def __init__(self, data_dir: Path, store_url: str, name: str) -> None:
-        super().__init__(data_dir, env={"LEVERET_STORE": store_url, "LEVERET_CLUSTER": "true",
-                                        "LEVERET_NODE_NAME": name, "LEVERET_NODE_LEASE": "3"})
-        self.name = name
-
-    @property
-    def http(self) -> Client:
-        import re
-
-        ports = [int(m.group(1)) for line in list(self.lines)
-                 if (m := re.search(r"management API listening on http://[^:]+:(\d+)", line))]
-        return Client(ports[-1])
-
-    def connect(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, connection_attempts=1))
+Node = ClusterNode  # cluster = true, a name, node_lease 3 s (test_cluster.py)
 
 
 @pytest.fixture
