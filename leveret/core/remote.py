@@ -116,8 +116,8 @@ def refuse_remote(queue: Queue) -> NoReturn:
 def owner_address(queue: Queue) -> tuple[str, str] | None:
     """The owner of ``queue`` and where it listens for AMQP, when it is known and running: (name, host:port).
 
-    ``served_by`` may name a node that is down while a third node took the queue over (this node learns of takeovers
-    by other nodes only through their heartbeats' summaries, which list what each serves): then the running node
+    ``served_by`` may name a node that is down while a third node took the queue over (this node hears of it from
+    the taker's ``owners`` notification, or at its next heartbeat: shared.new_owners): meanwhile the running node
     whose summary lists the queue is its owner, and ``served_by`` is set to it."""
     durability = queue.vhost.broker.durability  # a transient queue has none of its own
     nodes = (durability.nodes() if durability is not None else None) or []
