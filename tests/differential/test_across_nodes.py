@@ -11,7 +11,6 @@ Skipped, never faked, without RabbitMQ or PostgreSQL. A scenario that does not p
 from __future__ import annotations
 
 import itertools
-import os
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -105,4 +104,3 @@ def test_same_as_rabbitmq_across_nodes(name: str, nodes: list[int], unique: str)
 
 def test_not_yet_names_only_scenarios_that_exist() -> None:
     assert set(NOT_YET) <= set(SCENARIOS)
-    assert os.path.basename(__file__).startswith("test_")
