@@ -63,6 +63,16 @@ summary=()
 if apt_install "rabbitmq-c" librabbitmq-dev gcc libc6-dev; then summary+=("c:ok"); else summary+=("c:missing"); fi
 if apt_install "amqp-tools" amqp-tools; then summary+=("amqp-tools:ok"); else summary+=("amqp-tools:missing"); fi
 
+# The compiled build (setup.py, mypyc; .ci/run's second pass): a C compiler, and the headers of the Python that
+# made .venv (pyenv's and python.org's builds have them; Debian's python3 needs python3-dev).
+if apt_install "mypyc-build" gcc libc6-dev; then
+  if python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    summary+=("compiled:ok")
+  elif apt_install "python-headers" python3-dev; then summary+=("compiled:ok"); else summary+=("compiled:missing"); fi
+else
+  summary+=("compiled:missing")
+fi
+
 # PHP: php-amqplib from Debian (autoloader at /usr/share/php/PhpAmqpLib/autoload.php).
 if apt_install "php" php-cli php-amqplib; then summary+=("php:ok"); else summary+=("php:missing"); fi
 # PHP's STOMP client: the pecl stomp extension as Debian packages it (enabled for the CLI on install).
