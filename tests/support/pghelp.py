@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,20 @@ def own_role(postgres_url: str) -> Iterator[tuple[str, str]]:
         conn.execute(f"DROP SCHEMA IF EXISTS s_{role} CASCADE")
         conn.execute(f"REVOKE CREATE ON DATABASE {conn.info.dbname} FROM {role}")
         conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def schema_db(url: str) -> Any:
+    """An autocommit psycopg connection to a store URL's database, its search path the URL's ``?schema=``."""
+    import psycopg
+
+    conn = psycopg.connect(url.partition("?")[0], autocommit=True)
+    conn.execute(f"SET search_path TO {url.rpartition('schema=')[2]}")
+    return conn
+
+
+def submit_wait(store: Any, ops: list[Any]) -> None:
+    """Submit ``ops`` to a store and wait until they are written; they must have committed."""
+    done: list[BaseException | None] = []
+    store.submit(ops, done.append)
+    store.flush()
+    assert done == [None]

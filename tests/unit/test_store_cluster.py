@@ -8,7 +8,6 @@ from __future__ import annotations
 import decimal
 import queue
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +29,8 @@ from leveret.store import postgres_schema
 from leveret.store.postgres import PostgresStore
 from leveret.store.postgres_cluster import decode_args, encode_args, subject
 
-from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from pghelp import postgres_store_url, postgres_url, submit_wait  # noqa: F401 - fixtures
+from pghelp import schema_db as db
 from waiting import wait_for
 
 
@@ -43,17 +43,6 @@ def schema_of(url: str) -> str:
     return url.rpartition("schema=")[2]
 
 
-def db(url: str) -> Any:
-    conn = psycopg.connect(url.partition("?")[0], autocommit=True)
-    conn.execute(f"SET search_path TO {schema_of(url)}")
-    return conn
-
-
-def submit_wait(store: PostgresStore, ops: list[Any]) -> None:
-    done: list[BaseException | None] = []
-    store.submit(ops, done.append)
-    store.flush()
-    assert done == [None]
 
 
 def push(i: int, queue_name: str = "q") -> Push:

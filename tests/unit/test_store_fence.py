@@ -29,6 +29,7 @@ from leveret.store import postgres_leases, postgres_schema
 from leveret.store.postgres import PostgresStore
 
 from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from pghelp import schema_db as db
 from waiting import wait_for
 
 
@@ -36,11 +37,6 @@ from waiting import wait_for
 def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postgres_store_url"))
 
-
-def db(url: str) -> Any:
-    conn = psycopg.connect(url.partition("?")[0], autocommit=True)
-    conn.execute(f"SET search_path TO {url.rpartition('schema=')[2]}")
-    return conn
 
 
 def commit(store: PostgresStore, ops: list[Any]) -> BaseException | None:

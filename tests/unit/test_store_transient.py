@@ -11,14 +11,14 @@ import queue
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from leveret.core.storage import BindingDef, DefinitionChange, ExchangeDef, HandOver, QueueDef, reply_prefix
 from leveret.store.postgres import PostgresStore
 from leveret.store.tagged_json import encode_value
 
-from pghelp import postgres_store_url, postgres_url  # noqa: F401 - fixtures
+from pghelp import postgres_store_url, postgres_url, submit_wait  # noqa: F401 - fixtures
+from pghelp import schema_db as db
 from waiting import wait_for
 
 
@@ -43,17 +43,6 @@ def two(url: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
         a.close()
 
 
-def db(url: str) -> Any:
-    conn = psycopg.connect(url.partition("?")[0], autocommit=True)
-    conn.execute(f"SET search_path TO {url.rpartition('schema=')[2]}")
-    return conn
-
-
-def submit_wait(store: PostgresStore, ops: list[Any]) -> None:
-    done: list[BaseException | None] = []
-    store.submit(ops, done.append)
-    store.flush()
-    assert done == [None]
 
 
 def rows(url: str, sql: str) -> list[Any]:
