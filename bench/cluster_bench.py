@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -32,25 +31,15 @@ import aio_pika
 import pika
 import pika.exceptions
 import psycopg
+from compare import serve_logged  # bench/compare.py (this script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
 def start(url: str, name: str, data: str, lease: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, LEVERET_STORE=url, LEVERET_CLUSTER="true", LEVERET_NODE_NAME=name,
-               LEVERET_NODE_LEASE=lease, LEVERET_HTTP_PORT="-1", LEVERET_STOMP_PORT="-1")
-    log = Path(data + ".log")
-    with log.open("w") as out:  # a file, not a pipe nobody reads (a full pipe would stop the node)
-        proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", data],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening for AMQP on [^:]+:(\d+)", log.read_text())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+    return serve_logged(data, {"LEVERET_STORE": url, "LEVERET_CLUSTER": "true", "LEVERET_NODE_NAME": name,
+                               "LEVERET_NODE_LEASE": lease})
 
 
 def connect(port: int) -> pika.BlockingConnection:

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import itertools
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import psycopg
-from compare import build_amqpbench, parse  # bench/compare.py (this script's directory is on sys.path)
+from compare import build_amqpbench, parse, serve_logged  # bench/compare.py (this script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -104,23 +103,10 @@ class Postgres:
 
 def start_node(data: str, store: str | None = None, name: str | None = None, lease: int = 15
                ) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, LEVERET_HTTP_PORT="-1", LEVERET_STOMP_PORT="-1")
-    if store:
-        env["LEVERET_STORE"] = store
+    env = {"LEVERET_STORE": store} if store else {}
     if name:
         env.update(LEVERET_CLUSTER="true", LEVERET_NODE_NAME=name, LEVERET_NODE_LEASE=str(lease))
-    log = Path(data + ".log")
-    with log.open("w") as out:  # a file, not a pipe nobody reads
-        proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", data,
-                                 "--log-level", "info"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening for AMQP on [^:]+:(\d+)", log.read_text())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    stop_all([proc])  # not left running after a failed start
-    raise RuntimeError(f"{name or data} did not start: {log.read_text()[-2000:]}")
+    return serve_logged(data, env)
 
 
 def stop_all(procs: list[subprocess.Popen[str]]) -> None:

@@ -80,6 +80,28 @@ def start_leveret(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def serve_logged(data: str, env: dict[str, str], *, cwd: str | None = None, timeout: float = 60.0,
+                 log_level: str = "info") -> tuple[subprocess.Popen[str], int]:
+    """``leveret serve --port 0`` with ``env`` added to this environment (no management API, no STOMP unless
+    ``env`` says), its log in ``<data>.log`` (a file, not a pipe nobody reads: a full pipe would stop the node);
+    the process and the AMQP port its log names. A node that does not start is killed and RuntimeError raised."""
+    full = {**os.environ, "LEVERET_HTTP_PORT": "-1", "LEVERET_STOMP_PORT": "-1", **env}
+    log = Path(data + ".log")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", data,
+                                 "--log-level", log_level], env=full, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        match = re.search(r"listening for AMQP on [^:]+:(\d+)", log.read_text())
+        if match:
+            return proc, int(match.group(1))
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"{data} did not start: {log.read_text()[-2000:]}")
+
+
 def pid_listening(port: int) -> str:
     """The pid of the process listening on ``port`` (for broker CPU), or "0" when it cannot be told."""
     if shutil.which("ss"):

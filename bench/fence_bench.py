@@ -13,12 +13,10 @@ the end. Each checkout is run with this interpreter from its own directory, so t
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -27,25 +25,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import build_amqpbench, parse  # noqa: E402 - bench/compare.py
+from compare import build_amqpbench, parse, serve_logged  # noqa: E402 - bench/compare.py
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def start(checkout: str, url: str, data: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, LEVERET_STORE=url, LEVERET_CLUSTER="true", LEVERET_NODE_NAME="bench",
-               LEVERET_HTTP_PORT="-1", LEVERET_STOMP_PORT="-1", PYTHONPATH=checkout)
-    log = Path(data + ".log")
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", data],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=checkout)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening for AMQP on [^:]+:(\d+)", log.read_text())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    raise RuntimeError(f"{checkout} did not start: {log.read_text()[-2000:]}")
+    return serve_logged(data, {"LEVERET_STORE": url, "LEVERET_CLUSTER": "true", "LEVERET_NODE_NAME": "bench",
+                               "PYTHONPATH": checkout}, cwd=checkout)
 
 
 def backend_cpu(base: str, schema: str) -> float:

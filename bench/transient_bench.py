@@ -17,8 +17,6 @@ running); uses schemas of its own, dropped at the end.
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -32,23 +30,13 @@ from typing import Any
 import pika
 import pika.exceptions
 import psycopg
+from compare import serve_logged  # bench/compare.py (this script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def start(data: str, **env: str) -> tuple[subprocess.Popen[str], int]:
-    full = dict(os.environ, LEVERET_HTTP_PORT="-1", LEVERET_STOMP_PORT="-1", **env)
-    log = Path(data + ".log")
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", data],
-                                env=full, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening for AMQP on [^:]+:(\d+)", log.read_text())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    raise RuntimeError(f"{data} did not start: {log.read_text()[-2000:]}")
+    return serve_logged(data, env)
 
 
 def connect(port: int) -> pika.BlockingConnection:
